@@ -1,0 +1,209 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is the ingest section of gatewatch.yaml.
+type Config struct {
+	Kafka           KafkaConfig      `yaml:"kafka"`
+	GeoIP           GeoIPConfig      `yaml:"geoip"`
+	TokenSecretFile string           `yaml:"token_secret_file"` // HMAC key for token fingerprints, read from this file
+	TokenSecretEnv  string           `yaml:"token_secret_env"`  // or from this environment variable
+	APIKeyHeader    string           `yaml:"api_key_header"`    // default x-api-key
+	DeviceHeader    string           `yaml:"device_header"`     // default x-device-id
+	MaxLineBytes    int              `yaml:"max_line_bytes"`    // default 1 MiB
+	MaxClockSkew    time.Duration    `yaml:"max_clock_skew"`    // default 24h
+	DeadLetter      DeadLetterConfig `yaml:"dead_letter"`
+}
+
+// KafkaConfig says where to consume from. No brokers means no Kafka source.
+type KafkaConfig struct {
+	Brokers     []string      `yaml:"brokers"`
+	Group       string        `yaml:"group"`
+	ClientID    string        `yaml:"client_id"`
+	Topics      []TopicConfig `yaml:"topics"`
+	StartOffset string        `yaml:"start_offset"` // earliest (default) or latest, for a group with no committed offset
+	BatchSize   int           `yaml:"batch_size"`   // most events handed to the engine at once; default 1000
+	BatchWait   time.Duration `yaml:"batch_wait"`   // longest a partial batch waits for more records; default 100ms
+	MaxBytes    int           `yaml:"max_bytes"`    // most bytes per fetch; default 10 MiB
+	TLS         TLSConfig     `yaml:"tls"`
+	SASL        SASLConfig    `yaml:"sasl"`
+	Timeout     time.Duration `yaml:"timeout"` // dial and commit deadline; default 10s
+}
+
+// TopicConfig names one topic and the format of its records.
+type TopicConfig struct {
+	Name   string `yaml:"name"`
+	Format string `yaml:"format"`
+}
+
+// TLSConfig enables TLS to a server. Paths are files; nothing secret is inline.
+type TLSConfig struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// SASLConfig authenticates to Kafka. The password comes from a file or an environment variable.
+type SASLConfig struct {
+	Mechanism    string `yaml:"mechanism"` // plain, scram-sha-256 or scram-sha-512; empty: no SASL
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+}
+
+// GeoIPConfig points at a MaxMind Country or City database; empty means no GeoIP.
+type GeoIPConfig struct {
+	Database string `yaml:"database"`
+}
+
+// DeadLetterConfig says where rejected records go: a file of JSON lines, a Kafka topic
+// (on the ingest brokers), or both. Neither means rejected records are only counted and
+// logged by `parse`; `run` requires one.
+type DeadLetterConfig struct {
+	File  string `yaml:"file"`
+	Topic string `yaml:"topic"`
+}
+
+// DefaultConfig returns the ingest defaults that the config file overrides.
+func DefaultConfig() Config {
+	return Config{
+		Kafka: KafkaConfig{
+			Group:       "gatewatch",
+			ClientID:    "gatewatch",
+			StartOffset: "earliest",
+			BatchSize:   1000,
+			BatchWait:   100 * time.Millisecond,
+			MaxBytes:    10 << 20,
+			Timeout:     10 * time.Second,
+		},
+		APIKeyHeader: DefaultAPIKeyHeader,
+		DeviceHeader: DefaultDeviceHeader,
+		MaxLineBytes: DefaultMaxLineBytes,
+		MaxClockSkew: DefaultMaxClockSkew,
+	}
+}
+
+// A ConfigError is one invalid setting. Key is the dotted path below the ingest
+// section ("kafka.topics[1].format"), which the config loader turns into a file position.
+type ConfigError struct {
+	Key string
+	Msg string
+}
+
+func (e *ConfigError) Error() string { return e.Key + ": " + e.Msg }
+
+func cfgErr(key, format string, args ...any) error {
+	return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate reports every invalid setting at once.
+func (c *Config) Validate() error {
+	var errs []error
+	k := &c.Kafka
+	if len(k.Brokers) > 0 {
+		if k.Group == "" {
+			errs = append(errs, cfgErr("kafka.group", "must be set when brokers are"))
+		}
+		if len(k.Topics) == 0 {
+			errs = append(errs, cfgErr("kafka.topics", "must list at least one topic when brokers are set"))
+		}
+	}
+	seen := map[string]bool{}
+	for i, t := range k.Topics {
+		key := fmt.Sprintf("kafka.topics[%d]", i)
+		switch {
+		case t.Name == "":
+			errs = append(errs, cfgErr(key+".name", "must be set"))
+		case seen[t.Name]:
+			errs = append(errs, cfgErr(key+".name", "topic %q is listed twice", t.Name))
+		}
+		seen[t.Name] = true
+		if !slices.Contains(Formats, t.Format) {
+			errs = append(errs, cfgErr(key+".format", "unknown format %q (want one of %s)", t.Format, strings.Join(Formats, ", ")))
+		}
+	}
+	if k.StartOffset != "earliest" && k.StartOffset != "latest" {
+		errs = append(errs, cfgErr("kafka.start_offset", "must be earliest or latest, got %q", k.StartOffset))
+	}
+	if k.BatchSize < 1 || k.BatchSize > 1_000_000 {
+		errs = append(errs, cfgErr("kafka.batch_size", "must be between 1 and 1000000, got %d", k.BatchSize))
+	}
+	if k.BatchWait <= 0 {
+		errs = append(errs, cfgErr("kafka.batch_wait", "must be positive, got %s", k.BatchWait))
+	}
+	if k.MaxBytes < 1<<10 {
+		errs = append(errs, cfgErr("kafka.max_bytes", "must be at least 1024, got %d", k.MaxBytes))
+	}
+	if k.Timeout <= 0 {
+		errs = append(errs, cfgErr("kafka.timeout", "must be positive, got %s", k.Timeout))
+	}
+	if (k.TLS.CertFile == "") != (k.TLS.KeyFile == "") {
+		errs = append(errs, cfgErr("kafka.tls", "cert_file and key_file go together"))
+	}
+	switch k.SASL.Mechanism {
+	case "":
+	case "plain", "scram-sha-256", "scram-sha-512":
+		if k.SASL.Username == "" {
+			errs = append(errs, cfgErr("kafka.sasl.username", "must be set for SASL"))
+		}
+		if k.SASL.PasswordFile == "" && k.SASL.PasswordEnv == "" {
+			errs = append(errs, cfgErr("kafka.sasl", "needs password_file or password_env"))
+		}
+	default:
+		errs = append(errs, cfgErr("kafka.sasl.mechanism", "must be plain, scram-sha-256 or scram-sha-512, got %q", k.SASL.Mechanism))
+	}
+	if c.TokenSecretFile != "" && c.TokenSecretEnv != "" {
+		errs = append(errs, cfgErr("token_secret_file", "set token_secret_file or token_secret_env, not both"))
+	}
+	if c.MaxLineBytes < 1<<10 || c.MaxLineBytes > 64<<20 {
+		errs = append(errs, cfgErr("max_line_bytes", "must be between 1024 and 67108864, got %d", c.MaxLineBytes))
+	}
+	if c.MaxClockSkew <= 0 {
+		errs = append(errs, cfgErr("max_clock_skew", "must be positive, got %s", c.MaxClockSkew))
+	}
+	if c.DeadLetter.Topic != "" && len(k.Brokers) == 0 {
+		errs = append(errs, cfgErr("dead_letter.topic", "needs kafka.brokers"))
+	}
+	return errors.Join(errs...)
+}
+
+// ParserOptions returns the parser options this config asks for, loading the token
+// secret and the GeoIP database. With no secret configured it returns an error unless
+// allowRandom, in which case fingerprints use a random per-run key (see TokenSecret.Random).
+func (c *Config) ParserOptions(allowRandom bool) (ParserOptions, error) {
+	o := ParserOptions{
+		APIKeyHeader: c.APIKeyHeader,
+		DeviceHeader: c.DeviceHeader,
+		MaxLineBytes: c.MaxLineBytes,
+		MaxClockSkew: c.MaxClockSkew,
+	}
+	switch {
+	case c.TokenSecretFile != "" || c.TokenSecretEnv != "":
+		s, err := LoadTokenSecret(c.TokenSecretFile, c.TokenSecretEnv)
+		if err != nil {
+			return o, err
+		}
+		o.Secret = s
+	case allowRandom:
+		o.Secret = RandomTokenSecret()
+	default:
+		return o, errors.New("ingest: no token secret: set ingest.token_secret_file or ingest.token_secret_env")
+	}
+	if c.GeoIP.Database != "" {
+		g, err := OpenGeoIP(c.GeoIP.Database)
+		if err != nil {
+			return o, err
+		}
+		o.GeoIP = g
+	}
+	return o, nil
+}

@@ -1,0 +1,49 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrUnknownFormat is returned by NewParser for a format it does not know.
+var ErrUnknownFormat = errors.New("ingest: unknown format")
+
+// Reasons a record is rejected. Each is a stable token: the dead-letter record's reason
+// and the value of the reason label on gatewatch_ingest_dead_letters_total.
+const (
+	ReasonOversized     = "oversized"      // longer than the configured line cap
+	ReasonBadUTF8       = "bad_utf8"       // not valid UTF-8
+	ReasonInvalidJSON   = "invalid_json"   // a JSON format whose record does not parse as a JSON object
+	ReasonBadSyntax     = "bad_syntax"     // a text format whose line does not match its layout
+	ReasonMissingField  = "missing_field"  // a field every event needs (the time) is absent
+	ReasonBadTimestamp  = "bad_timestamp"  // the time does not parse, or is absurd (before 1990, or too far ahead)
+	ReasonBadValue      = "bad_value"      // a field has the wrong type or an impossible value
+	ReasonUnknownFormat = "unknown_format" // --format auto recognised no format
+)
+
+// Reasons lists every rejection reason, for pre-creating metric series.
+var Reasons = []string{ReasonOversized, ReasonBadUTF8, ReasonInvalidJSON, ReasonBadSyntax,
+	ReasonMissingField, ReasonBadTimestamp, ReasonBadValue, ReasonUnknownFormat}
+
+// A ParseError says why a record was rejected. Its text never quotes the record, which
+// may hold credentials.
+type ParseError struct {
+	Reason string // one of the Reason constants
+	Err    error
+}
+
+func (e *ParseError) Error() string { return fmt.Sprintf("ingest: %s: %v", e.Reason, e.Err) }
+func (e *ParseError) Unwrap() error { return e.Err }
+
+func parseErrorf(reason, format string, args ...any) *ParseError {
+	return &ParseError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// ReasonOf returns the rejection reason carried by err, or "" when err is no ParseError.
+func ReasonOf(err error) string {
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return ""
+}

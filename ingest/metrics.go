@@ -1,0 +1,42 @@
+package ingest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics are the counters every source keeps. Create them once per registry with
+// NewMetrics and share them between the sources of one pipeline.
+type Metrics struct {
+	Records     *prometheus.CounterVec // by source: records read, accepted or not
+	Events      *prometheus.CounterVec // by source: records that became events
+	DeadLetters *prometheus.CounterVec // by source and reason
+}
+
+// NewMetrics registers the ingest metrics with reg; a nil reg registers nothing (tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	return &Metrics{
+		Records: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_ingest_records_total",
+			Help: "Raw records read, per source (topic or file).",
+		}, []string{"source"}),
+		Events: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_ingest_events_total",
+			Help: "Records parsed into events, per source.",
+		}, []string{"source"}),
+		DeadLetters: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_ingest_dead_letters_total",
+			Help: "Records rejected and sent to the dead-letter sink, per source and reason.",
+		}, []string{"source", "reason"}),
+	}
+}
+
+// Init pre-creates the series of one source so they start at zero.
+func (m *Metrics) Init(source string) {
+	m.Records.WithLabelValues(source)
+	m.Events.WithLabelValues(source)
+	for _, r := range Reasons {
+		m.DeadLetters.WithLabelValues(source, r)
+	}
+}
