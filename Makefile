@@ -1,0 +1,64 @@
+# gatewatch. `make test` is what CI runs: it installs the servers the integration tests
+# use when they are missing, then vets and runs every test with the race detector.
+
+GO        ?= go
+PKGS      ?= ./...
+APT_PKGS  := kcat clickhouse-server rsyslog
+FUZZTIME  ?= 10s
+
+.PHONY: all build test deps vet lint fuzz bench golden tidy-check conformance demo
+
+all: build
+
+build:
+	$(GO) build -o gatewatch ./cmd/gatewatch
+
+# deps installs the Debian packages the integration tests drive (kcat as an independent
+# Kafka client, clickhouse-server, rsyslog), once, when any is missing.
+deps:
+	@missing=""; \
+	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v clickhouse-server >/dev/null 2>&1 || missing="$$missing clickhouse-server"; \
+	command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || missing="$$missing rsyslog"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "missing:$$missing; install them as root: apt-get update && apt-get install -y $(APT_PKGS)"; \
+			echo "(integration tests skip without them outside CI, and fail with CI=true)"; \
+		fi; \
+	fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+test: deps vet
+	$(GO) test -race -timeout 20m $(PKGS)
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+
+# fuzz runs each fuzz target for FUZZTIME; findings land in testdata/fuzz/ and are replayed by `make test`.
+fuzz:
+	@for t in $$($(GO) test -list '^Fuzz' ./ingest | grep '^Fuzz'); do \
+		echo "== $$t"; $(GO) test ./ingest -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+# bench prints benchstat input: go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 $(PKGS)
+
+golden:
+	$(GO) test ./ingest -run Golden -update
+	git diff --stat -- '*testdata*'
+
+tidy-check:
+	$(GO) mod tidy
+	git diff --exit-code go.mod go.sum
+
+conformance:
+	python3 ../shared/conformance/check.py
+
+demo:
+	$(GO) run ./cmd/gatewatch demo
