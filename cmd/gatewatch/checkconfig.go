@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 
 	"go.yaml.in/yaml/v3"
@@ -10,6 +12,9 @@ import (
 func runCheckConfig(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "check-config", "check-config FILE")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
 		return errUsage
 	}
 	if fs.NArg() != 1 {

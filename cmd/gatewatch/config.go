@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -112,12 +113,87 @@ func loadConfig(name string, b []byte) (*config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, decodeError(name, &root, err)
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, withPositions(name, &root, err)
 	}
 	return &cfg, nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// decodeError rewrites yaml's "line N: message" errors as "file:N:col: key.path: message",
+// so an operator sees which setting to fix, not only where.
+func decodeError(name string, root *yaml.Node, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	var out []error
+	for _, msg := range te.Errors {
+		m := yamlLineRE.FindStringSubmatch(msg)
+		if m == nil {
+			out = append(out, fmt.Errorf("%s: %s", name, msg))
+			continue
+		}
+		line, _ := strconv.Atoi(m[1])
+		text := m[2]
+		if strings.Contains(text, "time.Duration") {
+			text += " (durations look like 90s, 10m, 720h)"
+		}
+		if path, col := keyAtLine(root, line); path != "" {
+			out = append(out, fmt.Errorf("%s:%d:%d: %s: %s", name, line, col, path, text))
+		} else {
+			out = append(out, fmt.Errorf("%s:%d: %s", name, line, text))
+		}
+	}
+	return errors.Join(out...)
+}
+
+// keyAtLine returns the dotted path and column of the mapping key on line, or of the
+// value on line for a sequence item.
+func keyAtLine(root *yaml.Node, line int) (string, int) {
+	var walk func(n *yaml.Node, path string) (string, int)
+	walk = func(n *yaml.Node, path string) (string, int) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if p, col := walk(c, path); p != "" {
+					return p, col
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				kp := k.Value
+				if path != "" {
+					kp = path + "." + k.Value
+				}
+				if k.Line == line && (v.Kind == yaml.ScalarNode || v.Line != line) {
+					return kp, k.Column
+				}
+				if p, col := walk(v, kp); p != "" {
+					return p, col
+				}
+			}
+			if n.Line == line && path != "" {
+				return path, n.Column
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if p, col := walk(c, fmt.Sprintf("%s[%d]", path, i)); p != "" {
+					return p, col
+				}
+			}
+		case yaml.ScalarNode:
+			if n.Line == line {
+				return path, n.Column
+			}
+		}
+		return "", 0
+	}
+	return walk(root, "")
 }
 
 // withPositions prefixes each validation error with file:line:col of its key (or of

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBadConfigs(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want []string // fragments, each must appear in the error
+	}{
+		{"unknown-key.bad.yaml", []string{"unknown-key.bad.yaml:4:", "ingest.kafka", "field grup not found"}},
+		{"bad-format.bad.yaml", []string{"bad-format.bad.yaml:6:", "ingest.kafka.topics[1].format", `unknown format "akamai"`}},
+		{"bad-duration.bad.yaml", []string{"bad-duration.bad.yaml:2:", "ingest.max_clock_skew", "cannot unmarshal", "like 90s"}},
+		{"bad-values.bad.yaml", []string{
+			"bad-values.bad.yaml:2:3: ingest.max_line_bytes: must be between",
+			"bad-values.bad.yaml:4:5: ingest.kafka.start_offset",
+			"bad-values.bad.yaml:5:12: ingest.kafka.sasl.mechanism",
+			"ingest.kafka.topics", // brokers are absent here, so no topic error...
+		}},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			_, err := loadConfigFile(filepath.Join("testdata", "config", tc.file))
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+			for _, w := range tc.want {
+				if w == "ingest.kafka.topics" {
+					if strings.Contains(err.Error(), w) {
+						t.Errorf("error mentions %q although no brokers are set:\n%v", w, err)
+					}
+					continue
+				}
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestGoodConfigAndDefaults(t *testing.T) {
+	cfg, err := loadConfigFile("testdata/config/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Ingest.Kafka.Topics[1].Format; got != "kong" {
+		t.Errorf("topics[1].format = %q", got)
+	}
+	if cfg.Ingest.Kafka.BatchSize != 1000 || cfg.Ingest.MaxLineBytes != 1<<20 {
+		t.Errorf("defaults not applied under the file: batch_size %d max_line_bytes %d", cfg.Ingest.Kafka.BatchSize, cfg.Ingest.MaxLineBytes)
+	}
+	empty, err := loadConfig("empty.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if empty.Ingest.APIKeyHeader != "x-api-key" {
+		t.Errorf("empty file: api_key_header %q, want the default", empty.Ingest.APIKeyHeader)
+	}
+}
+
+func TestCheckConfigPrintsNoSecrets(t *testing.T) {
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "hmac")
+	const planted = "planted-secret-value-9f8e7d6c"
+	os.WriteFile(secretFile, []byte(planted+"\n"), 0o600)
+	cfgFile := filepath.Join(dir, "gatewatch.yaml")
+	os.WriteFile(cfgFile, []byte("ingest:\n  token_secret_file: "+secretFile+"\n"), 0o600)
+	out, errOut, code := runCmd(t, "", "check-config", cfgFile)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if strings.Contains(out+errOut, planted) {
+		t.Error("check-config output contains the secret")
+	}
+	if !strings.Contains(out, "token_secret_file: "+secretFile) {
+		t.Errorf("check-config output lacks the setting:\n%s", out)
+	}
+}
+
+func FuzzLoadConfig(f *testing.F) {
+	files, _ := filepath.Glob("testdata/config/*.yaml")
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := loadConfig("fuzz.yaml", b)
+		if err == nil && cfg == nil {
+			t.Fatal("nil config without error")
+		}
+		if err == nil {
+			if verr := cfg.validate(); verr != nil {
+				t.Fatalf("loaded config fails validation: %v", verr)
+			}
+		}
+	})
+}
