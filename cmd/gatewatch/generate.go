@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/synth"
+)
+
+func runGenerate(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlagSet(env, "generate", "generate [--duration D] [--rate R] [--format F] [--seed N] [--attacks LIST] [--start T]")
+	duration := fs.Duration("duration", 3*time.Hour, "span of event time to generate")
+	rate := fs.Float64("rate", 20, "background requests per second of event time")
+	format := fs.String("format", ingest.FormatAWSWAF, "output format: "+strings.Join(synth.Formats, ", "))
+	seed := fs.Uint64("seed", 1, "random seed; the same flags give the same bytes")
+	attacks := fs.String("attacks", strings.Join(synth.Attacks, ","), "comma-separated attacks to inject (empty for none): "+strings.Join(synth.Attacks, ", "))
+	clients := fs.Int("clients", 300, "number of API clients")
+	start := fs.String("start", synth.DefaultStart.Format(time.RFC3339), "event time of the first request (RFC 3339)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if !synth.CanWrite(*format) {
+		fmt.Fprintf(env.stderr, "generate: cannot write format %q (want one of %s)\n", *format, strings.Join(synth.Formats, ", "))
+		return errUsage
+	}
+	t0, err := time.Parse(time.RFC3339, *start)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "generate: --start: %v\n", err)
+		return errUsage
+	}
+	cfg := synth.Config{Start: t0.UTC(), Duration: *duration, Rate: *rate, Seed: *seed, Clients: *clients}
+	if *attacks != "" {
+		cfg.Attacks = strings.Split(*attacks, ",")
+	}
+	reqs, injected, err := synth.Generate(cfg)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(env.stdout, 256<<10)
+	var line []byte
+	for i := range reqs {
+		if i%4096 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if line, err = synth.AppendRecord(line[:0], *format, &reqs[i]); err != nil {
+			return err
+		}
+		line = append(line, '\n')
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stderr, "generate: %d %s records from %s to %s, attacks injected:\n", len(reqs), *format,
+		cfg.Start.Format(time.RFC3339), cfg.Start.Add(cfg.Duration).Format(time.RFC3339))
+	enc := json.NewEncoder(env.stderr)
+	for _, inj := range injected {
+		if err := enc.Encode(inj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
