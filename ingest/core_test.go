@@ -1,0 +1,216 @@
+package ingest
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseTimeBytes(t *testing.T) {
+	utc := func(s string) time.Time {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			panic(err)
+		}
+		return t.UTC()
+	}
+	for _, tc := range []struct {
+		in   string
+		want time.Time // zero: an error
+	}{
+		{"2022-09-08T12:51:05.656Z", utc("2022-09-08T12:51:05.656Z")},
+		{"2022-09-08T12:51:05Z", utc("2022-09-08T12:51:05Z")},
+		{"2022-09-08 12:51:05.123456789+02:00", utc("2022-09-08T10:51:05.123456789Z")},
+		{"2022-09-08T12:51:05+0530", utc("2022-09-08T07:21:05Z")},
+		{"2022-09-08T12:51:05", utc("2022-09-08T12:51:05Z")}, // no zone: UTC
+		{"25/Oct/2016:14:49:33 +0200", utc("2016-10-25T12:49:33Z")},
+		{"09/Jun/2023:12:54:08 -0000", utc("2023-06-09T12:54:08Z")},
+		{"1653485126", utc("2022-05-25T13:25:26Z")},              // seconds
+		{"1576280412771", utc("2019-12-13T23:40:12.771Z")},       // milliseconds
+		{"1625754264676000", utc("2021-07-08T14:24:24.676Z")},    // microseconds
+		{"1625754264676000000", utc("2021-07-08T14:24:24.676Z")}, // nanoseconds
+		{"1625754264.676", utc("2021-07-08T14:24:24.676Z")},      // nginx $msec
+		{"2022-02-30T10:00:00Z", time.Time{}},                    // no such day
+		{"2022-13-01T10:00:00Z", time.Time{}},                    // no such month
+		{"25/Foo/2016:14:49:33 +0200", time.Time{}},              // no such month
+		{"25/Oct/2016:14:49:33 +2500", time.Time{}},              // no such offset
+		{"yesterday", time.Time{}},
+		{"2022-09-08T12:51:05.Z", time.Time{}},
+		{"0", time.Time{}},
+		{"99999999999999999999999", time.Time{}},
+	} {
+		got, err := parseTimeBytes([]byte(tc.in))
+		switch {
+		case tc.want.IsZero() && err == nil:
+			t.Errorf("parseTimeBytes(%q) = %v, want an error", tc.in, got)
+		case !tc.want.IsZero() && err != nil:
+			t.Errorf("parseTimeBytes(%q): %v", tc.in, err)
+		case !tc.want.IsZero() && !got.Equal(tc.want):
+			t.Errorf("parseTimeBytes(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+	if _, err := parseTimeBytes([]byte("-")); err != errNoTime {
+		t.Errorf(`parseTimeBytes("-") = %v, want errNoTime`, err)
+	}
+}
+
+func TestSetTimeRejectsAbsurdTimes(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := now
+	b := newBase(ParserOptions{Secret: RandomTokenSecret(), MaxClockSkew: time.Hour, Now: func() time.Time { return clock }})
+	var ev Event
+	for _, tc := range []struct {
+		t      time.Time
+		reason string
+	}{
+		{now, ""},
+		{now.Add(59 * time.Minute), ""},
+		{now.Add(2 * time.Hour), ReasonBadTimestamp},
+		{time.Date(1989, 12, 31, 0, 0, 0, 0, time.UTC), ReasonBadTimestamp},
+	} {
+		if got := ReasonOf(b.setTime(&ev, tc.t, nil)); got != tc.reason {
+			t.Errorf("setTime(%v) reason %q, want %q", tc.t, got, tc.reason)
+		}
+	}
+	clock = now.Add(3 * time.Hour) // the clock moved on: the bound follows it
+	if err := b.setTime(&ev, now.Add(2*time.Hour), nil); err != nil {
+		t.Errorf("after the clock moved: %v", err)
+	}
+}
+
+func TestAppendRoute(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/", "/"},
+		{"/v1/users/42", "/v1/users/{id}"},
+		{"/v1/users/42/orders/7", "/v1/users/{id}/orders/{id}"},
+		{"/v1/items/3fa85f64-5717-4562-b3fc-2c963f66afa6", "/v1/items/{id}"},
+		{"/blobs/deadbeefdeadbeef0123", "/blobs/{id}"},
+		{"/blobs/deadbeef", "/blobs/deadbeef"}, // short hex is a word
+		{"/v2/cafe/add", "/v2/cafe/add"},
+		{"/search?q=42", "/search"},
+		{"/a//b/", "/a//b/"},
+		{"/files/report-2024.pdf", "/files/report-2024.pdf"},
+		{"", ""},
+	} {
+		if got := string(AppendRoute(nil, []byte(tc.in))); got != tc.want {
+			t.Errorf("AppendRoute(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestFingerprintsAreKeyedHMAC(t *testing.T) {
+	s, err := NewTokenSecret([]byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := s.newFingerprinter()
+	mac := hmac.New(sha256.New, []byte(testSecret))
+	mac.Write([]byte("tok-123"))
+	want := hex.EncodeToString(mac.Sum(nil)[:16])
+	if got := string(f.Sum([]byte("tok-123"))); got != want {
+		t.Errorf("Sum = %s, want HMAC-SHA-256 prefix %s", got, want)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"Bearer tok-123", "tok-123"},
+		{"bearer   tok-123 ", "tok-123"},
+		{"tok-123", "tok-123"},
+		{"REDACTED", ""},
+		{"-", ""},
+		{"", ""},
+		{"Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"},
+		{"Weird tok", "Weird tok"}, // not a scheme: the whole value is the credential
+	} {
+		if got := string(bearer([]byte(tc.in))); got != tc.want {
+			t.Errorf("bearer(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	tok := []byte("tok-123")
+	if allocs := testing.AllocsPerRun(100, func() { f.Sum(tok) }); allocs > 0 {
+		t.Errorf("Sum allocates %.0f times", allocs)
+	}
+}
+
+func TestTokenSecretNeverPrints(t *testing.T) {
+	const planted = "planted-secret-must-not-print"
+	s, err := NewTokenSecret([]byte(planted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	slog.New(slog.NewJSONHandler(&logs, nil)).Info("secret", "s", s)
+	js, _ := json.Marshal(struct{ S TokenSecret }{s})
+	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s", s, s, s, s), string(js), logs.String()} {
+		if strings.Contains(out, planted) {
+			t.Errorf("secret printed: %s", out)
+		}
+	}
+	if _, err := NewTokenSecret([]byte("short")); err == nil {
+		t.Error("short secret accepted")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	os.WriteFile(file, []byte(planted+"\n"), 0o600)
+	if s2, err := LoadTokenSecret(file, ""); err != nil || string(s2.key) != planted {
+		t.Errorf("LoadTokenSecret(file) = %v (trailing newline kept?)", err)
+	}
+	t.Setenv("GW_TEST_SECRET", planted)
+	if s3, err := LoadTokenSecret("", "GW_TEST_SECRET"); err != nil || string(s3.key) != planted {
+		t.Errorf("LoadTokenSecret(env) = %v", err)
+	}
+	if _, err := LoadTokenSecret("", "GW_TEST_SECRET_UNSET"); err == nil {
+		t.Error("unset variable accepted")
+	}
+}
+
+func TestAppendJSONStringIsValidJSON(t *testing.T) {
+	for _, in := range []string{"plain", `quote " and \ backslash`, "ctl \x00\x1f\n\t\r", "bad \xff utf8", "ünïcödé ✓", "</script>"} {
+		out := AppendJSONString(nil, in)
+		var back string
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Errorf("AppendJSONString(%q) = %s: %v", in, out, err)
+			continue
+		}
+		if want := strings.ToValidUTF8(in, "\uFFFD"); back != want {
+			t.Errorf("round trip of %q gave %q", in, back)
+		}
+	}
+}
+
+func TestEventJSONContract(t *testing.T) {
+	ev := Event{Time: time.Date(2025, 1, 2, 3, 4, 5, 6e6, time.UTC), Source: "awswaf", Status: 403, Country: "DE"}
+	var m map[string]any
+	if err := json.Unmarshal(ev.AppendJSON(nil), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"time", "source", "client_key", "token_fp", "device", "client_ip", "country", "method", "host", "route", "path", "status", "action", "rule_id", "user_agent"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("event JSON lacks %q", k)
+		}
+	}
+	if m["time"] != "2025-01-02T03:04:05.006Z" || m["status"] != float64(403) {
+		t.Errorf("time %v status %v", m["time"], m["status"])
+	}
+}
+
+func TestInternerIsBounded(t *testing.T) {
+	var a arena
+	var in interner
+	for i := range 3 * maxInterned {
+		in.Intern(&a, []byte(fmt.Sprintf("v%d", i)))
+	}
+	if len(in.m) > maxInterned {
+		t.Errorf("interner grew to %d entries", len(in.m))
+	}
+	x := in.Intern(&a, []byte("v1"))
+	if allocs := testing.AllocsPerRun(100, func() { x = in.Intern(&a, []byte("v1")) }); allocs > 0 || x != "v1" {
+		t.Errorf("interned lookup allocates %.0f", allocs)
+	}
+}
