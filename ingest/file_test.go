@@ -112,12 +112,14 @@ func TestFileSourceKeepsOrderAcrossWorkersAndFiles(t *testing.T) {
 
 func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 	dir := t.TempDir()
-	huge := strings.Repeat("x", 3000)
+	long := strings.Repeat("x", 3000)     // over the 2 KiB cap below, within one read
+	huge := strings.Repeat("y", 300<<10) // over the cap and the read buffer: streamed, kept capped
 	lines := []string{
 		nginxLine(1),
 		"this is not a log line",
-		huge, // over the 2 KiB cap below
+		long,
 		nginxLine(2),
+		huge,
 		"203.0.113.1 - - [99/Foo/2024:10:00:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"x\"",
 		string([]byte{0xff, 0xfe, 'a'}),
 		nginxLine(3),
@@ -140,7 +142,7 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 	if want := "client/1,client/2,client/3"; strings.Join(got, ",") != want {
 		t.Errorf("events %v, want %s", got, want)
 	}
-	wantReasons := map[int64]string{2: ingest.ReasonBadSyntax, 3: ingest.ReasonOversized, 5: ingest.ReasonBadTimestamp, 6: ingest.ReasonBadUTF8}
+	wantReasons := map[int64]string{2: ingest.ReasonBadSyntax, 3: ingest.ReasonOversized, 5: ingest.ReasonOversized, 6: ingest.ReasonBadTimestamp, 7: ingest.ReasonBadUTF8}
 	if len(letters.got) != len(wantReasons) {
 		t.Fatalf("%d dead letters, want %d: %+v", len(letters.got), len(wantReasons), letters.got)
 	}
@@ -151,8 +153,11 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 		if dl.Source != path || dl.Partition != -1 || dl.Format != "nginx" {
 			t.Errorf("line %d: source %q partition %d format %q", dl.Offset, dl.Source, dl.Partition, dl.Format)
 		}
-		if dl.Offset == 3 && (len(dl.Record) != 2049 || !strings.HasPrefix(huge, dl.Record)) {
-			t.Errorf("oversized line kept %d bytes, want its first 2049", len(dl.Record))
+		if dl.Offset == 3 && dl.Record != long {
+			t.Errorf("oversized line within one read kept %d bytes, want all %d", len(dl.Record), len(long))
+		}
+		if dl.Offset == 5 && (len(dl.Record) != 2049 || !strings.HasPrefix(huge, dl.Record)) {
+			t.Errorf("runaway line kept %d bytes, want its first 2049", len(dl.Record))
 		}
 	}
 }
