@@ -1,10 +1,430 @@
 package ingest
 
-// nginxParser is being written in this session; until then it rejects every record.
-type nginxParser struct{ *base }
+import (
+	"bytes"
+	"unicode/utf8"
 
-func newNginxParser(b *base) *nginxParser { return &nginxParser{b} }
+	"github.com/valyala/fastjson"
+)
 
+// nginx access logs (--format nginx). A record starting with '{' is a JSON log_format,
+// anything else the predefined combined format.
+//
+// Combined: '$remote_addr - $remote_user [$time_local] "$request" $status
+// $body_bytes_sent "$http_referer" "$http_user_agent"'. Fields appended after it (the
+// stock nginx.conf "main" format adds "$http_x_forwarded_for") are ignored, and so is a
+// missing referer and user agent (the common log format). $remote_addr may be a list
+// ("203.0.113.7, 10.0.0.2"), of which the first entry is the client IP; behind a load
+// balancer, let the realip module set it from X-Forwarded-For. $remote_user
+// (basic auth) is the client key. nginx escapes '"', '\' and bytes outside printable
+// ASCII in these fields as \xHH; the request line and user agent are decoded, and bytes
+// that do not form UTF-8 become U+FFFD. A request line that is "-" or junk (a TLS
+// handshake sent to a plain-HTTP port, scanner garbage) gives an empty method and path:
+// the record is still an event as long as its time and status parse. The combined
+// format has no host.
+//
+// JSON (a user-defined log_format, usually with escape=json): keys are nginx variable
+// names, matched after the normalisation described for Envoy; values are strings, or
+// numbers where the template leaves out the quotes. The first key listed wins:
+//
+//	time        msec (seconds.millis), @timestamp, time_iso8601, time_local, timestamp, time; required
+//	method      request_method, method, else from request
+//	path        request_uri, else the target of request ("GET /a?b HTTP/1.1"), else uri
+//	status      status
+//	client_ip   remote_addr, client_ip, else the first entry of http_x_forwarded_for
+//	            or x_forwarded_for
+//	host        http_host, host, server_name (as logged; "_" is no host)
+//	user_agent  http_user_agent, user_agent
+//	request_id  request_id, http_x_request_id
+//	client_key  client_key, remote_user
+//	token       http_authorization, authorization (fingerprinted, never kept)
+//	API key     http_x_api_key, x_api_key: from the configured api_key_header
+//	            (fingerprinted, never kept)
+//	device      http_x_device_id, x_device_id: from the configured device_header
+//	TLS         ja4, ssl_ja4, http_ssl_ja4, then ja3, ja3_hash, ssl_ja3_hash,
+//	            http_ssl_ja3_hash (third-party JA3/JA4 modules)
+//	country     http_cf_ipcountry, geoip2_country_code, geoip2_data_country_code,
+//	            geoip_country_code, country_code, country
+type nginxParser struct {
+	*base
+	j          flatJSON
+	apiKeyKeys [2]string // http_x_api_key, x_api_key for the default x-api-key
+	deviceKeys [2]string
+	buf        []byte // quoted fields with their escapes decoded
+}
+
+func newNginxParser(b *base) *nginxParser {
+	p := &nginxParser{base: b}
+	if k := headerJSONKey(b.opts.APIKeyHeader); k != "" {
+		p.apiKeyKeys = [2]string{"http_" + k, k}
+	}
+	if k := headerJSONKey(b.opts.DeviceHeader); k != "" {
+		p.deviceKeys = [2]string{"http_" + k, k}
+	}
+	return p
+}
+
+// Parse fills ev from one nginx access log record and keeps no reference to line.
 func (p *nginxParser) Parse(ev *Event, line []byte) error {
-	return parseErrorf(ReasonUnknownFormat, "the nginx parser is not written yet")
+	if err := p.check(line); err != nil {
+		return err
+	}
+	ev.Reset()
+	line = trimRecord(line)
+	var err error
+	switch {
+	case len(line) == 0:
+		return parseErrorf(ReasonBadSyntax, "empty record")
+	case line[0] == '{':
+		err = p.parseJSON(ev, line)
+	default:
+		err = p.parseCombined(ev, line)
+	}
+	if err != nil {
+		return err
+	}
+	ev.Source = FormatNginx
+	p.finish(ev)
+	return nil
+}
+
+func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
+	i := bytes.Index(line, []byte(" - "))
+	if i <= 0 || !isAddrList(line[:i]) {
+		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
+	}
+	addr, rest := line[:i], line[i+3:]
+	i = bytes.Index(rest, []byte(" ["))
+	if i < 0 {
+		return parseErrorf(ReasonBadSyntax, "no [$time_local] after $remote_user")
+	}
+	user, rest := rest[:i], rest[i+2:]
+	i = bytes.IndexByte(rest, ']')
+	if i < 0 {
+		return parseErrorf(ReasonBadSyntax, "no ] closing $time_local")
+	}
+	t, err := parseTimeBytes(rest[:i])
+	if err := p.setTime(ev, t, err); err != nil {
+		return err
+	}
+	rest = rest[i+1:]
+	if len(rest) < 2 || rest[0] != ' ' || rest[1] != '"' {
+		return parseErrorf(ReasonBadSyntax, "no quoted $request after $time_local")
+	}
+	req, rest, escaped, ok := cutQuoted(rest[1:])
+	if !ok {
+		return parseErrorf(ReasonBadSyntax, "unterminated $request")
+	}
+	status, rest := cutToken(rest)
+	if isUnset(status) {
+		return parseErrorf(ReasonBadValue, "no $status after $request")
+	}
+	if err := p.setStatusText(ev, status); err != nil {
+		return err
+	}
+	if escaped {
+		req = p.unescape(req)
+	}
+	method, target := splitRequestLine(req)
+	ev.Method = p.intern(method)
+	ev.Path = p.str(targetPath(target))
+
+	// $body_bytes_sent, then "$http_referer" "$http_user_agent" when logged.
+	_, rest = cutToken(rest)
+	if _, rest, _, ok = cutQuoted(rest); ok {
+		for len(rest) > 0 && rest[0] == ' ' {
+			rest = rest[1:]
+		}
+		if ua, _, escaped, ok := cutQuoted(rest); ok {
+			if escaped {
+				ua = p.unescape(ua)
+			}
+			ev.UserAgent = p.str(ua)
+		}
+	}
+	ev.ClientIP = ipField(p.base, addr)
+	c := credentials{consumer: user}
+	p.setIdentity(ev, &c)
+	return nil
+}
+
+// unescape decodes nginx's escapes in v into p.buf; the result, valid until the next
+// call, is UTF-8 with U+FFFD for bytes that do not form it.
+func (p *nginxParser) unescape(v []byte) []byte {
+	p.buf = appendUnescaped(p.buf[:0], v)
+	if utf8.Valid(p.buf) {
+		return p.buf
+	}
+	n := len(p.buf)
+	p.buf = appendValidUTF8(p.buf, p.buf[:n])
+	return p.buf[n:]
+}
+
+func (p *nginxParser) parseJSON(ev *Event, line []byte) error {
+	obj, err := p.j.parse(line)
+	if err != nil {
+		return err
+	}
+	obj.Visit(func(k []byte, v *fastjson.Value) {
+		s, rank := p.jsonKey(p.j.normKey(k))
+		p.j.put(s, rank, v)
+	})
+	if err := p.j.fill(p.base, ev); err != nil {
+		return err
+	}
+	if ev.Host == "_" { // server_name of a catch-all server block
+		ev.Host = ""
+	}
+	reqLine, _ := p.j.text(slotRequest)
+	reqMethod, reqTarget := splitRequestLine(reqLine)
+	if v, _ := p.j.text(slotMethod); !isUnset(v) {
+		ev.Method = p.intern(v)
+	} else {
+		ev.Method = p.intern(reqMethod)
+	}
+	switch uri, _ := p.j.text(slotPath); {
+	case !isUnset(uri):
+		ev.Path = p.str(targetPath(uri))
+	case reqTarget != nil:
+		ev.Path = p.str(targetPath(reqTarget))
+	default:
+		uri, _ = p.j.text(slotURI)
+		ev.Path = p.str(splitPath(uri))
+	}
+	return nil
+}
+
+// jsonKey maps a normalised key of an nginx JSON record to the field it feeds.
+func (p *nginxParser) jsonKey(k []byte) (jsonSlot, uint8) {
+	if len(k) == 0 {
+		return slotNone, 0
+	}
+	switch string(k) {
+	case "msec":
+		return slotTime, 0
+	case "@timestamp":
+		return slotTime, 1
+	case "time_iso8601":
+		return slotTime, 2
+	case "time_local":
+		return slotTime, 3
+	case "timestamp":
+		return slotTime, 4
+	case "time":
+		return slotTime, 5
+	case "request":
+		return slotRequest, 0
+	case "request_method":
+		return slotMethod, 0
+	case "method":
+		return slotMethod, 1
+	case "request_uri":
+		return slotPath, 0
+	case "uri":
+		return slotURI, 0
+	case "status":
+		return slotStatus, 0
+	case "http_user_agent":
+		return slotUserAgent, 0
+	case "user_agent":
+		return slotUserAgent, 1
+	case "http_host":
+		return slotHost, 0
+	case "host":
+		return slotHost, 1
+	case "server_name":
+		return slotHost, 2
+	case "remote_addr":
+		return slotClientIP, 0
+	case "client_ip":
+		return slotClientIP, 1
+	case "http_x_forwarded_for":
+		return slotForwardedFor, 0
+	case "x_forwarded_for":
+		return slotForwardedFor, 1
+	case "request_id":
+		return slotRequestID, 0
+	case "http_x_request_id":
+		return slotRequestID, 1
+	case "client_key":
+		return slotConsumer, 0
+	case "remote_user":
+		return slotConsumer, 1
+	case "http_authorization":
+		return slotAuthorization, 0
+	case "authorization":
+		return slotAuthorization, 1
+	case "ja4", "ssl_ja4", "http_ssl_ja4":
+		return slotTLS, 0
+	case "ja3", "ja3_hash", "ssl_ja3_hash", "http_ssl_ja3_hash":
+		return slotTLS, 1
+	case "http_cf_ipcountry":
+		return slotCountry, 0
+	case "geoip2_country_code", "geoip2_data_country_code":
+		return slotCountry, 1
+	case "geoip_country_code":
+		return slotCountry, 2
+	case "country_code":
+		return slotCountry, 3
+	case "country":
+		return slotCountry, 4
+	}
+	// Comparisons, not a switch: a switch with non-constant cases would copy k.
+	for i := range p.apiKeyKeys {
+		switch {
+		case string(k) == p.apiKeyKeys[i]:
+			return slotAPIKey, uint8(i)
+		case string(k) == p.deviceKeys[i]:
+			return slotDeviceID, uint8(i)
+		}
+	}
+	return slotNone, 0
+}
+
+// isAddrList reports whether v can be a logged $remote_addr: an address or host name,
+// or a comma-separated list of them (a space only after a comma).
+func isAddrList(v []byte) bool {
+	if len(v) == 0 || len(v) > 512 {
+		return false
+	}
+	for i, c := range v {
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case c == '.', c == ':', c == '-', c == '_', c == '%', c == '[', c == ']', c == ',':
+		case c == ' ' && i > 0 && v[i-1] == ',':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// cutQuoted reads a field in double quotes at the start of s (after any spaces) and
+// returns its raw contents, the text after the closing quote, and whether the contents
+// hold backslash escapes (nginx's \xHH, and \" or \\ as other servers write them).
+func cutQuoted(s []byte) (v, rest []byte, escaped, ok bool) {
+	for len(s) > 0 && s[0] == ' ' {
+		s = s[1:]
+	}
+	if len(s) == 0 || s[0] != '"' {
+		return nil, s, false, false
+	}
+	for i := 1; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			escaped = true
+			i++
+		case '"':
+			return s[1:i], s[i+1:], escaped, true
+		}
+	}
+	return nil, s, false, false
+}
+
+// appendUnescaped appends v with \xHH, \" and \\ decoded; other backslashes stay.
+func appendUnescaped(dst, v []byte) []byte {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c != '\\' || i+1 == len(v) {
+			dst = append(dst, c)
+			continue
+		}
+		switch n := v[i+1]; {
+		case n == 'x' && i+3 < len(v) && isHexDigit(v[i+2]) && isHexDigit(v[i+3]):
+			dst = append(dst, unhex(v[i+2])<<4|unhex(v[i+3]))
+			i += 3
+		case n == '"' || n == '\\':
+			dst = append(dst, n)
+			i++
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// appendValidUTF8 appends s with every byte that does not form UTF-8 replaced by U+FFFD.
+func appendValidUTF8(dst, s []byte) []byte {
+	for len(s) > 0 {
+		r, size := utf8.DecodeRune(s)
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, "\uFFFD"...)
+		} else {
+			dst = append(dst, s[:size]...)
+		}
+		s = s[size:]
+	}
+	return dst
+}
+
+func isHexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= 'a':
+		return c - 'a' + 10
+	case c >= 'A':
+		return c - 'A' + 10
+	}
+	return c - '0'
+}
+
+// splitRequestLine splits a request line as logged ("GET /a?b HTTP/1.1") into method
+// and request target. A line that does not start with a method token ("-", a TLS
+// handshake sent to a plain-HTTP port, scanner junk) gives neither.
+func splitRequestLine(req []byte) (method, target []byte) {
+	i := bytes.IndexByte(req, ' ')
+	if i <= 0 || !isMethodToken(req[:i]) {
+		return nil, nil
+	}
+	method, target = req[:i], bytes.TrimLeft(req[i+1:], " ")
+	if j := bytes.LastIndexByte(target, ' '); j >= 0 && bytes.HasPrefix(target[j+1:], []byte("HTTP/")) {
+		target = bytes.TrimRight(target[:j], " ")
+	}
+	return method, target
+}
+
+// isMethodToken reports whether m looks like an HTTP method: a letter, then up to 23
+// letters, '-' or '_'.
+func isMethodToken(m []byte) bool {
+	if len(m) == 0 || len(m) > 24 {
+		return false
+	}
+	for i, c := range m {
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case (c == '-' || c == '_') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+var rootPath = []byte{'/'}
+
+// targetPath returns the path of a request target: an origin-form target ("/a/b?q")
+// without its query, an absolute-form one ("http://host/a?q") without scheme and
+// authority, "*" as is; nil for anything else (CONNECT's authority form, junk).
+func targetPath(t []byte) []byte {
+	switch {
+	case len(t) == 0:
+		return nil
+	case t[0] == '/':
+		return splitPath(t)
+	case len(t) == 1 && t[0] == '*':
+		return t
+	}
+	i := bytes.Index(t, []byte("://"))
+	if i <= 0 || i > 10 || !isMethodToken(t[:i]) {
+		return nil
+	}
+	rest := t[i+3:]
+	j := bytes.IndexAny(rest, "/?#")
+	if j < 0 || rest[j] != '/' {
+		return rootPath
+	}
+	return splitPath(rest[j:])
 }

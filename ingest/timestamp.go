@@ -12,6 +12,10 @@ var minEventTime = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
 
 var errNoTime = errors.New("no timestamp")
 
+// errBadISO is shared rather than made in parseISO, where it would be allocated on
+// every call, successful ones included.
+var errBadISO = errors.New("malformed RFC 3339 timestamp")
+
 // epochTime reads an integer epoch timestamp whose unit is inferred from its magnitude:
 // seconds, milliseconds, microseconds or nanoseconds (Cloudflare's unixnano, Kong's and
 // AWS WAF's milliseconds). Those ranges do not overlap for any date after 1973.
@@ -109,7 +113,7 @@ func parseCLF(b []byte) (time.Time, error) {
 
 // parseISO reads 2006-01-02T15:04:05[.fff...][Z|±hh:mm|±hhmm]; a space may stand for T.
 func parseISO(b []byte) (time.Time, error) {
-	bad := errors.New("malformed RFC 3339 timestamp")
+	bad := errBadISO
 	if len(b) < 19 || b[4] != '-' || b[7] != '-' || (b[10] != 'T' && b[10] != 't' && b[10] != ' ') || b[13] != ':' || b[16] != ':' {
 		return time.Time{}, bad
 	}

@@ -1,0 +1,228 @@
+package ingest
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSplitRequestLine(t *testing.T) {
+	for _, tc := range []struct{ in, method, target string }{
+		{"GET /a?b=1 HTTP/1.1", "GET", "/a?b=1"},
+		{"M-SEARCH * HTTP/1.1", "M-SEARCH", "*"},
+		{"GET /index.html", "GET", "/index.html"}, // HTTP/0.9
+		{"GET /a b HTTP/1.1", "GET", "/a b"},      // a space in the target
+		{"GET  /double  HTTP/1.1", "GET", "/double"},
+		{"CONNECT host:443 HTTP/1.1", "CONNECT", "host:443"},
+		{"-", "", ""},
+		{"", "", ""},
+		{"GET", "", ""},
+		{"\x16\x03\x01\x00\xca", "", ""},
+		{`\x16\x03\x01 x`, "", ""},
+		{"1GET / HTTP/1.1", "", ""},
+		{"GET\t/ HTTP/1.1", "", ""},
+		{strings.Repeat("A", 25) + " / HTTP/1.1", "", ""},
+	} {
+		m, tg := splitRequestLine([]byte(tc.in))
+		if string(m) != tc.method || string(tg) != tc.target {
+			t.Errorf("splitRequestLine(%q) = %q, %q, want %q, %q", tc.in, m, tg, tc.method, tc.target)
+		}
+	}
+}
+
+func TestTargetPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/a/b?c=d#e", "/a/b"},
+		{"/", "/"},
+		{"*", "*"},
+		{"http://host.example/a/b?x=1", "/a/b"},
+		{"HTTPS://host.example:8443", "/"},
+		{"http://host.example?x", "/"},
+		{"host.example:443", ""},
+		{"", ""},
+		{"-", ""},
+		{"javascript:alert(1)", ""},
+		{"../../etc/passwd", ""},
+	} {
+		if got := string(targetPath([]byte(tc.in))); got != tc.want {
+			t.Errorf("targetPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestAppendUnescaped(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`plain`, "plain"},
+		{`\x22q\x22`, `"q"`},
+		{`\xE2\x9C\x93`, "✓"},
+		{`\x5C`, `\`},
+		{`\"a\\b`, `"a\b`},
+		{`\x4`, `\x4`},    // too short: kept
+		{`\xZZ`, `\xZZ`},  // not hex: kept
+		{`\n`, `\n`},      // nginx never writes it: kept
+		{`end\`, `end\`},  // a trailing backslash: kept
+		{`\x00`, "\x00"},  // control bytes come through; the JSON writer escapes them
+		{`\xff`, "\xff"},  // not UTF-8 yet: unescape replaces it (below)
+		{`\\x41`, `\x41`}, // an escaped backslash before x41 is not an escape
+	} {
+		if got := string(appendUnescaped(nil, []byte(tc.in))); got != tc.want {
+			t.Errorf("appendUnescaped(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	p := newNginxParser(newBase(testParserOptionsWithDefaults(t)))
+	if got := string(p.unescape([]byte(`a\xFFb\xC3\xA9`))); got != "a\uFFFDbé" {
+		t.Errorf("unescape kept invalid UTF-8: %q", got)
+	}
+}
+
+func testParserOptionsWithDefaults(t *testing.T) ParserOptions {
+	t.Helper()
+	o, err := testParserOptions(t).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func TestNginxCombinedFields(t *testing.T) {
+	const pre = `203.0.113.7 - - [14/Jun/2025:11:21:44 +0200] `
+	runFieldCases(t, mustParser(t, FormatNginx), []fieldCase{
+		{name: "combined", line: pre + `"GET /a/42?x=1 HTTP/1.1" 200 612 "https://ref.example/" "curl/8.7.1"`,
+			want: map[string]string{"time": "2025-06-14T09:21:44.000Z", "source": "nginx", "client_ip": "203.0.113.7", "method": "GET", "path": "/a/42", "route": "/a/{id}", "status": "200", "user_agent": "curl/8.7.1", "host": ""}},
+		{name: "extra quoted fields appended", line: pre + `"GET / HTTP/1.1" 200 612 "-" "ua" "198.51.100.1" "rt=0.003" "-"`,
+			want: map[string]string{"user_agent": "ua", "client_ip": "203.0.113.7"}},
+		{name: "common log format", line: pre + `"GET / HTTP/1.0" 304 0`,
+			want: map[string]string{"status": "304", "user_agent": ""}},
+		{name: "dash request", line: pre + `"-" 400 0 "-" "-"`,
+			want: map[string]string{"method": "", "path": "", "route": "", "status": "400"}},
+		{name: "empty request", line: pre + `"" 400 0 "-" "-"`,
+			want: map[string]string{"method": "", "path": "", "status": "400"}},
+		{name: "TLS handshake", line: pre + `"\x16\x03\x01\x02\x00\x01\x00\x01\xFC\x03\x03" 400 157 "-" "-"`,
+			want: map[string]string{"method": "", "path": "", "status": "400"}},
+		{name: "binary after a method", line: pre + `"GET /\x00\x01 HTTP/1.1" 400 157 "-" "-"`,
+			want: map[string]string{"method": "GET", "path": "/\x00\x01"}},
+		{name: "escaped quote in the request", line: pre + `"GET /q=\x22a b\x22 HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"path": `/q="a b"`}},
+		{name: "basic auth user", line: `203.0.113.7 - carol [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"client_key": "carol", "token_fp": ""}},
+		{name: "IPv6 client", line: `2001:db8::9 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"client_ip": "2001:db8::9"}},
+		{name: "Unix socket peer", line: `unix: - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"client_ip": ""}},
+		{name: "ISO time in brackets", line: `203.0.113.7 - - [2025-06-14T11:21:44+02:00] "GET / HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"time": "2025-06-14T09:21:44.000Z"}},
+		{name: "leading blanks and CRLF", line: "  " + pre + `"GET / HTTP/1.1" 200 1 "-" "ua"` + "\r\n",
+			want: map[string]string{"user_agent": "ua"}},
+		{name: "unterminated user agent", line: pre + `"GET / HTTP/1.1" 200 1 "-" "cut`,
+			want: map[string]string{"status": "200", "user_agent": ""}},
+		{name: "missing time", line: `203.0.113.7 - - "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadSyntax},
+		{name: "empty time", line: `203.0.113.7 - - [] "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonMissingField},
+		{name: "time without offset", line: `203.0.113.7 - - [14/Jun/2025:11:21:44] "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadTimestamp},
+		{name: "bad status", line: pre + `"GET / HTTP/1.1" 2xx 1 "-" "-"`, reason: ReasonBadValue},
+		{name: "no status", line: pre + `"GET / HTTP/1.1"`, reason: ReasonBadValue},
+		{name: "no address", line: ` - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1`, reason: ReasonBadSyntax},
+	})
+}
+
+func TestNginxJSONFields(t *testing.T) {
+	const tl = `"time_local":"14/Jun/2025:11:21:44 +0200"`
+	runFieldCases(t, mustParser(t, FormatNginx), []fieldCase{
+		{name: "request line split", line: `{` + tl + `,"request":"PUT /a/7?x HTTP/2.0","status":"204"}`,
+			want: map[string]string{"method": "PUT", "path": "/a/7", "route": "/a/{id}", "status": "204", "source": "nginx"}},
+		{name: "request_method and request_uri win", line: `{` + tl + `,"request":"GET /r HTTP/1.1","request_method":"POST","request_uri":"/u?q"}`,
+			want: map[string]string{"method": "POST", "path": "/u"}},
+		{name: "request beats uri", line: `{` + tl + `,"uri":"/normalised","request":"GET /raw//x HTTP/1.1"}`,
+			want: map[string]string{"path": "/raw//x"}},
+		{name: "uri when nothing else", line: `{` + tl + `,"uri":"/only"}`,
+			want: map[string]string{"path": "/only", "method": ""}},
+		{name: "junk request", line: `{` + tl + `,"request":"\u0016\u0003\u0001","status":400}`,
+			want: map[string]string{"method": "", "path": "", "status": "400"}},
+		{name: "msec beats time_local", line: `{` + tl + `,"msec":"1749892904.517"}`,
+			want: map[string]string{"time": "2025-06-14T09:21:44.517Z"}},
+		{name: "time_iso8601", line: `{"time_iso8601":"2025-06-14T11:21:44+02:00"}`,
+			want: map[string]string{"time": "2025-06-14T09:21:44.000Z"}},
+		{name: "http_host beats host", line: `{` + tl + `,"host":"a.example","http_host":"a.example:8080"}`,
+			want: map[string]string{"host": "a.example:8080"}},
+		{name: "server_name underscore", line: `{` + tl + `,"server_name":"_"}`,
+			want: map[string]string{"host": ""}},
+		{name: "XFF when no remote_addr", line: `{` + tl + `,"http_x_forwarded_for":"198.51.100.3, 10.0.0.1"}`,
+			want: map[string]string{"client_ip": "198.51.100.3"}},
+		{name: "remote_addr beats XFF", line: `{` + tl + `,"http_x_forwarded_for":"198.51.100.3","remote_addr":"10.0.0.1"}`,
+			want: map[string]string{"client_ip": "10.0.0.1"}},
+		{name: "country variants", line: `{` + tl + `,"geoip_country_code":"fr","http_cf_ipcountry":"ch"}`,
+			want: map[string]string{"country": "CH"}},
+		{name: "Tor is no country", line: `{` + tl + `,"http_cf_ipcountry":"T1"}`,
+			want: map[string]string{"country": ""}},
+		{name: "request id", line: `{` + tl + `,"request_id":"f00d"}`,
+			want: map[string]string{"request_id": "f00d"}},
+		{name: "device header", line: `{` + tl + `,"http_x_device_id":"dev-9","http_user_agent":"ua"}`,
+			want: map[string]string{"device": "dev-9", "user_agent": "ua"}},
+		{name: "empty strings are unset", line: `{` + tl + `,"remote_addr":"","http_user_agent":"","remote_user":"","http_authorization":""}`,
+			want: map[string]string{"client_ip": "", "user_agent": "", "client_key": "", "token_fp": "", "device": ""}},
+		{name: "status missing is 0", line: `{` + tl + `}`,
+			want: map[string]string{"status": "0"}},
+		{name: "no time", line: `{"status":"200"}`, reason: ReasonMissingField},
+		{name: "bad msec", line: `{"msec":"17498.92.904"}`, reason: ReasonBadTimestamp},
+		{name: "status object", line: `{` + tl + `,"status":{}}`, reason: ReasonBadValue},
+		{name: "invalid JSON", line: `{` + tl + `,`, reason: ReasonInvalidJSON},
+	})
+}
+
+func TestNginxAPIKeyHeaderOption(t *testing.T) {
+	opts := testParserOptions(t)
+	opts.APIKeyHeader = "X-Gateway-Key"
+	opts.DeviceHeader = "X-Client-Device"
+	p, err := NewParser(FormatNginx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","http_x_gateway_key":"gk_0123456789abcdef","http_x_api_key":"ignored-default-0001","http_x_client_device":"d-1"}`)
+	var ev Event
+	if err := p.Parse(&ev, line); err != nil {
+		t.Fatal(err)
+	}
+	def := mustParser(t, FormatNginx)
+	var evDef Event
+	if err := def.Parse(&evDef, []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","http_x_api_key":"gk_0123456789abcdef"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if ev.ClientKey == "" || ev.ClientKey != evDef.ClientKey || ev.TokenFP != ev.ClientKey {
+		t.Errorf("configured header: client_key %q token_fp %q, want the fingerprint %q of its value", ev.ClientKey, ev.TokenFP, evDef.ClientKey)
+	}
+	if ev.Device != "d-1" {
+		t.Errorf("device %q, want d-1 from the configured device header", ev.Device)
+	}
+}
+
+func TestNginxRejectsNeverQuoteTheRecord(t *testing.T) {
+	p := mustParser(t, FormatNginx)
+	for _, line := range readLogRecords(t, "testdata/nginx/rejects.log") {
+		var ev Event
+		err := p.Parse(&ev, line)
+		if err == nil {
+			t.Errorf("Parse(%q) accepted a record of rejects.log", line)
+			continue
+		}
+		for _, cred := range rawCredentials(line) {
+			if strings.Contains(err.Error(), string(cred)) {
+				t.Errorf("error %q quotes the credential of %q", err, line)
+			}
+		}
+		if strings.Contains(err.Error(), string(line[:min(len(line), 24)])) {
+			t.Errorf("error %q quotes the record %q", err, line)
+		}
+	}
+}
+
+func FuzzParseNginx(f *testing.F) {
+	addLogSeeds(f, "testdata/nginx/*.log")
+	p := mustParser(f, FormatNginx)
+	f.Fuzz(func(t *testing.T, line []byte) { fuzzParse(t, p, line) })
+}
+
+func BenchmarkParseNginxCombined(b *testing.B) {
+	benchParse(b, FormatNginx, "testdata/nginx/combined.log")
+}
+
+func BenchmarkParseNginxJSON(b *testing.B) {
+	benchParse(b, FormatNginx, "testdata/nginx/json.log")
+}
