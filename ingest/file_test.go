@@ -112,7 +112,7 @@ func TestFileSourceKeepsOrderAcrossWorkersAndFiles(t *testing.T) {
 
 func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 	dir := t.TempDir()
-	long := strings.Repeat("x", 3000)     // over the 2 KiB cap below, within one read
+	long := strings.Repeat("x", 3000)    // over the 2 KiB cap below, within one read
 	huge := strings.Repeat("y", 300<<10) // over the cap and the read buffer: streamed, kept capped
 	lines := []string{
 		nginxLine(1),
