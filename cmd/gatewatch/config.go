@@ -12,17 +12,20 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
 // config is gatewatch.yaml: each part's section, decoded over its defaults.
 type config struct {
-	Ingest ingest.Config `yaml:"ingest"`
+	Ingest    ingest.Config    `yaml:"ingest"`
+	Detectors detectors.Config `yaml:"detectors"`
 }
 
 func defaultConfig() config {
 	return config{
-		Ingest: ingest.DefaultConfig(),
+		Ingest:    ingest.DefaultConfig(),
+		Detectors: detectors.DefaultConfig(),
 	}
 }
 
@@ -42,6 +45,7 @@ func (c *config) validate() error {
 		}
 	}
 	add("ingest", c.Ingest.Validate())
+	add("detectors", c.Detectors.Validate())
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,293 @@
+package detectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// sliceSource hands out fixed batches, then io.EOF (or err, when set).
+type sliceSource struct {
+	batches []*ingest.Batch
+	err     error
+}
+
+func (s *sliceSource) Next(ctx context.Context) (*ingest.Batch, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(s.batches) == 0 {
+		if s.err != nil {
+			return nil, s.err
+		}
+		return nil, io.EOF
+	}
+	b := s.batches[0]
+	s.batches = s.batches[1:]
+	return b, nil
+}
+
+type recordingSink struct {
+	alerts []Alert
+	puts   int
+	err    error
+}
+
+func (s *recordingSink) Put(_ context.Context, alerts []Alert) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.puts++
+	s.alerts = append(s.alerts, alerts...)
+	return nil
+}
+
+// ackRecord is what the world looked like when a batch was acknowledged.
+type ackRecord struct {
+	batch     int
+	maxT      time.Time
+	watermark time.Time
+	alerts    int // alerts put so far
+	updates   int // baseline writes so far
+}
+
+// batched cuts events into batches of n whose acks record into acks.
+func batched(events []ingest.Event, n int, e **Engine, sink *recordingSink, store *MemoryBaselines, acks *[]ackRecord) []*ingest.Batch {
+	var out []*ingest.Batch
+	for i := 0; i < len(events); i += n {
+		part := events[i:min(i+n, len(events))]
+		idx := len(out)
+		var maxT time.Time
+		for _, ev := range part {
+			if ev.Time.After(maxT) {
+				maxT = ev.Time
+			}
+		}
+		out = append(out, ingest.NewBatch(part, func(context.Context) error {
+			*acks = append(*acks, ackRecord{idx, maxT, (*e).Watermark(), len(sink.alerts), store.Updates()})
+			return nil
+		}))
+	}
+	return out
+}
+
+func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
+	s := genScenario(5, 2, true)
+	store := NewMemoryBaselines(s.snap)
+	var e *Engine
+	e, err := NewEngine(DefaultConfig(), Options{Baselines: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	var acks []ackRecord
+	src := &sliceSource{batches: batched(s.events, 200, &e, sink, store, &acks)}
+	nBatches := len(src.batches)
+	if err := e.Run(t.Context(), src, sink); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if len(acks) != nBatches {
+		t.Fatalf("%d of %d batches acknowledged", len(acks), nBatches)
+	}
+	// Acks at the final watermark may come from the end of input, which releases
+	// everything; every earlier one must be out of every open window: token_reuse's
+	// 10m window, less one of its 30s buckets.
+	longest := DefaultConfig().TokenReuse.Window
+	last := acks[len(acks)-1].watermark
+	for i, a := range acks {
+		if a.batch != i {
+			t.Fatalf("ack %d is batch %d: out of order", i, a.batch)
+		}
+		if a.watermark.Before(last) && a.watermark.Sub(a.maxT) < longest-30*time.Second {
+			t.Errorf("batch %d (events up to %s) acked at watermark %s: an open %s window may still need it",
+				i, a.maxT.Format(time.TimeOnly), a.watermark.Format(time.TimeOnly), longest)
+		}
+		if a.updates == 0 {
+			t.Errorf("batch %d acked before any baseline was written", i)
+		}
+	}
+	groups := incidentsOf(sink.alerts)
+	if len(groups) != 4 {
+		t.Errorf("%d incidents through Run, want the 4 attacks:\n%s", len(groups), describe(sink.alerts))
+	}
+	// Every alert was put before the batch holding its last event was acked.
+	for _, g := range groups {
+		a := g[0]
+		for _, r := range acks {
+			if !r.maxT.Before(a.LastSeen) && r.alerts == 0 {
+				t.Errorf("batch %d holding the events of %s %s was acked before any alert was put", r.batch, a.Detector, a.Key)
+			}
+		}
+	}
+}
+
+func TestRunAckTiming(t *testing.T) {
+	// One batch per minute of a single client: with a 10-minute token_reuse window, a
+	// batch is released only once the watermark is about ten minutes past it.
+	cfg := DefaultConfig()
+	store := NewMemoryBaselines(Baselines{})
+	var e *Engine
+	e, err := NewEngine(cfg, Options{Baselines: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []ingest.Event
+	for m := 0; m < 30; m++ {
+		events = append(events, use("t1", "phone", at(time.Duration(m)*time.Minute)))
+	}
+	sink := &recordingSink{}
+	var acks []ackRecord
+	src := &sliceSource{batches: batched(events, 1, &e, sink, store, &acks)}
+	if err := e.Run(t.Context(), src, sink); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range acks[:len(acks)-12] { // the last ones are released by the end of input
+		lag := a.watermark.Sub(a.maxT)
+		if lag < 9*time.Minute+30*time.Second || lag > 11*time.Minute {
+			t.Errorf("batch %d (event at %s) acked at watermark %s: lag %s, want about the 10m window",
+				a.batch, a.maxT.Format(time.TimeOnly), a.watermark.Format(time.TimeOnly), lag)
+		}
+	}
+	if len(acks) != 30 {
+		t.Errorf("%d acks, want 30", len(acks))
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	boom := errors.New("boom")
+	events := forbidden("a", 30, t0, time.Second)
+	for _, tc := range []struct {
+		name    string
+		src     *sliceSource
+		sink    *recordingSink
+		store   BaselineStore
+		want    string
+		wantErr error
+	}{
+		{"source fails", &sliceSource{err: boom}, &recordingSink{}, nil, "detectors: next batch: boom", boom},
+		{"sink fails", &sliceSource{batches: []*ingest.Batch{ingest.NewBatch(events, nil)}}, &recordingSink{err: boom}, nil, "detectors: put alerts: boom", boom},
+		{"baselines fail to load", &sliceSource{}, &recordingSink{}, failingStore{boom}, "detectors: load baselines: boom", boom},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := NewEngine(only(ForbiddenBurst), Options{Baselines: tc.store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = e.Run(t.Context(), tc.src, tc.sink)
+			if err == nil || err.Error() != tc.want || !errors.Is(err, tc.wantErr) {
+				t.Errorf("Run = %v, want %q wrapping %v", err, tc.want, tc.wantErr)
+			}
+		})
+	}
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		e, _ := NewEngine(DefaultConfig(), Options{})
+		if err := e.Run(ctx, &sliceSource{}, &recordingSink{}); !errors.Is(err, context.Canceled) {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
+	})
+}
+
+type failingStore struct{ err error }
+
+func (f failingStore) LoadBaselines(context.Context) (Baselines, error) { return Baselines{}, f.err }
+func (f failingStore) UpdateBaselines(context.Context, Baselines) error { return f.err }
+
+func TestNewEngineRejectsBadConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ForbiddenBurst.MinRatio = 1.5
+	_, err := NewEngine(cfg, Options{})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Key() != "forbidden_burst.min_ratio" {
+		t.Errorf("NewEngine = %v, want a ConfigError for forbidden_burst.min_ratio", err)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	e, err := NewEngine(DefaultConfig(), Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := concat(forbidden("a", 25, t0, time.Second), []ingest.Event{
+		use("t1", "phone", at(2*time.Minute)),
+		use("t1", "laptop", at(90*time.Second)), // on the watermark: not late
+		use("t1", "tablet", at(30*time.Second)), // before it: late
+	})
+	alerts := append(e.Observe(events), e.Flush()...)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP gatewatch_detectors_events_total Events observed by the detector engine.
+# TYPE gatewatch_detectors_events_total counter
+gatewatch_detectors_events_total %d
+# HELP gatewatch_detectors_late_events_total Events older than the watermark when they arrived: they update baselines but no window.
+# TYPE gatewatch_detectors_late_events_total counter
+gatewatch_detectors_late_events_total 1
+`, len(events))), "gatewatch_detectors_events_total", "gatewatch_detectors_late_events_total"); err != nil {
+		t.Error(err)
+	}
+	perDetector := map[string]int{}
+	for _, a := range alerts {
+		perDetector[a.Detector]++
+	}
+	for _, d := range Names {
+		if got := counterValue(t, reg, "gatewatch_detectors_alerts_total", "detector", d); got != float64(perDetector[d]) {
+			t.Errorf("alerts_total{detector=%q} = %v, want %d", d, got, perDetector[d])
+		}
+	}
+	if perDetector[ForbiddenBurst] == 0 || perDetector[TokenReuse] == 0 {
+		t.Errorf("alerts %v, want forbidden_burst and token_reuse", perDetector)
+	}
+	if got := counterValue(t, reg, "gatewatch_detectors_tracked_keys", "detector", QuietEndpointSpike); got != 1 {
+		t.Errorf("tracked_keys{quiet_endpoint_spike} = %v, want 1 route", got)
+	}
+	if got := counterValue(t, reg, "gatewatch_detectors_watermark_seconds"); got != float64(at(90*time.Second).Unix()) {
+		t.Errorf("watermark = %v, want %v", got, at(90*time.Second).Unix())
+	}
+}
+
+func TestObserveAllocatesNothingForKnownKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("warms up on generated traffic")
+	}
+	s := genScenario(11, 3, false)
+	e, err := NewEngine(DefaultConfig(), Options{Baselines: NewMemoryBaselines(s.snap)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Warm up on two hours of traffic, then measure the next 45 minutes event by event.
+	split := t0.Add(2*time.Hour + 10*time.Minute)
+	var warm, steady []ingest.Event
+	for _, ev := range s.events {
+		switch {
+		case ev.Time.Before(split):
+			warm = append(warm, ev)
+		case ev.Time.Before(t0.Add(2*time.Hour + 55*time.Minute)):
+			steady = append(steady, ev)
+		}
+	}
+	e.Observe(warm)
+	i := 0
+	one := make([]ingest.Event, 1)
+	allocs := testing.AllocsPerRun(len(steady)-1, func() {
+		one[0] = steady[i]
+		i++
+		if a := e.Observe(one); a != nil {
+			t.Fatalf("alert in steady traffic: %+v", a)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Observe allocates %v times per event for known keys, want 0", allocs)
+	}
+}

@@ -1,0 +1,381 @@
+package detectors
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// forbiddenBurst fires when, within window, at least threshold responses to one client
+// (its client key, else its IP) have a status in statuses and they are at least
+// min_ratio of that client's requests.
+//
+// Per key it keeps a ring of (forbidden, total) counts per bucket. A key whose ring
+// holds at least threshold forbidden responses may fire and is "hot": its windows are
+// evaluated as the watermark closes them. Others cannot fire and cost nothing until
+// their next event.
+type forbiddenBurst struct {
+	cfg      ForbiddenBurstConfig
+	lay      ringLayout
+	tab      *keyTable[fbKey]
+	cnt      counters
+	statuses []int
+
+	params    []fbParams        // [0]: the detector's settings, [1]: disabled; then one per key override
+	keyParams map[string]uint16 // key override → params index
+	skipRoute []string          // route prefixes whose requests are ignored
+	allowKey  map[string]bool
+	allowNet  []netip.Prefix
+
+	hot    []slotRef
+	cols   collectors
+	inc    *incidents
+	wm     int64 // watermark of the latest advance
+	next   int64 // due
+	window string
+}
+
+type fbParams struct {
+	enabled   bool
+	threshold uint32
+	minRatio  float64
+	severity  Severity
+}
+
+type fbKey struct {
+	r      ring
+	sums   [2]uint32 // forbidden, total over the live buckets
+	evalTo int64     // windows ending at buckets up to here were evaluated
+	prm    uint16
+	hot    bool
+	byIP   bool // keyed by client IP: the request had no client key
+	col    *collector
+}
+
+// Evidence fields the collector samples, per forbidden response.
+const (
+	fbPath = iota
+	fbRequestID
+	fbClientIP
+	fbFields
+)
+
+func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *incidents) *forbiddenBurst {
+	lay := newRingLayout(c.Window, lateness, 12)
+	d := &forbiddenBurst{
+		cfg:       c,
+		lay:       lay,
+		cnt:       counters{lay: lay, k: 2},
+		statuses:  slices.Clone(c.Statuses),
+		keyParams: map[string]uint16{},
+		allowKey:  map[string]bool{},
+		inc:       inc,
+		wm:        math.MinInt64 / 2,
+		next:      math.MinInt64,
+		window:    lay.window().String(),
+	}
+	// Keys live while a future window may still need their buckets; the wheel files
+	// them by quarters of that.
+	d.tab = newKeyTable[fbKey](c.MaxKeys, (lay.size*lay.width)/4)
+	d.tab.onRemove = d.release
+	d.cols = collectors{lay: lay, fields: fbFields, k: 2, nCounts: len(c.Statuses)}
+	base := fbParams{enabled: true, threshold: uint32(c.Threshold), minRatio: c.MinRatio, severity: c.Severity}
+	d.params = append(d.params, base, fbParams{}) // [1]: allowlisted, disabled
+	for _, o := range c.Overrides {
+		if o.RoutePrefix != "" {
+			d.skipRoute = append(d.skipRoute, o.RoutePrefix)
+			continue
+		}
+		if _, dup := d.keyParams[o.Key]; dup {
+			continue // the first override of a key wins
+		}
+		p := base
+		if o.Enabled != nil {
+			p.enabled = *o.Enabled
+		}
+		if o.Severity != nil {
+			p.severity = *o.Severity
+		}
+		if o.Threshold != nil {
+			p.threshold = uint32(*o.Threshold)
+		}
+		if o.MinRatio != nil {
+			p.minRatio = *o.MinRatio
+		}
+		d.keyParams[o.Key] = uint16(len(d.params))
+		d.params = append(d.params, p)
+	}
+	for _, a := range c.Allowlist {
+		if a.Key != "" {
+			d.allowKey[a.Key] = true
+		} else if p, err := netip.ParsePrefix(a.CIDR); err == nil {
+			d.allowNet = append(d.allowNet, p.Masked())
+		}
+	}
+	return d
+}
+
+func (d *forbiddenBurst) name() string { return ForbiddenBurst }
+func (d *forbiddenBurst) due() int64   { return d.next }
+
+func (d *forbiddenBurst) stats() (int, uint64, uint64) {
+	return d.tab.live, d.tab.evictions, d.tab.expired
+}
+
+func (d *forbiddenBurst) horizon(wm int64) int64 {
+	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
+}
+
+func (d *forbiddenBurst) observe(ev *ingest.Event, t int64, late bool) {
+	if late {
+		return // no baseline to learn, and late events enter no window
+	}
+	key, byIP := ev.ClientKey, false
+	if key == "" {
+		key, byIP = ev.ClientIP, true
+	}
+	if key == "" || d.skip(ev) {
+		return
+	}
+	slot := d.tab.find(key)
+	if slot < 0 {
+		slot = d.tab.add(key, t)
+		k := &d.tab.ents[slot].s
+		k.byIP = byIP
+		k.evalTo = math.MinInt64
+		if i, ok := d.keyParams[key]; ok {
+			k.prm = i
+		}
+		if d.allowKey[key] {
+			k.prm = 1
+		}
+	} else {
+		d.tab.touch(slot, t)
+	}
+	k := &d.tab.ents[slot].s
+	p := &d.params[k.prm]
+	if !p.enabled {
+		return
+	}
+	forbidden := slices.Contains(d.statuses, ev.Status)
+	b := d.lay.bucket(t)
+	data := d.cnt.keyData(slot)
+	o := d.cnt.place(data, &k.r, k.sums[:], b, d.keep())
+	if k.sums[0] == 0 && k.col != nil {
+		d.cols.put(k.col) // its forbidden responses all left the ring
+		k.col = nil
+	}
+	if inc16(&data[o+1]) {
+		k.sums[1]++
+	}
+	if !forbidden {
+		return
+	}
+	if inc16(&data[o]) {
+		k.sums[0]++
+	}
+	if k.col == nil {
+		k.col = d.cols.get()
+	}
+	cs := k.col.claim(b)
+	k.col.sample(cs, fbPath, ev.Path)
+	k.col.sample(cs, fbRequestID, ev.RequestID)
+	if !byIP {
+		k.col.sample(cs, fbClientIP, ev.ClientIP)
+	}
+	k.col.addDistinct(cs, hash64(ev.Path))
+	k.col.inc(cs, slices.Index(d.statuses, ev.Status))
+	if !k.hot && k.sums[0] >= p.threshold {
+		k.hot = true
+		// Windows that closed before this event could not fire: the ring had fewer
+		// than threshold forbidden responses.
+		k.evalTo = max(k.evalTo, d.closed())
+		d.hot = append(d.hot, d.tab.ref(slot))
+	}
+}
+
+// skip reports whether the request is excluded by a route override or the allowlist.
+func (d *forbiddenBurst) skip(ev *ingest.Event) bool {
+	for _, p := range d.skipRoute {
+		if strings.HasPrefix(ev.Route, p) {
+			return true
+		}
+	}
+	if len(d.allowNet) > 0 {
+		if ip, err := netip.ParseAddr(ev.ClientIP); err == nil {
+			for _, n := range d.allowNet {
+				if n.Contains(ip.Unmap()) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// closed is the last bucket the latest advance closed.
+func (d *forbiddenBurst) closed() int64 { return d.lay.closedThrough(d.wm) }
+
+// keep is the oldest bucket a window that is not yet closed can contain.
+func (d *forbiddenBurst) keep() int64 { return d.closed() + 2 - d.lay.n }
+
+func (d *forbiddenBurst) advance(wm int64) {
+	d.wm = wm
+	closed := d.lay.closedThrough(wm)
+	d.evalHot(closed)
+	d.tab.expire((closed + 2 - d.lay.n) * d.lay.width)
+	d.inc.endQuiet(wm)
+	d.next = (closed + 2) * d.lay.width
+}
+
+// evalHot evaluates the windows of hot keys that end at buckets up to closed.
+func (d *forbiddenBurst) evalHot(closed int64) {
+	keep := d.hot[:0]
+	for _, r := range d.hot {
+		if !d.tab.valid(r) {
+			continue
+		}
+		k := &d.tab.ents[r.slot].s
+		d.eval(r.slot, closed)
+		data := d.cnt.keyData(r.slot)
+		d.cnt.trim(data, &k.r, k.sums[:], closed+2-d.lay.n)
+		if k.sums[0] == 0 && k.col != nil {
+			d.cols.put(k.col)
+			k.col = nil
+		}
+		if k.sums[0] < d.params[k.prm].threshold {
+			k.hot = false
+			continue
+		}
+		keep = append(keep, r)
+	}
+	clear(d.hot[len(keep):])
+	d.hot = keep
+}
+
+// eval evaluates slot's windows ending at buckets evalTo+1..upTo.
+func (d *forbiddenBurst) eval(slot int32, upTo int64) {
+	k := &d.tab.ents[slot].s
+	p := &d.params[k.prm]
+	n := d.lay.n
+	from := max(k.evalTo+1, k.r.lo)
+	to := min(upTo, k.r.top+n-1)
+	k.evalTo = max(k.evalTo, upTo)
+	if !k.r.used || from > to {
+		return
+	}
+	data := d.cnt.keyData(slot)
+	var f, tot uint32
+	for b := from - n + 1; b <= from; b++ {
+		f += d.cnt.at(data, &k.r, b, 0)
+		tot += d.cnt.at(data, &k.r, b, 1)
+	}
+	for e := from; e <= to; e++ {
+		if e > from {
+			f += d.cnt.at(data, &k.r, e, 0) - d.cnt.at(data, &k.r, e-n, 0)
+			tot += d.cnt.at(data, &k.r, e, 1) - d.cnt.at(data, &k.r, e-n, 1)
+		}
+		if f >= p.threshold && float64(f) >= p.minRatio*float64(tot) {
+			d.fire(slot, e, f, tot)
+		}
+	}
+}
+
+func (d *forbiddenBurst) fire(slot int32, end int64, f, tot uint32) {
+	ent := &d.tab.ents[slot]
+	name := ent.key()
+	k := &ent.s
+	p := &d.params[k.prm]
+	n := d.lay.n
+	data := d.cnt.keyData(slot)
+	first, last := end, end-n+1
+	for b := end - n + 1; b <= end; b++ {
+		if d.cnt.at(data, &k.r, b, 0) > 0 {
+			first, last = min(first, b), max(last, b)
+		}
+	}
+	keyType := "client_key"
+	if k.byIP {
+		keyType = "client_ip"
+	}
+	w := d.lay.width
+	d.inc.fire(firing{
+		key:      name,
+		at:       (end + 1) * w,
+		first:    first * w,
+		last:     (last + 1) * w,
+		strength: int(f),
+		severity: p.severity,
+		labels:   map[string]string{"key_type": keyType},
+	}, func() (Evidence, string) {
+		ev := Evidence{
+			Window:         d.window,
+			WindowStart:    formatTime(msTime((end - n + 1) * w)),
+			WindowEnd:      formatTime(msTime((end + 1) * w)),
+			Statuses:       d.statuses,
+			ForbiddenCount: int(f),
+			TotalCount:     int(tot),
+			Ratio:          math.Round(float64(f)/float64(tot)*1e4) / 1e4,
+			MinRatio:       p.minRatio,
+			Threshold:      int(p.threshold),
+		}
+		if c := k.col; c != nil {
+			for j, s := range d.statuses {
+				if cnt := c.countIn(j, end-n+1, end); cnt > 0 {
+					ev.StatusCounts = append(ev.StatusCounts, StatusCount{Status: s, Count: cnt})
+				}
+			}
+			ev.DistinctPaths = c.distinctIn(end-n+1, end)
+			ev.SamplePaths = c.collect(fbPath, end-n+1, end, 5)
+			ev.SampleRequestIDs = c.collect(fbRequestID, end-n+1, end, 5)
+			ev.ClientIPs = c.collect(fbClientIP, end-n+1, end, 5)
+		}
+		who := "Client key " + name
+		if k.byIP {
+			who = "Client IP " + name
+		}
+		summary := fmt.Sprintf("%s received %d responses with status %s out of %d requests (%.0f%%) within %s.",
+			who, f, statusList(d.statuses), tot, 100*float64(f)/float64(tot), d.window)
+		return ev, summary
+	})
+}
+
+func statusList(s []int) string {
+	parts := make([]string, len(s))
+	for i, v := range s {
+		parts[i] = strconv.Itoa(v)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
+}
+
+// release frees what a key holds outside the slab when it leaves the table.
+func (d *forbiddenBurst) release(slot int32, _ bool) {
+	k := &d.tab.ents[slot].s
+	if k.col != nil {
+		d.cols.put(k.col)
+	}
+	clear(d.cnt.keyData(slot))
+}
+
+func (d *forbiddenBurst) flush() {
+	for _, r := range d.hot {
+		if d.tab.valid(r) {
+			k := &d.tab.ents[r.slot].s
+			d.eval(r.slot, k.r.top+d.lay.n-1)
+		}
+	}
+	clear(d.hot)
+	d.hot = d.hot[:0]
+	d.tab.reset()
+	d.inc.endAll()
+	d.wm, d.next = math.MinInt64/2, math.MinInt64
+}

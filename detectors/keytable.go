@@ -1,0 +1,357 @@
+package detectors
+
+import (
+	"strings"
+	"unsafe"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// A keyTable holds one detector's per-key state S in a slab, so that an event for a
+// known key costs one hash, a probe of a compact index and the key's own entry, with no
+// allocation; a new key costs amortised slab and index growth and, for keys longer than
+// inlineKey bytes, one allocation.
+//
+// The index is open addressing with linear probing over 8-byte cells (32 bits of hash,
+// 32 bits of slot), kept at most half full, and deletes shift back instead of leaving
+// tombstones: keys come and go all the time. Keys up to inlineKey bytes live in the
+// entry itself, so comparing one touches the cache line the event updates anyway.
+//
+// Expiry and eviction use a wheel of time periods instead of an LRU list: relinking a
+// list on every event would touch two more cache lines per event. A key is filed under
+// the period of its last event time whenever that moves into a new period, so filing
+// costs an append about once per key per period, and removing every key whose last
+// event is before some time pops whole periods. Entries whose key was refiled, or whose
+// slot was reused (the generation differs), are skipped when popped.
+type keyTable[S any] struct {
+	index []uint64 // 0: empty; else hash>>32 << 32 | slot+1
+	mask  uint64
+	ents  []entry[S]
+	free  []int32
+	live  int
+	max   int
+
+	period int64       // ms per wheel period
+	wheel  [][]slotRef // ring of periods; wheel[p%len] files keys last seen in period p
+	base   int64       // oldest period still filed
+	based  bool        // base is set (by the first filing)
+	cursor int         // entries of the oldest period already popped by evictions
+
+	// onRemove releases what the detector keeps for a key outside the slab. It runs
+	// before the slot is cleared.
+	onRemove func(slot int32, evicted bool)
+
+	evictions uint64
+	expired   uint64
+}
+
+// inlineKey is the longest key kept inside its entry: client keys, token fingerprints
+// (32 hex digits), IPs and most routes.
+const inlineKey = 32
+
+type entry[S any] struct {
+	kb   [inlineKey]byte
+	kl   uint8 // length of an inline key; longKey for one in ks
+	live bool
+	gen  uint32
+	ks   string
+	last int64 // largest event time of the key, ms
+	s    S
+}
+
+const longKey = 0xff
+
+// key returns the entry's key as a string of its own: slots are reused, so nothing may
+// keep a string that points into the slab.
+func (e *entry[S]) key() string {
+	if e.kl == longKey {
+		return e.ks
+	}
+	return string(e.kb[:e.kl])
+}
+
+// hash is keyHash of the entry's key, without making a string of it.
+func (e *entry[S]) hash() uint64 {
+	if e.kl == longKey {
+		return keyHash(e.ks)
+	}
+	return xxhash.Sum64(e.kb[:e.kl])
+}
+
+func (e *entry[S]) is(key string) bool {
+	if e.kl == longKey {
+		return e.ks == key
+	}
+	return int(e.kl) == len(key) && string(e.kb[:e.kl]) == key
+}
+
+func (e *entry[S]) setKey(key string) {
+	if len(key) <= inlineKey {
+		e.kl = uint8(copy(e.kb[:], key))
+		e.ks = ""
+		return
+	}
+	e.kl = longKey
+	e.ks = strings.Clone(key) // the event's string shares a parser chunk
+}
+
+type slotRef struct {
+	slot int32
+	gen  uint32
+}
+
+func newKeyTable[S any](max int, period int64) *keyTable[S] {
+	return &keyTable[S]{
+		index:  make([]uint64, 16),
+		mask:   15,
+		max:    max,
+		period: max64(period, 1),
+		wheel:  make([][]slotRef, 8),
+	}
+}
+
+func keyHash(key string) uint64 { return hash64(key) }
+
+// find returns the slot of key, or -1.
+func (t *keyTable[S]) find(key string) int32 {
+	h := keyHash(key)
+	tag := h >> 32
+	for i := tag & t.mask; ; i = (i + 1) & t.mask {
+		x := t.index[i]
+		if x == 0 {
+			return -1
+		}
+		if x>>32 == tag {
+			if s := int32(uint32(x)) - 1; t.ents[s].is(key) {
+				return s
+			}
+		}
+	}
+}
+
+// findBytes is find for a key assembled in a scratch buffer.
+func (t *keyTable[S]) findBytes(key []byte) int32 {
+	return t.find(unsafe.String(unsafe.SliceData(key), len(key))) // read only, not kept
+}
+
+// add inserts key, last seen at ts, evicting the coldest key first when the table is
+// full. The returned slot's state is zero.
+func (t *keyTable[S]) add(key string, ts int64) int32 {
+	for t.live >= t.max && t.evictColdest() {
+	}
+	var slot int32
+	if n := len(t.free); n > 0 {
+		slot = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		var zero entry[S]
+		t.ents = append(t.ents, zero)
+		slot = int32(len(t.ents) - 1)
+	}
+	e := &t.ents[slot]
+	e.setKey(key)
+	e.gen++
+	e.live = true
+	e.last = ts
+	t.live++
+	if uint64(t.live)*2 > uint64(len(t.index)) {
+		t.grow()
+	}
+	t.insert(keyHash(key)>>32, slot)
+	t.file(slot)
+	return slot
+}
+
+func (t *keyTable[S]) insert(tag uint64, slot int32) {
+	i := tag & t.mask
+	for t.index[i] != 0 {
+		i = (i + 1) & t.mask
+	}
+	t.index[i] = tag<<32 | uint64(slot+1)
+}
+
+func (t *keyTable[S]) grow() {
+	old := t.index
+	t.index = make([]uint64, 2*len(old))
+	t.mask = uint64(len(t.index) - 1)
+	for _, x := range old {
+		if x != 0 {
+			t.insert(x>>32, int32(uint32(x))-1)
+		}
+	}
+}
+
+// unindex deletes slot's cell, shifting later cells of the probe run back so that no
+// tombstone is left.
+func (t *keyTable[S]) unindex(slot int32) {
+	tag := t.ents[slot].hash() >> 32
+	want := tag<<32 | uint64(slot+1)
+	i := tag & t.mask
+	for t.index[i] != want {
+		if t.index[i] == 0 {
+			return
+		}
+		i = (i + 1) & t.mask
+	}
+	for j := (i + 1) & t.mask; t.index[j] != 0; j = (j + 1) & t.mask {
+		home := (t.index[j] >> 32) & t.mask
+		// The cell at j may move to i unless its home lies cyclically in (i, j].
+		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+			t.index[i] = t.index[j]
+			i = j
+		}
+	}
+	t.index[i] = 0
+}
+
+// touch records an event of slot at ts.
+func (t *keyTable[S]) touch(slot int32, ts int64) {
+	e := &t.ents[slot]
+	if ts <= e.last {
+		return
+	}
+	old := floorDiv(e.last, t.period)
+	e.last = ts
+	if floorDiv(ts, t.period) != old {
+		t.file(slot)
+	}
+}
+
+func (t *keyTable[S]) ref(slot int32) slotRef { return slotRef{slot, t.ents[slot].gen} }
+
+// valid reports whether r still names the key it was taken for.
+func (t *keyTable[S]) valid(r slotRef) bool {
+	e := &t.ents[r.slot]
+	return e.live && e.gen == r.gen
+}
+
+func (t *keyTable[S]) file(slot int32) {
+	p := floorDiv(t.ents[slot].last, t.period)
+	if !t.based {
+		t.base, t.based = p, true
+	}
+	if p < t.base {
+		p = t.base // a late key: expires with the oldest period
+	}
+	for p-t.base >= int64(len(t.wheel)) {
+		t.growWheel()
+	}
+	i := p % int64(len(t.wheel))
+	t.wheel[i] = append(t.wheel[i], t.ref(slot))
+}
+
+func (t *keyTable[S]) growWheel() {
+	w := make([][]slotRef, 2*len(t.wheel))
+	for p := t.base; p < t.base+int64(len(t.wheel)); p++ {
+		w[p%int64(len(w))] = t.wheel[p%int64(len(t.wheel))]
+	}
+	t.wheel = w
+}
+
+// filedIn reports whether r is a live key whose current filing is period p.
+func (t *keyTable[S]) filedIn(r slotRef, p int64) bool {
+	if !t.valid(r) {
+		return false
+	}
+	q := floorDiv(t.ents[r.slot].last, t.period)
+	return q == p || (q < p && p == t.base)
+}
+
+// expire removes every key whose last event is before the start of the period that
+// holds before: all of them are older than before minus one period.
+func (t *keyTable[S]) expire(before int64) {
+	if !t.based {
+		return
+	}
+	target := floorDiv(before, t.period)
+	steps := min(target-t.base, int64(len(t.wheel)))
+	for k := int64(0); k < steps; k++ {
+		p := t.base + k
+		i := p % int64(len(t.wheel))
+		refs := t.wheel[i]
+		start := 0
+		if k == 0 {
+			start = t.cursor
+		}
+		for _, r := range refs[start:] {
+			if t.filedIn(r, p) {
+				t.remove(r.slot, false)
+				t.expired++
+			}
+		}
+		t.wheel[i] = refs[:0]
+	}
+	if target > t.base {
+		t.base = target
+		t.cursor = 0
+	}
+}
+
+// evictColdest removes the key filed in the oldest period; false when there is none.
+func (t *keyTable[S]) evictColdest() bool {
+	for k := 0; k < len(t.wheel); k++ {
+		p := t.base
+		i := p % int64(len(t.wheel))
+		refs := t.wheel[i]
+		for t.cursor < len(refs) {
+			r := refs[t.cursor]
+			t.cursor++
+			if t.filedIn(r, p) {
+				t.remove(r.slot, true)
+				t.evictions++
+				return true
+			}
+		}
+		// The oldest period is exhausted: move on, even though time has not.
+		t.wheel[i] = refs[:0]
+		t.base++
+		t.cursor = 0
+	}
+	return false
+}
+
+// remove deletes slot's key and frees the slot.
+func (t *keyTable[S]) remove(slot int32, evicted bool) {
+	if t.onRemove != nil {
+		t.onRemove(slot, evicted)
+	}
+	t.unindex(slot)
+	e := &t.ents[slot]
+	gen := e.gen
+	var zero entry[S]
+	*e = zero
+	e.gen = gen
+	t.free = append(t.free, slot)
+	t.live--
+}
+
+// reset removes every key.
+func (t *keyTable[S]) reset() {
+	for slot := range t.ents {
+		if t.ents[slot].live {
+			t.remove(int32(slot), false)
+		}
+	}
+	for i := range t.wheel {
+		t.wheel[i] = t.wheel[i][:0]
+	}
+	t.based = false
+	t.cursor = 0
+}
+
+// floorDiv divides rounding towards minus infinity, so that times before 1970 fall into
+// the right bucket.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}
+
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,598 @@
+package detectors
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// escalation is the span within which two or more new countries of one key escalate
+// the incident's severity.
+const escalation = int64(time.Hour / time.Millisecond)
+
+// newCountry fires when an established client key (first seen at least learning_period
+// before the event, with at least min_events events before it) is seen from a country
+// not among those it was seen from within history; an incident with two or more new
+// countries within an hour is escalated one severity step.
+//
+// A country the key's baseline does not hold becomes a candidate, decided once the
+// watermark passes the candidate's earliest event, when every event before it has
+// arrived: the decision, and the event it names, do not depend on arrival order. The
+// events before the candidate are counted per slot of half allowed_lateness, so
+// min_events is exact to the slot: events in the new country's slot do not count.
+type newCountry struct {
+	cfg     NewCountryConfig
+	tab     *keyTable[ncKey]
+	slotW   int64 // ms per count slot
+	history int64
+
+	params    []ncParams
+	keyParams map[string]uint16
+	skip      []string
+	allow     map[string][]uint16 // key → allowlisted countries
+
+	cands []ncCand
+	dirty []slotRef
+
+	inc  *incidents
+	wm   int64
+	next int64
+}
+
+type ncParams struct {
+	enabled   bool
+	learning  int64
+	minEvents uint64
+	severity  Severity
+}
+
+type ncKey struct {
+	first   int64     // first event time, ms
+	settled uint64    // events in count slots before lo
+	lo      int64     // count slot of recent[0]
+	recent  [4]uint32 // events in count slots lo..lo+3
+	cc      [2]ncCountry
+	more    []ncCountry
+	nCC     uint8
+	pending uint8 // candidates of this key in cands
+	dirty   bool
+	prm     uint16
+}
+
+type ncCountry struct {
+	first, last int64
+	events      uint32
+	code        uint16
+}
+
+// An ncCand is a country a key was seen from that its baseline does not hold, waiting
+// for the watermark to pass its earliest event.
+type ncCand struct {
+	ref     slotRef
+	code    uint16
+	t       int64 // earliest event from the country
+	last    int64
+	events  uint32
+	samples [3][]string // paths, client IPs, request ids of the events at t
+}
+
+func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *newCountry {
+	d := &newCountry{
+		cfg:       c,
+		slotW:     max((lateness.Milliseconds()+1)/2, 1),
+		history:   c.History.Milliseconds(),
+		keyParams: map[string]uint16{},
+		allow:     map[string][]uint16{},
+		inc:       inc,
+		wm:        math.MinInt64 / 2,
+		next:      math.MinInt64,
+	}
+	d.tab = newKeyTable[ncKey](c.MaxKeys, d.history/4)
+	d.tab.onRemove = d.release
+	base := ncParams{enabled: true, learning: c.LearningPeriod.Milliseconds(), minEvents: uint64(c.MinEvents), severity: c.Severity}
+	d.params = append(d.params, base)
+	for _, o := range c.Overrides {
+		if o.RoutePrefix != "" {
+			d.skip = append(d.skip, o.RoutePrefix)
+			continue
+		}
+		if _, dup := d.keyParams[o.Key]; dup {
+			continue
+		}
+		p := base
+		if o.Enabled != nil {
+			p.enabled = *o.Enabled
+		}
+		if o.Severity != nil {
+			p.severity = *o.Severity
+		}
+		if o.LearningPeriod != nil {
+			p.learning = o.LearningPeriod.Milliseconds()
+		}
+		if o.MinEvents != nil {
+			p.minEvents = uint64(*o.MinEvents)
+		}
+		d.keyParams[o.Key] = uint16(len(d.params))
+		d.params = append(d.params, p)
+	}
+	for _, a := range c.Allowlist {
+		for _, cc := range a.Countries {
+			d.allow[a.Key] = append(d.allow[a.Key], packCountry(cc))
+		}
+	}
+	return d
+}
+
+func (d *newCountry) name() string { return NewCountry }
+func (d *newCountry) due() int64   { return d.next }
+
+func (d *newCountry) stats() (int, uint64, uint64) {
+	return d.tab.live, d.tab.evictions, d.tab.expired
+}
+
+// horizon: a pending candidate still needs its events, which are not in any state that
+// outlives a restart.
+func (d *newCountry) horizon(int64) int64 {
+	h := int64(math.MaxInt64)
+	for i := range d.cands {
+		h = min(h, d.cands[i].t)
+	}
+	return h
+}
+
+func (d *newCountry) observe(ev *ingest.Event, t int64, _ bool) {
+	code := packCountry(ev.Country)
+	if code == 0 || ev.ClientKey == "" {
+		return
+	}
+	for _, p := range d.skip {
+		if strings.HasPrefix(ev.Route, p) {
+			return
+		}
+	}
+	slot := d.tab.find(ev.ClientKey)
+	if slot < 0 {
+		slot = d.tab.add(ev.ClientKey, t)
+		k := &d.tab.ents[slot].s
+		k.first = t
+		// No event that is not late can be more than two slots before t.
+		k.lo = d.countSlot(t) - 3
+		if i, ok := d.keyParams[ev.ClientKey]; ok {
+			k.prm = i
+		}
+	} else {
+		d.tab.touch(slot, t)
+	}
+	k := &d.tab.ents[slot].s
+	k.first = min(k.first, t)
+	d.count(k, t)
+	d.markDirty(slot)
+
+	if k.pending > 0 {
+		if c := d.cand(slot, code); c != nil {
+			c.add(ev, t)
+			return
+		}
+	}
+	if c := k.country(code); c != nil && c.last >= t-d.history {
+		c.seen(t)
+		return
+	}
+	p := &d.params[k.prm]
+	// A key that cannot be established by the time of t, even if events before its
+	// first arrive later, learns the country at once.
+	if !p.enabled || t-k.first < p.learning-2*d.slotW {
+		d.learn(k, code, t, t, 1)
+		return
+	}
+	d.cands = append(d.cands, ncCand{ref: d.tab.ref(slot), code: code, t: t, last: t})
+	d.cands[len(d.cands)-1].add(ev, t)
+	k.pending++
+	d.next = min(d.next, t+1) // a late candidate is due at once
+
+}
+
+// countSlot returns the count slot of t.
+func (d *newCountry) countSlot(t int64) int64 { return floorDiv(t, d.slotW) }
+
+// count adds an event at t to the key's event counts. Slots before the watermark's
+// are merged into settled: no pending candidate is before the watermark.
+func (d *newCountry) count(k *ncKey, t int64) {
+	x := d.countSlot(t)
+	lo := max(d.countSlot(d.wm), x-int64(len(k.recent))+1)
+	d.settle(k, lo)
+	if x < k.lo {
+		k.settled++
+		return
+	}
+	k.recent[x-k.lo]++
+}
+
+func (d *newCountry) settle(k *ncKey, lo int64) {
+	if lo <= k.lo {
+		return
+	}
+	shift := lo - k.lo
+	n := int64(len(k.recent))
+	for i := int64(0); i < n; i++ {
+		if i < shift {
+			k.settled += uint64(k.recent[i])
+		}
+		if i+shift < n {
+			k.recent[i] = k.recent[i+shift]
+		} else {
+			k.recent[i] = 0
+		}
+	}
+	k.lo = lo
+}
+
+// before returns how many of the key's events are in count slots before t's.
+func (d *newCountry) before(k *ncKey, t int64) uint64 {
+	n := k.settled
+	x := d.countSlot(t)
+	for i := range k.recent {
+		if k.lo+int64(i) < x {
+			n += uint64(k.recent[i])
+		}
+	}
+	return n
+}
+
+func (k *ncKey) total() uint64 {
+	n := k.settled
+	for _, r := range k.recent {
+		n += uint64(r)
+	}
+	return n
+}
+
+func (k *ncKey) country(code uint16) *ncCountry {
+	for i := 0; i < int(k.nCC); i++ {
+		if c := k.at(i); c.code == code {
+			return c
+		}
+	}
+	return nil
+}
+
+func (k *ncKey) at(i int) *ncCountry {
+	if i < len(k.cc) {
+		return &k.cc[i]
+	}
+	return &k.more[i-len(k.cc)]
+}
+
+func (c *ncCountry) seen(t int64) {
+	c.first = min(c.first, t)
+	c.last = max(c.last, t)
+	if c.events < math.MaxUint32 {
+		c.events++
+	}
+}
+
+// learn adds events from a country to the key's baseline.
+func (d *newCountry) learn(k *ncKey, code uint16, first, last int64, events uint32) {
+	c := k.country(code)
+	if c == nil {
+		d.forget(k, last-d.history)
+		c = k.add(code, first)
+	}
+	c.first = min(c.first, first)
+	c.last = max(c.last, last)
+	c.events = uint32(min(uint64(c.events)+uint64(events), math.MaxUint32))
+}
+
+func (k *ncKey) add(code uint16, t int64) *ncCountry {
+	nc := ncCountry{code: code, first: t, last: t}
+	if int(k.nCC) < len(k.cc) {
+		k.cc[k.nCC] = nc
+	} else {
+		k.more = append(k.more, nc)
+	}
+	k.nCC++
+	return k.at(int(k.nCC) - 1)
+}
+
+// forget drops the countries last seen before cutoff: they are outside history.
+func (d *newCountry) forget(k *ncKey, cutoff int64) {
+	for i := 0; i < int(k.nCC); {
+		if k.at(i).last >= cutoff {
+			i++
+			continue
+		}
+		last := int(k.nCC) - 1
+		*k.at(i) = *k.at(last)
+		if last >= len(k.cc) {
+			k.more = k.more[:last-len(k.cc)]
+		}
+		k.nCC--
+	}
+}
+
+func (d *newCountry) cand(slot int32, code uint16) *ncCand {
+	r := d.tab.ref(slot)
+	for i := range d.cands {
+		if d.cands[i].ref == r && d.cands[i].code == code {
+			return &d.cands[i]
+		}
+	}
+	return nil
+}
+
+// add folds an event from the candidate's country into it. Samples come from the
+// events at the earliest time only, so they do not depend on arrival order.
+func (c *ncCand) add(ev *ingest.Event, t int64) {
+	c.events++
+	c.last = max(c.last, t)
+	if t < c.t {
+		c.t = t
+		c.samples = [3][]string{}
+	}
+	if t == c.t {
+		for i, v := range [3]string{ev.Path, ev.ClientIP, ev.RequestID} {
+			c.samples[i] = addSample(c.samples[i], v, 3)
+		}
+	}
+}
+
+// addSample keeps the max values of smallest hash in set.
+func addSample(set []string, v string, max int) []string {
+	if v == "" || slices.Contains(set, v) {
+		return set
+	}
+	set = append(set, strings.Clone(v))
+	slices.SortFunc(set, func(a, b string) int { return cmp.Compare(hash64(a), hash64(b)) })
+	if len(set) > max {
+		set = set[:max]
+	}
+	return set
+}
+
+func (d *newCountry) markDirty(slot int32) {
+	k := &d.tab.ents[slot].s
+	if !k.dirty {
+		k.dirty = true
+		d.dirty = append(d.dirty, d.tab.ref(slot))
+	}
+}
+
+func (d *newCountry) advance(wm int64) {
+	d.wm = wm
+	d.decideDue(wm)
+	d.tab.expire(wm - d.history)
+	d.inc.endQuiet(wm)
+	d.next = wm + d.history/4
+	for i := range d.cands {
+		d.next = min(d.next, d.cands[i].t+1)
+	}
+	for _, inc := range d.inc.open {
+		d.next = min(d.next, inc.lastFire+d.inc.cooldown+1)
+	}
+}
+
+// decideDue decides, in order of time and key, the candidates before wm.
+func (d *newCountry) decideDue(wm int64) {
+	var due []ncCand
+	keep := d.cands[:0]
+	for _, c := range d.cands {
+		if c.t < wm {
+			due = append(due, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	clear(d.cands[len(keep):])
+	d.cands = keep
+	slices.SortFunc(due, func(x, y ncCand) int {
+		return cmp.Or(cmp.Compare(x.t, y.t), strings.Compare(d.tab.ents[x.ref.slot].key(), d.tab.ents[y.ref.slot].key()), cmp.Compare(x.code, y.code))
+	})
+	for i := range due {
+		d.decide(&due[i])
+	}
+}
+
+// decide alerts on a candidate if its key was established and the country is new, and
+// then adds the country to the key's baseline.
+func (d *newCountry) decide(c *ncCand) {
+	if !d.tab.valid(c.ref) {
+		return // the key was evicted
+	}
+	ent := &d.tab.ents[c.ref.slot]
+	name := ent.key()
+	k := &ent.s
+	k.pending--
+	p := &d.params[k.prm]
+	known := k.country(c.code)
+	isNew := known == nil || known.last < c.t-d.history
+	before := d.before(k, c.t)
+	established := c.t-k.first >= p.learning && before >= p.minEvents
+	if isNew && established && p.enabled && !slices.Contains(d.allow[name], c.code) {
+		d.fire(c, name, ent, before)
+	}
+	d.learn(k, c.code, c.t, c.last, c.events)
+	d.markDirty(c.ref.slot)
+}
+
+func (d *newCountry) fire(c *ncCand, name string, ent *entry[ncKey], before uint64) {
+	k := &ent.s
+	p := &d.params[k.prm]
+	country := unpackCountry(c.code)
+	// The countries new in this incident, including this one.
+	news := []CountrySeen{{Country: country, FirstSeen: formatTime(msTime(c.t))}}
+	var prev Evidence
+	if inc := d.inc.current(name, c.t); inc != nil {
+		prev = inc.evidence
+		for _, n := range inc.evidence.NewCountries {
+			if n.Country != country {
+				news = append(news, n)
+			}
+		}
+	}
+	slices.SortFunc(news, func(a, b CountrySeen) int {
+		return cmp.Or(strings.Compare(a.FirstSeen, b.FirstSeen), strings.Compare(a.Country, b.Country))
+	})
+	// Known: the baseline within history, without what this incident taught it.
+	var known []string
+	for i := 0; i < int(k.nCC); i++ {
+		cc := k.at(i)
+		name := unpackCountry(cc.code)
+		if cc.last >= c.t-d.history && !slices.ContainsFunc(news, func(n CountrySeen) bool { return n.Country == name }) {
+			known = append(known, name)
+		}
+	}
+	slices.Sort(known)
+	sev := p.severity
+	if escalated(news) {
+		sev = sev.raise()
+	}
+	d.inc.fire(firing{
+		key:      name,
+		at:       c.t,
+		first:    c.t,
+		last:     c.t,
+		strength: len(news),
+		severity: sev,
+		labels:   map[string]string{"key_type": "client_key"},
+	}, func() (Evidence, string) {
+		ev := Evidence{
+			NewCountry:       news[0].Country,
+			NewCountries:     news,
+			KnownCountries:   known,
+			KeyEvents:        before,
+			KeyFirstSeen:     formatTime(msTime(k.first)),
+			SamplePaths:      sortedUnique(append(slices.Clone(prev.SamplePaths), c.samples[0]...)),
+			ClientIPs:        sortedUnique(append(slices.Clone(prev.ClientIPs), c.samples[1]...)),
+			SampleRequestIDs: sortedUnique(append(slices.Clone(prev.SampleRequestIDs), c.samples[2]...)),
+		}
+		knownText := "none"
+		if len(known) > 0 {
+			knownText = strings.Join(known, ", ")
+		}
+		summary := fmt.Sprintf("Client key %s was used from %s, a country not seen for it within %s (known: %s).",
+			name, country, d.cfg.History, knownText)
+		if len(news) > 1 {
+			names := make([]string, len(news))
+			for i, n := range news {
+				names[i] = n.Country
+			}
+			span := "within the incident"
+			if escalated(news) {
+				span = "within an hour"
+			}
+			summary = fmt.Sprintf("Client key %s was used from %d new countries %s: %s (known: %s).",
+				name, len(news), span, strings.Join(names, ", "), knownText)
+		}
+		return ev, summary
+	})
+}
+
+// escalated reports whether two of the new countries were first seen within an hour
+// of each other; news is sorted by time.
+func escalated(news []CountrySeen) bool {
+	for i := 1; i < len(news); i++ {
+		a, errA := time.Parse(ingest.TimeLayout, news[i-1].FirstSeen)
+		b, errB := time.Parse(ingest.TimeLayout, news[i].FirstSeen)
+		if errA == nil && errB == nil && b.Sub(a).Milliseconds() <= escalation {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *newCountry) release(slot int32, _ bool) {
+	k := &d.tab.ents[slot].s
+	if k.pending > 0 {
+		r := d.tab.ref(slot)
+		keep := d.cands[:0]
+		for _, c := range d.cands {
+			if c.ref != r {
+				keep = append(keep, c)
+			}
+		}
+		clear(d.cands[len(keep):])
+		d.cands = keep
+	}
+}
+
+func (d *newCountry) baseline(slot int32) KeyBaseline {
+	e := &d.tab.ents[slot]
+	k := &e.s
+	b := KeyBaseline{Key: e.key(), FirstSeen: msTime(k.first), Events: k.total()}
+	for i := 0; i < int(k.nCC); i++ {
+		c := k.at(i)
+		b.Countries = append(b.Countries, CountryBaseline{
+			Country:   unpackCountry(c.code),
+			FirstSeen: msTime(c.first),
+			LastSeen:  msTime(c.last),
+			Events:    uint64(c.events),
+		})
+	}
+	slices.SortFunc(b.Countries, func(x, y CountryBaseline) int { return strings.Compare(x.Country, y.Country) })
+	return b
+}
+
+func (d *newCountry) flush() {
+	d.decideDue(math.MaxInt64)
+	d.inc.endAll()
+	d.next = math.MinInt64
+}
+
+// load seeds keys from a snapshot, oldest first so that past max_keys the most recent
+// survive.
+func (d *newCountry) load(keys []KeyBaseline) {
+	type byLast struct {
+		kb   *KeyBaseline
+		last int64
+	}
+	order := make([]byLast, 0, len(keys))
+	for i := range keys {
+		last := keys[i].FirstSeen.UnixMilli()
+		for _, c := range keys[i].Countries {
+			last = max(last, c.LastSeen.UnixMilli())
+		}
+		order = append(order, byLast{&keys[i], last})
+	}
+	slices.SortStableFunc(order, func(x, y byLast) int { return cmp.Compare(x.last, y.last) })
+	for _, o := range order {
+		kb := o.kb
+		if kb.Key == "" || d.tab.find(kb.Key) >= 0 {
+			continue
+		}
+		slot := d.tab.add(kb.Key, o.last)
+		k := &d.tab.ents[slot].s
+		k.first = kb.FirstSeen.UnixMilli()
+		k.settled = kb.Events
+		k.lo = math.MinInt64 / 2
+		if i, ok := d.keyParams[kb.Key]; ok {
+			k.prm = i
+		}
+		for _, c := range kb.Countries {
+			if code := packCountry(c.Country); code != 0 && k.country(code) == nil {
+				nc := k.add(code, c.FirstSeen.UnixMilli())
+				nc.last = c.LastSeen.UnixMilli()
+				nc.events = uint32(min(c.Events, math.MaxUint32))
+			}
+		}
+	}
+}
+
+// takeDirty returns the keys whose baseline changed since the last call.
+func (d *newCountry) takeDirty() []KeyBaseline {
+	var out []KeyBaseline
+	for _, r := range d.dirty {
+		if d.tab.valid(r) {
+			out = append(out, d.baseline(r.slot))
+			d.tab.ents[r.slot].s.dirty = false
+		}
+	}
+	clear(d.dirty)
+	d.dirty = d.dirty[:0]
+	slices.SortFunc(out, func(x, y KeyBaseline) int { return strings.Compare(x.Key, y.Key) })
+	return out
+}

@@ -1,0 +1,101 @@
+package detectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// An EventSource hands out batches of events: a Kafka consumer group live, a file or a
+// time range of history in replay. A bounded source returns io.EOF after its last batch.
+type EventSource interface {
+	Next(ctx context.Context) (*ingest.Batch, error)
+}
+
+// An AlertSink takes the alerts the engine raised; Put returns once they are durable
+// (in the alerting outbox), because the engine then lets the source commit the events
+// behind them.
+type AlertSink interface {
+	Put(ctx context.Context, alerts []Alert) error
+}
+
+type pendingBatch struct {
+	b    *ingest.Batch
+	maxT int64 // largest event time in the batch, ms
+}
+
+// Run drives the engine from src to sink until src ends (io.EOF: Run flushes every
+// window, puts the last alerts, writes the baselines, acknowledges everything and
+// returns nil) or ctx is done or a step fails (Run returns the error; batches not yet
+// acknowledged will be read again after a restart, which rebuilds the open windows).
+//
+// Each batch is observed, its alerts put, and then acknowledged, in order, once no open
+// window or pending decision still needs any of its events (all of them are older than
+// the start of every open window) and the baselines learned from it are written.
+func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error {
+	if err := e.LoadBaselines(ctx); err != nil {
+		return err
+	}
+	for {
+		b, err := src.Next(ctx)
+		if b != nil {
+			maxT := int64(math.MinInt64)
+			for i := range b.Events {
+				maxT = max(maxT, b.Events[i].Time.UnixMilli())
+			}
+			e.pending = append(e.pending, pendingBatch{b: b, maxT: maxT})
+			if err := e.put(ctx, sink, e.Observe(b.Events)); err != nil {
+				return err
+			}
+			if err := e.release(ctx, e.horizon()); err != nil {
+				return err
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			if err := e.put(ctx, sink, e.Flush()); err != nil {
+				return err
+			}
+			return e.release(ctx, math.MaxInt64)
+		case err != nil:
+			return fmt.Errorf("detectors: next batch: %w", err)
+		}
+	}
+}
+
+func (e *Engine) put(ctx context.Context, sink AlertSink, alerts []Alert) error {
+	if len(alerts) == 0 {
+		return nil
+	}
+	if err := sink.Put(ctx, alerts); err != nil {
+		return fmt.Errorf("detectors: put alerts: %w", err)
+	}
+	return nil
+}
+
+// release acknowledges, in order, the pending batches whose events are all before
+// horizon, after writing the baselines they taught.
+func (e *Engine) release(ctx context.Context, horizon int64) error {
+	n := 0
+	for n < len(e.pending) && e.pending[n].maxT < horizon {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := e.SyncBaselines(ctx); err != nil {
+		return err
+	}
+	for i := range n {
+		if err := e.pending[i].b.Ack(ctx); err != nil {
+			return fmt.Errorf("detectors: acknowledge batch: %w", err)
+		}
+		e.pending[i] = pendingBatch{}
+	}
+	e.pending = append(e.pending[:0], e.pending[n:]...)
+	return nil
+}

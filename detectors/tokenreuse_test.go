@@ -1,0 +1,147 @@
+package detectors
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// use is one request with token tok from device dev.
+func use(tok, dev string, ts time.Time, opts ...func(*ingest.Event)) ingest.Event {
+	base := []func(*ingest.Event){token(tok), device(dev), client("k-" + tok), ip("192.0.2.10"), country("DE")}
+	return req(ts, append(base, opts...)...)
+}
+
+func TestTokenReuse(t *testing.T) {
+	type want struct {
+		incidents int
+		devices   []string
+		first     time.Duration
+	}
+	maxDev := func(n int) func(*Config) {
+		return func(c *Config) {
+			c.TokenReuse.Overrides = []TokenReuseOverride{{Override: Override{Key: "t1"}, MaxDevices: &n}}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		cfg    func(*Config)
+		events []ingest.Event
+		want   want
+	}{
+		{"one device", nil, repeat(50, t0, 10*time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", "phone", ts)
+		}), want{}},
+		{"two devices", nil, []ingest.Event{use("t1", "phone", t0), use("t1", "laptop", at(time.Minute))},
+			want{1, []string{"laptop", "phone"}, 0}},
+		{"second device at the window's last bucket", nil, []ingest.Event{use("t1", "phone", t0), use("t1", "laptop", at(9*time.Minute+59*time.Second))},
+			want{1, []string{"laptop", "phone"}, 0}},
+		{"second device one bucket after the window", nil, []ingest.Event{use("t1", "phone", t0), use("t1", "laptop", at(10*time.Minute))},
+			want{}},
+		{"reversed within allowed lateness", nil, []ingest.Event{use("t1", "laptop", at(20*time.Second)), use("t1", "phone", t0)},
+			want{1, []string{"laptop", "phone"}, 0}},
+		{"second device beyond allowed lateness", nil, []ingest.Event{
+			use("t1", "laptop", at(5*time.Minute)), use("t2", "x", at(6*time.Minute)), use("t1", "phone", at(4*time.Minute)),
+		}, want{}},
+		{"different tokens", nil, []ingest.Event{use("t1", "phone", t0), use("t2", "laptop", t0)}, want{}},
+		{"no device", nil, []ingest.Event{use("t1", "", t0), use("t1", "phone", t0)}, want{}},
+		{"override allows three", maxDev(3), repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", fmt.Sprintf("d%d", i), ts)
+		}), want{}},
+		{"override allows three, four seen", maxDev(3), repeat(4, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", fmt.Sprintf("d%d", i), ts)
+		}), want{1, []string{"d0", "d1", "d2", "d3"}, 0}},
+		{"allowlisted device", func(c *Config) {
+			c.TokenReuse.Allowlist = []DeviceAllow{{Devices: []string{"gateway-rig"}}}
+		}, []ingest.Event{use("t1", "phone", t0), use("t1", "gateway-rig", t0)}, want{}},
+		{"allowlisted device for another token", func(c *Config) {
+			c.TokenReuse.Allowlist = []DeviceAllow{{Key: "t2", Devices: []string{"gateway-rig"}}}
+		}, []ingest.Event{use("t1", "phone", t0), use("t1", "gateway-rig", t0)}, want{1, []string{"gateway-rig", "phone"}, 0}},
+		{"route prefix ignored", func(c *Config) {
+			f := false
+			c.TokenReuse.Overrides = []TokenReuseOverride{{Override: Override{RoutePrefix: "/v1", Enabled: &f}}}
+		}, []ingest.Event{use("t1", "phone", t0), use("t1", "laptop", t0)}, want{}},
+		{"reuse again within cooldown", nil, []ingest.Event{
+			use("t1", "phone", t0), use("t1", "laptop", t0),
+			use("t1", "phone", at(25*time.Minute)), use("t1", "laptop", at(25*time.Minute)),
+		}, want{1, []string{"laptop", "phone"}, 0}},
+		{"reuse again after cooldown", nil, []ingest.Event{
+			use("t1", "phone", t0), use("t1", "laptop", t0),
+			use("t1", "phone", at(60*time.Minute)), use("t1", "laptop", at(60*time.Minute)),
+		}, want{2, []string{"laptop", "phone"}, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := only(TokenReuse)
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			for _, batch := range []int{0, 1} {
+				res := run(t, cfg, nil, batch, concat(tc.events, tail(3*time.Hour)))
+				groups := incidentsOf(res.alerts)
+				if len(groups) != tc.want.incidents {
+					t.Fatalf("batch %d: %d incidents, want %d:\n%s", batch, len(groups), tc.want.incidents, describe(res.alerts))
+				}
+				if tc.want.incidents == 0 {
+					continue
+				}
+				a := groups[0][0]
+				if !slices.Equal(a.Evidence.Devices, tc.want.devices) || !a.FirstSeen.Equal(at(tc.want.first)) ||
+					a.Evidence.DeviceCount != len(tc.want.devices) {
+					t.Errorf("batch %d: devices %v (count %d) first_seen %s, want %v %s", batch,
+						a.Evidence.Devices, a.Evidence.DeviceCount, a.FirstSeen, tc.want.devices, at(tc.want.first))
+				}
+				if a.Key != "t1" || a.Labels["key_type"] != "token_fp" || a.Severity != SeverityHigh {
+					t.Errorf("alert %+v", a)
+				}
+			}
+		})
+	}
+}
+
+func TestTokenReuseEvidence(t *testing.T) {
+	events := []ingest.Event{
+		use("t1", "phone", t0, ip("192.0.2.10"), country("DE")),
+		use("t1", "phone", at(10*time.Second), ip("192.0.2.11"), country("DE")),
+		use("t1", "attacker", at(90*time.Second), ip("203.0.113.66"), country("BR")),
+		use("t1", "attacker", at(100*time.Second), ip("203.0.113.66"), country("BR")),
+		use("t1", "attacker", at(110*time.Second), ip("203.0.113.66"), country("BR")),
+	}
+	res := run(t, only(TokenReuse), nil, 0, events)
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 1 {
+		t.Fatalf("%d incidents:\n%s", len(groups), describe(res.alerts))
+	}
+	a := final(groups[0])
+	ev := a.Evidence
+	if !slices.Equal(ev.Countries, []string{"BR", "DE"}) || len(ev.ClientIPs) != 2 || !slices.Contains(ev.ClientIPs, "203.0.113.66") ||
+		!slices.Equal(ev.DeviceEvents, []DeviceEvents{{"attacker", 3}, {"phone", 2}}) || ev.MaxDevices != 1 || ev.Window != "10m0s" {
+		t.Errorf("evidence %+v", ev)
+	}
+	// Buckets are 30s: the first event's bucket starts at t0, the last ends at 2m.
+	if !a.FirstSeen.Equal(t0) || !a.LastSeen.Equal(at(2*time.Minute)) {
+		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
+	}
+	want := "Token t1 was used from 2 devices in BR, DE within 10m0s (at most 1 expected)."
+	if a.Summary != want {
+		t.Errorf("summary %q, want %q", a.Summary, want)
+	}
+}
+
+func TestTokenReuseManyDevices(t *testing.T) {
+	events := repeat(40, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+		return use("t1", fmt.Sprintf("bot-%02d", i), ts)
+	})
+	res := run(t, only(TokenReuse), nil, 0, events)
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 1 {
+		t.Fatalf("%d incidents:\n%s", len(groups), describe(res.alerts))
+	}
+	ev := final(groups[0]).Evidence
+	// 32 devices are counted exactly, the other 8 by the sketch.
+	if ev.DeviceCount < 39 || ev.DeviceCount > 41 || len(ev.Devices) != exactLimit {
+		t.Errorf("device_count %d with %d listed, want about 40 with %d listed", ev.DeviceCount, len(ev.Devices), exactLimit)
+	}
+}
