@@ -1,10 +1,358 @@
 package ingest
 
-// awswafParser is being written in this session; until then it rejects every record.
-type awswafParser struct{ *base }
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
 
-func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{b} }
+	"github.com/valyala/fastjson"
+)
 
+// awswafParser reads AWS WAF v2 web ACL logs: one JSON object per request, as WAF
+// delivers them to CloudWatch Logs, S3 or Firehose (AWS WAF Developer Guide, "Log fields
+// for protection pack (web ACL) traffic").
+//
+//   - timestamp (epoch milliseconds) is the event time, the one required field;
+//   - httpRequest.clientIp, .country ("-" when unknown), .uri (the path; the query is in
+//     args), .httpMethod and .requestId as logged;
+//   - httpRequest.headers[] is a list of {name, value} whose names keep the client's case
+//     and may repeat: Host, User-Agent, Authorization, the API key header and the device
+//     header are matched case-insensitively, the first non-empty one of each wins;
+//   - action and terminatingRuleId as logged (BLOCK, Default_Action, ...);
+//   - responseCodeSent, when set, is the status; a BLOCK without one is a 403 (finish);
+//   - the top-level ja4Fingerprint, else ja3Fingerprint, joins the user agent in the
+//     device fingerprint. JA4 is preferred because browsers that permute their TLS
+//     extensions (Chrome since 110) get a new JA3 on every connection.
+type awswafParser struct {
+	*base
+	json fastjson.Parser
+}
+
+func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{base: b} }
+
+// Parse fills ev from one AWS WAF log record and keeps no reference to line.
 func (p *awswafParser) Parse(ev *Event, line []byte) error {
-	return parseErrorf(ReasonUnknownFormat, "the awswaf parser is not written yet")
+	ev.Reset()
+	if err := p.check(line); err != nil {
+		return err
+	}
+	root, err := parseJSONRecord(&p.json, line)
+	if err != nil {
+		return err
+	}
+	var ts, action, rule, status, ja3, ja4, req *fastjson.Value
+	root.Visit(func(k []byte, v *fastjson.Value) {
+		switch string(k) {
+		case "timestamp":
+			pickValue(&ts, v)
+		case "action":
+			pickValue(&action, v)
+		case "terminatingRuleId":
+			pickValue(&rule, v)
+		case "responseCodeSent":
+			pickValue(&status, v)
+		case "ja3Fingerprint":
+			pickValue(&ja3, v)
+		case "ja4Fingerprint":
+			pickValue(&ja4, v)
+		case "httpRequest":
+			pickValue(&req, v)
+		}
+	})
+	t, err := jsonTime(ts)
+	if err := p.setTime(ev, t, err); err != nil {
+		return err
+	}
+	ev.Source = FormatAWSWAF
+
+	var f jsonFields
+	var cred credentials
+	var hdr requestHeaders
+	ev.Action = p.intern(f.text(action, "action"))
+	ev.RuleID = p.intern(f.text(rule, "terminatingRuleId"))
+	f.status(p.base, ev, status, "responseCodeSent")
+	if cred.tlsFP = f.text(ja4, "ja4Fingerprint"); isUnset(cred.tlsFP) {
+		cred.tlsFP = f.text(ja3, "ja3Fingerprint")
+	}
+	var ip, country, method, uri, requestID, headers *fastjson.Value
+	f.object(req, "httpRequest").Visit(func(k []byte, v *fastjson.Value) {
+		switch string(k) {
+		case "clientIp":
+			pickValue(&ip, v)
+		case "country":
+			pickValue(&country, v)
+		case "httpMethod":
+			pickValue(&method, v)
+		case "uri":
+			pickValue(&uri, v)
+		case "requestId":
+			pickValue(&requestID, v)
+		case "headers":
+			pickValue(&headers, v)
+		}
+	})
+	ev.ClientIP = p.str(clientIP(f.text(ip, "httpRequest.clientIp")))
+	p.setCountry(ev, f.text(country, "httpRequest.country"))
+	ev.Method = p.intern(f.text(method, "httpRequest.httpMethod"))
+	ev.Path = p.str(splitPath(f.text(uri, "httpRequest.uri")))
+	ev.RequestID = p.str(f.text(requestID, "httpRequest.requestId"))
+	for _, h := range f.array(headers, "httpRequest.headers") {
+		o := f.object(h, "httpRequest.headers[]")
+		if o == nil {
+			continue
+		}
+		if k := hdr.match(&p.opts, f.text(o.Get("name"), "httpRequest.headers[].name")); k != nil {
+			hdr.set(k, f.text(o.Get("value"), "httpRequest.headers[].value"))
+		}
+	}
+	if f.err != nil {
+		return f.err
+	}
+	hdr.apply(p.base, ev, &cred)
+	p.setIdentity(ev, &cred)
+	p.finish(ev)
+	return nil
+}
+
+// The helpers below are shared by the fastjson-based parsers of this package (awswaf,
+// apigw, kong, cloudflare).
+
+// parseJSONRecord parses line with jp and returns its top-level object, which is valid
+// until jp parses again. Errors never quote the record: fastjson's do, so they are
+// replaced (and not wrapped).
+func parseJSONRecord(jp *fastjson.Parser, line []byte) (*fastjson.Object, error) {
+	v, err := parseJSON(jp, line)
+	if err != nil {
+		return nil, err
+	}
+	return recordObject(v)
+}
+
+// parseJSON parses line with jp into a value valid until jp parses again.
+func parseJSON(jp *fastjson.Parser, line []byte) (*fastjson.Value, error) {
+	v, err := jp.ParseBytes(line)
+	if err != nil {
+		return nil, parseErrorf(ReasonInvalidJSON, "record of %d bytes is not valid JSON", len(line))
+	}
+	return v, nil
+}
+
+// recordObject returns the object a record must be.
+func recordObject(v *fastjson.Value) (*fastjson.Object, error) {
+	o, err := v.Object()
+	if err != nil {
+		return nil, parseErrorf(ReasonInvalidJSON, "record is a JSON %s, want an object", v.Type())
+	}
+	return o, nil
+}
+
+// pickValue keeps the first occurrence of a key; JSON objects may repeat keys.
+func pickValue(dst **fastjson.Value, v *fastjson.Value) {
+	if *dst == nil {
+		*dst = v
+	}
+}
+
+// jsonFields reads typed values out of a record and keeps the first type error, so a
+// parser can read every field it needs and check once. Absent and null values read as
+// unset. The names it puts in errors are the parser's own field names, never text from
+// the record.
+type jsonFields struct {
+	err error
+}
+
+func (f *jsonFields) typeError(name string, v *fastjson.Value, want string) {
+	if f.err == nil {
+		f.err = parseErrorf(ReasonBadValue, "%s is a JSON %s, want %s", name, v.Type(), want)
+	}
+}
+
+// text returns the bytes of a string value, valid until the parser parses again.
+func (f *jsonFields) text(v *fastjson.Value, name string) []byte {
+	if v == nil {
+		return nil
+	}
+	switch v.Type() {
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return b
+	case fastjson.TypeNull:
+		return nil
+	}
+	f.typeError(name, v, "a string")
+	return nil
+}
+
+// headerValue is text that also takes a list of strings, as gateways log a header that
+// was sent more than once; the first value wins.
+func (f *jsonFields) headerValue(v *fastjson.Value, name string) []byte {
+	if v != nil && v.Type() == fastjson.TypeArray {
+		a, _ := v.Array()
+		if len(a) == 0 {
+			return nil
+		}
+		v = a[0]
+	}
+	return f.text(v, name)
+}
+
+func (f *jsonFields) object(v *fastjson.Value, name string) *fastjson.Object {
+	if v == nil || v.Type() == fastjson.TypeNull {
+		return nil
+	}
+	o, err := v.Object()
+	if err != nil {
+		f.typeError(name, v, "an object")
+		return nil
+	}
+	return o
+}
+
+func (f *jsonFields) array(v *fastjson.Value, name string) []*fastjson.Value {
+	if v == nil || v.Type() == fastjson.TypeNull {
+		return nil
+	}
+	a, err := v.Array()
+	if err != nil {
+		f.typeError(name, v, "an array")
+		return nil
+	}
+	return a
+}
+
+// status stores an HTTP status logged as a number (200) or as text ("200", "-").
+func (f *jsonFields) status(b *base, ev *Event, v *fastjson.Value, name string) {
+	if v == nil || f.err != nil {
+		return
+	}
+	switch v.Type() {
+	case fastjson.TypeNull:
+	case fastjson.TypeNumber:
+		n, err := v.Int64()
+		if err != nil {
+			f.err = parseErrorf(ReasonBadValue, "%s is not an integer", name)
+			return
+		}
+		f.err = setStatus(ev, n)
+	case fastjson.TypeString:
+		s, _ := v.StringBytes()
+		f.err = b.setStatusText(ev, s)
+	default:
+		f.typeError(name, v, "a number or a string")
+	}
+}
+
+var (
+	errEpochNotDecimal = errors.New("epoch timestamp is not a positive decimal number")
+	errEpochRange      = errors.New("epoch timestamp is out of range")
+)
+
+// jsonTime reads an event time logged as an epoch number (unit by magnitude: s, ms, µs,
+// ns), or as text: RFC 3339, Common Log Format, or decimal epoch digits. Absent, null,
+// "" and "-" are errNoTime, for setTime to report as a missing field.
+func jsonTime(v *fastjson.Value) (time.Time, error) {
+	if v == nil {
+		return time.Time{}, errNoTime
+	}
+	switch v.Type() {
+	case fastjson.TypeNull:
+		return time.Time{}, errNoTime
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return parseTimeBytes(b)
+	case fastjson.TypeNumber:
+		if n := v.GetInt64(); n != 0 { // 0 also when the number is no integer, without allocating
+			return epochTime(n)
+		}
+		// A fraction (seconds with milliseconds) or an exponent (1.7e12): a float is
+		// precise enough for the units that use them.
+		x, err := v.Float64()
+		switch {
+		case err != nil || !(x > 0):
+			return time.Time{}, errEpochNotDecimal
+		case x >= 9e18:
+			return time.Time{}, errEpochRange
+		case x < 1e11:
+			sec := math.Floor(x)
+			us := math.Round((x - sec) * 1e6) // to the microsecond: finer digits are float noise
+			return time.Unix(int64(sec), int64(us)*1e3).UTC(), nil
+		}
+		return epochTime(int64(x))
+	}
+	return time.Time{}, fmt.Errorf("timestamp is a JSON %s", v.Type())
+}
+
+// requestHeaders collects the request headers an Event needs from a record's header
+// list or map. The first non-empty value of each wins.
+type requestHeaders struct {
+	host, authority, userAgent, authorization, apiKey, deviceID []byte
+}
+
+// match returns the slot for a header name (compared without regard to ASCII case), or
+// nil when the header is not one the Event uses.
+func (h *requestHeaders) match(o *ParserOptions, name []byte) *[]byte {
+	switch {
+	case len(name) == 0:
+		return nil
+	case equalFoldLower(name, "host"):
+		return &h.host
+	case equalFoldLower(name, ":authority"):
+		return &h.authority
+	case equalFoldLower(name, "user-agent"):
+		return &h.userAgent
+	case equalFoldLower(name, "authorization"):
+		return &h.authorization
+	case equalFoldLower(name, o.APIKeyHeader):
+		return &h.apiKey
+	case equalFoldLower(name, o.DeviceHeader):
+		return &h.deviceID
+	}
+	return nil
+}
+
+func (h *requestHeaders) set(slot *[]byte, v []byte) {
+	if isUnset(*slot) {
+		*slot = v
+	}
+}
+
+// apply stores Host and User-Agent in ev (unless the record had a better field for them)
+// and hands the credential headers to cred.
+func (h *requestHeaders) apply(b *base, ev *Event, cred *credentials) {
+	if ev.Host == "" {
+		if isUnset(h.host) {
+			h.host = h.authority
+		}
+		ev.Host = b.intern(h.host)
+	}
+	if ev.UserAgent == "" {
+		ev.UserAgent = b.str(h.userAgent)
+	}
+	if isUnset(cred.authorization) {
+		cred.authorization = h.authorization
+	}
+	if isUnset(cred.apiKey) {
+		cred.apiKey = h.apiKey
+	}
+	if isUnset(cred.deviceID) {
+		cred.deviceID = h.deviceID
+	}
+}
+
+// equalFoldLower reports whether b equals lower, which is lower case, ignoring ASCII case.
+func equalFoldLower(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
 }

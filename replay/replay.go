@@ -34,9 +34,9 @@ type Options struct {
 
 // Summary is what a replay saw, for the human report on stderr.
 type Summary struct {
-	Events     int           // events observed (inside From/To)
-	Skipped    int           // events outside From/To
-	Late       int           // events behind the watermark
+	Events     int            // events observed (inside From/To)
+	Skipped    int            // events outside From/To
+	Late       int            // events behind the watermark
 	Incidents  map[string]int // per detector
 	Updates    map[string]int // alert versions beyond the first, per detector
 	First      time.Time
