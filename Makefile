@@ -3,7 +3,7 @@
 
 GO        ?= go
 PKGS      ?= ./...
-APT_PKGS  := kcat clickhouse-server rsyslog
+APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog
 FUZZTIME  ?= 10s
 
 .PHONY: all build test deps vet lint fuzz bench golden tidy-check conformance demo
@@ -19,6 +19,7 @@ deps:
 	@missing=""; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
 	command -v clickhouse-server >/dev/null 2>&1 || missing="$$missing clickhouse-server"; \
+	command -v clickhouse-client >/dev/null 2>&1 || missing="$$missing clickhouse-client"; \
 	command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || missing="$$missing rsyslog"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \

@@ -1,0 +1,126 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/store/clickhousetest"
+)
+
+// benchRows is how many events each benchmark iteration archives: one batch of the
+// default batch_size, which amortises a clickhouse-client process start.
+const benchRows = 100_000
+
+// BenchmarkArchiveInsert measures events per second into a local ClickHouse through
+// the whole archive path (copy into the buffer, batch, native-protocol insert, the
+// materialized views), and, for comparison, clickhouse-client inserting the same rows
+// in Native format into the same table. Compare runs with
+//
+//	go test ./store -run '^$' -bench ArchiveInsert -benchmem -count 6 > new.txt
+//	benchstat old.txt new.txt
+func BenchmarkArchiveInsert(b *testing.B) {
+	addr := clickhousetest.Require(b)
+	evs := testEvents(1, benchRows, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), 3*time.Millisecond, 5000)
+	var encoded int
+	for i := range evs {
+		encoded += len(appendRecord(nil, &evs[i]))
+	}
+
+	b.Run("gatewatch", func(b *testing.B) {
+		db := clickhousetest.NewDatabase(b, addr)
+		c := benchClickHouse(b, addr, db)
+		ctx := b.Context()
+		b.SetBytes(int64(encoded))
+		b.ReportAllocs()
+		for b.Loop() {
+			for chunk := range slices.Chunk(evs, 1000) { // the size of an ingest batch
+				if err := c.ArchiveEvents(ctx, chunk); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := c.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*benchRows)/b.Elapsed().Seconds(), "rows/s")
+	})
+
+	b.Run("clickhouse-client", func(b *testing.B) {
+		client, err := exec.LookPath("clickhouse-client")
+		if err != nil {
+			b.Skip("clickhouse-client not installed (apt-get install clickhouse-client)")
+		}
+		db := clickhousetest.NewDatabase(b, addr)
+		c := benchClickHouse(b, addr, db)
+		ctx := b.Context()
+		if err := c.ArchiveEvents(ctx, evs[:1]); err != nil { // migrate through the writer, then export
+			b.Fatal(err)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The same rows in Native format: archive them once, export them, truncate.
+		for chunk := range slices.Chunk(evs[1:], 1000) {
+			if err := c.ArchiveEvents(ctx, chunk); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := c.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		native := filepath.Join(b.TempDir(), "events.native")
+		run := func(query string, stdin []byte) []byte {
+			cmd := exec.CommandContext(ctx, client, "--host", host, "--port", port, "--database", db, "--query", query)
+			cmd.Stdin = bytes.NewReader(stdin)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				b.Fatalf("clickhouse-client %q: %v: %s", query, err, stderr.String())
+			}
+			return out
+		}
+		data := run("SELECT "+insertColumns+" FROM events FORMAT Native", nil)
+		if err := os.WriteFile(native, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(int64(encoded))
+		b.ResetTimer()
+		for b.Loop() {
+			run("INSERT INTO events ("+insertColumns+") FORMAT Native", data)
+		}
+		b.ReportMetric(float64(b.N*benchRows)/b.Elapsed().Seconds(), "rows/s")
+	})
+}
+
+func benchClickHouse(b *testing.B, addr, db string) *ClickHouse {
+	b.Helper()
+	cfg := Config{DataDir: b.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{addr}, Database: db}}
+	c, err := NewClickHouse(cfg, ClickHouseOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := c.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+		_ = c.Close(context.Background())
+	})
+	return c
+}

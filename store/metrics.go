@@ -1,0 +1,55 @@
+package store
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Outcomes of archived events, the values of the result label.
+const (
+	resultWritten   = "written"   // inserted into ClickHouse
+	resultSpilled   = "spilled"   // written to the spill directory to wait for ClickHouse
+	resultDuplicate = "duplicate" // a replayed block ClickHouse already had, not sent again
+	resultRejected  = "rejected"  // refused by ArchiveEvents: buffer full or closed
+	resultLost      = "lost"      // neither written nor spilled (disk failure at shutdown, corrupt segment)
+)
+
+type archiveMetrics struct {
+	events         *prometheus.CounterVec
+	buffered       prometheus.Gauge
+	spilled        prometheus.Gauge
+	insertErrors   prometheus.Counter
+	insertDuration prometheus.Histogram
+}
+
+// newArchiveMetrics registers the archive metrics with reg; a nil reg registers nothing.
+func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
+	f := promauto.With(reg)
+	m := &archiveMetrics{
+		events: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_store_archive_events_total",
+			Help: "Events handed to the ClickHouse archive, by outcome: written, spilled, duplicate, rejected, lost.",
+		}, []string{"result"}),
+		buffered: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_store_archive_buffered_events",
+			Help: "Events held in memory on their way to ClickHouse.",
+		}),
+		spilled: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_store_archive_spilled_events",
+			Help: "Events waiting in the spill directory for ClickHouse to come back.",
+		}),
+		insertErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "gatewatch_store_archive_insert_errors_total",
+			Help: "Archive inserts into ClickHouse that failed.",
+		}),
+		insertDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gatewatch_store_archive_insert_duration_seconds",
+			Help:    "Time to insert one archive batch into ClickHouse.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+	}
+	for _, r := range []string{resultWritten, resultSpilled, resultDuplicate, resultRejected, resultLost} {
+		m.events.WithLabelValues(r)
+	}
+	return m
+}
