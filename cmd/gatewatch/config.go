@@ -14,18 +14,21 @@ import (
 
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/store"
 )
 
 // config is gatewatch.yaml: each part's section, decoded over its defaults.
 type config struct {
 	Ingest    ingest.Config    `yaml:"ingest"`
 	Detectors detectors.Config `yaml:"detectors"`
+	Store     store.Config     `yaml:"store"`
 }
 
 func defaultConfig() config {
 	return config{
 		Ingest:    ingest.DefaultConfig(),
 		Detectors: detectors.DefaultConfig(),
+		Store:     store.DefaultConfig(),
 	}
 }
 
@@ -46,6 +49,7 @@ func (c *config) validate() error {
 	}
 	add("ingest", c.Ingest.Validate())
 	add("detectors", c.Detectors.Validate())
+	add("store", c.Store.Validate())
 	return errors.Join(errs...)
 }
 

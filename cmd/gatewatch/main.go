@@ -34,6 +34,7 @@ func commands() []command {
 		{"replay", "run log files through the detectors and print the alerts", "replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...", runReplay},
 		{"parse", "print normalised events of a log file as JSON lines", "parse [--config FILE] [--format F] --input PATH|-", runParse},
 		{"generate", "write synthetic traffic with known attacks in a vendor format", "generate [--duration D] [--rate R] [--format F] [--seed N] [--attacks LIST]", runGenerate},
+		{"migrate", "create or upgrade the ClickHouse schema", "migrate --config FILE", runMigrate},
 		{"check-config", "validate a config file and print it with defaults applied", "check-config FILE", runCheckConfig},
 	}
 }
