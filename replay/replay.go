@@ -173,9 +173,9 @@ func writeAlert(w io.Writer, a detectors.Alert) error {
 	return err
 }
 
-// WriteSummary writes the human report of a replay.
-func (s *Summary) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "replay: %d events", s.Events)
+// WriteSummary writes the human report of a replay, its first line starting with label.
+func (s *Summary) WriteSummary(w io.Writer, label string) {
+	fmt.Fprintf(w, "%s: %d events", label, s.Events)
 	if !s.First.IsZero() {
 		fmt.Fprintf(w, " from %s to %s", s.First.UTC().Format(time.RFC3339), s.Last.UTC().Format(time.RFC3339))
 	}

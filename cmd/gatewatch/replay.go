@@ -93,7 +93,7 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	sum.WriteSummary(env.stderr)
+	sum.WriteSummary(env.stderr, "replay")
 	fmt.Fprintf(env.stderr, "  %d records rejected\n", dl.n)
 	return nil
 }

@@ -1,0 +1,457 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+// ErrClosed is returned by Next once the source is closed, and by Ack for a batch
+// acknowledged after Close (its records are delivered again to the partition's next owner).
+var ErrClosed = errors.New("kafka: source closed")
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultMinBytes          = 1
+	DefaultMaxWait           = 500 * time.Millisecond
+	DefaultHeartbeatInterval = 3 * time.Second
+	DefaultSessionTimeout    = 30 * time.Second
+	DefaultRebalanceTimeout  = 30 * time.Second
+)
+
+// Options carries what a Source needs besides its config. Every zero field except
+// DeadLetters has a documented default.
+type Options struct {
+	// Parser returns a parser for one topic's records. NewSource calls it once for each
+	// parsing goroutine of the topic, and only that goroutine uses the parser. nil:
+	// ingest.NewParser with the topic's format and ParserOptions.
+	Parser        func(topic ingest.TopicConfig) (ingest.Parser, error)
+	ParserOptions ingest.ParserOptions
+	// Parsers is how many parsing goroutines, each with its own parser, share a topic's
+	// records; parsing is most of a source's work. 0: GOMAXPROCS.
+	Parsers int
+
+	DeadLetters ingest.DeadLetters // required: rejected records are stored here before their batch is handed out
+	Metrics     *ingest.Metrics    // nil: counted in metrics registered nowhere
+	Logger      *slog.Logger       // nil: discard
+	Now         func() time.Time   // nil: time.Now; stamps dead letters
+
+	// Fetching. Each partition is fetched in requests of at most KafkaConfig.MaxBytes;
+	// the broker answers once MinBytes are ready or MaxWait passed.
+	MinBytes      int           // 0: DefaultMinBytes
+	MaxWait       time.Duration // 0: DefaultMaxWait
+	QueueCapacity int           // records kafka-go fetches ahead of the source; 0: KafkaConfig.BatchSize
+
+	// Group membership, as in kafka-go's ReaderConfig.
+	HeartbeatInterval time.Duration // 0: DefaultHeartbeatInterval
+	SessionTimeout    time.Duration // 0: DefaultSessionTimeout
+	RebalanceTimeout  time.Duration // 0: DefaultRebalanceTimeout
+}
+
+// A Source is one member of a Kafka consumer group that reads the configured topics and
+// hands out their records as batches of events. See the package documentation for what
+// is committed when.
+//
+// Once started by the first Next, a source runs a fetching goroutine, which reads
+// records and cuts them into batches, and Options.Parsers parsing goroutines per topic,
+// each the only user of its own parser of the topic's format. Batches are prepared while
+// the previous ones are processed. Next must be called from one goroutine at a time
+// (calls are serialised); Batch.Ack and Close may be called from any goroutine.
+type Source struct {
+	cfg    ingest.KafkaConfig
+	rcfg   kafkago.ReaderConfig
+	dl     ingest.DeadLetters
+	log    *slog.Logger
+	now    func() time.Time
+	topics map[string]*topic
+	order  []*topic // topics in config order
+
+	// Owned by the fetching goroutine.
+	parts map[partKey]*partition
+	last  *partition // the partition of the previous record: records come in runs
+	seq   uint64     // batches cut
+	hint  int        // capacity for the next batch's records
+
+	ready chan *batch // batches cut and being parsed, in order; closed when fetching ends
+
+	nextMu  sync.Mutex // held by Next
+	pending *batch     // a batch taken from ready and not handed out yet (Next's ctx ended, or the sink failed)
+
+	mu     sync.Mutex // guards the fields below and the commit state of every partition
+	reader *kafkago.Reader
+	closed bool
+	stop   context.CancelFunc // ends the goroutines
+	epoch  uint64             // generations seen to start; a partition commits only when confirmed in the current one
+	dirty  map[*partition]struct{}
+
+	running sync.WaitGroup // the fetching and parsing goroutines
+
+	commitMu sync.Mutex // serialises commits, so each partition's offsets reach the broker in order
+	toCommit []commitRef
+	msgs     []kafkago.Message
+
+	redelivered atomic.Int64 // records fetched again after a rebalance and dropped
+}
+
+// topic is one configured topic with its parsers and metric series.
+type topic struct {
+	name, format string
+	parsers      []ingest.Parser // one per parsing goroutine
+	records      prometheus.Counter
+	events       prometheus.Counter
+	dead         *prometheus.CounterVec
+	deadBy       map[string]prometheus.Counter
+
+	jobs  chan job // parts of batches with records of this topic, for its parsing goroutines
+	mark  uint64   // seq of the last batch with a record of it; owned by the fetching goroutine
+	count int      // its records in that batch; owned by the fetching goroutine
+
+	nRecords, nEvents int // of the batch being assembled by Next
+}
+
+type partKey struct {
+	topic     string
+	partition int
+}
+
+// NewSource checks cfg and o, fills defaults, builds the parsers of each topic and the
+// TLS and SASL settings, and starts nothing: the group is joined by the first Next.
+func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
+	cfg = withDefaults(cfg)
+	var errs []error
+	if len(cfg.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka: no brokers"))
+	}
+	if cfg.Group == "" {
+		errs = append(errs, errors.New("kafka: no consumer group"))
+	}
+	if len(cfg.Topics) == 0 {
+		errs = append(errs, errors.New("kafka: no topics"))
+	}
+	if cfg.BatchSize < 1 {
+		errs = append(errs, fmt.Errorf("kafka: batch_size must be positive, got %d", cfg.BatchSize))
+	}
+	if cfg.BatchWait <= 0 {
+		errs = append(errs, fmt.Errorf("kafka: batch_wait must be positive, got %s", cfg.BatchWait))
+	}
+	if cfg.StartOffset != "earliest" && cfg.StartOffset != "latest" {
+		errs = append(errs, fmt.Errorf("kafka: start_offset must be earliest or latest, got %q", cfg.StartOffset))
+	}
+	if o.DeadLetters == nil {
+		errs = append(errs, errors.New("kafka: Options.DeadLetters is required"))
+	}
+	sec, err := newSecurity(cfg)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	s := &Source{
+		cfg:    cfg,
+		dl:     o.DeadLetters,
+		log:    o.Logger,
+		now:    o.Now,
+		topics: make(map[string]*topic, len(cfg.Topics)),
+		parts:  make(map[partKey]*partition),
+		dirty:  make(map[*partition]struct{}),
+		hint:   min(cfg.BatchSize, 64),
+		ready:  make(chan *batch, prefetch),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "ingest")
+	if s.now == nil {
+		s.now = time.Now
+	}
+	m := o.Metrics
+	if m == nil {
+		m = ingest.NewMetrics(nil)
+	}
+	newParser := o.Parser
+	if newParser == nil {
+		newParser = func(t ingest.TopicConfig) (ingest.Parser, error) { return ingest.NewParser(t.Format, o.ParserOptions) }
+	}
+	workers := o.Parsers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	names := make([]string, 0, len(cfg.Topics))
+	for _, tc := range cfg.Topics {
+		if tc.Name == "" {
+			return nil, errors.New("kafka: a topic has no name")
+		}
+		if _, dup := s.topics[tc.Name]; dup {
+			return nil, fmt.Errorf("kafka: topic %s is listed twice", tc.Name)
+		}
+		parsers := make([]ingest.Parser, workers)
+		for i := range parsers {
+			p, err := newParser(tc)
+			if err != nil {
+				return nil, fmt.Errorf("kafka: parser for topic %s (format %s): %w", tc.Name, tc.Format, err)
+			}
+			parsers[i] = p
+		}
+		m.Init(tc.Name)
+		t := &topic{
+			name:    tc.Name,
+			format:  tc.Format,
+			parsers: parsers,
+			records: m.Records.WithLabelValues(tc.Name),
+			events:  m.Events.WithLabelValues(tc.Name),
+			dead:    m.DeadLetters,
+			deadBy:  make(map[string]prometheus.Counter, len(ingest.Reasons)),
+			jobs:    make(chan job, (prefetch+1)*workers),
+		}
+		for _, r := range ingest.Reasons {
+			t.deadBy[r] = m.DeadLetters.WithLabelValues(tc.Name, r)
+		}
+		s.topics[tc.Name] = t
+		s.order = append(s.order, t)
+		names = append(names, tc.Name)
+	}
+
+	start := kafkago.FirstOffset
+	if cfg.StartOffset == "latest" {
+		start = kafkago.LastOffset
+	}
+	s.rcfg = kafkago.ReaderConfig{
+		Brokers:               cfg.Brokers,
+		GroupID:               cfg.Group,
+		GroupTopics:           names,
+		Dialer:                sec.dialer(cfg),
+		QueueCapacity:         orDefault(o.QueueCapacity, cfg.BatchSize),
+		MinBytes:              orDefault(o.MinBytes, DefaultMinBytes),
+		MaxBytes:              cfg.MaxBytes,
+		MaxWait:               orDefault(o.MaxWait, DefaultMaxWait),
+		ReadLagInterval:       -1, // lag is not reported for groups anyway
+		HeartbeatInterval:     orDefault(o.HeartbeatInterval, DefaultHeartbeatInterval),
+		SessionTimeout:        orDefault(o.SessionTimeout, DefaultSessionTimeout),
+		RebalanceTimeout:      orDefault(o.RebalanceTimeout, DefaultRebalanceTimeout),
+		CommitInterval:        0, // commits are explicit and synchronous: Batch.Ack
+		WatchPartitionChanges: true,
+		StartOffset:           start,
+		ErrorLogger:           clientLogger(s.log, slog.LevelWarn, "kafka client error"),
+	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.rcfg.Logger = clientLogger(s.log, slog.LevelDebug, "kafka client")
+	}
+	if s.rcfg.MinBytes > s.rcfg.MaxBytes {
+		return nil, fmt.Errorf("kafka: MinBytes %d exceeds max_bytes %d", s.rcfg.MinBytes, s.rcfg.MaxBytes)
+	}
+	if err := s.rcfg.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka: reader config: %w", err)
+	}
+	return s, nil
+}
+
+// withDefaults fills the zero fields of cfg from ingest.DefaultConfig.
+func withDefaults(cfg ingest.KafkaConfig) ingest.KafkaConfig {
+	d := ingest.DefaultConfig().Kafka
+	cfg.Group = orDefault(cfg.Group, d.Group)
+	cfg.ClientID = orDefault(cfg.ClientID, d.ClientID)
+	cfg.StartOffset = orDefault(cfg.StartOffset, d.StartOffset)
+	cfg.BatchSize = orDefault(cfg.BatchSize, d.BatchSize)
+	cfg.BatchWait = orDefault(cfg.BatchWait, d.BatchWait)
+	cfg.MaxBytes = orDefault(cfg.MaxBytes, d.MaxBytes)
+	cfg.Timeout = orDefault(cfg.Timeout, d.Timeout)
+	return cfg
+}
+
+// orDefault returns v, or def when v is the zero value.
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// prefetch is how many batches a source prepares ahead of Next.
+const prefetch = 2
+
+// Next returns the next batch: the events of up to KafkaConfig.BatchSize records, or
+// of what arrived within KafkaConfig.BatchWait of the first one. It blocks until at
+// least one record is there or ctx ends, and returns ctx.Err() then.
+//
+// Records a parser rejects are stored in the dead-letter sink and counted before Next
+// returns; a batch whose records were all rejected is acknowledged by the source itself
+// and Next goes on waiting. If the sink fails, Next returns the error and keeps the
+// batch; the next call stores its dead letters again before handing it out, so nothing
+// is skipped.
+//
+// After Close, Next returns ErrClosed. Any other error (the sink's, or kafka-go's when
+// it cannot fetch or join the group) leaves the source as it was: calling Next again
+// tries again.
+func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
+	s.nextMu.Lock()
+	defer s.nextMu.Unlock()
+	if err := s.start(); err != nil {
+		return nil, err
+	}
+	for {
+		b := s.pending
+		if b == nil {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case next, ok := <-s.ready:
+				if !ok {
+					return nil, ErrClosed
+				}
+				if next.err != nil {
+					return nil, next.err
+				}
+				b, s.pending = next, next
+			}
+		}
+		if !b.assembled {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-b.parsed:
+				s.assemble(b)
+			}
+		}
+		if err := s.storeDeadLetters(ctx, b); err != nil {
+			return nil, err
+		}
+		s.pending = nil
+		if len(b.events) > 0 {
+			return ingest.NewBatch(b.events, s.ack(b)), nil
+		}
+		if err := s.release(ctx, b.spans); err != nil {
+			s.log.Warn("kafka commit after a batch of only dead letters failed", "err", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// start creates the reader, which joins the group, and the goroutines on first use.
+func (s *Source) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.reader != nil {
+		return nil
+	}
+	s.reader = kafkago.NewReader(s.rcfg) // rcfg was validated by NewSource
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	s.running.Add(1)
+	go s.fetch(ctx, s.reader)
+	for _, t := range s.order {
+		for _, p := range t.parsers {
+			s.running.Add(1)
+			go s.parse(t, p)
+		}
+	}
+	s.log.Info("kafka source joining group", "group", s.cfg.Group, "topics", s.rcfg.GroupTopics)
+	return nil
+}
+
+// assemble turns a parsed batch into what Next hands out: the events in arrival order
+// and a dead letter for each rejected record. It counts the batch in the metrics.
+func (s *Source) assemble(b *batch) {
+	now := s.now().UTC()
+	k := 0
+	for i := range b.recs {
+		r := &b.recs[i]
+		r.topic.nRecords++
+		if err := b.errs[i]; err != nil {
+			reason := ingest.ReasonOf(err)
+			if reason == "" {
+				reason = ingest.ReasonBadValue // the parser broke its contract; the record still goes where an operator sees it
+			}
+			b.dead = append(b.dead, ingest.DeadLetter{
+				Time:      now,
+				Source:    r.topic.name,
+				Format:    r.topic.format,
+				Partition: r.partition,
+				Offset:    r.offset,
+				Reason:    reason,
+				Error:     err.Error(),
+				Record:    string(r.value),
+			})
+			continue
+		}
+		r.topic.nEvents++
+		if k != i {
+			b.events[k] = b.events[i]
+		}
+		k++
+	}
+	clear(b.events[k:])
+	b.events = b.events[:k]
+	b.recs, b.errs, b.assembled = nil, nil, true
+	for _, t := range s.order {
+		if t.nRecords > 0 {
+			t.records.Add(float64(t.nRecords))
+			t.events.Add(float64(t.nEvents))
+			t.nRecords, t.nEvents = 0, 0
+		}
+	}
+}
+
+// storeDeadLetters puts b's dead letters into the sink and counts them; it does nothing
+// once they are stored.
+func (s *Source) storeDeadLetters(ctx context.Context, b *batch) error {
+	if len(b.dead) == 0 {
+		return nil
+	}
+	if err := s.dl.Put(ctx, b.dead); err != nil {
+		return fmt.Errorf("kafka: store %d dead letters: %w", len(b.dead), err)
+	}
+	for i := range b.dead {
+		d := &b.dead[i]
+		t := s.topics[d.Source]
+		if t == nil {
+			continue
+		}
+		if c, ok := t.deadBy[d.Reason]; ok {
+			c.Inc()
+		} else {
+			t.dead.WithLabelValues(d.Source, d.Reason).Inc()
+		}
+	}
+	b.dead = nil
+	return nil
+}
+
+// Close stops fetching and leaves the group, after kafka-go's final commit of what was
+// acknowledged, and waits for the source's goroutines to end. Batches acknowledged
+// afterwards return ErrClosed from Ack; their records, like those of batches prepared but
+// not handed out, are delivered again to the partition's next owner. Close does not
+// close the dead-letter sink, which the caller owns.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	r, stop, already := s.reader, s.stop, s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if r == nil || already {
+		return nil
+	}
+	stop()
+	err := r.Close()
+	s.running.Wait()
+	if err != nil {
+		return fmt.Errorf("kafka: close reader: %w", err)
+	}
+	s.log.Info("kafka source left group", "group", s.cfg.Group)
+	return nil
+}

@@ -1,0 +1,624 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// TestSourceConsumesAndCommits: every record produced arrives once, and once every batch
+// is acknowledged the group's committed offsets are the ends of the partitions.
+func TestSourceConsumesAndCommits(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	want := records("r", 300)
+	c.Produce(t, "waf", want...)
+	ctx := testContext(t)
+
+	m := ingest.NewMetrics(nil)
+	o := testOptions(&memDeadLetters{})
+	o.Metrics = m
+	s := newSource(t, testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"}), o)
+	got := consume(ctx, t, s, len(want), true)
+	sameSet(t, "consumed", got, values(want))
+	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
+
+	if n := testutil.ToFloat64(m.Records.WithLabelValues("waf")); n != 300 {
+		t.Errorf("records counted = %v, want 300", n)
+	}
+	if n := testutil.ToFloat64(m.Events.WithLabelValues("waf")); n != 300 {
+		t.Errorf("events counted = %v, want 300", n)
+	}
+}
+
+// TestSourceRestartResumesFromCommitted: a source that acknowledged some batches and held
+// others stops; the next member of the group gets exactly what was not acknowledged,
+// the held batches included, and nothing that was.
+func TestSourceRestartResumesFromCommitted(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	all := values(records("r", 400))
+	c.Produce(t, "waf", records("r", 400)...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+
+	s1 := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	var acked, held []string
+	for len(acked) < 200 {
+		b := next(ctx, t, s1)
+		if err := b.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		acked = append(acked, ids(b)...)
+	}
+	for range 2 {
+		held = append(held, ids(next(ctx, t, s1))...) // never acknowledged
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	s2 := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	rest := consume(ctx, t, s2, len(all)-len(acked), true)
+	sameSet(t, "after restart", rest, without(all, acked))
+	for _, h := range held {
+		if !slices.Contains(rest, h) {
+			t.Fatalf("record %s of a batch never acknowledged was not delivered again", h)
+		}
+	}
+	wantNoMore(t, s2)
+	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
+}
+
+// TestSourceOutOfOrderAcks: acknowledging a later batch commits nothing until the earlier
+// ones of its partition are acknowledged too; then the whole prefix commits.
+func TestSourceOutOfOrderAcks(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	c.Produce(t, "waf", records("r", 30)...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 10
+	cfg.BatchWait = 5 * time.Second // all 30 are there: batches are full
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+
+	b := [3]*ingest.Batch{next(ctx, t, s), next(ctx, t, s), next(ctx, t, s)}
+	for i, bb := range b {
+		if got, want := ids(bb), values(records("r", 30)[10*i:10*i+10]); !slices.Equal(got, want) {
+			t.Fatalf("batch %d = %v, want %v", i, got, want)
+		}
+	}
+	steps := []struct {
+		ack  int
+		want map[int]int64
+	}{
+		{2, map[int]int64{}},      // offsets 20-29 done, 0-19 not: nothing
+		{0, map[int]int64{0: 10}}, // 0-9 done: commit 10
+		{0, map[int]int64{0: 10}}, // a second Ack changes nothing
+		{1, map[int]int64{0: 30}}, // 10-19 done: 0-29 all done
+	}
+	for _, st := range steps {
+		if err := b[st.ack].Ack(ctx); err != nil {
+			t.Fatalf("Ack of batch %d: %v", st.ack, err)
+		}
+		wantCommitted(t, c, "g", "waf", st.want)
+	}
+}
+
+// TestSourceGroupSplitAndTakeover: two members split the partitions; when one leaves
+// holding a batch it never acknowledged, the other takes every partition over and
+// consumes everything: nothing is lost, nothing it or the first member acknowledged
+// arrives again, and the batch that was never acknowledged does.
+func TestSourceGroupSplitAndTakeover(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	s := [2]*Source{newSource(t, cfg, testOptions(&memDeadLetters{})), newSource(t, cfg, testOptions(&memDeadLetters{}))}
+
+	type delivery struct {
+		member int
+		b      *ingest.Batch
+	}
+	out := make(chan delivery)
+	var stop [2]context.CancelFunc
+	var stopped [2]chan struct{}
+	for i, src := range s {
+		mctx, cancel := context.WithCancel(ctx)
+		stop[i], stopped[i] = cancel, make(chan struct{})
+		go func() {
+			defer close(stopped[i])
+			for {
+				b, err := src.Next(mctx)
+				if err != nil {
+					return // closed, or the test is over
+				}
+				select {
+				case out <- delivery{i, b}:
+				case <-mctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		for i := range stop {
+			stop[i]()
+			<-stopped[i]
+		}
+	})
+	parts := c.WaitGroup(t, "g", "waf", 2)
+	for m, ps := range parts {
+		if len(ps) != 2 {
+			t.Fatalf("member %s got partitions %v, want 2 of 4: %v", m, ps, parts)
+		}
+	}
+
+	// Phase 1: both members consume their half and acknowledge everything.
+	phase1 := values(records("a", 200))
+	c.Produce(t, "waf", records("a", 200)...)
+	var got [2][]string
+	for n := 0; n < len(phase1); {
+		d := recv(ctx, t, out)
+		if err := d.b.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		got[d.member] = append(got[d.member], ids(d.b)...)
+		n += len(d.b.Events)
+	}
+	sameSet(t, "phase 1", append(slices.Clone(got[0]), got[1]...), phase1)
+	if len(got[0]) == 0 || len(got[1]) == 0 {
+		t.Fatalf("one member got nothing: %d and %d records", len(got[0]), len(got[1]))
+	}
+
+	// Phase 2: member 0 takes one batch, never acknowledges it and leaves; member 1
+	// acknowledges everything and ends up with every partition.
+	phase2 := values(records("b", 200))
+	c.Produce(t, "waf", records("b", 200)...)
+	acked := slices.Clone(got[0]) // what member 0 acknowledged
+	var unacked, second []string
+	closed := false
+	for !covers(append(slices.Clone(acked), second...), phase2) {
+		d := recv(ctx, t, out)
+		if d.member == 0 {
+			unacked = append(unacked, ids(d.b)...)
+			if !closed {
+				closed = true
+				if err := s[0].Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+			}
+			continue
+		}
+		if err := d.b.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		second = append(second, ids(d.b)...)
+	}
+	if len(unacked) == 0 {
+		t.Fatal("member 0 got no batch in phase 2")
+	}
+	for _, r := range second {
+		if slices.Contains(acked, r) {
+			t.Fatalf("record %s, acknowledged by member 0, was delivered again to member 1", r)
+		}
+	}
+	for _, r := range unacked {
+		if !slices.Contains(second, r) {
+			t.Fatalf("record %s, never acknowledged by member 0, did not reach member 1", r)
+		}
+	}
+	member1 := append(slices.Clone(got[1]), second...)
+	sameSet(t, "member 1", member1, slices.Concat(without(phase1, got[0]), without(phase2, acked)))
+
+	// Member 1 commits every partition. Its Next, with nothing left to hand out, lets
+	// the partitions it kept confirm their ownership in the new generation.
+	stop[1]()
+	<-stopped[1]
+	end := c.EndOffsets(t, "waf")
+	wait, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for !equalOffsets(c.Committed(t, "g", "waf"), end) {
+		if wait.Err() != nil {
+			t.Fatalf("committed %v, want %v", c.Committed(t, "g", "waf"), end)
+		}
+		short, cancel := context.WithTimeout(wait, 200*time.Millisecond)
+		b, err := s[1].Next(short)
+		cancel()
+		if err == nil {
+			t.Fatalf("member 1 got records %v after everything was consumed", ids(b))
+		}
+	}
+}
+
+// TestSourceTopicsWithOwnFormats: each topic's records go through the real parser of
+// the topic's format (built by the source from ParserOptions): the events are exactly
+// what that parser makes of the documented vendor samples, the records it rejects are
+// dead letters, and each topic's offsets are committed.
+func TestSourceTopicsWithOwnFormats(t *testing.T) {
+	topics := []struct {
+		ingest.TopicConfig
+		file string
+	}{
+		{ingest.TopicConfig{Name: "waf", Format: ingest.FormatAWSWAF}, "weblog.log"},
+		{ingest.TopicConfig{Name: "edge", Format: ingest.FormatNginx}, "combined.log"},
+		{ingest.TopicConfig{Name: "gw", Format: ingest.FormatKong}, "file-log.log"},
+	}
+	c := kafkatest.StartKafka(t, "waf", "edge", "gw")
+	ctx := testContext(t)
+	popts := testParserOptions(t)
+	var cfgTopics []ingest.TopicConfig
+	var wantEvents []string
+	wantRejects := 0
+	for _, tc := range topics {
+		recs := samples(t, tc.Format, tc.file)
+		c.Produce(t, tc.Name, recs...)
+		cfgTopics = append(cfgTopics, tc.TopicConfig)
+		p, err := ingest.NewParser(tc.Format, popts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := 0
+		for _, r := range recs {
+			var ev ingest.Event
+			if err := p.Parse(&ev, r.Value); err != nil {
+				wantRejects++
+				continue
+			}
+			ok++
+			wantEvents = append(wantEvents, string(ev.AppendJSON(nil)))
+		}
+		if ok == 0 {
+			t.Fatalf("the %s parser accepts none of its samples", tc.Format)
+		}
+	}
+
+	dl := &memDeadLetters{}
+	o := testOptions(dl)
+	o.Parser, o.ParserOptions = nil, popts
+	s := newSource(t, testConfig(c, "g", cfgTopics...), o)
+	var got []string
+	for len(got) < len(wantEvents) {
+		b := next(ctx, t, s)
+		for i := range b.Events {
+			got = append(got, string(b.Events[i].AppendJSON(nil)))
+		}
+		if err := b.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+	}
+	sameSet(t, "events of three topics in three formats", got, wantEvents)
+	wantNoMore(t, s) // and lets rejects after the last event reach the sink
+	formats := map[string]string{}
+	for _, tc := range topics {
+		formats[tc.Name] = tc.Format
+	}
+	letters := dl.all()
+	for _, d := range letters {
+		if d.Format != formats[d.Source] {
+			t.Errorf("dead letter from %s has format %q, want %q", d.Source, d.Format, formats[d.Source])
+		}
+	}
+	if len(letters) != wantRejects {
+		t.Errorf("%d dead letters, want %d", len(letters), wantRejects)
+	}
+	for _, tc := range topics {
+		wantCommitted(t, c, "g", tc.Name, c.EndOffsets(t, tc.Name))
+	}
+}
+
+// TestSourceBatchOfOnlyDeadLetters: a batch whose records were all rejected is stored,
+// counts as handled and commits without anybody acknowledging it.
+func TestSourceBatchOfOnlyDeadLetters(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	bad := records("bad", 20)
+	c.Produce(t, "waf", append(bad, kafkago.Message{Value: []byte("good")})...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 5
+	cfg.BatchWait = 200 * time.Millisecond // all 21 records are there: batches of 5, then "good" alone
+	dl := &memDeadLetters{}
+	s := newSource(t, cfg, testOptions(dl))
+
+	b := next(ctx, t, s)
+	if got := ids(b); !slices.Equal(got, []string{"good"}) {
+		t.Fatalf("events = %v, want [good]", got)
+	}
+	if got := len(dl.all()); got != 20 {
+		t.Fatalf("%d dead letters stored before the batch was handed out, want 20", got)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{0: 20}) // the four batches of dead letters
+	if err := b.Ack(ctx); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{0: 21})
+}
+
+// TestSourceDeadLetterSinkDown: when the sink fails, Next reports it and keeps the batch;
+// the next call stores the dead letters and hands the batch out. Nothing is skipped or
+// committed early.
+func TestSourceDeadLetterSinkDown(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	c.Produce(t, "waf", slices.Concat(records("bad", 5), records("ok", 5))...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchWait = 5 * time.Second
+	cfg.BatchSize = 10
+	dl := &memDeadLetters{fail: 1}
+	s := newSource(t, cfg, testOptions(dl))
+
+	if b, err := s.Next(ctx); err == nil || !strings.Contains(err.Error(), "dead-letter sink down") {
+		t.Fatalf("Next with the sink down = %v, %v; want the sink's error", b, err)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{})
+	b := next(ctx, t, s)
+	if got, want := ids(b), values(records("ok", 5)); !slices.Equal(got, want) {
+		t.Fatalf("events = %v, want %v", got, want)
+	}
+	if got := dl.all(); len(got) != 5 || got[0].Record != "bad-0000" || got[0].Offset != 0 || got[4].Offset != 4 {
+		t.Fatalf("dead letters = %+v, want bad-0000..bad-0004 at offsets 0..4", got)
+	}
+	if err := b.Ack(ctx); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{0: 10})
+}
+
+// TestSourceCommitFailure: a commit the broker rejects fails that Ack; the batch still
+// counts as done, and the next Ack commits past it.
+func TestSourceCommitFailure(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	c.Produce(t, "waf", records("r", 20)...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 10
+	cfg.BatchWait = 5 * time.Second
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	b1, b2 := next(ctx, t, s), next(ctx, t, s)
+
+	var rejected atomic.Int32
+	c.Fake.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.Fake.KeepControl()
+		if rejected.Add(1) > 3 { // kafka-go tries three times
+			c.Fake.DropControl()
+			return nil, nil, false
+		}
+		return rejectCommit(req.(*kmsg.OffsetCommitRequest), kerr.CoordinatorLoadInProgress), nil, true
+	})
+	if err := b1.Ack(ctx); err == nil || !errors.Is(err, kafkago.GroupLoadInProgress) {
+		t.Fatalf("Ack with the coordinator rejecting commits = %v, want %v", err, kafkago.GroupLoadInProgress)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{})
+	if err := b2.Ack(ctx); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{0: 20})
+}
+
+// rejectCommit answers req with code for every partition.
+func rejectCommit(req *kmsg.OffsetCommitRequest, code *kerr.Error) *kmsg.OffsetCommitResponse {
+	resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+	for _, rt := range req.Topics {
+		st := kmsg.NewOffsetCommitResponseTopic()
+		st.Topic = rt.Topic
+		for _, rp := range rt.Partitions {
+			sp := kmsg.NewOffsetCommitResponseTopicPartition()
+			sp.Partition = rp.Partition
+			sp.ErrorCode = code.Code
+			st.Partitions = append(st.Partitions, sp)
+		}
+		resp.Topics = append(resp.Topics, st)
+	}
+	return resp
+}
+
+// TestSourceRebalanceKeepsPartitions: a rebalance in which the member keeps its
+// partitions makes kafka-go fetch again from the committed offsets. The source drops
+// what it already handed out: batches held across the rebalance still commit when
+// acknowledged, and no record arrives twice.
+func TestSourceRebalanceKeepsPartitions(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	first := values(records("a", 200))
+	c.Produce(t, "waf", records("a", 200)...)
+	ctx := testContext(t)
+	s := newSource(t, testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"}), testOptions(&memDeadLetters{}))
+
+	// Acknowledge about half, hold the rest.
+	var got []string
+	var held []*ingest.Batch
+	for len(got) < len(first) {
+		b := next(ctx, t, s)
+		got = append(got, ids(b)...)
+		if len(got) <= len(first)/2 {
+			if err := b.Ack(ctx); err != nil {
+				t.Fatalf("Ack: %v", err)
+			}
+		} else {
+			held = append(held, b)
+		}
+	}
+
+	// The coordinator tells the member to rejoin; wait until it does.
+	failed, rejoined := make(chan struct{}), make(chan struct{})
+	c.Fake.ControlKey(int16(kmsg.Heartbeat), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		resp := req.(*kmsg.HeartbeatRequest).ResponseKind().(*kmsg.HeartbeatResponse)
+		resp.ErrorCode = kerr.RebalanceInProgress.Code
+		close(failed)
+		return resp, nil, true
+	})
+	c.Fake.ControlKey(int16(kmsg.JoinGroup), func(kmsg.Request) (kmsg.Response, error, bool) {
+		select {
+		case <-failed:
+			close(rejoined)
+		default:
+			c.Fake.KeepControl() // a join before the failed heartbeat is not the one we wait for
+		}
+		return nil, nil, false
+	})
+	select {
+	case <-rejoined:
+	case <-ctx.Done():
+		t.Fatal("the member did not rejoin after the coordinator asked it to")
+	}
+
+	second := values(records("b", 100))
+	c.Produce(t, "waf", records("b", 100)...)
+	got = append(got, consume(ctx, t, s, len(second), true)...)
+	sameSet(t, "across the rebalance", got, slices.Concat(first, second))
+	if s.redelivered.Load() == 0 {
+		t.Fatal("kafka-go fetched nothing again after the rebalance; the test did not test what it says")
+	}
+	for _, b := range held {
+		if err := b.Ack(ctx); err != nil {
+			t.Fatalf("Ack of a batch held across the rebalance: %v", err)
+		}
+	}
+	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
+}
+
+// TestNewSourceRejects: NewSource reports a config or options it cannot work with.
+func TestNewSourceRejects(t *testing.T) {
+	good := func() (ingest.KafkaConfig, Options) {
+		cfg := ingest.DefaultConfig().Kafka
+		cfg.Brokers = []string{"127.0.0.1:9"}
+		cfg.Topics = []ingest.TopicConfig{{Name: "waf", Format: "awswaf"}}
+		return cfg, testOptions(&memDeadLetters{})
+	}
+	tests := []struct {
+		name   string
+		change func(*ingest.KafkaConfig, *Options)
+		want   string
+	}{
+		{"no brokers", func(c *ingest.KafkaConfig, _ *Options) { c.Brokers = nil }, "no brokers"},
+		{"no topics", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = nil }, "no topics"},
+		{"topic twice", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = append(c.Topics, c.Topics[0]) }, "listed twice"},
+		{"no dead letters", func(_ *ingest.KafkaConfig, o *Options) { o.DeadLetters = nil }, "DeadLetters is required"},
+		{"bad start offset", func(c *ingest.KafkaConfig, _ *Options) { c.StartOffset = "middle" }, "start_offset"},
+		{"unknown format", func(c *ingest.KafkaConfig, o *Options) {
+			o.Parser, o.ParserOptions.Secret, c.Topics[0].Format = nil, ingest.RandomTokenSecret(), "syslog"
+		}, "unknown format"},
+		{"no token secret", func(_ *ingest.KafkaConfig, o *Options) { o.Parser = nil }, "token secret"},
+		{"missing ca", func(c *ingest.KafkaConfig, _ *Options) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "ca_file"},
+		{"sasl without password", func(c *ingest.KafkaConfig, _ *Options) { c.SASL = ingest.SASLConfig{Mechanism: "plain", Username: "u"} }, "password_file or password_env"},
+		{"sasl password env unset", func(c *ingest.KafkaConfig, _ *Options) {
+			c.SASL = ingest.SASLConfig{Mechanism: "scram-sha-256", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}
+		}, "GATEWATCH_TEST_UNSET_PASSWORD is not set"},
+		{"sasl mechanism", func(c *ingest.KafkaConfig, _ *Options) {
+			c.SASL = ingest.SASLConfig{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}
+		}, "gssapi"},
+		{"min bytes above max", func(c *ingest.KafkaConfig, o *Options) { c.MaxBytes = 2048; o.MinBytes = 4096 }, "MinBytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, o := good()
+			tt.change(&cfg, &o)
+			_, err := NewSource(cfg, o)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewSource(%s) = %v, want an error containing %q", tt.name, err, tt.want)
+			}
+		})
+	}
+	cfg, o := good()
+	if _, err := NewSource(cfg, o); err != nil {
+		t.Fatalf("NewSource(good) = %v", err)
+	}
+}
+
+// without returns the records of all not in drop.
+func without(all, drop []string) []string {
+	out := make([]string, 0, len(all))
+	for _, r := range all {
+		if !slices.Contains(drop, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// covers reports whether got holds every record of want.
+func covers(got, want []string) bool {
+	for _, r := range want {
+		if !slices.Contains(got, r) {
+			return false
+		}
+	}
+	return true
+}
+
+func equalOffsets(a, b map[int]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func recv[T any](ctx context.Context, t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctx.Done():
+		var zero T
+		t.Fatalf("nothing received: %v", ctx.Err())
+		return zero
+	}
+}
+
+// wantNoMore fails t if s hands out anything within a second: everything produced was
+// consumed, so a batch now would be a record delivered twice.
+func wantNoMore(t *testing.T, s *Source) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if b, err := s.Next(ctx); err == nil {
+		t.Fatalf("records %v delivered again", ids(b))
+	} else if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Next = %v, want the deadline to pass", err)
+	}
+}
+
+// TestSourceClose: Close ends a Next waiting for records, later calls return ErrClosed,
+// and a batch acknowledged after Close is not committed (it will be delivered again).
+func TestSourceClose(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	c.Produce(t, "waf", records("r", 10)...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchWait = time.Second
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	b := next(ctx, t, s)
+
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := s.Next(ctx) // nothing more to fetch: waits
+		waiting <- err
+	}()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := recv(ctx, t, waiting); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Next waiting during Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Next(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Next after Close = %v, want ErrClosed", err)
+	}
+	if err := b.Ack(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ack after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{})
+}
