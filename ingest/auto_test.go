@@ -96,7 +96,7 @@ func TestAutoRejects(t *testing.T) {
 		{"empty", ``, ReasonUnknownFormat},
 		{"oversized", `{"start_time":"` + strings.Repeat("9", 600) + `"}`, ReasonOversized},
 		{"oversized junk", strings.Repeat("x", 600), ReasonOversized},
-		{"bad UTF-8 unknown", "\xff\xfe junk", ReasonBadUTF8},
+		{"bad UTF-8 unknown", "\xff\xfe junk", ReasonUnknownFormat}, // repaired, still nothing known
 		{"bad UTF-8 in a recognised record", "{\"start_time\":\"2025-06-14T09:21:44.517Z\",\"user_agent\":\"\xff\"}", ReasonBadUTF8},
 		{"recognised, then rejected by its parser", `{"start_time":"-","response_code":200}`, ReasonMissingField},
 	} {

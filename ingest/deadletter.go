@@ -12,14 +12,15 @@ import (
 // sink deserves the same protection as the source topic; nothing else of gatewatch
 // (logs, metrics, errors, events) ever quotes it.
 type DeadLetter struct {
-	Time      time.Time `json:"time"`      // when the record was rejected
-	Source    string    `json:"source"`    // topic or file name
-	Format    string    `json:"format"`    // the format it was parsed as
-	Partition int       `json:"partition"` // Kafka partition; -1 for files
-	Offset    int64     `json:"offset"`    // Kafka offset, or the 1-based line number in a file
-	Reason    string    `json:"reason"`    // one of the Reason constants
-	Error     string    `json:"error"`     // the parser's explanation
-	Record    string    `json:"record"`    // the raw record (invalid UTF-8 replaced by U+FFFD in JSON)
+	Time      time.Time `json:"time"`           // when the record was rejected
+	Source    string    `json:"source"`         // topic or file name
+	Format    string    `json:"format"`         // the format it was parsed as
+	Partition int       `json:"partition"`      // Kafka partition; -1 for files
+	Offset    int64     `json:"offset"`         // Kafka offset, or the 1-based line number in a file
+	Reason    string    `json:"reason"`         // one of the Reason constants
+	Error     string    `json:"error"`          // the parser's explanation
+	Record    string    `json:"record"`         // the raw record (invalid UTF-8 replaced by U+FFFD in JSON)
+	Kept      bool      `json:"kept,omitempty"` // the record was repaired and its event kept (see ParseError.Kept)
 }
 
 // DeadLetters receives rejected records. Put returns once the records are stored; a

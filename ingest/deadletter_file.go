@@ -70,7 +70,11 @@ func (d *ReportDeadLetters) Put(_ context.Context, letters []DeadLetter) error {
 		if dl.Partition >= 0 {
 			where = fmt.Sprintf("%s[%d]@%d", dl.Source, dl.Partition, dl.Offset)
 		}
-		if _, err := fmt.Fprintf(d.W, "%s: rejected: %s\n", where, dl.Error); err != nil {
+		verdict := "rejected"
+		if dl.Kept {
+			verdict = "repaired"
+		}
+		if _, err := fmt.Fprintf(d.W, "%s: %s: %s\n", where, verdict, dl.Error); err != nil {
 			return err
 		}
 	}

@@ -12,7 +12,7 @@ var ErrUnknownFormat = errors.New("ingest: unknown format")
 // and the value of the reason label on gatewatch_ingest_dead_letters_total.
 const (
 	ReasonOversized     = "oversized"      // longer than the configured line cap
-	ReasonBadUTF8       = "bad_utf8"       // not valid UTF-8
+	ReasonBadUTF8       = "bad_utf8"       // not valid UTF-8: repaired (bytes replaced by U+FFFD) and kept, see ParseError.Kept
 	ReasonInvalidJSON   = "invalid_json"   // a JSON format whose record does not parse as a JSON object
 	ReasonBadSyntax     = "bad_syntax"     // a text format whose line does not match its layout
 	ReasonMissingField  = "missing_field"  // a field every event needs (the time) is absent
@@ -30,6 +30,11 @@ var Reasons = []string{ReasonOversized, ReasonBadUTF8, ReasonInvalidJSON, Reason
 type ParseError struct {
 	Reason string // one of the Reason constants
 	Err    error
+	// Kept means the record was repaired rather than rejected: the event is filled and
+	// valid, and the raw record still goes to the dead-letter sink so nothing is lost.
+	// Invalid UTF-8 is repaired this way, so that one stray byte in a header an attacker
+	// controls cannot hide a request from the detectors.
+	Kept bool
 }
 
 func (e *ParseError) Error() string { return fmt.Sprintf("ingest: %s: %v", e.Reason, e.Err) }
@@ -37,6 +42,12 @@ func (e *ParseError) Unwrap() error { return e.Err }
 
 func parseErrorf(reason, format string, args ...any) *ParseError {
 	return &ParseError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// Kept reports whether err describes a repaired record whose event is valid.
+func Kept(err error) bool {
+	var pe *ParseError
+	return errors.As(err, &pe) && pe.Kept
 }
 
 // ReasonOf returns the rejection reason carried by err, or "" when err is no ParseError.

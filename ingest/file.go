@@ -152,7 +152,9 @@ func (s *FileSource) parse(p Parser, work <-chan chunk) {
 			r.events = append(r.events, Event{})
 			ev := &r.events[len(r.events)-1]
 			if err := p.Parse(ev, line); err != nil {
-				r.events = r.events[:len(r.events)-1]
+				if !Kept(err) {
+					r.events = r.events[:len(r.events)-1]
+				}
 				r.letters = append(r.letters, deadLetter(c.source, s.opts.Format, -1, c.first+int64(i), line, err))
 			}
 		}
@@ -175,6 +177,7 @@ func deadLetter(source, format string, partition int, offset int64, record []byt
 		Reason:    reason,
 		Error:     err.Error(),
 		Record:    string(record),
+		Kept:      Kept(err),
 	}
 }
 

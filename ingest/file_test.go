@@ -121,8 +121,9 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 		nginxLine(2),
 		huge,
 		"203.0.113.1 - - [99/Foo/2024:10:00:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"x\"",
-		string([]byte{0xff, 0xfe, 'a'}),
-		nginxLine(3),
+		string([]byte{0xff, 0xfe, 'a'}),             // repaired, and still not a log line
+		strings.Replace(nginxLine(3), "/v1", "/\xffv1", 1), // repaired and kept: a stray byte must not hide a request
+		nginxLine(4),
 	}
 	path := filepath.Join(dir, "in.log")
 	writeLines(t, path, lines, false)
@@ -139,10 +140,10 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 	}
 	defer src.Close()
 	got := drain(t, src)
-	if want := "client/1,client/2,client/3"; strings.Join(got, ",") != want {
+	if want := "client/1,client/2,client/3,client/4"; strings.Join(got, ",") != want {
 		t.Errorf("events %v, want %s", got, want)
 	}
-	wantReasons := map[int64]string{2: ingest.ReasonBadSyntax, 3: ingest.ReasonOversized, 5: ingest.ReasonOversized, 6: ingest.ReasonBadTimestamp, 7: ingest.ReasonBadUTF8}
+	wantReasons := map[int64]string{2: ingest.ReasonBadSyntax, 3: ingest.ReasonOversized, 5: ingest.ReasonOversized, 6: ingest.ReasonBadTimestamp, 7: ingest.ReasonBadSyntax, 8: ingest.ReasonBadUTF8}
 	if len(letters.got) != len(wantReasons) {
 		t.Fatalf("%d dead letters, want %d: %+v", len(letters.got), len(wantReasons), letters.got)
 	}

@@ -85,7 +85,11 @@ func NewParser(format string, opts ParserOptions) (Parser, error) {
 	if !slices.Contains(Formats, format) {
 		return nil, fmt.Errorf("%w %q (want one of %s)", ErrUnknownFormat, format, strings.Join(Formats, ", "))
 	}
-	return newFormatParser(format, newBase(o))
+	p, err := newFormatParser(format, newBase(o))
+	if err != nil {
+		return nil, err
+	}
+	return &repairing{p: p, max: o.MaxLineBytes}, nil
 }
 
 // base holds what every format parser shares: options, string storage, the token

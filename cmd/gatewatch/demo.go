@@ -149,7 +149,7 @@ type untilCount struct {
 }
 
 func (u *untilCount) Next(ctx context.Context) (*ingest.Batch, error) {
-	if u.got+u.dead.n >= u.want {
+	if u.got+u.dead.n-u.dead.kept >= u.want {
 		return nil, io.EOF
 	}
 	b, err := u.src.Next(ctx)

@@ -75,17 +75,23 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected\n", events, report.n)
+	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected, %d repaired\n", events, report.n-report.kept, report.kept)
 	return nil
 }
 
 // countingDeadLetters counts the records passed on to next.
 type countingDeadLetters struct {
 	next ingest.DeadLetters
-	n    int
+	n    int // letters, repaired ones included
+	kept int // repaired records whose events were kept
 }
 
 func (c *countingDeadLetters) Put(ctx context.Context, letters []ingest.DeadLetter) error {
 	c.n += len(letters)
+	for _, l := range letters {
+		if l.Kept {
+			c.kept++
+		}
+	}
 	return c.next.Put(ctx, letters)
 }

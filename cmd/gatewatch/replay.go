@@ -94,6 +94,6 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	sum.WriteSummary(env.stderr, "replay")
-	fmt.Fprintf(env.stderr, "  %d records rejected\n", dl.n)
+	fmt.Fprintf(env.stderr, "  %d records rejected, %d repaired\n", dl.n-dl.kept, dl.kept)
 	return nil
 }
