@@ -1,0 +1,388 @@
+package alerting
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
+)
+
+// Config is the alerting section of gatewatch.yaml.
+type Config struct {
+	// RunbookBaseURL is where the runbooks are published: an alert links to
+	// RunbookBaseURL/<detector>.md unless its detector sets its own runbook.
+	RunbookBaseURL string           `yaml:"runbook_base_url"`
+	Receivers      []ReceiverConfig `yaml:"receivers"`
+	// Routes pick the receivers of each alert: the first route that matches wins
+	// unless it says continue. No routes: every alert goes to every receiver.
+	Routes   []Route   `yaml:"routes"`
+	Silences []Silence `yaml:"silences"`
+	Outbox   Outbox    `yaml:"outbox"`
+	// RepeatInterval re-sends an incident that is still open and unchanged, as a
+	// reminder; a route may override it. 0: never.
+	RepeatInterval time.Duration `yaml:"repeat_interval"`
+	// ReplayCommand is shown in Slack messages for the 30 minutes around an alert;
+	// {from} and {to} are replaced with RFC 3339 times.
+	ReplayCommand string `yaml:"replay_command"`
+}
+
+// Outbox configures the durable outbox every alert enters before delivery.
+type Outbox struct {
+	Dir            string        `yaml:"dir"`             // default: <store.data_dir>/outbox
+	InitialBackoff time.Duration `yaml:"initial_backoff"` // default 1s
+	MaxBackoff     time.Duration `yaml:"max_backoff"`     // default 5m
+	// GiveUpAfter parks a delivery as failed, loudly (log and metric), once it has
+	// failed for this long; it stays in the outbox for an operator. Default 24h.
+	GiveUpAfter time.Duration `yaml:"give_up_after"`
+}
+
+// ReceiverConfig is one named destination; exactly one of the kinds is set.
+type ReceiverConfig struct {
+	Name      string        `yaml:"name"`
+	RateLimit float64       `yaml:"rate_limit"` // most notifications a second; 0: unlimited
+	Burst     int           `yaml:"burst"`      // default 1 when rate_limit is set
+	Timeout   time.Duration `yaml:"timeout"`    // per attempt; default 10s
+
+	Slack     *SlackConfig     `yaml:"slack,omitempty"`
+	SplunkHEC *SplunkHECConfig `yaml:"splunk_hec,omitempty"`
+	Syslog    *SyslogConfig    `yaml:"syslog,omitempty"`
+	Kafka     *KafkaConfig     `yaml:"kafka,omitempty"`
+	Webhook   *WebhookConfig   `yaml:"webhook,omitempty"`
+	File      *FileConfig      `yaml:"file,omitempty"`
+}
+
+// Kind returns the receiver's kind ("slack", "splunk_hec", ...), or "" when none or
+// several are set.
+func (r *ReceiverConfig) Kind() string {
+	kinds := r.kinds()
+	if len(kinds) != 1 {
+		return ""
+	}
+	return kinds[0]
+}
+
+func (r *ReceiverConfig) kinds() []string {
+	var k []string
+	for _, c := range []struct {
+		name string
+		set  bool
+	}{
+		{"slack", r.Slack != nil}, {"splunk_hec", r.SplunkHEC != nil}, {"syslog", r.Syslog != nil},
+		{"kafka", r.Kafka != nil}, {"webhook", r.Webhook != nil}, {"file", r.File != nil},
+	} {
+		if c.set {
+			k = append(k, c.name)
+		}
+	}
+	return k
+}
+
+// SlackConfig posts with a bot token (chat.postMessage, Block Kit, threaded updates)
+// or, with webhook_url_file/env set, through an incoming webhook (no threads).
+type SlackConfig struct {
+	TokenFile      string `yaml:"token_file"`
+	TokenEnv       string `yaml:"token_env"`
+	Channel        string `yaml:"channel"`
+	APIURL         string `yaml:"api_url"` // a Slack-compatible endpoint; default Slack's
+	WebhookURLFile string `yaml:"webhook_url_file"`
+	WebhookURLEnv  string `yaml:"webhook_url_env"`
+}
+
+// SplunkHECConfig sends to a Splunk HTTP Event Collector.
+type SplunkHECConfig struct {
+	URL        string    `yaml:"url"` // https://splunk:8088; /services/collector/event is added
+	TokenFile  string    `yaml:"token_file"`
+	TokenEnv   string    `yaml:"token_env"`
+	Index      string    `yaml:"index"`
+	Source     string    `yaml:"source"`     // default gatewatch
+	SourceType string    `yaml:"sourcetype"` // default gatewatch:alert
+	BatchSize  int       `yaml:"batch_size"` // events per POST; default 100
+	TLS        TLSConfig `yaml:"tls"`
+}
+
+// SyslogConfig sends RFC 5424 messages (octet counting over TCP/TLS, one datagram per
+// message over UDP), with a JSON or CEF payload.
+type SyslogConfig struct {
+	Network  string    `yaml:"network"` // tcp (default), tls or udp
+	Address  string    `yaml:"address"` // host:port
+	Format   string    `yaml:"format"`  // json (default) or cef
+	AppName  string    `yaml:"app_name"`
+	Facility int       `yaml:"facility"` // default 10 (authpriv)
+	TLS      TLSConfig `yaml:"tls"`
+}
+
+// KafkaConfig writes alerts as JSON to a topic, in gatewatch's own shape or as OCSF
+// Detection Findings.
+type KafkaConfig struct {
+	Brokers []string   `yaml:"brokers"`
+	Topic   string     `yaml:"topic"`
+	Format  string     `yaml:"format"` // gatewatch (default) or ocsf
+	TLS     TLSConfig  `yaml:"tls"`
+	SASL    SASLConfig `yaml:"sasl"`
+}
+
+// WebhookConfig POSTs alerts as JSON, signed with HMAC-SHA-256 over the body.
+type WebhookConfig struct {
+	URLFile    string    `yaml:"url_file"` // webhook URLs are credentials: from a file or the environment
+	URLEnv     string    `yaml:"url_env"`
+	SecretFile string    `yaml:"secret_file"`
+	SecretEnv  string    `yaml:"secret_env"`
+	TLS        TLSConfig `yaml:"tls"`
+}
+
+// FileConfig appends alerts as JSON lines.
+type FileConfig struct {
+	Path string `yaml:"path"`
+}
+
+// TLSConfig configures TLS to a destination; paths are files.
+type TLSConfig struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// SASLConfig authenticates to Kafka; the password comes from a file or the environment.
+type SASLConfig struct {
+	Mechanism    string `yaml:"mechanism"` // plain, scram-sha-256, scram-sha-512
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+}
+
+// Matcher selects alerts. Empty lists match everything; all set fields must match.
+type Matcher struct {
+	Detector []string             `yaml:"detector"`
+	Severity []detectors.Severity `yaml:"severity"`
+	Key      []string             `yaml:"key"`
+	Labels   map[string]string    `yaml:"labels"`
+}
+
+// Matches reports whether a is selected.
+func (m *Matcher) Matches(a *detectors.Alert) bool {
+	if len(m.Detector) > 0 && !slices.Contains(m.Detector, a.Detector) {
+		return false
+	}
+	if len(m.Severity) > 0 && !slices.Contains(m.Severity, a.Severity) {
+		return false
+	}
+	if len(m.Key) > 0 && !slices.Contains(m.Key, a.Key) {
+		return false
+	}
+	for k, v := range m.Labels {
+		if a.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Route sends the alerts it matches to its receivers.
+type Route struct {
+	Match          Matcher       `yaml:"match"`
+	Receivers      []string      `yaml:"receivers"`
+	Continue       bool          `yaml:"continue"`
+	RepeatInterval time.Duration `yaml:"repeat_interval"` // 0: the alerting section's
+}
+
+// Silence mutes the alerts it matches until it expires.
+type Silence struct {
+	Match   Matcher   `yaml:"match"`
+	Expires time.Time `yaml:"expires"` // RFC 3339; required
+	Comment string    `yaml:"comment"` // why, and who asked
+}
+
+// DefaultConfig returns the alerting defaults.
+func DefaultConfig() Config {
+	return Config{
+		RunbookBaseURL: "https://github.com/gatewatch/gatewatch/blob/main/deploy/runbooks",
+		Outbox:         Outbox{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, GiveUpAfter: 24 * time.Hour},
+		ReplayCommand:  "gatewatch replay --config gatewatch.yaml --kafka $BROKERS --topic $TOPIC --from {from} --to {to}",
+	}
+}
+
+// A ConfigError is one invalid setting; Key is its dotted path below the alerting section.
+type ConfigError struct {
+	Path string
+	Msg  string
+}
+
+func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
+
+// Key returns the dotted path of the setting below the alerting section.
+func (e *ConfigError) Key() string { return e.Path }
+
+func cfgErr(path, format string, args ...any) error {
+	return &ConfigError{Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate reports every invalid setting: receivers with no kind or several, names
+// used twice, routes naming unknown receivers, silences without an expiry.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.RunbookBaseURL != "" {
+		if u, err := url.Parse(c.RunbookBaseURL); err != nil || u.Scheme == "" {
+			errs = append(errs, cfgErr("runbook_base_url", "must be an absolute URL, got %q", c.RunbookBaseURL))
+		}
+	}
+	names := map[string]bool{}
+	for i, r := range c.Receivers {
+		p := fmt.Sprintf("receivers[%d]", i)
+		switch {
+		case r.Name == "":
+			errs = append(errs, cfgErr(p+".name", "must be set"))
+		case names[r.Name]:
+			errs = append(errs, cfgErr(p+".name", "receiver %q is defined twice", r.Name))
+		}
+		names[r.Name] = true
+		switch k := r.kinds(); len(k) {
+		case 0:
+			errs = append(errs, cfgErr(p, "needs exactly one of slack, splunk_hec, syslog, kafka, webhook, file"))
+		case 1:
+		default:
+			errs = append(errs, cfgErr(p, "sets %s: a receiver has exactly one kind", strings.Join(k, " and ")))
+		}
+		if r.RateLimit < 0 {
+			errs = append(errs, cfgErr(p+".rate_limit", "must not be negative"))
+		}
+		if r.Timeout < 0 {
+			errs = append(errs, cfgErr(p+".timeout", "must not be negative"))
+		}
+		errs = append(errs, r.validateKind(p)...)
+	}
+	for i, rt := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if len(rt.Receivers) == 0 {
+			errs = append(errs, cfgErr(p+".receivers", "must name at least one receiver"))
+		}
+		for j, n := range rt.Receivers {
+			if !names[n] {
+				errs = append(errs, cfgErr(fmt.Sprintf("%s.receivers[%d]", p, j), "undefined receiver %q", n))
+			}
+		}
+		errs = append(errs, rt.Match.validate(p+".match")...)
+	}
+	for i, s := range c.Silences {
+		p := fmt.Sprintf("silences[%d]", i)
+		if s.Expires.IsZero() {
+			errs = append(errs, cfgErr(p+".expires", "must be set: a silence without an end hides alerts forever"))
+		}
+		errs = append(errs, s.Match.validate(p+".match")...)
+	}
+	o := c.Outbox
+	if o.InitialBackoff <= 0 || o.MaxBackoff < o.InitialBackoff {
+		errs = append(errs, cfgErr("outbox", "need 0 < initial_backoff <= max_backoff"))
+	}
+	if o.GiveUpAfter <= 0 {
+		errs = append(errs, cfgErr("outbox.give_up_after", "must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Matcher) validate(p string) []error {
+	var errs []error
+	for i, d := range m.Detector {
+		if !slices.Contains(detectors.Names, d) {
+			errs = append(errs, cfgErr(fmt.Sprintf("%s.detector[%d]", p, i), "unknown detector %q (want one of %s)", d, strings.Join(detectors.Names, ", ")))
+		}
+	}
+	for i, s := range m.Severity {
+		if !s.Valid() {
+			errs = append(errs, cfgErr(fmt.Sprintf("%s.severity[%d]", p, i), "unknown severity %q", s))
+		}
+	}
+	return errs
+}
+
+func secretSource(p, file, env string) []error {
+	if file == "" && env == "" {
+		return []error{cfgErr(p, "needs a file or an environment variable for its secret")}
+	}
+	if file != "" && env != "" {
+		return []error{cfgErr(p, "set the file or the environment variable, not both")}
+	}
+	return nil
+}
+
+func (r *ReceiverConfig) validateKind(p string) []error {
+	var errs []error
+	switch {
+	case r.Slack != nil:
+		s := r.Slack
+		if s.WebhookURLFile != "" || s.WebhookURLEnv != "" {
+			errs = append(errs, secretSource(p+".slack.webhook_url_file", s.WebhookURLFile, s.WebhookURLEnv)...)
+		} else {
+			errs = append(errs, secretSource(p+".slack.token_file", s.TokenFile, s.TokenEnv)...)
+			if s.Channel == "" {
+				errs = append(errs, cfgErr(p+".slack.channel", "must be set for the bot-token mode"))
+			}
+		}
+	case r.SplunkHEC != nil:
+		if _, err := url.Parse(r.SplunkHEC.URL); err != nil || r.SplunkHEC.URL == "" {
+			errs = append(errs, cfgErr(p+".splunk_hec.url", "must be a URL like https://splunk:8088"))
+		}
+		errs = append(errs, secretSource(p+".splunk_hec.token_file", r.SplunkHEC.TokenFile, r.SplunkHEC.TokenEnv)...)
+	case r.Syslog != nil:
+		s := r.Syslog
+		if !slices.Contains([]string{"", "tcp", "tls", "udp"}, s.Network) {
+			errs = append(errs, cfgErr(p+".syslog.network", "must be tcp, tls or udp, got %q", s.Network))
+		}
+		if s.Address == "" {
+			errs = append(errs, cfgErr(p+".syslog.address", "must be set (host:port)"))
+		}
+		if !slices.Contains([]string{"", "json", "cef"}, s.Format) {
+			errs = append(errs, cfgErr(p+".syslog.format", "must be json or cef, got %q", s.Format))
+		}
+		if s.Facility < 0 || s.Facility > 23 {
+			errs = append(errs, cfgErr(p+".syslog.facility", "must be 0-23, got %d", s.Facility))
+		}
+	case r.Kafka != nil:
+		if len(r.Kafka.Brokers) == 0 || r.Kafka.Topic == "" {
+			errs = append(errs, cfgErr(p+".kafka", "needs brokers and topic"))
+		}
+		if !slices.Contains([]string{"", "gatewatch", "ocsf"}, r.Kafka.Format) {
+			errs = append(errs, cfgErr(p+".kafka.format", "must be gatewatch or ocsf, got %q", r.Kafka.Format))
+		}
+	case r.Webhook != nil:
+		errs = append(errs, secretSource(p+".webhook.url_file", r.Webhook.URLFile, r.Webhook.URLEnv)...)
+		errs = append(errs, secretSource(p+".webhook.secret_file", r.Webhook.SecretFile, r.Webhook.SecretEnv)...)
+	case r.File != nil:
+		if r.File.Path == "" {
+			errs = append(errs, cfgErr(p+".file.path", "must be set"))
+		}
+	}
+	return errs
+}
+
+// LoadSecret reads a secret (token, webhook URL, HMAC key) from a file, trailing
+// newlines trimmed, or from the named environment variable. Receivers call it when
+// they are built; the value never goes into an error, a log or a metric.
+func LoadSecret(file, env string) (string, error) {
+	switch {
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("alerting: read secret: %w", err)
+		}
+		s := strings.TrimRight(string(b), "\r\n")
+		if s == "" {
+			return "", fmt.Errorf("alerting: secret file %s is empty", file)
+		}
+		return s, nil
+	case env != "":
+		s := os.Getenv(env)
+		if s == "" {
+			return "", fmt.Errorf("alerting: environment variable %s is not set", env)
+		}
+		return s, nil
+	}
+	return "", errors.New("alerting: no secret configured")
+}
