@@ -321,7 +321,11 @@ func (g *gen) fillPath(template string) string {
 }
 
 func (g *gen) request(t time.Time, c *client, r route, status int) Request {
-	d := c.devices[g.rng.IntN(len(c.devices))]
+	return g.requestFrom(t, c, c.devices[g.rng.IntN(len(c.devices))], r, status)
+}
+
+// requestFrom is a request of client c from device d.
+func (g *gen) requestFrom(t time.Time, c *client, d device, r route, status int) Request {
 	req := Request{
 		Time:      t.Truncate(time.Millisecond),
 		ClientIP:  d.ip,
@@ -348,29 +352,38 @@ func (g *gen) request(t time.Time, c *client, r route, status int) Request {
 	return req
 }
 
+// attackTargets returns the clients attacks are aimed at: the busiest single-country
+// ones, so that each is an established key (the detectors only judge keys they know
+// well), skipping clients 0-9, which feed the quiet routes.
+func (g *gen) attackTargets() []*client {
+	var cs []*client
+	for i := 10; i < len(g.clients); i++ {
+		if len(g.clients[i].countries) == 1 {
+			cs = append(cs, &g.clients[i])
+		}
+	}
+	slices.SortStableFunc(cs, func(a, b *client) int { return cmp.Compare(b.weight, a.weight) })
+	return cs
+}
+
 // attack generates one attack of kind starting at at. Each attack picks its own client
 // (index i keeps them apart) among the established, single-country ones.
 func (g *gen) attack(kind string, at time.Time, i int) ([]Request, Injected) {
-	var c *client
-	for j := 10 + i*7; ; j++ { // clients 0-9 feed the quiet routes; skip them
-		c = &g.clients[j%len(g.clients)]
-		if len(c.countries) == 1 {
-			break
-		}
-	}
+	c := g.attackTargets()[i]
 	inj := Injected{Kind: kind, Start: at, Client: c.consumer}
 	var reqs []Request
 	switch kind {
 	case AttackNewCountry:
-		// The client's key turns up from a country it never used: a leaked key.
+		// The client's API key turns up from a country it never used, on the attacker's
+		// own device and session: a leaked key.
 		country := "KP"
 		if c.countries[0] == country {
 			country = "RU"
 		}
-		attacker := device{ua: "python-requests/2.31.0", id: "dev-" + g.hex(12), token: c.devices[0].token, ip: g.ip()}
+		attacker := device{ua: "python-requests/2.31.0", id: "dev-" + g.hex(12), token: "eyJ" + g.hex(48), ip: g.ip()}
 		for k := range 12 {
-			r := g.request(at.Add(time.Duration(k)*17*time.Second), c, busyRoutes[1], 200)
-			r.Country, r.ClientIP, r.UserAgent, r.DeviceID = country, attacker.ip, attacker.ua, c.devices[0].id
+			r := g.requestFrom(at.Add(time.Duration(k)*17*time.Second), c, attacker, busyRoutes[1], 200)
+			r.Country = country
 			reqs = append(reqs, r)
 		}
 		inj.Country = country
@@ -378,16 +391,15 @@ func (g *gen) attack(kind string, at time.Time, i int) ([]Request, Injected) {
 		// One token replayed from four devices within minutes: a stolen session.
 		stolen := c.devices[0]
 		for k := range 16 {
-			dev := device{ua: userAgents[(k%4+3)%len(userAgents)], id: fmt.Sprintf("dev-stolen-%d", k%4), ip: g.ip()}
-			r := g.request(at.Add(time.Duration(k)*20*time.Second), c, busyRoutes[5], 200)
-			r.Token, r.UserAgent, r.DeviceID, r.ClientIP, r.Country = stolen.token, dev.ua, dev.id, dev.ip, c.countries[0]
+			dev := device{ua: userAgents[(k%4+3)%len(userAgents)], id: fmt.Sprintf("dev-stolen-%d", k%4), token: stolen.token, ip: g.ip()}
+			r := g.requestFrom(at.Add(time.Duration(k)*20*time.Second), c, dev, busyRoutes[5], 200)
+			r.Country = c.countries[0]
 			reqs = append(reqs, r)
 		}
 	case AttackForbidden:
 		// Object enumeration: one client walks account ids and is refused again and again.
 		for k := range 45 {
-			r := g.request(at.Add(time.Duration(k)*1300*time.Millisecond), c, busyRoutes[6], 403)
-			r.DeviceID, r.UserAgent, r.ClientIP = c.devices[0].id, c.devices[0].ua, c.devices[0].ip
+			r := g.requestFrom(at.Add(time.Duration(k)*1300*time.Millisecond), c, c.devices[0], busyRoutes[6], 403)
 			r.Path = fmt.Sprintf("/v1/accounts/%d/balance", 100000+k)
 			reqs = append(reqs, r)
 		}
@@ -395,8 +407,7 @@ func (g *gen) attack(kind string, at time.Time, i int) ([]Request, Injected) {
 	case AttackQuietSpike:
 		// A quiet admin export suddenly called in a loop: data exfiltration.
 		for k := range 60 {
-			r := g.request(at.Add(time.Duration(k)*4*time.Second), c, spikeRoute, 200)
-			r.DeviceID, r.UserAgent, r.ClientIP = c.devices[0].id, c.devices[0].ua, c.devices[0].ip
+			r := g.requestFrom(at.Add(time.Duration(k)*4*time.Second), c, c.devices[0], spikeRoute, 200)
 			reqs = append(reqs, r)
 		}
 		inj.Route = spikeRoute.method + " " + spikeRoute.template
