@@ -23,7 +23,7 @@ type FileOptions struct {
 	Parser      ParserOptions // each parsing goroutine builds its own parser from these
 	DeadLetters DeadLetters   // nil: rejected records are only counted
 	Metrics     *Metrics      // nil: NewMetrics(nil)
-	BatchSize   int           // events per batch; 0: 4096
+	BatchSize   int           // lines per batch, parsed by one goroutine; 0: 1024
 	Workers     int           // parsing goroutines; 0: GOMAXPROCS
 	Stdin       io.Reader     // what "-" reads; nil: os.Stdin
 }
@@ -55,7 +55,7 @@ type parsed struct {
 }
 
 const (
-	defaultFileBatch = 4096
+	defaultFileBatch = 1024
 	fileReadBuffer   = 256 << 10
 )
 
@@ -256,7 +256,7 @@ func (s *FileSource) read(ctx context.Context, path string, work chan<- chunk) e
 				start := len(buf)
 				buf = append(buf, line...)
 				c.lines = append(c.lines, buf[start:len(buf):len(buf)])
-				if len(c.lines) >= 1024 {
+				if len(c.lines) >= s.opts.BatchSize {
 					if ferr := flush(); ferr != nil {
 						return ferr
 					}
@@ -282,35 +282,25 @@ func appendCapped(dst, b []byte, limit int) []byte {
 	return append(dst, b[:min(len(b), limit-len(dst))]...)
 }
 
-// Next returns the next batch of events in input order, or io.EOF after the last.
+// Next returns the next batch of events in input order, or io.EOF after the last. A
+// batch holds the events of BatchSize lines, as one goroutine parsed them: handing it
+// out as it is costs no copy.
 // Rejected records are stored in the dead-letter sink before their batch is returned.
 func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 	if s.out == nil {
 		s.start()
 	}
-	var events []Event
-	for len(events) < s.opts.BatchSize {
+	for {
 		var c chunk
 		var ok bool
-		if len(events) == 0 {
-			select {
-			case c, ok = <-s.out:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		} else {
-			select {
-			case c, ok = <-s.out:
-			default:
-				return NewBatch(events, nil), nil // hand out what is ready rather than wait
-			}
+		select {
+		case c, ok = <-s.out:
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 		if !ok {
 			if s.err != nil {
 				return nil, s.err
-			}
-			if len(events) > 0 {
-				return NewBatch(events, nil), nil
 			}
 			return nil, io.EOF
 		}
@@ -331,13 +321,10 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 				return nil, fmt.Errorf("ingest: dead letters: %w", err)
 			}
 		}
-		if events == nil {
-			events = r.events
-		} else {
-			events = append(events, r.events...)
+		if len(r.events) > 0 { // a chunk of nothing but rejects makes no batch
+			return NewBatch(r.events, nil), nil
 		}
 	}
-	return NewBatch(events, nil), nil
 }
 
 // Close stops reading. Batches already returned stay valid.
