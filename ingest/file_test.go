@@ -121,7 +121,7 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 		nginxLine(2),
 		huge,
 		"203.0.113.1 - - [99/Foo/2024:10:00:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"x\"",
-		string([]byte{0xff, 0xfe, 'a'}),             // repaired, and still not a log line
+		string([]byte{0xff, 0xfe, 'a'}),                    // repaired, and still not a log line
 		strings.Replace(nginxLine(3), "/v1", "/\xffv1", 1), // repaired and kept: a stray byte must not hide a request
 		nginxLine(4),
 	}
