@@ -51,8 +51,8 @@ func benchConfig(c *kafkatest.Cluster, group string) ingest.KafkaConfig {
 }
 
 // BenchmarkSource consumes benchRecords Kong records end to end: a new group member
-// fetches, parses with the real Kong parser, hands out batches of 1000 and acknowledges
-// each, which commits it. Joining the group (until the first batch) and leaving it are
+// fetches, parses with the real Kong parser (GOMAXPROCS parsing goroutines, the
+// default), hands out batches of 1000 and acknowledges each, which commits it. Joining the group (until the first batch) and leaving it are
 // not timed: they are the same kafka-go calls in both benchmarks and leaving waits out
 // MaxWait. BenchmarkBareFetch is the baseline: kafka-go's Reader alone, with the reader
 // settings the Source uses, on the same records, no parsing, no commits.

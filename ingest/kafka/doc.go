@@ -22,11 +22,11 @@
 //
 //   - Every generation restarts the partition readers at the group's committed offsets,
 //     for the partitions the member keeps as well as for new ones. The source remembers,
-//     per partition, which offsets it already handed out in this process and drops
+//     per partition, which offsets it already took into batches in this process and drops
 //     records fetched again below that point: their batches are in flight here (or were
 //     acknowledged) and commit when acknowledged. A kept partition thus neither repeats
-//     nor skips a record. If the group's offset went back below everything handed out
-//     (an operator reset the group, or a former owner committed late), the source starts
+//     nor skips a record. If the group's offset went back below everything taken (an
+//     operator reset the group, or a former owner committed late), the source starts
 //     that partition afresh from there and its batches in flight no longer commit it:
 //     records repeat, none is lost.
 //   - kafka-go does not tell a member which partitions it owns. The source counts the
@@ -47,5 +47,5 @@
 // and every earlier batch of its partition were acknowledged. Records not acknowledged
 // when a member stops, crashes or loses their partition are delivered again, to it or to
 // another member, and no record is skipped. Records delivered twice are ones that had
-// not been acknowledged, apart from the late-commit gap above.
+// not been acknowledged, apart from the late commits described above.
 package kafka

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
 	kafkago "github.com/segmentio/kafka-go"
@@ -68,6 +71,22 @@ func (s *Source) fetch(ctx context.Context, r *kafkago.Reader) {
 			close(t.jobs)
 		}
 	}()
+	// kafka-go cannot join the group while a topic is missing, and only logs why: check
+	// first, so that Next can say what is wrong.
+	for {
+		err := s.checkTopics(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !s.queue(ctx, &batch{err: err}) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(topicRecheck):
+		}
+	}
 	for {
 		b, err := s.fill(ctx, r)
 		if b != nil && !s.queue(ctx, b) {
@@ -83,6 +102,38 @@ func (s *Source) fetch(ctx context.Context, r *kafkago.Reader) {
 			}
 		}
 	}
+}
+
+// topicRecheck is how long the fetching goroutine waits before it checks again for
+// topics that did not exist.
+const topicRecheck = 5 * time.Second
+
+// checkTopics reports an error unless every configured topic exists.
+func (s *Source) checkTopics(ctx context.Context) error {
+	names := make([]string, len(s.order))
+	for i, t := range s.order {
+		names[i] = t.name
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	md, err := s.admin.Metadata(ctx, &kafkago.MetadataRequest{Topics: names})
+	if err != nil {
+		return fmt.Errorf("kafka: read metadata of the topics: %w", err)
+	}
+	var missing []string
+	for _, name := range names {
+		i := slices.IndexFunc(md.Topics, func(t kafkago.Topic) bool { return t.Name == name })
+		switch {
+		case i < 0 || errors.Is(md.Topics[i].Error, kafkago.UnknownTopicOrPartition):
+			missing = append(missing, name)
+		case md.Topics[i].Error != nil:
+			return fmt.Errorf("kafka: topic %s: %w", name, md.Topics[i].Error)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("kafka: topic %s does not exist: the group cannot be joined until it does", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 // queue hands b to the parsing goroutines of its topics and then to Next. It reports
@@ -211,10 +262,13 @@ func fetchError(ctx context.Context, err error) error {
 }
 
 // add puts one fetched record into b, extending the batch's run of its partition. A
-// record fetched again after a rebalance, below what this source already handed out, is
-// dropped.
+// record fetched again after a rebalance, below what this source already took into a
+// batch, is dropped.
 func (s *Source) add(b *batch, msg *kafkago.Message) {
 	p := s.partition(msg.Topic, msg.Partition)
+	if p == nil {
+		return
+	}
 	if p.mark != b.seq {
 		p.mark = b.seq
 		p.fresh = p.next < 0 || msg.Offset < p.next
@@ -244,7 +298,9 @@ func (s *Source) add(b *batch, msg *kafkago.Message) {
 	b.recs = append(b.recs, record{topic: p.topic, partition: msg.Partition, offset: msg.Offset, value: msg.Value})
 }
 
-// partition returns the state of one partition, creating it when first seen.
+// partition returns the state of one partition, creating it when first seen. It
+// returns nil for a topic the source does not read: kafka-go assigns only GroupTopics,
+// so that would be a kafka-go bug, and such records are neither parsed nor committed.
 func (s *Source) partition(topicName string, id int) *partition {
 	if p := s.last; p != nil && p.id == id && p.topic.name == topicName {
 		return p
@@ -254,10 +310,8 @@ func (s *Source) partition(topicName string, id int) *partition {
 	if p == nil {
 		t := s.topics[topicName]
 		if t == nil {
-			// kafka-go assigns only GroupTopics, so this would be a kafka-go bug. Parse the
-			// record as the first topic's format rather than lose it.
-			t = s.order[0]
-			s.log.Error("kafka record of a topic not subscribed to", "topic", topicName)
+			s.log.Error("kafka record of a topic not subscribed to", "topic", topicName, "partition", id)
+			return nil
 		}
 		p = &partition{topic: t, id: id, next: -1, low: -1, done: -1, committed: -1}
 		s.parts[k] = p

@@ -73,7 +73,9 @@ type Source struct {
 	log    *slog.Logger
 	now    func() time.Time
 	topics map[string]*topic
-	order  []*topic // topics in config order
+	order  []*topic           // topics in config order
+	admin  *kafkago.Client    // for metadata
+	conns  *kafkago.Transport // the admin client's
 
 	// Owned by the fetching goroutine.
 	parts map[partKey]*partition
@@ -253,6 +255,8 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if err := s.rcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka: reader config: %w", err)
 	}
+	s.conns = sec.transport(cfg)
+	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: s.conns}
 	return s, nil
 }
 
@@ -279,7 +283,7 @@ func orDefault[T comparable](v, def T) T {
 }
 
 // prefetch is how many batches a source prepares ahead of Next.
-const prefetch = 2
+const prefetch = 4
 
 // Next returns the next batch: the events of up to KafkaConfig.BatchSize records, or
 // of what arrived within KafkaConfig.BatchWait of the first one. It blocks until at
@@ -449,6 +453,7 @@ func (s *Source) Close() error {
 	stop()
 	err := r.Close()
 	s.running.Wait()
+	s.conns.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("kafka: close reader: %w", err)
 	}

@@ -622,3 +622,37 @@ func TestSourceClose(t *testing.T) {
 	}
 	wantCommitted(t, c, "g", "waf", map[int]int64{})
 }
+
+// TestSourceMissingTopic: a topic that does not exist is reported by Next, by name,
+// instead of leaving it waiting for a group kafka-go cannot join.
+func TestSourceMissingTopic(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"}, ingest.TopicConfig{Name: "wfa", Format: "awswaf"})
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	if _, err := s.Next(ctx); err == nil || !strings.Contains(err.Error(), "topic wfa does not exist") {
+		t.Fatalf("Next with a missing topic = %v, want it named", err)
+	}
+}
+
+// TestAddAllocatesNothing: taking a fetched record into a batch costs no allocation per
+// record (the record's bytes are kafka-go's; the batch's slices are sized ahead).
+func TestAddAllocatesNothing(t *testing.T) {
+	cfg := ingest.DefaultConfig().Kafka
+	cfg.Brokers = []string{"127.0.0.1:9"}
+	cfg.Topics = []ingest.TopicConfig{{Name: "waf", Format: "awswaf"}}
+	s, err := NewSource(cfg, testOptions(&memDeadLetters{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const runs = 1000
+	b := &batch{seq: 1, recs: make([]record, 0, runs+2)}
+	msg := kafkago.Message{Topic: "waf", Partition: 3, Value: []byte("r")}
+	s.add(b, &msg) // the partition's first record creates its state and run
+	if n := testing.AllocsPerRun(runs, func() {
+		msg.Offset++
+		s.add(b, &msg)
+	}); n != 0 {
+		t.Fatalf("add allocates %v times per record, want 0", n)
+	}
+}

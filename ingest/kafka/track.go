@@ -14,16 +14,16 @@ type partition struct {
 	topic *topic
 	id    int
 
-	// Owned by the goroutine in Next.
-	next  int64  // offset after the last record handed out; -1 before the first
-	low   int64  // first offset handed out since the partition was first seen or rewound
+	// Owned by the fetching goroutine.
+	next  int64  // offset after the last record taken into a batch; -1 before the first
+	low   int64  // first offset taken since the partition was first seen or rewound
 	span  *span  // its run in the batch being built
 	mark  uint64 // seq of the last batch that fetched a record of it
 	fresh bool   // that batch's first record of it was fetched again, or was its first ever
 
 	// Guarded by Source.mu; resets is written only by the fetching goroutine, under the lock.
 	resets    uint64  // rewinds; runs queued before the last one release nothing
-	queue     []*span // runs handed out and not yet released, in offset order, from head
+	queue     []*span // runs cut and not yet released, in offset order, from head
 	head      int
 	epoch     uint64 // the generation count in which a record of it was last fetched
 	done      int64  // end (last offset + 1) of the released prefix; -1 before the first run
@@ -46,7 +46,7 @@ type commitRef struct {
 }
 
 // rewind starts p afresh at off: the group's committed offset went back below anything
-// this source handed out, so the runs in flight no longer stand for what comes next.
+// this source took into a batch, so the runs in flight no longer stand for what comes next.
 func (s *Source) rewind(p *partition, off int64) {
 	s.mu.Lock()
 	p.resets++
@@ -56,7 +56,7 @@ func (s *Source) rewind(p *partition, off int64) {
 	delete(s.dirty, p)
 	s.mu.Unlock()
 	p.span, p.next = nil, -1
-	s.log.Warn("kafka partition rewound below the records handed out; they will be delivered again",
+	s.log.Warn("kafka partition rewound below the records taken; they will be delivered again",
 		"topic", p.topic.name, "partition", p.id, "offset", off)
 }
 
