@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/store"
@@ -22,6 +23,7 @@ type config struct {
 	Ingest    ingest.Config    `yaml:"ingest"`
 	Detectors detectors.Config `yaml:"detectors"`
 	Store     store.Config     `yaml:"store"`
+	Alerting  alerting.Config  `yaml:"alerting"`
 }
 
 func defaultConfig() config {
@@ -29,6 +31,7 @@ func defaultConfig() config {
 		Ingest:    ingest.DefaultConfig(),
 		Detectors: detectors.DefaultConfig(),
 		Store:     store.DefaultConfig(),
+		Alerting:  alerting.DefaultConfig(),
 	}
 }
 
@@ -50,6 +53,7 @@ func (c *config) validate() error {
 	add("ingest", c.Ingest.Validate())
 	add("detectors", c.Detectors.Validate())
 	add("store", c.Store.Validate())
+	add("alerting", c.Alerting.Validate())
 	return errors.Join(errs...)
 }
 

@@ -99,3 +99,14 @@ func FuzzLoadConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestExampleConfig keeps deploy/gatewatch.example.yaml valid.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := loadConfigFile("../../deploy/gatewatch.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Store.ClickHouse == nil || len(cfg.Ingest.Kafka.Topics) != 4 || cfg.Detectors.NewCountry.MinEvents != 20 {
+		t.Errorf("example config not decoded as written: %+v", cfg)
+	}
+}

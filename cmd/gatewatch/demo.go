@@ -84,9 +84,10 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	g.Go(func() error {
 		var err error
 		sum, err = replay.Run(gctx, replay.Options{
-			Source:    &untilCount{src: src, want: len(reqs), dead: dead},
-			Detectors: cfg.Detectors,
-			Out:       env.stdout,
+			Source:      &untilCount{src: src, want: len(reqs), dead: dead},
+			Detectors:   cfg.Detectors,
+			RunbookBase: cfg.Alerting.RunbookBaseURL,
+			Out:         env.stdout,
 		})
 		return err
 	})

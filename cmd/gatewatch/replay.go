@@ -88,7 +88,7 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 		w = f
 	}
 	sum, err := replay.Run(ctx, replay.Options{
-		Source: src, Detectors: cfg.Detectors, From: t0, To: t1, Out: w, Updates: *updates,
+		Source: src, Detectors: cfg.Detectors, RunbookBase: cfg.Alerting.RunbookBaseURL, From: t0, To: t1, Out: w, Updates: *updates,
 	})
 	if err != nil {
 		return err
