@@ -51,7 +51,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 $(PKGS)
 
 golden:
-	$(GO) test ./ingest -run Golden -update
+	$(GO) test $(PKGS) -run Golden -update
 	git diff --stat -- '*testdata*'
 
 tidy-check:
