@@ -17,7 +17,10 @@ type BaselineStore interface {
 	LoadBaselines(ctx context.Context) (Baselines, error)
 	// UpdateBaselines upserts the keys and routes in u and returns once they are
 	// durable. Each entry is the whole current baseline of its key or route, not a
-	// delta, so writing one twice (after a crash and a re-read) is harmless.
+	// delta, so writing one twice is harmless. After a restart, events re-read from
+	// the last committed offset may already be in the loaded baselines: their event
+	// counts are added again (a few minutes' worth, against min_events and weeks of
+	// rates), their first and last seen times are not.
 	UpdateBaselines(ctx context.Context, u Baselines) error
 }
 

@@ -189,9 +189,9 @@ func DefaultConfig() Config {
 	}
 }
 
-// A ConfigError is one invalid setting. Key is its dotted path below the detectors
-// section ("forbidden_burst.min_ratio"), which the config loader turns into a file
-// position.
+// A ConfigError is one invalid setting. Path (also returned by Key) is its dotted path
+// below the detectors section ("forbidden_burst.min_ratio"), which the config loader
+// turns into a file position.
 type ConfigError struct {
 	Path string
 	Msg  string

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/bits"
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
@@ -30,7 +31,6 @@ type Options struct {
 // safe for concurrent use: one goroutine drives it, through Run or through Observe and
 // Flush.
 type Engine struct {
-	cfg      Config
 	store    BaselineStore
 	log      *slog.Logger
 	m        *metrics
@@ -44,19 +44,31 @@ type Engine struct {
 	nc   *newCountry
 	qs   *quietSpike
 	dm   []detMetrics // per entry of dets
-	out  emitter
+	dues []*int64     // per entry of dets
+	// hashes holds, per detector, the key hashes of the run of events in hand.
+	hashes [][prefetchRun]uint64
+	out    emitter
 
 	loaded  bool
 	pending []pendingBatch // Run: batches observed but not yet acknowledged, in order
 }
 
+// prefetchRun is how many events Observe prefetches state for at once: enough for the
+// cache misses of a run to overlap, few enough for what they load to stay in cache.
+const prefetchRun = 32
+
 // detector is what the engine needs of each detector.
 type detector interface {
 	name() string
-	// observe takes one event at time t (ms); late says it is before the watermark.
-	observe(ev *ingest.Event, t int64, late bool)
-	// due is the watermark at which advance has work to do.
-	due() int64
+	// prefetch computes the key hash of each event into hs and loads the state the
+	// events will touch, so that the cache misses of a run of events overlap.
+	prefetch(events []ingest.Event, hs []uint64)
+	// observe takes one event at time t (ms), with the hash prefetch gave it; late
+	// says it is before the watermark.
+	observe(ev *ingest.Event, h uint64, t int64, late bool)
+	// due points to the watermark at which advance has work to do; the engine reads
+	// it for every event.
+	due() *int64
 	// advance evaluates what watermark wm closed and expires idle keys.
 	advance(wm int64)
 	// flush evaluates everything still open: the input is over.
@@ -64,7 +76,7 @@ type detector interface {
 	// horizon is the earliest event time an open window or pending decision still
 	// needs at watermark wm; math.MaxInt64 when none.
 	horizon(wm int64) int64
-	// table returns the key counts for metrics.
+	// stats returns the key counts for metrics.
 	stats() (keys int, evictions, expired uint64)
 }
 
@@ -80,15 +92,18 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	e := &Engine{
-		cfg:      cfg,
 		store:    opts.Baselines,
 		log:      opts.Logger.With("component", "detectors"),
-		m:        newMetrics(opts.Registerer),
+		m:        m,
 		lateness: cfg.AllowedLateness.Milliseconds(),
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
-		return newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(),
+		return newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
 			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.WithLabelValues(name))
 	}
 	if c := cfg.NewCountry; c.Enabled {
@@ -105,7 +120,9 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		e.qs = newQuietSpike(c, cfg.AllowedLateness, env(QuietEndpointSpike, c.Common, c.Window))
 		e.dets = append(e.dets, e.qs)
 	}
+	e.hashes = make([][prefetchRun]uint64, len(e.dets))
 	for _, d := range e.dets {
+		e.dues = append(e.dues, d.due())
 		n := d.name()
 		e.dm = append(e.dm, detMetrics{
 			keys:       e.m.keys.WithLabelValues(n),
@@ -170,28 +187,34 @@ func (e *Engine) Watermark() time.Time {
 // only and does no I/O. The engine keeps no reference to events or their strings.
 func (e *Engine) Observe(events []ingest.Event) []Alert {
 	late := 0
-	for i := range events {
-		ev := &events[i]
-		t := ev.Time.UnixMilli()
-		if !e.started {
-			e.started, e.maxT, e.wm = true, t, t-e.lateness
+	for start := 0; start < len(events); start += prefetchRun {
+		run := events[start:min(start+prefetchRun, len(events))]
+		for j, d := range e.dets {
+			d.prefetch(run, e.hashes[j][:len(run)])
 		}
-		isLate := t < e.wm
-		if isLate {
-			late++
-		} else if t > e.maxT {
-			e.maxT, e.wm = t, t-e.lateness
-		}
-		for _, d := range e.dets {
-			if e.wm >= d.due() {
-				d.advance(e.wm)
+		for i := range run {
+			ev := &run[i]
+			t := ev.Time.UnixMilli()
+			if !e.started {
+				e.started, e.maxT, e.wm = true, t, t-e.lateness
 			}
-			d.observe(ev, t, isLate)
+			isLate := t < e.wm
+			if isLate {
+				late++
+			} else if t > e.maxT {
+				e.maxT, e.wm = t, t-e.lateness
+			}
+			for j, d := range e.dets {
+				if e.wm >= *e.dues[j] {
+					d.advance(e.wm)
+				}
+				d.observe(ev, e.hashes[j][i], t, isLate)
+			}
 		}
 	}
 	// Decisions that the last events made due (a late candidate) need no further event.
-	for _, d := range e.dets {
-		if e.started && e.wm >= d.due() {
+	for j, d := range e.dets {
+		if e.started && e.wm >= *e.dues[j] {
 			d.advance(e.wm)
 		}
 	}
@@ -211,8 +234,8 @@ func (e *Engine) Observe(events []ingest.Event) []Alert {
 // emitted) and returns those alerts. Baselines are kept; windows start afresh for events
 // observed after Flush.
 func (e *Engine) Flush() []Alert {
-	for _, d := range e.dets {
-		if e.started && e.wm >= d.due() {
+	for j, d := range e.dets {
+		if e.started && e.wm >= *e.dues[j] {
 			d.advance(e.wm)
 		}
 		d.flush()
@@ -242,6 +265,10 @@ func (e *Engine) updateGauges() {
 		dm := &e.dm[i]
 		dm.keys.Set(float64(keys))
 		if ev > dm.evictions {
+			// Log when evictions start and each time they double, not per eviction.
+			if bits.Len64(ev) > bits.Len64(dm.evictions) {
+				e.log.Warn("detector at max_keys, evicting the coldest keys", "detector", d.name(), "evictions", ev, "keys", keys)
+			}
 			dm.evictionsC.Add(float64(ev - dm.evictions))
 			dm.evictions = ev
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -212,6 +213,17 @@ func TestNewEngineRejectsBadConfig(t *testing.T) {
 	}
 }
 
+func TestTwoEnginesOnOneRegistry(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	if _, err := NewEngine(DefaultConfig(), Options{Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewEngine(DefaultConfig(), Options{Registerer: reg})
+	if !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+		t.Errorf("second NewEngine on one registry = %v, want an AlreadyRegisteredError", err)
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	e, err := NewEngine(DefaultConfig(), Options{Registerer: reg})
@@ -289,5 +301,116 @@ func TestObserveAllocatesNothingForKnownKeys(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("Observe allocates %v times per event for known keys, want 0", allocs)
+	}
+}
+
+func TestFlushClosesOpenWindows(t *testing.T) {
+	e, err := NewEngine(only(ForbiddenBurst), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The burst's windows are still open: the watermark is 30s behind the last event.
+	if got := e.Observe(forbidden("a", 20, t0, time.Second)); len(got) != 0 {
+		t.Fatalf("Observe raised %d alerts before the windows closed", len(got))
+	}
+	got := e.Flush()
+	if len(got) != 1 || got[0].Key != "a" || got[0].Evidence.ForbiddenCount != 20 {
+		t.Fatalf("Flush = %s, want the burst", describe(got))
+	}
+	if again := e.Flush(); len(again) != 0 {
+		t.Errorf("a second Flush raised %s", describe(again))
+	}
+}
+
+func TestEvictionPerDetector(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mk   func(i int) ingest.Event
+	}{
+		{NewCountry, func(i int) ingest.Event { return from(fmt.Sprintf("k%d", i), "DE", at(time.Duration(i)*time.Second)) }},
+		{TokenReuse, func(i int) ingest.Event { return use(fmt.Sprintf("t%d", i), "d", at(time.Duration(i)*time.Second)) }},
+		{ForbiddenBurst, func(i int) ingest.Event { return ok(fmt.Sprintf("c%d", i), 1, at(time.Duration(i)*time.Second), 0)[0] }},
+		{QuietEndpointSpike, func(i int) ingest.Event {
+			return req(at(time.Duration(i)*time.Second), route("GET", fmt.Sprintf("/r%d", i)))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := only(tc.name)
+			cfg.NewCountry.MaxKeys, cfg.TokenReuse.MaxKeys, cfg.ForbiddenBurst.MaxKeys, cfg.QuietEndpointSpike.MaxKeys = 10, 10, 10, 10
+			var events []ingest.Event
+			for i := range 25 {
+				events = append(events, tc.mk(i))
+			}
+			reg := prometheus.NewPedanticRegistry()
+			e, err := NewEngine(cfg, Options{Registerer: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Observe(events)
+			if got := counterValue(t, reg, "gatewatch_detectors_tracked_keys", "detector", tc.name); got != 10 {
+				t.Errorf("tracked keys = %v, want max_keys 10", got)
+			}
+			if got := counterValue(t, reg, "gatewatch_detectors_evictions_total", "detector", tc.name); got != 15 {
+				t.Errorf("evictions = %v, want 15", got)
+			}
+		})
+	}
+}
+
+func TestLoadBaselinesRespectsMaxKeys(t *testing.T) {
+	snap := Baselines{TrafficSince: t0.Add(-48 * time.Hour)}
+	for i := range 5 {
+		snap.Keys = append(snap.Keys, KeyBaseline{
+			Key: fmt.Sprintf("k%d", i), FirstSeen: t0.Add(-60 * 24 * time.Hour), Events: 100,
+			Countries: []CountryBaseline{{Country: "DE", LastSeen: t0.Add(time.Duration(i-10) * time.Hour)}},
+		})
+	}
+	cfg := only(NewCountry)
+	cfg.NewCountry.MaxKeys = 3
+	store := NewMemoryBaselines(snap)
+	e, err := NewEngine(cfg, Options{Baselines: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// The three keys seen last survive.
+	var kept []string
+	for i := range 5 {
+		if k := fmt.Sprintf("k%d", i); e.nc.tab.find(k) >= 0 {
+			kept = append(kept, k)
+		}
+	}
+	if !slices.Equal(kept, []string{"k2", "k3", "k4"}) {
+		t.Errorf("kept %v, want the three most recent keys", kept)
+	}
+	// And they are established: a new country alerts.
+	alerts := append(e.Observe([]ingest.Event{from("k4", "FR", t0)}), e.Flush()...)
+	if len(alerts) != 1 || alerts[0].Key != "k4" {
+		t.Errorf("alerts %s, want one for k4", describe(alerts))
+	}
+}
+
+func TestMemoryBaselines(t *testing.T) {
+	m := NewMemoryBaselines(Baselines{
+		TrafficSince: t0,
+		Keys:         []KeyBaseline{{Key: "b", Events: 1}, {Key: "a", Events: 2, Countries: []CountryBaseline{{Country: "DE"}}}},
+		Routes:       []RouteBaseline{{Route: "GET /x", RatePerMinute: 1}},
+	})
+	if err := m.UpdateBaselines(t.Context(), Baselines{
+		TrafficSince: t0.Add(time.Hour), // later: the start of traffic stays
+		Keys:         []KeyBaseline{{Key: "a", Events: 5}},
+		Routes:       []RouteBaseline{{Route: "GET /y", RatePerMinute: 2}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.LoadBaselines(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.TrafficSince.Equal(t0) || len(b.Keys) != 2 || b.Keys[0].Key != "a" || b.Keys[0].Events != 5 ||
+		len(b.Keys[0].Countries) != 0 || len(b.Routes) != 2 || b.Routes[1].Route != "GET /y" || m.Updates() != 1 {
+		t.Errorf("after update: %+v", b)
 	}
 }

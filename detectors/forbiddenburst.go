@@ -21,10 +21,10 @@ import (
 // evaluated as the watermark closes them. Others cannot fire and cost nothing until
 // their next event.
 type forbiddenBurst struct {
-	cfg      ForbiddenBurstConfig
 	lay      ringLayout
 	tab      *keyTable[fbKey]
 	cnt      counters
+	buck     bucketer
 	statuses []int
 
 	params    []fbParams        // [0]: the detector's settings, [1]: disabled; then one per key override
@@ -33,11 +33,12 @@ type forbiddenBurst struct {
 	allowKey  map[string]bool
 	allowNet  []netip.Prefix
 
-	hot    []slotRef
+	hot    []hotKey
 	cols   collectors
 	inc    *incidents
-	wm     int64 // watermark of the latest advance
-	next   int64 // due
+	sink   uint64 // what prefetch loaded, so that the loads are not optimised away
+	wm     int64  // watermark of the latest advance
+	next   int64  // due
 	window string
 }
 
@@ -49,13 +50,12 @@ type fbParams struct {
 }
 
 type fbKey struct {
-	r      ring
-	sums   [2]uint32 // forbidden, total over the live buckets
-	evalTo int64     // windows ending at buckets up to here were evaluated
-	prm    uint16
-	hot    bool
-	byIP   bool // keyed by client IP: the request had no client key
-	col    *collector
+	r    ring
+	sums [2]uint32 // forbidden, total over the live buckets
+	col  *collector
+	prm  uint16
+	hot  bool
+	byIP bool // keyed by client IP: the request had no client key
 }
 
 // Evidence fields the collector samples, per forbidden response.
@@ -69,9 +69,9 @@ const (
 func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *incidents) *forbiddenBurst {
 	lay := newRingLayout(c.Window, lateness, 12)
 	d := &forbiddenBurst{
-		cfg:       c,
 		lay:       lay,
 		cnt:       counters{lay: lay, k: 2},
+		buck:      newBucketer(lay.width, lay.size),
 		statuses:  slices.Clone(c.Statuses),
 		keyParams: map[string]uint16{},
 		allowKey:  map[string]bool{},
@@ -122,7 +122,7 @@ func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *inci
 }
 
 func (d *forbiddenBurst) name() string { return ForbiddenBurst }
-func (d *forbiddenBurst) due() int64   { return d.next }
+func (d *forbiddenBurst) due() *int64  { return &d.next }
 
 func (d *forbiddenBurst) stats() (int, uint64, uint64) {
 	return d.tab.live, d.tab.evictions, d.tab.expired
@@ -132,23 +132,50 @@ func (d *forbiddenBurst) horizon(wm int64) int64 {
 	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
 }
 
-func (d *forbiddenBurst) observe(ev *ingest.Event, t int64, late bool) {
+// clientOf returns the key of an event's client: its client key, else its IP.
+func clientOf(ev *ingest.Event) (key string, byIP bool) {
+	if ev.ClientKey != "" {
+		return ev.ClientKey, false
+	}
+	return ev.ClientIP, true
+}
+
+// prefetch loads, for a run of events, the index cells, then the entries, then the
+// ring buckets they will touch: each pass has only independent loads, so their cache
+// misses overlap.
+func (d *forbiddenBurst) prefetch(events []ingest.Event, hs []uint64) {
+	var sink uint64
+	for i := range events {
+		key, _ := clientOf(&events[i])
+		hs[i] = keyHash(key)
+		sink += d.tab.touchIndex(hs[i])
+	}
+	for i := range events {
+		if slot := d.tab.peek(hs[i]); slot >= 0 {
+			k := &d.tab.ents[slot].s
+			sink += d.tab.warm(slot) + uint64(k.r.lo) + uint64(k.prm)
+			if o := int64(slot) * d.cnt.lay.size * d.cnt.k; o < int64(len(d.cnt.data)) {
+				_, bs := d.buck.of(events[i].Time.UnixMilli())
+				sink += uint64(d.cnt.data[o+bs*d.cnt.k])
+			}
+		}
+	}
+	d.sink = sink
+}
+
+func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if late {
 		return // no baseline to learn, and late events enter no window
 	}
-	key, byIP := ev.ClientKey, false
-	if key == "" {
-		key, byIP = ev.ClientIP, true
-	}
+	key, byIP := clientOf(ev)
 	if key == "" || d.skip(ev) {
 		return
 	}
-	slot := d.tab.find(key)
+	slot := d.tab.findHash(key, h)
 	if slot < 0 {
 		slot = d.tab.add(key, t)
 		k := &d.tab.ents[slot].s
 		k.byIP = byIP
-		k.evalTo = math.MinInt64
 		if i, ok := d.keyParams[key]; ok {
 			k.prm = i
 		}
@@ -164,9 +191,9 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, t int64, late bool) {
 		return
 	}
 	forbidden := slices.Contains(d.statuses, ev.Status)
-	b := d.lay.bucket(t)
+	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	o := d.cnt.place(data, &k.r, k.sums[:], b, d.keep())
+	o := d.cnt.place(data, &k.r, k.sums[:], b, bs, d.keep())
 	if k.sums[0] == 0 && k.col != nil {
 		d.cols.put(k.col) // its forbidden responses all left the ring
 		k.col = nil
@@ -193,10 +220,9 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, t int64, late bool) {
 	k.col.inc(cs, slices.Index(d.statuses, ev.Status))
 	if !k.hot && k.sums[0] >= p.threshold {
 		k.hot = true
-		// Windows that closed before this event could not fire: the ring had fewer
-		// than threshold forbidden responses.
-		k.evalTo = max(k.evalTo, d.closed())
-		d.hot = append(d.hot, d.tab.ref(slot))
+		// Windows that closed before this event could not fire: the ring held too
+		// little for them.
+		d.hot = append(d.hot, hotKey{d.tab.ref(slot), d.closed()})
 	}
 }
 
@@ -237,12 +263,13 @@ func (d *forbiddenBurst) advance(wm int64) {
 // evalHot evaluates the windows of hot keys that end at buckets up to closed.
 func (d *forbiddenBurst) evalHot(closed int64) {
 	keep := d.hot[:0]
-	for _, r := range d.hot {
+	for _, h := range d.hot {
+		r := h.ref
 		if !d.tab.valid(r) {
 			continue
 		}
 		k := &d.tab.ents[r.slot].s
-		d.eval(r.slot, closed)
+		d.eval(r.slot, &h.evalTo, closed)
 		data := d.cnt.keyData(r.slot)
 		d.cnt.trim(data, &k.r, k.sums[:], closed+2-d.lay.n)
 		if k.sums[0] == 0 && k.col != nil {
@@ -253,20 +280,20 @@ func (d *forbiddenBurst) evalHot(closed int64) {
 			k.hot = false
 			continue
 		}
-		keep = append(keep, r)
+		keep = append(keep, h)
 	}
 	clear(d.hot[len(keep):])
 	d.hot = keep
 }
 
-// eval evaluates slot's windows ending at buckets evalTo+1..upTo.
-func (d *forbiddenBurst) eval(slot int32, upTo int64) {
+// eval evaluates slot's windows ending at buckets *evalTo+1..upTo.
+func (d *forbiddenBurst) eval(slot int32, evalTo *int64, upTo int64) {
 	k := &d.tab.ents[slot].s
 	p := &d.params[k.prm]
 	n := d.lay.n
-	from := max(k.evalTo+1, k.r.lo)
+	from := max(*evalTo+1, k.r.lo)
 	to := min(upTo, k.r.top+n-1)
-	k.evalTo = max(k.evalTo, upTo)
+	*evalTo = max(*evalTo, upTo)
 	if !k.r.used || from > to {
 		return
 	}
@@ -289,7 +316,7 @@ func (d *forbiddenBurst) eval(slot int32, upTo int64) {
 
 func (d *forbiddenBurst) fire(slot int32, end int64, f, tot uint32) {
 	ent := &d.tab.ents[slot]
-	name := ent.key()
+	name := d.tab.keyOf(slot)
 	k := &ent.s
 	p := &d.params[k.prm]
 	n := d.lay.n
@@ -318,7 +345,7 @@ func (d *forbiddenBurst) fire(slot int32, end int64, f, tot uint32) {
 			Window:         d.window,
 			WindowStart:    formatTime(msTime((end - n + 1) * w)),
 			WindowEnd:      formatTime(msTime((end + 1) * w)),
-			Statuses:       d.statuses,
+			Statuses:       slices.Clone(d.statuses),
 			ForbiddenCount: int(f),
 			TotalCount:     int(tot),
 			Ratio:          math.Round(float64(f)/float64(tot)*1e4) / 1e4,
@@ -367,10 +394,10 @@ func (d *forbiddenBurst) release(slot int32, _ bool) {
 }
 
 func (d *forbiddenBurst) flush() {
-	for _, r := range d.hot {
-		if d.tab.valid(r) {
-			k := &d.tab.ents[r.slot].s
-			d.eval(r.slot, k.r.top+d.lay.n-1)
+	for _, h := range d.hot {
+		if d.tab.valid(h.ref) {
+			k := &d.tab.ents[h.ref.slot].s
+			d.eval(h.ref.slot, &h.evalTo, k.r.top+d.lay.n-1)
 		}
 	}
 	clear(d.hot)

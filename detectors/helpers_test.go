@@ -10,7 +10,6 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // t0 is a whole hour, so that every detector's buckets start on it.
@@ -171,8 +170,6 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ..
 	}
 	return 0
 }
-
-var _ = testutil.ToFloat64 // the pedantic registry checks metric consistency on Gather
 
 func describe(alerts []Alert) string {
 	var b strings.Builder

@@ -76,13 +76,15 @@ type incidents struct {
 	every    int64 // ms of event time between two updates of one incident
 	runbook  string
 	open     map[string]*incident
+	max      int // open incidents; past it the one quiet longest ends early
 	out      *emitter
 	alerts   prometheus.Counter
 }
 
-func newIncidents(detector string, cooldown, every int64, runbook string, out *emitter, alerts prometheus.Counter) *incidents {
+func newIncidents(detector string, cooldown, every int64, max int, runbook string, out *emitter, alerts prometheus.Counter) *incidents {
 	return &incidents{
 		detector: detector,
+		max:      max,
 		cooldown: cooldown,
 		every:    every,
 		runbook:  runbook,
@@ -101,6 +103,9 @@ func (s *incidents) fire(f firing, build func() (Evidence, string)) {
 		inc = nil
 	}
 	if inc == nil {
+		if len(s.open) >= s.max {
+			s.endQuietest()
+		}
 		ev, summary := build()
 		inc = &incident{
 			id:       AlertID(s.detector, f.key, msTime(f.first)),
@@ -158,6 +163,20 @@ func (s *incidents) endQuiet(wm int64) {
 		if wm-inc.lastFire > s.cooldown {
 			s.end(inc, inc.lastFire+s.cooldown)
 		}
+	}
+}
+
+// endQuietest ends the incident that has not fired for longest, to keep the open
+// incidents bounded during an alert storm over many keys.
+func (s *incidents) endQuietest() {
+	var q *incident
+	for _, inc := range s.open {
+		if q == nil || inc.lastFire < q.lastFire || (inc.lastFire == q.lastFire && inc.key < q.key) {
+			q = inc
+		}
+	}
+	if q != nil {
+		s.end(q, q.lastFire)
 	}
 }
 

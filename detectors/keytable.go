@@ -27,11 +27,12 @@ type keyTable[S any] struct {
 	index []uint64 // 0: empty; else hash>>32 << 32 | slot+1
 	mask  uint64
 	ents  []entry[S]
+	long  map[int32]string // keys longer than inlineKey, by slot
 	free  []int32
 	live  int
 	max   int
 
-	period int64       // ms per wheel period
+	pshift uint        // a wheel period is 1<<pshift ms: a shift, not a division, per event
 	wheel  [][]slotRef // ring of periods; wheel[p%len] files keys last seen in period p
 	base   int64       // oldest period still filed
 	based  bool        // base is set (by the first filing)
@@ -45,54 +46,60 @@ type keyTable[S any] struct {
 	expired   uint64
 }
 
-// inlineKey is the longest key kept inside its entry: client keys, token fingerprints
-// (32 hex digits), IPs and most routes.
-const inlineKey = 32
+// inlineKey is the longest key kept inside its entry: client keys and consumer ids
+// (UUIDs are 36), token fingerprints (32 hex digits), IPs and most routes. Longer keys
+// live in a side map.
+const inlineKey = 40
 
 type entry[S any] struct {
-	kb   [inlineKey]byte
-	kl   uint8 // length of an inline key; longKey for one in ks
+	kl   uint8 // length of an inline key; longKey for one in the side map
 	live bool
 	gen  uint32
-	ks   string
 	last int64 // largest event time of the key, ms
+	kb   [inlineKey]byte
 	s    S
 }
 
 const longKey = 0xff
 
-// key returns the entry's key as a string of its own: slots are reused, so nothing may
+// keyOf returns slot's key as a string of its own: slots are reused, so nothing may
 // keep a string that points into the slab.
-func (e *entry[S]) key() string {
+func (t *keyTable[S]) keyOf(slot int32) string {
+	e := &t.ents[slot]
 	if e.kl == longKey {
-		return e.ks
+		return t.long[slot]
 	}
 	return string(e.kb[:e.kl])
 }
 
-// hash is keyHash of the entry's key, without making a string of it.
-func (e *entry[S]) hash() uint64 {
+// hashOf is keyHash of slot's key, without making a string of it.
+func (t *keyTable[S]) hashOf(slot int32) uint64 {
+	e := &t.ents[slot]
 	if e.kl == longKey {
-		return keyHash(e.ks)
+		return keyHash(t.long[slot])
 	}
 	return xxhash.Sum64(e.kb[:e.kl])
 }
 
-func (e *entry[S]) is(key string) bool {
+func (t *keyTable[S]) is(slot int32, key string) bool {
+	e := &t.ents[slot]
 	if e.kl == longKey {
-		return e.ks == key
+		return t.long[slot] == key
 	}
 	return int(e.kl) == len(key) && string(e.kb[:e.kl]) == key
 }
 
-func (e *entry[S]) setKey(key string) {
+func (t *keyTable[S]) setKey(slot int32, key string) {
+	e := &t.ents[slot]
 	if len(key) <= inlineKey {
 		e.kl = uint8(copy(e.kb[:], key))
-		e.ks = ""
 		return
 	}
 	e.kl = longKey
-	e.ks = strings.Clone(key) // the event's string shares a parser chunk
+	if t.long == nil {
+		t.long = map[int32]string{}
+	}
+	t.long[slot] = strings.Clone(key) // the event's string shares a parser chunk
 }
 
 type slotRef struct {
@@ -100,21 +107,32 @@ type slotRef struct {
 	gen  uint32
 }
 
+// newKeyTable returns a table of at most max keys whose wheel periods are about period
+// ms (the power of two at or above it).
 func newKeyTable[S any](max int, period int64) *keyTable[S] {
-	return &keyTable[S]{
-		index:  make([]uint64, 16),
-		mask:   15,
-		max:    max,
-		period: max64(period, 1),
-		wheel:  make([][]slotRef, 8),
+	t := &keyTable[S]{
+		index: make([]uint64, 16),
+		mask:  15,
+		max:   max,
+		wheel: make([][]slotRef, 8),
 	}
+	for int64(1)<<t.pshift < period && t.pshift < 62 {
+		t.pshift++
+	}
+	return t
 }
+
+func (t *keyTable[S]) periodOf(ms int64) int64 { return ms >> t.pshift }
+
+func (t *keyTable[S]) wheelAt(p int64) *[]slotRef { return &t.wheel[p&int64(len(t.wheel)-1)] }
 
 func keyHash(key string) uint64 { return hash64(key) }
 
 // find returns the slot of key, or -1.
-func (t *keyTable[S]) find(key string) int32 {
-	h := keyHash(key)
+func (t *keyTable[S]) find(key string) int32 { return t.findHash(key, keyHash(key)) }
+
+// findHash is find with keyHash(key) already computed.
+func (t *keyTable[S]) findHash(key string, h uint64) int32 {
 	tag := h >> 32
 	for i := tag & t.mask; ; i = (i + 1) & t.mask {
 		x := t.index[i]
@@ -122,9 +140,32 @@ func (t *keyTable[S]) find(key string) int32 {
 			return -1
 		}
 		if x>>32 == tag {
-			if s := int32(uint32(x)) - 1; t.ents[s].is(key) {
+			if s := int32(uint32(x)) - 1; t.is(s, key) {
 				return s
 			}
+		}
+	}
+}
+
+// warm loads the cache lines of slot's entry that hold its key: entries are not
+// aligned, so the key may straddle two.
+func (t *keyTable[S]) warm(slot int32) uint64 {
+	e := &t.ents[slot]
+	return uint64(e.kl) + uint64(e.kb[inlineKey-1])
+}
+
+// touchIndex loads the index cell where the probe for hash h starts.
+func (t *keyTable[S]) touchIndex(h uint64) uint64 { return t.index[(h>>32)&t.mask] }
+
+// peek returns the slot that probably holds the key of hash h, or -1, without
+// comparing keys. Detectors call it for a run of events before handling them, so that
+// the cache misses of many lookups overlap instead of following one another.
+func (t *keyTable[S]) peek(h uint64) int32 {
+	tag := h >> 32
+	for i := tag & t.mask; ; i = (i + 1) & t.mask {
+		x := t.index[i]
+		if x == 0 || x>>32 == tag {
+			return int32(uint32(x)) - 1
 		}
 	}
 }
@@ -148,8 +189,8 @@ func (t *keyTable[S]) add(key string, ts int64) int32 {
 		t.ents = append(t.ents, zero)
 		slot = int32(len(t.ents) - 1)
 	}
+	t.setKey(slot, key)
 	e := &t.ents[slot]
-	e.setKey(key)
 	e.gen++
 	e.live = true
 	e.last = ts
@@ -184,7 +225,7 @@ func (t *keyTable[S]) grow() {
 // unindex deletes slot's cell, shifting later cells of the probe run back so that no
 // tombstone is left.
 func (t *keyTable[S]) unindex(slot int32) {
-	tag := t.ents[slot].hash() >> 32
+	tag := t.hashOf(slot) >> 32
 	want := tag<<32 | uint64(slot+1)
 	i := tag & t.mask
 	for t.index[i] != want {
@@ -210,9 +251,9 @@ func (t *keyTable[S]) touch(slot int32, ts int64) {
 	if ts <= e.last {
 		return
 	}
-	old := floorDiv(e.last, t.period)
+	old := t.periodOf(e.last)
 	e.last = ts
-	if floorDiv(ts, t.period) != old {
+	if t.periodOf(ts) != old {
 		t.file(slot)
 	}
 }
@@ -226,7 +267,7 @@ func (t *keyTable[S]) valid(r slotRef) bool {
 }
 
 func (t *keyTable[S]) file(slot int32) {
-	p := floorDiv(t.ents[slot].last, t.period)
+	p := t.periodOf(t.ents[slot].last)
 	if !t.based {
 		t.base, t.based = p, true
 	}
@@ -236,16 +277,16 @@ func (t *keyTable[S]) file(slot int32) {
 	for p-t.base >= int64(len(t.wheel)) {
 		t.growWheel()
 	}
-	i := p % int64(len(t.wheel))
-	t.wheel[i] = append(t.wheel[i], t.ref(slot))
+	w := t.wheelAt(p)
+	*w = append(*w, t.ref(slot))
 }
 
 func (t *keyTable[S]) growWheel() {
-	w := make([][]slotRef, 2*len(t.wheel))
-	for p := t.base; p < t.base+int64(len(t.wheel)); p++ {
-		w[p%int64(len(w))] = t.wheel[p%int64(len(t.wheel))]
+	old := t.wheel
+	t.wheel = make([][]slotRef, 2*len(old))
+	for p := t.base; p < t.base+int64(len(old)); p++ {
+		*t.wheelAt(p) = old[p&int64(len(old)-1)]
 	}
-	t.wheel = w
 }
 
 // filedIn reports whether r is a live key whose current filing is period p.
@@ -253,7 +294,7 @@ func (t *keyTable[S]) filedIn(r slotRef, p int64) bool {
 	if !t.valid(r) {
 		return false
 	}
-	q := floorDiv(t.ents[r.slot].last, t.period)
+	q := t.periodOf(t.ents[r.slot].last)
 	return q == p || (q < p && p == t.base)
 }
 
@@ -263,12 +304,12 @@ func (t *keyTable[S]) expire(before int64) {
 	if !t.based {
 		return
 	}
-	target := floorDiv(before, t.period)
+	target := t.periodOf(before)
 	steps := min(target-t.base, int64(len(t.wheel)))
 	for k := int64(0); k < steps; k++ {
 		p := t.base + k
-		i := p % int64(len(t.wheel))
-		refs := t.wheel[i]
+		w := t.wheelAt(p)
+		refs := *w
 		start := 0
 		if k == 0 {
 			start = t.cursor
@@ -279,7 +320,7 @@ func (t *keyTable[S]) expire(before int64) {
 				t.expired++
 			}
 		}
-		t.wheel[i] = refs[:0]
+		*w = refs[:0]
 	}
 	if target > t.base {
 		t.base = target
@@ -291,8 +332,8 @@ func (t *keyTable[S]) expire(before int64) {
 func (t *keyTable[S]) evictColdest() bool {
 	for k := 0; k < len(t.wheel); k++ {
 		p := t.base
-		i := p % int64(len(t.wheel))
-		refs := t.wheel[i]
+		w := t.wheelAt(p)
+		refs := *w
 		for t.cursor < len(refs) {
 			r := refs[t.cursor]
 			t.cursor++
@@ -303,7 +344,7 @@ func (t *keyTable[S]) evictColdest() bool {
 			}
 		}
 		// The oldest period is exhausted: move on, even though time has not.
-		t.wheel[i] = refs[:0]
+		*w = refs[:0]
 		t.base++
 		t.cursor = 0
 	}
@@ -317,6 +358,9 @@ func (t *keyTable[S]) remove(slot int32, evicted bool) {
 	}
 	t.unindex(slot)
 	e := &t.ents[slot]
+	if e.kl == longKey {
+		delete(t.long, slot)
+	}
 	gen := e.gen
 	var zero entry[S]
 	*e = zero

@@ -29,6 +29,8 @@ type newCountry struct {
 	cfg     NewCountryConfig
 	tab     *keyTable[ncKey]
 	slotW   int64 // ms per count slot
+	slots   bucketer
+	wmSlot  int64 // count slot of wm
 	history int64
 
 	params    []ncParams
@@ -40,6 +42,7 @@ type newCountry struct {
 	dirty []slotRef
 
 	inc  *incidents
+	sink int64 // what prefetch loaded, so that the loads are not optimised away
 	wm   int64
 	next int64
 }
@@ -51,17 +54,18 @@ type ncParams struct {
 	severity  Severity
 }
 
+// ncKey's fields are ordered so that an event touches as few cache lines as it can.
 type ncKey struct {
+	dirty   bool
+	pending uint8 // candidates of this key in cands
+	nCC     uint8
+	prm     uint16
 	first   int64     // first event time, ms
-	settled uint64    // events in count slots before lo
 	lo      int64     // count slot of recent[0]
 	recent  [4]uint32 // events in count slots lo..lo+3
+	settled uint64    // events in count slots before lo
 	cc      [2]ncCountry
-	more    []ncCountry
-	nCC     uint8
-	pending uint8 // candidates of this key in cands
-	dirty   bool
-	prm     uint16
+	more    *[]ncCountry // roaming keys' further countries
 }
 
 type ncCountry struct {
@@ -92,6 +96,8 @@ func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *
 		wm:        math.MinInt64 / 2,
 		next:      math.MinInt64,
 	}
+	d.slots = newBucketer(d.slotW, 1)
+	d.wmSlot = floorDiv(d.wm, d.slotW)
 	d.tab = newKeyTable[ncKey](c.MaxKeys, d.history/4)
 	d.tab.onRemove = d.release
 	base := ncParams{enabled: true, learning: c.LearningPeriod.Milliseconds(), minEvents: uint64(c.MinEvents), severity: c.Severity}
@@ -129,7 +135,7 @@ func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *
 }
 
 func (d *newCountry) name() string { return NewCountry }
-func (d *newCountry) due() int64   { return d.next }
+func (d *newCountry) due() *int64  { return &d.next }
 
 func (d *newCountry) stats() (int, uint64, uint64) {
 	return d.tab.live, d.tab.evictions, d.tab.expired
@@ -145,7 +151,22 @@ func (d *newCountry) horizon(int64) int64 {
 	return h
 }
 
-func (d *newCountry) observe(ev *ingest.Event, t int64, _ bool) {
+func (d *newCountry) prefetch(events []ingest.Event, hs []uint64) {
+	var sink int64
+	for i := range events {
+		hs[i] = keyHash(events[i].ClientKey)
+		sink += int64(d.tab.touchIndex(hs[i]))
+	}
+	for i := range events {
+		if slot := d.tab.peek(hs[i]); slot >= 0 {
+			k := &d.tab.ents[slot].s
+			sink += int64(d.tab.warm(slot)) + int64(k.prm) + int64(k.cc[1].code)
+		}
+	}
+	d.sink = sink
+}
+
+func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 	code := packCountry(ev.Country)
 	if code == 0 || ev.ClientKey == "" {
 		return
@@ -155,7 +176,7 @@ func (d *newCountry) observe(ev *ingest.Event, t int64, _ bool) {
 			return
 		}
 	}
-	slot := d.tab.find(ev.ClientKey)
+	slot := d.tab.findHash(ev.ClientKey, h)
 	if slot < 0 {
 		slot = d.tab.add(ev.ClientKey, t)
 		k := &d.tab.ents[slot].s
@@ -198,13 +219,16 @@ func (d *newCountry) observe(ev *ingest.Event, t int64, _ bool) {
 }
 
 // countSlot returns the count slot of t.
-func (d *newCountry) countSlot(t int64) int64 { return floorDiv(t, d.slotW) }
+func (d *newCountry) countSlot(t int64) int64 {
+	x, _ := d.slots.of(t)
+	return x
+}
 
 // count adds an event at t to the key's event counts. Slots before the watermark's
 // are merged into settled: no pending candidate is before the watermark.
 func (d *newCountry) count(k *ncKey, t int64) {
 	x := d.countSlot(t)
-	lo := max(d.countSlot(d.wm), x-int64(len(k.recent))+1)
+	lo := max(d.wmSlot, x-int64(len(k.recent))+1)
 	d.settle(k, lo)
 	if x < k.lo {
 		k.settled++
@@ -265,7 +289,7 @@ func (k *ncKey) at(i int) *ncCountry {
 	if i < len(k.cc) {
 		return &k.cc[i]
 	}
-	return &k.more[i-len(k.cc)]
+	return &(*k.more)[i-len(k.cc)]
 }
 
 func (c *ncCountry) seen(t int64) {
@@ -293,7 +317,10 @@ func (k *ncKey) add(code uint16, t int64) *ncCountry {
 	if int(k.nCC) < len(k.cc) {
 		k.cc[k.nCC] = nc
 	} else {
-		k.more = append(k.more, nc)
+		if k.more == nil {
+			k.more = new([]ncCountry)
+		}
+		*k.more = append(*k.more, nc)
 	}
 	k.nCC++
 	return k.at(int(k.nCC) - 1)
@@ -309,7 +336,7 @@ func (d *newCountry) forget(k *ncKey, cutoff int64) {
 		last := int(k.nCC) - 1
 		*k.at(i) = *k.at(last)
 		if last >= len(k.cc) {
-			k.more = k.more[:last-len(k.cc)]
+			*k.more = (*k.more)[:last-len(k.cc)]
 		}
 		k.nCC--
 	}
@@ -364,6 +391,7 @@ func (d *newCountry) markDirty(slot int32) {
 
 func (d *newCountry) advance(wm int64) {
 	d.wm = wm
+	d.wmSlot = floorDiv(wm, d.slotW)
 	d.decideDue(wm)
 	d.tab.expire(wm - d.history)
 	d.inc.endQuiet(wm)
@@ -390,7 +418,7 @@ func (d *newCountry) decideDue(wm int64) {
 	clear(d.cands[len(keep):])
 	d.cands = keep
 	slices.SortFunc(due, func(x, y ncCand) int {
-		return cmp.Or(cmp.Compare(x.t, y.t), strings.Compare(d.tab.ents[x.ref.slot].key(), d.tab.ents[y.ref.slot].key()), cmp.Compare(x.code, y.code))
+		return cmp.Or(cmp.Compare(x.t, y.t), strings.Compare(d.tab.keyOf(x.ref.slot), d.tab.keyOf(y.ref.slot)), cmp.Compare(x.code, y.code))
 	})
 	for i := range due {
 		d.decide(&due[i])
@@ -404,12 +432,13 @@ func (d *newCountry) decide(c *ncCand) {
 		return // the key was evicted
 	}
 	ent := &d.tab.ents[c.ref.slot]
-	name := ent.key()
+	name := d.tab.keyOf(c.ref.slot)
 	k := &ent.s
 	k.pending--
 	p := &d.params[k.prm]
 	known := k.country(c.code)
-	isNew := known == nil || known.last < c.t-d.history
+	// A key with no country at all has no baseline to differ from.
+	isNew := k.nCC > 0 && (known == nil || known.last < c.t-d.history)
 	before := d.before(k, c.t)
 	established := c.t-k.first >= p.learning && before >= p.minEvents
 	if isNew && established && p.enabled && !slices.Contains(d.allow[name], c.code) {
@@ -521,9 +550,8 @@ func (d *newCountry) release(slot int32, _ bool) {
 }
 
 func (d *newCountry) baseline(slot int32) KeyBaseline {
-	e := &d.tab.ents[slot]
-	k := &e.s
-	b := KeyBaseline{Key: e.key(), FirstSeen: msTime(k.first), Events: k.total()}
+	k := &d.tab.ents[slot].s
+	b := KeyBaseline{Key: d.tab.keyOf(slot), FirstSeen: msTime(k.first), Events: k.total()}
 	for i := 0; i < int(k.nCC); i++ {
 		c := k.at(i)
 		b.Countries = append(b.Countries, CountryBaseline{

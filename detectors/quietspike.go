@@ -27,6 +27,7 @@ type quietSpike struct {
 	lay   ringLayout
 	tab   *keyTable[qsKey]
 	cnt   counters
+	buck  bucketer
 	tau   float64 // time constant, ms
 	learn int64
 
@@ -38,8 +39,10 @@ type quietSpike struct {
 	sinceDirt bool
 	dirty     []slotRef
 
-	hot     []slotRef
+	hot     []hotKey
 	cols    collectors
+	colKeys []slotRef // routes holding a collector
+	active  int       // collectors in use
 	inc     *incidents
 	wm      int64
 	next    int64
@@ -53,17 +56,17 @@ type qsParams struct {
 	minCount  uint32
 	pValue    float64
 	severity  Severity
-	attach    uint32 // ring count at which a quiet route starts collecting evidence
 }
 
 type qsKey struct {
 	r      ring
 	sum    [1]uint32
-	evalTo int64
 	prm    uint16
 	hot    bool
 	dirty  bool
+	ran    bool    // has had an event that was not late
 	split  uint16  // length of the method in the key
+	newest int64   // bucket of the latest event that was not late
 	rate   float64 // raw weighted average, requests a minute, as of rateAt
 	rateAt int64
 	col    *collector
@@ -83,6 +86,7 @@ func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, inc *inci
 		cfg:      c,
 		lay:      lay,
 		cnt:      counters{lay: lay, k: 1},
+		buck:     newBucketer(lay.width, lay.size),
 		tau:      float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		learn:    c.LearningPeriod.Milliseconds(),
 		allowKey: map[string]bool{},
@@ -132,7 +136,6 @@ func (d *quietSpike) paramsFor(o *QuietEndpointSpikeOverride) qsParams {
 			p.pValue = *o.PValue
 		}
 	}
-	p.attach = max(1, (p.minCount+3)/4)
 	return p
 }
 
@@ -147,7 +150,7 @@ func (d *quietSpike) paramsIndex(key, route string) uint16 {
 }
 
 func (d *quietSpike) name() string { return QuietEndpointSpike }
-func (d *quietSpike) due() int64   { return d.next }
+func (d *quietSpike) due() *int64  { return &d.next }
 
 func (d *quietSpike) stats() (int, uint64, uint64) {
 	return d.tab.live, d.tab.evictions, d.tab.expired
@@ -160,7 +163,10 @@ func (d *quietSpike) horizon(wm int64) int64 {
 	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
 }
 
-func (d *quietSpike) observe(ev *ingest.Event, t int64, late bool) {
+// prefetch does nothing: routes are few, and their state stays in cache.
+func (d *quietSpike) prefetch([]ingest.Event, []uint64) {}
+
+func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	if ev.Route == "" || d.allowed(ev) {
 		return
 	}
@@ -172,10 +178,9 @@ func (d *quietSpike) observe(ev *ingest.Event, t int64, late bool) {
 	if slot < 0 {
 		slot = d.tab.add(string(d.scratch), t)
 		k := &d.tab.ents[slot].s
-		k.evalTo = math.MinInt64
 		k.rateAt = t
 		k.split = uint16(min(len(ev.Method), math.MaxUint16))
-		k.prm = d.paramsIndex(d.tab.ents[slot].key(), ev.Route)
+		k.prm = d.paramsIndex(d.tab.keyOf(slot), ev.Route)
 	} else {
 		d.tab.touch(slot, t)
 	}
@@ -187,27 +192,21 @@ func (d *quietSpike) observe(ev *ingest.Event, t int64, late bool) {
 		d.markDirty(slot)
 		return
 	}
-	b := d.lay.bucket(t)
+	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
 	keep := d.keep()
 	d.fold(slot, max(keep, b-d.lay.size+1))
-	o := d.cnt.place(data, &k.r, k.sum[:], b, keep)
-	if k.sum[0] == 0 && k.col != nil {
-		d.cols.put(k.col)
-		k.col = nil
-	}
+	o := d.cnt.place(data, &k.r, k.sum[:], b, bs, keep)
 	if inc16(&data[o]) {
 		k.sum[0]++
 	}
 	if !p.enabled {
 		return
 	}
-	// A busy route never collects: the rate is checked once per run of traffic, when
-	// the run reaches the attach count, and when the route turns hot.
-	becameHot := !k.hot && k.sum[0] >= p.minCount
-	if k.col == nil && (k.sum[0] == p.attach || becameHot) && d.rateAt(k, t) <= p.quietRate {
-		k.col = d.cols.get()
+	if !k.ran || b-k.newest > d.lay.size {
+		d.startRun(slot, p)
 	}
+	k.ran, k.newest = true, max(k.newest, b)
 	if c := k.col; c != nil {
 		cs := c.claim(b)
 		c.sample(cs, qsClientKey, ev.ClientKey)
@@ -220,11 +219,43 @@ func (d *quietSpike) observe(ev *ingest.Event, t int64, late bool) {
 		}
 		c.addDistinct(cs, hash64(client))
 	}
-	if becameHot {
+	if !k.hot && k.sum[0] >= p.minCount {
 		k.hot = true
-		k.evalTo = max(k.evalTo, d.closed())
-		d.hot = append(d.hot, d.tab.ref(slot))
+		// Windows that closed before this event could not fire: the ring held too
+		// little for them.
+		d.hot = append(d.hot, hotKey{d.tab.ref(slot), d.closed()})
 	}
+}
+
+// maxCollectors bounds the routes sampled at once, whatever an attacker does to the
+// number of routes.
+const maxCollectors = 1024
+
+// startRun starts a run of traffic on a route: its first event after a gap longer than
+// the ring spans. A route that is quiet then collects evidence for the whole run, so a
+// spike in it has samples.
+//
+// Both the run and the decision depend on event times only. An event of the same run
+// that arrives before this one would have started it, and one that arrives after is
+// within the run: events out of order by more than the gap are late. Every bucket
+// before the gap has been folded into the rate, which is read as of its last fold
+// rather than as of this event.
+func (d *quietSpike) startRun(slot int32, p *qsParams) {
+	k := &d.tab.ents[slot].s
+	if k.col != nil {
+		d.dropCollector(k)
+	}
+	if d.active < maxCollectors && d.rateAt(k, k.rateAt) <= 2*p.quietRate {
+		k.col = d.cols.get()
+		d.active++
+		d.colKeys = append(d.colKeys, d.tab.ref(slot))
+	}
+}
+
+func (d *quietSpike) dropCollector(k *qsKey) {
+	d.cols.put(k.col)
+	k.col = nil
+	d.active--
 }
 
 func (d *quietSpike) allowed(ev *ingest.Event) bool {
@@ -291,39 +322,52 @@ func (d *quietSpike) advance(wm int64) {
 	closed := d.lay.closedThrough(wm)
 	keep := closed + 2 - d.lay.n
 	live := d.hot[:0]
-	for _, r := range d.hot {
+	for _, h := range d.hot {
+		r := h.ref
 		if !d.tab.valid(r) {
 			continue
 		}
 		k := &d.tab.ents[r.slot].s
-		d.eval(r.slot, closed)
+		d.eval(r.slot, &h.evalTo, closed)
 		d.fold(r.slot, keep)
-		if k.sum[0] == 0 && k.col != nil {
-			d.cols.put(k.col)
-			k.col = nil
-		}
 		if k.sum[0] < d.params[k.prm].minCount {
 			k.hot = false
 			continue
 		}
-		live = append(live, r)
+		live = append(live, h)
 	}
 	clear(d.hot[len(live):])
 	d.hot = live
+	// A run is over once any event that is not late would start a new one.
+	cols := d.colKeys[:0]
+	for _, r := range d.colKeys {
+		if !d.tab.valid(r) {
+			continue
+		}
+		k := &d.tab.ents[r.slot].s
+		if k.col != nil && keep-k.newest > d.lay.size {
+			d.dropCollector(k)
+		}
+		if k.col != nil {
+			cols = append(cols, r)
+		}
+	}
+	clear(d.colKeys[len(cols):])
+	d.colKeys = cols
 	d.tab.expire(keep*d.lay.width - 3*int64(d.tau))
 	d.inc.endQuiet(wm)
 	d.next = (closed + 2) * d.lay.width
 }
 
-// eval evaluates slot's windows ending at buckets evalTo+1..upTo, folding each bucket
+// eval evaluates slot's windows ending at buckets *evalTo+1..upTo, folding each bucket
 // into the baseline once no later window needs it.
-func (d *quietSpike) eval(slot int32, upTo int64) {
+func (d *quietSpike) eval(slot int32, evalTo *int64, upTo int64) {
 	k := &d.tab.ents[slot].s
 	p := &d.params[k.prm]
 	n := d.lay.n
-	from := max(k.evalTo+1, k.r.lo)
+	from := max(*evalTo+1, k.r.lo)
 	to := min(upTo, k.r.top+n-1)
-	k.evalTo = max(k.evalTo, upTo)
+	*evalTo = max(*evalTo, upTo)
 	if !k.r.used || from > to || !p.enabled {
 		return
 	}
@@ -343,8 +387,7 @@ func (d *quietSpike) eval(slot int32, upTo int64) {
 		}
 		if d.since == math.MaxInt64 || end-d.since < d.learn {
 			if k.col != nil && d.rateAt(k, end) > 2*p.quietRate {
-				d.cols.put(k.col)
-				k.col = nil
+				d.dropCollector(k)
 			}
 			continue
 		}
@@ -354,8 +397,7 @@ func (d *quietSpike) eval(slot int32, upTo int64) {
 			if k.col != nil && rate > 2*p.quietRate {
 				// Busy: sampling every request would cost more than the evidence
 				// of a spike it cannot have is worth.
-				d.cols.put(k.col)
-				k.col = nil
+				d.dropCollector(k)
 			}
 			continue
 		}
@@ -368,7 +410,7 @@ func (d *quietSpike) eval(slot int32, upTo int64) {
 
 func (d *quietSpike) fire(slot int32, end int64, count uint32, rate, lambda, pv float64) {
 	ent := &d.tab.ents[slot]
-	name := ent.key()
+	name := d.tab.keyOf(slot)
 	k := &ent.s
 	p := &d.params[k.prm]
 	n, w := d.lay.n, d.lay.width
@@ -433,21 +475,21 @@ func roundSig(x float64) float64 {
 func (d *quietSpike) release(slot int32, _ bool) {
 	k := &d.tab.ents[slot].s
 	if k.col != nil {
-		d.cols.put(k.col)
+		d.dropCollector(k)
 	}
 	clear(d.cnt.keyData(slot))
 }
 
 func (d *quietSpike) baseline(slot int32) RouteBaseline {
-	e := &d.tab.ents[slot]
-	return RouteBaseline{Route: e.key(), RatePerMinute: e.s.rate, AsOf: msTime(e.s.rateAt)}
+	k := &d.tab.ents[slot].s
+	return RouteBaseline{Route: d.tab.keyOf(slot), RatePerMinute: k.rate, AsOf: msTime(k.rateAt)}
 }
 
 func (d *quietSpike) flush() {
-	for _, r := range d.hot {
-		if d.tab.valid(r) {
-			k := &d.tab.ents[r.slot].s
-			d.eval(r.slot, k.r.top+d.lay.n-1)
+	for _, h := range d.hot {
+		if d.tab.valid(h.ref) {
+			k := &d.tab.ents[h.ref.slot].s
+			d.eval(h.ref.slot, &h.evalTo, k.r.top+d.lay.n-1)
 		}
 	}
 	clear(d.hot)
@@ -459,13 +501,14 @@ func (d *quietSpike) flush() {
 			continue
 		}
 		e.s.hot = false
-		e.s.evalTo = math.MinInt64
 		d.fold(int32(slot), e.s.r.top+1)
+		e.s.ran = false
 		if e.s.col != nil {
-			d.cols.put(e.s.col)
-			e.s.col = nil
+			d.dropCollector(&e.s)
 		}
 	}
+	clear(d.colKeys)
+	d.colKeys = d.colKeys[:0]
 	d.inc.endAll()
 	d.wm, d.next = math.MinInt64/2, math.MinInt64
 }
@@ -486,7 +529,6 @@ func (d *quietSpike) load(b Baselines) {
 		at := r.AsOf.UnixMilli()
 		slot := d.tab.add(r.Route, at)
 		k := &d.tab.ents[slot].s
-		k.evalTo = math.MinInt64
 		k.rate, k.rateAt = r.RatePerMinute, at
 		k.split = uint16(len(method))
 		k.prm = d.paramsIndex(r.Route, route)

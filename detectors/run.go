@@ -31,7 +31,9 @@ type pendingBatch struct {
 // Run drives the engine from src to sink until src ends (io.EOF: Run flushes every
 // window, puts the last alerts, writes the baselines, acknowledges everything and
 // returns nil) or ctx is done or a step fails (Run returns the error; batches not yet
-// acknowledged will be read again after a restart, which rebuilds the open windows).
+// acknowledged will be read again after a restart, which rebuilds the open windows;
+// call SyncBaselines to write what was learned meanwhile). Run loads the baselines
+// first unless LoadBaselines was called.
 //
 // Each batch is observed, its alerts put, and then acknowledged, in order, once no open
 // window or pending decision still needs any of its events (all of them are older than
@@ -58,6 +60,9 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 		switch {
 		case errors.Is(err, io.EOF):
 			if err := e.put(ctx, sink, e.Flush()); err != nil {
+				return err
+			}
+			if err := e.SyncBaselines(ctx); err != nil {
 				return err
 			}
 			return e.release(ctx, math.MaxInt64)

@@ -3,7 +3,6 @@ package detectors
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -331,5 +330,4 @@ func TestScenarioWithoutSnapshot(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("incidents %v, want exactly %v:\n%s", got, want, describe(res.alerts))
 	}
-	_ = math.Inf
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -24,8 +25,8 @@ import (
 // spans. That rule depends on event times only, so the evidence does not depend on
 // arrival order either.
 type tokenReuse struct {
-	cfg  TokenReuseConfig
 	lay  ringLayout
+	buck bucketer
 	tab  *keyTable[trKey]
 	gap  int64 // buckets of quiet that end a device's burst: the ring size
 	skip []string
@@ -35,8 +36,9 @@ type tokenReuse struct {
 	allowAll  map[uint64]bool            // device hashes allowed for every token
 	allowKey  map[string]map[uint64]bool // per token
 
-	hot    []slotRef
+	hot    []hotKey
 	inc    *incidents
+	sink   uint64 // what prefetch loaded, so that the loads are not optimised away
 	wm     int64
 	next   int64
 	window string
@@ -49,14 +51,13 @@ type trParams struct {
 }
 
 type trKey struct {
-	top    int64 // newest bucket; bit i of a device mask is bucket top-i
-	evalTo int64
-	prm    uint16
-	nDev   uint8 // devices held in dev0 and more
-	used   bool
-	hot    bool
-	dev0   trDev   // the first device, inline: most tokens have one
-	more   *trMore // the others, for the few tokens that have them
+	top  int64 // newest bucket; bit i of a device mask is bucket top-i
+	prm  uint16
+	nDev uint8 // devices held in dev0 and more
+	used bool
+	hot  bool
+	dev0 trDev   // the first device, inline: most tokens have one
+	more *trMore // the others, for the few tokens that have them
 }
 
 type trMore struct {
@@ -70,15 +71,16 @@ type trDev struct {
 	newest int64  // bucket of the device's latest event
 	events uint32 // in the current burst
 	cc     [2]uint16
-	ip     string // of smallest hash in the burst
+	ipH    uint64     // hash of the IP's text, so that an event's IP is compared by hash
+	ip     netip.Addr // of smallest hash in the burst
 	dev    string
 }
 
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
 	lay := newRingLayout(c.Window, lateness, 20)
 	d := &tokenReuse{
-		cfg:       c,
 		lay:       lay,
+		buck:      newBucketer(lay.width, lay.size),
 		gap:       lay.size,
 		keyParams: map[string]uint16{},
 		allowAll:  map[uint64]bool{},
@@ -129,7 +131,7 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 }
 
 func (d *tokenReuse) name() string { return TokenReuse }
-func (d *tokenReuse) due() int64   { return d.next }
+func (d *tokenReuse) due() *int64  { return &d.next }
 
 func (d *tokenReuse) stats() (int, uint64, uint64) {
 	return d.tab.live, d.tab.evictions, d.tab.expired
@@ -142,7 +144,22 @@ func (d *tokenReuse) horizon(wm int64) int64 {
 	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
 }
 
-func (d *tokenReuse) observe(ev *ingest.Event, t int64, late bool) {
+func (d *tokenReuse) prefetch(events []ingest.Event, hs []uint64) {
+	var sink uint64
+	for i := range events {
+		hs[i] = keyHash(events[i].TokenFP)
+		sink += d.tab.touchIndex(hs[i])
+	}
+	for i := range events {
+		if slot := d.tab.peek(hs[i]); slot >= 0 {
+			k := &d.tab.ents[slot].s
+			sink += d.tab.warm(slot) + uint64(k.top) + uint64(k.dev0.ipH)
+		}
+	}
+	d.sink = sink
+}
+
+func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if late || ev.TokenFP == "" || ev.Device == "" {
 		return
 	}
@@ -158,11 +175,10 @@ func (d *tokenReuse) observe(ev *ingest.Event, t int64, late bool) {
 	if len(d.allowKey) > 0 && d.allowKey[ev.TokenFP][dh] {
 		return
 	}
-	slot := d.tab.find(ev.TokenFP)
+	slot := d.tab.findHash(ev.TokenFP, h)
 	if slot < 0 {
 		slot = d.tab.add(ev.TokenFP, t)
 		k := &d.tab.ents[slot].s
-		k.evalTo = math.MinInt64
 		if i, ok := d.keyParams[ev.TokenFP]; ok {
 			k.prm = i
 		}
@@ -174,7 +190,7 @@ func (d *tokenReuse) observe(ev *ingest.Event, t int64, late bool) {
 	if !p.enabled {
 		return
 	}
-	b := d.lay.bucket(t)
+	b, _ := d.buck.of(t)
 	d.shift(k, b)
 	d.trim(k, d.keep())
 	dv := d.device(k, dh, ev.Device, b)
@@ -188,16 +204,19 @@ func (d *tokenReuse) observe(ev *ingest.Event, t int64, late bool) {
 	}
 	if !k.hot && d.active(k) > p.maxDevices {
 		k.hot = true
-		k.evalTo = max(k.evalTo, d.closed())
-		d.hot = append(d.hot, d.tab.ref(slot))
+		// Windows that closed before this event could not fire: the ring held too
+		// little for them.
+		d.hot = append(d.hot, hotKey{d.tab.ref(slot), d.closed()})
 	}
 }
 
 // seen folds an event's IP and country into the device's burst evidence.
 func (dv *trDev) seen(ev *ingest.Event) {
-	if ev.ClientIP != "" && ev.ClientIP != dv.ip {
-		if dv.ip == "" || hash64(ev.ClientIP) < hash64(dv.ip) {
-			dv.ip = strings.Clone(ev.ClientIP)
+	if ev.ClientIP != "" {
+		if h := hash64(ev.ClientIP); !dv.ip.IsValid() || h < dv.ipH {
+			if a, err := netip.ParseAddr(ev.ClientIP); err == nil {
+				dv.ip, dv.ipH = a, h
+			}
 		}
 	}
 	c := packCountry(ev.Country)
@@ -337,18 +356,19 @@ func (d *tokenReuse) advance(wm int64) {
 	closed := d.lay.closedThrough(wm)
 	keep := closed + 2 - d.lay.n
 	live := d.hot[:0]
-	for _, r := range d.hot {
+	for _, h := range d.hot {
+		r := h.ref
 		if !d.tab.valid(r) {
 			continue
 		}
 		k := &d.tab.ents[r.slot].s
-		d.eval(r.slot, closed)
+		d.eval(r.slot, &h.evalTo, closed)
 		d.trim(k, keep)
 		if d.active(k) <= d.params[k.prm].maxDevices {
 			k.hot = false
 			continue
 		}
-		live = append(live, r)
+		live = append(live, h)
 	}
 	clear(d.hot[len(live):])
 	d.hot = live
@@ -357,12 +377,12 @@ func (d *tokenReuse) advance(wm int64) {
 	d.next = (closed + 2) * d.lay.width
 }
 
-// eval evaluates slot's windows ending at buckets evalTo+1..upTo.
-func (d *tokenReuse) eval(slot int32, upTo int64) {
+// eval evaluates slot's windows ending at buckets *evalTo+1..upTo.
+func (d *tokenReuse) eval(slot int32, evalTo *int64, upTo int64) {
 	k := &d.tab.ents[slot].s
-	from := k.evalTo + 1
+	from := *evalTo + 1
 	to := min(upTo, k.top+d.lay.n-1)
-	k.evalTo = max(k.evalTo, upTo)
+	*evalTo = max(*evalTo, upTo)
 	maxDev := d.params[k.prm].maxDevices
 	for e := max(from, k.top-63); e <= to; e++ {
 		m := d.windowMask(k.top, e)
@@ -380,7 +400,7 @@ func (d *tokenReuse) eval(slot int32, upTo int64) {
 
 func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 	ent := &d.tab.ents[slot]
-	name := ent.key()
+	name := d.tab.keyOf(slot)
 	k := &ent.s
 	p := &d.params[k.prm]
 	var all uint64
@@ -415,8 +435,8 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 			}
 			ev.Devices = append(ev.Devices, dv.dev)
 			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: int(dv.events)})
-			if dv.ip != "" {
-				ips = append(ips, dv.ip)
+			if dv.ip.IsValid() {
+				ips = append(ips, dv.ip.String())
 			}
 			for _, c := range dv.cc {
 				if c != 0 {
@@ -442,10 +462,10 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 }
 
 func (d *tokenReuse) flush() {
-	for _, r := range d.hot {
-		if d.tab.valid(r) {
-			k := &d.tab.ents[r.slot].s
-			d.eval(r.slot, k.top+d.lay.n-1)
+	for _, h := range d.hot {
+		if d.tab.valid(h.ref) {
+			k := &d.tab.ents[h.ref.slot].s
+			d.eval(h.ref.slot, &h.evalTo, k.top+d.lay.n-1)
 		}
 	}
 	clear(d.hot)

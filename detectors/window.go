@@ -16,29 +16,24 @@ type ringLayout struct {
 }
 
 // newRingLayout picks the largest bucket count up to preferred that divides the window
-// into whole milliseconds and leaves room for allowed_lateness within maxRing buckets.
-// Config.Validate guarantees that one bucket per window always fits.
+// into whole milliseconds and leaves room for allowed_lateness within maxRing buckets,
+// else one bucket per window, which Config.Validate guarantees fits.
 func newRingLayout(window, lateness time.Duration, preferred int) ringLayout {
 	w, l := window.Milliseconds(), lateness.Milliseconds()
-	var best ringLayout
-	for n := int64(preferred); n >= 1; n-- {
-		if w%n != 0 && n > 1 {
-			continue
-		}
+	layout := func(n int64) ringLayout {
 		width := w / n
-		size := n + (l+width-1)/width + 2
-		if size <= maxRing {
-			return ringLayout{width: width, n: n, size: size}
-		}
-		best = ringLayout{width: width, n: n, size: maxRing}
+		return ringLayout{width: width, n: n, size: n + (l+width-1)/width + 2}
 	}
-	return best
+	for n := int64(preferred); n > 1; n-- {
+		if lay := layout(n); w%n == 0 && lay.size <= maxRing {
+			return lay
+		}
+	}
+	return layout(1)
 }
 
 // window returns the window length the layout actually covers.
 func (r ringLayout) window() time.Duration { return time.Duration(r.n*r.width) * time.Millisecond }
-
-func (r ringLayout) bucket(t int64) int64 { return floorDiv(t, r.width) }
 
 // closedThrough returns the last bucket that can no longer change at watermark wm: every
 // event before wm has arrived or is late.
@@ -58,6 +53,30 @@ func (r ringLayout) slot(b int64) int64 {
 		s += r.size
 	}
 	return s
+}
+
+// A bucketer maps event times to buckets and ring slots, remembering the last bucket:
+// events mostly arrive in time order, so most calls skip both divisions.
+type bucketer struct {
+	width, size int64
+	lo, hi      int64 // the remembered bucket covers [lo, hi)
+	b, s        int64
+}
+
+func newBucketer(width, size int64) bucketer { return bucketer{width: width, size: size} }
+
+// of returns the bucket of t and its slot.
+func (c *bucketer) of(t int64) (b, slot int64) {
+	if t >= c.lo && t < c.hi {
+		return c.b, c.s
+	}
+	c.b = floorDiv(t, c.width)
+	c.lo, c.hi = c.b*c.width, c.b*c.width+c.width
+	c.s = c.b % c.size
+	if c.s < 0 {
+		c.s += c.size
+	}
+	return c.b, c.s
 }
 
 // counters is a ring of per-bucket counts, k of them per bucket, over a slab shared by
@@ -86,11 +105,17 @@ func (c *counters) trim(d []uint16, r *ring, sums []uint32, b int64) {
 	}
 	from := max64(r.lo, r.top-c.lay.size+1)
 	to := min(b-1, r.top)
-	for x := from; x <= to; x++ {
-		o := c.lay.slot(x) * c.k
-		for j := int64(0); j < c.k; j++ {
-			sums[j] -= uint32(d[o+j])
-			d[o+j] = 0
+	if from <= to {
+		s := c.lay.slot(from)
+		for x := from; x <= to; x++ {
+			o := s * c.k
+			for j := int64(0); j < c.k; j++ {
+				sums[j] -= uint32(d[o+j])
+				d[o+j] = 0
+			}
+			if s++; s == c.lay.size {
+				s = 0
+			}
 		}
 	}
 	r.lo = b
@@ -99,10 +124,10 @@ func (c *counters) trim(d []uint16, r *ring, sums []uint32, b int64) {
 	}
 }
 
-// place makes bucket b writable, dropping what the ring can no longer hold, and returns
-// the offset of its counts in d. b must not be below keep, the oldest bucket a future
-// window still needs; older buckets are dropped on the way.
-func (c *counters) place(d []uint16, r *ring, sums []uint32, b, keep int64) int64 {
+// place makes bucket b, in ring slot slot, writable, dropping what the ring can no
+// longer hold, and returns the offset of its counts in d. b must not be below keep,
+// the oldest bucket a future window still needs; older buckets are dropped on the way.
+func (c *counters) place(d []uint16, r *ring, sums []uint32, b, slot, keep int64) int64 {
 	c.trim(d, r, sums, max64(keep, b-c.lay.size+1))
 	switch {
 	case !r.used:
@@ -112,7 +137,7 @@ func (c *counters) place(d []uint16, r *ring, sums []uint32, b, keep int64) int6
 	case b < r.lo:
 		r.lo = b
 	}
-	return c.lay.slot(b) * c.k
+	return slot * c.k
 }
 
 // at returns count j of bucket b, zero outside the live buckets.
@@ -129,4 +154,12 @@ func inc16(p *uint16) bool {
 	}
 	*p++
 	return true
+}
+
+// A hotKey is a key that may fire: its windows are evaluated as the watermark closes
+// them. evalTo is the last bucket whose window was evaluated; it lives here, not in the
+// key's state, because only hot keys need it.
+type hotKey struct {
+	ref    slotRef
+	evalTo int64
 }
