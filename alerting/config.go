@@ -26,6 +26,11 @@ type Config struct {
 	// RepeatInterval re-sends an incident that is still open and unchanged, as a
 	// reminder; a route may override it. 0: never.
 	RepeatInterval time.Duration `yaml:"repeat_interval"`
+	// ResolveTimeout bounds reminders: an incident whose newest version is older than
+	// this (its last_seen, event time, against the clock) is taken as over, because
+	// the detectors re-emit an incident while it goes on. Default 1h, the longest
+	// detector cooldown; alerts of a replay of old history get no reminders.
+	ResolveTimeout time.Duration `yaml:"resolve_timeout"`
 	// ReplayCommand is shown in Slack messages for the 30 minutes around an alert;
 	// {from} and {to} are replaced with RFC 3339 times.
 	ReplayCommand string `yaml:"replay_command"`
@@ -39,6 +44,10 @@ type Outbox struct {
 	// GiveUpAfter parks a delivery as failed, loudly (log and metric), once it has
 	// failed for this long; it stays in the outbox for an operator. Default 24h.
 	GiveUpAfter time.Duration `yaml:"give_up_after"`
+	// Retention is how long a delivered alert version is remembered, so that the same
+	// version put again (a replay after a crash, `notify` run twice) is not sent
+	// again. Failed deliveries are kept until an operator requeues them. Default 720h.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // ReceiverConfig is one named destination; exactly one of the kinds is set.
@@ -204,7 +213,8 @@ type Silence struct {
 func DefaultConfig() Config {
 	return Config{
 		RunbookBaseURL: "https://github.com/gatewatch/gatewatch/blob/main/deploy/runbooks",
-		Outbox:         Outbox{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, GiveUpAfter: 24 * time.Hour},
+		Outbox:         Outbox{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, GiveUpAfter: 24 * time.Hour, Retention: 720 * time.Hour},
+		ResolveTimeout: time.Hour,
 		ReplayCommand:  "gatewatch replay --config gatewatch.yaml --kafka $BROKERS --topic $TOPIC --from {from} --to {to}",
 	}
 }
@@ -253,6 +263,9 @@ func (c *Config) Validate() error {
 		if r.RateLimit < 0 {
 			errs = append(errs, cfgErr(p+".rate_limit", "must not be negative"))
 		}
+		if r.Burst < 0 {
+			errs = append(errs, cfgErr(p+".burst", "must not be negative"))
+		}
 		if r.Timeout < 0 {
 			errs = append(errs, cfgErr(p+".timeout", "must not be negative"))
 		}
@@ -283,6 +296,20 @@ func (c *Config) Validate() error {
 	}
 	if o.GiveUpAfter <= 0 {
 		errs = append(errs, cfgErr("outbox.give_up_after", "must be positive"))
+	}
+	if o.Retention <= 0 {
+		errs = append(errs, cfgErr("outbox.retention", "must be positive: delivered alerts are remembered for it, to send each version once"))
+	}
+	if c.RepeatInterval < 0 {
+		errs = append(errs, cfgErr("repeat_interval", "must not be negative"))
+	}
+	if c.ResolveTimeout <= 0 {
+		errs = append(errs, cfgErr("resolve_timeout", "must be positive"))
+	}
+	for i, rt := range c.Routes {
+		if rt.RepeatInterval < 0 {
+			errs = append(errs, cfgErr(fmt.Sprintf("routes[%d].repeat_interval", i), "must not be negative"))
+		}
 	}
 	return errors.Join(errs...)
 }

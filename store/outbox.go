@@ -1,0 +1,761 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
+)
+
+// Outbox is alerting's durable outbox (an alerting.OutboxStore): one bbolt file,
+// outbox.db, in a directory of its own on local disk. It lives there whatever else the
+// store uses, because alerts must become durable, and be delivered, while ClickHouse
+// is down.
+//
+// Buckets:
+//
+//	deliveries  (receiver, version, alert id, round) → state: state, queue seq,
+//	            attempts, first failure, done, last error
+//	bodies      the same key → the alert as JSON, written once: an attempt's outcome
+//	            rewrites only the small state record
+//	queue       (receiver, seq) → deliveries key: each receiver's pending deliveries
+//	            in the order they were queued; the bucket's sequence numbers them
+//	delivered   (done, deliveries key) → nothing: what Prune walks, oldest first
+//	depth       receiver → pending deliveries, kept in the same transactions
+//
+// Every key that a delivery adds sorts by time (the alert's last_seen, a sequence,
+// the time of delivery), so the alerts of a burst land at the end of each bucket
+// instead of in random pages: a commit writes a few pages per bucket, not one per
+// alert, and the file grows at the speed of the data. Keying deliveries by alert id
+// first would scatter a burst over the whole tree. The dedup is a point lookup of the
+// exact key. Strings in keys are length-prefixed, so no key is a prefix of another's.
+//
+// Writes are group-committed: calls that arrive while a transaction commits wait and
+// then share the next one (one fsync) instead of queueing for one each. A call alone
+// commits at once; nothing waits for a batch to fill.
+//
+// The alerts of pending deliveries queued by this process are also kept decoded in
+// memory (up to outboxCacheSize), so that handing them to a receiver costs no JSON
+// decoding; after a restart they are read from the file.
+type Outbox struct {
+	db     *bolt.DB
+	log    *slog.Logger
+	commit outboxCommitter
+
+	mu    sync.Mutex
+	cache map[string]detectors.Alert // deliveries key → alert, while pending
+}
+
+// outboxCacheSize bounds the decoded alerts kept in memory: a receiver that is down
+// for a day must not hold a day of alerts in memory.
+const outboxCacheSize = 20_000
+
+// OutboxOptions are the runtime dependencies of an Outbox.
+type OutboxOptions struct {
+	Logger *slog.Logger // nil: discard
+}
+
+var _ alerting.OutboxStore = (*Outbox)(nil)
+
+var (
+	bucketOutboxDeliveries = []byte("deliveries")
+	bucketOutboxBodies     = []byte("bodies")
+	bucketOutboxQueue      = []byte("queue")
+	bucketOutboxDelivered  = []byte("delivered")
+	bucketOutboxDepth      = []byte("depth")
+)
+
+// OutboxFile is the outbox's file name in its directory.
+const OutboxFile = "outbox.db"
+
+// OpenOutbox opens (or creates) the outbox in dir. The file is locked while open: a
+// second gatewatch on the same directory fails here instead of delivering twice.
+func OpenOutbox(dir string, o OutboxOptions) (*Outbox, error) {
+	if dir == "" {
+		return nil, errors.New("store: outbox: no directory")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("store: outbox: %w", err)
+	}
+	file := filepath.Join(dir, OutboxFile)
+	db, err := bolt.Open(file, 0o640, &bolt.Options{
+		Timeout:      time.Second, // the file lock: another process has the outbox open
+		FreelistType: bolt.FreelistMapType,
+		// The free list is rebuilt at open instead of written at every commit:
+		// commits are what the outbox does most.
+		NoFreelistSync: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox: opening %s: %w", file, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketOutboxDeliveries, bucketOutboxBodies, bucketOutboxQueue, bucketOutboxDelivered, bucketOutboxDepth} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close() // the create error is the one that matters
+		return nil, fmt.Errorf("store: outbox: creating buckets in %s: %w", file, err)
+	}
+	ob := &Outbox{db: db, log: o.Logger.With("component", "store"), cache: map[string]detectors.Alert{}}
+	ob.commit.db = db
+	depth, err := ob.Depth(context.Background())
+	if err != nil {
+		_ = db.Close() // the read error is the one that matters
+		return nil, err
+	}
+	pending := 0
+	for _, n := range depth {
+		pending += n
+	}
+	// Once per start: what a restart has to deliver.
+	ob.log.Info("outbox opened", "path", file, "pending", pending)
+	return ob, nil
+}
+
+// Close closes the file. Call it after the Router using the outbox has stopped.
+func (o *Outbox) Close() error {
+	if err := o.db.Close(); err != nil {
+		return fmt.Errorf("store: outbox: close: %w", err)
+	}
+	return nil
+}
+
+// Keys and records.
+
+// outboxRecordVersion is the first byte of every record, so a later gatewatch can
+// read what this one wrote.
+const outboxRecordVersion = 1
+
+// appendOutboxString appends the length-prefixed string s.
+func appendOutboxString(dst []byte, s string) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(s)))
+	return append(dst, s...)
+}
+
+// outboxKey encodes a deliveries key: (receiver, version, id, round). The version's
+// sign bit is flipped so that negative versions sort before positive ones.
+func outboxKey(k *alerting.DeliveryKey) []byte {
+	b := make([]byte, 0, 16+len(k.Receiver)+len(k.ID))
+	b = appendOutboxString(b, k.Receiver)
+	b = binary.BigEndian.AppendUint64(b, uint64(k.Version)^(1<<63))
+	b = appendOutboxString(b, k.ID)
+	return binary.BigEndian.AppendUint32(b, uint32(k.Round))
+}
+
+// outboxVersionKey is where the deliveries of receiver with version at or after
+// version start.
+func outboxVersionKey(receiver string, version int64) []byte {
+	b := appendOutboxString(nil, receiver)
+	return binary.BigEndian.AppendUint64(b, uint64(version)^(1<<63))
+}
+
+// parseOutboxKey decodes a deliveries key.
+func parseOutboxKey(b []byte) (alerting.DeliveryKey, bool) {
+	var k alerting.DeliveryKey
+	r, rest, ok := cutOutboxString(b)
+	if !ok || len(rest) < 8 {
+		return k, false
+	}
+	version := int64(binary.BigEndian.Uint64(rest) ^ (1 << 63))
+	id, rest, ok := cutOutboxString(rest[8:])
+	if !ok || len(rest) != 4 {
+		return k, false
+	}
+	return alerting.DeliveryKey{Receiver: r, ID: id, Version: version, Round: int(binary.BigEndian.Uint32(rest))}, true
+}
+
+func cutOutboxString(b []byte) (string, []byte, bool) {
+	if len(b) < 2 {
+		return "", nil, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	if len(b) < 2+n {
+		return "", nil, false
+	}
+	return string(b[2 : 2+n]), b[2+n:], true
+}
+
+// outboxQueueKey is (receiver, seq).
+func outboxQueueKey(receiver string, seq uint64) []byte {
+	b := make([]byte, 0, 2+len(receiver)+8)
+	b = appendOutboxString(b, receiver)
+	return binary.BigEndian.AppendUint64(b, seq)
+}
+
+// outboxState is a delivery's state record.
+type outboxState struct {
+	state        alerting.DeliveryState
+	seq          uint64
+	attempts     uint32
+	firstFailure int64 // Unix ms; math.MinInt64: none
+	done         int64 // Unix ms; math.MinInt64: not done
+	lastError    string
+}
+
+func outboxMillis(t time.Time) int64 {
+	if t.IsZero() {
+		return math.MinInt64
+	}
+	return t.UnixMilli()
+}
+
+func outboxTime(ms int64) time.Time {
+	if ms == math.MinInt64 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+func stateOf(d *alerting.Delivery) outboxState {
+	return outboxState{
+		state:        d.State,
+		seq:          d.Seq,
+		attempts:     uint32(max(d.Attempts, 0)),
+		firstFailure: outboxMillis(d.FirstFailure),
+		done:         outboxMillis(d.Done),
+		lastError:    d.LastError,
+	}
+}
+
+// outboxStateSize is the fixed part of a state record.
+const outboxStateSize = 30
+
+func encodeOutboxState(st *outboxState) []byte {
+	b := make([]byte, 0, outboxStateSize+binary.MaxVarintLen64+len(st.lastError))
+	b = append(b, outboxRecordVersion, byte(st.state))
+	b = binary.BigEndian.AppendUint64(b, st.seq)
+	b = binary.BigEndian.AppendUint32(b, st.attempts)
+	b = binary.BigEndian.AppendUint64(b, uint64(st.firstFailure))
+	b = binary.BigEndian.AppendUint64(b, uint64(st.done))
+	b = binary.AppendUvarint(b, uint64(len(st.lastError)))
+	return append(b, st.lastError...)
+}
+
+var errOutboxCorrupt = errors.New("store: outbox: corrupt record")
+
+func decodeOutboxState(v []byte) (outboxState, error) {
+	var st outboxState
+	if len(v) < outboxStateSize+1 || v[0] != outboxRecordVersion {
+		return st, errOutboxCorrupt
+	}
+	st.state = alerting.DeliveryState(v[1])
+	st.seq = binary.BigEndian.Uint64(v[2:])
+	st.attempts = binary.BigEndian.Uint32(v[10:])
+	st.firstFailure = int64(binary.BigEndian.Uint64(v[14:]))
+	st.done = int64(binary.BigEndian.Uint64(v[22:]))
+	n, w := binary.Uvarint(v[outboxStateSize:])
+	if w <= 0 || uint64(len(v)-outboxStateSize-w) != n {
+		return st, errOutboxCorrupt
+	}
+	st.lastError = string(v[outboxStateSize+w:])
+	return st, nil
+}
+
+// readOutboxDelivery rebuilds the delivery under key from its state and, from the
+// cache or the bodies bucket, its alert.
+func (o *Outbox) readOutboxDelivery(tx *bolt.Tx, key, state []byte) (alerting.Delivery, error) {
+	k, ok := parseOutboxKey(key)
+	if !ok {
+		return alerting.Delivery{}, errOutboxCorrupt
+	}
+	st, err := decodeOutboxState(state)
+	if err != nil {
+		return alerting.Delivery{}, err
+	}
+	d := alerting.Delivery{
+		DeliveryKey:  k,
+		State:        st.state,
+		Seq:          st.seq,
+		Attempts:     int(st.attempts),
+		FirstFailure: outboxTime(st.firstFailure),
+		Done:         outboxTime(st.done),
+		LastError:    st.lastError,
+	}
+	o.mu.Lock()
+	a, cached := o.cache[string(key)]
+	o.mu.Unlock()
+	if cached {
+		d.Alert = a
+		d.Alert.Labels = maps.Clone(a.Labels)
+		return d, nil
+	}
+	body := tx.Bucket(bucketOutboxBodies).Get(key)
+	if body == nil {
+		return alerting.Delivery{}, fmt.Errorf("%w: delivery %s/%s without its alert", errOutboxCorrupt, k.Receiver, k.ID)
+	}
+	if err := json.Unmarshal(body, &d.Alert); err != nil {
+		return alerting.Delivery{}, fmt.Errorf("store: outbox: alert of %s/%s: %w", k.Receiver, k.ID, err)
+	}
+	return d, nil
+}
+
+// setOutboxFill tells bbolt how the buckets grow: at their end, so a page that
+// splits stays full instead of half empty. State records keep some room, because an
+// attempt's outcome makes them grow in place.
+func setOutboxFill(tx *bolt.Tx) {
+	tx.Bucket(bucketOutboxDeliveries).FillPercent = 0.9
+	tx.Bucket(bucketOutboxBodies).FillPercent = 1
+	tx.Bucket(bucketOutboxQueue).FillPercent = 1
+	tx.Bucket(bucketOutboxDelivered).FillPercent = 1
+}
+
+func addOutboxDepth(b *bolt.Bucket, receiver string, delta int64) error {
+	if delta == 0 {
+		return nil
+	}
+	var n int64
+	if v := b.Get([]byte(receiver)); len(v) == 8 {
+		n = int64(binary.BigEndian.Uint64(v))
+	}
+	n += delta
+	if n <= 0 {
+		return b.Delete([]byte(receiver))
+	}
+	return b.Put([]byte(receiver), binary.BigEndian.AppendUint64(nil, uint64(n)))
+}
+
+// Enqueue adds, in one transaction, each delivery whose key the outbox does not hold.
+func (o *Outbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Encode outside the transaction, which the other writers wait for. The
+	// Router puts the deliveries of one alert next to each other; they share the
+	// alert, so its JSON is encoded once.
+	bodies := make([][]byte, len(ds))
+	for i := range ds {
+		if i > 0 && ds[i].ID == ds[i-1].ID && ds[i].Version == ds[i-1].Version && ds[i].Round == ds[i-1].Round {
+			bodies[i] = bodies[i-1]
+			continue
+		}
+		// MarshalJSON directly: json.Marshal would validate and compact its output
+		// once more, which costs as much again.
+		b, err := ds[i].Alert.MarshalJSON()
+		if err != nil {
+			return fmt.Errorf("store: outbox: encode alert %s: %w", ds[i].ID, err)
+		}
+		bodies[i] = b
+	}
+	keys := make([][]byte, len(ds))
+	err := o.commit.do(func(tx *bolt.Tx) error {
+		dels, bods := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxBodies)
+		queue, depth := tx.Bucket(bucketOutboxQueue), tx.Bucket(bucketOutboxDepth)
+		setOutboxFill(tx)
+		added := map[string]int64{}
+		for i := range ds {
+			d := &ds[i]
+			d.Seq = 0 // this function may run again after a failed group commit
+			key := outboxKey(&d.DeliveryKey)
+			if dels.Get(key) != nil {
+				continue
+			}
+			seq, err := queue.NextSequence()
+			if err != nil {
+				return err
+			}
+			st := stateOf(d)
+			st.state, st.seq = alerting.Pending, seq
+			if err := dels.Put(key, encodeOutboxState(&st)); err != nil {
+				return err
+			}
+			if err := bods.Put(key, bodies[i]); err != nil {
+				return err
+			}
+			if err := queue.Put(outboxQueueKey(d.Receiver, seq), key); err != nil {
+				return err
+			}
+			d.Seq, keys[i] = seq, key
+			added[d.Receiver]++
+		}
+		for r, n := range added {
+			if err := addOutboxDepth(depth, r, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: outbox: enqueue: %w", err)
+	}
+	o.mu.Lock()
+	for i := range ds {
+		if ds[i].Seq != 0 && len(o.cache) < outboxCacheSize {
+			o.cache[string(keys[i])] = ds[i].Alert
+		}
+	}
+	o.mu.Unlock()
+	return nil
+}
+
+// Pending returns the oldest pending deliveries of receiver.
+func (o *Outbox) Pending(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []alerting.Delivery
+	err := o.db.View(func(tx *bolt.Tx) error {
+		dels := tx.Bucket(bucketOutboxDeliveries)
+		prefix := appendOutboxString(nil, receiver)
+		c := tx.Bucket(bucketOutboxQueue).Cursor()
+		for k, key := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, key = c.Next() {
+			st := dels.Get(key)
+			if st == nil {
+				return fmt.Errorf("%w: queue entry without its delivery", errOutboxCorrupt)
+			}
+			d, err := o.readOutboxDelivery(tx, key, st)
+			if err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox: pending: %w", err)
+	}
+	return out, nil
+}
+
+// Update records the outcome of attempts, in one transaction. Only the small state
+// records are rewritten.
+func (o *Outbox) Update(ctx context.Context, ds []alerting.Delivery) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var left [][]byte // keys that left the queue, to drop from the cache
+	err := o.commit.do(func(tx *bolt.Tx) error {
+		left = left[:0]
+		dels, queue, delivered, depth := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxQueue),
+			tx.Bucket(bucketOutboxDelivered), tx.Bucket(bucketOutboxDepth)
+		setOutboxFill(tx)
+		moved := map[string]int64{}
+		for i := range ds {
+			d := &ds[i]
+			key := outboxKey(&d.DeliveryKey)
+			old := dels.Get(key)
+			if old == nil {
+				continue
+			}
+			was, err := decodeOutboxState(old)
+			if err != nil {
+				return err
+			}
+			st := stateOf(d)
+			st.seq = was.seq
+			switch {
+			case was.state == alerting.Pending && st.state != alerting.Pending:
+				if err := queue.Delete(outboxQueueKey(d.Receiver, was.seq)); err != nil {
+					return err
+				}
+				moved[d.Receiver]--
+				left = append(left, key)
+			case was.state != alerting.Pending && st.state == alerting.Pending:
+				if st.seq, err = queue.NextSequence(); err != nil {
+					return err
+				}
+				if err := queue.Put(outboxQueueKey(d.Receiver, st.seq), key); err != nil {
+					return err
+				}
+				moved[d.Receiver]++
+			}
+			if was.state == alerting.Delivered {
+				if err := delivered.Delete(outboxDoneKey(was.done, key)); err != nil {
+					return err
+				}
+			}
+			if st.state == alerting.Delivered {
+				if err := delivered.Put(outboxDoneKey(st.done, key), nil); err != nil {
+					return err
+				}
+			}
+			if err := dels.Put(key, encodeOutboxState(&st)); err != nil {
+				return err
+			}
+		}
+		for r, n := range moved {
+			if err := addOutboxDepth(depth, r, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: outbox: update: %w", err)
+	}
+	o.mu.Lock()
+	for _, k := range left {
+		delete(o.cache, string(k))
+	}
+	o.mu.Unlock()
+	return nil
+}
+
+// outboxDoneKey is (done, deliveries key), so Prune walks the oldest first.
+func outboxDoneKey(done int64, key []byte) []byte {
+	b := make([]byte, 0, 8+len(key))
+	b = binary.BigEndian.AppendUint64(b, uint64(done)^(1<<63))
+	return append(b, key...)
+}
+
+// Lookup returns the delivery stored under k.
+func (o *Outbox) Lookup(ctx context.Context, k alerting.DeliveryKey) (alerting.Delivery, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return alerting.Delivery{}, false, err
+	}
+	var d alerting.Delivery
+	var found bool
+	err := o.db.View(func(tx *bolt.Tx) error {
+		key := outboxKey(&k)
+		st := tx.Bucket(bucketOutboxDeliveries).Get(key)
+		if st == nil {
+			return nil
+		}
+		var err error
+		d, err = o.readOutboxDelivery(tx, key, st)
+		found = err == nil
+		return err
+	})
+	if err != nil {
+		return alerting.Delivery{}, false, fmt.Errorf("store: outbox: lookup: %w", err)
+	}
+	return d, found, nil
+}
+
+// Parked returns failed deliveries of receiver, ordered by key. It reads the state of
+// every delivery of the receiver that the retention keeps: an operator's question,
+// not a hot path.
+func (o *Outbox) Parked(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []alerting.Delivery
+	err := o.db.View(func(tx *bolt.Tx) error {
+		prefix := appendOutboxString(nil, receiver)
+		c := tx.Bucket(bucketOutboxDeliveries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
+			if len(v) < 2 || alerting.DeliveryState(v[1]) != alerting.Failed {
+				continue
+			}
+			d, err := o.readOutboxDelivery(tx, k, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox: parked: %w", err)
+	}
+	return out, nil
+}
+
+// Depth returns the pending deliveries per receiver.
+func (o *Outbox) Depth(ctx context.Context) (map[string]int, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	err := o.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOutboxDepth).ForEach(func(k, v []byte) error {
+			if len(v) != 8 {
+				return errOutboxCorrupt
+			}
+			out[string(k)] = int(binary.BigEndian.Uint64(v))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox: depth: %w", err)
+	}
+	return out, nil
+}
+
+// Recent returns the newest delivery of every receiver and alert id whose version
+// is at or after since. Deliveries are sorted by version within a receiver, so it
+// reads only the recent ones (Run calls it at start).
+func (o *Outbox) Recent(ctx context.Context, since time.Time) ([]alerting.Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []alerting.Delivery
+	err := o.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOutboxDeliveries).Cursor()
+		k, _ := c.First()
+		for k != nil {
+			receiver, _, ok := cutOutboxString(k)
+			if !ok {
+				return errOutboxCorrupt
+			}
+			prefix := appendOutboxString(nil, receiver)
+			newest := map[string][]byte{} // alert id → key of its newest delivery
+			var ids []string
+			for k, _ = c.Seek(outboxVersionKey(receiver, since.UnixMilli())); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				dk, ok := parseOutboxKey(k)
+				if !ok {
+					return errOutboxCorrupt
+				}
+				if _, seen := newest[dk.ID]; !seen {
+					ids = append(ids, dk.ID)
+				}
+				newest[dk.ID] = bytes.Clone(k) // keys ascend: the last one is the newest
+			}
+			for _, id := range ids {
+				key := newest[id]
+				d, err := o.readOutboxDelivery(tx, key, tx.Bucket(bucketOutboxDeliveries).Get(key))
+				if err != nil {
+					return err
+				}
+				out = append(out, d)
+			}
+			// k is the first key of the next receiver, or nil.
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox: recent: %w", err)
+	}
+	return out, nil
+}
+
+// outboxPruneChunk bounds one prune transaction, so that a large backlog of old
+// deliveries does not hold the writers up for long.
+const outboxPruneChunk = 10_000
+
+// Prune forgets deliveries delivered before before.
+func (o *Outbox) Prune(ctx context.Context, before time.Time) (int, error) {
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		n := 0
+		err := o.commit.do(func(tx *bolt.Tx) error {
+			n = 0
+			dels, bods, delivered := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxBodies), tx.Bucket(bucketOutboxDelivered)
+			end := binary.BigEndian.AppendUint64(nil, uint64(outboxMillis(before))^(1<<63))
+			var keys [][]byte
+			c := delivered.Cursor()
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < outboxPruneChunk; k, _ = c.Next() {
+				keys = append(keys, bytes.Clone(k))
+			}
+			// Delete after the walk: deleting under a bbolt cursor can skip keys.
+			for _, k := range keys {
+				if err := delivered.Delete(k); err != nil {
+					return err
+				}
+				if err := dels.Delete(k[8:]); err != nil {
+					return err
+				}
+				if err := bods.Delete(k[8:]); err != nil {
+					return err
+				}
+			}
+			n = len(keys)
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("store: outbox: prune: %w", err)
+		}
+		total += n
+		if n < outboxPruneChunk {
+			return total, nil
+		}
+	}
+}
+
+// outboxCommitter group-commits writes. The first writer to arrive leads: it takes
+// every write queued so far (its own included) into one transaction, commits it, and
+// hands the lead to the first writer that queued meanwhile. So writers that arrive
+// during a commit share the next one, and a writer alone commits at once.
+type outboxCommitter struct {
+	db    *bolt.DB
+	mu    sync.Mutex
+	queue []*outboxWrite
+	busy  bool
+}
+
+type outboxWrite struct {
+	fn       func(*bolt.Tx) error
+	err      error
+	finished bool          // set before wake is signalled
+	wake     chan struct{} // finished, or handed the lead
+}
+
+func (c *outboxCommitter) do(fn func(*bolt.Tx) error) error {
+	w := &outboxWrite{fn: fn, wake: make(chan struct{}, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, w)
+	lead := !c.busy
+	c.busy = true
+	c.mu.Unlock()
+	if !lead {
+		<-w.wake
+		if w.finished {
+			return w.err
+		}
+	}
+	c.mu.Lock()
+	batch := c.queue
+	c.queue = nil
+	c.mu.Unlock()
+	c.run(batch)
+	c.mu.Lock()
+	if len(c.queue) > 0 {
+		c.queue[0].wake <- struct{}{} // not finished: it leads the next commit
+	} else {
+		c.busy = false
+	}
+	c.mu.Unlock()
+	return w.err
+}
+
+// run commits batch in one transaction. When one write's function fails, the
+// transaction is rolled back and each write runs in a transaction of its own, so one
+// write's error is not every write's (bbolt's DB.Batch does the same).
+func (c *outboxCommitter) run(batch []*outboxWrite) {
+	var failed *outboxWrite
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		for _, w := range batch {
+			if err := w.fn(tx); err != nil {
+				failed = w
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && failed != nil && len(batch) > 1 {
+		for _, w := range batch {
+			w.err = c.db.Update(w.fn)
+		}
+	} else {
+		for _, w := range batch {
+			w.err = err
+		}
+	}
+	for _, w := range batch {
+		w.finished = true
+		w.wake <- struct{}{}
+	}
+}
