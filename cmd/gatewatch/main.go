@@ -33,6 +33,7 @@ func commands() []command {
 	return []command{
 		{"demo", "run the pipeline on an embedded broker with synthetic attacks and print the alerts", "demo [--duration D] [--rate R] [--seed N]", runDemo},
 		{"replay", "run log files through the detectors and print the alerts", "replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...", runReplay},
+		{"notify", "send alerts from a file through the configured routes and receivers", "notify --config FILE --input ALERTS.jsonl|- [--dry-run]", runNotify},
 		{"parse", "print normalised events of a log file as JSON lines", "parse [--config FILE] [--format F] --input PATH|-", runParse},
 		{"generate", "write synthetic traffic with known attacks in a vendor format", "generate [--duration D] [--rate R] [--format F] [--seed N] [--attacks LIST]", runGenerate},
 		{"migrate", "create or upgrade the ClickHouse schema", "migrate --config FILE", runMigrate},

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeNotifyConfig writes a config with a file receiver for high-severity alerts and
+// another for the rest, and returns its path and the two files.
+func writeNotifyConfig(t *testing.T) (cfg, high, rest string) {
+	t.Helper()
+	dir := t.TempDir()
+	high, rest = filepath.Join(dir, "high.jsonl"), filepath.Join(dir, "rest.jsonl")
+	cfg = filepath.Join(dir, "gatewatch.yaml")
+	body := fmt.Sprintf(`store: {data_dir: %s}
+alerting:
+  receivers:
+    - {name: pager, file: {path: %s}}
+    - {name: archive, file: {path: %s}}
+  routes:
+    - {match: {severity: [high, critical]}, receivers: [pager], continue: true}
+    - {receivers: [archive]}
+`, dir, high, rest)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, high, rest
+}
+
+func demoAlerts(t *testing.T) string {
+	t.Helper()
+	out, errOut, code := runCmd(t, "", "demo", "--duration", "1h", "--rate", "4", "--seed", "3")
+	if code != 0 {
+		t.Fatalf("demo: exit %d: %s", code, errOut)
+	}
+	return out
+}
+
+func countLines(t *testing.T, path string) map[string]int {
+	t.Helper()
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ids := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var a struct{ ID string }
+		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
+			t.Fatal(err)
+		}
+		ids[a.ID]++
+	}
+	return ids
+}
+
+// TestNotifyRoutesOnceAndNeverTwice sends the demo's alerts through real routes to file
+// receivers, then sends them again: the second run delivers nothing new.
+func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
+	alerts := demoAlerts(t)
+	cfg, high, rest := writeNotifyConfig(t)
+
+	plan, errOut, code := runCmd(t, alerts, "notify", "--config", cfg, "--input", "-", "--dry-run")
+	if code != 0 {
+		t.Fatalf("dry run: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(plan, "-> pager, archive") || !strings.Contains(plan, "-> archive") {
+		t.Errorf("dry run plan:\n%s", plan)
+	}
+	if countLines(t, high) != nil || countLines(t, rest) != nil {
+		t.Fatal("dry run delivered something")
+	}
+
+	for run := 1; run <= 2; run++ {
+		out, errOut, code := runCmd(t, alerts, "notify", "--config", cfg, "--input", "-")
+		if code != 0 {
+			t.Fatalf("run %d: exit %d: %s\n%s", run, code, errOut, out)
+		}
+		if strings.Count(out, ": delivered") != strings.Count(out, "\n") {
+			t.Errorf("run %d left deliveries undone:\n%s", run, out)
+		}
+	}
+	pager, archive := countLines(t, high), countLines(t, rest)
+	if len(archive) != 4 {
+		t.Errorf("archive got %d incidents, want all 4", len(archive))
+	}
+	if len(pager) == 0 || len(pager) >= 4 {
+		t.Errorf("pager got %d incidents, want only the high ones", len(pager))
+	}
+	for id, n := range archive {
+		if n != 1 {
+			t.Errorf("alert %s delivered %d times to archive across two notify runs", id, n)
+		}
+	}
+	for id, n := range pager {
+		if n != 1 {
+			t.Errorf("alert %s delivered %d times to pager", id, n)
+		}
+	}
+}
+
+func TestNotifyRejectsBadInput(t *testing.T) {
+	cfg, _, _ := writeNotifyConfig(t)
+	_, errOut, code := runCmd(t, "{\"id\":\"x\"}\nnot json\n", "notify", "--config", cfg, "--input", "-")
+	if code != 1 || !strings.Contains(errOut, "-:1: an alert needs") {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+}
