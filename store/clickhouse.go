@@ -36,6 +36,9 @@ type ClickHouseOptions struct {
 	// MaxRetryInterval caps the wait between attempts to reach ClickHouse while it is
 	// down (exponential backoff with jitter from 100ms); 0: 10s.
 	MaxRetryInterval time.Duration
+	// Baselines are the detector settings behind the stored baselines, for
+	// BaselinesAsOf; zero fields: the detectors defaults.
+	Baselines BaselineSettings
 }
 
 // ClickHouse is the production store, in a ClickHouse database over the native
@@ -81,6 +84,8 @@ type ClickHouse struct {
 	// Owned by whichever goroutine writes: Run, or Close once Run has returned.
 	spill *spill
 	cols  columns
+
+	bl *baselineState // the baselines: clickhouse_baselines.go
 }
 
 type runState int
@@ -158,9 +163,16 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 		runDone:   make(chan struct{}),
 		spill:     sp,
 	}
+	if c.bl, err = newBaselineState(c, o); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
 	c.m.spilled.Set(float64(sp.events()))
 	if n := sp.events(); n > 0 {
 		c.log.Info("archive events wait in the spill directory from an earlier run", "spilled_events", n, "dir", chc.SpillDir)
+	}
+	if n := len(c.bl.spill.segs); n > 0 {
+		c.log.Info("baseline updates wait in the spill directory from an earlier run", "spilled_updates", n, "dir", chc.SpillDir)
 	}
 	return c, nil
 }
@@ -283,15 +295,21 @@ func (c *ClickHouse) sealLocked() {
 
 // Flush returns once every event ArchiveEvents took before the call is in ClickHouse,
 // including events that went through the spill, and any that an earlier process left
-// there. It needs Run to be running; while ClickHouse is down it waits until ctx ends
-// and returns its error (the events stay safe in the spill).
+// there, and so is every baseline update spilled before the call. It needs Run to be
+// running; while ClickHouse is down it waits until ctx ends and returns its error (the
+// events and updates stay safe in the spill).
 func (c *ClickHouse) Flush(ctx context.Context) error {
+	c.bl.mu.Lock()
+	baselineTarget := c.bl.spill.next
+	c.bl.mu.Unlock()
 	c.mu.Lock()
 	c.sealLocked()
 	target := c.sealed
 	c.mu.Unlock()
 	for {
+		// Take the progress channel before looking, so no progress is missed.
 		c.mu.Lock()
+		progress := c.progress
 		done := c.recovered == 0
 		for seq := range c.pending {
 			if seq <= target {
@@ -299,8 +317,12 @@ func (c *ClickHouse) Flush(ctx context.Context) error {
 				break
 			}
 		}
-		progress := c.progress
 		c.mu.Unlock()
+		c.bl.mu.Lock()
+		if len(c.bl.spill.segs) > 0 && c.bl.spill.segs[0].num < baselineTarget {
+			done = false
+		}
+		c.bl.mu.Unlock()
 		if done {
 			return nil
 		}
@@ -341,6 +363,7 @@ func (c *ClickHouse) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	})
+	watch.Go(func() { c.runBaselineReplay(ctx) })
 
 	w := writer{c: c, bo: &backoff.ExponentialBackOff{
 		InitialInterval:     100 * time.Millisecond,

@@ -184,10 +184,15 @@ func checkSchema(t *testing.T, conn driver.Conn) {
 		}
 		got = append(got, name)
 	}
-	want := []string{"alerts", "archive_batches", "archive_batches_mv", "client_minute", "client_minute_mv",
-		"events", "key_countries", "key_stats", "route_minute", "route_minute_mv", "schema_migrations"}
+	want := []string{"alerts", "archive_batches", "archive_batches_mv", "baseline_meta", "client_minute", "client_minute_mv",
+		"events", "key_countries", "key_stats", "route_baselines", "route_minute", "route_minute_mv", "schema_migrations"}
 	if !slices.Equal(got, want) {
 		t.Errorf("tables %v, want %v", got, want)
+	}
+	// 0003 added, once, the milliseconds of the baseline times and the key's last-seen
+	// to its countries.
+	if n := count(t, conn, "SELECT count() FROM system.columns WHERE database = currentDatabase() AND name LIKE '%_seen_ms' AND table IN ('key_stats', 'key_countries')"); n != 5 {
+		t.Errorf("key_stats and key_countries have %d _seen_ms columns, want 5", n)
 	}
 }
 
@@ -439,8 +444,11 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 	if n != 10_000 {
 		t.Errorf("ReadEvents yields %d events, want 10000", n)
 	}
-	if left, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "*")); len(left) != 0 {
-		t.Errorf("spill directory not empty after replay: %v", left)
+	// Only the (empty) directory of spilled baseline updates remains.
+	left, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "*"))
+	more, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "baselines", "*"))
+	if len(left) != 1 || filepath.Base(left[0]) != "baselines" || len(more) != 0 {
+		t.Errorf("spill directory not empty after replay: %v %v", left, more)
 	}
 	if got := testutil.ToFloat64(c2.m.spilled); got != 0 {
 		t.Errorf("spilled events gauge = %v after replay, want 0", got)

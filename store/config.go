@@ -37,8 +37,11 @@ type ClickHouseConfig struct {
 	BatchSize     int              `yaml:"batch_size"`     // events per archive insert; default 100000
 	FlushInterval time.Duration    `yaml:"flush_interval"` // longest an event waits for a full batch; default 1s
 	BufferSize    int              `yaml:"buffer_size"`    // events held in memory while ClickHouse is slow; default 500000
-	SpillDir      string           `yaml:"spill_dir"`      // where unwritable batches wait on disk; default <data_dir>/clickhouse-spill
+	SpillDir      string           `yaml:"spill_dir"`      // where unwritable batches and baseline updates wait on disk; default <data_dir>/clickhouse-spill
 	Retention     time.Duration    `yaml:"retention"`      // how long the event archive keeps events; 0 keeps them
+	// BaselineTimeout bounds how long UpdateBaselines waits for ClickHouse before it
+	// spills the update to disk and returns; default 2s.
+	BaselineTimeout time.Duration `yaml:"baseline_timeout"`
 }
 
 // DefaultDataDir is where the local store and the ClickHouse spill files live unless
@@ -66,6 +69,9 @@ func DefaultClickHouseConfig() ClickHouseConfig {
 		BatchSize:     100_000,
 		FlushInterval: time.Second,
 		BufferSize:    500_000, // five batches, about 125 MB of encoded events
+		// The engine waits for UpdateBaselines before it acknowledges a batch; a
+		// healthy server takes an update in tens of milliseconds.
+		BaselineTimeout: 2 * time.Second,
 	}
 }
 
@@ -93,6 +99,9 @@ func (c ClickHouseConfig) withDefaults(dataDir string) ClickHouseConfig {
 	}
 	if c.BufferSize == 0 {
 		c.BufferSize = max(d.BufferSize, c.BatchSize)
+	}
+	if c.BaselineTimeout == 0 {
+		c.BaselineTimeout = d.BaselineTimeout
 	}
 	if c.SpillDir == "" {
 		if dataDir == "" {
@@ -169,6 +178,7 @@ func (c *ClickHouseConfig) Validate() error {
 	nonNegative("dial_timeout", c.DialTimeout)
 	nonNegative("write_timeout", c.WriteTimeout)
 	nonNegative("flush_interval", c.FlushInterval)
+	nonNegative("baseline_timeout", c.BaselineTimeout)
 	if c.Retention < 0 {
 		errs = append(errs, cfgErr("retention", "must be 0 (keep) or positive, got %s", c.Retention))
 	}

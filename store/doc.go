@@ -11,5 +11,19 @@
 //   - Local, the embedded default when the config has no clickhouse section: one
 //     bbolt file under data_dir, with retention.
 //
+// Both also keep the detectors' baselines, implementing detectors.BaselineStore with the
+// semantics of detectors.MemoryBaselines (the same suite runs against both), and
+// rebuild past baselines for replay and forensics (BaselinesAsOf):
+//   - ClickHouse keeps them in key_stats, key_countries, route_baselines and
+//     baseline_meta, every row versioned so that the newest update wins whatever order
+//     writes land in, read with FINAL. UpdateBaselines returns once an update is in
+//     ClickHouse or, when ClickHouse is slow or down, in the spill, which Run writes
+//     in order once it is back; LoadBaselines writes what waits there first.
+//   - Local keeps them in three buckets of its bbolt file, and drops what the
+//     detectors forget (keys not seen within new_country's history, idle routes).
+//
+// deploy/clickhouse/forensics.sql holds the analyst's queries over this schema;
+// forensics_test.go runs each one.
+//
 // Only replay and cmd/gatewatch import store.
 package store

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/gatewatch/gatewatch/ingest"
 )
@@ -21,11 +22,16 @@ import (
 type LocalOptions struct {
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // nil: time.Now; dates the retention
+	// Baselines are the detector settings behind the stored baselines: they date
+	// the baselines' retention and guide BaselinesAsOf; zero fields: the detectors
+	// defaults.
+	Baselines BaselineSettings
 }
 
 // Local is the embedded store, one bbolt file (gatewatch.db) under data_dir, for a
 // gatewatch without ClickHouse. It archives events for replay and forensics and keeps
-// them for the configured retention.
+// them for the configured retention, and it keeps the detectors' baselines (see
+// local_baselines.go).
 //
 // Events live in the "events" bucket under (time in Unix ms, sequence), both
 // big-endian, so a time range is one cursor walk and events of one millisecond keep
@@ -43,6 +49,7 @@ type Local struct {
 	log       *slog.Logger
 	now       func() time.Time
 	retention time.Duration
+	settings  BaselineSettings // local_baselines.go
 }
 
 var (
@@ -71,7 +78,7 @@ func NewLocal(cfg Config, o LocalOptions) (*Local, error) {
 		return nil, fmt.Errorf("store: opening %s: %w", file, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketEvents, bucketByKey} {
+		for _, name := range [][]byte{bucketEvents, bucketByKey, bucketBaselineKeys, bucketBaselineRoutes, bucketBaselineMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -88,7 +95,8 @@ func NewLocal(cfg Config, o LocalOptions) (*Local, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Local{db: db, log: o.Logger.With("component", "store"), now: o.Now, retention: cfg.Retention}, nil
+	return &Local{db: db, log: o.Logger.With("component", "store"), now: o.Now, retention: cfg.Retention,
+		settings: o.Baselines.withDefaults()}, nil
 }
 
 // eventKey is an events bucket key: time in Unix ms, then the sequence.
@@ -278,13 +286,10 @@ func decodeEvent(v []byte, ev *ingest.Event) error {
 	return nil
 }
 
-// Run keeps the retention until ctx ends: it deletes expired events at once and then
-// hourly. With a retention of 0 it only waits. It returns nil when ctx ends.
+// Run keeps the retention until ctx ends: at once and then hourly, it deletes expired
+// events (unless the retention is 0) and prunes the baselines (PruneBaselines). It
+// returns nil when ctx ends.
 func (l *Local) Run(ctx context.Context) error {
-	if l.retention <= 0 {
-		<-ctx.Done()
-		return nil
-	}
 	tick := time.NewTicker(time.Hour)
 	defer tick.Stop()
 	for {
@@ -294,6 +299,13 @@ func (l *Local) Run(ctx context.Context) error {
 		}
 		if n > 0 {
 			l.log.Info("deleted expired archive events", "events", n)
+		}
+		keys, routes, err := l.PruneBaselines(ctx)
+		if err != nil && ctx.Err() == nil {
+			l.log.Warn("baseline retention pass failed", "err", err)
+		}
+		if keys+routes > 0 {
+			l.log.Info("dropped baselines not seen within their retention", "keys", keys, "routes", routes)
 		}
 		select {
 		case <-ctx.Done():
@@ -361,7 +373,7 @@ func (l *Local) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
 
 // Close closes the store file.
 func (l *Local) Close(context.Context) error {
-	if err := l.db.Close(); err != nil && !errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if err := l.db.Close(); err != nil && !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil

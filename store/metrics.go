@@ -53,3 +53,43 @@ func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
 	}
 	return m
 }
+
+// Outcomes of baseline updates, the values of the result label.
+const (
+	resultFailed = "failed" // neither written nor spilled: UpdateBaselines returned an error
+)
+
+type baselineMetrics struct {
+	updates      *prometheus.CounterVec
+	spilled      prometheus.Gauge
+	writeErrors  prometheus.Counter
+	loadDuration prometheus.Gauge
+}
+
+// newBaselineMetrics registers the ClickHouse baseline metrics with reg; a nil reg
+// registers nothing.
+func newBaselineMetrics(reg prometheus.Registerer) *baselineMetrics {
+	f := promauto.With(reg)
+	m := &baselineMetrics{
+		updates: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_store_baseline_updates_total",
+			Help: "Baseline updates (UpdateBaselines calls) by outcome: written to ClickHouse, spilled to disk to be written later, failed.",
+		}, []string{"result"}),
+		spilled: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_store_baseline_spilled_updates",
+			Help: "Baseline updates waiting in the spill directory for ClickHouse.",
+		}),
+		writeErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "gatewatch_store_baseline_write_errors_total",
+			Help: "Baseline writes to ClickHouse that failed, first attempts and replays of spilled updates.",
+		}),
+		loadDuration: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_store_baseline_load_seconds",
+			Help: "How long the last LoadBaselines took, spill replay included.",
+		}),
+	}
+	for _, r := range []string{resultWritten, resultSpilled, resultFailed} {
+		m.updates.WithLabelValues(r)
+	}
+	return m
+}

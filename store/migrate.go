@@ -138,8 +138,12 @@ func appliedVersions(ctx context.Context, conn driver.Conn) (map[int]bool, error
 
 // ClickHouse error codes that an idempotent DDL statement may meet when another
 // instance runs the same statement at the same moment: the IF NOT EXISTS check passed
-// in both, and the second to create finds the first one's table.
+// in both, and the second to create finds the first one's table. ALTER TABLE ... ADD
+// COLUMN, which 18.16 cannot qualify with IF NOT EXISTS, meets ILLEGAL_COLUMN ("column
+// with this name already exists") whenever the column is there: the statement's work is
+// done, by this migration's earlier run or by another instance.
 const (
+	codeIllegalColumn         = 44
 	codeTableAlreadyExists    = 57
 	codeDatabaseAlreadyExists = 82
 )
@@ -147,10 +151,22 @@ const (
 func execIdempotent(ctx context.Context, conn driver.Conn, stmt string) error {
 	err := conn.Exec(ctx, stmt)
 	var ex *clickhouse.Exception
-	if errors.As(err, &ex) && (ex.Code == codeTableAlreadyExists || ex.Code == codeDatabaseAlreadyExists) {
-		return nil
+	if errors.As(err, &ex) {
+		switch {
+		case ex.Code == codeTableAlreadyExists || ex.Code == codeDatabaseAlreadyExists:
+			return nil
+		case ex.Code == codeIllegalColumn && strings.Contains(ex.Message, "already exists") && isAddColumn(stmt):
+			return nil
+		}
 	}
 	return err
+}
+
+// isAddColumn reports whether stmt is an ALTER TABLE that only adds columns.
+func isAddColumn(stmt string) bool {
+	s := strings.ToUpper(strings.Join(strings.Fields(stmt), " "))
+	return strings.HasPrefix(s, "ALTER TABLE ") && strings.Contains(s, " ADD COLUMN ") &&
+		!strings.Contains(s, " DROP ") && !strings.Contains(s, " MODIFY ")
 }
 
 // loadMigrations parses NNNN_name.sql files: statements end with ";" at the end of a

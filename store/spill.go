@@ -38,6 +38,7 @@ type spill struct {
 
 type segment struct {
 	name string
+	num  uint64 // the segment's place in the spill's order
 	id   uint64
 	n    int
 	seq  uint64 // the block's seq in this process; 0 for segments an earlier process left
@@ -82,7 +83,7 @@ func openSpill(dir string) (*spill, error) {
 				}
 				continue
 			}
-			s.segs = append(s.segs, segment{name: name, id: id, n: n})
+			s.segs = append(s.segs, segment{name: name, num: num, id: id, n: n})
 			s.next = max(s.next, num+1)
 		}
 	}
@@ -154,7 +155,7 @@ func (s *spill) write(b *block) (err error) {
 		return fmt.Errorf("store: spill: %w", err)
 	}
 	s.next++
-	s.segs = append(s.segs, segment{name: name, id: b.id, n: b.n, seq: b.seq})
+	s.segs = append(s.segs, segment{name: name, num: s.next - 1, id: b.id, n: b.n, seq: b.seq})
 	return nil
 }
 

@@ -1,0 +1,434 @@
+package store
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
+)
+
+// Both stores implement detectors.BaselineStore with the semantics of
+// detectors.MemoryBaselines, which the shared test suite uses as the model: an update
+// replaces the whole baseline of each key and route in it, and TrafficSince only moves
+// earlier. Both also answer BaselinesAsOf, what the baselines were at a past time, for
+// replay and forensics; see reconstructAsOf for what that can and cannot know.
+
+// BaselineSettings are the detector settings the stored baselines are learned with.
+// The stores need them to forget what the detectors forget and to rebuild past
+// baselines; fill them with BaselineSettingsFrom.
+type BaselineSettings struct {
+	// History is new_country's history. A key not seen within it of the newest
+	// event the baselines know is dropped by maintenance, as the detector drops it
+	// from memory; BaselinesAsOf looks this far back for a key's last event from a
+	// country. 0: the detectors default.
+	History time.Duration
+	// LearningPeriod is quiet_endpoint_spike's learning_period; the route rates are
+	// averages with this time constant (at least an hour, as in the detector). A
+	// route idle for three time constants is dropped. 0: the detectors default.
+	LearningPeriod time.Duration
+}
+
+// BaselineSettingsFrom returns the settings of the detectors configured by cfg.
+func BaselineSettingsFrom(cfg detectors.Config) BaselineSettings {
+	return BaselineSettings{History: cfg.NewCountry.History, LearningPeriod: cfg.QuietEndpointSpike.LearningPeriod}
+}
+
+func (s BaselineSettings) withDefaults() BaselineSettings {
+	d := detectors.DefaultConfig()
+	if s.History <= 0 {
+		s.History = d.NewCountry.History
+	}
+	if s.LearningPeriod <= 0 {
+		s.LearningPeriod = d.QuietEndpointSpike.LearningPeriod
+	}
+	return s
+}
+
+// tau is the time constant of the route rates in milliseconds, as the detector sets it.
+func (s BaselineSettings) tau() float64 {
+	return float64(max(s.LearningPeriod, time.Hour).Milliseconds())
+}
+
+// routeTTL is how long a route may go without a new bucket in its rate before it is
+// dropped: its rate has decayed below 5%, and the detector has forgotten it too.
+func (s BaselineSettings) routeTTL() int64 { return 3 * int64(s.tau()) }
+
+// asOfSpan is how far before t BaselinesAsOf counts requests to rebuild a route rate:
+// five time constants, beyond which a request weighs less than 0.7%.
+func (s BaselineSettings) asOfSpan() int64 { return 5 * int64(s.tau()) }
+
+// keyLastSeen returns the last time k's key was seen: its newest country, or when it
+// came first if it has no country.
+func keyLastSeen(k *detectors.KeyBaseline) time.Time {
+	last := k.FirstSeen
+	for _, c := range k.Countries {
+		if c.LastSeen.After(last) {
+			last = c.LastSeen
+		}
+	}
+	return last
+}
+
+// newestSeen returns the newest time an update mentions, as Unix ms; MinInt64 if none.
+func newestSeen(u *detectors.Baselines) int64 {
+	n := int64(math.MinInt64)
+	for i := range u.Keys {
+		n = max(n, keyLastSeen(&u.Keys[i]).UnixMilli())
+	}
+	for _, r := range u.Routes {
+		n = max(n, r.AsOf.UnixMilli())
+	}
+	return n
+}
+
+func emptyUpdate(u *detectors.Baselines) bool {
+	return len(u.Keys) == 0 && len(u.Routes) == 0 && u.TrafficSince.IsZero()
+}
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// A versionClock hands out the versions of baseline updates: wall-clock nanoseconds,
+// strictly increasing, and above every version seen (in ClickHouse, in the spill). A
+// later update thus wins over an earlier one in ReplacingMergeTree however late the
+// earlier one is written, across restarts, and across instances that loaded each
+// other's writes, even when clocks disagree or step back.
+type versionClock struct{ last uint64 }
+
+func (c *versionClock) next(now time.Time) uint64 {
+	v := uint64(max(now.UnixNano(), 0))
+	if v <= c.last {
+		v = c.last + 1
+	}
+	c.last = v
+	return v
+}
+
+func (c *versionClock) observe(v uint64) { c.last = max(c.last, v) }
+
+// An update spilled to disk is a block whose id is its version and whose records are
+// its entries, each a kind byte then:
+//
+//	keyRecord    key, first seen, events, countries: n, then each country, first
+//	             seen, last seen, events
+//	routeRecord  route, rate (float64 bits, big-endian), as of
+//	sinceRecord  traffic since
+//
+// Strings are a uvarint length and bytes, times zig-zag varints of Unix ms, counts
+// uvarints. The key and route bodies (after the name) are also what Local stores.
+const (
+	keyRecord   = 'k'
+	routeRecord = 'r'
+	sinceRecord = 's'
+)
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+func appendKeyBody(dst []byte, k *detectors.KeyBaseline) []byte {
+	dst = binary.AppendVarint(dst, k.FirstSeen.UnixMilli())
+	dst = binary.AppendUvarint(dst, k.Events)
+	dst = binary.AppendUvarint(dst, uint64(len(k.Countries)))
+	for _, c := range k.Countries {
+		dst = appendString(dst, c.Country)
+		dst = binary.AppendVarint(dst, c.FirstSeen.UnixMilli())
+		dst = binary.AppendVarint(dst, c.LastSeen.UnixMilli())
+		dst = binary.AppendUvarint(dst, c.Events)
+	}
+	return dst
+}
+
+func appendRouteBody(dst []byte, r *detectors.RouteBaseline) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(r.RatePerMinute))
+	return binary.AppendVarint(dst, r.AsOf.UnixMilli())
+}
+
+// encodeUpdate returns u as spill records and how many there are.
+func encodeUpdate(u *detectors.Baselines) ([]byte, int) {
+	var b []byte
+	n := 0
+	if !u.TrafficSince.IsZero() {
+		b = binary.AppendVarint(append(b, sinceRecord), u.TrafficSince.UnixMilli())
+		n++
+	}
+	for i := range u.Keys {
+		b = appendKeyBody(appendString(append(b, keyRecord), u.Keys[i].Key), &u.Keys[i])
+		n++
+	}
+	for i := range u.Routes {
+		b = appendRouteBody(appendString(append(b, routeRecord), u.Routes[i].Route), &u.Routes[i])
+		n++
+	}
+	return b, n
+}
+
+// A recordReader takes a record apart, copying what it keeps.
+type recordReader struct {
+	data []byte
+	err  error
+	// countries interns country codes: a few hundred values over millions of rows.
+	countries map[string]string
+}
+
+func (r *recordReader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: baseline %s", errCorrupt, what)
+	}
+}
+
+func (r *recordReader) uvarint(what string) uint64 {
+	v, k := binary.Uvarint(r.data)
+	if k <= 0 {
+		r.fail(what)
+		r.data = nil
+		return 0
+	}
+	r.data = r.data[k:]
+	return v
+}
+
+func (r *recordReader) time(what string) time.Time {
+	v, k := binary.Varint(r.data)
+	if k <= 0 {
+		r.fail(what)
+		r.data = nil
+		return time.Time{}
+	}
+	r.data = r.data[k:]
+	return msTime(v)
+}
+
+func (r *recordReader) bytes(what string) []byte {
+	n := r.uvarint(what)
+	if n > uint64(len(r.data)) {
+		r.fail(what)
+		r.data = nil
+		return nil
+	}
+	b := r.data[:n]
+	r.data = r.data[n:]
+	return b
+}
+
+func (r *recordReader) country(what string) string {
+	b := r.bytes(what)
+	if s, ok := r.countries[string(b)]; ok {
+		return s
+	}
+	if r.countries == nil {
+		r.countries = map[string]string{}
+	}
+	s := string(b)
+	r.countries[s] = s
+	return s
+}
+
+func (r *recordReader) keyBody(k *detectors.KeyBaseline) {
+	k.FirstSeen = r.time("first seen")
+	k.Events = r.uvarint("events")
+	n := r.uvarint("countries")
+	if n > uint64(len(r.data)) { // every country takes bytes: a wild count is corruption
+		r.fail("countries")
+		return
+	}
+	k.Countries = make([]detectors.CountryBaseline, 0, n)
+	for range n {
+		c := detectors.CountryBaseline{Country: r.country("country")}
+		c.FirstSeen = r.time("country first seen")
+		c.LastSeen = r.time("country last seen")
+		c.Events = r.uvarint("country events")
+		if r.err != nil {
+			return
+		}
+		k.Countries = append(k.Countries, c)
+	}
+}
+
+func (r *recordReader) routeBody(rb *detectors.RouteBaseline) {
+	if len(r.data) < 8 {
+		r.fail("rate")
+		r.data = nil
+		return
+	}
+	rb.RatePerMinute = math.Float64frombits(binary.BigEndian.Uint64(r.data))
+	r.data = r.data[8:]
+	rb.AsOf = r.time("as of")
+}
+
+// decodeUpdate reads n spill records back into an update.
+func decodeUpdate(data []byte, n int) (detectors.Baselines, error) {
+	var u detectors.Baselines
+	r := recordReader{data: data}
+	for i := 0; i < n && r.err == nil; i++ {
+		if len(r.data) == 0 {
+			r.fail("record missing")
+			break
+		}
+		kind := r.data[0]
+		r.data = r.data[1:]
+		switch kind {
+		case sinceRecord:
+			u.TrafficSince = r.time("traffic since")
+		case keyRecord:
+			k := detectors.KeyBaseline{Key: string(r.bytes("key"))}
+			r.keyBody(&k)
+			u.Keys = append(u.Keys, k)
+		case routeRecord:
+			rb := detectors.RouteBaseline{Route: string(r.bytes("route"))}
+			r.routeBody(&rb)
+			u.Routes = append(u.Routes, rb)
+		default:
+			r.fail(fmt.Sprintf("record kind %q", kind))
+		}
+	}
+	if r.err == nil && len(r.data) != 0 {
+		r.fail("bytes after the last record")
+	}
+	return u, r.err
+}
+
+// A pairFact is what the archive says about one key's events from one country: the
+// last event before t (at or after lookFrom) and how many come at or after t.
+type pairFact struct {
+	key, country string
+	lastBefore   int64 // Unix ms; noEvent when the archive has none in [lookFrom, t)
+	after        uint64
+}
+
+const noEvent = math.MinInt64
+
+// archiveFacts is what reconstructAsOf needs of the event archive for a time t.
+type archiveFacts struct {
+	// lookFrom is where the archive's testimony about the past starts: t minus
+	// history, or the oldest archived event if that is later, but not after t.
+	lookFrom int64
+	pairs    []pairFact                // sorted by key, then country
+	routes   []detectors.RouteBaseline // rates rebuilt as of t, sorted by route
+}
+
+// lookFrom returns the start of the archive's testimony at t (Unix ms): t minus
+// history, the oldest archived event (oldest; math.MaxInt64 for an empty archive) if
+// that is later, t if both are.
+func lookFrom(t, history, oldest int64) int64 { return min(max(t-history, oldest), t) }
+
+// routeWeight is the weight, in a rate of requests a minute as of t, of one request
+// counted in the minute that ends at end (both Unix ms): the detector's exponential
+// average with time constant tau, each bucket weighted as of its end.
+func routeWeight(t, end int64, tau float64) float64 {
+	return math.Exp(-float64(t-end)/tau) * 60000 / tau
+}
+
+// reconstructAsOf rebuilds the baselines as they were at t from the stored baselines
+// cur (the newest of each entry; ReplacingMergeTree and bbolt keep no older ones) and
+// what the event archive says around t. It is exact where the stored entry did not
+// change at or after t, and an estimate elsewhere:
+//
+//   - TrafficSince: exact (it only moves earlier).
+//   - Keys and countries first seen before t are present; those first seen later are
+//     not. A key that expired (idle beyond history) or was evicted and came back
+//     after t has a first-seen after t and is missing, although it existed at t.
+//   - A country last seen before t is as stored. A country seen again at or after t
+//     gets as last-seen its last archived event before t, looked up within history
+//     before t; with none there, the latest time the archive allows: just before
+//     where the archive's testimony starts (lookFrom), which with an archive covering
+//     the whole history puts it outside history, as it was. Without an archive that
+//     reaches back before t this is just before t: a country active after t is taken
+//     to have been active up to t.
+//   - Counts (key and country events) of entries seen at or after t are the stored
+//     counts less the archived events at or after t, at least 1. Archived events the
+//     baseline had not yet counted when it was last written (seconds' worth, written
+//     after the last sync) are subtracted too, and events a new_country route-prefix
+//     override ignores are counted by the archive but not by the detector.
+//   - Route rates last folded before t are as stored. Others are rebuilt from the
+//     archive's requests per route and minute over the five time constants before t
+//     (whole minutes ending by t; the detector folds finer buckets, which shifts a
+//     weight by under 0.05% for a time constant of a day, and an allowlisted client's
+//     requests, which the detector skips, count), as of t. A route without archived
+//     requests in that span is missing: its rate was below 0.7% of what it is now.
+func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) detectors.Baselines {
+	tm := t.UnixMilli()
+	var out detectors.Baselines
+	if !cur.TrafficSince.IsZero() && cur.TrafficSince.UnixMilli() < tm {
+		out.TrafficSince = cur.TrafficSince
+	}
+	pairs := facts.pairs
+	for i := range cur.Keys {
+		k := &cur.Keys[i]
+		// The facts of k, a run of pairs; skip those of keys before it.
+		for len(pairs) > 0 && pairs[0].key < k.Key {
+			pairs = pairs[1:]
+		}
+		n := 0
+		for n < len(pairs) && pairs[n].key == k.Key {
+			n++
+		}
+		mine := pairs[:n]
+		pairs = pairs[n:]
+		if k.FirstSeen.UnixMilli() >= tm {
+			continue
+		}
+		kb := detectors.KeyBaseline{Key: k.Key, FirstSeen: k.FirstSeen, Events: k.Events}
+		if keyLastSeen(k).UnixMilli() >= tm {
+			var after uint64
+			for _, p := range mine {
+				after += p.after
+			}
+			kb.Events = max(k.Events-min(after, k.Events), 1)
+		}
+		for _, c := range k.Countries {
+			if c.FirstSeen.UnixMilli() >= tm {
+				continue
+			}
+			if c.LastSeen.UnixMilli() >= tm {
+				j, found := slices.BinarySearchFunc(mine, c.Country, func(p pairFact, country string) int {
+					return strings.Compare(p.country, country)
+				})
+				last := max(c.FirstSeen.UnixMilli(), facts.lookFrom-1)
+				var after uint64
+				if found {
+					if mine[j].lastBefore != noEvent {
+						last = max(mine[j].lastBefore, c.FirstSeen.UnixMilli())
+					}
+					after = mine[j].after
+				}
+				c.LastSeen = msTime(min(last, tm-1))
+				c.Events = max(c.Events-min(after, c.Events), 1)
+			}
+			kb.Countries = append(kb.Countries, c)
+		}
+		out.Keys = append(out.Keys, kb)
+	}
+	rebuilt := facts.routes
+	for _, r := range cur.Routes {
+		for len(rebuilt) > 0 && rebuilt[0].Route < r.Route {
+			out.Routes = append(out.Routes, rebuilt[0])
+			rebuilt = rebuilt[1:]
+		}
+		var fresh *detectors.RouteBaseline
+		if len(rebuilt) > 0 && rebuilt[0].Route == r.Route {
+			fresh = &rebuilt[0]
+			rebuilt = rebuilt[1:]
+		}
+		switch {
+		case r.AsOf.UnixMilli() < tm:
+			out.Routes = append(out.Routes, r)
+		case fresh != nil:
+			out.Routes = append(out.Routes, *fresh)
+		}
+	}
+	out.Routes = append(out.Routes, rebuilt...)
+	return out
+}
+
+// sortPairs sorts archive facts by key, then country.
+func sortPairs(p []pairFact) {
+	slices.SortFunc(p, func(a, b pairFact) int {
+		return cmp.Or(strings.Compare(a.key, b.key), strings.Compare(a.country, b.country))
+	})
+}
