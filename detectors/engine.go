@@ -45,8 +45,11 @@ type Engine struct {
 	qs   *quietSpike
 	dm   []detMetrics // per entry of dets
 	dues []*int64     // per entry of dets
-	// hashes holds, per detector, the key hashes of the run of events in hand.
+	// hashes holds, per detector, the key hashes of the run of events in hand, and ck
+	// the hashes of their client keys, which new_country and forbidden_burst share.
 	hashes [][prefetchRun]uint64
+	ck     [prefetchRun]uint64
+	needCK bool
 	out    emitter
 
 	loaded  bool
@@ -60,10 +63,14 @@ const prefetchRun = 32
 // detector is what the engine needs of each detector.
 type detector interface {
 	name() string
-	// prefetch computes the key hash of each event into hs and loads the state the
-	// events will touch, so that the cache misses of a run of events overlap.
-	prefetch(events []ingest.Event, hs []uint64)
-	// observe takes one event at time t (ms), with the hash prefetch gave it; late
+	// prefetchIndex computes the key hash of each event into hs, given ck, the hash of
+	// each event's client key, and loads the index cells its lookup will start at.
+	prefetchIndex(events []ingest.Event, ck, hs []uint64)
+	// prefetchState loads the state the events will touch. The engine calls
+	// prefetchIndex of every detector, then prefetchState of every detector, so that
+	// the cache misses of a run of events, and of the detectors, overlap.
+	prefetchState(events []ingest.Event, hs []uint64)
+	// observe takes one event at time t (ms), with the hash prefetchIndex gave it; late
 	// says it is before the watermark.
 	observe(ev *ingest.Event, h uint64, t int64, late bool)
 	// due points to the watermark at which advance has work to do; the engine reads
@@ -121,6 +128,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		e.dets = append(e.dets, e.qs)
 	}
 	e.hashes = make([][prefetchRun]uint64, len(e.dets))
+	e.needCK = cfg.NewCountry.Enabled || cfg.ForbiddenBurst.Enabled
 	for _, d := range e.dets {
 		e.dues = append(e.dues, d.due())
 		n := d.name()
@@ -189,8 +197,17 @@ func (e *Engine) Observe(events []ingest.Event) []Alert {
 	late := 0
 	for start := 0; start < len(events); start += prefetchRun {
 		run := events[start:min(start+prefetchRun, len(events))]
+		ck := e.ck[:len(run)]
+		if e.needCK {
+			for i := range run {
+				ck[i] = keyHash(run[i].ClientKey)
+			}
+		}
 		for j, d := range e.dets {
-			d.prefetch(run, e.hashes[j][:len(run)])
+			d.prefetchIndex(run, ck, e.hashes[j][:len(run)])
+		}
+		for j, d := range e.dets {
+			d.prefetchState(run, e.hashes[j][:len(run)])
 		}
 		for i := range run {
 			ev := &run[i]

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/gatewatch/gatewatch/ingest"
 )
@@ -140,23 +141,31 @@ func clientOf(ev *ingest.Event) (key string, byIP bool) {
 	return ev.ClientIP, true
 }
 
-// prefetch loads, for a run of events, the index cells, then the entries, then the
-// ring buckets they will touch: each pass has only independent loads, so their cache
-// misses overlap.
-func (d *forbiddenBurst) prefetch(events []ingest.Event, hs []uint64) {
+// prefetchIndex and prefetchState load, for a run of events, the index cells, then the
+// entries and the ring buckets they will touch: each pass has only independent loads,
+// so their cache misses overlap.
+func (d *forbiddenBurst) prefetchIndex(events []ingest.Event, ck, hs []uint64) {
 	var sink uint64
 	for i := range events {
-		key, _ := clientOf(&events[i])
-		hs[i] = keyHash(key)
+		if events[i].ClientKey != "" {
+			hs[i] = ck[i]
+		} else {
+			hs[i] = keyHash(events[i].ClientIP)
+		}
 		sink += d.tab.touchIndex(hs[i])
 	}
+	d.sink = sink
+}
+
+func (d *forbiddenBurst) prefetchState(events []ingest.Event, hs []uint64) {
+	var sink uint64
 	for i := range events {
 		if slot := d.tab.peek(hs[i]); slot >= 0 {
-			k := &d.tab.ents[slot].s
-			sink += d.tab.warm(slot) + uint64(k.r.lo) + uint64(k.prm)
-			if o := int64(slot) * d.cnt.lay.size * d.cnt.k; o < int64(len(d.cnt.data)) {
-				_, bs := d.buck.of(events[i].Time.UnixMilli())
-				sink += uint64(d.cnt.data[o+bs*d.cnt.k])
+			sink += d.tab.warm(slot)
+			// The whole ring: placing a bucket clears those that left the window.
+			stride := d.cnt.lay.size * d.cnt.k
+			if o := int64(slot) * stride; o+stride <= int64(len(d.cnt.data)) {
+				sink += prefetchLines(unsafe.Pointer(&d.cnt.data[o]), uintptr(stride)*2)
 			}
 		}
 	}

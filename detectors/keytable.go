@@ -147,15 +147,17 @@ func (t *keyTable[S]) findHash(key string, h uint64) int32 {
 	}
 }
 
-// warm loads the cache lines of slot's entry that hold its key: entries are not
-// aligned, so the key may straddle two.
+// warm prefetches every cache line of slot's entry: an event reads its key and most of
+// its state, and entries are not aligned to cache lines.
 func (t *keyTable[S]) warm(slot int32) uint64 {
 	e := &t.ents[slot]
-	return uint64(e.kl) + uint64(e.kb[inlineKey-1])
+	return prefetchLines(unsafe.Pointer(e), unsafe.Sizeof(*e))
 }
 
-// touchIndex loads the index cell where the probe for hash h starts.
-func (t *keyTable[S]) touchIndex(h uint64) uint64 { return t.index[(h>>32)&t.mask] }
+// touchIndex prefetches the index cell where the probe for hash h starts.
+func (t *keyTable[S]) touchIndex(h uint64) uint64 {
+	return prefetchLines(unsafe.Pointer(&t.index[(h>>32)&t.mask]), 8)
+}
 
 // peek returns the slot that probably holds the key of hash h, or -1, without
 // comparing keys. Detectors call it for a run of events before handling them, so that

@@ -151,16 +151,20 @@ func (d *newCountry) horizon(int64) int64 {
 	return h
 }
 
-func (d *newCountry) prefetch(events []ingest.Event, hs []uint64) {
+func (d *newCountry) prefetchIndex(events []ingest.Event, ck, hs []uint64) {
 	var sink int64
 	for i := range events {
-		hs[i] = keyHash(events[i].ClientKey)
+		hs[i] = ck[i]
 		sink += int64(d.tab.touchIndex(hs[i]))
 	}
+	d.sink = sink
+}
+
+func (d *newCountry) prefetchState(events []ingest.Event, hs []uint64) {
+	var sink int64
 	for i := range events {
 		if slot := d.tab.peek(hs[i]); slot >= 0 {
-			k := &d.tab.ents[slot].s
-			sink += int64(d.tab.warm(slot)) + int64(k.prm) + int64(k.cc[1].code)
+			sink += int64(d.tab.warm(slot))
 		}
 	}
 	d.sink = sink

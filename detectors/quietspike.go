@@ -163,8 +163,10 @@ func (d *quietSpike) horizon(wm int64) int64 {
 	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
 }
 
-// prefetch does nothing: routes are few, and their state stays in cache.
-func (d *quietSpike) prefetch([]ingest.Event, []uint64) {}
+// prefetchIndex and prefetchState do nothing: routes are few, and their state stays
+// in cache.
+func (d *quietSpike) prefetchIndex([]ingest.Event, []uint64, []uint64) {}
+func (d *quietSpike) prefetchState([]ingest.Event, []uint64)           {}
 
 func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	if ev.Route == "" || d.allowed(ev) {

@@ -144,16 +144,20 @@ func (d *tokenReuse) horizon(wm int64) int64 {
 	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
 }
 
-func (d *tokenReuse) prefetch(events []ingest.Event, hs []uint64) {
+func (d *tokenReuse) prefetchIndex(events []ingest.Event, _, hs []uint64) {
 	var sink uint64
 	for i := range events {
 		hs[i] = keyHash(events[i].TokenFP)
 		sink += d.tab.touchIndex(hs[i])
 	}
+	d.sink = sink
+}
+
+func (d *tokenReuse) prefetchState(events []ingest.Event, hs []uint64) {
+	var sink uint64
 	for i := range events {
 		if slot := d.tab.peek(hs[i]); slot >= 0 {
-			k := &d.tab.ents[slot].s
-			sink += d.tab.warm(slot) + uint64(k.top) + uint64(k.dev0.ipH)
+			sink += d.tab.warm(slot)
 		}
 	}
 	d.sink = sink
