@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -26,34 +25,14 @@ import (
 	"time"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from current output")
 
-// readAlerts reads testdata/alerts.jsonl: the alerts `gatewatch replay --updates` raised
-// for generated traffic with one attack per detector, each incident with its versions.
-func readAlerts(t testing.TB) []detectors.Alert {
-	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", "alerts.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []detectors.Alert
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var a detectors.Alert
-		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
-			t.Fatalf("testdata/alerts.jsonl: %v", err)
-		}
-		out = append(out, a)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
+// readAlerts returns the shared sample of realistic alerts, incidents with their versions.
+func readAlerts(t testing.TB) []detectors.Alert { return alertingtest.Sample(t) }
 
 func newReceiver(t testing.TB, cfg alerting.SyslogConfig) *Receiver {
 	t.Helper()
