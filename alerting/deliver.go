@@ -193,6 +193,7 @@ func (r *Router) recordDelivered(ctx context.Context, w *worker, ds []Delivery, 
 	if err := r.store.Update(ctx, ds); err != nil {
 		return fmt.Errorf("alerting: outbox: record deliveries to %s: %w", w.name, err)
 	}
+	r.hist.deliveries(ds, false)
 	w.m.sent.Add(float64(len(ds)))
 	w.m.depth.Sub(float64(len(ds)))
 	w.bo.Reset()
@@ -252,6 +253,13 @@ func (r *Router) recordFailure(ctx context.Context, w *worker, ds []Delivery, no
 		return fmt.Errorf("alerting: outbox: record failed attempt to %s: %w", w.name, uerr)
 	}
 	if parked > 0 {
+		var done []Delivery
+		for i := range ds {
+			if ds[i].State == Failed {
+				done = append(done, ds[i])
+			}
+		}
+		r.hist.deliveries(done, false)
 		w.m.failed.Add(float64(parked))
 		w.m.depth.Sub(float64(parked))
 		r.broadcast()

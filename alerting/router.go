@@ -34,6 +34,9 @@ type RouterOptions struct {
 	// Now is the clock of silences, reminders, give_up_after and the outbox's
 	// timestamps; nil: time.Now. Backoff and rate limits wait on timers.
 	Now func() time.Time
+	// History records accepted alerts and delivery states for analysts, best-effort
+	// and off the delivery path (see History); nil: none.
+	History History
 }
 
 // ErrClosed is returned by Put after Close.
@@ -71,7 +74,8 @@ type Router struct {
 	routes  routeTable
 	silence silencer
 	workers map[string]*worker
-	rem     *reminders // nil when no route repeats
+	rem     *reminders     // nil when no route repeats
+	hist    *historyWriter // nil without RouterOptions.History
 
 	// putMu orders Put against Close and against Run's start: Put holds it shared,
 	// so Close waits for the Puts in flight, and Run reads the outbox depth while no
@@ -142,6 +146,7 @@ func NewRouter(cfg Config, o RouterOptions) (*Router, error) {
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
+	r.hist = newHistoryWriter(o.History, r.log, o.Registerer)
 	r.routes = routeTable{routes: cfg.Routes, all: slices.Sorted(maps.Keys(o.Receivers)), repeat: cfg.RepeatInterval}
 	settings := map[string]ReceiverConfig{}
 	for _, rc := range cfg.Receivers {
@@ -265,8 +270,10 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 	return nil
 }
 
-// announceStage tells the workers (and the reminders) about what was queued.
+// announceStage tells the workers (and the reminders) about what was queued, and
+// the history (without waiting for it).
 func announceStage(_ context.Context, r *Router, b *putBatch) error {
+	r.hist.deliveries(b.ds, true)
 	for i := range b.ds {
 		w := r.workers[b.ds[i].Receiver]
 		w.m.depth.Inc()
@@ -388,6 +395,9 @@ func (r *Router) Run(ctx context.Context) error {
 		g.Go(func() error { return r.remindLoop(gctx, wctx) })
 	}
 	g.Go(func() error { return r.pruneLoop(gctx, wctx) })
+	if r.hist != nil {
+		g.Go(func() error { r.hist.run(gctx, wctx.Done()); return nil })
+	}
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil

@@ -85,7 +85,8 @@ type ClickHouse struct {
 	spill *spill
 	cols  columns
 
-	bl *baselineState // the baselines: clickhouse_baselines.go
+	bl   *baselineState // the baselines: clickhouse_baselines.go
+	hist *historyState  // the alert history: clickhouse_alerts.go
 }
 
 type runState int
@@ -164,6 +165,10 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 		spill:     sp,
 	}
 	if c.bl, err = newBaselineState(c, o); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	if c.hist, err = newHistoryState(c); err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
@@ -364,6 +369,7 @@ func (c *ClickHouse) Run(ctx context.Context) error {
 		}
 	})
 	watch.Go(func() { c.runBaselineReplay(ctx) })
+	watch.Go(func() { c.runHistory(ctx) })
 
 	w := writer{c: c, bo: &backoff.ExponentialBackOff{
 		InitialInterval:     100 * time.Millisecond,
@@ -725,6 +731,7 @@ func (c *ClickHouse) Close(ctx context.Context) error {
 	if n := c.spill.events(); n > 0 {
 		c.log.Info("archive events wait in the spill directory for the next run", "spilled_events", n)
 	}
+	errs = append(errs, c.closeHistory(ctx))
 	errs = append(errs, c.conn.Close())
 	return errors.Join(errs...)
 }

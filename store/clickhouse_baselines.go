@@ -425,6 +425,8 @@ func (t *tableRows) add(values ...any) {
 			*col = append(*col, v.(int64))
 		case *[]uint16:
 			*col = append(*col, v.(uint16))
+		case *[]uint32:
+			*col = append(*col, v.(uint32))
 		case *[]uint64:
 			*col = append(*col, v.(uint64))
 		case *[]float64:
@@ -501,6 +503,8 @@ func (c *ClickHouse) insertRows(ctx context.Context, t *tableRows) error {
 		case *[]int64:
 			col = *v
 		case *[]uint16:
+			col = *v
+		case *[]uint32:
 			col = *v
 		case *[]uint64:
 			col = *v

@@ -184,7 +184,7 @@ func checkSchema(t *testing.T, conn driver.Conn) {
 		}
 		got = append(got, name)
 	}
-	want := []string{"alerts", "archive_batches", "archive_batches_mv", "baseline_meta", "client_minute", "client_minute_mv",
+	want := []string{"alert_deliveries", "alerts", "archive_batches", "archive_batches_mv", "baseline_meta", "client_minute", "client_minute_mv",
 		"events", "key_countries", "key_stats", "route_baselines", "route_minute", "route_minute_mv", "schema_migrations"}
 	if !slices.Equal(got, want) {
 		t.Errorf("tables %v, want %v", got, want)
@@ -444,10 +444,10 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 	if n != 10_000 {
 		t.Errorf("ReadEvents yields %d events, want 10000", n)
 	}
-	// Only the (empty) directory of spilled baseline updates remains.
+	// Only the (empty) directories of spilled alert history and baseline updates remain.
 	left, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "*"))
-	more, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "baselines", "*"))
-	if len(left) != 1 || filepath.Base(left[0]) != "baselines" || len(more) != 0 {
+	more, _ := filepath.Glob(filepath.Join(cfg.DataDir, "clickhouse-spill", "*", "*"))
+	if len(left) != 2 || filepath.Base(left[0]) != "alerts" || filepath.Base(left[1]) != "baselines" || len(more) != 0 {
 		t.Errorf("spill directory not empty after replay: %v %v", left, more)
 	}
 	if got := testutil.ToFloat64(c2.m.spilled); got != 0 {

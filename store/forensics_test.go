@@ -16,6 +16,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
@@ -242,6 +243,32 @@ func TestForensicQueries(t *testing.T) {
 		}
 	}
 
+	// The alert history: a burst alert in two versions, delivered to slack and parked
+	// for the SIEM; a new_country alert on day 2 still pending.
+	burst := detectors.Alert{ID: "al-burst", Detector: detectors.ForbiddenBurst, Severity: detectors.SeverityHigh, Key: "k-beta",
+		FirstSeen: t0, LastSeen: t0.Add(time.Minute), Summary: "v1"}
+	burst2 := burst
+	burst2.LastSeen, burst2.Summary = t0.Add(2*time.Minute), "v2"
+	country := detectors.Alert{ID: "al-country", Detector: detectors.NewCountry, Severity: detectors.SeverityMedium, Key: "k-alpha",
+		FirstSeen: day2, LastSeen: day2, Summary: "BR"}
+	if err := c.RecordAlerts(ctx, []detectors.Alert{burst2, burst, country}); err != nil {
+		t.Fatal(err)
+	}
+	dl := func(rcv string, a detectors.Alert, st alerting.DeliveryState) alerting.Delivery {
+		return alerting.Delivery{DeliveryKey: alerting.KeyOf(rcv, &a), Alert: a, State: st, Attempts: 1, Done: a.LastSeen}
+	}
+	for _, ds := range [][]alerting.Delivery{
+		{dl("slack", burst, alerting.Delivered), dl("slack", burst2, alerting.Delivered), dl("siem", burst2, alerting.Failed)},
+		{dl("slack", country, alerting.Pending)},
+	} {
+		if err := c.RecordDeliveries(ctx, ds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Alerts(ctx, t0, day2.Add(time.Hour), ""); err != nil { // writes the history
+		t.Fatal(err)
+	}
+
 	window := map[string]string{"from": "2026-03-01 12:00:00", "to": "2026-03-03 00:00:00"}
 	with := func(extra map[string]string) map[string]string {
 		p := maps.Clone(window)
@@ -320,6 +347,18 @@ func TestForensicQueries(t *testing.T) {
 			}
 			if rows := zipColumns(column(got, "minute"), column(got, "phase"), column(got, "requests"), column(got, "forbidden")); !slices.Equal(rows, want) {
 				t.Errorf("minutes around the alert\n got %q\nwant %q", rows, want)
+			}
+		},
+		"alerts_in_window": func(t *testing.T, q string) {
+			got := runForensic(t, conn, native, q, with(map[string]string{"detector": ""}))
+			rows := zipColumns(column(got, "id"), column(got, "summary"), column(got, "receiver"), column(got, "state"))
+			want := []string{"al-burst v2 siem failed", "al-burst v2 slack delivered", "al-country BR slack pending"}
+			if !slices.Equal(rows, want) {
+				t.Errorf("alerts in the window\n got %q\nwant %q", rows, want)
+			}
+			got = runForensic(t, conn, native, q, map[string]string{"from": "2026-03-02 00:00:00", "to": "2026-03-03 00:00:00", "detector": detectors.NewCountry})
+			if ids := column(got, "id"); !slices.Equal(ids, []string{"al-country"}) {
+				t.Errorf("new_country alerts of day 2: %v, want al-country", ids)
 			}
 		},
 		"route_before_after": func(t *testing.T, q string) {

@@ -287,8 +287,8 @@ func decodeEvent(v []byte, ev *ingest.Event) error {
 }
 
 // Run keeps the retention until ctx ends: at once and then hourly, it deletes expired
-// events (unless the retention is 0) and prunes the baselines (PruneBaselines). It
-// returns nil when ctx ends.
+// events and alerts (unless the retention is 0) and prunes the baselines
+// (PruneBaselines). It returns nil when ctx ends.
 func (l *Local) Run(ctx context.Context) error {
 	tick := time.NewTicker(time.Hour)
 	defer tick.Stop()
@@ -299,6 +299,13 @@ func (l *Local) Run(ctx context.Context) error {
 		}
 		if n > 0 {
 			l.log.Info("deleted expired archive events", "events", n)
+		}
+		n, err = l.deleteExpiredAlerts(ctx, l.now())
+		if err != nil && ctx.Err() == nil {
+			l.log.Warn("alert history retention pass failed", "err", err)
+		}
+		if n > 0 {
+			l.log.Info("deleted expired alerts from the history", "alerts", n)
 		}
 		keys, routes, err := l.PruneBaselines(ctx)
 		if err != nil && ctx.Err() == nil {

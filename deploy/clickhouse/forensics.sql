@@ -118,3 +118,32 @@ WHERE method = {method:String} AND route = {route:String}
   AND minute < toStartOfMinute(toDateTime({at:String}, 'UTC')) + {after_minutes:UInt32} * 60
 GROUP BY phase
 ORDER BY phase DESC;
+
+-- name: alerts_in_window
+-- The alerts open at some time in a window (first seen before its end, last seen at
+-- or after its start), each in its latest version, with the newest delivery to each
+-- receiver (the largest alert version, then reminder round) and its state: pending,
+-- delivered, or failed (parked for an operator). detector: a detector name, or '' for
+-- all; from, to: the window. An alert with no delivery recorded shows one row with an
+-- empty receiver.
+SELECT
+    id, detector, severity, key, first_seen, last_seen, summary, runbook_url,
+    receiver, state, attempts, last_error, updated
+FROM
+(
+    SELECT id, detector, severity, key, first_seen, last_seen, summary, runbook_url
+    FROM alerts FINAL
+    WHERE first_seen < toDateTime({to:String}, 'UTC') AND last_seen >= toDateTime({from:String}, 'UTC')
+      AND ({detector:String} = '' OR detector = {detector:String})
+)
+ALL LEFT JOIN
+(
+    SELECT id, receiver,
+        argMax(state, alert_version * 1000000 + least(round, 999999)) AS state,
+        argMax(attempts, alert_version * 1000000 + least(round, 999999)) AS attempts,
+        argMax(last_error, alert_version * 1000000 + least(round, 999999)) AS last_error,
+        argMax(updated, alert_version * 1000000 + least(round, 999999)) AS updated
+    FROM alert_deliveries FINAL
+    GROUP BY id, receiver
+) USING id
+ORDER BY first_seen, id, receiver;
