@@ -59,13 +59,31 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	defer outbox.Close()
+	// The store keeps the alert history next to the event archive; it is best effort
+	// and never holds up delivery.
+	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
+	if err != nil {
+		return err
+	}
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	storeDone := make(chan error, 1)
+	go func() { storeDone <- st.Run(storeCtx) }()
+	defer func() {
+		stopStore()
+		<-storeDone
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		if err := st.Close(closeCtx); err != nil {
+			logger.Warn("closing the store", "component", "store", "err", err)
+		}
+	}()
 	receivers, closer, err := buildReceivers(cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer closer.Close()
 	router, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
-		Outbox: outbox, Receivers: receivers, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
+		Outbox: outbox, Receivers: receivers, History: st, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		return err

@@ -2,12 +2,17 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/store"
 )
 
 // writeNotifyConfig writes a config with a file receiver for high-severity alerts and
@@ -106,6 +111,29 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 		if n != 1 {
 			t.Errorf("alert %s delivered %d times to pager", id, n)
 		}
+	}
+
+	// The alert history landed in the (embedded) store, with each delivery's state.
+	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliveries := 0
+	for _, r := range recs {
+		for _, d := range r.Deliveries {
+			if d.State != alerting.Delivered {
+				t.Errorf("history: %s to %s is %s", r.Alert.ID, d.Receiver, d.State)
+			}
+			deliveries++
+		}
+	}
+	if len(recs) != 4 || deliveries != len(archive)+len(pager) {
+		t.Errorf("history holds %d alerts and %d deliveries, want 4 and %d", len(recs), deliveries, len(archive)+len(pager))
 	}
 }
 

@@ -1,0 +1,63 @@
+package store
+
+import (
+	"context"
+	"iter"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// Store is everything the rest of gatewatch keeps: the detectors' baselines (and what
+// they were at a past time), the event archive, and the history of alerts and their
+// deliveries. *ClickHouse and *Local both implement it, so a pipeline is wired the same
+// whichever the config chooses.
+type Store interface {
+	detectors.BaselineStore // LoadBaselines, UpdateBaselines
+	alerting.History        // RecordAlerts, RecordDeliveries
+
+	// BaselinesAsOf reconstructs the baselines as they were at t, for replay and forensics.
+	BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error)
+	// ArchiveEvents stores events in batches; it returns once they are accepted.
+	ArchiveEvents(ctx context.Context, evs []ingest.Event) error
+	// ReadEvents yields archived events in [from, to) in time order; a non-empty key
+	// keeps only the events whose client_key or token_fp is key.
+	ReadEvents(ctx context.Context, from, to time.Time, key string) iter.Seq2[ingest.Event, error]
+	// Alerts returns the latest version of each alert in [from, to) with its deliveries.
+	Alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error)
+
+	// Run keeps the store: batched writes, replay of what was spilled, retention. It
+	// returns when ctx ends.
+	Run(ctx context.Context) error
+	// Flush writes what is buffered.
+	Flush(ctx context.Context) error
+	// Close flushes what it can and releases the store.
+	Close(ctx context.Context) error
+}
+
+var (
+	_ Store = (*ClickHouse)(nil)
+	_ Store = (*Local)(nil)
+)
+
+// Options are the runtime dependencies of Open.
+type Options struct {
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // nil: metrics are kept but not registered
+	Baselines  BaselineSettings      // the detector settings behind the baselines: BaselineSettingsFrom(cfg)
+}
+
+// Open returns the store cfg asks for: ClickHouse when cfg.ClickHouse is set (it
+// connects lazily, so a server that is down delays writes, not start-up), else the
+// embedded store under cfg.DataDir.
+func Open(cfg Config, o Options) (Store, error) {
+	if cfg.ClickHouse != nil {
+		return NewClickHouse(cfg, ClickHouseOptions{Logger: o.Logger, Metrics: o.Registerer, Baselines: o.Baselines})
+	}
+	return NewLocal(cfg, LocalOptions{Logger: o.Logger, Baselines: o.Baselines})
+}
