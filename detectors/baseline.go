@@ -8,9 +8,11 @@ import (
 	"time"
 )
 
-// A BaselineStore keeps what normal looks like between runs. The engine loads it once
-// before the first event and writes what it learned before it acknowledges the events
-// it learned it from. store.Local and store.ClickHouse implement it; MemoryBaselines is
+// A BaselineStore keeps what normal looks like between runs, and between the instances
+// of one consumer group. The engine loads it before the first event, again each time
+// the watermark advances by baseline_refresh (merging it in: see
+// Engine.RefreshBaselines), and writes what it learned before it acknowledges the
+// events it learned it from. store.Local and store.ClickHouse implement it; MemoryBaselines is
 // the in-memory default.
 type BaselineStore interface {
 	// LoadBaselines returns every stored baseline.

@@ -26,6 +26,13 @@ type Config struct {
 	TokenReuse         TokenReuseConfig         `yaml:"token_reuse"`
 	ForbiddenBurst     ForbiddenBurstConfig     `yaml:"forbidden_burst"`
 	QuietEndpointSpike QuietEndpointSpikeConfig `yaml:"quiet_endpoint_spike"`
+	// BaselineRefresh is how far the watermark (event time, never the wall clock)
+	// advances between reloads of the baseline store while Run runs; 0 disables them.
+	// Each reload adopts the baselines of keys and routes this instance does not track
+	// (a key whose Kafka partition moved here in a rebalance is judged against what the
+	// instance that had it learned) and merges the stored countries into the keys it
+	// does track. See Engine.RefreshBaselines.
+	BaselineRefresh time.Duration `yaml:"baseline_refresh"`
 }
 
 // Common holds the settings every detector takes.
@@ -186,6 +193,7 @@ func DefaultConfig() Config {
 			MinCount:       20,
 			PValue:         1e-6,
 		},
+		BaselineRefresh: 5 * time.Minute,
 	}
 }
 
@@ -212,6 +220,7 @@ const (
 	maxMaxDevices = 16 // exact device sets hold 32; a threshold well inside keeps decisions exact
 	maxStatuses   = 8
 	minWindow     = time.Second
+	minRefresh    = time.Second // below it, a reload of the whole store per batch
 	maxLateness   = time.Hour
 )
 
@@ -223,6 +232,9 @@ func (c *Config) Validate() error {
 	add := func(err error) { errs = append(errs, err) }
 	if c.AllowedLateness < 0 || c.AllowedLateness > maxLateness {
 		add(cfgErr("allowed_lateness", "must be between 0s and %s, got %s", maxLateness, c.AllowedLateness))
+	}
+	if c.BaselineRefresh < 0 || (c.BaselineRefresh > 0 && c.BaselineRefresh < minRefresh) {
+		add(cfgErr("baseline_refresh", "must be 0s (never reload) or at least %s, got %s", minRefresh, c.BaselineRefresh))
 	}
 	windows := []struct {
 		name   string

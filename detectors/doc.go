@@ -81,6 +81,13 @@
 // benchmarks measure about 190-250 bytes per tracked key. Observe allocates nothing
 // per event for keys it already tracks.
 //
+// Baselines load before the first event and, while Run runs, again each time the
+// watermark has advanced by baseline_refresh (5m of event time; 0: never): keys and
+// routes this instance does not track, such as keys whose partition moved here in a
+// rebalance, are adopted from the store, and the countries other instances learned are
+// merged into the keys it tracks. A store holding only this engine's own writes merges
+// to no change, so replays stay byte for byte.
+//
 // detectors imports ingest and no other part of gatewatch. It declares the interfaces
 // it needs around it: EventSource, AlertSink and BaselineStore.
 package detectors

@@ -54,6 +54,13 @@ type Engine struct {
 
 	loaded  bool
 	pending []pendingBatch // Run: batches observed but not yet acknowledged, in order
+
+	// refresh is baseline_refresh in ms (0: off); loadWM the watermark at the last
+	// load of the baselines, valid when loadArmed (the first watermark after a load
+	// that came before any event arms it).
+	refresh   int64
+	loadWM    int64
+	loadArmed bool
 }
 
 // prefetchRun is how many events Observe prefetches state for at once: enough for the
@@ -108,6 +115,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		log:      opts.Logger.With("component", "detectors"),
 		m:        m,
 		lateness: cfg.AllowedLateness.Milliseconds(),
+		refresh:  cfg.BaselineRefresh.Milliseconds(),
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
 		return newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
@@ -142,7 +150,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 }
 
 // LoadBaselines seeds the detectors from the BaselineStore. Call it once, before the
-// first event; Run calls it unless it was called.
+// first event; Run calls it unless it was called. Later loads are RefreshBaselines.
 func (e *Engine) LoadBaselines(ctx context.Context) error {
 	if e.loaded {
 		return nil
@@ -158,6 +166,7 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 		e.qs.load(b)
 	}
 	e.loaded = true
+	e.loadWM, e.loadArmed = e.wm, e.started
 	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes))
 	e.updateGauges()
 	return nil

@@ -578,38 +578,50 @@ func (d *newCountry) flush() {
 // load seeds keys from a snapshot, oldest first so that past max_keys the most recent
 // survive.
 func (d *newCountry) load(keys []KeyBaseline) {
-	type byLast struct {
-		kb   *KeyBaseline
-		last int64
-	}
-	order := make([]byLast, 0, len(keys))
+	order := make([]keyByLast, 0, len(keys))
 	for i := range keys {
-		last := keys[i].FirstSeen.UnixMilli()
-		for _, c := range keys[i].Countries {
-			last = max(last, c.LastSeen.UnixMilli())
-		}
-		order = append(order, byLast{&keys[i], last})
+		order = append(order, keyByLast{&keys[i], keys[i].lastSeen()})
 	}
-	slices.SortStableFunc(order, func(x, y byLast) int { return cmp.Compare(x.last, y.last) })
+	slices.SortStableFunc(order, func(x, y keyByLast) int { return cmp.Compare(x.last, y.last) })
 	for _, o := range order {
-		kb := o.kb
-		if kb.Key == "" || d.tab.find(kb.Key) >= 0 {
+		if o.kb.Key == "" || d.tab.find(o.kb.Key) >= 0 {
 			continue
 		}
-		slot := d.tab.add(kb.Key, o.last)
-		k := &d.tab.ents[slot].s
-		k.first = kb.FirstSeen.UnixMilli()
-		k.settled = kb.Events
-		k.lo = math.MinInt64 / 2
-		if i, ok := d.keyParams[kb.Key]; ok {
-			k.prm = i
-		}
-		for _, c := range kb.Countries {
-			if code := packCountry(c.Country); code != 0 && k.country(code) == nil {
-				nc := k.add(code, c.FirstSeen.UnixMilli())
-				nc.last = c.LastSeen.UnixMilli()
-				nc.events = uint32(min(c.Events, math.MaxUint32))
-			}
+		d.adopt(o.kb, o.last)
+	}
+}
+
+type keyByLast struct {
+	kb   *KeyBaseline
+	last int64
+}
+
+// lastSeen returns the latest time in kb, ms: its first-seen time or a country's
+// last-seen time.
+func (kb *KeyBaseline) lastSeen() int64 {
+	last := kb.FirstSeen.UnixMilli()
+	for _, c := range kb.Countries {
+		last = max(last, c.LastSeen.UnixMilli())
+	}
+	return last
+}
+
+// adopt adds a key the table does not hold with the stored baseline kb, last seen at
+// last (kb.lastSeen()).
+func (d *newCountry) adopt(kb *KeyBaseline, last int64) {
+	slot := d.tab.add(kb.Key, last)
+	k := &d.tab.ents[slot].s
+	k.first = kb.FirstSeen.UnixMilli()
+	k.settled = kb.Events
+	k.lo = math.MinInt64 / 2
+	if i, ok := d.keyParams[kb.Key]; ok {
+		k.prm = i
+	}
+	for _, c := range kb.Countries {
+		if code := packCountry(c.Country); code != 0 && k.country(code) == nil {
+			nc := k.add(code, c.FirstSeen.UnixMilli())
+			nc.last = c.LastSeen.UnixMilli()
+			nc.events = uint32(min(c.Events, math.MaxUint32))
 		}
 	}
 }

@@ -523,18 +523,23 @@ func (d *quietSpike) load(b Baselines) {
 	routes := slices.Clone(b.Routes)
 	// Oldest first, so that past max_keys the most recent survive.
 	slices.SortStableFunc(routes, func(x, y RouteBaseline) int { return x.AsOf.Compare(y.AsOf) })
-	for _, r := range routes {
-		method, route, ok := strings.Cut(r.Route, " ")
-		if !ok || d.tab.find(r.Route) >= 0 {
-			continue
+	for i := range routes {
+		if strings.Contains(routes[i].Route, " ") && d.tab.find(routes[i].Route) < 0 {
+			d.adopt(&routes[i])
 		}
-		at := r.AsOf.UnixMilli()
-		slot := d.tab.add(r.Route, at)
-		k := &d.tab.ents[slot].s
-		k.rate, k.rateAt = r.RatePerMinute, at
-		k.split = uint16(len(method))
-		k.prm = d.paramsIndex(r.Route, route)
 	}
+}
+
+// adopt adds a route the table does not hold, "METHOD /route", with the stored
+// baseline r.
+func (d *quietSpike) adopt(r *RouteBaseline) {
+	method, route, _ := strings.Cut(r.Route, " ")
+	at := r.AsOf.UnixMilli()
+	slot := d.tab.add(r.Route, at)
+	k := &d.tab.ents[slot].s
+	k.rate, k.rateAt = r.RatePerMinute, at
+	k.split = uint16(len(method))
+	k.prm = d.paramsIndex(r.Route, route)
 }
 
 // takeDirty returns the routes whose baseline changed since the last call, and the

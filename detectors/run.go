@@ -33,7 +33,9 @@ type pendingBatch struct {
 // returns nil) or ctx is done or a step fails (Run returns the error; batches not yet
 // acknowledged will be read again after a restart, which rebuilds the open windows;
 // call SyncBaselines to write what was learned meanwhile). Run loads the baselines
-// first unless LoadBaselines was called.
+// first unless LoadBaselines was called, and again, merging them in, each time the
+// watermark has advanced by baseline_refresh (see RefreshBaselines), after the batch
+// that advanced it is acknowledged as far as it can be.
 //
 // Each batch is observed, its alerts put, and then acknowledged, in order, once no open
 // window or pending decision still needs any of its events (all of them are older than
@@ -56,6 +58,7 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 			if err := e.release(ctx, e.horizon()); err != nil {
 				return err
 			}
+			e.refreshIfDue(ctx)
 		}
 		switch {
 		case errors.Is(err, io.EOF):

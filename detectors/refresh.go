@@ -1,0 +1,238 @@
+package detectors
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+)
+
+// RefreshBaselines loads the BaselineStore again and merges it into what the detectors
+// hold; before the first load it is LoadBaselines. Run calls it each time the watermark
+// has advanced by baseline_refresh since the last load; call it yourself when you know
+// keys just moved here (a consumer-group rebalance). Like Observe, it must not run
+// concurrently with the engine's other methods.
+//
+// Keys and routes the engine does not track are adopted with their stored baselines,
+// the most recent first, into free room only: a refresh never evicts a tracked key.
+// Stored keys that are outside new_country's history, and routes that
+// quiet_endpoint_spike would expire at once, are skipped. For a client key the engine
+// tracks, the merge is conservative:
+//
+//   - its countries are the union of its own and the stored ones; a country both hold
+//     gets the earlier first-seen, the later last-seen and the larger event count; a
+//     stored country outside history (by the key's latest country) is left out;
+//   - its first-seen time is the earlier of the two;
+//   - its event count is the larger of the two, not their sum: the store holds whole
+//     baselines (UpdateBaselines upserts whole state, not deltas) written by several
+//     instances, each of which may already include the others' counts and this
+//     instance's own earlier writes, so a sum would count the same events twice or
+//     more. The larger is a lower bound that never double counts.
+//
+// A key whose merge changed it is written back by the next SyncBaselines. A route the
+// engine tracks keeps its own rate: rates are not mergeable the way country sets are.
+// The start of traffic becomes the earlier of the two.
+//
+// The merge is idempotent: merging one snapshot twice changes nothing the second time.
+// When the store holds nothing but what this engine loaded and wrote, it changes
+// nothing at all (every stored value is an earlier state of the engine's own, and keys
+// and routes the engine expired are skipped), so a replay with refreshes raises the same
+// alerts, byte for byte, as one without. The exception is keys the engine evicted at
+// max_keys, or could not load for it: once there is room again a refresh may adopt
+// them, as a restart would.
+func (e *Engine) RefreshBaselines(ctx context.Context) error {
+	if !e.loaded {
+		return e.LoadBaselines(ctx)
+	}
+	b, err := e.store.LoadBaselines(ctx)
+	if err != nil {
+		return fmt.Errorf("detectors: refresh baselines: %w", err)
+	}
+	wm := int64(math.MinInt64)
+	if e.started {
+		wm = e.wm
+	}
+	var keysAdopted, keysMerged, routesAdopted int
+	if e.nc != nil {
+		keysAdopted, keysMerged = e.nc.merge(b.Keys, wm)
+	}
+	if e.qs != nil {
+		routesAdopted = e.qs.merge(b, wm)
+	}
+	e.loadWM, e.loadArmed = e.wm, e.started
+	lvl := slog.LevelDebug
+	if keysAdopted+keysMerged+routesAdopted > 0 {
+		lvl = slog.LevelInfo
+	}
+	e.log.Log(ctx, lvl, "baselines refreshed", "keys", len(b.Keys), "routes", len(b.Routes),
+		"keys_adopted", keysAdopted, "keys_merged", keysMerged, "routes_adopted", routesAdopted)
+	e.updateGauges()
+	return nil
+}
+
+// refreshDue reports whether the watermark has advanced by baseline_refresh since the
+// last load. It reads event time only, and allocates nothing.
+func (e *Engine) refreshDue() bool {
+	if e.refresh <= 0 || !e.started {
+		return false
+	}
+	if !e.loadArmed {
+		// The last load came before the first event: count from the first watermark.
+		e.loadWM, e.loadArmed = e.wm, true
+		return false
+	}
+	return e.wm-e.loadWM >= e.refresh
+}
+
+// refreshIfDue is Run's periodic refresh. A store that fails to load is logged and
+// tried again after another baseline_refresh: detection goes on with the baselines in
+// hand, which is what it had before the attempt.
+func (e *Engine) refreshIfDue(ctx context.Context) {
+	if !e.refreshDue() {
+		return
+	}
+	if err := e.RefreshBaselines(ctx); err != nil {
+		e.loadWM = e.wm
+		e.log.Warn("baseline refresh failed; retrying after baseline_refresh", "err", err)
+	}
+}
+
+// merge folds stored keys into the table (see Engine.RefreshBaselines) at watermark wm
+// (math.MinInt64: no event yet) and returns how many keys it adopted and how many
+// tracked ones it changed.
+func (d *newCountry) merge(keys []KeyBaseline, wm int64) (adopted, merged int) {
+	cutoff := int64(math.MinInt64)
+	if wm != math.MinInt64 {
+		// A key last seen before it is expired, or would be at once.
+		cutoff = wm - d.history
+	}
+	var fresh []keyByLast
+	for i := range keys {
+		kb := &keys[i]
+		if kb.Key == "" {
+			continue
+		}
+		if slot := d.tab.find(kb.Key); slot >= 0 {
+			if d.mergeKey(slot, kb) {
+				merged++
+			}
+			continue
+		}
+		if last := kb.lastSeen(); last >= cutoff {
+			fresh = append(fresh, keyByLast{kb, last})
+		}
+	}
+	// The most recent first, while there is room.
+	slices.SortFunc(fresh, func(x, y keyByLast) int {
+		return cmp.Or(cmp.Compare(y.last, x.last), strings.Compare(x.kb.Key, y.kb.Key))
+	})
+	for _, o := range fresh {
+		if d.tab.live >= d.tab.max {
+			break
+		}
+		d.adopt(o.kb, o.last)
+		adopted++
+	}
+	return adopted, merged
+}
+
+// mergeKey merges the stored baseline kb into the tracked key at slot and reports
+// whether that changed it. Zero stored times are unknown and merge nothing.
+func (d *newCountry) mergeKey(slot int32, kb *KeyBaseline) bool {
+	k := &d.tab.ents[slot].s
+	changed := false
+	if !kb.FirstSeen.IsZero() {
+		if f := kb.FirstSeen.UnixMilli(); f < k.first {
+			k.first, changed = f, true
+		}
+	}
+	if total := k.total(); kb.Events > total {
+		// The other instance's events are older than any pending candidate's slot.
+		k.settled += kb.Events - total
+		changed = true
+	}
+	for _, c := range kb.Countries {
+		code := packCountry(c.Country)
+		if code == 0 || c.LastSeen.IsZero() {
+			continue
+		}
+		last := c.LastSeen.UnixMilli()
+		first := last
+		if !c.FirstSeen.IsZero() {
+			first = min(c.FirstSeen.UnixMilli(), last)
+		}
+		events := uint32(min(c.Events, math.MaxUint32))
+		if have := k.country(code); have != nil {
+			if first < have.first {
+				have.first, changed = first, true
+			}
+			if last > have.last {
+				have.last, changed = last, true
+			}
+			if events > have.events {
+				have.events, changed = events, true
+			}
+			continue
+		}
+		// Outside history by the key's latest country: the engine forgot it, or would
+		// have, so adding it back would undo that.
+		if last < k.latest()-d.history {
+			continue
+		}
+		d.forget(k, last-d.history)
+		nc := k.add(code, first)
+		nc.last, nc.events = last, events
+		changed = true
+	}
+	if changed {
+		d.markDirty(slot)
+	}
+	return changed
+}
+
+// latest returns the latest last-seen time of the key's countries, math.MinInt64/2
+// when it has none.
+func (k *ncKey) latest() int64 {
+	l := int64(math.MinInt64 / 2)
+	for i := 0; i < int(k.nCC); i++ {
+		l = max(l, k.at(i).last)
+	}
+	return l
+}
+
+// merge folds a stored snapshot into the routes (see Engine.RefreshBaselines) at
+// watermark wm (math.MinInt64: no event yet) and returns how many routes it adopted.
+func (d *quietSpike) merge(b Baselines, wm int64) (adopted int) {
+	if !b.TrafficSince.IsZero() {
+		d.since = min(d.since, b.TrafficSince.UnixMilli())
+	}
+	cutoff := int64(math.MinInt64)
+	if wm != math.MinInt64 {
+		// What advance(wm) expires, plus a bucket: a route's rate is as of the end of
+		// the bucket it last folded, up to a bucket after its last event, by which the
+		// table expires it.
+		keep := d.lay.closedThrough(wm) + 2 - d.lay.n
+		cutoff = keep*d.lay.width - 3*int64(d.tau) + d.lay.width
+	}
+	var fresh []*RouteBaseline
+	for i := range b.Routes {
+		r := &b.Routes[i]
+		if strings.Contains(r.Route, " ") && r.AsOf.UnixMilli() >= cutoff && d.tab.find(r.Route) < 0 {
+			fresh = append(fresh, r)
+		}
+	}
+	slices.SortFunc(fresh, func(x, y *RouteBaseline) int {
+		return cmp.Or(y.AsOf.Compare(x.AsOf), strings.Compare(x.Route, y.Route))
+	})
+	for _, r := range fresh {
+		if d.tab.live >= d.tab.max {
+			break
+		}
+		d.adopt(r)
+		adopted++
+	}
+	return adopted
+}

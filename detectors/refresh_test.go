@@ -1,0 +1,337 @@
+package detectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// countingStore counts the loads of the store it wraps.
+type countingStore struct {
+	BaselineStore
+	loads atomic.Int64
+}
+
+func (c *countingStore) LoadBaselines(ctx context.Context) (Baselines, error) {
+	c.loads.Add(1)
+	return c.BaselineStore.LoadBaselines(ctx)
+}
+
+// hookSource is a sliceSource that runs before[i], when set, before it hands out batch i.
+type hookSource struct {
+	sliceSource
+	before map[int]func()
+	n      int
+}
+
+func (h *hookSource) Next(ctx context.Context) (*ingest.Batch, error) {
+	if f := h.before[h.n]; f != nil {
+		f()
+	}
+	h.n++
+	return h.sliceSource.Next(ctx)
+}
+
+func batchesOf(parts ...[]ingest.Event) []*ingest.Batch {
+	var out []*ingest.Batch
+	for _, p := range parts {
+		out = append(out, ingest.NewBatch(p, nil))
+	}
+	return out
+}
+
+// engineState describes every baseline the engine holds, sorted, to compare states.
+func engineState(e *Engine) string {
+	var lines []string
+	if d := e.nc; d != nil {
+		for slot := range d.tab.ents {
+			if d.tab.ents[slot].live {
+				k := &d.tab.ents[slot].s
+				lines = append(lines, fmt.Sprintf("key %+v settled=%d", d.baseline(int32(slot)), k.settled))
+			}
+		}
+	}
+	if d := e.qs; d != nil {
+		lines = append(lines, fmt.Sprintf("since %d", d.since))
+		for slot := range d.tab.ents {
+			if d.tab.ents[slot].live {
+				lines = append(lines, fmt.Sprintf("route %+v", d.baseline(int32(slot))))
+			}
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// TestRefreshAdoptsOtherInstancesBaselines: after a rebalance, another instance of the
+// consumer group wrote what it learned about two keys. Once the watermark has moved
+// baseline_refresh past the last load, this engine reloads the store: k-stale, which
+// it tracked with an old baseline, learns the country the other instance saw, and
+// k-moved, which it never saw, is adopted, established, with that instance's countries.
+func TestRefreshAdoptsOtherInstancesBaselines(t *testing.T) {
+	month := 30 * 24 * time.Hour
+	other := Baselines{Keys: []KeyBaseline{
+		{Key: "k-moved", FirstSeen: t0.Add(-month), Events: 200, Countries: []CountryBaseline{
+			{Country: "DE", FirstSeen: t0.Add(-month), LastSeen: t0.Add(-time.Hour), Events: 150},
+			{Country: "FR", FirstSeen: t0.Add(-20 * 24 * time.Hour), LastSeen: t0.Add(2 * time.Minute), Events: 50},
+		}},
+		{Key: "k-stale", FirstSeen: t0.Add(-month), Events: 150, Countries: []CountryBaseline{
+			{Country: "DE", FirstSeen: t0.Add(-month), LastSeen: t0.Add(-time.Hour), Events: 100},
+			{Country: "FR", FirstSeen: t0.Add(-20 * 24 * time.Hour), LastSeen: t0.Add(2 * time.Minute), Events: 50},
+		}},
+	}}
+	runWith := func(t *testing.T, refresh time.Duration) ([]Alert, *MemoryBaselines, int64) {
+		cfg := only(NewCountry)
+		cfg.BaselineRefresh = refresh
+		mem := NewMemoryBaselines(*known("k-stale", month, 100, "DE"))
+		store := &countingStore{BaselineStore: mem}
+		e, err := NewEngine(cfg, Options{Baselines: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := &hookSource{
+			sliceSource: sliceSource{batches: batchesOf(
+				[]ingest.Event{from("f", "DE", t0), from("f", "DE", at(time.Minute))},
+				[]ingest.Event{from("f", "DE", at(7*time.Minute))},
+				[]ingest.Event{
+					from("k-stale", "FR", at(8*time.Minute)),
+					from("k-moved", "FR", at(8*time.Minute)),
+					from("k-moved", "JP", at(8*time.Minute+time.Second)),
+					from("f", "DE", at(10*time.Minute)),
+				},
+			)},
+			// The other instance writes after this engine's first load.
+			before: map[int]func(){1: func() {
+				if err := mem.UpdateBaselines(t.Context(), other); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		}
+		sink := &recordingSink{}
+		if err := e.Run(t.Context(), src, sink); err != nil {
+			t.Fatal(err)
+		}
+		return sink.alerts, mem, store.loads.Load()
+	}
+	keyCountries := func(alerts []Alert) []string {
+		var out []string
+		for _, a := range alerts {
+			out = append(out, a.Key+" "+a.Evidence.NewCountry)
+		}
+		return slices.Compact(out)
+	}
+
+	t.Run("refresh", func(t *testing.T) {
+		alerts, mem, loads := runWith(t, 5*time.Minute)
+		// FR is known for both keys; JP is new for k-moved, which the other instance
+		// established.
+		if got, want := keyCountries(alerts), []string{"k-moved JP"}; !slices.Equal(got, want) {
+			t.Errorf("alerts %v, want %v:\n%s", got, want, describe(alerts))
+		}
+		if loads != 2 {
+			t.Errorf("%d loads, want 2: at start and once the watermark passed 5m", loads)
+		}
+		b, _ := mem.LoadBaselines(t.Context())
+		for _, kb := range b.Keys {
+			if kb.Key == "k-stale" && (len(kb.Countries) != 2 || kb.Events < 151) {
+				t.Errorf("k-stale written back as %+v, want DE and FR and at least 151 events", kb)
+			}
+		}
+	})
+	t.Run("no refresh", func(t *testing.T) {
+		alerts, _, loads := runWith(t, 0)
+		// k-stale is judged against its stale baseline; k-moved is a stranger, not yet
+		// established, so it raises nothing.
+		if got, want := keyCountries(alerts), []string{"k-stale FR"}; !slices.Equal(got, want) {
+			t.Errorf("alerts %v, want %v:\n%s", got, want, describe(alerts))
+		}
+		if loads != 1 {
+			t.Errorf("%d loads with baseline_refresh 0, want 1", loads)
+		}
+	})
+}
+
+func TestRefreshMergeIsIdempotent(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NewCountry.LearningPeriod = 0
+	cfg.NewCountry.MinEvents = 0
+	mem := NewMemoryBaselines(Baselines{})
+	e, err := NewEngine(cfg, Options{Baselines: mem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.Observe(repeat(30, t0, time.Minute, func(i int, ts time.Time) ingest.Event {
+		return from("k", "DE", ts, route("GET", "/v1/a"))
+	}))
+	// Another instance's snapshot: more about k, a key and a route this engine lacks,
+	// and an earlier start of traffic.
+	if err := mem.UpdateBaselines(t.Context(), Baselines{
+		TrafficSince: t0.Add(-48 * time.Hour),
+		Keys: []KeyBaseline{
+			{Key: "k", FirstSeen: t0.Add(-10 * 24 * time.Hour), Events: 500, Countries: []CountryBaseline{
+				{Country: "DE", FirstSeen: t0.Add(-10 * 24 * time.Hour), LastSeen: t0.Add(-time.Hour), Events: 400},
+				{Country: "FR", FirstSeen: t0.Add(-9 * 24 * time.Hour), LastSeen: t0.Add(10 * time.Minute), Events: 100},
+				{Country: "US", FirstSeen: t0.Add(-90 * 24 * time.Hour), LastSeen: t0.Add(-80 * 24 * time.Hour), Events: 7}, // outside history
+			}},
+			{Key: "x", FirstSeen: t0.Add(-24 * time.Hour), Events: 3, Countries: []CountryBaseline{
+				{Country: "SE", FirstSeen: t0.Add(-24 * time.Hour), LastSeen: t0, Events: 3},
+			}},
+		},
+		Routes: []RouteBaseline{{Route: "GET /v1/b", RatePerMinute: 4, AsOf: t0}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := engineState(e)
+	if err := e.RefreshBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	once := engineState(e)
+	for _, want := range []string{"Key:k FirstSeen:2026-02-20", "Events:500", "Country:FR", "Key:x ", "Route:GET /v1/b", "since " + fmt.Sprint(t0.Add(-48*time.Hour).UnixMilli())} {
+		if !strings.Contains(once, want) {
+			t.Errorf("after one refresh, state lacks %q:\n%s", want, once)
+		}
+	}
+	if strings.Contains(once, "Country:US") {
+		t.Errorf("a country outside history was merged:\n%s", once)
+	}
+	if once == before {
+		t.Fatal("the refresh changed nothing")
+	}
+	if err := e.SyncBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	updates := mem.Updates()
+	if err := e.RefreshBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if twice := engineState(e); twice != once {
+		t.Errorf("merging the same snapshot again changed the state:\n%s\nthen\n%s", once, twice)
+	}
+	if err := e.SyncBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if mem.Updates() != updates {
+		t.Errorf("the second refresh left keys to write")
+	}
+}
+
+// TestRefreshOfOwnWritesChangesNothing runs the scenario through Run with a store that
+// holds only the snapshot and what this engine writes: refreshing every minute of event
+// time raises the same alerts, byte for byte, and ends in the same state as never
+// refreshing, which loads once.
+func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
+	s := genScenario(5, 2, true)
+	runWith := func(refresh time.Duration) (string, string, int64, int) {
+		cfg := DefaultConfig()
+		cfg.BaselineRefresh = refresh
+		mem := NewMemoryBaselines(s.snap)
+		store := &countingStore{BaselineStore: mem}
+		e, err := NewEngine(cfg, Options{Baselines: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bs []*ingest.Batch
+		for i := 0; i < len(s.events); i += 200 {
+			bs = append(bs, ingest.NewBatch(s.events[i:min(i+200, len(s.events))], nil))
+		}
+		sink := &recordingSink{}
+		if err := e.Run(t.Context(), &sliceSource{batches: bs}, sink); err != nil {
+			t.Fatal(err)
+		}
+		return alertsJSON(t, sink.alerts), engineState(e), store.loads.Load(), mem.Updates()
+	}
+	offAlerts, offState, offLoads, offUpdates := runWith(0)
+	onAlerts, onState, onLoads, onUpdates := runWith(time.Minute)
+	if offAlerts == "" {
+		t.Fatal("no alerts")
+	}
+	if onAlerts != offAlerts {
+		t.Errorf("refreshing changed the alerts:\n%s\nwant\n%s", onAlerts, offAlerts)
+	}
+	if onState != offState {
+		t.Errorf("refreshing changed the final state")
+	}
+	if onUpdates != offUpdates {
+		t.Errorf("%d baseline writes with refreshes, %d without: a refresh dirtied keys", onUpdates, offUpdates)
+	}
+	if offLoads != 1 {
+		t.Errorf("baseline_refresh 0: %d loads, want 1", offLoads)
+	}
+	if onLoads < 30 {
+		t.Errorf("baseline_refresh 1m over two hours: %d loads, want over 30", onLoads)
+	}
+}
+
+func TestRefreshFailureKeepsRunning(t *testing.T) {
+	boom := errors.New("boom")
+	fs := &flakyStore{MemoryBaselines: NewMemoryBaselines(Baselines{})}
+	cfg := only(ForbiddenBurst)
+	e, err := NewEngine(cfg, Options{Baselines: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	fs.err = boom
+	if err := e.RefreshBaselines(t.Context()); !errors.Is(err, boom) {
+		t.Errorf("RefreshBaselines = %v, want it to wrap %v", err, boom)
+	}
+	sink := &recordingSink{}
+	src := &sliceSource{batches: batchesOf(forbidden("a", 30, t0, time.Second), forbidden("a", 30, at(10*time.Minute), time.Second))}
+	if err := e.Run(t.Context(), src, sink); err != nil {
+		t.Errorf("Run = %v: a failed refresh must not stop it", err)
+	}
+	if len(sink.alerts) == 0 {
+		t.Error("no alerts")
+	}
+}
+
+type flakyStore struct {
+	*MemoryBaselines
+	err error
+}
+
+func (f *flakyStore) LoadBaselines(ctx context.Context) (Baselines, error) {
+	if f.err != nil {
+		return Baselines{}, f.err
+	}
+	return f.MemoryBaselines.LoadBaselines(ctx)
+}
+
+func TestConfigBaselineRefresh(t *testing.T) {
+	if d := DefaultConfig().BaselineRefresh; d != 5*time.Minute {
+		t.Errorf("default baseline_refresh = %s, want 5m", d)
+	}
+	for _, tc := range []struct {
+		value string
+		ok    bool
+	}{{"0s", true}, {"1s", true}, {"1h", true}, {"-1m", false}, {"-1ns", false}, {"500ms", false}} {
+		c := DefaultConfig()
+		if err := c.Set("detectors.baseline_refresh", tc.value); err != nil {
+			t.Fatalf("Set(baseline_refresh, %s) = %v", tc.value, err)
+		}
+		err := c.Validate()
+		var ce *ConfigError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("baseline_refresh %s: Validate = %v", tc.value, err)
+		case !tc.ok && (!errors.As(err, &ce) || ce.Key() != "baseline_refresh"):
+			t.Errorf("baseline_refresh %s: Validate = %v, want a ConfigError for baseline_refresh", tc.value, err)
+		}
+	}
+	c, err := decodeConfig(t, "baseline_refresh: 2m\n")
+	if err != nil || c.BaselineRefresh != 2*time.Minute {
+		t.Errorf("decode baseline_refresh: 2m = %s, %v", c.BaselineRefresh, err)
+	}
+}
