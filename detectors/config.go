@@ -517,3 +517,22 @@ var lineRE = regexp.MustCompile(`line \d+: `)
 func stripLine(err error) string {
 	return lineRE.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), "")
 }
+
+// inNets reports whether the address ip (as logged) lies in one of nets; an empty list
+// costs nothing, so the hot path pays only when an allowlist names networks.
+func inNets(nets []netip.Prefix, ip string) bool {
+	if len(nets) == 0 {
+		return false
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, n := range nets {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}

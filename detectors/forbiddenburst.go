@@ -242,16 +242,7 @@ func (d *forbiddenBurst) skip(ev *ingest.Event) bool {
 			return true
 		}
 	}
-	if len(d.allowNet) > 0 {
-		if ip, err := netip.ParseAddr(ev.ClientIP); err == nil {
-			for _, n := range d.allowNet {
-				if n.Contains(ip.Unmap()) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return inNets(d.allowNet, ev.ClientIP)
 }
 
 // closed is the last bucket the latest advance closed.

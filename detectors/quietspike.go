@@ -264,16 +264,7 @@ func (d *quietSpike) allowed(ev *ingest.Event) bool {
 	if len(d.allowKey) > 0 && d.allowKey[ev.ClientKey] {
 		return true
 	}
-	if len(d.allowNet) > 0 {
-		if ip, err := netip.ParseAddr(ev.ClientIP); err == nil {
-			for _, n := range d.allowNet {
-				if n.Contains(ip.Unmap()) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return inNets(d.allowNet, ev.ClientIP)
 }
 
 // fold moves the buckets of slot before keep from the ring into the baseline rate, in
