@@ -536,3 +536,16 @@ func inNets(nets []netip.Prefix, ip string) bool {
 	}
 	return false
 }
+
+// apply sets enabled and severity to what the override says, where it says anything.
+func (o *Override) apply(enabled *bool, severity *Severity) {
+	setIf(enabled, o.Enabled)
+	setIf(severity, o.Severity)
+}
+
+// setIf sets *dst to *v when an override sets v.
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
+}

@@ -97,18 +97,11 @@ func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *inci
 			continue // the first override of a key wins
 		}
 		p := base
-		if o.Enabled != nil {
-			p.enabled = *o.Enabled
-		}
-		if o.Severity != nil {
-			p.severity = *o.Severity
-		}
+		o.apply(&p.enabled, &p.severity)
 		if o.Threshold != nil {
 			p.threshold = uint32(*o.Threshold)
 		}
-		if o.MinRatio != nil {
-			p.minRatio = *o.MinRatio
-		}
+		setIf(&p.minRatio, o.MinRatio)
 		d.keyParams[o.Key] = uint16(len(d.params))
 		d.params = append(d.params, p)
 	}
@@ -130,7 +123,7 @@ func (d *forbiddenBurst) stats() (int, uint64, uint64) {
 }
 
 func (d *forbiddenBurst) horizon(wm int64) int64 {
-	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
+	return d.lay.oldestOpenMs(wm)
 }
 
 // clientOf returns the key of an event's client: its client key, else its IP.
@@ -249,13 +242,13 @@ func (d *forbiddenBurst) skip(ev *ingest.Event) bool {
 func (d *forbiddenBurst) closed() int64 { return d.lay.closedThrough(d.wm) }
 
 // keep is the oldest bucket a window that is not yet closed can contain.
-func (d *forbiddenBurst) keep() int64 { return d.closed() + 2 - d.lay.n }
+func (d *forbiddenBurst) keep() int64 { return d.lay.oldestOpen(d.wm) }
 
 func (d *forbiddenBurst) advance(wm int64) {
 	d.wm = wm
 	closed := d.lay.closedThrough(wm)
 	d.evalHot(closed)
-	d.tab.expire((closed + 2 - d.lay.n) * d.lay.width)
+	d.tab.expire(d.lay.oldestOpenMs(wm))
 	d.inc.endQuiet(wm)
 	d.next = (closed + 2) * d.lay.width
 }
@@ -271,7 +264,7 @@ func (d *forbiddenBurst) evalHot(closed int64) {
 		k := &d.tab.ents[r.slot].s
 		d.eval(r.slot, &h.evalTo, closed)
 		data := d.cnt.keyData(r.slot)
-		d.cnt.trim(data, &k.r, k.sums[:], closed+2-d.lay.n)
+		d.cnt.trim(data, &k.r, k.sums[:], d.keep())
 		if k.sums[0] == 0 && k.col != nil {
 			d.cols.put(k.col)
 			k.col = nil

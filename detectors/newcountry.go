@@ -111,12 +111,7 @@ func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *
 			continue
 		}
 		p := base
-		if o.Enabled != nil {
-			p.enabled = *o.Enabled
-		}
-		if o.Severity != nil {
-			p.severity = *o.Severity
-		}
+		o.apply(&p.enabled, &p.severity)
 		if o.LearningPeriod != nil {
 			p.learning = o.LearningPeriod.Milliseconds()
 		}

@@ -120,21 +120,12 @@ func (d *quietSpike) paramsFor(o *QuietEndpointSpikeOverride) qsParams {
 	c := d.cfg
 	p := qsParams{enabled: true, quietRate: c.QuietRate, minCount: uint32(c.MinCount), pValue: c.PValue, severity: c.Severity}
 	if o != nil {
-		if o.Enabled != nil {
-			p.enabled = *o.Enabled
-		}
-		if o.Severity != nil {
-			p.severity = *o.Severity
-		}
-		if o.QuietRate != nil {
-			p.quietRate = *o.QuietRate
-		}
+		o.apply(&p.enabled, &p.severity)
+		setIf(&p.quietRate, o.QuietRate)
 		if o.MinCount != nil {
 			p.minCount = uint32(*o.MinCount)
 		}
-		if o.PValue != nil {
-			p.pValue = *o.PValue
-		}
+		setIf(&p.pValue, o.PValue)
 	}
 	return p
 }
@@ -157,10 +148,10 @@ func (d *quietSpike) stats() (int, uint64, uint64) {
 }
 
 func (d *quietSpike) closed() int64 { return d.lay.closedThrough(d.wm) }
-func (d *quietSpike) keep() int64   { return d.closed() + 2 - d.lay.n }
+func (d *quietSpike) keep() int64   { return d.lay.oldestOpen(d.wm) }
 
 func (d *quietSpike) horizon(wm int64) int64 {
-	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
+	return d.lay.oldestOpenMs(wm)
 }
 
 // prefetchIndex and prefetchState do nothing: routes are few, and their state stays
@@ -313,7 +304,7 @@ func (d *quietSpike) markDirty(slot int32) {
 func (d *quietSpike) advance(wm int64) {
 	d.wm = wm
 	closed := d.lay.closedThrough(wm)
-	keep := closed + 2 - d.lay.n
+	keep := d.lay.oldestOpen(wm)
 	live := d.hot[:0]
 	for _, h := range d.hot {
 		r := h.ref

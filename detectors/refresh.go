@@ -214,7 +214,7 @@ func (d *quietSpike) merge(b Baselines, wm int64) (adopted int) {
 		// What advance(wm) expires, plus a bucket: a route's rate is as of the end of
 		// the bucket it last folded, up to a bucket after its last event, by which the
 		// table expires it.
-		keep := d.lay.closedThrough(wm) + 2 - d.lay.n
+		keep := d.lay.oldestOpen(wm)
 		cutoff = keep*d.lay.width - 3*int64(d.tau) + d.lay.width
 	}
 	var fresh []*RouteBaseline

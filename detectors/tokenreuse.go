@@ -103,15 +103,8 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 			continue
 		}
 		p := base
-		if o.Enabled != nil {
-			p.enabled = *o.Enabled
-		}
-		if o.Severity != nil {
-			p.severity = *o.Severity
-		}
-		if o.MaxDevices != nil {
-			p.maxDevices = *o.MaxDevices
-		}
+		o.apply(&p.enabled, &p.severity)
+		setIf(&p.maxDevices, o.MaxDevices)
 		d.keyParams[o.Key] = uint16(len(d.params))
 		d.params = append(d.params, p)
 	}
@@ -138,10 +131,10 @@ func (d *tokenReuse) stats() (int, uint64, uint64) {
 }
 
 func (d *tokenReuse) closed() int64 { return d.lay.closedThrough(d.wm) }
-func (d *tokenReuse) keep() int64   { return d.closed() + 2 - d.lay.n }
+func (d *tokenReuse) keep() int64   { return d.lay.oldestOpen(d.wm) }
 
 func (d *tokenReuse) horizon(wm int64) int64 {
-	return (d.lay.closedThrough(wm) + 2 - d.lay.n) * d.lay.width
+	return d.lay.oldestOpenMs(wm)
 }
 
 func (d *tokenReuse) prefetchIndex(events []ingest.Event, _, hs []uint64) {
@@ -358,7 +351,7 @@ func (d *tokenReuse) windowMask(top, end int64) uint64 {
 func (d *tokenReuse) advance(wm int64) {
 	d.wm = wm
 	closed := d.lay.closedThrough(wm)
-	keep := closed + 2 - d.lay.n
+	keep := d.lay.oldestOpen(wm)
 	live := d.hot[:0]
 	for _, h := range d.hot {
 		r := h.ref

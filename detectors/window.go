@@ -39,6 +39,13 @@ func (r ringLayout) window() time.Duration { return time.Duration(r.n*r.width) *
 // event before wm has arrived or is late.
 func (r ringLayout) closedThrough(wm int64) int64 { return floorDiv(wm, r.width) - 1 }
 
+// oldestOpen returns the oldest bucket a window still open at watermark wm can hold:
+// state before it can no longer matter and may be dropped.
+func (r ringLayout) oldestOpen(wm int64) int64 { return r.closedThrough(wm) + 2 - r.n }
+
+// oldestOpenMs is oldestOpen as an event time: the start of that bucket, in ms.
+func (r ringLayout) oldestOpenMs(wm int64) int64 { return r.oldestOpen(wm) * r.width }
+
 // ring is the part of a key's state that places its buckets: buckets lo..top are live
 // (data for others is zero), and bucket b lives in slot b mod size.
 type ring struct {
