@@ -138,41 +138,38 @@ func (c *Config) Validate() error {
 		errs = append(errs, cfgErr("retention", "must be 0 (keep) or positive, got %s", c.Retention))
 	}
 	if c.ClickHouse != nil {
-		for _, err := range flatten(c.ClickHouse.Validate()) {
-			var ce *ConfigError
-			if errors.As(err, &ce) {
-				err = &ConfigError{Path: "clickhouse." + ce.Path, Msg: ce.Msg}
-			}
-			errs = append(errs, err)
-		}
+		errs = append(errs, c.ClickHouse.validate("clickhouse.")...)
 	}
 	return errors.Join(errs...)
 }
 
 // Validate reports every invalid ClickHouse setting at once, each as a *ConfigError
 // whose key is relative to the clickhouse block.
-func (c *ClickHouseConfig) Validate() error {
+func (c *ClickHouseConfig) Validate() error { return errors.Join(c.validate("")...) }
+
+// validate reports the invalid settings with their keys prefixed by p.
+func (c *ClickHouseConfig) validate(p string) []error {
 	var errs []error
 	if len(c.Addr) == 0 {
-		errs = append(errs, cfgErr("addr", "must list at least one host:port"))
+		errs = append(errs, cfgErr(p+"addr", "must list at least one host:port"))
 	}
 	for i, a := range c.Addr {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
-			errs = append(errs, cfgErr(fmt.Sprintf("addr[%d]", i), "must be host:port, got %q", a))
+			errs = append(errs, cfgErr(p+fmt.Sprintf("addr[%d]", i), "must be host:port, got %q", a))
 		}
 	}
 	if c.Database != "" && !isIdentifier(c.Database) {
-		errs = append(errs, cfgErr("database", "must be letters, digits and underscores, not starting with a digit, got %q", c.Database))
+		errs = append(errs, cfgErr(p+"database", "must be letters, digits and underscores, not starting with a digit, got %q", c.Database))
 	}
 	if c.PasswordFile != "" && c.PasswordEnv != "" {
-		errs = append(errs, cfgErr("password_file", "set password_file or password_env, not both"))
+		errs = append(errs, cfgErr(p+"password_file", "set password_file or password_env, not both"))
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		errs = append(errs, cfgErr("tls", "cert_file and key_file go together"))
+		errs = append(errs, cfgErr(p+"tls", "cert_file and key_file go together"))
 	}
 	nonNegative := func(key string, d time.Duration) {
 		if d < 0 {
-			errs = append(errs, cfgErr(key, "must be positive, got %s", d))
+			errs = append(errs, cfgErr(p+key, "must be positive, got %s", d))
 		}
 	}
 	nonNegative("dial_timeout", c.DialTimeout)
@@ -180,23 +177,23 @@ func (c *ClickHouseConfig) Validate() error {
 	nonNegative("flush_interval", c.FlushInterval)
 	nonNegative("baseline_timeout", c.BaselineTimeout)
 	if c.Retention < 0 {
-		errs = append(errs, cfgErr("retention", "must be 0 (keep) or positive, got %s", c.Retention))
+		errs = append(errs, cfgErr(p+"retention", "must be 0 (keep) or positive, got %s", c.Retention))
 	}
 	if c.Retention > 0 && c.Retention < 24*time.Hour {
 		// The archive is partitioned by day and old servers expire whole partitions.
-		errs = append(errs, cfgErr("retention", "must be 0 (keep) or at least 24h, got %s", c.Retention))
+		errs = append(errs, cfgErr(p+"retention", "must be 0 (keep) or at least 24h, got %s", c.Retention))
 	}
 	if c.BatchSize < 0 || c.BatchSize > 1_000_000 {
-		errs = append(errs, cfgErr("batch_size", "must be between 1 and 1000000, got %d", c.BatchSize))
+		errs = append(errs, cfgErr(p+"batch_size", "must be between 1 and 1000000, got %d", c.BatchSize))
 	}
 	batch := c.BatchSize
 	if batch == 0 {
 		batch = DefaultClickHouseConfig().BatchSize
 	}
 	if c.BufferSize < 0 || (c.BufferSize > 0 && c.BufferSize < batch) {
-		errs = append(errs, cfgErr("buffer_size", "must be at least batch_size (%d), got %d", batch, c.BufferSize))
+		errs = append(errs, cfgErr(p+"buffer_size", "must be at least batch_size (%d), got %d", batch, c.BufferSize))
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func isIdentifier(s string) bool {
@@ -209,20 +206,6 @@ func isIdentifier(s string) bool {
 		}
 	}
 	return s != ""
-}
-
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
 }
 
 // password reads the configured password; none configured is the empty password.

@@ -93,7 +93,11 @@ func TestConfigValidate(t *testing.T) {
 			}
 			err := c.cfg.Validate()
 			var got []string
-			for _, e := range flatten(err) {
+			var errs []error
+			if err != nil {
+				errs = err.(interface{ Unwrap() []error }).Unwrap()
+			}
+			for _, e := range errs {
 				var ke interface{ Key() string }
 				if !errors.As(e, &ke) {
 					t.Fatalf("error %q has no Key()", e)
