@@ -735,3 +735,11 @@ func (c *ClickHouse) Close(ctx context.Context) error {
 	errs = append(errs, c.conn.Close())
 	return errors.Join(errs...)
 }
+
+// isClosed reports whether Close has begun: the side stores (baselines, alert history)
+// then take nothing more.
+func (c *ClickHouse) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == closed
+}

@@ -65,10 +65,7 @@ func (c *ClickHouse) takeHistory(n int, add func(h *historyState)) error {
 	if n == 0 {
 		return nil
 	}
-	c.mu.Lock()
-	isClosed := c.state == closed
-	c.mu.Unlock()
-	if isClosed {
+	if c.isClosed() {
 		return ErrClosed
 	}
 	h := c.hist

@@ -88,10 +88,7 @@ func (c *ClickHouse) UpdateBaselines(ctx context.Context, u detectors.Baselines)
 	if emptyUpdate(&u) {
 		return nil
 	}
-	c.mu.Lock()
-	isClosed := c.state == closed
-	c.mu.Unlock()
-	if isClosed {
+	if c.isClosed() {
 		return ErrClosed
 	}
 	b := c.bl
@@ -590,10 +587,7 @@ func unreachable(err error) bool {
 
 // loadBaselines makes one attempt: spilled updates, then the three reads.
 func (c *ClickHouse) loadBaselines(ctx context.Context) (detectors.Baselines, error) {
-	c.mu.Lock()
-	isClosed := c.state == closed
-	c.mu.Unlock()
-	if isClosed {
+	if c.isClosed() {
 		return detectors.Baselines{}, ErrClosed
 	}
 	if _, err := c.replayBaselines(ctx, true); err != nil {
