@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // A Parser turns one raw record into an Event. A Parser is not safe for concurrent use:
@@ -107,13 +106,11 @@ func newBase(o ParserOptions) *base {
 	return &base{opts: o, fp: o.Secret.newFingerprinter(), notAfter: o.Now().Add(o.MaxClockSkew)}
 }
 
-// check rejects records no parser should look at: oversized and invalid UTF-8.
+// check rejects records no parser should look at: oversized ones. Invalid UTF-8 never
+// gets here: NewParser wraps every parser in repairing, which has already scanned it.
 func (b *base) check(line []byte) error {
 	if len(line) > b.opts.MaxLineBytes {
 		return parseErrorf(ReasonOversized, "record of %d bytes exceeds the %d-byte cap", len(line), b.opts.MaxLineBytes)
-	}
-	if !utf8.Valid(line) {
-		return parseErrorf(ReasonBadUTF8, "record is not valid UTF-8")
 	}
 	return nil
 }
