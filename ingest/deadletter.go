@@ -28,3 +28,24 @@ type DeadLetter struct {
 type DeadLetters interface {
 	Put(ctx context.Context, letters []DeadLetter) error
 }
+
+// NewDeadLetter describes a record the parser of format rejected (or repaired: see
+// ParseError.Kept) with err, at now. An error that is no ParseError breaks the Parser
+// contract; the record still goes where an operator sees it, as bad_value.
+func NewDeadLetter(now time.Time, source, format string, partition int, offset int64, record []byte, err error) DeadLetter {
+	reason := ReasonOf(err)
+	if reason == "" {
+		reason = ReasonBadValue
+	}
+	return DeadLetter{
+		Time:      now.UTC(),
+		Source:    source,
+		Format:    format,
+		Partition: partition,
+		Offset:    offset,
+		Reason:    reason,
+		Error:     err.Error(),
+		Record:    string(record),
+		Kept:      Kept(err),
+	}
+}

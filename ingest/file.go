@@ -155,29 +155,10 @@ func (s *FileSource) parse(p Parser, work <-chan chunk) {
 				if !Kept(err) {
 					r.events = r.events[:len(r.events)-1]
 				}
-				r.letters = append(r.letters, deadLetter(c.source, s.opts.Format, -1, c.first+int64(i), line, err))
+				r.letters = append(r.letters, NewDeadLetter(time.Now(), c.source, s.opts.Format, -1, c.first+int64(i), line, err))
 			}
 		}
 		c.res <- r
-	}
-}
-
-// deadLetter describes a rejected record.
-func deadLetter(source, format string, partition int, offset int64, record []byte, err error) DeadLetter {
-	reason := ReasonOf(err)
-	if reason == "" {
-		reason = ReasonBadValue
-	}
-	return DeadLetter{
-		Time:      time.Now().UTC(),
-		Source:    source,
-		Format:    format,
-		Partition: partition,
-		Offset:    offset,
-		Reason:    reason,
-		Error:     err.Error(),
-		Record:    string(record),
-		Kept:      Kept(err),
 	}
 }
 

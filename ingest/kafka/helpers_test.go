@@ -21,7 +21,8 @@ import (
 const testTimeout = 60 * time.Second
 
 // lineParser is the parser of the tests about the source's mechanics: a record is any
-// line; "bad..." lines and lines over 64 KiB are rejected. The event carries the record
+// line; "bad..." lines and lines over 64 KiB are rejected, "kept..." lines are repaired
+// (an event and a kept ParseError, as invalid UTF-8 gets). The event carries the record
 // in RequestID and the topic's format in Source, so a test can tell exactly which records
 // arrived through which parser.
 type lineParser struct{ format string }
@@ -36,6 +37,9 @@ func (p lineParser) Parse(ev *ingest.Event, line []byte) error {
 		return &ingest.ParseError{Reason: ingest.ReasonBadSyntax, Err: errors.New("not a test record")}
 	}
 	*ev = ingest.Event{Time: time.Unix(1_700_000_000, 0).UTC(), Source: p.format, RequestID: string(line)}
+	if bytes.HasPrefix(line, []byte("kept")) {
+		return &ingest.ParseError{Reason: ingest.ReasonBadUTF8, Err: errors.New("repaired"), Kept: true}
+	}
 	return nil
 }
 

@@ -372,27 +372,16 @@ func (s *Source) start() error {
 // assemble turns a parsed batch into what Next hands out: the events in arrival order
 // and a dead letter for each rejected record. It counts the batch in the metrics.
 func (s *Source) assemble(b *batch) {
-	now := s.now().UTC()
+	now := s.now()
 	k := 0
 	for i := range b.recs {
 		r := &b.recs[i]
 		r.topic.nRecords++
 		if err := b.errs[i]; err != nil {
-			reason := ingest.ReasonOf(err)
-			if reason == "" {
-				reason = ingest.ReasonBadValue // the parser broke its contract; the record still goes where an operator sees it
+			b.dead = append(b.dead, ingest.NewDeadLetter(now, r.topic.name, r.topic.format, r.partition, r.offset, r.value, err))
+			if !ingest.Kept(err) { // a repaired record is dead-lettered and its event kept
+				continue
 			}
-			b.dead = append(b.dead, ingest.DeadLetter{
-				Time:      now,
-				Source:    r.topic.name,
-				Format:    r.topic.format,
-				Partition: r.partition,
-				Offset:    r.offset,
-				Reason:    reason,
-				Error:     err.Error(),
-				Record:    string(r.value),
-			})
-			continue
 		}
 		r.topic.nEvents++
 		if k != i {

@@ -341,6 +341,25 @@ func TestSourceBatchOfOnlyDeadLetters(t *testing.T) {
 	wantCommitted(t, c, "g", "waf", map[int]int64{0: 21})
 }
 
+// TestSourceKeepsRepairedRecords: a repaired record is both an event, in its place, and a
+// dead letter that keeps the raw record.
+func TestSourceKeepsRepairedRecords(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	c.Produce(t, "waf", kafkago.Message{Value: []byte("ok-1")}, kafkago.Message{Value: []byte("kept-2")}, kafkago.Message{Value: []byte("ok-3")})
+	ctx := testContext(t)
+	dl := &memDeadLetters{}
+	s := newSource(t, testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "nginx"}), testOptions(dl))
+	got := consume(ctx, t, s, 3, true)
+	if !slices.Equal(got, []string{"ok-1", "kept-2", "ok-3"}) {
+		t.Fatalf("events = %v, want all three in order", got)
+	}
+	letters := dl.all()
+	if len(letters) != 1 || !letters[0].Kept || letters[0].Record != "kept-2" || letters[0].Reason != ingest.ReasonBadUTF8 || letters[0].Offset != 1 {
+		t.Fatalf("dead letters = %+v, want the repaired record, kept", letters)
+	}
+	wantCommitted(t, c, "g", "waf", map[int]int64{0: 3})
+}
+
 // TestSourceDeadLetterSinkDown: when the sink fails, Next reports it and keeps the batch;
 // the next call stores the dead letters and hands the batch out. Nothing is skipped or
 // committed early.
