@@ -3,17 +3,11 @@ package kafkasink
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"flag"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -340,13 +335,10 @@ func TestSASL(t *testing.T) {
 
 // TestTLS writes to a broker that only speaks TLS, trusting it through ca_file.
 func TestTLS(t *testing.T) {
-	certPEM, keyPEM := selfSigned(t)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	testCA := testcert.NewCA(t)
+	cert := testCA.Issue(t, "kafka test", x509.ExtKeyUsageServerAuth)
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
+	pool.AddCert(testCA.Cert)
 	clientTLS := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	c := kafkatest.Start(t, kafkatest.Options{
 		Topics:    []string{"alerts"},
@@ -354,10 +346,7 @@ func TestTLS(t *testing.T) {
 		Dialer:    &kafka.Dialer{Timeout: 10 * time.Second, TLS: clientTLS},
 		Transport: &kafka.Transport{TLS: clientTLS},
 	})
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := testcert.WriteFile(t, t.TempDir(), "ca.pem", testCA.CertPEM())
 	alerts := readAlerts(t)
 	r := newReceiver(t, alerting.KafkaConfig{Brokers: c.Addrs, Topic: "alerts", TLS: alerting.TLSConfig{CAFile: ca}})
 	if retry, err := r.Notify(testContext(t), alerts); err != nil {
@@ -366,35 +355,6 @@ func TestTLS(t *testing.T) {
 	if n := len(c.ReadAll(t, "alerts")); n != len(alerts) {
 		t.Errorf("topic holds %d messages after a write over TLS, want %d", n, len(alerts))
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1 that is its own CA.
-func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kafka test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
 
 func TestNewRejects(t *testing.T) {

@@ -4,18 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,6 +21,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/testcert"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from current output")
@@ -257,11 +252,8 @@ func TestReconnect(t *testing.T) {
 // driver, not installed with Debian's rsyslog): the client must verify the server with
 // the configured CA and frame each message with its octet count.
 func TestTLS(t *testing.T) {
-	certPEM, keyPEM := selfSigned(t)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	testCA := testcert.NewCA(t)
+	cert := testCA.Issue(t, "syslog test", x509.ExtKeyUsageServerAuth)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatal(err)
@@ -277,10 +269,7 @@ func TestTLS(t *testing.T) {
 			go readFrames(c, received)
 		}
 	}()
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := testcert.WriteFile(t, t.TempDir(), "ca.pem", testCA.CertPEM())
 	alerts := readAlerts(t)
 	r := newReceiver(t, alerting.SyslogConfig{Network: "tls", Address: ln.Addr().String(), Format: "cef", TLS: alerting.TLSConfig{CAFile: ca}})
 	if retry, err := r.Notify(context.Background(), alerts); err != nil {
@@ -323,35 +312,6 @@ func readFrames(c net.Conn, out chan<- string) {
 		}
 		out <- string(msg)
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1 that is its own CA.
-func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "syslog test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
 
 func TestUnreachable(t *testing.T) {

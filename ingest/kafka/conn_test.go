@@ -2,18 +2,9 @@ package kafka
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +12,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -29,17 +21,18 @@ import (
 // certificate.
 func TestSourceOverMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t)
-	serverCert := ca.issue(t, "broker", x509.ExtKeyUsageServerAuth)
-	clientCert := ca.issue(t, "gatewatch", x509.ExtKeyUsageClientAuth)
+	ca := testcert.NewCA(t)
+	serverCert := ca.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	clientCert := ca.Issue(t, "gatewatch", x509.ExtKeyUsageClientAuth)
+	clientCertPEM, clientKeyPEM := testcert.PEM(t, clientCert)
 	cfgTLS := ingest.TLSConfig{
 		Enabled:  true,
-		CAFile:   writePEM(t, dir, "ca.pem", "CERTIFICATE", ca.cert.Raw),
-		CertFile: writePEM(t, dir, "client.pem", "CERTIFICATE", clientCert.Certificate[0]),
-		KeyFile:  writeKey(t, dir, "client.key", clientCert.PrivateKey.(*ecdsa.PrivateKey)),
+		CAFile:   testcert.WriteFile(t, dir, "ca.pem", ca.CertPEM()),
+		CertFile: testcert.WriteFile(t, dir, "client.pem", clientCertPEM),
+		KeyFile:  testcert.WriteFile(t, dir, "client.key", clientKeyPEM),
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	serverTLS := &tls.Config{
 		Certificates: []tls.Certificate{serverCert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
@@ -93,7 +86,7 @@ func TestSourceOverSASL(t *testing.T) {
 		opts = append(opts, kfake.Superuser(u.kfake, u.user, u.password))
 	}
 	admin := ingest.KafkaConfig{ClientID: "kafkatest", Timeout: 10 * time.Second,
-		SASL: ingest.SASLConfig{Mechanism: "plain", Username: users[0].user, PasswordFile: writeFile(t, t.TempDir(), "pw", users[0].password+"\n")}}
+		SASL: ingest.SASLConfig{Mechanism: "plain", Username: users[0].user, PasswordFile: testcert.WriteFile(t, t.TempDir(), "pw", []byte(users[0].password+"\n"))}}
 	sec, err := newSecurity(admin)
 	if err != nil {
 		t.Fatalf("newSecurity: %v", err)
@@ -110,7 +103,7 @@ func TestSourceOverSASL(t *testing.T) {
 			cfg := testConfig(c, "g-"+u.mechanism, ingest.TopicConfig{Name: "waf-" + u.mechanism, Format: "awswaf"})
 			cfg.SASL = ingest.SASLConfig{Mechanism: u.mechanism, Username: u.user}
 			if u.fromFile {
-				cfg.SASL.PasswordFile = writeFile(t, t.TempDir(), "password", u.password+"\n")
+				cfg.SASL.PasswordFile = testcert.WriteFile(t, t.TempDir(), "password", []byte(u.password+"\n"))
 			} else {
 				cfg.SASL.PasswordEnv = "GATEWATCH_TEST_KAFKA_PASSWORD"
 				t.Setenv(cfg.SASL.PasswordEnv, u.password)
@@ -121,7 +114,7 @@ func TestSourceOverSASL(t *testing.T) {
 			}
 
 			wrong := cfg
-			wrong.SASL.PasswordFile, wrong.SASL.PasswordEnv = writeFile(t, t.TempDir(), "password", "not-"+u.password), ""
+			wrong.SASL.PasswordFile, wrong.SASL.PasswordEnv = testcert.WriteFile(t, t.TempDir(), "password", []byte("not-"+u.password)), ""
 			wrong.Timeout = 2 * time.Second
 			dlw, err := NewDeadLetterWriter(wrong, "dlq")
 			if err != nil {
@@ -191,82 +184,4 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "gatewatch test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key}
-}
-
-// issue returns a certificate for 127.0.0.1 signed by the CA.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func writePEM(t *testing.T, dir, name, kind string, der []byte) string {
-	t.Helper()
-	return writeFile(t, dir, name, string(pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})))
-}
-
-func writeKey(t *testing.T, dir, name string, key *ecdsa.PrivateKey) string {
-	t.Helper()
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writePEM(t, dir, name, "EC PRIVATE KEY", der)
-}
-
-func writeFile(t *testing.T, dir, name, content string) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
