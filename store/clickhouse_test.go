@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
@@ -233,8 +236,8 @@ func TestArchiveFeedsMinuteCounts(t *testing.T) {
 }
 
 // TestArchiveWritesABlockOnce drives the cases the outage test meets by chance: a
-// block resent after its first insert had succeeded, and a copy that got into events
-// anyway.
+// block resent after its first insert had succeeded, one resent after only some of its
+// pieces had, and a copy that got into events anyway.
 func TestArchiveWritesABlockOnce(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
@@ -248,57 +251,85 @@ func TestArchiveWritesABlockOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close(context.Background()) })
-	evs := testEvents(6, 700, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 3)
-	b := &block{id: 0xfeed, n: len(evs)}
-	for i := range evs {
-		b.data = appendRecord(b.data, &evs[i])
+	const n = 2*pieceRows + pieceRows/2 // three pieces, the last one short
+	evs := testEvents(6, n, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 3)
+	newBlock := func(id uint64, evs []ingest.Event) *block {
+		b := &block{id: id, n: len(evs)}
+		for i := range evs {
+			b.data = appendRecord(b.data, &evs[i])
+		}
+		return b
 	}
 	conn := testConn(t, addr, db)
+	wantRows := func(when string, want uint64) {
+		t.Helper()
+		if got := count(t, conn, "SELECT count() FROM events"); got != want {
+			t.Errorf("events holds %d rows %s, want %d", got, when, want)
+		}
+		if got := count(t, conn, "SELECT sum(requests) FROM route_minute"); got != want {
+			t.Errorf("route_minute counts %d %s, want %d", got, when, want)
+		}
+	}
+	metric := func(result string) float64 { return testutil.ToFloat64(c.m.events.WithLabelValues(result)) }
 
+	b := newBlock(0xfeed, evs)
 	if err := c.insert(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if b.attempts != 1 {
-		t.Fatalf("attempts = %d after one insert", b.attempts)
+	if b.attempts == 0 {
+		t.Fatal("attempts = 0 after an insert")
+	}
+	if got := count(t, conn, "SELECT count() FROM archive_batches WHERE batch_id IN (0xfeed, 0xfeee, 0xfeef)"); got != 3 {
+		t.Errorf("archive_batches has %d markers for the block, want 3 (one a piece)", got)
 	}
 	// The writer heard an error although the server committed: it sends again.
 	if err := c.insert(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := count(t, conn, "SELECT count() FROM events"); got != 700 {
-		t.Errorf("events holds %d rows after a resend, want 700", got)
-	}
-	if got := count(t, conn, "SELECT sum(requests) FROM route_minute"); got != 700 {
-		t.Errorf("route_minute counts %d after a resend, want 700", got)
-	}
-	if got := testutil.ToFloat64(c.m.events.WithLabelValues(resultDuplicate)); got != 700 {
-		t.Errorf("duplicate events metric = %v, want 700", got)
+	wantRows("after a resend", n)
+	if got := metric(resultDuplicate); got != n {
+		t.Errorf("duplicate events metric = %v, want %d", got, n)
 	}
 
-	// A copy that reaches events all the same (a partial earlier insert, say) is
+	// The connection broke after two pieces were committed: only the third is sent.
+	if err := c.insert(ctx, newBlock(0xbeef, evs[:2*pieceRows])); err != nil {
+		t.Fatal(err)
+	}
+	whole := newBlock(0xbeef, evs)
+	whole.attempts = 1
+	written := metric(resultWritten)
+	if err := c.insert(ctx, whole); err != nil {
+		t.Fatal(err)
+	}
+	wantRows("after a block resent in part", 2*n)
+	if got := metric(resultWritten) - written; got != pieceRows/2 {
+		t.Errorf("resending a block with two of three pieces in wrote %v events, want %d", got, pieceRows/2)
+	}
+
+	// A copy that reaches events all the same (a piece split across two days, say) is
 	// invisible to readers at once and folded away by merges.
 	b.attempts = 0
 	if err := c.insert(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := count(t, conn, "SELECT count() FROM events"); got != 1400 {
-		t.Fatalf("events holds %d rows after a forced second copy, want 1400", got)
+	if got := count(t, conn, "SELECT count() FROM events"); got != 3*n {
+		t.Fatalf("events holds %d rows after a forced third copy, want %d", got, 3*n)
 	}
-	var got []ingest.Event
-	for ev, err := range c.ReadEvents(ctx, evs[0].Time, evs[699].Time.Add(time.Millisecond), "") {
+	var got int
+	for _, err := range c.ReadEvents(ctx, evs[0].Time, evs[n-1].Time.Add(time.Millisecond), "") {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, ev)
+		got++
 	}
-	if len(got) != 700 {
-		t.Errorf("ReadEvents yields %d events from two copies, want 700", len(got))
+	if got != 2*n {
+		t.Errorf("ReadEvents yields %d events from two blocks, one of them twice, want %d", got, 2*n)
 	}
 	if err := conn.Exec(ctx, "OPTIMIZE TABLE events FINAL"); err != nil {
 		t.Fatal(err)
 	}
-	if got := count(t, conn, "SELECT count() FROM events"); got != 700 {
-		t.Errorf("events holds %d rows after merging, want 700", got)
+	if got := count(t, conn, "SELECT count() FROM events"); got != 2*n {
+		t.Errorf("events holds %d rows after merging, want %d", got, 2*n)
 	}
 }
 
@@ -455,12 +486,39 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 	}
 }
 
-func TestRetentionDropsExpiredDays(t *testing.T) {
+func TestRetentionDropsExpiredPartitions(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
-	c := startClickHouse(t, testConfig(t, addr, db), nil)
-	ctx := testContext(t)
 	now := time.Date(2026, 3, 10, 6, 0, 0, 0, time.UTC)
+	var clock atomic.Pointer[time.Time] // dates the deliveries
+	clock.Store(&now)
+	c, err := NewClickHouse(testConfig(t, addr, db), ClickHouseOptions{Now: func() time.Time { return *clock.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	if err := c.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runClickHouse(t, c)
+	// Alert history: an incident of January, one from February that went on into March,
+	// and one of March, each delivered on its last day.
+	for _, a := range []detectors.Alert{
+		historyAlert(detectors.ForbiddenBurst, "old", time.Date(2026, 1, 10, 0, 0, 0, 0, time.UTC), time.Date(2026, 1, 12, 0, 0, 0, 0, time.UTC)),
+		historyAlert(detectors.ForbiddenBurst, "long", time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC)),
+		historyAlert(detectors.NewCountry, "new", time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC)),
+	} {
+		clock.Store(&a.LastSeen)
+		if err := c.RecordAlerts(ctx, []detectors.Alert{a}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.RecordDeliveries(ctx, []alerting.Delivery{delivery("slack", a, 0, alerting.Delivered, 1, a.LastSeen)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Alerts(ctx, a.FirstSeen, a.LastSeen, ""); err != nil { // writes the history
+			t.Fatal(err)
+		}
+	}
 	for _, day := range []int{1, 7, 8, 9, 10} { // 100 events around 01:00 on each
 		evs := testEvents(uint64(day), 100, time.Date(2026, 3, day, 1, 0, 0, 0, time.UTC), time.Second, 3)
 		if err := c.ArchiveEvents(ctx, evs); err != nil {
@@ -481,8 +539,13 @@ func TestRetentionDropsExpiredDays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dropped != 4 { // two days of events and of archive_batches
-		t.Errorf("dropped %d partitions, want 4", dropped)
+	if dropped != 6 { // two days of events and of archive_batches, January of the alerts and deliveries
+		t.Errorf("dropped %d partitions, want 6", dropped)
+	}
+	for _, table := range []string{"alerts", "alert_deliveries"} {
+		if got := count(t, conn, "SELECT uniqExact(id) FROM "+table); got != 2 {
+			t.Errorf("%s keeps %d alerts, want 2: the one that went on into March and the one of March", table, got)
+		}
 	}
 	if got := count(t, conn, "SELECT count() FROM events"); got != 300 {
 		t.Errorf("events keeps %d rows, want the 300 of March 8-10", got)

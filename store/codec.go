@@ -123,16 +123,16 @@ func parseRecord(data []byte, r *rawRecord) ([]byte, error) {
 // clamp anyway, both the same way.
 func clampMilli(msec int64) int64 { return min(max(msec, 0), maxDateTime*1000+999) }
 
-// decode replaces c's contents with b's events.
-func (c *columns) decode(b *block) error {
+// decode replaces c's contents with the first n records of data, as the rows of the
+// insert block id whose seq numbers start at first, and returns the records after them.
+func (c *columns) decode(data []byte, n int, id uint64, first int) ([]byte, error) {
 	c.reset()
 	strs := c.strings()
-	data := b.data
 	var r rawRecord
-	for i := 0; i < b.n; i++ {
+	for i := range n {
 		var err error
 		if data, err = parseRecord(data, &r); err != nil {
-			return fmt.Errorf("%w (event %d)", err, i)
+			return nil, fmt.Errorf("%w (event %d)", err, first+i)
 		}
 		msec := clampMilli(r.msec)
 		c.time = append(c.time, msec/1000)
@@ -141,13 +141,10 @@ func (c *columns) decode(b *block) error {
 		for j, col := range strs {
 			*col = append(*col, bytesString(r.fields[j]))
 		}
-		c.batchID = append(c.batchID, b.id)
-		c.seq = append(c.seq, uint32(i))
+		c.batchID = append(c.batchID, id)
+		c.seq = append(c.seq, uint32(first+i))
 	}
-	if len(data) != 0 {
-		return fmt.Errorf("%w: %d bytes after the last event", errCorrupt, len(data))
-	}
-	return nil
+	return data, nil
 }
 
 // event returns row i of c as an Event. Its strings share the block's memory; they stay

@@ -19,7 +19,7 @@ import (
 type Config struct {
 	ClickHouse *ClickHouseConfig `yaml:"clickhouse"` // nil: the embedded local store
 	DataDir    string            `yaml:"data_dir"`   // local store, ClickHouse spill files; default ./gatewatch-data
-	Retention  time.Duration     `yaml:"retention"`  // how long the local store keeps archived events; 0 keeps them
+	Retention  time.Duration     `yaml:"retention"`  // how long the local store keeps archived events and alert history; 0 keeps them
 }
 
 // ClickHouseConfig says how to reach ClickHouse and how the event archive writes to it.
@@ -38,7 +38,7 @@ type ClickHouseConfig struct {
 	FlushInterval time.Duration    `yaml:"flush_interval"` // longest an event waits for a full batch; default 1s
 	BufferSize    int              `yaml:"buffer_size"`    // events held in memory while ClickHouse is slow; default 500000
 	SpillDir      string           `yaml:"spill_dir"`      // where unwritable batches and baseline updates wait on disk; default <data_dir>/clickhouse-spill
-	Retention     time.Duration    `yaml:"retention"`      // how long the event archive keeps events; 0 keeps them
+	Retention     time.Duration    `yaml:"retention"`      // how long the event archive and the alert history keep rows; 0 keeps them
 	// BaselineTimeout bounds how long UpdateBaselines waits for ClickHouse before it
 	// spills the update to disk and returns; default 2s.
 	BaselineTimeout time.Duration `yaml:"baseline_timeout"`

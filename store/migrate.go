@@ -286,18 +286,24 @@ func queryServerVersion(ctx context.Context, conn driver.Conn) (serverVersion, e
 
 // ttlMinServer gates table TTL. TTL arrived in 19.6 and REMOVE TTL later still; 21.3,
 // a long-term-support release, has both for certain. Older servers keep the retention
-// by dropping expired day partitions instead (dropExpiredPartitions), which works on
-// every version because the archive is partitioned by day.
+// by dropping expired partitions instead (dropExpiredPartitions).
 var ttlMinServer = serverVersion{21, 3, 0}
 
-// retainedTables are the tables whose rows expire with the event archive, with the
-// DateTime column that dates them.
-var retainedTables = []struct{ table, column string }{
-	{"events", "time"},
-	{"archive_batches", "max_time"},
+// retainedTables are the tables whose rows expire with the event archive: the archive
+// and its batch markers, and the alert history. column is the DateTime that dates a
+// row. The archive is partitioned by day of that column, so a partition's day tells
+// when all of it has expired. The alert tables are partitioned by month of first_seen
+// but dated by their newest row (an incident may go on for days), so partition names
+// the partition expression and a partition expires when its newest row has.
+var retainedTables = []struct{ table, column, partition string }{
+	{"events", "time", ""},
+	{"archive_batches", "max_time", ""},
+	{"alerts", "last_seen", "toYYYYMM(first_seen)"},
+	{"alert_deliveries", "updated", "toYYYYMM(first_seen)"},
 }
 
-// applyRetention makes the server expire archived events retention after their time,
+// applyRetention makes the server expire archived events and alert history retention
+// after their time,
 // with a table TTL where the server has TTL (ttlMinServer). It reports whether it did;
 // if not, the archive writer drops expired partitions itself. A retention of 0 keeps
 // events forever and removes a TTL an earlier retention set. The TTL is only changed
@@ -342,9 +348,9 @@ func retentionStatement(table, column, engineFull string, secs int64) string {
 	return ""
 }
 
-// dropExpiredPartitions drops the day partitions of the retained tables whose every
-// event is older than retention at now, and returns how many it dropped. This is the
-// retention on servers without TTL; a day is dropped whole once its last second expired.
+// dropExpiredPartitions drops the partitions of the retained tables whose every row is
+// older than the retention at now, and returns how many it dropped. The archive writer
+// calls it hourly on servers without TTL.
 func dropExpiredPartitions(ctx context.Context, conn driver.Conn, retention time.Duration, now time.Time) (int, error) {
 	if retention <= 0 {
 		return 0, nil
@@ -352,31 +358,12 @@ func dropExpiredPartitions(ctx context.Context, conn driver.Conn, retention time
 	cutoff := now.Add(-retention)
 	dropped := 0
 	for _, rt := range retainedTables {
-		rows, err := conn.Query(ctx, "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ? AND active", rt.table)
+		expired, err := expiredPartitions(ctx, conn, rt.table, rt.column, rt.partition, cutoff)
 		if err != nil {
 			return dropped, fmt.Errorf("store: listing partitions of %s: %w", rt.table, err)
 		}
-		var expired []string
-		for rows.Next() {
-			var p string
-			if err := rows.Scan(&p); err != nil {
-				rows.Close()
-				return dropped, fmt.Errorf("store: listing partitions of %s: %w", rt.table, err)
-			}
-			day, err := time.Parse("20060102", p)
-			if err != nil {
-				continue // not a day partition: not ours to drop
-			}
-			if !day.AddDate(0, 0, 1).After(cutoff) {
-				expired = append(expired, p)
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return dropped, fmt.Errorf("store: listing partitions of %s: %w", rt.table, err)
-		}
 		for _, p := range expired {
-			// p is eight digits (it parsed as a date), so it is safe in the statement.
+			// p is all digits (a day or a month), so it is safe in the statement.
 			if err := conn.Exec(ctx, "ALTER TABLE "+rt.table+" DROP PARTITION "+p); err != nil {
 				return dropped, fmt.Errorf("store: dropping partition %s of %s: %w", p, rt.table, err)
 			}
@@ -384,4 +371,42 @@ func dropExpiredPartitions(ctx context.Context, conn driver.Conn, retention time
 		}
 	}
 	return dropped, nil
+}
+
+// expiredPartitions lists the partitions of table with no row dated at or after cutoff.
+// Day partitions are judged by name from system.parts, without reading the table; the
+// others by the newest value of column in each.
+func expiredPartitions(ctx context.Context, conn driver.Conn, table, column, partition string, cutoff time.Time) ([]string, error) {
+	query, args := "SELECT DISTINCT partition, toDateTime(0) FROM system.parts WHERE database = currentDatabase() AND table = ? AND active", []any{table}
+	if partition != "" {
+		query, args = "SELECT toString("+partition+") AS p, max("+column+") FROM "+table+" GROUP BY p", nil
+	}
+	rows, err := conn.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var expired []string
+	for rows.Next() {
+		var (
+			p      string
+			newest time.Time
+		)
+		if err := rows.Scan(&p, &newest); err != nil {
+			return nil, err
+		}
+		if partition == "" {
+			day, err := time.Parse("20060102", p)
+			if err != nil {
+				continue // not a day partition: not ours to drop
+			}
+			newest = day.AddDate(0, 0, 1).Add(-time.Second)
+		} else if _, err := strconv.ParseUint(p, 10, 32); err != nil {
+			continue
+		}
+		if newest.Before(cutoff) {
+			expired = append(expired, p)
+		}
+	}
+	return expired, rows.Err()
 }

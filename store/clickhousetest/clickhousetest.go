@@ -107,6 +107,8 @@ type Server struct {
 	removeDir bool // the watchdog removes dir after the server exits (the shared server)
 	tcpPort   int
 	httpPort  int
+	tlsPort   int  // 0: no TLS port
+	tls       bool // serve TLS with tls.crt and tls.key in dir
 
 	proc   *exec.Cmd
 	stdin  io.WriteCloser // closing it tells the watchdog to stop the server
@@ -130,6 +132,31 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
+// StartTLS is Start with a second native-protocol port that speaks TLS (TLSAddr), with
+// the certificate and key given in PEM.
+func StartTLS(t testing.TB, certPEM, keyPEM []byte) *Server {
+	t.Helper()
+	s := &Server{bin: findBinary(t), dir: t.TempDir(), tls: true}
+	for name, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(s.dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("clickhousetest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("clickhousetest: %v", err)
+		}
+	})
+	return s
+}
+
+// TLSAddr returns the address of the TLS native-protocol port of a server from
+// StartTLS.
+func (s *Server) TLSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tlsPort)) }
+
 // Addr returns the server's native-protocol address, host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tcpPort)) }
 
@@ -148,8 +175,13 @@ func (s *Server) Start() error {
 		if s.tcpPort == 0 || attempt > 0 {
 			// Another process may take a port between our probe and the server's
 			// bind; the server then exits, and a fresh pair of ports is tried.
-			if s.tcpPort, s.httpPort, err = freePorts(); err != nil {
+			ports, err := freePorts(3)
+			if err != nil {
 				return err
+			}
+			s.tcpPort, s.httpPort = ports[0], ports[1]
+			if s.tls {
+				s.tlsPort = ports[2]
 			}
 		}
 		if err = s.writeConfig(); err != nil {
@@ -322,25 +354,18 @@ func findBinary(t testing.TB) []string {
 	return nil
 }
 
-// freePorts returns two loopback ports that were free a moment ago.
-func freePorts() (int, int, error) {
-	var ports [2]int
-	var ls [2]net.Listener
-	for i := range ls {
+// freePorts returns n loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			for _, prev := range ls[:i] {
-				_ = prev.Close()
-			}
-			return 0, 0, fmt.Errorf("finding a free port: %w", err)
+			return nil, fmt.Errorf("finding a free port: %w", err)
 		}
-		ls[i] = l
+		defer l.Close() // held until all are chosen, so none is chosen twice
 		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	for _, l := range ls {
-		_ = l.Close()
-	}
-	return ports[0], ports[1], nil
+	return ports, nil
 }
 
 func (s *Server) writeConfig() error {
@@ -349,7 +374,11 @@ func (s *Server) writeConfig() error {
 			return err
 		}
 	}
-	config := fmt.Sprintf(configXML, s.dir, s.tcpPort, s.httpPort)
+	var tlsConfig string
+	if s.tls {
+		tlsConfig = fmt.Sprintf(tlsXML, s.dir, s.tlsPort)
+	}
+	config := fmt.Sprintf(configXML, s.dir, s.tcpPort, s.httpPort, tlsConfig)
 	if err := os.WriteFile(filepath.Join(s.dir, "config.xml"), []byte(config), 0o644); err != nil {
 		return err
 	}
@@ -386,7 +415,22 @@ const configXML = `<?xml version="1.0"?>
     <max_server_memory_usage>2147483648</max_server_memory_usage>
     <max_concurrent_queries>100</max_concurrent_queries>
     <mlock_executable>false</mlock_executable>
-</yandex>
+%[4]s</yandex>
+`
+
+// tlsXML adds the TLS port (%[2]d) with the certificate and key in the temp dir (%[1]s).
+// Without dhParamsFile the server uses ECDHE only, which every current client offers.
+const tlsXML = `    <tcp_port_secure>%[2]d</tcp_port_secure>
+    <openSSL>
+        <server>
+            <certificateFile>%[1]s/tls.crt</certificateFile>
+            <privateKeyFile>%[1]s/tls.key</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>
 `
 
 // usersXML allows the passwordless default user from loopback only. max_threads keeps

@@ -21,16 +21,18 @@
 -- into another table) would double the archive's size and insert cost for queries that
 -- route_minute already answers.
 --
--- Identity: each row carries (batch_id, seq), the block the archive writer sent it in
--- and its position there. The writer may send a block twice (an insert that failed on
--- the client after the server had committed it, then replayed from the spill); it checks
--- archive_batches first. One gap remains: an insert committed only in part (a block that
--- spans two days is written as two parts, and the connection may die between them)
--- leaves no complete marker, so the block is sent again and the rows already there
--- exist twice. ReplacingMergeTree, whose sorting key ends with batch_id and seq, folds
--- such copies into one row when parts merge, and readers do not wait for that:
--- ReadEvents drops adjacent rows with the same (batch_id, seq). (The per-minute
--- counters below count such rows twice.)
+-- Identity: each row carries (batch_id, seq): the piece of a block the archive writer
+-- sent it in (a block goes in one INSERT as pieces of 16,384 rows, piece k with batch_id
+-- block id + k, each committed on its own) and its position in the block. The writer may
+-- send a block twice (an insert that failed on the client after the server had
+-- committed some or all of it, then replayed from the spill); it checks archive_batches
+-- first and sends only the pieces missing there. One gap remains: a piece committed
+-- only in part (a piece that spans two days is written as two parts, and the connection
+-- may die between them) leaves no complete marker, so the piece is sent again and the
+-- rows already there exist twice. ReplacingMergeTree, whose sorting key ends with
+-- batch_id and seq, folds such copies into one row when parts merge, and readers do not
+-- wait for that: ReadEvents drops adjacent rows with the same (batch_id, seq). (The
+-- per-minute counters below count such rows twice.)
 CREATE TABLE IF NOT EXISTS events (
     time       DateTime('UTC'),
     ms         UInt16,
@@ -55,12 +57,13 @@ CREATE TABLE IF NOT EXISTS events (
 PARTITION BY toYYYYMMDD(time)
 ORDER BY (toStartOfHour(time), client_key, time, batch_id, seq);
 
--- archive_batches records each block that reached events, written by a materialized view
--- in the same INSERT, so a marker exists exactly when the block's rows do. Before the
--- writer sends a block again it looks its batch_id up here (a primary key lookup): a
--- block already written is not sent twice, so neither events nor the per-minute
--- counters below, which cannot fold duplicates, ever count it twice. Partitioned by the
--- block's newest event, a marker expires with the last of its events, never before.
+-- archive_batches records each piece that reached events, written by a materialized view
+-- in the same INSERT, so a marker exists exactly when the piece's rows do. Before the
+-- writer sends a block again it looks its pieces' batch_ids up here (a primary key
+-- lookup): a piece already written is not sent twice, so neither events nor the
+-- per-minute counters below, which cannot fold duplicates, ever count it twice.
+-- Partitioned by the piece's newest event, a marker expires with the last of its events,
+-- never before.
 CREATE TABLE IF NOT EXISTS archive_batches (
     batch_id UInt64,
     rows     UInt64,
