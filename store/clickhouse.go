@@ -672,19 +672,30 @@ func (c *ClickHouse) notifyLocked() {
 const pieceRows = 16384
 
 // insert writes one block into events, unless ClickHouse has it already. Piece k of the
-// block has batch_id id+k and ClickHouse commits pieces one by one, so an insert that
-// failed may have left some pieces behind: a block that was sent before (attempts > 0)
-// has its pieces looked up in archive_batches, and only the missing ones are sent.
+// block has batch_id id+k. ClickHouse squashes an INSERT's pieces into one block before
+// writing by default (min_insert_block_size_rows), but a server set to squash less
+// commits them one by one, so an insert that failed may have left some pieces behind:
+// a block that was sent before (attempts > 0) has its pieces looked up in
+// archive_batches, and only the missing ones are sent.
+//
+// The lookup must not race the failed insert: the server may still be writing a piece
+// it received before the connection broke. Every insert of a block runs under one
+// query id, derived from the block (so also across a restart, for a block replayed from
+// the spill), and a retry first kills that query and waits until it is gone.
 func (c *ClickHouse) insert(ctx context.Context, b *block) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.WriteTimeout, errWriteTimeout)
 	defer cancel()
+	queryID := fmt.Sprintf("gatewatch-archive-%016x", b.id)
 	var (
 		written []bool // by piece
 		dup     int    // rows of the written pieces
 	)
 	if b.attempts > 0 {
 		var err error
-		if written, dup, err = c.writtenPieces(ctx, b); err != nil {
+		if err = c.killQuery(ctx, queryID); err == nil {
+			written, dup, err = c.writtenPieces(ctx, b)
+		}
+		if err != nil {
 			c.m.insertErrors.Inc()
 			return err
 		}
@@ -694,7 +705,7 @@ func (c *ClickHouse) insert(ctx context.Context, b *block) error {
 		}
 	}
 	start := time.Now()
-	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO events ("+insertColumns+")")
+	batch, err := c.conn.PrepareBatch(clickhouse.Context(ctx, clickhouse.WithQueryID(queryID)), "INSERT INTO events ("+insertColumns+")")
 	if err != nil {
 		c.m.insertErrors.Inc()
 		return fmt.Errorf("store: archive insert: %w", err)
@@ -747,6 +758,36 @@ func (c *ClickHouse) insertFailed(ctx context.Context, err error) error {
 		err = fmt.Errorf("%w: %w", cause, err)
 	}
 	return fmt.Errorf("store: archive insert: %w", err)
+}
+
+// codeCannotKill is ClickHouse's answer to KILL QUERY while the query is in a stage that
+// cannot be interrupted, such as writing the rows it received.
+const codeCannotKill = 380
+
+// killQuery stops the query with id, if the server still runs it, and returns once it
+// has stopped. A user may always kill their own queries. An insert still writing what
+// it received cannot be killed; that ends on its own, so the KILL is tried again.
+func (c *ClickHouse) killQuery(ctx context.Context, id string) error {
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// id is gatewatch-archive- and hex digits, safe in the statement. Exec, not
+		// Query: 18.16 answers a KILL that found nothing with no header, which Query
+		// takes for EOF. SYNC answers once the query is gone.
+		err := c.conn.Exec(ctx, "KILL QUERY WHERE query_id = '"+id+"' SYNC")
+		var ex *clickhouse.Exception
+		switch {
+		case err == nil:
+			return nil
+		case !errors.As(err, &ex) || ex.Code != codeCannotKill:
+			return fmt.Errorf("store: stopping an earlier insert %s: %w", id, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("store: waiting for an earlier insert %s to end: %w", id, context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
 }
 
 // writtenPieces looks up which of b's pieces are in events, and how many rows they hold.

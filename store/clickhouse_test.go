@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -574,5 +576,133 @@ func TestNewClickHouseNeedsAClickHouseSection(t *testing.T) {
 	cfg = Config{DataDir: t.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{"127.0.0.1:1"}, SpillDir: filepath.Join(file, "spill")}}
 	if _, err := NewClickHouse(cfg, ClickHouseOptions{}); err == nil {
 		t.Error("NewClickHouse with an unusable spill_dir succeeded")
+	}
+}
+
+// cutProxy forwards connections to a ClickHouse server and can cut them the way a
+// network failure would, after a given number of bytes from the client.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	sent   atomic.Int64 // client bytes forwarded, all connections
+	budget atomic.Int64 // client bytes to forward before cutting; negative: no limit
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	p.budget.Store(-1)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(client, server); client.Close() }()
+			go p.forward(client, server)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) forward(client, server net.Conn) {
+	defer client.Close()
+	defer server.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			if left := p.budget.Load(); left >= 0 && int64(n) > left {
+				_, _ = server.Write(buf[:left])
+				p.budget.Store(0)
+				return // cut: both sides see the connection drop mid-stream
+			} else if left >= 0 {
+				p.budget.Add(-int64(n))
+			}
+			p.sent.Add(int64(n))
+			if _, err := server.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestArchiveResendsOnlyLostPieces cuts the connection in the middle of a block's
+// insert, as a network failure would, and retries: every row is there exactly once. By
+// default ClickHouse squashes an INSERT's data blocks into blocks of
+// min_insert_block_size_rows (about a million) before it writes them, so the cut loses
+// the whole insert; a server set to squash less commits the pieces it received, and
+// the retry sends only the rest.
+func TestArchiveResendsOnlyLostPieces(t *testing.T) {
+	addr := clickhousetest.Require(t)
+	const n = 4 * pieceRows
+	evs := testEvents(9, n, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 7)
+	newBlock := func(id uint64) *block {
+		b := &block{id: id, n: n}
+		for i := range evs {
+			b.data = appendRecord(b.data, &evs[i])
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name     string
+		settings clickhouse.Settings
+		kept     int // pieces ClickHouse keeps from the insert that was cut
+	}{
+		{"squashed", nil, 0},
+		{"pieces", clickhouse.Settings{"min_insert_block_size_rows": pieceRows / 2}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := clickhousetest.NewDatabase(t, addr)
+			proxy := newCutProxy(t, addr)
+			c, err := NewClickHouse(testConfig(t, proxy.ln.Addr().String(), db), ClickHouseOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close(context.Background()) })
+			ctx := clickhouse.Context(testContext(t), clickhouse.WithSettings(tc.settings))
+			if err := c.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// A whole insert, to learn how many bytes one takes.
+			before := proxy.sent.Load()
+			if err := c.insert(ctx, newBlock(0x1000)); err != nil {
+				t.Fatal(err)
+			}
+			size := proxy.sent.Load() - before
+
+			b := newBlock(0x2000)
+			proxy.budget.Store(size * 6 / 10) // past the second piece, inside the third
+			if err := c.insert(ctx, b); err == nil {
+				t.Fatal("insert through a connection cut mid-block succeeded")
+			}
+			proxy.budget.Store(-1)
+			if err := c.insert(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			conn := testConn(t, addr, db)
+			if got := count(t, conn, "SELECT count() FROM events WHERE batch_id >= 0x2000 AND batch_id < 0x2004"); got != n {
+				t.Errorf("events holds %d rows of the block cut mid-insert, want %d", got, n)
+			}
+			if got := count(t, conn, "SELECT sum(requests) FROM route_minute"); got != 2*n {
+				t.Errorf("route_minute counts %d requests, want %d", got, 2*n)
+			}
+			if got := testutil.ToFloat64(c.m.events.WithLabelValues(resultDuplicate)); got != float64(tc.kept*pieceRows) {
+				t.Errorf("the retry found %v rows already written, want %d", got, tc.kept*pieceRows)
+			}
+		})
 	}
 }

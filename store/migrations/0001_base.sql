@@ -23,7 +23,8 @@
 --
 -- Identity: each row carries (batch_id, seq): the piece of a block the archive writer
 -- sent it in (a block goes in one INSERT as pieces of 16,384 rows, piece k with batch_id
--- block id + k, each committed on its own) and its position in the block. The writer may
+-- block id + k; the server squashes them into one block by default, or commits them one
+-- by one if set to squash less) and its position in the block. The writer may
 -- send a block twice (an insert that failed on the client after the server had
 -- committed some or all of it, then replayed from the spill); it checks archive_batches
 -- first and sends only the pieces missing there. One gap remains: a piece committed
