@@ -74,11 +74,11 @@ func BenchmarkBaselineLoad(b *testing.B) {
 	snap := benchSnapshot(benchKeys)
 	load := func(b *testing.B, s detectors.BaselineStore, diskBytes func() int64) {
 		ctx := context.Background()
-		heap := func() uint64 {
+		heap := func() int64 { // signed: the store's own goroutines may free memory meanwhile
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			return ms.HeapAlloc
+			return int64(ms.HeapAlloc)
 		}
 		before := heap()
 		got, err := s.LoadBaselines(ctx)
