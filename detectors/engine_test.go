@@ -130,6 +130,51 @@ func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
 	}
 }
 
+// TestRunWritesBaselinesPerBucket: dense traffic in small batches, every one of which
+// teaches the baselines something, is acknowledged and written back as the windows'
+// buckets close (forbidden_burst's are 5s), not once per batch, and the batches
+// waiting for their ack no longer hold their events.
+func TestRunWritesBaselinesPerBucket(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	// Three minutes, so that forbidden_burst's one-minute window lets batches go
+	// before the end (token_reuse's and quiet_endpoint_spike's are longer: disabled).
+	const seconds, perMs = 180, 1
+	events := make([]ingest.Event, 0, seconds*1000*perMs)
+	for i := range cap(events) {
+		events = append(events, ingest.Event{
+			Time: t0.Add(time.Duration(i/perMs) * time.Millisecond), ClientKey: fmt.Sprintf("key-%d", i%500),
+			Country: "DE", Method: "GET", Route: "/v1/items", Status: 200, ClientIP: "192.0.2.1",
+		})
+	}
+	cfg := DefaultConfig()
+	cfg.TokenReuse.Enabled, cfg.QuietEndpointSpike.Enabled = false, false
+	store := NewMemoryBaselines(Baselines{})
+	var e *Engine
+	e, err := NewEngine(cfg, Options{Baselines: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	var acks []ackRecord
+	batches := batched(events, 10, &e, sink, store, &acks) // 10ms each: 18,000 batches
+	src := &sliceSource{batches: slices.Clone(batches)}
+	if err := e.Run(t.Context(), src, sink); err != nil {
+		t.Fatal(err)
+	}
+	if len(acks) != len(batches) {
+		t.Fatalf("%d of %d batches acknowledged", len(acks), len(batches))
+	}
+	bucket := cfg.ForbiddenBurst.Window / 12 // its ring layout
+	if got, most := store.Updates(), int(seconds*time.Second/bucket)+2; got == 0 || got > most {
+		t.Errorf("%d baseline writes for %d batches over %ds of event time, want 1 to %d", got, len(batches), seconds, most)
+	}
+	for i, b := range batches {
+		if b.Events != nil {
+			t.Fatalf("batch %d still holds its %d events after Run", i, len(b.Events))
+		}
+	}
+}
+
 func TestRunAckTiming(t *testing.T) {
 	// One batch per minute of a single client: with a 10-minute token_reuse window, a
 	// batch is released only once the watermark is about ten minutes past it.

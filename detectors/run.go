@@ -39,7 +39,9 @@ type pendingBatch struct {
 //
 // Each batch is observed, its alerts put, and then acknowledged, in order, once no open
 // window or pending decision still needs any of its events (all of them are older than
-// the start of every open window) and the baselines learned from it are written.
+// the start of every open window) and the baselines learned from it are written. Run
+// sets a batch's Events to nil once it has observed them, so that batches waiting for
+// their ack (minutes, for the longest window) hold no events.
 func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error {
 	if err := e.LoadBaselines(ctx); err != nil {
 		return err
@@ -51,8 +53,12 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 			for i := range b.Events {
 				maxT = max(maxT, b.Events[i].Time.UnixMilli())
 			}
+			alerts := e.Observe(b.Events)
+			// A batch waits for its ack as long as the longest window stays open (ten
+			// minutes for token_reuse): keep the means to ack it, not its events.
+			b.Events = nil
 			e.pending = append(e.pending, pendingBatch{b: b, maxT: maxT})
-			if err := e.put(ctx, sink, e.Observe(b.Events)); err != nil {
+			if err := e.put(ctx, sink, alerts); err != nil {
 				return err
 			}
 			if err := e.release(ctx, e.horizon()); err != nil {
@@ -86,7 +92,11 @@ func (e *Engine) put(ctx context.Context, sink AlertSink, alerts []Alert) error 
 }
 
 // release acknowledges, in order, the pending batches whose events are all before
-// horizon, after writing the baselines they taught.
+// horizon, after writing the baselines they taught. The windows' part of the horizon
+// moves a bucket at a time (30s for token_reuse's defaults), so dense traffic is
+// released, and its baselines written, about once per bucket, not once per batch: a
+// BaselineStore in ClickHouse takes each write as an insert per table, of which
+// ClickHouse wants about one a second.
 func (e *Engine) release(ctx context.Context, horizon int64) error {
 	n := 0
 	for n < len(e.pending) && e.pending[n].maxT < horizon {
