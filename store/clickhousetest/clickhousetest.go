@@ -120,16 +120,7 @@ type Server struct {
 // $GATEWATCH_TEST_CLICKHOUSE does not apply: a test that stops the server must own it.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{bin: findBinary(t), dir: t.TempDir()}
-	if err := s.Start(); err != nil {
-		t.Fatalf("clickhousetest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("clickhousetest: %v", err)
-		}
-	})
-	return s
+	return start(t, &Server{bin: findBinary(t), dir: t.TempDir()})
 }
 
 // StartTLS is Start with a second native-protocol port that speaks TLS (TLSAddr), with
@@ -142,6 +133,11 @@ func StartTLS(t testing.TB, certPEM, keyPEM []byte) *Server {
 			t.Fatal(err)
 		}
 	}
+	return start(t, s)
+}
+
+func start(t testing.TB, s *Server) *Server {
+	t.Helper()
 	if err := s.Start(); err != nil {
 		t.Fatalf("clickhousetest: %v", err)
 	}
