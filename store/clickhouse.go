@@ -665,10 +665,10 @@ func (c *ClickHouse) notifyLocked() {
 }
 
 // pieceRows is how many rows an archive insert sends per data block. One INSERT streams
-// a whole block in pieces: ClickHouse writes a piece while the next is encoded, and
+// a whole block in pieces: ClickHouse takes in one piece while the next is encoded, and
 // clickhouse-go reuses its column buffers from piece to piece instead of growing them
 // row by row to the size of the block. Sent as a single data block, 100,000 rows went
-// in at about half the rate (BenchmarkArchiveInsert).
+// in at a little over half the rate.
 const pieceRows = 16384
 
 // insert writes one block into events, unless ClickHouse has it already. Piece k of the
