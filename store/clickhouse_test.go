@@ -255,13 +255,6 @@ func TestArchiveWritesABlockOnce(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close(context.Background()) })
 	const n = 2*pieceRows + pieceRows/2 // three pieces, the last one short
 	evs := testEvents(6, n, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 3)
-	newBlock := func(id uint64, evs []ingest.Event) *block {
-		b := &block{id: id, n: len(evs)}
-		for i := range evs {
-			b.data = appendRecord(b.data, &evs[i])
-		}
-		return b
-	}
 	conn := testConn(t, addr, db)
 	wantRows := func(when string, want uint64) {
 		t.Helper()
@@ -650,13 +643,6 @@ func TestArchiveResendsOnlyLostPieces(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	const n = 4 * pieceRows
 	evs := testEvents(9, n, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 7)
-	newBlock := func(id uint64) *block {
-		b := &block{id: id, n: n}
-		for i := range evs {
-			b.data = appendRecord(b.data, &evs[i])
-		}
-		return b
-	}
 	for _, tc := range []struct {
 		name     string
 		settings clickhouse.Settings
@@ -679,12 +665,12 @@ func TestArchiveResendsOnlyLostPieces(t *testing.T) {
 			}
 			// A whole insert, to learn how many bytes one takes.
 			before := proxy.sent.Load()
-			if err := c.insert(ctx, newBlock(0x1000)); err != nil {
+			if err := c.insert(ctx, newBlock(0x1000, evs)); err != nil {
 				t.Fatal(err)
 			}
 			size := proxy.sent.Load() - before
 
-			b := newBlock(0x2000)
+			b := newBlock(0x2000, evs)
 			proxy.budget.Store(size * 6 / 10) // past the second piece, inside the third
 			if err := c.insert(ctx, b); err == nil {
 				t.Fatal("insert through a connection cut mid-block succeeded")

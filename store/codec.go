@@ -147,29 +147,6 @@ func (c *columns) decode(data []byte, n int, id uint64, first int) ([]byte, erro
 	return data, nil
 }
 
-// event returns row i of c as an Event. Its strings share the block's memory; they stay
-// valid because block data is immutable, and are copied by whoever keeps them.
-func (c *columns) event(i int, ev *ingest.Event) {
-	*ev = ingest.Event{
-		Time:      time.UnixMilli(c.time[i]*1000 + int64(c.ms[i])).UTC(),
-		Source:    c.source[i],
-		ClientKey: c.clientKey[i],
-		TokenFP:   c.tokenFP[i],
-		Device:    c.device[i],
-		ClientIP:  c.clientIP[i],
-		Country:   c.country[i],
-		Method:    c.method[i],
-		Host:      c.host[i],
-		Route:     c.route[i],
-		Path:      c.path[i],
-		Status:    int(c.status[i]),
-		Action:    c.action[i],
-		RuleID:    c.ruleID[i],
-		UserAgent: c.userAgent[i],
-		RequestID: c.requestID[i],
-	}
-}
-
 func bytesString(b []byte) string {
 	if len(b) == 0 {
 		return ""

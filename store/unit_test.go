@@ -46,13 +46,41 @@ func testEvents(seed uint64, n int, start time.Time, step time.Duration, keys in
 	return evs
 }
 
-func TestCodecRoundTrip(t *testing.T) {
-	evs := testEvents(1, 50, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), 1237*time.Microsecond, 5)
-	evs = append(evs, ingest.Event{Time: time.Date(2026, 3, 1, 0, 0, 0, 999e6, time.UTC)}) // all empty strings
-	b := &block{id: 42, n: len(evs)}
+// newBlock encodes evs as a block with the given id, as ArchiveEvents would.
+func newBlock(id uint64, evs []ingest.Event) *block {
+	b := &block{id: id, n: len(evs)}
 	for i := range evs {
 		b.data = appendRecord(b.data, &evs[i])
 	}
+	return b
+}
+
+// event returns row i of c as an Event.
+func (c *columns) event(i int, ev *ingest.Event) {
+	*ev = ingest.Event{
+		Time:      time.UnixMilli(c.time[i]*1000 + int64(c.ms[i])).UTC(),
+		Source:    c.source[i],
+		ClientKey: c.clientKey[i],
+		TokenFP:   c.tokenFP[i],
+		Device:    c.device[i],
+		ClientIP:  c.clientIP[i],
+		Country:   c.country[i],
+		Method:    c.method[i],
+		Host:      c.host[i],
+		Route:     c.route[i],
+		Path:      c.path[i],
+		Status:    int(c.status[i]),
+		Action:    c.action[i],
+		RuleID:    c.ruleID[i],
+		UserAgent: c.userAgent[i],
+		RequestID: c.requestID[i],
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	evs := testEvents(1, 50, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), 1237*time.Microsecond, 5)
+	evs = append(evs, ingest.Event{Time: time.Date(2026, 3, 1, 0, 0, 0, 999e6, time.UTC)}) // all empty strings
+	b := newBlock(42, evs)
 	var c columns
 	rest, err := c.decode(b.data, b.n, b.id, 0)
 	if err != nil || len(rest) != 0 {
@@ -81,10 +109,7 @@ func TestCodecClampsTimeAndStatus(t *testing.T) {
 		{Time: time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC), Status: -1},
 		{Time: time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC), Status: 1 << 20},
 	}
-	b := &block{n: 2}
-	for i := range evs {
-		b.data = appendRecord(b.data, &evs[i])
-	}
+	b := newBlock(0, evs)
 	var c columns
 	if _, err := c.decode(b.data, b.n, 0, 0); err != nil {
 		t.Fatal(err)
@@ -136,10 +161,8 @@ func TestSpillSurvivesRestart(t *testing.T) {
 	evs := testEvents(3, 10, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Second, 2)
 	var want []*block
 	for i := 0; i < 3; i++ {
-		b := &block{id: uint64(100 + i), n: 10, seq: uint64(i + 1)}
-		for j := range evs {
-			b.data = appendRecord(b.data, &evs[j])
-		}
+		b := newBlock(uint64(100+i), evs)
+		b.seq = uint64(i + 1)
 		if err := s.write(b); err != nil {
 			t.Fatal(err)
 		}
