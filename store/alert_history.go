@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -125,13 +126,17 @@ func assemble(alerts []detectors.Alert, rows []deliveryRow) []AlertRecord {
 	return out
 }
 
-// The Local store keeps the history in two buckets: "alerts" holds each alert's
-// latest version under its ID, as JSON; "alert_deliveries" holds each receiver's
-// newest delivery under (ID length, ID, receiver), as JSON. Writes are one transaction
-// per call, durable when they return. Run deletes alerts last seen longer than the
-// retention ago, with their deliveries, like the event archive.
+// The Local store keeps the history in three buckets: "alerts" holds each alert's
+// latest version under its ID, as JSON; "alert_recorded" when (wall clock, Unix ms) it
+// was last recorded; "alert_deliveries" holds each receiver's newest delivery under
+// (ID length, ID, receiver), as JSON. Writes are one transaction per call, durable when
+// they return. Run deletes the alerts neither recorded nor delivered within the
+// retention, with their deliveries. History ages by when gatewatch wrote it, not by the
+// alert's event time: alerts that notify sends from a replay of last quarter's logs are
+// as new to the history as live ones.
 var (
 	bucketAlerts          = []byte("alerts")
+	bucketAlertRecorded   = []byte("alert_recorded")
 	bucketAlertDeliveries = []byte("alert_deliveries")
 )
 
@@ -139,29 +144,45 @@ func alertDeliveryKey(dst []byte, id, receiver string) []byte {
 	return append(keyPrefix(dst, id), receiver...)
 }
 
-func historyBuckets(tx *bolt.Tx) (alerts, deliveries *bolt.Bucket, err error) {
-	if tx.Writable() {
-		if alerts, err = tx.CreateBucketIfNotExists(bucketAlerts); err != nil {
-			return nil, nil, err
-		}
-		deliveries, err = tx.CreateBucketIfNotExists(bucketAlertDeliveries)
-		return alerts, deliveries, err
+type historyBucketSet struct{ alerts, recorded, deliveries *bolt.Bucket }
+
+// historyBuckets returns the history's buckets, created in a writable transaction; in
+// a read-only one they are nil until the first write.
+func historyBuckets(tx *bolt.Tx) (historyBucketSet, error) {
+	if !tx.Writable() {
+		return historyBucketSet{tx.Bucket(bucketAlerts), tx.Bucket(bucketAlertRecorded), tx.Bucket(bucketAlertDeliveries)}, nil
 	}
-	return tx.Bucket(bucketAlerts), tx.Bucket(bucketAlertDeliveries), nil
+	var hb historyBucketSet
+	for _, b := range []struct {
+		name []byte
+		dst  **bolt.Bucket
+	}{{bucketAlerts, &hb.alerts}, {bucketAlertRecorded, &hb.recorded}, {bucketAlertDeliveries, &hb.deliveries}} {
+		var err error
+		if *b.dst, err = tx.CreateBucketIfNotExists(b.name); err != nil {
+			return hb, err
+		}
+	}
+	return hb, nil
 }
 
-// RecordAlerts keeps each alert unless a later version of it is kept already.
+// RecordAlerts keeps each alert unless a later version of it is kept already, and
+// notes that it was recorded now.
 func (l *Local) RecordAlerts(_ context.Context, alerts []detectors.Alert) error {
 	if len(alerts) == 0 {
 		return nil
 	}
+	now := binary.BigEndian.AppendUint64(nil, uint64(l.now().UnixMilli()))
 	err := l.db.Update(func(tx *bolt.Tx) error {
-		b, _, err := historyBuckets(tx)
+		hb, err := historyBuckets(tx)
 		if err != nil {
 			return err
 		}
+		b := hb.alerts
 		for i := range alerts {
 			a := &alerts[i]
+			if err := hb.recorded.Put([]byte(a.ID), now); err != nil {
+				return err
+			}
 			if old := b.Get([]byte(a.ID)); old != nil {
 				var kept detectors.Alert
 				if err := json.Unmarshal(old, &kept); err == nil && kept.LastSeen.After(a.LastSeen) {
@@ -192,10 +213,11 @@ func (l *Local) RecordDeliveries(_ context.Context, ds []alerting.Delivery) erro
 	}
 	now := l.now()
 	err := l.db.Update(func(tx *bolt.Tx) error {
-		_, b, err := historyBuckets(tx)
+		hb, err := historyBuckets(tx)
 		if err != nil {
 			return err
 		}
+		b := hb.deliveries
 		var k []byte
 		for i := range ds {
 			seq, err := b.NextSequence()
@@ -234,7 +256,8 @@ func (l *Local) Alerts(ctx context.Context, from, to time.Time, detector string)
 	var alerts []detectors.Alert
 	var rows []deliveryRow
 	err := l.db.View(func(tx *bolt.Tx) error {
-		ab, db, _ := historyBuckets(tx)
+		hb, _ := historyBuckets(tx)
+		ab, db := hb.alerts, hb.deliveries
 		if ab == nil {
 			return nil
 		}
@@ -269,8 +292,9 @@ func (l *Local) Alerts(ctx context.Context, from, to time.Time, detector string)
 	return assemble(alerts, rows), nil
 }
 
-// deleteExpiredAlerts deletes the alerts last seen before now minus the retention,
-// with their deliveries, and returns how many alerts.
+// deleteExpiredAlerts deletes the alerts that were neither recorded nor delivered
+// since now minus the retention, with their deliveries, and returns how many alerts.
+// An alert kept before recording times were (none noted) is noted as recorded now.
 func (l *Local) deleteExpiredAlerts(ctx context.Context, now time.Time) (int, error) {
 	if l.retention <= 0 {
 		return 0, nil
@@ -278,37 +302,50 @@ func (l *Local) deleteExpiredAlerts(ctx context.Context, now time.Time) (int, er
 	cutoff := now.Add(-l.retention)
 	n := 0
 	err := l.db.Update(func(tx *bolt.Tx) error {
-		ab, db, err := historyBuckets(tx)
+		hb, err := historyBuckets(tx)
 		if err != nil {
 			return err
 		}
-		var expired, dkeys [][]byte
-		err = ab.ForEach(func(k, v []byte) error {
-			var a detectors.Alert
-			if err := json.Unmarshal(v, &a); err != nil || !a.LastSeen.Before(cutoff) {
-				return nil // an undecodable alert is left for a human
+		var expired, unnoted, dkeys [][]byte
+		err = hb.alerts.ForEach(func(k, _ []byte) error {
+			v := hb.recorded.Get(k)
+			switch {
+			case len(v) != 8:
+				unnoted = append(unnoted, bytes.Clone(k))
+			case !time.UnixMilli(int64(binary.BigEndian.Uint64(v))).Before(cutoff):
+			case deliveredSince(hb.deliveries, k, cutoff):
+			default:
+				expired = append(expired, bytes.Clone(k))
 			}
-			expired = append(expired, bytes.Clone(k))
 			return ctx.Err()
 		})
 		if err != nil {
 			return err
 		}
+		noted := binary.BigEndian.AppendUint64(nil, uint64(now.UnixMilli()))
+		for _, id := range unnoted {
+			if err := hb.recorded.Put(id, noted); err != nil {
+				return err
+			}
+		}
 		// Deleting under a live cursor skips entries in bbolt, so collect, then delete.
 		for _, id := range expired {
 			prefix := keyPrefix(nil, string(id))
-			c := db.Cursor()
+			c := hb.deliveries.Cursor()
 			for dk, _ := c.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, _ = c.Next() {
 				dkeys = append(dkeys, bytes.Clone(dk))
 			}
 		}
 		for _, k := range dkeys {
-			if err := db.Delete(k); err != nil {
+			if err := hb.deliveries.Delete(k); err != nil {
 				return err
 			}
 		}
 		for _, id := range expired {
-			if err := ab.Delete(id); err != nil {
+			if err := hb.alerts.Delete(id); err != nil {
+				return err
+			}
+			if err := hb.recorded.Delete(id); err != nil {
 				return err
 			}
 		}
@@ -319,6 +356,20 @@ func (l *Local) deleteExpiredAlerts(ctx context.Context, now time.Time) (int, er
 		return 0, fmt.Errorf("store: deleting expired alerts: %w", err)
 	}
 	return n, nil
+}
+
+// deliveredSince reports whether a delivery of alert id was updated at or after cutoff.
+// An undecodable delivery counts as recent: it is left for a human.
+func deliveredSince(deliveries *bolt.Bucket, id []byte, cutoff time.Time) bool {
+	prefix := keyPrefix(nil, string(id))
+	c := deliveries.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var r deliveryRow
+		if err := json.Unmarshal(v, &r); err != nil || !r.Updated.Before(cutoff) {
+			return true
+		}
+	}
+	return false
 }
 
 // encodeHistory and decodeHistory are a spilled history batch's segment data.

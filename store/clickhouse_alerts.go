@@ -238,9 +238,10 @@ func (c *ClickHouse) insertHistory(ctx context.Context, b *historyBatch) error {
 	defer cancel()
 	if len(b.Alerts) > 0 {
 		t := tableRows{table: "alerts",
-			columns: "id, detector, severity, key, first_seen, first_seen_ms, last_seen, last_seen_ms, summary, evidence, runbook_url, labels, version",
+			columns: "id, detector, severity, key, first_seen, first_seen_ms, last_seen, last_seen_ms, summary, evidence, runbook_url, labels, recorded, version",
 			cols: []any{&[]string{}, &[]string{}, &[]string{}, &[]string{}, &[]int64{}, &[]uint16{}, &[]int64{}, &[]uint16{},
-				&[]string{}, &[]string{}, &[]string{}, &[]string{}, &[]uint64{}}}
+				&[]string{}, &[]string{}, &[]string{}, &[]string{}, &[]int64{}, &[]uint64{}}}
+		recorded, _ := chTime(c.now())
 		for i := range b.Alerts {
 			a := &b.Alerts[i]
 			ev, err := json.Marshal(a.Evidence)
@@ -257,7 +258,7 @@ func (c *ClickHouse) insertHistory(ctx context.Context, b *historyBatch) error {
 			}
 			fs, fms := chTime(a.FirstSeen)
 			ls, lms := chTime(a.LastSeen)
-			t.add(a.ID, a.Detector, string(a.Severity), a.Key, fs, fms, ls, lms, a.Summary, string(ev), a.RunbookURL, string(lb),
+			t.add(a.ID, a.Detector, string(a.Severity), a.Key, fs, fms, ls, lms, a.Summary, string(ev), a.RunbookURL, string(lb), recorded,
 				uint64(clampMilli(a.LastSeen.UnixMilli())))
 		}
 		if err := c.insertRows(ctx, &t); err != nil {

@@ -514,6 +514,19 @@ func TestRetentionDropsExpiredPartitions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// And one from a replay of logs a year old, recorded and delivered now: the history
+	// ages by when it was written, so it stays.
+	replayed := historyAlert(detectors.NewCountry, "replayed", time.Date(2025, 1, 5, 0, 0, 0, 0, time.UTC), time.Date(2025, 1, 5, 1, 0, 0, 0, time.UTC))
+	clock.Store(&now)
+	if err := c.RecordAlerts(ctx, []detectors.Alert{replayed}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RecordDeliveries(ctx, []alerting.Delivery{delivery("slack", replayed, 0, alerting.Delivered, 1, now)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Alerts(ctx, replayed.FirstSeen, replayed.LastSeen, ""); err != nil {
+		t.Fatal(err)
+	}
 	for _, day := range []int{1, 7, 8, 9, 10} { // 100 events around 01:00 on each
 		evs := testEvents(uint64(day), 100, time.Date(2026, 3, day, 1, 0, 0, 0, time.UTC), time.Second, 3)
 		if err := c.ArchiveEvents(ctx, evs); err != nil {
@@ -538,8 +551,8 @@ func TestRetentionDropsExpiredPartitions(t *testing.T) {
 		t.Errorf("dropped %d partitions, want 6", dropped)
 	}
 	for _, table := range []string{"alerts", "alert_deliveries"} {
-		if got := count(t, conn, "SELECT uniqExact(id) FROM "+table); got != 2 {
-			t.Errorf("%s keeps %d alerts, want 2: the one that went on into March and the one of March", table, got)
+		if got := count(t, conn, "SELECT uniqExact(id) FROM "+table); got != 3 {
+			t.Errorf("%s keeps %d alerts, want 3: the one that went on into March, the one of March and the replayed one", table, got)
 		}
 	}
 	if got := count(t, conn, "SELECT count() FROM events"); got != 300 {

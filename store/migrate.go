@@ -293,12 +293,13 @@ var ttlMinServer = serverVersion{21, 3, 0}
 // and its batch markers, and the alert history. column is the DateTime that dates a
 // row. The archive is partitioned by day of that column, so a partition's day tells
 // when all of it has expired. The alert tables are partitioned by month of first_seen
-// but dated by their newest row (an incident may go on for days), so partition names
-// the partition expression and a partition expires when its newest row has.
+// but dated by when their rows were written (an incident may go on for days, and a
+// replayed one may be months old), so partition names the partition expression and a
+// partition expires when its newest row has.
 var retainedTables = []struct{ table, column, partition string }{
 	{"events", "time", ""},
 	{"archive_batches", "max_time", ""},
-	{"alerts", "last_seen", "toYYYYMM(first_seen)"},
+	{"alerts", "recorded", "toYYYYMM(first_seen)"},
 	{"alert_deliveries", "updated", "toYYYYMM(first_seen)"},
 }
 
