@@ -19,9 +19,21 @@ import (
 // KnownFields(true); none of its structs implements yaml.Unmarshaler, so unknown keys
 // are reported with their line. Validate checks what decoding cannot.
 type Config struct {
-	// AllowedLateness is how far behind the largest event time seen an event may be
-	// and still count in windows; the watermark trails the largest event time by it.
-	AllowedLateness    time.Duration            `yaml:"allowed_lateness"`
+	// AllowedLateness is how far behind the largest event time already read from its
+	// own partition an event may be and still count in windows; each partition's
+	// watermark trails its largest event time by it, and the engine's watermark is the
+	// smallest of its partitions'.
+	AllowedLateness time.Duration `yaml:"allowed_lateness"`
+	// IdleTimeout is how long (wall clock: the one place the engine reads it) a
+	// partition may deliver nothing before it stops holding back the watermark. A
+	// partition whose shipper is a minute behind holds it back while its records keep
+	// coming; one that went silent does not stall every window.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxAhead is how far ahead of its partition's stream a record may be and still
+	// move the watermark. A record further ahead (a gateway with a wrong clock) is
+	// counted, logged and judged on its own: it updates baselines and enters no
+	// window, so it neither makes later records late nor hides an attack.
+	MaxAhead           time.Duration            `yaml:"max_ahead"`
 	NewCountry         NewCountryConfig         `yaml:"new_country"`
 	TokenReuse         TokenReuseConfig         `yaml:"token_reuse"`
 	ForbiddenBurst     ForbiddenBurstConfig     `yaml:"forbidden_burst"`
@@ -165,6 +177,8 @@ type QuietEndpointSpikeOverride struct {
 func DefaultConfig() Config {
 	return Config{
 		AllowedLateness: 30 * time.Second,
+		IdleTimeout:     time.Minute,
+		MaxAhead:        10 * time.Minute,
 		NewCountry: NewCountryConfig{
 			// An hour, so that a second new country within the hour joins the
 			// incident the first one opened and escalates it.
@@ -232,6 +246,12 @@ func (c *Config) Validate() error {
 	add := func(err error) { errs = append(errs, err) }
 	if c.AllowedLateness < 0 || c.AllowedLateness > maxLateness {
 		add(cfgErr("allowed_lateness", "must be between 0s and %s, got %s", maxLateness, c.AllowedLateness))
+	}
+	if c.IdleTimeout <= 0 {
+		add(cfgErr("idle_timeout", "must be positive, got %s", c.IdleTimeout))
+	}
+	if c.MaxAhead < time.Second {
+		add(cfgErr("max_ahead", "must be at least 1s, got %s", c.MaxAhead))
 	}
 	if c.BaselineRefresh < 0 || (c.BaselineRefresh > 0 && c.BaselineRefresh < minRefresh) {
 		add(cfgErr("baseline_refresh", "must be 0s (never reload) or at least %s, got %s", minRefresh, c.BaselineRefresh))

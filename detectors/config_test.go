@@ -234,7 +234,7 @@ func TestConfigSet(t *testing.T) {
 func TestConfigSetErrors(t *testing.T) {
 	for _, tc := range []struct{ path, value, want string }{
 		{"forbidden_burst.treshold", "5", `unknown setting "treshold" (known here: enabled, severity, runbook, cooldown, max_keys, window, threshold`},
-		{"nope.threshold", "5", `unknown setting "nope" (known here: allowed_lateness, new_country,`},
+		{"nope.threshold", "5", `unknown setting "nope" (known here: allowed_lateness, idle_timeout, max_ahead, new_country,`},
 		{"forbidden_burst.threshold", "abc", "bad value \"abc\": unmarshal errors:\n  cannot unmarshal !!str `abc` into int"},
 		{"token_reuse.window", "10", "cannot unmarshal !!int `10` into time.Duration"},
 		{"forbidden_burst.threshold.x", "1", `"forbidden_burst.threshold" is a value, not a section`},

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"math/bits"
+	"strings"
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
@@ -25,20 +26,21 @@ type Options struct {
 	// RunbookBaseURL is alerting.runbook_base_url: alerts link to
 	// RunbookBaseURL/<detector>.md unless the detector sets its own runbook.
 	RunbookBaseURL string
+	// Now is the wall clock, read once per batch: a partition that delivered nothing
+	// for idle_timeout stops holding back the watermark, and a record more than
+	// max_ahead ahead of it is judged ahead. nil (replay): event time alone decides.
+	Now func() time.Time
 }
 
 // An Engine runs the enabled detectors over a stream of events, by event time. It is not
 // safe for concurrent use: one goroutine drives it, through Run or through Observe and
 // Flush.
 type Engine struct {
-	store    BaselineStore
-	log      *slog.Logger
-	m        *metrics
-	lateness int64
-
-	started bool
-	maxT    int64 // largest event time seen, ms
-	wm      int64 // watermark: maxT - lateness
+	store BaselineStore
+	log   *slog.Logger
+	m     *metrics
+	now   func() time.Time // nil: partitions never go idle
+	wms   *watermarks      // event time per partition and the watermark
 
 	dets []detector
 	nc   *newCountry
@@ -49,8 +51,11 @@ type Engine struct {
 	// the hashes of their client keys, which new_country and forbidden_burst share.
 	hashes [][prefetchRun]uint64
 	ck     [prefetchRun]uint64
-	needCK bool
-	out    emitter
+	// heldHashes and heldBuf serve a held record, run through the detectors on its own.
+	heldHashes [][prefetchRun]uint64
+	heldBuf    [1]ingest.Event
+	needCK     bool
+	out        emitter
 
 	loaded  bool
 	pending []pendingBatch // Run: batches observed but not yet acknowledged, in order
@@ -110,12 +115,14 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	log := opts.Logger.With("component", "detectors")
 	e := &Engine{
-		store:    opts.Baselines,
-		log:      opts.Logger.With("component", "detectors"),
-		m:        m,
-		lateness: cfg.AllowedLateness.Milliseconds(),
-		refresh:  cfg.BaselineRefresh.Milliseconds(),
+		store:   opts.Baselines,
+		log:     log,
+		m:       m,
+		now:     opts.Now,
+		refresh: cfg.BaselineRefresh.Milliseconds(),
+		wms:     newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.IdleTimeout, log),
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
 		return newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
@@ -136,6 +143,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		e.dets = append(e.dets, e.qs)
 	}
 	e.hashes = make([][prefetchRun]uint64, len(e.dets))
+	e.heldHashes = make([][prefetchRun]uint64, len(e.dets))
 	e.needCK = cfg.NewCountry.Enabled || cfg.ForbiddenBurst.Enabled
 	for _, d := range e.dets {
 		e.dues = append(e.dues, d.due())
@@ -166,7 +174,7 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 		e.qs.load(b)
 	}
 	e.loaded = true
-	e.loadWM, e.loadArmed = e.wm, e.started
+	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes))
 	e.updateGauges()
 	return nil
@@ -193,17 +201,163 @@ func (e *Engine) SyncBaselines(ctx context.Context) error {
 
 // Watermark returns the event-time watermark, the zero time before the first event.
 func (e *Engine) Watermark() time.Time {
-	if !e.started {
+	if !e.wms.started {
 		return time.Time{}
 	}
-	return msTime(e.wm)
+	return msTime(e.wms.wm)
 }
 
-// Observe runs events through the detectors and returns the alerts they raised, sorted
-// by the event time they were raised at, then detector, key and id. It uses event time
-// only and does no I/O. The engine keeps no reference to events or their strings.
+// Observe runs events of one stream (the zero ingest.Partition) through the
+// detectors and returns the alerts they raised, sorted by the event time they were
+// raised at, then detector, key and id. It uses event time only and does no I/O. The
+// engine keeps no reference to events or their strings.
 func (e *Engine) Observe(events []ingest.Event) []Alert {
-	late := 0
+	e.observe(nil, events)
+	return e.out.take()
+}
+
+// ObserveBatch runs a batch through the detectors as Observe does, judging each
+// event's lateness within its own partition (see Batch.Runs, Opened and Ended). It
+// reads the wall clock (Options.Now) once, for idle partitions.
+func (e *Engine) ObserveBatch(b *ingest.Batch) []Alert {
+	e.observe(b, b.Events)
+	return e.out.take()
+}
+
+// observe is Observe and ObserveBatch; b is nil for Observe. It returns the largest
+// time an event of the batch was judged at and entered windows with, math.MinInt64 if
+// none did: until the watermark passes it, some window may need the batch.
+func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
+	var now time.Time
+	if e.now != nil {
+		now = e.now()
+	}
+	maxT := int64(math.MinInt64)
+	var st observeStats
+	if b == nil {
+		maxT = e.observeRun(e.wms.part(ingest.Partition{}), events, now, &st)
+	} else {
+		for _, p := range b.Opened {
+			e.wms.open(p, now)
+		}
+		if !now.IsZero() && e.wms.checkIdle(now) && e.wms.holding > 0 {
+			for _, pw := range e.wms.sortedParts() {
+				if pw.idle && pw.held != nil {
+					maxT = max(maxT, e.resolveHeld(pw, 0, false, now, &st))
+				}
+			}
+		}
+		b.Each(func(p ingest.Partition, run []ingest.Event) {
+			pw := e.wms.part(p)
+			e.wms.arrived(pw, now)
+			maxT = max(maxT, e.observeRun(pw, run, now, &st))
+		})
+		for _, p := range b.Ended {
+			if pw := e.wms.parts[p]; pw != nil && pw.held != nil {
+				maxT = max(maxT, e.resolveHeld(pw, 0, false, now, &st))
+			}
+			e.wms.end(p)
+		}
+	}
+	// Decisions that the last events made due (a late candidate) need no further
+	// event, nor do windows that a change of partitions closed.
+	for j, d := range e.dets {
+		if e.wms.started && e.wms.wm >= *e.dues[j] {
+			d.advance(e.wms.wm)
+		}
+	}
+	e.m.events.Add(float64(len(events)))
+	e.countStats(&st)
+	if e.wms.started {
+		e.m.watermark.Set(float64(e.wms.wm) / 1000)
+	}
+	e.m.idle.Set(float64(e.wms.idleCount()))
+	e.updateGauges()
+	return maxT
+}
+
+type observeStats struct{ late, ahead int }
+
+func (e *Engine) countStats(st *observeStats) {
+	if st.late > 0 {
+		e.m.late.Add(float64(st.late))
+	}
+	if st.ahead > 0 {
+		e.m.ahead.Add(float64(st.ahead))
+	}
+}
+
+// feed runs one judged event through the detectors, with hs[j][i] its hash for
+// detector j, and returns the time it entered windows with; ok is false when it is late.
+func (e *Engine) feed(ev *ingest.Event, hs [][prefetchRun]uint64, i int, at int64, v verdict, st *observeStats) (int64, bool) {
+	switch v {
+	case ahead:
+		st.ahead++
+	case late:
+		st.late++
+	}
+	wm := e.wms.wm
+	for j, d := range e.dets {
+		if e.wms.started && wm >= *e.dues[j] {
+			d.advance(wm)
+		}
+		d.observe(ev, hs[j][i], at, v == late)
+	}
+	return at, v != late
+}
+
+// resolveHeld decides pw's held record, given the time of the partition's next record
+// (hasNext false: none will come), and runs it through the detectors. It returns the
+// time the record entered windows with, math.MinInt64 if it was late.
+func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext bool, now time.Time, st *observeStats) int64 {
+	ev := pw.held
+	pw.held = nil
+	at, v := e.wms.resolveHeld(pw, ev.Time.UnixMilli(), next, hasNext, now)
+	e.heldBuf[0] = *ev
+	events := e.heldBuf[:]
+	var ck [1]uint64
+	if e.needCK {
+		ck[0] = keyHash(ev.ClientKey)
+	}
+	for j, d := range e.dets {
+		d.prefetchIndex(events, ck[:], e.heldHashes[j][:1])
+	}
+	at, ok := e.feed(&events[0], e.heldHashes, 0, at, v, st)
+	events[0] = ingest.Event{}
+	if ok {
+		return at
+	}
+	return math.MinInt64
+}
+
+// resolveAllHeld decides every held record as a gap (no next record will come: the
+// input ends), in partition order.
+func (e *Engine) resolveAllHeld(st *observeStats) {
+	if e.wms.holding == 0 {
+		return
+	}
+	for _, pw := range e.wms.sortedParts() {
+		if pw.held != nil {
+			e.resolveHeld(pw, 0, false, time.Time{}, st)
+		}
+	}
+}
+
+// cloneEvent copies ev with strings of its own: a held event outlives its batch, whose
+// strings share the parser's chunks.
+func cloneEvent(ev *ingest.Event) *ingest.Event {
+	c := *ev
+	for _, f := range []*string{&c.Source, &c.ClientKey, &c.TokenFP, &c.Device, &c.ClientIP, &c.Country, &c.Method,
+		&c.Host, &c.Route, &c.Path, &c.Action, &c.RuleID, &c.UserAgent, &c.RequestID} {
+		*f = strings.Clone(*f)
+	}
+	return &c
+}
+
+// observeRun runs events of one partition through the detectors, a prefetch run at a
+// time, and returns the largest time an event entered windows with.
+func (e *Engine) observeRun(pw *partWM, events []ingest.Event, now time.Time, st *observeStats) int64 {
+	maxT := int64(math.MinInt64)
 	for start := 0; start < len(events); start += prefetchRun {
 		run := events[start:min(start+prefetchRun, len(events))]
 		ck := e.ck[:len(run)]
@@ -221,38 +375,20 @@ func (e *Engine) Observe(events []ingest.Event) []Alert {
 		for i := range run {
 			ev := &run[i]
 			t := ev.Time.UnixMilli()
-			if !e.started {
-				e.started, e.maxT, e.wm = true, t, t-e.lateness
+			if pw.held != nil {
+				maxT = max(maxT, e.resolveHeld(pw, t, true, now, st))
 			}
-			isLate := t < e.wm
-			if isLate {
-				late++
-			} else if t > e.maxT {
-				e.maxT, e.wm = t, t-e.lateness
+			at, v := e.wms.judge(pw, t, now)
+			if v == held {
+				pw.held = cloneEvent(ev)
+				continue
 			}
-			for j, d := range e.dets {
-				if e.wm >= *e.dues[j] {
-					d.advance(e.wm)
-				}
-				d.observe(ev, e.hashes[j][i], t, isLate)
+			if at, ok := e.feed(ev, e.hashes, i, at, v, st); ok {
+				maxT = max(maxT, at)
 			}
 		}
 	}
-	// Decisions that the last events made due (a late candidate) need no further event.
-	for j, d := range e.dets {
-		if e.started && e.wm >= *e.dues[j] {
-			d.advance(e.wm)
-		}
-	}
-	e.m.events.Add(float64(len(events)))
-	if late > 0 {
-		e.m.late.Add(float64(late))
-	}
-	if e.started {
-		e.m.watermark.Set(float64(e.wm) / 1000)
-	}
-	e.updateGauges()
-	return e.out.take()
+	return maxT
 }
 
 // Flush ends the input: it evaluates every open window as if the watermark had passed
@@ -260,9 +396,12 @@ func (e *Engine) Observe(events []ingest.Event) []Alert {
 // emitted) and returns those alerts. Baselines are kept; windows start afresh for events
 // observed after Flush.
 func (e *Engine) Flush() []Alert {
+	var st observeStats
+	e.resolveAllHeld(&st)
+	e.countStats(&st)
 	for j, d := range e.dets {
-		if e.started && e.wm >= *e.dues[j] {
-			d.advance(e.wm)
+		if e.wms.started && e.wms.wm >= *e.dues[j] {
+			d.advance(e.wms.wm)
 		}
 		d.flush()
 	}
@@ -273,12 +412,14 @@ func (e *Engine) Flush() []Alert {
 // horizon returns the earliest event time that an open window or pending decision still
 // needs; events before it may be acknowledged.
 func (e *Engine) horizon() int64 {
-	if !e.started {
+	if !e.wms.started || e.wms.holding > 0 {
+		// A held record is not in any window yet, and its batch must not be
+		// acknowledged before it is.
 		return math.MinInt64
 	}
 	h := int64(math.MaxInt64)
 	for _, d := range e.dets {
-		h = min(h, d.horizon(e.wm))
+		h = min(h, d.horizon(e.wms.wm))
 	}
 	return h
 }

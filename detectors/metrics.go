@@ -10,7 +10,9 @@ import (
 type metrics struct {
 	events    prometheus.Counter
 	late      prometheus.Counter
+	ahead     prometheus.Counter
 	watermark prometheus.Gauge
+	idle      prometheus.Gauge
 	alerts    *prometheus.CounterVec
 	evictions *prometheus.CounterVec
 	expired   *prometheus.CounterVec
@@ -32,9 +34,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "gatewatch_detectors_late_events_total",
 			Help: "Events older than the watermark when they arrived: they update baselines but no window.",
 		}),
+		ahead: f.NewCounter(prometheus.CounterOpts{
+			Name: "gatewatch_detectors_ahead_events_total",
+			Help: "Events more than max_ahead ahead of their partition's stream: judged at the stream's time, they do not move the watermark.",
+		}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_watermark_seconds",
-			Help: "Event-time watermark (largest event time seen minus allowed_lateness), Unix seconds.",
+			Help: "Event-time watermark (the smallest of the partitions' largest event time minus allowed_lateness), Unix seconds.",
+		}),
+		idle: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_detectors_idle_partitions",
+			Help: "Partitions that delivered nothing for idle_timeout and no longer hold back the watermark.",
 		}),
 		alerts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_alerts_total",

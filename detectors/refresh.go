@@ -52,8 +52,8 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 		return fmt.Errorf("detectors: refresh baselines: %w", err)
 	}
 	wm := int64(math.MinInt64)
-	if e.started {
-		wm = e.wm
+	if e.wms.started {
+		wm = e.wms.wm
 	}
 	var keysAdopted, keysMerged, routesAdopted int
 	if e.nc != nil {
@@ -62,7 +62,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if e.qs != nil {
 		routesAdopted = e.qs.merge(b, wm)
 	}
-	e.loadWM, e.loadArmed = e.wm, e.started
+	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	lvl := slog.LevelDebug
 	if keysAdopted+keysMerged+routesAdopted > 0 {
 		lvl = slog.LevelInfo
@@ -76,15 +76,15 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 // refreshDue reports whether the watermark has advanced by baseline_refresh since the
 // last load. It reads event time only, and allocates nothing.
 func (e *Engine) refreshDue() bool {
-	if e.refresh <= 0 || !e.started {
+	if e.refresh <= 0 || !e.wms.started {
 		return false
 	}
 	if !e.loadArmed {
 		// The last load came before the first event: count from the first watermark.
-		e.loadWM, e.loadArmed = e.wm, true
+		e.loadWM, e.loadArmed = e.wms.wm, true
 		return false
 	}
-	return e.wm-e.loadWM >= e.refresh
+	return e.wms.wm-e.loadWM >= e.refresh
 }
 
 // refreshIfDue is Run's periodic refresh. A store that fails to load is logged and
@@ -95,7 +95,7 @@ func (e *Engine) refreshIfDue(ctx context.Context) {
 		return
 	}
 	if err := e.RefreshBaselines(ctx); err != nil {
-		e.loadWM = e.wm
+		e.loadWM = e.wms.wm
 		e.log.Warn("baseline refresh failed; retrying after baseline_refresh", "err", err)
 	}
 }

@@ -49,11 +49,8 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 	for {
 		b, err := src.Next(ctx)
 		if b != nil {
-			maxT := int64(math.MinInt64)
-			for i := range b.Events {
-				maxT = max(maxT, b.Events[i].Time.UnixMilli())
-			}
-			alerts := e.Observe(b.Events)
+			maxT := e.observe(b, b.Events)
+			alerts := e.out.take()
 			// A batch waits for its ack as long as the longest window stays open (ten
 			// minutes for token_reuse): keep the means to ack it, not its events.
 			b.Events = nil

@@ -2,14 +2,45 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 )
+
+// A Partition names one ordered stream of records: a Kafka topic partition, or one
+// input file. Event time is judged per partition: a record is late or ahead relative to
+// what its own partition delivered before it.
+type Partition struct {
+	Source string // the topic, or the file's name
+	ID     int32  // the Kafka partition; 0 for a file
+}
+
+func (p Partition) String() string { return fmt.Sprintf("%s/%d", p.Source, p.ID) }
+
+// A Run is n consecutive events of a batch from one partition.
+type Run struct {
+	Partition Partition
+	N         int
+}
 
 // A Batch is a run of events from one source, in arrival order, with the means to tell
 // the source they are done. Records a parser rejected are not in it: they went to the
 // dead-letter sink before the batch was handed out, which counts as handled.
 type Batch struct {
 	Events []Event
+	// Runs says which partition the events came from: the first Runs[0].N events are
+	// of Runs[0].Partition, the next Runs[1].N of Runs[1].Partition, and so on; the
+	// counts add up to len(Events). Nil when every event is of the zero Partition (one
+	// stream). Within one partition, events keep the order the partition had.
+	Runs []Run
+	// Opened lists the partitions this reader started to read (assigned to it in a
+	// consumer group, a file opened) since the previous batch, before any of their
+	// events. Until a partition delivers an event or goes idle it holds back the
+	// engine's watermark: its records may be older than those of the others.
+	Opened []Partition
+	// Ended lists the partitions this reader will deliver no more events of (revoked in
+	// a rebalance, a file read to its end), after every event of theirs in Events. The
+	// engine stops waiting for them.
+	Ended []Partition
 
 	once sync.Once
 	ack  func(context.Context) error
@@ -33,4 +64,57 @@ func (b *Batch) Ack(ctx context.Context) error {
 		}
 	})
 	return b.err
+}
+
+// Filter keeps the events for which keep reports true, in order, keeping Runs in step,
+// and returns how many it dropped.
+func (b *Batch) Filter(keep func(*Event) bool) int {
+	if b.Runs == nil {
+		k := 0
+		for i := range b.Events {
+			if keep(&b.Events[i]) {
+				b.Events[k] = b.Events[i]
+				k++
+			}
+		}
+		dropped := len(b.Events) - k
+		clear(b.Events[k:])
+		b.Events = b.Events[:k]
+		return dropped
+	}
+	k, i, runs := 0, 0, b.Runs[:0]
+	for _, r := range b.Runs {
+		n := 0
+		for end := i + r.N; i < end; i++ {
+			if keep(&b.Events[i]) {
+				b.Events[k] = b.Events[i]
+				k++
+				n++
+			}
+		}
+		if n > 0 {
+			runs = append(runs, Run{Partition: r.Partition, N: n})
+		}
+	}
+	dropped := len(b.Events) - k
+	clear(b.Events[k:])
+	b.Events = b.Events[:k]
+	b.Runs = runs
+	return dropped
+}
+
+// Each calls fn for every run of the batch, with its events; a batch without Runs is
+// one run of the zero Partition.
+func (b *Batch) Each(fn func(p Partition, events []Event)) {
+	if b.Runs == nil {
+		if len(b.Events) > 0 {
+			fn(Partition{}, b.Events)
+		}
+		return
+	}
+	i := 0
+	for _, r := range b.Runs {
+		fn(r.Partition, b.Events[i:i+r.N])
+		i += r.N
+	}
 }

@@ -93,15 +93,9 @@ func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
 		return nil, err
 	}
 	if !w.from.IsZero() || !w.to.IsZero() {
-		kept := b.Events[:0]
-		for _, ev := range b.Events {
-			if (!w.from.IsZero() && ev.Time.Before(w.from)) || (!w.to.IsZero() && !ev.Time.Before(w.to)) {
-				w.sum.Skipped++
-				continue
-			}
-			kept = append(kept, ev)
-		}
-		b.Events = kept
+		w.sum.Skipped += b.Filter(func(ev *ingest.Event) bool {
+			return (w.from.IsZero() || !ev.Time.Before(w.from)) && (w.to.IsZero() || ev.Time.Before(w.to))
+		})
 	}
 	for i := range b.Events {
 		t := b.Events[i].Time

@@ -1,0 +1,268 @@
+package detectors
+
+import (
+	"cmp"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// watermarks keeps event time per partition. A record is late when it is before its
+// own partition's largest event time minus allowed_lateness, or before the engine's
+// watermark (windows up to it are closed). The engine's watermark is the smallest of the
+// partitions' watermarks, never moving back; a partition that delivered nothing for
+// idle_timeout (wall clock) does not hold it back, nor does a record more than max_ahead
+// ahead of its partition's stream, which is judged on its own.
+//
+// One partition, the zero ingest.Partition, serves callers that give no partitions
+// (Engine.Observe): the watermark is then the largest event time minus the lateness,
+// as it always was.
+type watermarks struct {
+	lateness, maxAhead int64 // ms
+	idle               time.Duration
+	log                *slog.Logger
+
+	parts map[ingest.Partition]*partWM
+	// wm is the engine's watermark, valid once started; low the smallest watermark of
+	// the partitions that hold it back (math.MinInt64 while one has not delivered yet).
+	started bool
+	wm      int64
+	low     int64
+	last    *partWM // the partition of the previous run: runs of one partition follow each other
+	holding int     // partitions with a held record
+}
+
+// partWM is one partition's event time.
+type partWM struct {
+	p       ingest.Partition
+	seen    bool          // delivered an event that moved its stream
+	maxT    int64         // largest event time of its stream, ms
+	maxAt   time.Time     // wall clock when maxT was set
+	held    *ingest.Event // a record far ahead of the stream, until the next one decides
+	arrived time.Time     // wall clock of its last record, or of its opening
+	idle    bool
+	ahead   uint64 // records judged ahead of its stream
+}
+
+func newWatermarks(lateness, maxAhead, idle time.Duration, log *slog.Logger) *watermarks {
+	return &watermarks{
+		lateness: lateness.Milliseconds(),
+		maxAhead: maxAhead.Milliseconds(),
+		idle:     idle,
+		log:      log,
+		parts:    map[ingest.Partition]*partWM{},
+		low:      math.MinInt64,
+	}
+}
+
+// open starts waiting for partition p, opened at wall clock now: until it delivers or
+// goes idle it holds the watermark where it is.
+func (w *watermarks) open(p ingest.Partition, now time.Time) *partWM {
+	if pw, ok := w.parts[p]; ok {
+		return pw
+	}
+	pw := &partWM{p: p, arrived: now}
+	w.parts[p] = pw
+	w.recompute()
+	return pw
+}
+
+// end stops waiting for partition p.
+func (w *watermarks) end(p ingest.Partition) {
+	pw, ok := w.parts[p]
+	if !ok {
+		return
+	}
+	if w.last == pw {
+		w.last = nil
+	}
+	delete(w.parts, p)
+	w.recompute()
+}
+
+// part returns the state of p, opening it on its first event.
+func (w *watermarks) part(p ingest.Partition) *partWM {
+	if pw := w.last; pw != nil && pw.p == p {
+		return pw
+	}
+	pw, ok := w.parts[p]
+	if !ok {
+		pw = w.open(p, time.Time{})
+	}
+	w.last = pw
+	return pw
+}
+
+// arrived notes that pw delivered records at wall clock now; it wakes pw if it was
+// idle.
+func (w *watermarks) arrived(pw *partWM, now time.Time) {
+	if now.IsZero() {
+		return
+	}
+	pw.arrived = now
+	if pw.idle {
+		pw.idle = false
+		w.log.Info("partition delivers again; it holds back the watermark", "partition", pw.p.String())
+		w.recompute()
+	}
+}
+
+// checkIdle marks the partitions that delivered nothing for idle_timeout as idle, so
+// they stop holding back the watermark. It reports whether any changed.
+func (w *watermarks) checkIdle(now time.Time) bool {
+	changed := false
+	for _, pw := range w.parts {
+		if !pw.idle && !pw.arrived.IsZero() && now.Sub(pw.arrived) >= w.idle {
+			pw.idle, changed = true, true
+			w.log.Info("partition idle; the watermark no longer waits for it", "partition", pw.p.String(), "idle_for", now.Sub(pw.arrived).Round(time.Second))
+		}
+	}
+	if changed {
+		w.recompute()
+	}
+	return changed
+}
+
+// A verdict is how a record stands to its partition's stream.
+type verdict uint8
+
+const (
+	onTime verdict = iota // it enters windows
+	late                  // behind its partition's watermark or the engine's: it enters no window
+	ahead                 // far ahead of its stream: judged at the stream's time, it does not move the watermark
+	held                  // far ahead of its stream: the next record of the partition decides (resolveHeld)
+)
+
+// judge takes one record of pw with event time t (ms), arriving at wall clock now
+// (zero when the engine has no clock), and returns the time it is judged at and its
+// verdict.
+//
+// A record more than max_ahead ahead of its partition's stream is either a clock
+// glitch (a gateway stamping one record an hour ahead) or the first record after a
+// quiet gap. Live, the wall clock tells them apart: a record more than max_ahead ahead
+// of the wall clock is ahead, and a jump no larger than the wall time since the
+// stream's last step (plus max_ahead) is a gap. Otherwise the record is held, and the
+// partition's next record decides: far ahead of the old stream too, the stream jumped;
+// back near it, the held record was a glitch. The decision depends only on the order
+// of the partition's records, so a replay of them decides alike.
+func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) {
+	live := !now.IsZero()
+	if live && t > now.UnixMilli()+w.maxAhead {
+		return w.aheadOf(pw, t)
+	}
+	if pw.seen && t > pw.maxT+w.maxAhead && !(live && t-pw.maxT <= now.Sub(pw.maxAt).Milliseconds()+w.maxAhead) {
+		w.holding++
+		return t, held
+	}
+	return w.take(pw, t, now)
+}
+
+// resolveHeld decides pw's held record at t, given the time of the partition's next
+// record (hasNext false: there is none, the partition ended or went idle, and a gap is
+// assumed), and returns the time it is judged at and its verdict.
+func (w *watermarks) resolveHeld(pw *partWM, t int64, next int64, hasNext bool, now time.Time) (int64, verdict) {
+	w.holding--
+	if hasNext && next <= pw.maxT+w.maxAhead {
+		return w.aheadOf(pw, t)
+	}
+	return w.take(pw, t, now)
+}
+
+// take moves pw's stream up to t and says whether t is late.
+func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
+	switch {
+	case !pw.seen:
+		pw.seen, pw.maxT, pw.maxAt = true, t, now
+		w.recompute()
+	case t > pw.maxT:
+		low := pw.maxT-w.lateness == w.low
+		pw.maxT, pw.maxAt = t, now
+		if low {
+			w.recompute()
+		}
+	}
+	if t < pw.maxT-w.lateness || (w.started && t < w.wm) {
+		return t, late
+	}
+	return t, onTime
+}
+
+// aheadOf counts a record at t judged ahead of pw's stream and returns the time it is
+// judged at: the stream's current time, or the engine's watermark before pw delivered.
+func (w *watermarks) aheadOf(pw *partWM, t int64) (int64, verdict) {
+	pw.ahead++
+	if pw.ahead&(pw.ahead-1) == 0 { // the first, and then each time the count doubles
+		w.log.Warn("record far ahead of its partition's event time; judged at the stream's time, the watermark keeps its place",
+			"partition", pw.p.String(), "record_time", msTime(t), "stream_time", msTime(pw.maxT), "ahead_records", pw.ahead)
+	}
+	switch {
+	case pw.seen:
+		if pw.maxT < w.wm {
+			return pw.maxT, late
+		}
+		return pw.maxT, ahead
+	case w.started:
+		return w.wm, ahead
+	}
+	return t, late // nothing to judge it against: it enters no window
+}
+
+// recompute sets low to the smallest watermark of the partitions that hold the
+// watermark back, and moves the watermark up to it.
+func (w *watermarks) recompute() {
+	low, any := int64(math.MaxInt64), false
+	for _, pw := range w.parts {
+		switch {
+		case pw.idle:
+		case !pw.seen:
+			low, any = math.MinInt64, true
+		default:
+			low, any = min(low, pw.maxT-w.lateness), true
+		}
+	}
+	if !any {
+		// Every partition is idle (or none is open): the watermark follows the
+		// partitions that delivered, so the windows they fed can close.
+		low = math.MinInt64
+		for _, pw := range w.parts {
+			if pw.seen {
+				low = max(low, pw.maxT-w.lateness)
+			}
+		}
+	}
+	w.low = low
+	if low == math.MinInt64 {
+		return
+	}
+	if !w.started {
+		w.started, w.wm = true, low
+		return
+	}
+	w.wm = max(w.wm, low)
+}
+
+// sortedParts returns the open partitions in order, for decisions that must not depend
+// on map order.
+func (w *watermarks) sortedParts() []*partWM {
+	ps := slices.Collect(maps.Values(w.parts))
+	slices.SortFunc(ps, func(a, b *partWM) int {
+		return cmp.Or(strings.Compare(a.p.Source, b.p.Source), cmp.Compare(a.p.ID, b.p.ID))
+	})
+	return ps
+}
+
+// idleCount returns how many open partitions are idle.
+func (w *watermarks) idleCount() int {
+	n := 0
+	for _, pw := range w.parts {
+		if pw.idle {
+			n++
+		}
+	}
+	return n
+}

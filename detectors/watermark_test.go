@@ -1,0 +1,318 @@
+package detectors
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	partA = ingest.Partition{Source: "waf-logs", ID: 0}
+	partB = ingest.Partition{Source: "waf-logs", ID: 1}
+)
+
+// partRun is events of one partition, in that partition's order.
+type partRun struct {
+	p      ingest.Partition
+	events []ingest.Event
+}
+
+// interleave cuts each partition's events into runs of n and hands them out in batches
+// of one run per partition, round robin, as a consumer reading them side by side would.
+func interleave(n int, parts ...partRun) []*ingest.Batch {
+	var out []*ingest.Batch
+	for off := 0; ; off += n {
+		b := &ingest.Batch{}
+		for _, pr := range parts {
+			if off >= len(pr.events) {
+				continue
+			}
+			run := pr.events[off:min(off+n, len(pr.events))]
+			b.Events = append(b.Events, run...)
+			b.Runs = append(b.Runs, ingest.Run{Partition: pr.p, N: len(run)})
+		}
+		if len(b.Events) == 0 {
+			return out
+		}
+		if off == 0 {
+			for _, pr := range parts {
+				b.Opened = append(b.Opened, pr.p)
+			}
+		}
+		out = append(out, b)
+	}
+}
+
+// runBatches feeds batches to a new engine with clock now (nil: none) and returns every
+// alert and the engine.
+func runBatches(t testing.TB, cfg Config, now func() time.Time, batches []*ingest.Batch) ([]Alert, *Engine, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	e, err := NewEngine(cfg, Options{Registerer: reg, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []Alert
+	for _, b := range batches {
+		alerts = append(alerts, e.ObserveBatch(b)...)
+	}
+	return append(alerts, e.Flush()...), e, reg
+}
+
+// steady is one request a second from a healthy client for d, from start.
+func steady(start time.Time, d time.Duration, key string) []ingest.Event {
+	return repeat(int(d/time.Second), start, time.Second, func(_ int, ts time.Time) ingest.Event {
+		return req(ts, client(key), status(200))
+	})
+}
+
+// burst403 is n 403s to client key, one every 100ms from start.
+func burst403(n int, start time.Time, key string) []ingest.Event {
+	return repeat(n, start, 100*time.Millisecond, func(_ int, ts time.Time) ingest.Event {
+		return req(ts, client(key), status(403))
+	})
+}
+
+// A partition whose shipper runs two minutes behind the other still catches the burst
+// in it: lateness is judged within the partition, and the watermark waits for it.
+func TestLaggingPartitionIsNotBlind(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	a := steady(t0, 10*time.Minute, "healthy")
+	// Partition B carries the same span of time two minutes behind A, with a burst of
+	// 30 403s at t0+5m: B's records arrive side by side with A's from two minutes later.
+	b := concat(steady(t0.Add(-2*time.Minute), 7*time.Minute, "other"), burst403(30, t0.Add(5*time.Minute), "attacker"),
+		steady(t0.Add(5*time.Minute+3*time.Second), 3*time.Minute, "other"))
+	slices.SortStableFunc(b, func(x, y ingest.Event) int { return x.Time.Compare(y.Time) })
+
+	alerts, _, reg := runBatches(t, cfg, nil, interleave(50, partRun{partA, a}, partRun{partB, b}))
+	if got := keysOf(alerts); !slices.Equal(got, []string{"attacker"}) {
+		t.Errorf("alerts for %v, want one incident for attacker", got)
+	}
+	if late := counterValue(t, reg, "gatewatch_detectors_late_events_total"); late != 0 {
+		t.Errorf("%v events late, want none", late)
+	}
+
+	// The negative control: the same records as one stream, as before partitions were
+	// told apart, make B's burst late and raise nothing.
+	var flat []ingest.Event
+	for _, bt := range interleave(50, partRun{partA, a}, partRun{partB, b}) {
+		flat = append(flat, bt.Events...)
+	}
+	if got := keysOf(run(t, cfg, nil, 0, flat).alerts); len(got) != 0 {
+		t.Errorf("one stream: alerts for %v, want none (the burst is late there)", got)
+	}
+}
+
+// One record stamped 20 hours ahead changes nothing: without a clock (replay) it is
+// held until the next record of its partition shows it was a glitch; with one (live)
+// it is ahead of the wall clock at once. Either way it counts once as ahead, is judged
+// at the stream's time, and every attack is still caught.
+func TestRecordFarAheadChangesNothing(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	base := concat(steady(t0, 5*time.Minute, "healthy"), burst403(30, t0.Add(5*time.Minute), "attacker"),
+		steady(t0.Add(5*time.Minute+3*time.Second), 5*time.Minute, "healthy"))
+	glitch := req(t0.Add(20*time.Hour), client("healthy"), status(200))
+	withGlitch := slices.Insert(slices.Clone(base), 100, glitch)
+
+	want, _, _ := runBatches(t, cfg, nil, interleave(64, partRun{partA, base}))
+	for _, clock := range []struct {
+		name string
+		now  func() time.Time
+	}{
+		{"replay", nil},
+		{"live", func() time.Time { return t0.Add(10 * time.Minute) }},
+	} {
+		t.Run(clock.name, func(t *testing.T) {
+			for _, batch := range []int{1, 7, 64, len(withGlitch)} {
+				got, e, reg := runBatches(t, cfg, clock.now, interleave(batch, partRun{partA, withGlitch}))
+				if alertsJSON(t, got) != alertsJSON(t, want) {
+					t.Errorf("batches of %d: alerts\n%s\nwant\n%s", batch, alertsJSON(t, got), alertsJSON(t, want))
+				}
+				if n := counterValue(t, reg, "gatewatch_detectors_ahead_events_total"); n != 1 {
+					t.Errorf("batches of %d: %v events ahead, want 1", batch, n)
+				}
+				if late := counterValue(t, reg, "gatewatch_detectors_late_events_total"); late != 0 {
+					t.Errorf("batches of %d: %v events late, want none", batch, late)
+				}
+				if wm := e.Watermark(); wm.After(t0.Add(time.Hour)) {
+					t.Errorf("batches of %d: watermark %s moved with the glitch", batch, wm)
+				}
+			}
+		})
+	}
+}
+
+// A stream with gaps longer than max_ahead (a quiet API at night) is not a stream of
+// glitches: the second record after a gap confirms it, and each record is judged at its
+// own time. Live, the wall clock confirms the gap at once.
+func TestGapIsNotAhead(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	var events []ingest.Event
+	for h := range 6 { // a burst every two hours, nothing in between
+		events = append(events, burst403(25, t0.Add(time.Duration(2*h)*time.Hour), fmt.Sprintf("k%d", h))...)
+	}
+	alerts, _, reg := runBatches(t, cfg, nil, interleave(10, partRun{partA, events}))
+	if got := keysOf(alerts); len(got) != 6 {
+		t.Errorf("alerts for %v, want one for each of the 6 bursts", got)
+	}
+	if n := counterValue(t, reg, "gatewatch_detectors_ahead_events_total"); n != 0 {
+		t.Errorf("%v events ahead, want none", n)
+	}
+	for _, a := range alerts {
+		if a.FirstSeen.Minute() != 0 || a.FirstSeen.Second() != 0 {
+			t.Errorf("%s first seen at %s, want the burst's own start", a.Key, a.FirstSeen)
+		}
+	}
+}
+
+// A partition opened but silent holds the watermark back until idle_timeout of wall
+// clock has passed; then it no longer does, and delivers again when it has records.
+func TestIdlePartition(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	cfg.IdleTimeout = time.Minute
+	wall := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) // the wall clock has nothing to do with event time
+	now := func() time.Time { return wall }
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := ingest.NewBatch(burst403(30, t0, "attacker"), nil)
+	b.Runs = []ingest.Run{{Partition: partA, N: 30}}
+	b.Opened = []ingest.Partition{partA, partB}
+	if got := e.ObserveBatch(b); len(got) != 0 {
+		t.Fatalf("alerts %v while B holds the watermark", keysOf(got))
+	}
+	if !e.Watermark().IsZero() {
+		t.Fatalf("watermark %s before B delivered or went idle", e.Watermark())
+	}
+	wall = wall.Add(30 * time.Second)
+	more := steady(t0.Add(3*time.Second), 2*time.Minute, "healthy")
+	b = ingest.NewBatch(more, nil)
+	b.Runs = []ingest.Run{{Partition: partA, N: len(more)}}
+	if got := e.ObserveBatch(b); len(got) != 0 || !e.Watermark().IsZero() {
+		t.Fatalf("30s of wall clock: alerts %v, watermark %s; want none, B is not idle yet", keysOf(got), e.Watermark())
+	}
+	wall = wall.Add(31 * time.Second)
+	b = ingest.NewBatch(steady(t0.Add(123*time.Second), time.Second, "healthy"), nil)
+	b.Runs = []ingest.Run{{Partition: partA, N: 1}}
+	got := e.ObserveBatch(b)
+	if keys := keysOf(got); !slices.Equal(keys, []string{"attacker"}) {
+		t.Fatalf("after idle_timeout: alerts %v, want attacker", keys)
+	}
+	if wm, want := e.Watermark(), t0.Add(123*time.Second-cfg.AllowedLateness); !wm.Equal(want) {
+		t.Errorf("watermark %s, want A's %s", wm, want)
+	}
+
+	// B wakes up with records from before the watermark: they are late, and the
+	// watermark never moves back.
+	wm := e.Watermark()
+	b = ingest.NewBatch(steady(t0, time.Second, "other"), nil)
+	b.Runs = []ingest.Run{{Partition: partB, N: 1}}
+	e.ObserveBatch(b)
+	if !e.Watermark().Equal(wm) {
+		t.Errorf("watermark moved from %s to %s", wm, e.Watermark())
+	}
+}
+
+// A partition that ended (a file read to its end, a partition revoked) stops holding
+// the watermark back.
+func TestEndedPartition(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, bb := burst403(30, t0, "attacker"), steady(t0.Add(-time.Hour), time.Second, "old")
+	b := &ingest.Batch{Events: concat(a, bb), Runs: []ingest.Run{{Partition: partA, N: len(a)}, {Partition: partB, N: len(bb)}},
+		Opened: []ingest.Partition{partA, partB}}
+	e.ObserveBatch(b)
+	if wm := e.Watermark(); !wm.Equal(t0.Add(-time.Hour - cfg.AllowedLateness)) {
+		t.Fatalf("watermark %s, want B's", wm)
+	}
+	got := e.ObserveBatch(&ingest.Batch{Ended: []ingest.Partition{partB}})
+	if wm := e.Watermark(); !wm.Equal(t0.Add(2900*time.Millisecond - cfg.AllowedLateness)) {
+		t.Errorf("after B ended: watermark %s, want A's", wm)
+	}
+	got = append(got, e.ObserveBatch(&ingest.Batch{Events: steady(t0.Add(2*time.Minute), time.Second, "x"), Runs: []ingest.Run{{Partition: partA, N: 1}}})...)
+	if keys := keysOf(got); !slices.Equal(keys, []string{"attacker"}) {
+		t.Errorf("alerts %v, want attacker", keys)
+	}
+}
+
+// The alerts depend on each partition's records and their order, not on how the
+// partitions' records interleave within the allowed lateness, nor on batch sizes.
+func TestPartitionInterleavingDeterminism(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.QuietEndpointSpike.Enabled = false // learns for 24h
+	cfg.NewCountry.Enabled = false
+	a := concat(steady(t0, 4*time.Minute, "healthy"), burst403(30, t0.Add(4*time.Minute), "attacker-a"),
+		steady(t0.Add(4*time.Minute+3*time.Second), 6*time.Minute, "healthy"))
+	b := concat(steady(t0, 6*time.Minute, "other"), burst403(40, t0.Add(6*time.Minute), "attacker-b"),
+		steady(t0.Add(6*time.Minute+4*time.Second), 4*time.Minute, "other"))
+	want, _, _ := runBatches(t, cfg, nil, interleave(10, partRun{partA, a}, partRun{partB, b}))
+	if got := keysOf(want); !slices.Equal(got, []string{"attacker-a", "attacker-b"}) {
+		t.Fatalf("alerts for %v, want both attackers", got)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20 {
+		// Random runs of each partition, in a random order, never more than 20s of
+		// event time apart (allowed_lateness is 30s).
+		var batches []*ingest.Batch
+		ia, ib := 0, 0
+		for ia < len(a) || ib < len(b) {
+			n := 1 + rng.IntN(15)
+			pick := partA
+			if ia >= len(a) || (ib < len(b) && (rng.IntN(2) == 0 || a[ia].Time.Sub(b[ib].Time) > 10*time.Second)) {
+				pick = partB
+			}
+			if pick == partA && ia < len(a) && ib < len(b) && a[ia].Time.Sub(b[ib].Time) > 10*time.Second {
+				pick = partB
+			}
+			bt := &ingest.Batch{}
+			if pick == partA {
+				n = min(n, len(a)-ia)
+				bt.Events, bt.Runs = a[ia:ia+n], []ingest.Run{{Partition: partA, N: n}}
+				ia += n
+			} else {
+				n = min(n, len(b)-ib)
+				bt.Events, bt.Runs = b[ib:ib+n], []ingest.Run{{Partition: partB, N: n}}
+				ib += n
+			}
+			batches = append(batches, bt)
+		}
+		got, _, _ := runBatches(t, cfg, nil, batches)
+		if finalJSON(t, got) != finalJSON(t, want) {
+			t.Fatalf("interleaving changed the alerts:\n%s\nwant\n%s", finalJSON(t, got), finalJSON(t, want))
+		}
+	}
+}
+
+// finalJSON is each incident's final alert, sorted by id.
+func finalJSON(t testing.TB, alerts []Alert) string {
+	var fin []Alert
+	for _, g := range incidentsOf(alerts) {
+		fin = append(fin, final(g))
+	}
+	slices.SortFunc(fin, func(x, y Alert) int { return strings.Compare(x.ID, y.ID) })
+	return alertsJSON(t, fin)
+}
+
+// keysOf returns the keys of the incidents in alerts, sorted.
+func keysOf(alerts []Alert) []string {
+	var keys []string
+	for _, g := range incidentsOf(alerts) {
+		keys = append(keys, g[0].Key)
+	}
+	slices.Sort(keys)
+	return keys
+}
