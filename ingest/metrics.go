@@ -11,6 +11,7 @@ type Metrics struct {
 	Records     *prometheus.CounterVec // by source: records read, accepted or not
 	Events      *prometheus.CounterVec // by source: records that became events
 	DeadLetters *prometheus.CounterVec // by source and reason
+	ConsumerLag *prometheus.GaugeVec   // by topic and partition: records behind the partition's end
 }
 
 // NewMetrics registers the ingest metrics with reg; a nil reg registers nothing (tests).
@@ -29,6 +30,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gatewatch_ingest_dead_letters_total",
 			Help: "Records rejected and sent to the dead-letter sink, per source and reason.",
 		}, []string{"source", "reason"}),
+		ConsumerLag: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatewatch_ingest_consumer_lag_records",
+			Help: "Records between the last one taken into a batch and the end of the partition, per topic and partition this member reads.",
+		}, []string{"topic", "partition"}),
 	}
 }
 

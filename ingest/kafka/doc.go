@@ -8,44 +8,41 @@
 //
 // # Delivery
 //
-// Source reads through a github.com/segmentio/kafka-go Reader with GroupID and
-// GroupTopics, fetching with FetchMessage and committing explicitly (CommitInterval 0).
-// ReadMessage, which commits records before anything processed them, is never used.
-// Each batch remembers, per partition, the run of offsets it holds, rejected records
-// included: a rejected record counts as handled once the dead-letter sink stored it,
-// which happens before the batch is handed out. Batch.Ack marks the runs done, and per
-// partition the source commits the end of the contiguous done prefix. Batches may be
-// acknowledged in any order; nothing is committed past a record still in flight.
+// Source is a member of the consumer group through kafka-go's ConsumerGroup and
+// Generation API, which says which partitions each generation assigns to the member and
+// ends a generation's context on a rebalance; it never guesses ownership. For each
+// assigned partition it runs a partition reader for the generation's lifetime and
+// fetches with FetchMessage; offsets are committed explicitly, through the generation
+// (Generation.CommitOffsets), only when the pipeline acknowledges them. Each batch
+// remembers, per partition, the run of offsets it holds, rejected records included: a
+// rejected record counts as handled once the dead-letter sink stored it, which happens
+// before the batch is handed out. Batch.Ack marks the runs done, and per partition the
+// source commits the end of the contiguous done prefix. Batches may be acknowledged in
+// any order; nothing is committed past a record still in flight.
 //
-// What kafka-go v0.4.51 does on a rebalance (reader.go, consumergroup.go), and what the
-// source adds:
+// On a rebalance:
 //
-//   - Every generation restarts the partition readers at the group's committed offsets,
-//     for the partitions the member keeps as well as for new ones. The source remembers,
-//     per partition, which offsets it already took into batches in this process and drops
-//     records fetched again below that point: their batches are in flight here (or were
-//     acknowledged) and commit when acknowledged. A kept partition thus neither repeats
-//     nor skips a record. If the group's offset went back below everything taken (an
-//     operator reset the group, or a former owner committed late), the source starts
-//     that partition afresh from there and its batches in flight no longer commit it:
-//     records repeat, none is lost.
-//   - kafka-go does not tell a member which partitions it owns. The source counts the
-//     generations that started (Reader.Stats().Rebalances) and after each one commits a
-//     partition only once it has fetched a record of it in the new generation. Batches of
-//     a partition that moved to another member then commit nothing, unless the partition
-//     comes back: their acknowledgement may then commit an offset below the one the other
-//     member reached, which repeats records and loses none.
-//   - One gap remains. kafka-go keeps a CommitMessages issued after a generation ended
-//     and runs it under the next generation, and the coordinator checks a commit's
-//     generation and member, not the assignment. A batch acknowledged while the group is
-//     rebalancing can therefore commit a partition that just moved. The offset committed
-//     is still the end of records this member processed completely, so at worst it moves
-//     the new owner's committed offset back and records after it are delivered again
-//     after the next rebalance or restart; it never moves past a record nobody processed.
+//   - A partition the member keeps goes on where its reader stopped, after the last
+//     record taken into a batch, not from the group's committed offset: batches in
+//     flight across the rebalance still commit it when acknowledged, and no record is
+//     read twice.
+//   - A partition the member loses is forgotten at once: batches in flight commit
+//     nothing for it, its records go to the new owner from the group's committed
+//     offset, and the next batch handed out lists it in Batch.Ended.
+//   - A partition new to the member starts from the group's committed offset (or
+//     kafka.start_offset when the group has none) and is listed in Batch.Opened of the
+//     next batch, before any of its events, so the engine waits for its event time.
+//   - A commit that fails (the coordinator refuses it while the group rebalances, or a
+//     generation ended) is logged and tried again with the next acknowledgement or at
+//     the start of the next generation. The offsets stay uncommitted meanwhile, which at
+//     worst delivers their records again.
+//
+// Events of a batch come ordered by partition (each partition's in offset order), with
+// Batch.Runs saying which partition each run is of: the engine judges event time per
+// partition.
 //
 // The guarantee is at least once. A record is committed only after the batch holding it
 // and every earlier batch of its partition were acknowledged. Records not acknowledged
 // when a member stops, crashes or loses their partition are delivered again, to it or to
-// another member, and no record is skipped. Records delivered twice are ones that had
-// not been acknowledged, apart from the late commits described above.
+// another member, and no record is skipped.
 package kafka

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,10 +20,8 @@ type batch struct {
 	err error // a fetch error, in place of a batch
 
 	seq   uint64
-	epoch uint64 // the generation count read when its first record arrived
 	recs  []record
-	spans []*span      // one run per partition, in the order the partitions first appeared
-	parts []*partition // partitions a record was fetched from, dropped records included
+	spans []*span // one run per partition, in the order the partitions first appeared
 
 	// Filled by the parsing goroutines, each at the indexes of the records it parsed.
 	events  []ingest.Event // events[i] is recs[i]'s event where errs[i] is nil
@@ -34,14 +32,15 @@ type batch struct {
 	// Set by Next.
 	assembled bool
 	dead      []ingest.DeadLetter
+	runs      []ingest.Run
 }
 
 // record is one fetched record of a batch.
 type record struct {
-	topic     *topic
-	partition int
-	offset    int64
-	value     []byte
+	topic  *topic
+	p      *partition
+	offset int64
+	value  []byte
 }
 
 // A job is a part of a batch for a parsing goroutine of topic: the records of the topic
@@ -60,10 +59,11 @@ func (s *Source) ack(b *batch) func(context.Context) error {
 	return func(ctx context.Context) error { return s.release(ctx, spans) }
 }
 
-// fetch is the fetching goroutine: it cuts batches, hands each to the parsing goroutines
-// of its topics and queues it, in order, for Next. It ends when ctx does or the reader
-// is closed, and then closes the queues.
-func (s *Source) fetch(ctx context.Context, r *kafkago.Reader) {
+// fetch is the fetching goroutine: once every topic exists it joins the group, then
+// it cuts batches of the records the partition readers fetch, hands each to the parsing
+// goroutines of its topics and queues it, in order, for Next. It ends when ctx does,
+// and then closes the queues.
+func (s *Source) fetch(ctx context.Context) {
 	defer s.running.Done()
 	defer func() {
 		close(s.ready)
@@ -87,19 +87,16 @@ func (s *Source) fetch(ctx context.Context, r *kafkago.Reader) {
 		case <-time.After(topicRecheck):
 		}
 	}
-	for {
-		b, err := s.fill(ctx, r)
-		if b != nil && !s.queue(ctx, b) {
-			return
+	if err := s.join(ctx); err != nil {
+		if !errors.Is(err, ErrClosed) {
+			s.queue(ctx, &batch{err: err})
 		}
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrClosed) || ctx.Err() != nil:
+		return
+	}
+	for {
+		b := s.fill(ctx)
+		if b == nil || !s.queue(ctx, b) {
 			return
-		default:
-			if !s.queue(ctx, &batch{err: err}) {
-				return
-			}
 		}
 	}
 }
@@ -196,165 +193,96 @@ func (s *Source) parse(t *topic, p ingest.Parser) {
 	}
 }
 
-// fill cuts the next batch with at least one record to hand out. A batch may come with
-// an error met after it was cut; the error is reported after the batch.
-func (s *Source) fill(ctx context.Context, r *kafkago.Reader) (*batch, error) {
-	for {
-		b, flush, err := s.fillOnce(ctx, r)
-		if b != nil && len(b.recs) == 0 {
-			b = nil
-		}
-		if b != nil || err != nil {
-			return b, err
-		}
-		// Only records fetched again after a rebalance arrived. They confirmed that this
-		// member still owns their partitions, so commit what was held back meanwhile.
-		if flush {
-			if err := s.release(ctx, nil); err != nil && ctx.Err() == nil {
-				s.log.Warn("kafka commit after a rebalance failed", "err", err)
-			}
-		}
-	}
-}
-
-// fillOnce fetches records into a new batch: it waits for the first record as long as
-// ctx allows, then at most BatchWait for more. flush reports that a partition with
-// released but uncommitted runs was confirmed.
-func (s *Source) fillOnce(ctx context.Context, r *kafkago.Reader) (b *batch, flush bool, err error) {
+// fill cuts the next batch: it waits for the first record as long as ctx allows, then
+// at most BatchWait for more, up to BatchSize records. It returns nil when ctx ends.
+func (s *Source) fill(ctx context.Context) *batch {
 	s.seq++
-	b = &batch{seq: s.seq, recs: make([]record, 0, s.hint)}
-	msg, err := r.FetchMessage(ctx)
-	if err != nil {
-		return nil, false, fetchError(ctx, err)
-	}
-	// The first record starts the batch. The generation count is read after it arrived:
-	// the records of the batch were fetched in that generation or a later one.
-	b.epoch = s.observeGenerations(r)
-	s.add(b, &msg)
-	wait, cancel := context.WithTimeout(ctx, s.cfg.BatchWait)
-	defer cancel()
-	for len(b.recs) < s.cfg.BatchSize {
-		msg, err = r.FetchMessage(wait)
-		if err != nil {
-			if wait.Err() != nil && ctx.Err() == nil {
-				err = nil // the batch wait is over
-			} else {
-				err = fetchError(ctx, err)
-			}
-			break
+	b := &batch{seq: s.seq, recs: make([]record, 0, s.hint)}
+	for len(b.recs) == 0 {
+		select {
+		case f := <-s.incoming:
+			s.add(b, &f)
+		case <-ctx.Done():
+			return nil
 		}
-		s.add(b, &msg)
 	}
-	flush = s.seal(b, r)
+	wait := time.NewTimer(s.cfg.BatchWait)
+	defer wait.Stop()
+	for len(b.recs) < s.cfg.BatchSize {
+		select {
+		case f := <-s.incoming:
+			s.add(b, &f)
+			continue
+		case <-wait.C:
+		case <-ctx.Done():
+			return nil
+		}
+		break
+	}
+	s.seal(b)
 	s.hint = min(max(len(b.recs), 16), s.cfg.BatchSize)
-	return b, flush, err
-}
-
-// fetchError turns a FetchMessage error into what Next reports.
-func fetchError(ctx context.Context, err error) error {
-	switch {
-	case errors.Is(err, io.EOF):
-		return ErrClosed
-	case ctx.Err() != nil:
-		return ctx.Err()
-	}
-	return fmt.Errorf("kafka: fetch: %w", err)
+	return b
 }
 
 // add puts one fetched record into b, extending the batch's run of its partition. A
-// record fetched again after a rebalance, below what this source already took into a
-// batch, is dropped.
-func (s *Source) add(b *batch, msg *kafkago.Message) {
-	p := s.partition(msg.Topic, msg.Partition)
-	if p == nil {
+// record of a partition this member no longer owns, or of a generation that ended, is
+// dropped, and so is one fetched again below what this source already took into a
+// batch (a partition kept across a rebalance: its reader starts where the last one
+// stopped, and the records still queued from the last one are the same records).
+func (s *Source) add(b *batch, f *fetched) {
+	p := f.p
+	if p.owner.Load() != f.gen {
 		return
 	}
-	if p.mark != b.seq {
+	off := f.msg.Offset
+	next := p.next.Load()
+	if off < next {
+		s.redelivered.Add(1)
+		return
+	}
+	p.next.Store(off + 1)
+	if f.msg.HighWaterMark > 0 {
+		p.lag = f.msg.HighWaterMark - off - 1
+	}
+	if p.span == nil || p.mark != b.seq {
 		p.mark = b.seq
-		p.fresh = p.next < 0 || msg.Offset < p.next
-		b.parts = append(b.parts, p)
-	}
-	if msg.Offset < p.next {
-		if msg.Offset >= p.low {
-			s.redelivered.Add(1)
-			return
-		}
-		s.rewind(p, msg.Offset)
-	}
-	if p.next < 0 {
-		p.low = msg.Offset
-	}
-	p.next = msg.Offset + 1
-	if p.span == nil {
-		p.span = &span{part: p, resets: p.resets, first: msg.Offset}
+		p.span = &span{part: p, resets: p.resets.Load(), first: off}
 		b.spans = append(b.spans, p.span)
 	}
-	p.span.last = msg.Offset
+	p.span.last = off
 	if t := p.topic; t.mark != b.seq {
 		t.mark, t.count = b.seq, 1
 	} else {
 		t.count++
 	}
-	b.recs = append(b.recs, record{topic: p.topic, partition: msg.Partition, offset: msg.Offset, value: msg.Value})
+	b.recs = append(b.recs, record{topic: p.topic, p: p, offset: off, value: f.msg.Value})
 }
 
-// partition returns the state of one partition, creating it when first seen. It
-// returns nil for a topic the source does not read: kafka-go assigns only GroupTopics,
-// so that would be a kafka-go bug, and such records are neither parsed nor committed.
-func (s *Source) partition(topicName string, id int) *partition {
-	if p := s.last; p != nil && p.id == id && p.topic.name == topicName {
-		return p
-	}
-	k := partKey{topicName, id}
-	p := s.parts[k]
-	if p == nil {
-		t := s.topics[topicName]
-		if t == nil {
-			s.log.Error("kafka record of a topic not subscribed to", "topic", topicName, "partition", id)
-			return nil
+// seal ends b: it orders its records by partition (each partition's in fetch order),
+// so the engine gets long runs of one partition, queues its runs of offsets on their
+// partitions in delivery order, and reports each partition's lag.
+func (s *Source) seal(b *batch) {
+	if len(b.spans) > 1 {
+		order := make(map[*partition]int, len(b.spans))
+		for i, sp := range b.spans {
+			order[sp.part] = i
 		}
-		p = &partition{topic: t, id: id, next: -1, low: -1, done: -1, committed: -1}
-		s.parts[k] = p
+		slices.SortStableFunc(b.recs, func(x, y record) int { return order[x.p] - order[y.p] })
 	}
-	s.last = p
-	return p
-}
-
-// seal ends b: it queues b's runs on their partitions in delivery order and confirms
-// the partitions b fetched from for the generation they were fetched in. It reports
-// whether a partition with released but uncommitted runs was confirmed.
-//
-// The records of b were fetched in generation b.epoch or later. If a later generation
-// was seen to start by now, b straddles the change and only some records are known to
-// be from it: those of a partition b fetched again (kafka-go does that only in a new
-// generation) or fetched for the first time. Their partitions are confirmed for the new
-// generation; the others for b.epoch, and the next record of theirs confirms them.
-func (s *Source) seal(b *batch, r *kafkago.Reader) (flush bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sp := range b.spans {
 		p := sp.part
-		if sp.resets != p.resets {
-			continue // the partition was rewound within this batch; its newer run is queued
+		p.span = nil
+		p.topic.lag.WithLabelValues(p.topic.name, strconv.Itoa(p.id)).Set(float64(p.lag))
+		if sp.resets != p.resets.Load() || p.owner.Load() == 0 {
+			continue // the partition was revoked or rewound meanwhile: this run commits nothing
 		}
 		if p.done < 0 {
-			// The partition's first run since it was seen or rewound: what lies before it
-			// is not this source's to commit.
+			// The partition's first run since it was assigned: what lies before it is
+			// not this source's to commit.
 			p.done, p.committed = sp.first, sp.first
 		}
 		p.queue = append(p.queue, sp)
 	}
-	s.observeGenerationsLocked(r)
-	for _, p := range b.parts {
-		p.span = nil
-		if p.fresh {
-			p.epoch = s.epoch
-		} else {
-			p.epoch = max(p.epoch, b.epoch)
-		}
-		if _, ok := s.dirty[p]; ok && p.epoch == s.epoch {
-			flush = true
-		}
-	}
-	return flush
 }

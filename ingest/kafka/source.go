@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ const (
 	DefaultHeartbeatInterval = 3 * time.Second
 	DefaultSessionTimeout    = 30 * time.Second
 	DefaultRebalanceTimeout  = 30 * time.Second
+	DefaultJoinGroupBackoff  = 5 * time.Second
 )
 
 // Options carries what a Source needs besides its config. Every zero field except
@@ -55,6 +57,7 @@ type Options struct {
 	HeartbeatInterval time.Duration // 0: DefaultHeartbeatInterval
 	SessionTimeout    time.Duration // 0: DefaultSessionTimeout
 	RebalanceTimeout  time.Duration // 0: DefaultRebalanceTimeout
+	JoinGroupBackoff  time.Duration // 0: DefaultJoinGroupBackoff; how long after a failed join the member tries again
 }
 
 // A Source is one member of a Kafka consumer group that reads the configured topics and
@@ -68,7 +71,8 @@ type Options struct {
 // (calls are serialised); Batch.Ack and Close may be called from any goroutine.
 type Source struct {
 	cfg    ingest.KafkaConfig
-	rcfg   kafkago.ReaderConfig
+	rcfg   kafkago.ReaderConfig // what each partition reader is built from
+	gcfg   kafkago.ConsumerGroupConfig
 	dl     ingest.DeadLetters
 	log    *slog.Logger
 	now    func() time.Time
@@ -77,29 +81,33 @@ type Source struct {
 	admin  *kafkago.Client    // for metadata
 	conns  *kafkago.Transport // the admin client's
 
+	incoming chan fetched // records from the partition readers, to the fetching goroutine
+
 	// Owned by the fetching goroutine.
-	parts map[partKey]*partition
-	last  *partition // the partition of the previous record: records come in runs
-	seq   uint64     // batches cut
-	hint  int        // capacity for the next batch's records
+	seq  uint64 // batches cut
+	hint int    // capacity for the next batch's records
 
 	ready chan *batch // batches cut and being parsed, in order; closed when fetching ends
 
 	nextMu  sync.Mutex // held by Next
 	pending *batch     // a batch taken from ready and not handed out yet (Next's ctx ended, or the sink failed)
 
-	mu     sync.Mutex // guards the fields below and the commit state of every partition
-	reader *kafkago.Reader
-	closed bool
-	stop   context.CancelFunc // ends the goroutines
-	epoch  uint64             // generations seen to start; a partition commits only when confirmed in the current one
-	dirty  map[*partition]struct{}
+	mu       sync.Mutex // guards the fields below and the commit state of every partition
+	group    *kafkago.ConsumerGroup
+	closed   bool
+	stop     context.CancelFunc // ends the goroutines
+	gen      *generation        // the current generation; nil between generations
+	genSeq   uint64
+	parts    map[partKey]*partition // the partitions assigned in the current or last generation
+	dirty    map[*partition]struct{}
+	opened   []ingest.Partition // since the last batch handed out
+	ended    []ingest.Partition
+	groupErr error // why the group cannot be joined, while that lasts
 
-	running sync.WaitGroup // the fetching and parsing goroutines
+	running sync.WaitGroup // the group, fetching and parsing goroutines
 
 	commitMu sync.Mutex // serialises commits, so each partition's offsets reach the broker in order
 	toCommit []commitRef
-	msgs     []kafkago.Message
 
 	redelivered atomic.Int64 // records fetched again after a rebalance and dropped
 }
@@ -113,6 +121,7 @@ type topic struct {
 	dead         *prometheus.CounterVec
 	deadBy       map[string]prometheus.Counter
 
+	lag   *prometheus.GaugeVec
 	jobs  chan job // parts of batches with records of this topic, for its parsing goroutines
 	mark  uint64   // seq of the last batch with a record of it; owned by the fetching goroutine
 	count int      // its records in that batch; owned by the fetching goroutine
@@ -123,6 +132,13 @@ type topic struct {
 type partKey struct {
 	topic     string
 	partition int
+}
+
+func (k partKey) Compare(o partKey) int {
+	if c := strings.Compare(k.topic, o.topic); c != 0 {
+		return c
+	}
+	return k.partition - o.partition
 }
 
 // NewSource checks cfg and o, fills defaults, builds the parsers of each topic and the
@@ -211,6 +227,7 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 			format:  tc.Format,
 			parsers: parsers,
 			records: m.Records.WithLabelValues(tc.Name),
+			lag:     m.ConsumerLag,
 			events:  m.Events.WithLabelValues(tc.Name),
 			dead:    m.DeadLetters,
 			deadBy:  make(map[string]prometheus.Counter, len(ingest.Reasons)),
@@ -228,26 +245,36 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if cfg.StartOffset == "latest" {
 		start = kafkago.LastOffset
 	}
+	dialer := sec.dialer(cfg)
 	s.rcfg = kafkago.ReaderConfig{
+		Brokers:         cfg.Brokers,
+		Topic:           names[0], // each partition reader sets its own; this one is validated
+		Dialer:          dialer,
+		QueueCapacity:   orDefault(o.QueueCapacity, cfg.BatchSize),
+		MinBytes:        orDefault(o.MinBytes, DefaultMinBytes),
+		MaxBytes:        cfg.MaxBytes,
+		MaxWait:         orDefault(o.MaxWait, DefaultMaxWait),
+		ReadLagInterval: -1, // lag comes from each record's high-water mark
+		StartOffset:     start,
+		ErrorLogger:     clientLogger(s.log, slog.LevelWarn, "kafka client error"),
+	}
+	s.gcfg = kafkago.ConsumerGroupConfig{
+		ID:                    cfg.Group,
 		Brokers:               cfg.Brokers,
-		GroupID:               cfg.Group,
-		GroupTopics:           names,
-		Dialer:                sec.dialer(cfg),
-		QueueCapacity:         orDefault(o.QueueCapacity, cfg.BatchSize),
-		MinBytes:              orDefault(o.MinBytes, DefaultMinBytes),
-		MaxBytes:              cfg.MaxBytes,
-		MaxWait:               orDefault(o.MaxWait, DefaultMaxWait),
-		ReadLagInterval:       -1, // lag is not reported for groups anyway
+		Dialer:                dialer,
+		Topics:                names,
 		HeartbeatInterval:     orDefault(o.HeartbeatInterval, DefaultHeartbeatInterval),
 		SessionTimeout:        orDefault(o.SessionTimeout, DefaultSessionTimeout),
 		RebalanceTimeout:      orDefault(o.RebalanceTimeout, DefaultRebalanceTimeout),
-		CommitInterval:        0, // commits are explicit and synchronous: Batch.Ack
+		JoinGroupBackoff:      orDefault(o.JoinGroupBackoff, DefaultJoinGroupBackoff),
 		WatchPartitionChanges: true,
 		StartOffset:           start,
-		ErrorLogger:           clientLogger(s.log, slog.LevelWarn, "kafka client error"),
+		Timeout:               cfg.Timeout,
+		ErrorLogger:           s.rcfg.ErrorLogger,
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.rcfg.Logger = clientLogger(s.log, slog.LevelDebug, "kafka client")
+		s.gcfg.Logger = s.rcfg.Logger
 	}
 	if s.rcfg.MinBytes > s.rcfg.MaxBytes {
 		return nil, fmt.Errorf("kafka: MinBytes %d exceeds max_bytes %d", s.rcfg.MinBytes, s.rcfg.MaxBytes)
@@ -255,6 +282,12 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if err := s.rcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka: reader config: %w", err)
 	}
+	if err := s.gcfg.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka: consumer group config: %w", err)
+	}
+	// The partition readers of a generation hand records to the fetching goroutine
+	// through one queue, about a batch deep.
+	s.incoming = make(chan fetched, s.rcfg.QueueCapacity)
 	s.conns = sec.transport(cfg)
 	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: s.conns}
 	return s, nil
@@ -333,7 +366,10 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 		}
 		s.pending = nil
 		if len(b.events) > 0 {
-			return ingest.NewBatch(b.events, s.ack(b)), nil
+			nb := ingest.NewBatch(b.events, s.ack(b))
+			nb.Runs = b.runs
+			nb.Opened, nb.Ended = s.lifecycle()
+			return nb, nil
 		}
 		if err := s.release(ctx, b.spans); err != nil {
 			s.log.Warn("kafka commit after a batch of only dead letters failed", "err", err)
@@ -344,28 +380,46 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 	}
 }
 
-// start creates the reader, which joins the group, and the goroutines on first use.
+// start starts the goroutines on first use: the fetching goroutine joins the group
+// once every topic exists.
 func (s *Source) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}
-	if s.reader != nil {
+	if s.stop != nil {
 		return nil
 	}
-	s.reader = kafkago.NewReader(s.rcfg) // rcfg was validated by NewSource
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.running.Add(1)
-	go s.fetch(ctx, s.reader)
+	go s.fetch(ctx)
 	for _, t := range s.order {
 		for _, p := range t.parsers {
 			s.running.Add(1)
 			go s.parse(t, p)
 		}
 	}
-	s.log.Info("kafka source joining group", "group", s.cfg.Group, "topics", s.rcfg.GroupTopics)
+	return nil
+}
+
+// join creates the consumer group membership and its goroutine, unless the source was
+// closed meanwhile.
+func (s *Source) join(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	g, err := kafkago.NewConsumerGroup(s.gcfg) // gcfg was validated by NewSource
+	if err != nil {
+		return fmt.Errorf("kafka: consumer group: %w", err)
+	}
+	s.group = g
+	s.running.Add(1)
+	go s.runGroup(ctx, g)
+	s.log.Info("kafka source joining group", "group", s.cfg.Group, "topics", s.gcfg.Topics)
 	return nil
 }
 
@@ -378,7 +432,7 @@ func (s *Source) assemble(b *batch) {
 		r := &b.recs[i]
 		r.topic.nRecords++
 		if err := b.errs[i]; err != nil {
-			b.dead = append(b.dead, ingest.NewDeadLetter(now, r.topic.name, r.topic.format, r.partition, r.offset, r.value, err))
+			b.dead = append(b.dead, ingest.NewDeadLetter(now, r.topic.name, r.topic.format, r.p.id, r.offset, r.value, err))
 			if !ingest.Kept(err) { // a repaired record is dead-lettered and its event kept
 				continue
 			}
@@ -391,6 +445,18 @@ func (s *Source) assemble(b *batch) {
 	}
 	clear(b.events[k:])
 	b.events = b.events[:k]
+	b.runs = b.runs[:0]
+	for i := range b.recs {
+		r := &b.recs[i]
+		if err := b.errs[i]; err != nil && !ingest.Kept(err) {
+			continue
+		}
+		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == r.p.key {
+			b.runs[n-1].N++
+		} else {
+			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
+		}
+	}
 	b.recs, b.errs, b.assembled = nil, nil, true
 	for _, t := range s.order {
 		if t.nRecords > 0 {
@@ -426,25 +492,33 @@ func (s *Source) storeDeadLetters(ctx context.Context, b *batch) error {
 	return nil
 }
 
-// Close stops fetching and leaves the group, after kafka-go's final commit of what was
-// acknowledged, and waits for the source's goroutines to end. Batches acknowledged
-// afterwards return ErrClosed from Ack; their records, like those of batches prepared but
-// not handed out, are delivered again to the partition's next owner. Close does not
-// close the dead-letter sink, which the caller owns.
+// Close commits what was acknowledged, stops fetching and leaves the group, and waits
+// for the source's goroutines to end. Batches acknowledged afterwards return ErrClosed
+// from Ack; their records, like those of batches prepared but not handed out, are
+// delivered again to the partition's next owner. Close does not close the dead-letter
+// sink, which the caller owns.
 func (s *Source) Close() error {
 	s.mu.Lock()
-	r, stop, already := s.reader, s.stop, s.closed
+	group, stop, already := s.group, s.stop, s.closed
 	s.closed = true
 	s.mu.Unlock()
-	if r == nil || already {
+	if stop == nil || already {
 		return nil
 	}
+	var err error
+	if group != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		err = s.commit(ctx, nil, true)
+		cancel()
+	}
 	stop()
-	err := r.Close()
+	if group != nil {
+		group.Close() // ends the generation, whose readers then return, and leaves the group
+	}
 	s.running.Wait()
 	s.conns.CloseIdleConnections()
 	if err != nil {
-		return fmt.Errorf("kafka: close reader: %w", err)
+		return fmt.Errorf("kafka: final commit: %w", err)
 	}
 	s.log.Info("kafka source left group", "group", s.cfg.Group)
 	return nil

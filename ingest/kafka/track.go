@@ -4,36 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"sync/atomic"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"github.com/gatewatch/gatewatch/ingest"
 )
 
-// partition is the delivery and commit state of one topic partition.
+// partition is the delivery and commit state of one topic partition assigned to this
+// member.
 type partition struct {
 	topic *topic
 	id    int
+	key   ingest.Partition // how the engine names it
+
+	owner atomic.Uint64 // the generation it is assigned in; 0 once revoked
+	next  atomic.Int64  // offset after the last record taken into a batch; -1 before the first
 
 	// Owned by the fetching goroutine.
-	next  int64  // offset after the last record taken into a batch; -1 before the first
-	low   int64  // first offset taken since the partition was first seen or rewound
-	span  *span  // its run in the batch being built
-	mark  uint64 // seq of the last batch that fetched a record of it
-	fresh bool   // that batch's first record of it was fetched again, or was its first ever
+	span *span  // its run in the batch being built
+	mark uint64 // seq of that batch
+	lag  int64  // records after the last one taken, by its high-water mark
 
-	// Guarded by Source.mu; resets is written only by the fetching goroutine, under the lock.
-	resets    uint64  // rewinds; runs queued before the last one release nothing
-	queue     []*span // runs cut and not yet released, in offset order, from head
+	// Guarded by Source.mu; resets is written under it and read by the fetching goroutine.
+	resets    atomic.Uint64 // rewinds and revocations; runs begun before the last one release nothing
+	queue     []*span       // runs cut and not yet released, in offset order, from head
 	head      int
-	epoch     uint64 // the generation count in which a record of it was last fetched
-	done      int64  // end (last offset + 1) of the released prefix; -1 before the first run
-	committed int64  // the end this source last committed, or where its first run began
+	done      int64 // end (last offset + 1) of the released prefix; -1 before the first run
+	committed int64 // the end this source last committed, or where its first run began
+}
+
+func newPartition(t *topic, id int) *partition {
+	p := &partition{topic: t, id: id, key: ingest.Partition{Source: t.name, ID: int32(id)}, done: -1, committed: -1}
+	p.next.Store(-1)
+	return p
 }
 
 // A span is the run of offsets one batch holds of one partition.
 type span struct {
 	part        *partition
-	resets      uint64 // the partition's rewind count when the run began
+	resets      uint64 // the partition's resets when the run began
 	first, last int64
 	done        bool // acknowledged
 }
@@ -45,55 +53,31 @@ type commitRef struct {
 	end    int64
 }
 
-// rewind starts p afresh at off: the group's committed offset went back below anything
-// this source took into a batch, so the runs in flight no longer stand for what comes next.
-func (s *Source) rewind(p *partition, off int64) {
-	s.mu.Lock()
-	p.resets++
-	clear(p.queue)
-	p.queue, p.head = p.queue[:0], 0
-	p.done, p.committed = -1, -1
-	delete(s.dirty, p)
-	s.mu.Unlock()
-	p.span, p.next = nil, -1
-	s.log.Warn("kafka partition rewound below the records taken; they will be delivered again",
-		"topic", p.topic.name, "partition", p.id, "offset", off)
-}
-
-// observeGenerations returns the generation count, first counting the generations that
-// started since the last look.
-func (s *Source) observeGenerations(r *kafkago.Reader) uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.observeGenerationsLocked(r)
-	return s.epoch
-}
-
-// observeGenerationsLocked reads kafka-go's rebalance counter, which counts each
-// generation the reader joined (and each partition leader change, which only makes the
-// source more careful). Any count starts a new epoch: every partition then waits for a
-// record fetched in it before it commits again.
-func (s *Source) observeGenerationsLocked(r *kafkago.Reader) {
-	if n := r.Stats().Rebalances; n > 0 {
-		s.epoch++
-		s.log.Info("kafka group rebalanced; partitions commit again once a record of theirs arrives", "rebalances", n)
-	}
-}
-
-// release marks spans acknowledged and commits, for every partition this member is known
-// to own, the end of its contiguous acknowledged prefix.
+// release marks spans acknowledged and commits, for every partition this member owns
+// in the current generation, the end of its contiguous acknowledged prefix. A commit
+// that fails (the group is rebalancing, the coordinator moved) is logged and tried
+// again with the next acknowledgement or generation: the offsets stay uncommitted
+// meanwhile, which at worst delivers their records again.
 func (s *Source) release(ctx context.Context, spans []*span) error {
+	err := s.commit(ctx, spans, false)
+	if err != nil && !errors.Is(err, ErrClosed) {
+		s.log.Warn("kafka commit failed; the next acknowledgement tries again", "err", err)
+		return nil
+	}
+	return err
+}
+
+// commit is release, reporting a failed commit. final commits even after Close: it is
+// Close's last commit.
+func (s *Source) commit(ctx context.Context, spans []*span, final bool) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 
 	s.mu.Lock()
-	r, closed := s.reader, s.closed
-	if r != nil && !closed {
-		s.observeGenerationsLocked(r)
-	}
+	closed, g := s.closed && !final, s.gen
 	for _, sp := range spans {
 		p := sp.part
-		if sp.done || sp.resets != p.resets {
+		if sp.done || sp.resets != p.resets.Load() {
 			continue
 		}
 		sp.done = true
@@ -114,38 +98,43 @@ func (s *Source) release(ctx context.Context, spans []*span) error {
 			s.dirty[p] = struct{}{}
 		}
 	}
-	s.toCommit, s.msgs = s.toCommit[:0], s.msgs[:0]
-	for p := range s.dirty {
-		if p.epoch == s.epoch && p.done > p.committed {
-			s.toCommit = append(s.toCommit, commitRef{p: p, resets: p.resets, end: p.done})
-			// kafka-go commits a message's offset + 1: the next record to read.
-			s.msgs = append(s.msgs, kafkago.Message{Topic: p.topic.name, Partition: p.id, Offset: p.done - 1})
+	s.toCommit = s.toCommit[:0]
+	offsets := map[string]map[int]int64{}
+	if g != nil {
+		for p := range s.dirty {
+			if p.owner.Load() == g.seq && p.done > p.committed {
+				s.toCommit = append(s.toCommit, commitRef{p: p, resets: p.resets.Load(), end: p.done})
+				if offsets[p.topic.name] == nil {
+					offsets[p.topic.name] = map[int]int64{}
+				}
+				offsets[p.topic.name][p.id] = p.done // the next record to read
+			}
 		}
 	}
 	s.mu.Unlock()
-	if len(s.msgs) == 0 {
+	if len(s.toCommit) == 0 {
+		if closed && len(spans) > 0 {
+			return ErrClosed
+		}
 		return nil
 	}
 	if closed {
 		return ErrClosed
 	}
 
-	cctx, cancel := context.WithTimeoutCause(ctx, s.cfg.Timeout, errCommitTimeout)
-	defer cancel()
-	if err := r.CommitMessages(cctx, s.msgs...); err != nil {
-		switch {
-		case errors.Is(err, io.ErrClosedPipe):
-			return ErrClosed
-		case cctx.Err() != nil && ctx.Err() == nil:
-			err = context.Cause(cctx)
-		}
-		return fmt.Errorf("kafka: commit offsets of %d partitions: %w", len(s.msgs), err)
+	// Generation.CommitOffsets takes no context: it is bounded by the group's Timeout
+	// (kafka.timeout) on the coordinator's connection.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := g.gen.CommitOffsets(offsets); err != nil {
+		return fmt.Errorf("kafka: commit offsets of %d partitions in generation %d: %w", len(s.toCommit), g.gen.ID, err)
 	}
 
 	s.mu.Lock()
 	for _, c := range s.toCommit {
 		p := c.p
-		if c.resets != p.resets {
+		if c.resets != p.resets.Load() {
 			continue
 		}
 		p.committed = max(p.committed, c.end)
@@ -156,5 +145,3 @@ func (s *Source) release(ctx context.Context, spans []*span) error {
 	s.mu.Unlock()
 	return nil
 }
-
-var errCommitTimeout = errors.New("kafka: offset commit timed out (kafka.timeout)")
