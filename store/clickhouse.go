@@ -73,7 +73,7 @@ type ClickHouse struct {
 	queue     []*block            // sealed, oldest first, waiting for the writer
 	buffered  int                 // events in open and queue
 	sealed    uint64              // seq of the newest sealed block
-	pending   map[uint64]struct{} // seqs of this process's blocks not yet in ClickHouse
+	pending   map[uint64]bool // seqs of this process's blocks not yet in ClickHouse; true once spilled
 	recovered int                 // segments left by an earlier process, not replayed yet
 	progress  chan struct{}       // closed and replaced whenever blocks reach ClickHouse
 	free      [][]byte            // spare block buffers
@@ -160,7 +160,7 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 		m:         newArchiveMetrics(o.Metrics),
 		now:       o.Now,
 		retryMax:  o.MaxRetryInterval,
-		pending:   map[uint64]struct{}{},
+		pending:   map[uint64]bool{},
 		blockCap:  min(chc.BatchSize*256, 8<<20),
 		recovered: len(sp.segs),
 		progress:  make(chan struct{}),
@@ -298,7 +298,7 @@ func (c *ClickHouse) sealLocked() {
 	}
 	c.sealed++
 	c.open.seq = c.sealed
-	c.pending[c.sealed] = struct{}{}
+	c.pending[c.sealed] = false
 	c.queue = append(c.queue, c.open)
 	c.open = nil
 	select {
@@ -344,6 +344,37 @@ func (c *ClickHouse) Flush(ctx context.Context) error {
 		case <-progress:
 		case <-ctx.Done():
 			return fmt.Errorf("store: flushing the archive: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// Sync returns once every event ArchiveEvents took before the call is durable: in
+// ClickHouse, or in the spill while ClickHouse fails. The live pipeline calls it before
+// it commits the offsets of archived events, so a crash never leaves committed events
+// out of the archive. It needs Run to be running.
+func (c *ClickHouse) Sync(ctx context.Context) error {
+	c.mu.Lock()
+	c.sealLocked()
+	target := c.sealed
+	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		progress := c.progress
+		done := true
+		for seq, onDisk := range c.pending {
+			if seq <= target && !onDisk {
+				done = false
+				break
+			}
+		}
+		c.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return fmt.Errorf("store: syncing the archive: %w", context.Cause(ctx))
 		}
 	}
 }
@@ -644,6 +675,10 @@ func (c *ClickHouse) spilled(b *block) {
 	if len(c.free) < maxFree {
 		c.free = append(c.free, b.data[:0])
 	}
+	if _, ok := c.pending[b.seq]; ok {
+		c.pending[b.seq] = true
+	}
+	c.notifyLocked()
 }
 
 // segmentDone records that a spilled block is in ClickHouse (or set aside as corrupt).

@@ -411,6 +411,16 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	archiveAll(c1, evs[2500:6000])
+	// Sync returns while ClickHouse is down, once everything taken is in the spill:
+	// what the live pipeline waits for before it commits offsets.
+	syncCtx, cancelSync := context.WithTimeout(ctx, 30*time.Second)
+	if err := c1.Sync(syncCtx); err != nil {
+		t.Fatalf("Sync during the outage: %v", err)
+	}
+	cancelSync()
+	if got := testutil.ToFloat64(c1.m.events.WithLabelValues(resultSpilled)); got < 3500 {
+		t.Errorf("Sync returned with %v events spilled, want every event taken during the outage (3500 or more)", got)
+	}
 	stop1()
 	if err := <-run1Done; err != nil {
 		t.Fatal(err)

@@ -36,6 +36,9 @@ type Store interface {
 	Run(ctx context.Context) error
 	// Flush writes what is buffered.
 	Flush(ctx context.Context) error
+	// Sync returns once every event archived before the call is durable (written, or
+	// spilled to disk while the database fails).
+	Sync(ctx context.Context) error
 	// Close flushes what it can and releases the store.
 	Close(ctx context.Context) error
 }
