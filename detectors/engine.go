@@ -26,6 +26,11 @@ type Options struct {
 	// RunbookBaseURL is alerting.runbook_base_url: alerts link to
 	// RunbookBaseURL/<detector>.md unless the detector sets its own runbook.
 	RunbookBaseURL string
+	// Incidents keeps the open incidents across restarts (see IncidentStore), under
+	// Scope; nil: they are not kept, and a restart opens an attack still under way
+	// again (a new alert id) once its events from before the committed offsets are gone.
+	Incidents IncidentStore
+	Scope     string
 	// Now is the wall clock, read once per batch: a partition that delivered nothing
 	// for idle_timeout stops holding back the watermark, and a record more than
 	// max_ahead ahead of it is judged ahead. nil (replay): event time alone decides.
@@ -41,6 +46,11 @@ type Engine struct {
 	m     *metrics
 	now   func() time.Time // nil: partitions never go idle
 	wms   *watermarks      // event time per partition and the watermark
+
+	incStore  IncidentStore
+	incLoaded bool
+	scope     string
+	incs      []*incidents // each detector's
 
 	dets []detector
 	nc   *newCountry
@@ -117,16 +127,20 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	}
 	log := opts.Logger.With("component", "detectors")
 	e := &Engine{
-		store:   opts.Baselines,
-		log:     log,
-		m:       m,
-		now:     opts.Now,
-		refresh: cfg.BaselineRefresh.Milliseconds(),
-		wms:     newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.IdleTimeout, log),
+		store:    opts.Baselines,
+		log:      log,
+		m:        m,
+		now:      opts.Now,
+		refresh:  cfg.BaselineRefresh.Milliseconds(),
+		wms:      newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.IdleTimeout, log),
+		incStore: opts.Incidents,
+		scope:    opts.Scope,
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
-		return newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
+		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
 			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.WithLabelValues(name))
+		e.incs = append(e.incs, inc)
+		return inc
 	}
 	if c := cfg.NewCountry; c.Enabled {
 		e.nc = newNewCountry(c, cfg.AllowedLateness, env(NewCountry, c.Common, 0))

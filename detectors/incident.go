@@ -79,6 +79,7 @@ type incidents struct {
 	max      int // open incidents; past it the one quiet longest ends early
 	out      *emitter
 	alerts   prometheus.Counter
+	saved    map[string]struct{} // keys whose incident changed since the last SaveIncidents
 }
 
 func newIncidents(detector string, cooldown, every int64, max int, runbook string, out *emitter, alerts prometheus.Counter) *incidents {
@@ -120,9 +121,11 @@ func (s *incidents) fire(f firing, build func() (Evidence, string)) {
 			labels:   f.labels,
 		}
 		s.open[f.key] = inc
+		s.changed(f.key)
 		s.emit(inc, f.at)
 		return
 	}
+	s.changed(f.key)
 	inc.lastFire = max64(inc.lastFire, f.at)
 	if f.last > inc.last {
 		inc.last = f.last
@@ -192,6 +195,7 @@ func (s *incidents) end(inc *incident, at int64) {
 		s.emit(inc, at)
 	}
 	delete(s.open, inc.key)
+	s.changed(inc.key)
 }
 
 func (s *incidents) emit(inc *incident, at int64) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
 )
@@ -22,6 +23,9 @@ type EventSource interface {
 type AlertSink interface {
 	Put(ctx context.Context, alerts []Alert) error
 }
+
+// stopTimeout bounds the last acknowledgements when Run is stopped.
+const stopTimeout = 15 * time.Second
 
 type pendingBatch struct {
 	b    *ingest.Batch
@@ -44,6 +48,9 @@ type pendingBatch struct {
 // their ack (minutes, for the longest window) hold no events.
 func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error {
 	if err := e.LoadBaselines(ctx); err != nil {
+		return err
+	}
+	if err := e.LoadIncidents(ctx); err != nil {
 		return err
 	}
 	for {
@@ -72,6 +79,14 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 				return err
 			}
 			return e.release(ctx, math.MaxInt64)
+		case err != nil && ctx.Err() != nil:
+			// Stopping: acknowledge what no open window needs any more, so a restart
+			// reads as little again as it can; the rest is read again and rebuilds the
+			// open windows.
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			rerr := e.release(stopCtx, e.horizon())
+			cancel()
+			return errors.Join(ctx.Err(), rerr)
 		case err != nil:
 			return fmt.Errorf("detectors: next batch: %w", err)
 		}
@@ -103,6 +118,9 @@ func (e *Engine) release(ctx context.Context, horizon int64) error {
 		return nil
 	}
 	if err := e.SyncBaselines(ctx); err != nil {
+		return err
+	}
+	if err := e.SaveIncidents(ctx); err != nil {
 		return err
 	}
 	for i := range n {

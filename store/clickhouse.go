@@ -69,15 +69,15 @@ type ClickHouse struct {
 	retryMax time.Duration
 
 	mu        sync.Mutex
-	open      *block              // filling; nil until the next event
-	queue     []*block            // sealed, oldest first, waiting for the writer
-	buffered  int                 // events in open and queue
-	sealed    uint64              // seq of the newest sealed block
+	open      *block          // filling; nil until the next event
+	queue     []*block        // sealed, oldest first, waiting for the writer
+	buffered  int             // events in open and queue
+	sealed    uint64          // seq of the newest sealed block
 	pending   map[uint64]bool // seqs of this process's blocks not yet in ClickHouse; true once spilled
-	recovered int                 // segments left by an earlier process, not replayed yet
-	progress  chan struct{}       // closed and replaced whenever blocks reach ClickHouse
-	free      [][]byte            // spare block buffers
-	blockCap  int                 // capacity of a new block buffer: what a full block took
+	recovered int             // segments left by an earlier process, not replayed yet
+	progress  chan struct{}   // closed and replaced whenever blocks reach ClickHouse
+	free      [][]byte        // spare block buffers
+	blockCap  int             // capacity of a new block buffer: what a full block took
 	state     runState
 
 	wake    chan struct{} // a block was sealed
@@ -90,6 +90,7 @@ type ClickHouse struct {
 
 	bl   *baselineState // the baselines: clickhouse_baselines.go
 	hist *historyState  // the alert history: clickhouse_alerts.go
+	inc  incidentState  // open incidents: incidents.go
 }
 
 type runState int

@@ -19,6 +19,7 @@ import (
 // whichever the config chooses.
 type Store interface {
 	detectors.BaselineStore // LoadBaselines, UpdateBaselines
+	detectors.IncidentStore // LoadIncidents, SaveIncidents
 	alerting.History        // RecordAlerts, RecordDeliveries
 
 	// BaselinesAsOf reconstructs the baselines as they were at t, for replay and forensics.

@@ -1,0 +1,114 @@
+package detectors
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// An attack still under way when the engine crashes continues under its id after the
+// restart, which reads on from the last acknowledged batch: with the open incidents
+// kept, no new incident is opened and no alert goes out twice for it; without them, the
+// restart opens the attack again under a new id (the negative control).
+func TestIncidentSurvivesRestart(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	// Ten minutes of a client drawing 403s, 30 a minute, among healthy traffic.
+	var events []ingest.Event
+	for s := range 600 {
+		ts := t0.Add(time.Duration(s) * time.Second)
+		events = append(events, req(ts, client("healthy"), status(200)))
+		if s%2 == 0 {
+			events = append(events, req(ts.Add(500*time.Millisecond), client("attacker"), status(403)))
+		}
+	}
+	for _, keep := range []bool{true, false} {
+		name := "incidents kept"
+		if !keep {
+			name = "incidents not kept"
+		}
+		t.Run(name, func(t *testing.T) {
+			store := NewMemoryIncidents()
+			var inc IncidentStore
+			if keep {
+				inc = store
+			}
+			newEngine := func() *Engine {
+				e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Incidents: inc, Scope: "g"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return e
+			}
+			// The first run takes batches of 50 events and crashes (its context ends)
+			// after five minutes of event time, with some batches not yet acknowledged.
+			acked := 0
+			var batches []*ingest.Batch
+			for i := 0; i < len(events); i += 50 {
+				end := min(i+50, len(events))
+				batches = append(batches, ingest.NewBatch(events[i:end], func(context.Context) error { acked = end; return nil }))
+			}
+			ctx, crash := context.WithCancel(context.Background())
+			sink1 := &recordingSink{}
+			src := &stopAfter{batches: batches, n: 9, crash: crash} // 450 of 900 events: five minutes
+			if err := newEngine().Run(ctx, src, sink1); err == nil {
+				t.Fatal("the first run ended without its crash")
+			}
+			if acked == 0 || acked >= 450 {
+				t.Fatalf("first run acknowledged %d events, want some but not all of the 450 it read", acked)
+			}
+			sink2 := &recordingSink{}
+			rest := []*ingest.Batch{ingest.NewBatch(events[acked:], nil)}
+			if err := newEngine().Run(context.Background(), &sliceSource{batches: rest}, sink2); err != nil {
+				t.Fatal(err)
+			}
+			ids := map[string]bool{}
+			for _, a := range append(sink1.alerts, sink2.alerts...) {
+				ids[a.ID] = true
+			}
+			if keep && len(ids) != 1 {
+				t.Errorf("%d incidents across the restart, want the attack's one:\n%s", len(ids), describe(append(sink1.alerts, sink2.alerts...)))
+			}
+			if !keep && len(ids) != 2 {
+				t.Errorf("%d incidents across the restart without kept incidents, want 2 (the control)", len(ids))
+			}
+			if keep {
+				if len(sink1.alerts) == 0 {
+					t.Fatal("the first run raised nothing")
+				}
+				for _, a := range sink2.alerts {
+					if !a.FirstSeen.Equal(sink1.alerts[0].FirstSeen) {
+						t.Errorf("after the restart, alert first seen %s, want the attack's start %s", a.FirstSeen, sink1.alerts[0].FirstSeen)
+					}
+				}
+				if len(sink2.alerts) == 0 {
+					t.Error("the restart raised no update although the attack went on for five more minutes")
+				}
+				if left, _ := store.LoadIncidents(context.Background(), "g"); len(left) != 0 {
+					t.Errorf("%d incidents still stored as open after the input ended", len(left))
+				}
+			}
+		})
+	}
+}
+
+// stopAfter hands out n batches, then cancels the run's context, as a crash would.
+type stopAfter struct {
+	batches []*ingest.Batch
+	n       int
+	crash   context.CancelFunc
+}
+
+func (s *stopAfter) Next(ctx context.Context) (*ingest.Batch, error) {
+	if s.n == 0 {
+		s.crash()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	s.n--
+	b := s.batches[0]
+	s.batches = s.batches[1:]
+	return b, nil
+}
