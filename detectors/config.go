@@ -33,7 +33,13 @@ type Config struct {
 	// move the watermark. A record further ahead (a gateway with a wrong clock) is
 	// counted, logged and judged on its own: it updates baselines and enters no
 	// window, so it neither makes later records late nor hides an attack.
-	MaxAhead           time.Duration            `yaml:"max_ahead"`
+	MaxAhead time.Duration `yaml:"max_ahead"`
+	// MaxSkew is how far a partition's stream may trail the leading partition's and
+	// still hold back the watermark. Windows keep room for it (each key's buckets span
+	// the window, allowed_lateness and max_skew), so a shipper a few minutes behind the
+	// others still has its records counted; a partition further behind is passed over
+	// like an idle one, and its records are late until it catches up.
+	MaxSkew            time.Duration            `yaml:"max_skew"`
 	NewCountry         NewCountryConfig         `yaml:"new_country"`
 	TokenReuse         TokenReuseConfig         `yaml:"token_reuse"`
 	ForbiddenBurst     ForbiddenBurstConfig     `yaml:"forbidden_burst"`
@@ -179,6 +185,7 @@ func DefaultConfig() Config {
 		AllowedLateness: 30 * time.Second,
 		IdleTimeout:     time.Minute,
 		MaxAhead:        10 * time.Minute,
+		MaxSkew:         3 * time.Minute,
 		NewCountry: NewCountryConfig{
 			// An hour, so that a second new country within the hour joins the
 			// incident the first one opened and escalates it.
@@ -250,6 +257,9 @@ func (c *Config) Validate() error {
 	if c.IdleTimeout <= 0 {
 		add(cfgErr("idle_timeout", "must be positive, got %s", c.IdleTimeout))
 	}
+	if c.MaxSkew < 0 || c.MaxSkew > maxLateness {
+		add(cfgErr("max_skew", "must be between 0s and %s, got %s", maxLateness, c.MaxSkew))
+	}
 	if c.MaxAhead < time.Second {
 		add(cfgErr("max_ahead", "must be at least 1s, got %s", c.MaxAhead))
 	}
@@ -268,8 +278,8 @@ func (c *Config) Validate() error {
 	for _, w := range windows {
 		if w.window < minWindow {
 			add(cfgErr(w.name+".window", "must be at least %s, got %s", minWindow, w.window))
-		} else if w.cfg.Enabled && c.AllowedLateness >= 0 && c.AllowedLateness > 61*w.window {
-			add(cfgErr("allowed_lateness", "%s is more than 61 times %s.window (%s): windows could not hold it", c.AllowedLateness, w.name, w.window))
+		} else if spread := c.AllowedLateness + c.MaxSkew; w.cfg.Enabled && c.AllowedLateness >= 0 && c.MaxSkew >= 0 && c.MaxSkew <= maxLateness && spread > 61*w.window {
+			add(cfgErr("allowed_lateness", "allowed_lateness plus max_skew (%s) is more than 61 times %s.window (%s): windows could not hold it", spread, w.name, w.window))
 		}
 	}
 

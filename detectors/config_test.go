@@ -97,7 +97,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative rate", "quiet_endpoint_spike: {quiet_rate: -1}", []string{"quiet_endpoint_spike.quiet_rate: must be a rate"}},
 		{"max devices", "token_reuse: {max_devices: 0}", []string{"token_reuse.max_devices: must be between 1 and 16, got 0"}},
 		{"small window", "token_reuse: {window: 10ms}", []string{"token_reuse.window: must be at least 1s, got 10ms"}},
-		{"lateness too large", "allowed_lateness: 2m\nforbidden_burst: {window: 1s}", []string{"allowed_lateness: 2m0s is more than 61 times forbidden_burst.window"}},
+		{"lateness too large", "allowed_lateness: 2m\nforbidden_burst: {window: 1s}", []string{"allowed_lateness: allowed_lateness plus max_skew (5m0s) is more than 61 times forbidden_burst.window"}},
+		{"skew too large", "max_skew: 2h", []string{"max_skew: must be between 0s and 1h0m0s, got 2h0m0s"}},
 		{"negative lateness", "allowed_lateness: -1s", []string{"allowed_lateness: must be between 0s and 1h0m0s, got -1s"}},
 		{"history", "new_country: {history: 0s, min_events: -1}", []string{
 			"new_country.history: must be positive, got 0s",
@@ -234,7 +235,7 @@ func TestConfigSet(t *testing.T) {
 func TestConfigSetErrors(t *testing.T) {
 	for _, tc := range []struct{ path, value, want string }{
 		{"forbidden_burst.treshold", "5", `unknown setting "treshold" (known here: enabled, severity, runbook, cooldown, max_keys, window, threshold`},
-		{"nope.threshold", "5", `unknown setting "nope" (known here: allowed_lateness, idle_timeout, max_ahead, new_country,`},
+		{"nope.threshold", "5", `unknown setting "nope" (known here: allowed_lateness, idle_timeout, max_ahead, max_skew, new_country,`},
 		{"forbidden_burst.threshold", "abc", "bad value \"abc\": unmarshal errors:\n  cannot unmarshal !!str `abc` into int"},
 		{"token_reuse.window", "10", "cannot unmarshal !!int `10` into time.Duration"},
 		{"forbidden_burst.threshold.x", "1", `"forbidden_burst.threshold" is a value, not a section`},

@@ -132,7 +132,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		m:        m,
 		now:      opts.Now,
 		refresh:  cfg.BaselineRefresh.Milliseconds(),
-		wms:      newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.IdleTimeout, log),
+		wms:      newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
 		incStore: opts.Incidents,
 		scope:    opts.Scope,
 	}
@@ -142,18 +142,21 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		e.incs = append(e.incs, inc)
 		return inc
 	}
+	// A key's state must hold every event that is not late: from the watermark to the
+	// leading partition's newest, allowed_lateness and max_skew ahead of it.
+	spread := cfg.AllowedLateness + cfg.MaxSkew
 	if c := cfg.NewCountry; c.Enabled {
-		e.nc = newNewCountry(c, cfg.AllowedLateness, env(NewCountry, c.Common, 0))
+		e.nc = newNewCountry(c, spread, env(NewCountry, c.Common, 0))
 		e.dets = append(e.dets, e.nc)
 	}
 	if c := cfg.TokenReuse; c.Enabled {
-		e.dets = append(e.dets, newTokenReuse(c, cfg.AllowedLateness, env(TokenReuse, c.Common, c.Window)))
+		e.dets = append(e.dets, newTokenReuse(c, spread, env(TokenReuse, c.Common, c.Window)))
 	}
 	if c := cfg.ForbiddenBurst; c.Enabled {
-		e.dets = append(e.dets, newForbiddenBurst(c, cfg.AllowedLateness, env(ForbiddenBurst, c.Common, c.Window)))
+		e.dets = append(e.dets, newForbiddenBurst(c, spread, env(ForbiddenBurst, c.Common, c.Window)))
 	}
 	if c := cfg.QuietEndpointSpike; c.Enabled {
-		e.qs = newQuietSpike(c, cfg.AllowedLateness, env(QuietEndpointSpike, c.Common, c.Window))
+		e.qs = newQuietSpike(c, spread, env(QuietEndpointSpike, c.Common, c.Window))
 		e.dets = append(e.dets, e.qs)
 	}
 	e.hashes = make([][prefetchRun]uint64, len(e.dets))
@@ -249,7 +252,7 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 	maxT := int64(math.MinInt64)
 	var st observeStats
 	if b == nil {
-		maxT = e.observeRun(e.wms.part(ingest.Partition{}), events, now, &st)
+		maxT = e.observeEvents(events, nil, now, &st)
 	} else {
 		for _, p := range b.Opened {
 			e.wms.open(p, now)
@@ -261,11 +264,7 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 				}
 			}
 		}
-		b.Each(func(p ingest.Partition, run []ingest.Event) {
-			pw := e.wms.part(p)
-			e.wms.arrived(pw, now)
-			maxT = max(maxT, e.observeRun(pw, run, now, &st))
-		})
+		maxT = max(maxT, e.observeEvents(events, b.Runs, now, &st))
 		for _, p := range b.Ended {
 			if pw := e.wms.parts[p]; pw != nil && pw.held != nil {
 				maxT = max(maxT, e.resolveHeld(pw, 0, false, now, &st))
@@ -368,10 +367,20 @@ func cloneEvent(ev *ingest.Event) *ingest.Event {
 	return &c
 }
 
-// observeRun runs events of one partition through the detectors, a prefetch run at a
-// time, and returns the largest time an event entered windows with.
-func (e *Engine) observeRun(pw *partWM, events []ingest.Event, now time.Time, st *observeStats) int64 {
+// observeEvents runs events through the detectors, a prefetch run at a time, each
+// judged within its partition (runs says which; nil: all of the zero Partition), and
+// returns the largest time an event entered windows with.
+func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now time.Time, st *observeStats) int64 {
 	maxT := int64(math.MinInt64)
+	if len(events) == 0 {
+		return maxT
+	}
+	var pw *partWM
+	left := 0 // events of pw's run still to come
+	if runs == nil {
+		pw, left = e.wms.part(ingest.Partition{}), len(events)
+		e.wms.arrived(pw, now)
+	}
 	for start := 0; start < len(events); start += prefetchRun {
 		run := events[start:min(start+prefetchRun, len(events))]
 		ck := e.ck[:len(run)]
@@ -387,6 +396,12 @@ func (e *Engine) observeRun(pw *partWM, events []ingest.Event, now time.Time, st
 			d.prefetchState(run, e.hashes[j][:len(run)])
 		}
 		for i := range run {
+			for left == 0 {
+				pw, left = e.wms.part(runs[0].Partition), runs[0].N
+				runs = runs[1:]
+				e.wms.arrived(pw, now)
+			}
+			left--
 			ev := &run[i]
 			t := ev.Time.UnixMilli()
 			if pw.held != nil {

@@ -16,23 +16,29 @@ import (
 // own partition's largest event time minus allowed_lateness, or before the engine's
 // watermark (windows up to it are closed). The engine's watermark is the smallest of the
 // partitions' watermarks, never moving back; a partition that delivered nothing for
-// idle_timeout (wall clock) does not hold it back, nor does a record more than max_ahead
-// ahead of its partition's stream, which is judged on its own.
+// idle_timeout (wall clock) does not hold it back, nor does one more than max_skew
+// behind the leading partition, nor a record more than max_ahead ahead of its
+// partition's stream, which is judged on its own. So the watermark never trails the
+// newest record on time by more than allowed_lateness plus max_skew: the span each
+// key's windows keep room for.
 //
 // One partition, the zero ingest.Partition, serves callers that give no partitions
 // (Engine.Observe): the watermark is then the largest event time minus the lateness,
 // as it always was.
 type watermarks struct {
-	lateness, maxAhead int64 // ms
-	idle               time.Duration
-	log                *slog.Logger
+	lateness, maxAhead, maxSkew int64 // ms
+	idle                        time.Duration
+	log                         *slog.Logger
 
 	parts map[ingest.Partition]*partWM
 	// wm is the engine's watermark, valid once started; low the smallest watermark of
-	// the partitions that hold it back (math.MinInt64 while one has not delivered yet).
+	// the partitions that hold it back (math.MinInt64 while one has not delivered yet);
+	// top the largest event time taken on time, valid once hasTop.
 	started bool
 	wm      int64
 	low     int64
+	top     int64
+	hasTop  bool
 	last    *partWM // the partition of the previous run: runs of one partition follow each other
 	holding int     // partitions with a held record
 }
@@ -49,10 +55,11 @@ type partWM struct {
 	ahead   uint64 // records judged ahead of its stream
 }
 
-func newWatermarks(lateness, maxAhead, idle time.Duration, log *slog.Logger) *watermarks {
+func newWatermarks(lateness, maxAhead, maxSkew, idle time.Duration, log *slog.Logger) *watermarks {
 	return &watermarks{
 		lateness: lateness.Milliseconds(),
 		maxAhead: maxAhead.Milliseconds(),
+		maxSkew:  maxSkew.Milliseconds(),
 		idle:     idle,
 		log:      log,
 		parts:    map[ingest.Partition]*partWM{},
@@ -178,12 +185,16 @@ func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
 	switch {
 	case !pw.seen:
 		pw.seen, pw.maxT, pw.maxAt = true, t, now
+		w.raiseTop(t)
 		w.recompute()
 	case t > pw.maxT:
 		low := pw.maxT-w.lateness == w.low
 		pw.maxT, pw.maxAt = t, now
+		w.raiseTop(t)
 		if low {
 			w.recompute()
+		} else {
+			w.advance()
 		}
 	}
 	if t < pw.maxT-w.lateness || (w.started && t < w.wm) {
@@ -212,8 +223,14 @@ func (w *watermarks) aheadOf(pw *partWM, t int64) (int64, verdict) {
 	return t, late // nothing to judge it against: it enters no window
 }
 
+func (w *watermarks) raiseTop(t int64) {
+	if !w.hasTop || t > w.top {
+		w.top, w.hasTop = t, true
+	}
+}
+
 // recompute sets low to the smallest watermark of the partitions that hold the
-// watermark back, and moves the watermark up to it.
+// watermark back, and advances the watermark.
 func (w *watermarks) recompute() {
 	low, any := int64(math.MaxInt64), false
 	for _, pw := range w.parts {
@@ -236,14 +253,39 @@ func (w *watermarks) recompute() {
 		}
 	}
 	w.low = low
-	if low == math.MinInt64 {
+	w.advance()
+}
+
+// advance moves the watermark up to low, or to allowed_lateness plus max_skew behind
+// the newest record on time when low trails further: a partition that far behind, or
+// one that has not delivered yet, no longer holds it back.
+func (w *watermarks) advance() {
+	cand := w.low
+	if w.hasTop {
+		cand = max(cand, w.top-w.lateness-w.maxSkew)
+	}
+	if cand == math.MinInt64 {
 		return
 	}
 	if !w.started {
-		w.started, w.wm = true, low
+		w.started, w.wm = true, cand
 		return
 	}
-	w.wm = max(w.wm, low)
+	if cand > w.wm {
+		w.wm = cand
+	}
+}
+
+// behind returns how many open partitions trail the watermark: more than max_skew
+// behind the leading one, their records are late until they catch up.
+func (w *watermarks) behind() int {
+	n := 0
+	for _, pw := range w.parts {
+		if pw.seen && !pw.idle && pw.maxT-w.lateness < w.wm {
+			n++
+		}
+	}
+	return n
 }
 
 // sortedParts returns the open partitions in order, for decisions that must not depend

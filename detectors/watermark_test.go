@@ -175,8 +175,10 @@ func TestGapIsNotAhead(t *testing.T) {
 	}
 }
 
-// A partition opened but silent holds the watermark back until idle_timeout of wall
-// clock has passed; then it no longer does, and delivers again when it has records.
+// A partition opened but silent holds the watermark back (never further than
+// allowed_lateness plus max_skew behind the others) until idle_timeout of wall clock has
+// passed; then it no longer does, and when it delivers again its records are judged
+// against the watermark, which never moves back.
 func TestIdlePartition(t *testing.T) {
 	cfg := only(ForbiddenBurst)
 	cfg.IdleTimeout = time.Minute
@@ -186,41 +188,55 @@ func TestIdlePartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := ingest.NewBatch(burst403(30, t0, "attacker"), nil)
-	b.Runs = []ingest.Run{{Partition: partA, N: 30}}
-	b.Opened = []ingest.Partition{partA, partB}
-	if got := e.ObserveBatch(b); len(got) != 0 {
+	observe := func(p ingest.Partition, events []ingest.Event, opened ...ingest.Partition) []Alert {
+		b := ingest.NewBatch(events, nil)
+		b.Runs = []ingest.Run{{Partition: p, N: len(events)}}
+		b.Opened = opened
+		return e.ObserveBatch(b)
+	}
+	if got := observe(partA, burst403(30, t0, "attacker"), partA, partB); len(got) != 0 {
 		t.Fatalf("alerts %v while B holds the watermark", keysOf(got))
 	}
-	if !e.Watermark().IsZero() {
-		t.Fatalf("watermark %s before B delivered or went idle", e.Watermark())
+	holding := t0.Add(2900*time.Millisecond - cfg.AllowedLateness - cfg.MaxSkew)
+	if wm := e.Watermark(); !wm.Equal(holding) {
+		t.Fatalf("watermark %s before B delivered or went idle, want allowed_lateness plus max_skew behind A: %s", wm, holding)
 	}
 	wall = wall.Add(30 * time.Second)
-	more := steady(t0.Add(3*time.Second), 2*time.Minute, "healthy")
-	b = ingest.NewBatch(more, nil)
-	b.Runs = []ingest.Run{{Partition: partA, N: len(more)}}
-	if got := e.ObserveBatch(b); len(got) != 0 || !e.Watermark().IsZero() {
-		t.Fatalf("30s of wall clock: alerts %v, watermark %s; want none, B is not idle yet", keysOf(got), e.Watermark())
+	if got := observe(partA, steady(t0.Add(3*time.Second), 2*time.Minute, "healthy")); len(got) != 0 {
+		t.Fatalf("30s of wall clock: alerts %v; want none, B is not idle yet", keysOf(got))
 	}
 	wall = wall.Add(31 * time.Second)
-	b = ingest.NewBatch(steady(t0.Add(123*time.Second), time.Second, "healthy"), nil)
-	b.Runs = []ingest.Run{{Partition: partA, N: 1}}
-	got := e.ObserveBatch(b)
+	got := observe(partA, steady(t0.Add(123*time.Second), time.Second, "healthy"))
 	if keys := keysOf(got); !slices.Equal(keys, []string{"attacker"}) {
 		t.Fatalf("after idle_timeout: alerts %v, want attacker", keys)
 	}
 	if wm, want := e.Watermark(), t0.Add(123*time.Second-cfg.AllowedLateness); !wm.Equal(want) {
 		t.Errorf("watermark %s, want A's %s", wm, want)
 	}
-
 	// B wakes up with records from before the watermark: they are late, and the
 	// watermark never moves back.
 	wm := e.Watermark()
-	b = ingest.NewBatch(steady(t0, time.Second, "other"), nil)
-	b.Runs = []ingest.Run{{Partition: partB, N: 1}}
-	e.ObserveBatch(b)
+	observe(partB, steady(t0, time.Second, "other"))
 	if !e.Watermark().Equal(wm) {
 		t.Errorf("watermark moved from %s to %s", wm, e.Watermark())
+	}
+}
+
+// A partition more than max_skew behind the leading one no longer holds the watermark
+// back: the windows of the others close, and its records are late until it catches up.
+func TestPartitionTooFarBehind(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	a := concat(burst403(30, t0, "attacker"), steady(t0.Add(3*time.Second), 10*time.Minute, "healthy"))
+	b := steady(t0.Add(-20*time.Minute), 10*time.Minute, "other") // twenty minutes behind
+	alerts, e, reg := runBatches(t, cfg, nil, interleave(20, partRun{partA, a}, partRun{partB, b}))
+	if keys := keysOf(alerts); !slices.Equal(keys, []string{"attacker"}) {
+		t.Errorf("alerts %v, want attacker", keys)
+	}
+	if late := counterValue(t, reg, "gatewatch_detectors_late_events_total"); late == 0 {
+		t.Error("no record of the partition far behind was late")
+	}
+	if e.wms.behind() != 1 {
+		t.Errorf("%d partitions behind, want B", e.wms.behind())
 	}
 }
 
@@ -232,11 +248,11 @@ func TestEndedPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, bb := burst403(30, t0, "attacker"), steady(t0.Add(-time.Hour), time.Second, "old")
+	a, bb := burst403(30, t0, "attacker"), steady(t0.Add(-2*time.Minute), time.Second, "old")
 	b := &ingest.Batch{Events: concat(a, bb), Runs: []ingest.Run{{Partition: partA, N: len(a)}, {Partition: partB, N: len(bb)}},
 		Opened: []ingest.Partition{partA, partB}}
 	e.ObserveBatch(b)
-	if wm := e.Watermark(); !wm.Equal(t0.Add(-time.Hour - cfg.AllowedLateness)) {
+	if wm := e.Watermark(); !wm.Equal(t0.Add(-2*time.Minute - cfg.AllowedLateness)) {
 		t.Fatalf("watermark %s, want B's", wm)
 	}
 	got := e.ObserveBatch(&ingest.Batch{Ended: []ingest.Partition{partB}})

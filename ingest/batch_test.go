@@ -47,3 +47,41 @@ func TestBatchFilterKeepsRunsInStep(t *testing.T) {
 		})
 	}
 }
+
+func TestMergeByTime(t *testing.T) {
+	a, b := Partition{Source: "t", ID: 0}, Partition{Source: "t", ID: 1}
+	at := func(s ...int) []Event {
+		var out []Event
+		for _, v := range s {
+			out = append(out, Event{Time: time.Unix(int64(v), 0), Status: v})
+		}
+		return out
+	}
+	// a: 1 3 2 9 (2 out of order), b: 2 4 5
+	events := append(at(1, 3, 2, 9), at(2, 4, 5)...)
+	got, runs := MergeByTime(events, []Run{{a, 4}, {b, 3}}, nil)
+	var order []int
+	for _, ev := range got {
+		order = append(order, ev.Status)
+	}
+	if want := []int{1, 2, 3, 2, 4, 5, 9}; fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("merged %v, want %v", order, want)
+	}
+	if want := "[{t/0 1} {t/1 1} {t/0 2} {t/1 2} {t/0 1}]"; fmt.Sprint(runs) != want {
+		t.Errorf("runs %v, want %s", runs, want)
+	}
+	// Each partition keeps its own order.
+	var pa []int
+	i := 0
+	for _, r := range runs {
+		for _, ev := range got[i : i+r.N] {
+			if r.Partition == a {
+				pa = append(pa, ev.Status)
+			}
+		}
+		i += r.N
+	}
+	if fmt.Sprint(pa) != "[1 3 2 9]" {
+		t.Errorf("partition a's order %v, want [1 3 2 9]", pa)
+	}
+}

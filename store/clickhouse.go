@@ -349,6 +349,16 @@ func (c *ClickHouse) Flush(ctx context.Context) error {
 	}
 }
 
+// Ping reports whether ClickHouse answers a round trip within write_timeout.
+func (c *ClickHouse) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.WriteTimeout, errWriteTimeout)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil {
+		return fmt.Errorf("store: clickhouse: %w", err)
+	}
+	return nil
+}
+
 // Sync returns once every event ArchiveEvents took before the call is durable: in
 // ClickHouse, or in the spill while ClickHouse fails. The live pipeline calls it before
 // it commits the offsets of archived events, so a crash never leaves committed events

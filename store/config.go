@@ -20,6 +20,9 @@ type Config struct {
 	ClickHouse *ClickHouseConfig `yaml:"clickhouse"` // nil: the embedded local store
 	DataDir    string            `yaml:"data_dir"`   // local store, ClickHouse spill files; default ./gatewatch-data
 	Retention  time.Duration     `yaml:"retention"`  // how long the local store keeps archived events and alert history; 0 keeps them
+	// Archive makes `run` keep every event in the archive that replay and the runbooks'
+	// forensic queries read; default true.
+	Archive bool `yaml:"archive"`
 }
 
 // ClickHouseConfig says how to reach ClickHouse and how the event archive writes to it.
@@ -51,7 +54,7 @@ const DefaultDataDir = "./gatewatch-data"
 // DefaultConfig returns the store defaults that the config file overrides: the
 // embedded store under DefaultDataDir, keeping archived events for 30 days.
 func DefaultConfig() Config {
-	return Config{DataDir: DefaultDataDir, Retention: 720 * time.Hour}
+	return Config{DataDir: DefaultDataDir, Retention: 720 * time.Hour, Archive: true}
 }
 
 // DefaultClickHouseConfig returns what each zero ClickHouse setting stands for.

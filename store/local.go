@@ -168,6 +168,9 @@ func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
 // Flush returns at once: ArchiveEvents has written everything before returning.
 func (l *Local) Flush(context.Context) error { return nil }
 
+// Ping returns nil: the embedded store is a file this process holds open.
+func (l *Local) Ping(context.Context) error { return nil }
+
 // Sync returns at once, for the same reason.
 func (l *Local) Sync(context.Context) error { return nil }
 

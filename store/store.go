@@ -32,6 +32,9 @@ type Store interface {
 	// Alerts returns the latest version of each alert in [from, to) with its deliveries.
 	Alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error)
 
+	// Ping reports whether the store answers: the pipeline is ready only while it does.
+	Ping(ctx context.Context) error
+
 	// Run keeps the store: batched writes, replay of what was spilled, retention. It
 	// returns when ctx ends.
 	Run(ctx context.Context) error

@@ -15,15 +15,17 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/pipeline"
 	"github.com/gatewatch/gatewatch/store"
 )
 
 // config is gatewatch.yaml: each part's section, decoded over its defaults.
 type config struct {
-	Ingest    ingest.Config    `yaml:"ingest"`
-	Detectors detectors.Config `yaml:"detectors"`
-	Store     store.Config     `yaml:"store"`
-	Alerting  alerting.Config  `yaml:"alerting"`
+	Ingest    ingest.Config        `yaml:"ingest"`
+	Detectors detectors.Config     `yaml:"detectors"`
+	Store     store.Config         `yaml:"store"`
+	Alerting  alerting.Config      `yaml:"alerting"`
+	Admin     pipeline.AdminConfig `yaml:"admin"`
 }
 
 func defaultConfig() config {

@@ -31,6 +31,7 @@ type cmdEnv struct {
 
 func commands() []command {
 	return []command{
+		{"run", "run the live service: Kafka to the detectors to Slack and the SIEM", "run --config FILE", runRun},
 		{"demo", "run the pipeline on an embedded broker with synthetic attacks and print the alerts", "demo [--duration D] [--rate R] [--seed N]", runDemo},
 		{"replay", "run log files through the detectors and print the alerts", "replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...", runReplay},
 		{"notify", "send alerts from a file through the configured routes and receivers", "notify --config FILE --input ALERTS.jsonl|- [--dry-run]", runNotify},

@@ -195,25 +195,43 @@ func (s *Source) parse(t *topic, p ingest.Parser) {
 
 // fill cuts the next batch: it waits for the first record as long as ctx allows, then
 // at most BatchWait for more, up to BatchSize records. It returns nil when ctx ends.
+//
+// Of the records the partition readers queued it always takes the one with the
+// earliest Kafka timestamp among the partitions' next records, as Kafka Streams picks
+// records, so that through a backlog every partition advances at the pace of event
+// time instead of at the pace of its reader: the engine judges lateness per partition
+// and keeps room for only max_skew between them.
 func (s *Source) fill(ctx context.Context) *batch {
 	s.seq++
 	b := &batch{seq: s.seq, recs: make([]record, 0, s.hint)}
-	for len(b.recs) == 0 {
-		select {
-		case f := <-s.incoming:
-			s.add(b, &f)
-		case <-ctx.Done():
-			return nil
+	var timer *time.Timer
+	var wait <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
 		}
-	}
-	wait := time.NewTimer(s.cfg.BatchWait)
-	defer wait.Stop()
+	}()
+	s.refill(true)
 	for len(b.recs) < s.cfg.BatchSize {
-		select {
-		case f := <-s.incoming:
-			s.add(b, &f)
+		if p := s.earliest(); p != nil {
+			s.add(b, &p.headRec)
+			p.hasHead = false
+			s.picks++
+			s.refillOne(p)
+			if s.picks%64 == 0 {
+				s.refill(false) // partitions that were empty may have records by now
+			}
 			continue
-		case <-wait.C:
+		}
+		if len(b.recs) > 0 && timer == nil {
+			timer = time.NewTimer(s.cfg.BatchWait)
+			wait = timer.C
+		}
+		select {
+		case <-s.wake:
+			s.refill(true)
+			continue
+		case <-wait:
 		case <-ctx.Done():
 			return nil
 		}
@@ -222,6 +240,44 @@ func (s *Source) fill(ctx context.Context) *batch {
 	s.seal(b)
 	s.hint = min(max(len(b.recs), 16), s.cfg.BatchSize)
 	return b
+}
+
+// refill takes the next record of every partition that has none in hand; reload also
+// picks up a change of the partitions assigned.
+func (s *Source) refill(reload bool) {
+	if reload {
+		if v := s.activeV.Load(); v != s.seenV {
+			s.mu.Lock()
+			s.reading = append(s.reading[:0], s.active...)
+			s.seenV = s.activeV.Load()
+			s.mu.Unlock()
+		}
+	}
+	for _, p := range s.reading {
+		if !p.hasHead {
+			s.refillOne(p)
+		}
+	}
+}
+
+func (s *Source) refillOne(p *partition) {
+	select {
+	case p.headRec = <-p.fetched:
+		p.hasHead = true
+	default:
+	}
+}
+
+// earliest returns the partition whose next record has the earliest timestamp, nil
+// when none has one.
+func (s *Source) earliest() *partition {
+	var best *partition
+	for _, p := range s.reading {
+		if p.hasHead && (best == nil || p.headRec.msg.Time.Before(best.headRec.msg.Time)) {
+			best = p
+		}
+	}
+	return best
 }
 
 // add puts one fetched record into b, extending the batch's run of its partition. A

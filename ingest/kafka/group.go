@@ -112,6 +112,7 @@ func (s *Source) assign(gen *kafkago.Generation) (generation, []start) {
 		s.log.Info("kafka partition revoked", "topic", k.topic, "partition", k.partition, "generation", gen.ID)
 	}
 	var starts []start
+	s.active = s.active[:0]
 	for _, k := range slices.SortedFunc(maps.Keys(assigned), partKey.Compare) {
 		committed := assigned[k]
 		p := s.parts[k]
@@ -122,7 +123,7 @@ func (s *Source) assign(gen *kafkago.Generation) (generation, []start) {
 				s.log.Error("kafka assigned a partition of a topic not subscribed to", "topic", k.topic, "partition", k.partition)
 				continue
 			}
-			p = newPartition(t, k.partition)
+			p = newPartition(t, k.partition, partitionQueue(s.rcfg.QueueCapacity))
 			s.parts[k] = p
 			s.opened = append(s.opened, p.key)
 			s.log.Info("kafka partition assigned", "topic", k.topic, "partition", k.partition, "offset", committed, "generation", gen.ID)
@@ -140,12 +141,14 @@ func (s *Source) assign(gen *kafkago.Generation) (generation, []start) {
 			delete(s.dirty, p)
 		}
 		p.owner.Store(g.seq)
+		s.active = append(s.active, p)
 		from := committed
 		if n := p.next.Load(); n >= 0 {
 			from = n
 		}
 		starts = append(starts, start{p: p, offset: from})
 	}
+	s.activeV.Add(1)
 	return g, starts
 }
 
@@ -159,7 +162,7 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 		Topic:           p.topic.name,
 		Partition:       p.id,
 		Dialer:          s.rcfg.Dialer,
-		QueueCapacity:   s.rcfg.QueueCapacity,
+		QueueCapacity:   partitionQueue(s.rcfg.QueueCapacity),
 		MinBytes:        s.rcfg.MinBytes,
 		MaxBytes:        s.rcfg.MaxBytes,
 		MaxWait:         s.rcfg.MaxWait,
@@ -189,12 +192,21 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 			continue
 		}
 		select {
-		case s.incoming <- fetched{p: p, gen: gen, msg: msg}:
+		case p.fetched <- fetched{p: p, gen: gen, msg: msg}:
 		case <-ctx.Done():
 			return
 		}
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 }
+
+// partitionQueue is how many records each partition reader holds ahead, in kafka-go's
+// queue and in ours: enough to keep the fetching goroutine busy while the reader
+// fetches more, few enough that dozens of partitions do not hold a gigabyte.
+func partitionQueue(batch int) int { return min(batch, 256) }
 
 // lifecycle returns and forgets the partitions opened and ended since the last call.
 func (s *Source) lifecycle() (opened, ended []ingest.Partition) {

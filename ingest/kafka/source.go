@@ -81,11 +81,16 @@ type Source struct {
 	admin  *kafkago.Client    // for metadata
 	conns  *kafkago.Transport // the admin client's
 
-	incoming chan fetched // records from the partition readers, to the fetching goroutine
+	wake    chan struct{} // a partition reader queued a record
+	activeV atomic.Uint64 // bumped when active changes
+	active  []*partition  // the partitions assigned now, guarded by mu
 
 	// Owned by the fetching goroutine.
-	seq  uint64 // batches cut
-	hint int    // capacity for the next batch's records
+	seq     uint64       // batches cut
+	hint    int          // capacity for the next batch's records
+	reading []*partition // its copy of active
+	seenV   uint64       // activeV when copied
+	picks   uint64       // records taken
 
 	ready chan *batch // batches cut and being parsed, in order; closed when fetching ends
 
@@ -285,9 +290,7 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if err := s.gcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka: consumer group config: %w", err)
 	}
-	// The partition readers of a generation hand records to the fetching goroutine
-	// through one queue, about a batch deep.
-	s.incoming = make(chan fetched, s.rcfg.QueueCapacity)
+	s.wake = make(chan struct{}, 1)
 	s.conns = sec.transport(cfg)
 	s.admin = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: s.conns}
 	return s, nil
@@ -380,6 +383,17 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 	}
 }
 
+// Ping reports whether the brokers answer and have every topic, and whether the group
+// could be joined: the pipeline is ready only while they do.
+func (s *Source) Ping(ctx context.Context) error {
+	if err := s.checkTopics(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.groupErr
+}
+
 // start starts the goroutines on first use: the fetching goroutine joins the group
 // once every topic exists.
 func (s *Source) start() error {
@@ -456,6 +470,9 @@ func (s *Source) assemble(b *batch) {
 		} else {
 			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
 		}
+	}
+	if len(b.runs) > 1 {
+		b.events, b.runs = ingest.MergeByTime(b.events, b.runs, make([]ingest.Event, 0, len(b.events)))
 	}
 	b.recs, b.errs, b.assembled = nil, nil, true
 	for _, t := range s.order {

@@ -672,7 +672,7 @@ func TestAddAllocatesNothing(t *testing.T) {
 	}
 	const runs = 1000
 	b := &batch{seq: 1, recs: make([]record, 0, runs+2)}
-	p := newPartition(s.topics["waf"], 3)
+	p := newPartition(s.topics["waf"], 3, 1)
 	p.owner.Store(1)
 	f := fetched{p: p, gen: 1, msg: kafkago.Message{Topic: "waf", Partition: 3, Value: []byte("r")}}
 	s.add(b, &f) // the partition's first record starts its run

@@ -16,13 +16,16 @@ type partition struct {
 	id    int
 	key   ingest.Partition // how the engine names it
 
-	owner atomic.Uint64 // the generation it is assigned in; 0 once revoked
-	next  atomic.Int64  // offset after the last record taken into a batch; -1 before the first
+	owner   atomic.Uint64 // the generation it is assigned in; 0 once revoked
+	next    atomic.Int64  // offset after the last record taken into a batch; -1 before the first
+	fetched chan fetched  // its reader's records, to the fetching goroutine
 
 	// Owned by the fetching goroutine.
-	span *span  // its run in the batch being built
-	mark uint64 // seq of that batch
-	lag  int64  // records after the last one taken, by its high-water mark
+	span    *span   // its run in the batch being built
+	mark    uint64  // seq of that batch
+	lag     int64   // records after the last one taken, by its high-water mark
+	headRec fetched // the next record, taken from fetched and not yet into a batch,
+	hasHead bool    // when this is set
 
 	// Guarded by Source.mu; resets is written under it and read by the fetching goroutine.
 	resets    atomic.Uint64 // rewinds and revocations; runs begun before the last one release nothing
@@ -32,8 +35,9 @@ type partition struct {
 	committed int64 // the end this source last committed, or where its first run began
 }
 
-func newPartition(t *topic, id int) *partition {
-	p := &partition{topic: t, id: id, key: ingest.Partition{Source: t.name, ID: int32(id)}, done: -1, committed: -1}
+func newPartition(t *topic, id int, queue int) *partition {
+	p := &partition{topic: t, id: id, key: ingest.Partition{Source: t.name, ID: int32(id)}, done: -1, committed: -1,
+		fetched: make(chan fetched, queue)}
 	p.next.Store(-1)
 	return p
 }

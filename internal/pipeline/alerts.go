@@ -1,0 +1,143 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
+)
+
+// routerSwitch is the engine's alert sink: the router in force. A reload builds a new
+// router over the same outbox (new routes, silences, receivers) and swaps it in; the
+// old one finishes the attempts in flight, and what it had not delivered stays in the
+// outbox for the new one.
+type routerSwitch struct {
+	p       *Pipeline
+	outbox  alerting.OutboxStore
+	history alerting.History
+
+	mu  sync.RWMutex // held shared by Put, so a swap waits for the Puts in flight
+	cur *routerRun
+}
+
+// routerRun is one router with its receivers, its goroutine and its metrics.
+type routerRun struct {
+	router    *alerting.Router
+	receivers io.Closer
+	reg       *prometheus.Registry
+	cancel    context.CancelFunc
+	done      <-chan error
+}
+
+var _ detectors.AlertSink = (*routerSwitch)(nil)
+
+// Put makes alerts durable in the outbox of the router in force.
+func (s *routerSwitch) Put(ctx context.Context, alerts []detectors.Alert) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cur.router.Put(ctx, alerts)
+}
+
+// build makes a router for cfg, not yet running.
+func (s *routerSwitch) build(cfg *Config) (*routerRun, error) {
+	log := s.p.log.With("component", "alerting")
+	receivers, closer, err := s.p.opts.Receivers(cfg.Alerting, cfg.Store.DataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	// Each router registers its metrics in a registry of its own, which /metrics
+	// gathers while it is in force: a reloaded router starts its counters afresh,
+	// which Prometheus reads as a counter reset.
+	reg := prometheus.NewRegistry()
+	r, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
+		Outbox: s.outbox, Receivers: receivers, History: s.history, Logger: s.p.log, Registerer: reg, Now: s.p.opts.Now,
+	})
+	if err != nil {
+		closer.Close()
+		return nil, err
+	}
+	return &routerRun{router: r, receivers: closer, reg: reg}, nil
+}
+
+// start builds the first router and runs it.
+func (s *routerSwitch) start(ctx context.Context, cfg *Config) error {
+	rr, err := s.build(cfg)
+	if err != nil {
+		return err
+	}
+	s.run(ctx, rr)
+	s.cur = rr
+	return nil
+}
+
+func (s *routerSwitch) run(ctx context.Context, rr *routerRun) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	rr.cancel = cancel
+	rr.done = goRun(func() error { return rr.router.Run(rctx) })
+}
+
+// swap puts a router for cfg in force and stops the old one.
+func (s *routerSwitch) swap(ctx context.Context, cfg *Config) error {
+	rr, err := s.build(cfg)
+	if err != nil {
+		return err
+	}
+	s.run(ctx, rr)
+	s.mu.Lock()
+	old := s.cur
+	s.cur = rr
+	s.mu.Unlock()
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := old.stop(stopCtx); err != nil {
+		s.p.log.Warn("the router replaced by a reload did not stop cleanly; what it had not delivered stays in the outbox", "err", err)
+	}
+	return nil
+}
+
+// stop gives the deliveries pending a part of ctx's time, then stops the router in
+// force: what is undelivered stays in the outbox for the next run.
+func (s *routerSwitch) stop(ctx context.Context) error {
+	s.mu.Lock()
+	rr := s.cur
+	s.mu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		fctx, cancel := context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		if err := rr.router.Flush(fctx); err != nil {
+			s.p.log.Info("stopping with deliveries pending; they stay in the outbox for the next run", "err", err)
+		}
+		cancel()
+	}
+	return rr.stop(ctx)
+}
+
+func (rr *routerRun) stop(ctx context.Context) error {
+	err := rr.router.Close(ctx)
+	rr.cancel()
+	if rerr := <-rr.done; rerr != nil && !errors.Is(rerr, context.Canceled) {
+		err = errors.Join(err, rerr)
+	}
+	if cerr := rr.receivers.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("closing receivers: %w", cerr))
+	}
+	return err
+}
+
+// Gather gathers the metrics of the router in force.
+func (s *routerSwitch) Gather() ([]*dto.MetricFamily, error) {
+	s.mu.RLock()
+	rr := s.cur
+	s.mu.RUnlock()
+	if rr == nil {
+		return nil, nil
+	}
+	return rr.reg.Gather()
+}

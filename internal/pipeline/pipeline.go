@@ -1,0 +1,370 @@
+// Package pipeline wires gatewatch's parts into the running service: the Kafka source
+// (parsers, dead letters), the detector engine (baselines and open incidents in the
+// store), the event archive, the router with its durable outbox and receivers, and the
+// admin endpoints. One type owns the start-up and the ordered shutdown of all of it, so
+// `run` and `demo` are wired one way.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/store"
+)
+
+// Config is what the pipeline runs: each part's section of gatewatch.yaml.
+type Config struct {
+	Ingest    ingest.Config
+	Detectors detectors.Config
+	Store     store.Config
+	Alerting  alerting.Config
+	Admin     AdminConfig
+}
+
+// AdminConfig is the admin endpoint: /metrics, /healthz, /readyz.
+type AdminConfig struct {
+	Listen string `yaml:"listen"` // host:port; empty: no admin endpoint
+}
+
+// A ReceiverBuilder turns the configured receivers into live ones; the returned closer
+// releases their connections and files. cmd/gatewatch owns the one that knows every
+// receiver kind.
+type ReceiverBuilder func(cfg alerting.Config, dataDir string, log *slog.Logger) (map[string]alerting.Receiver, io.Closer, error)
+
+// Options are the pipeline's runtime dependencies.
+type Options struct {
+	// Receivers builds the receivers; required.
+	Receivers ReceiverBuilder
+	// Logger logs changes of state; nil discards.
+	Logger *slog.Logger
+	// Registry receives every metric of the pipeline and is what /metrics serves; nil:
+	// a new one.
+	Registry *prometheus.Registry
+	// Now is the wall clock: idle partitions, silences, retries; nil: time.Now.
+	Now func() time.Time
+	// WrapSource, when set, wraps the Kafka source the engine reads: the demo ends its
+	// run once every record it produced came through.
+	WrapSource func(detectors.EventSource) detectors.EventSource
+	// ShutdownTimeout bounds the ordered shutdown; 0: 30s.
+	ShutdownTimeout time.Duration
+	// Version is reported by gatewatch_build_info.
+	Version string
+}
+
+// A Pipeline is the live service. New builds nothing that does I/O; Run opens the
+// parts, runs them until its context ends (or a wrapped source ends), and shuts them
+// down in order.
+type Pipeline struct {
+	opts Options
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	m    *metrics
+
+	cfg atomic.Pointer[Config] // the config in force; Reload swaps it
+
+	// Set by Run; mu guards engine and alerts, which Reload reads from another
+	// goroutine.
+	mu       sync.Mutex
+	reloadMu sync.Mutex // one reload at a time
+	store    store.Store
+	source   *kafka.Source
+	engine   *detectors.Engine
+	alerts   *routerSwitch
+	admin    *admin
+	ready    readiness
+
+	stopped chan struct{} // closed when Run returns
+	runOnce sync.Once
+}
+
+// New checks cfg and opts. It opens nothing: Run does.
+func New(cfg Config, opts Options) (*Pipeline, error) {
+	var errs []error
+	if opts.Receivers == nil {
+		errs = append(errs, errors.New("pipeline: Options.Receivers is required"))
+	}
+	if len(cfg.Ingest.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("pipeline: ingest.kafka.brokers: run reads Kafka; name the brokers"))
+	}
+	if len(cfg.Ingest.Kafka.Topics) == 0 {
+		errs = append(errs, errors.New("pipeline: ingest.kafka.topics: name at least one topic and its format"))
+	}
+	if cfg.Ingest.DeadLetter.File == "" && cfg.Ingest.DeadLetter.Topic == "" {
+		errs = append(errs, errors.New("pipeline: ingest.dead_letter: run keeps every rejected record; set a topic or a file"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 30 * time.Second
+	}
+	p := &Pipeline{
+		opts:    opts,
+		log:     opts.Logger,
+		reg:     opts.Registry,
+		stopped: make(chan struct{}),
+	}
+	p.cfg.Store(&cfg)
+	p.m = newMetrics(p.reg, opts.Version)
+	if err := p.reg.Register(collectors.NewGoCollector()); err != nil {
+		return nil, fmt.Errorf("pipeline: metrics: %w", err)
+	}
+	if err := p.reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, fmt.Errorf("pipeline: metrics: %w", err)
+	}
+	return p, nil
+}
+
+// Registry returns the registry /metrics serves.
+func (p *Pipeline) Registry() *prometheus.Registry { return p.reg }
+
+// Run opens every part, runs the pipeline until ctx ends or the source does, and shuts
+// it down in order: stop fetching, finish the batch in flight, make its alerts durable,
+// commit what no open window needs, flush the store and the outbox, close the clients.
+// It returns nil after a stop asked for through ctx.
+func (p *Pipeline) Run(ctx context.Context) (err error) {
+	first := false
+	p.runOnce.Do(func() { first = true })
+	if !first {
+		return errors.New("pipeline: Run called twice")
+	}
+	defer close(p.stopped)
+	cfg := p.cfg.Load()
+	var lc lifecycle
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.ShutdownTimeout)
+		defer cancel()
+		err = errors.Join(err, lc.stop(stopCtx, p.log))
+	}()
+
+	p.mu.Lock()
+	p.alerts = &routerSwitch{p: p}
+	p.mu.Unlock()
+
+	if err := os.MkdirAll(cfg.Store.DataDir, 0o700); err != nil {
+		return fmt.Errorf("pipeline: data_dir: %w", err)
+	}
+	// Admin first, so that health and the metrics of start-up are visible; it stops last.
+	if cfg.Admin.Listen != "" {
+		g := prometheus.Gatherers{p.reg, prometheus.GathererFunc(p.alerts.Gather)}
+		a, err := newAdmin(cfg.Admin.Listen, g, &p.ready, p.log)
+		if err != nil {
+			return err
+		}
+		p.mu.Lock()
+		p.admin = a
+		p.mu.Unlock()
+		lc.add("admin", a.serve(), a.shutdown)
+	}
+
+	// The store: baselines, open incidents, the archive and the alert history.
+	st, err := store.Open(cfg.Store, store.Options{
+		Logger:     p.log.With("component", "store"),
+		Registerer: p.reg,
+		Baselines:  store.BaselineSettingsFrom(cfg.Detectors),
+	})
+	if err != nil {
+		return err
+	}
+	p.store = st
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	storeDone := goRun(func() error { return st.Run(storeCtx) })
+	lc.add("store", nil, func(ctx context.Context) error {
+		stopStore()
+		<-storeDone
+		return st.Close(ctx)
+	})
+	if ch, ok := st.(*store.ClickHouse); ok {
+		p.migrate(ctx, ch)
+	}
+
+	// Alerting: the durable outbox, the receivers and the router over them.
+	outboxDir := cfg.Alerting.Outbox.Dir
+	if outboxDir == "" {
+		outboxDir = filepath.Join(cfg.Store.DataDir, "outbox")
+	}
+	outbox, err := store.OpenOutbox(outboxDir, store.OutboxOptions{Logger: p.log.With("component", "alerting")})
+	if err != nil {
+		return err
+	}
+	lc.add("outbox", nil, func(context.Context) error { return outbox.Close() })
+	p.alerts.outbox, p.alerts.history = outbox, st
+	if err := p.alerts.start(ctx, cfg); err != nil {
+		return err
+	}
+	lc.add("alerting", nil, p.alerts.stop)
+
+	// Ingest: dead letters, then the Kafka source.
+	dl, closeDL, err := p.deadLetters(cfg)
+	if err != nil {
+		return err
+	}
+	lc.add("dead letters", nil, func(context.Context) error { return closeDL() })
+	popts, err := cfg.Ingest.ParserOptions(false)
+	if err != nil {
+		return err
+	}
+	src, err := kafka.NewSource(cfg.Ingest.Kafka, kafka.Options{
+		ParserOptions: popts,
+		DeadLetters:   dl,
+		Metrics:       ingest.NewMetrics(p.reg),
+		Logger:        p.log,
+		Now:           p.opts.Now,
+	})
+	if err != nil {
+		return err
+	}
+	p.source = src
+	lc.add("kafka source", nil, func(context.Context) error { return src.Close() })
+
+	// Detection.
+	eng, err := detectors.NewEngine(cfg.Detectors, detectors.Options{
+		Baselines:      st,
+		Incidents:      st,
+		Scope:          cfg.Ingest.Kafka.Group,
+		Registerer:     p.reg,
+		Logger:         p.log,
+		RunbookBaseURL: cfg.Alerting.RunbookBaseURL,
+		Now:            p.opts.Now,
+	})
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.engine = eng
+	p.mu.Unlock()
+	acks := newAcker(st, p.log, p.m)
+	var events detectors.EventSource = &archiving{p: p, src: src, acks: acks, archive: cfg.Store.Archive}
+	if p.opts.WrapSource != nil {
+		events = p.opts.WrapSource(events)
+	}
+	p.ready.set(st, src)
+	readyCtx, stopReady := context.WithCancel(ctx)
+	readyDone := goRun(func() error { p.ready.run(readyCtx, p.log); return nil })
+
+	p.log.Info("gatewatch running", "topics", len(cfg.Ingest.Kafka.Topics), "group", cfg.Ingest.Kafka.Group, "admin", cfg.Admin.Listen)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return acks.run(gctx) })
+	g.Go(func() error {
+		err := eng.Run(gctx, events, p.alerts)
+		// The engine stopped (the input ended, or a stop was asked for): what it
+		// acknowledged is committed by the acker, which then ends.
+		acks.close()
+		return err
+	})
+	err = g.Wait()
+	stopReady()
+	<-readyDone
+	p.ready.stopping()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// migrate brings the ClickHouse schema up to date at start-up. A server that does not
+// answer delays it: the store writes to its spill meanwhile, and readiness retries.
+func (p *Pipeline) migrate(ctx context.Context, ch *store.ClickHouse) {
+	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ch.Migrate(mctx); err != nil {
+		p.log.Warn("clickhouse schema not migrated at start-up; writes wait in the spill, readiness reports it", "component", "store", "err", err)
+		p.ready.needMigrate(ch)
+	}
+}
+
+// deadLetters opens the configured dead-letter sinks: the file, the topic, or both.
+func (p *Pipeline) deadLetters(cfg *Config) (ingest.DeadLetters, func() error, error) {
+	var sinks ingest.TeeDeadLetters
+	var closers []io.Closer
+	if f := cfg.Ingest.DeadLetter.File; f != "" {
+		fd, err := ingest.OpenFileDeadLetters(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pipeline: ingest.dead_letter.file: %w", err)
+		}
+		sinks, closers = append(sinks, fd), append(closers, fd)
+	}
+	if t := cfg.Ingest.DeadLetter.Topic; t != "" {
+		w, err := kafka.NewDeadLetterWriter(cfg.Ingest.Kafka, t)
+		if err != nil {
+			for _, c := range closers {
+				c.Close()
+			}
+			return nil, nil, fmt.Errorf("pipeline: ingest.dead_letter.topic: %w", err)
+		}
+		sinks, closers = append(sinks, w), append(closers, w)
+	}
+	closeAll := func() error {
+		var errs []error
+		for _, c := range closers {
+			errs = append(errs, c.Close())
+		}
+		return errors.Join(errs...)
+	}
+	if len(sinks) == 1 {
+		return sinks[0], closeAll, nil
+	}
+	return sinks, closeAll, nil
+}
+
+// goRun runs fn on a goroutine and returns a channel that gets its result.
+func goRun(fn func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	return done
+}
+
+// lifecycle is the pipeline's parts in the order they started; stop stops them in
+// reverse order, each bounded by the shutdown's context, and reports every failure.
+type lifecycle struct {
+	steps []step
+}
+
+type step struct {
+	name string
+	done <-chan error // the part's goroutine, when it has one
+	stop func(ctx context.Context) error
+}
+
+func (l *lifecycle) add(name string, done <-chan error, stop func(ctx context.Context) error) {
+	l.steps = append(l.steps, step{name, done, stop})
+}
+
+func (l *lifecycle) stop(ctx context.Context, log *slog.Logger) error {
+	var errs []error
+	for i := len(l.steps) - 1; i >= 0; i-- {
+		s := l.steps[i]
+		start := time.Now()
+		err := s.stop(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stopping %s: %w", s.name, err))
+		}
+		log.Debug("stopped", "part", s.name, "took", time.Since(start), "err", err)
+	}
+	return errors.Join(errs...)
+}
