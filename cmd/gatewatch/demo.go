@@ -3,37 +3,62 @@ package main
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
-	"github.com/gatewatch/gatewatch/ingest/kafka"
 	"github.com/gatewatch/gatewatch/ingest/synth"
-	"github.com/gatewatch/gatewatch/replay"
+	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
 
 //go:embed demo.yaml
 var demoConfig []byte
 
-const demoTopic = "waf-logs"
+// demoTopics are the gateways of the demo: each client is served by one of them, and
+// each logs in its own format to its own topic.
+var demoTopics = []ingest.TopicConfig{
+	{Name: "waf-logs", Format: ingest.FormatAWSWAF},
+	{Name: "kong-logs", Format: ingest.FormatKong},
+	{Name: "nginx-logs", Format: ingest.FormatNginx},
+}
 
-// runDemo is gatewatch on its embedded default: a Kafka-protocol broker in the process
-// (kfake), two hours of synthetic AWS WAF traffic with one attack of each kind produced
-// to it, and the pipeline consuming it as a consumer group member would: Kafka source,
-// parser, detectors. The alerts go to stdout as JSON lines; stderr gets what was
-// injected and whether each attack was caught.
+// demoPartitions is how many partitions each demo topic has.
+const demoPartitions = 3
+
+// demoSecret keys the demo's fingerprints: the traffic is synthetic, and a fixed key
+// keeps alert ids the same from one demo run to the next.
+const demoSecret = "gatewatch-demo: synthetic traffic only, never a production secret"
+
+// runDemo is gatewatch on its embedded default: `run`'s pipeline on a Kafka-protocol
+// broker in the process (kfake) and the embedded store in a temporary directory, fed
+// two hours of synthetic traffic with one attack of each kind from three gateways (AWS
+// WAF, Kong and nginx, each to its own topic of several partitions). Each alert is
+// printed as the pipeline delivers it; stderr gets what was injected and whether each
+// attack was caught.
 func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlagSet(env, "demo", "demo [--duration D] [--rate R] [--seed N]")
+	fs := newFlagSet(env, "demo", "demo [--duration D] [--rate R] [--seed N] [--json]")
 	duration := fs.Duration("duration", 2*time.Hour, "event time of synthetic traffic to generate")
 	rate := fs.Float64("rate", 10, "background requests per second of event time")
 	seed := fs.Uint64("seed", 1, "random seed of the traffic")
+	asJSON := fs.Bool("json", false, "print alerts as JSON lines (the Alert contract) instead of for a person")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -49,114 +74,324 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stderr, "demo: %d AWS WAF records over %s of event time, %d attacks injected\n", len(reqs), *duration, len(injected))
+	byTopic := splitByGateway(reqs, injected)
 
-	// One partition keeps the records in event-time order, as one gateway's log stream is.
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, demoTopic))
+	names := make([]string, len(demoTopics))
+	for i, t := range demoTopics {
+		names[i] = t.Name
+	}
+	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(demoPartitions, names...))
 	if err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
 	defer broker.Close()
-	addrs := broker.ListenAddrs()
-	fmt.Fprintf(env.stderr, "demo: Kafka-protocol broker on %s, topic %s\n", addrs[0], demoTopic)
-
-	popts, err := cfg.Ingest.ParserOptions(true)
+	dir, err := os.MkdirTemp("", "gatewatch-demo-")
 	if err != nil {
 		return err
 	}
-	kcfg := cfg.Ingest.Kafka
-	kcfg.Brokers, kcfg.Group = addrs, "gatewatch-demo"
-	kcfg.Topics = []ingest.TopicConfig{{Name: demoTopic, Format: ingest.FormatAWSWAF}}
-	dead := &countingDeadLetters{next: &ingest.ReportDeadLetters{W: env.stderr}}
-	src, err := kafka.NewSource(kcfg, kafka.Options{
-		ParserOptions: popts,
-		DeadLetters:   dead,
-		Logger:        slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	defer os.RemoveAll(dir)
+	secret := filepath.Join(dir, "token-secret")
+	if err := os.WriteFile(secret, []byte(demoSecret), 0o600); err != nil {
+		return err
+	}
+	cfg.Ingest.Kafka.Brokers = broker.ListenAddrs()
+	cfg.Ingest.Kafka.Group = "gatewatch-demo"
+	cfg.Ingest.Kafka.Topics = demoTopics
+	cfg.Ingest.Kafka.BatchWait = 20 * time.Millisecond
+	cfg.Ingest.TokenSecretFile = secret
+	cfg.Ingest.DeadLetter = ingest.DeadLetterConfig{File: filepath.Join(dir, "dead-letters.jsonl")}
+	cfg.Store.DataDir = filepath.Join(dir, "data")
+	cfg.Alerting.Receivers, cfg.Alerting.Routes = nil, nil
+
+	fmt.Fprintf(env.stderr, "demo: %d records over %s of event time from 3 gateways (AWS WAF, Kong, nginx), %d attacks injected\n",
+		len(reqs), *duration, len(injected))
+	fmt.Fprintf(env.stderr, "demo: Kafka-protocol broker on %s: topics %s, %d partitions each; the pipeline of `gatewatch run`\n",
+		broker.ListenAddrs()[0], strings.Join(names, ", "), demoPartitions)
+
+	console := &consoleReceiver{w: env.stdout, json: *asJSON, color: !*asJSON && isTerminal(env.stdout)}
+	reg := prometheus.NewRegistry()
+	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
+		Receivers: func(alerting.Config, string, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+			return map[string]alerting.Receiver{console.Name(): console}, io.NopCloser(nil), nil
+		},
+		Logger:   slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Registry: reg,
+		WrapSource: func(src detectors.EventSource) detectors.EventSource {
+			return &untilConsumed{src: src, want: float64(len(reqs)), reg: reg}
+		},
+		Version: buildVersion(),
 	})
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-
+	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return produce(gctx, addrs, reqs) })
-	var sum *replay.Summary
-	g.Go(func() error {
-		var err error
-		sum, err = replay.Run(gctx, replay.Options{
-			Source:      &untilCount{src: src, want: len(reqs), dead: dead},
-			Detectors:   cfg.Detectors,
-			RunbookBase: cfg.Alerting.RunbookBaseURL,
-			Out:         env.stdout,
-		})
-		return err
-	})
+	g.Go(func() error { return produceDemo(gctx, broker.ListenAddrs(), byTopic) })
+	g.Go(func() error { return p.Run(gctx) })
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	sum.WriteSummary(env.stderr, "demo")
-	fmt.Fprintln(env.stderr, "demo: attacks injected, and the incidents raised for them:")
-	missed := 0
+	fmt.Fprintf(env.stderr, "demo: %d records through the pipeline in %s, %d incidents\n",
+		len(reqs), time.Since(start).Round(100*time.Millisecond), len(console.incidents()))
+	return reportCaught(env.stderr, injected, console.incidents())
+}
+
+// splitByGateway assigns each client to one of the demo's gateways, so each client's
+// key is logged in one format, and returns the records of each topic. The client of
+// the new_country attack goes through AWS WAF, whose log carries the country (the
+// others need a GeoIP database, which the demo does not have).
+func splitByGateway(reqs []synth.Request, injected []synth.Injected) map[string][]synth.Request {
+	waf := map[string]bool{}
 	for _, inj := range injected {
-		n := sum.Incidents[inj.Kind]
-		verdict := "caught"
-		if n == 0 {
-			verdict, missed = "MISSED", missed+1
+		if inj.Kind == synth.AttackNewCountry {
+			waf[inj.Client] = true
 		}
-		fmt.Fprintf(env.stderr, "  %-22s %s  %-8s %s  (%d requests from %s)\n", inj.Kind, inj.Start.Format("15:04:05"), verdict, inj.Route, inj.Count, inj.Client)
 	}
-	if missed > 0 {
-		return fmt.Errorf("%d of %d attacks raised no alert", missed, len(injected))
+	out := map[string][]synth.Request{}
+	for _, r := range reqs {
+		t := demoTopics[0]
+		if !waf[r.Consumer] {
+			h := fnv.New32a()
+			h.Write([]byte(r.Consumer))
+			t = demoTopics[h.Sum32()%uint32(len(demoTopics))]
+		}
+		out[t.Name] = append(out[t.Name], r)
 	}
-	return nil
+	return out
 }
 
-// produce writes the generated records to the demo topic, as the gateway's log shipper would.
-func produce(ctx context.Context, addrs []string, reqs []synth.Request) error {
-	w := &kafkago.Writer{
-		Addr:         kafkago.TCP(addrs...),
-		Topic:        demoTopic,
-		RequiredAcks: kafkago.RequireAll,
-		BatchSize:    2000,
-		BatchBytes:   900_000,
-		BatchTimeout: 5 * time.Millisecond,
-		Compression:  compress.Lz4,
-	}
-	defer w.Close()
-	msgs := make([]kafkago.Message, 0, 2000)
-	for i := range reqs {
-		v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &reqs[i])
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, kafkago.Message{Value: v})
-		if len(msgs) == cap(msgs) || i == len(reqs)-1 {
-			if err := w.WriteMessages(ctx, msgs...); err != nil {
-				return fmt.Errorf("produce: %w", err)
+// produceDemo writes each topic's records as its gateway's log shipper would, stamping
+// each with the time it was logged.
+func produceDemo(ctx context.Context, addrs []string, byTopic map[string][]synth.Request) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, t := range demoTopics {
+		reqs := byTopic[t.Name]
+		g.Go(func() error {
+			w := &kafkago.Writer{
+				Addr:         kafkago.TCP(addrs...),
+				Topic:        t.Name,
+				Balancer:     &kafkago.RoundRobin{},
+				RequiredAcks: kafkago.RequireAll,
+				BatchSize:    2000,
+				BatchBytes:   900_000,
+				BatchTimeout: 5 * time.Millisecond,
+				Compression:  compress.Lz4,
 			}
-			msgs = msgs[:0]
+			defer w.Close()
+			msgs := make([]kafkago.Message, 0, 2000)
+			for i := range reqs {
+				v, err := synth.AppendRecord(nil, t.Format, &reqs[i])
+				if err != nil {
+					return err
+				}
+				msgs = append(msgs, kafkago.Message{Value: v, Time: reqs[i].Time})
+				if len(msgs) == cap(msgs) || i == len(reqs)-1 {
+					if err := w.WriteMessages(ctx, msgs...); err != nil {
+						return fmt.Errorf("produce to %s: %w", t.Name, err)
+					}
+					msgs = msgs[:0]
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// untilConsumed ends the demo's unbounded Kafka source once every produced record has
+// come through, as an event or as a dead letter (counted by the source's metrics).
+type untilConsumed struct {
+	src  detectors.EventSource
+	want float64
+	reg  *prometheus.Registry
+}
+
+func (u *untilConsumed) Next(ctx context.Context) (*ingest.Batch, error) {
+	for {
+		if counterTotal(u.reg, "gatewatch_ingest_records_total") >= u.want {
+			return nil, io.EOF
 		}
+		wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		b, err := u.src.Next(wctx)
+		cancel()
+		if b != nil || ctx.Err() != nil {
+			return b, err
+		}
+	}
+}
+
+// counterTotal adds up every series of a counter in reg.
+func counterTotal(reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
+}
+
+// reportCaught says, per injected attack, which incident it raised: one of its
+// detector whose span overlaps the attack's.
+func reportCaught(w io.Writer, injected []synth.Injected, incidents []detectors.Alert) error {
+	fmt.Fprintln(w, "demo: attacks injected, and the incidents raised for them:")
+	missed := 0
+	matched := map[string]bool{}
+	for _, inj := range injected {
+		var hit *detectors.Alert
+		for i := range incidents {
+			a := &incidents[i]
+			if a.Detector == inj.Kind && !a.FirstSeen.After(inj.End.Add(5*time.Minute)) && !a.LastSeen.Before(inj.Start.Add(-5*time.Minute)) {
+				hit = a
+				break
+			}
+		}
+		verdict := "MISSED"
+		if hit != nil {
+			verdict = "caught " + hit.ID[:8]
+			matched[hit.ID] = true
+		} else {
+			missed++
+		}
+		fmt.Fprintf(w, "  %-22s %s  %-15s %s (%d requests from %s)\n", inj.Kind, inj.Start.Format("15:04:05"), verdict, inj.Route, inj.Count, inj.Client)
+	}
+	var extra []string
+	for _, a := range incidents {
+		if !matched[a.ID] {
+			extra = append(extra, fmt.Sprintf("%s %s %s", a.ID[:8], a.Detector, a.Key))
+		}
+	}
+	if len(extra) > 0 {
+		fmt.Fprintf(w, "demo: %d incidents matched no injected attack (false positives): %s\n", len(extra), strings.Join(extra, "; "))
+	}
+	switch {
+	case missed > 0:
+		return fmt.Errorf("%d of %d attacks raised no alert", missed, len(injected))
+	case len(extra) > 0:
+		return fmt.Errorf("%d incidents matched no injected attack", len(extra))
 	}
 	return nil
 }
 
-// untilCount ends the demo's unbounded Kafka source once every produced record has
-// come through, as events or as dead letters.
-type untilCount struct {
-	src  *kafka.Source
-	want int
-	got  int
-	dead *countingDeadLetters
+// consoleReceiver is the demo's receiver: it prints each alert as the pipeline
+// delivers it, for a person (with colour on a terminal) or as JSON lines.
+type consoleReceiver struct {
+	w     io.Writer
+	json  bool
+	color bool
+
+	mu   sync.Mutex
+	seen map[string]detectors.Alert // latest version of each incident
 }
 
-func (u *untilCount) Next(ctx context.Context) (*ingest.Batch, error) {
-	if u.got+u.dead.n-u.dead.kept >= u.want {
-		return nil, io.EOF
+func (c *consoleReceiver) Name() string { return "console" }
+
+func (c *consoleReceiver) Notify(_ context.Context, alerts []detectors.Alert) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]detectors.Alert{}
 	}
-	b, err := u.src.Next(ctx)
+	for _, a := range alerts {
+		_, update := c.seen[a.ID]
+		c.seen[a.ID] = a
+		var err error
+		if c.json {
+			var b []byte
+			if b, err = json.Marshal(a); err == nil {
+				_, err = c.w.Write(append(b, '\n'))
+			}
+		} else {
+			_, err = io.WriteString(c.w, c.format(a, update))
+		}
+		if err != nil {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// incidents returns the latest version of each incident, by first_seen.
+func (c *consoleReceiver) incidents() []detectors.Alert {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]detectors.Alert, 0, len(c.seen))
+	for _, a := range c.seen {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b detectors.Alert) int {
+		if c := a.FirstSeen.Compare(b.FirstSeen); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+var severityColor = map[detectors.Severity]string{
+	detectors.SeverityLow: "\033[36m", detectors.SeverityMedium: "\033[33m",
+	detectors.SeverityHigh: "\033[31m", detectors.SeverityCritical: "\033[1;31m",
+}
+
+// format is an alert for a person: severity, detector and summary on one line, then the
+// key facts and the runbook. An update of an open incident is one line.
+func (c *consoleReceiver) format(a detectors.Alert, update bool) string {
+	sev, reset, dim := strings.ToUpper(string(a.Severity)), "", ""
+	if c.color {
+		sev, reset, dim = severityColor[a.Severity]+sev, "\033[0m", "\033[2m"
+	}
+	span := a.FirstSeen.UTC().Format("15:04:05") + "–" + a.LastSeen.UTC().Format("15:04:05")
+	if update {
+		return fmt.Sprintf("  %s↳ update %s %s %s (%s)%s\n", dim, a.ID[:8], a.Detector, span, a.Summary, reset)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-8s%s %s: %s\n", sev, reset, a.Detector, a.Summary)
+	fmt.Fprintf(&b, "         %sid %s  key %s  %s UTC%s\n", dim, a.ID[:16], a.Key, span, reset)
+	if facts := keyFacts(a.Evidence); facts != "" {
+		fmt.Fprintf(&b, "         %s%s%s\n", dim, facts, reset)
+	}
+	fmt.Fprintf(&b, "         runbook: %s\n", a.RunbookURL)
+	return b.String()
+}
+
+// keyFacts is the evidence worth a glance, from its JSON: every scalar and short list.
+func keyFacts(ev detectors.Evidence) string {
+	b, err := json.Marshal(ev)
 	if err != nil {
-		return nil, err
+		return ""
 	}
-	u.got += len(b.Events)
-	return b, nil
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return ""
+	}
+	var facts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		switch v := m[k].(type) {
+		case string, float64, bool:
+			facts = append(facts, fmt.Sprintf("%s=%v", k, v))
+		case []any:
+			if len(v) > 0 && len(v) <= 4 {
+				if _, scalar := v[0].(string); scalar {
+					facts = append(facts, fmt.Sprintf("%s=%v", k, v))
+				}
+			}
+		}
+	}
+	return strings.Join(facts, "  ")
+}
+
+// isTerminal reports whether w is a terminal (and NO_COLOR is not set).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -7,14 +7,16 @@ import (
 	"testing"
 )
 
-// TestDemoCatchesEveryAttack runs the demo end to end (embedded broker, Kafka source,
-// parser, detectors) on a short run and checks it raises one incident per attack.
+// TestDemoCatchesEveryAttack runs the demo end to end (`run`'s pipeline on the
+// embedded broker: three gateways' formats on topics of several partitions, the
+// embedded store, the router and outbox) on a short run and checks it raises one
+// incident per attack and nothing else.
 func TestDemoCatchesEveryAttack(t *testing.T) {
-	out, errOut, code := runCmd(t, "", "demo", "--duration", "1h", "--rate", "4", "--seed", "3")
+	out, errOut, code := runCmd(t, "", "demo", "--duration", "1h", "--rate", "4", "--seed", "3", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, errOut)
 	}
-	var detectors []string
+	incidents := map[string]string{} // id → detector; updates share the id
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		var a struct {
 			ID, Detector string
@@ -22,7 +24,11 @@ func TestDemoCatchesEveryAttack(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &a); err != nil || a.ID == "" {
 			t.Fatalf("stdout line %q is not an alert: %v", line, err)
 		}
-		detectors = append(detectors, a.Detector)
+		incidents[a.ID] = a.Detector
+	}
+	var detectors []string
+	for _, d := range incidents {
+		detectors = append(detectors, d)
 	}
 	slices.Sort(detectors)
 	if want := []string{"forbidden_burst", "new_country", "quiet_endpoint_spike", "token_reuse"}; !slices.Equal(detectors, want) {
@@ -30,5 +36,22 @@ func TestDemoCatchesEveryAttack(t *testing.T) {
 	}
 	if strings.Contains(errOut, "MISSED") {
 		t.Errorf("demo reports a missed attack:\n%s", errOut)
+	}
+}
+
+// TestDemoForAPerson: without --json each incident is printed for a person: severity,
+// detector and summary, the key facts, the runbook; no colour when stdout is no terminal.
+func TestDemoForAPerson(t *testing.T) {
+	out, errOut, code := runCmd(t, "", "demo", "--duration", "1h", "--rate", "4", "--seed", "3")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+	for _, want := range []string{"HIGH     new_country: Client key", "MEDIUM   forbidden_burst:", "runbook: https://", "caught"} {
+		if !strings.Contains(out+errOut, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "\033[") {
+		t.Error("colour codes written to a stdout that is not a terminal")
 	}
 }

@@ -253,7 +253,7 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	p := startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs)
-	posts := e.waitPosts(t, p, len(injected), 40*time.Second)
+	posts := e.waitPosts(t, p, len(injected), 2*time.Minute)
 	if code, body := httpGet(t, "http://"+e.admin+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
 	}

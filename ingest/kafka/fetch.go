@@ -213,7 +213,8 @@ func (s *Source) fill(ctx context.Context) *batch {
 	}()
 	s.refill(true)
 	for len(b.recs) < s.cfg.BatchSize {
-		if p := s.earliest(); p != nil {
+		p, hold := s.earliest()
+		if p != nil {
 			s.add(b, &p.headRec)
 			p.hasHead = false
 			s.picks++
@@ -227,8 +228,15 @@ func (s *Source) fill(ctx context.Context) *batch {
 			timer = time.NewTimer(s.cfg.BatchWait)
 			wait = timer.C
 		}
+		var retry <-chan time.Time
+		if hold > 0 {
+			retry = time.After(min(hold, 10*time.Millisecond))
+		}
 		select {
 		case <-s.wake:
+			s.refill(true)
+			continue
+		case <-retry:
 			s.refill(true)
 			continue
 		case <-wait:
@@ -268,16 +276,48 @@ func (s *Source) refillOne(p *partition) {
 	}
 }
 
+// A partition that has records on the broker (or has not fetched yet) but none in
+// hand holds the others back while taking their next record would carry them more
+// than alignSkew (by Kafka timestamp) past it, for at most alignWait: its reader is
+// between fetches, and through a backlog the others' readers would otherwise carry
+// their event time minutes past its own in a second.
+const (
+	alignSkew = 10 * time.Second
+	alignWait = 10 * time.Second
+)
+
 // earliest returns the partition whose next record has the earliest timestamp, nil
-// when none has one.
-func (s *Source) earliest() *partition {
-	var best *partition
+// when none has one, or when one that must be waited for has none in hand yet: then
+// hold says for how much longer to wait for it.
+func (s *Source) earliest() (best *partition, hold time.Duration) {
 	for _, p := range s.reading {
 		if p.hasHead && (best == nil || p.headRec.msg.Time.Before(best.headRec.msg.Time)) {
 			best = p
 		}
 	}
-	return best
+	var now time.Time
+	for _, p := range s.reading {
+		switch {
+		case p.hasHead, p.lag == 0:
+			p.emptySince = time.Time{}
+			continue
+		case best != nil && !p.lastTime.IsZero() && !best.headRec.msg.Time.After(p.lastTime.Add(alignSkew)):
+			continue // taking best leaves p no further behind than alignSkew
+		}
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if p.emptySince.IsZero() {
+			p.emptySince = now
+		}
+		if h := alignWait - now.Sub(p.emptySince); h > 0 {
+			hold = max(hold, h)
+		}
+	}
+	if hold > 0 {
+		return nil, hold
+	}
+	return best, 0
 }
 
 // add puts one fetched record into b, extending the batch's run of its partition. A
@@ -298,8 +338,9 @@ func (s *Source) add(b *batch, f *fetched) {
 	}
 	p.next.Store(off + 1)
 	if f.msg.HighWaterMark > 0 {
-		p.lag = f.msg.HighWaterMark - off - 1
+		p.lag = max(f.msg.HighWaterMark-off-1, 0)
 	}
+	p.lastTime = f.msg.Time
 	if p.span == nil || p.mark != b.seq {
 		p.mark = b.seq
 		p.span = &span{part: p, resets: p.resets.Load(), first: off}

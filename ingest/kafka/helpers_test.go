@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -36,7 +37,15 @@ func (p lineParser) Parse(ev *ingest.Event, line []byte) error {
 	case bytes.HasPrefix(line, []byte("bad")):
 		return &ingest.ParseError{Reason: ingest.ReasonBadSyntax, Err: errors.New("not a test record")}
 	}
-	*ev = ingest.Event{Time: time.Unix(1_700_000_000, 0).UTC(), Source: p.format, RequestID: string(line)}
+	// "prefix-NNNN" (records) is stamped NNNN seconds after a fixed time, as the
+	// record of that number would be in a log.
+	ts := time.Unix(1_700_000_000, 0).UTC()
+	if i := bytes.LastIndexByte(line, '-'); i >= 0 {
+		if n, err := strconv.Atoi(string(line[i+1:])); err == nil {
+			ts = ts.Add(time.Duration(n) * time.Second)
+		}
+	}
+	*ev = ingest.Event{Time: ts, Source: p.format, RequestID: string(line)}
 	if bytes.HasPrefix(line, []byte("kept")) {
 		return &ingest.ParseError{Reason: ingest.ReasonBadUTF8, Err: errors.New("repaired"), Kept: true}
 	}

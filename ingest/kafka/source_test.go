@@ -760,3 +760,32 @@ func TestSourceReportsPartitions(t *testing.T) {
 		t.Errorf("member 1 lost %v, want half of the %d partitions", ended, kafkatest.DefaultPartitions)
 	}
 }
+
+// TestSourceAlignsPartitionsByTimestamp: through a backlog, the partitions advance
+// together by Kafka timestamp, whatever pace their readers fetch at: no record is handed
+// out after one stamped more than alignSkew later.
+func TestSourceAlignsPartitionsByTimestamp(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	msgs := records("r", 2000)
+	stamp := map[string]time.Time{}
+	for i := range msgs {
+		msgs[i].Time = base.Add(time.Duration(i) * time.Second) // round robin: each partition every 4th second, as logged
+		stamp[string(msgs[i].Value)] = msgs[i].Time
+	}
+	c.Produce(t, "waf", msgs...)
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 100
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	var newest time.Time
+	for _, id := range consume(ctx, t, s, len(msgs), true) {
+		ts := stamp[id]
+		if newest.Sub(ts) > alignSkew {
+			t.Fatalf("record %s stamped %s handed out after one stamped %s", id, ts, newest)
+		}
+		if ts.After(newest) {
+			newest = ts
+		}
+	}
+}

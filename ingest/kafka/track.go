@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
 )
@@ -21,11 +22,13 @@ type partition struct {
 	fetched chan fetched  // its reader's records, to the fetching goroutine
 
 	// Owned by the fetching goroutine.
-	span    *span   // its run in the batch being built
-	mark    uint64  // seq of that batch
-	lag     int64   // records after the last one taken, by its high-water mark
-	headRec fetched // the next record, taken from fetched and not yet into a batch,
-	hasHead bool    // when this is set
+	span       *span     // its run in the batch being built
+	mark       uint64    // seq of that batch
+	lag        int64     // records after the last one taken, by its high-water mark; -1 before the first
+	headRec    fetched   // the next record, taken from fetched and not yet into a batch,
+	hasHead    bool      // when this is set
+	emptySince time.Time // when it was first seen with records on the broker and none in hand
+	lastTime   time.Time // the Kafka timestamp of the last record taken
 
 	// Guarded by Source.mu; resets is written under it and read by the fetching goroutine.
 	resets    atomic.Uint64 // rewinds and revocations; runs begun before the last one release nothing
@@ -37,7 +40,7 @@ type partition struct {
 
 func newPartition(t *topic, id int, queue int) *partition {
 	p := &partition{topic: t, id: id, key: ingest.Partition{Source: t.name, ID: int32(id)}, done: -1, committed: -1,
-		fetched: make(chan fetched, queue)}
+		fetched: make(chan fetched, queue), lag: -1}
 	p.next.Store(-1)
 	return p
 }
