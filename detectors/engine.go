@@ -47,6 +47,8 @@ type Engine struct {
 	now   func() time.Time // nil: partitions never go idle
 	wms   *watermarks      // event time per partition and the watermark
 
+	behind int // partitions behind at the last report
+
 	incStore  IncidentStore
 	incLoaded bool
 	scope     string
@@ -285,11 +287,43 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 		e.m.watermark.Set(float64(e.wms.wm) / 1000)
 	}
 	e.m.idle.Set(float64(e.wms.idleCount()))
+	e.reportBehind()
 	e.updateGauges()
 	return maxT
 }
 
 type observeStats struct{ late, ahead int }
+
+// reportBehind logs when partitions fall more than max_skew behind the leading one, or
+// catch up, and keeps the gauge.
+func (e *Engine) reportBehind() {
+	if !e.wms.started {
+		return
+	}
+	n := 0
+	for _, pw := range e.wms.parts {
+		if pw.seen && !pw.idle && pw.maxT-e.wms.lateness < e.wms.wm {
+			n++
+		}
+	}
+	if n == e.behind {
+		return
+	}
+	e.behind = n
+	e.m.behind.Set(float64(n))
+	if n == 0 {
+		e.log.Info("every partition within max_skew of the leading one again")
+		return
+	}
+	var names []string
+	for _, pw := range e.wms.sortedParts() {
+		if pw.seen && !pw.idle && pw.maxT-e.wms.lateness < e.wms.wm {
+			names = append(names, pw.p.String())
+		}
+	}
+	e.log.Warn("partitions more than max_skew behind the leading one; their records are late until they catch up",
+		"partitions", strings.Join(names, ","), "watermark", msTime(e.wms.wm))
+}
 
 func (e *Engine) countStats(st *observeStats) {
 	if st.late > 0 {

@@ -13,6 +13,7 @@ type metrics struct {
 	ahead     prometheus.Counter
 	watermark prometheus.Gauge
 	idle      prometheus.Gauge
+	behind    prometheus.Gauge
 	alerts    *prometheus.CounterVec
 	evictions *prometheus.CounterVec
 	expired   *prometheus.CounterVec
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_watermark_seconds",
 			Help: "Event-time watermark (the smallest of the partitions' largest event time minus allowed_lateness), Unix seconds.",
+		}),
+		behind: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gatewatch_detectors_partitions_behind",
+			Help: "Partitions more than max_skew behind the leading one: their records are late until they catch up.",
 		}),
 		idle: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_idle_partitions",

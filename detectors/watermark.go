@@ -276,18 +276,6 @@ func (w *watermarks) advance() {
 	}
 }
 
-// behind returns how many open partitions trail the watermark: more than max_skew
-// behind the leading one, their records are late until they catch up.
-func (w *watermarks) behind() int {
-	n := 0
-	for _, pw := range w.parts {
-		if pw.seen && !pw.idle && pw.maxT-w.lateness < w.wm {
-			n++
-		}
-	}
-	return n
-}
-
 // sortedParts returns the open partitions in order, for decisions that must not depend
 // on map order.
 func (w *watermarks) sortedParts() []*partWM {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,10 +19,14 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/gatewatch/gatewatch/alerting/slacktest"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/store"
 )
 
 // TestMain lets the tests run gatewatch itself as a subprocess: the test binary, with
@@ -76,6 +82,17 @@ func startRun(t *testing.T, config string) *runProcess {
 	return p
 }
 
+// alive fails the test when the process has exited.
+func (p *runProcess) alive() {
+	p.t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		p.t.Fatalf("gatewatch run exited: %v", err)
+	default:
+	}
+}
+
 // stop sends sig and returns the exit code.
 func (p *runProcess) stop(sig os.Signal, timeout time.Duration) int {
 	p.t.Helper()
@@ -112,20 +129,22 @@ func writeFile(t *testing.T, path, body string) string {
 
 // e2e is one end-to-end setting: a broker, a Slack-like server, a config.
 type e2e struct {
-	kafka  *kafkatest.Cluster
-	slack  *slacktest.Server
-	dir    string
-	config string
-	admin  string
+	partitions int
+	kafka      *kafkatest.Cluster
+	slack      *slacktest.Server
+	dir        string
+	config     string
+	admin      string
 }
 
 func newE2E(t *testing.T, topics ...string) *e2e {
 	t.Helper()
 	e := &e2e{
-		kafka: kafkatest.Start(t, kafkatest.Options{Topics: topics, Partitions: 4}),
-		slack: slacktest.New(t, slacktest.Options{}),
-		dir:   t.TempDir(),
-		admin: freeAddr(t),
+		partitions: 4,
+		kafka:      kafkatest.Start(t, kafkatest.Options{Topics: topics, Partitions: 4}),
+		slack:      slacktest.New(t, slacktest.Options{}),
+		dir:        t.TempDir(),
+		admin:      freeAddr(t),
 	}
 	return e
 }
@@ -164,24 +183,82 @@ admin:
 		filepath.Join(e.dir, "data"), slackToken, e.slack.URL, e.admin))
 }
 
-// produce writes reqs to topic in format, round robin over its partitions, all at once
-// (a backlog the partitions' readers take at their own pace).
-func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request) {
+// produce writes reqs to topic in format as the gateways' shippers would, all at once
+// (a backlog the partitions' readers take at their own pace): in time order, a chunk at
+// a time to every partition, record i to partition partOf(i) (round robin when nil),
+// stamped with the time it was logged plus lag[p] for a shipper lag[p] behind.
+func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request, partOf func(i int) int, lag map[int]time.Duration) {
 	t.Helper()
-	msgs := make([]kafkago.Message, 0, len(reqs))
-	for i := range reqs {
-		v, err := synth.AppendRecord(nil, format, &reqs[i])
-		if err != nil {
-			t.Fatal(err)
+	for lo := 0; lo < len(reqs); lo += 2000 {
+		parts := map[int][]kafkago.Message{}
+		for i := lo; i < min(lo+2000, len(reqs)); i++ {
+			v, err := synth.AppendRecord(nil, format, &reqs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := i % e.partitions
+			if partOf != nil {
+				p = partOf(i)
+			}
+			parts[p] = append(parts[p], kafkago.Message{Value: v, Time: reqs[i].Time.Add(lag[p])})
 		}
-		// A shipper stamps each record with the time it logged, as Kafka's CreateTime.
-		msgs = append(msgs, kafkago.Message{Value: v, Time: reqs[i].Time})
+		for _, p := range slices.Sorted(maps.Keys(parts)) {
+			e.kafka.ProduceTo(t, topic, p, parts[p]...)
+		}
 	}
-	for len(msgs) > 0 {
-		n := min(len(msgs), 5000)
-		e.kafka.Produce(t, topic, msgs[:n]...)
-		msgs = msgs[n:]
+}
+
+// metric returns the value of one series of /metrics (labels as name, value pairs),
+// or -1 when it is not there.
+func (e *e2e) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	code, body := httpGet(t, "http://"+e.admin+"/metrics")
+	if code != http.StatusOK {
+		return -1
 	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	mf := mfs[name]
+	if mf == nil {
+		return -1
+	}
+	for _, m := range mf.GetMetric() {
+		match := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, lp := range m.GetLabel() {
+				found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
+			}
+			match = match && found
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// waitMetric waits until a metric reaches at least want.
+func (e *e2e) waitMetric(t *testing.T, p *runProcess, want float64, timeout time.Duration, name string, labels ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if e.metric(t, name, labels...) >= want {
+			return
+		}
+		p.alive()
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s%v = %v after %s, want %v", name, labels, e.metric(t, name, labels...), timeout, want)
 }
 
 // posts returns the top-level Slack messages (one per incident).
@@ -252,7 +329,7 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startRun(t, e.config)
-	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs)
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
 	posts := e.waitPosts(t, p, len(injected), 2*time.Minute)
 	if code, body := httpGet(t, "http://"+e.admin+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
@@ -278,4 +355,188 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatalf("second SIGTERM: exit %d, want 0", code)
 	}
 	_ = context.Background
+}
+
+// liveTraffic is two hours of traffic ending now, with one attack of each kind: the
+// wall clock and event time agree as they do in production, whatever today's date.
+func liveTraffic(t *testing.T, seed uint64) ([]synth.Request, []synth.Injected) {
+	t.Helper()
+	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 5, Seed: seed, Attacks: synth.Attacks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reqs, injected
+}
+
+// attackOf returns the index of the injected attack request i belongs to, or -1.
+func attackOf(r *synth.Request, injected []synth.Injected) int {
+	for k, inj := range injected {
+		if r.Consumer == inj.Client && !r.Time.Before(inj.Start) && !r.Time.After(inj.End) {
+			return k
+		}
+	}
+	return -1
+}
+
+// TestRunLaggingPartitionAndFutureRecord: one partition's shipper runs two minutes
+// behind the others and carries the 403 burst; another partition has one record stamped
+// twenty hours ahead. Every attack is still caught, nothing is late, and the record from
+// the future counts once as ahead of its stream.
+func TestRunLaggingPartitionAndFutureRecord(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs gatewatch as a subprocess")
+	}
+	e := newE2E(t, "waf-logs")
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
+	reqs, injected := liveTraffic(t, 11)
+	burst := -1
+	for k, inj := range injected {
+		if inj.Kind == synth.AttackForbidden {
+			burst = k
+		}
+	}
+	future := reqs[len(reqs)/2]
+	future.Time = future.Time.Add(20 * time.Hour)
+	future.RequestID = "req-from-the-future"
+	reqs = slices.Insert(reqs, len(reqs)/2+1, future)
+	partOf := func(i int) int {
+		if attackOf(&reqs[i], injected) == burst {
+			return 3
+		}
+		return i % 3 // partition 3 carries only the burst, two minutes late
+	}
+	p := startRun(t, e.config)
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, partOf, map[int]time.Duration{3: 2 * time.Minute})
+	e.waitPosts(t, p, len(injected), 2*time.Minute)
+	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
+	if n := e.metric(t, "gatewatch_detectors_ahead_events_total"); n != 1 {
+		t.Errorf("%v records ahead of their stream, want the one from the future", n)
+	}
+	if n := e.metric(t, "gatewatch_detectors_late_events_total"); n != 0 {
+		t.Errorf("%v records late, want none", n)
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if got := len(e.posts()); got != len(injected) {
+		t.Errorf("%d incidents posted, want %d", got, len(injected))
+	}
+}
+
+// TestRunCrashRecovery: gatewatch is killed (SIGKILL) in the middle of an attack and
+// again right after it posted, before it could commit; each restart reads on from the
+// committed offsets. Every attack reaches Slack, each incident exactly once, and the
+// alert history holds one id per attack.
+func TestRunCrashRecovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs gatewatch as a subprocess")
+	}
+	e := newE2E(t, "waf-logs")
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
+	reqs, injected := liveTraffic(t, 13)
+	var reuse synth.Injected
+	for _, inj := range injected {
+		if inj.Kind == synth.AttackTokenReuse {
+			reuse = inj
+		}
+	}
+	mid := reuse.Start.Add(reuse.End.Sub(reuse.Start) / 2)
+	cut, _ := slices.BinarySearchFunc(reqs, mid, func(r synth.Request, t time.Time) int { return r.Time.Compare(t) })
+
+	// The first half, up to the middle of the token reuse: consumed, then killed.
+	p := startRun(t, e.config)
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs[:cut], nil, nil)
+	e.waitMetric(t, p, float64(cut), time.Minute, "gatewatch_ingest_events_total")
+	time.Sleep(500 * time.Millisecond) // let some batches commit, not necessarily all
+	before := len(e.posts())
+	p.stop(syscall.SIGKILL, 10*time.Second)
+
+	// The rest; killed again as soon as a new incident reached Slack.
+	p = startRun(t, e.config)
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs[cut:], func(i int) int { return (cut + i) % e.partitions }, nil)
+	e.waitPosts(t, p, before+1, 2*time.Minute)
+	p.stop(syscall.SIGKILL, 10*time.Second)
+
+	p = startRun(t, e.config)
+	posts := e.waitPosts(t, p, len(injected), 2*time.Minute)
+	time.Sleep(2 * time.Second) // a duplicate would come now
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if got := len(e.posts()); got != len(injected) {
+		for _, m := range e.posts() {
+			t.Logf("posted: %s", m.Text)
+		}
+		t.Fatalf("%d incidents posted across two crashes, want one per attack (%d)", got, len(injected))
+	}
+	_ = posts
+	st, err := store.Open(store.Config{DataDir: filepath.Join(e.dir, "data")}, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[string]int{}
+	for _, r := range recs {
+		per[r.Alert.Detector]++
+	}
+	for _, inj := range injected {
+		if per[inj.Kind] != 1 {
+			t.Errorf("alert history holds %d %s incidents, want 1: %v", per[inj.Kind], inj.Kind, per)
+		}
+	}
+}
+
+// TestRunReload: SIGHUP puts a changed alerting section in force (a new receiver gets
+// the next alerts) without a restart; a config that does not load is refused with its
+// file:line:col error, the running config goes on, and the reload metric says so.
+func TestRunReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs gatewatch as a subprocess")
+	}
+	e := newE2E(t, "waf-logs")
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
+	reqs, injected := liveTraffic(t, 17)
+	p := startRun(t, e.config)
+	e.waitMetric(t, p, 1, time.Minute, "gatewatch_config_last_reload_successful")
+
+	// A broken file: refused, with the key and its position.
+	good, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, e.config, strings.Replace(string(good), "allowed_lateness: 30s", "allowed_lateness: soon", 1))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(20 * time.Second)
+	for e.metric(t, "gatewatch_config_last_reload_successful") != 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if e.metric(t, "gatewatch_config_last_reload_successful") != 0 || !strings.Contains(p.log(), "detectors.allowed_lateness") {
+		t.Fatalf("a config that does not load was not refused by name:\n%s", p.log())
+	}
+
+	// The good file with a file receiver added: the alerts of the traffic reach it.
+	archive := filepath.Join(e.dir, "alerts.jsonl")
+	writeFile(t, e.config, strings.Replace(string(good), "  receivers:\n", fmt.Sprintf("  receivers:\n    - {name: archive, file: {path: %s}}\n", archive), 1))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitMetric(t, p, 1, 20*time.Second, "gatewatch_config_reloads_total", "result", "success")
+	if e.metric(t, "gatewatch_config_last_reload_successful") != 1 {
+		t.Fatal("the reload metric still says the last reload failed")
+	}
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+	e.waitPosts(t, p, len(injected), 2*time.Minute)
+	deadline = time.Now().Add(30 * time.Second)
+	for len(countLines(t, archive)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(countLines(t, archive)) == 0 {
+		t.Error("the receiver added by the reload got no alert")
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
 }

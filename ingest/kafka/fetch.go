@@ -276,32 +276,45 @@ func (s *Source) refillOne(p *partition) {
 	}
 }
 
-// A partition that has records on the broker (or has not fetched yet) but none in
-// hand holds the others back while taking their next record would carry them more
-// than alignSkew (by Kafka timestamp) past it, for at most alignWait: its reader is
-// between fetches, and through a backlog the others' readers would otherwise carry
-// their event time minutes past its own in a second.
+// A partition with no record in hand holds the others back while taking their next
+// record would carry them more than alignSkew (by Kafka timestamp) past its last one,
+// for at most alignWait: its reader is between fetches, or its shipper between
+// batches. Through a backlog the others' readers would otherwise carry their event time
+// minutes past its own in a second, and its records would be late. A partition that
+// stays empty longer (its traffic stopped) is no longer waited for; the engine's idle
+// rule takes over.
 const (
 	alignSkew = 10 * time.Second
-	alignWait = 10 * time.Second
+	alignWait = 3 * time.Second
 )
 
 // earliest returns the partition whose next record has the earliest timestamp, nil
 // when none has one, or when one that must be waited for has none in hand yet: then
 // hold says for how much longer to wait for it.
 func (s *Source) earliest() (best *partition, hold time.Duration) {
+	var bestAt time.Time
 	for _, p := range s.reading {
-		if p.hasHead && (best == nil || p.headRec.msg.Time.Before(best.headRec.msg.Time)) {
-			best = p
+		if !p.hasHead {
+			continue
+		}
+		at := p.headRec.msg.Time
+		if !p.lastTime.IsZero() && at.After(p.lastTime.Add(alignSkew)) {
+			// A record stamped far past its partition's last one (a clock glitch, or the
+			// end of a quiet spell) is ordered as if it came right after it: a glitch
+			// must not hold its partition's later records back behind everyone else's.
+			at = p.lastTime.Add(alignSkew)
+		}
+		if best == nil || at.Before(bestAt) {
+			best, bestAt = p, at
 		}
 	}
 	var now time.Time
 	for _, p := range s.reading {
 		switch {
-		case p.hasHead, p.lag == 0:
+		case p.hasHead:
 			p.emptySince = time.Time{}
 			continue
-		case best != nil && !p.lastTime.IsZero() && !best.headRec.msg.Time.After(p.lastTime.Add(alignSkew)):
+		case best != nil && !p.lastTime.IsZero() && !bestAt.After(p.lastTime.Add(alignSkew)):
 			continue // taking best leaves p no further behind than alignSkew
 		}
 		if now.IsZero() {

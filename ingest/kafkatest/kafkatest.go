@@ -93,12 +93,23 @@ func Start(t testing.TB, o Options) *Cluster {
 // a Key they go to the partition the key hashes to.
 func (c *Cluster) Produce(t testing.TB, topic string, msgs ...kafka.Message) {
 	t.Helper()
+	c.produce(t, topic, &produceBalancer{}, msgs)
+}
+
+// ProduceTo writes msgs to one partition of topic, as Produce does.
+func (c *Cluster) ProduceTo(t testing.TB, topic string, partition int, msgs ...kafka.Message) {
+	t.Helper()
+	c.produce(t, topic, kafka.BalancerFunc(func(kafka.Message, ...int) int { return partition }), msgs)
+}
+
+func (c *Cluster) produce(t testing.TB, topic string, b kafka.Balancer, msgs []kafka.Message) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
 	w := &kafka.Writer{
 		Addr:         kafka.TCP(c.Addrs...),
 		Topic:        topic,
-		Balancer:     &produceBalancer{},
+		Balancer:     b,
 		RequiredAcks: kafka.RequireAll,
 		BatchSize:    1000,
 		BatchBytes:   1_000_000, // below the broker's default message.max.bytes
