@@ -78,12 +78,7 @@ func runClickHouse(t *testing.T, c *ClickHouse) {
 
 func testConn(t *testing.T, addr, db string) driver.Conn {
 	t.Helper()
-	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, Auth: clickhouse.Auth{Database: db}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
+	return clickhousetest.Conn(t, addr, db)
 }
 
 func count(t *testing.T, conn driver.Conn, query string, args ...any) uint64 {

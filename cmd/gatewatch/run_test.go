@@ -27,6 +27,7 @@ import (
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
 	"github.com/gatewatch/gatewatch/store"
+	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
 // TestMain lets the tests run gatewatch itself as a subprocess: the test binary, with
@@ -130,6 +131,7 @@ func writeFile(t *testing.T, path, body string) string {
 // e2e is one end-to-end setting: a broker, a Slack-like server, a config.
 type e2e struct {
 	partitions int
+	store      string // extra lines of the store section
 	kafka      *kafkatest.Cluster
 	slack      *slacktest.Server
 	dir        string
@@ -149,7 +151,8 @@ func newE2E(t *testing.T, topics ...string) *e2e {
 	return e
 }
 
-// writeConfig writes the config run reads; extra is appended to the detectors section.
+// writeConfig writes the config run reads; detectors is appended to the detectors
+// section, e.store (when set) replaces the embedded store's block.
 func (e *e2e) writeConfig(t *testing.T, topics map[string]string, detectors string) {
 	t.Helper()
 	secret := writeFile(t, filepath.Join(e.dir, "token-secret"), "0123456789abcdef0123456789abcdef")
@@ -173,6 +176,7 @@ detectors:
 %s
 store:
   data_dir: %s
+%s
 alerting:
   runbook_base_url: https://runbooks.example.com/gatewatch
   receivers:
@@ -180,7 +184,7 @@ alerting:
 admin:
   listen: %s
 `, strings.Join(e.kafka.Addrs, ", "), tl.String(), secret, filepath.Join(e.dir, "dlq.jsonl"), detectors,
-		filepath.Join(e.dir, "data"), slackToken, e.slack.URL, e.admin))
+		filepath.Join(e.dir, "data"), e.store, slackToken, e.slack.URL, e.admin))
 }
 
 // produce writes reqs to topic in format as the gateways' shippers would, all at once
@@ -208,8 +212,8 @@ func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request, 
 	}
 }
 
-// metric returns the value of one series of /metrics (labels as name, value pairs),
-// or -1 when it is not there.
+// metric returns the sum of the series of /metrics that have labels (name, value
+// pairs), or -1 when there is none.
 func (e *e2e) metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
 	code, body := httpGet(t, "http://"+e.admin+"/metrics")
@@ -225,26 +229,31 @@ func (e *e2e) metric(t *testing.T, name string, labels ...string) float64 {
 	if mf == nil {
 		return -1
 	}
+	sum, found := 0.0, false
 	for _, m := range mf.GetMetric() {
 		match := true
 		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
+			has := false
 			for _, lp := range m.GetLabel() {
-				found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
+				has = has || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
 			}
-			match = match && found
+			match = match && has
 		}
 		if !match {
 			continue
 		}
+		found = true
 		switch {
 		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue()
+			sum += m.GetCounter().GetValue()
 		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue()
+			sum += m.GetGauge().GetValue()
 		}
 	}
-	return -1
+	if !found {
+		return -1
+	}
+	return sum
 }
 
 // waitMetric waits until a metric reaches at least want.
@@ -538,5 +547,95 @@ func TestRunReload(t *testing.T) {
 	}
 	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
+	}
+}
+
+// TestRunClickHouseAndKcat: the store is a real clickhouse-server. Two gateways' logs
+// (AWS WAF and Kong, each client behind one of them) come as a backlog produced with
+// kafka-go; then, once that is consumed, Kong records arrive live through kcat, an
+// independent client, with an attack of their own. Every attack reaches Slack, and
+// nothing else; the archive, the baselines and the alert history are in ClickHouse.
+func TestRunClickHouseAndKcat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs gatewatch as a subprocess")
+	}
+	addr := clickhousetest.Require(t)
+	db := clickhousetest.NewDatabase(t, addr)
+	kcat := kafkatest.Require(t, "kcat")
+	e := newE2E(t, "waf-logs", "kong-logs")
+	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, db)
+	// The partitions go quiet once their backlog is read: soon idle, they stop holding
+	// the watermark back for the live Kong traffic.
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF, "kong-logs": ingest.FormatKong}, "  idle_timeout: 3s")
+	reqs, injected := liveTraffic(t, 19)
+	byGateway := splitByGateway(reqs, injected) // the demo's split over its three gateways
+	waf := byGateway["waf-logs"]
+	kong := slices.Concat(byGateway["kong-logs"], byGateway["nginx-logs"])
+	slices.SortStableFunc(kong, func(a, b synth.Request) int { return a.Time.Compare(b.Time) })
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, waf, nil, nil)
+	e.produce(t, "kong-logs", ingest.FormatKong, kong, nil, nil)
+	p := startRun(t, e.config)
+	e.waitPosts(t, p, len(injected), 2*time.Minute)
+
+	// Live Kong traffic from now on (a gateway's clock may run a few minutes ahead;
+	// max_ahead is 10m), a 403 burst among it, through kcat.
+	live, burst, err := synth.Generate(synth.Config{Start: time.Now(), Duration: 6 * time.Minute, Rate: 5, Seed: 23,
+		Attacks: []string{synth.AttackForbidden}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines strings.Builder
+	for i := range live {
+		v, err := synth.AppendRecord(nil, ingest.FormatKong, &live[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines.Write(v)
+		lines.WriteByte('\n')
+	}
+	cmd := exec.Command(kcat, "-P", "-b", e.kafka.Addrs[0], "-t", "kong-logs")
+	cmd.Stdin = strings.NewReader(lines.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kcat: %v\n%s", err, out)
+	}
+	e.waitPosts(t, p, len(injected)+len(burst), 2*time.Minute)
+	e.waitMetric(t, p, float64(len(reqs)+len(live)), time.Minute, "gatewatch_ingest_events_total")
+	time.Sleep(2 * time.Second) // an alert nobody expects would come now
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if got := len(e.posts()); got != len(injected)+len(burst) {
+		t.Errorf("%d incidents posted, want %d", got, len(injected)+len(burst))
+	}
+
+	conn := clickhousetest.Conn(t, addr, db)
+	count := func(q string) uint64 {
+		t.Helper()
+		var n uint64
+		if err := conn.QueryRow(context.Background(), q).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	if n := count("SELECT uniqExact(request_id) FROM events"); n != uint64(len(reqs)+len(live)) {
+		t.Errorf("the archive holds %d events, want every one of %d", n, len(reqs)+len(live))
+	}
+	if n := count("SELECT uniqExact(id) FROM alerts"); n != uint64(len(injected)+len(burst)) {
+		t.Errorf("the alert history holds %d alerts, want %d", n, len(injected)+len(burst))
+		rows, err := conn.Query(context.Background(), "SELECT id, detector, key, summary FROM alerts FINAL ORDER BY first_seen")
+		if err == nil {
+			for rows.Next() {
+				var id, d, k, sum string
+				rows.Scan(&id, &d, &k, &sum)
+				t.Logf("%s %s %s %s", id[:8], d, k, sum)
+			}
+			rows.Close()
+		}
+	}
+	if n := count("SELECT uniqExact(id) FROM alert_deliveries WHERE state = 'delivered'"); n != uint64(len(injected)+len(burst)) {
+		t.Errorf("the alert history holds %d delivered alerts, want %d", n, len(injected)+len(burst))
+	}
+	if n := count("SELECT uniqExact(key) FROM key_stats"); n == 0 {
+		t.Error("no baseline in ClickHouse")
 	}
 }

@@ -218,6 +218,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 			s.add(b, &p.headRec)
 			p.hasHead = false
 			s.picks++
+			p.lastPick = s.picks
 			s.refillOne(p)
 			if s.picks%64 == 0 {
 				s.refill(false) // partitions that were empty may have records by now
@@ -304,7 +305,10 @@ func (s *Source) earliest() (best *partition, hold time.Duration) {
 			// must not hold its partition's later records back behind everyone else's.
 			at = p.lastTime.Add(alignSkew)
 		}
-		if best == nil || at.Before(bestAt) {
+		// Equal stamps (a producer that stamps a whole batch at once) go round robin,
+		// the partition taken longest ago first, so that no partition is drained
+		// before the others start.
+		if best == nil || at.Before(bestAt) || (at.Equal(bestAt) && p.lastPick < best.lastPick) {
 			best, bestAt = p, at
 		}
 	}

@@ -29,6 +29,7 @@ type partition struct {
 	hasHead    bool      // when this is set
 	emptySince time.Time // when it was first seen with records on the broker and none in hand
 	lastTime   time.Time // the Kafka timestamp of the last record taken
+	lastPick   uint64    // Source.picks when it was taken
 
 	// Guarded by Source.mu; resets is written under it and read by the fetching goroutine.
 	resets    atomic.Uint64 // rewinds and revocations; runs begun before the last one release nothing

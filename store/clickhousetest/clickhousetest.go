@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // EnvAddr names the environment variable that points the tests at an existing server
@@ -503,4 +504,16 @@ func sanitize(name string) string {
 		b = b[:40]
 	}
 	return string(b)
+}
+
+// Conn opens a connection to database db on addr for a test to look at what was
+// written; t.Cleanup closes it.
+func Conn(t testing.TB, addr, db string) driver.Conn {
+	t.Helper()
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, Auth: clickhouse.Auth{Database: db}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
