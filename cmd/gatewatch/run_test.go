@@ -333,13 +333,13 @@ func TestRunEndToEnd(t *testing.T) {
 	// Live traffic: the two hours before now, so that the wall clock and event time
 	// agree as they do in production, whatever today's date.
 	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
-	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 5, Seed: 7, Attacks: synth.Attacks})
+	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: 7, Attacks: synth.Attacks})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-	posts := e.waitPosts(t, p, len(injected), 2*time.Minute)
+	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
 	if code, body := httpGet(t, "http://"+e.admin+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
 	}
@@ -371,7 +371,7 @@ func TestRunEndToEnd(t *testing.T) {
 func liveTraffic(t *testing.T, seed uint64) ([]synth.Request, []synth.Injected) {
 	t.Helper()
 	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
-	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 5, Seed: seed, Attacks: synth.Attacks})
+	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: seed, Attacks: synth.Attacks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +417,7 @@ func TestRunLaggingPartitionAndFutureRecord(t *testing.T) {
 	}
 	p := startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, partOf, map[int]time.Duration{3: 2 * time.Minute})
-	e.waitPosts(t, p, len(injected), 2*time.Minute)
+	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
 	if n := e.metric(t, "gatewatch_detectors_ahead_events_total"); n != 1 {
 		t.Errorf("%v records ahead of their stream, want the one from the future", n)
@@ -464,11 +464,11 @@ func TestRunCrashRecovery(t *testing.T) {
 	// The rest; killed again as soon as a new incident reached Slack.
 	p = startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs[cut:], func(i int) int { return (cut + i) % e.partitions }, nil)
-	e.waitPosts(t, p, before+1, 2*time.Minute)
+	e.waitPosts(t, p, before+1, 5*time.Minute)
 	p.stop(syscall.SIGKILL, 10*time.Second)
 
 	p = startRun(t, e.config)
-	posts := e.waitPosts(t, p, len(injected), 2*time.Minute)
+	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
 	time.Sleep(2 * time.Second) // a duplicate would come now
 	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
@@ -537,7 +537,7 @@ func TestRunReload(t *testing.T) {
 		t.Fatal("the reload metric still says the last reload failed")
 	}
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-	e.waitPosts(t, p, len(injected), 2*time.Minute)
+	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	deadline = time.Now().Add(30 * time.Second)
 	for len(countLines(t, archive)) == 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
@@ -575,7 +575,7 @@ func TestRunClickHouseAndKcat(t *testing.T) {
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, waf, nil, nil)
 	e.produce(t, "kong-logs", ingest.FormatKong, kong, nil, nil)
 	p := startRun(t, e.config)
-	e.waitPosts(t, p, len(injected), 2*time.Minute)
+	e.waitPosts(t, p, len(injected), 5*time.Minute)
 
 	// Live Kong traffic from now on (a gateway's clock may run a few minutes ahead;
 	// max_ahead is 10m), a 403 burst among it, through kcat.
@@ -598,7 +598,7 @@ func TestRunClickHouseAndKcat(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kcat: %v\n%s", err, out)
 	}
-	e.waitPosts(t, p, len(injected)+len(burst), 2*time.Minute)
+	e.waitPosts(t, p, len(injected)+len(burst), 5*time.Minute)
 	e.waitMetric(t, p, float64(len(reqs)+len(live)), time.Minute, "gatewatch_ingest_events_total")
 	time.Sleep(2 * time.Second) // an alert nobody expects would come now
 	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {

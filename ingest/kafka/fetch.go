@@ -286,7 +286,7 @@ func (s *Source) refillOne(p *partition) {
 // rule takes over.
 const (
 	alignSkew = 10 * time.Second
-	alignWait = 3 * time.Second
+	alignWait = 10 * time.Second
 )
 
 // earliest returns the partition whose next record has the earliest timestamp, nil
