@@ -42,8 +42,8 @@
 //
 // # Implementations and helpers
 //
-// MemoryOutbox keeps the outbox in memory (tests, dry runs); the store package has the
-// durable one on local disk. alertingtest holds receiver doubles and the suite every
+// MemoryOutbox keeps the outbox in memory (tests, dry runs); the outbox subpackage has
+// the durable one on local disk. alertingtest holds receiver doubles and the suite every
 // OutboxStore passes, with crash-and-restart tests of a Router on top of it.
 //
 // The receivers live in subpackages (slack, splunkhec, syslog, kafkasink, webhook,

@@ -77,8 +77,8 @@ func KeyOf(receiver string, a *detectors.Alert) DeliveryKey {
 // The Router is its only writer; implementations are safe for concurrent use.
 //
 // Two implementations exist: MemoryOutbox here, for tests and dry runs, and the
-// durable one in the store package (bbolt on local disk, because the outbox must work
-// while ClickHouse is down). Both pass the suite in alerting/outboxtest.
+// durable one in alerting/outbox (bbolt on local disk, because the outbox must work
+// while ClickHouse is down). Both pass alertingtest.RunOutboxSuite, the contract.
 type OutboxStore interface {
 	// Enqueue makes ds durable as pending deliveries, all of them or none, and
 	// returns once they are. It skips a delivery whose key the outbox holds, in any

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/alerting/outbox"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/store"
 )
@@ -47,18 +48,12 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 		return planAlerts(env, cfg, alerts)
 	}
 
-	dir := cfg.Alerting.Outbox.Dir
-	if dir == "" {
-		dir = filepath.Join(cfg.Store.DataDir, "outbox")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	outbox, err := store.OpenOutbox(dir, store.OutboxOptions{Logger: logger.With("component", "store")})
+	dir := outboxDir(cfg)
+	ob, err := outbox.Open(dir, outbox.Options{Logger: logger})
 	if err != nil {
 		return err
 	}
-	defer outbox.Close()
+	defer ob.Close()
 	// The store keeps the alert history next to the event archive; it is best effort
 	// and never holds up delivery.
 	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
@@ -83,7 +78,7 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	defer closer.Close()
 	router, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
-		Outbox: outbox, Receivers: receivers, History: st, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
+		Outbox: ob, Receivers: receivers, History: st, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		return err
@@ -137,6 +132,16 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 		return flushErr
 	}
 	return nil
+}
+
+// outboxDir is where the durable outbox lives: alerting.outbox.dir, else
+// <store.data_dir>/outbox. run and notify share it, so notify's parked deliveries are
+// the live service's.
+func outboxDir(cfg *config) string {
+	if cfg.Alerting.Outbox.Dir != "" {
+		return cfg.Alerting.Outbox.Dir
+	}
+	return filepath.Join(cfg.Store.DataDir, "outbox")
 }
 
 // readAlerts reads alerts as JSON lines, naming the line of any that does not decode.

@@ -1,4 +1,4 @@
-package store
+package outbox
 
 import (
 	"context"
@@ -17,11 +17,11 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 )
 
-var _ alertingtest.Store = (*Outbox)(nil)
+var _ alertingtest.Store = (*Store)(nil)
 
 func openTestOutbox(t *testing.T, dir string) alertingtest.Store {
 	t.Helper()
-	ob, err := OpenOutbox(dir, OutboxOptions{})
+	ob, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,26 +40,26 @@ func TestOutboxKeyRoundTrip(t *testing.T) {
 		{Receiver: "", ID: "", Version: -5, Round: 3},
 		{Receiver: "a\x00b", ID: "ü", Version: 0, Round: 1 << 20},
 	} {
-		got, ok := parseOutboxKey(outboxKey(&k))
+		got, ok := parseDeliveryKey(deliveryKey(&k))
 		if !ok || got != k {
-			t.Errorf("parseOutboxKey(outboxKey(%+v)) = %+v, %v", k, got, ok)
+			t.Errorf("parseDeliveryKey(deliveryKey(%+v)) = %+v, %v", k, got, ok)
 		}
 	}
 	// Versions sort numerically, negative ones first.
 	a, b := alerting.DeliveryKey{ID: "x", Version: -1}, alerting.DeliveryKey{ID: "x", Version: 1}
-	if string(outboxKey(&a)) >= string(outboxKey(&b)) {
+	if string(deliveryKey(&a)) >= string(deliveryKey(&b)) {
 		t.Error("version -1 does not sort before version 1")
 	}
 }
 
 func TestOutboxRejectsCorruptRecords(t *testing.T) {
-	good := encodeOutboxState(&outboxState{state: alerting.Failed, seq: 7, attempts: 3, lastError: "unexpected HTTP status 400"})
-	if st, err := decodeOutboxState(good); err != nil || st.seq != 7 || st.lastError != "unexpected HTTP status 400" {
-		t.Fatalf("decodeOutboxState(encodeOutboxState(...)) = %+v, %v", st, err)
+	good := encodeState(&stateRecord{state: alerting.Failed, seq: 7, attempts: 3, lastError: "unexpected HTTP status 400"})
+	if st, err := decodeState(good); err != nil || st.seq != 7 || st.lastError != "unexpected HTTP status 400" {
+		t.Fatalf("decodeState(encodeState(...)) = %+v, %v", st, err)
 	}
-	for _, v := range [][]byte{nil, {outboxRecordVersion}, good[:29], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
-		if _, err := decodeOutboxState(v); err == nil {
-			t.Errorf("decodeOutboxState(%x) accepted a corrupt record", v)
+	for _, v := range [][]byte{nil, {recordVersion}, good[:29], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
+		if _, err := decodeState(v); err == nil {
+			t.Errorf("decodeState(%x) accepted a corrupt record", v)
 		}
 	}
 }
@@ -71,7 +71,7 @@ func TestOutboxRejectsCorruptRecords(t *testing.T) {
 // it is the sustained rate and not how fast Put can queue. Sub-benchmarks: alerts per
 // Put, and parallel producers (whose writes share commits).
 //
-//	go test ./store -run '^$' -bench RouterFile -benchmem -count 6 | benchstat
+//	go test ./alerting/outbox -run '^$' -bench RouterFile -benchmem -count 6 | benchstat
 func BenchmarkRouterFile(b *testing.B) {
 	for _, batch := range []int{1, 10, 100} {
 		b.Run("put="+strconv.Itoa(batch), func(b *testing.B) {
@@ -132,7 +132,7 @@ func benchAlert(tmpl *detectors.Alert, n int64) detectors.Alert {
 func benchRouter(b *testing.B) (*alerting.Router, func()) {
 	b.Helper()
 	dir := b.TempDir()
-	ob, err := OpenOutbox(filepath.Join(dir, "outbox"), OutboxOptions{})
+	ob, err := Open(filepath.Join(dir, "outbox"), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
