@@ -195,7 +195,6 @@ func (r *Router) recordDelivered(ctx context.Context, w *worker, ds []Delivery, 
 	}
 	r.hist.deliveries(ds, false)
 	w.m.sent.Add(float64(len(ds)))
-	w.m.depth.Sub(float64(len(ds)))
 	w.bo.Reset()
 	if w.failing {
 		w.failing, w.lastErr = false, ""
@@ -261,7 +260,6 @@ func (r *Router) recordFailure(ctx context.Context, w *worker, ds []Delivery, no
 		}
 		r.hist.deliveries(done, false)
 		w.m.failed.Add(float64(parked))
-		w.m.depth.Sub(float64(parked))
 		r.broadcast()
 	}
 	return nil

@@ -586,6 +586,56 @@ func TestGiveUpParksLoudly(t *testing.T) {
 	})
 }
 
+// TestOutboxMetrics: depth, the age of the oldest pending delivery and the parked
+// count come from the outbox at scrape time, as a receiver falls behind, gives up
+// and is requeued.
+func TestOutboxMetrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testCfg()
+		cfg.Outbox.GiveUpAfter = time.Hour
+		rec := alertingtest.NewRecorder("siem")
+		var fixed bool
+		var mu sync.Mutex
+		rec.Fail(func(int, []detectors.Alert) (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if fixed {
+				return false, nil
+			}
+			return true, errors.New("unexpected HTTP status 503 Service Unavailable")
+		})
+		h := newHarness(t, cfg, nil, nil, rec).run()
+		check := func(when string, depth, age, parked float64) {
+			t.Helper()
+			for name, want := range map[string]float64{
+				"gatewatch_alerting_outbox_depth":                      depth,
+				"gatewatch_alerting_outbox_oldest_pending_age_seconds": age,
+				"gatewatch_alerting_outbox_parked_deliveries":          parked,
+			} {
+				if got := h.metric(name, "receiver", "siem"); got != want {
+					t.Errorf("%s: %s = %v, want %v", when, name, got, want)
+				}
+			}
+		}
+		check("before any alert", 0, 0, 0)
+		h.put(alertingtest.Alerts(2, t0)...)
+		time.Sleep(10 * time.Minute)
+		h.put(alertingtest.Alerts(3, t0.Add(time.Hour))[2])
+		synctest.Wait()
+		check("failing for 10 minutes", 3, 600, 0)
+		h.flush() // the first two give up after an hour, the third ten minutes later
+		check("given up", 0, 0, 3)
+		mu.Lock()
+		fixed = true
+		mu.Unlock()
+		if _, err := h.r.Requeue(context.Background(), "siem"); err != nil {
+			t.Fatal(err)
+		}
+		h.flush()
+		check("requeued and delivered", 0, 0, 0)
+	})
+}
+
 func TestFinalErrorParksOnlyTheBadAlert(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		as := alertingtest.Alerts(3, t0)
@@ -688,7 +738,7 @@ func TestPutRefusesAlertsWithoutID(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "alert 1") {
 		t.Fatalf("Put = %v, want an error naming alert 1", err)
 	}
-	if depth, _ := h.ob.Depth(context.Background()); len(depth) != 0 {
+	if depth, _ := h.ob.Stats(context.Background()); len(depth) != 0 {
 		t.Errorf("outbox holds %v after a refused Put, want nothing", depth)
 	}
 }

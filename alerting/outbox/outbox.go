@@ -33,13 +33,14 @@ import (
 // Buckets:
 //
 //	deliveries  (receiver, version, alert id, round) → state: state, queue seq,
-//	            attempts, first failure, done, last error
+//	            attempts, first failure, done, queued, last error
 //	bodies      the same key → the alert as JSON, written once: an attempt's outcome
 //	            rewrites only the small state record
 //	queue       (receiver, seq) → deliveries key: each receiver's pending deliveries
 //	            in the order they were queued; the bucket's sequence numbers them
 //	delivered   (done, deliveries key) → nothing: what Prune walks, oldest first
 //	depth       receiver → pending deliveries, kept in the same transactions
+//	parked      receiver → parked (failed) deliveries, likewise
 //
 // Every key that a delivery adds sorts by time (the alert's last_seen, a sequence,
 // the time of delivery), so the alerts of a burst land at the end of each bucket
@@ -81,6 +82,7 @@ var (
 	bucketQueue      = []byte("queue")
 	bucketDelivered  = []byte("delivered")
 	bucketDepth      = []byte("depth")
+	bucketParked     = []byte("parked") // added after the others: Open counts what older files hold
 )
 
 // File is the outbox's file name in its directory.
@@ -106,6 +108,10 @@ func Open(dir string, o Options) (*Store, error) {
 		// commits are what the outbox does most.
 		NoFreelistSync: true,
 	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("alerting: outbox: %s is in use by another process (a running gatewatch run or notify); "+
+			"stop it, or run this with another alerting.outbox.dir", file)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("alerting: outbox: opening %s: %w", file, err)
 	}
@@ -115,7 +121,24 @@ func Open(dir string, o Options) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		if tx.Bucket(bucketParked) != nil {
+			return nil
+		}
+		// A file from before the parked counts: count them once.
+		parked, err := tx.CreateBucket(bucketParked)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDeliveries).ForEach(func(k, v []byte) error {
+			r, _, ok := cutString(k)
+			if !ok || len(v) < 2 {
+				return errCorrupt
+			}
+			if alerting.DeliveryState(v[1]) == alerting.Failed {
+				return addCount(parked, r, 1)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		_ = db.Close() // the create error is the one that matters
@@ -123,17 +146,17 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	ob := &Store{db: db, log: o.Logger.With("component", "alerting"), cache: map[string]detectors.Alert{}}
 	ob.commit.db = db
-	depth, err := ob.Depth(context.Background())
+	stats, err := ob.Stats(context.Background())
 	if err != nil {
 		_ = db.Close() // the read error is the one that matters
 		return nil, err
 	}
-	pending := 0
-	for _, n := range depth {
-		pending += n
+	pending, parked := 0, 0
+	for _, st := range stats {
+		pending, parked = pending+st.Pending, parked+st.Parked
 	}
-	// Once per start: what a restart has to deliver.
-	ob.log.Info("outbox opened", "path", file, "pending", pending)
+	// Once per start: what a restart has to deliver, and what waits for an operator.
+	ob.log.Info("outbox opened", "path", file, "pending", pending, "parked", parked)
 	return ob, nil
 }
 
@@ -147,9 +170,12 @@ func (o *Store) Close() error {
 
 // Keys and records.
 
-// recordVersion is the first byte of every record, so a later gatewatch can
-// read what this one wrote.
-const recordVersion = 1
+// recordVersion is the first byte of every state record, so a later gatewatch can
+// read what this one wrote. Version 1 lacked the queued time; it is still read.
+const (
+	recordVersion   = 2
+	recordVersionV1 = 1
+)
 
 // appendString appends the length-prefixed string s.
 func appendString(dst []byte, s string) []byte {
@@ -214,6 +240,7 @@ type stateRecord struct {
 	attempts     uint32
 	firstFailure int64 // Unix ms; math.MinInt64: none
 	done         int64 // Unix ms; math.MinInt64: not done
+	queued       int64 // Unix ms; math.MinInt64: unknown (written by version 1)
 	lastError    string
 }
 
@@ -238,12 +265,16 @@ func stateOf(d *alerting.Delivery) stateRecord {
 		attempts:     uint32(max(d.Attempts, 0)),
 		firstFailure: millis(d.FirstFailure),
 		done:         millis(d.Done),
+		queued:       millis(d.Queued),
 		lastError:    d.LastError,
 	}
 }
 
-// stateRecordSize is the fixed part of a state record.
-const stateRecordSize = 30
+// stateRecordSize is the fixed part of a state record; version 1's lacked queued.
+const (
+	stateRecordSize   = 38
+	stateRecordSizeV1 = 30
+)
 
 func encodeState(st *stateRecord) []byte {
 	b := make([]byte, 0, stateRecordSize+binary.MaxVarintLen64+len(st.lastError))
@@ -252,6 +283,7 @@ func encodeState(st *stateRecord) []byte {
 	b = binary.BigEndian.AppendUint32(b, st.attempts)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.firstFailure))
 	b = binary.BigEndian.AppendUint64(b, uint64(st.done))
+	b = binary.BigEndian.AppendUint64(b, uint64(st.queued))
 	b = binary.AppendUvarint(b, uint64(len(st.lastError)))
 	return append(b, st.lastError...)
 }
@@ -260,7 +292,16 @@ var errCorrupt = errors.New("alerting: outbox: corrupt record")
 
 func decodeState(v []byte) (stateRecord, error) {
 	var st stateRecord
-	if len(v) < stateRecordSize+1 || v[0] != recordVersion {
+	size := stateRecordSize
+	switch {
+	case len(v) == 0:
+		return st, errCorrupt
+	case v[0] == recordVersionV1:
+		size = stateRecordSizeV1
+	case v[0] != recordVersion:
+		return st, errCorrupt
+	}
+	if len(v) < size+1 {
 		return st, errCorrupt
 	}
 	st.state = alerting.DeliveryState(v[1])
@@ -268,11 +309,15 @@ func decodeState(v []byte) (stateRecord, error) {
 	st.attempts = binary.BigEndian.Uint32(v[10:])
 	st.firstFailure = int64(binary.BigEndian.Uint64(v[14:]))
 	st.done = int64(binary.BigEndian.Uint64(v[22:]))
-	n, w := binary.Uvarint(v[stateRecordSize:])
-	if w <= 0 || uint64(len(v)-stateRecordSize-w) != n {
+	st.queued = math.MinInt64
+	if size == stateRecordSize {
+		st.queued = int64(binary.BigEndian.Uint64(v[30:]))
+	}
+	n, w := binary.Uvarint(v[size:])
+	if w <= 0 || uint64(len(v)-size-w) != n {
 		return st, errCorrupt
 	}
-	st.lastError = string(v[stateRecordSize+w:])
+	st.lastError = string(v[size+w:])
 	return st, nil
 }
 
@@ -291,6 +336,7 @@ func (o *Store) readDelivery(tx *bolt.Tx, key, state []byte) (alerting.Delivery,
 		DeliveryKey:  k,
 		State:        st.state,
 		Seq:          st.seq,
+		Queued:       timeOf(st.queued),
 		Attempts:     int(st.attempts),
 		FirstFailure: timeOf(st.firstFailure),
 		Done:         timeOf(st.done),
@@ -324,7 +370,9 @@ func setFill(tx *bolt.Tx) {
 	tx.Bucket(bucketDelivered).FillPercent = 1
 }
 
-func addDepth(b *bolt.Bucket, receiver string, delta int64) error {
+// addCount adds delta to receiver's count in b (depth or parked); a count that
+// reaches 0 is deleted, so the buckets hold only receivers with something in them.
+func addCount(b *bolt.Bucket, receiver string, delta int64) error {
 	if delta == 0 {
 		return nil
 	}
@@ -393,7 +441,7 @@ func (o *Store) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
 			added[d.Receiver]++
 		}
 		for r, n := range added {
-			if err := addDepth(depth, r, n); err != nil {
+			if err := addCount(depth, r, n); err != nil {
 				return err
 			}
 		}
@@ -450,10 +498,9 @@ func (o *Store) Update(ctx context.Context, ds []alerting.Delivery) error {
 	var left [][]byte // keys that left the queue, to drop from the cache
 	err := o.commit.do(func(tx *bolt.Tx) error {
 		left = left[:0]
-		dels, queue, delivered, depth := tx.Bucket(bucketDeliveries), tx.Bucket(bucketQueue),
-			tx.Bucket(bucketDelivered), tx.Bucket(bucketDepth)
+		dels, queue, delivered := tx.Bucket(bucketDeliveries), tx.Bucket(bucketQueue), tx.Bucket(bucketDelivered)
 		setFill(tx)
-		moved := map[string]int64{}
+		moved, parked := map[string]int64{}, map[string]int64{}
 		for i := range ds {
 			d := &ds[i]
 			key := deliveryKey(&d.DeliveryKey)
@@ -483,6 +530,12 @@ func (o *Store) Update(ctx context.Context, ds []alerting.Delivery) error {
 				}
 				moved[d.Receiver]++
 			}
+			switch {
+			case was.state == alerting.Failed && st.state != alerting.Failed:
+				parked[d.Receiver]--
+			case was.state != alerting.Failed && st.state == alerting.Failed:
+				parked[d.Receiver]++
+			}
 			if was.state == alerting.Delivered {
 				if err := delivered.Delete(doneKey(was.done, key)); err != nil {
 					return err
@@ -497,9 +550,11 @@ func (o *Store) Update(ctx context.Context, ds []alerting.Delivery) error {
 				return err
 			}
 		}
-		for r, n := range moved {
-			if err := addDepth(depth, r, n); err != nil {
-				return err
+		for b, counts := range map[string]map[string]int64{string(bucketDepth): moved, string(bucketParked): parked} {
+			for r, n := range counts {
+				if err := addCount(tx.Bucket([]byte(b)), r, n); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -575,23 +630,53 @@ func (o *Store) Parked(ctx context.Context, receiver string, limit int) ([]alert
 	return out, nil
 }
 
-// Depth returns the pending deliveries per receiver.
-func (o *Store) Depth(ctx context.Context) (map[string]int, error) {
+// Stats returns where each receiver's queue stands: the counts kept in the depth
+// and parked buckets, and the queued time of the head of each queue, one seek per
+// receiver with pending deliveries. Cheap enough for every scrape.
+func (o *Store) Stats(ctx context.Context) (map[string]alerting.QueueStats, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	out := map[string]int{}
+	out := map[string]alerting.QueueStats{}
 	err := o.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDepth).ForEach(func(k, v []byte) error {
-			if len(v) != 8 {
-				return errCorrupt
+		counts := func(bucket []byte, set func(st *alerting.QueueStats, n int)) error {
+			return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+				if len(v) != 8 {
+					return errCorrupt
+				}
+				st := out[string(k)]
+				set(&st, int(binary.BigEndian.Uint64(v)))
+				out[string(k)] = st
+				return nil
+			})
+		}
+		if err := counts(bucketDepth, func(st *alerting.QueueStats, n int) { st.Pending = n }); err != nil {
+			return err
+		}
+		if err := counts(bucketParked, func(st *alerting.QueueStats, n int) { st.Parked = n }); err != nil {
+			return err
+		}
+		dels, c := tx.Bucket(bucketDeliveries), tx.Bucket(bucketQueue).Cursor()
+		for r, st := range out {
+			if st.Pending == 0 {
+				continue
 			}
-			out[string(k)] = int(binary.BigEndian.Uint64(v))
-			return nil
-		})
+			prefix := appendString(nil, r)
+			k, key := c.Seek(prefix)
+			if k == nil || !bytes.HasPrefix(k, prefix) {
+				return fmt.Errorf("%w: receiver %s has pending deliveries but no queue", errCorrupt, r)
+			}
+			head, err := decodeState(dels.Get(key))
+			if err != nil {
+				return err
+			}
+			st.OldestPending = timeOf(head.queued)
+			out[r] = st
+		}
+		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("alerting: outbox: depth: %w", err)
+		return nil, fmt.Errorf("alerting: outbox: stats: %w", err)
 	}
 	return out, nil
 }

@@ -2,14 +2,17 @@ package outbox
 
 import (
 	"context"
+	"encoding/binary"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
@@ -57,10 +60,98 @@ func TestOutboxRejectsCorruptRecords(t *testing.T) {
 	if st, err := decodeState(good); err != nil || st.seq != 7 || st.lastError != "unexpected HTTP status 400" {
 		t.Fatalf("decodeState(encodeState(...)) = %+v, %v", st, err)
 	}
-	for _, v := range [][]byte{nil, {recordVersion}, good[:29], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
+	for _, v := range [][]byte{nil, {recordVersion}, good[:29], good[:37], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
 		if _, err := decodeState(v); err == nil {
 			t.Errorf("decodeState(%x) accepted a corrupt record", v)
 		}
+	}
+}
+
+// TestOutboxReadsVersion1Records: a file written before deliveries kept their queued
+// time still reads, with the queued time unknown (zero).
+func TestOutboxReadsVersion1Records(t *testing.T) {
+	v1 := []byte{recordVersionV1, byte(alerting.Failed)}
+	v1 = binary.BigEndian.AppendUint64(v1, 7)
+	v1 = binary.BigEndian.AppendUint32(v1, 3)
+	v1 = binary.BigEndian.AppendUint64(v1, uint64(time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()))
+	v1 = binary.BigEndian.AppendUint64(v1, 1<<63) // done: math.MinInt64, none
+	v1 = binary.AppendUvarint(v1, 4)
+	v1 = append(v1, "boom"...)
+	st, err := decodeState(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.state != alerting.Failed || st.seq != 7 || st.attempts != 3 || st.lastError != "boom" || !timeOf(st.queued).IsZero() || !timeOf(st.done).IsZero() {
+		t.Errorf("version 1 record decoded as %+v", st)
+	}
+	for _, v := range [][]byte{v1[:29], v1[:len(v1)-1]} {
+		if _, err := decodeState(v); err == nil {
+			t.Errorf("decodeState(%x) accepted a truncated version 1 record", v)
+		}
+	}
+}
+
+// TestOutboxCountsParkedOfOlderFiles: a file from before the parked counts gets them
+// at its next Open, from the deliveries it holds.
+func TestOutboxCountsParkedOfOlderFiles(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	ob, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := alertingtest.Alerts(3, time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC))
+	var ds []alerting.Delivery
+	for _, a := range as {
+		ds = append(ds, alerting.Delivery{DeliveryKey: alerting.KeyOf("siem", &a), Alert: a, State: alerting.Pending})
+	}
+	if err := ob.Enqueue(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	ds[0].State, ds[1].State = alerting.Failed, alerting.Failed
+	if err := ob.Update(ctx, ds[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, File), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketParked) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ob, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	stats, err := ob.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stats["siem"]; got.Parked != 2 || got.Pending != 1 {
+		t.Errorf("Stats after reopening an older file = %+v, want 2 parked and 1 pending", got)
+	}
+}
+
+// TestOutboxInUse: a second process on the same outbox is refused with a message that
+// says why, instead of bbolt's bare timeout.
+func TestOutboxInUse(t *testing.T) {
+	dir := t.TempDir()
+	ob, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	// bbolt's flock conflicts between two opens of the file even in one process.
+	_, err = Open(dir, Options{})
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("second Open = %v, want an error saying the outbox is in use", err)
 	}
 }
 
