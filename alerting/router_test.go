@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -529,21 +530,25 @@ func TestRateLimit(t *testing.T) {
 	})
 }
 
+// failUntilFixed makes every attempt on rec fail with err, worth retrying, until fix
+// is called.
+func failUntilFixed(rec *alertingtest.Recorder, err error) (fix func()) {
+	var fixed atomic.Bool
+	rec.Fail(func(int, []detectors.Alert) (bool, error) {
+		if fixed.Load() {
+			return false, nil
+		}
+		return true, err
+	})
+	return func() { fixed.Store(true) }
+}
+
 func TestGiveUpParksLoudly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testCfg()
 		cfg.Outbox.GiveUpAfter = time.Hour
 		rec := alertingtest.NewRecorder("siem")
-		var fixed bool
-		var mu sync.Mutex
-		rec.Fail(func(int, []detectors.Alert) (bool, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if fixed {
-				return false, nil
-			}
-			return true, errors.New("dial tcp 192.0.2.1:8088: connect: connection refused")
-		})
+		fix := failUntilFixed(rec, errors.New("dial tcp 192.0.2.1:8088: connect: connection refused"))
 		h := newHarness(t, cfg, nil, nil, rec).run()
 		start := time.Now()
 		as := alertingtest.Alerts(3, t0)
@@ -572,9 +577,7 @@ func TestGiveUpParksLoudly(t *testing.T) {
 			t.Errorf("parked delivery keeps %q after %d attempts", parked[0].LastError, parked[0].Attempts)
 		}
 		// The operator fixes the destination and requeues.
-		mu.Lock()
-		fixed = true
-		mu.Unlock()
+		fix()
 		n, err := h.r.Requeue(context.Background(), "siem")
 		if err != nil || n != 3 {
 			t.Fatalf("Requeue = %d, %v; want 3", n, err)
@@ -594,16 +597,7 @@ func TestOutboxMetrics(t *testing.T) {
 		cfg := testCfg()
 		cfg.Outbox.GiveUpAfter = time.Hour
 		rec := alertingtest.NewRecorder("siem")
-		var fixed bool
-		var mu sync.Mutex
-		rec.Fail(func(int, []detectors.Alert) (bool, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if fixed {
-				return false, nil
-			}
-			return true, errors.New("unexpected HTTP status 503 Service Unavailable")
-		})
+		fix := failUntilFixed(rec, errors.New("unexpected HTTP status 503 Service Unavailable"))
 		h := newHarness(t, cfg, nil, nil, rec).run()
 		check := func(when string, depth, age, parked float64) {
 			t.Helper()
@@ -625,9 +619,7 @@ func TestOutboxMetrics(t *testing.T) {
 		check("failing for 10 minutes", 3, 600, 0)
 		h.flush() // the first two give up after an hour, the third ten minutes later
 		check("given up", 0, 0, 3)
-		mu.Lock()
-		fixed = true
-		mu.Unlock()
+		fix()
 		if _, err := h.r.Requeue(context.Background(), "siem"); err != nil {
 			t.Fatal(err)
 		}
