@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // ErrBufferFull is returned by ArchiveEvents when taking the events would hold more
@@ -115,15 +116,15 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 	chc := cfg.ClickHouse.withDefaults(cfg.DataDir)
 	password, err := chc.password()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("store: %w", config.Prefix("clickhouse", err))
 	}
-	tlsConfig, err := chc.tlsConfig()
+	tlsConfig, err := chc.TLS.Client(false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("store: %w", config.Prefix("clickhouse.tls", err))
 	}
 	opts := clickhouse.Options{
 		Addr: chc.Addr,
-		Auth: clickhouse.Auth{Database: chc.Database, Username: chc.Username, Password: password},
+		Auth: clickhouse.Auth{Database: chc.Database, Username: chc.Username, Password: password.Reveal()},
 		// The dialer does TLS itself: clickhouse-go ignores TLS when DialContext is set.
 		DialContext: dialer(chc.DialTimeout, chc.WriteTimeout, tlsConfig),
 		// LZ4 costs little CPU and cuts the bytes of repetitive log fields several times.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
@@ -40,7 +40,7 @@ func TestClickHouseOverTLS(t *testing.T) {
 	srv := clickhousetest.StartTLS(t, certPEM, keyPEM)
 	db := clickhousetest.NewDatabase(t, srv.Addr())
 	cfg := testConfig(t, srv.TLSAddr(), db)
-	cfg.ClickHouse.TLS = ingest.TLSConfig{Enabled: true, CAFile: testcert.WriteFile(t, t.TempDir(), "ca.pem", ca.CertPEM())}
+	cfg.ClickHouse.TLS = config.TLS{Enabled: true, CAFile: testcert.WriteFile(t, t.TempDir(), "ca.pem", ca.CertPEM())}
 	c := startClickHouse(t, cfg, nil)
 	ctx := testContext(t)
 	evs := testEvents(3, 2500, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 4)
@@ -62,7 +62,7 @@ func TestClickHouseOverTLS(t *testing.T) {
 	}
 
 	untrusted := testConfig(t, srv.TLSAddr(), db)
-	untrusted.ClickHouse.TLS = ingest.TLSConfig{Enabled: true}
+	untrusted.ClickHouse.TLS = config.TLS{Enabled: true}
 	u, err := NewClickHouse(untrusted, ClickHouseOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -531,12 +532,12 @@ func TestNewSourceRejects(t *testing.T) {
 		}, "unknown format"},
 		{"no token secret", func(_ *ingest.KafkaConfig, o *Options) { o.Parser = nil }, "token secret"},
 		{"missing ca", func(c *ingest.KafkaConfig, _ *Options) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "ca_file"},
-		{"sasl without password", func(c *ingest.KafkaConfig, _ *Options) { c.SASL = ingest.SASLConfig{Mechanism: "plain", Username: "u"} }, "password_file or password_env"},
+		{"sasl without password", func(c *ingest.KafkaConfig, _ *Options) { c.SASL = config.SASL{Mechanism: "plain", Username: "u"} }, "password_file or password_env"},
 		{"sasl password env unset", func(c *ingest.KafkaConfig, _ *Options) {
-			c.SASL = ingest.SASLConfig{Mechanism: "scram-sha-256", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}
+			c.SASL = config.SASL{Mechanism: "scram-sha-256", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}
 		}, "GATEWATCH_TEST_UNSET_PASSWORD is not set"},
 		{"sasl mechanism", func(c *ingest.KafkaConfig, _ *Options) {
-			c.SASL = ingest.SASLConfig{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}
+			c.SASL = config.SASL{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}
 		}, "gssapi"},
 		{"min bytes above max", func(c *ingest.KafkaConfig, o *Options) { c.MaxBytes = 2048; o.MinBytes = 4096 }, "MinBytes"},
 	}
