@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
@@ -41,7 +43,7 @@ func TestClickHouseOverTLS(t *testing.T) {
 	db := clickhousetest.NewDatabase(t, srv.Addr())
 	cfg := testConfig(t, srv.TLSAddr(), db)
 	cfg.ClickHouse.TLS = config.TLS{Enabled: true, CAFile: testcert.WriteFile(t, t.TempDir(), "ca.pem", ca.CertPEM())}
-	c := startClickHouse(t, cfg, nil)
+	c := startClickHouse(t, cfg, prometheus.NewRegistry())
 	ctx := testContext(t)
 	evs := testEvents(3, 2500, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 4)
 	if err := c.ArchiveEvents(ctx, evs); err != nil {
@@ -63,7 +65,7 @@ func TestClickHouseOverTLS(t *testing.T) {
 
 	untrusted := testConfig(t, srv.TLSAddr(), db)
 	untrusted.ClickHouse.TLS = config.TLS{Enabled: true}
-	u, err := NewClickHouse(untrusted, ClickHouseOptions{})
+	u, err := NewClickHouse(untrusted, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 	defer ob.Close()
 	// The store keeps the alert history next to the event archive; it is best effort
 	// and never holds up delivery.
-	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
+	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Registerer: prometheus.NewRegistry(), Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
 	if err != nil {
 		return err
 	}

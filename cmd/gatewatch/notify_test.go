@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/store"
 )
@@ -124,7 +126,7 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 	}
 
 	// The alert history landed in the (embedded) store, with each delivery's state.
-	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{})
+	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/internal/config"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -26,18 +26,18 @@ func TestSourceConsumesAndCommits(t *testing.T) {
 	c.Produce(t, "waf", want...)
 	ctx := testContext(t)
 
-	m := ingest.NewMetrics(nil)
+	reg := prometheus.NewPedanticRegistry()
 	o := testOptions(&memDeadLetters{})
-	o.Metrics = m
+	o.Registerer = reg
 	s := newSource(t, testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"}), o)
 	got := consume(ctx, t, s, len(want), true)
 	sameSet(t, "consumed", got, values(want))
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
 
-	if n := testutil.ToFloat64(m.Records.WithLabelValues("waf")); n != 300 {
+	if n := counter(t, reg, "gatewatch_ingest_records_total", "waf"); n != 300 {
 		t.Errorf("records counted = %v, want 300", n)
 	}
-	if n := testutil.ToFloat64(m.Events.WithLabelValues("waf")); n != 300 {
+	if n := counter(t, reg, "gatewatch_ingest_events_total", "waf"); n != 300 {
 		t.Errorf("events counted = %v, want 300", n)
 	}
 }
@@ -526,6 +526,7 @@ func TestNewSourceRejects(t *testing.T) {
 		{"no topics", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = nil }, "no topics"},
 		{"topic twice", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = append(c.Topics, c.Topics[0]) }, "listed twice"},
 		{"no dead letters", func(_ *ingest.KafkaConfig, o *Options) { o.DeadLetters = nil }, "DeadLetters is required"},
+		{"no registerer", func(_ *ingest.KafkaConfig, o *Options) { o.Registerer = nil }, "Registerer is required"},
 		{"bad start offset", func(c *ingest.KafkaConfig, _ *Options) { c.StartOffset = "middle" }, "start_offset"},
 		{"unknown format", func(c *ingest.KafkaConfig, o *Options) {
 			o.Parser, o.ParserOptions.Secret, c.Topics[0].Format = nil, ingest.RandomTokenSecret(), "syslog"

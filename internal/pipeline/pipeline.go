@@ -233,7 +233,7 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	src, err := kafka.NewSource(cfg.Ingest.Kafka, kafka.Options{
 		ParserOptions: popts,
 		DeadLetters:   dl,
-		Metrics:       ingest.NewMetrics(p.reg),
+		Registerer:    p.reg,
 		Logger:        p.log,
 		Now:           p.opts.Now,
 	})
