@@ -20,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -120,24 +121,7 @@ func (h *harness) flush() {
 // metric returns the value of the series of name with the given label.
 func (h *harness) metric(name, label, value string) float64 {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	h.t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
+	return promtest.Value(h.t, h.reg, name, label, value)
 }
 
 // testCfg returns the defaults with backoff from 1s to 1m, and a receiver entry per

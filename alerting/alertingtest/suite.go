@@ -20,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/file"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 )
 
 // Store is an OutboxStore that can be closed, as a process closes it when it stops.
@@ -587,34 +588,11 @@ func testDedupAcrossRestart(t *testing.T, open Opener) {
 		t.Errorf("receiver got %d alerts after the restart, want %d", got, calls)
 	}
 	for _, n := range []string{"archive", "siem"} {
-		dup := metricValue(t, reg, "gatewatch_alerting_deliveries_duplicate_total", n)
+		dup := promtest.Value(t, reg, "gatewatch_alerting_deliveries_duplicate_total", "receiver", n)
 		if dup != float64(len(as)) {
 			t.Errorf("duplicates counted for %s = %v, want %d", n, dup, len(as))
 		}
 	}
-}
-
-// metricValue reads the series of a counter or gauge family with the receiver label.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, receiver string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "receiver" && l.GetValue() == receiver {
-					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no series %s{receiver=%q}", name, receiver)
-	return 0
 }
 
 // errCrash is what a crashed outbox answers from the crash on: the process is gone.

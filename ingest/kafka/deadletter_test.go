@@ -11,6 +11,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 )
@@ -80,11 +81,11 @@ func TestSourceDeadLettersToTopic(t *testing.T) {
 		want   float64
 	}{{ingest.ReasonBadSyntax, 7}, {ingest.ReasonOversized, 1}, {ingest.ReasonInvalidJSON, 0}}
 	for _, cc := range counts {
-		if got := counter(t, reg, "gatewatch_ingest_dead_letters_total", "waf", cc.reason); got != cc.want {
+		if got := promtest.Value(t, reg, "gatewatch_ingest_dead_letters_total", "source", "waf", "reason", cc.reason); got != cc.want {
 			t.Errorf("dead letters counted with reason %s = %v, want %v", cc.reason, got, cc.want)
 		}
 	}
-	if got := counter(t, reg, "gatewatch_ingest_records_total", "waf"); got != float64(len(rejects)+len(good)) {
+	if got := promtest.Value(t, reg, "gatewatch_ingest_records_total", "source", "waf"); got != float64(len(rejects)+len(good)) {
 		t.Errorf("records counted = %v, want %d", got, len(rejects)+len(good))
 	}
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))

@@ -255,30 +255,3 @@ func testParserOptions(t testing.TB) ingest.ParserOptions {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	return ingest.ParserOptions{Secret: secret, Now: func() time.Time { return now }}
 }
-
-// counter returns the value of the series of name whose label values are values (in
-// any order), from the registry reg; it fails the test when there is none.
-func counter(t *testing.T, reg prometheus.Gatherer, name string, values ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var got []string
-			for _, l := range m.GetLabel() {
-				got = append(got, l.GetValue())
-			}
-			slices.Sort(got)
-			if slices.Equal(got, slices.Sorted(slices.Values(values))) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s%q", name, values)
-	return 0
-}

@@ -12,6 +12,7 @@ import (
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/internal/config"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -34,10 +35,10 @@ func TestSourceConsumesAndCommits(t *testing.T) {
 	sameSet(t, "consumed", got, values(want))
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
 
-	if n := counter(t, reg, "gatewatch_ingest_records_total", "waf"); n != 300 {
+	if n := promtest.Value(t, reg, "gatewatch_ingest_records_total", "source", "waf"); n != 300 {
 		t.Errorf("records counted = %v, want 300", n)
 	}
-	if n := counter(t, reg, "gatewatch_ingest_events_total", "waf"); n != 300 {
+	if n := promtest.Value(t, reg, "gatewatch_ingest_events_total", "source", "waf"); n != 300 {
 		t.Errorf("events counted = %v, want 300", n)
 	}
 }
