@@ -246,7 +246,8 @@ func (r *Router) recordFailure(ctx context.Context, w *worker, ds []Delivery, no
 		// Loud on purpose: an alert that will not reach its destination is an
 		// operator's problem now.
 		r.log.Error("delivery parked", "receiver", w.name, "alert_id", d.ID, "detector", d.Alert.Detector,
-			"attempt", d.Attempts, "reason", reason, "err", text)
+			"attempt", d.Attempts, "reason", reason, "err", text,
+			"requeue_with", "gatewatch notify --config FILE --requeue --receiver "+w.name)
 	}
 	if uerr := r.store.Update(ctx, ds); uerr != nil {
 		return fmt.Errorf("alerting: outbox: record failed attempt to %s: %w", w.name, uerr)

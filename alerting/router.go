@@ -300,6 +300,11 @@ func (r *Router) Plan(a detectors.Alert) []string {
 	return names
 }
 
+// Silenced reports whether a silence in force now mutes a.
+func (r *Router) Silenced(a detectors.Alert) bool {
+	return r.silence.mutes(&a, r.now())
+}
+
 // Deliveries returns what the outbox holds about the first delivery of a to each
 // receiver Plan names: its state, attempts and last error. A receiver the outbox has
 // nothing for (a is not put yet) gets a Delivery with State 0.
@@ -326,6 +331,16 @@ func (r *Router) Parked(ctx context.Context, receiver string, limit int) ([]Deli
 		return nil, fmt.Errorf("alerting: outbox: parked: %w", err)
 	}
 	return ds, nil
+}
+
+// Stats returns where the queue of each receiver the outbox holds deliveries for
+// stands: pending, parked and the age of the oldest pending.
+func (r *Router) Stats(ctx context.Context) (map[string]QueueStats, error) {
+	st, err := r.store.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerting: outbox: stats: %w", err)
+	}
+	return st, nil
 }
 
 // Requeue sets every parked delivery of receiver pending again, with its attempts
