@@ -42,9 +42,13 @@ func testConfig(t *testing.T, addr, db string) Config {
 	}
 }
 
-// startClickHouse creates c, migrates it and runs it until the test ends.
+// startClickHouse creates c, migrates it and runs it until the test ends; reg nil: a
+// registry of its own.
 func startClickHouse(t *testing.T, cfg Config, reg prometheus.Registerer) *ClickHouse {
 	t.Helper()
+	if reg == nil {
+		reg = prometheus.NewRegistry() // the test reads no metric
+	}
 	c, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: reg, MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
