@@ -129,6 +129,9 @@ func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return
 	}
+	if stats == nil {
+		stats = map[string]QueueStats{}
+	}
 	for _, n := range c.receivers {
 		if _, ok := stats[n]; !ok {
 			stats[n] = QueueStats{}
