@@ -132,7 +132,7 @@ func openSession(ctx context.Context, env *cmdEnv, cfg *config) (s *session, err
 	}
 	s.closers = append(s.closers, func(context.Context) error { return closer.Close() })
 	router, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
-		Outbox: ob, Receivers: receivers, History: st, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
+		Outbox: ob, Receivers: receivers, History: st, Logger: logger, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		return nil, err
