@@ -40,10 +40,14 @@ test: deps vet
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 
-# fuzz runs each fuzz target for FUZZTIME; findings land in testdata/fuzz/ and are replayed by `make test`.
+# fuzz runs every fuzz target of every package (the parsers', the config loader's, the
+# receivers' encoders') for FUZZTIME each; findings land in the package's testdata/fuzz/
+# and are replayed by `make test`.
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./ingest | grep '^Fuzz'); do \
-		echo "== $$t"; $(GO) test ./ingest -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
+	@for pkg in $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' $(PKGS)); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$t"; $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
 	done
 
 # bench prints benchstat input: go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // Config is the alerting section of gatewatch.yaml.
@@ -104,67 +104,49 @@ type SlackConfig struct {
 
 // SplunkHECConfig sends to a Splunk HTTP Event Collector.
 type SplunkHECConfig struct {
-	URL        string    `yaml:"url"` // https://splunk:8088; /services/collector/event is added
-	TokenFile  string    `yaml:"token_file"`
-	TokenEnv   string    `yaml:"token_env"`
-	Index      string    `yaml:"index"`
-	Source     string    `yaml:"source"`     // default gatewatch
-	SourceType string    `yaml:"sourcetype"` // default gatewatch:alert
-	BatchSize  int       `yaml:"batch_size"` // events per POST; default 100
-	TLS        TLSConfig `yaml:"tls"`
+	URL        string     `yaml:"url"` // https://splunk:8088; /services/collector/event is added
+	TokenFile  string     `yaml:"token_file"`
+	TokenEnv   string     `yaml:"token_env"`
+	Index      string     `yaml:"index"`
+	Source     string     `yaml:"source"`     // default gatewatch
+	SourceType string     `yaml:"sourcetype"` // default gatewatch:alert
+	BatchSize  int        `yaml:"batch_size"` // events per POST; default 100
+	TLS        config.TLS `yaml:"tls"`
 }
 
 // SyslogConfig sends RFC 5424 messages (octet counting over TCP/TLS, one datagram per
 // message over UDP), with a JSON or CEF payload.
 type SyslogConfig struct {
-	Network  string    `yaml:"network"` // tcp (default), tls or udp
-	Address  string    `yaml:"address"` // host:port
-	Format   string    `yaml:"format"`  // json (default) or cef
-	AppName  string    `yaml:"app_name"`
-	Facility int       `yaml:"facility"` // default 10 (authpriv)
-	TLS      TLSConfig `yaml:"tls"`
+	Network  string     `yaml:"network"` // tcp (default), tls or udp
+	Address  string     `yaml:"address"` // host:port
+	Format   string     `yaml:"format"`  // json (default) or cef
+	AppName  string     `yaml:"app_name"`
+	Facility int        `yaml:"facility"` // default 10 (authpriv)
+	TLS      config.TLS `yaml:"tls"`
 }
 
 // KafkaConfig writes alerts as JSON to a topic, in gatewatch's own shape or as OCSF
 // Detection Findings.
 type KafkaConfig struct {
-	Brokers []string   `yaml:"brokers"`
-	Topic   string     `yaml:"topic"`
-	Format  string     `yaml:"format"` // gatewatch (default) or ocsf
-	TLS     TLSConfig  `yaml:"tls"`
-	SASL    SASLConfig `yaml:"sasl"`
+	Brokers []string    `yaml:"brokers"`
+	Topic   string      `yaml:"topic"`
+	Format  string      `yaml:"format"` // gatewatch (default) or ocsf
+	TLS     config.TLS  `yaml:"tls"`
+	SASL    config.SASL `yaml:"sasl"`
 }
 
 // WebhookConfig POSTs alerts as JSON, signed with HMAC-SHA-256 over the body.
 type WebhookConfig struct {
-	URLFile    string    `yaml:"url_file"` // webhook URLs are credentials: from a file or the environment
-	URLEnv     string    `yaml:"url_env"`
-	SecretFile string    `yaml:"secret_file"`
-	SecretEnv  string    `yaml:"secret_env"`
-	TLS        TLSConfig `yaml:"tls"`
+	URLFile    string     `yaml:"url_file"` // webhook URLs are credentials: from a file or the environment
+	URLEnv     string     `yaml:"url_env"`
+	SecretFile string     `yaml:"secret_file"`
+	SecretEnv  string     `yaml:"secret_env"`
+	TLS        config.TLS `yaml:"tls"`
 }
 
 // FileConfig appends alerts as JSON lines.
 type FileConfig struct {
 	Path string `yaml:"path"`
-}
-
-// TLSConfig configures TLS to a destination; paths are files.
-type TLSConfig struct {
-	Enabled            bool   `yaml:"enabled"`
-	CAFile             string `yaml:"ca_file"`
-	CertFile           string `yaml:"cert_file"`
-	KeyFile            string `yaml:"key_file"`
-	ServerName         string `yaml:"server_name"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
-}
-
-// SASLConfig authenticates to Kafka; the password comes from a file or the environment.
-type SASLConfig struct {
-	Mechanism    string `yaml:"mechanism"` // plain, scram-sha-256, scram-sha-512
-	Username     string `yaml:"username"`
-	PasswordFile string `yaml:"password_file"`
-	PasswordEnv  string `yaml:"password_env"`
 }
 
 // Matcher selects alerts. Empty lists match everything; all set fields must match.
@@ -219,20 +201,39 @@ func DefaultConfig() Config {
 	}
 }
 
-// A ConfigError is one invalid setting; Key is its dotted path below the alerting section.
-type ConfigError struct {
-	Path string
-	Msg  string
+// cfgErr reports one invalid setting at its key path below the alerting section
+// ("receivers[0].slack.channel"), which the config loader turns into a file position.
+var cfgErr = config.Errorf
+
+// Token is where the bot token comes from.
+func (s *SlackConfig) Token() config.SecretRef {
+	return config.SecretRef{Key: "token", File: s.TokenFile, Env: s.TokenEnv}
 }
 
-func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
-
-// Key returns the dotted path of the setting below the alerting section.
-func (e *ConfigError) Key() string { return e.Path }
-
-func cfgErr(path, format string, args ...any) error {
-	return &ConfigError{Path: path, Msg: fmt.Sprintf(format, args...)}
+// WebhookURL is where the incoming webhook's URL comes from; set, it selects the
+// webhook mode.
+func (s *SlackConfig) WebhookURL() config.SecretRef {
+	return config.SecretRef{Key: "webhook_url", File: s.WebhookURLFile, Env: s.WebhookURLEnv}
 }
+
+// Token is where the HEC token comes from.
+func (s *SplunkHECConfig) Token() config.SecretRef {
+	return config.SecretRef{Key: "token", File: s.TokenFile, Env: s.TokenEnv}
+}
+
+// URL is where the webhook's URL comes from: the URL is a credential.
+func (w *WebhookConfig) URL() config.SecretRef {
+	return config.SecretRef{Key: "url", File: w.URLFile, Env: w.URLEnv}
+}
+
+// Secret is where the webhook's signing key comes from.
+func (w *WebhookConfig) Secret() config.SecretRef {
+	return config.SecretRef{Key: "secret", File: w.SecretFile, Env: w.SecretEnv}
+}
+
+// MinWebhookSecretBytes is the shortest webhook signing key accepted: a shorter HMAC
+// key is guessable, and usually a mistake.
+const MinWebhookSecretBytes = 16
 
 // Validate reports every invalid setting: receivers with no kind or several, names
 // used twice, routes naming unknown receivers, silences without an expiry.
@@ -329,34 +330,31 @@ func (m *Matcher) validate(p string) []error {
 	return errs
 }
 
-func secretSource(p, file, env string) []error {
-	if file == "" && env == "" {
-		return []error{cfgErr(p, "needs a file or an environment variable for its secret")}
-	}
-	if file != "" && env != "" {
-		return []error{cfgErr(p, "set the file or the environment variable, not both")}
-	}
-	return nil
-}
-
 func (r *ReceiverConfig) validateKind(p string) []error {
 	var errs []error
+	add := func(prefix string, err error) { errs = append(errs, config.Prefix(prefix, err)) }
 	switch {
 	case r.Slack != nil:
 		s := r.Slack
-		if s.WebhookURLFile != "" || s.WebhookURLEnv != "" {
-			errs = append(errs, secretSource(p+".slack.webhook_url_file", s.WebhookURLFile, s.WebhookURLEnv)...)
+		if s.WebhookURL().IsSet() {
+			add(p+".slack", s.WebhookURL().Validate(true))
 		} else {
-			errs = append(errs, secretSource(p+".slack.token_file", s.TokenFile, s.TokenEnv)...)
+			add(p+".slack", s.Token().Validate(true))
 			if s.Channel == "" {
 				errs = append(errs, cfgErr(p+".slack.channel", "must be set for the bot-token mode"))
 			}
 		}
 	case r.SplunkHEC != nil:
-		if _, err := url.Parse(r.SplunkHEC.URL); err != nil || r.SplunkHEC.URL == "" {
+		h := r.SplunkHEC
+		u, err := url.Parse(h.URL)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			errs = append(errs, cfgErr(p+".splunk_hec.url", "must be a URL like https://splunk:8088"))
+		case u.Scheme == "http" && h.TLS.On():
+			errs = append(errs, cfgErr(p+".splunk_hec.tls", "turns TLS on, but the url is http://; use https://"))
 		}
-		errs = append(errs, secretSource(p+".splunk_hec.token_file", r.SplunkHEC.TokenFile, r.SplunkHEC.TokenEnv)...)
+		add(p+".splunk_hec", h.Token().Validate(true))
+		add(p+".splunk_hec.tls", h.TLS.Validate())
 	case r.Syslog != nil:
 		s := r.Syslog
 		if !slices.Contains([]string{"", "tcp", "tls", "udp"}, s.Network) {
@@ -371,6 +369,10 @@ func (r *ReceiverConfig) validateKind(p string) []error {
 		if s.Facility < 0 || s.Facility > 23 {
 			errs = append(errs, cfgErr(p+".syslog.facility", "must be 0-23, got %d", s.Facility))
 		}
+		if s.Network == "udp" && s.TLS.On() {
+			errs = append(errs, cfgErr(p+".syslog.tls", "turns TLS on, which needs network tls (or tcp), not udp"))
+		}
+		add(p+".syslog.tls", s.TLS.Validate())
 	case r.Kafka != nil:
 		if len(r.Kafka.Brokers) == 0 || r.Kafka.Topic == "" {
 			errs = append(errs, cfgErr(p+".kafka", "needs brokers and topic"))
@@ -378,9 +380,11 @@ func (r *ReceiverConfig) validateKind(p string) []error {
 		if !slices.Contains([]string{"", "gatewatch", "ocsf"}, r.Kafka.Format) {
 			errs = append(errs, cfgErr(p+".kafka.format", "must be gatewatch or ocsf, got %q", r.Kafka.Format))
 		}
+		add(p+".kafka.tls", r.Kafka.TLS.Validate())
+		add(p+".kafka.sasl", r.Kafka.SASL.Validate())
 	case r.Webhook != nil:
-		errs = append(errs, secretSource(p+".webhook.url_file", r.Webhook.URLFile, r.Webhook.URLEnv)...)
-		errs = append(errs, secretSource(p+".webhook.secret_file", r.Webhook.SecretFile, r.Webhook.SecretEnv)...)
+		add(p+".webhook", errors.Join(r.Webhook.URL().Validate(true), r.Webhook.Secret().Validate(true)))
+		add(p+".webhook.tls", r.Webhook.TLS.Validate())
 	case r.File != nil:
 		if r.File.Path == "" {
 			errs = append(errs, cfgErr(p+".file.path", "must be set"))
@@ -389,27 +393,127 @@ func (r *ReceiverConfig) validateKind(p string) []error {
 	return errs
 }
 
-// LoadSecret reads a secret (token, webhook URL, HMAC key) from a file, trailing
-// newlines trimmed, or from the named environment variable. Receivers call it when
-// they are built; the value never goes into an error, a log or a metric.
-func LoadSecret(file, env string) (string, error) {
-	switch {
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("alerting: read secret: %w", err)
-		}
-		s := strings.TrimRight(string(b), "\r\n")
-		if s == "" {
-			return "", fmt.Errorf("alerting: secret file %s is empty", file)
-		}
-		return s, nil
-	case env != "":
-		s := os.Getenv(env)
-		if s == "" {
-			return "", fmt.Errorf("alerting: environment variable %s is not set", env)
-		}
-		return s, nil
+// Check reads what each receiver's settings name, as building it will: its secrets
+// (a webhook's signing key at least MinWebhookSecretBytes long) and its TLS files. It
+// reports each problem as a *config.Error and never a secret's value. It assumes
+// Validate passed.
+func (c *Config) Check() error {
+	var errs []error
+	load := func(p string, ref config.SecretRef, minLen int) {
+		_, err := ref.Load(minLen)
+		errs = append(errs, config.Prefix(p, err))
 	}
-	return "", errors.New("alerting: no secret configured")
+	tls := func(p string, t config.TLS, transport bool) {
+		_, err := t.Client(transport)
+		errs = append(errs, config.Prefix(p+".tls", err))
+	}
+	for i, r := range c.Receivers {
+		p := fmt.Sprintf("receivers[%d]", i)
+		switch {
+		case r.Slack != nil:
+			if r.Slack.WebhookURL().IsSet() {
+				load(p+".slack", r.Slack.WebhookURL(), 1)
+			} else {
+				load(p+".slack", r.Slack.Token(), 1)
+			}
+		case r.SplunkHEC != nil:
+			load(p+".splunk_hec", r.SplunkHEC.Token(), 1)
+			tls(p+".splunk_hec", r.SplunkHEC.TLS, false)
+		case r.Syslog != nil:
+			tls(p+".syslog", r.Syslog.TLS, r.Syslog.Network == "tls")
+		case r.Kafka != nil:
+			tls(p+".kafka", r.Kafka.TLS, false)
+			if r.Kafka.SASL.Mechanism != "" {
+				load(p+".kafka.sasl", r.Kafka.SASL.Password(), 1)
+			}
+		case r.Webhook != nil:
+			load(p+".webhook", r.Webhook.URL(), 1)
+			load(p+".webhook", r.Webhook.Secret(), MinWebhookSecretBytes)
+			tls(p+".webhook", r.Webhook.TLS, false)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Warnings reports what is valid but almost certainly not what the operator meant, as
+// *config.Errors at the settings concerned: no receivers at all; a route that can
+// never match, because the detectors it names never fire (fires says which can) or an
+// earlier route without continue takes every alert it would match; a receiver no
+// route names; alerts of a detector and severity that no route takes, which reach
+// nobody.
+func (c *Config) Warnings(fires []string) error {
+	if len(c.Receivers) == 0 {
+		return cfgErr("receivers", "none: every alert reaches nobody (notify fails, run only counts them)")
+	}
+	if len(c.Routes) == 0 {
+		return nil // every alert goes to every receiver
+	}
+	var errs []error
+	named := map[string]bool{}
+	for i, rt := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		for _, n := range rt.Receivers {
+			named[n] = true
+		}
+		if ds := rt.Match.Detector; len(ds) > 0 && !slices.ContainsFunc(ds, func(d string) bool { return slices.Contains(fires, d) }) {
+			errs = append(errs, cfgErr(p+".match.detector", "never matches: %s %s disabled", strings.Join(ds, ", "), plural(len(ds), "is", "are")))
+			continue
+		}
+		for j := range i {
+			if c.Routes[j].Continue || !c.Routes[j].Match.covers(&rt.Match) {
+				continue
+			}
+			errs = append(errs, cfgErr(p, "never matches: routes[%d] takes every alert it would, and has no continue: true", j))
+			break
+		}
+	}
+	for i, r := range c.Receivers {
+		if !named[r.Name] {
+			errs = append(errs, cfgErr(fmt.Sprintf("receivers[%d]", i), "receiver %q is in no route: it gets nothing", r.Name))
+		}
+	}
+	for _, d := range fires {
+		var lost []string
+		for _, s := range []detectors.Severity{detectors.SeverityLow, detectors.SeverityMedium, detectors.SeverityHigh, detectors.SeverityCritical} {
+			a := detectors.Alert{Detector: d, Severity: s}
+			if !slices.ContainsFunc(c.Routes, func(rt Route) bool {
+				return len(rt.Match.Key) == 0 && len(rt.Match.Labels) == 0 && rt.Match.Matches(&a)
+			}) {
+				lost = append(lost, string(s))
+			}
+		}
+		if len(lost) > 0 {
+			errs = append(errs, cfgErr("routes", "%s alerts of severity %s may match no route and reach nobody; a last route without match takes the rest",
+				d, strings.Join(lost, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// covers reports whether m matches every alert o matches: each of m's conditions is
+// one of o's, or looser.
+func (m *Matcher) covers(o *Matcher) bool {
+	within := func(mine, theirs []string) bool {
+		return len(mine) == 0 || (len(theirs) > 0 && !slices.ContainsFunc(theirs, func(s string) bool { return !slices.Contains(mine, s) }))
+	}
+	sev := func(s []detectors.Severity) []string {
+		out := make([]string, len(s))
+		for i := range s {
+			out[i] = string(s[i])
+		}
+		return out
+	}
+	for k, v := range m.Labels {
+		if ov, ok := o.Labels[k]; !ok || ov != v {
+			return false
+		}
+	}
+	return within(m.Detector, o.Detector) && within(sev(m.Severity), sev(o.Severity)) && within(m.Key, o.Key)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

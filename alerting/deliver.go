@@ -195,7 +195,6 @@ func (r *Router) recordDelivered(ctx context.Context, w *worker, ds []Delivery, 
 	}
 	r.hist.deliveries(ds, false)
 	w.m.sent.Add(float64(len(ds)))
-	w.m.depth.Sub(float64(len(ds)))
 	w.bo.Reset()
 	if w.failing {
 		w.failing, w.lastErr = false, ""
@@ -247,7 +246,8 @@ func (r *Router) recordFailure(ctx context.Context, w *worker, ds []Delivery, no
 		// Loud on purpose: an alert that will not reach its destination is an
 		// operator's problem now.
 		r.log.Error("delivery parked", "receiver", w.name, "alert_id", d.ID, "detector", d.Alert.Detector,
-			"attempt", d.Attempts, "reason", reason, "err", text)
+			"attempt", d.Attempts, "reason", reason, "err", text,
+			"requeue_with", "gatewatch notify --config FILE --requeue --receiver "+w.name)
 	}
 	if uerr := r.store.Update(ctx, ds); uerr != nil {
 		return fmt.Errorf("alerting: outbox: record failed attempt to %s: %w", w.name, uerr)
@@ -261,7 +261,6 @@ func (r *Router) recordFailure(ctx context.Context, w *worker, ds []Delivery, no
 		}
 		r.hist.deliveries(done, false)
 		w.m.failed.Add(float64(parked))
-		w.m.depth.Sub(float64(parked))
 		r.broadcast()
 	}
 	return nil

@@ -42,13 +42,15 @@
 //
 // # Implementations and helpers
 //
-// MemoryOutbox keeps the outbox in memory (tests, dry runs); the store package has the
-// durable one on local disk. alertingtest holds receiver doubles and the suite every
+// MemoryOutbox keeps the outbox in memory (tests, dry runs); the outbox subpackage has
+// the durable one on local disk. alertingtest holds receiver doubles and the suite every
 // OutboxStore passes, with crash-and-restart tests of a Router on top of it.
 //
 // The receivers live in subpackages (slack, splunkhec, syslog, kafkasink, webhook,
 // file); their configuration types live here, so that the config file has one place to
-// describe them, together with what they share: LoadSecret, CheckResponse (HTTP status
-// to retry decision), RedactURL and TLSConfig.ClientConfig. alerting imports detectors
-// (for Alert) and nothing else of gatewatch.
+// describe them, together with what they share: the secret references of each kind
+// (SlackConfig.Token, ...), CheckResponse (HTTP status to retry decision), RedactURL and
+// ClientTLS. Secrets, TLS and SASL mean what they mean everywhere in gatewatch
+// (internal/config). alerting imports detectors (for Alert) and nothing else of
+// gatewatch's parts.
 package alerting

@@ -2,14 +2,14 @@ package alerting
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"time"
+
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // An HTTPStatusError is a response whose status was not 2xx. Its text holds the
@@ -70,36 +70,14 @@ func RedactURL(err error) error {
 	return &url.Error{Op: ue.Op, URL: "<redacted>", Err: ue.Err}
 }
 
-// ClientConfig builds the TLS settings of a client connection from c: the CA file
-// replaces the system roots, a certificate and key pair authenticates the client.
-// It always returns a usable config; whether to use TLS at all is the caller's
-// choice (Enabled for syslog and Kafka, the URL's scheme for HTTP).
-func (c *TLSConfig) ClientConfig() (*tls.Config, error) {
-	tc := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         c.ServerName,
-		InsecureSkipVerify: c.InsecureSkipVerify, //nolint:gosec // the operator's explicit choice, off by default
+// ClientTLS returns the TLS settings of an HTTP receiver's client for u, by the one
+// rule of config.TLS: an https:// URL has TLS, with the block's settings (the system
+// roots unless ca_file); a block that turns TLS on for an http:// URL is an error
+// rather than ignored. nil: plain HTTP.
+func ClientTLS(t config.TLS, u *url.URL) (*tls.Config, error) {
+	if u.Scheme == "http" && t.On() {
+		return nil, config.Errorf("tls", "turns TLS on, but the url is http://; use https://")
 	}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("alerting: tls: read ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("alerting: tls: ca_file %s holds no PEM certificate", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("alerting: tls: cert_file and key_file go together")
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("alerting: tls: load client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	tc, err := t.Client(u.Scheme == "https")
+	return tc, config.Prefix("tls", err)
 }

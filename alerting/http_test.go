@@ -1,18 +1,15 @@
 package alerting_test
 
 import (
-	"encoding/pem"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 func TestCheckResponse(t *testing.T) {
@@ -72,47 +69,6 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
-func TestTLSClientConfig(t *testing.T) {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	defer srv.Close()
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := alerting.TLSConfig{Enabled: true, CAFile: ca}
-	tc, err := c.ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The CA file is what makes the test server's certificate trusted.
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
-	resp, err := client.Get(srv.URL)
-	if err != nil {
-		t.Fatalf("GET with the CA file: %v", err)
-	}
-	resp.Body.Close()
-	for name, bad := range map[string]alerting.TLSConfig{
-		"missing ca file":  {CAFile: filepath.Join(dir, "nope.pem")},
-		"not pem":          {CAFile: writeTemp(t, "x.pem", "not a certificate")},
-		"cert without key": {CertFile: ca},
-	} {
-		if _, err := bad.ClientConfig(); err == nil {
-			t.Errorf("%s: ClientConfig accepted it", name)
-		}
-	}
-}
-
-func writeTemp(t *testing.T, name, content string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func TestConfigValidateOutboxAndRepeat(t *testing.T) {
 	if c := alerting.DefaultConfig(); c.Validate() != nil {
 		t.Fatalf("DefaultConfig does not validate: %v", c.Validate())
@@ -136,7 +92,7 @@ func TestConfigValidateOutboxAndRepeat(t *testing.T) {
 		cfg := alerting.DefaultConfig()
 		c.change(&cfg)
 		err := cfg.Validate()
-		var ce *alerting.ConfigError
+		var ce *config.Error
 		if !errors.As(err, &ce) || ce.Key() != c.key {
 			t.Errorf("%s: Validate = %v, want an error at %s", c.name, err, c.key)
 		}

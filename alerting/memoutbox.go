@@ -19,7 +19,6 @@ type MemoryOutbox struct {
 	seq   uint64
 	ds    map[DeliveryKey]*Delivery
 	queue map[string][]queued // per receiver, in Seq order; entries whose Seq no longer matches are stale
-	depth map[string]int
 }
 
 type incidentKey struct{ receiver, id string }
@@ -36,7 +35,6 @@ func NewMemoryOutbox() *MemoryOutbox {
 	return &MemoryOutbox{
 		ds:    map[DeliveryKey]*Delivery{},
 		queue: map[string][]queued{},
-		depth: map[string]int{},
 	}
 }
 
@@ -62,7 +60,6 @@ func (m *MemoryOutbox) Enqueue(ctx context.Context, ds []Delivery) error {
 		c.State = Pending
 		m.ds[d.DeliveryKey] = &c
 		m.queue[d.Receiver] = append(m.queue[d.Receiver], queued{c.Seq, c.DeliveryKey})
-		m.depth[d.Receiver]++
 	}
 	return nil
 }
@@ -118,18 +115,11 @@ func (m *MemoryOutbox) Update(ctx context.Context, ds []Delivery) error {
 			continue
 		}
 		was := d.State
-		d.State, d.Attempts, d.FirstFailure, d.LastError, d.Done = u.State, u.Attempts, u.FirstFailure, u.LastError, u.Done
-		switch {
-		case was == Pending && d.State != Pending:
-			m.depth[d.Receiver]--
-		case was != Pending && d.State == Pending:
+		d.State, d.Queued, d.Attempts, d.FirstFailure, d.LastError, d.Done = u.State, u.Queued, u.Attempts, u.FirstFailure, u.LastError, u.Done
+		if was != Pending && d.State == Pending {
 			m.seq++
 			d.Seq = m.seq
 			m.queue[d.Receiver] = append(m.queue[d.Receiver], queued{d.Seq, d.DeliveryKey})
-			m.depth[d.Receiver]++
-		}
-		if m.depth[d.Receiver] == 0 {
-			delete(m.depth, d.Receiver)
 		}
 	}
 	return nil
@@ -205,14 +195,37 @@ func sortDeliveries(ds []Delivery) {
 	})
 }
 
-// Depth returns the pending deliveries per receiver.
-func (m *MemoryOutbox) Depth(ctx context.Context) (map[string]int, error) {
+// Stats returns where each receiver's queue stands. It walks every delivery: the
+// memory outbox serves tests and dry runs.
+func (m *MemoryOutbox) Stats(ctx context.Context) (map[string]QueueStats, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return maps.Clone(m.depth), nil
+	out := map[string]QueueStats{}
+	for _, d := range m.ds {
+		st := out[d.Receiver]
+		switch d.State {
+		case Pending:
+			st.Pending++
+		case Failed:
+			st.Parked++
+		default:
+			continue
+		}
+		out[d.Receiver] = st
+	}
+	for r, q := range m.queue {
+		i := slices.IndexFunc(q, m.live)
+		if i < 0 {
+			continue
+		}
+		st := out[r]
+		st.OldestPending = m.ds[q[i].key].Queued
+		out[r] = st
+	}
+	return out, nil
 }
 
 // Prune forgets deliveries delivered before before.

@@ -60,7 +60,11 @@ type Delivery struct {
 	State DeliveryState
 	// Seq orders a receiver's queue; Enqueue sets it for the deliveries it adds and
 	// leaves it 0 for those it skips.
-	Seq          uint64
+	Seq uint64
+	// Queued is when the delivery joined its receiver's queue, by the Router's clock:
+	// when its alert was put, its reminder fell due, or an operator requeued it. The
+	// age of the oldest pending one is how far behind a receiver is.
+	Queued       time.Time
 	Attempts     int
 	FirstFailure time.Time // the first failed attempt; zero while none failed
 	LastError    string    // the error of the last failed attempt
@@ -77,8 +81,8 @@ func KeyOf(receiver string, a *detectors.Alert) DeliveryKey {
 // The Router is its only writer; implementations are safe for concurrent use.
 //
 // Two implementations exist: MemoryOutbox here, for tests and dry runs, and the
-// durable one in the store package (bbolt on local disk, because the outbox must work
-// while ClickHouse is down). Both pass the suite in alerting/outboxtest.
+// durable one in alerting/outbox (bbolt on local disk, because the outbox must work
+// while ClickHouse is down). Both pass alertingtest.RunOutboxSuite, the contract.
 type OutboxStore interface {
 	// Enqueue makes ds durable as pending deliveries, all of them or none, and
 	// returns once they are. It skips a delivery whose key the outbox holds, in any
@@ -89,8 +93,8 @@ type OutboxStore interface {
 	// Pending returns up to limit pending deliveries of receiver with their
 	// alerts, in queue order (oldest first).
 	Pending(ctx context.Context, receiver string, limit int) ([]Delivery, error)
-	// Update records the outcome of attempts: the State, Attempts, FirstFailure,
-	// LastError and Done of each delivery, found by its key (unknown keys are
+	// Update records the outcome of attempts: the State, Queued, Attempts,
+	// FirstFailure, LastError and Done of each delivery, found by its key (unknown keys are
 	// ignored). A delivery that stays pending keeps its place in the queue; one that
 	// leaves Pending leaves the queue; a failed one set back to Pending (an
 	// operator's requeue) joins the end of the queue.
@@ -99,8 +103,9 @@ type OutboxStore interface {
 	Lookup(ctx context.Context, k DeliveryKey) (Delivery, bool, error)
 	// Parked returns up to limit failed deliveries of receiver, with their alerts.
 	Parked(ctx context.Context, receiver string, limit int) ([]Delivery, error)
-	// Depth returns the number of pending deliveries of every receiver that has any.
-	Depth(ctx context.Context) (map[string]int, error)
+	// Stats returns where the queue of every receiver that has pending or parked
+	// deliveries stands.
+	Stats(ctx context.Context) (map[string]QueueStats, error)
 	// Recent returns, for every receiver and alert ID, the delivery with the
 	// largest (Version, Round) when that version is at or after since (the
 	// incidents that may still be open, for reminders).
@@ -108,4 +113,13 @@ type OutboxStore interface {
 	// Prune forgets deliveries that were delivered before before and returns how
 	// many. Pending and failed deliveries stay.
 	Prune(ctx context.Context, before time.Time) (int, error)
+}
+
+// QueueStats is where one receiver's queue stands.
+type QueueStats struct {
+	Pending int // deliveries waiting for the receiver
+	// OldestPending is the Queued time of the receiver's oldest pending delivery (the
+	// head of its queue); zero when none is pending or the outbox does not know it.
+	OldestPending time.Time
+	Parked        int // deliveries parked as failed, waiting for an operator's requeue
 }

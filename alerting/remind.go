@@ -148,7 +148,7 @@ func (r *Router) remindDue(ctx context.Context) (time.Time, error) {
 		} else if !at.After(now) {
 			rd := *d
 			rd.Round++
-			rd.State, rd.Attempts, rd.FirstFailure, rd.LastError, rd.Done, rd.Seq = Pending, 0, time.Time{}, "", time.Time{}, 0
+			rd.State, rd.Queued, rd.Attempts, rd.FirstFailure, rd.LastError, rd.Done, rd.Seq = Pending, now, 0, time.Time{}, "", time.Time{}, 0
 			rd.Alert.Labels = maps.Clone(d.Alert.Labels)
 			if rd.Alert.Labels == nil {
 				rd.Alert.Labels = map[string]string{}
@@ -183,7 +183,6 @@ func (r *Router) remindDue(ctx context.Context) (time.Time, error) {
 		}
 		w := r.workers[d.Receiver]
 		w.m.reminders.Inc()
-		w.m.depth.Inc()
 		w.poke()
 		r.rem.track(d)
 	}

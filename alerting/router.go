@@ -155,6 +155,9 @@ func NewRouter(cfg Config, o RouterOptions) (*Router, error) {
 	for _, n := range r.routes.all {
 		r.workers[n] = newWorker(n, o.Receivers[n], settings[n], cfg.Outbox, r.m.forReceiver(n))
 	}
+	if err := o.Registerer.Register(newOutboxCollector(o.Outbox, r.routes.all, o.Now)); err != nil {
+		return nil, fmt.Errorf("alerting: register outbox metrics: %w", err)
+	}
 	repeats := cfg.RepeatInterval > 0
 	for _, rt := range cfg.Routes {
 		repeats = repeats || rt.RepeatInterval > 0
@@ -243,7 +246,7 @@ func routeStage(_ context.Context, r *Router, b *putBatch) error {
 		}
 		r.m.routed.Inc()
 		for _, t := range ts {
-			b.ds = append(b.ds, Delivery{DeliveryKey: KeyOf(t.receiver, a), Alert: *a, State: Pending})
+			b.ds = append(b.ds, Delivery{DeliveryKey: KeyOf(t.receiver, a), Alert: *a, State: Pending, Queued: b.now})
 			b.repeats = append(b.repeats, t.repeat)
 		}
 	}
@@ -275,9 +278,7 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 func announceStage(_ context.Context, r *Router, b *putBatch) error {
 	r.hist.deliveries(b.ds, true)
 	for i := range b.ds {
-		w := r.workers[b.ds[i].Receiver]
-		w.m.depth.Inc()
-		w.poke()
+		r.workers[b.ds[i].Receiver].poke()
 		if r.rem != nil && b.repeats[i] > 0 {
 			r.rem.track(&b.ds[i])
 		}
@@ -297,6 +298,11 @@ func (r *Router) Plan(a detectors.Alert) []string {
 		names = append(names, t.receiver)
 	}
 	return names
+}
+
+// Silenced reports whether a silence in force now mutes a.
+func (r *Router) Silenced(a detectors.Alert) bool {
+	return r.silence.mutes(&a, r.now())
 }
 
 // Deliveries returns what the outbox holds about the first delivery of a to each
@@ -327,6 +333,16 @@ func (r *Router) Parked(ctx context.Context, receiver string, limit int) ([]Deli
 	return ds, nil
 }
 
+// Stats returns where the queue of each receiver the outbox holds deliveries for
+// stands: pending, parked and the age of the oldest pending.
+func (r *Router) Stats(ctx context.Context) (map[string]QueueStats, error) {
+	st, err := r.store.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("alerting: outbox: stats: %w", err)
+	}
+	return st, nil
+}
+
 // Requeue sets every parked delivery of receiver pending again, with its attempts
 // and give_up_after clock reset, and returns how many: an operator's retry once the
 // destination is fixed.
@@ -346,14 +362,14 @@ func (r *Router) Requeue(ctx context.Context, receiver string) (int, error) {
 			}
 			return n, err
 		}
+		now := r.now()
 		for i := range ds {
-			ds[i].State, ds[i].Attempts, ds[i].FirstFailure, ds[i].LastError, ds[i].Done = Pending, 0, time.Time{}, "", time.Time{}
+			ds[i].State, ds[i].Queued, ds[i].Attempts, ds[i].FirstFailure, ds[i].LastError, ds[i].Done = Pending, now, 0, time.Time{}, "", time.Time{}
 		}
 		if err := r.store.Update(ctx, ds); err != nil {
 			return n, fmt.Errorf("alerting: outbox: requeue: %w", err)
 		}
 		n += len(ds)
-		w.m.depth.Add(float64(len(ds)))
 		w.poke()
 		r.log.Info("parked deliveries requeued", "receiver", receiver, "deliveries", len(ds))
 	}
@@ -405,23 +421,20 @@ func (r *Router) Run(ctx context.Context) error {
 	return err
 }
 
-// resume reads where the outbox stands: the depth gauges, the receivers it holds
-// deliveries for that are no longer configured, the incidents to remind of.
+// resume reads where the outbox stands: the receivers it holds deliveries for that
+// are no longer configured, the incidents to remind of.
 func (r *Router) resume(ctx context.Context) error {
 	r.putMu.Lock()
 	defer r.putMu.Unlock()
-	depth, err := r.store.Depth(ctx)
+	stats, err := r.store.Stats(ctx)
 	if err != nil {
-		return fmt.Errorf("alerting: outbox: depth: %w", err)
+		return fmt.Errorf("alerting: outbox: stats: %w", err)
 	}
-	for n, w := range r.workers {
-		w.m.depth.Set(float64(depth[n]))
-	}
-	for _, n := range slices.Sorted(maps.Keys(depth)) {
-		if _, ok := r.workers[n]; !ok {
+	for _, n := range slices.Sorted(maps.Keys(stats)) {
+		if _, ok := r.workers[n]; !ok && stats[n].Pending > 0 {
 			// Not an error: a receiver may be removed on purpose. But its queue
 			// stays until it comes back, and someone must know.
-			r.log.Warn("outbox holds deliveries for a receiver that is not configured", "receiver", n, "pending", depth[n])
+			r.log.Warn("outbox holds deliveries for a receiver that is not configured", "receiver", n, "pending", stats[n].Pending)
 		}
 	}
 	if r.rem == nil {
@@ -446,13 +459,13 @@ func (r *Router) resume(ctx context.Context) error {
 func (r *Router) Flush(ctx context.Context) error {
 	for {
 		ch := r.changes()
-		depth, err := r.store.Depth(ctx)
+		stats, err := r.store.Stats(ctx)
 		if err != nil {
-			return fmt.Errorf("alerting: outbox: depth: %w", err)
+			return fmt.Errorf("alerting: outbox: stats: %w", err)
 		}
 		pending := 0
 		for n := range r.workers {
-			pending += depth[n]
+			pending += stats[n].Pending
 		}
 		if pending == 0 {
 			return nil

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -119,24 +121,7 @@ func (h *harness) flush() {
 // metric returns the value of the series of name with the given label.
 func (h *harness) metric(name, label, value string) float64 {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	h.t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
+	return promtest.Value(h.t, h.reg, name, label, value)
 }
 
 // testCfg returns the defaults with backoff from 1s to 1m, and a receiver entry per
@@ -529,21 +514,25 @@ func TestRateLimit(t *testing.T) {
 	})
 }
 
+// failUntilFixed makes every attempt on rec fail with err, worth retrying, until fix
+// is called.
+func failUntilFixed(rec *alertingtest.Recorder, err error) (fix func()) {
+	var fixed atomic.Bool
+	rec.Fail(func(int, []detectors.Alert) (bool, error) {
+		if fixed.Load() {
+			return false, nil
+		}
+		return true, err
+	})
+	return func() { fixed.Store(true) }
+}
+
 func TestGiveUpParksLoudly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testCfg()
 		cfg.Outbox.GiveUpAfter = time.Hour
 		rec := alertingtest.NewRecorder("siem")
-		var fixed bool
-		var mu sync.Mutex
-		rec.Fail(func(int, []detectors.Alert) (bool, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if fixed {
-				return false, nil
-			}
-			return true, errors.New("dial tcp 192.0.2.1:8088: connect: connection refused")
-		})
+		fix := failUntilFixed(rec, errors.New("dial tcp 192.0.2.1:8088: connect: connection refused"))
 		h := newHarness(t, cfg, nil, nil, rec).run()
 		start := time.Now()
 		as := alertingtest.Alerts(3, t0)
@@ -572,9 +561,7 @@ func TestGiveUpParksLoudly(t *testing.T) {
 			t.Errorf("parked delivery keeps %q after %d attempts", parked[0].LastError, parked[0].Attempts)
 		}
 		// The operator fixes the destination and requeues.
-		mu.Lock()
-		fixed = true
-		mu.Unlock()
+		fix()
 		n, err := h.r.Requeue(context.Background(), "siem")
 		if err != nil || n != 3 {
 			t.Fatalf("Requeue = %d, %v; want 3", n, err)
@@ -583,6 +570,45 @@ func TestGiveUpParksLoudly(t *testing.T) {
 		if got := h.metric("gatewatch_alerting_deliveries_sent_total", "receiver", "siem"); got != 3 {
 			t.Errorf("sent after requeue = %v, want 3", got)
 		}
+	})
+}
+
+// TestOutboxMetrics: depth, the age of the oldest pending delivery and the parked
+// count come from the outbox at scrape time, as a receiver falls behind, gives up
+// and is requeued.
+func TestOutboxMetrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testCfg()
+		cfg.Outbox.GiveUpAfter = time.Hour
+		rec := alertingtest.NewRecorder("siem")
+		fix := failUntilFixed(rec, errors.New("unexpected HTTP status 503 Service Unavailable"))
+		h := newHarness(t, cfg, nil, nil, rec).run()
+		check := func(when string, depth, age, parked float64) {
+			t.Helper()
+			for name, want := range map[string]float64{
+				"gatewatch_alerting_outbox_depth":                      depth,
+				"gatewatch_alerting_outbox_oldest_pending_age_seconds": age,
+				"gatewatch_alerting_outbox_parked_deliveries":          parked,
+			} {
+				if got := h.metric(name, "receiver", "siem"); got != want {
+					t.Errorf("%s: %s = %v, want %v", when, name, got, want)
+				}
+			}
+		}
+		check("before any alert", 0, 0, 0)
+		h.put(alertingtest.Alerts(2, t0)...)
+		time.Sleep(10 * time.Minute)
+		h.put(alertingtest.Alerts(3, t0.Add(time.Hour))[2])
+		synctest.Wait()
+		check("failing for 10 minutes", 3, 600, 0)
+		h.flush() // the first two give up after an hour, the third ten minutes later
+		check("given up", 0, 0, 3)
+		fix()
+		if _, err := h.r.Requeue(context.Background(), "siem"); err != nil {
+			t.Fatal(err)
+		}
+		h.flush()
+		check("requeued and delivered", 0, 0, 0)
 	})
 }
 
@@ -688,7 +714,7 @@ func TestPutRefusesAlertsWithoutID(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "alert 1") {
 		t.Fatalf("Put = %v, want an error naming alert 1", err)
 	}
-	if depth, _ := h.ob.Depth(context.Background()); len(depth) != 0 {
+	if depth, _ := h.ob.Stats(context.Background()); len(depth) != 0 {
 		t.Errorf("outbox holds %v after a refused Put, want nothing", depth)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
@@ -26,7 +28,7 @@ func engineAlerts(t *testing.T, runbookBase string) []detectors.Alert {
 	cfg.NewCountry.LearningPeriod = time.Hour
 	cfg.NewCountry.MinEvents = 5
 	cfg.QuietEndpointSpike.LearningPeriod = time.Hour
-	e, err := detectors.NewEngine(cfg, detectors.Options{RunbookBaseURL: runbookBase})
+	e, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), RunbookBaseURL: runbookBase})
 	if err != nil {
 		t.Fatal(err)
 	}

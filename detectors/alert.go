@@ -66,7 +66,8 @@ func (s *Severity) UnmarshalYAML(n *yaml.Node) error {
 		return err
 	}
 	if !Severity(v).Valid() {
-		return fmt.Errorf("line %d: severity must be low, medium, high or critical, got %q", n.Line, v)
+		// A TypeError, so that the decoder goes on and reports the file's other errors too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: severity must be low, medium, high or critical, got %q", n.Line, v)}}
 	}
 	*s = Severity(v)
 	return nil

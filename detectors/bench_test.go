@@ -14,6 +14,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -145,7 +147,7 @@ func benchEngine(b *testing.B, uniform bool) {
 				cfg = only(name)
 			}
 			m := newBenchMix(uniform)
-			e, err := NewEngine(cfg, Options{Baselines: NewMemoryBaselines(m.snapshot())})
+			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot())})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -193,7 +195,7 @@ func benchMemory(b *testing.B, name string, mk func(i int, ts time.Time) ingest.
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		e, err := NewEngine(only(name), Options{})
+		e, err := NewEngine(only(name), Options{Registerer: prometheus.NewRegistry()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // Config is the detectors section of gatewatch.yaml. Decode it over DefaultConfig with
@@ -218,22 +220,13 @@ func DefaultConfig() Config {
 	}
 }
 
-// A ConfigError is one invalid setting. Path (also returned by Key) is its dotted path
-// below the detectors section ("forbidden_burst.min_ratio"), which the config loader
-// turns into a file position.
-type ConfigError struct {
-	Path string
-	Msg  string
-}
+// A ConfigError is one invalid setting: the config.Error every part reports. Path
+// (also returned by Key) is its dotted path below the detectors section
+// ("forbidden_burst.min_ratio"), which the config loader turns into a file position.
+type ConfigError = config.Error
 
-func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
-
-// Key returns the dotted path of the setting below the detectors section.
-func (e *ConfigError) Key() string { return e.Path }
-
-func cfgErr(path, format string, args ...any) error {
-	return &ConfigError{Path: path, Msg: fmt.Sprintf(format, args...)}
-}
+// cfgErr reports one invalid setting at its key path below the detectors section.
+var cfgErr = config.Errorf
 
 // Limits that keep state bounded and windows representable.
 const (

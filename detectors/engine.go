@@ -2,6 +2,7 @@ package detectors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -13,13 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Options carries the engine's runtime dependencies; the zero value of each field is a
-// documented default.
+// Options carries the engine's runtime dependencies; Registerer is required, and the
+// zero value of every other field is a documented default.
 type Options struct {
 	// Baselines is where baselines are loaded from and written to; nil: an empty
 	// MemoryBaselines.
 	Baselines BaselineStore
-	// Registerer receives the engine's metrics; nil registers nothing.
+	// Registerer receives the engine's metrics; required (tests pass
+	// prometheus.NewPedanticRegistry()).
 	Registerer prometheus.Registerer
 	// Logger logs changes of state, never single events; nil discards.
 	Logger *slog.Logger
@@ -123,11 +125,11 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
+	if opts.Registerer == nil {
+		return nil, errors.New("detectors: Options.Registerer is required")
 	}
 	log := opts.Logger.With("component", "detectors")
+	m := newMetrics(opts.Registerer)
 	e := &Engine{
 		store:    opts.Baselines,
 		log:      log,

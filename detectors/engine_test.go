@@ -84,7 +84,7 @@ func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
 	s := genScenario(5, 2, true)
 	store := NewMemoryBaselines(s.snap)
 	var e *Engine
-	e, err := NewEngine(DefaultConfig(), Options{Baselines: store})
+	e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestRunWritesBaselinesPerBucket(t *testing.T) {
 	cfg.TokenReuse.Enabled, cfg.QuietEndpointSpike.Enabled = false, false
 	store := NewMemoryBaselines(Baselines{})
 	var e *Engine
-	e, err := NewEngine(cfg, Options{Baselines: store})
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestRunAckTiming(t *testing.T) {
 	cfg := DefaultConfig()
 	store := NewMemoryBaselines(Baselines{})
 	var e *Engine
-	e, err := NewEngine(cfg, Options{Baselines: store})
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestRunErrors(t *testing.T) {
 		{"baselines fail to load", &sliceSource{}, &recordingSink{}, failingStore{boom}, "detectors: load baselines: boom", boom},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := NewEngine(only(ForbiddenBurst), Options{Baselines: tc.store})
+			e, err := NewEngine(only(ForbiddenBurst), Options{Registerer: prometheus.NewRegistry(), Baselines: tc.store})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -236,7 +236,7 @@ func TestRunErrors(t *testing.T) {
 	t.Run("cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		e, _ := NewEngine(DefaultConfig(), Options{})
+		e, _ := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry()})
 		if err := e.Run(ctx, &sliceSource{}, &recordingSink{}); !errors.Is(err, context.Canceled) {
 			t.Errorf("Run = %v, want context.Canceled", err)
 		}
@@ -251,21 +251,27 @@ func (f failingStore) UpdateBaselines(context.Context, Baselines) error { return
 func TestNewEngineRejectsBadConfig(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.ForbiddenBurst.MinRatio = 1.5
-	_, err := NewEngine(cfg, Options{})
+	_, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry()})
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Key() != "forbidden_burst.min_ratio" {
 		t.Errorf("NewEngine = %v, want a ConfigError for forbidden_burst.min_ratio", err)
 	}
 }
 
-func TestTwoEnginesOnOneRegistry(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	if _, err := NewEngine(DefaultConfig(), Options{Registerer: reg}); err != nil {
-		t.Fatal(err)
+// TestEnginesNeedARegisterer: the Registerer is required, and engines sharing a registry
+// tell their series apart with labels of their own.
+func TestEnginesNeedARegisterer(t *testing.T) {
+	if _, err := NewEngine(DefaultConfig(), Options{}); err == nil || !strings.Contains(err.Error(), "Registerer is required") {
+		t.Errorf("NewEngine without a Registerer = %v, want an error", err)
 	}
-	_, err := NewEngine(DefaultConfig(), Options{Registerer: reg})
-	if !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-		t.Errorf("second NewEngine on one registry = %v, want an AlreadyRegisteredError", err)
+	reg := prometheus.NewPedanticRegistry()
+	for _, task := range []string{"0", "1"} {
+		if _, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"task": task}, reg)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := testutil.GatherAndCount(reg, "gatewatch_detectors_events_total"); err != nil || n != 2 {
+		t.Errorf("events series of two engines = %d, %v; want one per engine", n, err)
 	}
 }
 
@@ -316,7 +322,7 @@ func TestObserveAllocatesNothingForKnownKeys(t *testing.T) {
 		t.Skip("warms up on generated traffic")
 	}
 	s := genScenario(11, 3, false)
-	e, err := NewEngine(DefaultConfig(), Options{Baselines: NewMemoryBaselines(s.snap)})
+	e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(s.snap)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +356,7 @@ func TestObserveAllocatesNothingForKnownKeys(t *testing.T) {
 }
 
 func TestFlushClosesOpenWindows(t *testing.T) {
-	e, err := NewEngine(only(ForbiddenBurst), Options{})
+	e, err := NewEngine(only(ForbiddenBurst), Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +419,7 @@ func TestLoadBaselinesRespectsMaxKeys(t *testing.T) {
 	cfg := only(NewCountry)
 	cfg.NewCountry.MaxKeys = 3
 	store := NewMemoryBaselines(snap)
-	e, err := NewEngine(cfg, Options{Baselines: store})
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
 		t.Fatal(err)
 	}

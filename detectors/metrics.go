@@ -1,10 +1,8 @@
 package detectors
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 type metrics struct {
@@ -20,12 +18,12 @@ type metrics struct {
 	keys      *prometheus.GaugeVec
 }
 
-// newMetrics registers the engine's metrics with reg; a nil reg registers nothing. It
-// returns an error, where promauto would panic, when reg already has them: engines
-// sharing a process need registries of their own, or registerers wrapped with labels
-// that tell them apart.
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	f := &factory{}
+// newMetrics registers the engine's metrics with reg, through promauto as every part
+// does: registering them twice on one registry panics, so engines sharing a process
+// need registries of their own, or registerers wrapped with labels that tell them
+// apart (prometheus.WrapRegistererWith). reg must not be nil (NewEngine refuses it).
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
 	m := &metrics{
 		events: f.NewCounter(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_events_total",
@@ -74,43 +72,5 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.expired.WithLabelValues(d)
 		m.keys.WithLabelValues(d)
 	}
-	if reg != nil {
-		var errs []error
-		for _, c := range *f {
-			if err := reg.Register(c); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
-			return nil, fmt.Errorf("detectors: register metrics: %w", err)
-		}
-	}
-	return m, nil
-}
-
-// factory makes metrics and remembers them for registration.
-type factory []prometheus.Collector
-
-func (f *factory) NewCounter(o prometheus.CounterOpts) prometheus.Counter {
-	c := prometheus.NewCounter(o)
-	*f = append(*f, c)
-	return c
-}
-
-func (f *factory) NewGauge(o prometheus.GaugeOpts) prometheus.Gauge {
-	g := prometheus.NewGauge(o)
-	*f = append(*f, g)
-	return g
-}
-
-func (f *factory) NewCounterVec(o prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(o, labels)
-	*f = append(*f, c)
-	return c
-}
-
-func (f *factory) NewGaugeVec(o prometheus.GaugeOpts, labels []string) *prometheus.GaugeVec {
-	g := prometheus.NewGaugeVec(o, labels)
-	*f = append(*f, g)
-	return g
+	return m
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -92,7 +94,7 @@ func TestRefreshAdoptsOtherInstancesBaselines(t *testing.T) {
 		cfg.BaselineRefresh = refresh
 		mem := NewMemoryBaselines(*known("k-stale", month, 100, "DE"))
 		store := &countingStore{BaselineStore: mem}
-		e, err := NewEngine(cfg, Options{Baselines: store})
+		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +165,7 @@ func TestRefreshMergeIsIdempotent(t *testing.T) {
 	cfg.NewCountry.LearningPeriod = 0
 	cfg.NewCountry.MinEvents = 0
 	mem := NewMemoryBaselines(Baselines{})
-	e, err := NewEngine(cfg, Options{Baselines: mem})
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +238,7 @@ func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
 		cfg.BaselineRefresh = refresh
 		mem := NewMemoryBaselines(s.snap)
 		store := &countingStore{BaselineStore: mem}
-		e, err := NewEngine(cfg, Options{Baselines: store})
+		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +278,7 @@ func TestRefreshFailureKeepsRunning(t *testing.T) {
 	boom := errors.New("boom")
 	fs := &flakyStore{MemoryBaselines: NewMemoryBaselines(Baselines{})}
 	cfg := only(ForbiddenBurst)
-	e, err := NewEngine(cfg, Options{Baselines: fs})
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: fs})
 	if err != nil {
 		t.Fatal(err)
 	}

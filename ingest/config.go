@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // Config is the ingest section of gatewatch.yaml.
@@ -31,8 +33,8 @@ type KafkaConfig struct {
 	BatchSize   int           `yaml:"batch_size"`   // most events handed to the engine at once; default 1000
 	BatchWait   time.Duration `yaml:"batch_wait"`   // longest a partial batch waits for more records; default 100ms
 	MaxBytes    int           `yaml:"max_bytes"`    // most bytes per fetch; default 10 MiB
-	TLS         TLSConfig     `yaml:"tls"`
-	SASL        SASLConfig    `yaml:"sasl"`
+	TLS         config.TLS    `yaml:"tls"`
+	SASL        config.SASL   `yaml:"sasl"`
 	Timeout     time.Duration `yaml:"timeout"` // dial and commit deadline; default 10s
 }
 
@@ -40,24 +42,6 @@ type KafkaConfig struct {
 type TopicConfig struct {
 	Name   string `yaml:"name"`
 	Format string `yaml:"format"`
-}
-
-// TLSConfig enables TLS to a server. Paths are files; nothing secret is inline.
-type TLSConfig struct {
-	Enabled            bool   `yaml:"enabled"`
-	CAFile             string `yaml:"ca_file"`
-	CertFile           string `yaml:"cert_file"`
-	KeyFile            string `yaml:"key_file"`
-	ServerName         string `yaml:"server_name"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
-}
-
-// SASLConfig authenticates to Kafka. The password comes from a file or an environment variable.
-type SASLConfig struct {
-	Mechanism    string `yaml:"mechanism"` // plain, scram-sha-256 or scram-sha-512; empty: no SASL
-	Username     string `yaml:"username"`
-	PasswordFile string `yaml:"password_file"`
-	PasswordEnv  string `yaml:"password_env"`
 }
 
 // GeoIPConfig points at a MaxMind Country or City database; empty means no GeoIP.
@@ -92,20 +76,17 @@ func DefaultConfig() Config {
 	}
 }
 
-// A ConfigError is one invalid setting. Key is the dotted path below the ingest
-// section ("kafka.topics[1].format"), which the config loader turns into a file position.
-type ConfigError struct {
-	Key string
-	Msg string
+// cfgErr reports one invalid setting at its key path below the ingest section
+// ("kafka.topics[1].format"), which the config loader turns into a file position.
+var cfgErr = config.Errorf
+
+// TokenSecretRef is where the token secret comes from: token_secret_file or
+// token_secret_env.
+func (c *Config) TokenSecretRef() config.SecretRef {
+	return config.SecretRef{Key: "token_secret", File: c.TokenSecretFile, Env: c.TokenSecretEnv}
 }
 
-func (e *ConfigError) Error() string { return e.Key + ": " + e.Msg }
-
-func cfgErr(key, format string, args ...any) error {
-	return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
-}
-
-// Validate reports every invalid setting at once.
+// Validate reports every invalid setting at once, each as a *config.Error.
 func (c *Config) Validate() error {
 	var errs []error
 	k := &c.Kafka
@@ -146,24 +127,8 @@ func (c *Config) Validate() error {
 	if k.Timeout <= 0 {
 		errs = append(errs, cfgErr("kafka.timeout", "must be positive, got %s", k.Timeout))
 	}
-	if (k.TLS.CertFile == "") != (k.TLS.KeyFile == "") {
-		errs = append(errs, cfgErr("kafka.tls", "cert_file and key_file go together"))
-	}
-	switch k.SASL.Mechanism {
-	case "":
-	case "plain", "scram-sha-256", "scram-sha-512":
-		if k.SASL.Username == "" {
-			errs = append(errs, cfgErr("kafka.sasl.username", "must be set for SASL"))
-		}
-		if k.SASL.PasswordFile == "" && k.SASL.PasswordEnv == "" {
-			errs = append(errs, cfgErr("kafka.sasl", "needs password_file or password_env"))
-		}
-	default:
-		errs = append(errs, cfgErr("kafka.sasl.mechanism", "must be plain, scram-sha-256 or scram-sha-512, got %q", k.SASL.Mechanism))
-	}
-	if c.TokenSecretFile != "" && c.TokenSecretEnv != "" {
-		errs = append(errs, cfgErr("token_secret_file", "set token_secret_file or token_secret_env, not both"))
-	}
+	errs = append(errs, config.Prefix("kafka.tls", k.TLS.Validate()), config.Prefix("kafka.sasl", k.SASL.Validate()),
+		c.TokenSecretRef().Validate(false))
 	if c.MaxLineBytes < 1<<10 || c.MaxLineBytes > 64<<20 {
 		errs = append(errs, cfgErr("max_line_bytes", "must be between 1024 and 67108864, got %d", c.MaxLineBytes))
 	}
@@ -172,6 +137,26 @@ func (c *Config) Validate() error {
 	}
 	if c.DeadLetter.Topic != "" && len(k.Brokers) == 0 {
 		errs = append(errs, cfgErr("dead_letter.topic", "needs kafka.brokers"))
+	}
+	return errors.Join(errs...)
+}
+
+// Check reads what the settings name, as start-up will: the token secret (at least
+// 16 bytes), the SASL password, the TLS files. It reports each problem as a
+// *config.Error and never a secret's value. The GeoIP database is OpenGeoIP's.
+func (c *Config) Check() error {
+	var errs []error
+	if c.TokenSecretRef().IsSet() {
+		_, err := c.TokenSecretRef().Load(minSecretBytes)
+		errs = append(errs, err)
+	}
+	if len(c.Kafka.Brokers) > 0 {
+		_, err := c.Kafka.TLS.Client(false)
+		errs = append(errs, config.Prefix("kafka.tls", err))
+		if c.Kafka.SASL.Mechanism != "" {
+			_, err := c.Kafka.SASL.Password().Load(1)
+			errs = append(errs, config.Prefix("kafka.sasl", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -187,7 +172,7 @@ func (c *Config) ParserOptions(allowRandom bool) (ParserOptions, error) {
 		MaxClockSkew: c.MaxClockSkew,
 	}
 	switch {
-	case c.TokenSecretFile != "" || c.TokenSecretEnv != "":
+	case c.TokenSecretRef().IsSet():
 		s, err := LoadTokenSecret(c.TokenSecretFile, c.TokenSecretEnv)
 		if err != nil {
 			return o, err

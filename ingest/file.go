@@ -15,17 +15,19 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // FileOptions configures a FileSource.
 type FileOptions struct {
-	Format      string        // required: one of Formats
-	Parser      ParserOptions // each parsing goroutine builds its own parser from these
-	DeadLetters DeadLetters   // nil: rejected records are only counted
-	Metrics     *Metrics      // nil: NewMetrics(nil)
-	BatchSize   int           // lines per batch, parsed by one goroutine; 0: 1024
-	Workers     int           // parsing goroutines; 0: GOMAXPROCS
-	Stdin       io.Reader     // what "-" reads; nil: os.Stdin
+	Format      string                // required: one of Formats
+	Parser      ParserOptions         // each parsing goroutine builds its own parser from these
+	DeadLetters DeadLetters           // nil: rejected records are only counted
+	Registerer  prometheus.Registerer // required: the ingest metrics (NewMetrics)
+	BatchSize   int                   // lines per batch, parsed by one goroutine; 0: 1024
+	Workers     int                   // parsing goroutines; 0: GOMAXPROCS
+	Stdin       io.Reader             // what "-" reads; nil: os.Stdin
 }
 
 // FileSource reads records, one per line, from files, directories (every regular file
@@ -35,6 +37,7 @@ type FileOptions struct {
 type FileSource struct {
 	paths  []string
 	opts   FileOptions
+	m      *Metrics
 	cancel context.CancelFunc
 	out    chan chunk
 	done   chan struct{}
@@ -72,8 +75,8 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 		return nil, err
 	}
 	opts.Parser = po
-	if opts.Metrics == nil {
-		opts.Metrics = NewMetrics(nil)
+	if opts.Registerer == nil {
+		return nil, errors.New("ingest: FileOptions.Registerer is required")
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = defaultFileBatch
@@ -117,7 +120,7 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 			return nil, fmt.Errorf("ingest: input: %w", err)
 		}
 	}
-	return &FileSource{paths: files, opts: opts}, nil
+	return &FileSource{paths: files, opts: opts, m: NewMetrics(opts.Registerer)}, nil
 }
 
 func (s *FileSource) start() {
@@ -186,7 +189,7 @@ func (s *FileSource) read(ctx context.Context, path string, work chan<- chunk) e
 		defer zr.Close()
 		br = bufio.NewReaderSize(zr, fileReadBuffer)
 	}
-	s.opts.Metrics.Init(name)
+	s.m.Init(name)
 	limit := s.opts.Parser.MaxLineBytes
 	var (
 		lineNo int64
@@ -291,7 +294,7 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		m := s.opts.Metrics
+		m := s.m
 		m.Records.WithLabelValues(c.source).Add(float64(len(c.lines)))
 		m.Events.WithLabelValues(c.source).Add(float64(len(r.events)))
 		for _, dl := range r.letters {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -98,6 +100,7 @@ func TestFileSourceKeepsOrderAcrossWorkersAndFiles(t *testing.T) {
 	for _, workers := range []int{1, 2, 7} {
 		src, err := ingest.NewFileSource([]string{dir}, ingest.FileOptions{
 			Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Workers: workers, BatchSize: 777,
+			Registerer: prometheus.NewPedanticRegistry(),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -128,12 +131,11 @@ func TestFileSourceDeadLettersEveryBadLineAndGoesOn(t *testing.T) {
 	path := filepath.Join(dir, "in.log")
 	writeLines(t, path, lines, false)
 	letters := &memLetters{}
-	reg := ingest.NewMetrics(nil)
 	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{
 		Format:      ingest.FormatNginx,
 		Parser:      ingest.ParserOptions{Secret: testSecret(t), MaxLineBytes: 2048},
 		DeadLetters: letters,
-		Metrics:     reg,
+		Registerer:  prometheus.NewPedanticRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +172,7 @@ func TestFileSourceStdinAndLongLinesUnderTheCap(t *testing.T) {
 	in := strings.NewReader(long + "\r\n" + nginxLine(2)) // CRLF, and no final newline
 	src, err := ingest.NewFileSource([]string{"-"}, ingest.FileOptions{
 		Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Stdin: in,
+		Registerer: prometheus.NewPedanticRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +215,7 @@ func TestFileDeadLettersWritesJSONLines(t *testing.T) {
 }
 
 func TestNewFileSourceErrors(t *testing.T) {
-	opts := ingest.FileOptions{Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}}
+	opts := ingest.FileOptions{Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Registerer: prometheus.NewPedanticRegistry()}
 	if _, err := ingest.NewFileSource([]string{"testdata/none"}, opts); err == nil {
 		t.Error("missing file accepted")
 	}
@@ -224,5 +227,9 @@ func TestNewFileSourceErrors(t *testing.T) {
 	opts.Parser.Secret = ingest.TokenSecret{}
 	if _, err := ingest.NewFileSource([]string{"-"}, opts); err == nil {
 		t.Error("no token secret accepted")
+	}
+	opts.Parser.Secret, opts.Registerer = testSecret(t), nil
+	if _, err := ingest.NewFileSource([]string{"-"}, opts); err == nil || !strings.Contains(err.Error(), "Registerer is required") {
+		t.Errorf("no Registerer: %v", err)
 	}
 }

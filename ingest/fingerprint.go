@@ -6,12 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"log/slog"
-	"os"
 	"strings"
+
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // minSecretBytes is the shortest token secret accepted: HMAC keys shorter than the
@@ -42,23 +42,14 @@ func RandomTokenSecret() TokenSecret {
 }
 
 // LoadTokenSecret reads the secret from a file (trailing newlines trimmed), or failing
-// that from the named environment variable. Both empty is an error.
+// that from the named environment variable, through the loader every secret shares.
+// Both empty is an error.
 func LoadTokenSecret(file, env string) (TokenSecret, error) {
-	switch {
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return TokenSecret{}, fmt.Errorf("ingest: read token secret: %w", err)
-		}
-		return NewTokenSecret(bytes.TrimRight(b, "\r\n"))
-	case env != "":
-		v, ok := os.LookupEnv(env)
-		if !ok || v == "" {
-			return TokenSecret{}, fmt.Errorf("ingest: token secret: environment variable %s is not set", env)
-		}
-		return NewTokenSecret([]byte(v))
+	s, err := config.SecretRef{Key: "token_secret", File: file, Env: env}.Load(minSecretBytes)
+	if err != nil {
+		return TokenSecret{}, fmt.Errorf("ingest: %w", err)
 	}
-	return TokenSecret{}, errors.New("ingest: no token secret configured")
+	return NewTokenSecret([]byte(s.Reveal()))
 }
 
 // IsZero reports whether no secret was set.

@@ -5,8 +5,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// Metrics are the counters every source keeps. Create them once per registry with
-// NewMetrics and share them between the sources of one pipeline.
+// Metrics are the counters every source keeps. A source makes its own from the
+// Registerer its options require (NewMetrics).
 type Metrics struct {
 	Records     *prometheus.CounterVec // by source: records read, accepted or not
 	Events      *prometheus.CounterVec // by source: records that became events
@@ -14,7 +14,11 @@ type Metrics struct {
 	ConsumerLag *prometheus.GaugeVec   // by topic and partition: records behind the partition's end
 }
 
-// NewMetrics registers the ingest metrics with reg; a nil reg registers nothing (tests).
+// NewMetrics registers the ingest metrics with reg, through promauto as every part
+// does: registering them twice on one registry panics, so two sources in one process
+// need registries of their own, or registerers wrapped with labels that tell them
+// apart (prometheus.WrapRegistererWith). reg must not be nil: the sources refuse
+// options without one.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
 	return &Metrics{

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
@@ -58,6 +60,7 @@ func run(t testing.TB, path, format string, workers int, o replay.Options) ([]by
 	t.Helper()
 	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{
 		Format: format, Parser: ingest.ParserOptions{Secret: secret(t), Now: func() time.Time { return synth.DefaultStart }}, Workers: workers,
+		Registerer: prometheus.NewPedanticRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -185,7 +185,7 @@ func sameSet(a, b []string) bool {
 func TestClickHouseAlertHistory(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
-	testAlertHistory(t, startClickHouse(t, testConfig(t, addr, db), nil))
+	testAlertHistory(t, startClickHouse(t, testConfig(t, addr, db), prometheus.NewRegistry()))
 }
 
 func TestAlertHistorySurvivesOutage(t *testing.T) {
@@ -213,7 +213,7 @@ func TestAlertHistorySurvivesOutage(t *testing.T) {
 		}
 	}
 
-	c1, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: prometheus.NewPedanticRegistry(), MaxRetryInterval: 200 * time.Millisecond})
+	c1, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: prometheus.NewPedanticRegistry(), MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestAlertHistorySurvivesOutage(t *testing.T) {
 	}
 
 	// gatewatch restarts while ClickHouse is still down, then ClickHouse comes back.
-	c2, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: prometheus.NewPedanticRegistry(), MaxRetryInterval: 200 * time.Millisecond})
+	c2, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: prometheus.NewPedanticRegistry(), MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
@@ -115,7 +117,7 @@ func BenchmarkArchiveInsert(b *testing.B) {
 func benchClickHouse(b *testing.B, addr, db string) *ClickHouse {
 	b.Helper()
 	cfg := Config{DataDir: b.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{addr}, Database: db}}
-	c, err := NewClickHouse(cfg, ClickHouseOptions{})
+	c, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}

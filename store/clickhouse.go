@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // ErrBufferFull is returned by ArchiveEvents when taking the events would hold more
@@ -32,9 +33,9 @@ var errWriteTimeout = errors.New("store: clickhouse did not answer within write_
 
 // ClickHouseOptions are the runtime dependencies of a ClickHouse store.
 type ClickHouseOptions struct {
-	Logger  *slog.Logger          // nil: discard
-	Metrics prometheus.Registerer // nil: metrics are kept but not registered
-	Now     func() time.Time      // nil: time.Now; ages batches and dates retention
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // required: the archive and baseline metrics
+	Now        func() time.Time      // nil: time.Now; ages batches and dates retention
 	// MaxRetryInterval caps the wait between attempts to reach ClickHouse while it is
 	// down (exponential backoff with jitter from 100ms); 0: 10s.
 	MaxRetryInterval time.Duration
@@ -112,18 +113,21 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if o.Registerer == nil {
+		return nil, errors.New("store: ClickHouseOptions.Registerer is required")
+	}
 	chc := cfg.ClickHouse.withDefaults(cfg.DataDir)
 	password, err := chc.password()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("store: %w", config.Prefix("clickhouse", err))
 	}
-	tlsConfig, err := chc.tlsConfig()
+	tlsConfig, err := chc.TLS.Client(false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("store: %w", config.Prefix("clickhouse.tls", err))
 	}
 	opts := clickhouse.Options{
 		Addr: chc.Addr,
-		Auth: clickhouse.Auth{Database: chc.Database, Username: chc.Username, Password: password},
+		Auth: clickhouse.Auth{Database: chc.Database, Username: chc.Username, Password: password.Reveal()},
 		// The dialer does TLS itself: clickhouse-go ignores TLS when DialContext is set.
 		DialContext: dialer(chc.DialTimeout, chc.WriteTimeout, tlsConfig),
 		// LZ4 costs little CPU and cuts the bytes of repetitive log fields several times.
@@ -158,7 +162,7 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 		chOpts:    opts,
 		conn:      conn,
 		log:       o.Logger.With("component", "store"),
-		m:         newArchiveMetrics(o.Metrics),
+		m:         newArchiveMetrics(o.Registerer),
 		now:       o.Now,
 		retryMax:  o.MaxRetryInterval,
 		pending:   map[uint64]bool{},

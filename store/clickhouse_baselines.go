@@ -55,7 +55,7 @@ func newBaselineState(c *ClickHouse, o ClickHouseOptions) (*baselineState, error
 	}
 	b := &baselineState{
 		settings: o.Baselines.withDefaults(),
-		m:        newBaselineMetrics(o.Metrics),
+		m:        newBaselineMetrics(o.Registerer),
 		spill:    sp,
 		bo: &backoff.ExponentialBackOff{
 			InitialInterval:     100 * time.Millisecond,

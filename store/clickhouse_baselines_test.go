@@ -58,10 +58,11 @@ func TestClickHouseBaselines(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	testBaselines(t, func(t *testing.T) (baselineStore, func() baselineStore) {
 		cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
-		o := ClickHouseOptions{Baselines: suiteSettings}
+		o := ClickHouseOptions{Registerer: prometheus.NewRegistry(), Baselines: suiteSettings}
 		c, stop := openClickHouse(t, cfg, o)
 		return c, func() baselineStore {
 			stop()
+			o.Registerer = prometheus.NewRegistry() // the restarted process's
 			c, stop = openClickHouse(t, cfg, o)
 			return c
 		}
@@ -76,7 +77,7 @@ func TestClickHouseBaselineVersions(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	c, stop := openClickHouse(t, cfg, ClickHouseOptions{Now: func() time.Time { return now }})
+	c, stop := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return now }})
 	ctx := testContext(t)
 	at := func(h int) time.Time { return now.Add(time.Duration(h) * time.Hour) }
 	older := detectors.Baselines{
@@ -129,7 +130,7 @@ func TestClickHouseBaselineVersions(t *testing.T) {
 	update(c, 10)
 	stop()
 	now = now.Add(-time.Hour)
-	c, _ = openClickHouse(t, cfg, ClickHouseOptions{Now: func() time.Time { return now }})
+	c, _ = openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return now }})
 	if _, err := c.LoadBaselines(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestClickHouseBaselinesSurviveOutage(t *testing.T) {
 	}
 
 	reg1 := prometheus.NewPedanticRegistry()
-	c1, stop1 := openClickHouse(t, cfg, ClickHouseOptions{Metrics: reg1})
+	c1, stop1 := openClickHouse(t, cfg, ClickHouseOptions{Registerer: reg1})
 	for i := range 5 {
 		round(c1, i)
 	}
@@ -195,7 +196,7 @@ func TestClickHouseBaselinesSurviveOutage(t *testing.T) {
 
 	// gatewatch restarts while ClickHouse is still down.
 	reg2 := prometheus.NewPedanticRegistry()
-	c2 := openClickHouseDown(t, cfg, ClickHouseOptions{Metrics: reg2})
+	c2 := openClickHouseDown(t, cfg, ClickHouseOptions{Registerer: reg2})
 	for i := 15; i < 20; i++ {
 		round(c2, i)
 	}
@@ -222,7 +223,7 @@ func TestClickHouseBaselinesSurviveOutage(t *testing.T) {
 	// ClickHouse alone, and so does a reader after merges.
 	fresh := cfg
 	fresh.DataDir = t.TempDir()
-	c3, _ := openClickHouse(t, fresh, ClickHouseOptions{})
+	c3, _ := openClickHouse(t, fresh, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	sameAsModel(t, "read by another instance", c3, model)
 	conn := testConn(t, srv.Addr(), cfg.ClickHouse.Database)
 	for _, table := range []string{"key_stats", "key_countries", "route_baselines", "baseline_meta"} {
@@ -260,7 +261,7 @@ func TestClickHouseLoadWaitsForClickHouse(t *testing.T) {
 	srv := clickhousetest.Start(t)
 	cfg := testConfig(t, srv.Addr(), clickhousetest.NewDatabase(t, srv.Addr()))
 	cfg.ClickHouse.DialTimeout = 500 * time.Millisecond
-	c, _ := openClickHouse(t, cfg, ClickHouseOptions{})
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	ctx := testContext(t)
 	model := detectors.NewMemoryBaselines(detectors.Baselines{})
 	update(t, c, model, randomBaselines(rand.New(rand.NewPCG(9, 10)), 50, 3, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)))
@@ -316,7 +317,7 @@ func TestBaselineUpdateCodec(t *testing.T) {
 func TestClickHousePrunesBaselines(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
-	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Baselines: suiteSettings})
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Baselines: suiteSettings})
 	conn := testConn(t, addr, cfg.ClickHouse.Database)
 	// Mutations run in the background; 18.16 cannot wait for them in the ALTER.
 	settle := func() {
@@ -363,7 +364,7 @@ func TestClickHouseSetsCorruptSpilledUpdatesAside(t *testing.T) {
 	if err := os.WriteFile(damaged, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, _ := openClickHouse(t, cfg, ClickHouseOptions{})
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	got, err := c.LoadBaselines(testContext(t))
 	if err != nil {
 		t.Fatal(err)

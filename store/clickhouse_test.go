@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,10 +42,14 @@ func testConfig(t *testing.T, addr, db string) Config {
 	}
 }
 
-// startClickHouse creates c, migrates it and runs it until the test ends.
+// startClickHouse creates c, migrates it and runs it until the test ends; reg nil: a
+// registry of its own.
 func startClickHouse(t *testing.T, cfg Config, reg prometheus.Registerer) *ClickHouse {
 	t.Helper()
-	c, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: reg, MaxRetryInterval: 200 * time.Millisecond})
+	if reg == nil {
+		reg = prometheus.NewRegistry() // the test reads no metric
+	}
+	c, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: reg, MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +98,7 @@ func count(t *testing.T, conn driver.Conn, query string, args ...any) uint64 {
 func TestClickHouseArchive(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	testArchive(t, func(t *testing.T) archive {
-		return startClickHouse(t, testConfig(t, addr, clickhousetest.NewDatabase(t, addr)), nil)
+		return startClickHouse(t, testConfig(t, addr, clickhousetest.NewDatabase(t, addr)), prometheus.NewRegistry())
 	})
 }
 
@@ -199,7 +204,7 @@ func checkSchema(t *testing.T, conn driver.Conn) {
 func TestArchiveFeedsMinuteCounts(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
-	c := startClickHouse(t, testConfig(t, addr, db), nil)
+	c := startClickHouse(t, testConfig(t, addr, db), prometheus.NewRegistry())
 	ctx := testContext(t)
 	evs := testEvents(5, 5000, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), 29*time.Millisecond, 7)
 	if err := c.ArchiveEvents(ctx, evs); err != nil {
@@ -239,7 +244,7 @@ func TestArchiveWritesABlockOnce(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
 	reg := prometheus.NewPedanticRegistry()
-	c, err := NewClickHouse(testConfig(t, addr, db), ClickHouseOptions{Metrics: reg})
+	c, err := NewClickHouse(testConfig(t, addr, db), ClickHouseOptions{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +334,7 @@ func TestArchiveBufferIsBounded(t *testing.T) {
 	cfg := testConfig(t, addr, db)
 	cfg.ClickHouse.BatchSize, cfg.ClickHouse.BufferSize = 100, 1000
 	reg := prometheus.NewPedanticRegistry()
-	c, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: reg})
+	c, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +389,7 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 	}
 
 	reg1 := prometheus.NewPedanticRegistry()
-	c1, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: reg1, MaxRetryInterval: 200 * time.Millisecond})
+	c1, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: reg1, MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +443,7 @@ func TestArchiveSurvivesOutage(t *testing.T) {
 
 	// gatewatch restarts while ClickHouse is still down.
 	reg2 := prometheus.NewPedanticRegistry()
-	c2, err := NewClickHouse(cfg, ClickHouseOptions{Metrics: reg2, MaxRetryInterval: 200 * time.Millisecond})
+	c2, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: reg2, MaxRetryInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +497,7 @@ func TestRetentionDropsExpiredPartitions(t *testing.T) {
 	now := time.Date(2026, 3, 10, 6, 0, 0, 0, time.UTC)
 	var clock atomic.Pointer[time.Time] // dates the deliveries
 	clock.Store(&now)
-	c, err := NewClickHouse(testConfig(t, addr, db), ClickHouseOptions{Now: func() time.Time { return *clock.Load() }})
+	c, err := NewClickHouse(testConfig(t, addr, db), ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return *clock.Load() }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,11 +577,11 @@ func TestRetentionDropsExpiredPartitions(t *testing.T) {
 }
 
 func TestNewClickHouseNeedsAClickHouseSection(t *testing.T) {
-	if _, err := NewClickHouse(DefaultConfig(), ClickHouseOptions{}); err == nil {
+	if _, err := NewClickHouse(DefaultConfig(), ClickHouseOptions{Registerer: prometheus.NewRegistry()}); err == nil {
 		t.Error("NewClickHouse without a clickhouse section succeeded")
 	}
 	cfg := Config{DataDir: t.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{"127.0.0.1:1"}, BatchSize: -1}}
-	if _, err := NewClickHouse(cfg, ClickHouseOptions{}); err == nil {
+	if _, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()}); err == nil {
 		t.Error("NewClickHouse with an invalid config succeeded")
 	}
 	// A spill directory that cannot be created fails at construction, not at the outage.
@@ -585,8 +590,12 @@ func TestNewClickHouseNeedsAClickHouseSection(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg = Config{DataDir: t.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{"127.0.0.1:1"}, SpillDir: filepath.Join(file, "spill")}}
-	if _, err := NewClickHouse(cfg, ClickHouseOptions{}); err == nil {
+	if _, err := NewClickHouse(cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()}); err == nil {
 		t.Error("NewClickHouse with an unusable spill_dir succeeded")
+	}
+	cfg = Config{DataDir: t.TempDir(), ClickHouse: &ClickHouseConfig{Addr: []string{"127.0.0.1:1"}}}
+	if _, err := NewClickHouse(cfg, ClickHouseOptions{}); err == nil || !strings.Contains(err.Error(), "Registerer is required") {
+		t.Errorf("NewClickHouse without a Registerer = %v, want an error", err)
 	}
 }
 
@@ -672,7 +681,7 @@ func TestArchiveResendsOnlyLostPieces(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			db := clickhousetest.NewDatabase(t, addr)
 			proxy := newCutProxy(t, addr)
-			c, err := NewClickHouse(testConfig(t, proxy.ln.Addr().String(), db), ClickHouseOptions{})
+			c, err := NewClickHouse(testConfig(t, proxy.ln.Addr().String(), db), ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,17 +1,14 @@
 package store
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // Config is the store section of gatewatch.yaml. Without a clickhouse block gatewatch
@@ -29,19 +26,19 @@ type Config struct {
 // A zero numeric or duration setting means its default (see DefaultClickHouseConfig),
 // because the YAML decoder builds this block from zero when the file has one.
 type ClickHouseConfig struct {
-	Addr          []string         `yaml:"addr"`          // host:port of the native protocol (9000, TLS 9440)
-	Database      string           `yaml:"database"`      // default gatewatch
-	Username      string           `yaml:"username"`      // default "default"
-	PasswordFile  string           `yaml:"password_file"` // the password, read from this file
-	PasswordEnv   string           `yaml:"password_env"`  // or from this environment variable
-	TLS           ingest.TLSConfig `yaml:"tls"`
-	DialTimeout   time.Duration    `yaml:"dial_timeout"`   // default 5s
-	WriteTimeout  time.Duration    `yaml:"write_timeout"`  // bound on one insert or query round trip; default 30s
-	BatchSize     int              `yaml:"batch_size"`     // events per archive insert; default 100000
-	FlushInterval time.Duration    `yaml:"flush_interval"` // longest an event waits for a full batch; default 1s
-	BufferSize    int              `yaml:"buffer_size"`    // events held in memory while ClickHouse is slow; default 500000
-	SpillDir      string           `yaml:"spill_dir"`      // where unwritable batches and baseline updates wait on disk; default <data_dir>/clickhouse-spill
-	Retention     time.Duration    `yaml:"retention"`      // how long the event archive and the alert history keep rows; 0 keeps them
+	Addr          []string      `yaml:"addr"`          // host:port of the native protocol (9000, TLS 9440)
+	Database      string        `yaml:"database"`      // default gatewatch
+	Username      string        `yaml:"username"`      // default "default"
+	PasswordFile  string        `yaml:"password_file"` // the password, read from this file
+	PasswordEnv   string        `yaml:"password_env"`  // or from this environment variable
+	TLS           config.TLS    `yaml:"tls"`
+	DialTimeout   time.Duration `yaml:"dial_timeout"`   // default 5s
+	WriteTimeout  time.Duration `yaml:"write_timeout"`  // bound on one insert or query round trip; default 30s
+	BatchSize     int           `yaml:"batch_size"`     // events per archive insert; default 100000
+	FlushInterval time.Duration `yaml:"flush_interval"` // longest an event waits for a full batch; default 1s
+	BufferSize    int           `yaml:"buffer_size"`    // events held in memory while ClickHouse is slow; default 500000
+	SpillDir      string        `yaml:"spill_dir"`      // where unwritable batches and baseline updates wait on disk; default <data_dir>/clickhouse-spill
+	Retention     time.Duration `yaml:"retention"`      // how long the event archive and the alert history keep rows; 0 keeps them
 	// BaselineTimeout bounds how long UpdateBaselines waits for ClickHouse before it
 	// spills the update to disk and returns; default 2s.
 	BaselineTimeout time.Duration `yaml:"baseline_timeout"`
@@ -115,23 +112,11 @@ func (c ClickHouseConfig) withDefaults(dataDir string) ClickHouseConfig {
 	return c
 }
 
-// A ConfigError is one invalid setting. Its key is the dotted path below the store
-// section ("clickhouse.batch_size"), which the config loader turns into a file position.
-type ConfigError struct {
-	Path string
-	Msg  string
-}
+// cfgErr reports one invalid setting at its key path below the store section
+// ("clickhouse.batch_size"), which the config loader turns into a file position.
+var cfgErr = config.Errorf
 
-func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
-
-// Key returns the dotted path of the setting below the store section.
-func (e *ConfigError) Key() string { return e.Path }
-
-func cfgErr(key, format string, args ...any) error {
-	return &ConfigError{Path: key, Msg: fmt.Sprintf(format, args...)}
-}
-
-// Validate reports every invalid setting at once, each as a *ConfigError.
+// Validate reports every invalid setting at once, each as a *config.Error.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.DataDir == "" {
@@ -146,7 +131,7 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Validate reports every invalid ClickHouse setting at once, each as a *ConfigError
+// Validate reports every invalid ClickHouse setting at once, each as a *config.Error
 // whose key is relative to the clickhouse block.
 func (c *ClickHouseConfig) Validate() error { return errors.Join(c.validate("")...) }
 
@@ -164,12 +149,7 @@ func (c *ClickHouseConfig) validate(p string) []error {
 	if c.Database != "" && !isIdentifier(c.Database) {
 		errs = append(errs, cfgErr(p+"database", "must be letters, digits and underscores, not starting with a digit, got %q", c.Database))
 	}
-	if c.PasswordFile != "" && c.PasswordEnv != "" {
-		errs = append(errs, cfgErr(p+"password_file", "set password_file or password_env, not both"))
-	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		errs = append(errs, cfgErr(p+"tls", "cert_file and key_file go together"))
-	}
+	errs = append(errs, config.Prefix(p+"tls", c.TLS.Validate()), config.Prefix(strings.TrimSuffix(p, "."), c.Password().Validate(false)))
 	nonNegative := func(key string, d time.Duration) {
 		if d < 0 {
 			errs = append(errs, cfgErr(p+key, "must be positive, got %s", d))
@@ -211,54 +191,26 @@ func isIdentifier(s string) bool {
 	return s != ""
 }
 
-// password reads the configured password; none configured is the empty password.
-// Errors name the file or variable, never the content.
-func (c *ClickHouseConfig) password() (string, error) {
-	switch {
-	case c.PasswordFile != "":
-		b, err := os.ReadFile(c.PasswordFile)
-		if err != nil {
-			return "", fmt.Errorf("store: reading clickhouse password: %w", err)
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	case c.PasswordEnv != "":
-		v, ok := os.LookupEnv(c.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("store: clickhouse password: environment variable %s is not set", c.PasswordEnv)
-		}
-		return v, nil
-	}
-	return "", nil
+// Password is where the password comes from; none configured is the empty password.
+func (c *ClickHouseConfig) Password() config.SecretRef {
+	return config.SecretRef{Key: "password", File: c.PasswordFile, Env: c.PasswordEnv}
 }
 
-// tlsConfig builds the client TLS settings, or nil for plaintext.
-func (c *ClickHouseConfig) tlsConfig() (*tls.Config, error) {
-	t := c.TLS
-	if !t.Enabled {
-		return nil, nil
+// password loads the configured password; none configured is the empty password.
+func (c *ClickHouseConfig) password() (config.Secret, error) {
+	if !c.Password().IsSet() {
+		return "", nil
 	}
-	tc := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         t.ServerName,
-		InsecureSkipVerify: t.InsecureSkipVerify, // operator's explicit choice, for test rigs
+	return c.Password().Load(1)
+}
+
+// Check reads what the settings name, as start-up will: the ClickHouse password and
+// TLS files. It reports each problem as a *config.Error and never the password.
+func (c *Config) Check() error {
+	if c.ClickHouse == nil {
+		return nil
 	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("store: clickhouse tls: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("store: clickhouse tls: no certificate in %s", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("store: clickhouse tls: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	_, perr := c.ClickHouse.password()
+	_, terr := c.ClickHouse.TLS.Client(false)
+	return config.Prefix("clickhouse", errors.Join(perr, config.Prefix("tls", terr)))
 }

@@ -2,8 +2,6 @@ package store
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -89,7 +87,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			if c.name == "no addr, cert without key" {
 				c.cfg.ClickHouse.TLS.CertFile = "cert.pem"
-				c.keys = append(c.keys, "clickhouse.tls")
+				c.keys = append(c.keys, "clickhouse.tls.cert_file")
 			}
 			err := c.cfg.Validate()
 			var got []string
@@ -114,26 +112,15 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestPasswordSources(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "pw")
-	if err := os.WriteFile(file, []byte("s3cret-from-file\n"), 0o600); err != nil {
-		t.Fatal(err)
+// TestPasswordOptional: ClickHouse's default user has no password, so a config that
+// names no source means the empty password; how a named source loads is the shared
+// loader's (internal/config).
+func TestPasswordOptional(t *testing.T) {
+	if got, err := (&ClickHouseConfig{}).password(); got != "" || err != nil {
+		t.Errorf("password() without a source = %q, %v; want the empty password", got.Reveal(), err)
 	}
-	t.Setenv("GATEWATCH_TEST_CH_PW", "s3cret-from-env")
-	for _, c := range []struct {
-		cfg     ClickHouseConfig
-		want    string
-		wantErr string
-	}{
-		{ClickHouseConfig{}, "", ""},
-		{ClickHouseConfig{PasswordFile: file}, "s3cret-from-file", ""},
-		{ClickHouseConfig{PasswordEnv: "GATEWATCH_TEST_CH_PW"}, "s3cret-from-env", ""},
-		{ClickHouseConfig{PasswordEnv: "GATEWATCH_TEST_CH_UNSET"}, "", "GATEWATCH_TEST_CH_UNSET is not set"},
-		{ClickHouseConfig{PasswordFile: file + ".missing"}, "", "no such file"},
-	} {
-		got, err := c.cfg.password()
-		if got != c.want || (err == nil) != (c.wantErr == "") || (err != nil && !strings.Contains(err.Error(), c.wantErr)) {
-			t.Errorf("password() with %+v = %q, %v; want %q, error containing %q", c.cfg, got, err, c.want, c.wantErr)
-		}
+	c := Config{DataDir: "d", ClickHouse: &ClickHouseConfig{Addr: []string{"ch:9000"}, PasswordEnv: "GATEWATCH_TEST_CH_UNSET"}}
+	if err := c.Check(); err == nil || !strings.Contains(err.Error(), "clickhouse.password_env: environment variable GATEWATCH_TEST_CH_UNSET is not set") {
+		t.Errorf("Check = %v, want the unset variable at clickhouse.password_env", err)
 	}
 }

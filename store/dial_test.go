@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
@@ -40,8 +42,8 @@ func TestClickHouseOverTLS(t *testing.T) {
 	srv := clickhousetest.StartTLS(t, certPEM, keyPEM)
 	db := clickhousetest.NewDatabase(t, srv.Addr())
 	cfg := testConfig(t, srv.TLSAddr(), db)
-	cfg.ClickHouse.TLS = ingest.TLSConfig{Enabled: true, CAFile: testcert.WriteFile(t, t.TempDir(), "ca.pem", ca.CertPEM())}
-	c := startClickHouse(t, cfg, nil)
+	cfg.ClickHouse.TLS = config.TLS{Enabled: true, CAFile: testcert.WriteFile(t, t.TempDir(), "ca.pem", ca.CertPEM())}
+	c := startClickHouse(t, cfg, prometheus.NewRegistry())
 	ctx := testContext(t)
 	evs := testEvents(3, 2500, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), time.Millisecond, 4)
 	if err := c.ArchiveEvents(ctx, evs); err != nil {
@@ -62,8 +64,8 @@ func TestClickHouseOverTLS(t *testing.T) {
 	}
 
 	untrusted := testConfig(t, srv.TLSAddr(), db)
-	untrusted.ClickHouse.TLS = ingest.TLSConfig{Enabled: true}
-	u, err := NewClickHouse(untrusted, ClickHouseOptions{})
+	untrusted.ClickHouse.TLS = config.TLS{Enabled: true}
+	u, err := NewClickHouse(untrusted, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

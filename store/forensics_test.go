@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
@@ -159,7 +161,7 @@ func TestForensicQueries(t *testing.T) {
 	queries := parseForensics(t, forensicsFile)
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
-	c := startClickHouse(t, testConfig(t, addr, db), nil)
+	c := startClickHouse(t, testConfig(t, addr, db), prometheus.NewRegistry())
 	ctx := testContext(t)
 	conn := testConn(t, addr, db)
 	native := conn.QueryRow(clickhouse.Context(ctx, clickhouse.WithParameters(clickhouse.Parameters{"p": "7"})), "SELECT {p:UInt8}").Scan(new(uint8)) == nil

@@ -22,7 +22,8 @@ type archiveMetrics struct {
 	insertDuration prometheus.Histogram
 }
 
-// newArchiveMetrics registers the archive metrics with reg; a nil reg registers nothing.
+// newArchiveMetrics registers the archive metrics with reg, through promauto as every
+// part does (NewClickHouse requires reg).
 func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
 	f := promauto.With(reg)
 	m := &archiveMetrics{
@@ -66,8 +67,8 @@ type baselineMetrics struct {
 	loadDuration prometheus.Gauge
 }
 
-// newBaselineMetrics registers the ClickHouse baseline metrics with reg; a nil reg
-// registers nothing.
+// newBaselineMetrics registers the ClickHouse baseline metrics with reg, through
+// promauto as every part does (NewClickHouse requires reg).
 func newBaselineMetrics(reg prometheus.Registerer) *baselineMetrics {
 	f := promauto.With(reg)
 	m := &baselineMetrics{

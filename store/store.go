@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"log/slog"
 	"time"
@@ -55,7 +56,7 @@ var (
 // Options are the runtime dependencies of Open.
 type Options struct {
 	Logger     *slog.Logger          // nil: discard
-	Registerer prometheus.Registerer // nil: metrics are kept but not registered
+	Registerer prometheus.Registerer // required: the store's metrics
 	Baselines  BaselineSettings      // the detector settings behind the baselines: BaselineSettingsFrom(cfg)
 }
 
@@ -63,8 +64,11 @@ type Options struct {
 // connects lazily, so a server that is down delays writes, not start-up), else the
 // embedded store under cfg.DataDir.
 func Open(cfg Config, o Options) (Store, error) {
+	if o.Registerer == nil {
+		return nil, errors.New("store: Options.Registerer is required")
+	}
 	if cfg.ClickHouse != nil {
-		return NewClickHouse(cfg, ClickHouseOptions{Logger: o.Logger, Metrics: o.Registerer, Baselines: o.Baselines})
+		return NewClickHouse(cfg, ClickHouseOptions{Logger: o.Logger, Registerer: o.Registerer, Baselines: o.Baselines})
 	}
 	return NewLocal(cfg, LocalOptions{Logger: o.Logger, Baselines: o.Baselines})
 }

@@ -4,12 +4,17 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestOpenChoosesTheConfiguredStore(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.DataDir = t.TempDir()
-	s, err := Open(cfg, Options{})
+	if _, err := Open(cfg, Options{}); err == nil {
+		t.Error("Open without a Registerer succeeded")
+	}
+	s, err := Open(cfg, Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +27,7 @@ func TestOpenChoosesTheConfiguredStore(t *testing.T) {
 	ch := DefaultClickHouseConfig()
 	ch.Addr = []string{"127.0.0.1:1"} // never dialled: the ClickHouse store connects lazily
 	cfg.ClickHouse = &ch
-	s, err = Open(cfg, Options{})
+	s, err = Open(cfg, Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package alertingtest helps test alerting and what plugs into it: receiver doubles
 // that record what they were given, test alerts, and RunOutboxSuite, the behaviour
-// every alerting.OutboxStore must have (alerting runs it on its MemoryOutbox, store
-// on its bbolt outbox), including a Router's crash safety on top of the store.
+// every alerting.OutboxStore must have (alerting runs it on its MemoryOutbox,
+// alerting/outbox on its bbolt file), including a Router's crash safety on top of the store.
 package alertingtest
 
 import (

@@ -20,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/file"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 )
 
 // Store is an OutboxStore that can be closed, as a process closes it when it stops.
@@ -58,7 +59,8 @@ func openStore(t *testing.T, open Opener, dir string) Store {
 func delivery(receiver string, a detectors.Alert, round int) alerting.Delivery {
 	k := alerting.KeyOf(receiver, &a)
 	k.Round = round
-	return alerting.Delivery{DeliveryKey: k, Alert: a, State: alerting.Pending}
+	// Queued as the Router would stamp it, were its clock the alert's event time.
+	return alerting.Delivery{DeliveryKey: k, Alert: a, State: alerting.Pending, Queued: a.LastSeen}
 }
 
 func version(a detectors.Alert, last time.Time) detectors.Alert {
@@ -116,13 +118,25 @@ func testEnqueueDedup(t *testing.T, open Opener) {
 	if got := added(again); !slices.Equal(got, []bool{false, false}) {
 		t.Errorf("delivered and parked versions put again: added %v, want none", got)
 	}
-	depth, err := s.Depth(ctx)
+	if depth := pending(t, s); !equalMaps(depth, map[string]int{"A": 2, "B": 1}) {
+		t.Errorf("pending per receiver = %v, want A:2 B:1", depth)
+	}
+}
+
+// pending returns the Pending of each receiver's Stats that has any.
+func pending(t *testing.T, s Store) map[string]int {
+	t.Helper()
+	stats, err := s.Stats(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]int{"A": 2, "B": 1}; !equalMaps(depth, want) {
-		t.Errorf("Depth = %v, want %v", depth, want)
+	out := map[string]int{}
+	for r, st := range stats {
+		if st.Pending > 0 {
+			out[r] = st.Pending
+		}
 	}
+	return out
 }
 
 func equalMaps(a, b map[string]int) bool {
@@ -207,20 +221,46 @@ func testQueue(t *testing.T, open Opener) {
 	if p, _ := s.Parked(ctx, "B", 10); len(p) != 0 {
 		t.Errorf("Parked(B) = %v, want none", ids(p))
 	}
-	depth, _ := s.Depth(ctx)
-	if want := map[string]int{"A": 3, "B": 2}; !equalMaps(depth, want) {
-		t.Errorf("Depth = %v, want %v", depth, want)
+	checkStats := func(when string, want map[string]alerting.QueueStats) {
+		t.Helper()
+		got, err := s.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r, w := range want {
+			if g := got[r]; g.Pending != w.Pending || g.Parked != w.Parked || !g.OldestPending.Equal(w.OldestPending) {
+				t.Errorf("%s: Stats[%s] = %+v, want %+v", when, r, g, w)
+			}
+		}
 	}
+	// The head of A's queue is the retried key-0001; B's still its first.
+	checkStats("after attempts", map[string]alerting.QueueStats{
+		"A": {Pending: 3, Parked: 1, OldestPending: as[1].LastSeen},
+		"B": {Pending: 2, OldestPending: as[0].LastSeen},
+	})
 	// An operator's requeue puts the parked one at the end of the queue.
-	parked[0].State, parked[0].Attempts, parked[0].FirstFailure, parked[0].Done = alerting.Pending, 0, time.Time{}, time.Time{}
+	requeued := now.Add(time.Minute)
+	parked[0].State, parked[0].Queued, parked[0].Attempts, parked[0].FirstFailure, parked[0].Done = alerting.Pending, requeued, 0, time.Time{}, time.Time{}
 	if err := s.Update(ctx, parked); err != nil {
 		t.Fatal(err)
 	}
 	checkPending("key-0001", "key-0003", "key-0004", "key-0002")
-	depth, _ = s.Depth(ctx)
-	if want := map[string]int{"A": 4, "B": 2}; !equalMaps(depth, want) {
-		t.Errorf("after requeue Depth = %v, want %v", depth, want)
+	checkStats("after requeue", map[string]alerting.QueueStats{
+		"A": {Pending: 4, OldestPending: as[1].LastSeen},
+		"B": {Pending: 2, OldestPending: as[0].LastSeen},
+	})
+	if got, _, _ := s.Lookup(ctx, parked[0].DeliveryKey); !got.Queued.Equal(requeued) {
+		t.Errorf("requeued delivery has Queued %v, want %v", got.Queued, requeued)
 	}
+	// Once A's queue drains, nothing of A is pending or parked.
+	all, _ := s.Pending(ctx, "A", 10)
+	for i := range all {
+		all[i].State, all[i].Done = alerting.Delivered, now
+	}
+	if err := s.Update(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	checkStats("after A drained", map[string]alerting.QueueStats{"A": {}})
 	// Unknown keys are ignored.
 	if err := s.Update(ctx, []alerting.Delivery{{DeliveryKey: alerting.DeliveryKey{Receiver: "C", ID: "x"}, State: alerting.Delivered}}); err != nil {
 		t.Errorf("Update of an unknown key: %v", err)
@@ -255,8 +295,9 @@ func testRoundTrip(t *testing.T, open Opener) {
 	if g, w := alertJSON(t, got[0].Alert), alertJSON(t, a); g != w {
 		t.Errorf("alert came back as\n%s\nwant\n%s", g, w)
 	}
-	if got[0].DeliveryKey != ds[0].DeliveryKey || got[0].Seq != ds[0].Seq || got[0].State != alerting.Pending {
-		t.Errorf("delivery came back as %+v %d %s, want %+v %d pending", got[0].DeliveryKey, got[0].Seq, got[0].State, ds[0].DeliveryKey, ds[0].Seq)
+	if got[0].DeliveryKey != ds[0].DeliveryKey || got[0].Seq != ds[0].Seq || got[0].State != alerting.Pending || !got[0].Queued.Equal(ds[0].Queued) {
+		t.Errorf("delivery came back as %+v %d %s queued %v, want %+v %d pending queued %v",
+			got[0].DeliveryKey, got[0].Seq, got[0].State, got[0].Queued, ds[0].DeliveryKey, ds[0].Seq, ds[0].Queued)
 	}
 }
 
@@ -547,34 +588,11 @@ func testDedupAcrossRestart(t *testing.T, open Opener) {
 		t.Errorf("receiver got %d alerts after the restart, want %d", got, calls)
 	}
 	for _, n := range []string{"archive", "siem"} {
-		dup := metricValue(t, reg, "gatewatch_alerting_deliveries_duplicate_total", n)
+		dup := promtest.Value(t, reg, "gatewatch_alerting_deliveries_duplicate_total", "receiver", n)
 		if dup != float64(len(as)) {
 			t.Errorf("duplicates counted for %s = %v, want %d", n, dup, len(as))
 		}
 	}
-}
-
-// metricValue reads the series of a counter or gauge family with the receiver label.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, receiver string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "receiver" && l.GetValue() == receiver {
-					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no series %s{receiver=%q}", name, receiver)
-	return 0
 }
 
 // errCrash is what a crashed outbox answers from the crash on: the process is gone.
@@ -624,11 +642,11 @@ func (c *crashing) Update(ctx context.Context, ds []alerting.Delivery) error {
 	return c.Store.Update(ctx, ds)
 }
 
-func (c *crashing) Depth(ctx context.Context) (map[string]int, error) {
+func (c *crashing) Stats(ctx context.Context) (map[string]alerting.QueueStats, error) {
 	if c.crashed.Load() {
 		return nil, errCrash
 	}
-	return c.Store.Depth(ctx)
+	return c.Store.Stats(ctx)
 }
 
 // crashRun is one life of a gatewatch that dies at the n-th call of method: it puts

@@ -22,12 +22,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
-	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
+	"github.com/gatewatch/gatewatch/internal/config"
+	"github.com/gatewatch/gatewatch/internal/kafkasasl"
 )
 
 // The formats of the message value.
@@ -106,20 +106,13 @@ func New(name string, cfg alerting.KafkaConfig, o Options) (*Receiver, error) {
 	tr := o.Transport
 	if tr == nil {
 		tr = &kafka.Transport{ClientID: "gatewatch-alerts"}
-		t := cfg.TLS
-		if t.Enabled || t.CAFile != "" || t.CertFile != "" {
-			// Naming a CA or a certificate turns TLS on even without enabled: true; a
-			// CA that is silently ignored is worse than none.
-			var err error
-			if tr.TLS, err = t.ClientConfig(); err != nil {
-				return nil, fmt.Errorf("kafkasink: receiver %s: %w", name, err)
-			}
+		var err error
+		if tr.TLS, err = cfg.TLS.Client(false); err != nil {
+			return nil, fmt.Errorf("kafkasink: receiver %s: %w", name, config.Prefix("tls", err))
 		}
-		mech, err := saslMechanism(cfg.SASL)
-		if err != nil {
-			return nil, fmt.Errorf("kafkasink: receiver %s: %w", name, err)
+		if tr.SASL, err = kafkasasl.Mechanism(cfg.SASL); err != nil {
+			return nil, fmt.Errorf("kafkasink: receiver %s: %w", name, config.Prefix("sasl", err))
 		}
-		tr.SASL = mech
 	}
 	r.w = &kafka.Writer{
 		Addr:  kafka.TCP(cfg.Brokers...),
@@ -139,36 +132,6 @@ func New(name string, cfg alerting.KafkaConfig, o Options) (*Receiver, error) {
 		}),
 	}
 	return r, nil
-}
-
-// saslMechanism builds the SASL mechanism; the password is read here, once, and lives
-// only inside the mechanism.
-func saslMechanism(c alerting.SASLConfig) (sasl.Mechanism, error) {
-	if c.Mechanism == "" {
-		return nil, nil
-	}
-	if c.Username == "" {
-		return nil, fmt.Errorf("sasl %s needs a username", c.Mechanism)
-	}
-	password, err := alerting.LoadSecret(c.PasswordFile, c.PasswordEnv)
-	if err != nil {
-		return nil, fmt.Errorf("sasl password: %w", err)
-	}
-	switch c.Mechanism {
-	case "plain":
-		return plain.Mechanism{Username: c.Username, Password: password}, nil
-	case "scram-sha-256", "scram-sha-512":
-		algo := scram.SHA256
-		if c.Mechanism == "scram-sha-512" {
-			algo = scram.SHA512
-		}
-		m, err := scram.Mechanism(algo, c.Username, password)
-		if err != nil {
-			return nil, fmt.Errorf("sasl %s: %w", c.Mechanism, err)
-		}
-		return m, nil
-	}
-	return nil, fmt.Errorf("sasl mechanism %q is not plain, scram-sha-256 or scram-sha-512", c.Mechanism)
 }
 
 // Name returns the receiver's name from the configuration.

@@ -20,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -313,7 +314,7 @@ func TestSASL(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := alerting.KafkaConfig{Brokers: c.Addrs, Topic: "alerts",
-		SASL: alerting.SASLConfig{Mechanism: "scram-sha-512", Username: user, PasswordFile: pwFile}}
+		SASL: config.SASL{Mechanism: "scram-sha-512", Username: user, PasswordFile: pwFile}}
 	r := newReceiver(t, cfg)
 	if retry, err := r.Notify(testContext(t), readAlerts(t)); err != nil {
 		t.Fatalf("Notify with SASL = (%v, %v)", retry, err)
@@ -348,7 +349,7 @@ func TestTLS(t *testing.T) {
 	})
 	ca := testcert.WriteFile(t, t.TempDir(), "ca.pem", testCA.CertPEM())
 	alerts := readAlerts(t)
-	r := newReceiver(t, alerting.KafkaConfig{Brokers: c.Addrs, Topic: "alerts", TLS: alerting.TLSConfig{CAFile: ca}})
+	r := newReceiver(t, alerting.KafkaConfig{Brokers: c.Addrs, Topic: "alerts", TLS: config.TLS{CAFile: ca}})
 	if retry, err := r.Notify(testContext(t), alerts); err != nil {
 		t.Fatalf("Notify over TLS = (%v, %v)", retry, err)
 	}
@@ -362,8 +363,8 @@ func TestNewRejects(t *testing.T) {
 		{Topic: "t"},
 		{Brokers: []string{"b:9092"}},
 		{Brokers: []string{"b:9092"}, Topic: "t", Format: "cef"},
-		{Brokers: []string{"b:9092"}, Topic: "t", SASL: alerting.SASLConfig{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}},
-		{Brokers: []string{"b:9092"}, Topic: "t", SASL: alerting.SASLConfig{Mechanism: "plain", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}},
+		{Brokers: []string{"b:9092"}, Topic: "t", SASL: config.SASL{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}},
+		{Brokers: []string{"b:9092"}, Topic: "t", SASL: config.SASL{Mechanism: "plain", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}},
 	} {
 		if _, err := New("k", cfg, Options{}); err == nil {
 			t.Errorf("New(%+v) succeeded, want an error", cfg)

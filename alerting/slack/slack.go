@@ -90,24 +90,24 @@ func New(name string, cfg alerting.SlackConfig, o Options) (*Receiver, error) {
 	}
 	r.log = log.With("component", "alerting", "receiver", name)
 
-	if cfg.WebhookURLFile != "" || cfg.WebhookURLEnv != "" {
-		u, err := alerting.LoadSecret(cfg.WebhookURLFile, cfg.WebhookURLEnv)
+	if cfg.WebhookURL().IsSet() {
+		u, err := cfg.WebhookURL().Load(1)
 		if err != nil {
-			return nil, fmt.Errorf("slack: receiver %s: webhook URL: %w", name, err)
+			return nil, fmt.Errorf("slack: receiver %s: %w", name, err)
 		}
 		// The URL is the credential: say where it came from, never what it is.
-		if p, err := url.Parse(u); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+		if p, err := url.Parse(u.Reveal()); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
 			return nil, fmt.Errorf("slack: receiver %s: the webhook URL from %s is not an http(s) URL", name, source(cfg.WebhookURLFile, cfg.WebhookURLEnv))
 		}
-		r.webhookURL = u
+		r.webhookURL = u.Reveal()
 		return r, nil
 	}
 
-	tok, err := alerting.LoadSecret(cfg.TokenFile, cfg.TokenEnv)
+	tok, err := cfg.Token().Load(1)
 	if err != nil {
-		return nil, fmt.Errorf("slack: receiver %s: token: %w", name, err)
+		return nil, fmt.Errorf("slack: receiver %s: %w", name, err)
 	}
-	r.token = tok
+	r.token = tok.Reveal()
 	if cfg.Channel == "" {
 		return nil, fmt.Errorf("slack: receiver %s: channel must be set for the bot-token mode", name)
 	}

@@ -66,6 +66,7 @@ func (e *env) receiver(t *testing.T) *Receiver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { th.Close() })
 	r, err := New("soc-slack", e.cfg, Options{Threads: th, ReplayCommand: testReplay})
 	if err != nil {
 		t.Fatal(err)
@@ -378,6 +379,7 @@ func TestWebhook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { th.Close() })
 	r, err := New("hook", cfg, Options{Threads: th, ReplayCommand: testReplay})
 	if err != nil {
 		t.Fatal(err)

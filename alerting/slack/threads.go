@@ -1,6 +1,7 @@
 package slack
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,12 +35,17 @@ type Threads interface {
 // version, counted in event time from the newest version it stores.
 const DefaultThreadRetention = 30 * 24 * time.Hour
 
-// ThreadFile is a Threads kept in memory and in a JSON file. Each Put rewrites the file
-// atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
-// either the old or the new state, never a torn file. Entries whose LastSeen is older
-// than the retention (before the newest LastSeen stored) are dropped on Put, which
-// keeps the file as small as the set of recent incidents; event time is used, not the
-// clock, so that a replay through `gatewatch notify` ages entries the same way.
+// ThreadFile is a Threads kept in memory and in an append-only file of JSON lines: a
+// header, then one line per Put, the last line of an id winning. A Put appends its line
+// and fsyncs it, a cost that does not grow with the number of incidents. A crash can
+// tear only the last line, which the next open drops: that Put had not returned.
+//
+// The file is compacted (the live entries written to a temporary file, fsynced and
+// renamed over it) when it is opened and whenever it holds twice as many lines as live
+// entries, so it stays about as small as the set of recent incidents. Entries whose
+// LastSeen is older than the retention (before the newest LastSeen stored) are dropped
+// then, and are not returned meanwhile; event time is used, not the clock, so that a
+// replay through `gatewatch notify` ages entries the same way.
 type ThreadFile struct {
 	path      string
 	retention time.Duration
@@ -47,18 +53,36 @@ type ThreadFile struct {
 	mu      sync.Mutex
 	threads map[string]Thread
 	newest  time.Time
+	f       *os.File // the file, opened for appending
+	lines   int      // entry lines in the file
 }
 
-// threadFileJSON is the file's format; Version lets a later gatewatch migrate it.
+// threadHeader is the file's first line; Version lets a later gatewatch migrate it.
+type threadHeader struct {
+	Version int `json:"version"`
+}
+
+// threadLine is one Put.
+type threadLine struct {
+	ID string `json:"id"`
+	Thread
+}
+
+// threadFileJSON is version 1 of the file: one JSON object, rewritten on every Put.
+// OpenThreadFile reads it once and writes version 2.
 type threadFileJSON struct {
 	Version int               `json:"version"`
-	Threads map[string]Thread `json:"threads"` // encoding/json sorts the ids
+	Threads map[string]Thread `json:"threads"`
 }
 
-const threadFileVersion = 1
+const threadFileVersion = 2
 
-// OpenThreadFile loads path, or starts empty when it does not exist yet. retention 0
-// means DefaultThreadRetention.
+// minCompactLines is how many entry lines the file may hold before it is compacted,
+// however few are live.
+const minCompactLines = 1024
+
+// OpenThreadFile loads path, or starts empty when it does not exist yet, and compacts
+// it. retention 0 means DefaultThreadRetention. Close it when done.
 func OpenThreadFile(path string, retention time.Duration) (*ThreadFile, error) {
 	if retention <= 0 {
 		retention = DefaultThreadRetention
@@ -67,24 +91,61 @@ func OpenThreadFile(path string, retention time.Duration) (*ThreadFile, error) {
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return f, nil
 	case err != nil:
 		return nil, fmt.Errorf("slack: read thread state: %w", err)
-	}
-	var j threadFileJSON
-	if err := json.Unmarshal(b, &j); err != nil {
-		return nil, fmt.Errorf("slack: thread state %s: %w", path, err)
-	}
-	if j.Version != threadFileVersion {
-		return nil, fmt.Errorf("slack: thread state %s has version %d, want %d", path, j.Version, threadFileVersion)
-	}
-	for id, th := range j.Threads {
-		f.threads[id] = th
-		if th.LastSeen.After(f.newest) {
-			f.newest = th.LastSeen
+	default:
+		if err := f.load(b); err != nil {
+			return nil, fmt.Errorf("slack: thread state %s: %w", path, err)
 		}
 	}
+	if err := f.compact(); err != nil {
+		return nil, err
+	}
 	return f, nil
+}
+
+// load reads the file's content: version 2 lines, or the version 1 object.
+func (f *ThreadFile) load(b []byte) error {
+	first, rest, _ := bytes.Cut(b, []byte("\n"))
+	var v1 threadFileJSON
+	if json.Unmarshal(b, &v1) == nil && v1.Version == 1 {
+		for id, th := range v1.Threads {
+			f.set(id, th)
+		}
+		return nil
+	}
+	var h threadHeader
+	dec := json.NewDecoder(bytes.NewReader(first))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&h); err != nil || h.Version != threadFileVersion {
+		return fmt.Errorf("not a version %d thread file (header %.40q)", threadFileVersion, first)
+	}
+	lines := bytes.Split(rest, []byte("\n"))
+	for i, line := range lines {
+		last := i == len(lines)-1 // after the final newline: empty, or a torn line
+		var l threadLine
+		if err := json.Unmarshal(line, &l); err != nil || l.ID == "" {
+			if last {
+				break // nothing, or the torn line of a Put that did not return
+			}
+			return fmt.Errorf("line %d is not a thread entry", i+2)
+		}
+		f.set(l.ID, l.Thread)
+	}
+	return nil
+}
+
+// set records th for id in memory.
+func (f *ThreadFile) set(id string, th Thread) {
+	f.threads[id] = th
+	if th.LastSeen.After(f.newest) {
+		f.newest = th.LastSeen
+	}
+}
+
+// expired reports whether th is older than the retention.
+func (f *ThreadFile) expired(th Thread) bool {
+	return th.LastSeen.Before(f.newest.Add(-f.retention))
 }
 
 // Get returns the thread of alert id.
@@ -92,32 +153,69 @@ func (f *ThreadFile) Get(id string) (Thread, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	th, ok := f.threads[id]
+	if ok && f.expired(th) {
+		return Thread{}, false, nil
+	}
 	return th, ok, nil
 }
 
-// Put records th for alert id and writes the file. The entry is in memory even when
-// writing fails, so this process does not post the version again; the next successful
-// Put writes it out.
+// Put records th for alert id and appends it to the file. The entry is in memory even
+// when writing fails, so this process does not post the version again; the next
+// compaction writes it out.
 func (f *ThreadFile) Put(id string, th Thread) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.threads[id] = th
-	if th.LastSeen.After(f.newest) {
-		f.newest = th.LastSeen
+	f.set(id, th)
+	if f.f == nil {
+		return errors.New("slack: thread state: closed")
 	}
-	cutoff := f.newest.Add(-f.retention)
-	for k, v := range f.threads {
-		if v.LastSeen.Before(cutoff) {
-			delete(f.threads, k)
-		}
-	}
-	b, err := json.MarshalIndent(threadFileJSON{Version: threadFileVersion, Threads: f.threads}, "", "  ")
+	line, err := json.Marshal(threadLine{ID: id, Thread: th})
 	if err != nil {
 		return fmt.Errorf("slack: encode thread state: %w", err)
 	}
-	if err := writeAtomic(f.path, append(b, '\n')); err != nil {
+	if _, err := f.f.Write(append(line, '\n')); err != nil {
 		return fmt.Errorf("slack: write thread state: %w", err)
 	}
+	if err := f.f.Sync(); err != nil {
+		return fmt.Errorf("slack: write thread state: %w", err)
+	}
+	f.lines++
+	if f.lines > max(minCompactLines, 2*len(f.threads)) {
+		return f.compact()
+	}
+	return nil
+}
+
+// compact drops expired entries and replaces the file with the live ones, then opens
+// it for appending.
+func (f *ThreadFile) compact() error {
+	for id, th := range f.threads {
+		if f.expired(th) {
+			delete(f.threads, id)
+		}
+	}
+	var b bytes.Buffer
+	h, _ := json.Marshal(threadHeader{Version: threadFileVersion})
+	b.Write(append(h, '\n'))
+	for id, th := range f.threads {
+		l, err := json.Marshal(threadLine{ID: id, Thread: th})
+		if err != nil {
+			return fmt.Errorf("slack: encode thread state: %w", err)
+		}
+		b.Write(append(l, '\n'))
+	}
+	if f.f != nil {
+		_ = f.f.Close() // replaced below; every line it took was fsynced
+		f.f = nil
+	}
+	if err := writeAtomic(f.path, b.Bytes()); err != nil {
+		return fmt.Errorf("slack: write thread state: %w", err)
+	}
+	af, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("slack: open thread state: %w", err)
+	}
+	f.f, f.lines = af, len(f.threads)
 	return nil
 }
 
@@ -125,7 +223,25 @@ func (f *ThreadFile) Put(id string, th Thread) error {
 func (f *ThreadFile) Len() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.threads)
+	n := 0
+	for _, th := range f.threads {
+		if !f.expired(th) {
+			n++
+		}
+	}
+	return n
+}
+
+// Close closes the file; Put fails after it.
+func (f *ThreadFile) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.f == nil {
+		return nil
+	}
+	err := f.f.Close()
+	f.f = nil
+	return err
 }
 
 // writeAtomic replaces path with b: a temporary file in the same directory is written

@@ -98,10 +98,11 @@ func New(name string, cfg alerting.SplunkHECConfig, o Options) (*Receiver, error
 	if !strings.HasSuffix(u.Path, collectorPath) {
 		u.Path += collectorPath
 	}
-	tok, err := alerting.LoadSecret(cfg.TokenFile, cfg.TokenEnv)
+	secret, err := cfg.Token().Load(1)
 	if err != nil {
-		return nil, fmt.Errorf("splunkhec: receiver %s: token: %w", name, err)
+		return nil, fmt.Errorf("splunkhec: receiver %s: %w", name, err)
 	}
+	tok := secret.Reveal()
 	r := &Receiver{
 		name: name, endpoint: u.String(), shownURL: u.Redacted(), auth: "Splunk " + tok, token: tok,
 		host: o.Host, source: cfg.Source, srcType: cfg.SourceType, index: cfg.Index,
@@ -126,10 +127,8 @@ func New(name string, cfg alerting.SplunkHECConfig, o Options) (*Receiver, error
 	}
 	if r.http == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		if u.Scheme == "https" {
-			if tr.TLSClientConfig, err = cfg.TLS.ClientConfig(); err != nil {
-				return nil, fmt.Errorf("splunkhec: receiver %s: %w", name, err)
-			}
+		if tr.TLSClientConfig, err = alerting.ClientTLS(cfg.TLS, u); err != nil {
+			return nil, fmt.Errorf("splunkhec: receiver %s: %w", name, err)
 		}
 		r.http = &http.Client{
 			Transport:     tr,

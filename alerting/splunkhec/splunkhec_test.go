@@ -18,6 +18,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/alerting/splunkhec/hectest"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 var _ alerting.BatchSizer = (*Receiver)(nil)
@@ -243,7 +244,7 @@ func TestTLS(t *testing.T) {
 	if err := os.WriteFile(ca, srv.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := newReceiver(t, srv, alerting.SplunkHECConfig{TLS: alerting.TLSConfig{CAFile: ca}})
+	r := newReceiver(t, srv, alerting.SplunkHECConfig{TLS: config.TLS{CAFile: ca}})
 	if retry, err := r.Notify(context.Background(), readAlerts(t)); err != nil {
 		t.Fatalf("Notify over TLS with the server's CA = (%v, %v)", retry, err)
 	}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/config"
 )
 
 // SchemaVersion is the version of the JSON payload, written as its schema_version.
@@ -135,11 +136,14 @@ func New(name string, cfg alerting.SyslogConfig, o Options) (*Receiver, error) {
 	if r.version == "" {
 		r.version = buildVersion()
 	}
-	if r.network == "tls" || cfg.TLS.Enabled {
-		tc, err := cfg.TLS.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("syslog: receiver %s: %w", name, err)
-		}
+	if r.network == "udp" && cfg.TLS.On() {
+		return nil, fmt.Errorf("syslog: receiver %s: TLS needs network tls, not udp", name)
+	}
+	tc, err := cfg.TLS.Client(r.network == "tls")
+	if err != nil {
+		return nil, fmt.Errorf("syslog: receiver %s: %w", name, config.Prefix("tls", err))
+	}
+	if tc != nil {
 		if tc.ServerName == "" {
 			tc.ServerName, _, _ = net.SplitHostPort(cfg.Address)
 		}
@@ -147,9 +151,6 @@ func New(name string, cfg alerting.SyslogConfig, o Options) (*Receiver, error) {
 		if r.network == "tcp" {
 			r.network = "tls" // tls.enabled on a tcp receiver means RFC 5425
 		}
-	}
-	if r.network == "udp" && r.tls != nil {
-		return nil, fmt.Errorf("syslog: receiver %s: TLS needs network tls, not udp", name)
 	}
 	if r.dial == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}

@@ -21,6 +21,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 )
 
@@ -271,7 +272,7 @@ func TestTLS(t *testing.T) {
 	}()
 	ca := testcert.WriteFile(t, t.TempDir(), "ca.pem", testCA.CertPEM())
 	alerts := readAlerts(t)
-	r := newReceiver(t, alerting.SyslogConfig{Network: "tls", Address: ln.Addr().String(), Format: "cef", TLS: alerting.TLSConfig{CAFile: ca}})
+	r := newReceiver(t, alerting.SyslogConfig{Network: "tls", Address: ln.Addr().String(), Format: "cef", TLS: config.TLS{CAFile: ca}})
 	if retry, err := r.Notify(context.Background(), alerts); err != nil {
 		t.Fatalf("Notify over TLS = (%v, %v)", retry, err)
 	}
@@ -353,7 +354,7 @@ func TestNewRejects(t *testing.T) {
 		{Address: "h:514", Network: "sctp"},
 		{Address: "h:514", Format: "leef"},
 		{Address: "h:514", Facility: 24},
-		{Address: "h:514", Network: "udp", TLS: alerting.TLSConfig{Enabled: true}},
+		{Address: "h:514", Network: "udp", TLS: config.TLS{Enabled: true}},
 	} {
 		if _, err := New("s", cfg, Options{Hostname: "h"}); err == nil {
 			t.Errorf("New(%+v) succeeded, want an error", cfg)

@@ -80,24 +80,25 @@ func New(name string, cfg alerting.WebhookConfig, o Options) (*Receiver, error) 
 	if name == "" {
 		return nil, errors.New("webhook: receiver needs a name")
 	}
-	raw, err := alerting.LoadSecret(cfg.URLFile, cfg.URLEnv)
+	rawURL, err := cfg.URL().Load(1)
 	if err != nil {
-		return nil, fmt.Errorf("webhook: receiver %s: url: %w", name, err)
+		return nil, fmt.Errorf("webhook: receiver %s: %w", name, err)
 	}
+	raw := rawURL.Reveal()
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		// Not the parse error: it would quote the URL.
 		return nil, fmt.Errorf("webhook: receiver %s: the url must be an absolute http or https URL", name)
 	}
-	secret, err := alerting.LoadSecret(cfg.SecretFile, cfg.SecretEnv)
+	secret, err := cfg.Secret().Load(alerting.MinWebhookSecretBytes)
 	if err != nil {
-		return nil, fmt.Errorf("webhook: receiver %s: secret: %w", name, err)
+		return nil, fmt.Errorf("webhook: receiver %s: %w", name, err)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.Client == nil {
-		tc, err := cfg.TLS.ClientConfig()
+		tc, err := alerting.ClientTLS(cfg.TLS, u)
 		if err != nil {
 			return nil, fmt.Errorf("webhook: receiver %s: %w", name, err)
 		}
@@ -110,7 +111,7 @@ func New(name string, cfg alerting.WebhookConfig, o Options) (*Receiver, error) 
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	return &Receiver{name: name, url: raw, secret: []byte(secret), client: o.Client, now: o.Now}, nil
+	return &Receiver{name: name, url: raw, secret: []byte(secret.Reveal()), client: o.Client, now: o.Now}, nil
 }
 
 // Name returns the receiver's name.

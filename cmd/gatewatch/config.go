@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,18 +18,64 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
+	gwconfig "github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
 	"github.com/gatewatch/gatewatch/store"
 )
 
-// config is gatewatch.yaml: each part's section, decoded over its defaults.
+// config is gatewatch.yaml: each part's section, decoded over its defaults, and the
+// live service's own sections.
 type config struct {
 	Ingest    ingest.Config        `yaml:"ingest"`
 	Detectors detectors.Config     `yaml:"detectors"`
 	Store     store.Config         `yaml:"store"`
 	Alerting  alerting.Config      `yaml:"alerting"`
 	Admin     pipeline.AdminConfig `yaml:"admin"`
+	Console   consoleConfig        `yaml:"console"`
+	Cluster   *clusterConfig       `yaml:"cluster,omitempty"` // nil: one instance runs everything
+
+	// Where the config came from, to place errors found after loading (check).
+	file string
+	root *yaml.Node
 }
+
+// consoleConfig is the analyst's web console: off unless Listen is set.
+type consoleConfig struct {
+	Listen string `yaml:"listen"` // host:port; empty: no console
+	// The bearer token requests carry (or an analyst logs in with), from a file or
+	// the environment; required with Listen.
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+}
+
+// Token is where the console's token comes from.
+func (c *consoleConfig) Token() gwconfig.SecretRef {
+	return gwconfig.SecretRef{Key: "token", File: c.TokenFile, Env: c.TokenEnv}
+}
+
+// minConsoleToken is the shortest console token accepted: it guards who may read
+// alerts and act on them.
+const minConsoleToken = 16
+
+// clusterConfig turns on scale-out: stage one writes normalised records to internal
+// topics, stage two runs one engine per internal partition.
+type clusterConfig struct {
+	InternalTopicPrefix string `yaml:"internal_topic_prefix"` // default DefaultInternalTopicPrefix
+	// Partitions of each internal topic; required, because it is fixed for the life of
+	// a deployment (it decides which task owns which key).
+	Partitions int `yaml:"partitions"`
+}
+
+// DefaultInternalTopicPrefix names the internal topics unless cluster says otherwise.
+const DefaultInternalTopicPrefix = "gatewatch-internal"
+
+// maxInternalPartitions bounds cluster.partitions: each is a task with its own
+// engine, and Kafka itself advises against topics with many thousand partitions.
+const maxInternalPartitions = 10_000
+
+// topicRE is what Kafka accepts in a topic name; the prefix leaves room for the
+// suffixes of the internal topics within Kafka's 249 characters.
+var topicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 
 func defaultConfig() config {
 	return config{
@@ -37,70 +86,61 @@ func defaultConfig() config {
 	}
 }
 
-// keyError is what each part's Validate reports per setting: a dotted key path below
-// the part's section.
-type keyError interface {
-	error
-	Key() string
+// applyDefaults fills what decoding cannot: a block that the file has but that has no
+// defaults of its own, because the decoder builds it from zero (cluster).
+func (c *config) applyDefaults() {
+	if c.Cluster != nil && c.Cluster.InternalTopicPrefix == "" {
+		c.Cluster.InternalTopicPrefix = DefaultInternalTopicPrefix
+	}
 }
 
-// validate checks every section, prefixing each error's key with its section.
+// validate checks every section, each error keyed by its full path.
 func (c *config) validate() error {
+	return errors.Join(
+		gwconfig.Prefix("ingest", c.Ingest.Validate()),
+		gwconfig.Prefix("detectors", c.Detectors.Validate()),
+		gwconfig.Prefix("store", c.Store.Validate()),
+		gwconfig.Prefix("alerting", c.Alerting.Validate()),
+		c.validateService(),
+	)
+}
+
+// validateService checks the admin, console and cluster sections.
+func (c *config) validateService() error {
 	var errs []error
-	add := func(section string, err error) {
-		for _, e := range flatten(err) {
-			errs = append(errs, &sectionError{section: section, err: e})
+	listen := func(key, addr string) {
+		if addr == "" {
+			return
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || (n == 0 && port != "0") {
+			errs = append(errs, gwconfig.Errorf(key, "must be host:port (127.0.0.1:9464, :9464), got %q", addr))
 		}
 	}
-	add("ingest", c.Ingest.Validate())
-	add("detectors", c.Detectors.Validate())
-	add("store", c.Store.Validate())
-	add("alerting", c.Alerting.Validate())
+	listen("admin.listen", c.Admin.Listen)
+	listen("console.listen", c.Console.Listen)
+	if c.Console.Listen != "" {
+		errs = append(errs, gwconfig.Prefix("console", c.Console.Token().Validate(true)))
+		if c.Console.Listen == c.Admin.Listen {
+			errs = append(errs, gwconfig.Errorf("console.listen", "is admin.listen too; give each its own address"))
+		}
+	} else {
+		errs = append(errs, gwconfig.Prefix("console", c.Console.Token().Validate(false)))
+	}
+	if cl := c.Cluster; cl != nil {
+		if !topicRE.MatchString(cl.InternalTopicPrefix) {
+			errs = append(errs, gwconfig.Errorf("cluster.internal_topic_prefix",
+				"must be 1-200 letters, digits, '.', '_' or '-' (a Kafka topic name), got %q", cl.InternalTopicPrefix))
+		}
+		if cl.Partitions < 1 || cl.Partitions > maxInternalPartitions {
+			errs = append(errs, gwconfig.Errorf("cluster.partitions",
+				"must be between 1 and %d (fixed for the life of a deployment), got %d", maxInternalPartitions, cl.Partitions))
+		}
+		if len(c.Ingest.Kafka.Brokers) == 0 {
+			errs = append(errs, gwconfig.Errorf("cluster", "needs ingest.kafka.brokers: the internal topics live on them"))
+		}
+	}
 	return errors.Join(errs...)
-}
-
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
-
-// sectionError is a part's validation error placed in the whole file.
-type sectionError struct {
-	section string
-	err     error
-}
-
-func (e *sectionError) key() string {
-	var ke keyError
-	var ce *ingest.ConfigError
-	switch {
-	case errors.As(e.err, &ce):
-		return e.section + "." + ce.Key
-	case errors.As(e.err, &ke):
-		return e.section + "." + ke.Key()
-	}
-	return e.section
-}
-
-func (e *sectionError) Error() string {
-	var ce *ingest.ConfigError
-	if errors.As(e.err, &ce) {
-		return e.section + "." + ce.Key + ": " + ce.Msg
-	}
-	var ke keyError
-	if errors.As(e.err, &ke) && !strings.HasPrefix(ke.Error(), ke.Key()) {
-		return e.section + "." + ke.Key() + ": " + ke.Error()
-	}
-	return e.section + "." + e.err.Error()
 }
 
 // loadConfigFile reads and validates a config file; an empty name gives the defaults.
@@ -116,119 +156,199 @@ func loadConfigFile(name string) (*config, error) {
 	return loadConfig(name, b)
 }
 
-// loadConfig decodes b strictly over the defaults and validates it. Every error names
-// the file, line and column of the key to fix.
+// loadConfig decodes b strictly over the defaults and validates it. It reports every
+// error of the file at once, in file order, each a *config.Error that names the file,
+// line and column of the key to fix and its key path; a YAML syntax error stops the
+// decoding and is reported alone, at the line where the parser found it.
 func loadConfig(name string, b []byte) (*config, error) {
-	var root yaml.Node // kept only to turn key paths into line:column
-	if err := yaml.Unmarshal(b, &root); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
 	cfg := defaultConfig()
+	cfg.file, cfg.root = name, &yaml.Node{}
+	if err := yaml.Unmarshal(b, cfg.root); err != nil {
+		return nil, syntaxError(name, b, err)
+	}
+	var errs []*gwconfig.Error
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, decodeError(name, &root, err)
+		msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
+		if te, ok := errors.AsType[*yaml.TypeError](err); ok {
+			msgs = te.Errors
+		}
+		for _, msg := range msgs {
+			errs = append(errs, decodeError(name, cfg.root, msg))
+		}
 	}
-	if err := cfg.validate(); err != nil {
-		return nil, withPositions(name, &root, err)
+	// What decoded is checked too, so that one run shows every error: a setting
+	// that did not decode keeps its default, which is valid.
+	cfg.applyDefaults()
+	errs = append(errs, cfg.place(cfg.validate())...)
+	if len(errs) > 0 {
+		return nil, joinPlaced(errs)
 	}
 	return &cfg, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
-
-// decodeError rewrites yaml's "line N: message" errors as "file:N:col: key.path: message",
-// so an operator sees which setting to fix, not only where.
-func decodeError(name string, root *yaml.Node, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	var out []error
-	for _, msg := range te.Errors {
-		m := yamlLineRE.FindStringSubmatch(msg)
-		if m == nil {
-			out = append(out, fmt.Errorf("%s: %s", name, msg))
-			continue
-		}
-		line, _ := strconv.Atoi(m[1])
-		text := m[2]
-		if strings.Contains(text, "time.Duration") {
-			text += " (durations look like 90s, 10m, 720h)"
-		}
-		if path, col := keyAtLine(root, line); path != "" {
-			out = append(out, fmt.Errorf("%s:%d:%d: %s: %s", name, line, col, path, text))
-		} else {
-			out = append(out, fmt.Errorf("%s:%d: %s", name, line, text))
-		}
+// joinPlaced joins errors in file order.
+func joinPlaced(es []*gwconfig.Error) error {
+	slices.SortStableFunc(es, func(a, b *gwconfig.Error) int {
+		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
+	})
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
 	}
 	return errors.Join(out...)
 }
 
-// keyAtLine returns the dotted path and column of the mapping key on line, or of the
-// value on line for a sequence item.
-func keyAtLine(root *yaml.Node, line int) (string, int) {
-	var walk func(n *yaml.Node, path string) (string, int)
-	walk = func(n *yaml.Node, path string) (string, int) {
+// place gives each error of err the file and the position of its key (or of the
+// nearest enclosing key the file has: a missing key's parent).
+func (c *config) place(err error) []*gwconfig.Error {
+	es := gwconfig.Errors(err)
+	for i, e := range es {
+		p := *e
+		p.File = c.file
+		if p.Line == 0 && c.root != nil {
+			p.Line, p.Column = position(c.root, p.Path)
+		}
+		es[i] = &p
+	}
+	return es
+}
+
+var (
+	yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	// What a decode error says about the node it is about: an unknown field's name, a
+	// key defined twice, or a value (yaml quotes it in backquotes, shortened beyond
+	// ten characters to seven and "..."; leaf types in double quotes after "got").
+	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type`)
+	duplicateKeyRE = regexp.MustCompile(`^mapping key "(.*)" already defined`)
+	valueRE        = regexp.MustCompile("`([^`]*)`|got \"([^\"]*)\"")
+)
+
+// decodeError turns one of yaml's "line N: message" decode errors into an error at the
+// setting it is about: "file:N:col: key.path: message". Several settings may share a
+// line (a flow mapping such as {window: 10m, max_device: 2}); what the message quotes
+// picks the one.
+func decodeError(name string, root *yaml.Node, msg string) *gwconfig.Error {
+	e := &gwconfig.Error{File: name, Msg: msg}
+	m := yamlLineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return e
+	}
+	e.Line, _ = strconv.Atoi(m[1])
+	e.Msg = m[2]
+	if strings.Contains(e.Msg, "time.Duration") {
+		e.Msg += " (durations look like 90s, 10m, 720h)"
+	}
+	var match func(k, v *yaml.Node) bool
+	switch {
+	case unknownFieldRE.MatchString(e.Msg), duplicateKeyRE.MatchString(e.Msg):
+		f := unknownFieldRE.FindStringSubmatch(e.Msg)
+		if f == nil {
+			f = duplicateKeyRE.FindStringSubmatch(e.Msg)
+		}
+		match = func(k, _ *yaml.Node) bool { return k != nil && k.Value == f[1] }
+	case valueRE.MatchString(e.Msg):
+		f := valueRE.FindStringSubmatch(e.Msg)
+		want := f[1] + f[2]
+		match = func(_, v *yaml.Node) bool {
+			if v.Kind != yaml.ScalarNode {
+				return false
+			}
+			if short, ok := strings.CutSuffix(want, "..."); ok && len(v.Value) > 10 {
+				return strings.HasPrefix(v.Value, short)
+			}
+			return v.Value == want
+		}
+	case strings.Contains(e.Msg, "!!seq"), strings.Contains(e.Msg, "!!map"):
+		kind := yaml.SequenceNode
+		if strings.Contains(e.Msg, "!!map") {
+			kind = yaml.MappingNode
+		}
+		match = func(_, v *yaml.Node) bool { return v.Kind == kind }
+	}
+	if match != nil {
+		e.Path, e.Column = settingAt(root, e.Line, match)
+	}
+	if e.Path == "" {
+		e.Path, e.Column = settingAt(root, e.Line, func(_, _ *yaml.Node) bool { return true })
+	}
+	return e
+}
+
+// settingAt returns the key path and column of the first setting on line, in file
+// order, for which match(key, value) holds: a mapping entry whose key or scalar value
+// is on line (at the column of its key), or a sequence item on line (key nil; at the
+// column of the item).
+func settingAt(root *yaml.Node, line int, match func(k, v *yaml.Node) bool) (string, int) {
+	var walk func(n *yaml.Node, path string) (string, int, bool)
+	walk = func(n *yaml.Node, path string) (string, int, bool) {
 		switch n.Kind {
 		case yaml.DocumentNode:
 			for _, c := range n.Content {
-				if p, col := walk(c, path); p != "" {
-					return p, col
+				if p, col, ok := walk(c, path); ok {
+					return p, col, true
 				}
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
-				kp := k.Value
-				if path != "" {
-					kp = path + "." + k.Value
+				kp := gwconfig.Join(path, k.Value)
+				if (k.Line == line || (v.Kind == yaml.ScalarNode && v.Line == line)) && match(k, v) {
+					return kp, k.Column, true
 				}
-				if k.Line == line && (v.Kind == yaml.ScalarNode || v.Line != line) {
-					return kp, k.Column
+				if p, col, ok := walk(v, kp); ok {
+					return p, col, true
 				}
-				if p, col := walk(v, kp); p != "" {
-					return p, col
-				}
-			}
-			if n.Line == line && path != "" {
-				return path, n.Column
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
-				if p, col := walk(c, fmt.Sprintf("%s[%d]", path, i)); p != "" {
-					return p, col
+				ip := path + "[" + strconv.Itoa(i) + "]"
+				if c.Line == line && match(nil, c) {
+					return ip, c.Column, true
+				}
+				if p, col, ok := walk(c, ip); ok {
+					return p, col, true
 				}
 			}
-		case yaml.ScalarNode:
-			if n.Line == line {
-				return path, n.Column
-			}
 		}
-		return "", 0
+		return "", 0, false
 	}
-	return walk(root, "")
+	p, col, _ := walk(root, "")
+	return p, col
 }
 
-// withPositions prefixes each validation error with file:line:col of its key (or of
-// the nearest enclosing key that the file has: a missing key's parent).
-func withPositions(name string, root *yaml.Node, err error) error {
-	var out []error
-	for _, e := range flatten(err) {
-		var se *sectionError
-		if !errors.As(e, &se) {
-			out = append(out, fmt.Errorf("%s: %w", name, e))
-			continue
-		}
-		line, col := position(root, se.key())
-		if line == 0 {
-			out = append(out, fmt.Errorf("%s: %w", name, e))
-			continue
-		}
-		out = append(out, fmt.Errorf("%s:%d:%d: %w", name, line, col, e))
+// syntaxError reports a YAML syntax error at the line where the parser found it. yaml
+// names the line where the construct it was parsing began, counted from 0, so the
+// line is found again here: the first prefix of the file that fails the same way.
+func syntaxError(name string, b []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	m := yamlLineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return &gwconfig.Error{File: name, Msg: "invalid YAML: " + msg}
 	}
-	return errors.Join(out...)
+	e := &gwconfig.Error{File: name, Msg: "invalid YAML: " + m[2]}
+	e.Line, _ = strconv.Atoi(m[1])
+	if e.Line == 0 {
+		e.Line = 1
+	}
+	lines := bytes.SplitAfter(b, []byte("\n"))
+	if len(lines) > maxSyntaxSearch {
+		return e
+	}
+	for n := 1; n <= len(lines); n++ {
+		var root yaml.Node
+		perr := yaml.Unmarshal(bytes.Join(lines[:n], nil), &root)
+		if perr != nil && perr.Error() == err.Error() {
+			e.Line = n
+			break
+		}
+	}
+	return e
 }
+
+// maxSyntaxSearch bounds the lines syntaxError parses again (quadratic in them).
+const maxSyntaxSearch = 5000
 
 // position finds the node of a key path such as "ingest.kafka.topics[1].format" and
 // returns its line and column, or the deepest ancestor's when the key is not in the file.
@@ -237,7 +357,7 @@ func position(root *yaml.Node, path string) (line, col int) {
 	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
 		n = n.Content[0]
 	}
-	for _, part := range strings.Split(path, ".") {
+	for part := range strings.SplitSeq(path, ".") {
 		name, idx := part, -1
 		if i := strings.IndexByte(part, '['); i >= 0 && strings.HasSuffix(part, "]") {
 			name = part[:i]

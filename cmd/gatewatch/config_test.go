@@ -21,6 +21,22 @@ func TestBadConfigs(t *testing.T) {
 			"bad-values.bad.yaml:5:12: ingest.kafka.sasl.mechanism",
 			"ingest.kafka.topics", // brokers are absent here, so no topic error...
 		}},
+		{"flow-unknown-key.bad.yaml", []string{"flow-unknown-key.bad.yaml:3:30: detectors.token_reuse.max_device: field max_device not found"}},
+		{"bad-enums.bad.yaml", []string{
+			`bad-enums.bad.yaml:3:32: detectors.new_country.severity: severity must be low, medium, high or critical, got "urgent"`,
+			`bad-enums.bad.yaml:6:50: alerting.receivers[0].syslog.format: must be json or cef, got "xml"`,
+			`bad-enums.bad.yaml:8:27: alerting.routes[0].match.severity[0]: severity must be low, medium, high or critical, got "hgh"`,
+		}},
+		{"syntax.bad.yaml", []string{"syntax.bad.yaml:5: invalid YAML: did not find expected ',' or ']'"}},
+		{"indent.bad.yaml", []string{"indent.bad.yaml:6: invalid YAML: did not find expected key"}},
+		{"service.bad.yaml", []string{
+			`service.bad.yaml:3:3: admin.listen: must be host:port (127.0.0.1:9464, :9464), got "localhost"`,
+			"service.bad.yaml:4:1: console.token_file: needs token_file or token_env",
+			"service.bad.yaml:6:1: cluster: needs ingest.kafka.brokers",
+			"service.bad.yaml:7:3: cluster.internal_topic_prefix: must be 1-200 letters",
+			"service.bad.yaml:8:3: cluster.partitions: must be between 1 and 10000",
+		}},
+		{"console.bad.yaml", []string{"console.bad.yaml:3:11: console.listen: is admin.listen too"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			_, err := loadConfigFile(filepath.Join("testdata", "config", tc.file))
@@ -39,6 +55,32 @@ func TestBadConfigs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEveryErrorAtOnce: one run reports every error of the file, decode errors and
+// validation errors alike, in file order, each at its line, column and key.
+func TestEveryErrorAtOnce(t *testing.T) {
+	_, err := loadConfigFile("testdata/config/many-errors.bad.yaml")
+	if err == nil {
+		t.Fatal("loaded without error")
+	}
+	want := []string{
+		"many-errors.bad.yaml:4:3: ingest.max_line_bytes: must be between 1024 and 67108864, got 12",
+		"many-errors.bad.yaml:6:5: ingest.kafka.grup: field grup not found in type ingest.KafkaConfig",
+		"many-errors.bad.yaml:9:5: detectors.token_reuse.window: cannot unmarshal !!int `10` into time.Duration (durations look like 90s, 10m, 720h)",
+		"many-errors.bad.yaml:10:21: detectors.forbidden_burst.min_ratio: must be in (0,1], got 1.5",
+		`many-errors.bad.yaml:10:37: detectors.forbidden_burst.severity: severity must be low, medium, high or critical, got "loud"`,
+		`many-errors.bad.yaml:15:20: alerting.routes[0].receivers[0]: undefined receiver "archiv"`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("%d errors, want %d:\n%v", len(got), len(want), err)
+	}
+	for i := range want {
+		if !strings.HasSuffix(got[i], want[i]) {
+			t.Errorf("error %d = %q, want %q", i, got[i], want[i])
+		}
 	}
 }
 

@@ -4,15 +4,36 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"sync"
 	"testing"
 )
 
 // runCmd runs gatewatch in-process with stdin and returns stdout, stderr and the exit code.
 func runCmd(t *testing.T, stdin string, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errOut bytes.Buffer
+	var out, errOut lockedBuffer
 	code := run(context.Background(), &cmdEnv{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut}, args)
 	return out.String(), errOut.String(), code
+}
+
+// lockedBuffer is a bytes.Buffer that several goroutines may write, as the commands'
+// background goroutines (a Kafka client's logger) write to stderr while the command
+// prints; os.Stderr takes that, a bare bytes.Buffer does not.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestUsage(t *testing.T) {

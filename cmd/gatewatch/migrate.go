@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/store"
 )
 
@@ -28,7 +30,7 @@ func runMigrate(ctx context.Context, env *cmdEnv, args []string) error {
 		return errors.New("store.clickhouse is not configured: the embedded local store needs no migration")
 	}
 	logger := slog.New(slog.NewTextHandler(env.stderr, nil))
-	ch, err := store.NewClickHouse(cfg.Store, store.ClickHouseOptions{Logger: logger.With("component", "store")})
+	ch, err := store.NewClickHouse(cfg.Store, store.ClickHouseOptions{Logger: logger.With("component", "store"), Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		return err
 	}

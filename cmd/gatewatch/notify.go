@@ -8,29 +8,50 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/alerting/outbox"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/store"
 )
 
+// stopTimeout bounds how long a stopping notify waits for the attempts in flight and
+// for the store to flush the alert history.
+const stopTimeout = 15 * time.Second
+
 func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlagSet(env, "notify", "notify --config FILE --input ALERTS.jsonl|- [--dry-run] [--timeout D]")
+	fs := newFlagSet(env, "notify", "notify --config FILE --input ALERTS.jsonl|- [--dry-run] [--timeout D]\n"+
+		"       gatewatch notify --config FILE --requeue [--receiver NAME] [--timeout D]")
 	configPath := fs.String("config", "", "config file whose alerting section names the routes and receivers (required)")
 	input := fs.String("input", "", "alerts as JSON lines (what replay prints), or - for stdin")
 	dryRun := fs.Bool("dry-run", false, "print the receivers each alert would reach; send nothing")
+	requeue := fs.Bool("requeue", false, "re-send the deliveries parked as failed (all receivers', or --receiver's)")
+	receiver := fs.String("receiver", "", "with --requeue: only this receiver's parked deliveries")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to keep retrying before leaving what is undelivered in the outbox")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *configPath == "" || *input == "" {
-		fmt.Fprintln(env.stderr, "notify: --config and --input are required")
+	var usage string
+	switch {
+	case *configPath == "":
+		usage = "--config is required"
+	case *requeue && (*input != "" || *dryRun):
+		usage = "--requeue takes no --input or --dry-run"
+	case !*requeue && *input == "":
+		usage = "--input (or --requeue) is required"
+	case !*requeue && *receiver != "":
+		usage = "--receiver goes with --requeue"
+	}
+	if usage != "" {
+		fmt.Fprintln(env.stderr, "notify:", usage)
 		fs.Usage()
 		return errUsage
 	}
@@ -38,78 +59,181 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *requeue {
+		return requeueParked(ctx, env, cfg, *configPath, *receiver, *timeout)
+	}
 	alerts, err := readAlerts(env, *input)
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if *dryRun {
 		return planAlerts(env, cfg, alerts)
 	}
-
-	dir := cfg.Alerting.Outbox.Dir
-	if dir == "" {
-		dir = filepath.Join(cfg.Store.DataDir, "outbox")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	outbox, err := store.OpenOutbox(dir, store.OutboxOptions{Logger: logger.With("component", "store")})
+	s, err := openSession(ctx, env, cfg)
 	if err != nil {
 		return err
 	}
-	defer outbox.Close()
+	sent, err := s.send(ctx, alerts, *timeout)
+	if err == nil {
+		err = s.stop(stopTimeout) // the states reported are final
+	}
+	if err == nil {
+		err = report(ctx, env, s.router, alerts, sent, *configPath, s.dir)
+	}
+	// Whether the sending worked or not, the router stops, and Run returns, before
+	// anything it uses is closed.
+	return errors.Join(err, s.close(stopTimeout))
+}
+
+// session is one notify run's delivery: the outbox, the alert history, the receivers
+// and the router on them, whose Run it starts. close stops the router and waits for
+// Run to return before it closes, in the reverse order of opening, what the router
+// uses, so that nothing is closed under a router still running.
+type session struct {
+	router  *alerting.Router
+	dir     string     // the outbox's
+	runErr  chan error // Run's result; nil once received
+	cancel  context.CancelFunc
+	closers []func(ctx context.Context) error // in the order opened
+}
+
+// openSession opens what cfg names and starts the router.
+func openSession(ctx context.Context, env *cmdEnv, cfg *config) (s *session, err error) {
+	logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	s = &session{dir: outboxDir(cfg)}
+	defer func() {
+		if err != nil {
+			_ = s.close(stopTimeout) // what was opened before the failure
+		}
+	}()
+	ob, err := outbox.Open(s.dir, outbox.Options{Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func(context.Context) error { return ob.Close() })
 	// The store keeps the alert history next to the event archive; it is best effort
 	// and never holds up delivery.
-	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
+	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Registerer: prometheus.NewRegistry(),
+		Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
 	storeDone := make(chan error, 1)
 	go func() { storeDone <- st.Run(storeCtx) }()
-	defer func() {
+	s.closers = append(s.closers, func(ctx context.Context) error {
 		stopStore()
 		<-storeDone
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		if err := st.Close(closeCtx); err != nil {
-			logger.Warn("closing the store", "component", "store", "err", err)
-		}
-	}()
+		return st.Close(ctx)
+	})
 	receivers, closer, err := buildReceivers(cfg, logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer closer.Close()
+	s.closers = append(s.closers, func(context.Context) error { return closer.Close() })
 	router, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
-		Outbox: outbox, Receivers: receivers, History: st, Logger: logger.With("component", "alerting"), Registerer: prometheus.NewRegistry(),
+		Outbox: ob, Receivers: receivers, History: st, Logger: logger, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
-	runErr := make(chan error, 1)
-	go func() { runErr <- router.Run(runCtx) }()
+	s.start(ctx, router)
+	return s, nil
+}
 
-	if err := router.Put(ctx, alerts); err != nil {
-		return err
-	}
-	flushCtx, cancel := context.WithTimeoutCause(ctx, *timeout, errors.New("notify: --timeout reached"))
-	flushErr := router.Flush(flushCtx)
-	cancel()
-	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-	defer cancelClose()
-	if err := router.Close(closeCtx); err != nil {
-		return err
-	}
-	if err := <-runErr; err != nil {
-		return err
-	}
+// start runs router until close.
+func (s *session) start(ctx context.Context, router *alerting.Router) {
+	var runCtx context.Context
+	runCtx, s.cancel = context.WithCancel(ctx)
+	s.router, s.runErr = router, make(chan error, 1)
+	go func() { s.runErr <- router.Run(runCtx) }()
+}
 
-	pending, parked := 0, 0
+// stop stops the router, letting the attempts in flight finish within timeout (after
+// it they are cut short and stay pending), and waits for Run to return. The router can
+// still report what the outbox holds.
+func (s *session) stop(timeout time.Duration) error {
+	if s.runErr == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := s.router.Close(ctx); err != nil {
+		s.cancel() // cut the attempts short: Run returns now
+	}
+	err := <-s.runErr
+	s.cancel()
+	s.runErr = nil
+	return err
+}
+
+// close stops the router (stop), then closes what the session opened, last first.
+func (s *session) close(timeout time.Duration) error {
+	errs := []error{s.stop(timeout)}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i](ctx))
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
+// sent says what became of the alerts put: those no route matched, and those a
+// silence muted.
+type sent struct {
+	unrouted, silenced []detectors.Alert
+}
+
+// send puts alerts through the router and waits, up to timeout, until every delivery
+// is done (delivered or parked). An alert no route matches reaches nobody; send
+// returns those and the silenced ones for the report.
+func (s *session) send(ctx context.Context, alerts []detectors.Alert, timeout time.Duration) (sent, error) {
+	var out sent
 	for _, a := range alerts {
+		if len(s.router.Plan(a)) > 0 {
+			continue
+		}
+		if s.router.Silenced(a) {
+			out.silenced = append(out.silenced, a)
+		} else {
+			out.unrouted = append(out.unrouted, a)
+		}
+	}
+	if err := s.router.Put(ctx, alerts); err != nil {
+		return out, err
+	}
+	return out, s.flush(ctx, timeout)
+}
+
+// flush waits up to timeout until no delivery is pending. Running out of time is no
+// error: what is pending stays in the outbox, and the report says so.
+func (s *session) flush(ctx context.Context, timeout time.Duration) error {
+	flushCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := s.router.Flush(flushCtx)
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err() // interrupted
+	case flushCtx.Err() != nil:
+		return nil // --timeout
+	}
+	return err
+}
+
+// report prints, per alert and receiver, where its delivery stands, and returns an
+// error when an alert reached nobody, a delivery is parked or one is still pending.
+func report(ctx context.Context, env *cmdEnv, router *alerting.Router, alerts []detectors.Alert, s sent, configPath, dir string) error {
+	pending, parked := 0, map[string]int{}
+	for _, a := range alerts {
+		switch {
+		case slices.ContainsFunc(s.unrouted, func(u detectors.Alert) bool { return u.ID == a.ID }):
+			fmt.Fprintf(env.stdout, "%s %s -> nobody: no route matches\n", a.ID, a.Detector)
+			continue
+		case slices.ContainsFunc(s.silenced, func(u detectors.Alert) bool { return u.ID == a.ID }):
+			fmt.Fprintf(env.stdout, "%s %s -> nobody: silenced\n", a.ID, a.Detector)
+			continue
+		}
 		ds, err := router.Deliveries(ctx, a)
 		if err != nil {
 			return err
@@ -120,7 +244,7 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 			case alerting.Pending:
 				pending++
 			case alerting.Failed:
-				parked++
+				parked[d.Receiver]++
 			}
 			if d.LastError != "" && d.State != alerting.Delivered {
 				line += " (" + d.LastError + ")"
@@ -128,15 +252,90 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 			fmt.Fprintln(env.stdout, line)
 		}
 	}
-	switch {
-	case parked > 0:
-		return fmt.Errorf("%d deliveries failed for good and are parked in the outbox at %s", parked, dir)
-	case pending > 0:
-		return fmt.Errorf("%d deliveries still pending (%v); they stay in the outbox at %s and the next run or notify retries them", pending, context.Cause(flushCtx), dir)
-	case flushErr != nil && !errors.Is(flushErr, context.DeadlineExceeded):
-		return flushErr
+	var errs []error
+	if n := len(s.unrouted); n > 0 {
+		errs = append(errs, fmt.Errorf("%d %s matched no route and reached nobody: add a route for them, or a last route without match in %s",
+			n, plural(n, "alert", "alerts"), configPath))
 	}
-	return nil
+	for _, r := range slices.Sorted(maps.Keys(parked)) {
+		errs = append(errs, fmt.Errorf("%d %s to %s failed for good and %s parked in the outbox at %s; once %s is fixed, re-send with: gatewatch notify --config %s --requeue --receiver %s",
+			parked[r], plural(parked[r], "delivery", "deliveries"), r, plural(parked[r], "is", "are"), dir, r, configPath, r))
+	}
+	if pending > 0 {
+		errs = append(errs, fmt.Errorf("%d %s still pending after --timeout; they stay in the outbox at %s and the next run or notify retries them",
+			pending, plural(pending, "delivery", "deliveries"), dir))
+	}
+	return errors.Join(errs...)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// requeueParked sets the parked deliveries of receiver (every receiver when empty)
+// pending again, delivers them, and reports how each receiver's went.
+func requeueParked(ctx context.Context, env *cmdEnv, cfg *config, configPath, receiver string, timeout time.Duration) error {
+	var names []string
+	for _, rc := range cfg.Alerting.Receivers {
+		if receiver == "" || rc.Name == receiver {
+			names = append(names, rc.Name)
+		}
+	}
+	if len(names) == 0 {
+		if receiver != "" {
+			return fmt.Errorf("no receiver %q in %s", receiver, configPath)
+		}
+		return fmt.Errorf("%s configures no receivers", configPath)
+	}
+	s, err := openSession(ctx, env, cfg)
+	if err != nil {
+		return err
+	}
+	err = s.requeue(ctx, env, names, timeout, configPath)
+	return errors.Join(err, s.close(stopTimeout))
+}
+
+// requeue is requeueParked on an open session.
+func (s *session) requeue(ctx context.Context, env *cmdEnv, names []string, timeout time.Duration, configPath string) error {
+	requeued := map[string]int{}
+	for _, n := range names {
+		k, err := s.router.Requeue(ctx, n)
+		if err != nil {
+			return err
+		}
+		requeued[n] = k
+	}
+	if err := s.flush(ctx, timeout); err != nil {
+		return err
+	}
+	stats, err := s.router.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		st := stats[n]
+		delivered := max(requeued[n]-st.Parked-st.Pending, 0)
+		fmt.Fprintf(env.stdout, "%s: %d requeued, %d delivered, %d parked again, %d pending\n", n, requeued[n], delivered, st.Parked, st.Pending)
+		if st.Parked > 0 || st.Pending > 0 {
+			errs = append(errs, fmt.Errorf("%s: %d parked and %d pending deliveries remain in the outbox at %s (the destination still fails?); re-send with: gatewatch notify --config %s --requeue --receiver %s",
+				n, st.Parked, st.Pending, s.dir, configPath, n))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// outboxDir is where the durable outbox lives: alerting.outbox.dir, else
+// <store.data_dir>/outbox. run and notify share it, so notify's parked deliveries are
+// the live service's.
+func outboxDir(cfg *config) string {
+	if cfg.Alerting.Outbox.Dir != "" {
+		return cfg.Alerting.Outbox.Dir
+	}
+	return filepath.Join(cfg.Store.DataDir, "outbox")
 }
 
 // readAlerts reads alerts as JSON lines, naming the line of any that does not decode.
@@ -174,7 +373,8 @@ func readAlerts(env *cmdEnv, input string) ([]detectors.Alert, error) {
 }
 
 // planAlerts prints, per alert, the receivers it would reach after silences and routes.
-// No receiver is built, so no secret is needed and nothing is sent.
+// No receiver is built, so no secret is needed and nothing is sent. An alert that no
+// route matches is an error, as it is when sending.
 func planAlerts(env *cmdEnv, cfg *config, alerts []detectors.Alert) error {
 	receivers := map[string]alerting.Receiver{}
 	for _, rc := range cfg.Alerting.Receivers {
@@ -186,13 +386,22 @@ func planAlerts(env *cmdEnv, cfg *config, alerts []detectors.Alert) error {
 	if err != nil {
 		return err
 	}
+	unrouted := 0
 	for _, a := range alerts {
 		to := router.Plan(a)
 		target := strings.Join(to, ", ")
-		if len(to) == 0 {
-			target = "nobody (silenced or no route matches)"
+		switch {
+		case len(to) > 0:
+		case router.Silenced(a):
+			target = "nobody (silenced)"
+		default:
+			target = "nobody (no route matches)"
+			unrouted++
 		}
 		fmt.Fprintf(env.stdout, "%s %s %s %s -> %s\n", a.ID, a.Detector, a.Severity, a.Key, target)
+	}
+	if unrouted > 0 {
+		return fmt.Errorf("%d %s would match no route and reach nobody", unrouted, plural(unrouted, "alert", "alerts"))
 	}
 	return nil
 }

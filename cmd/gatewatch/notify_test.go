@@ -4,14 +4,20 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/store"
 )
 
@@ -124,7 +130,7 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 	}
 
 	// The alert history landed in the (embedded) store, with each delivery's state.
-	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{})
+	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,4 +159,184 @@ func TestNotifyRejectsBadInput(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "-:1: an alert needs") {
 		t.Errorf("exit %d: %s", code, errOut)
 	}
+}
+
+// TestNotifyReportsUnroutedAlerts: an alert that no route matches reaches nobody;
+// notify says which, delivers the others, and exits non-zero, as --dry-run does.
+func TestNotifyReportsUnroutedAlerts(t *testing.T) {
+	alerts := demoAlerts(t)
+	dir := t.TempDir()
+	high := filepath.Join(dir, "high.jsonl")
+	cfg := filepath.Join(dir, "gatewatch.yaml")
+	body := fmt.Sprintf(`store: {data_dir: %s}
+alerting:
+  receivers:
+    - {name: pager, file: {path: %s}}
+  routes:
+    - {match: {severity: [high, critical]}, receivers: [pager]}
+`, dir, high)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	routed := 0
+	for _, l := range strings.Split(strings.TrimSpace(alerts), "\n") {
+		if strings.Contains(l, `"severity":"high"`) || strings.Contains(l, `"severity":"critical"`) {
+			routed++
+		}
+	}
+	unrouted := strings.Count(strings.TrimSpace(alerts), "\n") + 1 - routed
+	if routed == 0 || unrouted == 0 {
+		t.Fatalf("the demo's alerts have %d routed and %d unrouted here, want both", routed, unrouted)
+	}
+	for _, args := range [][]string{{"--dry-run"}, nil} {
+		out, errOut, code := runCmd(t, alerts, append([]string{"notify", "--config", cfg, "--input", "-"}, args...)...)
+		if code != 1 || !strings.Contains(errOut, fmt.Sprintf("%d alert", unrouted)) || !strings.Contains(errOut, "no route") {
+			t.Errorf("notify %v: exit %d, stderr %s; want 1 and %d alerts that matched no route", args, code, errOut, unrouted)
+		}
+		if n := strings.Count(out, "-> nobody (no route matches)") + strings.Count(out, "-> nobody: no route matches"); n != unrouted {
+			t.Errorf("notify %v named %d unrouted alerts, want %d:\n%s", args, n, unrouted, out)
+		}
+	}
+	n := 0
+	for _, k := range countLines(t, high) {
+		n += k
+	}
+	if n != routed {
+		t.Errorf("pager got %d alert versions, want the %d routed ones", n, routed)
+	}
+}
+
+// TestNotifyRequeue: deliveries to a destination that keeps failing are parked; the
+// error says how to re-send them, and once the destination is fixed, notify --requeue
+// delivers them, each alert version once.
+func TestNotifyRequeue(t *testing.T) {
+	alerts := demoAlerts(t)
+	versions := strings.Count(strings.TrimSpace(alerts), "\n") + 1 // one delivery each
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "not-yet")
+	archive := filepath.Join(missing, "alerts.jsonl")
+	cfg := filepath.Join(dir, "gatewatch.yaml")
+	body := fmt.Sprintf(`store: {data_dir: %s}
+alerting:
+  receivers:
+    - {name: archive, file: {path: %s}}
+  outbox: {initial_backoff: 1ms, max_backoff: 2ms, give_up_after: 1ms}
+`, dir, archive)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCmd(t, alerts, "notify", "--config", cfg, "--input", "-")
+	parked := fmt.Sprintf("%d deliveries to archive failed for good", versions)
+	want := "re-send with: gatewatch notify --config " + cfg + " --requeue --receiver archive"
+	if code != 1 || !strings.Contains(errOut, parked) || !strings.Contains(errOut, want) {
+		t.Fatalf("notify to a missing directory: exit %d\n%s%s\nwant exit 1, %q and %q", code, out, errOut, parked, want)
+	}
+	// Nothing to requeue for a receiver the config lacks; a usage mistake is one.
+	if _, errOut, code := runCmd(t, "", "notify", "--config", cfg, "--requeue", "--receiver", "nope"); code != 1 || !strings.Contains(errOut, `no receiver "nope"`) {
+		t.Errorf("--requeue --receiver nope: exit %d, %s", code, errOut)
+	}
+	if _, _, code := runCmd(t, "", "notify", "--config", cfg, "--requeue", "--input", "-"); code != 2 {
+		t.Errorf("--requeue with --input: exit %d, want 2", code)
+	}
+	if err := os.Mkdir(missing, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = runCmd(t, "", "notify", "--config", cfg, "--requeue", "--receiver", "archive")
+	done := fmt.Sprintf("archive: %d requeued, %d delivered, 0 parked again, 0 pending", versions, versions)
+	if code != 0 || !strings.Contains(out, done) {
+		t.Fatalf("--requeue: exit %d\n%s%s\nwant %q", code, out, errOut, done)
+	}
+	// Sending the same alerts again delivers nothing new: the requeued ones count.
+	if out, errOut, code := runCmd(t, alerts, "notify", "--config", cfg, "--input", "-"); code != 0 || strings.Count(out, ": delivered") != versions {
+		t.Errorf("notify after the requeue: exit %d\n%s%s", code, out, errOut)
+	}
+	n := 0
+	for _, k := range countLines(t, archive) {
+		n += k
+	}
+	if n != versions {
+		t.Errorf("archive holds %d alert versions after the requeue and a second notify, want each of the %d once", n, versions)
+	}
+}
+
+// TestNotifyStopsTheRouterBeforeClosing: when putting the alerts fails, notify still
+// stops the router and waits for it before it closes the outbox; the router must never
+// use an outbox that is closed under it.
+func TestNotifyStopsTheRouterBeforeClosing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ob := &closingOutbox{MemoryOutbox: alerting.NewMemoryOutbox(), t: t}
+		rec := alertingtest.NewRecorder("archive")
+		cfg := alerting.DefaultConfig()
+		cfg.Receivers = []alerting.ReceiverConfig{{Name: "archive", File: &alerting.FileConfig{Path: "unused"}}}
+		router, err := alerting.NewRouter(cfg, alerting.RouterOptions{
+			Outbox: ob, Receivers: map[string]alerting.Receiver{"archive": rec}, Registerer: prometheus.NewRegistry(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &session{closers: []func(context.Context) error{ob.Close}}
+		s.start(t.Context(), router)
+		synctest.Wait() // Run is going: its prune pass is in the outbox
+		if _, err := s.send(t.Context(), alertingtest.Alerts(3, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)), time.Minute); err == nil {
+			t.Fatal("send succeeded on an outbox that refuses every enqueue")
+		}
+		if err := s.close(stopTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if !ob.closed.Load() {
+			t.Error("the outbox was not closed")
+		}
+	})
+}
+
+// closingOutbox refuses every Enqueue (a full disk), holds a Prune until its context
+// ends (a slow pass at shutdown), and fails the test when it is closed while a call is
+// in flight or used after it was closed.
+type closingOutbox struct {
+	*alerting.MemoryOutbox
+	t        *testing.T
+	inFlight atomic.Int32
+	closed   atomic.Bool
+}
+
+func (c *closingOutbox) enter(method string) func() {
+	if c.closed.Load() {
+		c.t.Errorf("%s on a closed outbox", method)
+	}
+	c.inFlight.Add(1)
+	return func() { c.inFlight.Add(-1) }
+}
+
+func (c *closingOutbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
+	defer c.enter("Enqueue")()
+	return errors.New("write outbox.db: no space left on device")
+}
+
+func (c *closingOutbox) Prune(ctx context.Context, before time.Time) (int, error) {
+	defer c.enter("Prune")()
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+func (c *closingOutbox) Pending(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
+	defer c.enter("Pending")()
+	return c.MemoryOutbox.Pending(ctx, receiver, limit)
+}
+
+func (c *closingOutbox) Stats(ctx context.Context) (map[string]alerting.QueueStats, error) {
+	defer c.enter("Stats")()
+	return c.MemoryOutbox.Stats(ctx)
+}
+
+func (c *closingOutbox) Update(ctx context.Context, ds []alerting.Delivery) error {
+	defer c.enter("Update")()
+	return c.MemoryOutbox.Update(ctx, ds)
+}
+
+func (c *closingOutbox) Close(context.Context) error {
+	if n := c.inFlight.Load(); n > 0 {
+		c.t.Errorf("outbox closed with %d calls of the router in flight", n)
+	}
+	c.closed.Store(true)
+	return nil
 }

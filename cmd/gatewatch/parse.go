@@ -8,6 +8,8 @@ import (
 	"io"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -46,7 +48,7 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 		dl = ingest.TeeDeadLetters{f, report}
 	}
 	src, err := ingest.NewFileSource([]string{*input}, ingest.FileOptions{
-		Format: *format, Parser: popts, DeadLetters: dl, Stdin: env.stdin,
+		Format: *format, Parser: popts, DeadLetters: dl, Stdin: env.stdin, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		return err

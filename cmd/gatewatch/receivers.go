@@ -42,6 +42,7 @@ func buildReceivers(cfg *config, logger *slog.Logger) (map[string]alerting.Recei
 				threads, err = slack.OpenThreadFile(filepath.Join(dir, rc.Name+"-threads.json"), slackThreadRetention)
 			}
 			if err == nil {
+				closers = append(closers, threads)
 				r, err = slack.New(rc.Name, *rc.Slack, slack.Options{Logger: log, ReplayCommand: cfg.Alerting.ReplayCommand, Threads: threads})
 			}
 		case rc.SplunkHEC != nil:

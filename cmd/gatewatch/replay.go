@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/replay"
 )
@@ -73,7 +75,7 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintln(env.stderr, "replay: no token secret configured: fingerprints (and so alert keys) use a random key for this run only")
 	}
 	dl := &countingDeadLetters{next: &ingest.ReportDeadLetters{W: env.stderr}}
-	src, err := ingest.NewFileSource([]string{*input}, ingest.FileOptions{Format: *format, Parser: popts, DeadLetters: dl, Stdin: env.stdin})
+	src, err := ingest.NewFileSource([]string{*input}, ingest.FileOptions{Format: *format, Parser: popts, DeadLetters: dl, Stdin: env.stdin, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	kafkago "github.com/segmentio/kafka-go"
@@ -78,6 +80,7 @@ func BenchmarkSource(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		i++
+		o.Registerer = prometheus.NewRegistry() // each source registers its metrics
 		s, err := NewSource(benchConfig(c, fmt.Sprintf("bench-source-%d", i)), o)
 		if err != nil {
 			b.Fatal(err)
@@ -109,7 +112,7 @@ func BenchmarkBareFetch(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		i++
-		s, err := NewSource(benchConfig(c, fmt.Sprintf("bench-bare-%d", i)), Options{DeadLetters: &memDeadLetters{}, ParserOptions: testParserOptions(b)})
+		s, err := NewSource(benchConfig(c, fmt.Sprintf("bench-bare-%d", i)), Options{DeadLetters: &memDeadLetters{}, ParserOptions: testParserOptions(b), Registerer: prometheus.NewRegistry()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -25,7 +26,7 @@ func TestSourceOverMutualTLS(t *testing.T) {
 	serverCert := ca.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
 	clientCert := ca.Issue(t, "gatewatch", x509.ExtKeyUsageClientAuth)
 	clientCertPEM, clientKeyPEM := testcert.PEM(t, clientCert)
-	cfgTLS := ingest.TLSConfig{
+	cfgTLS := config.TLS{
 		Enabled:  true,
 		CAFile:   testcert.WriteFile(t, dir, "ca.pem", ca.CertPEM()),
 		CertFile: testcert.WriteFile(t, dir, "client.pem", clientCertPEM),
@@ -86,7 +87,7 @@ func TestSourceOverSASL(t *testing.T) {
 		opts = append(opts, kfake.Superuser(u.kfake, u.user, u.password))
 	}
 	admin := ingest.KafkaConfig{ClientID: "kafkatest", Timeout: 10 * time.Second,
-		SASL: ingest.SASLConfig{Mechanism: "plain", Username: users[0].user, PasswordFile: testcert.WriteFile(t, t.TempDir(), "pw", []byte(users[0].password+"\n"))}}
+		SASL: config.SASL{Mechanism: "plain", Username: users[0].user, PasswordFile: testcert.WriteFile(t, t.TempDir(), "pw", []byte(users[0].password+"\n"))}}
 	sec, err := newSecurity(admin)
 	if err != nil {
 		t.Fatalf("newSecurity: %v", err)
@@ -101,7 +102,7 @@ func TestSourceOverSASL(t *testing.T) {
 	for _, u := range users {
 		t.Run(u.mechanism, func(t *testing.T) {
 			cfg := testConfig(c, "g-"+u.mechanism, ingest.TopicConfig{Name: "waf-" + u.mechanism, Format: "awswaf"})
-			cfg.SASL = ingest.SASLConfig{Mechanism: u.mechanism, Username: u.user}
+			cfg.SASL = config.SASL{Mechanism: u.mechanism, Username: u.user}
 			if u.fromFile {
 				cfg.SASL.PasswordFile = testcert.WriteFile(t, t.TempDir(), "password", []byte(u.password+"\n"))
 			} else {

@@ -11,7 +11,8 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/gatewatch/gatewatch/internal/promtest"
+	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 )
 
@@ -33,9 +34,9 @@ func TestSourceDeadLettersToTopic(t *testing.T) {
 		t.Fatalf("NewDeadLetterWriter: %v", err)
 	}
 	t.Cleanup(func() { dlw.Close() })
-	m := ingest.NewMetrics(nil)
+	reg := prometheus.NewPedanticRegistry()
 	o := testOptions(dlw)
-	o.Metrics = m
+	o.Registerer = reg
 	s := newSource(t, cfg, o)
 	sameSet(t, "events", consume(ctx, t, s, len(good), true), values(good))
 
@@ -80,11 +81,11 @@ func TestSourceDeadLettersToTopic(t *testing.T) {
 		want   float64
 	}{{ingest.ReasonBadSyntax, 7}, {ingest.ReasonOversized, 1}, {ingest.ReasonInvalidJSON, 0}}
 	for _, cc := range counts {
-		if got := testutil.ToFloat64(m.DeadLetters.WithLabelValues("waf", cc.reason)); got != cc.want {
+		if got := promtest.Value(t, reg, "gatewatch_ingest_dead_letters_total", "source", "waf", "reason", cc.reason); got != cc.want {
 			t.Errorf("dead letters counted with reason %s = %v, want %v", cc.reason, got, cc.want)
 		}
 	}
-	if got := testutil.ToFloat64(m.Records.WithLabelValues("waf")); got != float64(len(rejects)+len(good)) {
+	if got := promtest.Value(t, reg, "gatewatch_ingest_records_total", "source", "waf"); got != float64(len(rejects)+len(good)) {
 		t.Errorf("records counted = %v, want %d", got, len(rejects)+len(good))
 	}
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))

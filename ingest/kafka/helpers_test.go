@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	kafkago "github.com/segmentio/kafka-go"
@@ -97,6 +99,7 @@ func testOptions(dl ingest.DeadLetters) Options {
 	return Options{
 		Parser:            lineParsers,
 		DeadLetters:       dl,
+		Registerer:        prometheus.NewPedanticRegistry(),
 		MaxWait:           100 * time.Millisecond,
 		HeartbeatInterval: 100 * time.Millisecond,
 		SessionTimeout:    6 * time.Second,

@@ -42,10 +42,10 @@ type Options struct {
 	// records; parsing is most of a source's work. 0: GOMAXPROCS.
 	Parsers int
 
-	DeadLetters ingest.DeadLetters // required: rejected records are stored here before their batch is handed out
-	Metrics     *ingest.Metrics    // nil: counted in metrics registered nowhere
-	Logger      *slog.Logger       // nil: discard
-	Now         func() time.Time   // nil: time.Now; stamps dead letters
+	DeadLetters ingest.DeadLetters    // required: rejected records are stored here before their batch is handed out
+	Registerer  prometheus.Registerer // required: the ingest metrics (ingest.NewMetrics)
+	Logger      *slog.Logger          // nil: discard
+	Now         func() time.Time      // nil: time.Now; stamps dead letters
 
 	// Fetching. Each partition is fetched in requests of at most KafkaConfig.MaxBytes;
 	// the broker answers once MinBytes are ready or MaxWait passed.
@@ -198,10 +198,10 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	m := o.Metrics
-	if m == nil {
-		m = ingest.NewMetrics(nil)
+	if o.Registerer == nil {
+		return nil, errors.New("kafka: Options.Registerer is required")
 	}
+	m := ingest.NewMetrics(o.Registerer)
 	newParser := o.Parser
 	if newParser == nil {
 		newParser = func(t ingest.TopicConfig) (ingest.Parser, error) { return ingest.NewParser(t.Format, o.ParserOptions) }

@@ -11,7 +11,9 @@ import (
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/gatewatch/gatewatch/internal/config"
+	"github.com/gatewatch/gatewatch/internal/promtest"
+	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -25,18 +27,18 @@ func TestSourceConsumesAndCommits(t *testing.T) {
 	c.Produce(t, "waf", want...)
 	ctx := testContext(t)
 
-	m := ingest.NewMetrics(nil)
+	reg := prometheus.NewPedanticRegistry()
 	o := testOptions(&memDeadLetters{})
-	o.Metrics = m
+	o.Registerer = reg
 	s := newSource(t, testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"}), o)
 	got := consume(ctx, t, s, len(want), true)
 	sameSet(t, "consumed", got, values(want))
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
 
-	if n := testutil.ToFloat64(m.Records.WithLabelValues("waf")); n != 300 {
+	if n := promtest.Value(t, reg, "gatewatch_ingest_records_total", "source", "waf"); n != 300 {
 		t.Errorf("records counted = %v, want 300", n)
 	}
-	if n := testutil.ToFloat64(m.Events.WithLabelValues("waf")); n != 300 {
+	if n := promtest.Value(t, reg, "gatewatch_ingest_events_total", "source", "waf"); n != 300 {
 		t.Errorf("events counted = %v, want 300", n)
 	}
 }
@@ -525,18 +527,19 @@ func TestNewSourceRejects(t *testing.T) {
 		{"no topics", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = nil }, "no topics"},
 		{"topic twice", func(c *ingest.KafkaConfig, _ *Options) { c.Topics = append(c.Topics, c.Topics[0]) }, "listed twice"},
 		{"no dead letters", func(_ *ingest.KafkaConfig, o *Options) { o.DeadLetters = nil }, "DeadLetters is required"},
+		{"no registerer", func(_ *ingest.KafkaConfig, o *Options) { o.Registerer = nil }, "Registerer is required"},
 		{"bad start offset", func(c *ingest.KafkaConfig, _ *Options) { c.StartOffset = "middle" }, "start_offset"},
 		{"unknown format", func(c *ingest.KafkaConfig, o *Options) {
 			o.Parser, o.ParserOptions.Secret, c.Topics[0].Format = nil, ingest.RandomTokenSecret(), "syslog"
 		}, "unknown format"},
 		{"no token secret", func(_ *ingest.KafkaConfig, o *Options) { o.Parser = nil }, "token secret"},
 		{"missing ca", func(c *ingest.KafkaConfig, _ *Options) { c.TLS.CAFile = "/nonexistent/ca.pem" }, "ca_file"},
-		{"sasl without password", func(c *ingest.KafkaConfig, _ *Options) { c.SASL = ingest.SASLConfig{Mechanism: "plain", Username: "u"} }, "password_file or password_env"},
+		{"sasl without password", func(c *ingest.KafkaConfig, _ *Options) { c.SASL = config.SASL{Mechanism: "plain", Username: "u"} }, "password_file or password_env"},
 		{"sasl password env unset", func(c *ingest.KafkaConfig, _ *Options) {
-			c.SASL = ingest.SASLConfig{Mechanism: "scram-sha-256", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}
+			c.SASL = config.SASL{Mechanism: "scram-sha-256", Username: "u", PasswordEnv: "GATEWATCH_TEST_UNSET_PASSWORD"}
 		}, "GATEWATCH_TEST_UNSET_PASSWORD is not set"},
 		{"sasl mechanism", func(c *ingest.KafkaConfig, _ *Options) {
-			c.SASL = ingest.SASLConfig{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}
+			c.SASL = config.SASL{Mechanism: "gssapi", Username: "u", PasswordEnv: "HOME"}
 		}, "gssapi"},
 		{"min bytes above max", func(c *ingest.KafkaConfig, o *Options) { c.MaxBytes = 2048; o.MinBytes = 4096 }, "MinBytes"},
 	}

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/alerting/outbox"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafka"
@@ -208,12 +209,12 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	if outboxDir == "" {
 		outboxDir = filepath.Join(cfg.Store.DataDir, "outbox")
 	}
-	outbox, err := store.OpenOutbox(outboxDir, store.OutboxOptions{Logger: p.log.With("component", "alerting")})
+	ob, err := outbox.Open(outboxDir, outbox.Options{Logger: p.log})
 	if err != nil {
 		return err
 	}
-	lc.add("outbox", nil, func(context.Context) error { return outbox.Close() })
-	p.alerts.outbox, p.alerts.history = outbox, st
+	lc.add("outbox", nil, func(context.Context) error { return ob.Close() })
+	p.alerts.outbox, p.alerts.history = ob, st
 	if err := p.alerts.start(ctx, cfg); err != nil {
 		return err
 	}
@@ -232,7 +233,7 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	src, err := kafka.NewSource(cfg.Ingest.Kafka, kafka.Options{
 		ParserOptions: popts,
 		DeadLetters:   dl,
-		Metrics:       ingest.NewMetrics(p.reg),
+		Registerer:    p.reg,
 		Logger:        p.log,
 		Now:           p.opts.Now,
 	})

@@ -1,15 +1,18 @@
-package store
+package outbox
 
 import (
 	"context"
+	"encoding/binary"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/alertingtest"
@@ -17,11 +20,11 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 )
 
-var _ alertingtest.Store = (*Outbox)(nil)
+var _ alertingtest.Store = (*Store)(nil)
 
 func openTestOutbox(t *testing.T, dir string) alertingtest.Store {
 	t.Helper()
-	ob, err := OpenOutbox(dir, OutboxOptions{})
+	ob, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,27 +43,115 @@ func TestOutboxKeyRoundTrip(t *testing.T) {
 		{Receiver: "", ID: "", Version: -5, Round: 3},
 		{Receiver: "a\x00b", ID: "ü", Version: 0, Round: 1 << 20},
 	} {
-		got, ok := parseOutboxKey(outboxKey(&k))
+		got, ok := parseDeliveryKey(deliveryKey(&k))
 		if !ok || got != k {
-			t.Errorf("parseOutboxKey(outboxKey(%+v)) = %+v, %v", k, got, ok)
+			t.Errorf("parseDeliveryKey(deliveryKey(%+v)) = %+v, %v", k, got, ok)
 		}
 	}
 	// Versions sort numerically, negative ones first.
 	a, b := alerting.DeliveryKey{ID: "x", Version: -1}, alerting.DeliveryKey{ID: "x", Version: 1}
-	if string(outboxKey(&a)) >= string(outboxKey(&b)) {
+	if string(deliveryKey(&a)) >= string(deliveryKey(&b)) {
 		t.Error("version -1 does not sort before version 1")
 	}
 }
 
 func TestOutboxRejectsCorruptRecords(t *testing.T) {
-	good := encodeOutboxState(&outboxState{state: alerting.Failed, seq: 7, attempts: 3, lastError: "unexpected HTTP status 400"})
-	if st, err := decodeOutboxState(good); err != nil || st.seq != 7 || st.lastError != "unexpected HTTP status 400" {
-		t.Fatalf("decodeOutboxState(encodeOutboxState(...)) = %+v, %v", st, err)
+	good := encodeState(&stateRecord{state: alerting.Failed, seq: 7, attempts: 3, lastError: "unexpected HTTP status 400"})
+	if st, err := decodeState(good); err != nil || st.seq != 7 || st.lastError != "unexpected HTTP status 400" {
+		t.Fatalf("decodeState(encodeState(...)) = %+v, %v", st, err)
 	}
-	for _, v := range [][]byte{nil, {outboxRecordVersion}, good[:29], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
-		if _, err := decodeOutboxState(v); err == nil {
-			t.Errorf("decodeOutboxState(%x) accepted a corrupt record", v)
+	for _, v := range [][]byte{nil, {recordVersion}, good[:29], good[:37], good[:len(good)-1], append([]byte{9}, good[1:]...), append(slices.Clone(good), 'x')} {
+		if _, err := decodeState(v); err == nil {
+			t.Errorf("decodeState(%x) accepted a corrupt record", v)
 		}
+	}
+}
+
+// TestOutboxReadsVersion1Records: a file written before deliveries kept their queued
+// time still reads, with the queued time unknown (zero).
+func TestOutboxReadsVersion1Records(t *testing.T) {
+	v1 := []byte{recordVersionV1, byte(alerting.Failed)}
+	v1 = binary.BigEndian.AppendUint64(v1, 7)
+	v1 = binary.BigEndian.AppendUint32(v1, 3)
+	v1 = binary.BigEndian.AppendUint64(v1, uint64(time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()))
+	v1 = binary.BigEndian.AppendUint64(v1, 1<<63) // done: math.MinInt64, none
+	v1 = binary.AppendUvarint(v1, 4)
+	v1 = append(v1, "boom"...)
+	st, err := decodeState(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.state != alerting.Failed || st.seq != 7 || st.attempts != 3 || st.lastError != "boom" || !timeOf(st.queued).IsZero() || !timeOf(st.done).IsZero() {
+		t.Errorf("version 1 record decoded as %+v", st)
+	}
+	for _, v := range [][]byte{v1[:29], v1[:len(v1)-1]} {
+		if _, err := decodeState(v); err == nil {
+			t.Errorf("decodeState(%x) accepted a truncated version 1 record", v)
+		}
+	}
+}
+
+// TestOutboxCountsParkedOfOlderFiles: a file from before the parked counts gets them
+// at its next Open, from the deliveries it holds.
+func TestOutboxCountsParkedOfOlderFiles(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	ob, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := alertingtest.Alerts(3, time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC))
+	var ds []alerting.Delivery
+	for _, a := range as {
+		ds = append(ds, alerting.Delivery{DeliveryKey: alerting.KeyOf("siem", &a), Alert: a, State: alerting.Pending})
+	}
+	if err := ob.Enqueue(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	ds[0].State, ds[1].State = alerting.Failed, alerting.Failed
+	if err := ob.Update(ctx, ds[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, File), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketParked) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ob, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	stats, err := ob.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stats["siem"]; got.Parked != 2 || got.Pending != 1 {
+		t.Errorf("Stats after reopening an older file = %+v, want 2 parked and 1 pending", got)
+	}
+}
+
+// TestOutboxInUse: a second process on the same outbox is refused with a message that
+// says why, instead of bbolt's bare timeout.
+func TestOutboxInUse(t *testing.T) {
+	dir := t.TempDir()
+	ob, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	// bbolt's flock conflicts between two opens of the file even in one process.
+	_, err = Open(dir, Options{})
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("second Open = %v, want an error saying the outbox is in use", err)
 	}
 }
 
@@ -71,7 +162,7 @@ func TestOutboxRejectsCorruptRecords(t *testing.T) {
 // it is the sustained rate and not how fast Put can queue. Sub-benchmarks: alerts per
 // Put, and parallel producers (whose writes share commits).
 //
-//	go test ./store -run '^$' -bench RouterFile -benchmem -count 6 | benchstat
+//	go test ./alerting/outbox -run '^$' -bench RouterFile -benchmem -count 6 | benchstat
 func BenchmarkRouterFile(b *testing.B) {
 	for _, batch := range []int{1, 10, 100} {
 		b.Run("put="+strconv.Itoa(batch), func(b *testing.B) {
@@ -132,7 +223,7 @@ func benchAlert(tmpl *detectors.Alert, n int64) detectors.Alert {
 func benchRouter(b *testing.B) (*alerting.Router, func()) {
 	b.Helper()
 	dir := b.TempDir()
-	ob, err := OpenOutbox(filepath.Join(dir, "outbox"), OutboxOptions{})
+	ob, err := Open(filepath.Join(dir, "outbox"), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,10 @@
-package store
+// Package outbox is alerting's durable outbox: every delivery, from the moment its
+// alert is accepted until it is delivered (and then for outbox.retention), in one bbolt
+// file on local disk. It implements alerting.OutboxStore and passes
+// alertingtest.RunOutboxSuite, crash-and-restart tests included. It lives on local
+// disk whatever store the rest of gatewatch uses, because alerts must become durable,
+// and be delivered, while ClickHouse is down.
+package outbox
 
 import (
 	"bytes"
@@ -21,21 +27,20 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 )
 
-// Outbox is alerting's durable outbox (an alerting.OutboxStore): one bbolt file,
-// outbox.db, in a directory of its own on local disk. It lives there whatever else the
-// store uses, because alerts must become durable, and be delivered, while ClickHouse
-// is down.
+// Store is the durable outbox (an alerting.OutboxStore): one bbolt file, outbox.db,
+// in a directory of its own on local disk.
 //
 // Buckets:
 //
 //	deliveries  (receiver, version, alert id, round) → state: state, queue seq,
-//	            attempts, first failure, done, last error
+//	            attempts, first failure, done, queued, last error
 //	bodies      the same key → the alert as JSON, written once: an attempt's outcome
 //	            rewrites only the small state record
 //	queue       (receiver, seq) → deliveries key: each receiver's pending deliveries
 //	            in the order they were queued; the bucket's sequence numbers them
 //	delivered   (done, deliveries key) → nothing: what Prune walks, oldest first
 //	depth       receiver → pending deliveries, kept in the same transactions
+//	parked      receiver → parked (failed) deliveries, likewise
 //
 // Every key that a delivery adds sorts by time (the alert's last_seen, a sequence,
 // the time of delivery), so the alerts of a burst land at the end of each bucket
@@ -49,143 +54,168 @@ import (
 // commits at once; nothing waits for a batch to fill.
 //
 // The alerts of pending deliveries queued by this process are also kept decoded in
-// memory (up to outboxCacheSize), so that handing them to a receiver costs no JSON
+// memory (up to cacheSize), so that handing them to a receiver costs no JSON
 // decoding; after a restart they are read from the file.
-type Outbox struct {
+type Store struct {
 	db     *bolt.DB
 	log    *slog.Logger
-	commit outboxCommitter
+	commit committer
 
 	mu    sync.Mutex
 	cache map[string]detectors.Alert // deliveries key → alert, while pending
 }
 
-// outboxCacheSize bounds the decoded alerts kept in memory: a receiver that is down
+// cacheSize bounds the decoded alerts kept in memory: a receiver that is down
 // for a day must not hold a day of alerts in memory.
-const outboxCacheSize = 20_000
+const cacheSize = 20_000
 
-// OutboxOptions are the runtime dependencies of an Outbox.
-type OutboxOptions struct {
+// Options are the runtime dependencies of a Store.
+type Options struct {
 	Logger *slog.Logger // nil: discard
 }
 
-var _ alerting.OutboxStore = (*Outbox)(nil)
+var _ alerting.OutboxStore = (*Store)(nil)
 
 var (
-	bucketOutboxDeliveries = []byte("deliveries")
-	bucketOutboxBodies     = []byte("bodies")
-	bucketOutboxQueue      = []byte("queue")
-	bucketOutboxDelivered  = []byte("delivered")
-	bucketOutboxDepth      = []byte("depth")
+	bucketDeliveries = []byte("deliveries")
+	bucketBodies     = []byte("bodies")
+	bucketQueue      = []byte("queue")
+	bucketDelivered  = []byte("delivered")
+	bucketDepth      = []byte("depth")
+	bucketParked     = []byte("parked") // added after the others: Open counts what older files hold
 )
 
-// OutboxFile is the outbox's file name in its directory.
-const OutboxFile = "outbox.db"
+// File is the outbox's file name in its directory.
+const File = "outbox.db"
 
-// OpenOutbox opens (or creates) the outbox in dir. The file is locked while open: a
-// second gatewatch on the same directory fails here instead of delivering twice.
-func OpenOutbox(dir string, o OutboxOptions) (*Outbox, error) {
+// Open opens (or creates) the outbox in dir. The file is locked while open: a second
+// gatewatch on the same directory fails here instead of delivering twice.
+func Open(dir string, o Options) (*Store, error) {
 	if dir == "" {
-		return nil, errors.New("store: outbox: no directory")
+		return nil, errors.New("alerting: outbox: no directory")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("store: outbox: %w", err)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("alerting: outbox: %w", err)
 	}
-	file := filepath.Join(dir, OutboxFile)
-	db, err := bolt.Open(file, 0o640, &bolt.Options{
+	file := filepath.Join(dir, File)
+	db, err := bolt.Open(file, 0o600, &bolt.Options{
 		Timeout:      time.Second, // the file lock: another process has the outbox open
 		FreelistType: bolt.FreelistMapType,
 		// The free list is rebuilt at open instead of written at every commit:
 		// commits are what the outbox does most.
 		NoFreelistSync: true,
 	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("alerting: outbox: %s is in use by another process (a running gatewatch run or notify); "+
+			"stop it, or run this with another alerting.outbox.dir", file)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: outbox: opening %s: %w", file, err)
+		return nil, fmt.Errorf("alerting: outbox: opening %s: %w", file, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketOutboxDeliveries, bucketOutboxBodies, bucketOutboxQueue, bucketOutboxDelivered, bucketOutboxDepth} {
+		for _, name := range [][]byte{bucketDeliveries, bucketBodies, bucketQueue, bucketDelivered, bucketDepth} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		return nil
+		if tx.Bucket(bucketParked) != nil {
+			return nil
+		}
+		// A file from before the parked counts: count them once.
+		parked, err := tx.CreateBucket(bucketParked)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDeliveries).ForEach(func(k, v []byte) error {
+			r, _, ok := cutString(k)
+			if !ok || len(v) < 2 {
+				return errCorrupt
+			}
+			if alerting.DeliveryState(v[1]) == alerting.Failed {
+				return addCount(parked, r, 1)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		_ = db.Close() // the create error is the one that matters
-		return nil, fmt.Errorf("store: outbox: creating buckets in %s: %w", file, err)
+		return nil, fmt.Errorf("alerting: outbox: creating buckets in %s: %w", file, err)
 	}
-	ob := &Outbox{db: db, log: o.Logger.With("component", "store"), cache: map[string]detectors.Alert{}}
+	ob := &Store{db: db, log: o.Logger.With("component", "alerting"), cache: map[string]detectors.Alert{}}
 	ob.commit.db = db
-	depth, err := ob.Depth(context.Background())
+	stats, err := ob.Stats(context.Background())
 	if err != nil {
 		_ = db.Close() // the read error is the one that matters
 		return nil, err
 	}
-	pending := 0
-	for _, n := range depth {
-		pending += n
+	pending, parked := 0, 0
+	for _, st := range stats {
+		pending, parked = pending+st.Pending, parked+st.Parked
 	}
-	// Once per start: what a restart has to deliver.
-	ob.log.Info("outbox opened", "path", file, "pending", pending)
+	// Once per start: what a restart has to deliver, and what waits for an operator.
+	ob.log.Info("outbox opened", "path", file, "pending", pending, "parked", parked)
 	return ob, nil
 }
 
 // Close closes the file. Call it after the Router using the outbox has stopped.
-func (o *Outbox) Close() error {
+func (o *Store) Close() error {
 	if err := o.db.Close(); err != nil {
-		return fmt.Errorf("store: outbox: close: %w", err)
+		return fmt.Errorf("alerting: outbox: close: %w", err)
 	}
 	return nil
 }
 
 // Keys and records.
 
-// outboxRecordVersion is the first byte of every record, so a later gatewatch can
-// read what this one wrote.
-const outboxRecordVersion = 1
+// recordVersion is the first byte of every state record, so a later gatewatch can
+// read what this one wrote. Version 1 lacked the queued time; it is still read.
+const (
+	recordVersion   = 2
+	recordVersionV1 = 1
+)
 
-// appendOutboxString appends the length-prefixed string s.
-func appendOutboxString(dst []byte, s string) []byte {
+// appendString appends the length-prefixed string s.
+func appendString(dst []byte, s string) []byte {
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(s)))
 	return append(dst, s...)
 }
 
-// outboxKey encodes a deliveries key: (receiver, version, id, round). The version's
+// deliveryKey encodes a deliveries key: (receiver, version, id, round). The version's
 // sign bit is flipped so that negative versions sort before positive ones.
-func outboxKey(k *alerting.DeliveryKey) []byte {
+func deliveryKey(k *alerting.DeliveryKey) []byte {
 	b := make([]byte, 0, 16+len(k.Receiver)+len(k.ID))
-	b = appendOutboxString(b, k.Receiver)
+	b = appendString(b, k.Receiver)
 	b = binary.BigEndian.AppendUint64(b, uint64(k.Version)^(1<<63))
-	b = appendOutboxString(b, k.ID)
+	b = appendString(b, k.ID)
 	return binary.BigEndian.AppendUint32(b, uint32(k.Round))
 }
 
-// outboxVersionKey is where the deliveries of receiver with version at or after
+// versionKey is where the deliveries of receiver with version at or after
 // version start.
-func outboxVersionKey(receiver string, version int64) []byte {
-	b := appendOutboxString(nil, receiver)
+func versionKey(receiver string, version int64) []byte {
+	b := appendString(nil, receiver)
 	return binary.BigEndian.AppendUint64(b, uint64(version)^(1<<63))
 }
 
-// parseOutboxKey decodes a deliveries key.
-func parseOutboxKey(b []byte) (alerting.DeliveryKey, bool) {
+// parseDeliveryKey decodes a deliveries key.
+func parseDeliveryKey(b []byte) (alerting.DeliveryKey, bool) {
 	var k alerting.DeliveryKey
-	r, rest, ok := cutOutboxString(b)
+	r, rest, ok := cutString(b)
 	if !ok || len(rest) < 8 {
 		return k, false
 	}
 	version := int64(binary.BigEndian.Uint64(rest) ^ (1 << 63))
-	id, rest, ok := cutOutboxString(rest[8:])
+	id, rest, ok := cutString(rest[8:])
 	if !ok || len(rest) != 4 {
 		return k, false
 	}
 	return alerting.DeliveryKey{Receiver: r, ID: id, Version: version, Round: int(binary.BigEndian.Uint32(rest))}, true
 }
 
-func cutOutboxString(b []byte) (string, []byte, bool) {
+func cutString(b []byte) (string, []byte, bool) {
 	if len(b) < 2 {
 		return "", nil, false
 	}
@@ -196,90 +226,109 @@ func cutOutboxString(b []byte) (string, []byte, bool) {
 	return string(b[2 : 2+n]), b[2+n:], true
 }
 
-// outboxQueueKey is (receiver, seq).
-func outboxQueueKey(receiver string, seq uint64) []byte {
+// queueKey is (receiver, seq).
+func queueKey(receiver string, seq uint64) []byte {
 	b := make([]byte, 0, 2+len(receiver)+8)
-	b = appendOutboxString(b, receiver)
+	b = appendString(b, receiver)
 	return binary.BigEndian.AppendUint64(b, seq)
 }
 
-// outboxState is a delivery's state record.
-type outboxState struct {
+// stateRecord is a delivery's state record.
+type stateRecord struct {
 	state        alerting.DeliveryState
 	seq          uint64
 	attempts     uint32
 	firstFailure int64 // Unix ms; math.MinInt64: none
 	done         int64 // Unix ms; math.MinInt64: not done
+	queued       int64 // Unix ms; math.MinInt64: unknown (written by version 1)
 	lastError    string
 }
 
-func outboxMillis(t time.Time) int64 {
+func millis(t time.Time) int64 {
 	if t.IsZero() {
 		return math.MinInt64
 	}
 	return t.UnixMilli()
 }
 
-func outboxTime(ms int64) time.Time {
+func timeOf(ms int64) time.Time {
 	if ms == math.MinInt64 {
 		return time.Time{}
 	}
 	return time.UnixMilli(ms).UTC()
 }
 
-func stateOf(d *alerting.Delivery) outboxState {
-	return outboxState{
+func stateOf(d *alerting.Delivery) stateRecord {
+	return stateRecord{
 		state:        d.State,
 		seq:          d.Seq,
 		attempts:     uint32(max(d.Attempts, 0)),
-		firstFailure: outboxMillis(d.FirstFailure),
-		done:         outboxMillis(d.Done),
+		firstFailure: millis(d.FirstFailure),
+		done:         millis(d.Done),
+		queued:       millis(d.Queued),
 		lastError:    d.LastError,
 	}
 }
 
-// outboxStateSize is the fixed part of a state record.
-const outboxStateSize = 30
+// stateRecordSize is the fixed part of a state record; version 1's lacked queued.
+const (
+	stateRecordSize   = 38
+	stateRecordSizeV1 = 30
+)
 
-func encodeOutboxState(st *outboxState) []byte {
-	b := make([]byte, 0, outboxStateSize+binary.MaxVarintLen64+len(st.lastError))
-	b = append(b, outboxRecordVersion, byte(st.state))
+func encodeState(st *stateRecord) []byte {
+	b := make([]byte, 0, stateRecordSize+binary.MaxVarintLen64+len(st.lastError))
+	b = append(b, recordVersion, byte(st.state))
 	b = binary.BigEndian.AppendUint64(b, st.seq)
 	b = binary.BigEndian.AppendUint32(b, st.attempts)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.firstFailure))
 	b = binary.BigEndian.AppendUint64(b, uint64(st.done))
+	b = binary.BigEndian.AppendUint64(b, uint64(st.queued))
 	b = binary.AppendUvarint(b, uint64(len(st.lastError)))
 	return append(b, st.lastError...)
 }
 
-var errOutboxCorrupt = errors.New("store: outbox: corrupt record")
+var errCorrupt = errors.New("alerting: outbox: corrupt record")
 
-func decodeOutboxState(v []byte) (outboxState, error) {
-	var st outboxState
-	if len(v) < outboxStateSize+1 || v[0] != outboxRecordVersion {
-		return st, errOutboxCorrupt
+func decodeState(v []byte) (stateRecord, error) {
+	var st stateRecord
+	size := stateRecordSize
+	switch {
+	case len(v) == 0:
+		return st, errCorrupt
+	case v[0] == recordVersionV1:
+		size = stateRecordSizeV1
+	case v[0] != recordVersion:
+		return st, errCorrupt
+	}
+	if len(v) < size+1 {
+		return st, errCorrupt
 	}
 	st.state = alerting.DeliveryState(v[1])
 	st.seq = binary.BigEndian.Uint64(v[2:])
 	st.attempts = binary.BigEndian.Uint32(v[10:])
 	st.firstFailure = int64(binary.BigEndian.Uint64(v[14:]))
 	st.done = int64(binary.BigEndian.Uint64(v[22:]))
-	n, w := binary.Uvarint(v[outboxStateSize:])
-	if w <= 0 || uint64(len(v)-outboxStateSize-w) != n {
-		return st, errOutboxCorrupt
+	st.queued = math.MinInt64
+	if size == stateRecordSize {
+		st.queued = int64(binary.BigEndian.Uint64(v[30:]))
 	}
-	st.lastError = string(v[outboxStateSize+w:])
+	n, w := binary.Uvarint(v[size:])
+	if w <= 0 || uint64(len(v)-size-w) != n {
+		return st, errCorrupt
+	}
+	st.lastError = string(v[size+w:])
 	return st, nil
 }
 
-// readOutboxDelivery rebuilds the delivery under key from its state and, from the
+// readDelivery rebuilds the delivery under key from its state and, from the
 // cache or the bodies bucket, its alert.
-func (o *Outbox) readOutboxDelivery(tx *bolt.Tx, key, state []byte) (alerting.Delivery, error) {
-	k, ok := parseOutboxKey(key)
+func (o *Store) readDelivery(tx *bolt.Tx, key, state []byte) (alerting.Delivery, error) {
+	k, ok := parseDeliveryKey(key)
 	if !ok {
-		return alerting.Delivery{}, errOutboxCorrupt
+		return alerting.Delivery{}, errCorrupt
 	}
-	st, err := decodeOutboxState(state)
+	st, err := decodeState(state)
 	if err != nil {
 		return alerting.Delivery{}, err
 	}
@@ -287,9 +336,10 @@ func (o *Outbox) readOutboxDelivery(tx *bolt.Tx, key, state []byte) (alerting.De
 		DeliveryKey:  k,
 		State:        st.state,
 		Seq:          st.seq,
+		Queued:       timeOf(st.queued),
 		Attempts:     int(st.attempts),
-		FirstFailure: outboxTime(st.firstFailure),
-		Done:         outboxTime(st.done),
+		FirstFailure: timeOf(st.firstFailure),
+		Done:         timeOf(st.done),
 		LastError:    st.lastError,
 	}
 	o.mu.Lock()
@@ -300,27 +350,29 @@ func (o *Outbox) readOutboxDelivery(tx *bolt.Tx, key, state []byte) (alerting.De
 		d.Alert.Labels = maps.Clone(a.Labels)
 		return d, nil
 	}
-	body := tx.Bucket(bucketOutboxBodies).Get(key)
+	body := tx.Bucket(bucketBodies).Get(key)
 	if body == nil {
-		return alerting.Delivery{}, fmt.Errorf("%w: delivery %s/%s without its alert", errOutboxCorrupt, k.Receiver, k.ID)
+		return alerting.Delivery{}, fmt.Errorf("%w: delivery %s/%s without its alert", errCorrupt, k.Receiver, k.ID)
 	}
 	if err := json.Unmarshal(body, &d.Alert); err != nil {
-		return alerting.Delivery{}, fmt.Errorf("store: outbox: alert of %s/%s: %w", k.Receiver, k.ID, err)
+		return alerting.Delivery{}, fmt.Errorf("alerting: outbox: alert of %s/%s: %w", k.Receiver, k.ID, err)
 	}
 	return d, nil
 }
 
-// setOutboxFill tells bbolt how the buckets grow: at their end, so a page that
+// setFill tells bbolt how the buckets grow: at their end, so a page that
 // splits stays full instead of half empty. State records keep some room, because an
 // attempt's outcome makes them grow in place.
-func setOutboxFill(tx *bolt.Tx) {
-	tx.Bucket(bucketOutboxDeliveries).FillPercent = 0.9
-	tx.Bucket(bucketOutboxBodies).FillPercent = 1
-	tx.Bucket(bucketOutboxQueue).FillPercent = 1
-	tx.Bucket(bucketOutboxDelivered).FillPercent = 1
+func setFill(tx *bolt.Tx) {
+	tx.Bucket(bucketDeliveries).FillPercent = 0.9
+	tx.Bucket(bucketBodies).FillPercent = 1
+	tx.Bucket(bucketQueue).FillPercent = 1
+	tx.Bucket(bucketDelivered).FillPercent = 1
 }
 
-func addOutboxDepth(b *bolt.Bucket, receiver string, delta int64) error {
+// addCount adds delta to receiver's count in b (depth or parked); a count that
+// reaches 0 is deleted, so the buckets hold only receivers with something in them.
+func addCount(b *bolt.Bucket, receiver string, delta int64) error {
 	if delta == 0 {
 		return nil
 	}
@@ -336,7 +388,7 @@ func addOutboxDepth(b *bolt.Bucket, receiver string, delta int64) error {
 }
 
 // Enqueue adds, in one transaction, each delivery whose key the outbox does not hold.
-func (o *Outbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
+func (o *Store) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -353,20 +405,20 @@ func (o *Outbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
 		// once more, which costs as much again.
 		b, err := ds[i].Alert.MarshalJSON()
 		if err != nil {
-			return fmt.Errorf("store: outbox: encode alert %s: %w", ds[i].ID, err)
+			return fmt.Errorf("alerting: outbox: encode alert %s: %w", ds[i].ID, err)
 		}
 		bodies[i] = b
 	}
 	keys := make([][]byte, len(ds))
 	err := o.commit.do(func(tx *bolt.Tx) error {
-		dels, bods := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxBodies)
-		queue, depth := tx.Bucket(bucketOutboxQueue), tx.Bucket(bucketOutboxDepth)
-		setOutboxFill(tx)
+		dels, bods := tx.Bucket(bucketDeliveries), tx.Bucket(bucketBodies)
+		queue, depth := tx.Bucket(bucketQueue), tx.Bucket(bucketDepth)
+		setFill(tx)
 		added := map[string]int64{}
 		for i := range ds {
 			d := &ds[i]
 			d.Seq = 0 // this function may run again after a failed group commit
-			key := outboxKey(&d.DeliveryKey)
+			key := deliveryKey(&d.DeliveryKey)
 			if dels.Get(key) != nil {
 				continue
 			}
@@ -376,31 +428,31 @@ func (o *Outbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
 			}
 			st := stateOf(d)
 			st.state, st.seq = alerting.Pending, seq
-			if err := dels.Put(key, encodeOutboxState(&st)); err != nil {
+			if err := dels.Put(key, encodeState(&st)); err != nil {
 				return err
 			}
 			if err := bods.Put(key, bodies[i]); err != nil {
 				return err
 			}
-			if err := queue.Put(outboxQueueKey(d.Receiver, seq), key); err != nil {
+			if err := queue.Put(queueKey(d.Receiver, seq), key); err != nil {
 				return err
 			}
 			d.Seq, keys[i] = seq, key
 			added[d.Receiver]++
 		}
 		for r, n := range added {
-			if err := addOutboxDepth(depth, r, n); err != nil {
+			if err := addCount(depth, r, n); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("store: outbox: enqueue: %w", err)
+		return fmt.Errorf("alerting: outbox: enqueue: %w", err)
 	}
 	o.mu.Lock()
 	for i := range ds {
-		if ds[i].Seq != 0 && len(o.cache) < outboxCacheSize {
+		if ds[i].Seq != 0 && len(o.cache) < cacheSize {
 			o.cache[string(keys[i])] = ds[i].Alert
 		}
 	}
@@ -409,21 +461,21 @@ func (o *Outbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
 }
 
 // Pending returns the oldest pending deliveries of receiver.
-func (o *Outbox) Pending(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
+func (o *Store) Pending(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var out []alerting.Delivery
 	err := o.db.View(func(tx *bolt.Tx) error {
-		dels := tx.Bucket(bucketOutboxDeliveries)
-		prefix := appendOutboxString(nil, receiver)
-		c := tx.Bucket(bucketOutboxQueue).Cursor()
+		dels := tx.Bucket(bucketDeliveries)
+		prefix := appendString(nil, receiver)
+		c := tx.Bucket(bucketQueue).Cursor()
 		for k, key := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, key = c.Next() {
 			st := dels.Get(key)
 			if st == nil {
-				return fmt.Errorf("%w: queue entry without its delivery", errOutboxCorrupt)
+				return fmt.Errorf("%w: queue entry without its delivery", errCorrupt)
 			}
-			d, err := o.readOutboxDelivery(tx, key, st)
+			d, err := o.readDelivery(tx, key, st)
 			if err != nil {
 				return err
 			}
@@ -432,32 +484,31 @@ func (o *Outbox) Pending(ctx context.Context, receiver string, limit int) ([]ale
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: outbox: pending: %w", err)
+		return nil, fmt.Errorf("alerting: outbox: pending: %w", err)
 	}
 	return out, nil
 }
 
 // Update records the outcome of attempts, in one transaction. Only the small state
 // records are rewritten.
-func (o *Outbox) Update(ctx context.Context, ds []alerting.Delivery) error {
+func (o *Store) Update(ctx context.Context, ds []alerting.Delivery) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	var left [][]byte // keys that left the queue, to drop from the cache
 	err := o.commit.do(func(tx *bolt.Tx) error {
 		left = left[:0]
-		dels, queue, delivered, depth := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxQueue),
-			tx.Bucket(bucketOutboxDelivered), tx.Bucket(bucketOutboxDepth)
-		setOutboxFill(tx)
-		moved := map[string]int64{}
+		dels, queue, delivered := tx.Bucket(bucketDeliveries), tx.Bucket(bucketQueue), tx.Bucket(bucketDelivered)
+		setFill(tx)
+		moved, parked := map[string]int64{}, map[string]int64{}
 		for i := range ds {
 			d := &ds[i]
-			key := outboxKey(&d.DeliveryKey)
+			key := deliveryKey(&d.DeliveryKey)
 			old := dels.Get(key)
 			if old == nil {
 				continue
 			}
-			was, err := decodeOutboxState(old)
+			was, err := decodeState(old)
 			if err != nil {
 				return err
 			}
@@ -465,7 +516,7 @@ func (o *Outbox) Update(ctx context.Context, ds []alerting.Delivery) error {
 			st.seq = was.seq
 			switch {
 			case was.state == alerting.Pending && st.state != alerting.Pending:
-				if err := queue.Delete(outboxQueueKey(d.Receiver, was.seq)); err != nil {
+				if err := queue.Delete(queueKey(d.Receiver, was.seq)); err != nil {
 					return err
 				}
 				moved[d.Receiver]--
@@ -474,34 +525,42 @@ func (o *Outbox) Update(ctx context.Context, ds []alerting.Delivery) error {
 				if st.seq, err = queue.NextSequence(); err != nil {
 					return err
 				}
-				if err := queue.Put(outboxQueueKey(d.Receiver, st.seq), key); err != nil {
+				if err := queue.Put(queueKey(d.Receiver, st.seq), key); err != nil {
 					return err
 				}
 				moved[d.Receiver]++
 			}
+			switch {
+			case was.state == alerting.Failed && st.state != alerting.Failed:
+				parked[d.Receiver]--
+			case was.state != alerting.Failed && st.state == alerting.Failed:
+				parked[d.Receiver]++
+			}
 			if was.state == alerting.Delivered {
-				if err := delivered.Delete(outboxDoneKey(was.done, key)); err != nil {
+				if err := delivered.Delete(doneKey(was.done, key)); err != nil {
 					return err
 				}
 			}
 			if st.state == alerting.Delivered {
-				if err := delivered.Put(outboxDoneKey(st.done, key), nil); err != nil {
+				if err := delivered.Put(doneKey(st.done, key), nil); err != nil {
 					return err
 				}
 			}
-			if err := dels.Put(key, encodeOutboxState(&st)); err != nil {
+			if err := dels.Put(key, encodeState(&st)); err != nil {
 				return err
 			}
 		}
-		for r, n := range moved {
-			if err := addOutboxDepth(depth, r, n); err != nil {
-				return err
+		for b, counts := range map[string]map[string]int64{string(bucketDepth): moved, string(bucketParked): parked} {
+			for r, n := range counts {
+				if err := addCount(tx.Bucket([]byte(b)), r, n); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("store: outbox: update: %w", err)
+		return fmt.Errorf("alerting: outbox: update: %w", err)
 	}
 	o.mu.Lock()
 	for _, k := range left {
@@ -511,33 +570,33 @@ func (o *Outbox) Update(ctx context.Context, ds []alerting.Delivery) error {
 	return nil
 }
 
-// outboxDoneKey is (done, deliveries key), so Prune walks the oldest first.
-func outboxDoneKey(done int64, key []byte) []byte {
+// doneKey is (done, deliveries key), so Prune walks the oldest first.
+func doneKey(done int64, key []byte) []byte {
 	b := make([]byte, 0, 8+len(key))
 	b = binary.BigEndian.AppendUint64(b, uint64(done)^(1<<63))
 	return append(b, key...)
 }
 
 // Lookup returns the delivery stored under k.
-func (o *Outbox) Lookup(ctx context.Context, k alerting.DeliveryKey) (alerting.Delivery, bool, error) {
+func (o *Store) Lookup(ctx context.Context, k alerting.DeliveryKey) (alerting.Delivery, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return alerting.Delivery{}, false, err
 	}
 	var d alerting.Delivery
 	var found bool
 	err := o.db.View(func(tx *bolt.Tx) error {
-		key := outboxKey(&k)
-		st := tx.Bucket(bucketOutboxDeliveries).Get(key)
+		key := deliveryKey(&k)
+		st := tx.Bucket(bucketDeliveries).Get(key)
 		if st == nil {
 			return nil
 		}
 		var err error
-		d, err = o.readOutboxDelivery(tx, key, st)
+		d, err = o.readDelivery(tx, key, st)
 		found = err == nil
 		return err
 	})
 	if err != nil {
-		return alerting.Delivery{}, false, fmt.Errorf("store: outbox: lookup: %w", err)
+		return alerting.Delivery{}, false, fmt.Errorf("alerting: outbox: lookup: %w", err)
 	}
 	return d, found, nil
 }
@@ -545,19 +604,19 @@ func (o *Outbox) Lookup(ctx context.Context, k alerting.DeliveryKey) (alerting.D
 // Parked returns failed deliveries of receiver, ordered by key. It reads the state of
 // every delivery of the receiver that the retention keeps: an operator's question,
 // not a hot path.
-func (o *Outbox) Parked(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
+func (o *Store) Parked(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var out []alerting.Delivery
 	err := o.db.View(func(tx *bolt.Tx) error {
-		prefix := appendOutboxString(nil, receiver)
-		c := tx.Bucket(bucketOutboxDeliveries).Cursor()
+		prefix := appendString(nil, receiver)
+		c := tx.Bucket(bucketDeliveries).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
 			if len(v) < 2 || alerting.DeliveryState(v[1]) != alerting.Failed {
 				continue
 			}
-			d, err := o.readOutboxDelivery(tx, k, v)
+			d, err := o.readDelivery(tx, k, v)
 			if err != nil {
 				return err
 			}
@@ -566,28 +625,58 @@ func (o *Outbox) Parked(ctx context.Context, receiver string, limit int) ([]aler
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: outbox: parked: %w", err)
+		return nil, fmt.Errorf("alerting: outbox: parked: %w", err)
 	}
 	return out, nil
 }
 
-// Depth returns the pending deliveries per receiver.
-func (o *Outbox) Depth(ctx context.Context) (map[string]int, error) {
+// Stats returns where each receiver's queue stands: the counts kept in the depth
+// and parked buckets, and the queued time of the head of each queue, one seek per
+// receiver with pending deliveries. Cheap enough for every scrape.
+func (o *Store) Stats(ctx context.Context) (map[string]alerting.QueueStats, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	out := map[string]int{}
+	out := map[string]alerting.QueueStats{}
 	err := o.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketOutboxDepth).ForEach(func(k, v []byte) error {
-			if len(v) != 8 {
-				return errOutboxCorrupt
+		counts := func(bucket []byte, set func(st *alerting.QueueStats, n int)) error {
+			return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+				if len(v) != 8 {
+					return errCorrupt
+				}
+				st := out[string(k)]
+				set(&st, int(binary.BigEndian.Uint64(v)))
+				out[string(k)] = st
+				return nil
+			})
+		}
+		if err := counts(bucketDepth, func(st *alerting.QueueStats, n int) { st.Pending = n }); err != nil {
+			return err
+		}
+		if err := counts(bucketParked, func(st *alerting.QueueStats, n int) { st.Parked = n }); err != nil {
+			return err
+		}
+		dels, c := tx.Bucket(bucketDeliveries), tx.Bucket(bucketQueue).Cursor()
+		for r, st := range out {
+			if st.Pending == 0 {
+				continue
 			}
-			out[string(k)] = int(binary.BigEndian.Uint64(v))
-			return nil
-		})
+			prefix := appendString(nil, r)
+			k, key := c.Seek(prefix)
+			if k == nil || !bytes.HasPrefix(k, prefix) {
+				return fmt.Errorf("%w: receiver %s has pending deliveries but no queue", errCorrupt, r)
+			}
+			head, err := decodeState(dels.Get(key))
+			if err != nil {
+				return err
+			}
+			st.OldestPending = timeOf(head.queued)
+			out[r] = st
+		}
+		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: outbox: depth: %w", err)
+		return nil, fmt.Errorf("alerting: outbox: stats: %w", err)
 	}
 	return out, nil
 }
@@ -595,26 +684,26 @@ func (o *Outbox) Depth(ctx context.Context) (map[string]int, error) {
 // Recent returns the newest delivery of every receiver and alert id whose version
 // is at or after since. Deliveries are sorted by version within a receiver, so it
 // reads only the recent ones (Run calls it at start).
-func (o *Outbox) Recent(ctx context.Context, since time.Time) ([]alerting.Delivery, error) {
+func (o *Store) Recent(ctx context.Context, since time.Time) ([]alerting.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var out []alerting.Delivery
 	err := o.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketOutboxDeliveries).Cursor()
+		c := tx.Bucket(bucketDeliveries).Cursor()
 		k, _ := c.First()
 		for k != nil {
-			receiver, _, ok := cutOutboxString(k)
+			receiver, _, ok := cutString(k)
 			if !ok {
-				return errOutboxCorrupt
+				return errCorrupt
 			}
-			prefix := appendOutboxString(nil, receiver)
+			prefix := appendString(nil, receiver)
 			newest := map[string][]byte{} // alert id → key of its newest delivery
 			var ids []string
-			for k, _ = c.Seek(outboxVersionKey(receiver, since.UnixMilli())); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				dk, ok := parseOutboxKey(k)
+			for k, _ = c.Seek(versionKey(receiver, since.UnixMilli())); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				dk, ok := parseDeliveryKey(k)
 				if !ok {
-					return errOutboxCorrupt
+					return errCorrupt
 				}
 				if _, seen := newest[dk.ID]; !seen {
 					ids = append(ids, dk.ID)
@@ -623,7 +712,7 @@ func (o *Outbox) Recent(ctx context.Context, since time.Time) ([]alerting.Delive
 			}
 			for _, id := range ids {
 				key := newest[id]
-				d, err := o.readOutboxDelivery(tx, key, tx.Bucket(bucketOutboxDeliveries).Get(key))
+				d, err := o.readDelivery(tx, key, tx.Bucket(bucketDeliveries).Get(key))
 				if err != nil {
 					return err
 				}
@@ -634,17 +723,17 @@ func (o *Outbox) Recent(ctx context.Context, since time.Time) ([]alerting.Delive
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: outbox: recent: %w", err)
+		return nil, fmt.Errorf("alerting: outbox: recent: %w", err)
 	}
 	return out, nil
 }
 
-// outboxPruneChunk bounds one prune transaction, so that a large backlog of old
+// pruneChunk bounds one prune transaction, so that a large backlog of old
 // deliveries does not hold the writers up for long.
-const outboxPruneChunk = 10_000
+const pruneChunk = 10_000
 
 // Prune forgets deliveries delivered before before.
-func (o *Outbox) Prune(ctx context.Context, before time.Time) (int, error) {
+func (o *Store) Prune(ctx context.Context, before time.Time) (int, error) {
 	total := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -653,11 +742,11 @@ func (o *Outbox) Prune(ctx context.Context, before time.Time) (int, error) {
 		n := 0
 		err := o.commit.do(func(tx *bolt.Tx) error {
 			n = 0
-			dels, bods, delivered := tx.Bucket(bucketOutboxDeliveries), tx.Bucket(bucketOutboxBodies), tx.Bucket(bucketOutboxDelivered)
-			end := binary.BigEndian.AppendUint64(nil, uint64(outboxMillis(before))^(1<<63))
+			dels, bods, delivered := tx.Bucket(bucketDeliveries), tx.Bucket(bucketBodies), tx.Bucket(bucketDelivered)
+			end := binary.BigEndian.AppendUint64(nil, uint64(millis(before))^(1<<63))
 			var keys [][]byte
 			c := delivered.Cursor()
-			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < outboxPruneChunk; k, _ = c.Next() {
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneChunk; k, _ = c.Next() {
 				keys = append(keys, bytes.Clone(k))
 			}
 			// Delete after the walk: deleting under a bbolt cursor can skip keys.
@@ -676,35 +765,35 @@ func (o *Outbox) Prune(ctx context.Context, before time.Time) (int, error) {
 			return nil
 		})
 		if err != nil {
-			return total, fmt.Errorf("store: outbox: prune: %w", err)
+			return total, fmt.Errorf("alerting: outbox: prune: %w", err)
 		}
 		total += n
-		if n < outboxPruneChunk {
+		if n < pruneChunk {
 			return total, nil
 		}
 	}
 }
 
-// outboxCommitter group-commits writes. The first writer to arrive leads: it takes
+// committer group-commits writes. The first writer to arrive leads: it takes
 // every write queued so far (its own included) into one transaction, commits it, and
 // hands the lead to the first writer that queued meanwhile. So writers that arrive
 // during a commit share the next one, and a writer alone commits at once.
-type outboxCommitter struct {
+type committer struct {
 	db    *bolt.DB
 	mu    sync.Mutex
-	queue []*outboxWrite
+	queue []*pendingWrite
 	busy  bool
 }
 
-type outboxWrite struct {
+type pendingWrite struct {
 	fn       func(*bolt.Tx) error
 	err      error
 	finished bool          // set before wake is signalled
 	wake     chan struct{} // finished, or handed the lead
 }
 
-func (c *outboxCommitter) do(fn func(*bolt.Tx) error) error {
-	w := &outboxWrite{fn: fn, wake: make(chan struct{}, 1)}
+func (c *committer) do(fn func(*bolt.Tx) error) error {
+	w := &pendingWrite{fn: fn, wake: make(chan struct{}, 1)}
 	c.mu.Lock()
 	c.queue = append(c.queue, w)
 	lead := !c.busy
@@ -734,8 +823,8 @@ func (c *outboxCommitter) do(fn func(*bolt.Tx) error) error {
 // run commits batch in one transaction. When one write's function fails, the
 // transaction is rolled back and each write runs in a transaction of its own, so one
 // write's error is not every write's (bbolt's DB.Batch does the same).
-func (c *outboxCommitter) run(batch []*outboxWrite) {
-	var failed *outboxWrite
+func (c *committer) run(batch []*pendingWrite) {
+	var failed *pendingWrite
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		for _, w := range batch {
 			if err := w.fn(tx); err != nil {
