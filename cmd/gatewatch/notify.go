@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -18,9 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
-	"github.com/gatewatch/gatewatch/alerting/outbox"
 	"github.com/gatewatch/gatewatch/detectors"
-	"github.com/gatewatch/gatewatch/store"
+	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
 
 // stopTimeout bounds how long a stopping notify waits for the attempts in flight and
@@ -69,114 +67,34 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 	if *dryRun {
 		return planAlerts(env, cfg, alerts)
 	}
-	s, err := openSession(ctx, env, cfg)
+	d, err := openDelivery(ctx, env, cfg)
 	if err != nil {
 		return err
 	}
-	sent, err := s.send(ctx, alerts, *timeout)
+	sent, err := send(ctx, d.Router(), alerts, *timeout)
 	if err == nil {
-		err = s.stop(stopTimeout) // the states reported are final
+		err = d.StopRouter(stopTimeout) // the states reported are final
 	}
 	if err == nil {
-		err = report(ctx, env, s.router, alerts, sent, *configPath, s.dir)
+		err = report(ctx, env, d.Router(), alerts, sent, *configPath, outboxDir(cfg))
 	}
 	// Whether the sending worked or not, the router stops, and Run returns, before
 	// anything it uses is closed.
-	return errors.Join(err, s.close(stopTimeout))
+	return errors.Join(err, d.Close(stopTimeout))
 }
 
-// session is one notify run's delivery: the outbox, the alert history, the receivers
-// and the router on them, whose Run it starts. close stops the router and waits for
-// Run to return before it closes, in the reverse order of opening, what the router
-// uses, so that nothing is closed under a router still running.
-type session struct {
-	router  *alerting.Router
-	dir     string     // the outbox's
-	runErr  chan error // Run's result; nil once received
-	cancel  context.CancelFunc
-	closers []func(ctx context.Context) error // in the order opened
-}
-
-// openSession opens what cfg names and starts the router.
-func openSession(ctx context.Context, env *cmdEnv, cfg *config) (s *session, err error) {
-	logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s = &session{dir: outboxDir(cfg)}
-	defer func() {
-		if err != nil {
-			_ = s.close(stopTimeout) // what was opened before the failure
-		}
-	}()
-	ob, err := outbox.Open(s.dir, outbox.Options{Logger: logger})
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, func(context.Context) error { return ob.Close() })
-	// The store keeps the alert history next to the event archive; it is best effort
-	// and never holds up delivery.
-	st, err := store.Open(cfg.Store, store.Options{Logger: logger.With("component", "store"), Registerer: prometheus.NewRegistry(),
-		Baselines: store.BaselineSettingsFrom(cfg.Detectors)})
-	if err != nil {
-		return nil, err
-	}
-	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
-	storeDone := make(chan error, 1)
-	go func() { storeDone <- st.Run(storeCtx) }()
-	s.closers = append(s.closers, func(ctx context.Context) error {
-		stopStore()
-		<-storeDone
-		return st.Close(ctx)
-	})
-	receivers, closer, err := buildReceivers(cfg, logger)
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, func(context.Context) error { return closer.Close() })
-	router, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
-		Outbox: ob, Receivers: receivers, History: st, Logger: logger, Registerer: prometheus.NewRegistry(),
+// openDelivery opens the delivery part of the pipeline, as run wires it: the alert
+// history in the store, the outbox, the receivers and the router, running.
+func openDelivery(ctx context.Context, env *cmdEnv, cfg *config) (*pipeline.Delivery, error) {
+	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
+		Receivers: receiverBuilder,
+		Logger:    slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Version:   buildVersion(),
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.start(ctx, router)
-	return s, nil
-}
-
-// start runs router until close.
-func (s *session) start(ctx context.Context, router *alerting.Router) {
-	var runCtx context.Context
-	runCtx, s.cancel = context.WithCancel(ctx)
-	s.router, s.runErr = router, make(chan error, 1)
-	go func() { s.runErr <- router.Run(runCtx) }()
-}
-
-// stop stops the router, letting the attempts in flight finish within timeout (after
-// it they are cut short and stay pending), and waits for Run to return. The router can
-// still report what the outbox holds.
-func (s *session) stop(timeout time.Duration) error {
-	if s.runErr == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := s.router.Close(ctx); err != nil {
-		s.cancel() // cut the attempts short: Run returns now
-	}
-	err := <-s.runErr
-	s.cancel()
-	s.runErr = nil
-	return err
-}
-
-// close stops the router (stop), then closes what the session opened, last first.
-func (s *session) close(timeout time.Duration) error {
-	errs := []error{s.stop(timeout)}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		errs = append(errs, s.closers[i](ctx))
-	}
-	s.closers = nil
-	return errors.Join(errs...)
+	return p.OpenDelivery(ctx)
 }
 
 // sent says what became of the alerts put: those no route matched, and those a
@@ -188,30 +106,30 @@ type sent struct {
 // send puts alerts through the router and waits, up to timeout, until every delivery
 // is done (delivered or parked). An alert no route matches reaches nobody; send
 // returns those and the silenced ones for the report.
-func (s *session) send(ctx context.Context, alerts []detectors.Alert, timeout time.Duration) (sent, error) {
+func send(ctx context.Context, router *alerting.Router, alerts []detectors.Alert, timeout time.Duration) (sent, error) {
 	var out sent
 	for _, a := range alerts {
-		if len(s.router.Plan(a)) > 0 {
+		if len(router.Plan(a)) > 0 {
 			continue
 		}
-		if s.router.Silenced(a) {
+		if router.Silenced(a) {
 			out.silenced = append(out.silenced, a)
 		} else {
 			out.unrouted = append(out.unrouted, a)
 		}
 	}
-	if err := s.router.Put(ctx, alerts); err != nil {
+	if err := router.Put(ctx, alerts); err != nil {
 		return out, err
 	}
-	return out, s.flush(ctx, timeout)
+	return out, flush(ctx, router, timeout)
 }
 
 // flush waits up to timeout until no delivery is pending. Running out of time is no
 // error: what is pending stays in the outbox, and the report says so.
-func (s *session) flush(ctx context.Context, timeout time.Duration) error {
+func flush(ctx context.Context, router *alerting.Router, timeout time.Duration) error {
 	flushCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := s.router.Flush(flushCtx)
+	err := router.Flush(flushCtx)
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err() // interrupted
@@ -290,28 +208,28 @@ func requeueParked(ctx context.Context, env *cmdEnv, cfg *config, configPath, re
 		}
 		return fmt.Errorf("%s configures no receivers", configPath)
 	}
-	s, err := openSession(ctx, env, cfg)
+	d, err := openDelivery(ctx, env, cfg)
 	if err != nil {
 		return err
 	}
-	err = s.requeue(ctx, env, names, timeout, configPath)
-	return errors.Join(err, s.close(stopTimeout))
+	err = requeue(ctx, env, d.Router(), names, timeout, configPath, outboxDir(cfg))
+	return errors.Join(err, d.Close(stopTimeout))
 }
 
-// requeue is requeueParked on an open session.
-func (s *session) requeue(ctx context.Context, env *cmdEnv, names []string, timeout time.Duration, configPath string) error {
+// requeue is requeueParked on a running router.
+func requeue(ctx context.Context, env *cmdEnv, router *alerting.Router, names []string, timeout time.Duration, configPath, dir string) error {
 	requeued := map[string]int{}
 	for _, n := range names {
-		k, err := s.router.Requeue(ctx, n)
+		k, err := router.Requeue(ctx, n)
 		if err != nil {
 			return err
 		}
 		requeued[n] = k
 	}
-	if err := s.flush(ctx, timeout); err != nil {
+	if err := flush(ctx, router, timeout); err != nil {
 		return err
 	}
-	stats, err := s.router.Stats(ctx)
+	stats, err := router.Stats(ctx)
 	if err != nil {
 		return err
 	}
@@ -322,20 +240,16 @@ func (s *session) requeue(ctx context.Context, env *cmdEnv, names []string, time
 		fmt.Fprintf(env.stdout, "%s: %d requeued, %d delivered, %d parked again, %d pending\n", n, requeued[n], delivered, st.Parked, st.Pending)
 		if st.Parked > 0 || st.Pending > 0 {
 			errs = append(errs, fmt.Errorf("%s: %d parked and %d pending deliveries remain in the outbox at %s (the destination still fails?); re-send with: gatewatch notify --config %s --requeue --receiver %s",
-				n, st.Parked, st.Pending, s.dir, configPath, n))
+				n, st.Parked, st.Pending, dir, configPath, n))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// outboxDir is where the durable outbox lives: alerting.outbox.dir, else
-// <store.data_dir>/outbox. run and notify share it, so notify's parked deliveries are
-// the live service's.
+// outboxDir is where the durable outbox lives, the live service's.
 func outboxDir(cfg *config) string {
-	if cfg.Alerting.Outbox.Dir != "" {
-		return cfg.Alerting.Outbox.Dir
-	}
-	return filepath.Join(cfg.Store.DataDir, "outbox")
+	pc := pipelineConfig(cfg)
+	return pipeline.OutboxDir(&pc)
 }
 
 // readAlerts reads alerts as JSON lines, naming the line of any that does not decode.

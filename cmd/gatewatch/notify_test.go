@@ -4,20 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
-	"github.com/gatewatch/gatewatch/alerting/alertingtest"
 	"github.com/gatewatch/gatewatch/store"
 )
 
@@ -257,86 +253,4 @@ alerting:
 	if n != versions {
 		t.Errorf("archive holds %d alert versions after the requeue and a second notify, want each of the %d once", n, versions)
 	}
-}
-
-// TestNotifyStopsTheRouterBeforeClosing: when putting the alerts fails, notify still
-// stops the router and waits for it before it closes the outbox; the router must never
-// use an outbox that is closed under it.
-func TestNotifyStopsTheRouterBeforeClosing(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		ob := &closingOutbox{MemoryOutbox: alerting.NewMemoryOutbox(), t: t}
-		rec := alertingtest.NewRecorder("archive")
-		cfg := alerting.DefaultConfig()
-		cfg.Receivers = []alerting.ReceiverConfig{{Name: "archive", File: &alerting.FileConfig{Path: "unused"}}}
-		router, err := alerting.NewRouter(cfg, alerting.RouterOptions{
-			Outbox: ob, Receivers: map[string]alerting.Receiver{"archive": rec}, Registerer: prometheus.NewRegistry(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := &session{closers: []func(context.Context) error{ob.Close}}
-		s.start(t.Context(), router)
-		synctest.Wait() // Run is going: its prune pass is in the outbox
-		if _, err := s.send(t.Context(), alertingtest.Alerts(3, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)), time.Minute); err == nil {
-			t.Fatal("send succeeded on an outbox that refuses every enqueue")
-		}
-		if err := s.close(stopTimeout); err != nil {
-			t.Fatal(err)
-		}
-		if !ob.closed.Load() {
-			t.Error("the outbox was not closed")
-		}
-	})
-}
-
-// closingOutbox refuses every Enqueue (a full disk), holds a Prune until its context
-// ends (a slow pass at shutdown), and fails the test when it is closed while a call is
-// in flight or used after it was closed.
-type closingOutbox struct {
-	*alerting.MemoryOutbox
-	t        *testing.T
-	inFlight atomic.Int32
-	closed   atomic.Bool
-}
-
-func (c *closingOutbox) enter(method string) func() {
-	if c.closed.Load() {
-		c.t.Errorf("%s on a closed outbox", method)
-	}
-	c.inFlight.Add(1)
-	return func() { c.inFlight.Add(-1) }
-}
-
-func (c *closingOutbox) Enqueue(ctx context.Context, ds []alerting.Delivery) error {
-	defer c.enter("Enqueue")()
-	return errors.New("write outbox.db: no space left on device")
-}
-
-func (c *closingOutbox) Prune(ctx context.Context, before time.Time) (int, error) {
-	defer c.enter("Prune")()
-	<-ctx.Done()
-	return 0, ctx.Err()
-}
-
-func (c *closingOutbox) Pending(ctx context.Context, receiver string, limit int) ([]alerting.Delivery, error) {
-	defer c.enter("Pending")()
-	return c.MemoryOutbox.Pending(ctx, receiver, limit)
-}
-
-func (c *closingOutbox) Stats(ctx context.Context) (map[string]alerting.QueueStats, error) {
-	defer c.enter("Stats")()
-	return c.MemoryOutbox.Stats(ctx)
-}
-
-func (c *closingOutbox) Update(ctx context.Context, ds []alerting.Delivery) error {
-	defer c.enter("Update")()
-	return c.MemoryOutbox.Update(ctx, ds)
-}
-
-func (c *closingOutbox) Close(context.Context) error {
-	if n := c.inFlight.Load(); n > 0 {
-		c.t.Errorf("outbox closed with %d calls of the router in flight", n)
-	}
-	c.closed.Store(true)
-	return nil
 }

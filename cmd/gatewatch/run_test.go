@@ -19,6 +19,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -480,7 +481,7 @@ func TestRunCrashRecovery(t *testing.T) {
 		t.Fatalf("%d incidents posted across two crashes, want one per attack (%d)", got, len(injected))
 	}
 	_ = posts
-	st, err := store.Open(store.Config{DataDir: filepath.Join(e.dir, "data")}, store.Options{})
+	st, err := store.Open(store.Config{DataDir: filepath.Join(e.dir, "data")}, store.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,13 +120,30 @@ func (s *routerSwitch) stop(ctx context.Context) error {
 }
 
 func (rr *routerRun) stop(ctx context.Context) error {
-	err := rr.router.Close(ctx)
-	rr.cancel()
-	if rerr := <-rr.done; rerr != nil && !errors.Is(rerr, context.Canceled) {
-		err = errors.Join(err, rerr)
+	err := rr.halt(ctx)
+	if rr.receivers != nil {
+		if cerr := rr.receivers.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing receivers: %w", cerr))
+		}
+		rr.receivers = nil
 	}
-	if cerr := rr.receivers.Close(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("closing receivers: %w", cerr))
+	return err
+}
+
+// halt stops the router: the attempts in flight finish within ctx (then they are cut
+// short and stay pending), and Run returns. It may be called more than once.
+func (rr *routerRun) halt(ctx context.Context) error {
+	if rr.done == nil {
+		return nil
+	}
+	// A Close that runs out of time leaves the attempts in flight cut short by the
+	// cancel: they stay pending in the outbox for the next run, which is no error.
+	_ = rr.router.Close(ctx)
+	rr.cancel()
+	err := <-rr.done
+	rr.done = nil
+	if errors.Is(err, context.Canceled) {
+		return nil
 	}
 	return err
 }

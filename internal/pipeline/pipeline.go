@@ -94,23 +94,11 @@ type Pipeline struct {
 	runOnce sync.Once
 }
 
-// New checks cfg and opts. It opens nothing: Run does.
+// New checks opts. It opens nothing: Run (the live service) and OpenDelivery (the
+// delivery part alone) do.
 func New(cfg Config, opts Options) (*Pipeline, error) {
-	var errs []error
 	if opts.Receivers == nil {
-		errs = append(errs, errors.New("pipeline: Options.Receivers is required"))
-	}
-	if len(cfg.Ingest.Kafka.Brokers) == 0 {
-		errs = append(errs, errors.New("pipeline: ingest.kafka.brokers: run reads Kafka; name the brokers"))
-	}
-	if len(cfg.Ingest.Kafka.Topics) == 0 {
-		errs = append(errs, errors.New("pipeline: ingest.kafka.topics: name at least one topic and its format"))
-	}
-	if cfg.Ingest.DeadLetter.File == "" && cfg.Ingest.DeadLetter.Topic == "" {
-		errs = append(errs, errors.New("pipeline: ingest.dead_letter: run keeps every rejected record; set a topic or a file"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, errors.New("pipeline: Options.Receivers is required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -156,6 +144,9 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	}
 	defer close(p.stopped)
 	cfg := p.cfg.Load()
+	if err := checkRun(cfg); err != nil {
+		return err
+	}
 	var lc lifecycle
 	defer func() {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.ShutdownTimeout)
@@ -167,9 +158,6 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	p.alerts = &routerSwitch{p: p}
 	p.mu.Unlock()
 
-	if err := os.MkdirAll(cfg.Store.DataDir, 0o700); err != nil {
-		return fmt.Errorf("pipeline: data_dir: %w", err)
-	}
 	// Admin first, so that health and the metrics of start-up are visible; it stops last.
 	if cfg.Admin.Listen != "" {
 		g := prometheus.Gatherers{p.reg, prometheus.GathererFunc(p.alerts.Gather)}
@@ -182,40 +170,8 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 		p.mu.Unlock()
 		lc.add("admin", a.serve(), a.shutdown)
 	}
-
-	// The store: baselines, open incidents, the archive and the alert history.
-	st, err := store.Open(cfg.Store, store.Options{
-		Logger:     p.log.With("component", "store"),
-		Registerer: p.reg,
-		Baselines:  store.BaselineSettingsFrom(cfg.Detectors),
-	})
+	st, err := p.openDelivery(ctx, cfg, &lc)
 	if err != nil {
-		return err
-	}
-	p.store = st
-	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
-	storeDone := goRun(func() error { return st.Run(storeCtx) })
-	lc.add("store", nil, func(ctx context.Context) error {
-		stopStore()
-		<-storeDone
-		return st.Close(ctx)
-	})
-	if ch, ok := st.(*store.ClickHouse); ok {
-		p.migrate(ctx, ch)
-	}
-
-	// Alerting: the durable outbox, the receivers and the router over them.
-	outboxDir := cfg.Alerting.Outbox.Dir
-	if outboxDir == "" {
-		outboxDir = filepath.Join(cfg.Store.DataDir, "outbox")
-	}
-	ob, err := outbox.Open(outboxDir, outbox.Options{Logger: p.log})
-	if err != nil {
-		return err
-	}
-	lc.add("outbox", nil, func(context.Context) error { return ob.Close() })
-	p.alerts.outbox, p.alerts.history = ob, st
-	if err := p.alerts.start(ctx, cfg); err != nil {
 		return err
 	}
 	lc.add("alerting", nil, p.alerts.stop)
@@ -286,6 +242,111 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 		err = nil
 	}
 	return err
+}
+
+// checkRun reports what the live service needs that cfg lacks.
+func checkRun(cfg *Config) error {
+	var errs []error
+	if len(cfg.Ingest.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("pipeline: ingest.kafka.brokers: run reads Kafka; name the brokers"))
+	}
+	if len(cfg.Ingest.Kafka.Topics) == 0 {
+		errs = append(errs, errors.New("pipeline: ingest.kafka.topics: name at least one topic and its format"))
+	}
+	if cfg.Ingest.DeadLetter.File == "" && cfg.Ingest.DeadLetter.Topic == "" {
+		errs = append(errs, errors.New("pipeline: ingest.dead_letter: run keeps every rejected record; set a topic or a file"))
+	}
+	return errors.Join(errs...)
+}
+
+// openDelivery opens what every use of the pipeline delivers alerts with, in order,
+// adding each to lc: the data directory, the store (the alert history, and for Run the
+// baselines, open incidents and archive), the outbox, and the receivers with a router
+// over them, running.
+func (p *Pipeline) openDelivery(ctx context.Context, cfg *Config, lc *lifecycle) (store.Store, error) {
+	if err := os.MkdirAll(cfg.Store.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("pipeline: data_dir: %w", err)
+	}
+	st, err := store.Open(cfg.Store, store.Options{
+		Logger:     p.log.With("component", "store"),
+		Registerer: p.reg,
+		Baselines:  store.BaselineSettingsFrom(cfg.Detectors),
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.store = st
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	storeDone := goRun(func() error { return st.Run(storeCtx) })
+	lc.add("store", nil, func(ctx context.Context) error {
+		stopStore()
+		<-storeDone
+		return st.Close(ctx)
+	})
+	if ch, ok := st.(*store.ClickHouse); ok {
+		p.migrate(ctx, ch)
+	}
+	ob, err := outbox.Open(OutboxDir(cfg), outbox.Options{Logger: p.log})
+	if err != nil {
+		return nil, err
+	}
+	lc.add("outbox", nil, func(context.Context) error { return ob.Close() })
+	p.alerts.outbox, p.alerts.history = ob, st
+	if err := p.alerts.start(ctx, cfg); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// OutboxDir is where the durable outbox lives: alerting.outbox.dir, else
+// <store.data_dir>/outbox. run and notify share it, so what notify re-sends is the
+// live service's.
+func OutboxDir(cfg *Config) string {
+	if cfg.Alerting.Outbox.Dir != "" {
+		return cfg.Alerting.Outbox.Dir
+	}
+	return filepath.Join(cfg.Store.DataDir, "outbox")
+}
+
+// A Delivery is the delivery part of the pipeline on its own, as `notify` uses it: the
+// store for the alert history, the outbox, the receivers and the router over them,
+// opened and closed as Run opens and closes them.
+type Delivery struct {
+	p  *Pipeline
+	lc lifecycle
+}
+
+// OpenDelivery opens the delivery part and starts its router.
+func (p *Pipeline) OpenDelivery(ctx context.Context) (*Delivery, error) {
+	d := &Delivery{p: p}
+	p.mu.Lock()
+	p.alerts = &routerSwitch{p: p}
+	p.mu.Unlock()
+	if _, err := p.openDelivery(ctx, p.cfg.Load(), &d.lc); err != nil {
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.ShutdownTimeout)
+		defer cancel()
+		return nil, errors.Join(err, d.lc.stop(stopCtx, p.log))
+	}
+	return d, nil
+}
+
+// Router returns the router; it runs until StopRouter.
+func (d *Delivery) Router() *alerting.Router { return d.p.alerts.cur.router }
+
+// StopRouter stops the router, letting the attempts in flight finish within timeout
+// (after it they are cut short and stay pending). What the outbox holds can still be
+// read through the router.
+func (d *Delivery) StopRouter(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.p.alerts.cur.halt(ctx)
+}
+
+// Close stops the router and closes, last opened first, what OpenDelivery opened.
+func (d *Delivery) Close(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return errors.Join(d.p.alerts.cur.stop(ctx), d.lc.stop(ctx, d.p.log))
 }
 
 // migrate brings the ClickHouse schema up to date at start-up. A server that does not
