@@ -142,7 +142,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
 		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
-			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.WithLabelValues(name))
+			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.MustCurryWith(prometheus.Labels{"detector": name}))
 		e.incs = append(e.incs, inc)
 		return inc
 	}
@@ -289,12 +289,30 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 		e.m.watermark.Set(float64(e.wms.wm) / 1000)
 	}
 	e.m.idle.Set(float64(e.wms.idleCount()))
+	e.reportPartitions()
 	e.reportBehind()
 	e.updateGauges()
 	return maxT
 }
 
 type observeStats struct{ late, ahead int }
+
+// reportPartitions keeps each partition's event-time gauge.
+func (e *Engine) reportPartitions() {
+	for _, pw := range e.wms.parts {
+		if !pw.seen {
+			continue
+		}
+		if pw.timeGauge == nil {
+			pw.timeGauge = e.m.partTime.WithLabelValues(pw.p.String())
+		}
+		pw.timeGauge.Set(float64(pw.maxT) / 1000)
+	}
+	for _, p := range e.wms.ended {
+		e.m.partTime.DeleteLabelValues(p.String())
+	}
+	e.wms.ended = e.wms.ended[:0]
+}
 
 // reportBehind logs when partitions fall more than max_skew behind the leading one, or
 // catch up, and keeps the gauge.

@@ -142,6 +142,7 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ..
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := 0.0 // over every series with the labels asked for
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -160,15 +161,10 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ..
 			if !match {
 				continue
 			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			if g := m.GetGauge(); g != nil {
-				return g.GetValue()
-			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 func describe(alerts []Alert) string {

@@ -78,11 +78,11 @@ type incidents struct {
 	open     map[string]*incident
 	max      int // open incidents; past it the one quiet longest ends early
 	out      *emitter
-	alerts   prometheus.Counter
-	saved    map[string]struct{} // keys whose incident changed since the last SaveIncidents
+	alerts   *prometheus.CounterVec // by severity
+	saved    map[string]struct{}    // keys whose incident changed since the last SaveIncidents
 }
 
-func newIncidents(detector string, cooldown, every int64, max int, runbook string, out *emitter, alerts prometheus.Counter) *incidents {
+func newIncidents(detector string, cooldown, every int64, max int, runbook string, out *emitter, alerts *prometheus.CounterVec) *incidents {
 	return &incidents{
 		detector: detector,
 		max:      max,
@@ -218,6 +218,6 @@ func (s *incidents) emit(inc *incident, at int64) {
 		Labels:     labels,
 	}})
 	if s.alerts != nil {
-		s.alerts.Inc()
+		s.alerts.WithLabelValues(string(inc.severity)).Inc()
 	}
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	idle      prometheus.Gauge
 	behind    prometheus.Gauge
 	alerts    *prometheus.CounterVec
+	partTime  *prometheus.GaugeVec
 	evictions *prometheus.CounterVec
 	expired   *prometheus.CounterVec
 	keys      *prometheus.GaugeVec
@@ -51,8 +52,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		alerts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_alerts_total",
-			Help: "Alerts emitted, new incidents and updates, per detector.",
-		}, []string{"detector"}),
+			Help: "Alerts emitted, new incidents and updates, per detector and severity.",
+		}, []string{"detector", "severity"}),
+		partTime: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatewatch_detectors_partition_event_time_seconds",
+			Help: "Largest event time read from each partition the engine reads (topic/partition), Unix seconds: time() minus it is how far behind the partition's stream is.",
+		}, []string{"partition"}),
 		evictions: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_evictions_total",
 			Help: "Keys evicted because a detector reached max_keys, per detector.",
@@ -67,7 +72,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"detector"}),
 	}
 	for _, d := range Names {
-		m.alerts.WithLabelValues(d)
+		for _, sev := range severities {
+			m.alerts.WithLabelValues(d, string(sev))
+		}
 		m.evictions.WithLabelValues(d)
 		m.expired.WithLabelValues(d)
 		m.keys.WithLabelValues(d)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -39,8 +41,9 @@ type watermarks struct {
 	low     int64
 	top     int64
 	hasTop  bool
-	last    *partWM // the partition of the previous run: runs of one partition follow each other
-	holding int     // partitions with a held record
+	last    *partWM            // the partition of the previous run: runs of one partition follow each other
+	ended   []ingest.Partition // ended since the engine last reported the partitions
+	holding int                // partitions with a held record
 }
 
 // partWM is one partition's event time.
@@ -53,6 +56,8 @@ type partWM struct {
 	arrived time.Time     // wall clock of its last record, or of its opening
 	idle    bool
 	ahead   uint64 // records judged ahead of its stream
+
+	timeGauge prometheus.Gauge // its event-time metric, once it has one
 }
 
 func newWatermarks(lateness, maxAhead, maxSkew, idle time.Duration, log *slog.Logger) *watermarks {
@@ -89,6 +94,7 @@ func (w *watermarks) end(p ingest.Partition) {
 		w.last = nil
 	}
 	delete(w.parts, p)
+	w.ended = append(w.ended, p)
 	w.recompute()
 }
 
