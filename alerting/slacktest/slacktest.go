@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -71,6 +72,7 @@ type Message struct {
 	Text     string          // the notification text
 	Blocks   json.RawMessage // the Block Kit blocks as posted, nil when none
 	Edits    int             // how many times chat.update changed it
+	Posted   time.Time       // when the server took it, for latency measurements
 }
 
 // A Server is a running Slack-compatible server; t.Cleanup closes it.
@@ -367,7 +369,7 @@ func (s *Server) find(ch, ts string) *Message {
 // add stores a new message with the next timestamp; s.mu is held.
 func (s *Server) add(ch, threadTS, text string, blocks json.RawMessage) *Message {
 	s.seq++
-	m := &Message{Channel: ch, TS: fmt.Sprintf("1700000000.%06d", s.seq), ThreadTS: threadTS, Text: text, Blocks: blocks}
+	m := &Message{Channel: ch, TS: fmt.Sprintf("1700000000.%06d", s.seq), ThreadTS: threadTS, Text: text, Blocks: blocks, Posted: time.Now()}
 	s.messages = append(s.messages, m)
 	return m
 }

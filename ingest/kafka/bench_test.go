@@ -116,7 +116,12 @@ func BenchmarkBareFetch(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		r := kafkago.NewReader(s.rcfg)
+		// A group reader of every partition, with the fetch settings of the source's
+		// partition readers.
+		rc := s.rcfg
+		rc.Topic, rc.GroupID, rc.GroupTopics = "", s.cfg.Group, s.gcfg.Topics
+		rc.QueueCapacity = s.cfg.BatchSize
+		r := kafkago.NewReader(rc)
 		if _, err := r.FetchMessage(ctx); err != nil { // joins the group
 			b.Fatal(err)
 		}
