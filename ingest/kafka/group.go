@@ -164,7 +164,7 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 		Dialer:          s.rcfg.Dialer,
 		QueueCapacity:   partitionQueue(s.rcfg.QueueCapacity),
 		MinBytes:        s.rcfg.MinBytes,
-		MaxBytes:        s.rcfg.MaxBytes,
+		MaxBytes:        partitionFetchBytes(s.rcfg.MaxBytes),
 		MaxWait:         s.rcfg.MaxWait,
 		ReadLagInterval: -1,
 		StartOffset:     s.rcfg.StartOffset,
@@ -207,6 +207,13 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 // queue and in ours: enough to keep the fetching goroutine busy while the reader
 // fetches more, few enough that dozens of partitions do not hold a gigabyte.
 func partitionQueue(batch int) int { return min(batch, 256) }
+
+// partitionFetchBytes bounds one fetch of one partition at 1 MiB, Kafka's own
+// max.partition.fetch.bytes: every partition has a reader of its own, and a response of
+// kafka.max_bytes (ten megabytes by default) from a busy or slow broker can take longer
+// to arrive than kafka-go's read deadline allows, so the reader would try the same
+// offset again, forever (seen against a loaded test broker).
+func partitionFetchBytes(maxBytes int) int { return min(maxBytes, 1<<20) }
 
 // lifecycle returns and forgets the partitions opened and ended since the last call.
 func (s *Source) lifecycle() (opened, ended []ingest.Partition) {
