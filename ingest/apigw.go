@@ -16,11 +16,14 @@ import (
 //
 // The parser therefore walks the object (four levels deep at most) and recognises each
 // leaf by its last name segment, compared without regard to case, '_' or '-' (so
-// "sourceIp", "source_ip" and "SourceIP" are one key):
+// "sourceIp", "source_ip" and "SourceIP" are one key, and the snake_case templates of
+// AWS's Centralized Logging with OpenSearch, "request_id", "http_method", "client_ip",
+// read like the camelCase ones):
 //
 //   - time: requestTimeEpoch (epoch, unit by magnitude), else requestTime (CLF), else a
 //     key named timestamp or time; the one required field;
-//   - client IP: ip or sourceIp; method: httpMethod or method, else the method of a
+//   - client IP: ip or sourceIp, else client_ip at the root or under identity (an IP
+//     address, else left out); method: httpMethod or method, else the method of a
 //     routeKey such as "GET /pets" (not "ANY"); host: domainName or host; user agent:
 //     userAgent; request id: requestId, else extendedRequestId;
 //   - status: status or statusCode, except under authorizer, authorize, authenticate,
@@ -69,9 +72,6 @@ type apigwRecord struct {
 // Parse fills ev from one API Gateway JSON access-log record and keeps no reference to line.
 func (p *apigwParser) Parse(ev *Event, line []byte) error {
 	ev.Reset()
-	if err := p.check(line); err != nil {
-		return err
-	}
 	root, err := parseJSONRecord(&p.json, line)
 	if err != nil {
 		return err
@@ -104,7 +104,7 @@ func (p *apigwParser) Parse(ev *Event, line []byte) error {
 	if r.f.err != nil {
 		return r.f.err
 	}
-	ev.ClientIP = p.str(clientIP(r.ip))
+	p.setClientIP(ev, r.ip)
 	ev.Host = p.intern(r.host)
 	ev.UserAgent = p.str(r.userAgent)
 	ev.Path = p.str(splitPath(r.path))
@@ -121,7 +121,7 @@ func (p *apigwParser) Parse(ev *Event, line []byte) error {
 	if isUnset(r.method) && !isUnset(routeMethod) && string(routeMethod) != "ANY" {
 		r.method = routeMethod
 	}
-	ev.Method = p.intern(r.method)
+	p.setMethod(ev, r.method)
 
 	var cred credentials
 	cred.consumer = firstSet(r.apiKeyID, r.principal, r.sub, r.userArn, r.user, r.caller)
@@ -175,6 +175,13 @@ func (r *apigwRecord) leaf(key string, parent int, v *fastjson.Value) {
 		}
 	case "ip", "sourceip":
 		setFirst(&r.ip, f.text(v, "sourceIp"))
+	case "clientip":
+		// client_ip, as AWS's Centralized Logging with OpenSearch names sourceIp. Only at
+		// the template's root or under identity: AWS WAF's httpRequest.clientIp must not
+		// make a WAF record read with --format apigw look like an API Gateway one.
+		if parent == apigwParentRoot || parent == apigwParentIdentity {
+			setFirst(&r.ip, f.text(v, "client_ip"))
+		}
 	case "httpmethod", "method":
 		setFirst(&r.method, f.text(v, "httpMethod"))
 	case "domainname", "host":

@@ -6,8 +6,9 @@ import "bytes"
 // format's parser. All of them share one base, so strings, interned values and the
 // token fingerprinter are the same whichever format a record is in.
 //
-// Text records: one starting with '[' is Envoy's default text format; one starting with
-// an address (or a list of them) followed by " - " is nginx combined. JSON records are
+// Text records: one starting with '[' (or Emissary's "ACCESS [") is Envoy's default text
+// format; one starting with an address or host name (or a list of them) followed by
+// " - " is nginx combined. JSON records are
 // recognised by their keys, found in one pass over the raw bytes without parsing, by
 // these rules in order of precedence. AWS WAF, Cloudflare and Kong, whose schemas are
 // fixed, are decided as soon as their keys are seen; API Gateway, Envoy and nginx, whose
@@ -17,7 +18,10 @@ import "bytes"
 //	cloudflare  "EdgeStartTimestamp", "ClientRequestHost" or "RayID"
 //	kong        "started_at" with a "request" object
 //	apigw       "requestId" with "requestTime", "requestTimeEpoch", "routeKey",
-//	            "resourcePath", or "httpMethod" and "ip"
+//	            "resourcePath", or "httpMethod" and "ip"; or the snake_case spelling of
+//	            AWS's Centralized Logging with OpenSearch: "request_id" with
+//	            "request_time_epoch", "route_key", "resource_path" or "http_method"
+//	            (not "request_time", which nginx JSON logs carry as a duration)
 //	envoy       "start_time", "response_code", "response_flags", "downstream_remote_address",
 //	            "downstream_direct_remote_address", "x_envoy_original_path", "route_name",
 //	            "upstream_cluster" or "upstream_host"
@@ -49,9 +53,6 @@ func newAutoParser(b *base) *autoParser {
 
 // Parse recognises the format of line and parses it with that format's parser.
 func (p *autoParser) Parse(ev *Event, line []byte) error {
-	if len(line) > p.opts.MaxLineBytes {
-		return p.check(line) // oversized, whatever the format
-	}
 	var sub Parser
 	switch recogniseFormat(line) {
 	case FormatAWSWAF:
@@ -67,13 +68,12 @@ func (p *autoParser) Parse(ev *Event, line []byte) error {
 	case FormatNginx:
 		sub = p.nginx
 	default:
-		if err := p.check(line); err != nil {
-			return err
-		}
-		return parseErrorf(ReasonUnknownFormat, "record matches no known format")
+		return errUnknownFormat
 	}
 	return sub.Parse(ev, line)
 }
+
+var errUnknownFormat = parseErrorf(ReasonUnknownFormat, "record matches no known format")
 
 // recogniseFormat returns the format line is in, or "" when it matches none.
 func recogniseFormat(line []byte) string {
@@ -94,6 +94,10 @@ func recogniseFormat(line []byte) string {
 			return ""
 		}
 		return FormatEnvoy
+	case 'A':
+		if bytes.HasPrefix(line, emissaryPrefix) && bytes.HasPrefix(line[len(emissaryPrefix):], []byte{'['}) {
+			return FormatEnvoy
+		}
 	}
 	if i := bytes.Index(line, []byte(" - ")); i > 0 && isAddrList(line[:i]) {
 		return FormatNginx
@@ -156,9 +160,10 @@ func sniffJSON(line []byte) string {
 			if v := bytes.TrimLeft(line[off:], " \t\r\n"); len(v) > 0 && v[0] == '{' {
 				seen |= keyRequestObject
 			}
-		case "requestId":
+		case "requestId", "request_id":
 			seen |= keyRequestID
-		case "requestTime", "requestTimeEpoch", "routeKey", "resourcePath":
+		case "requestTime", "requestTimeEpoch", "routeKey", "resourcePath",
+			"request_time_epoch", "route_key", "resource_path", "http_method":
 			seen |= keyAPIGWRoute
 		case "httpMethod":
 			seen |= keyHTTPMethod

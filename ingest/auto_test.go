@@ -24,13 +24,19 @@ func TestRecogniseFormat(t *testing.T) {
 		{"apigw by method and ip", `{"requestId":"x1","httpMethod":"GET","ip":"203.0.113.4"}`, FormatAPIGateway},
 		{"apigw epoch", `{"requestId":"x1","requestTimeEpoch":"1749892904517"}`, FormatAPIGateway},
 		{"requestId alone is nothing", `{"requestId":"x1","status":"200"}`, ""},
+		{"apigw snake_case (Centralized Logging with OpenSearch)", `{"request_id":"r1","client_ip":"203.0.113.4","request_time":"14/Jun/2025:09:21:44 +0000","http_method":"GET","resource_path":"/pets","status":"200"}`, FormatAPIGateway},
+		{"apigw snake_case route key", `{"request_id":"r1","route_key":"GET /pets","status":"200"}`, FormatAPIGateway},
+		{"nginx JSON with request_id and request_time", `{"request_id":"r1","request_time":"0.003","remote_addr":"203.0.113.6","status":"200"}`, FormatNginx},
 		{"envoy Istio JSON", `{"authority":"a","downstream_remote_address":"203.0.113.5:1","method":"GET","path":"/","response_code":200,"start_time":"2025-06-14T09:21:44.517Z"}`, FormatEnvoy},
 		{"envoy camelCase keys", `{"startTime":"2025-06-14T09:21:44.517Z","responseCode":"200"}`, FormatEnvoy},
 		{"envoy header-style keys", `{"START_TIME":"2025-06-14T09:21:44.517Z"}`, FormatEnvoy},
 		{"nginx JSON", `{"time_local":"14/Jun/2025:11:21:44 +0200","remote_addr":"203.0.113.6","request":"GET / HTTP/1.1","status":"200"}`, FormatNginx},
 		{"nginx JSON request_uri", `{"msec":"1749892904.517","request_uri":"/a"}`, FormatNginx},
 		{"envoy text", `[2025-06-14T09:24:00.310Z] "GET / HTTP/1.1" 200 - 0 0 1 - "-" "-" "-" "-" "-"`, FormatEnvoy},
+		{"Emissary text", `ACCESS [2025-06-14T09:24:00.310Z] "GET / HTTP/1.1" 200 - 0 0 1 - "-" "-" "-" "-" "-"`, FormatEnvoy},
+		{"ACCESS alone is no format", `ACCESS denied`, ""},
 		{"nginx combined", `203.0.113.7 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 612 "-" "curl/8.7.1"`, FormatNginx},
+		{"Apache combined with a host name", `crawl-66-249-66-1.googlebot.com - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 612 "-" "-"`, FormatNginx},
 		{"nginx combined IPv6", `2001:db8::1 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 612 "-" "-"`, FormatNginx},
 		{"nginx combined address list", `203.0.113.7, 10.0.0.1 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 612 "-" "-"`, FormatNginx},
 		{"leading blanks", `   {"start_time":"2025-06-14T09:21:44.517Z"}`, FormatEnvoy},
@@ -97,7 +103,7 @@ func TestAutoRejects(t *testing.T) {
 		{"oversized", `{"start_time":"` + strings.Repeat("9", 600) + `"}`, ReasonOversized},
 		{"oversized junk", strings.Repeat("x", 600), ReasonOversized},
 		{"bad UTF-8 unknown", "\xff\xfe junk", ReasonUnknownFormat}, // repaired, still nothing known
-		{"bad UTF-8 in a recognised record", "{\"start_time\":\"2025-06-14T09:21:44.517Z\",\"user_agent\":\"\xff\"}", ReasonBadUTF8},
+		{"bad UTF-8 in a recognised record", "{\"start_time\":\"2025-06-14T09:21:44.517Z\",\"response_code\":200,\"downstream_remote_address\":\"198.51.100.9:1\",\"user_agent\":\"\xff\"}", ReasonBadUTF8},
 		{"recognised, then rejected by its parser", `{"start_time":"-","response_code":200}`, ReasonMissingField},
 	} {
 		var ev Event
@@ -179,4 +185,34 @@ func BenchmarkParseAuto(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestWrongFormatGivesNoEvent reads every testdata record of each format with every other
+// format's parser, as an operator who picked the wrong --format would: no record may
+// become an event (AWS WAF read as nginx once gave events with a time and nothing else,
+// which every detector ignored while the run reported success).
+func TestWrongFormatGivesNoEvent(t *testing.T) {
+	for _, written := range Formats[1:] {
+		own := mustParser(t, written)
+		var lines [][]byte // the records of the format (its testdata also holds rejects)
+		for _, line := range vendorFixtureLines(t, written) {
+			var ev Event
+			if err := own.Parse(&ev, line); err == nil || Kept(err) {
+				lines = append(lines, line)
+			}
+		}
+		for _, read := range Formats[1:] {
+			if read == written {
+				continue
+			}
+			p := mustParser(t, read)
+			for _, line := range lines {
+				var ev Event
+				err := p.Parse(&ev, line)
+				if err == nil || Kept(err) {
+					t.Errorf("%s record read as %s became an event: %s\n  record: %.200s", written, read, ev.AppendJSON(nil), line)
+				}
+			}
+		}
+	}
 }

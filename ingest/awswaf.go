@@ -34,9 +34,6 @@ func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{base: b} }
 // Parse fills ev from one AWS WAF log record and keeps no reference to line.
 func (p *awswafParser) Parse(ev *Event, line []byte) error {
 	ev.Reset()
-	if err := p.check(line); err != nil {
-		return err
-	}
 	root, err := parseJSONRecord(&p.json, line)
 	if err != nil {
 		return err
@@ -92,9 +89,9 @@ func (p *awswafParser) Parse(ev *Event, line []byte) error {
 			pickValue(&headers, v)
 		}
 	})
-	ev.ClientIP = p.str(clientIP(f.text(ip, "httpRequest.clientIp")))
+	p.setClientIP(ev, f.text(ip, "httpRequest.clientIp"))
 	p.setCountry(ev, f.text(country, "httpRequest.country"))
-	ev.Method = p.intern(f.text(method, "httpRequest.httpMethod"))
+	p.setMethod(ev, f.text(method, "httpRequest.httpMethod"))
 	ev.Path = p.str(splitPath(f.text(uri, "httpRequest.uri")))
 	ev.RequestID = p.str(f.text(requestID, "httpRequest.requestId"))
 	for _, h := range f.array(headers, "httpRequest.headers") {

@@ -31,9 +31,6 @@ func newCloudflareParser(b *base) *cloudflareParser { return &cloudflareParser{b
 // Parse fills ev from one Cloudflare http_requests record and keeps no reference to line.
 func (p *cloudflareParser) Parse(ev *Event, line []byte) error {
 	ev.Reset()
-	if err := p.check(line); err != nil {
-		return err
-	}
 	root, err := parseJSONRecord(&p.json, line)
 	if err != nil {
 		return err
@@ -87,10 +84,10 @@ func (p *cloudflareParser) Parse(ev *Event, line []byte) error {
 	var f jsonFields
 	var cred credentials
 	var hdr requestHeaders
-	ev.ClientIP = p.str(clientIP(f.text(ip, "ClientIP")))
+	p.setClientIP(ev, f.text(ip, "ClientIP"))
 	p.setCountry(ev, f.text(country, "ClientCountry"))
 	ev.Host = p.intern(f.text(host, "ClientRequestHost"))
-	ev.Method = p.intern(f.text(method, "ClientRequestMethod"))
+	p.setMethod(ev, f.text(method, "ClientRequestMethod"))
 	rp := f.text(path, "ClientRequestPath")
 	if isUnset(rp) {
 		rp = f.text(uri, "ClientRequestURI")

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bytes"
-	"net/netip"
 	"strings"
 
 	"github.com/valyala/fastjson"
@@ -20,8 +19,9 @@ import (
 //
 //	time        start_time, @timestamp, timestamp, time: RFC 3339 / ISO 8601, or an
 //	            epoch (seconds with an optional fraction, ms, µs or ns); required
-//	method      method, request_method
-//	path        x_envoy_original_path, original_path, path, request_path (query dropped)
+//	method      method, request_method (an HTTP method token, else left out)
+//	path        x_envoy_original_path, original_path, path, request_path (query dropped;
+//	            the host of an absolute-form path is the host when none is logged)
 //	status      response_code, status_code, status (0: the client left before a response)
 //	client_ip   client_ip, downstream_remote_address, downstream_direct_remote_address,
 //	            else the first entry of x_forwarded_for or forwarded_for; the port and
@@ -51,7 +51,8 @@ import (
 //	"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"
 //
 // (one line), where the client IP is the first X-Forwarded-For entry and the host the
-// :authority. Istio's default text format, which adds %RESPONSE_CODE_DETAILS%
+// :authority (else the host of an absolute-form path). Emissary-ingress (Ambassador)
+// writes the same format after "ACCESS ". Istio's default text format, which adds %RESPONSE_CODE_DETAILS%
 // %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" after the flags
 // and %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%
 // %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME% at the end, is read
@@ -65,17 +66,18 @@ type envoyParser struct {
 	deviceKey string
 }
 
+// emissaryPrefix starts Emissary-ingress's default access-log line.
+var emissaryPrefix = []byte("ACCESS ")
+
 func newEnvoyParser(b *base) *envoyParser {
 	return &envoyParser{base: b, apiKeyKey: headerJSONKey(b.opts.APIKeyHeader), deviceKey: headerJSONKey(b.opts.DeviceHeader)}
 }
 
 // Parse fills ev from one Envoy access log record and keeps no reference to line.
 func (p *envoyParser) Parse(ev *Event, line []byte) error {
-	if err := p.check(line); err != nil {
-		return err
-	}
 	ev.Reset()
 	line = trimRecord(line)
+	line, _ = bytes.CutPrefix(line, emissaryPrefix)
 	var err error
 	switch {
 	case len(line) == 0:
@@ -107,11 +109,10 @@ func (p *envoyParser) parseJSON(ev *Event, line []byte) error {
 	if err := p.j.fill(p.base, ev); err != nil {
 		return err
 	}
-	if v, _ := p.j.text(slotMethod); !isUnset(v) {
-		ev.Method = p.intern(v)
-	}
+	method, _ := p.j.text(slotMethod)
+	p.setMethod(ev, method)
 	if v, _ := p.j.text(slotPath); !isUnset(v) {
-		ev.Path = p.str(targetPath(v))
+		p.setTarget(ev, method, v)
 	}
 	if v, _ := p.j.text(slotRoute); !isUnset(v) {
 		ev.Route = p.intern(v)
@@ -233,8 +234,7 @@ func (p *envoyParser) parseText(ev *Event, line []byte) error {
 		return parseErrorf(ReasonBadSyntax, "request line is not followed by a response code")
 	}
 	method, target := splitRequestLine(req)
-	ev.Method = p.intern(method)
-	ev.Path = p.str(targetPath(target))
+	p.setMethod(ev, method)
 
 	var code, t1, t2 []byte
 	code, rest = cutToken(rest)
@@ -279,10 +279,10 @@ func (p *envoyParser) parseText(ev *Event, line []byte) error {
 	}
 	ev.UserAgent = p.str(ua)
 	ev.Host = p.str(authority)
+	p.setTarget(ev, method, target)
 	ev.RequestID = p.str(rid)
-	ev.ClientIP = ipField(p.base, remote)
-	if ev.ClientIP == "" {
-		ev.ClientIP = ipField(p.base, xff)
+	if !p.setClientIP(ev, remote) {
+		p.setClientIP(ev, xff)
 	}
 	if !isUnset(route) {
 		ev.Route = p.intern(route)
@@ -375,21 +375,6 @@ func trimRecord(line []byte) []byte {
 		break
 	}
 	return line
-}
-
-// ipField returns the client IP of an address as logged (port, IPv6 brackets and all
-// but the first X-Forwarded-For entry stripped), or "" when that is no IP address: a
-// Unix socket path, "unknown", junk a client put in a header.
-func ipField(b *base, v []byte) string {
-	ip := clientIP(v)
-	if isUnset(ip) || len(ip) > 64 {
-		return ""
-	}
-	s := b.str(ip)
-	if _, err := netip.ParseAddr(s); err != nil {
-		return ""
-	}
-	return s
 }
 
 // headerJSONKey turns a header name into the key a JSON access log usually gives it:
@@ -559,11 +544,9 @@ func (j *flatJSON) fill(b *base, ev *Event) error {
 	ev.Host = b.str(v)
 	v, _ = j.text(slotRequestID)
 	ev.RequestID = b.str(v)
-	v, _ = j.text(slotClientIP)
-	ev.ClientIP = ipField(b, v)
-	if ev.ClientIP == "" {
+	if v, _ = j.text(slotClientIP); !b.setClientIP(ev, v) {
 		v, _ = j.text(slotForwardedFor)
-		ev.ClientIP = ipField(b, v)
+		b.setClientIP(ev, v)
 	}
 	if v, _ = j.text(slotCountry); len(v) > 0 {
 		b.setCountry(ev, v)

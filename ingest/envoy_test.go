@@ -215,47 +215,55 @@ func TestNormJSONKey(t *testing.T) {
 func TestEnvoyJSONFields(t *testing.T) {
 	const ts = `"start_time":"2025-06-14T09:21:44.517Z"`
 	runFieldCases(t, mustParser(t, FormatEnvoy), []fieldCase{
-		{name: "IPv4 with port", line: `{` + ts + `,"downstream_remote_address":"203.0.113.7:4431"}`,
+		{name: "IPv4 with port", line: `{"response_code":200,` + ts + `,"downstream_remote_address":"203.0.113.7:4431"}`,
 			want: map[string]string{"client_ip": "203.0.113.7", "source": "envoy"}},
-		{name: "IPv6 with brackets and port", line: `{` + ts + `,"downstream_remote_address":"[2001:db8::1]:443"}`,
+		{name: "IPv6 with brackets and port", line: `{"response_code":200,` + ts + `,"downstream_remote_address":"[2001:db8::1]:443"}`,
 			want: map[string]string{"client_ip": "2001:db8::1"}},
-		{name: "remote address beats XFF", line: `{` + ts + `,"x_forwarded_for":"198.51.100.1","downstream_remote_address":"203.0.113.7:1"}`,
+		{name: "remote address beats XFF", line: `{"response_code":200,` + ts + `,"x_forwarded_for":"198.51.100.1","downstream_remote_address":"203.0.113.7:1"}`,
 			want: map[string]string{"client_ip": "203.0.113.7"}},
-		{name: "client_ip key beats remote address", line: `{` + ts + `,"downstream_remote_address":"203.0.113.7:1","client_ip":"192.0.2.9"}`,
+		{name: "client_ip key beats remote address", line: `{"response_code":200,` + ts + `,"downstream_remote_address":"203.0.113.7:1","client_ip":"192.0.2.9"}`,
 			want: map[string]string{"client_ip": "192.0.2.9"}},
-		{name: "XFF first entry when no address", line: `{` + ts + `,"x_forwarded_for":" 198.51.100.1 , 10.0.0.1"}`,
+		{name: "XFF first entry when no address", line: `{"response_code":200,` + ts + `,"x_forwarded_for":" 198.51.100.1 , 10.0.0.1"}`,
 			want: map[string]string{"client_ip": "198.51.100.1"}},
-		{name: "no IP at all", line: `{` + ts + `,"downstream_remote_address":"unix:/tmp/s","x_forwarded_for":"unknown"}`,
+		{name: "no IP at all", line: `{` + ts + `,"response_code":200,"consumer_id":"c1","downstream_remote_address":"unix:/tmp/s","x_forwarded_for":"unknown"}`,
+			want: map[string]string{"client_ip": "", "client_key": "c1"}},
+		{name: "a token in the XFF is left out", line: `{` + ts + `,"response_code":200,"consumer_id":"c1","x_forwarded_for":"Bearer gwt_xff_0123456789abcdef"}`,
 			want: map[string]string{"client_ip": ""}},
-		{name: "dash remote address falls back to XFF", line: `{` + ts + `,"downstream_remote_address":"-","x_forwarded_for":"198.51.100.2"}`,
+		{name: "absolute-form path names the host", line: `{` + ts + `,"response_code":200,"downstream_remote_address":"198.51.100.9:1","method":"GET","path":"http://proxy-target.example:8080/x?y","authority":"-"}`,
+			want: map[string]string{"host": "proxy-target.example:8080", "path": "/x"}},
+		{name: "a 48-character method is left out", line: `{` + ts + `,"response_code":400,"downstream_remote_address":"198.51.100.9:1","method":"GETGETGETGETGETGETGETGETGETGETGETGETGETGETGETGET"}`,
+			want: map[string]string{"method": ""}},
+		{name: "no client", line: `{` + ts + `,"response_code":200,"method":"GET","path":"/"}`, reason: ReasonMissingField},
+		{name: "no request", line: `{` + ts + `,"downstream_remote_address":"198.51.100.9:1"}`, reason: ReasonMissingField},
+		{name: "dash remote address falls back to XFF", line: `{"response_code":200,` + ts + `,"downstream_remote_address":"-","x_forwarded_for":"198.51.100.2"}`,
 			want: map[string]string{"client_ip": "198.51.100.2"}},
-		{name: "status 0 kept", line: `{` + ts + `,"response_code":0}`,
+		{name: "status 0 kept", line: `{"method":"GET","downstream_remote_address":"198.51.100.9:51000",` + ts + `,"response_code":0}`,
 			want: map[string]string{"status": "0"}},
-		{name: "status as a string", line: `{` + ts + `,"response_code":"404"}`,
+		{name: "status as a string", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"response_code":"404"}`,
 			want: map[string]string{"status": "404"}},
-		{name: "status null is unset", line: `{` + ts + `,"response_code":null}`,
+		{name: "status null is unset", line: `{"downstream_remote_address":"198.51.100.9:51000","method":"GET",` + ts + `,"response_code":null}`,
 			want: map[string]string{"status": "0"}},
-		{name: "route name wins", line: `{` + ts + `,"path":"/a/1","route_name":"items"}`,
+		{name: "route name wins", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"path":"/a/1","route_name":"items"}`,
 			want: map[string]string{"route": "items", "path": "/a/1"}},
-		{name: "dash route name folds the path", line: `{` + ts + `,"path":"/a/1?x=2","route_name":"-"}`,
+		{name: "dash route name folds the path", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"path":"/a/1?x=2","route_name":"-"}`,
 			want: map[string]string{"route": "/a/{id}", "path": "/a/1"}},
-		{name: "original path wins in any key order", line: `{` + ts + `,"x_envoy_original_path":"/orig/1","path":"/rewritten"}`,
+		{name: "original path wins in any key order", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"x_envoy_original_path":"/orig/1","path":"/rewritten"}`,
 			want: map[string]string{"path": "/orig/1"}},
-		{name: "dash original path does not hide the path", line: `{` + ts + `,"x_envoy_original_path":"-","path":"/p"}`,
+		{name: "dash original path does not hide the path", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"x_envoy_original_path":"-","path":"/p"}`,
 			want: map[string]string{"path": "/p"}},
-		{name: "host keeps its port", line: `{` + ts + `,"authority":"api.example:8443","host":"other"}`,
+		{name: "host keeps its port", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,` + ts + `,"authority":"api.example:8443","host":"other"}`,
 			want: map[string]string{"host": "api.example:8443"}},
-		{name: "dash values are unset", line: `{` + ts + `,"method":"-","path":"-","authority":"-","user_agent":"-","request_id":"-"}`,
+		{name: "dash values are unset", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,` + ts + `,"method":"-","path":"-","authority":"-","user_agent":"-","request_id":"-"}`,
 			want: map[string]string{"method": "", "path": "", "host": "", "user_agent": "", "request_id": "", "device": ""}},
-		{name: "epoch milliseconds as a number", line: `{"start_time":1749892904517}`,
+		{name: "epoch milliseconds as a number", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,"start_time":1749892904517}`,
 			want: map[string]string{"time": "2025-06-14T09:21:44.517Z"}},
-		{name: "device id header beats the TLS hash", line: `{` + ts + `,"user_agent":"ua","ja3":"abc","x_device_id":"dev-1"}`,
+		{name: "device id header beats the TLS hash", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,` + ts + `,"user_agent":"ua","ja3":"abc","x_device_id":"dev-1"}`,
 			want: map[string]string{"device": "dev-1"}},
-		{name: "country from the record", line: `{` + ts + `,"country":"nl"}`,
+		{name: "country from the record", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,` + ts + `,"country":"nl"}`,
 			want: map[string]string{"country": "NL"}},
-		{name: "escaped key and value", line: `{"start\u005ftime":"2025-06-14T09:21:44.517Z","user_agent":"a\"b\u00e9"}`,
+		{name: "escaped key and value", line: `{"downstream_remote_address":"198.51.100.9:51000","response_code":200,"start\u005ftime":"2025-06-14T09:21:44.517Z","user_agent":"a\"b\u00e9"}`,
 			want: map[string]string{"user_agent": "a\"bé"}},
-		{name: "nested objects are read past", line: `{` + ts + `,"meta":{"path":"/nested","response_code":500},"path":"/top"}`,
+		{name: "nested objects are read past", line: `{"downstream_remote_address":"198.51.100.9:51000",` + ts + `,"meta":{"path":"/nested","response_code":500},"path":"/top"}`,
 			want: map[string]string{"path": "/top", "status": "0"}},
 		{name: "no time", line: `{"response_code":200}`, reason: ReasonMissingField},
 		{name: "time null", line: `{"start_time":null}`, reason: ReasonMissingField},
@@ -273,6 +281,7 @@ func TestEnvoyIdentity(t *testing.T) {
 	parse := func(line string) Event {
 		t.Helper()
 		var ev Event
+		line = strings.Replace(line, "{", `{"response_code":200,"downstream_remote_address":"198.51.100.9:1",`, 1)
 		if err := p.Parse(&ev, []byte(line)); err != nil {
 			t.Fatalf("Parse(%q): %v", line, err)
 		}
@@ -302,7 +311,7 @@ func TestEnvoyIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ev Event
-	if err := q.Parse(&ev, []byte(`{`+ts+`,"x_gateway_key":"gk_0123456789abcdef"}`)); err != nil {
+	if err := q.Parse(&ev, []byte(`{`+ts+`,"response_code":200,"x_gateway_key":"gk_0123456789abcdef"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if ev.ClientKey == "" || ev.ClientKey != ev.TokenFP || strings.Contains(string(ev.AppendJSON(nil)), "gk_0123456789abcdef") {
@@ -315,23 +324,28 @@ func TestEnvoyTextFields(t *testing.T) {
 	runFieldCases(t, mustParser(t, FormatEnvoy), []fieldCase{
 		{name: "default format", line: head + `"GET /a/1?b=2 HTTP/1.1" 200 - 0 10 3 2 "203.0.113.1, 10.0.0.1" "curl/8" "rid-1" "api.example:80" "10.0.0.9:8080"`,
 			want: map[string]string{"method": "GET", "path": "/a/1", "route": "/a/{id}", "status": "200", "client_ip": "203.0.113.1", "user_agent": "curl/8", "request_id": "rid-1", "host": "api.example:80"}},
-		{name: "quote inside the user agent", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "-" "a "b" c" "rid" "host" "-"`,
+		{name: "quote inside the user agent", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "198.51.100.1" "a "b" c" "rid" "host" "-"`,
 			want: map[string]string{"user_agent": `a "b" c`, "request_id": "rid", "host": "host"}},
 		// Envoy does not escape headers: a user agent holding `" "` shifts the fields
 		// after it, which the client sets anyway; the client IP comes before it.
 		{name: "separator inside the user agent", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "198.51.100.1" "a" "b" "rid" "host" "-"`,
 			want: map[string]string{"user_agent": "a", "request_id": "b", "host": "rid", "client_ip": "198.51.100.1"}},
-		{name: "appended quoted fields are ignored", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "-" "ua" "rid" "host" "-" "Bearer tok_appended_0123456789" "x"`,
+		{name: "appended quoted fields are ignored", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "198.51.100.1" "ua" "rid" "host" "-" "Bearer tok_appended_0123456789" "x"`,
 			want: map[string]string{"user_agent": "ua", "request_id": "rid", "host": "host", "token_fp": ""}},
 		{name: "Istio tail with a quote", line: head + `"GET /v1 HTTP/2" 200 - via_upstream - "-" 0 5 3 2 "-" "ua" "rid" "h" "-" c 10.0.0.2:1 10.0.0.3:2 10.0.0.4:4 sni "route"`, reason: ReasonBadSyntax},
-		{name: "quote in the path", line: head + `"GET /x"y HTTP/1.1" 404 - 0 10 3 2 "-" "ua" "rid" "host" "-"`,
+		{name: "quote in the path", line: head + `"GET /x"y HTTP/1.1" 404 - 0 10 3 2 "198.51.100.1" "ua" "rid" "host" "-"`,
 			want: map[string]string{"path": `/x"y`, "status": "404"}},
-		{name: "quote and digits in the path", line: head + `"GET /x" 5b" 20/ HTTP/1.1" 404 - 0 10 3 2 "-" "ua" "rid" "host" "-"`,
+		{name: "quote and digits in the path", line: head + `"GET /x" 5b" 20/ HTTP/1.1" 404 - 0 10 3 2 "198.51.100.1" "ua" "rid" "host" "-"`,
 			want: map[string]string{"path": `/x" 5b" 20/`, "status": "404"}},
-		{name: "status 0", line: head + `"GET / HTTP/1.1" 0 DC 0 0 3 - "-" "-" "-" "-" "-"`,
+		{name: "status 0", line: head + `"GET / HTTP/1.1" 0 DC 0 0 3 - "198.51.100.1" "-" "-" "-" "-"`,
 			want: map[string]string{"status": "0", "user_agent": "", "device": ""}},
 		{name: "Istio format", line: head + `"GET /v1 HTTP/2" 200 - via_upstream - "-" 0 5 3 2 "198.51.100.1" "ua" "rid" "h" "10.0.0.9:80" outbound|80||s.ns.svc 10.0.0.2:1 10.0.0.3:2 [2001:db8::5]:4 sni route-v1`,
 			want: map[string]string{"client_ip": "2001:db8::5", "route": "route-v1", "host": "h", "request_id": "rid"}},
+		{name: "Emissary's ACCESS prefix", line: `ACCESS ` + head + `"GET /api/v1/quote HTTP/1.1" 200 - 0 132 6 5 "198.51.100.4" "python-requests/2.32.3" "rid-7" "ambassador.example" "10.0.4.7:8080"`,
+			want: map[string]string{"client_ip": "198.51.100.4", "path": "/api/v1/quote", "host": "ambassador.example", "status": "200"}},
+		{name: "CONNECT names the host", line: head + `"CONNECT internal.example:443 HTTP/1.1" 403 - 0 0 0 - "198.51.100.1" "-" "-" "-" "-"`,
+			want: map[string]string{"method": "CONNECT", "host": "internal.example:443", "path": ""}},
+		{name: "no client: no X-Forwarded-For", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "-" "ua" "rid" "host" "-"`, reason: ReasonMissingField},
 		{name: "dash time", line: `[-] "GET / HTTP/1.1" 200 - 0 0 1 - "-" "-" "-" "-" "-"`, reason: ReasonMissingField},
 		{name: "junk time", line: `[noon] "GET / HTTP/1.1" 200 - 0 0 1 - "-" "-" "-" "-" "-"`, reason: ReasonBadTimestamp},
 		{name: "four quoted fields", line: head + `"GET / HTTP/1.1" 200 - 0 0 1 - "-" "-" "-" "-"`, reason: ReasonBadSyntax},

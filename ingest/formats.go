@@ -5,27 +5,56 @@ import (
 	"unicode/utf8"
 )
 
-// repairing wraps a format parser so that a record that is not valid UTF-8 is parsed with
-// each invalid byte replaced by U+FFFD, instead of being dropped: nginx (escape=json)
-// and Envoy write header bytes as they came, so a client could otherwise hide its
-// requests from the detectors with one stray byte in its user agent. The parser still
-// reports a kept ParseError, so the raw record reaches the dead-letter sink and the
-// repair is counted.
-type repairing struct {
-	p   Parser
-	max int
-	buf []byte
+// record is the layer in front of every parser NewParser returns. It applies what holds
+// for a record whatever its format, in this order:
+//
+//   - a record over the size cap is rejected as oversized;
+//   - a record that is not valid UTF-8 is parsed with each invalid byte replaced by
+//     U+FFFD instead of being dropped: nginx (escape=json) and Envoy write header bytes as
+//     they came, so a client could otherwise hide its requests from the detectors with
+//     one stray byte in its user agent. The event is kept, with a kept ParseError, so the
+//     raw record still reaches the dead-letter sink and the repair is counted;
+//   - the format parses the record, and the event must be complete (see complete);
+//   - a record that does not parse as it is gets its container-runtime or shipper
+//     envelope taken off (see unwrapper), and what was inside is parsed instead.
+type record struct {
+	p     Parser
+	max   int
+	fixed []byte // the record with invalid UTF-8 replaced
+	env   unwrapper
 }
 
-func (r *repairing) Parse(ev *Event, line []byte) error {
-	if len(line) > r.max || utf8.Valid(line) {
-		return r.p.Parse(ev, line)
+var errRepaired = errors.New("record is not valid UTF-8: invalid bytes replaced by U+FFFD")
+
+func (r *record) Parse(ev *Event, line []byte) error {
+	if len(line) > r.max {
+		return OversizedError(len(line), r.max)
 	}
-	r.buf = appendValidUTF8(r.buf[:0], line)
-	if err := r.p.Parse(ev, r.buf); err != nil {
+	repaired := !utf8.Valid(line)
+	if repaired {
+		r.fixed = appendValidUTF8(r.fixed[:0], line)
+		line = r.fixed
+	}
+	err := r.parse(ev, line)
+	if err != nil {
+		switch inner, uerr := r.env.unwrap(line); {
+		case uerr != nil:
+			err = uerr
+		case inner != nil:
+			err = r.parse(ev, inner)
+		}
+	}
+	if err == nil && repaired {
+		return &ParseError{Reason: ReasonBadUTF8, Err: errRepaired, Kept: true}
+	}
+	return err
+}
+
+func (r *record) parse(ev *Event, line []byte) error {
+	if err := r.p.Parse(ev, line); err != nil {
 		return err
 	}
-	return &ParseError{Reason: ReasonBadUTF8, Err: errors.New("record is not valid UTF-8: invalid bytes replaced by U+FFFD"), Kept: true}
+	return complete(ev)
 }
 
 // newFormatParser builds the parser of one format around a shared base.

@@ -36,9 +36,6 @@ func newKongParser(b *base) *kongParser { return &kongParser{base: b} }
 // Parse fills ev from one Kong log record and keeps no reference to line.
 func (p *kongParser) Parse(ev *Event, line []byte) error {
 	ev.Reset()
-	if err := p.check(line); err != nil {
-		return err
-	}
 	v, err := parseJSON(&p.json, line)
 	if err != nil {
 		return err
@@ -78,9 +75,9 @@ func (p *kongParser) Parse(ev *Event, line []byte) error {
 	var f jsonFields
 	var cred credentials
 	var hdr requestHeaders
-	ev.ClientIP = p.str(clientIP(f.text(cip, "client_ip")))
+	p.setClientIP(ev, f.text(cip, "client_ip"))
 	if r := f.object(req, "request"); r != nil {
-		ev.Method = p.intern(f.text(r.Get("method"), "request.method"))
+		p.setMethod(ev, f.text(r.Get("method"), "request.method"))
 		ev.RequestID = p.str(f.text(r.Get("id"), "request.id"))
 		url := f.text(r.Get("url"), "request.url")
 		uri := f.text(r.Get("uri"), "request.uri")

@@ -15,13 +15,18 @@ import (
 // stock nginx.conf "main" format adds "$http_x_forwarded_for") are ignored, and so is a
 // missing referer and user agent (the common log format). $remote_addr may be a list
 // ("203.0.113.7, 10.0.0.2"), of which the first entry is the client IP; behind a load
-// balancer, let the realip module set it from X-Forwarded-For. $remote_user
-// (basic auth) is the client key. nginx escapes '"', '\' and bytes outside printable
-// ASCII in these fields as \xHH; the request line and user agent are decoded, and bytes
-// that do not form UTF-8 become U+FFFD. A request line that is "-" or junk (a TLS
-// handshake sent to a plain-HTTP port, scanner garbage) gives an empty method and path:
-// the record is still an event as long as its time and status parse. The combined
-// format has no host.
+// balancer, let the realip module set it from X-Forwarded-For. Apache's combined format
+// (%h with HostnameLookups on) may log a host name instead, which is kept as the client
+// (see isHostName). $remote_user (basic auth) is the client key. nginx escapes '"', '\'
+// and bytes outside printable ASCII in these fields as \xHH; the request line and user
+// agent are decoded, and bytes that do not form UTF-8 become U+FFFD. Older Apache writes
+// quotes inside the request as they came: the request ends at the quote followed by a
+// status and a byte count. A request line that is "-" or junk (a TLS handshake sent to a
+// plain-HTTP port, scanner garbage) gives an empty method and path: the record is still
+// an event as long as its time, status and client parse. The combined format has no
+// host; an absolute-form request ("GET http://h/", a proxy probe) or a CONNECT names one.
+// A line that does not follow this layout, a status that is no number included, is
+// bad_syntax.
 //
 // JSON (a user-defined log_format, usually with escape=json): keys are nginx variable
 // names, matched after the normalisation described for Envoy; values are strings, or
@@ -66,9 +71,6 @@ func newNginxParser(b *base) *nginxParser {
 
 // Parse fills ev from one nginx access log record and keeps no reference to line.
 func (p *nginxParser) Parse(ev *Event, line []byte) error {
-	if err := p.check(line); err != nil {
-		return err
-	}
 	ev.Reset()
 	line = trimRecord(line)
 	var err error
@@ -111,14 +113,11 @@ func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 	if len(rest) < 2 || rest[0] != ' ' || rest[1] != '"' {
 		return parseErrorf(ReasonBadSyntax, "no quoted $request after $time_local")
 	}
-	req, rest, escaped, ok := cutQuoted(rest[1:])
+	req, rest, escaped, ok := cutRequest(rest[1:])
 	if !ok {
-		return parseErrorf(ReasonBadSyntax, "unterminated $request")
+		return parseErrorf(ReasonBadSyntax, "no $status after the quoted $request")
 	}
 	status, rest := cutToken(rest)
-	if isUnset(status) {
-		return parseErrorf(ReasonBadValue, "no $status after $request")
-	}
 	if err := p.setStatusText(ev, status); err != nil {
 		return err
 	}
@@ -126,8 +125,8 @@ func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 		req = p.unescape(req)
 	}
 	method, target := splitRequestLine(req)
-	ev.Method = p.intern(method)
-	ev.Path = p.str(targetPath(target))
+	p.setMethod(ev, method)
+	p.setTarget(ev, method, target)
 
 	// $body_bytes_sent, then "$http_referer" "$http_user_agent" when logged.
 	_, rest = cutToken(rest)
@@ -142,10 +141,54 @@ func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 			ev.UserAgent = p.str(ua)
 		}
 	}
-	ev.ClientIP = ipField(p.base, addr)
+	p.setClientHost(ev, addr)
 	c := credentials{consumer: user}
 	p.setIdentity(ev, &c)
 	return nil
+}
+
+// cutRequest reads the quoted $request at the start of s and returns its contents, the
+// text after its closing quote, and whether the contents hold backslash escapes. The
+// closing quote is the one followed by a status and a byte count (` 404 512`): nginx
+// escapes a quote inside the request as \x22 and Apache since 2.0.46 as \", but older
+// Apache and other servers write it as it came, and a scanner's request such as
+// `GET /a"b HTTP/1.1` must not shift every field after it.
+func cutRequest(s []byte) (req, rest []byte, escaped, ok bool) {
+	if req, rest, escaped, ok = cutQuoted(s); ok && isStatusThenBytes(rest) {
+		return req, rest, escaped, true
+	}
+	if len(s) == 0 || s[0] != '"' {
+		return nil, nil, false, false
+	}
+	for off := 1; ; {
+		i := bytes.IndexByte(s[off:], '"')
+		if i < 0 {
+			return nil, nil, false, false
+		}
+		i += off
+		if !escapedAt(s, i) && isStatusThenBytes(s[i+1:]) {
+			req = s[1:i]
+			return req, s[i+1:], bytes.IndexByte(req, '\\') >= 0, true
+		}
+		off = i + 1
+	}
+}
+
+// isStatusThenBytes reports whether s starts with " NNN" and then ends, or goes on with
+// a byte count (digits or "-"), as the text after the combined format's $request does.
+func isStatusThenBytes(s []byte) bool {
+	if len(s) < 4 || s[0] != ' ' {
+		return false
+	}
+	for _, c := range s[1:4] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	if len(s) == 4 {
+		return true
+	}
+	return len(s) >= 6 && s[4] == ' ' && (s[5] >= '0' && s[5] <= '9' || s[5] == '-')
 }
 
 // unescape decodes nginx's escapes in v into p.buf; the result, valid until the next
@@ -176,17 +219,16 @@ func (p *nginxParser) parseJSON(ev *Event, line []byte) error {
 		ev.Host = ""
 	}
 	reqLine, _ := p.j.text(slotRequest)
-	reqMethod, reqTarget := splitRequestLine(reqLine)
+	method, reqTarget := splitRequestLine(reqLine)
 	if v, _ := p.j.text(slotMethod); !isUnset(v) {
-		ev.Method = p.intern(v)
-	} else {
-		ev.Method = p.intern(reqMethod)
+		method = v
 	}
+	p.setMethod(ev, method)
 	switch uri, _ := p.j.text(slotPath); {
 	case !isUnset(uri):
-		ev.Path = p.str(targetPath(uri))
+		p.setTarget(ev, method, uri)
 	case reqTarget != nil:
-		ev.Path = p.str(targetPath(reqTarget))
+		p.setTarget(ev, method, reqTarget)
 	default:
 		uri, _ = p.j.text(slotURI)
 		ev.Path = p.str(splitPath(uri))
@@ -369,62 +411,4 @@ func unhex(c byte) byte {
 		return c - 'A' + 10
 	}
 	return c - '0'
-}
-
-// splitRequestLine splits a request line as logged ("GET /a?b HTTP/1.1") into method
-// and request target. A line that does not start with a method token ("-", a TLS
-// handshake sent to a plain-HTTP port, scanner junk) gives neither.
-func splitRequestLine(req []byte) (method, target []byte) {
-	i := bytes.IndexByte(req, ' ')
-	if i <= 0 || !isMethodToken(req[:i]) {
-		return nil, nil
-	}
-	method, target = req[:i], bytes.TrimLeft(req[i+1:], " ")
-	if j := bytes.LastIndexByte(target, ' '); j >= 0 && bytes.HasPrefix(target[j+1:], []byte("HTTP/")) {
-		target = bytes.TrimRight(target[:j], " ")
-	}
-	return method, target
-}
-
-// isMethodToken reports whether m looks like an HTTP method: a letter, then up to 23
-// letters, '-' or '_'.
-func isMethodToken(m []byte) bool {
-	if len(m) == 0 || len(m) > 24 {
-		return false
-	}
-	for i, c := range m {
-		switch {
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
-		case (c == '-' || c == '_') && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-var rootPath = []byte{'/'}
-
-// targetPath returns the path of a request target: an origin-form target ("/a/b?q")
-// without its query, an absolute-form one ("http://host/a?q") without scheme and
-// authority, "*" as is; nil for anything else (CONNECT's authority form, junk).
-func targetPath(t []byte) []byte {
-	switch {
-	case len(t) == 0:
-		return nil
-	case t[0] == '/':
-		return splitPath(t)
-	case len(t) == 1 && t[0] == '*':
-		return t
-	}
-	i := bytes.Index(t, []byte("://"))
-	if i <= 0 || i > 10 || !isMethodToken(t[:i]) {
-		return nil
-	}
-	rest := t[i+3:]
-	j := bytes.IndexAny(rest, "/?#")
-	if j < 0 || rest[j] != '/' {
-		return rootPath
-	}
-	return splitPath(rest[j:])
 }

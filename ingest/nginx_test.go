@@ -29,26 +29,6 @@ func TestSplitRequestLine(t *testing.T) {
 	}
 }
 
-func TestTargetPath(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"/a/b?c=d#e", "/a/b"},
-		{"/", "/"},
-		{"*", "*"},
-		{"http://host.example/a/b?x=1", "/a/b"},
-		{"HTTPS://host.example:8443", "/"},
-		{"http://host.example?x", "/"},
-		{"host.example:443", ""},
-		{"", ""},
-		{"-", ""},
-		{"javascript:alert(1)", ""},
-		{"../../etc/passwd", ""},
-	} {
-		if got := string(targetPath([]byte(tc.in))); got != tc.want {
-			t.Errorf("targetPath(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestAppendUnescaped(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{`plain`, "plain"},
@@ -106,8 +86,23 @@ func TestNginxCombinedFields(t *testing.T) {
 			want: map[string]string{"client_key": "carol", "token_fp": ""}},
 		{name: "IPv6 client", line: `2001:db8::9 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
 			want: map[string]string{"client_ip": "2001:db8::9"}},
-		{name: "Unix socket peer", line: `unix: - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
-			want: map[string]string{"client_ip": ""}},
+		{name: "Unix socket peer with a user", line: `unix: - carol [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`,
+			want: map[string]string{"client_ip": "", "client_key": "carol"}},
+		{name: "Unix socket peer", line: `unix: - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonMissingField},
+		{name: "host name (Apache HostnameLookups)", line: `crawl-66-249-66-1.googlebot.com - - [14/Jun/2025:11:21:44 +0200] "GET /robots.txt HTTP/1.1" 200 68 "-" "Googlebot/2.1"`,
+			want: map[string]string{"client_ip": "crawl-66-249-66-1.googlebot.com", "country": ""}},
+		{name: "unescaped quote in the request (old Apache)", line: pre + `"GET /search?q="><script>alert(1)</script> HTTP/1.1" 404 209 "-" "sqlmap/1.8"`,
+			want: map[string]string{"method": "GET", "path": "/search", "status": "404", "user_agent": "sqlmap/1.8"}},
+		{name: "unescaped quote, Apache's dash byte count", line: pre + `"GET /a"b HTTP/1.0" 400 - "-" "-"`,
+			want: map[string]string{"path": `/a"b`, "status": "400"}},
+		{name: "escaped quote, Apache style", line: pre + `"GET /a"b HTTP/1.1" 404 12 "-" "-"`,
+			want: map[string]string{"path": `/a"b`, "status": "404"}},
+		{name: "open proxy probe", line: pre + `"GET http://check.proxy-judge.example:8080/azenv.php HTTP/1.1" 404 153 "-" "Mozilla/5.0"`,
+			want: map[string]string{"method": "GET", "host": "check.proxy-judge.example:8080", "path": "/azenv.php", "route": "/azenv.php"}},
+		{name: "CONNECT probe", line: pre + `"CONNECT mail.example.net:25 HTTP/1.1" 405 157 "-" "-"`,
+			want: map[string]string{"method": "CONNECT", "host": "mail.example.net:25", "path": "", "route": ""}},
+		{name: "a 48-character method is left out", line: pre + `"GETGETGETGETGETGETGETGETGETGETGETGETGETGETGETGET / HTTP/1.1" 400 157 "-" "-"`,
+			want: map[string]string{"method": "", "path": "", "status": "400"}},
 		{name: "ISO time in brackets", line: `203.0.113.7 - - [2025-06-14T11:21:44+02:00] "GET / HTTP/1.1" 200 1 "-" "-"`,
 			want: map[string]string{"time": "2025-06-14T09:21:44.000Z"}},
 		{name: "leading blanks and CRLF", line: "  " + pre + `"GET / HTTP/1.1" 200 1 "-" "ua"` + "\r\n",
@@ -117,8 +112,10 @@ func TestNginxCombinedFields(t *testing.T) {
 		{name: "missing time", line: `203.0.113.7 - - "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadSyntax},
 		{name: "empty time", line: `203.0.113.7 - - [] "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonMissingField},
 		{name: "time without offset", line: `203.0.113.7 - - [14/Jun/2025:11:21:44] "GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadTimestamp},
-		{name: "bad status", line: pre + `"GET / HTTP/1.1" 2xx 1 "-" "-"`, reason: ReasonBadValue},
-		{name: "no status", line: pre + `"GET / HTTP/1.1"`, reason: ReasonBadValue},
+		{name: "bad status", line: pre + `"GET / HTTP/1.1" 2xx 1 "-" "-"`, reason: ReasonBadSyntax},
+		{name: "no status", line: pre + `"GET / HTTP/1.1"`, reason: ReasonBadSyntax},
+		{name: "vhost prefix", line: `www.shop.example ` + pre + `"GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadSyntax},
+		{name: "error log", line: `2025/06/14 11:21:44 [error] 31#31: *1 open() "/usr/share/nginx/html/x" failed (2: No such file or directory)`, reason: ReasonBadSyntax},
 		{name: "no address", line: ` - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1`, reason: ReasonBadSyntax},
 	})
 }
@@ -126,39 +123,42 @@ func TestNginxCombinedFields(t *testing.T) {
 func TestNginxJSONFields(t *testing.T) {
 	const tl = `"time_local":"14/Jun/2025:11:21:44 +0200"`
 	runFieldCases(t, mustParser(t, FormatNginx), []fieldCase{
-		{name: "request line split", line: `{` + tl + `,"request":"PUT /a/7?x HTTP/2.0","status":"204"}`,
+		{name: "request line split", line: `{"remote_addr":"198.51.100.9",` + tl + `,"request":"PUT /a/7?x HTTP/2.0","status":"204"}`,
 			want: map[string]string{"method": "PUT", "path": "/a/7", "route": "/a/{id}", "status": "204", "source": "nginx"}},
-		{name: "request_method and request_uri win", line: `{` + tl + `,"request":"GET /r HTTP/1.1","request_method":"POST","request_uri":"/u?q"}`,
+		{name: "request_method and request_uri win", line: `{"remote_addr":"198.51.100.9",` + tl + `,"request":"GET /r HTTP/1.1","request_method":"POST","request_uri":"/u?q"}`,
 			want: map[string]string{"method": "POST", "path": "/u"}},
-		{name: "request beats uri", line: `{` + tl + `,"uri":"/normalised","request":"GET /raw//x HTTP/1.1"}`,
+		{name: "request beats uri", line: `{"remote_addr":"198.51.100.9",` + tl + `,"uri":"/normalised","request":"GET /raw//x HTTP/1.1"}`,
 			want: map[string]string{"path": "/raw//x"}},
-		{name: "uri when nothing else", line: `{` + tl + `,"uri":"/only"}`,
+		{name: "uri when nothing else", line: `{"remote_addr":"198.51.100.9",` + tl + `,"uri":"/only"}`,
 			want: map[string]string{"path": "/only", "method": ""}},
-		{name: "junk request", line: `{` + tl + `,"request":"\u0016\u0003\u0001","status":400}`,
+		{name: "junk request", line: `{"remote_addr":"198.51.100.9",` + tl + `,"request":"\u0016\u0003\u0001","status":400}`,
 			want: map[string]string{"method": "", "path": "", "status": "400"}},
-		{name: "msec beats time_local", line: `{` + tl + `,"msec":"1749892904.517"}`,
+		{name: "msec beats time_local", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"msec":"1749892904.517"}`,
 			want: map[string]string{"time": "2025-06-14T09:21:44.517Z"}},
-		{name: "time_iso8601", line: `{"time_iso8601":"2025-06-14T11:21:44+02:00"}`,
+		{name: "time_iso8601", line: `{"remote_addr":"198.51.100.9","status":"200","time_iso8601":"2025-06-14T11:21:44+02:00"}`,
 			want: map[string]string{"time": "2025-06-14T09:21:44.000Z"}},
-		{name: "http_host beats host", line: `{` + tl + `,"host":"a.example","http_host":"a.example:8080"}`,
+		{name: "http_host beats host", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"host":"a.example","http_host":"a.example:8080"}`,
 			want: map[string]string{"host": "a.example:8080"}},
-		{name: "server_name underscore", line: `{` + tl + `,"server_name":"_"}`,
+		{name: "server_name underscore", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"server_name":"_"}`,
 			want: map[string]string{"host": ""}},
-		{name: "XFF when no remote_addr", line: `{` + tl + `,"http_x_forwarded_for":"198.51.100.3, 10.0.0.1"}`,
+		{name: "XFF when no remote_addr", line: `{"status":"200",` + tl + `,"http_x_forwarded_for":"198.51.100.3, 10.0.0.1"}`,
 			want: map[string]string{"client_ip": "198.51.100.3"}},
-		{name: "remote_addr beats XFF", line: `{` + tl + `,"http_x_forwarded_for":"198.51.100.3","remote_addr":"10.0.0.1"}`,
+		{name: "remote_addr beats XFF", line: `{"status":"200",` + tl + `,"http_x_forwarded_for":"198.51.100.3","remote_addr":"10.0.0.1"}`,
 			want: map[string]string{"client_ip": "10.0.0.1"}},
-		{name: "country variants", line: `{` + tl + `,"geoip_country_code":"fr","http_cf_ipcountry":"ch"}`,
+		{name: "country variants", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"geoip_country_code":"fr","http_cf_ipcountry":"ch"}`,
 			want: map[string]string{"country": "CH"}},
-		{name: "Tor is no country", line: `{` + tl + `,"http_cf_ipcountry":"T1"}`,
+		{name: "Tor is no country", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"http_cf_ipcountry":"T1"}`,
 			want: map[string]string{"country": ""}},
-		{name: "request id", line: `{` + tl + `,"request_id":"f00d"}`,
+		{name: "request id", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"request_id":"f00d"}`,
 			want: map[string]string{"request_id": "f00d"}},
-		{name: "device header", line: `{` + tl + `,"http_x_device_id":"dev-9","http_user_agent":"ua"}`,
+		{name: "device header", line: `{"remote_addr":"198.51.100.9","status":"200",` + tl + `,"http_x_device_id":"dev-9","http_user_agent":"ua"}`,
 			want: map[string]string{"device": "dev-9", "user_agent": "ua"}},
-		{name: "empty strings are unset", line: `{` + tl + `,"remote_addr":"","http_user_agent":"","remote_user":"","http_authorization":""}`,
-			want: map[string]string{"client_ip": "", "user_agent": "", "client_key": "", "token_fp": "", "device": ""}},
-		{name: "status missing is 0", line: `{` + tl + `}`,
+		{name: "empty strings are unset", line: `{` + tl + `,"status":"200","http_x_forwarded_for":"198.51.100.9","remote_addr":"","http_user_agent":"","remote_user":"","http_authorization":""}`,
+			want: map[string]string{"client_ip": "198.51.100.9", "user_agent": "", "client_key": "", "token_fp": "", "device": ""}},
+		{name: "AWS WAF read as nginx", line: `{"timestamp":1741944413589,"formatVersion":1,"webaclId":"arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/shop/1",` +
+			`"terminatingRuleId":"Default_Action","action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","country":"DE","uri":"/v1/items/42","httpMethod":"GET"}}`,
+			reason: ReasonMissingField},
+		{name: "status missing is 0", line: `{"remote_addr":"198.51.100.9","request":"GET / HTTP/1.1",` + tl + `}`,
 			want: map[string]string{"status": "0"}},
 		{name: "no time", line: `{"status":"200"}`, reason: ReasonMissingField},
 		{name: "bad msec", line: `{"msec":"17498.92.904"}`, reason: ReasonBadTimestamp},
@@ -175,14 +175,14 @@ func TestNginxAPIKeyHeaderOption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	line := []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","http_x_gateway_key":"gk_0123456789abcdef","http_x_api_key":"ignored-default-0001","http_x_client_device":"d-1"}`)
+	line := []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","status":"200","http_x_gateway_key":"gk_0123456789abcdef","http_x_api_key":"ignored-default-0001","http_x_client_device":"d-1"}`)
 	var ev Event
 	if err := p.Parse(&ev, line); err != nil {
 		t.Fatal(err)
 	}
 	def := mustParser(t, FormatNginx)
 	var evDef Event
-	if err := def.Parse(&evDef, []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","http_x_api_key":"gk_0123456789abcdef"}`)); err != nil {
+	if err := def.Parse(&evDef, []byte(`{"time_local":"14/Jun/2025:11:21:44 +0200","status":"200","http_x_api_key":"gk_0123456789abcdef"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if ev.ClientKey == "" || ev.ClientKey != evDef.ClientKey || ev.TokenFP != ev.ClientKey {

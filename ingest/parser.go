@@ -88,7 +88,7 @@ func NewParser(format string, opts ParserOptions) (Parser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &repairing{p: p, max: o.MaxLineBytes}, nil
+	return &record{p: p, max: o.MaxLineBytes}, nil
 }
 
 // base holds what every format parser shares: options, string storage, the token
@@ -106,11 +106,34 @@ func newBase(o ParserOptions) *base {
 	return &base{opts: o, fp: o.Secret.newFingerprinter(), notAfter: o.Now().Add(o.MaxClockSkew)}
 }
 
-// check rejects records no parser should look at: oversized ones. Invalid UTF-8 never
-// gets here: NewParser wraps every parser in repairing, which has already scanned it.
-func (b *base) check(line []byte) error {
-	if len(line) > b.opts.MaxLineBytes {
-		return parseErrorf(ReasonOversized, "record of %d bytes exceeds the %d-byte cap", len(line), b.opts.MaxLineBytes)
+// OversizedError is the rejection of a record of size bytes, over the cap of max.
+// Sources that cut a runaway record before parsing it report its real size with it.
+func OversizedError(size, max int) error {
+	return parseErrorf(ReasonOversized, "record of %d bytes exceeds the %d-byte cap (ingest.max_line_bytes)", size, max)
+}
+
+// Errors of complete; shared, as they carry nothing of the record.
+var (
+	errNoRequestNoClient = parseErrorf(ReasonMissingField, "record has no method, path or status, and no client (IP address, key or token): is --format right?")
+	errNoRequest         = parseErrorf(ReasonMissingField, "record has no method, path or status")
+	errNoClient          = parseErrorf(ReasonMissingField, "record has no client: no IP address, client key or token")
+)
+
+// complete rejects an event that lacks what every format must give: a request (method,
+// path or status) and a client (IP address, client key or token fingerprint). The time
+// is checked by setTime. Without this rule a record read with the wrong format (AWS WAF
+// as nginx, say) becomes an event with a time and nothing else, which every detector
+// silently ignores.
+func complete(ev *Event) error {
+	noRequest := ev.Method == "" && ev.Path == "" && ev.Status == 0
+	noClient := ev.ClientIP == "" && ev.ClientKey == "" && ev.TokenFP == ""
+	switch {
+	case noRequest && noClient:
+		return errNoRequestNoClient
+	case noRequest:
+		return errNoRequest
+	case noClient:
+		return errNoClient
 	}
 	return nil
 }
@@ -155,7 +178,7 @@ func (b *base) setTime(ev *Event, t time.Time, err error) error {
 	return nil
 }
 
-// setStatus parses a status written as text ("200", "-").
+// setStatusText parses a status written as text ("200", "-").
 func (b *base) setStatusText(ev *Event, v []byte) error {
 	if isUnset(v) {
 		return nil
@@ -285,31 +308,4 @@ func (b *base) setCountry(ev *Event, v []byte) {
 		return
 	}
 	ev.Country = b.strs.Intern(&b.arena, cc[:])
-}
-
-// splitPath returns the path of a request target without its query string or fragment.
-func splitPath(uri []byte) []byte {
-	if i := bytes.IndexAny(uri, "?#"); i >= 0 {
-		return uri[:i]
-	}
-	return uri
-}
-
-// clientIP strips a port and IPv6 brackets from an address as logged ("10.0.0.1:443",
-// "[2001:db8::1]:443") and takes the first entry of an X-Forwarded-For list.
-func clientIP(v []byte) []byte {
-	v = bytes.TrimSpace(v)
-	if i := bytes.IndexByte(v, ','); i >= 0 {
-		v = bytes.TrimSpace(v[:i])
-	}
-	if len(v) > 0 && v[0] == '[' {
-		if i := bytes.IndexByte(v, ']'); i > 0 {
-			return v[1:i]
-		}
-		return v
-	}
-	if i := bytes.LastIndexByte(v, ':'); i >= 0 && bytes.IndexByte(v, ':') == i {
-		return v[:i] // exactly one colon: IPv4 with a port
-	}
-	return v
 }

@@ -1,0 +1,275 @@
+package ingest
+
+import (
+	"bytes"
+	"net/netip"
+	"unsafe"
+)
+
+// This file holds what every format does alike with the request a record describes: its
+// method, its target (path and, for proxy requests, host) and the client's address. Each
+// value is checked before it is stored, because all of them can come from the client:
+// a method that is no HTTP token or an address that is no address is dropped, never
+// passed on to the detectors (where it would key state) or to the store.
+
+// setMethod stores an HTTP method; a value that is no method token (scanner junk, a
+// 48-character string) is left out.
+func (b *base) setMethod(ev *Event, v []byte) {
+	if isMethodToken(v) {
+		ev.Method = b.intern(v)
+	}
+}
+
+// isMethodToken reports whether m looks like an HTTP method: a letter, then up to 23
+// letters, '-' or '_'. Every registered method (the longest is UPDATEREDIRECTREF) fits.
+func isMethodToken(m []byte) bool {
+	if len(m) == 0 || len(m) > 24 {
+		return false
+	}
+	for i, c := range m {
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case (c == '-' || c == '_') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// setTarget stores the path of a request target and, when the log has no host of its
+// own, the host an absolute-form target ("GET http://h:8080/a", an open-proxy probe) or
+// a CONNECT's authority-form target ("CONNECT h:443") names.
+func (b *base) setTarget(ev *Event, method, target []byte) {
+	host, path := splitTarget(method, target)
+	ev.Path = b.str(path)
+	if ev.Host == "" && len(host) > 0 {
+		ev.Host = b.intern(host)
+	}
+}
+
+var (
+	rootPath    = []byte{'/'}
+	connectVerb = []byte("CONNECT")
+)
+
+// splitTarget returns the host and path of a request target (RFC 9112, section 3.2):
+//
+//	origin-form     "/a/b?q"                 path "/a/b"
+//	absolute-form   "http://user@h:8080/a?q" host "h:8080", path "/a" ("/" when none)
+//	authority-form  "h:443" (CONNECT only)   host "h:443"
+//	asterisk-form   "*"                      path "*"
+//
+// User information in an absolute-form target is a credential and is dropped. Anything
+// else (junk a scanner sent) gives neither.
+func splitTarget(method, t []byte) (host, path []byte) {
+	switch {
+	case len(t) == 0:
+		return nil, nil
+	case t[0] == '/':
+		return nil, splitPath(t)
+	case len(t) == 1 && t[0] == '*':
+		return nil, t
+	}
+	i := bytes.Index(t, []byte("://"))
+	if i <= 0 || i > 10 || !isMethodToken(t[:i]) {
+		if bytes.EqualFold(method, connectVerb) && isAuthority(t) {
+			return t, nil
+		}
+		return nil, nil
+	}
+	rest := t[i+3:]
+	j := bytes.IndexAny(rest, "/?#")
+	if j < 0 {
+		j = len(rest)
+	}
+	host = rest[:j]
+	if at := bytes.LastIndexByte(host, '@'); at >= 0 {
+		host = host[at+1:]
+	}
+	if !isAuthority(host) {
+		host = nil
+	}
+	if j == len(rest) || rest[j] != '/' {
+		return host, rootPath
+	}
+	return host, splitPath(rest[j:])
+}
+
+// isAuthority reports whether a is a plausible host[:port]: a host name, an IPv4
+// address or a bracketed IPv6 address, with an optional numeric port.
+func isAuthority(a []byte) bool {
+	if len(a) == 0 || len(a) > 261 {
+		return false
+	}
+	if a[0] == '[' {
+		end := bytes.IndexByte(a, ']')
+		if end < 0 {
+			return false
+		}
+		if _, err := netip.ParseAddr(unsafeString(a[1:end])); err != nil {
+			return false
+		}
+		a = a[end+1:]
+		if len(a) == 0 {
+			return true
+		}
+		return a[0] == ':' && isPort(a[1:])
+	}
+	if i := bytes.LastIndexByte(a, ':'); i >= 0 {
+		if !isPort(a[i+1:]) {
+			return false
+		}
+		a = a[:i]
+	}
+	for _, c := range a {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return len(a) > 0
+}
+
+func isPort(p []byte) bool {
+	n, ok := atoi64(p)
+	return ok && n <= 65535
+}
+
+// splitPath returns the path of a request target without its query string or fragment.
+func splitPath(uri []byte) []byte {
+	if i := bytes.IndexAny(uri, "?#"); i >= 0 {
+		return uri[:i]
+	}
+	return uri
+}
+
+// splitRequestLine splits a request line as logged ("GET /a?b HTTP/1.1") into method
+// and request target. A line that does not start with a method token ("-", a TLS
+// handshake sent to a plain-HTTP port, scanner junk) gives neither.
+func splitRequestLine(req []byte) (method, target []byte) {
+	i := bytes.IndexByte(req, ' ')
+	if i <= 0 || !isMethodToken(req[:i]) {
+		return nil, nil
+	}
+	method, target = req[:i], bytes.TrimLeft(req[i+1:], " ")
+	if j := bytes.LastIndexByte(target, ' '); j >= 0 && bytes.HasPrefix(target[j+1:], []byte("HTTP/")) {
+		target = bytes.TrimRight(target[:j], " ")
+	}
+	return method, target
+}
+
+// setClientIP stores the client IP of an address as logged: the port, IPv6 brackets and
+// all but the first X-Forwarded-For entry are stripped, and a value that is no IP
+// address (a Unix socket path, "unknown", a token a client put in a header) is left
+// out. It reports whether an address was stored.
+func (b *base) setClientIP(ev *Event, v []byte) bool {
+	ip := clientIP(v)
+	if len(ip) == 0 || len(ip) > 64 {
+		return false
+	}
+	if _, err := netip.ParseAddr(unsafeString(ip)); err != nil {
+		return false
+	}
+	ev.ClientIP = b.str(ip)
+	return true
+}
+
+// setClientHost is setClientIP for logs whose remote host may be a name (Apache with
+// HostnameLookups on, "%h"): a valid host name is stored as it is, so the detectors keyed
+// by client IP still tell clients apart. Anything else is left out.
+func (b *base) setClientHost(ev *Event, v []byte) {
+	if b.setClientIP(ev, v) {
+		return
+	}
+	if name := firstEntry(v); isHostName(name) {
+		ev.ClientIP = b.str(name)
+	}
+}
+
+// clientIP strips a port and IPv6 brackets from an address as logged ("10.0.0.1:443",
+// "[2001:db8::1]:443") and takes the first entry of an X-Forwarded-For list.
+func clientIP(v []byte) []byte {
+	v = firstEntry(v)
+	if len(v) > 0 && v[0] == '[' {
+		if i := bytes.IndexByte(v, ']'); i > 0 {
+			return v[1:i]
+		}
+		return v
+	}
+	if i := bytes.LastIndexByte(v, ':'); i >= 0 && bytes.IndexByte(v, ':') == i {
+		return v[:i] // exactly one colon: IPv4 with a port
+	}
+	return v
+}
+
+// firstEntry returns the first entry of a comma-separated list, trimmed.
+func firstEntry(v []byte) []byte {
+	v = bytes.TrimSpace(v)
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		v = bytes.TrimSpace(v[:i])
+	}
+	return v
+}
+
+// isHostName reports whether s is a DNS host name as a reverse lookup gives one: at most
+// 253 bytes of at least two dot-separated labels (or "localhost"), each of 1 to 63
+// letters, digits and inner hyphens, the last starting with a letter. A label that
+// mixes upper- and lower-case letters is refused: resolvers hand out one case, while an
+// API key or a JWT segment (base64) mixes them, and a credential in the client field
+// must not be taken for a name.
+func isHostName(s []byte) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	if string(s) == "localhost" {
+		return true
+	}
+	labels := 0
+	for len(s) > 0 {
+		label := s
+		if i := bytes.IndexByte(s, '.'); i >= 0 {
+			label, s = s[:i], s[i+1:]
+			if len(s) == 0 {
+				return false // a trailing dot is not how logs write names
+			}
+		} else {
+			s = nil
+		}
+		if !isHostLabel(label) {
+			return false
+		}
+		labels++
+		if len(s) == 0 && !(label[0] >= 'a' && label[0] <= 'z' || label[0] >= 'A' && label[0] <= 'Z') {
+			return false // the top-level label is alphabetic: "10.1.2.300" is no name
+		}
+	}
+	return labels >= 2
+}
+
+func isHostLabel(l []byte) bool {
+	if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	upper, lower := false, false
+	for _, c := range l {
+		switch {
+		case c >= 'a' && c <= 'z':
+			lower = true
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case c >= '0' && c <= '9', c == '-':
+		default:
+			return false
+		}
+	}
+	return !(upper && lower)
+}
+
+// unsafeString views b as a string for a call that does not keep it (netip.ParseAddr
+// copies the one part it keeps, an IPv6 zone).
+func unsafeString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}

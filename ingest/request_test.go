@@ -1,0 +1,105 @@
+package ingest
+
+import "testing"
+
+func TestSplitTarget(t *testing.T) {
+	for _, tc := range []struct{ method, in, host, path string }{
+		{"GET", "/a/b?c=d#e", "", "/a/b"},
+		{"GET", "/", "", "/"},
+		{"OPTIONS", "*", "", "*"},
+		{"GET", "http://host.example/a/b?x=1", "host.example", "/a/b"},
+		{"GET", "HTTPS://host.example:8443", "host.example:8443", "/"},
+		{"GET", "http://host.example?x", "host.example", "/"},
+		{"GET", "http://[2001:db8::1]:8080/x", "[2001:db8::1]:8080", "/x"},
+		{"GET", "http://admin:hunter2@proxy.example:3128/", "proxy.example:3128", "/"}, // userinfo is a credential
+		{"GET", "http://bad host/x", "", "/x"},
+		{"CONNECT", "api.example:443", "api.example:443", ""},
+		{"connect", "203.0.113.9:25", "203.0.113.9:25", ""},
+		{"CONNECT", "[2001:db8::1]:443", "[2001:db8::1]:443", ""},
+		{"GET", "host.example:443", "", ""}, // authority form only for CONNECT
+		{"CONNECT", "host.example:99999", "", ""},
+		{"CONNECT", "a b:443", "", ""},
+		{"GET", "", "", ""},
+		{"GET", "-", "", ""},
+		{"GET", "javascript:alert(1)", "", ""},
+		{"GET", "../../etc/passwd", "", ""},
+	} {
+		host, path := splitTarget([]byte(tc.method), []byte(tc.in))
+		if string(host) != tc.host || string(path) != tc.path {
+			t.Errorf("splitTarget(%q, %q) = %q, %q, want %q, %q", tc.method, tc.in, host, path, tc.host, tc.path)
+		}
+	}
+}
+
+func TestIsHostName(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"crawl-66-249-66-1.googlebot.com", true},
+		{"ec2-54-12-34-56.eu-west-1.compute.amazonaws.com", true},
+		{"HOST-1.EXAMPLE.NET", true},
+		{"localhost", true},
+		{"gateway", false},                                  // one label: too easily a token
+		{"10.1.2.300", false},                               // numeric top-level label
+		{"host.example.", false},                            // trailing dot
+		{"-bad.example.com", false},                         // leading hyphen
+		{"under_score.example.com", false},                  // not a host name character
+		{"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", false}, // a JWT: mixed case
+		{"sk_live_4eC39HqLyjWDarjtT1zdp7dc", false},
+		{"a." + string(make([]byte, 64)), false},
+		{"", false},
+	} {
+		if got := isHostName([]byte(tc.in)); got != tc.want {
+			t.Errorf("isHostName(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestClientFieldsAreValidated(t *testing.T) {
+	b := newBase(testParserOptions(t))
+	for _, tc := range []struct {
+		in       string
+		ip, host string // what setClientIP and setClientHost store
+	}{
+		{"203.0.113.7", "203.0.113.7", "203.0.113.7"},
+		{"203.0.113.7:443", "203.0.113.7", "203.0.113.7"},
+		{"[2001:db8::1]:443", "2001:db8::1", "2001:db8::1"},
+		{"203.0.113.7, 10.0.0.2", "203.0.113.7", "203.0.113.7"},
+		{"fe80::1%eth0", "fe80::1%eth0", "fe80::1%eth0"},
+		{"crawl-66-249-66-1.googlebot.com", "", "crawl-66-249-66-1.googlebot.com"},
+		{"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "", ""},
+		{"gwtest-key-Zk3Pq8Wm2Lr5Tn7Y", "", ""},
+		{"unknown", "", ""},
+		{"unix:/var/run/envoy.sock", "", ""},
+		{"-", "", ""},
+		{"", "", ""},
+	} {
+		var ev Event
+		b.setClientIP(&ev, []byte(tc.in))
+		if ev.ClientIP != tc.ip {
+			t.Errorf("setClientIP(%q) stored %q, want %q", tc.in, ev.ClientIP, tc.ip)
+		}
+		ev = Event{}
+		b.setClientHost(&ev, []byte(tc.in))
+		if ev.ClientIP != tc.host {
+			t.Errorf("setClientHost(%q) stored %q, want %q", tc.in, ev.ClientIP, tc.host)
+		}
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"GET", "GET"},
+		{"PROPFIND", "PROPFIND"},
+		{"VERSION-CONTROL", "VERSION-CONTROL"},
+		{"get", "get"},
+		{"GETGETGETGETGETGETGETGETGETGETGETGETGETGETGETGET", ""}, // 48 characters
+		{"G3T", ""},
+		{"-", ""},
+		{"\x16\x03\x01", ""}, // a TLS handshake sent to a plain-HTTP port
+	} {
+		var ev Event
+		b.setMethod(&ev, []byte(tc.in))
+		if ev.Method != tc.want {
+			t.Errorf("setMethod(%q) stored %q, want %q", tc.in, ev.Method, tc.want)
+		}
+	}
+}

@@ -1,0 +1,171 @@
+package ingest
+
+import (
+	"bytes"
+
+	"github.com/valyala/fastjson"
+)
+
+// Logs rarely reach gatewatch as the gateway wrote them. Between the two, a container
+// runtime or a log shipper often puts each line in an envelope of its own:
+//
+//	Docker json-file   {"log":"<line>\n","stream":"stdout","time":"2025-06-14T09:21:44.517Z"}
+//	Kubernetes (CRI)   2025-06-14T09:21:44.517312345Z stdout F <line>
+//	shippers           {"@timestamp":"...","message":"<line>","host":{...},...}   (Filebeat, Logstash)
+//	                   {"file":"...","message":"<line>","source_type":"file",...} (Vector)
+//	                   {"log":"<line>","stream":"stdout","logtag":"F",...}        (Fluent Bit, Fluentd)
+//
+// An unwrapper takes the line back out, through up to maxEnvelopes envelopes (a shipper
+// forwarding Docker's files wraps twice). It is tried only on a record that does not
+// parse as it is, so a record that merely has a field called "message" or "log" (an
+// Envoy log with %LOCAL_REPLY_BODY% as "message", say) is never taken apart, and records
+// that need no unwrapping cost nothing. A JSON envelope counts only when its "log" or
+// "message" string holds what looks like a log record (a JSON object, or a line one of
+// the text formats recognises), so the error of a record that is no envelope stays its
+// own.
+//
+// Container runtimes split lines longer than 16 KiB into parts (CRI tag "P", a Docker
+// "log" without its final newline). A part is not a record: it is rejected saying so,
+// as bad_syntax, unless the source joined the parts before (FileSource does).
+type unwrapper struct {
+	json fastjson.Parser
+	buf  []byte // the line taken out, valid until the next unwrap
+}
+
+// maxEnvelopes bounds how many envelopes unwrap takes off one record.
+const maxEnvelopes = 3
+
+var errPartialLine = parseErrorf(ReasonBadSyntax, "record holds part of a line the container runtime split (lines over 16 KiB are logged in parts); the parts were not joined")
+
+// unwrap returns the log line inside line's envelopes, or nil when line is in none. The
+// result is valid until the next call.
+func (u *unwrapper) unwrap(line []byte) ([]byte, error) {
+	found := false
+	for range maxEnvelopes {
+		inner, partial := u.open(line)
+		if partial {
+			return nil, errPartialLine
+		}
+		if inner == nil {
+			break
+		}
+		// inner points into line or into the JSON parser, which the next round reuses;
+		// copying it to the front of buf is safe even when it points into buf already.
+		u.buf = append(u.buf[:0], inner...)
+		line, found = u.buf, true
+	}
+	if !found {
+		return nil, nil
+	}
+	return line, nil
+}
+
+// open takes one envelope off line: the line inside, or nil when line is in no envelope;
+// partial when the envelope holds part of a split line.
+func (u *unwrapper) open(line []byte) (inner []byte, partial bool) {
+	line = trimRecord(line)
+	if len(line) == 0 {
+		return nil, false
+	}
+	if line[0] == '{' {
+		return u.openJSON(line)
+	}
+	if line[0] >= '0' && line[0] <= '9' {
+		return openCRI(line)
+	}
+	return nil, false
+}
+
+// openCRI reads the CRI logging format (kubelet's /var/log/pods files):
+// "<RFC 3339 time> <stdout|stderr> <tag>[:<tag>...] <line>", tag F for a full line or P
+// for a part.
+func openCRI(line []byte) (inner []byte, partial bool) {
+	ts, rest := cutToken(line)
+	if _, err := parseISO(ts); err != nil {
+		return nil, false
+	}
+	stream, rest := cutToken(rest)
+	if string(stream) != "stdout" && string(stream) != "stderr" {
+		return nil, false
+	}
+	tag, rest := cutToken(rest)
+	if i := bytes.IndexByte(tag, ':'); i >= 0 {
+		tag = tag[:i]
+	}
+	switch string(tag) {
+	case "F":
+		return rest, false
+	case "P":
+		return nil, true
+	}
+	return nil, false
+}
+
+// openJSON reads a JSON envelope: the string under "log" or "message" that holds a log
+// record. Docker's json-file ("log" with "stream" and "time") marks a part by a line
+// without its final newline, Fluent Bit's CRI parser by "logtag": "P".
+func (u *unwrapper) openJSON(line []byte) (inner []byte, partial bool) {
+	// Cheap test first: most records that fail to parse are no envelope at all.
+	if !bytes.Contains(line, []byte(`"log"`)) && !bytes.Contains(line, []byte(`"message"`)) {
+		return nil, false
+	}
+	v, err := u.json.ParseBytes(line)
+	if err != nil {
+		return nil, false
+	}
+	o, err := v.Object()
+	if err != nil {
+		return nil, false
+	}
+	var logv, msg, stream, ts, logtag *fastjson.Value
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		switch string(k) {
+		case "log":
+			pickValue(&logv, v)
+		case "message":
+			pickValue(&msg, v)
+		case "stream":
+			pickValue(&stream, v)
+		case "time":
+			pickValue(&ts, v)
+		case "logtag":
+			pickValue(&logtag, v)
+		}
+	})
+	for _, c := range [...]*fastjson.Value{logv, msg} {
+		if c == nil || c.Type() != fastjson.TypeString {
+			continue
+		}
+		s, _ := c.StringBytes()
+		content := trimRecord(s)
+		if !looksLikeRecord(content) {
+			continue
+		}
+		if c == logv {
+			if logtag != nil && string(logtag.GetStringBytes()) == "P" {
+				return nil, true
+			}
+			if stream != nil && ts != nil && len(s) > 0 && s[len(s)-1] != '\n' {
+				return nil, true // Docker json-file: a line without its newline is a part
+			}
+		}
+		return content, false
+	}
+	return nil, false
+}
+
+// looksLikeRecord reports whether the content of an envelope is a log record: a JSON
+// object, or a line one of the text formats (or a further envelope) recognises.
+func looksLikeRecord(s []byte) bool {
+	if len(s) == 0 {
+		return false
+	}
+	if s[0] == '{' {
+		return true
+	}
+	if recogniseFormat(s) != "" {
+		return true
+	}
+	inner, partial := openCRI(s)
+	return inner != nil || partial
+}
