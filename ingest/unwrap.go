@@ -102,8 +102,8 @@ func openCRI(line []byte) (inner []byte, partial bool) {
 }
 
 // openJSON reads a JSON envelope: the string under "log" or "message" that holds a log
-// record. Docker's json-file ("log" with "stream" and "time") marks a part by a line
-// without its final newline, Fluent Bit's CRI parser by "logtag": "P".
+// record. Docker's json-file (exactly "log", "stream", "time" and maybe "attrs") marks a
+// part by a line without its final newline, Fluent Bit's CRI parser by "logtag": "P".
 func (u *unwrapper) openJSON(line []byte) (inner []byte, partial bool) {
 	// Cheap test first: most records that fail to parse are no envelope at all.
 	if !bytes.Contains(line, []byte(`"log"`)) && !bytes.Contains(line, []byte(`"message"`)) {
@@ -118,18 +118,24 @@ func (u *unwrapper) openJSON(line []byte) (inner []byte, partial bool) {
 		return nil, false
 	}
 	var logv, msg, stream, ts, logtag *fastjson.Value
+	others := false // keys Docker's json-file driver does not write
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		switch string(k) {
 		case "log":
 			pickValue(&logv, v)
 		case "message":
 			pickValue(&msg, v)
+			others = true
 		case "stream":
 			pickValue(&stream, v)
 		case "time":
 			pickValue(&ts, v)
+		case "attrs":
 		case "logtag":
 			pickValue(&logtag, v)
+			others = true
+		default:
+			others = true
 		}
 	})
 	for _, c := range [...]*fastjson.Value{logv, msg} {
@@ -145,7 +151,7 @@ func (u *unwrapper) openJSON(line []byte) (inner []byte, partial bool) {
 			if logtag != nil && string(logtag.GetStringBytes()) == "P" {
 				return nil, true
 			}
-			if stream != nil && ts != nil && len(s) > 0 && s[len(s)-1] != '\n' {
+			if stream != nil && ts != nil && !others && len(s) > 0 && s[len(s)-1] != '\n' {
 				return nil, true // Docker json-file: a line without its newline is a part
 			}
 		}
