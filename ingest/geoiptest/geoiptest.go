@@ -1,5 +1,6 @@
-// Package geoiptest writes small MaxMind country databases for tests, with the real
-// writer (github.com/maxmind/mmdbwriter), so GeoIP code is tested against the real format.
+// Package geoiptest writes small country databases for tests, with the real writer
+// (github.com/maxmind/mmdbwriter), so GeoIP code is tested against the real format and
+// against both record schemas in use: MaxMind's and the flat one of ip-location-db.
 package geoiptest
 
 import (
@@ -7,34 +8,57 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/maxmind/mmdbwriter"
 	"github.com/maxmind/mmdbwriter/mmdbtype"
 )
 
-// Bytes returns a GeoLite2-Country-shaped database mapping each CIDR to its ISO country
-// code. A code starting with "registered:" is stored as registered_country only.
+// Bytes returns a GeoLite2-Country-shaped database ({"country": {"iso_code": CC}})
+// mapping each CIDR to its ISO country code. A code starting with "registered:" is
+// stored as registered_country only.
 func Bytes(t testing.TB, networks map[string]string) []byte {
 	t.Helper()
+	records := make(map[string]mmdbtype.DataType, len(networks))
+	for cidr, cc := range networks {
+		field := "country"
+		if rest, ok := strings.CutPrefix(cc, "registered:"); ok {
+			field, cc = "registered_country", rest
+		}
+		records[cidr] = mmdbtype.Map{mmdbtype.String(field): mmdbtype.Map{"iso_code": mmdbtype.String(cc)}}
+	}
+	return Records(t, "GeoLite2-Country", records)
+}
+
+// FlatBytes returns a database in the flat schema of the ip-location-db country
+// databases and DB-IP Lite's flat variant ({"country_code": CC}).
+func FlatBytes(t testing.TB, networks map[string]string) []byte {
+	t.Helper()
+	records := make(map[string]mmdbtype.DataType, len(networks))
+	for cidr, cc := range networks {
+		records[cidr] = mmdbtype.Map{"country_code": mmdbtype.String(cc)}
+	}
+	return Records(t, "ip-location-db country", records)
+}
+
+// Records returns a database of type dbType holding each record at its CIDR, for
+// databases of any other shape (an ASN database, say).
+func Records(t testing.TB, dbType string, records map[string]mmdbtype.DataType) []byte {
+	t.Helper()
 	w, err := mmdbwriter.New(mmdbwriter.Options{
-		DatabaseType:            "GeoLite2-Country",
+		DatabaseType:            dbType,
 		RecordSize:              24,
 		IncludeReservedNetworks: true, // tests use documentation and private ranges
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for cidr, cc := range networks {
+	for cidr, rec := range records {
 		_, n, err := net.ParseCIDR(cidr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		field := "country"
-		if rest, ok := bytes.CutPrefix([]byte(cc), []byte("registered:")); ok {
-			field, cc = "registered_country", string(rest)
-		}
-		rec := mmdbtype.Map{mmdbtype.String(field): mmdbtype.Map{"iso_code": mmdbtype.String(cc)}}
 		if err := w.Insert(n, rec); err != nil {
 			t.Fatal(err)
 		}
@@ -49,8 +73,14 @@ func Bytes(t testing.TB, networks map[string]string) []byte {
 // File writes the database of Bytes to a temporary file and returns its path.
 func File(t testing.TB, networks map[string]string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "GeoLite2-Country.mmdb")
-	if err := os.WriteFile(path, Bytes(t, networks), 0o644); err != nil {
+	return WriteFile(t, Bytes(t, networks))
+}
+
+// WriteFile writes a database to a temporary file and returns its path.
+func WriteFile(t testing.TB, db []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "country.mmdb")
+	if err := os.WriteFile(path, db, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
