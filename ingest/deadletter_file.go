@@ -18,14 +18,38 @@ type FileDeadLetters struct {
 	w  *bufio.Writer
 }
 
-// OpenFileDeadLetters opens (creating, mode 0600: records may hold credentials) a
-// dead-letter file for appending.
+// OpenFileDeadLetters opens a dead-letter file for appending. Records may hold
+// credentials, so the file is created mode 0600, and an existing file that others may
+// read is made 0600 too; one that cannot be (another user's, say), or that is no
+// regular file, is refused.
 func OpenFileDeadLetters(path string) (*FileDeadLetters, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: open dead-letter file: %w", err)
 	}
+	if err := ownerOnly(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("ingest: dead-letter file %s: %w", path, err)
+	}
 	return &FileDeadLetters{f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// ownerOnly makes f readable and writable by its owner alone, or says why it cannot.
+func ownerOnly(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("is no regular file (%s)", fi.Mode().Type())
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("others may read it (mode %v) and it cannot be made 0600: %w", fi.Mode().Perm(), err)
+	}
+	return nil
 }
 
 // Put writes letters and syncs them to disk.
