@@ -15,15 +15,16 @@ const (
 	ReasonBadUTF8       = "bad_utf8"       // not valid UTF-8: repaired (bytes replaced by U+FFFD) and kept, see ParseError.Kept
 	ReasonInvalidJSON   = "invalid_json"   // a JSON format whose record does not parse as a JSON object
 	ReasonBadSyntax     = "bad_syntax"     // a text format whose line does not match its layout
-	ReasonMissingField  = "missing_field"  // a field every event needs (the time) is absent
+	ReasonMissingField  = "missing_field"  // the time, a request (method, path or status) or a client is absent
 	ReasonBadTimestamp  = "bad_timestamp"  // the time does not parse, or is absurd (before 1990, or too far ahead)
 	ReasonBadValue      = "bad_value"      // a field has the wrong type or an impossible value
 	ReasonUnknownFormat = "unknown_format" // --format auto recognised no format
+	ReasonTruncated     = "truncated"      // cut short by damage to its input (a truncated gzip)
 )
 
 // Reasons lists every rejection reason, for pre-creating metric series.
 var Reasons = []string{ReasonOversized, ReasonBadUTF8, ReasonInvalidJSON, ReasonBadSyntax,
-	ReasonMissingField, ReasonBadTimestamp, ReasonBadValue, ReasonUnknownFormat}
+	ReasonMissingField, ReasonBadTimestamp, ReasonBadValue, ReasonUnknownFormat, ReasonTruncated}
 
 // A ParseError says why a record was rejected. Its text never quotes the record, which
 // may hold credentials.

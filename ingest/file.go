@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,28 +30,92 @@ type FileOptions struct {
 	BatchSize   int                   // lines per batch, parsed by one goroutine; 0: 1024
 	Workers     int                   // parsing goroutines; 0: GOMAXPROCS
 	Stdin       io.Reader             // what "-" reads; nil: os.Stdin
+	// Lateness is how far an event may lag behind the newest event read before it, from
+	// any input, without counting as late in FileStats: the detectors' allowed_lateness.
+	Lateness time.Duration
 }
+
+// FileStats is what a FileSource read from one input.
+type FileStats struct {
+	Name     string    // the path, or "stdin"
+	Records  int64     // records read: lines, or the joined parts of a split container line
+	Events   int64     // records that became events, repaired ones included
+	Rejected int64     // records rejected (they went to the dead-letter sink)
+	Repaired int64     // records kept after repair (see ParseError.Kept)
+	First    time.Time // the earliest event time read from the input
+	Last     time.Time // the latest
+	// Late counts the events more than FileOptions.Lateness older than the newest event
+	// read before them: out of order for the detectors, whose windows have moved on.
+	Late int64
+	Err  error // an *InputError when the input was damaged; what came before was read
+}
+
+// An InputError is damage to one input: a truncated or corrupt gzip stream, a read
+// error, a file that cannot be opened. Every record before the damage was read and
+// parsed, the other inputs are read all the same, and the caller learns of it from
+// FileSource.Stats.
+type InputError struct {
+	Name   string
+	Line   int64 // the last line read whole before the damage
+	Offset int64 // bytes (after decompression) read whole before the damage
+	Err    error
+}
+
+func (e *InputError) Error() string {
+	if e.Line == 0 && e.Offset == 0 {
+		return fmt.Sprintf("ingest: %s: %v", e.Name, e.Err)
+	}
+	return fmt.Sprintf("ingest: %s: damaged after line %d (byte %d): %v; the %d lines before it were read", e.Name, e.Line, e.Offset, e.Err, e.Line)
+}
+
+func (e *InputError) Unwrap() error { return e.Err }
 
 // FileSource reads records, one per line, from files, directories (every regular file
-// below, in name order), gzip files (recognised by their magic bytes) and stdin ("-").
-// Lines are parsed on several goroutines and handed out in input order, so the events
-// are the same, in the same order, whatever the number of workers.
+// below), gzip files (recognised by their magic bytes) and stdin ("-").
+//
+// Inputs are read in the order of their first event time, so rotated logs
+// (access.log.2.gz, access.log.1, access.log) are read oldest first whatever their
+// names; an input whose first records hold no event time comes last. Lines are parsed
+// on several goroutines and handed out in input order, so the events are the same, in
+// the same order, whatever the number of workers. A damaged input (a truncated gzip)
+// ends at the damage: everything before it is kept and parsed, the record cut short
+// goes to the dead-letter sink as truncated, the damage is reported in Stats, and the
+// next input is read. The parts of a line a container runtime split (Kubernetes CRI
+// "P" lines, Docker json-file lines without their newline) are joined into one record.
 type FileSource struct {
-	paths  []string
-	opts   FileOptions
-	m      *Metrics
-	cancel context.CancelFunc
-	out    chan chunk
-	done   chan struct{}
-	err    error // set by the reader before out is closed
+	inputs  []string // paths in reading order; "-" is stdin
+	opts    FileOptions
+	m       *Metrics
+	cancel  context.CancelFunc
+	out     chan chunk
+	done    chan struct{} // closed when the reader has stopped
+	workers sync.WaitGroup
+
+	mu     sync.Mutex
+	stats  []FileStats // by input, in reading order
+	newest time.Time   // the newest event time handed out, for Late
 }
 
-// chunk is a run of lines that one worker parses; results arrive on res in order.
+// chunk is a run of records of one input that one worker parses; results arrive on res
+// in order.
 type chunk struct {
-	source string
-	first  int64 // line number of lines[0]
+	input  int    // index into FileSource.inputs
+	source string // its name, for dead letters
+	first  int64  // line number of lines[0]
 	lines  [][]byte
+	nums   []int64   // line number of each record when they are not consecutive (joined parts), else nil
+	cut    []cutLine // records the reader could not keep whole
+	end    bool      // the input's last chunk
+	err    error     // with end: the damage that ended the input
 	res    chan parsed
+}
+
+// cutLine is a record the reader cut: an oversized one, whose head alone is kept, or one
+// cut short by damage to the input.
+type cutLine struct {
+	index int // in chunk.lines
+	size  int // the record's real size
+	err   error
 }
 
 type parsed struct {
@@ -60,9 +126,14 @@ type parsed struct {
 const (
 	defaultFileBatch = 1024
 	fileReadBuffer   = 256 << 10
+	// peekRecords and peekBytes bound how far NewFileSource reads into an input to find
+	// its first event time.
+	peekRecords = 64
+	peekBytes   = 1 << 20
 )
 
-// NewFileSource checks the paths and options; reading starts on the first Next.
+// NewFileSource checks the paths and options and orders the inputs by their first event
+// time; reading starts on the first Next.
 func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 	if len(paths) == 0 {
 		return nil, errors.New("ingest: no input paths")
@@ -90,6 +161,9 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 	var files []string
 	for _, p := range paths {
 		if p == "-" {
+			if len(paths) > 1 {
+				return nil, errors.New("ingest: stdin (-) cannot be read together with other inputs")
+			}
 			files = append(files, p)
 			continue
 		}
@@ -120,7 +194,99 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 			return nil, fmt.Errorf("ingest: input: %w", err)
 		}
 	}
-	return &FileSource{paths: files, opts: opts, m: NewMetrics(opts.Registerer)}, nil
+	if len(files) == 0 {
+		return nil, fmt.Errorf("ingest: no files in %s", strings.Join(paths, ", "))
+	}
+	s := &FileSource{opts: opts, inputs: orderByEventTime(files, opts), m: NewMetrics(opts.Registerer)}
+	s.stats = make([]FileStats, len(s.inputs))
+	for i, in := range s.inputs {
+		s.stats[i].Name = inputName(in)
+	}
+	return s, nil
+}
+
+func inputName(path string) string {
+	if path == "-" {
+		return "stdin"
+	}
+	return path
+}
+
+// orderByEventTime sorts files by the event time of their first record that parses;
+// files without one keep their name order, after the others.
+func orderByEventTime(files []string, opts FileOptions) []string {
+	if len(files) < 2 || files[0] == "-" {
+		return files
+	}
+	p, _ := NewParser(opts.Format, opts.Parser) // options were checked
+	first := make(map[string]time.Time, len(files))
+	for _, f := range files {
+		first[f] = firstEventTime(f, p)
+	}
+	slices.SortStableFunc(files, func(a, b string) int {
+		ta, tb := first[a], first[b]
+		switch {
+		case ta.IsZero() != tb.IsZero():
+			if ta.IsZero() {
+				return 1
+			}
+			return -1
+		case ta.IsZero():
+			return strings.Compare(a, b)
+		}
+		return cmp.Or(ta.Compare(tb), strings.Compare(a, b))
+	})
+	return files
+}
+
+// firstEventTime returns the time of the first record of path that parses, among its
+// first few; zero when there is none.
+func firstEventTime(path string, p Parser) time.Time {
+	br, closeInput, err := openInput(path, nil)
+	if err != nil {
+		return time.Time{}
+	}
+	defer closeInput()
+	var ev Event
+	read := 0
+	for range peekRecords {
+		line, err := br.ReadSlice('\n')
+		read += len(line)
+		if len(line) > 0 && !errors.Is(err, bufio.ErrBufferFull) {
+			if perr := p.Parse(&ev, bytes.TrimRight(line, "\r\n")); perr == nil || Kept(perr) {
+				return ev.Time
+			}
+		}
+		if (err != nil && !errors.Is(err, bufio.ErrBufferFull)) || read > peekBytes {
+			break
+		}
+	}
+	return time.Time{}
+}
+
+// openInput opens a file (or stdin for "-") for reading lines, decompressing gzip.
+func openInput(path string, stdin io.Reader) (*bufio.Reader, func() error, error) {
+	var r io.Reader
+	closeInput := func() error { return nil }
+	if path == "-" {
+		r = stdin
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		r, closeInput = f, f.Close
+	}
+	br := bufio.NewReaderSize(r, fileReadBuffer)
+	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			closeInput()
+			return nil, nil, fmt.Errorf("gzip header: %w", err)
+		}
+		br = bufio.NewReaderSize(zr, fileReadBuffer)
+	}
+	return br, closeInput, nil
 }
 
 func (s *FileSource) start() {
@@ -131,16 +297,15 @@ func (s *FileSource) start() {
 	work := make(chan chunk, 2*s.opts.Workers)
 	for range s.opts.Workers {
 		p, _ := NewParser(s.opts.Format, s.opts.Parser) // options were checked in NewFileSource
-		go s.parse(p, work)
+		s.workers.Go(func() { s.parse(p, work) })
 	}
 	go func() {
 		defer close(s.done)
 		defer close(work)
 		defer close(s.out)
-		for _, path := range s.paths {
-			if err := s.read(ctx, path, work); err != nil {
-				s.err = err
-				return
+		for i := range s.inputs {
+			if s.read(ctx, i, work) != nil {
+				return // cancelled: Close was called
 			}
 		}
 	}()
@@ -151,109 +316,182 @@ func (s *FileSource) parse(p Parser, work <-chan chunk) {
 	for c := range work {
 		var r parsed
 		r.events = make([]Event, 0, len(c.lines))
+		cut := c.cut
 		for i, line := range c.lines {
-			r.events = append(r.events, Event{})
-			ev := &r.events[len(r.events)-1]
-			if err := p.Parse(ev, line); err != nil {
-				if !Kept(err) {
+			num := c.first + int64(i)
+			if c.nums != nil {
+				num = c.nums[i]
+			}
+			var err error
+			if len(cut) > 0 && cut[0].index == i {
+				err, cut = cut[0].err, cut[1:]
+			} else {
+				r.events = append(r.events, Event{})
+				ev := &r.events[len(r.events)-1]
+				if err = p.Parse(ev, line); err != nil && !Kept(err) {
 					r.events = r.events[:len(r.events)-1]
 				}
-				r.letters = append(r.letters, NewDeadLetter(time.Now(), c.source, s.opts.Format, -1, c.first+int64(i), line, err))
+			}
+			if err != nil {
+				r.letters = append(r.letters, NewDeadLetter(time.Now(), c.source, s.opts.Format, -1, num, line, err))
 			}
 		}
 		c.res <- r
 	}
 }
 
-// read splits one input into chunks of lines. A line longer than the cap is not kept
-// whole: its head becomes the dead letter, the rest is skipped up to the next newline.
-func (s *FileSource) read(ctx context.Context, path string, work chan<- chunk) error {
-	var r io.Reader
-	name := path
-	if path == "-" {
-		r, name = s.opts.Stdin, "stdin"
-	} else {
-		f, err := os.Open(path)
-		if err != nil {
-			return fmt.Errorf("ingest: open input: %w", err)
-		}
-		defer f.Close()
-		r = f
+// lineReader turns one input into chunks: it numbers lines, cuts runaway ones, joins the
+// parts of split container lines and hands full chunks to the workers and to Next.
+type lineReader struct {
+	s     *FileSource
+	ctx   context.Context
+	work  chan<- chunk
+	input int
+	name  string
+	c     chunk
+	buf   []byte // backing store of the chunk's lines; a new one per chunk
+	parts joiner
+}
+
+// add appends one record, first read at line num, to the chunk, sending the chunk when
+// it is full. size is the record's real size when the reader cut it; err, when set,
+// rejects the record without parsing it.
+func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
+	c := &lr.c
+	if len(c.lines) == 0 {
+		c.first = num
 	}
-	br := bufio.NewReaderSize(r, fileReadBuffer)
-	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return fmt.Errorf("ingest: %s: %w", name, err)
+	if c.nums == nil && num != c.first+int64(len(c.lines)) {
+		c.nums = make([]int64, len(c.lines), cap(c.lines))
+		for i := range c.nums {
+			c.nums[i] = c.first + int64(i)
 		}
-		defer zr.Close()
-		br = bufio.NewReaderSize(zr, fileReadBuffer)
 	}
+	if c.nums != nil {
+		c.nums = append(c.nums, num)
+	}
+	if max := lr.s.opts.Parser.MaxLineBytes; err == nil && size > max {
+		err = OversizedError(size, max)
+	}
+	if err != nil {
+		c.cut = append(c.cut, cutLine{index: len(c.lines), size: size, err: err})
+	}
+	if cap(lr.buf)-len(lr.buf) < len(line) {
+		lr.buf = make([]byte, 0, max(fileReadBuffer, len(line)))
+	}
+	start := len(lr.buf)
+	lr.buf = append(lr.buf, line...)
+	c.lines = append(c.lines, lr.buf[start:len(lr.buf):len(lr.buf)])
+	if len(c.lines) >= lr.s.opts.BatchSize {
+		return lr.send(false, nil)
+	}
+	return nil
+}
+
+// send hands the chunk to a worker and, in order, to Next.
+func (lr *lineReader) send(end bool, damage error) error {
+	c := lr.c
+	if len(c.lines) == 0 && !end {
+		return nil
+	}
+	c.input, c.source, c.end, c.err = lr.input, lr.name, end, damage
+	c.res = make(chan parsed, 1)
+	select {
+	case lr.work <- c:
+	case <-lr.ctx.Done():
+		return lr.ctx.Err()
+	}
+	select {
+	case lr.s.out <- c:
+	case <-lr.ctx.Done():
+		return lr.ctx.Err()
+	}
+	lr.c, lr.buf = chunk{}, nil
+	return nil
+}
+
+// read splits one input into chunks. A line longer than the cap is not kept whole: its
+// head becomes the dead letter, the rest is skipped up to the next newline. It returns
+// an error only when cancelled; damage to the input ends it with an InputError in its
+// last chunk.
+func (s *FileSource) read(ctx context.Context, in int, work chan<- chunk) error {
+	name := inputName(s.inputs[in])
+	lr := &lineReader{s: s, ctx: ctx, work: work, input: in, name: name}
+	lr.parts.max = s.opts.Parser.MaxLineBytes
+	br, closeInput, err := openInput(s.inputs[in], s.opts.Stdin)
+	if err != nil {
+		return lr.send(true, &InputError{Name: name, Err: err})
+	}
+	defer closeInput()
 	s.m.Init(name)
 	limit := s.opts.Parser.MaxLineBytes
 	var (
-		lineNo int64
-		c      = chunk{source: name, first: 1}
-		buf    []byte // backing store of the chunk's lines; a new one per chunk
+		lineNo, offset int64
+		long           []byte // a line longer than the read buffer, kept up to limit+1 bytes
+		longSize       int    // its real size
 	)
-	flush := func() error {
-		if len(c.lines) == 0 {
-			return nil
-		}
-		c.res = make(chan parsed, 1)
-		select {
-		case work <- c:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		select {
-		case s.out <- c:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		c = chunk{source: name, first: lineNo + 1}
-		buf = nil
-		return nil
-	}
-	var long []byte // a line longer than the read buffer, kept up to limit+1 bytes
 	for {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			long = appendCapped(long, line, limit+1)
+			longSize += len(line)
 			continue
 		}
+		raw := longSize + len(line) // bytes read, newline included
+		size := raw                 // the record's size
+		if n := len(line); n > 0 && line[n-1] == '\n' {
+			size--
+			if n > 1 && line[n-2] == '\r' {
+				size--
+			}
+		}
 		if long != nil {
-			line, long = appendCapped(long, line, limit+1), nil
+			line, long, longSize = appendCapped(long, line, limit+1), nil, 0
+		}
+		if err != nil && err != io.EOF {
+			// Damage: what ReadSlice returned before the error is a record cut short.
+			if len(line) > 0 {
+				cut := parseErrorf(ReasonTruncated, "record cut short after %d bytes by damage to the input", size)
+				if aerr := lr.add(line, lineNo+1, size, cut); aerr != nil {
+					return aerr
+				}
+			}
+			if aerr := lr.flushParts(); aerr != nil {
+				return aerr
+			}
+			return lr.send(true, &InputError{Name: name, Line: lineNo, Offset: offset, Err: err})
 		}
 		if len(line) > 0 {
 			lineNo++
+			offset += int64(raw)
 			if line[len(line)-1] == '\n' { // a line cut at the cap has no newline left
 				line = bytes.TrimRight(line, "\r\n")
 			}
 			if len(line) > 0 {
-				if len(c.lines) == 0 {
-					c.first = lineNo
-				}
-				if cap(buf)-len(buf) < len(line) {
-					buf = make([]byte, 0, max(fileReadBuffer, len(line)))
-				}
-				start := len(buf)
-				buf = append(buf, line...)
-				c.lines = append(c.lines, buf[start:len(buf):len(buf)])
-				if len(c.lines) >= s.opts.BatchSize {
-					if ferr := flush(); ferr != nil {
-						return ferr
+				if rec, num, recSize, ok := lr.parts.join(line, lineNo, size); ok {
+					if aerr := lr.add(rec, num, recSize, nil); aerr != nil {
+						return aerr
 					}
 				}
 			}
 		}
 		if err == io.EOF {
-			return flush()
-		}
-		if err != nil {
-			return fmt.Errorf("ingest: read %s: %w", name, err)
+			if aerr := lr.flushParts(); aerr != nil {
+				return aerr
+			}
+			return lr.send(true, nil)
 		}
 	}
+}
+
+// flushParts adds the parts of split container lines still open.
+func (lr *lineReader) flushParts() error {
+	for _, p := range lr.parts.flush() {
+		if err := lr.add(p.line, p.num, p.size, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // appendCapped appends b to dst without letting dst grow past limit bytes. A line cut
@@ -268,8 +506,9 @@ func appendCapped(dst, b []byte, limit int) []byte {
 
 // Next returns the next batch of events in input order, or io.EOF after the last. A
 // batch holds the events of BatchSize lines, as one goroutine parsed them: handing it
-// out as it is costs no copy.
-// Rejected records are stored in the dead-letter sink before their batch is returned.
+// out as it is costs no copy. Rejected records are stored in the dead-letter sink
+// before their batch is returned. Damage to an input does not end the source: see
+// Stats.
 func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 	if s.out == nil {
 		s.start()
@@ -283,9 +522,6 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 			return nil, ctx.Err()
 		}
 		if !ok {
-			if s.err != nil {
-				return nil, s.err
-			}
 			return nil, io.EOF
 		}
 		var r parsed
@@ -294,12 +530,7 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		m := s.m
-		m.Records.WithLabelValues(c.source).Add(float64(len(c.lines)))
-		m.Events.WithLabelValues(c.source).Add(float64(len(r.events)))
-		for _, dl := range r.letters {
-			m.DeadLetters.WithLabelValues(c.source, dl.Reason).Inc()
-		}
+		s.account(&c, &r)
 		if len(r.letters) > 0 && s.opts.DeadLetters != nil {
 			if err := s.opts.DeadLetters.Put(ctx, r.letters); err != nil {
 				return nil, fmt.Errorf("ingest: dead letters: %w", err)
@@ -311,15 +542,61 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 	}
 }
 
-// Close stops reading. Batches already returned stay valid.
-func (s *FileSource) Close() error {
-	if s.cancel != nil {
-		s.cancel()
-		go func() { // unblock the reader if it waits to hand out a chunk
-			for range s.out {
-			}
-		}()
-		<-s.done
+// account adds a parsed chunk to the metrics and the stats of its input.
+func (s *FileSource) account(c *chunk, r *parsed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.stats[c.input]
+	m := s.m
+	m.Records.WithLabelValues(st.Name).Add(float64(len(c.lines)))
+	m.Events.WithLabelValues(st.Name).Add(float64(len(r.events)))
+	st.Records += int64(len(c.lines))
+	st.Events += int64(len(r.events))
+	for _, dl := range r.letters {
+		m.DeadLetters.WithLabelValues(st.Name, dl.Reason).Inc()
+		if dl.Kept {
+			st.Repaired++
+		} else {
+			st.Rejected++
+		}
 	}
+	for i := range r.events {
+		t := r.events[i].Time
+		if st.First.IsZero() || t.Before(st.First) {
+			st.First = t
+		}
+		if t.After(st.Last) {
+			st.Last = t
+		}
+		if t.Before(s.newest.Add(-s.opts.Lateness)) {
+			st.Late++
+		}
+		if t.After(s.newest) {
+			s.newest = t
+		}
+	}
+	if c.end && c.err != nil {
+		st.Err = c.err
+	}
+}
+
+// Stats returns what was read from each input so far, in reading order.
+func (s *FileSource) Stats() []FileStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.stats)
+}
+
+// Close stops reading and waits for the source's goroutines. Batches already returned
+// stay valid.
+func (s *FileSource) Close() error {
+	if s.cancel == nil {
+		return nil
+	}
+	s.cancel()
+	for range s.out { // unblock the reader if it waits to hand out a chunk; it closes out when it stops
+	}
+	<-s.done
+	s.workers.Wait()
 	return nil
 }

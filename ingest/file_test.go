@@ -11,9 +11,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -214,6 +216,67 @@ func TestFileDeadLettersWritesJSONLines(t *testing.T) {
 	}
 }
 
+// TestDeadLettersKeepTheRawRecord: what reaches the dead-letter file reads back as the
+// exact bytes of the record, binary ones (base64) and text with escapes alike.
+func TestDeadLettersKeepTheRawRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dlq.jsonl")
+	d, err := ingest.OpenFileDeadLetters(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := [][]byte{
+		[]byte("{\"bad json\" \u2028 \x00 \"quote\" \\ tab\t</script>"),
+		{0x16, 0x03, 0x01, 0x02, 0x00, 0xff, 0xfe, '\n', 'x'}, // a TLS handshake: no UTF-8
+		[]byte("caf\xc3\xa9 \xe9t\xe9"),                       // Latin-1 bytes among UTF-8
+	}
+	var in []ingest.DeadLetter
+	for i, r := range records {
+		in = append(in, ingest.NewDeadLetter(time.Unix(0, 0), "in.log", "nginx", -1, int64(i+1), r, ingest.OversizedError(9, 1)))
+	}
+	if err := d.Put(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	b, _ := os.ReadFile(path)
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for i := 0; sc.Scan(); i++ {
+		var dl ingest.DeadLetter
+		if err := json.Unmarshal(sc.Bytes(), &dl); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := dl.Raw()
+		if err != nil || !bytes.Equal(raw, records[i]) {
+			t.Errorf("record %d read back as %q (%s, %v), want %q", i+1, raw, dl.Encoding, err, records[i])
+		}
+		if wantB64 := !utf8.Valid(records[i]); (dl.Encoding == ingest.EncodingBase64) != wantB64 {
+			t.Errorf("record %d: encoding %q", i+1, dl.Encoding)
+		}
+	}
+}
+
+// TestDeadLetterFileIsOwnerOnly: an existing dead-letter file that others may read is
+// made 0600 before a record is written to it; something that is no file is refused.
+func TestDeadLetterFileIsOwnerOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dlq.jsonl")
+	if err := os.WriteFile(path, []byte("{}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o644) // whatever the umask
+	d, err := ingest.OpenFileDeadLetters(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("existing dead-letter file left mode %v", fi.Mode().Perm())
+	}
+	link := filepath.Join(t.TempDir(), "dlq-link")
+	os.Symlink(os.DevNull, link)
+	if _, err := ingest.OpenFileDeadLetters(link); err == nil || !strings.Contains(err.Error(), "regular file") {
+		t.Errorf("a dead-letter file that is a device: %v", err)
+	}
+}
+
 func TestNewFileSourceErrors(t *testing.T) {
 	opts := ingest.FileOptions{Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Registerer: prometheus.NewPedanticRegistry()}
 	if _, err := ingest.NewFileSource([]string{"testdata/none"}, opts); err == nil {
@@ -231,5 +294,289 @@ func TestNewFileSourceErrors(t *testing.T) {
 	opts.Parser.Secret, opts.Registerer = testSecret(t), nil
 	if _, err := ingest.NewFileSource([]string{"-"}, opts); err == nil || !strings.Contains(err.Error(), "Registerer is required") {
 		t.Errorf("no Registerer: %v", err)
+	}
+}
+
+// nginxLineAt is an nginx combined record at t, told apart by its user agent.
+func nginxLineAt(t time.Time, ua string) string {
+	return fmt.Sprintf(`203.0.113.9 - - [%s] "GET /v1/items/1 HTTP/1.1" 200 512 "-" "%s"`, t.Format("02/Jan/2006:15:04:05 -0700"), ua)
+}
+
+func newNginxSource(t *testing.T, paths []string, letters ingest.DeadLetters, tune func(*ingest.FileOptions)) *ingest.FileSource {
+	t.Helper()
+	opts := ingest.FileOptions{Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, DeadLetters: letters, BatchSize: 100, Registerer: prometheus.NewPedanticRegistry()}
+	if tune != nil {
+		tune(&opts)
+	}
+	src, err := ingest.NewFileSource(paths, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// TestFileSourceReadsRotatedFilesOldestFirst holds the order of logrotate's names:
+// access.log.2.gz, then access.log.1, then access.log, whatever order the names sort or
+// are given in, so replaying a directory makes no event late.
+func TestFileSourceReadsRotatedFilesOldestFirst(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+	var want []string
+	files := []struct {
+		name string
+		gz   bool
+	}{{"access.log.2.gz", true}, {"access.log.1", false}, {"access.log", false}}
+	for f, file := range files {
+		var lines []string
+		for i := range 300 {
+			ua := fmt.Sprintf("%s/%d", file.name, i)
+			lines = append(lines, nginxLineAt(t0.Add(time.Duration(f)*time.Hour+time.Duration(i)*time.Second), ua))
+			want = append(want, ua)
+		}
+		writeLines(t, filepath.Join(dir, file.name), lines, file.gz)
+	}
+	for _, paths := range [][]string{
+		{dir},
+		{filepath.Join(dir, "access.log"), filepath.Join(dir, "access.log.1"), filepath.Join(dir, "access.log.2.gz")},
+	} {
+		src := newNginxSource(t, paths, nil, nil)
+		got := drain(t, src)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%v: read %d events, not in event-time order (first %v)", paths, len(got), got[:min(2, len(got))])
+		}
+		var order []string
+		for _, st := range src.Stats() {
+			order = append(order, filepath.Base(st.Name))
+			if st.Late != 0 || st.Events != 300 || st.Err != nil {
+				t.Errorf("%s: %+v", st.Name, st)
+			}
+		}
+		if strings.Join(order, " ") != "access.log.2.gz access.log.1 access.log" {
+			t.Errorf("read in the order %v", order)
+		}
+	}
+}
+
+// TestFileSourceCountsLateEventsPerFile reads two logs of the same hour (two gateways),
+// one after the other: the second one's events behind the first's by more than the
+// lateness are counted late, against that file.
+func TestFileSourceCountsLateEventsPerFile(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	var a, b []string
+	for i := range 60 {
+		a = append(a, nginxLineAt(t0.Add(time.Duration(i)*time.Minute), "a"))
+		b = append(b, nginxLineAt(t0.Add(time.Duration(i)*time.Minute+30*time.Second), "b"))
+	}
+	writeLines(t, filepath.Join(dir, "gw-a.log"), a, false)
+	writeLines(t, filepath.Join(dir, "gw-b.log"), b, false)
+	src := newNginxSource(t, []string{dir}, nil, func(o *ingest.FileOptions) { o.Lateness = 10 * time.Minute })
+	drain(t, src)
+	st := src.Stats()
+	// b starts at 10:00:30 after a ended at 10:59: its events up to 10:48:30 are late.
+	if st[0].Late != 0 || st[1].Late != 49 {
+		t.Errorf("late events per file: %s %d, %s %d; want 0 and 49", st[0].Name, st[0].Late, st[1].Name, st[1].Late)
+	}
+	if !st[1].First.Equal(t0.Add(30*time.Second)) || !st[1].Last.Equal(t0.Add(59*time.Minute+30*time.Second)) {
+		t.Errorf("%s spans %v to %v", st[1].Name, st[1].First, st[1].Last)
+	}
+}
+
+// TestFileSourceContainsDamage reads a directory holding a truncated gzip and a
+// corrupt one between two good files: every record before the damage becomes an event,
+// the record cut short goes to the dead-letter sink as truncated, the damage is
+// reported with the file and where, and the files after it are still read.
+func TestFileSourceContainsDamage(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+	gzipOf := func(hour, n int) []byte {
+		var lines []string
+		for i := range n {
+			lines = append(lines, nginxLineAt(t0.Add(time.Duration(hour)*time.Hour+time.Duration(i)*time.Second), fmt.Sprintf("h%d/%d", hour, i)))
+		}
+		path := filepath.Join(t.TempDir(), "x.gz")
+		writeLines(t, path, lines, true)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	writeLines(t, filepath.Join(dir, "access.log.3"), []string{nginxLineAt(t0, "h0/0")}, false)
+	full := gzipOf(1, 5000)
+	os.WriteFile(filepath.Join(dir, "access.log.2.gz"), full[:len(full)*2/3], 0o644) // truncated: the copy stopped
+	corrupt := gzipOf(2, 5000)
+	for i := len(corrupt) / 2; i < len(corrupt)/2+64; i++ {
+		corrupt[i] ^= 0x5a
+	}
+	os.WriteFile(filepath.Join(dir, "access.log.1.gz"), corrupt, 0o644)
+	writeLines(t, filepath.Join(dir, "access.log"), []string{nginxLineAt(t0.Add(3*time.Hour), "h3/0")}, false)
+
+	letters := &memLetters{}
+	src := newNginxSource(t, []string{dir}, letters, nil)
+	got := drain(t, src)
+	st := src.Stats()
+	if len(st) != 4 || filepath.Base(st[3].Name) != "access.log" || st[3].Events != 1 || st[0].Events != 1 {
+		t.Fatalf("the good files around the damage were not read whole: %+v", st)
+	}
+	if got[len(got)-1] != "h3/0" {
+		t.Errorf("last event %q, want the one of the file after the damage", got[len(got)-1])
+	}
+	for _, s := range st[1:3] {
+		var ie *ingest.InputError
+		if !errors.As(s.Err, &ie) || ie.Name != s.Name || ie.Line <= 0 || ie.Offset <= 0 {
+			t.Fatalf("%s: damage reported as %v", s.Name, s.Err)
+		}
+		// A truncated stream ends cleanly at the cut; a corrupt one may decode junk before
+		// the damage is found (rejected, not events).
+		if s.Events > ie.Line || s.Events >= 5000 || s.Events < 1000 ||
+			filepath.Base(s.Name) == "access.log.2.gz" && s.Events < ie.Line-1 {
+			t.Errorf("%s: %d events for %d whole lines before the damage", s.Name, s.Events, ie.Line)
+		}
+		if !strings.Contains(s.Err.Error(), s.Name) || !strings.Contains(s.Err.Error(), fmt.Sprintf("line %d", ie.Line)) {
+			t.Errorf("damage message %q names neither the file nor the line", s.Err)
+		}
+	}
+	// The events before the damage are the first ones of the file, in order.
+	for i, ua := range got[1 : 1+st[1].Events] {
+		if ua != fmt.Sprintf("h1/%d", i) {
+			t.Fatalf("event %d of the truncated file is %q", i, ua)
+		}
+	}
+	truncated := 0
+	for _, dl := range letters.got {
+		if dl.Reason == ingest.ReasonTruncated {
+			truncated++
+		}
+	}
+	if truncated == 0 {
+		t.Errorf("no dead letter for the record cut short (letters: %d)", len(letters.got))
+	}
+}
+
+func TestFileSourceReportsAnInputThatCannotBeOpened(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+	gone := filepath.Join(dir, "b.log")
+	writeLines(t, filepath.Join(dir, "a.log"), []string{nginxLineAt(t0, "a")}, false)
+	writeLines(t, gone, []string{nginxLineAt(t0.Add(time.Hour), "b")}, false)
+	writeLines(t, filepath.Join(dir, "c.log"), []string{nginxLineAt(t0.Add(2*time.Hour), "c")}, false)
+	src := newNginxSource(t, []string{dir}, nil, nil)
+	os.Remove(gone) // rotated away between listing and reading
+	if got := drain(t, src); strings.Join(got, ",") != "a,c" {
+		t.Errorf("events %v, want a and c", got)
+	}
+	var ie *ingest.InputError
+	if st := src.Stats(); !errors.As(st[1].Err, &ie) || !errors.Is(st[1].Err, os.ErrNotExist) {
+		t.Errorf("the vanished file is reported as %v", st[1].Err)
+	}
+}
+
+// TestFileSourceOversizedReportsTheRealSize: the dead letter of a runaway line keeps its
+// head, and its error says how long the line really was.
+func TestFileSourceOversizedReportsTheRealSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "in.log")
+	huge := strings.Repeat("y", 700<<10) // beyond the read buffer: streamed and cut
+	writeLines(t, path, []string{huge, strings.Repeat("z", 3000)}, false)
+	letters := &memLetters{}
+	src := newNginxSource(t, []string{path}, letters, func(o *ingest.FileOptions) { o.Parser.MaxLineBytes = 2048 })
+	drain(t, src)
+	if len(letters.got) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(letters.got))
+	}
+	for i, want := range []int{700 << 10, 3000} {
+		dl := letters.got[i]
+		if dl.Reason != ingest.ReasonOversized || !strings.Contains(dl.Error, fmt.Sprintf("record of %d bytes", want)) {
+			t.Errorf("line %d: %s %q, want the real size %d", dl.Offset, dl.Reason, dl.Error, want)
+		}
+	}
+}
+
+// TestFileSourceJoinsSplitContainerLines reads the files container runtimes write when
+// a line is longer than 16 KiB: its parts become one record again.
+func TestFileSourceJoinsSplitContainerLines(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+	long := nginxLineAt(t0, "padded/"+strings.Repeat("A", 40<<10)) // an attacker's padded user agent
+	short := nginxLineAt(t0.Add(time.Second), "short")
+	parts := []string{long[:16384], long[16384:32768], long[32768:]}
+	cri := func(stream, tag, s string) string {
+		return "2025-03-01T00:00:00.000000001Z " + stream + " " + tag + " " + s
+	}
+	docker := func(stream, s string) string {
+		return mustJSONLine(map[string]string{"log": s, "stream": stream, "time": "2025-03-01T00:00:00.000000001Z"})
+	}
+	for _, tc := range []struct {
+		name  string
+		lines []string
+	}{
+		{"CRI", []string{cri("stdout", "P", parts[0]), cri("stderr", "F", "an error line between the parts"), cri("stdout", "P", parts[1]),
+			cri("stdout", "F", parts[2]), cri("stdout", "F", short)}},
+		{"Docker json-file", []string{docker("stdout", parts[0]), docker("stderr", "an error line between the parts\n"), docker("stdout", parts[1]),
+			docker("stdout", parts[2]+"\n"), docker("stdout", short+"\n")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "0.log")
+			writeLines(t, path, tc.lines, false)
+			letters := &memLetters{}
+			src := newNginxSource(t, []string{path}, letters, nil)
+			got := drain(t, src)
+			if len(got) != 2 || !strings.HasPrefix(got[0], "padded/AAAA") || len(got[0]) != len("padded/")+40<<10 || got[1] != "short" {
+				t.Fatalf("events %d (%.20q), want the joined line and the short one", len(got), got)
+			}
+			if len(letters.got) != 1 || letters.got[0].Offset != 2 {
+				t.Errorf("dead letters %+v, want only the error line (line 2)", letters.got)
+			}
+		})
+	}
+	// Parts left open at the end of the input are rejected, saying what they are.
+	path := filepath.Join(t.TempDir(), "0.log")
+	writeLines(t, path, []string{cri("stdout", "P", parts[0])}, false)
+	letters := &memLetters{}
+	drain(t, newNginxSource(t, []string{path}, letters, nil))
+	if len(letters.got) != 1 || !strings.Contains(letters.got[0].Error, "split") {
+		t.Errorf("an unfinished part gave %+v", letters.got)
+	}
+}
+
+func mustJSONLine(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// TestFileSourceCloseWaitsForItsGoroutines: after Close, nothing of the source runs (a
+// caller may close the GeoIP database or the dead-letter file right after).
+func TestFileSourceCloseWaitsForItsGoroutines(t *testing.T) {
+	var lines []string
+	for i := range 20000 {
+		lines = append(lines, nginxLine(i))
+	}
+	path := filepath.Join(t.TempDir(), "in.log")
+	writeLines(t, path, lines, false)
+	before := runtime.NumGoroutine()
+	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{
+		Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Workers: 4, BatchSize: 64, Registerer: prometheus.NewPedanticRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Next(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	if after := runtime.NumGoroutine(); after > before {
+		t.Errorf("%d goroutines after Close, %d before the source", after, before)
+	}
+}
+
+func TestNewFileSourceRefusesStdinWithOtherInputs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "in.log")
+	writeLines(t, path, []string{nginxLine(1)}, false)
+	_, err := ingest.NewFileSource([]string{"-", path}, ingest.FileOptions{Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Registerer: prometheus.NewPedanticRegistry()})
+	if err == nil || !strings.Contains(err.Error(), "stdin") {
+		t.Errorf("stdin with a file: %v", err)
 	}
 }

@@ -80,25 +80,14 @@ func (u *unwrapper) open(line []byte) (inner []byte, partial bool) {
 // "<RFC 3339 time> <stdout|stderr> <tag>[:<tag>...] <line>", tag F for a full line or P
 // for a part.
 func openCRI(line []byte) (inner []byte, partial bool) {
-	ts, rest := cutToken(line)
-	if _, err := parseISO(ts); err != nil {
+	_, _, tag, content, ok := splitCRI(line)
+	switch {
+	case !ok:
 		return nil, false
-	}
-	stream, rest := cutToken(rest)
-	if string(stream) != "stdout" && string(stream) != "stderr" {
-		return nil, false
-	}
-	tag, rest := cutToken(rest)
-	if i := bytes.IndexByte(tag, ':'); i >= 0 {
-		tag = tag[:i]
-	}
-	switch string(tag) {
-	case "F":
-		return rest, false
-	case "P":
+	case tag == 'P':
 		return nil, true
 	}
-	return nil, false
+	return content, false
 }
 
 // openJSON reads a JSON envelope: the string under "log" or "message" that holds a log
