@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -212,5 +213,86 @@ func TestInternerIsBounded(t *testing.T) {
 	x := in.Intern(&a, []byte("v1"))
 	if allocs := testing.AllocsPerRun(100, func() { x = in.Intern(&a, []byte("v1")) }); allocs > 0 || x != "v1" {
 		t.Errorf("interned lookup allocates %.0f", allocs)
+	}
+}
+
+// TestDataDirTokenSecret: the secret is made once, kept mode 0600, and is the same for
+// every later call, and for callers racing to make it.
+func TestDataDirTokenSecret(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	var secrets [8]TokenSecret
+	var created [8]bool
+	var wg sync.WaitGroup
+	for i := range secrets {
+		wg.Go(func() {
+			var err error
+			if secrets[i], created[i], err = DataDirTokenSecret(dir); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	made := 0
+	for i := range secrets {
+		if created[i] {
+			made++
+		}
+		if string(secrets[i].key) != string(secrets[0].key) || secrets[i].IsZero() || secrets[i].Random() {
+			t.Fatalf("call %d got another secret", i)
+		}
+	}
+	if made != 1 {
+		t.Errorf("%d calls say they created the secret, want 1", made)
+	}
+	path := filepath.Join(dir, DataDirSecretFile)
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file: %v, %v", fi, err)
+	}
+	// The file is what token_secret_file takes: the same fingerprints either way.
+	fromFile, err := LoadTokenSecret(path, "")
+	if err != nil || string(fromFile.key) != string(secrets[0].key) {
+		t.Errorf("token_secret_file pointing at it: %v", err)
+	}
+	again, created2, err := DataDirTokenSecret(dir)
+	if err != nil || created2 || string(again.key) != string(secrets[0].key) {
+		t.Errorf("second run: %v, created %v", err, created2)
+	}
+	os.Chmod(path, 0o644)
+	if _, _, err := DataDirTokenSecret(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("a secret others could read was left mode %v", fi.Mode().Perm())
+	}
+	os.WriteFile(path, []byte("short\n"), 0o600)
+	if _, _, err := DataDirTokenSecret(dir); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("a short secret: %v", err)
+	}
+}
+
+// TestFingerprintsMatchTheParsers: what `gatewatch fingerprint` prints for a raw key or
+// token is what an event carries for it.
+func TestFingerprintsMatchTheParsers(t *testing.T) {
+	s, err := NewTokenSecret([]byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustParser(t, FormatAWSWAF)
+	var ev Event
+	line := `{"timestamp":1741944413589,"action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","httpMethod":"GET","uri":"/",` +
+		`"headers":[{"name":"X-Api-Key","value":" gwkey-0123456789abcdef "},{"name":"Authorization","value":"Bearer gwtok-0123456789abcdef"}]}}`
+	if err := p.Parse(&ev, []byte(line)); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.KeyFingerprint([]byte("gwkey-0123456789abcdef\n")); got != ev.ClientKey {
+		t.Errorf("KeyFingerprint = %s, event client_key %s", got, ev.ClientKey)
+	}
+	for _, raw := range []string{"gwtok-0123456789abcdef", "Bearer gwtok-0123456789abcdef", "bearer  gwtok-0123456789abcdef\n"} {
+		if got := s.TokenFingerprint([]byte(raw)); got != ev.TokenFP {
+			t.Errorf("TokenFingerprint(%q) = %s, event token_fp %s", raw, got, ev.TokenFP)
+		}
+	}
+	if got := s.TokenFingerprint([]byte("  ")); got != "" {
+		t.Errorf("TokenFingerprint of nothing = %q", got)
 	}
 }

@@ -6,9 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/gatewatch/gatewatch/internal/config"
@@ -50,6 +54,91 @@ func LoadTokenSecret(file, env string) (TokenSecret, error) {
 		return TokenSecret{}, fmt.Errorf("ingest: %w", err)
 	}
 	return NewTokenSecret([]byte(s.Reveal()))
+}
+
+// DataDirSecretFile is the name of the token secret DataDirTokenSecret keeps in a
+// data directory.
+const DataDirSecretFile = "token-secret"
+
+// DataDirTokenSecret returns the token secret kept in dir, creating it on first use:
+// 32 random bytes, written as hex to dir/token-secret, mode 0600. With no secret
+// configured, demo and replay use it, so fingerprints, and the alert ids and keys built
+// on them, are the same from run to run (a random per-run key changed them every time,
+// and notify paged the same incidents again). An operator can point
+// ingest.token_secret_file at the file to keep the same fingerprints for good. created
+// reports that this call made the file. A file others may read is made 0600, or refused.
+func DataDirTokenSecret(dir string) (s TokenSecret, created bool, err error) {
+	if dir == "" {
+		return TokenSecret{}, false, errors.New("ingest: token secret: no data directory")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return TokenSecret{}, false, fmt.Errorf("ingest: token secret: %w", err)
+	}
+	path := filepath.Join(dir, DataDirSecretFile)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		if created, err = createSecretFile(dir, path); err != nil {
+			return TokenSecret{}, false, fmt.Errorf("ingest: token secret %s: %w", path, err)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return TokenSecret{}, false, fmt.Errorf("ingest: token secret: %w", err)
+	}
+	err = ownerOnly(f)
+	f.Close()
+	if err != nil {
+		return TokenSecret{}, false, fmt.Errorf("ingest: token secret %s: %w", path, err)
+	}
+	s, err = LoadTokenSecret(path, "")
+	return s, created, err
+}
+
+// createSecretFile writes a new random secret to path, whole or not at all: it is
+// written to a temporary file and linked into place, so two processes starting at once
+// end up with the same secret (the second link fails and that process reads the first).
+func createSecretFile(dir, path string) (bool, error) {
+	tmp, err := os.CreateTemp(dir, "."+DataDirSecretFile+"-*") // mode 0600
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	key := make([]byte, 32)
+	_, _ = rand.Read(key) // crypto/rand.Read never fails on supported platforms
+	_, err = fmt.Fprintf(tmp, "%x\n", key)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// KeyFingerprint returns what the parsers make of a raw API key under s: its
+// client_key (when the log names no consumer or key id) and its token_fp (when no bearer
+// token is logged). Surrounding blanks are dropped, as the parsers drop them.
+func (s TokenSecret) KeyFingerprint(key []byte) string {
+	return string(s.newFingerprinter().Sum(bytes.TrimSpace(key)))
+}
+
+// TokenFingerprint returns the token_fp the parsers give a bearer token, or an
+// Authorization value with its scheme ("Bearer ...", which is dropped as they drop
+// it), under s; "" for a value that holds no credential.
+func (s TokenSecret) TokenFingerprint(authorization []byte) string {
+	tok := bearer(authorization)
+	if len(tok) == 0 {
+		return ""
+	}
+	return string(s.newFingerprinter().Sum(tok))
 }
 
 // IsZero reports whether no secret was set.
