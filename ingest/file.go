@@ -297,7 +297,7 @@ func (s *FileSource) start() {
 	work := make(chan chunk, 2*s.opts.Workers)
 	for range s.opts.Workers {
 		p, _ := NewParser(s.opts.Format, s.opts.Parser) // options were checked in NewFileSource
-		s.workers.Go(func() { s.parse(p, work) })
+		s.workers.Go(func() { s.parse(ctx, p, work) })
 	}
 	go func() {
 		defer close(s.done)
@@ -311,9 +311,20 @@ func (s *FileSource) start() {
 	}()
 }
 
-// parse turns chunks into events and dead letters with one parser.
-func (s *FileSource) parse(p Parser, work <-chan chunk) {
-	for c := range work {
+// parse turns chunks into events and dead letters with one parser, until the reader
+// is done or the source closed.
+func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
+	for {
+		var c chunk
+		var ok bool
+		select {
+		case c, ok = <-work:
+		case <-ctx.Done():
+			return
+		}
+		if !ok {
+			return
+		}
 		var r parsed
 		r.events = make([]Event, 0, len(c.lines))
 		cut := c.cut
@@ -587,16 +598,18 @@ func (s *FileSource) Stats() []FileStats {
 	return slices.Clone(s.stats)
 }
 
-// Close stops reading and waits for the source's goroutines. Batches already returned
-// stay valid.
+// Close stops reading and waits for the source's goroutines, so nothing uses the
+// parser options (the GeoIP database, say) after it returns. Batches already returned
+// stay valid. The one exception is a read from stdin, which nothing can interrupt: the
+// reader blocked in it ends when stdin does, touching nothing of the source's.
 func (s *FileSource) Close() error {
 	if s.cancel == nil {
 		return nil
 	}
 	s.cancel()
-	for range s.out { // unblock the reader if it waits to hand out a chunk; it closes out when it stops
-	}
-	<-s.done
 	s.workers.Wait()
+	if s.inputs[0] != "-" {
+		<-s.done
+	}
 	return nil
 }

@@ -31,6 +31,13 @@ const (
 // Formats lists every format NewParser accepts, auto first.
 var Formats = []string{FormatAuto, FormatAWSWAF, FormatAPIGateway, FormatKong, FormatEnvoy, FormatNginx, FormatCloudflare}
 
+// LogsCountry reports whether records of format always carry the client's country (AWS
+// WAF and Cloudflare log it). Records of the others have one only from a GeoIP database,
+// or, for nginx and Envoy, when the operator's log format adds one; auto may meet any.
+func LogsCountry(format string) bool {
+	return format == FormatAWSWAF || format == FormatCloudflare
+}
+
 // Defaults for ParserOptions' zero fields.
 const (
 	DefaultAPIKeyHeader = "x-api-key"
@@ -114,7 +121,7 @@ func OversizedError(size, max int) error {
 
 // Errors of complete; shared, as they carry nothing of the record.
 var (
-	errNoRequestNoClient = parseErrorf(ReasonMissingField, "record has no method, path or status, and no client (IP address, key or token): is --format right?")
+	errNoRequestNoClient = parseErrorf(ReasonMissingField, "record has no method, path or status, and no client (IP address, key or token)")
 	errNoRequest         = parseErrorf(ReasonMissingField, "record has no method, path or status")
 	errNoClient          = parseErrorf(ReasonMissingField, "record has no client: no IP address, client key or token")
 )

@@ -24,6 +24,15 @@ func runGenerate(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	for _, bad := range []struct {
+		flag string
+		bad  bool
+	}{{"--duration", *duration <= 0}, {"--rate", !(*rate > 0)}, {"--clients", *clients <= 0}} {
+		if bad.bad {
+			fmt.Fprintf(env.stderr, "generate: %s must be positive\n", bad.flag)
+			return errUsage
+		}
+	}
 	if !synth.CanWrite(*format) {
 		fmt.Fprintf(env.stderr, "generate: cannot write format %q (want one of %s)\n", *format, strings.Join(synth.Formats, ", "))
 		return errUsage

@@ -50,9 +50,43 @@ func TestUsage(t *testing.T) {
 		if code != 0 || !strings.Contains(errOut, "Usage: gatewatch "+c.name) {
 			t.Errorf("%s --help: exit %d, stderr %q", c.name, code, errOut)
 		}
+		// Every command's help says what it does and shows it in use.
+		if len(c.description) < 40 || !strings.Contains(errOut, c.description) {
+			t.Errorf("%s --help lacks a description:\n%s", c.name, errOut)
+		}
+		if !strings.HasPrefix(c.example, "gatewatch "+c.name) && !strings.Contains(c.example, "| gatewatch "+c.name) {
+			t.Errorf("%s: example %q does not run the command", c.name, c.example)
+		}
+		if !strings.Contains(errOut, "Example:\n  "+c.example) {
+			t.Errorf("%s --help lacks its example:\n%s", c.name, errOut)
+		}
 	}
 	_, errOut, code = runCmd(t, "", "parse", "--nope")
 	if code != 2 || !strings.Contains(errOut, "flag provided but not defined") {
 		t.Errorf("bad flag: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, code := runCmd(t, "", "version")
+	if code != 0 || !strings.HasPrefix(out, "gatewatch ") || !strings.Contains(out, "commit ") || !strings.Contains(out, "go1.") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+	version, commit = "1.4.0", "0123abc" // as -ldflags "-X main.version=... -X main.commit=..." sets them
+	defer func() { version, commit = "", "" }()
+	out, _, _ = runCmd(t, "", "version")
+	if !strings.HasPrefix(out, "gatewatch 1.4.0\ncommit 0123abc\n") {
+		t.Errorf("version with build-time values: %q", out)
+	}
+}
+
+func TestGenerateRejectsImpossibleFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--duration", "0s"}, {"--duration", "-1h"}, {"--rate", "0"}, {"--rate", "-5"}, {"--rate", "NaN"}, {"--clients", "0"},
+	} {
+		out, errOut, code := runCmd(t, "", append([]string{"generate"}, args...)...)
+		if code != 2 || out != "" || !strings.Contains(errOut, args[0]+" must be positive") {
+			t.Errorf("generate %v: exit %d, stdout %d bytes, stderr %q", args, code, len(out), errOut)
+		}
 	}
 }

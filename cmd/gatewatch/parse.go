@@ -6,25 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
-
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/gatewatch/gatewatch/ingest"
 )
 
 func runParse(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlagSet(env, "parse", "parse [--config FILE] [--format F] --input PATH|-")
+	fs := newFlagSet(env, "parse", "parse [--config FILE] [--format F] --input PATH|- [--max-reject-ratio R]")
 	configPath := fs.String("config", "", "config file (token secret, GeoIP database, headers, dead-letter file)")
-	format := fs.String("format", ingest.FormatAuto, "log format: "+strings.Join(ingest.Formats, ", "))
-	input := fs.String("input", "", "file, directory or - for stdin (gzip is recognised)")
-	if err := parseFlags(fs, args); err != nil {
+	var in inputFlags
+	in.define(fs)
+	rest, err := parseFlagsArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if *input == "" {
-		fmt.Fprintln(env.stderr, "parse: --input is required")
-		fs.Usage()
-		return errUsage
+	paths, err := in.paths(env, fs, rest)
+	if err != nil {
+		return err
 	}
 	cfg, err := loadConfigFile(*configPath)
 	if err != nil {
@@ -37,32 +32,28 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	if popts.Secret.Random() {
 		fmt.Fprintln(env.stderr, "parse: no token secret configured: fingerprints use a random key for this run only")
 	}
-	report := &countingDeadLetters{next: &ingest.ReportDeadLetters{W: env.stderr}}
-	var dl ingest.DeadLetters = report
-	if cfg.Ingest.DeadLetter.File != "" {
-		f, err := ingest.OpenFileDeadLetters(cfg.Ingest.DeadLetter.File)
-		if err != nil {
-			return err
+	if *configPath != "" {
+		if w := countryWarning(cfg, in.format); w != "" {
+			fmt.Fprintln(env.stderr, "parse: "+w)
 		}
-		defer f.Close()
-		dl = ingest.TeeDeadLetters{f, report}
 	}
-	src, err := ingest.NewFileSource([]string{*input}, ingest.FileOptions{
-		Format: *format, Parser: popts, DeadLetters: dl, Stdin: env.stdin, Registerer: prometheus.NewRegistry(),
-	})
+	input, err := in.open(env, cfg, popts, paths, 0)
 	if err != nil {
 		return err
 	}
-	defer src.Close()
+	defer input.Close()
+
+	// SIGINT or SIGTERM (ctx) ends the reading; the events read so far are written and
+	// the summary printed before the command exits 130.
 	w := bufio.NewWriterSize(env.stdout, 256<<10)
 	var buf []byte
 	events := 0
 	for {
-		b, err := src.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
+		b, err := input.src.Next(ctx)
 		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				break
+			}
 			return err
 		}
 		for i := range b.Events {
@@ -77,23 +68,11 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected, %d repaired\n", events, report.n-report.kept, report.kept)
-	return nil
-}
-
-// countingDeadLetters counts the records passed on to next.
-type countingDeadLetters struct {
-	next ingest.DeadLetters
-	n    int // letters, repaired ones included
-	kept int // repaired records whose events were kept
-}
-
-func (c *countingDeadLetters) Put(ctx context.Context, letters []ingest.DeadLetter) error {
-	c.n += len(letters)
-	for _, l := range letters {
-		if l.Kept {
-			c.kept++
-		}
+	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected, %d repaired\n", events, input.dead.rejected(), input.dead.kept)
+	verdict := input.verdict(env.stderr, "parse", in.maxReject)
+	if ctx.Err() != nil {
+		fmt.Fprintln(env.stderr, "parse: interrupted: the events above are those read before the signal")
+		return ctx.Err()
 	}
-	return c.next.Put(ctx, letters)
+	return verdict
 }
