@@ -258,6 +258,9 @@ func inputVerdict(w io.Writer, label string, stats []ingest.FileStats, dead *cou
 		}
 	}
 	dead.writeReasons(w)
+	if records == 0 {
+		fmt.Fprintf(w, "%s: warning: the input holds no records\n", label)
+	}
 	var errs []error
 	if len(damaged) > 0 {
 		errs = append(errs, fmt.Errorf("%d of %d inputs damaged (the records before the damage were read): %w", len(damaged), len(stats), errors.Join(damaged...)))
