@@ -43,11 +43,11 @@ func commands() []command {
 				"stops it in order.",
 			"gatewatch run --config /etc/gatewatch/gatewatch.yaml --log-format json", runRun},
 		{"demo", "run the pipeline on an embedded broker with synthetic attacks and print the alerts",
-			"demo [--duration D] [--rate R] [--seed N]",
-			"Starts a Kafka-protocol broker in the process, produces synthetic AWS WAF traffic with one attack of each\n" +
-				"kind, consumes it as the live pipeline does (Kafka source, parser, detectors) and prints the alerts as JSON\n" +
-				"lines on stdout. stderr says which injected attack raised which incident.",
-			"gatewatch demo --duration 2h > alerts.jsonl", runDemo},
+			"demo [--duration D] [--rate R] [--seed N] [--json]",
+			"Runs the live pipeline (run's) on a Kafka-protocol broker and a store of its own, fed two hours of synthetic\n" +
+				"traffic from three gateways (AWS WAF, Kong, nginx) with one attack of each kind, and prints each alert as\n" +
+				"it is delivered (--json: as JSON lines). stderr says which incident each injected attack raised.",
+			"gatewatch demo --json > alerts.jsonl", runDemo},
 		{"replay", "run log files through the detectors and print the alerts",
 			"replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...",
 			"Reads log files (a directory, several files, gzip, or stdin) through the same parsers and detectors as the\n" +
