@@ -547,8 +547,18 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 				return nil, fmt.Errorf("ingest: dead letters: %w", err)
 			}
 		}
-		if len(r.events) > 0 { // a chunk of nothing but rejects makes no batch
-			return NewBatch(r.events, nil), nil
+		// Each input is a partition of its own: its events are judged against its own
+		// stream, and its end lets the engine stop waiting for it.
+		p := Partition{Source: s.stats[c.input].Name}
+		if len(r.events) > 0 || c.end { // a chunk of nothing but rejects makes no batch
+			b := NewBatch(r.events, nil)
+			if len(r.events) > 0 {
+				b.Runs = []Run{{Partition: p, N: len(r.events)}}
+			}
+			if c.end {
+				b.Ended = []Partition{p}
+			}
+			return b, nil
 		}
 	}
 }

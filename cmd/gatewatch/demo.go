@@ -119,7 +119,6 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 		WrapSource: func(src detectors.EventSource) detectors.EventSource {
 			return &untilConsumed{src: src, want: float64(len(reqs)), reg: reg}
 		},
-		Version: buildVersion(),
 	})
 	if err != nil {
 		return err

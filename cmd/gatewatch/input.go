@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/ingest"
-	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
 
 // This file holds what the commands that read logs (parse and replay, and run) share:
@@ -88,7 +88,7 @@ type fileInput struct {
 // allowed_lateness, for the late counts of each input.
 func (f *inputFlags) open(env *cmdEnv, cfg *config, popts ingest.ParserOptions, paths []string, lateness time.Duration) (*fileInput, error) {
 	dead := &countingDeadLetters{next: &ingest.ReportDeadLetters{W: env.stderr}}
-	sinks, closeSinks, err := openDeadLetters(cfg, dead)
+	sinks, closeSinks, err := pipeline.OpenDeadLetters(cfg.Ingest, dead)
 	if err != nil {
 		return nil, err
 	}
@@ -146,36 +146,6 @@ func countryWarning(cfg *config, formats ...string) string {
 	}
 	return fmt.Sprintf("new_country is enabled, but %s records carry no country (only awswaf and cloudflare log one) and no GeoIP database is configured: "+
 		"set ingest.geoip.database to a country database, or new_country cannot fire for them", strings.Join(none, ", "))
-}
-
-// openDeadLetters returns the dead-letter sinks of cfg (file and topic) with report in
-// front of them, and what closes them.
-func openDeadLetters(cfg *config, report ingest.DeadLetters) (ingest.DeadLetters, func() error, error) {
-	sinks := ingest.TeeDeadLetters{report}
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for _, c := range closers {
-			errs = append(errs, c())
-		}
-		return errors.Join(errs...)
-	}
-	if path := cfg.Ingest.DeadLetter.File; path != "" {
-		f, err := ingest.OpenFileDeadLetters(path)
-		if err != nil {
-			return nil, nil, err
-		}
-		sinks, closers = append(sinks, f), append(closers, f.Close)
-	}
-	if topic := cfg.Ingest.DeadLetter.Topic; topic != "" {
-		w, err := kafka.NewDeadLetterWriter(cfg.Ingest.Kafka, topic)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		sinks, closers = append(sinks, w), append(closers, w.Close)
-	}
-	return sinks, closeAll, nil
 }
 
 // countingDeadLetters counts the records passed on to next, by reason. Put is called

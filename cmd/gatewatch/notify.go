@@ -89,7 +89,6 @@ func openDelivery(ctx context.Context, env *cmdEnv, cfg *config) (*pipeline.Deli
 	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
 		Receivers: receiverBuilder,
 		Logger:    slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Version:   buildVersion(),
 	})
 	if err != nil {
 		return nil, err

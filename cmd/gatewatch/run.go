@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -41,10 +40,19 @@ func runRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	var formats []string
+	for _, t := range cfg.Ingest.Kafka.Topics {
+		formats = append(formats, t.Format)
+	}
+	if w := countryWarning(cfg, formats...); w != "" {
+		logger.Warn(w)
+	}
+	version, commit := buildVersion()
 	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
 		Receivers: receiverBuilder,
 		Logger:    logger,
-		Version:   buildVersion(),
+		Version:   version,
+		Commit:    commit,
 	})
 	if err != nil {
 		return err
@@ -121,12 +129,10 @@ func fileSum(path string) []byte {
 	return s[:]
 }
 
-// buildVersion is the module version gatewatch was built as, "devel" from a checkout.
-func buildVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
+// buildVersion is what gatewatch_build_info reports: the version and commit.
+func buildVersion() (v, c string) {
+	v, c, _ = versionInfo()
+	return v, c
 }
 
 // newLogger returns the logger of a long-running command.

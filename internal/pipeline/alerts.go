@@ -74,7 +74,9 @@ func (s *routerSwitch) start(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	s.run(ctx, rr)
+	s.mu.Lock() // /metrics may be gathering already
 	s.cur = rr
+	s.mu.Unlock()
 	return nil
 }
 

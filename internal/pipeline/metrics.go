@@ -16,12 +16,12 @@ type metrics struct {
 	configTime   prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer, version string) *metrics {
+func newMetrics(reg prometheus.Registerer, version, commit string) *metrics {
 	f := promauto.With(reg)
 	f.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "gatewatch_build_info",
 		Help: "Always 1; the labels say which gatewatch runs.",
-	}, []string{"version", "goversion"}).WithLabelValues(version, runtime.Version()).Set(1)
+	}, []string{"version", "commit", "goversion"}).WithLabelValues(version, commit, runtime.Version()).Set(1)
 	m := &metrics{
 		batches: f.NewCounter(prometheus.CounterOpts{
 			Name: "gatewatch_pipeline_batches_total",

@@ -64,8 +64,8 @@ type Options struct {
 	WrapSource func(detectors.EventSource) detectors.EventSource
 	// ShutdownTimeout bounds the ordered shutdown; 0: 30s.
 	ShutdownTimeout time.Duration
-	// Version is reported by gatewatch_build_info.
-	Version string
+	// Version and Commit are reported by gatewatch_build_info.
+	Version, Commit string
 }
 
 // A Pipeline is the live service. New builds nothing that does I/O; Run opens the
@@ -119,7 +119,7 @@ func New(cfg Config, opts Options) (*Pipeline, error) {
 		stopped: make(chan struct{}),
 	}
 	p.cfg.Store(&cfg)
-	p.m = newMetrics(p.reg, opts.Version)
+	p.m = newMetrics(p.reg, opts.Version, opts.Commit)
 	if err := p.reg.Register(collectors.NewGoCollector()); err != nil {
 		return nil, fmt.Errorf("pipeline: metrics: %w", err)
 	}
@@ -177,7 +177,7 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	lc.add("alerting", nil, p.alerts.stop)
 
 	// Ingest: dead letters, then the Kafka source.
-	dl, closeDL, err := p.deadLetters(cfg)
+	dl, closeDL, err := OpenDeadLetters(cfg.Ingest)
 	if err != nil {
 		return err
 	}
@@ -360,33 +360,33 @@ func (p *Pipeline) migrate(ctx context.Context, ch *store.ClickHouse) {
 	}
 }
 
-// deadLetters opens the configured dead-letter sinks: the file, the topic, or both.
-func (p *Pipeline) deadLetters(cfg *Config) (ingest.DeadLetters, func() error, error) {
-	var sinks ingest.TeeDeadLetters
+// OpenDeadLetters opens the dead-letter sinks cfg names (the file, the topic, or
+// both), behind the ones in front (a report on stderr, a count), and returns them with
+// what closes them. run, replay and parse all keep rejected records this way.
+func OpenDeadLetters(cfg ingest.Config, front ...ingest.DeadLetters) (ingest.DeadLetters, func() error, error) {
+	sinks := ingest.TeeDeadLetters(front)
 	var closers []io.Closer
-	if f := cfg.Ingest.DeadLetter.File; f != "" {
-		fd, err := ingest.OpenFileDeadLetters(f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("pipeline: ingest.dead_letter.file: %w", err)
-		}
-		sinks, closers = append(sinks, fd), append(closers, fd)
-	}
-	if t := cfg.Ingest.DeadLetter.Topic; t != "" {
-		w, err := kafka.NewDeadLetterWriter(cfg.Ingest.Kafka, t)
-		if err != nil {
-			for _, c := range closers {
-				c.Close()
-			}
-			return nil, nil, fmt.Errorf("pipeline: ingest.dead_letter.topic: %w", err)
-		}
-		sinks, closers = append(sinks, w), append(closers, w)
-	}
 	closeAll := func() error {
 		var errs []error
 		for _, c := range closers {
 			errs = append(errs, c.Close())
 		}
 		return errors.Join(errs...)
+	}
+	if f := cfg.DeadLetter.File; f != "" {
+		fd, err := ingest.OpenFileDeadLetters(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ingest.dead_letter.file: %w", err)
+		}
+		sinks, closers = append(sinks, fd), append(closers, fd)
+	}
+	if t := cfg.DeadLetter.Topic; t != "" {
+		w, err := kafka.NewDeadLetterWriter(cfg.Kafka, t)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("ingest.dead_letter.topic: %w", err)
+		}
+		sinks, closers = append(sinks, w), append(closers, w)
 	}
 	if len(sinks) == 1 {
 		return sinks[0], closeAll, nil
