@@ -434,7 +434,7 @@ func (s *FileSource) read(ctx context.Context, in int, work chan<- chunk) error 
 		return lr.send(true, &InputError{Name: name, Err: err})
 	}
 	defer closeInput()
-	s.m.Init(name)
+	s.m.Init(name, s.opts.Format)
 	limit := s.opts.Parser.MaxLineBytes
 	var (
 		lineNo, offset int64
@@ -569,8 +569,8 @@ func (s *FileSource) account(c *chunk, r *parsed) {
 	defer s.mu.Unlock()
 	st := &s.stats[c.input]
 	m := s.m
-	m.Records.WithLabelValues(st.Name).Add(float64(len(c.lines)))
-	m.Events.WithLabelValues(st.Name).Add(float64(len(r.events)))
+	m.Records.WithLabelValues(st.Name, s.opts.Format).Add(float64(len(c.lines)))
+	m.Events.WithLabelValues(st.Name, s.opts.Format).Add(float64(len(r.events)))
 	st.Records += int64(len(c.lines))
 	st.Events += int64(len(r.events))
 	for _, dl := range r.letters {

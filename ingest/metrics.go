@@ -8,8 +8,8 @@ import (
 // Metrics are the counters every source keeps. A source makes its own from the
 // Registerer its options require (NewMetrics).
 type Metrics struct {
-	Records     *prometheus.CounterVec // by source: records read, accepted or not
-	Events      *prometheus.CounterVec // by source: records that became events
+	Records     *prometheus.CounterVec // by source and format: records read, accepted or not
+	Events      *prometheus.CounterVec // by source and format: records that became events
 	DeadLetters *prometheus.CounterVec // by source and reason
 	ConsumerLag *prometheus.GaugeVec   // by topic and partition: records behind the partition's end
 }
@@ -24,12 +24,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return &Metrics{
 		Records: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_ingest_records_total",
-			Help: "Raw records read, per source (topic or file).",
-		}, []string{"source"}),
+			Help: "Raw records read, per source (topic or file) and its format.",
+		}, []string{"source", "format"}),
 		Events: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_ingest_events_total",
-			Help: "Records parsed into events, per source.",
-		}, []string{"source"}),
+			Help: "Records parsed into events, per source and its format.",
+		}, []string{"source", "format"}),
 		DeadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_ingest_dead_letters_total",
 			Help: "Records rejected and sent to the dead-letter sink, per source and reason.",
@@ -41,10 +41,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 }
 
-// Init pre-creates the series of one source so they start at zero.
-func (m *Metrics) Init(source string) {
-	m.Records.WithLabelValues(source)
-	m.Events.WithLabelValues(source)
+// Init pre-creates the series of one source, read in format, so they start at zero.
+func (m *Metrics) Init(source, format string) {
+	m.Records.WithLabelValues(source, format)
+	m.Events.WithLabelValues(source, format)
 	for _, r := range Reasons {
 		m.DeadLetters.WithLabelValues(source, r)
 	}

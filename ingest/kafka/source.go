@@ -226,14 +226,14 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 			}
 			parsers[i] = p
 		}
-		m.Init(tc.Name)
+		m.Init(tc.Name, tc.Format)
 		t := &topic{
 			name:    tc.Name,
 			format:  tc.Format,
 			parsers: parsers,
-			records: m.Records.WithLabelValues(tc.Name),
+			records: m.Records.WithLabelValues(tc.Name, tc.Format),
 			lag:     m.ConsumerLag,
-			events:  m.Events.WithLabelValues(tc.Name),
+			events:  m.Events.WithLabelValues(tc.Name, tc.Format),
 			dead:    m.DeadLetters,
 			deadBy:  make(map[string]prometheus.Counter, len(ingest.Reasons)),
 			jobs:    make(chan job, (prefetch+1)*workers),
