@@ -49,7 +49,8 @@ type Engine struct {
 	now   func() time.Time // nil: partitions never go idle
 	wms   *watermarks      // event time per partition and the watermark
 
-	behind int // partitions behind at the last report
+	behind      int       // partitions behind at the last report
+	lastRelease time.Time // wall clock of the last release in Run, when it has a clock
 
 	incStore  IncidentStore
 	incLoaded bool

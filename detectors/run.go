@@ -27,6 +27,25 @@ type AlertSink interface {
 // stopTimeout bounds the last acknowledgements when Run is stopped.
 const stopTimeout = 15 * time.Second
 
+// releaseEvery is how often, at most, Run writes baselines and open incidents and
+// acknowledges batches when the engine has a wall clock (live): each release may cost
+// a durable write (an fsync, an insert), and through a backlog batches come faster
+// than disks take them. Without a clock (replay) Run releases after every batch.
+const releaseEvery = time.Second
+
+// releaseDue reports whether the pending batches may be released now.
+func (e *Engine) releaseDue() bool {
+	if e.now == nil {
+		return true
+	}
+	now := e.now()
+	if now.Sub(e.lastRelease) < releaseEvery {
+		return false
+	}
+	e.lastRelease = now
+	return true
+}
+
 type pendingBatch struct {
 	b    *ingest.Batch
 	maxT int64 // largest event time in the batch, ms
@@ -65,8 +84,10 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 			if err := e.put(ctx, sink, alerts); err != nil {
 				return err
 			}
-			if err := e.release(ctx, e.horizon()); err != nil {
-				return err
+			if e.releaseDue() {
+				if err := e.release(ctx, e.horizon()); err != nil {
+					return err
+				}
 			}
 			e.refreshIfDue(ctx)
 		}
