@@ -6,6 +6,7 @@ package detectors
 //	benchstat old.txt new.txt
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -237,4 +238,46 @@ func BenchmarkQuietEndpointSpikeMemory(b *testing.B) {
 	benchMemory(b, QuietEndpointSpike, func(i int, ts time.Time) ingest.Event {
 		return req(ts, route("GET", fmt.Sprintf("/v1/r%06d/{id}", i)))
 	})
+}
+
+// BenchmarkNewCountryCandidates feeds established keys each seen from a country new to
+// it, as a wave of roaming clients or a botnet reusing leaked keys does: every event is
+// a candidate that waits for the watermark. With min_events out of reach none fires, so
+// the figure is the cost of keeping and deciding candidates, which must not grow with
+// how many are pending (a scan of all of them per event made 100,000 pending ones
+// quadratic).
+func BenchmarkNewCountryCandidates(b *testing.B) {
+	m := newBenchMix(true)
+	cfg := only(NewCountry)
+	cfg.NewCountry.MinEvents = 1_000_000_000
+	cfg.NewCountry.MaxKeys = 2 * benchKeys
+	events := make([]ingest.Event, 1000)
+	var (
+		eng *Engine
+		ts  time.Time
+		n   int
+	)
+	for b.Loop() {
+		if n%benchKeys == 0 {
+			b.StopTimer()
+			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot())})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := e.LoadBaselines(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			ts = t0.Add(time.Hour)
+			b.StartTimer()
+			eng = e
+		}
+		for i := range events {
+			c := &m.clients[(n+i)%benchKeys]
+			ts = ts.Add(time.Millisecond) // 30,000 pending within allowed_lateness
+			events[i] = req(ts, client(c.key), country("BR"), ip(c.ip))
+		}
+		eng.Observe(events)
+		n += len(events)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/event")
 }

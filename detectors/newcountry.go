@@ -2,6 +2,7 @@ package detectors
 
 import (
 	"cmp"
+	"container/heap"
 	"fmt"
 	"math"
 	"slices"
@@ -38,7 +39,7 @@ type newCountry struct {
 	skip      []string
 	allow     map[string][]uint16 // key → allowlisted countries
 
-	cands []ncCand
+	cands ncCands
 	dirty []slotRef
 
 	inc  *incidents
@@ -83,6 +84,70 @@ type ncCand struct {
 	last    int64
 	events  uint32
 	samples [3][]string // paths, client IPs, request ids of the events at t
+	at      int         // index in ncCands.heap
+}
+
+type ncCandID struct {
+	ref  slotRef
+	code uint16
+}
+
+// ncCands are the pending candidates: found by key and country as events come, and
+// taken in order of time as the watermark passes them. A traffic of new keys (a
+// scanner's made-up API keys, a tenant onboarding) makes hundreds of thousands of
+// them within the lateness; a scan of every candidate per event or per advance made
+// that quadratic. Candidates of an evicted key stay until they are due and are then
+// dropped: their slot's generation no longer matches.
+type ncCands struct {
+	byID map[ncCandID]*ncCand
+	heap []*ncCand // min-heap by t
+}
+
+func (q *ncCands) Len() int           { return len(q.heap) }
+func (q *ncCands) Less(i, j int) bool { return q.heap[i].t < q.heap[j].t }
+func (q *ncCands) Swap(i, j int) {
+	q.heap[i], q.heap[j] = q.heap[j], q.heap[i]
+	q.heap[i].at, q.heap[j].at = i, j
+}
+func (q *ncCands) Push(x any) {
+	c := x.(*ncCand)
+	c.at = len(q.heap)
+	q.heap = append(q.heap, c)
+}
+func (q *ncCands) Pop() any {
+	c := q.heap[len(q.heap)-1]
+	q.heap[len(q.heap)-1] = nil
+	q.heap = q.heap[:len(q.heap)-1]
+	return c
+}
+
+func (q *ncCands) get(r slotRef, code uint16) *ncCand { return q.byID[ncCandID{r, code}] }
+
+func (q *ncCands) add(c *ncCand) {
+	if q.byID == nil {
+		q.byID = map[ncCandID]*ncCand{}
+	}
+	q.byID[ncCandID{c.ref, c.code}] = c
+	heap.Push(q, c)
+}
+
+// earliest returns the time of the earliest candidate; math.MaxInt64 when none.
+func (q *ncCands) earliest() int64 {
+	if len(q.heap) == 0 {
+		return math.MaxInt64
+	}
+	return q.heap[0].t
+}
+
+// takeBefore removes and returns the candidates before wm.
+func (q *ncCands) takeBefore(wm int64) []*ncCand {
+	var due []*ncCand
+	for len(q.heap) > 0 && q.heap[0].t < wm {
+		c := heap.Pop(q).(*ncCand)
+		delete(q.byID, ncCandID{c.ref, c.code})
+		due = append(due, c)
+	}
+	return due
 }
 
 func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *newCountry {
@@ -99,7 +164,6 @@ func newNewCountry(c NewCountryConfig, lateness time.Duration, inc *incidents) *
 	d.slots = newBucketer(d.slotW, 1)
 	d.wmSlot = floorDiv(d.wm, d.slotW)
 	d.tab = newKeyTable[ncKey](c.MaxKeys, d.history/4)
-	d.tab.onRemove = d.release
 	base := ncParams{enabled: true, learning: c.LearningPeriod.Milliseconds(), minEvents: uint64(c.MinEvents), severity: c.Severity}
 	d.params = append(d.params, base)
 	for _, o := range c.Overrides {
@@ -139,11 +203,7 @@ func (d *newCountry) stats() (int, uint64, uint64) {
 // horizon: a pending candidate still needs its events, which are not in any state that
 // outlives a restart.
 func (d *newCountry) horizon(int64) int64 {
-	h := int64(math.MaxInt64)
-	for i := range d.cands {
-		h = min(h, d.cands[i].t)
-	}
-	return h
+	return d.cands.earliest()
 }
 
 func (d *newCountry) prefetchIndex(events []ingest.Event, ck, hs []uint64) {
@@ -194,8 +254,10 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 	d.markDirty(slot)
 
 	if k.pending > 0 {
-		if c := d.cand(slot, code); c != nil {
-			c.add(ev, t)
+		if c := d.cands.get(d.tab.ref(slot), code); c != nil {
+			if c.add(ev, t) {
+				heap.Fix(&d.cands, c.at)
+			}
 			return
 		}
 	}
@@ -210,8 +272,9 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 		d.learn(k, code, t, t, 1)
 		return
 	}
-	d.cands = append(d.cands, ncCand{ref: d.tab.ref(slot), code: code, t: t, last: t})
-	d.cands[len(d.cands)-1].add(ev, t)
+	c := &ncCand{ref: d.tab.ref(slot), code: code, t: t, last: t}
+	c.add(ev, t)
+	d.cands.add(c)
 	k.pending++
 	d.next = min(d.next, t+1) // a late candidate is due at once
 
@@ -341,30 +404,23 @@ func (d *newCountry) forget(k *ncKey, cutoff int64) {
 	}
 }
 
-func (d *newCountry) cand(slot int32, code uint16) *ncCand {
-	r := d.tab.ref(slot)
-	for i := range d.cands {
-		if d.cands[i].ref == r && d.cands[i].code == code {
-			return &d.cands[i]
-		}
-	}
-	return nil
-}
-
-// add folds an event from the candidate's country into it. Samples come from the
-// events at the earliest time only, so they do not depend on arrival order.
-func (c *ncCand) add(ev *ingest.Event, t int64) {
+// add folds an event from the candidate's country into it, reporting whether it moved
+// the candidate's time earlier. Samples come from the events at the earliest time only,
+// so they do not depend on arrival order.
+func (c *ncCand) add(ev *ingest.Event, t int64) (earlier bool) {
 	c.events++
 	c.last = max(c.last, t)
 	if t < c.t {
 		c.t = t
 		c.samples = [3][]string{}
+		earlier = true
 	}
 	if t == c.t {
 		for i, v := range [3]string{ev.Path, ev.ClientIP, ev.RequestID} {
 			c.samples[i] = addSample(c.samples[i], v, 3)
 		}
 	}
+	return earlier
 }
 
 // addSample keeps the max values of smallest hash in set.
@@ -395,8 +451,8 @@ func (d *newCountry) advance(wm int64) {
 	d.tab.expire(wm - d.history)
 	d.inc.endQuiet(wm)
 	d.next = wm + d.history/4
-	for i := range d.cands {
-		d.next = min(d.next, d.cands[i].t+1)
+	if t := d.cands.earliest(); t != math.MaxInt64 {
+		d.next = min(d.next, t+1)
 	}
 	for _, inc := range d.inc.open {
 		d.next = min(d.next, inc.lastFire+d.inc.cooldown+1)
@@ -405,22 +461,14 @@ func (d *newCountry) advance(wm int64) {
 
 // decideDue decides, in order of time and key, the candidates before wm.
 func (d *newCountry) decideDue(wm int64) {
-	var due []ncCand
-	keep := d.cands[:0]
-	for _, c := range d.cands {
-		if c.t < wm {
-			due = append(due, c)
-		} else {
-			keep = append(keep, c)
-		}
-	}
-	clear(d.cands[len(keep):])
-	d.cands = keep
-	slices.SortFunc(due, func(x, y ncCand) int {
+	due := slices.DeleteFunc(d.cands.takeBefore(wm), func(c *ncCand) bool {
+		return !d.tab.valid(c.ref) // the key was evicted
+	})
+	slices.SortFunc(due, func(x, y *ncCand) int {
 		return cmp.Or(cmp.Compare(x.t, y.t), strings.Compare(d.tab.keyOf(x.ref.slot), d.tab.keyOf(y.ref.slot)), cmp.Compare(x.code, y.code))
 	})
-	for i := range due {
-		d.decide(&due[i])
+	for _, c := range due {
+		d.decide(c)
 	}
 }
 
@@ -531,21 +579,6 @@ func escalated(news []CountrySeen) bool {
 		}
 	}
 	return false
-}
-
-func (d *newCountry) release(slot int32, _ bool) {
-	k := &d.tab.ents[slot].s
-	if k.pending > 0 {
-		r := d.tab.ref(slot)
-		keep := d.cands[:0]
-		for _, c := range d.cands {
-			if c.ref != r {
-				keep = append(keep, c)
-			}
-		}
-		clear(d.cands[len(keep):])
-		d.cands = keep
-	}
 }
 
 func (d *newCountry) baseline(slot int32) KeyBaseline {
