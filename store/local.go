@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,7 +51,17 @@ type Local struct {
 	now       func() time.Time
 	retention time.Duration
 	settings  BaselineSettings // local_baselines.go
+
+	// The archive is written in transactions of up to archiveBuffer events, or at the
+	// next Sync, Flush or read: one fsync'd transaction per Kafka batch held the live
+	// pipeline to the disk's fsync rate.
+	archMu  sync.Mutex
+	archBuf []ingest.Event
 }
+
+// archiveBuffer is how many events ArchiveEvents keeps before it writes them: a few
+// megabytes, written in about a tenth of a second.
+const archiveBuffer = 16384
 
 var (
 	bucketEvents = []byte("events")
@@ -112,8 +123,30 @@ func keyPrefix(dst []byte, key string) []byte {
 	return append(dst, key...)
 }
 
-// ArchiveEvents writes evs in one transaction and returns once it is on disk.
+// ArchiveEvents takes evs into the archive; they are on disk once archiveBuffer events
+// are waiting, or after the next Sync or Flush. Readers see them at once.
 func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	l.archMu.Lock()
+	defer l.archMu.Unlock()
+	l.archBuf = append(l.archBuf, evs...)
+	if len(l.archBuf) < archiveBuffer {
+		return nil
+	}
+	return l.writeArchiveLocked()
+}
+
+// writeArchive writes the waiting events.
+func (l *Local) writeArchive() error {
+	l.archMu.Lock()
+	defer l.archMu.Unlock()
+	return l.writeArchiveLocked()
+}
+
+func (l *Local) writeArchiveLocked() error {
+	evs := l.archBuf
 	if len(evs) == 0 {
 		return nil
 	}
@@ -160,19 +193,22 @@ func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
 		return nil
 	})
 	if err != nil {
+		// The events stay waiting: the next write tries them again.
 		return fmt.Errorf("store: archiving %d events: %w", len(evs), err)
 	}
+	clear(l.archBuf) // the events' strings hold their batches' memory
+	l.archBuf = l.archBuf[:0]
 	return nil
 }
 
-// Flush returns at once: ArchiveEvents has written everything before returning.
-func (l *Local) Flush(context.Context) error { return nil }
+// Flush writes the waiting archive events.
+func (l *Local) Flush(context.Context) error { return l.writeArchive() }
 
 // Ping returns nil: the embedded store is a file this process holds open.
 func (l *Local) Ping(context.Context) error { return nil }
 
-// Sync returns at once, for the same reason.
-func (l *Local) Sync(context.Context) error { return nil }
+// Sync writes the waiting archive events: a committed transaction is on disk.
+func (l *Local) Sync(context.Context) error { return l.writeArchive() }
 
 // readChunk bounds the events read in one read transaction. A bbolt read transaction
 // that stays open while the caller works would stall a writer that must grow the file,
@@ -186,6 +222,10 @@ func (l *Local) ReadEvents(ctx context.Context, from, to time.Time, key string) 
 	return func(yield func(ingest.Event, error) bool) {
 		fromMs, toMs := clampMilli(ceilMilli(from)), clampMilli(ceilMilli(to))
 		if fromMs >= toMs {
+			return
+		}
+		if err := l.writeArchive(); err != nil { // readers see every event archived
+			yield(ingest.Event{}, fmt.Errorf("store: reading the archive: %w", err))
 			return
 		}
 		var prefix []byte
@@ -386,8 +426,12 @@ func (l *Local) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
 
 // Close closes the store file.
 func (l *Local) Close(context.Context) error {
-	if err := l.db.Close(); err != nil && !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-		return fmt.Errorf("store: %w", err)
+	werr := l.writeArchive()
+	if errors.Is(werr, bolterrors.ErrDatabaseNotOpen) {
+		werr = nil // closed before
 	}
-	return nil
+	if err := l.db.Close(); err != nil && !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return errors.Join(werr, fmt.Errorf("store: %w", err))
+	}
+	return werr
 }

@@ -77,6 +77,50 @@ func TestLocalKeepsEventsAcrossReopen(t *testing.T) {
 	}
 }
 
+// TestLocalArchiveSync: archived events wait in memory until archiveBuffer of them do or
+// Sync is called (the pipeline syncs before it commits offsets), and a reader sees
+// them either way.
+func TestLocalArchiveSync(t *testing.T) {
+	l := newTestLocal(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	onDisk := func() int {
+		n := 0
+		if err := l.db.View(func(tx *bolt.Tx) error {
+			n = tx.Bucket(bucketEvents).Stats().KeyN
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if err := l.ArchiveEvents(ctx, testEvents(31, 100, start, time.Millisecond, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if n := onDisk(); n != 0 {
+		t.Fatalf("%d events written before Sync, want them waiting", n)
+	}
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := onDisk(); n != 100 {
+		t.Fatalf("%d events on disk after Sync, want 100", n)
+	}
+	big := testEvents(32, archiveBuffer, start.Add(time.Minute), time.Millisecond, 4)
+	if err := l.ArchiveEvents(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	if n := onDisk(); n != 100+archiveBuffer {
+		t.Errorf("%d events on disk after a full buffer, want %d", n, 100+archiveBuffer)
+	}
+	if err := l.ArchiveEvents(ctx, testEvents(33, 5, start.Add(time.Hour), time.Millisecond, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, l, start.Add(time.Hour), start.Add(2*time.Hour), ""); len(got) != 5 {
+		t.Errorf("a reader sees %d of 5 waiting events", len(got))
+	}
+}
+
 func TestLocalRetention(t *testing.T) {
 	now := time.Date(2026, 3, 10, 6, 0, 0, 0, time.UTC)
 	l, err := NewLocal(Config{DataDir: t.TempDir(), Retention: 48 * time.Hour}, LocalOptions{Now: func() time.Time { return now }})
