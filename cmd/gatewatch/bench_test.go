@@ -225,6 +225,7 @@ func BenchmarkAlertLatency(b *testing.B) {
 		b.ReportMetric(lat[len(lat)/2].Seconds()*1000, "p50-ms")
 		b.ReportMetric(lat[len(lat)*99/100].Seconds()*1000, "p99-ms")
 		b.ReportMetric(float64(len(lat)), "alerts")
+		b.StartTimer() // b.Loop wants it running
 	}
 }
 
@@ -255,7 +256,7 @@ func produceLive(b *testing.B, c *kafkatest.Cluster, rate int, d time.Duration) 
 			for k := range 25 {
 				r := synth.Request{Time: now.Add(time.Duration(k) * 20 * time.Millisecond), ClientIP: "203.0.113.9", Country: "US", Method: "GET",
 					Host: "api.example.com", Path: "/v1/admin", Route: "/v1/admin", Status: 403, Action: "BLOCK",
-					UserAgent: "bench", APIKey: fmt.Sprintf("attacker-%d", attacker), RequestID: fmt.Sprintf("a-%d-%d", attacker, k)}
+					UserAgent: "bench", APIKey: fmt.Sprintf("attacker-%d", attacker), RequestID: fmt.Sprintf("req-attack-%06d-%02d", attacker, k)}
 				msgs = append(msgs, benchRecord(b, &r))
 			}
 		}
