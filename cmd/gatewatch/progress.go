@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/gatewatch/gatewatch/replay"
+)
+
+// progressBar shows how far a replay is on a terminal: its position in event time
+// between the start and the end of the range, events/s, and the time left. Without a
+// range it shows the events read and the event time reached.
+type progressBar struct {
+	bar        *progressbar.ProgressBar
+	start, end time.Time
+	began      time.Time
+}
+
+// newProgressBar returns a bar drawn on w, or nil when w is not a terminal: a replay
+// whose stderr goes to a file or a pipe writes no bar into it.
+func newProgressBar(w io.Writer, start, end time.Time) *progressBar {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return startProgressBar(w, start, end)
+}
+
+// startProgressBar draws the bar on w whatever w is.
+func startProgressBar(w io.Writer, start, end time.Time) *progressBar {
+	max := int64(-1) // a spinner: the input's end is unknown
+	if !start.IsZero() && !end.IsZero() {
+		max = int64(end.Sub(start) / time.Second)
+	}
+	bar := progressbar.NewOptions64(max,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionSetPredictTime(max > 0),
+		progressbar.OptionShowElapsedTimeOnFinish(),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetDescription("replay"),
+	)
+	return &progressBar{bar: bar, start: start, end: end, began: time.Now()}
+}
+
+// update moves the bar to p's event time.
+func (b *progressBar) update(p replay.Progress) {
+	rate := float64(p.Events) / max(time.Since(b.began).Seconds(), 1e-3)
+	desc := fmt.Sprintf("replay %s · %d events · %.0f events/s", p.EventTime.UTC().Format("2006-01-02 15:04:05Z"), p.Events, rate)
+	b.bar.Describe(desc)
+	if b.bar.GetMax64() > 0 && !p.EventTime.IsZero() {
+		_ = b.bar.Set64(min(max(int64(p.EventTime.Sub(b.start)/time.Second), 0), b.bar.GetMax64()))
+	} else {
+		_ = b.bar.Add64(0)
+	}
+}
+
+// finish takes the bar off the terminal; nil does nothing.
+func (b *progressBar) finish() {
+	if b == nil {
+		return
+	}
+	_ = b.bar.Finish()
+	_ = b.bar.Clear()
+}

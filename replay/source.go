@@ -1,0 +1,144 @@
+package replay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"slices"
+	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+)
+
+// Archive is a source that reads events back from the store's archive, in time order:
+// one stream, as they were archived (after the live pipeline parsed them).
+type Archive struct {
+	next  func() (ingest.Event, error, bool)
+	stop  func()
+	batch int
+	n     int
+}
+
+// NewArchive reads the events of seq (what store.Store.ReadEvents yields) in batches.
+func NewArchive(seq iter.Seq2[ingest.Event, error]) *Archive {
+	next, stop := iter.Pull2(seq)
+	return &Archive{next: next, stop: stop, batch: defaultRangeBatch}
+}
+
+// Next returns the next batch of archived events, io.EOF after the last.
+func (a *Archive) Next(ctx context.Context) (*ingest.Batch, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	evs := make([]ingest.Event, 0, a.batch)
+	for len(evs) < a.batch {
+		ev, err, ok := a.next()
+		if !ok {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("replay: %w", err)
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) == 0 {
+		return nil, io.EOF
+	}
+	a.n += len(evs)
+	return ingest.NewBatch(evs, nil), nil
+}
+
+// Events returns how many events were read.
+func (a *Archive) Events() int { return a.n }
+
+// Close stops reading the archive.
+func (a *Archive) Close() error {
+	a.stop()
+	return nil
+}
+
+// A Filter keeps the events of some keys, routes or client IPs (--key, --route,
+// --client-ip): an event passes when it matches one value of every list that is set.
+type Filter struct {
+	Keys      []string // client_key or token_fp
+	Routes    []string // "METHOD /route/{id}" or "/route/{id}"
+	ClientIPs []string
+}
+
+// IsZero reports whether f keeps every event.
+func (f Filter) IsZero() bool { return len(f.Keys) == 0 && len(f.Routes) == 0 && len(f.ClientIPs) == 0 }
+
+// Match reports whether ev passes f.
+func (f Filter) Match(ev *ingest.Event) bool {
+	if len(f.Keys) > 0 && !slices.Contains(f.Keys, ev.ClientKey) && (ev.TokenFP == "" || !slices.Contains(f.Keys, ev.TokenFP)) {
+		return false
+	}
+	if len(f.ClientIPs) > 0 && !slices.Contains(f.ClientIPs, ev.ClientIP) {
+		return false
+	}
+	if len(f.Routes) > 0 && !slices.ContainsFunc(f.Routes, func(r string) bool { return routeMatches(r, ev) }) {
+		return false
+	}
+	return true
+}
+
+// routeMatches reports whether r names ev's route, with or without its method.
+func routeMatches(r string, ev *ingest.Event) bool {
+	if r == ev.Route {
+		return true
+	}
+	return len(r) == len(ev.Method)+1+len(ev.Route) && r[:len(ev.Method)] == ev.Method && r[len(ev.Method)] == ' ' && r[len(ev.Method)+1:] == ev.Route
+}
+
+// Filtered returns src with only the events f keeps.
+func Filtered(src detectors.EventSource, f Filter) detectors.EventSource {
+	if f.IsZero() {
+		return src
+	}
+	return &filtered{src: src, f: f}
+}
+
+type filtered struct {
+	src detectors.EventSource
+	f   Filter
+}
+
+func (s *filtered) Next(ctx context.Context) (*ingest.Batch, error) {
+	b, err := s.src.Next(ctx)
+	if b != nil {
+		b.Filter(s.f.Match)
+	}
+	return b, err
+}
+
+// WriteEvents writes the events of src in [from, to) (zero: unbounded) to w as JSON
+// lines, the normalised events `parse` prints, and returns how many it wrote.
+func WriteEvents(ctx context.Context, src detectors.EventSource, from, to time.Time, w io.Writer) (int, error) {
+	n := 0
+	var line []byte
+	for {
+		b, err := src.Next(ctx)
+		if b != nil {
+			for i := range b.Events {
+				ev := &b.Events[i]
+				if (!from.IsZero() && ev.Time.Before(from)) || (!to.IsZero() && !ev.Time.Before(to)) {
+					continue
+				}
+				line = append(ev.AppendJSON(line[:0]), '\n')
+				if _, werr := w.Write(line); werr != nil {
+					return n, fmt.Errorf("replay: write event: %w", werr)
+				}
+				n++
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			return n, nil
+		case err != nil:
+			return n, fmt.Errorf("replay: reading the input: %w", err)
+		}
+	}
+}
