@@ -57,8 +57,29 @@ const replayUsage = "replay --config FILE (--input PATH|- | --kafka BROKERS --to
 	"         [--key K] [--route R] [--client-ip IP] [--events] [--send] [--max-reject-ratio R] [--max-late-ratio R]"
 
 func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
+	f, paths, err := parseReplayFlags(env, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfigFile(f.config)
+	if err != nil {
+		return err
+	}
+	if err := applySets(&cfg.Detectors, f.sets); err != nil {
+		return err
+	}
+	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths}
+	if err := r.times(); err != nil {
+		return err
+	}
+	return r.run(ctx)
+}
+
+// parseReplayFlags parses replay's command line and checks how its flags combine; it
+// returns the flags and the input paths.
+func parseReplayFlags(env *cmdEnv, args []string) (*replayFlags, []string, error) {
 	fs := newFlagSet(env, "replay", replayUsage)
-	var f replayFlags
+	f := &replayFlags{}
 	fs.StringVar(&f.config, "config", "", "config file (required): detectors, token secret, store, Kafka topics and formats")
 	f.in.define(fs)
 	fs.StringVar(&f.kafka, "kafka", "", "read a time range of Kafka topics from these brokers (comma-separated); needs --from and --to")
@@ -84,26 +105,15 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.Var(&f.maxLate, "max-late-ratio", "exit 1 when more than this share of events came later than detectors.allowed_lateness (files out of order)")
 	rest, err := parseFlagsArgs(fs, args)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	paths := append(slices.Clone([]string(f.in.inputs)), rest...)
 	if msg := f.usageError(paths); msg != "" {
 		fmt.Fprintln(env.stderr, "replay: "+msg)
 		fs.Usage()
-		return errUsage
+		return nil, nil, errUsage
 	}
-	cfg, err := loadConfigFile(f.config)
-	if err != nil {
-		return err
-	}
-	if err := applySets(&cfg.Detectors, f.sets); err != nil {
-		return err
-	}
-	r := &replayRun{env: env, f: &f, cfg: cfg, paths: paths}
-	if err := r.times(); err != nil {
-		return err
-	}
-	return r.run(ctx)
+	return f, paths, nil
 }
 
 // usageError says what is wrong with the combination of flags, "" when nothing is.
@@ -378,13 +388,17 @@ func (r *replayRun) openStore(ctx context.Context) error {
 		return nil // no store: nothing learned to start from
 	}
 	st, err := store.Open(sc, store.Options{Registerer: prometheus.NewRegistry(), Baselines: store.BaselineSettingsFrom(r.cfg.Detectors)})
-	if err != nil {
-		if spill != "" {
-			os.RemoveAll(spill)
-		}
-		if sc.ClickHouse == nil {
-			return fmt.Errorf("%w: is gatewatch run using %s? The embedded store opens in one process at a time: stop it, or replay with --empty-baselines or --warmup from files or Kafka", err, store.LocalPath(sc))
-		}
+	switch {
+	case err != nil && sc.ClickHouse == nil && !f.archive:
+		// Most likely gatewatch run holds it. Detection can go on from empty
+		// baselines, or a warm-up, but not silently.
+		fmt.Fprintf(r.env.stderr, "replay: warning: cannot read the baselines of the embedded store (%v): is gatewatch run using it? "+
+			"It opens in one process at a time. Baselines start empty: new_country and the detectors that learn may stay quiet (--warmup 24h learns from the day before)\n", err)
+		return nil
+	case err != nil && sc.ClickHouse == nil:
+		return fmt.Errorf("--archive: %w: is gatewatch run using %s? The embedded store opens in one process at a time: stop it, or replay from files or Kafka", err, store.LocalPath(sc))
+	case err != nil:
+		os.RemoveAll(spill)
 		return err
 	}
 	r.st = st
@@ -413,7 +427,7 @@ func (r *replayRun) loadBaselines(ctx context.Context) error {
 		fmt.Fprintln(w, "replay: baselines start empty (no --from to take them as of)")
 		return nil
 	case r.st == nil:
-		fmt.Fprintf(w, "replay: baselines start empty: no store at %s%s\n", store.LocalPath(r.cfg.Store), warmupNote(r.f.warmup))
+		fmt.Fprintf(w, "replay: baselines start empty: no store to read them from%s\n", warmupNote(r.f.warmup))
 		return nil
 	}
 	b, err := r.st.BaselinesAsOf(ctx, at)
