@@ -68,7 +68,7 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := applySets(&cfg.Detectors, f.sets); err != nil {
 		return err
 	}
-	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths}
+	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths, args: args}
 	if err := r.times(); err != nil {
 		return err
 	}
@@ -174,6 +174,7 @@ type replayRun struct {
 	f        *replayFlags
 	cfg      *config
 	paths    []string
+	args     []string // the command line after "replay", for the report
 	from, to time.Time
 	popts    ingest.ParserOptions
 
@@ -309,7 +310,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		replay.WriteSweep(env.stderr, sweep, rows, labels)
 	}
 	if f.report != "" && ctx.Err() == nil {
-		rep := &replay.Report{Title: "gatewatch replay of " + r.sourceName(), Command: "gatewatch replay " + strings.Join(os.Args[2:], " "),
+		rep := &replay.Report{Title: "gatewatch replay of " + r.sourceName(), Command: "gatewatch replay " + strings.Join(r.args, " "),
 			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: labels, SweepRows: rows, Compare: diff}
 		if f.sweep != "" {
 			rep.Sweep = &sweep
@@ -605,7 +606,10 @@ func (r *replayRun) sendAlerts(ctx context.Context, alerts []detectors.Alert) er
 		err = d.StopRouter(stopTimeout)
 	}
 	if err == nil {
-		err = report(ctx, r.env, d.Router(), alerts, s, r.f.config, outboxDir(r.cfg))
+		// Where each alert went is for the person: stdout holds only the alerts.
+		env := *r.env
+		env.stdout = r.env.stderr
+		err = report(ctx, &env, d.Router(), alerts, s, r.f.config, outboxDir(r.cfg))
 	}
 	return errors.Join(err, d.Close(stopTimeout))
 }
