@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/gatewatch/gatewatch/detectors"
@@ -14,49 +15,90 @@ import (
 )
 
 // Archive is a source that reads events back from the store's archive, in time order:
-// one stream, as they were archived (after the live pipeline parsed them).
+// one stream, as they were archived (after the live pipeline parsed them). A goroutine
+// of its own reads the archive a few batches ahead, so decoding what the store sends
+// runs beside the engines rather than between their batches.
 type Archive struct {
-	next  func() (ingest.Event, error, bool)
-	stop  func()
-	batch int
-	n     int
+	seq     iter.Seq2[ingest.Event, error]
+	batch   int
+	started bool
+	out     chan archiveBatch // closed after the last batch
+	done    chan struct{}     // closed by Close: the reader stops
+	wg      sync.WaitGroup
+}
+
+type archiveBatch struct {
+	events []ingest.Event
+	err    error
 }
 
 // NewArchive reads the events of seq (what store.Store.ReadEvents yields) in batches.
+// It starts reading with the first Next.
 func NewArchive(seq iter.Seq2[ingest.Event, error]) *Archive {
-	next, stop := iter.Pull2(seq)
-	return &Archive{next: next, stop: stop, batch: defaultRangeBatch}
+	return &Archive{seq: seq, batch: defaultRangeBatch}
+}
+
+func (a *Archive) start() {
+	a.started = true
+	a.out, a.done = make(chan archiveBatch, 2), make(chan struct{})
+	a.wg.Go(func() {
+		defer close(a.out)
+		send := func(b archiveBatch) bool {
+			select {
+			case a.out <- b:
+				return true
+			case <-a.done:
+				return false
+			}
+		}
+		evs := make([]ingest.Event, 0, a.batch)
+		for ev, err := range a.seq {
+			if err != nil {
+				if len(evs) == 0 || send(archiveBatch{events: evs}) {
+					send(archiveBatch{err: fmt.Errorf("replay: %w", err)})
+				}
+				return
+			}
+			evs = append(evs, ev)
+			if len(evs) == a.batch {
+				if !send(archiveBatch{events: evs}) {
+					return
+				}
+				evs = make([]ingest.Event, 0, a.batch)
+			}
+		}
+		if len(evs) > 0 {
+			send(archiveBatch{events: evs})
+		}
+	})
 }
 
 // Next returns the next batch of archived events, io.EOF after the last.
 func (a *Archive) Next(ctx context.Context) (*ingest.Batch, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	if !a.started {
+		a.start()
 	}
-	evs := make([]ingest.Event, 0, a.batch)
-	for len(evs) < a.batch {
-		ev, err, ok := a.next()
-		if !ok {
-			break
+	select {
+	case b, ok := <-a.out:
+		switch {
+		case !ok:
+			return nil, io.EOF
+		case b.err != nil:
+			return nil, b.err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("replay: %w", err)
-		}
-		evs = append(evs, ev)
+		return ingest.NewBatch(b.events, nil), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if len(evs) == 0 {
-		return nil, io.EOF
-	}
-	a.n += len(evs)
-	return ingest.NewBatch(evs, nil), nil
 }
 
-// Events returns how many events were read.
-func (a *Archive) Events() int { return a.n }
-
-// Close stops reading the archive.
+// Close stops reading the archive and waits for the reader.
 func (a *Archive) Close() error {
-	a.stop()
+	if a.started && a.done != nil {
+		close(a.done)
+		a.wg.Wait()
+		a.done = nil
+	}
 	return nil
 }
 

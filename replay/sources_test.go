@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"iter"
 	"slices"
 	"strings"
 	"testing"
@@ -191,5 +193,53 @@ func TestArchiveReplaysWhatFilesDo(t *testing.T) {
 		if ev.Time.Before(first.FirstSeen) || ev.Time.After(first.LastSeen) {
 			t.Errorf("event at %s outside the window", ev.Time)
 		}
+	}
+}
+
+// TestArchiveStopsAndFails: an archive that fails mid-way says so after the events
+// before the failure; one closed before its end stops reading the store.
+func TestArchiveStopsAndFails(t *testing.T) {
+	broken := errors.New("connection reset")
+	stopped := make(chan int, 1)
+	events := func(n int, fail error) iter.Seq2[ingest.Event, error] {
+		return func(yield func(ingest.Event, error) bool) {
+			for i := range n {
+				if !yield(ingest.Event{Time: synth.DefaultStart.Add(time.Duration(i) * time.Millisecond)}, nil) {
+					stopped <- i
+					return
+				}
+			}
+			if fail != nil {
+				yield(ingest.Event{}, fail)
+			}
+		}
+	}
+	ctx := context.Background()
+	a := replay.NewArchive(events(10_000, broken))
+	got := 0
+	var err error
+	for err == nil {
+		var b *ingest.Batch
+		if b, err = a.Next(ctx); b != nil {
+			got += len(b.Events)
+		}
+	}
+	a.Close()
+	if got != 10_000 || !errors.Is(err, broken) {
+		t.Errorf("read %d events, then %v; want 10000, then %v", got, err, broken)
+	}
+
+	a = replay.NewArchive(events(1_000_000, nil))
+	if _, err := a.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	select {
+	case i := <-stopped:
+		if i >= 1_000_000 {
+			t.Errorf("stopped at %d", i)
+		}
+	default:
+		t.Error("Close returned while the archive was still being read")
 	}
 }

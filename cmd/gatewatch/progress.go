@@ -16,10 +16,15 @@ import (
 // between the start and the end of the range, events/s, and the time left. Without a
 // range it shows the events read and the event time reached.
 type progressBar struct {
-	bar        *progressbar.ProgressBar
-	start, end time.Time
-	began      time.Time
+	bar   *progressbar.ProgressBar
+	start time.Time // the range's start: the bar's zero
+	began time.Time
+	drawn time.Time        // when update last drew the bar
+	now   func() time.Time // time.Now; for the rate, never for the replay
 }
+
+// redraw is how often at most the bar is drawn: update comes with every batch.
+const redraw = 200 * time.Millisecond
 
 // newProgressBar returns a bar drawn on w, or nil when w is not a terminal: a replay
 // whose stderr goes to a file or a pipe writes no bar into it.
@@ -40,25 +45,30 @@ func startProgressBar(w io.Writer, start, end time.Time) *progressBar {
 	bar := progressbar.NewOptions64(max,
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(200*time.Millisecond),
 		progressbar.OptionSetPredictTime(max > 0),
 		progressbar.OptionShowElapsedTimeOnFinish(),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetDescription("replay"),
 	)
-	return &progressBar{bar: bar, start: start, end: end, began: time.Now()}
+	return &progressBar{bar: bar, start: start, began: time.Now(), now: time.Now}
 }
 
-// update moves the bar to p's event time.
+// update moves the bar to p's event time. The rate shows from the first second on:
+// before it, a few batches say little about the speed.
 func (b *progressBar) update(p replay.Progress) {
-	rate := float64(p.Events) / max(time.Since(b.began).Seconds(), 1e-3)
-	desc := fmt.Sprintf("replay %s · %d events · %.0f events/s", p.EventTime.UTC().Format("2006-01-02 15:04:05Z"), p.Events, rate)
-	b.bar.Describe(desc)
+	now := b.now()
+	if !b.drawn.IsZero() && now.Sub(b.drawn) < redraw {
+		return
+	}
+	b.drawn = now
 	if b.bar.GetMax64() > 0 && !p.EventTime.IsZero() {
 		_ = b.bar.Set64(min(max(int64(p.EventTime.Sub(b.start)/time.Second), 0), b.bar.GetMax64()))
-	} else {
-		_ = b.bar.Add64(0)
 	}
+	desc := fmt.Sprintf("replay %s · %d events", p.EventTime.UTC().Format("2006-01-02 15:04:05Z"), p.Events)
+	if d := now.Sub(b.began); d >= time.Second {
+		desc += fmt.Sprintf(" · %.0f events/s", float64(p.Events)/d.Seconds())
+	}
+	b.bar.Describe(desc) // draws the bar
 }
 
 // finish takes the bar off the terminal; nil does nothing.
