@@ -7,6 +7,9 @@
 // The SVG it writes is self-contained: no script, no style sheet, no font file (text
 // names a font family the browser has, or falls back on), so it renders on an
 // air-gapped analyst machine, inline in an HTML page or on its own.
+//
+// Its API (Timeline, Bars, Series, ErrNoData, DefaultWidth, DefaultHeight) is shared by
+// replay and the console: change it only in ways that keep both building.
 package chart
 
 import (
