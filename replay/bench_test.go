@@ -19,7 +19,7 @@ import (
 )
 
 // benchTraffic is the benchmarks' input: half an hour of traffic with every attack,
-// 90,000 events, ~1.3 KB AWS WAF records.
+// 90,000 events, ~1.4 KB AWS WAF records.
 var benchTraffic = synth.Config{Duration: 30 * time.Minute, Rate: 50, Seed: 1, Attacks: synth.Attacks}
 
 // BenchmarkReplayAWSWAF is replay from a file against the ceiling the issue sets for
