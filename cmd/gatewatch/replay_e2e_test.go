@@ -43,7 +43,7 @@ func TestReplayReproducesLiveAlerts(t *testing.T) {
 	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
 	}
-	live := liveAlertIDs(t, e.config)
+	live, named := liveAlerts(t, e.config)
 	if len(live) != len(injected) {
 		t.Fatalf("live raised %d incidents, want one per attack (%d)", len(live), len(injected))
 	}
@@ -73,7 +73,15 @@ func TestReplayReproducesLiveAlerts(t *testing.T) {
 		}
 		out, errOut, code := runCmd(t, "", args[1:]...)
 		if code != 0 || !slices.Contains(alertIDs(t, out), id) {
-			t.Errorf("%s: exit %d, alert %s not raised again (got %v)\n%s", cmd, code, id, alertIDs(t, out), lastLines(errOut, 20))
+			var got []string
+			for _, a := range alertsOf(t, out) {
+				mark := ""
+				if !slices.Contains(live, a.ID) {
+					mark = ", not raised live"
+				}
+				got = append(got, fmt.Sprintf("%s (%s %s%s)", a.ID, a.Detector, a.Key, mark))
+			}
+			t.Errorf("%s: exit %d, alert %s (%s) not raised again; raised %v\n%s", cmd, code, id, named[id], got, lastLines(errOut, 20))
 		}
 		if !strings.Contains(errOut, "baselines as the store had them at") {
 			t.Errorf("%s: the baselines did not come from the store:\n%s", cmd, lastLines(errOut, 20))
@@ -85,8 +93,9 @@ func TestReplayReproducesLiveAlerts(t *testing.T) {
 	}
 }
 
-// liveAlertIDs returns the ids of the alert history of the store config names, sorted.
-func liveAlertIDs(t *testing.T, config string) []string {
+// liveAlerts returns the ids of the alert history of the store config names, sorted,
+// and each one's detector and key.
+func liveAlerts(t *testing.T, config string) ([]string, map[string]string) {
 	t.Helper()
 	cfg, err := loadConfigFile(config)
 	if err != nil {
@@ -102,11 +111,13 @@ func liveAlertIDs(t *testing.T, config string) []string {
 		t.Fatal(err)
 	}
 	var ids []string
+	named := map[string]string{}
 	for _, r := range recs {
 		ids = append(ids, r.Alert.ID)
+		named[r.Alert.ID] = r.Alert.Detector + " " + r.Alert.Key
 	}
 	slices.Sort(ids)
-	return slices.Compact(ids)
+	return slices.Compact(ids), named
 }
 
 var replayInBlocks = regexp.MustCompile("```(gatewatch replay [^`]+)```")
