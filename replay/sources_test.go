@@ -243,3 +243,29 @@ func TestArchiveStopsAndFails(t *testing.T) {
 		t.Error("Close returned while the archive was still being read")
 	}
 }
+
+func TestFilter(t *testing.T) {
+	ev := ingest.Event{ClientKey: "k1", TokenFP: "t1", ClientIP: "203.0.113.7", Method: "GET", Route: "/v1/orders/{id}"}
+	for _, tc := range []struct {
+		name string
+		f    replay.Filter
+		want bool
+	}{
+		{"nothing set", replay.Filter{}, true},
+		{"client key", replay.Filter{Keys: []string{"k0", "k1"}}, true},
+		{"token fingerprint", replay.Filter{Keys: []string{"t1"}}, true},
+		{"another key", replay.Filter{Keys: []string{"k2"}}, false},
+		{"route with its method", replay.Filter{Routes: []string{"GET /v1/orders/{id}"}}, true},
+		{"route alone", replay.Filter{Routes: []string{"/v1/orders/{id}"}}, true},
+		{"route, another method", replay.Filter{Routes: []string{"POST /v1/orders/{id}"}}, false},
+		{"a prefix of the route", replay.Filter{Routes: []string{"GET /v1/orders"}}, false},
+		{"client IP", replay.Filter{ClientIPs: []string{"203.0.113.7"}}, true},
+		{"another IP", replay.Filter{ClientIPs: []string{"203.0.113.8"}}, false},
+		{"every list matches", replay.Filter{Keys: []string{"k1"}, Routes: []string{"/v1/orders/{id}"}, ClientIPs: []string{"203.0.113.7"}}, true},
+		{"one list does not", replay.Filter{Keys: []string{"k1"}, ClientIPs: []string{"198.51.100.1"}}, false},
+	} {
+		if got := tc.f.Match(&ev); got != tc.want {
+			t.Errorf("%s: Match(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
+		}
+	}
+}
