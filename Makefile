@@ -3,7 +3,7 @@
 
 GO        ?= go
 PKGS      ?= ./...
-APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog
+APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog chromium
 FUZZTIME  ?= 10s
 
 .PHONY: all build test deps vet lint fuzz bench golden tidy-check conformance demo
@@ -14,13 +14,15 @@ build:
 	$(GO) build -o gatewatch ./cmd/gatewatch
 
 # deps installs the Debian packages the integration tests drive (kcat as an independent
-# Kafka client, clickhouse-server, rsyslog), once, when any is missing.
+# Kafka client, clickhouse-server, rsyslog, chromium to render replay's report), once,
+# when any is missing.
 deps:
 	@missing=""; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
 	command -v clickhouse-server >/dev/null 2>&1 || missing="$$missing clickhouse-server"; \
 	command -v clickhouse-client >/dev/null 2>&1 || missing="$$missing clickhouse-client"; \
 	command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || missing="$$missing rsyslog"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing:$$missing"; \

@@ -32,7 +32,10 @@ type Config struct {
 	// detector cooldown; alerts of a replay of old history get no reminders.
 	ResolveTimeout time.Duration `yaml:"resolve_timeout"`
 	// ReplayCommand is shown in Slack messages for the 30 minutes around an alert;
-	// {from} and {to} are replaced with RFC 3339 times.
+	// {from} and {to} are replaced with RFC 3339 times, and gatewatch's command
+	// line fills in {config} (the config file's path), {brokers} and {topics}
+	// (ingest.kafka's), so the command runs as printed and raises the alert again,
+	// with its id. Empty: no replay command in the message.
 	ReplayCommand string `yaml:"replay_command"`
 }
 
@@ -197,7 +200,7 @@ func DefaultConfig() Config {
 		RunbookBaseURL: "https://github.com/gatewatch/gatewatch/blob/main/deploy/runbooks",
 		Outbox:         Outbox{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, GiveUpAfter: 24 * time.Hour, Retention: 720 * time.Hour},
 		ResolveTimeout: time.Hour,
-		ReplayCommand:  "gatewatch replay --config gatewatch.yaml --kafka $BROKERS --topic $TOPIC --from {from} --to {to}",
+		ReplayCommand:  "gatewatch replay --config {config} --kafka {brokers} --topic {topics} --from {from} --to {to}",
 	}
 }
 

@@ -1,14 +1,16 @@
 package replay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,71 +22,206 @@ import (
 
 // Options says what to replay and where the alerts go.
 type Options struct {
-	Source      detectors.EventSource // required: where the events come from, in order
-	Detectors   detectors.Config
-	Baselines   detectors.BaselineStore // nil: start from empty in-memory baselines
-	RunbookBase string                  // alerting.runbook_base_url
-	From, To    time.Time               // zero: unbounded; events outside [From, To) are skipped
-	Out         io.Writer               // required: alerts as JSON lines
+	Source    detectors.EventSource // required: where the events come from, in order
+	Detectors detectors.Config
+	// Variants are more detector configs run over the same events in the same pass,
+	// each by an engine of its own (--compare, --sweep): the input is read once.
+	Variants []Variant
+	// Baselines is the snapshot every engine starts from: what the store says the
+	// baselines were at From (or at From minus Warmup). Zero: empty baselines.
+	Baselines   detectors.Baselines
+	RunbookBase string    // alerting.runbook_base_url
+	From, To    time.Time // zero: unbounded; events outside [From-Warmup, To) are skipped
+	// Warmup is read before From to teach the detectors what normal looks like: its
+	// events go through the engines, but the incidents that ended before From are not
+	// printed (they are counted in Summary.WarmupIncidents).
+	Warmup time.Duration
+	Out    io.Writer // required: the alerts of Detectors, as JSON lines
 	// Updates prints every version of an incident as the engine emits it (what a
 	// receiver gets live). Otherwise each incident is printed once, in its final state,
 	// after the input ends, sorted by first_seen, detector and key.
 	Updates bool
+	// Progress, when set, is called after every batch with where the replay is.
+	Progress func(Progress)
+}
+
+// A Variant is one more detector config a replay runs alongside Options.Detectors.
+type Variant struct {
+	Name      string
+	Detectors detectors.Config
+}
+
+// Progress is where a replay is, for a progress bar.
+type Progress struct {
+	Events    int       // events observed so far
+	EventTime time.Time // the newest event time observed
 }
 
 // Summary is what a replay saw, for the human report on stderr.
 type Summary struct {
-	Events     int            // events observed (inside From/To)
-	Skipped    int            // events outside From/To
-	Late       int            // events behind the watermark
-	Incidents  map[string]int // per detector
-	Updates    map[string]int // alert versions beyond the first, per detector
-	First      time.Time
-	Last       time.Time
-	WallTime   time.Duration
-	EventsRate float64 // events per second of wall time
+	Events          int // events observed inside [From, To), warm-up excluded
+	WarmupEvents    int // events observed in the warm-up before From
+	Skipped         int // events outside the range
+	Late            int // events behind the watermark
+	WarmupIncidents int // incidents that ended before From: not printed
+	Incidents       map[string]int
+	Updates         map[string]int // alert versions beyond the first, per detector
+	First           time.Time
+	Last            time.Time
+	WallTime        time.Duration
+	EventsRate      float64 // events (warm-up included) per second of wall time
+	// Results holds what each engine raised: Detectors' first, then each Variant's.
+	Results []Result
 }
 
-// Run replays opts.Source through a fresh engine and writes the alerts to opts.Out.
+// Result is what one engine raised over the replayed range.
+type Result struct {
+	Name      string // "" for Options.Detectors, else the Variant's
+	Detectors detectors.Config
+	// Alerts are the incidents in their final state, sorted as printed; incidents
+	// that ended before From (in the warm-up) are left out.
+	Alerts    []detectors.Alert
+	Incidents map[string]int // per detector
+}
+
+// Run replays opts.Source through fresh engines, one per config, and writes the alerts
+// of opts.Detectors to opts.Out. The source is read once: every engine observes every
+// batch.
 func Run(ctx context.Context, opts Options) (*Summary, error) {
 	if opts.Source == nil || opts.Out == nil {
 		return nil, errors.New("replay: Source and Out are required")
 	}
-	reg := prometheus.NewRegistry()
-	if opts.Baselines == nil {
-		// The engine's own in-memory baselines hold only what it wrote itself, so a
-		// refresh could change nothing; skip the reloads.
-		opts.Detectors.BaselineRefresh = 0
-	}
-	eng, err := detectors.NewEngine(opts.Detectors, detectors.Options{
-		Baselines: opts.Baselines, Registerer: reg, RunbookBaseURL: opts.RunbookBase,
-	})
-	if err != nil {
-		return nil, err
-	}
 	sum := &Summary{Incidents: map[string]int{}, Updates: map[string]int{}}
-	src := &window{src: opts.Source, from: opts.From, to: opts.To, sum: sum}
-	sink := &printer{out: opts.Out, updates: opts.Updates, sum: sum, final: map[string]detectors.Alert{}}
+	configs := append([]Variant{{Detectors: opts.Detectors}}, opts.Variants...)
+	lanes := make([]*lane, len(configs))
+	for i, v := range configs {
+		l, err := newLane(ctx, v, opts, sum, i == 0)
+		if err != nil {
+			return nil, err
+		}
+		lanes[i] = l
+	}
 	start := time.Now()
-	if err := eng.Run(ctx, src, sink); err != nil {
+	src := &window{src: opts.Source, from: opts.From.Add(-opts.Warmup), warm: opts.From, to: opts.To, sum: sum}
+	if err := drive(ctx, src, lanes, opts.Progress, sum); err != nil {
 		return sum, err
 	}
-	if err := sink.flush(); err != nil {
-		return sum, err
+	for _, l := range lanes {
+		if err := l.out.flush(); err != nil {
+			return sum, err
+		}
+		sum.Results = append(sum.Results, l.result())
 	}
 	sum.WallTime = time.Since(start)
 	if s := sum.WallTime.Seconds(); s > 0 {
-		sum.EventsRate = float64(sum.Events) / s
+		sum.EventsRate = float64(sum.Events+sum.WarmupEvents) / s
 	}
-	sum.Late = int(counterSum(reg, "gatewatch_detectors_late_events_total"))
+	sum.Late = int(counterSum(lanes[0].reg, "gatewatch_detectors_late_events_total"))
 	return sum, nil
 }
 
-// window drops the events outside [from, to) and keeps the summary's counts.
+// drive reads src to its end and has every lane observe every batch. A single lane
+// observes on this goroutine; several run on goroutines of their own, a few batches
+// behind the reader at most.
+func drive(ctx context.Context, src *window, lanes []*lane, progress func(Progress), sum *Summary) error {
+	var wg sync.WaitGroup
+	if len(lanes) > 1 {
+		for _, l := range lanes {
+			l.in = make(chan *ingest.Batch, 4)
+			wg.Go(func() {
+				for b := range l.in {
+					l.observe(b)
+				}
+			})
+		}
+	}
+	var err error
+	for {
+		var b *ingest.Batch
+		b, err = src.Next(ctx)
+		if b != nil {
+			for _, l := range lanes {
+				if l.in != nil {
+					l.in <- b
+				} else {
+					l.observe(b)
+				}
+			}
+			if progress != nil {
+				progress(Progress{Events: sum.Events + sum.WarmupEvents, EventTime: sum.Last})
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	for _, l := range lanes {
+		if l.in != nil {
+			close(l.in)
+		}
+	}
+	wg.Wait()
+	if !errors.Is(err, io.EOF) {
+		return fmt.Errorf("replay: reading the input: %w", err)
+	}
+	for _, l := range lanes {
+		l.out.put(l.eng.Flush())
+		if l.out.err != nil {
+			return l.out.err
+		}
+	}
+	return nil
+}
+
+// A lane is one engine of a replay and what it raised.
+type lane struct {
+	name string
+	cfg  detectors.Config
+	eng  *detectors.Engine
+	reg  *prometheus.Registry
+	out  *collector
+	in   chan *ingest.Batch // nil when the lane observes on the reading goroutine
+}
+
+func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed bool) (*lane, error) {
+	reg := prometheus.NewRegistry()
+	cfg := v.Detectors
+	// The engine learns in memory from the snapshot it starts with: a refresh would
+	// merge that snapshot and its own writes back in, which changes nothing.
+	cfg.BaselineRefresh = 0
+	eng, err := detectors.NewEngine(cfg, detectors.Options{
+		Baselines: detectors.NewMemoryBaselines(opts.Baselines), Registerer: reg, RunbookBaseURL: opts.RunbookBase,
+	})
+	if err != nil {
+		if v.Name != "" {
+			return nil, fmt.Errorf("replay: %s: %w", v.Name, err)
+		}
+		return nil, err
+	}
+	if err := eng.LoadBaselines(ctx); err != nil {
+		return nil, err
+	}
+	c := &collector{from: opts.From, final: map[string]detectors.Alert{}, incidents: map[string]int{}}
+	if printed {
+		c.out, c.updates, c.sum = opts.Out, opts.Updates, sum
+	}
+	return &lane{name: v.Name, cfg: v.Detectors, eng: eng, reg: reg, out: c}, nil
+}
+
+func (l *lane) observe(b *ingest.Batch) {
+	l.out.put(l.eng.ObserveBatch(b))
+}
+
+func (l *lane) result() Result {
+	return Result{Name: l.name, Detectors: l.cfg, Alerts: l.out.alerts, Incidents: l.out.incidents}
+}
+
+// window drops the events outside [from, to) and keeps the summary's counts; events
+// before warm are the warm-up.
 type window struct {
-	src      detectors.EventSource
-	from, to time.Time
-	sum      *Summary
+	src            detectors.EventSource
+	from, warm, to time.Time
+	sum            *Summary
 }
 
 func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
@@ -99,6 +236,11 @@ func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
 	}
 	for i := range b.Events {
 		t := b.Events[i].Time
+		if !w.warm.IsZero() && t.Before(w.warm) {
+			w.sum.WarmupEvents++
+			continue
+		}
+		w.sum.Events++
 		if w.sum.First.IsZero() || t.Before(w.sum.First) {
 			w.sum.First = t
 		}
@@ -106,61 +248,77 @@ func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
 			w.sum.Last = t
 		}
 	}
-	w.sum.Events += len(b.Events)
 	return b, err
 }
 
-// printer is the replay's AlertSink.
-type printer struct {
-	out     io.Writer
-	updates bool
-	sum     *Summary
-	final   map[string]detectors.Alert
+// collector is an engine's AlertSink: it keeps each incident's final state and, for
+// the printed engine, writes the alerts.
+type collector struct {
+	from      time.Time // incidents whose last version ends before it are the warm-up's
+	final     map[string]detectors.Alert
+	incidents map[string]int
+	alerts    []detectors.Alert // after flush: the final states, sorted
+	out       io.Writer         // nil: an engine whose alerts are not printed
+	updates   bool
+	sum       *Summary
+	err       error
 }
 
-func (p *printer) Put(_ context.Context, alerts []detectors.Alert) error {
+func (c *collector) put(alerts []detectors.Alert) {
 	for _, a := range alerts {
-		if _, seen := p.final[a.ID]; seen {
-			p.sum.Updates[a.Detector]++
-		} else {
-			p.sum.Incidents[a.Detector]++
+		_, seen := c.final[a.ID]
+		c.final[a.ID] = a
+		if c.sum != nil && seen {
+			c.sum.Updates[a.Detector]++
 		}
-		p.final[a.ID] = a
-		if p.updates {
-			if err := writeAlert(p.out, a); err != nil {
-				return err
-			}
+		if c.out != nil && c.updates && c.err == nil && !c.warmup(a) {
+			c.err = writeAlert(c.out, a)
 		}
 	}
-	return nil
 }
 
-func (p *printer) flush() error {
-	if p.updates {
+// warmup reports whether a's incident was over before the range began.
+func (c *collector) warmup(a detectors.Alert) bool {
+	return !c.from.IsZero() && a.LastSeen.Before(c.from)
+}
+
+// flush sorts the final states and, unless every version was printed as it came,
+// writes them.
+func (c *collector) flush() error {
+	if c.err != nil {
+		return c.err
+	}
+	for _, a := range c.final {
+		if c.warmup(a) {
+			if c.sum != nil {
+				c.sum.WarmupIncidents++
+			}
+			continue
+		}
+		c.alerts = append(c.alerts, a)
+		c.incidents[a.Detector]++
+		if c.sum != nil {
+			c.sum.Incidents[a.Detector]++
+		}
+	}
+	sortAlerts(c.alerts)
+	if c.out == nil || c.updates {
 		return nil
 	}
-	all := make([]detectors.Alert, 0, len(p.final))
-	for _, a := range p.final {
-		all = append(all, a)
-	}
-	slices.SortFunc(all, func(a, b detectors.Alert) int {
-		if c := a.FirstSeen.Compare(b.FirstSeen); c != 0 {
-			return c
-		}
-		if c := strings.Compare(a.Detector, b.Detector); c != 0 {
-			return c
-		}
-		if c := strings.Compare(a.Key, b.Key); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
-	for _, a := range all {
-		if err := writeAlert(p.out, a); err != nil {
+	for _, a := range c.alerts {
+		if err := writeAlert(c.out, a); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// sortAlerts orders alerts as replay prints them: by first_seen, detector, key, id.
+func sortAlerts(all []detectors.Alert) {
+	slices.SortFunc(all, func(a, b detectors.Alert) int {
+		return cmp.Or(a.FirstSeen.Compare(b.FirstSeen), strings.Compare(a.Detector, b.Detector),
+			strings.Compare(a.Key, b.Key), strings.Compare(a.ID, b.ID))
+	})
 }
 
 func writeAlert(w io.Writer, a detectors.Alert) error {
@@ -168,15 +326,25 @@ func writeAlert(w io.Writer, a detectors.Alert) error {
 	if err != nil {
 		return fmt.Errorf("replay: encode alert: %w", err)
 	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	if _, err = w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("replay: write alert: %w", err)
+	}
+	return nil
 }
 
-// WriteSummary writes the human report of a replay, its first line starting with label.
+// topKeys is how many keys the summary names per detector.
+const topKeys = 3
+
+// WriteSummary writes the human report of a replay, its first line starting with label:
+// the events read, and per detector the incidents, the updates and the keys with the
+// most incidents.
 func (s *Summary) WriteSummary(w io.Writer, label string) {
 	fmt.Fprintf(w, "%s: %d events", label, s.Events)
 	if !s.First.IsZero() {
 		fmt.Fprintf(w, " from %s to %s", s.First.UTC().Format(time.RFC3339), s.Last.UTC().Format(time.RFC3339))
+	}
+	if s.WarmupEvents > 0 {
+		fmt.Fprintf(w, ", %d in the warm-up before them", s.WarmupEvents)
 	}
 	if s.Skipped > 0 {
 		fmt.Fprintf(w, ", %d outside --from/--to", s.Skipped)
@@ -186,12 +354,38 @@ func (s *Summary) WriteSummary(w io.Writer, label string) {
 		fmt.Fprintf(w, " (%.0f events/s)", s.EventsRate)
 	}
 	fmt.Fprintln(w)
-	names := slices.Clone(detectors.Names)
-	sort.Strings(names)
-	fmt.Fprintf(w, "  %-22s %9s %8s\n", "detector", "incidents", "updates")
-	for _, d := range names {
-		fmt.Fprintf(w, "  %-22s %9d %8d\n", d, s.Incidents[d], s.Updates[d])
+	var top map[string][]string
+	if len(s.Results) > 0 {
+		top = s.Results[0].topKeys(topKeys)
 	}
+	fmt.Fprintf(w, "  %-22s %9s %8s  %s\n", "detector", "incidents", "updates", "top keys (incidents)")
+	for _, d := range slices.Sorted(slices.Values(detectors.Names)) {
+		fmt.Fprintf(w, "  %-22s %9d %8d  %s\n", d, s.Incidents[d], s.Updates[d], strings.Join(top[d], ", "))
+	}
+	if s.WarmupIncidents > 0 {
+		fmt.Fprintf(w, "  %d incidents ended in the warm-up, before --from: not printed\n", s.WarmupIncidents)
+	}
+}
+
+// topKeys returns, per detector, the n keys with the most incidents, as "key (n)".
+func (r *Result) topKeys(n int) map[string][]string {
+	count := map[string]map[string]int{}
+	for _, a := range r.Alerts {
+		if count[a.Detector] == nil {
+			count[a.Detector] = map[string]int{}
+		}
+		count[a.Detector][a.Key]++
+	}
+	out := map[string][]string{}
+	for d, keys := range count {
+		ks := slices.SortedFunc(maps.Keys(keys), func(a, b string) int {
+			return cmp.Or(keys[b]-keys[a], strings.Compare(a, b))
+		})
+		for _, k := range ks[:min(n, len(ks))] {
+			out[d] = append(out[d], fmt.Sprintf("%s (%d)", k, keys[k]))
+		}
+	}
+	return out
 }
 
 // counterSum adds up every series of one counter in reg.

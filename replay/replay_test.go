@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -131,19 +130,4 @@ func TestReplayTimeRange(t *testing.T) {
 	if !strings.Contains(w.String(), "outside --from/--to") {
 		t.Errorf("summary does not report skipped events:\n%s", w.String())
 	}
-}
-
-// BenchmarkReplayAWSWAF is the end-to-end replay: ~1.3 KB AWS WAF records read from a
-// file, parsed on every core, through all four detectors.
-func BenchmarkReplayAWSWAF(b *testing.B) {
-	path := writeSample(b, synth.Config{Duration: 30 * time.Minute, Rate: 50, Seed: 1, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
-	fi, _ := os.Stat(path)
-	b.SetBytes(fi.Size())
-	b.ReportAllocs()
-	events := 0
-	for b.Loop() {
-		_, sum := run(b, path, ingest.FormatAWSWAF, 0, replay.Options{Out: io.Discard})
-		events += sum.Events
-	}
-	b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
 }

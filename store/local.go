@@ -71,6 +71,16 @@ var (
 // localFile is the store's file name under data_dir.
 const localFile = "gatewatch.db"
 
+// LocalPath returns the file of the embedded store cfg names; whether it exists says
+// whether an embedded store was ever opened there.
+func LocalPath(cfg Config) string {
+	dir := cfg.DataDir
+	if dir == "" {
+		dir = DefaultDataDir
+	}
+	return filepath.Join(dir, localFile)
+}
+
 // NewLocal checks cfg and opens (or creates) the store under cfg.DataDir. It starts
 // no goroutine; Run keeps the retention.
 func NewLocal(cfg Config, o LocalOptions) (*Local, error) {

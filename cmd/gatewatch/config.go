@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -185,7 +186,24 @@ func loadConfig(name string, b []byte) (*config, error) {
 	if len(errs) > 0 {
 		return nil, joinPlaced(errs)
 	}
+	cfg.Alerting.ReplayCommand = replayCommand(cfg.Alerting.ReplayCommand, name, &cfg)
 	return &cfg, nil
+}
+
+// replayCommand fills in what the replay command shown with each alert knows from the
+// config: {config} (this file, absolute), {brokers} and {topics} (ingest.kafka's), so
+// that the command runs as printed on the host that runs gatewatch. The receivers fill
+// in {from} and {to} per alert.
+func replayCommand(tmpl, name string, cfg *config) string {
+	if abs, err := filepath.Abs(name); err == nil {
+		name = abs
+	}
+	topics := make([]string, len(cfg.Ingest.Kafka.Topics))
+	for i, t := range cfg.Ingest.Kafka.Topics {
+		topics[i] = t.Name
+	}
+	return strings.NewReplacer("{config}", name, "{brokers}", strings.Join(cfg.Ingest.Kafka.Brokers, ","),
+		"{topics}", strings.Join(topics, ",")).Replace(tmpl)
 }
 
 // joinPlaced joins errors in file order.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,117 +11,607 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafka"
 	"github.com/gatewatch/gatewatch/replay"
+	"github.com/gatewatch/gatewatch/store"
 )
 
-// setFlags collects repeated --set detectors.NAME.PARAM=VALUE flags.
-type setFlags []string
+// listFlag collects a repeatable flag.
+type listFlag []string
 
-func (s *setFlags) String() string     { return strings.Join(*s, " ") }
-func (s *setFlags) Set(v string) error { *s = append(*s, v); return nil }
+func (s *listFlag) String() string     { return strings.Join(*s, " ") }
+func (s *listFlag) Set(v string) error { *s = append(*s, v); return nil }
+
+// kafkaMargin is how far before --from and after --to a Kafka range reads by record
+// timestamp: shippers stamp records a little after their event time (and a gateway's
+// clock may run a little ahead), so the records of the events wanted lie around the
+// range; replay then cuts by event time.
+const kafkaMargin = 10 * time.Minute
+
+// replayFlags are replay's flags.
+type replayFlags struct {
+	config                  string
+	in                      inputFlags
+	kafka, topic            string
+	archive                 bool
+	from, to                string
+	warmup                  time.Duration
+	emptyBaselines          bool
+	out                     string
+	updates                 bool
+	sets                    listFlag
+	compare, sweep, labels  string
+	report                  string
+	keys, routes, clientIPs listFlag
+	events, send            bool
+	maxLate                 ratioFlag
+}
+
+const replayUsage = "replay --config FILE (--input PATH|- | --kafka BROKERS --topic T[,T] | --archive) [--from T] [--to T] [--format F]\n" +
+	"         [--warmup D] [--out FILE] [--updates] [--set detectors.NAME.PARAM=VALUE]... [--compare FILE]\n" +
+	"         [--sweep detectors.NAME.PARAM=V1,V2,...] [--labels FILE] [--report FILE.html]\n" +
+	"         [--key K] [--route R] [--client-ip IP] [--events] [--send] [--max-reject-ratio R] [--max-late-ratio R]"
 
 func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
-	const usage = "replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--out FILE] [--updates] [--set detectors.NAME.PARAM=VALUE]... [--max-reject-ratio R] [--max-late-ratio R]"
-	fs := newFlagSet(env, "replay", usage)
-	configPath := fs.String("config", "", "config file (required; the detectors section is used)")
-	var in inputFlags
-	in.define(fs)
-	from := fs.String("from", "", "skip events before this time (RFC 3339)")
-	to := fs.String("to", "", "skip events at or after this time (RFC 3339)")
-	out := fs.String("out", "", "write alerts to this file instead of stdout")
-	updates := fs.Bool("updates", false, "print every version of an incident as it is raised, not only its final state")
-	maxLate := ratioFlag(defaultMaxLateRatio)
-	fs.Var(&maxLate, "max-late-ratio", "exit 1 when more than this share of events came later than detectors.allowed_lateness (files out of order)")
-	var sets setFlags
-	fs.Var(&sets, "set", "override a detector setting, e.g. detectors.forbidden_burst.threshold=10 (repeatable)")
+	f, paths, err := parseReplayFlags(env, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfigFile(f.config)
+	if err != nil {
+		return err
+	}
+	if err := applySets(&cfg.Detectors, f.sets); err != nil {
+		return err
+	}
+	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths, args: args}
+	if err := r.times(); err != nil {
+		return err
+	}
+	return r.run(ctx)
+}
+
+// parseReplayFlags parses replay's command line and checks how its flags combine; it
+// returns the flags and the input paths.
+func parseReplayFlags(env *cmdEnv, args []string) (*replayFlags, []string, error) {
+	fs := newFlagSet(env, "replay", replayUsage)
+	f := &replayFlags{}
+	fs.StringVar(&f.config, "config", "", "config file (required): detectors, token secret, store, Kafka topics and formats")
+	f.in.define(fs)
+	fs.StringVar(&f.kafka, "kafka", "", "read a time range of Kafka topics from these brokers (comma-separated); needs --from and --to")
+	fs.StringVar(&f.topic, "topic", "", "with --kafka: the topics (comma-separated); default: the config's ingest.kafka.topics")
+	fs.BoolVar(&f.archive, "archive", false, "read the time range from the store's event archive (ClickHouse or embedded)")
+	fs.StringVar(&f.from, "from", "", "skip events before this time (RFC 3339)")
+	fs.StringVar(&f.to, "to", "", "skip events at or after this time (RFC 3339)")
+	fs.DurationVar(&f.warmup, "warmup", 0, "read this much before --from first, to learn baselines; its alerts are not printed")
+	fs.BoolVar(&f.emptyBaselines, "empty-baselines", false, "start from empty baselines, not those the store had at --from")
+	fs.StringVar(&f.out, "out", "", "write alerts (or --events) to this file instead of stdout")
+	fs.BoolVar(&f.updates, "updates", false, "print every version of an incident as it is raised, not only its final state")
+	fs.Var(&f.sets, "set", "override a detector setting, e.g. detectors.forbidden_burst.threshold=10 (repeatable)")
+	fs.StringVar(&f.compare, "compare", "", "also run the detectors section of this config over the same events, and report what differs")
+	fs.StringVar(&f.sweep, "sweep", "", "also run one engine per value of a setting, e.g. detectors.forbidden_burst.threshold=10,20,50")
+	fs.StringVar(&f.labels, "labels", "", "with --sweep: JSON lines {\"id\": ALERT_ID, \"attack\": true|false} marking alerts, to count the attacks each value catches")
+	fs.StringVar(&f.report, "report", "", "write an HTML report (a timeline per alert, the sweep chart) to this file")
+	fs.Var(&f.keys, "key", "only events of this client key or token fingerprint (repeatable)")
+	fs.Var(&f.routes, "route", "only events of this route, \"METHOD /route\" or \"/route\" (repeatable)")
+	fs.Var(&f.clientIPs, "client-ip", "only events of this client IP (repeatable)")
+	fs.BoolVar(&f.events, "events", false, "print the normalised events (with --key, --route, --client-ip) instead of running the detectors")
+	fs.BoolVar(&f.send, "send", false, "send the alerts through the configured routes and receivers, as notify does")
+	f.maxLate = defaultMaxLateRatio
+	fs.Var(&f.maxLate, "max-late-ratio", "exit 1 when more than this share of events came later than detectors.allowed_lateness (files out of order)")
 	rest, err := parseFlagsArgs(fs, args)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	paths, err := in.paths(env, fs, rest)
-	if err != nil {
-		return err
-	}
-	if *configPath == "" {
-		fmt.Fprintln(env.stderr, "replay: --config is required")
+	paths := append(slices.Clone([]string(f.in.inputs)), rest...)
+	if msg := f.usageError(paths); msg != "" {
+		fmt.Fprintln(env.stderr, "replay: "+msg)
 		fs.Usage()
-		return errUsage
+		return nil, nil, errUsage
 	}
-	cfg, err := loadConfigFile(*configPath)
-	if err != nil {
-		return err
+	return f, paths, nil
+}
+
+// usageError says what is wrong with the combination of flags, "" when nothing is.
+func (f *replayFlags) usageError(paths []string) string {
+	sources := 0
+	for _, set := range []bool{len(paths) > 0, f.kafka != "", f.archive} {
+		if set {
+			sources++
+		}
 	}
+	switch {
+	case f.config == "":
+		return "--config is required"
+	case sources == 0:
+		return "name what to replay: --input, --kafka or --archive"
+	case sources > 1:
+		return "--input, --kafka and --archive are alternatives: name one"
+	case f.kafka != "" && (f.from == "" || f.to == ""):
+		return "--kafka reads a time range: give --from and --to"
+	case f.archive && (f.from == "" || f.to == ""):
+		return "--archive reads a time range: give --from and --to"
+	case f.topic != "" && f.kafka == "":
+		return "--topic goes with --kafka"
+	case f.warmup < 0:
+		return "--warmup must not be negative"
+	case f.warmup > 0 && f.from == "":
+		return "--warmup reads before --from: give --from"
+	case f.labels != "" && f.sweep == "":
+		return "--labels goes with --sweep"
+	case f.events && (f.compare != "" || f.sweep != "" || f.report != "" || f.send):
+		return "--events prints events: it takes no --compare, --sweep, --report or --send"
+	case f.report != "" && slices.Contains(paths, "-"):
+		return "--report reads the input twice: give files, --kafka or --archive, not stdin"
+	}
+	return ""
+}
+
+// applySets applies --set detectors.NAME.PARAM=VALUE flags and checks the result.
+func applySets(d *detectors.Config, sets []string) error {
 	for _, s := range sets {
 		path, value, ok := strings.Cut(s, "=")
 		if !ok || !strings.HasPrefix(path, "detectors.") {
 			return fmt.Errorf("--set %q: want detectors.NAME.PARAM=VALUE", s)
 		}
-		if err := cfg.Detectors.Set(path, value); err != nil {
+		if err := d.Set(path, value); err != nil {
 			return fmt.Errorf("--set %s: %w", s, err)
 		}
 	}
-	if err := cfg.Detectors.Validate(); err != nil {
+	if err := d.Validate(); err != nil {
 		return fmt.Errorf("after --set: %w", err)
 	}
-	var t0, t1 time.Time
-	for _, f := range []struct {
+	return nil
+}
+
+// replayRun is one replay command being carried out.
+type replayRun struct {
+	env      *cmdEnv
+	f        *replayFlags
+	cfg      *config
+	paths    []string
+	args     []string // the command line after "replay", for the report
+	from, to time.Time
+	popts    ingest.ParserOptions
+
+	st       store.Store // nil: none opened
+	closeSt  func() error
+	baseline detectors.Baselines
+	dead     *countingDeadLetters
+	files    *fileInput         // the file input read, when it is files
+	kafka    *replay.KafkaRange // the Kafka range read, when it is one
+	closers  []func() error     // of the sources opened
+	progress *progressBar       // nil: stderr is no terminal
+}
+
+// times parses --from and --to.
+func (r *replayRun) times() error {
+	for _, t := range []struct {
 		flag, v string
 		t       *time.Time
-	}{{"--from", *from, &t0}, {"--to", *to, &t1}} {
-		if f.v == "" {
+	}{{"--from", r.f.from, &r.from}, {"--to", r.f.to, &r.to}} {
+		if t.v == "" {
 			continue
 		}
-		if *f.t, err = time.Parse(time.RFC3339, f.v); err != nil {
-			return fmt.Errorf("%s: %w", f.flag, err)
+		v, err := time.Parse(time.RFC3339, t.v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.flag, err)
 		}
+		*t.t = v.UTC()
 	}
-	popts, err := cfg.Ingest.ParserOptions(true)
-	if err != nil {
+	if !r.from.IsZero() && !r.to.IsZero() && !r.to.After(r.from) {
+		return fmt.Errorf("--to %s is not after --from %s", r.f.to, r.f.from)
+	}
+	return nil
+}
+
+func (r *replayRun) run(ctx context.Context) (err error) {
+	env, f := r.env, r.f
+	defer func() {
+		for _, c := range r.closers {
+			err = errors.Join(err, c())
+		}
+		if r.closeSt != nil {
+			err = errors.Join(err, r.closeSt())
+		}
+	}()
+	if r.popts, err = r.cfg.Ingest.ParserOptions(true); err != nil {
 		return err
 	}
-	if popts.Secret.Random() {
+	if r.popts.Secret.Random() {
 		var note string
-		if popts.Secret, note, err = dataDirSecret(cfg); err != nil {
+		if r.popts.Secret, note, err = dataDirSecret(r.cfg); err != nil {
 			return err
 		}
 		fmt.Fprintln(env.stderr, "replay: "+note)
 	}
-	if w := countryWarning(cfg, in.format); w != "" {
-		fmt.Fprintln(env.stderr, "replay: "+w)
-	}
-	input, err := in.open(env, cfg, popts, paths, cfg.Detectors.AllowedLateness)
-	if err != nil {
+	if err := r.openStore(ctx); err != nil {
 		return err
 	}
-	defer input.Close()
+	if !f.events {
+		if err := r.loadBaselines(ctx); err != nil {
+			return err
+		}
+	}
 	w := env.stdout
-	if *out != "" {
-		f, err := os.Create(*out)
+	if f.out != "" {
+		out, err := os.Create(f.out)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		w = f
+		defer out.Close()
+		bw := bufio.NewWriterSize(out, 1<<16)
+		defer bw.Flush()
+		w = bw
+	}
+	src, err := r.open(ctx, false)
+	if err != nil {
+		return err
 	}
 	// SIGINT or SIGTERM (ctx) ends the input, not the engine: the batch in hand is
-	// finished and the alerts raised so far are written before the command exits 130.
-	sum, err := replay.Run(context.WithoutCancel(ctx), replay.Options{
-		Source: &untilCancelled{ctx: ctx, src: input.src}, Detectors: cfg.Detectors, RunbookBase: cfg.Alerting.RunbookBaseURL,
-		From: t0, To: t1, Out: w, Updates: *updates,
-	})
+	// finished and what was raised so far is written before the command exits 130.
+	var input detectors.EventSource = &untilCancelled{ctx: ctx, src: src}
+	if f.events {
+		n, err := replay.WriteEvents(context.WithoutCancel(ctx), input, r.from, r.to, w)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stderr, "replay: %d events from %s\n", n, r.sourceName())
+		return r.verdicts(ctx, nil)
+	}
+	opts := replay.Options{
+		Source: input, Detectors: r.cfg.Detectors, Baselines: r.baseline, RunbookBase: r.cfg.Alerting.RunbookBaseURL,
+		From: r.from, To: r.to, Warmup: f.warmup, Out: w, Updates: f.updates,
+	}
+	var sweep replay.Sweep
+	switch {
+	case f.compare != "":
+		other, err := loadConfigFile(f.compare)
+		if err != nil {
+			return fmt.Errorf("--compare: %w", err)
+		}
+		opts.Variants = []replay.Variant{{Name: f.compare, Detectors: other.Detectors}}
+	case f.sweep != "":
+		if sweep, err = replay.ParseSweep(f.sweep); err != nil {
+			return err
+		}
+		if opts.Variants, err = sweep.Variants(r.cfg.Detectors); err != nil {
+			return fmt.Errorf("--sweep: %w", err)
+		}
+	}
+	r.progress = newProgressBar(env.stderr, r.from.Add(-f.warmup), r.to)
+	if r.progress != nil {
+		opts.Progress = r.progress.update
+	}
+	sum, err := replay.Run(context.WithoutCancel(ctx), opts)
+	r.progress.finish()
 	if err != nil {
 		return err
 	}
 	sum.WriteSummary(env.stderr, "replay")
-	fmt.Fprintf(env.stderr, "  %d records rejected, %d repaired\n", input.dead.rejected(), input.dead.kept)
-	verdict := errors.Join(input.verdict(env.stderr, "replay", in.maxReject),
-		lateVerdict(env.stderr, sum, input.src.Stats(), float64(maxLate)))
+	var labels []replay.Label
+	var rows []replay.SweepRow
+	var diff *replay.Diff
+	switch {
+	case f.compare != "":
+		d := replay.WriteCompare(env.stderr, f.config, sum.Results[0], f.compare, sum.Results[1])
+		diff = &d
+	case f.sweep != "":
+		if f.labels != "" {
+			if labels, err = readLabels(f.labels, sum.Results[0].Alerts); err != nil {
+				return err
+			}
+		}
+		rows = replay.SweepRows(sweep, sum.Results[1:], labels)
+		replay.WriteSweep(env.stderr, sweep, rows, labels)
+	}
+	if f.report != "" && ctx.Err() == nil {
+		rep := &replay.Report{Title: "gatewatch replay of " + r.sourceName(), Command: "gatewatch replay " + strings.Join(r.args, " "),
+			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: labels, SweepRows: rows, Compare: diff}
+		if f.sweep != "" {
+			rep.Sweep = &sweep
+		}
+		if err := r.writeReport(ctx, rep); err != nil {
+			return err
+		}
+	}
+	if err := r.verdicts(ctx, sum); err != nil || ctx.Err() != nil {
+		return err
+	}
+	if f.send {
+		return r.sendAlerts(ctx, sum.Results[0].Alerts)
+	}
+	return nil
+}
+
+// verdicts judges what was read (rejects, damage, lateness) and reports a signal.
+func (r *replayRun) verdicts(ctx context.Context, sum *replay.Summary) error {
+	var verdict error
+	var stats []ingest.FileStats
+	if r.dead != nil {
+		fmt.Fprintf(r.env.stderr, "  %d records rejected, %d repaired\n", r.dead.rejected(), r.dead.kept)
+	}
+	switch {
+	case r.files != nil:
+		stats = r.files.src.Stats()
+		verdict = r.files.verdict(r.env.stderr, "replay", r.f.in.maxReject)
+	case r.kafka != nil:
+		verdict = kafkaVerdict(r.env.stderr, r.kafka, r.dead, float64(r.f.in.maxReject))
+	}
+	if sum != nil {
+		verdict = errors.Join(verdict, lateVerdict(r.env.stderr, sum, stats, float64(r.f.maxLate)))
+	}
 	if ctx.Err() != nil {
-		fmt.Fprintln(env.stderr, "replay: interrupted: the alerts above are those raised by the events read before the signal")
+		fmt.Fprintln(r.env.stderr, "replay: interrupted: what is above was raised by the events read before the signal")
 		return ctx.Err()
 	}
 	return verdict
+}
+
+// kafkaVerdict is inputVerdict for a Kafka range, each partition an input.
+func kafkaVerdict(w io.Writer, k *replay.KafkaRange, dead *countingDeadLetters, maxReject float64) error {
+	var stats []ingest.FileStats
+	for _, p := range k.Partitions() {
+		stats = append(stats, ingest.FileStats{Name: fmt.Sprintf("%s (offsets %d to %d)", p.Partition, p.Start, p.End),
+			Records: p.Records, Events: p.Events, Rejected: p.Rejected, First: p.First, Last: p.Last})
+	}
+	return inputVerdict(w, "replay", stats, dead, maxReject)
+}
+
+// openStore opens the store when the replay needs it: to read the archive, or for the
+// baselines as of --from. The embedded store is opened only when it exists; a
+// ClickHouse store gets a spill directory of its own, so a replay never touches the
+// live service's.
+func (r *replayRun) openStore(ctx context.Context) error {
+	f := r.f
+	wantBaselines := !f.events && !f.emptyBaselines && !r.from.IsZero()
+	if !f.archive && !wantBaselines {
+		return nil
+	}
+	sc := r.cfg.Store
+	var spill string
+	if sc.ClickHouse != nil {
+		ch := *sc.ClickHouse
+		dir, err := os.MkdirTemp("", "gatewatch-replay-spill-")
+		if err != nil {
+			return err
+		}
+		spill, ch.SpillDir = dir, dir
+		sc.ClickHouse = &ch
+	} else if _, err := os.Stat(store.LocalPath(sc)); err != nil {
+		if f.archive {
+			return fmt.Errorf("--archive: no embedded store at %s (store.data_dir): the archive is kept by gatewatch run", store.LocalPath(sc))
+		}
+		return nil // no store: nothing learned to start from
+	}
+	st, err := store.Open(sc, store.Options{Registerer: prometheus.NewRegistry(), Baselines: store.BaselineSettingsFrom(r.cfg.Detectors)})
+	switch {
+	case err != nil && sc.ClickHouse == nil && !f.archive:
+		// Most likely gatewatch run holds it. Detection can go on from empty
+		// baselines, or a warm-up, but not silently.
+		fmt.Fprintf(r.env.stderr, "replay: warning: cannot read the baselines of the embedded store (%v): is gatewatch run using it? "+
+			"It opens in one process at a time. Baselines start empty: new_country and the detectors that learn may stay quiet (--warmup 24h learns from the day before)\n", err)
+		return nil
+	case err != nil && sc.ClickHouse == nil:
+		return fmt.Errorf("--archive: %w: is gatewatch run using %s? The embedded store opens in one process at a time: stop it, or replay from files or Kafka", err, store.LocalPath(sc))
+	case err != nil:
+		os.RemoveAll(spill)
+		return err
+	}
+	r.st = st
+	r.closeSt = func() error {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		defer cancel()
+		err := st.Close(cctx)
+		if spill != "" {
+			os.RemoveAll(spill)
+		}
+		return err
+	}
+	return nil
+}
+
+// loadBaselines takes the baselines the store had at the start of the replay (--from,
+// or --from minus --warmup).
+func (r *replayRun) loadBaselines(ctx context.Context) error {
+	w := r.env.stderr
+	at := r.from.Add(-r.f.warmup)
+	switch {
+	case r.f.emptyBaselines:
+		fmt.Fprintln(w, "replay: baselines start empty"+warmupNote(r.f.warmup))
+		return nil
+	case r.from.IsZero():
+		fmt.Fprintln(w, "replay: baselines start empty (no --from to take them as of)")
+		return nil
+	case r.st == nil:
+		fmt.Fprintf(w, "replay: baselines start empty: no store to read them from%s\n", warmupNote(r.f.warmup))
+		return nil
+	}
+	b, err := r.st.BaselinesAsOf(ctx, at)
+	if err != nil {
+		return fmt.Errorf("baselines as of %s: %w", at.Format(time.RFC3339), err)
+	}
+	r.baseline = b
+	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %d keys, %d routes%s\n",
+		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), warmupNote(r.f.warmup))
+	return nil
+}
+
+func warmupNote(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", then learned from the %s before --from", d)
+}
+
+// open opens the source of events named by the flags, filtered by --key, --route and
+// --client-ip. The report reads the input again: then what it rejects is not kept or
+// counted a second time, and the first reading's stats stay.
+func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource, error) {
+	f := r.f
+	filter := replay.Filter{Keys: f.keys, Routes: f.routes, ClientIPs: f.clientIPs}
+	start := r.from.Add(-f.warmup)
+	var src detectors.EventSource
+	switch {
+	case f.archive:
+		key := ""
+		if len(f.keys) == 1 {
+			key = f.keys[0] // the store reads one key's events by its index
+		}
+		a := replay.NewArchive(r.st.ReadEvents(ctx, start, r.to, key))
+		src = a
+		r.closers = append(r.closers, a.Close)
+	case f.kafka != "":
+		var dead ingest.DeadLetters
+		if !again {
+			// Rejected records are reported and counted, not stored again: the live
+			// service kept them in its dead-letter sink when it read them.
+			r.dead = &countingDeadLetters{next: &ingest.ReportDeadLetters{W: r.env.stderr}}
+			dead = r.dead
+		}
+		k, err := r.openKafka(ctx, start, dead)
+		if err != nil {
+			return nil, err
+		}
+		src = k
+		r.closers = append(r.closers, k.Close)
+		if !again {
+			r.kafka = k
+		}
+	case again:
+		fs, err := ingest.NewFileSource(r.paths, ingest.FileOptions{Format: f.in.format, Parser: r.popts, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			return nil, err
+		}
+		src = fs
+		r.closers = append(r.closers, fs.Close)
+	default:
+		if w := countryWarning(r.cfg, f.in.format); w != "" {
+			fmt.Fprintln(r.env.stderr, "replay: "+w)
+		}
+		fi, err := f.in.open(r.env, r.cfg, r.popts, r.paths, r.cfg.Detectors.AllowedLateness)
+		if err != nil {
+			return nil, err
+		}
+		r.files, r.dead, src = fi, fi.dead, fi.src
+		r.closers = append(r.closers, fi.Close)
+	}
+	return replay.Filtered(src, filter), nil
+}
+
+// openKafka opens the Kafka range of --kafka and --topic (the config's topics and
+// formats when --topic is not given; --format for topics the config does not name).
+func (r *replayRun) openKafka(ctx context.Context, start time.Time, dead ingest.DeadLetters) (*replay.KafkaRange, error) {
+	f := r.f
+	kc := r.cfg.Ingest.Kafka
+	kc.Brokers = strings.Split(f.kafka, ",")
+	var topics []ingest.TopicConfig
+	if f.topic == "" {
+		topics = kc.Topics
+		if len(topics) == 0 {
+			return nil, errors.New("--kafka: name the topics with --topic (the config's ingest.kafka.topics is empty)")
+		}
+	}
+	for _, name := range strings.Split(f.topic, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		format := f.in.format
+		if i := slices.IndexFunc(kc.Topics, func(t ingest.TopicConfig) bool { return t.Name == name }); i >= 0 && format == ingest.FormatAuto {
+			format = kc.Topics[i].Format
+		}
+		topics = append(topics, ingest.TopicConfig{Name: name, Format: format})
+	}
+	dialer, err := kafka.NewDialer(kc)
+	if err != nil {
+		return nil, err
+	}
+	return replay.NewKafkaRange(ctx, replay.KafkaOptions{
+		Brokers: kc.Brokers, Dialer: dialer, Topics: topics, Start: start.Add(-kafkaMargin), End: r.to.Add(kafkaMargin),
+		Parser: r.popts, DeadLetters: dead,
+	})
+}
+
+// sourceName names what was replayed, for messages and the report.
+func (r *replayRun) sourceName() string {
+	switch {
+	case r.f.archive:
+		return "the archive"
+	case r.kafka != nil:
+		return r.kafka.String()
+	}
+	return strings.Join(r.paths, ", ")
+}
+
+// writeReport reads the input again for the timelines and writes the report.
+func (r *replayRun) writeReport(ctx context.Context, rep *replay.Report) error {
+	alerts := rep.Alerts[:min(len(rep.Alerts), replay.MaxReportAlerts)]
+	if len(alerts) > 0 {
+		src, err := r.open(ctx, true)
+		if err != nil {
+			return fmt.Errorf("--report: %w", err)
+		}
+		if rep.Timelines, err = replay.Timelines(ctx, src, alerts); err != nil {
+			return fmt.Errorf("--report: %w", err)
+		}
+	}
+	out, err := os.Create(r.f.report)
+	if err != nil {
+		return fmt.Errorf("--report: %w", err)
+	}
+	bw := bufio.NewWriter(out)
+	err = errors.Join(replay.WriteReport(bw, rep), bw.Flush(), out.Close())
+	if err == nil {
+		fmt.Fprintf(r.env.stderr, "replay: report written to %s\n", r.f.report)
+	}
+	return err
+}
+
+// readLabels reads --labels and places each label with the replay's own alerts.
+func readLabels(path string, alerts []detectors.Alert) ([]replay.Label, error) {
+	fd, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--labels: %w", err)
+	}
+	defer fd.Close()
+	labels, err := replay.ReadLabels(fd)
+	if err != nil {
+		return nil, fmt.Errorf("--labels %s: %w", path, err)
+	}
+	if err := replay.ResolveLabels(labels, alerts); err != nil {
+		return nil, fmt.Errorf("--labels %s: %w", path, err)
+	}
+	return labels, nil
+}
+
+// sendAlerts sends the replay's alerts through the configured routes, outbox and
+// receivers, as notify does (the store is closed first: delivery opens it again).
+func (r *replayRun) sendAlerts(ctx context.Context, alerts []detectors.Alert) error {
+	if r.closeSt != nil {
+		if err := r.closeSt(); err != nil {
+			return err
+		}
+		r.closeSt = nil
+	}
+	d, err := openDelivery(ctx, r.env, r.cfg)
+	if err != nil {
+		return fmt.Errorf("--send: %w", err)
+	}
+	s, err := send(ctx, d.Router(), alerts, 2*time.Minute)
+	if err == nil {
+		err = d.StopRouter(stopTimeout)
+	}
+	if err == nil {
+		// Where each alert went is for the person: stdout holds only the alerts.
+		env := *r.env
+		env.stdout = r.env.stderr
+		err = report(ctx, &env, d.Router(), alerts, s, r.f.config, outboxDir(r.cfg))
+	}
+	return errors.Join(err, d.Close(stopTimeout))
 }
 
 // lateWarnShare is the share of late events from which replay names the files that
@@ -131,10 +622,11 @@ const lateWarnShare = 0.001
 // events came later than the detectors' allowed lateness (their windows had closed, so
 // they counted for baselines only), and returns an error when the share passes maxLate.
 func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, maxLate float64) error {
-	if sum.Events == 0 || sum.Late == 0 {
+	events := sum.Events + sum.WarmupEvents
+	if events == 0 || sum.Late == 0 {
 		return nil
 	}
-	share := float64(sum.Late) / float64(sum.Events)
+	share := float64(sum.Late) / float64(events)
 	if share < lateWarnShare {
 		return nil
 	}
@@ -147,7 +639,7 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, max
 		}
 	}
 	fmt.Fprintf(w, "replay: warning: %d of %d events (%.1f%%) came more than the allowed lateness behind newer ones, so the detectors' windows had closed for them",
-		sum.Late, sum.Events, 100*share)
+		sum.Late, events, 100*share)
 	if len(files) > 0 {
 		fmt.Fprintf(w, "; they came from %s", strings.Join(files, ", "))
 	}
@@ -155,5 +647,5 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, max
 	if share <= maxLate {
 		return nil
 	}
-	return fmt.Errorf("%d of %d events late (%.1f%%, over --max-late-ratio %g): attacks in them may have been missed", sum.Late, sum.Events, 100*share, maxLate)
+	return fmt.Errorf("%d of %d events late (%.1f%%, over --max-late-ratio %g): attacks in them may have been missed", sum.Late, events, 100*share, maxLate)
 }

@@ -63,3 +63,13 @@ func clientLogger(log *slog.Logger, level slog.Level, msg string) kafkago.Logger
 		log.Log(context.Background(), level, msg, "detail", fmt.Sprintf(format, args...))
 	}
 }
+
+// NewDialer returns a dialer for cfg's brokers with its TLS and SASL settings, as the
+// consumer group connects: replay reads topic partitions by time with it.
+func NewDialer(cfg ingest.KafkaConfig) (*kafkago.Dialer, error) {
+	sec, err := newSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return sec.dialer(withDefaults(cfg)), nil
+}

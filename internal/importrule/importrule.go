@@ -44,6 +44,7 @@ var Parts = []Part{
 	{Path: "internal/pipeline", May: []string{"ingest", "detectors", "alerting", "store"}},
 	{Path: "cmd", May: []string{"ingest", "detectors", "alerting", "store", "replay", "internal/pipeline"}},
 	{Path: "internal/config", Shared: true},
+	{Path: "internal/chart", Shared: true},
 	{Path: "internal/kafkasasl", May: []string{"internal/config"}, Shared: true},
 	{Path: "internal/promtest", Shared: true},
 	{Path: "internal/testcert", Shared: true},

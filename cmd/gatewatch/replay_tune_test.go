@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
+)
+
+// alertsOf returns the alerts replay printed.
+func alertsOf(t *testing.T, out string) []detectors.Alert {
+	t.Helper()
+	var all []detectors.Alert
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var a detectors.Alert
+		if err := json.Unmarshal([]byte(l), &a); err != nil {
+			t.Fatalf("stdout line %q is not an alert: %v", l, err)
+		}
+		all = append(all, a)
+	}
+	return all
+}
+
+// TestReplayTuningAndForensicsFlags runs replay's tuning and forensics flags as an
+// analyst types them, over two hours of traffic with every attack: --sweep with
+// --labels and --report, --compare, --events with --key and a window, --send. The
+// printed alerts never change with what runs beside them.
+func TestReplayTuningAndForensicsFlags(t *testing.T) {
+	_, lines := replayTraffic(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "waf.log")
+	writeLog(t, log, lines, false)
+	sent := filepath.Join(dir, "sent.jsonl")
+	cfg := testConfig(t, replayDetectors+fmt.Sprintf("store: {data_dir: %s}\nalerting:\n  receivers:\n    - {name: archive, file: {path: %s}}\n",
+		filepath.Join(dir, "data"), sent))
+	base, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log)
+	alerts := alertsOf(t, base)
+	if code != 0 || len(alerts) < 4 {
+		t.Fatalf("replay: exit %d, %d alerts:\n%s", code, len(alerts), lastLines(errOut, 12))
+	}
+	if _, err := os.Stat(sent); err == nil {
+		t.Error("a replay without --send reached the file receiver")
+	}
+	var burst detectors.Alert
+	for _, a := range alerts {
+		if a.Detector == detectors.ForbiddenBurst {
+			burst = a
+		}
+	}
+	if burst.ID == "" {
+		t.Fatalf("no forbidden_burst incident to tune against: %s", base)
+	}
+
+	t.Run("sweep", func(t *testing.T) {
+		labels := filepath.Join(dir, "labels.jsonl")
+		writeFile(t, labels, fmt.Sprintf("# the 403 burst was the attack\n{\"id\": %q, \"attack\": true}\n", burst.ID))
+		report := filepath.Join(dir, "sweep.html")
+		out, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log,
+			"--sweep", "detectors.forbidden_burst.threshold=2,20,5000", "--labels", labels, "--report", report)
+		if code != 0 || out != base {
+			t.Fatalf("exit %d; the printed alerts changed with a sweep beside them:\n%s", code, lastLines(errOut, 12))
+		}
+		for _, row := range []string{`(?m)^  20 +1 +\d+ +1 of 1 +0  $`, `(?m)^  5000 +0 +\d+ +0 of 1 +0  ` + burst.ID + `$`} {
+			if !regexp.MustCompile(row).MatchString(errOut) {
+				t.Errorf("the sweep table lacks a row like %s:\n%s", row, lastLines(errOut, 8))
+			}
+		}
+		page, err := os.ReadFile(report)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := bytes.Count(page, []byte("<svg")); n != len(alerts)+1 {
+			t.Errorf("the report has %d charts, want one per alert (%d) and the sweep's", n, len(alerts))
+		}
+		if !bytes.Contains(page, []byte("gatewatch replay --config")) {
+			t.Error("the report does not say which command made it")
+		}
+	})
+
+	t.Run("compare", func(t *testing.T) {
+		loose := testConfig(t, replayDetectors+"  token_reuse: {max_devices: 16}\n")
+		out, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--compare", loose)
+		if code != 0 || out != base {
+			t.Fatalf("exit %d; the printed alerts changed with --compare:\n%s", code, lastLines(errOut, 12))
+		}
+		var reuse []string
+		for _, a := range alerts {
+			if a.Detector == detectors.TokenReuse {
+				reuse = append(reuse, a.ID)
+			}
+		}
+		if !strings.Contains(errOut, fmt.Sprintf("only in A (%s): %d\n", cfg, len(reuse))) || !strings.Contains(errOut, fmt.Sprintf("only in B (%s): 0\n", loose)) {
+			t.Errorf("compare does not name the %d token_reuse incidents only the config raised:\n%s", len(reuse), lastLines(errOut, 12))
+		}
+		for _, id := range reuse {
+			if !strings.Contains(errOut, "    "+id+" token_reuse ") {
+				t.Errorf("compare does not list %s", id)
+			}
+		}
+	})
+
+	t.Run("events", func(t *testing.T) {
+		from := burst.FirstSeen.Truncate(time.Second)
+		to := burst.LastSeen.Add(time.Second).Truncate(time.Second)
+		out, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--key", burst.Key,
+			"--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339))
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, lastLines(errOut, 8))
+		}
+		n := 0
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var ev struct {
+				Time      time.Time `json:"time"`
+				ClientKey string    `json:"client_key"`
+				TokenFP   string    `json:"token_fp"`
+				Status    int       `json:"status"`
+			}
+			if err := json.Unmarshal([]byte(l), &ev); err != nil {
+				t.Fatalf("%q is no event: %v", l, err)
+			}
+			if ev.ClientKey != burst.Key && ev.TokenFP != burst.Key {
+				t.Errorf("--key %s printed an event of %s", burst.Key, ev.ClientKey)
+			}
+			if ev.Time.Before(from) || !ev.Time.Before(to) {
+				t.Errorf("event at %s outside [%s, %s)", ev.Time, from, to)
+			}
+			if ev.Status == 403 {
+				n++
+			}
+		}
+		if want := burst.Evidence.ForbiddenCount; want == 0 || n < want {
+			t.Errorf("%d events answered 403 in the incident's window, the alert counted %d", n, want)
+		}
+	})
+
+	t.Run("send", func(t *testing.T) {
+		out, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--send")
+		if code != 0 || out != base {
+			t.Fatalf("exit %d; stdout is not the alerts alone:\n%s\n%s", code, out, lastLines(errOut, 12))
+		}
+		if !strings.Contains(errOut, " -> archive: delivered") {
+			t.Errorf("stderr does not say where the alerts went:\n%s", lastLines(errOut, 8))
+		}
+		got := slices.Sorted(func(yield func(string) bool) {
+			for _, a := range alertsOf(t, readFileString(t, sent)) {
+				if !yield(a.ID) {
+					return
+				}
+			}
+		})
+		want := slices.Sorted(slices.Values(alertIDs(t, base)))
+		if !slices.Equal(got, want) {
+			t.Errorf("the receiver got %v, want the replay's alerts %v", got, want)
+		}
+		// A second --send of the same alerts delivers nothing new.
+		if _, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--send"); code != 0 {
+			t.Fatalf("second --send: exit %d:\n%s", code, lastLines(errOut, 12))
+		}
+		if again := alertsOf(t, readFileString(t, sent)); len(again) != len(got) {
+			t.Errorf("a second --send delivered %d alerts again", len(again)-len(got))
+		}
+	})
+}
+
+func readFileString(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
+// that says what to change, before anything is read.
+func TestReplayUsageMistakes(t *testing.T) {
+	cfg := testConfig(t, replayDetectors)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--input", "x.log", "--kafka", "127.0.0.1:9092", "--from", "2026-03-01T00:00:00Z", "--to", "2026-03-01T01:00:00Z"}, "alternatives"},
+		{[]string{"--kafka", "127.0.0.1:9092", "--topic", "waf-logs"}, "give --from and --to"},
+		{[]string{"--archive", "--from", "2026-03-01T00:00:00Z"}, "give --from and --to"},
+		{[]string{"--input", "x.log", "--topic", "waf-logs"}, "--topic goes with --kafka"},
+		{[]string{"--input", "x.log", "--warmup", "24h"}, "give --from"},
+		{[]string{"--input", "x.log", "--labels", "l.jsonl"}, "--labels goes with --sweep"},
+		{[]string{"--input", "x.log", "--events", "--sweep", "detectors.forbidden_burst.threshold=1,2"}, "--events prints events"},
+		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
+		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
+	} {
+		_, errOut, code := runCmd(t, "", append([]string{"replay", "--config", cfg}, tc.args...)...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("replay %v: exit %d, want 2 and %q:\n%s", tc.args, code, tc.want, lastLines(errOut, 4))
+		}
+	}
+}

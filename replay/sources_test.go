@@ -1,0 +1,271 @@
+package replay_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"iter"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/replay"
+	"github.com/gatewatch/gatewatch/store"
+)
+
+// sample is an hour of traffic with every attack, as requests and as AWS WAF records.
+func sample(t testing.TB) ([]synth.Request, [][]byte) {
+	t.Helper()
+	reqs, _, err := synth.Generate(synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := make([][]byte, len(reqs))
+	for i := range reqs {
+		if lines[i], err = synth.AppendRecord(nil, ingest.FormatAWSWAF, &reqs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reqs, lines
+}
+
+func parserOptions(t testing.TB) ingest.ParserOptions {
+	return ingest.ParserOptions{Secret: secret(t), Now: func() time.Time { return synth.DefaultStart }}
+}
+
+// replayOf runs src through replay with the test's detectors and returns the alerts.
+func replayOf(t testing.TB, src detectors.EventSource, o replay.Options) ([]byte, *replay.Summary) {
+	t.Helper()
+	var out bytes.Buffer
+	o.Source, o.Out = src, &out
+	if o.Detectors.AllowedLateness == 0 {
+		o.Detectors = demoDetectors()
+	}
+	sum, err := replay.Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes(), sum
+}
+
+func ids(t testing.TB, out []byte) []string {
+	t.Helper()
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l == "" {
+			continue
+		}
+		var a detectors.Alert
+		if err := json.Unmarshal([]byte(l), &a); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		got = append(got, a.ID)
+	}
+	return got
+}
+
+// TestKafkaRangeReplaysWhatFilesDo: the records of a file, spread over four partitions
+// of a topic with their Kafka timestamps at their event times, replay from a time range
+// of the topic to the same alerts, byte for byte, as from the file; records stamped
+// outside the range are not read.
+func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
+	reqs, lines := sample(t)
+	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
+	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+	if len(ids(t, want)) < 4 {
+		t.Fatalf("the file raises %d alerts", len(ids(t, want)))
+	}
+
+	k := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: 4})
+	parts := map[int][]kafkago.Message{}
+	for i := range reqs {
+		p := i % 4
+		parts[p] = append(parts[p], kafkago.Message{Value: lines[i], Time: reqs[i].Time})
+	}
+	// Records an hour before and after the range, which a replay must not read.
+	before, after := reqs[0], reqs[len(reqs)-1]
+	before.Time, after.Time = before.Time.Add(-time.Hour), after.Time.Add(time.Hour)
+	for _, r := range []synth.Request{before, after} {
+		v, _ := synth.AppendRecord(nil, ingest.FormatAWSWAF, &r)
+		parts[0] = append(parts[0], kafkago.Message{Value: v, Time: r.Time})
+	}
+	slices.SortStableFunc(parts[0], func(a, b kafkago.Message) int { return a.Time.Compare(b.Time) })
+	for p := range 4 {
+		k.ProduceTo(t, "waf-logs", p, parts[p]...)
+	}
+	src, err := replay.NewKafkaRange(context.Background(), replay.KafkaOptions{
+		Brokers: k.Addrs, Topics: []ingest.TopicConfig{{Name: "waf-logs", Format: ingest.FormatAWSWAF}},
+		Start: synth.DefaultStart.Add(-time.Minute), End: synth.DefaultStart.Add(time.Hour + time.Minute), Parser: parserOptions(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	got, sum := replayOf(t, src, replay.Options{})
+	if !bytes.Equal(got, want) {
+		t.Errorf("alerts from Kafka differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
+	}
+	if sum.Events != len(reqs) || sum.Late != 0 {
+		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs))
+	}
+	var records int64
+	for _, p := range src.Partitions() {
+		records += p.Records
+		if p.End <= p.Start {
+			t.Errorf("%s: offsets %d to %d", p.Partition, p.Start, p.End)
+		}
+	}
+	if records != int64(len(reqs)) {
+		t.Errorf("%d records read, want the %d in the range", records, len(reqs))
+	}
+}
+
+// TestArchiveReplaysWhatFilesDo: events archived in the embedded store replay from the
+// archive to the alerts the file gives, and --key keeps one key's events.
+func TestArchiveReplaysWhatFilesDo(t *testing.T) {
+	cfg := synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}
+	path := writeSample(t, cfg, ingest.FormatAWSWAF)
+	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+	st, err := store.NewLocal(store.Config{DataDir: t.TempDir()}, store.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	fs, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{Format: ingest.FormatAWSWAF, Parser: parserOptions(t), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		b, err := fs.Next(context.Background())
+		if b != nil {
+			n += len(b.Events)
+			if err := st.ArchiveEvents(context.Background(), b.Events); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs.Close()
+	from, to := synth.DefaultStart, synth.DefaultStart.Add(2*time.Hour)
+	a := replay.NewArchive(st.ReadEvents(context.Background(), from, to, ""))
+	got, sum := replayOf(t, a, replay.Options{})
+	a.Close()
+	if !bytes.Equal(got, want) || sum.Events != n {
+		t.Errorf("alerts from the archive (%d events of %d) differ from the file's:\nwant %v\ngot  %v", sum.Events, n, ids(t, want), ids(t, got))
+	}
+
+	var first detectors.Alert
+	json.Unmarshal(bytes.SplitN(want, []byte("\n"), 2)[0], &first)
+	var evs bytes.Buffer
+	src := replay.Filtered(replay.NewArchive(st.ReadEvents(context.Background(), from, to, "")), replay.Filter{Keys: []string{first.Key}})
+	k, err := replay.WriteEvents(context.Background(), src, first.FirstSeen, first.LastSeen.Add(time.Millisecond), &evs)
+	if err != nil || k == 0 {
+		t.Fatalf("events of %s: %d, %v", first.Key, k, err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(evs.String()), "\n") {
+		var ev struct {
+			Time      time.Time `json:"time"`
+			ClientKey string    `json:"client_key"`
+			TokenFP   string    `json:"token_fp"`
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.ClientKey != first.Key && ev.TokenFP != first.Key {
+			t.Errorf("--key %s printed an event of %s/%s", first.Key, ev.ClientKey, ev.TokenFP)
+		}
+		if ev.Time.Before(first.FirstSeen) || ev.Time.After(first.LastSeen) {
+			t.Errorf("event at %s outside the window", ev.Time)
+		}
+	}
+}
+
+// TestArchiveStopsAndFails: an archive that fails mid-way says so after the events
+// before the failure; one closed before its end stops reading the store.
+func TestArchiveStopsAndFails(t *testing.T) {
+	broken := errors.New("connection reset")
+	stopped := make(chan int, 1)
+	events := func(n int, fail error) iter.Seq2[ingest.Event, error] {
+		return func(yield func(ingest.Event, error) bool) {
+			for i := range n {
+				if !yield(ingest.Event{Time: synth.DefaultStart.Add(time.Duration(i) * time.Millisecond)}, nil) {
+					stopped <- i
+					return
+				}
+			}
+			if fail != nil {
+				yield(ingest.Event{}, fail)
+			}
+		}
+	}
+	ctx := context.Background()
+	a := replay.NewArchive(events(10_000, broken))
+	got := 0
+	var err error
+	for err == nil {
+		var b *ingest.Batch
+		if b, err = a.Next(ctx); b != nil {
+			got += len(b.Events)
+		}
+	}
+	a.Close()
+	if got != 10_000 || !errors.Is(err, broken) {
+		t.Errorf("read %d events, then %v; want 10000, then %v", got, err, broken)
+	}
+
+	a = replay.NewArchive(events(1_000_000, nil))
+	if _, err := a.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	select {
+	case i := <-stopped:
+		if i >= 1_000_000 {
+			t.Errorf("stopped at %d", i)
+		}
+	default:
+		t.Error("Close returned while the archive was still being read")
+	}
+}
+
+func TestFilter(t *testing.T) {
+	ev := ingest.Event{ClientKey: "k1", TokenFP: "t1", ClientIP: "203.0.113.7", Method: "GET", Route: "/v1/orders/{id}"}
+	for _, tc := range []struct {
+		name string
+		f    replay.Filter
+		want bool
+	}{
+		{"nothing set", replay.Filter{}, true},
+		{"client key", replay.Filter{Keys: []string{"k0", "k1"}}, true},
+		{"token fingerprint", replay.Filter{Keys: []string{"t1"}}, true},
+		{"another key", replay.Filter{Keys: []string{"k2"}}, false},
+		{"route with its method", replay.Filter{Routes: []string{"GET /v1/orders/{id}"}}, true},
+		{"route alone", replay.Filter{Routes: []string{"/v1/orders/{id}"}}, true},
+		{"route, another method", replay.Filter{Routes: []string{"POST /v1/orders/{id}"}}, false},
+		{"a prefix of the route", replay.Filter{Routes: []string{"GET /v1/orders"}}, false},
+		{"client IP", replay.Filter{ClientIPs: []string{"203.0.113.7"}}, true},
+		{"another IP", replay.Filter{ClientIPs: []string{"203.0.113.8"}}, false},
+		{"every list matches", replay.Filter{Keys: []string{"k1"}, Routes: []string{"/v1/orders/{id}"}, ClientIPs: []string{"203.0.113.7"}}, true},
+		{"one list does not", replay.Filter{Keys: []string{"k1"}, ClientIPs: []string{"198.51.100.1"}}, false},
+	} {
+		if got := tc.f.Match(&ev); got != tc.want {
+			t.Errorf("%s: Match(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
+		}
+	}
+}
