@@ -116,8 +116,8 @@ func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
 		}
 	}
 	groups := incidentsOf(sink.alerts)
-	if len(groups) != 4 {
-		t.Errorf("%d incidents through Run, want the 4 attacks:\n%s", len(groups), describe(sink.alerts))
+	if len(groups) != len(s.attacks) {
+		t.Errorf("%d incidents through Run, want the %d of the attacks:\n%s", len(groups), len(s.attacks), describe(sink.alerts))
 	}
 	// Every alert was put before the batch holding its last event was acked.
 	for _, g := range groups {

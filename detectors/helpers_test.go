@@ -21,10 +21,9 @@ func at(d time.Duration) time.Time { return t0.Add(d) }
 // only returns the default config with every detector but name disabled.
 func only(name string) Config {
 	c := DefaultConfig()
-	c.NewCountry.Enabled = name == NewCountry
-	c.TokenReuse.Enabled = name == TokenReuse
-	c.ForbiddenBurst.Enabled = name == ForbiddenBurst
-	c.QuietEndpointSpike.Enabled = name == QuietEndpointSpike
+	for _, e := range c.enabled() {
+		*e.on = e.name == name
+	}
 	return c
 }
 
@@ -174,4 +173,21 @@ func describe(alerts []Alert) string {
 			a.FirstSeen.Format("15:04:05.000"), a.LastSeen.Format("15:04:05.000"), a.Summary)
 	}
 	return b.String()
+}
+
+// enabled returns, per detector, its name and its enabled setting.
+func (c *Config) enabled() []struct {
+	name string
+	on   *bool
+} {
+	return []struct {
+		name string
+		on   *bool
+	}{
+		{NewCountry, &c.NewCountry.Enabled}, {TokenReuse, &c.TokenReuse.Enabled},
+		{ForbiddenBurst, &c.ForbiddenBurst.Enabled}, {QuietEndpointSpike, &c.QuietEndpointSpike.Enabled},
+		{ObjectEnumeration, &c.ObjectEnumeration.Enabled}, {AuthFailureSpray, &c.AuthFailureSpray.Enabled},
+		{PrivilegeAnomaly, &c.PrivilegeAnomaly.Enabled}, {ClientVolumeSpike, &c.ClientVolumeSpike.Enabled},
+		{RouteScan, &c.RouteScan.Enabled},
+	}
 }
