@@ -294,3 +294,33 @@ func BenchmarkNewCountryCandidates(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/event")
 }
+
+func BenchmarkObjectEnumerationMemory(b *testing.B) {
+	benchMemory(b, ObjectEnumeration, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)), route("GET", "/v1/invoices/{id}"), path(fmt.Sprintf("/v1/invoices/%d", i)))
+	})
+}
+
+func BenchmarkAuthFailureSprayMemory(b *testing.B) {
+	benchMemory(b, AuthFailureSpray, func(i int, ts time.Time) ingest.Event {
+		return req(ts, ip(fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)))
+	})
+}
+
+func BenchmarkPrivilegeAnomalyMemory(b *testing.B) {
+	benchMemory(b, PrivilegeAnomaly, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)), route("POST", "/v1/admin/users/{id}"))
+	})
+}
+
+func BenchmarkClientVolumeSpikeMemory(b *testing.B) {
+	benchMemory(b, ClientVolumeSpike, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)))
+	})
+}
+
+func BenchmarkRouteScanMemory(b *testing.B) {
+	benchMemory(b, RouteScan, func(i int, ts time.Time) ingest.Event {
+		return req(ts, ip(fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)))
+	})
+}

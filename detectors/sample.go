@@ -426,7 +426,7 @@ const lcBits = 256
 // for detectors with a key per client and route.
 type lcSet struct {
 	h    [2]uint64
-	m    [2]uint64            // slot mask per member; 0: free
+	m    [2]uint64             // slot mask per member; 0: free
 	bits [][lcBits / 64]uint64 // per slot, once past the inline members
 }
 

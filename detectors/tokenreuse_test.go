@@ -145,3 +145,28 @@ func TestTokenReuseManyDevices(t *testing.T) {
 		t.Errorf("device_count %d with %d listed, want about 40 with %d listed", ev.DeviceCount, len(ev.Devices), exactLimit)
 	}
 }
+
+// TestTokenReuseCountsTheWindow: a token in use on its owner's phone all day, replayed
+// from another device at the end of the day. The alert's counts and times are those of
+// the window it names, not of the phone's day.
+func TestTokenReuseCountsTheWindow(t *testing.T) {
+	events := concat(
+		repeat(1700, t0, 20*time.Second, func(i int, ts time.Time) ingest.Event { return use("t1", "phone", ts) }),
+		[]ingest.Event{use("t1", "attacker", at(1700*20*time.Second-90*time.Second), ip("203.0.113.66"))})
+	res := run(t, only(TokenReuse), nil, 0, inOrder(events))
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 1 {
+		t.Fatalf("%d incidents:\n%s", len(groups), describe(res.alerts))
+	}
+	a := groups[0][0]
+	ws, _ := time.Parse(time.RFC3339, a.Evidence.WindowStart)
+	we, _ := time.Parse(time.RFC3339, a.Evidence.WindowEnd)
+	for _, d := range a.Evidence.DeviceEvents {
+		if d.Device == "phone" && (d.Events < 25 || d.Events > 30) {
+			t.Errorf("phone: %d events, want the 25 to 30 of the 10m window, not its day", d.Events)
+		}
+	}
+	if a.FirstSeen.Before(ws) || a.LastSeen.After(we) || a.FirstSeen.Sub(ws) >= 20*time.Second {
+		t.Errorf("first_seen %s last_seen %s for window %s..%s", a.FirstSeen, a.LastSeen, ws, we)
+	}
+}

@@ -90,10 +90,12 @@ func (w *windowed[S]) markHot(slot int32) {
 	}
 }
 
-// judgeTo judges the windows of hot key h ending at buckets after h.evalTo up to upTo.
+// judgeTo judges the windows of hot key h ending at buckets after h.evalTo up to upTo:
+// those that hold its data and, for a detector that compares windows with earlier
+// ones, those a window later, which fold them into its peak.
 func (w *windowed[S]) judgeTo(h *hotKey, upTo int64) {
 	lo, top, ok := w.j.bounds(h.ref.slot)
-	from, to := max(h.evalTo+1, lo), min(upTo, top+w.lay.n-1)
+	from, to := max(h.evalTo+1, lo), min(upTo, top+w.lay.n-1+w.lay.back)
 	h.evalTo = max(h.evalTo, upTo)
 	for e := from; ok && e <= to; e++ {
 		w.j.judge(h.ref.slot, e)
