@@ -121,7 +121,7 @@ type oeNames struct{ client, method, route string }
 func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, since *traffic, inc *incidents) *objectEnum {
 	lay := newRingLayout(c.Window, lateness, oeBuckets, false)
 	d := &objectEnum{
-		cnt:   newCounters(lay, 1, true, true),
+		cnt:   newCounters(lay, 1, true, true, 0),
 		arena: newArena(lay),
 		ids:   lcPool{size: lay.size},
 		since: since,

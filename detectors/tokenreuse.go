@@ -3,7 +3,6 @@ package detectors
 import (
 	"fmt"
 	"math/bits"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -21,15 +20,16 @@ import (
 // theirs. Past exactLimit devices, further ones are counted in a sketch per slot
 // (idSet).
 //
-// A device's other evidence (a client IP, countries) covers its current burst of
-// activity: the events since it last went quiet for longer than the ring spans. That
-// rule depends on event times only, so the evidence does not depend on arrival order.
+// The token's buckets also keep a client IP (that of smallest hash) and the two
+// countries of lowest code of their events, so that the evidence of a window is the
+// window's, whatever order its events came in.
 type tokenReuse struct {
 	windowed[trKey]
-	cnt  counters
-	ids  samplers // only for the sketches of devices past exactLimit
-	gap  int64    // buckets of quiet that end a device's burst: the ring size
-	skip []string
+	cnt   counters // the token's events per bucket, with a client IP and two countries
+	arena arena
+	ids   samplers // only for the sketches of devices past exactLimit
+	gap   int64    // buckets of quiet that end a device's burst: the ring size
+	skip  []string
 
 	params    []trParams
 	keyParams map[string]uint16
@@ -66,16 +66,14 @@ type trDev struct {
 	mask   uint64   // ring slots it was seen in
 	newest int64    // bucket of the device's latest event
 	counts []uint16 // its events per ring slot; nil for the first device
-	cc     [2]uint16
-	ipH    uint64     // hash of the IP's text, so that an event's IP is compared by hash
-	ip     netip.Addr // of smallest hash in the burst
 	dev    string
 }
 
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
 	lay := newRingLayout(c.Window, lateness, 20, false)
 	d := &tokenReuse{
-		cnt:       newCounters(lay, 1, true, false),
+		cnt:       newCounters(lay, 1, true, true, 2),
+		arena:     newArena(lay),
 		ids:       newSamplers(lay, 0, 0, 0),
 		gap:       lay.size,
 		keyParams: map[string]uint16{},
@@ -85,6 +83,7 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 	// A token stays until no device of it can still be in a burst: window plus gap.
 	d.init(TokenReuse, lay, c.MaxKeys, 2*lay.size*lay.width, inc, d)
 	d.tab.onRemove = d.release
+	d.samples = &d.arena
 	base := trParams{enabled: true, maxDevices: c.MaxDevices, severity: c.Severity}
 	d.params = append(d.params, base)
 	for _, o := range c.Overrides {
@@ -172,7 +171,10 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	keep := d.keep()
 	o, dropped := d.cnt.place(data, &k.r, k.sums[:], b, bs, keep)
 	d.dropSlots(k, dropped, keep)
+	fresh := data[o] == 0
 	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, hash64(ev.ClientIP), &d.arena)
+	addCountry(d.cnt.extraAt(data, o), fresh, packCountry(ev.Country))
 	dv := d.device(k, dh, ev.Device, b)
 	if dv == nil {
 		d.ids.addTo(&k.more.over, int(bs), dh)
@@ -186,29 +188,24 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 		if dv.counts != nil {
 			inc16(&dv.counts[bs])
 		}
-		dv.seen(ev)
 	}
 	if !d.tab.ents[slot].hot && d.active(k) > p.maxDevices {
 		d.markHot(slot)
 	}
 }
 
-// seen folds an event's IP and country into the device's burst evidence.
-func (dv *trDev) seen(ev *ingest.Event) {
-	if ev.ClientIP != "" {
-		if h := hash64(ev.ClientIP); !dv.ip.IsValid() || h < dv.ipH {
-			if a, err := netip.ParseAddr(ev.ClientIP); err == nil {
-				dv.ip, dv.ipH = a, h
-			}
-		}
+// addCountry keeps in cc the two lowest country codes of a bucket's events; fresh
+// says the event is the bucket's first.
+func addCountry(cc []uint16, fresh bool, c uint16) {
+	if fresh {
+		cc[0], cc[1] = 0, 0
 	}
-	c := packCountry(ev.Country)
 	switch {
-	case c == 0 || c == dv.cc[0] || c == dv.cc[1]:
-	case dv.cc[0] == 0 || c < dv.cc[0]:
-		dv.cc[1], dv.cc[0] = dv.cc[0], c
-	case dv.cc[1] == 0 || c < dv.cc[1]:
-		dv.cc[1] = c
+	case c == 0 || c == cc[0] || c == cc[1]:
+	case cc[0] == 0 || c < cc[0]:
+		cc[1], cc[0] = cc[0], c
+	case cc[1] == 0 || c < cc[1]:
+		cc[1] = c
 	}
 }
 
@@ -405,7 +402,6 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 		ev := d.windowEvidence(end)
 		ev.DeviceCount = n
 		ev.MaxDevices = p.maxDevices
-		var ips, ccs []string
 		data := d.cnt.keyData(slot)
 		for i := 0; i < int(k.nDev); i++ {
 			dv := k.dev(i)
@@ -414,22 +410,25 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 			}
 			ev.Devices = append(ev.Devices, dv.dev)
 			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: d.deviceEvents(k, data, i, m)})
-			if dv.ip.IsValid() {
-				ips = append(ips, dv.ip.String())
-			}
-			for _, c := range dv.cc {
-				if c != 0 {
-					ccs = append(ccs, unpackCountry(c))
+		}
+		from := end - d.lay.n + 1
+		ev.ClientIPs = d.cnt.samples(data, &k.r, from, end, &d.arena, 10)
+		var ccs []string
+		for b := max(from, k.r.lo); b <= min(end, k.r.top); b++ {
+			if o := d.lay.slot(b) * d.cnt.stride; data[o] > 0 {
+				for _, c := range d.cnt.extraAt(data, o) {
+					if c != 0 {
+						ccs = append(ccs, unpackCountry(c))
+					}
 				}
 			}
 		}
+		ev.Countries = sortedUnique(ccs)
 		if k.more != nil {
 			ev.DeviceCount += d.ids.distinctOf(&k.more.over, m)
 		}
 		slices.Sort(ev.Devices)
 		slices.SortFunc(ev.DeviceEvents, func(a, b DeviceEvents) int { return strings.Compare(a.Device, b.Device) })
-		ev.ClientIPs = sortedUnique(ips)
-		ev.Countries = sortedUnique(ccs)
 		summary := fmt.Sprintf("Token %s was used from %d devices within %s (at most %d expected).",
 			name, ev.DeviceCount, d.window, p.maxDevices)
 		if len(ev.Countries) > 1 {

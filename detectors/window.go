@@ -141,18 +141,20 @@ func (c *bucketer) of(t int64) (b, slot int64) {
 // edges. With sampled, each bucket also keeps one sampled value of its events of count
 // 0 (a sampleRef into the detector's arena): the evidence of a detector that counts
 // every request of every active key, where a pooled sampler would cost a pointer to
-// follow per event. A bucket's counts, span and sample share a cache line.
+// follow per event. Extra words per bucket are the detector's own, valid while count 0
+// is not zero. A bucket's counts, span, sample and extra words share a cache line.
 type counters struct {
 	lay     ringLayout
 	k       int64
 	spans   bool
 	sampled bool
+	extra   int64
 	stride  int64 // uint16s per bucket
 	data    []uint16
 }
 
-func newCounters(lay ringLayout, k int64, spans, sampled bool) counters {
-	c := counters{lay: lay, k: k, spans: spans, sampled: sampled, stride: k}
+func newCounters(lay ringLayout, k int64, spans, sampled bool, extra int64) counters {
+	c := counters{lay: lay, k: k, spans: spans, sampled: sampled, extra: extra, stride: k + extra}
 	if spans {
 		c.stride += 2
 	}
@@ -161,6 +163,9 @@ func newCounters(lay ringLayout, k int64, spans, sampled bool) counters {
 	}
 	return c
 }
+
+// extraAt returns the detector's own words of the bucket at offset o.
+func (c *counters) extraAt(d []uint16, o int64) []uint16 { return d[o+c.stride-c.extra : o+c.stride] }
 
 // prefetch loads the counts of key slot's bucket of time t, found with bk, and returns
 // what it loaded (0 on amd64); see prefetchLines.
@@ -175,12 +180,12 @@ func (c *counters) prefetch(slot int32, t int64, bk *bucketer) uint64 {
 
 // refAt returns the sample of the bucket at offset o.
 func (c *counters) refAt(d []uint16, o int64) sampleRef {
-	x := d[o+c.stride-4 : o+c.stride]
+	x := d[o+c.stride-c.extra-4 : o+c.stride-c.extra]
 	return sampleRef{h: uint32(x[0]) | uint32(x[1])<<16, off: uint32(x[2]) | uint32(x[3])<<16}
 }
 
 func (c *counters) setRef(d []uint16, o int64, r sampleRef) {
-	x := d[o+c.stride-4 : o+c.stride]
+	x := d[o+c.stride-c.extra-4 : o+c.stride-c.extra]
 	x[0], x[1], x[2], x[3] = uint16(r.h), uint16(r.h>>16), uint16(r.off), uint16(r.off>>16)
 }
 
