@@ -31,7 +31,8 @@ func TestDemoCatchesEveryAttack(t *testing.T) {
 		detectors = append(detectors, d)
 	}
 	slices.Sort(detectors)
-	if want := []string{"forbidden_burst", "new_country", "quiet_endpoint_spike", "token_reuse"}; !slices.Equal(detectors, want) {
+	if want := []string{"auth_failure_spray", "client_volume_spike", "forbidden_burst", "new_country", "object_enumeration",
+		"privilege_anomaly", "quiet_endpoint_spike", "route_scan", "token_reuse"}; !slices.Equal(detectors, want) {
 		t.Errorf("alerts from %v, want one from each of %v\n%s", detectors, want, errOut)
 	}
 	if strings.Contains(errOut, "MISSED") {

@@ -554,11 +554,10 @@ func (g *gen) requestFrom(t time.Time, c *client, d device, r route, status int)
 }
 
 // stranger is a request from someone who is no client: an address of its own, no
-// device or token, an API key only when key is set.
-func (g *gen) stranger(t time.Time, ip, key, ua string, r route, status int) Request {
-	c := client{consumer: "", apiKey: key, countries: []string{"NL"}}
-	req := g.requestFrom(t, &c, device{ua: ua, ip: ip}, r, status)
-	return req
+// device id, and an API key and token that are no client's.
+func (g *gen) stranger(t time.Time, ip, key, token, ua string, r route, status int) Request {
+	c := client{apiKey: key, countries: []string{"NL"}}
+	return g.requestFrom(t, &c, device{ua: ua, ip: ip, token: token}, r, status)
 }
 
 // attackTargets returns the clients attacks are aimed at: the busiest single-country
@@ -640,14 +639,15 @@ func (g *gen) attack(kind string, at time.Time, i int) ([]Request, Injected) {
 		}
 		inj.Route = invoiceRoute.method + " " + invoiceRoute.template
 	case AttackAuthSpray:
-		// Credential stuffing from one address: forty keys that do not work.
+		// Credential stuffing from one address: forty keys and tokens that do not work.
 		ip := g.ip()
-		keys := make([]string, 40)
+		keys, tokens := make([]string, 40), make([]string, 40)
 		for k := range keys {
-			keys[k] = "ak_live_" + g.hex(32)
+			keys[k], tokens[k] = "ak_live_"+g.hex(32), "eyJ"+g.hex(48)
 		}
 		for k := range 60 {
-			reqs = append(reqs, g.stranger(at.Add(time.Duration(k)*2*time.Second), ip, keys[k%len(keys)], "python-requests/2.31.0", loginRoute, 401))
+			j := k % len(keys)
+			reqs = append(reqs, g.stranger(at.Add(time.Duration(k)*2*time.Second), ip, keys[j], tokens[j], "python-requests/2.31.0", loginRoute, 401))
 		}
 		inj.Client, inj.ClientIP, inj.APIKey, inj.Token = "", ip, "", ""
 	case AttackPrivilege:
@@ -673,7 +673,9 @@ func (g *gen) attack(kind string, at time.Time, i int) ([]Request, Injected) {
 			if k%10 == 0 {
 				status = 403
 			}
-			r := g.stranger(at.Add(time.Duration(k)*1500*time.Millisecond), ip, "", "Mozilla/5.0 zgrab/0.x", route{method: "GET", template: p}, status)
+			// Junk credentials, new for each request, as fuzzing scanners send.
+			r := g.stranger(at.Add(time.Duration(k)*1500*time.Millisecond), ip, "ak_"+g.hex(16), "eyJ"+g.hex(24), "Mozilla/5.0 zgrab/0.x",
+				route{method: "GET", template: p}, status)
 			reqs = append(reqs, r)
 		}
 		inj.Client, inj.ClientIP, inj.APIKey, inj.Token = "", ip, "", ""
