@@ -138,8 +138,8 @@ func TestConfigValidate(t *testing.T) {
 			"quiet_endpoint_spike.min_peak_ratio: must be between 1 and 1000, got 0.5",
 			"quiet_endpoint_spike.peak_memory: must be at least 1h, got 10m0s",
 		}},
-		{"lateness too large for a window with history", "allowed_lateness: 61s\nclient_volume_spike: {window: 1s}", []string{
-			"allowed_lateness: 1m1s is more than 60 times client_volume_spike.window"}},
+		{"lateness too large for a window with history", "allowed_lateness: 61s\nmax_skew: 0s\nclient_volume_spike: {window: 1s}", []string{
+			"allowed_lateness: allowed_lateness plus max_skew (1m1s) is more than 60 times client_volume_spike.window"}},
 		{"object enumeration", "object_enumeration: {min_distinct: 0, min_peak_ratio: 0, peak_memory: 0s, learning_period: -1h}", []string{
 			"object_enumeration.min_distinct: must be between 1 and 1000000, got 0",
 			"object_enumeration.min_peak_ratio: must be between 1 and 1000, got 0",

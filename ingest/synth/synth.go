@@ -168,7 +168,7 @@ var (
 		{method: "GET", template: "/v1/accounts/{id}/balance", weight: 5},
 		{method: "PUT", template: "/v1/users/{id}", weight: 3},
 		{method: "GET", template: "/v1/notifications", weight: 5},
-		{method: "POST", template: "/v1/sessions", weight: 2},
+		{method: "POST", template: "/v1/sessions", weight: 8}, // every app logs in
 		{method: "DELETE", template: "/v1/sessions/{id}", weight: 1},
 		{method: "GET", template: "/v1/catalog/{id}/reviews", weight: 4},
 		{method: "POST", template: "/v1/payments", weight: 2},
