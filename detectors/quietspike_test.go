@@ -123,6 +123,9 @@ func TestQuietEndpointSpikeEvidence(t *testing.T) {
 		len(ev.SampleRequestIDs) != 5 || !slices.Equal(ev.SamplePaths, []string{"/v1/export"}) {
 		t.Errorf("samples: distinct %d keys %v ips %v ids %v paths %v", ev.DistinctClients, ev.ClientKeys, ev.ClientIPs, ev.SampleRequestIDs, ev.SamplePaths)
 	}
+	if !a.FirstSeen.Equal(at(10*time.Second)) || !a.LastSeen.Equal(at(126*time.Second)) { // the first and last requests
+		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
+	}
 	if a.Labels["route"] != "/v1/export" || a.Labels["method"] != "GET" || a.Labels["key_type"] != "route" {
 		t.Errorf("labels %v", a.Labels)
 	}

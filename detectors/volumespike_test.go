@@ -35,6 +35,14 @@ func TestClientVolumeSpike(t *testing.T) {
 					t.Errorf("evidence %+v", ev)
 				}
 			}},
+		{name: "first_seen and last_seen are its events' times", snap: usual("k", 2, 50), events: calls("k", 300, at(7*time.Second), time.Second),
+			incidents: 1, key: "k", check: func(t *testing.T, a Alert) {
+				// Not the edges of the buckets they fell in.
+				if !a.FirstSeen.Equal(at(7*time.Second)) || a.LastSeen.Sub(a.FirstSeen)%time.Second != 0 ||
+					a.LastSeen.Before(at(206*time.Second)) || a.LastSeen.After(at(306*time.Second)) {
+					t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
+				}
+			}},
 		{name: "below min_count", snap: usual("k", 0.1, 0), events: calls("k", 199, t0, time.Second)},
 		{name: "at min_count", snap: usual("k", 0.1, 0), events: calls("k", 200, t0, time.Second), incidents: 1, key: "k"},
 		{name: "less than min_peak_ratio times its peak", snap: usual("k", 2, 100), events: calls("k", 300, t0, time.Second)},
