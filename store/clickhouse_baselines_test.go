@@ -387,7 +387,7 @@ func TestClickHouseSetsCorruptSpilledUpdatesAside(t *testing.T) {
 func TestClickHouseReadsRoutesWrittenBeforePeaks(t *testing.T) {
 	addr := clickhousetest.Require(t)
 	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
-	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Baselines: suiteSettings})
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Baselines: suiteSettings})
 	conn := testConn(t, addr, cfg.ClickHouse.Database)
 	ctx := testContext(t)
 	asOf := time.Date(2026, 3, 1, 12, 0, 0, 250_000_000, time.UTC)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatewatch/gatewatch/detectors"
@@ -195,7 +196,7 @@ func TestLocalRestartStartsWarm(t *testing.T) {
 	cfg := detectors.DefaultConfig()
 	cfg.QuietEndpointSpike.LearningPeriod, cfg.ObjectEnumeration.LearningPeriod, cfg.PrivilegeAnomaly.LearningPeriod = 12*time.Hour, 12*time.Hour, 12*time.Hour
 	engine := func(l *Local) *detectors.Engine {
-		e, err := detectors.NewEngine(cfg, detectors.Options{Baselines: l})
+		e, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: l})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +237,7 @@ func TestLocalRestartStartsWarm(t *testing.T) {
 		}
 	}
 	// Without what was learned (only that traffic began long ago), the same day pages.
-	cold, err := detectors.NewEngine(cfg, detectors.Options{Baselines: detectors.NewMemoryBaselines(detectors.Baselines{TrafficSince: start})})
+	cold, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: detectors.NewMemoryBaselines(detectors.Baselines{TrafficSince: start})})
 	if err != nil {
 		t.Fatal(err)
 	}
