@@ -27,9 +27,9 @@ type PrivilegeAnomalyConfig struct {
 	Overrides      []PrivilegeAnomalyOverride `yaml:"overrides"`
 }
 
-// A PrivilegeRule says which requests are privileged: those whose route template has
-// a path segment equal to Segment (without regard to case), or starts with
-// RoutePrefix; exactly one is set. Methods, when set, narrows the rule to those
+// A PrivilegeRule says which requests are privileged: those whose route template (or
+// path, where the gateway logs a route name) has a path segment equal to Segment
+// (without regard to case), or starts with RoutePrefix; exactly one is set. Methods, when set, narrows the rule to those
 // methods: a role change is a PUT to .../roles, a read of the roles is not.
 type PrivilegeRule struct {
 	Segment     string   `yaml:"segment,omitempty"`
@@ -175,7 +175,7 @@ func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since
 
 func (d *privilegeAnomaly) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	d.since.seen(t)
-	if ev.ClientKey == "" || !succeeded(ev.Status) || !d.match.privileged(ev.Method, ev.Route) || d.rules.skip(ev) {
+	if ev.ClientKey == "" || !succeeded(ev.Status) || !d.match.privileged(ev.Method, privilegeRoute(ev)) || d.rules.skip(ev) {
 		return
 	}
 	slot := d.tab.find(ev.ClientKey)
@@ -433,6 +433,16 @@ func newPrivilegeMatcher(rules []PrivilegeRule) privilegeMatcher {
 		m.rules[i].Segment = strings.ToLower(m.rules[i].Segment)
 	}
 	return m
+}
+
+// privilegeRoute is what the privilege rules read: the route template, or the path
+// when the gateway logs a route name instead (Kong's "post-v1-admin-users-roles" has no
+// segments, and no rule would ever match it).
+func privilegeRoute(ev *ingest.Event) string {
+	if strings.HasPrefix(ev.Route, "/") {
+		return ev.Route
+	}
+	return ev.Path
 }
 
 func (m *privilegeMatcher) privileged(method, route string) bool {

@@ -50,6 +50,12 @@ func TestPrivilegeAnomaly(t *testing.T) {
 		{name: "internal routes", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return req(ts, client("k"), route("GET", "/internal/metrics"))
 		}), incidents: 1, key: "k"},
+		{name: "a gateway that logs route names (Kong): the path decides", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return req(ts, client("k"), route("POST", "post-v1-admin-users-id-roles"), path(fmt.Sprintf("/v1/admin/users/%d/roles", i)))
+		}), incidents: 1, key: "k"},
+		{name: "a route name whose path is not privileged", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return req(ts, client("k"), route("POST", "post-v1-admins-guide"), path("/v1/admins-guide"))
+		})},
 		{name: "a word that only contains admin", snap: established(), events: repeat(10, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return req(ts, client("k"), route("GET", "/v1/administrators-guide"))
 		})},
