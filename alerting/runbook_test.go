@@ -28,6 +28,9 @@ func engineAlerts(t *testing.T, runbookBase string) []detectors.Alert {
 	cfg.NewCountry.LearningPeriod = time.Hour
 	cfg.NewCountry.MinEvents = 5
 	cfg.QuietEndpointSpike.LearningPeriod = time.Hour
+	cfg.ObjectEnumeration.LearningPeriod = time.Hour
+	cfg.PrivilegeAnomaly.LearningPeriod = time.Hour
+	cfg.ClientVolumeSpike.LearningPeriod = time.Hour
 	e, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), RunbookBaseURL: runbookBase})
 	if err != nil {
 		t.Fatal(err)
@@ -59,10 +62,40 @@ func engineAlerts(t *testing.T, runbookBase string) []detectors.Alert {
 	for i := range 40 {
 		evs = append(evs, ev(93*time.Minute+time.Duration(i)*time.Second, fmt.Sprintf("key-%d", i%4), "tok-q", "dev-q", "US", "POST", "/v1/admin/export", 200))
 	}
+	// object_enumeration: one key walks 60 invoice ids within two minutes.
+	for i := range 60 {
+		r := ev(94*time.Minute+time.Duration(i)*2*time.Second, "key-walker", "tok-w", "dev-w", "US", "GET", "/v1/invoices/{id}", 200)
+		r.Path, r.ClientIP = fmt.Sprintf("/v1/invoices/%d", 1000+i), "203.0.113.10"
+		evs = append(evs, r)
+	}
+	// auth_failure_spray: one address fails with 15 keys.
+	for i := range 15 {
+		r := ev(94*time.Minute+time.Duration(i)*3*time.Second, fmt.Sprintf("key-guess-%d", i), "", "", "US", "POST", "/v1/login", 401)
+		r.ClientIP = "203.0.113.20"
+		evs = append(evs, r)
+	}
+	// privilege_anomaly: a key with no admin work in its history changes roles.
+	for i := range 4 {
+		r := ev(96*time.Minute+time.Duration(i)*10*time.Second, "key-staff", "tok-s", "dev-s", "US", "POST", "/v1/admin/users/{id}/roles", 200)
+		r.Path, r.ClientIP = fmt.Sprintf("/v1/admin/users/%d/roles", 7+i), "203.0.113.40"
+		evs = append(evs, r)
+	}
+	// route_scan: one address asks for 25 routes that do not exist.
+	for i := range 25 {
+		r := ev(97*time.Minute+time.Duration(i)*2*time.Second, "", "", "", "US", "GET", fmt.Sprintf("/.probe-%d", i), 404)
+		r.ClientIP = "203.0.113.30"
+		evs = append(evs, r)
+	}
+	// client_volume_spike: the established key, one request a minute so far, makes 300
+	// within five minutes.
+	for i := range 300 {
+		evs = append(evs, ev(100*time.Minute+time.Duration(i)*time.Second, "key-established", "tok-a", "dev-a", "NL", "GET", "/v1/orders", 200))
+	}
 	// Quiet traffic to move the watermark past every window.
 	for m := 95; m < 130; m++ {
 		evs = append(evs, ev(time.Duration(m)*time.Minute, "key-established", "tok-a", "dev-a", "NL", "GET", "/v1/orders", 200))
 	}
+	slices.SortStableFunc(evs, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
 	alerts := e.Observe(evs)
 	return append(alerts, e.Flush()...)
 }

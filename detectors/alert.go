@@ -19,10 +19,16 @@ const (
 	TokenReuse         = "token_reuse"
 	ForbiddenBurst     = "forbidden_burst"
 	QuietEndpointSpike = "quiet_endpoint_spike"
+	ObjectEnumeration  = "object_enumeration"
+	AuthFailureSpray   = "auth_failure_spray"
+	PrivilegeAnomaly   = "privilege_anomaly"
+	ClientVolumeSpike  = "client_volume_spike"
+	RouteScan          = "route_scan"
 )
 
 // Names lists every detector, in the order the engine reports them.
-var Names = []string{NewCountry, TokenReuse, ForbiddenBurst, QuietEndpointSpike}
+var Names = []string{NewCountry, TokenReuse, ForbiddenBurst, QuietEndpointSpike,
+	ObjectEnumeration, AuthFailureSpray, PrivilegeAnomaly, ClientVolumeSpike, RouteScan}
 
 // Severity ranks an alert: low, medium, high or critical.
 type Severity string
@@ -164,8 +170,9 @@ type Evidence struct {
 	DeviceEvents []DeviceEvents `json:"device_events,omitempty"`
 	Countries    []string       `json:"countries,omitempty"`
 
-	// quiet_endpoint_spike: the route, its baseline and how improbable the count is.
-	// Pointers, because a rate or p-value of zero is evidence too.
+	// quiet_endpoint_spike and client_volume_spike: the route, the baseline and how
+	// improbable the count is; with object_enumeration, the recent peak the count is
+	// compared with. Pointers, because a rate, p-value or peak of zero is evidence too.
 	Method             string   `json:"method,omitempty"`
 	Route              string   `json:"route,omitempty"`
 	BaselineRatePerMin *float64 `json:"baseline_rate_per_min,omitempty"`
@@ -175,10 +182,38 @@ type Evidence struct {
 	Expected           *float64 `json:"expected,omitempty"`
 	PValue             *float64 `json:"p_value,omitempty"`
 	MaxPValue          float64  `json:"max_p_value,omitempty"`
+	RecentPeak         *float64 `json:"recent_peak,omitempty"`
+	MinPeakRatio       float64  `json:"min_peak_ratio,omitempty"`
 	DistinctClients    int      `json:"distinct_clients,omitempty"`
+
+	// object_enumeration: the distinct objects (paths of one route template) the
+	// client requested in the window.
+	DistinctObjects int `json:"distinct_objects,omitempty"`
+	MinDistinct     int `json:"min_distinct,omitempty"`
+
+	// auth_failure_spray and route_scan: the responses that counted (statuses, or WAF
+	// actions for route_scan), the distinct credentials or route templates among them.
+	FailureCount        int      `json:"failure_count,omitempty"`
+	DistinctCredentials int      `json:"distinct_credentials,omitempty"`
+	MinCredentials      int      `json:"min_credentials,omitempty"`
+	DistinctRoutes      int      `json:"distinct_routes,omitempty"`
+	MinRoutes           int      `json:"min_routes,omitempty"`
+	Actions             []string `json:"actions,omitempty"`
+	BlockedCount        int      `json:"blocked_count,omitempty"`
+
+	// privilege_anomaly: the key's successful privileged requests in the window, the
+	// privileged routes they went to, and the key's last privileged request before
+	// (empty: none within history).
+	PrivilegedCount  int      `json:"privileged_count,omitempty"`
+	PrivilegedRoutes []string `json:"privileged_routes,omitempty"`
+	LastPrivileged   string   `json:"last_privileged,omitempty"`
+	History          string   `json:"history,omitempty"`
 
 	// Samples of the events behind the alert, for pivoting to the raw logs.
 	ClientKeys       []string `json:"client_keys,omitempty"`
+	TokenFPs         []string `json:"token_fps,omitempty"`
+	UserAgents       []string `json:"user_agents,omitempty"`
+	SampleRoutes     []string `json:"sample_routes,omitempty"`
 	ClientIPs        []string `json:"client_ips,omitempty"`
 	SamplePaths      []string `json:"sample_paths,omitempty"`
 	SampleRequestIDs []string `json:"sample_request_ids,omitempty"`

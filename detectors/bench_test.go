@@ -11,6 +11,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 	"unsafe"
@@ -41,12 +42,18 @@ type benchMix struct {
 	clients []benchClient
 	routes  []string
 	arena   []byte
+	pbuf    []byte
 	n       int
 }
 
 type benchClient struct{ key, tok, dev, ip, c1, c2 string }
 
 const benchStep = 100 * time.Microsecond
+
+// benchWarmup is how many events the engine benchmarks observe before they measure:
+// 24 minutes of event time, so that every detector's ring (client_volume_spike's holds
+// two 10-minute windows) has rolled over and its key table has stopped growing.
+const benchWarmup = int(24 * time.Minute / benchStep)
 
 func newBenchMix(uniform bool) *benchMix {
 	rng := rand.New(rand.NewPCG(42, 42))
@@ -95,6 +102,12 @@ func (m *benchMix) snapshot() Baselines {
 	return snap
 }
 
+// path fills route's id: a few thousand objects per route, the popular ones most asked for.
+func (m *benchMix) path(route string) string {
+	m.pbuf = append(append(m.pbuf[:0], route[:len(route)-len("{id}")]...), strconv.Itoa(int(m.zipf.Uint64()%5000))...)
+	return unsafe.String(unsafe.SliceData(m.pbuf), len(m.pbuf))
+}
+
 // fill writes the next len(evs) events.
 func (m *benchMix) fill(evs []ingest.Event) {
 	m.arena = m.arena[:0]
@@ -125,14 +138,14 @@ func (m *benchMix) fill(evs []ingest.Event) {
 		evs[i] = ingest.Event{
 			Time: t0.Add(time.Duration(m.n) * benchStep), Source: "envoy",
 			ClientKey: str(c.key), TokenFP: str(c.tok), Device: str(c.dev), ClientIP: str(c.ip), Country: cc,
-			Method: "GET", Host: "api.example.com", Route: r, Path: str(r), Status: st, RequestID: str("req-" + c.key),
+			Method: "GET", Host: "api.example.com", Route: r, Path: str(m.path(r)), Status: st, RequestID: str("req-" + c.key),
 		}
 		m.n++
 	}
 }
 
 // BenchmarkEngine measures Observe per event over the realistic mix, one detector at a
-// time and all four, from a month of baselines (keys established, routes with rates),
+// time and all nine, from a month of baselines (keys established, routes with rates),
 // in batches of 256 events. The keys metric is how many keys the detectors track.
 func BenchmarkEngine(b *testing.B) { benchEngine(b, false) }
 
@@ -156,7 +169,7 @@ func benchEngine(b *testing.B, uniform bool) {
 				b.Fatal(err)
 			}
 			batch := make([]ingest.Event, 256)
-			for range 2_000_000 / len(batch) { // warm up: every key exists, windows have rolled
+			for range benchWarmup / len(batch) { // warm up: every key exists, windows have rolled
 				m.fill(batch)
 				e.Observe(batch)
 			}
@@ -280,4 +293,34 @@ func BenchmarkNewCountryCandidates(b *testing.B) {
 		n += len(events)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/event")
+}
+
+func BenchmarkObjectEnumerationMemory(b *testing.B) {
+	benchMemory(b, ObjectEnumeration, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)), route("GET", "/v1/invoices/{id}"), path(fmt.Sprintf("/v1/invoices/%d", i)))
+	})
+}
+
+func BenchmarkAuthFailureSprayMemory(b *testing.B) {
+	benchMemory(b, AuthFailureSpray, func(i int, ts time.Time) ingest.Event {
+		return req(ts, ip(fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)))
+	})
+}
+
+func BenchmarkPrivilegeAnomalyMemory(b *testing.B) {
+	benchMemory(b, PrivilegeAnomaly, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)), route("POST", "/v1/admin/users/{id}"))
+	})
+}
+
+func BenchmarkClientVolumeSpikeMemory(b *testing.B) {
+	benchMemory(b, ClientVolumeSpike, func(i int, ts time.Time) ingest.Event {
+		return req(ts, client(fmt.Sprintf("client-%06d", i)))
+	})
+}
+
+func BenchmarkRouteScanMemory(b *testing.B) {
+	benchMemory(b, RouteScan, func(i int, ts time.Time) ingest.Event {
+		return req(ts, ip(fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255)))
+	})
 }

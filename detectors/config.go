@@ -46,6 +46,11 @@ type Config struct {
 	TokenReuse         TokenReuseConfig         `yaml:"token_reuse"`
 	ForbiddenBurst     ForbiddenBurstConfig     `yaml:"forbidden_burst"`
 	QuietEndpointSpike QuietEndpointSpikeConfig `yaml:"quiet_endpoint_spike"`
+	ObjectEnumeration  ObjectEnumerationConfig  `yaml:"object_enumeration"`
+	AuthFailureSpray   AuthFailureSprayConfig   `yaml:"auth_failure_spray"`
+	PrivilegeAnomaly   PrivilegeAnomalyConfig   `yaml:"privilege_anomaly"`
+	ClientVolumeSpike  ClientVolumeSpikeConfig  `yaml:"client_volume_spike"`
+	RouteScan          RouteScanConfig          `yaml:"route_scan"`
 	// BaselineRefresh is how far the watermark (event time, never the wall clock)
 	// advances between reloads of the baseline store while Run runs; 0 disables them.
 	// Each reload adopts the baselines of keys and routes this instance does not track
@@ -159,8 +164,10 @@ type ForbiddenBurstOverride struct {
 
 // QuietEndpointSpikeConfig configures quiet_endpoint_spike: once the detector has seen
 // LearningPeriod of traffic, a route (method and route template) whose baseline rate is
-// at most QuietRate requests a minute gets at least MinCount requests within Window,
-// and a count that high has a Poisson probability below PValue under the baseline.
+// at most QuietRate requests a minute gets at least MinCount requests within Window, a
+// count that high has a Poisson probability below PValue under the baseline, and it is
+// at least MinPeakRatio times the route's recent peak (its largest window count,
+// decaying with PeakMemory). Requests answered 404 or 405 do not count.
 type QuietEndpointSpikeConfig struct {
 	Common         `yaml:",inline"`
 	Window         time.Duration                `yaml:"window"`
@@ -168,6 +175,8 @@ type QuietEndpointSpikeConfig struct {
 	QuietRate      float64                      `yaml:"quiet_rate"`
 	MinCount       int                          `yaml:"min_count"`
 	PValue         float64                      `yaml:"p_value"`
+	MinPeakRatio   float64                      `yaml:"min_peak_ratio"`
+	PeakMemory     time.Duration                `yaml:"peak_memory"`
 	Allowlist      []ClientAllow                `yaml:"allowlist"` // clients that never count: monitors, batch jobs
 	Overrides      []QuietEndpointSpikeOverride `yaml:"overrides"`
 }
@@ -175,10 +184,11 @@ type QuietEndpointSpikeConfig struct {
 // QuietEndpointSpikeOverride is an Override with quiet_endpoint_spike's thresholds. Its
 // Key is "METHOD /route/template"; RoutePrefix matches the route template.
 type QuietEndpointSpikeOverride struct {
-	Override  `yaml:",inline"`
-	QuietRate *float64 `yaml:"quiet_rate,omitempty"`
-	MinCount  *int     `yaml:"min_count,omitempty"`
-	PValue    *float64 `yaml:"p_value,omitempty"`
+	Override     `yaml:",inline"`
+	QuietRate    *float64 `yaml:"quiet_rate,omitempty"`
+	MinCount     *int     `yaml:"min_count,omitempty"`
+	PValue       *float64 `yaml:"p_value,omitempty"`
+	MinPeakRatio *float64 `yaml:"min_peak_ratio,omitempty"`
 }
 
 // DefaultConfig returns the documented defaults, which the config file overrides.
@@ -215,6 +225,48 @@ func DefaultConfig() Config {
 			QuietRate:      1,
 			MinCount:       20,
 			PValue:         1e-6,
+			MinPeakRatio:   3,
+			PeakMemory:     7 * 24 * time.Hour,
+		},
+		ObjectEnumeration: ObjectEnumerationConfig{
+			Common:         Common{Enabled: true, Severity: SeverityHigh, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
+			Window:         5 * time.Minute,
+			LearningPeriod: 24 * time.Hour,
+			MinDistinct:    50,
+			MinPeakRatio:   4,
+			PeakMemory:     7 * 24 * time.Hour,
+		},
+		AuthFailureSpray: AuthFailureSprayConfig{
+			Common:         Common{Enabled: true, Severity: SeverityHigh, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
+			Window:         10 * time.Minute,
+			Statuses:       []int{401},
+			MinCredentials: 10,
+			MinRatio:       0.5,
+		},
+		PrivilegeAnomaly: PrivilegeAnomalyConfig{
+			Common:         Common{Enabled: true, Severity: SeverityHigh, Cooldown: time.Hour, MaxKeys: 1_000_000},
+			Window:         10 * time.Minute,
+			LearningPeriod: 24 * time.Hour,
+			History:        720 * time.Hour,
+			MinCount:       3,
+			Privileged:     defaultPrivileged(),
+		},
+		ClientVolumeSpike: ClientVolumeSpikeConfig{
+			Common:         Common{Enabled: true, Severity: SeverityMedium, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
+			Window:         10 * time.Minute,
+			LearningPeriod: 24 * time.Hour,
+			MinCount:       200,
+			PValue:         1e-6,
+			MinPeakRatio:   4,
+			PeakMemory:     7 * 24 * time.Hour,
+		},
+		RouteScan: RouteScanConfig{
+			Common:    Common{Enabled: true, Severity: SeverityMedium, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
+			Window:    5 * time.Minute,
+			Statuses:  []int{404, 405},
+			Actions:   []string{"BLOCK", "DENY", "DROP"},
+			MinRoutes: 20,
+			MinRatio:  0.5,
 		},
 		BaselineRefresh: 5 * time.Minute,
 	}
@@ -260,19 +312,31 @@ func (c *Config) Validate() error {
 		add(cfgErr("baseline_refresh", "must be 0s (never reload) or at least %s, got %s", minRefresh, c.BaselineRefresh))
 	}
 	windows := []struct {
-		name   string
-		window time.Duration
-		cfg    Common
+		name    string
+		window  time.Duration
+		cfg     Common
+		history bool // keeps a window before the open ones
 	}{
-		{TokenReuse, c.TokenReuse.Window, c.TokenReuse.Common},
-		{ForbiddenBurst, c.ForbiddenBurst.Window, c.ForbiddenBurst.Common},
-		{QuietEndpointSpike, c.QuietEndpointSpike.Window, c.QuietEndpointSpike.Common},
+		{TokenReuse, c.TokenReuse.Window, c.TokenReuse.Common, false},
+		{ForbiddenBurst, c.ForbiddenBurst.Window, c.ForbiddenBurst.Common, false},
+		{QuietEndpointSpike, c.QuietEndpointSpike.Window, c.QuietEndpointSpike.Common, true},
+		{ObjectEnumeration, c.ObjectEnumeration.Window, c.ObjectEnumeration.Common, true},
+		{AuthFailureSpray, c.AuthFailureSpray.Window, c.AuthFailureSpray.Common, false},
+		{PrivilegeAnomaly, c.PrivilegeAnomaly.Window, c.PrivilegeAnomaly.Common, false},
+		{ClientVolumeSpike, c.ClientVolumeSpike.Window, c.ClientVolumeSpike.Common, true},
+		{RouteScan, c.RouteScan.Window, c.RouteScan.Common, false},
 	}
 	for _, w := range windows {
+		// A key's ring holds a window, allowed_lateness and two buckets (and one more
+		// window with history) in at most maxRing buckets of the window's length.
+		most := time.Duration(maxRing - 3)
+		if w.history {
+			most--
+		}
 		if w.window < minWindow {
 			add(cfgErr(w.name+".window", "must be at least %s, got %s", minWindow, w.window))
-		} else if spread := c.AllowedLateness + c.MaxSkew; w.cfg.Enabled && c.AllowedLateness >= 0 && c.MaxSkew >= 0 && c.MaxSkew <= maxLateness && spread > 61*w.window {
-			add(cfgErr("allowed_lateness", "allowed_lateness plus max_skew (%s) is more than 61 times %s.window (%s): windows could not hold it", spread, w.name, w.window))
+		} else if spread := c.AllowedLateness + c.MaxSkew; w.cfg.Enabled && c.AllowedLateness >= 0 && c.MaxSkew >= 0 && c.MaxSkew <= maxLateness && spread > most*w.window {
+			add(cfgErr("allowed_lateness", "allowed_lateness plus max_skew (%s) is more than %d times %s.window (%s): windows could not hold it", spread, most, w.name, w.window))
 		}
 	}
 
@@ -281,9 +345,7 @@ func (c *Config) Validate() error {
 	if nc.History <= 0 {
 		add(cfgErr("new_country.history", "must be positive, got %s", nc.History))
 	}
-	if nc.LearningPeriod < 0 {
-		add(cfgErr("new_country.learning_period", "must not be negative, got %s", nc.LearningPeriod))
-	}
+	checkLearning(add, "new_country.learning_period", nc.LearningPeriod)
 	if nc.MinEvents < 0 {
 		add(cfgErr("new_country.min_events", "must not be negative, got %d", nc.MinEvents))
 	}
@@ -304,8 +366,8 @@ func (c *Config) Validate() error {
 	for i, o := range nc.Overrides {
 		p := fmt.Sprintf("new_country.overrides[%d]", i)
 		validateOverride(p, &o.Override, o.LearningPeriod != nil || o.MinEvents != nil, false, add)
-		if o.LearningPeriod != nil && *o.LearningPeriod < 0 {
-			add(cfgErr(p+".learning_period", "must not be negative, got %s", *o.LearningPeriod))
+		if o.LearningPeriod != nil {
+			checkLearning(add, p+".learning_period", *o.LearningPeriod)
 		}
 		if o.MinEvents != nil && *o.MinEvents < 0 {
 			add(cfgErr(p+".min_events", "must not be negative, got %d", *o.MinEvents))
@@ -341,40 +403,18 @@ func (c *Config) Validate() error {
 
 	fb := &c.ForbiddenBurst
 	validateCommon(ForbiddenBurst, &fb.Common, add)
-	checkThreshold := func(p string, v int) {
-		if v < 1 || v > 1_000_000 {
-			add(cfgErr(p, "must be between 1 and 1000000, got %d", v))
-		}
-	}
-	checkRatio := func(p string, v float64) {
-		if !(v > 0 && v <= 1) {
-			add(cfgErr(p, "must be in (0,1], got %v", v))
-		}
-	}
-	checkThreshold("forbidden_burst.threshold", fb.Threshold)
-	checkRatio("forbidden_burst.min_ratio", fb.MinRatio)
-	switch {
-	case len(fb.Statuses) == 0:
-		add(cfgErr("forbidden_burst.statuses", "must list at least one status"))
-	case len(fb.Statuses) > maxStatuses:
-		add(cfgErr("forbidden_burst.statuses", "must list at most %d statuses, got %d", maxStatuses, len(fb.Statuses)))
-	}
-	for i, s := range fb.Statuses {
-		if s < 100 || s > 599 {
-			add(cfgErr(fmt.Sprintf("forbidden_burst.statuses[%d]", i), "must be an HTTP status (100-599), got %d", s))
-		} else if slices.Index(fb.Statuses, s) != i {
-			add(cfgErr(fmt.Sprintf("forbidden_burst.statuses[%d]", i), "status %d is listed twice", s))
-		}
-	}
+	checkCount(add, "forbidden_burst.threshold", fb.Threshold)
+	checkShare(add, "forbidden_burst.min_ratio", fb.MinRatio)
+	checkStatuses(add, "forbidden_burst.statuses", fb.Statuses)
 	validateClientAllow("forbidden_burst", fb.Allowlist, add)
 	for i, o := range fb.Overrides {
 		p := fmt.Sprintf("forbidden_burst.overrides[%d]", i)
 		validateOverride(p, &o.Override, o.Threshold != nil || o.MinRatio != nil, false, add)
 		if o.Threshold != nil {
-			checkThreshold(p+".threshold", *o.Threshold)
+			checkCount(add, p+".threshold", *o.Threshold)
 		}
 		if o.MinRatio != nil {
-			checkRatio(p+".min_ratio", *o.MinRatio)
+			checkShare(add, p+".min_ratio", *o.MinRatio)
 		}
 	}
 
@@ -385,37 +425,107 @@ func (c *Config) Validate() error {
 			add(cfgErr(p, "must be a rate of zero or more requests a minute, got %v", v))
 		}
 	}
-	checkCount := func(p string, v int) {
-		if v < 1 || v > 1_000_000 {
-			add(cfgErr(p, "must be between 1 and 1000000, got %d", v))
-		}
-	}
-	checkP := func(p string, v float64) {
-		if !(v > 0 && v < 1) {
-			add(cfgErr(p, "must be in (0,1), got %v", v))
-		}
-	}
-	if qs.LearningPeriod < 0 {
-		add(cfgErr("quiet_endpoint_spike.learning_period", "must not be negative, got %s", qs.LearningPeriod))
-	}
+	checkLearning(add, "quiet_endpoint_spike.learning_period", qs.LearningPeriod)
 	checkRate("quiet_endpoint_spike.quiet_rate", qs.QuietRate)
-	checkCount("quiet_endpoint_spike.min_count", qs.MinCount)
-	checkP("quiet_endpoint_spike.p_value", qs.PValue)
+	checkCount(add, "quiet_endpoint_spike.min_count", qs.MinCount)
+	checkP(add, "quiet_endpoint_spike.p_value", qs.PValue)
+	checkPeakRatio(add, "quiet_endpoint_spike.min_peak_ratio", qs.MinPeakRatio)
+	checkMemory(add, "quiet_endpoint_spike.peak_memory", qs.PeakMemory)
 	validateClientAllow("quiet_endpoint_spike", qs.Allowlist, add)
 	for i, o := range qs.Overrides {
 		p := fmt.Sprintf("quiet_endpoint_spike.overrides[%d]", i)
-		validateOverride(p, &o.Override, o.QuietRate != nil || o.MinCount != nil || o.PValue != nil, true, add)
+		validateOverride(p, &o.Override, o.QuietRate != nil || o.MinCount != nil || o.PValue != nil || o.MinPeakRatio != nil, true, add)
 		if o.QuietRate != nil {
 			checkRate(p+".quiet_rate", *o.QuietRate)
 		}
 		if o.MinCount != nil {
-			checkCount(p+".min_count", *o.MinCount)
+			checkCount(add, p+".min_count", *o.MinCount)
 		}
 		if o.PValue != nil {
-			checkP(p+".p_value", *o.PValue)
+			checkP(add, p+".p_value", *o.PValue)
+		}
+		if o.MinPeakRatio != nil {
+			checkPeakRatio(add, p+".min_peak_ratio", *o.MinPeakRatio)
 		}
 	}
+	c.ObjectEnumeration.validate(add)
+	c.AuthFailureSpray.validate(add)
+	c.PrivilegeAnomaly.validate(add)
+	c.ClientVolumeSpike.validate(add)
+	c.RouteScan.validate(add)
 	return errors.Join(errs...)
+}
+
+// checkCount checks a count threshold.
+func checkCount(add func(error), p string, v int) {
+	if v < 1 || v > 1_000_000 {
+		add(cfgErr(p, "must be between 1 and 1000000, got %d", v))
+	}
+}
+
+// checkShare checks a share of a client's requests.
+func checkShare(add func(error), p string, v float64) {
+	if !(v > 0 && v <= 1) {
+		add(cfgErr(p, "must be in (0,1], got %v", v))
+	}
+}
+
+// checkPeakRatio checks how many times its recent peak a count must be.
+func checkPeakRatio(add func(error), p string, v float64) {
+	if !(v >= 1 && v <= 1000) {
+		add(cfgErr(p, "must be between 1 and 1000, got %v", v))
+	}
+}
+
+func checkP(add func(error), p string, v float64) {
+	if !(v > 0 && v < 1) {
+		add(cfgErr(p, "must be in (0,1), got %v", v))
+	}
+}
+
+func checkLearning(add func(error), p string, v time.Duration) {
+	if v < 0 {
+		add(cfgErr(p, "must not be negative, got %s", v))
+	}
+}
+
+// checkMemory checks a peak's time constant: at least an hour, since a shorter one
+// would forget an hourly job between two runs.
+func checkMemory(add func(error), p string, v time.Duration) {
+	if v < time.Hour {
+		add(cfgErr(p, "must be at least 1h, got %s", v))
+	}
+}
+
+// checkStatuses checks a list of HTTP statuses.
+func checkStatuses(add func(error), p string, statuses []int) {
+	switch {
+	case len(statuses) == 0:
+		add(cfgErr(p, "must list at least one status"))
+	case len(statuses) > maxStatuses:
+		add(cfgErr(p, "must list at most %d statuses, got %d", maxStatuses, len(statuses)))
+	}
+	for i, s := range statuses {
+		if s < 100 || s > 599 {
+			add(cfgErr(fmt.Sprintf("%s[%d]", p, i), "must be an HTTP status (100-599), got %d", s))
+		} else if slices.Index(statuses, s) != i {
+			add(cfgErr(fmt.Sprintf("%s[%d]", p, i), "status %d is listed twice", s))
+		}
+	}
+}
+
+// validateClientKeyed checks what every client-keyed detector's config has: common
+// settings, allowlist and overrides, thresholds naming whether an override sets any.
+func validateClientKeyed[O any, PO interface {
+	*O
+	overriding
+}](add func(error), name string, c *Common, allow []ClientAllow, overrides []O, thresholds func(p string, o *O) bool) {
+	validateCommon(name, c, add)
+	validateClientAllow(name, allow, add)
+	for i := range overrides {
+		p := fmt.Sprintf("%s.overrides[%d]", name, i)
+		validateOverride(p, PO(&overrides[i]).base(), thresholds(p, &overrides[i]), false, add)
+	}
 }
 
 func validateCommon(name string, c *Common, add func(error)) {

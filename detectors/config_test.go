@@ -30,6 +30,11 @@ new_country:          {enabled: true, history: 720h, learning_period: 168h, min_
 token_reuse:          {enabled: true, window: 10m, max_devices: 1}
 forbidden_burst:      {enabled: true, window: 1m, threshold: 20, min_ratio: 0.5, statuses: [403]}
 quiet_endpoint_spike: {enabled: true, window: 5m, learning_period: 24h, quiet_rate: 1, min_count: 20, p_value: 1e-6}
+object_enumeration:   {enabled: true, learning_period: 24h}   # further parameters: see the example config
+auth_failure_spray:   {enabled: true}
+privilege_anomaly:    {enabled: true, learning_period: 24h}
+client_volume_spike:  {enabled: true, learning_period: 24h}
+route_scan:           {enabled: true}
 `
 	got, err := decodeConfig(t, design)
 	if err != nil {
@@ -42,7 +47,11 @@ quiet_endpoint_spike: {enabled: true, window: 5m, learning_period: 24h, quiet_ra
 	if err := want.Validate(); err != nil {
 		t.Errorf("DefaultConfig().Validate() = %v", err)
 	}
-	for _, src := range []string{"", "new_country: {}\ntoken_reuse: {}\nforbidden_burst: {}\nquiet_endpoint_spike: {}\n"} {
+	empty := ""
+	for _, e := range want.enabled() {
+		empty += e.name + ": {}\n"
+	}
+	for _, src := range []string{"", empty} {
 		got, err := decodeConfig(t, src)
 		if err != nil {
 			t.Fatal(err)
@@ -125,6 +134,44 @@ func TestConfigValidate(t *testing.T) {
 		{"route prefix without slash", "quiet_endpoint_spike: {overrides: [{route_prefix: admin, min_count: 5}]}", []string{
 			`quiet_endpoint_spike.overrides[0].route_prefix: must start with /, got "admin"`,
 		}},
+		{"peak settings", "quiet_endpoint_spike: {min_peak_ratio: 0.5, peak_memory: 10m}", []string{
+			"quiet_endpoint_spike.min_peak_ratio: must be between 1 and 1000, got 0.5",
+			"quiet_endpoint_spike.peak_memory: must be at least 1h, got 10m0s",
+		}},
+		{"lateness too large for a window with history", "allowed_lateness: 61s\nmax_skew: 0s\nclient_volume_spike: {window: 1s}", []string{
+			"allowed_lateness: allowed_lateness plus max_skew (1m1s) is more than 60 times client_volume_spike.window"}},
+		{"object enumeration", "object_enumeration: {min_distinct: 0, min_peak_ratio: 0, peak_memory: 0s, learning_period: -1h}", []string{
+			"object_enumeration.min_distinct: must be between 1 and 1000000, got 0",
+			"object_enumeration.min_peak_ratio: must be between 1 and 1000, got 0",
+			"object_enumeration.peak_memory: must be at least 1h, got 0s",
+			"object_enumeration.learning_period: must not be negative, got -1h0m0s",
+		}},
+		{"auth failure spray", "auth_failure_spray: {min_credentials: 1, min_ratio: 2, statuses: [401, 401], overrides: [{key: 10.0.0.1, min_credentials: 0}]}", []string{
+			"auth_failure_spray.min_credentials: must be between 2 and 1000000, got 1",
+			"auth_failure_spray.min_ratio: must be in (0,1], got 2",
+			"auth_failure_spray.statuses[1]: status 401 is listed twice",
+			"auth_failure_spray.overrides[0].min_credentials: must be between 1 and 1000000, got 0",
+		}},
+		{"privilege anomaly", "privilege_anomaly: {history: 0s, min_count: 0, privileged: [{segment: a/b}, {route_prefix: admin}, {}, {segment: admin, methods: [\"\"]}]}", []string{
+			"privilege_anomaly.history: must be positive, got 0s",
+			"privilege_anomaly.min_count: must be between 1 and 1000000, got 0",
+			`privilege_anomaly.privileged[0].segment: must be one path segment, without /, got "a/b"`,
+			`privilege_anomaly.privileged[1].route_prefix: must start with /, got "admin"`,
+			"privilege_anomaly.privileged[2]: must set exactly one of segment and route_prefix",
+			`privilege_anomaly.privileged[3].methods[0]: must be an HTTP method, got ""`,
+		}},
+		{"no privileged rules", "privilege_anomaly: {privileged: []}", []string{"privilege_anomaly.privileged: must list at least one rule"}},
+		{"client volume spike", "client_volume_spike: {p_value: 0, min_count: 0, overrides: [{route_prefix: /x, min_count: 3}]}", []string{
+			"client_volume_spike.p_value: must be in (0,1), got 0",
+			"client_volume_spike.min_count: must be between 1 and 1000000, got 0",
+			"client_volume_spike.overrides[0].route_prefix: a route_prefix override of a detector keyed by client can only set enabled: false",
+		}},
+		{"route scan", "route_scan: {min_routes: 0, actions: [\"\"], statuses: [1000], allowlist: [{}]}", []string{
+			"route_scan.min_routes: must be between 1 and 1000000, got 0",
+			`route_scan.actions[0]: must not be empty`,
+			"route_scan.statuses[0]: must be an HTTP status (100-599), got 1000",
+			"route_scan.allowlist[0]: must set exactly one of key and cidr",
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := decodeConfig(t, tc.src)
@@ -174,8 +221,24 @@ forbidden_burst:
   overrides: [{key: 203.0.113.9, enabled: false}, {key: k, threshold: 50, min_ratio: 0.9}]
 quiet_endpoint_spike:
   overrides:
-    - {route_prefix: /admin, min_count: 5, p_value: 0.001}
+    - {route_prefix: /admin, min_count: 5, p_value: 0.001, min_peak_ratio: 2}
     - {key: "POST /v1/export", enabled: false}
+object_enumeration:
+  allowlist: [{key: partner-sync}]
+  overrides: [{key: k, min_distinct: 200, min_peak_ratio: 2}, {route_prefix: /v1/public, enabled: false}]
+auth_failure_spray:
+  allowlist: [{cidr: 192.0.2.0/24}]
+  overrides: [{key: 198.51.100.1, min_credentials: 50, min_ratio: 0.9}]
+privilege_anomaly:
+  privileged: [{segment: admin}, {route_prefix: /v1/billing/refunds, methods: [POST]}]
+  allowlist: [{key: admin-console}]
+  overrides: [{key: k, min_count: 10, severity: critical}]
+client_volume_spike:
+  overrides: [{key: batch-exporter, enabled: false}, {key: k, min_count: 1000, p_value: 1e-9, min_peak_ratio: 8}]
+route_scan:
+  actions: [BLOCK, CHALLENGE]
+  allowlist: [{cidr: 10.0.0.0/8}]
+  overrides: [{key: 203.0.113.5, min_routes: 100, min_ratio: 0.9}]
 `
 	cfg, err := decodeConfig(t, src)
 	if err != nil {

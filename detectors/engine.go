@@ -57,20 +57,23 @@ type Engine struct {
 	scope     string
 	incs      []*incidents // each detector's
 
-	dets []detector
-	nc   *newCountry
-	qs   *quietSpike
-	dm   []detMetrics // per entry of dets
-	dues []*int64     // per entry of dets
-	// hashes holds, per detector, the key hashes of the run of events in hand, and ck
-	// the hashes of their client keys, which new_country and forbidden_burst share.
+	dets     []detector
+	pf       []prefetching // the detectors that prefetch, with their index in dets
+	learners []learner     // the detectors whose baselines persist
+	nc       *newCountry
+	qs       *quietSpike
+	traffic  *traffic
+	dm       []detMetrics // per entry of dets
+	dues     []*int64     // per entry of dets
+	// hashes holds, per detector, the key hashes of the run of events in hand, and rh
+	// the hashes of their client keys and IPs, which several detectors share.
 	hashes [][prefetchRun]uint64
-	ck     [prefetchRun]uint64
+	rh     runHashes
 	// heldHashes and heldBuf serve a held record, run through the detectors on its own.
-	heldHashes [][prefetchRun]uint64
-	heldBuf    [1]ingest.Event
-	needCK     bool
-	out        emitter
+	heldHashes     [][prefetchRun]uint64
+	heldBuf        [1]ingest.Event
+	needCK, needIP bool
+	out            emitter
 
 	loaded  bool
 	pending []pendingBatch // Run: batches observed but not yet acknowledged, in order
@@ -90,15 +93,8 @@ const prefetchRun = 32
 // detector is what the engine needs of each detector.
 type detector interface {
 	name() string
-	// prefetchIndex computes the key hash of each event into hs, given ck, the hash of
-	// each event's client key, and loads the index cells its lookup will start at.
-	prefetchIndex(events []ingest.Event, ck, hs []uint64)
-	// prefetchState loads the state the events will touch. The engine calls
-	// prefetchIndex of every detector, then prefetchState of every detector, so that
-	// the cache misses of a run of events, and of the detectors, overlap.
-	prefetchState(events []ingest.Event, hs []uint64)
-	// observe takes one event at time t (ms), with the hash prefetchIndex gave it; late
-	// says it is before the watermark.
+	// observe takes one event at time t (ms), with the hash prefetchIndex gave it (0
+	// for a detector that does not prefetch); late says it is before the watermark.
 	observe(ev *ingest.Event, h uint64, t int64, late bool)
 	// due points to the watermark at which advance has work to do; the engine reads
 	// it for every event.
@@ -112,6 +108,53 @@ type detector interface {
 	horizon(wm int64) int64
 	// stats returns the key counts for metrics.
 	stats() (keys int, evictions, expired uint64)
+}
+
+// A prefetcher is a detector whose state for a run of events is worth loading before
+// the events are observed: one keyed by a client, with a table too large for the CPU's
+// caches. The engine calls prefetchIndex of every prefetcher, then prefetchState of
+// every prefetcher, so that the cache misses of a run of events, and of the detectors,
+// overlap.
+type prefetcher interface {
+	// prefetchIndex computes the key hash of each event into out, given the hashes
+	// the detectors share, and loads the index cells its lookup will start at.
+	prefetchIndex(events []ingest.Event, hs *runHashes, out []uint64)
+	// prefetchState loads the state the events will touch.
+	prefetchState(events []ingest.Event, hs []uint64)
+}
+
+type prefetching struct {
+	p prefetcher
+	j int // index in dets
+}
+
+// runHashes are the hashes of a run of events' client keys and client IPs, computed
+// once for the detectors keyed by them.
+type runHashes struct{ ck, ip [prefetchRun]uint64 }
+
+// fill computes the hashes of events that some detector needs.
+func (e *Engine) fillHashes(events []ingest.Event, hs *runHashes) {
+	if e.needCK {
+		for i := range events {
+			hs.ck[i] = keyHash(events[i].ClientKey)
+		}
+	}
+	if e.needIP {
+		for i := range events {
+			hs.ip[i] = keyHash(events[i].ClientIP)
+		}
+	}
+}
+
+// prefetch runs the prefetchers over events, their hashes going to hashes.
+func (e *Engine) prefetch(events []ingest.Event, hs *runHashes, hashes [][prefetchRun]uint64) {
+	e.fillHashes(events, hs)
+	for _, p := range e.pf {
+		p.p.prefetchIndex(events, hs, hashes[p.j][:len(events)])
+	}
+	for _, p := range e.pf {
+		p.p.prefetchState(events, hashes[p.j][:len(events)])
+	}
 }
 
 // NewEngine checks cfg and builds the enabled detectors. It does no I/O: Run, or a call
@@ -150,6 +193,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	// A key's state must hold every event that is not late: from the watermark to the
 	// leading partition's newest, allowed_lateness and max_skew ahead of it.
 	spread := cfg.AllowedLateness + cfg.MaxSkew
+	e.traffic = newTraffic()
 	if c := cfg.NewCountry; c.Enabled {
 		e.nc = newNewCountry(c, spread, env(NewCountry, c.Common, 0))
 		e.dets = append(e.dets, e.nc)
@@ -161,12 +205,36 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		e.dets = append(e.dets, newForbiddenBurst(c, spread, env(ForbiddenBurst, c.Common, c.Window)))
 	}
 	if c := cfg.QuietEndpointSpike; c.Enabled {
-		e.qs = newQuietSpike(c, spread, env(QuietEndpointSpike, c.Common, c.Window))
+		e.qs = newQuietSpike(c, spread, e.traffic, env(QuietEndpointSpike, c.Common, c.Window))
 		e.dets = append(e.dets, e.qs)
+	}
+	if c := cfg.ObjectEnumeration; c.Enabled {
+		e.dets = append(e.dets, newObjectEnumeration(c, spread, e.traffic, env(ObjectEnumeration, c.Common, c.Window)))
+	}
+	if c := cfg.AuthFailureSpray; c.Enabled {
+		e.dets = append(e.dets, newAuthFailureSpray(c, spread, env(AuthFailureSpray, c.Common, c.Window)))
+	}
+	if c := cfg.PrivilegeAnomaly; c.Enabled {
+		e.dets = append(e.dets, newPrivilegeAnomaly(c, spread, e.traffic, env(PrivilegeAnomaly, c.Common, c.Window)))
+	}
+	if c := cfg.ClientVolumeSpike; c.Enabled {
+		e.dets = append(e.dets, newClientVolumeSpike(c, spread, env(ClientVolumeSpike, c.Common, c.Window)))
+	}
+	if c := cfg.RouteScan; c.Enabled {
+		e.dets = append(e.dets, newRouteScan(c, spread, env(RouteScan, c.Common, c.Window)))
 	}
 	e.hashes = make([][prefetchRun]uint64, len(e.dets))
 	e.heldHashes = make([][prefetchRun]uint64, len(e.dets))
-	e.needCK = cfg.NewCountry.Enabled || cfg.ForbiddenBurst.Enabled
+	e.needCK = cfg.NewCountry.Enabled || cfg.ForbiddenBurst.Enabled || cfg.ClientVolumeSpike.Enabled || cfg.ObjectEnumeration.Enabled
+	e.needIP = cfg.ForbiddenBurst.Enabled || cfg.AuthFailureSpray.Enabled || cfg.RouteScan.Enabled || cfg.ObjectEnumeration.Enabled
+	for j, d := range e.dets {
+		if p, ok := d.(prefetcher); ok {
+			e.pf = append(e.pf, prefetching{p, j})
+		}
+		if l, ok := d.(learner); ok {
+			e.learners = append(e.learners, l)
+		}
+	}
 	for _, d := range e.dets {
 		e.dues = append(e.dues, d.due())
 		n := d.name()
@@ -189,15 +257,11 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("detectors: load baselines: %w", err)
 	}
-	if e.nc != nil {
-		e.nc.load(b.Keys)
-	}
-	if e.qs != nil {
-		e.qs.load(b)
-	}
+	e.seed(&b)
 	e.loaded = true
 	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
-	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes))
+	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),
+		"objects", len(b.Objects), "privileged", len(b.Privileged))
 	e.updateGauges()
 	return nil
 }
@@ -205,14 +269,8 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 // SyncBaselines writes to the BaselineStore the baselines that changed since the last
 // write.
 func (e *Engine) SyncBaselines(ctx context.Context) error {
-	var u Baselines
-	if e.nc != nil {
-		u.Keys = e.nc.takeDirty()
-	}
-	if e.qs != nil {
-		u.TrafficSince, u.Routes = e.qs.takeDirty()
-	}
-	if len(u.Keys) == 0 && len(u.Routes) == 0 && u.TrafficSince.IsZero() {
+	u := e.takeDirty()
+	if u.empty() {
 		return nil
 	}
 	if err := e.store.UpdateBaselines(ctx, u); err != nil {
@@ -383,13 +441,8 @@ func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext bool, now time.Time
 	at, v := e.wms.resolveHeld(pw, ev.Time.UnixMilli(), next, hasNext, now)
 	e.heldBuf[0] = *ev
 	events := e.heldBuf[:]
-	var ck [1]uint64
-	if e.needCK {
-		ck[0] = keyHash(ev.ClientKey)
-	}
-	for j, d := range e.dets {
-		d.prefetchIndex(events, ck[:], e.heldHashes[j][:1])
-	}
+	var hs runHashes
+	e.prefetch(events, &hs, e.heldHashes)
 	at, ok := e.feed(&events[0], e.heldHashes, 0, at, v, st)
 	events[0] = ingest.Event{}
 	if ok {
@@ -438,18 +491,7 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 	}
 	for start := 0; start < len(events); start += prefetchRun {
 		run := events[start:min(start+prefetchRun, len(events))]
-		ck := e.ck[:len(run)]
-		if e.needCK {
-			for i := range run {
-				ck[i] = keyHash(run[i].ClientKey)
-			}
-		}
-		for j, d := range e.dets {
-			d.prefetchIndex(run, ck, e.hashes[j][:len(run)])
-		}
-		for j, d := range e.dets {
-			d.prefetchState(run, e.hashes[j][:len(run)])
-		}
+		e.prefetch(run, &e.rh, e.hashes)
 		for i := range run {
 			for left == 0 {
 				pw, left = e.wms.part(runs[0].Partition), runs[0].N

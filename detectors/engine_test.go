@@ -116,8 +116,8 @@ func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
 		}
 	}
 	groups := incidentsOf(sink.alerts)
-	if len(groups) != 4 {
-		t.Errorf("%d incidents through Run, want the 4 attacks:\n%s", len(groups), describe(sink.alerts))
+	if len(groups) != len(s.attacks) {
+		t.Errorf("%d incidents through Run, want the %d of the attacks:\n%s", len(groups), len(s.attacks), describe(sink.alerts))
 	}
 	// Every alert was put before the batch holding its last event was acked.
 	for _, g := range groups {
@@ -384,10 +384,25 @@ func TestEvictionPerDetector(t *testing.T) {
 		{QuietEndpointSpike, func(i int) ingest.Event {
 			return req(at(time.Duration(i)*time.Second), route("GET", fmt.Sprintf("/r%d", i)))
 		}},
+		{ObjectEnumeration, func(i int) ingest.Event {
+			return invoices(fmt.Sprintf("c%d", i), 0, 1, at(time.Duration(i)*time.Second), 0)[0]
+		}},
+		{AuthFailureSpray, func(i int) ingest.Event {
+			return req(at(time.Duration(i)*time.Second), ip(fmt.Sprintf("192.0.2.%d", i)))
+		}},
+		{PrivilegeAnomaly, func(i int) ingest.Event { return admin(fmt.Sprintf("c%d", i), at(time.Duration(i)*time.Second)) }},
+		{ClientVolumeSpike, func(i int) ingest.Event {
+			return calls(fmt.Sprintf("c%d", i), 1, at(time.Duration(i)*time.Second), 0)[0]
+		}},
+		{RouteScan, func(i int) ingest.Event {
+			return req(at(time.Duration(i)*time.Second), ip(fmt.Sprintf("192.0.2.%d", i)))
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := only(tc.name)
-			cfg.NewCountry.MaxKeys, cfg.TokenReuse.MaxKeys, cfg.ForbiddenBurst.MaxKeys, cfg.QuietEndpointSpike.MaxKeys = 10, 10, 10, 10
+			for _, c := range cfg.commons() {
+				c.MaxKeys = 10
+			}
 			var events []ingest.Event
 			for i := range 25 {
 				events = append(events, tc.mk(i))

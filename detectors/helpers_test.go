@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +22,9 @@ func at(d time.Duration) time.Time { return t0.Add(d) }
 // only returns the default config with every detector but name disabled.
 func only(name string) Config {
 	c := DefaultConfig()
-	c.NewCountry.Enabled = name == NewCountry
-	c.TokenReuse.Enabled = name == TokenReuse
-	c.ForbiddenBurst.Enabled = name == ForbiddenBurst
-	c.QuietEndpointSpike.Enabled = name == QuietEndpointSpike
+	for _, e := range c.enabled() {
+		*e.on = e.name == name
+	}
 	return c
 }
 
@@ -174,4 +174,90 @@ func describe(alerts []Alert) string {
 			a.FirstSeen.Format("15:04:05.000"), a.LastSeen.Format("15:04:05.000"), a.Summary)
 	}
 	return b.String()
+}
+
+// enabled returns, per detector, its name and its enabled setting.
+func (c *Config) enabled() []struct {
+	name string
+	on   *bool
+} {
+	return []struct {
+		name string
+		on   *bool
+	}{
+		{NewCountry, &c.NewCountry.Enabled}, {TokenReuse, &c.TokenReuse.Enabled},
+		{ForbiddenBurst, &c.ForbiddenBurst.Enabled}, {QuietEndpointSpike, &c.QuietEndpointSpike.Enabled},
+		{ObjectEnumeration, &c.ObjectEnumeration.Enabled}, {AuthFailureSpray, &c.AuthFailureSpray.Enabled},
+		{PrivilegeAnomaly, &c.PrivilegeAnomaly.Enabled}, {ClientVolumeSpike, &c.ClientVolumeSpike.Enabled},
+		{RouteScan, &c.RouteScan.Enabled},
+	}
+}
+
+// An edgeCase is one row of a detector's edge table: events (followed by one far
+// later, so that every window closes), and what they must raise.
+type edgeCase struct {
+	name      string
+	cfg       func(*Config)
+	snap      *Baselines
+	events    []ingest.Event
+	incidents int
+	key       string                      // of the first incident
+	check     func(t *testing.T, a Alert) // the first incident's first alert
+}
+
+// runEdges runs each case through detector det alone, in one batch, in batches of one
+// and of seven: the alerts must not depend on how the events are batched.
+func runEdges(t *testing.T, det string, cases []edgeCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := only(det)
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			var first string
+			for _, batch := range []int{0, 1, 7} {
+				res := run(t, cfg, tc.snap, batch, concat(tc.events, tail(6*time.Hour)))
+				got := alertsJSON(t, res.alerts)
+				if batch == 0 {
+					first = got
+				} else if got != first {
+					t.Errorf("batches of %d raised other alerts than one batch:\n%s\nwant\n%s", batch, got, first)
+				}
+				groups := incidentsOf(res.alerts)
+				if len(groups) != tc.incidents {
+					t.Fatalf("batch %d: %d incidents, want %d:\n%s", batch, len(groups), tc.incidents, describe(res.alerts))
+				}
+				if tc.incidents == 0 {
+					continue
+				}
+				a := groups[0][0]
+				if a.Detector != det || a.Key != tc.key || a.ID != AlertID(det, a.Key, a.FirstSeen) ||
+					a.RunbookURL != "https://runbooks.example.com/gatewatch/"+det+".md" || a.Summary == "" ||
+					a.LastSeen.Before(a.FirstSeen) {
+					t.Errorf("batch %d: alert %+v, want one for %s", batch, a, tc.key)
+				}
+				if tc.check != nil && batch == 0 {
+					tc.check(t, a)
+				}
+			}
+		})
+	}
+}
+
+// established is a snapshot in which the detectors have seen a month of traffic.
+func established() *Baselines { return &Baselines{TrafficSince: t0.Add(-30 * 24 * time.Hour)} }
+
+// inOrder returns events sorted by time (stably), as one partition delivers them.
+func inOrder(parts ...[]ingest.Event) []ingest.Event {
+	out := concat(parts...)
+	slices.SortStableFunc(out, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+	return out
+}
+
+// commons returns every detector's common settings.
+func (c *Config) commons() []*Common {
+	return []*Common{&c.NewCountry.Common, &c.TokenReuse.Common, &c.ForbiddenBurst.Common, &c.QuietEndpointSpike.Common,
+		&c.ObjectEnumeration.Common, &c.AuthFailureSpray.Common, &c.PrivilegeAnomaly.Common, &c.ClientVolumeSpike.Common,
+		&c.RouteScan.Common}
 }

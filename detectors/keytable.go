@@ -54,6 +54,7 @@ const inlineKey = 40
 type entry[S any] struct {
 	kl   uint8 // length of an inline key; longKey for one in the side map
 	live bool
+	hot  bool // on its detector's hot list (windowed)
 	gen  uint32
 	last int64 // largest event time of the key, ms
 	kb   [inlineKey]byte

@@ -109,17 +109,23 @@ func TestNewRingLayout(t *testing.T) {
 	for _, tc := range []struct {
 		window, lateness string
 		preferred        int
+		history          bool
 		want             ringLayout
 	}{
-		{"1m", "30s", 12, ringLayout{width: 5000, n: 12, size: 20}},
-		{"10m", "30s", 20, ringLayout{width: 30000, n: 20, size: 23}},
-		{"5m", "30s", 10, ringLayout{width: 30000, n: 10, size: 13}},
-		{"7s", "0s", 12, ringLayout{width: 700, n: 10, size: 12}},
-		{"1s", "1m", 12, ringLayout{width: 1000, n: 1, size: 63}},
+		{"1m", "30s", 12, false, ringLayout{width: 5000, n: 12, size: 20, unit: 1}},
+		{"10m", "30s", 20, false, ringLayout{width: 30000, n: 20, size: 23, unit: 1}},
+		{"5m", "30s", 10, false, ringLayout{width: 30000, n: 10, size: 13, unit: 1}},
+		{"5m", "30s", 10, true, ringLayout{width: 30000, n: 10, back: 10, size: 23, unit: 1}},
+		{"7s", "0s", 12, false, ringLayout{width: 700, n: 10, size: 12, unit: 1}},
+		{"1s", "1m", 12, false, ringLayout{width: 1000, n: 1, size: 63, unit: 1}},
+		{"1s", "1m", 12, true, ringLayout{width: 1000, n: 1, back: 1, size: 64, unit: 1}},
+		// Buckets longer than 65,535ms keep event times in ticks of 2ms and more.
+		{"1h", "30s", 10, false, ringLayout{width: 360000, n: 10, size: 13, unit: 6}},
+		{"1h", "30s", 30, true, ringLayout{width: 120000, n: 30, back: 30, size: 63, unit: 2}},
 	} {
 		w, l := mustDuration(t, tc.window), mustDuration(t, tc.lateness)
-		if got := newRingLayout(w, l, tc.preferred); got != tc.want {
-			t.Errorf("newRingLayout(%s, %s, %d) = %+v, want %+v", tc.window, tc.lateness, tc.preferred, got, tc.want)
+		if got := newRingLayout(w, l, tc.preferred, tc.history); got != tc.want {
+			t.Errorf("newRingLayout(%s, %s, %d, %v) = %+v, want %+v", tc.window, tc.lateness, tc.preferred, tc.history, got, tc.want)
 		}
 	}
 }

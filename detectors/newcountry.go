@@ -206,11 +206,11 @@ func (d *newCountry) horizon(int64) int64 {
 	return d.cands.earliest()
 }
 
-func (d *newCountry) prefetchIndex(events []ingest.Event, ck, hs []uint64) {
+func (d *newCountry) prefetchIndex(events []ingest.Event, hs *runHashes, out []uint64) {
 	var sink int64
 	for i := range events {
-		hs[i] = ck[i]
-		sink += int64(d.tab.touchIndex(hs[i]))
+		out[i] = hs.ck[i]
+		sink += int64(d.tab.touchIndex(out[i]))
 	}
 	d.sink = sink
 }
@@ -605,7 +605,8 @@ func (d *newCountry) flush() {
 
 // load seeds keys from a snapshot, oldest first so that past max_keys the most recent
 // survive.
-func (d *newCountry) load(keys []KeyBaseline) {
+func (d *newCountry) load(b *Baselines) {
+	keys := b.Keys
 	order := make([]keyByLast, 0, len(keys))
 	for i := range keys {
 		order = append(order, keyByLast{&keys[i], keys[i].lastSeen()})
@@ -654,9 +655,9 @@ func (d *newCountry) adopt(kb *KeyBaseline, last int64) {
 	}
 }
 
-// takeDirty returns the keys whose baseline changed since the last call.
-func (d *newCountry) takeDirty() []KeyBaseline {
-	var out []KeyBaseline
+// takeDirty adds to u the keys whose baseline changed since the last call.
+func (d *newCountry) takeDirty(u *Baselines) {
+	out := u.Keys
 	for _, r := range d.dirty {
 		if d.tab.valid(r) {
 			out = append(out, d.baseline(r.slot))
@@ -666,5 +667,5 @@ func (d *newCountry) takeDirty() []KeyBaseline {
 	clear(d.dirty)
 	d.dirty = d.dirty[:0]
 	slices.SortFunc(out, func(x, y KeyBaseline) int { return strings.Compare(x.Key, y.Key) })
-	return out
+	u.Keys = out
 }

@@ -13,40 +13,37 @@ import (
 
 // quietSpike fires when, once the detector has seen learning_period of traffic, a route
 // (method and route template) whose baseline rate is at most quiet_rate requests a
-// minute receives at least min_count requests within window, and that count is
-// improbable under its baseline: P(X ≥ count) < p_value for X ~ Poisson(baseline rate ×
-// window). A never-seen route has a baseline rate of 0.
+// minute receives at least min_count requests within window, that count is improbable
+// under its baseline (P(X ≥ count) < p_value for X ~ Poisson(baseline rate × window)),
+// and it is at least min_ratio times the route's recent peak: the largest count it had
+// in a window before, decaying with peak_memory. A never-seen route has a baseline rate
+// and a peak of 0.
+//
+// The peak is what lets a route with periodic bursts (a cron job, an hourly export)
+// stay quiet: its rate is low, so each burst is improbable under it, but each burst is
+// no larger than the last. Requests answered 404 or 405 are left out: they ask for an
+// object or a route (or method) that does not exist, which is object_enumeration's and
+// route_scan's to judge, not evidence of a quiet endpoint being hammered.
 //
 // The baseline rate is an exponentially weighted average of the route's requests a
-// minute with a time constant of learning_period, corrected for the time since the
-// detector first saw traffic, and taken as of the start of the window it is compared
-// with: a bucket is folded into it when it leaves the ring, so a spike does not raise
-// the baseline it is measured against.
+// minute with a time constant of learning_period (at least an hour), corrected for the
+// time since the detector first saw traffic, and taken as of the start of the window it
+// is compared with (see volume).
 type quietSpike struct {
+	windowed[qsKey]
 	cfg   QuietEndpointSpikeConfig
-	lay   ringLayout
-	tab   *keyTable[qsKey]
 	cnt   counters
-	buck  bucketer
-	tau   float64 // time constant, ms
+	smp   samplers
+	tau   float64 // rate time constant, ms
+	ptau  float64 // peak time constant, ms
 	learn int64
+	since *traffic
 
 	params   []qsParams
 	allowKey map[string]bool
 	allowNet []netip.Prefix
 
-	since     int64 // first event time seen, ms; math.MaxInt64 before
-	sinceDirt bool
-	dirty     []slotRef
-
-	hot     []hotKey
-	cols    collectors
-	colKeys []slotRef // routes holding a collector
-	active  int       // collectors in use
-	inc     *incidents
-	wm      int64
-	next    int64
-	window  string
+	dirty   []slotRef
 	scratch []byte
 }
 
@@ -54,24 +51,23 @@ type qsParams struct {
 	enabled   bool
 	quietRate float64
 	minCount  uint32
+	minRatio  float64
 	pValue    float64
 	severity  Severity
+	hot       uint32 // hotCount(minCount, minRatio)
 }
 
 type qsKey struct {
-	r      ring
-	sum    [1]uint32
-	prm    uint16
-	hot    bool
-	dirty  bool
-	ran    bool    // has had an event that was not late
-	split  uint16  // length of the method in the key
-	newest int64   // bucket of the latest event that was not late
-	rate   float64 // raw weighted average, requests a minute, as of rateAt
-	rateAt int64
-	col    *collector
+	r     ring
+	sum   [1]uint32
+	prm   uint16
+	dirty bool
+	split uint16 // length of the method in the key
+	vol   volume
+	smp   *sampler // while the ring holds requests
 }
 
+// Evidence fields the sampler keeps, per request.
 const (
 	qsClientKey = iota
 	qsClientIP
@@ -80,28 +76,21 @@ const (
 	qsFields
 )
 
-func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, inc *incidents) *quietSpike {
-	lay := newRingLayout(c.Window, lateness, 10)
+func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, since *traffic, inc *incidents) *quietSpike {
+	lay := newRingLayout(c.Window, lateness, 10, true)
 	d := &quietSpike{
 		cfg:      c,
-		lay:      lay,
-		cnt:      counters{lay: lay, k: 1},
-		buck:     newBucketer(lay.width, lay.size),
+		cnt:      newCounters(lay, 1, true, false, 0),
+		smp:      newSamplers(lay, qsFields, 2, 0),
 		tau:      float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
+		ptau:     float64(max(c.PeakMemory, time.Hour).Milliseconds()),
 		learn:    c.LearningPeriod.Milliseconds(),
+		since:    since,
 		allowKey: map[string]bool{},
-		since:    math.MaxInt64,
-		inc:      inc,
-		wm:       math.MinInt64 / 2,
-		next:     math.MinInt64,
-		window:   lay.window().String(),
 	}
-	// An idle route's rate decays with tau; after three time constants it is under 5%
-	// of what it was, close enough to a never-seen route's 0 to forget it.
-	ttl := lay.size*lay.width + 3*int64(d.tau)
-	d.tab = newKeyTable[qsKey](c.MaxKeys, ttl/4)
+	d.init(QuietEndpointSpike, lay, c.MaxKeys, d.ttl(), inc, d)
 	d.tab.onRemove = d.release
-	d.cols = collectors{lay: lay, fields: qsFields, k: 2, nCounts: 0}
+	d.samples = &d.smp.arena
 	d.params = append(d.params, d.paramsFor(nil))
 	for i := range c.Overrides {
 		d.params = append(d.params, d.paramsFor(&c.Overrides[i]))
@@ -116,17 +105,24 @@ func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, inc *inci
 	return d
 }
 
+// ttl is how long a route stays without traffic: three time constants of the slower of
+// its rate and its peak, after which both are under 5% of what they were, close enough
+// to a never-seen route's 0 to forget it.
+func (d *quietSpike) ttl() int64 { return 3 * int64(max(d.tau, d.ptau)) }
+
 func (d *quietSpike) paramsFor(o *QuietEndpointSpikeOverride) qsParams {
 	c := d.cfg
-	p := qsParams{enabled: true, quietRate: c.QuietRate, minCount: uint32(c.MinCount), pValue: c.PValue, severity: c.Severity}
+	p := qsParams{enabled: true, quietRate: c.QuietRate, minCount: uint32(c.MinCount), minRatio: c.MinPeakRatio, pValue: c.PValue, severity: c.Severity}
 	if o != nil {
 		o.apply(&p.enabled, &p.severity)
 		setIf(&p.quietRate, o.QuietRate)
 		if o.MinCount != nil {
 			p.minCount = uint32(*o.MinCount)
 		}
+		setIf(&p.minRatio, o.MinPeakRatio)
 		setIf(&p.pValue, o.PValue)
 	}
+	p.hot = hotCount(p.minCount, p.minRatio)
 	return p
 }
 
@@ -140,115 +136,78 @@ func (d *quietSpike) paramsIndex(key, route string) uint16 {
 	return 0
 }
 
-func (d *quietSpike) name() string { return QuietEndpointSpike }
-func (d *quietSpike) due() *int64  { return &d.next }
-
-func (d *quietSpike) stats() (int, uint64, uint64) {
-	return d.tab.live, d.tab.evictions, d.tab.expired
-}
-
-func (d *quietSpike) closed() int64 { return d.lay.closedThrough(d.wm) }
-func (d *quietSpike) keep() int64   { return d.lay.oldestOpen(d.wm) }
-
-func (d *quietSpike) horizon(wm int64) int64 {
-	return d.lay.oldestOpenMs(wm)
-}
-
-// prefetchIndex and prefetchState do nothing: routes are few, and their state stays
-// in cache.
-func (d *quietSpike) prefetchIndex([]ingest.Event, []uint64, []uint64) {}
-func (d *quietSpike) prefetchState([]ingest.Event, []uint64)           {}
-
 func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
-	if ev.Route == "" || d.allowed(ev) {
+	if ev.Route == "" || ev.Status == 404 || ev.Status == 405 || d.allowed(ev) {
 		return
 	}
-	if t < d.since {
-		d.since, d.sinceDirt = t, true
-	}
+	d.since.seen(t)
 	d.scratch = append(append(append(d.scratch[:0], ev.Method...), ' '), ev.Route...)
 	slot := d.tab.findBytes(d.scratch)
 	if slot < 0 {
 		slot = d.tab.add(string(d.scratch), t)
 		k := &d.tab.ents[slot].s
-		k.rateAt = t
+		k.vol = newVolume(t)
 		k.split = uint16(min(len(ev.Method), math.MaxUint16))
 		k.prm = d.paramsIndex(d.tab.keyOf(slot), ev.Route)
 	} else {
 		d.tab.touch(slot, t)
 	}
 	k := &d.tab.ents[slot].s
-	p := &d.params[k.prm]
 	if late {
-		// Straight into the baseline, weighted as of rateAt; no window.
-		k.rate += math.Exp(float64(t-k.rateAt)/d.tau) * 60000 / d.tau
+		k.vol.addLate(t, d.tau) // straight into the baseline; no window
 		d.markDirty(slot)
 		return
 	}
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	keep := d.keep()
-	d.fold(slot, max(keep, b-d.lay.size+1))
-	o := d.cnt.place(data, &k.r, k.sum[:], b, bs, keep)
-	if inc16(&data[o]) {
-		k.sum[0]++
+	if k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau) {
+		d.markDirty(slot)
 	}
+	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
+	d.settle(k)
+	run := k.sum[0] == 0 // the ring was empty: a run of traffic starts
+	d.cnt.count(data, k.sum[:], o, b, t)
+	p := &d.params[k.prm]
 	if !p.enabled {
 		return
 	}
-	if !k.ran || b-k.newest > d.lay.size {
-		d.startRun(slot, p)
+	if run && d.quiet(k, p) {
+		k.smp = d.smp.get()
 	}
-	k.ran, k.newest = true, max(k.newest, b)
-	if c := k.col; c != nil {
-		cs := c.claim(b)
-		c.sample(cs, qsClientKey, ev.ClientKey)
-		c.sample(cs, qsClientIP, ev.ClientIP)
-		c.sample(cs, qsPath, ev.Path)
-		c.sample(cs, qsRequestID, ev.RequestID)
-		client := ev.ClientKey
-		if client == "" {
-			client = ev.ClientIP
-		}
-		c.addDistinct(cs, hash64(client))
+	hot := k.sum[0] >= p.hot
+	if hot && k.smp == nil && d.quiet(k, p) {
+		// Its run started while it was busy: sample from here on, so that its
+		// evidence is never empty.
+		k.smp = d.smp.get()
 	}
-	if !k.hot && k.sum[0] >= p.minCount {
-		k.hot = true
-		// Windows that closed before this event could not fire: the ring held too
-		// little for them.
-		d.hot = append(d.hot, hotKey{d.tab.ref(slot), d.closed()})
+	if s := k.smp; s != nil {
+		cs := d.smp.claim(s, b, bs)
+		d.smp.offer(s, b, cs, qsClientKey, ev.ClientKey)
+		d.smp.offer(s, b, cs, qsClientIP, ev.ClientIP)
+		d.smp.offer(s, b, cs, qsPath, ev.Path)
+		d.smp.offer(s, b, cs, qsRequestID, ev.RequestID)
+		client, _ := clientOf(ev)
+		d.smp.addID(s, cs, hash64(client))
 	}
-}
-
-// maxCollectors bounds the routes sampled at once, whatever an attacker does to the
-// number of routes.
-const maxCollectors = 1024
-
-// startRun starts a run of traffic on a route: its first event after a gap longer than
-// the ring spans. A route that is quiet then collects evidence for the whole run, so a
-// spike in it has samples.
-//
-// Both the run and the decision depend on event times only. An event of the same run
-// that arrives before this one would have started it, and one that arrives after is
-// within the run: events out of order by more than the gap are late. Every bucket
-// before the gap has been folded into the rate, which is read as of its last fold
-// rather than as of this event.
-func (d *quietSpike) startRun(slot int32, p *qsParams) {
-	k := &d.tab.ents[slot].s
-	if k.col != nil {
-		d.dropCollector(k)
-	}
-	if d.active < maxCollectors && d.rateAt(k, k.rateAt) <= 2*p.quietRate {
-		k.col = d.cols.get()
-		d.active++
-		d.colKeys = append(d.colKeys, d.tab.ref(slot))
+	if hot {
+		d.markHot(slot)
 	}
 }
 
-func (d *quietSpike) dropCollector(k *qsKey) {
-	d.cols.put(k.col)
-	k.col = nil
-	d.active--
+// quiet reports whether a route is quiet enough to sample: a busy route (twice
+// quiet_rate or more) cannot fire, and sampling its every request would cost more than
+// evidence it cannot need.
+func (d *quietSpike) quiet(k *qsKey, p *qsParams) bool {
+	return k.vol.rateAsOf(k.vol.rateAt, d.since.since, d.tau) <= 2*p.quietRate
+}
+
+// settle recycles the sampler of a route whose requests all left the ring: the run of
+// traffic it sampled is over.
+func (d *quietSpike) settle(k *qsKey) {
+	if k.sum[0] == 0 && k.smp != nil {
+		d.smp.put(k.smp)
+		k.smp = nil
+	}
 }
 
 func (d *quietSpike) allowed(ev *ingest.Event) bool {
@@ -256,41 +215,6 @@ func (d *quietSpike) allowed(ev *ingest.Event) bool {
 		return true
 	}
 	return inNets(d.allowNet, ev.ClientIP)
-}
-
-// fold moves the buckets of slot before keep from the ring into the baseline rate, in
-// bucket order, each weighted as of its end.
-func (d *quietSpike) fold(slot int32, keep int64) {
-	k := &d.tab.ents[slot].s
-	if !k.r.used || keep <= k.r.lo {
-		return
-	}
-	data := d.cnt.keyData(slot)
-	changed := false
-	for x := max64(k.r.lo, k.r.top-d.lay.size+1); x < keep && x <= k.r.top; x++ {
-		c := d.cnt.at(data, &k.r, x, 0)
-		if c == 0 {
-			continue
-		}
-		end := (x + 1) * d.lay.width
-		k.rate = k.rate*math.Exp(-float64(end-k.rateAt)/d.tau) + float64(c)*60000/d.tau
-		k.rateAt = end
-		changed = true
-	}
-	d.cnt.trim(data, &k.r, k.sum[:], keep)
-	if changed {
-		d.markDirty(slot)
-	}
-}
-
-// rateAt returns the route's baseline rate in requests a minute as of x: the weighted
-// average decayed to x and corrected for how long the detector has seen traffic.
-func (d *quietSpike) rateAt(k *qsKey, x int64) float64 {
-	r := k.rate * math.Exp(-float64(x-k.rateAt)/d.tau)
-	if d.since == math.MaxInt64 || x <= d.since {
-		return r
-	}
-	return r / -math.Expm1(-float64(x-d.since)/d.tau)
 }
 
 func (d *quietSpike) markDirty(slot int32) {
@@ -301,145 +225,94 @@ func (d *quietSpike) markDirty(slot int32) {
 	}
 }
 
-func (d *quietSpike) advance(wm int64) {
-	d.wm = wm
-	closed := d.lay.closedThrough(wm)
-	keep := d.lay.oldestOpen(wm)
-	live := d.hot[:0]
-	for _, h := range d.hot {
-		r := h.ref
-		if !d.tab.valid(r) {
-			continue
-		}
-		k := &d.tab.ents[r.slot].s
-		d.eval(r.slot, &h.evalTo, closed)
-		d.fold(r.slot, keep)
-		if k.sum[0] < d.params[k.prm].minCount {
-			k.hot = false
-			continue
-		}
-		live = append(live, h)
-	}
-	clear(d.hot[len(live):])
-	d.hot = live
-	// A run is over once any event that is not late would start a new one.
-	cols := d.colKeys[:0]
-	for _, r := range d.colKeys {
-		if !d.tab.valid(r) {
-			continue
-		}
-		k := &d.tab.ents[r.slot].s
-		if k.col != nil && keep-k.newest > d.lay.size {
-			d.dropCollector(k)
-		}
-		if k.col != nil {
-			cols = append(cols, r)
-		}
-	}
-	clear(d.colKeys[len(cols):])
-	d.colKeys = cols
-	d.tab.expire(keep*d.lay.width - 3*int64(d.tau))
-	d.inc.endQuiet(wm)
-	d.next = (closed + 2) * d.lay.width
+func (d *quietSpike) bounds(slot int32) (int64, int64, bool) {
+	r := &d.tab.ents[slot].s.r
+	return r.lo, r.top, r.used
 }
 
-// eval evaluates slot's windows ending at buckets *evalTo+1..upTo, folding each bucket
-// into the baseline once no later window needs it.
-func (d *quietSpike) eval(slot int32, evalTo *int64, upTo int64) {
+func (d *quietSpike) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
-	p := &d.params[k.prm]
-	n := d.lay.n
-	from := max(*evalTo+1, k.r.lo)
-	to := min(upTo, k.r.top+n-1)
-	*evalTo = max(*evalTo, upTo)
-	if !k.r.used || from > to || !p.enabled {
-		return
-	}
 	data := d.cnt.keyData(slot)
-	for e := from; e <= to; e++ {
-		d.fold(slot, e-n+1)
-		if !k.r.used {
-			return
-		}
-		var count uint32
-		for b := e - n + 1; b <= e; b++ {
-			count += d.cnt.at(data, &k.r, b, 0)
-		}
-		end := (e + 1) * d.lay.width
-		if count < p.minCount {
-			continue
-		}
-		if d.since == math.MaxInt64 || end-d.since < d.learn {
-			if k.col != nil && d.rateAt(k, end) > 2*p.quietRate {
-				d.dropCollector(k)
-			}
-			continue
-		}
-		start := (e - n + 1) * d.lay.width
-		rate := d.rateAt(k, start)
-		if rate > p.quietRate {
-			if k.col != nil && rate > 2*p.quietRate {
-				// Busy: sampling every request would cost more than the evidence
-				// of a spike it cannot have is worth.
-				d.dropCollector(k)
-			}
-			continue
-		}
-		lambda := rate * float64(n*d.lay.width) / 60000
-		if pv := poissonTail(int(count), lambda); pv < p.pValue {
-			d.fire(slot, e, count, rate, lambda, pv)
-		}
+	if k.vol.foldRate(&d.cnt, data, &k.r, keep+d.lay.back, d.tau) {
+		d.markDirty(slot)
 	}
+	d.cnt.trim(data, &k.r, k.sum[:], keep)
+	d.settle(k)
+	return k.sum[0] >= d.params[k.prm].hot
 }
 
-func (d *quietSpike) fire(slot int32, end int64, count uint32, rate, lambda, pv float64) {
-	ent := &d.tab.ents[slot]
-	name := d.tab.keyOf(slot)
-	k := &ent.s
+func (d *quietSpike) expiry(wm int64) int64 { return d.lay.oldestKept(wm)*d.lay.width - d.ttl() }
+
+// judge judges the route's window ending at end, after folding into the baseline what
+// came before it.
+func (d *quietSpike) judge(slot int32, end int64) {
+	k := &d.tab.ents[slot].s
 	p := &d.params[k.prm]
 	n, w := d.lay.n, d.lay.width
 	data := d.cnt.keyData(slot)
-	first, last := end, end-n+1
-	for b := end - n + 1; b <= end; b++ {
-		if d.cnt.at(data, &k.r, b, 0) > 0 {
-			first, last = min(first, b), max(last, b)
-		}
+	from := end - n + 1
+	changed := k.vol.foldRate(&d.cnt, data, &k.r, from, d.tau)
+	if k.vol.foldPeaks(&d.cnt, data, &k.r, end-n, p.hot, d.ptau) || changed {
+		d.markDirty(slot)
 	}
+	if !p.enabled {
+		return
+	}
+	count := d.cnt.sum(data, &k.r, from, end, 0)
+	if count < p.minCount || !d.since.learnt((end+1)*w, d.learn) {
+		return
+	}
+	start := from * w
+	rate := k.vol.rateAsOf(start, d.since.since, d.tau)
+	if rate > p.quietRate {
+		return
+	}
+	lambda := rate * float64(n*w) / 60000
+	pv := poissonTail(int(count), lambda)
+	if pv >= p.pValue {
+		return
+	}
+	peak := k.vol.peak.asOf(start, d.ptau)
+	if float64(count) < p.minRatio*peak {
+		return
+	}
+	d.fire(slot, end, count, rate, lambda, pv, peak)
+}
+
+func (d *quietSpike) fire(slot int32, end int64, count uint32, rate, lambda, pv, peak float64) {
+	name := d.tab.keyOf(slot)
+	k := &d.tab.ents[slot].s
+	p := &d.params[k.prm]
+	from := end - d.lay.n + 1
+	first, last, _ := d.cnt.span(d.cnt.keyData(slot), &k.r, from, end)
 	method, route := name[:k.split], name[min(int(k.split)+1, len(name)):]
 	d.inc.fire(firing{
 		key:      name,
-		at:       (end + 1) * w,
-		first:    first * w,
-		last:     (last + 1) * w,
+		at:       (end + 1) * d.lay.width,
+		first:    first,
+		last:     last,
 		strength: int(count),
 		severity: p.severity,
 		labels:   map[string]string{"key_type": "route", "method": method, "route": route},
 	}, func() (Evidence, string) {
-		rate, lambda, pv := roundSig(rate), roundSig(lambda), roundSig(pv)
+		rate, lambda, pv, peak := roundSig(rate), roundSig(lambda), roundSig(pv), roundSig(peak)
 		quiet := p.quietRate
-		ev := Evidence{
-			Window:             d.window,
-			WindowStart:        formatTime(msTime((end - n + 1) * w)),
-			WindowEnd:          formatTime(msTime((end + 1) * w)),
-			Method:             method,
-			Route:              route,
-			BaselineRatePerMin: &rate,
-			QuietRate:          &quiet,
-			ObservedCount:      int(count),
-			MinCount:           int(p.minCount),
-			Expected:           &lambda,
-			PValue:             &pv,
-			MaxPValue:          p.pValue,
+		ev := d.windowEvidence(end)
+		ev.Method, ev.Route = method, route
+		ev.BaselineRatePerMin, ev.QuietRate = &rate, &quiet
+		ev.ObservedCount, ev.MinCount = int(count), int(p.minCount)
+		ev.Expected, ev.PValue, ev.MaxPValue = &lambda, &pv, p.pValue
+		ev.RecentPeak, ev.MinPeakRatio = &peak, p.minRatio
+		if s := k.smp; s != nil {
+			w := d.smp.window(s, from, end)
+			ev.DistinctClients = d.smp.distinct(s, w)
+			ev.ClientKeys = d.smp.collect(s, w, qsClientKey, 5)
+			ev.ClientIPs = d.smp.collect(s, w, qsClientIP, 5)
+			ev.SamplePaths = d.smp.collect(s, w, qsPath, 5)
+			ev.SampleRequestIDs = d.smp.collect(s, w, qsRequestID, 5)
 		}
-		if c := k.col; c != nil {
-			ev.DistinctClients = c.distinctIn(end-n+1, end)
-			ev.ClientKeys = c.collect(qsClientKey, end-n+1, end, 5)
-			ev.ClientIPs = c.collect(qsClientIP, end-n+1, end, 5)
-			ev.SamplePaths = c.collect(qsPath, end-n+1, end, 5)
-			ev.SampleRequestIDs = c.collect(qsRequestID, end-n+1, end, 5)
-		}
-		summary := fmt.Sprintf("Quiet endpoint %s got %d requests within %s against a baseline of %.3g a minute (%.3g expected, p = %.2g).",
-			name, count, d.window, rate, lambda, pv)
+		summary := fmt.Sprintf("Quiet endpoint %s got %d requests within %s against a baseline of %.3g a minute (%.3g expected, p = %.2g) and a recent peak of %.3g.",
+			name, count, d.window, rate, lambda, pv, peak)
 		return ev, summary
 	})
 }
@@ -458,50 +331,44 @@ func roundSig(x float64) float64 {
 
 func (d *quietSpike) release(slot int32, _ bool) {
 	k := &d.tab.ents[slot].s
-	if k.col != nil {
-		d.dropCollector(k)
+	if k.smp != nil {
+		d.smp.put(k.smp)
 	}
 	clear(d.cnt.keyData(slot))
 }
 
-func (d *quietSpike) baseline(slot int32) RouteBaseline {
-	k := &d.tab.ents[slot].s
-	return RouteBaseline{Route: d.tab.keyOf(slot), RatePerMinute: k.rate, AsOf: msTime(k.rateAt)}
-}
-
-func (d *quietSpike) flush() {
-	for _, h := range d.hot {
-		if d.tab.valid(h.ref) {
-			k := &d.tab.ents[h.ref.slot].s
-			d.eval(h.ref.slot, &h.evalTo, k.r.top+d.lay.n-1)
-		}
-	}
-	clear(d.hot)
-	d.hot = d.hot[:0]
-	// Routes stay: their rates are the baseline. Their rings are folded in.
+// flushed folds every route's ring into its baseline: routes stay, their rates and
+// peaks are the baseline.
+func (d *quietSpike) flushed() {
 	for slot := range d.tab.ents {
 		e := &d.tab.ents[slot]
 		if !e.live {
 			continue
 		}
-		e.s.hot = false
-		d.fold(int32(slot), e.s.r.top+1)
-		e.s.ran = false
-		if e.s.col != nil {
-			d.dropCollector(&e.s)
+		k := &e.s
+		data := d.cnt.keyData(int32(slot))
+		if k.r.used {
+			changed := k.vol.foldRate(&d.cnt, data, &k.r, k.r.top+1, d.tau)
+			if k.vol.foldPeaks(&d.cnt, data, &k.r, k.r.top+d.lay.n-1, d.params[k.prm].hot, d.ptau) || changed {
+				d.markDirty(int32(slot))
+			}
+			d.cnt.trim(data, &k.r, k.sum[:], k.r.top+1)
 		}
+		k.vol.rateTo, k.vol.peak.to = math.MinInt64/2, math.MinInt64/2
+		d.settle(k)
 	}
-	clear(d.colKeys)
-	d.colKeys = d.colKeys[:0]
-	d.inc.endAll()
-	d.wm, d.next = math.MinInt64/2, math.MinInt64
 }
 
-// load seeds the routes and the start of traffic from a snapshot.
-func (d *quietSpike) load(b Baselines) {
-	if !b.TrafficSince.IsZero() {
-		d.since = min(d.since, b.TrafficSince.UnixMilli())
+func (d *quietSpike) baseline(slot int32) RouteBaseline {
+	k := &d.tab.ents[slot].s
+	return RouteBaseline{
+		Route: d.tab.keyOf(slot), RatePerMinute: k.vol.rate, AsOf: msTime(k.vol.rateAt),
+		Peak: k.vol.peak.v, PeakAt: msTime(k.vol.peak.at),
 	}
+}
+
+// load seeds the routes from a snapshot.
+func (d *quietSpike) load(b *Baselines) {
 	routes := slices.Clone(b.Routes)
 	// Oldest first, so that past max_keys the most recent survive.
 	slices.SortStableFunc(routes, func(x, y RouteBaseline) int { return x.AsOf.Compare(y.AsOf) })
@@ -517,22 +384,20 @@ func (d *quietSpike) load(b Baselines) {
 func (d *quietSpike) adopt(r *RouteBaseline) {
 	method, route, _ := strings.Cut(r.Route, " ")
 	at := r.AsOf.UnixMilli()
-	slot := d.tab.add(r.Route, at)
+	slot := d.tab.add(r.Route, max(at, r.PeakAt.UnixMilli()))
 	k := &d.tab.ents[slot].s
-	k.rate, k.rateAt = r.RatePerMinute, at
+	k.vol = newVolume(at)
+	k.vol.rate = r.RatePerMinute
+	if r.Peak > 0 {
+		k.vol.peak.v, k.vol.peak.at = r.Peak, r.PeakAt.UnixMilli()
+	}
 	k.split = uint16(len(method))
 	k.prm = d.paramsIndex(r.Route, route)
 }
 
-// takeDirty returns the routes whose baseline changed since the last call, and the
-// start of traffic when that changed.
-func (d *quietSpike) takeDirty() (time.Time, []RouteBaseline) {
-	var since time.Time
-	if d.sinceDirt && d.since != math.MaxInt64 {
-		since = msTime(d.since)
-		d.sinceDirt = false
-	}
-	var out []RouteBaseline
+// takeDirty adds to u the routes whose baseline changed since the last call.
+func (d *quietSpike) takeDirty(u *Baselines) {
+	out := u.Routes
 	for _, r := range d.dirty {
 		if d.tab.valid(r) {
 			out = append(out, d.baseline(r.slot))
@@ -542,5 +407,5 @@ func (d *quietSpike) takeDirty() (time.Time, []RouteBaseline) {
 	clear(d.dirty)
 	d.dirty = d.dirty[:0]
 	slices.SortFunc(out, func(x, y RouteBaseline) int { return strings.Compare(x.Route, y.Route) })
-	return since, out
+	u.Routes = out
 }

@@ -123,6 +123,9 @@ func TestQuietEndpointSpikeEvidence(t *testing.T) {
 		len(ev.SampleRequestIDs) != 5 || !slices.Equal(ev.SamplePaths, []string{"/v1/export"}) {
 		t.Errorf("samples: distinct %d keys %v ips %v ids %v paths %v", ev.DistinctClients, ev.ClientKeys, ev.ClientIPs, ev.SampleRequestIDs, ev.SamplePaths)
 	}
+	if !a.FirstSeen.Equal(at(10*time.Second)) || !a.LastSeen.Equal(at(126*time.Second)) { // the first and last requests
+		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
+	}
 	if a.Labels["route"] != "/v1/export" || a.Labels["method"] != "GET" || a.Labels["key_type"] != "route" {
 		t.Errorf("labels %v", a.Labels)
 	}
@@ -198,5 +201,74 @@ func TestPoissonTail(t *testing.T) {
 	// The tail the default config cares about is far below what 1-CDF can resolve.
 	if got := poissonTail(20, 1e-3); got <= 0 || got > 1e-70 {
 		t.Errorf("poissonTail(20, 1e-3) = %g, want a tiny positive number", got)
+	}
+}
+
+// TestQuietEndpointSpikeLearnsPeriodicBursts: a download route hit by a cron job at the
+// same minute every hour, thirty requests at once, is quiet on average (half a request
+// a minute), and each burst is improbable under that rate; but each is no larger than
+// the bursts before it, so none pages once the route's peak holds one. A burst four
+// times as large does.
+func TestQuietEndpointSpikeLearnsPeriodicBursts(t *testing.T) {
+	var events []ingest.Event
+	for h := range 48 {
+		events = append(events, hits("GET", "/downloads/{id}", 30, t0.Add(time.Duration(h)*time.Hour), time.Second)...)
+	}
+	events = append(events, hits("GET", "/downloads/{id}", 120, t0.Add(48*time.Hour), 500*time.Millisecond)...)
+	cfg := only(QuietEndpointSpike)
+	res := run(t, cfg, &Baselines{TrafficSince: t0.Add(-24 * time.Hour)}, 200, events)
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 2 || !groups[0][0].FirstSeen.Equal(t0) || !groups[1][0].FirstSeen.Equal(t0.Add(48*time.Hour)) {
+		t.Fatalf("incidents:\n%s\nwant the first burst (no peak yet) and the big one", describe(res.alerts))
+	}
+	if ev := groups[1][0].Evidence; *ev.RecentPeak < 29 || ev.MinPeakRatio != 3 || ev.ObservedCount < 90 {
+		t.Errorf("evidence %+v", ev)
+	}
+	// The peak is a baseline: a restart from it still knows the bursts.
+	if err := res.engine.SyncBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := res.engine.store.LoadBaselines(t.Context())
+	if len(b.Routes) != 1 || b.Routes[0].Peak < 120 {
+		t.Fatalf("routes %+v", b.Routes)
+	}
+	b.Routes[0].Peak, b.Routes[0].PeakAt = 30, t0.Add(47*time.Hour)
+	res = run(t, cfg, &b, 0, hits("GET", "/downloads/{id}", 30, t0.Add(49*time.Hour), time.Second))
+	if len(res.alerts) != 0 {
+		t.Errorf("after a restart: %s", describe(res.alerts))
+	}
+}
+
+func TestQuietEndpointSpikeIgnoresMissingRoutes(t *testing.T) {
+	// A scanner hammering routes that do not exist is route_scan's, not a quiet
+	// endpoint being hammered; nor is a walk over ids that do not exist.
+	var events []ingest.Event
+	for i := range 40 {
+		events = append(events, req(at(time.Duration(i)*time.Second), route("GET", "/.env"), status(404)),
+			req(at(time.Duration(i)*time.Second), route("POST", "/v1/export"), status(405)))
+	}
+	res := run(t, only(QuietEndpointSpike), learned(nil), 0, events)
+	if len(res.alerts) != 0 {
+		t.Errorf("alerts:\n%s", describe(res.alerts))
+	}
+	if n, _, _ := res.engine.dets[0].stats(); n != 0 {
+		t.Errorf("%d routes tracked, want none", n)
+	}
+}
+
+func TestQuietEndpointSpikeEvidenceNeverEmpty(t *testing.T) {
+	// A route busy when its run of traffic began (so not sampled then) that has grown
+	// quiet by the time of a spike still has samples in its alert.
+	const r = "GET /v1/reports"
+	snap := learned(map[string]float64{r: 50})
+	snap.Routes[0].AsOf = t0.Add(-5 * 24 * time.Hour) // its rate has decayed since
+	events := concat(hits("GET", "/v1/reports", 10, t0, time.Minute), hits("GET", "/v1/reports", 60, at(10*time.Minute), time.Second))
+	res := run(t, only(QuietEndpointSpike), snap, 0, events)
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 1 {
+		t.Fatalf("incidents:\n%s", describe(res.alerts))
+	}
+	if ev := final(groups[0]).Evidence; len(ev.ClientIPs) == 0 || len(ev.SamplePaths) == 0 || len(ev.SampleRequestIDs) == 0 || ev.DistinctClients == 0 {
+		t.Errorf("evidence %+v", ev)
 	}
 }

@@ -55,20 +55,21 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if e.wms.started {
 		wm = e.wms.wm
 	}
-	var keysAdopted, keysMerged, routesAdopted int
-	if e.nc != nil {
-		keysAdopted, keysMerged = e.nc.merge(b.Keys, wm)
+	if !b.TrafficSince.IsZero() {
+		e.traffic.since = min(e.traffic.since, b.TrafficSince.UnixMilli())
 	}
-	if e.qs != nil {
-		routesAdopted = e.qs.merge(b, wm)
+	var adopted, merged int
+	for _, l := range e.learners {
+		a, m := l.merge(&b, wm)
+		adopted, merged = adopted+a, merged+m
 	}
 	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	lvl := slog.LevelDebug
-	if keysAdopted+keysMerged+routesAdopted > 0 {
+	if adopted+merged > 0 {
 		lvl = slog.LevelInfo
 	}
-	e.log.Log(ctx, lvl, "baselines refreshed", "keys", len(b.Keys), "routes", len(b.Routes),
-		"keys_adopted", keysAdopted, "keys_merged", keysMerged, "routes_adopted", routesAdopted)
+	e.log.Log(ctx, lvl, "baselines refreshed", "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),
+		"objects", len(b.Objects), "privileged", len(b.Privileged), "adopted", adopted, "merged", merged)
 	e.updateGauges()
 	return nil
 }
@@ -103,7 +104,8 @@ func (e *Engine) refreshIfDue(ctx context.Context) {
 // merge folds stored keys into the table (see Engine.RefreshBaselines) at watermark wm
 // (math.MinInt64: no event yet) and returns how many keys it adopted and how many
 // tracked ones it changed.
-func (d *newCountry) merge(keys []KeyBaseline, wm int64) (adopted, merged int) {
+func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int) {
+	keys := b.Keys
 	cutoff := int64(math.MinInt64)
 	if wm != math.MinInt64 {
 		// A key last seen before it is expired, or would be at once.
@@ -205,22 +207,19 @@ func (k *ncKey) latest() int64 {
 
 // merge folds a stored snapshot into the routes (see Engine.RefreshBaselines) at
 // watermark wm (math.MinInt64: no event yet) and returns how many routes it adopted.
-func (d *quietSpike) merge(b Baselines, wm int64) (adopted int) {
-	if !b.TrafficSince.IsZero() {
-		d.since = min(d.since, b.TrafficSince.UnixMilli())
-	}
+// A route the detector tracks keeps its own rate and peak.
+func (d *quietSpike) merge(b *Baselines, wm int64) (adopted, merged int) {
 	cutoff := int64(math.MinInt64)
 	if wm != math.MinInt64 {
 		// What advance(wm) expires, plus a bucket: a route's rate is as of the end of
 		// the bucket it last folded, up to a bucket after its last event, by which the
 		// table expires it.
-		keep := d.lay.oldestOpen(wm)
-		cutoff = keep*d.lay.width - 3*int64(d.tau) + d.lay.width
+		cutoff = d.expiry(wm) + d.lay.width
 	}
 	var fresh []*RouteBaseline
 	for i := range b.Routes {
 		r := &b.Routes[i]
-		if strings.Contains(r.Route, " ") && r.AsOf.UnixMilli() >= cutoff && d.tab.find(r.Route) < 0 {
+		if strings.Contains(r.Route, " ") && max(r.AsOf.UnixMilli(), r.PeakAt.UnixMilli()) >= cutoff && d.tab.find(r.Route) < 0 {
 			fresh = append(fresh, r)
 		}
 	}
@@ -234,5 +233,5 @@ func (d *quietSpike) merge(b Baselines, wm int64) (adopted int) {
 		d.adopt(r)
 		adopted++
 	}
-	return adopted
+	return adopted, 0
 }

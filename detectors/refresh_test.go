@@ -61,7 +61,7 @@ func engineState(e *Engine) string {
 		}
 	}
 	if d := e.qs; d != nil {
-		lines = append(lines, fmt.Sprintf("since %d", d.since))
+		lines = append(lines, fmt.Sprintf("since %d", d.since.since))
 		for slot := range d.tab.ents {
 			if d.tab.ents[slot].live {
 				lines = append(lines, fmt.Sprintf("route %+v", d.baseline(int32(slot))))

@@ -193,7 +193,8 @@ func genScenario(seed uint64, hours int, withAttacks bool) scenario {
 			UserAgent: "sqlmap/1.7", RequestID: fmt.Sprintf("req-%07d", reqN),
 		})
 	}
-	s.attacks = append(s.attacks, attack{ForbiddenBurst, "192.0.2.200"})
+	// It walks account ids: object enumeration too.
+	s.attacks = append(s.attacks, attack{ForbiddenBurst, "192.0.2.200"}, attack{ObjectEnumeration, "192.0.2.200 GET /v1/accounts/{id}"})
 
 	// 4. quiet_endpoint_spike: the admin export, called a few times a day, called 50
 	// times in three minutes by a legitimate-looking client.
@@ -202,7 +203,8 @@ func genScenario(seed uint64, hours int, withAttacks bool) scenario {
 		ts := start.Add(3*time.Hour + time.Duration(i)*3600*time.Millisecond)
 		emit(ts, ex, routes[len(routes)-2], 200)
 	}
-	s.attacks = append(s.attacks, attack{QuietEndpointSpike, "POST /v1/admin/export"})
+	// A key that never did admin work before: a privilege anomaly too.
+	s.attacks = append(s.attacks, attack{QuietEndpointSpike, "POST /v1/admin/export"}, attack{PrivilegeAnomaly, ex.key})
 
 	slices.SortStableFunc(s.events, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
 	return s

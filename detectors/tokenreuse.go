@@ -2,9 +2,7 @@ package detectors
 
 import (
 	"fmt"
-	"math"
 	"math/bits"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -15,33 +13,31 @@ import (
 // tokenReuse fires when, within window, one token fingerprint is seen from more than
 // max_devices distinct devices.
 //
-// Per token it keeps an exact set of device hashes (inline for the first device), each
-// with a bit mask of the ring buckets it was seen in, so the distinct devices of any
-// window are a few AND operations. Past exactLimit devices, further ones are counted in
-// a HyperLogLog sketch.
+// Per token it keeps the count of its events per bucket and an exact set of device
+// hashes (inline for the first device), each with the ring slots it was seen in, so
+// the distinct devices of any window are a few AND operations. The devices after the
+// first also count their events per slot; the first device's are the token's less
+// theirs. Past exactLimit devices, further ones are counted in a sketch per slot
+// (idSet).
 //
-// A device's other evidence (its events, a client IP, countries) covers its current
-// burst of activity: the events since it last went quiet for longer than the ring
-// spans. That rule depends on event times only, so the evidence does not depend on
-// arrival order either.
+// The token's buckets also keep a client IP (that of smallest hash) and the two
+// countries of lowest code of their events, so that the evidence of a window is the
+// window's, whatever order its events came in.
 type tokenReuse struct {
-	lay  ringLayout
-	buck bucketer
-	tab  *keyTable[trKey]
-	gap  int64 // buckets of quiet that end a device's burst: the ring size
-	skip []string
+	windowed[trKey]
+	cnt   counters // the token's events per bucket, with a client IP and two countries
+	arena arena
+	ids   samplers // only for the sketches of devices past exactLimit
+	gap   int64    // buckets of quiet that end a device's burst: the ring size
+	skip  []string
 
 	params    []trParams
 	keyParams map[string]uint16
 	allowAll  map[uint64]bool            // device hashes allowed for every token
 	allowKey  map[string]map[uint64]bool // per token
 
-	hot    []hotKey
-	inc    *incidents
-	sink   uint64 // what prefetch loaded, so that the loads are not optimised away
-	wm     int64
-	next   int64
-	window string
+	freeCounts [][]uint16 // per-slot event counts of devices that left
+	sink       uint64     // what prefetch loaded, so that the loads are not optimised away
 }
 
 type trParams struct {
@@ -51,47 +47,43 @@ type trParams struct {
 }
 
 type trKey struct {
-	top  int64 // newest bucket; bit i of a device mask is bucket top-i
+	r    ring
+	sums [1]uint32
 	prm  uint16
-	nDev uint8 // devices held in dev0 and more
-	used bool
-	hot  bool
+	nDev uint8   // devices held in dev0 and more
 	dev0 trDev   // the first device, inline: most tokens have one
 	more *trMore // the others, for the few tokens that have them
 }
 
 type trMore struct {
-	devs []trDev  // up to exactLimit-1
-	over distinct // devices past exactLimit
+	devs       []trDev  // up to exactLimit-1
+	over       idSet    // devices past exactLimit
+	overEvents []uint16 // their events per ring slot
 }
 
 type trDev struct {
 	h      uint64
-	mask   uint64
-	newest int64  // bucket of the device's latest event
-	events uint32 // in the current burst
-	cc     [2]uint16
-	ipH    uint64     // hash of the IP's text, so that an event's IP is compared by hash
-	ip     netip.Addr // of smallest hash in the burst
+	mask   uint64   // ring slots it was seen in
+	newest int64    // bucket of the device's latest event
+	counts []uint16 // its events per ring slot; nil for the first device
 	dev    string
 }
 
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
-	lay := newRingLayout(c.Window, lateness, 20)
+	lay := newRingLayout(c.Window, lateness, 20, false)
 	d := &tokenReuse{
-		lay:       lay,
-		buck:      newBucketer(lay.width, lay.size),
+		cnt:       newCounters(lay, 1, true, true, 2),
+		arena:     newArena(lay),
+		ids:       newSamplers(lay, 0, 0, 0),
 		gap:       lay.size,
 		keyParams: map[string]uint16{},
 		allowAll:  map[uint64]bool{},
 		allowKey:  map[string]map[uint64]bool{},
-		inc:       inc,
-		wm:        math.MinInt64 / 2,
-		next:      math.MinInt64,
-		window:    lay.window().String(),
 	}
 	// A token stays until no device of it can still be in a burst: window plus gap.
-	d.tab = newKeyTable[trKey](c.MaxKeys, (2*lay.size*lay.width)/4)
+	d.init(TokenReuse, lay, c.MaxKeys, 2*lay.size*lay.width, inc, d)
+	d.tab.onRemove = d.release
+	d.samples = &d.arena
 	base := trParams{enabled: true, maxDevices: c.MaxDevices, severity: c.Severity}
 	d.params = append(d.params, base)
 	for _, o := range c.Overrides {
@@ -123,25 +115,11 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 	return d
 }
 
-func (d *tokenReuse) name() string { return TokenReuse }
-func (d *tokenReuse) due() *int64  { return &d.next }
-
-func (d *tokenReuse) stats() (int, uint64, uint64) {
-	return d.tab.live, d.tab.evictions, d.tab.expired
-}
-
-func (d *tokenReuse) closed() int64 { return d.lay.closedThrough(d.wm) }
-func (d *tokenReuse) keep() int64   { return d.lay.oldestOpen(d.wm) }
-
-func (d *tokenReuse) horizon(wm int64) int64 {
-	return d.lay.oldestOpenMs(wm)
-}
-
-func (d *tokenReuse) prefetchIndex(events []ingest.Event, _, hs []uint64) {
+func (d *tokenReuse) prefetchIndex(events []ingest.Event, _ *runHashes, out []uint64) {
 	var sink uint64
 	for i := range events {
-		hs[i] = keyHash(events[i].TokenFP)
-		sink += d.tab.touchIndex(hs[i])
+		out[i] = keyHash(events[i].TokenFP)
+		sink += d.tab.touchIndex(out[i])
 	}
 	d.sink = sink
 }
@@ -151,6 +129,7 @@ func (d *tokenReuse) prefetchState(events []ingest.Event, hs []uint64) {
 	for i := range events {
 		if slot := d.tab.peek(hs[i]); slot >= 0 {
 			sink += d.tab.warm(slot)
+			sink += d.cnt.prefetch(slot, events[i].Time.UnixMilli(), &d.buck)
 		}
 	}
 	d.sink = sink
@@ -187,42 +166,46 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if !p.enabled {
 		return
 	}
-	b, _ := d.buck.of(t)
-	d.shift(k, b)
-	d.trim(k, d.keep())
+	b, bs := d.buck.of(t)
+	data := d.cnt.keyData(slot)
+	keep := d.keep()
+	o, dropped := d.cnt.place(data, &k.r, k.sums[:], b, bs, keep)
+	d.dropSlots(k, dropped, keep)
+	fresh := data[o] == 0
+	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, hash64(ev.ClientIP), &d.arena)
+	addCountry(d.cnt.extraAt(data, o), fresh, packCountry(ev.Country))
 	dv := d.device(k, dh, ev.Device, b)
 	if dv == nil {
-		k.more.over.add(dh)
+		d.ids.addTo(&k.more.over, int(bs), dh)
+		if k.more.overEvents == nil {
+			k.more.overEvents = d.newCounts()
+		}
+		inc16(&k.more.overEvents[bs])
 	} else {
-		dv.mask |= 1 << uint(k.top-b)
+		dv.mask |= 1 << uint(bs)
 		dv.newest = max(dv.newest, b)
-		dv.events++
-		dv.seen(ev)
+		if dv.counts != nil {
+			inc16(&dv.counts[bs])
+		}
 	}
-	if !k.hot && d.active(k) > p.maxDevices {
-		k.hot = true
-		// Windows that closed before this event could not fire: the ring held too
-		// little for them.
-		d.hot = append(d.hot, hotKey{d.tab.ref(slot), d.closed()})
+	if !d.tab.ents[slot].hot && d.active(k) > p.maxDevices {
+		d.markHot(slot)
 	}
 }
 
-// seen folds an event's IP and country into the device's burst evidence.
-func (dv *trDev) seen(ev *ingest.Event) {
-	if ev.ClientIP != "" {
-		if h := hash64(ev.ClientIP); !dv.ip.IsValid() || h < dv.ipH {
-			if a, err := netip.ParseAddr(ev.ClientIP); err == nil {
-				dv.ip, dv.ipH = a, h
-			}
-		}
+// addCountry keeps in cc the two lowest country codes of a bucket's events; fresh
+// says the event is the bucket's first.
+func addCountry(cc []uint16, fresh bool, c uint16) {
+	if fresh {
+		cc[0], cc[1] = 0, 0
 	}
-	c := packCountry(ev.Country)
 	switch {
-	case c == 0 || c == dv.cc[0] || c == dv.cc[1]:
-	case dv.cc[0] == 0 || c < dv.cc[0]:
-		dv.cc[1], dv.cc[0] = dv.cc[0], c
-	case dv.cc[1] == 0 || c < dv.cc[1]:
-		dv.cc[1] = c
+	case c == 0 || c == cc[0] || c == cc[1]:
+	case cc[0] == 0 || c < cc[0]:
+		cc[1], cc[0] = cc[0], c
+	case cc[1] == 0 || c < cc[1]:
+		cc[1] = c
 	}
 }
 
@@ -235,7 +218,8 @@ func (d *tokenReuse) device(k *trKey, h uint64, dev string, b int64) *trDev {
 			continue
 		}
 		if b-dv.newest > d.gap {
-			*dv = trDev{h: h, dev: dv.dev, newest: b}
+			// Its old burst's buckets have left the ring: mask and counts are zero.
+			*dv = trDev{h: h, dev: dv.dev, newest: b, counts: dv.counts}
 		}
 		return dv
 	}
@@ -246,6 +230,7 @@ func (d *tokenReuse) device(k *trKey, h uint64, dev string, b int64) *trDev {
 	if k.nDev == 0 {
 		k.dev0 = nd
 	} else {
+		nd.counts = d.newCounts()
 		if k.more == nil {
 			k.more = new(trMore)
 		}
@@ -255,6 +240,15 @@ func (d *tokenReuse) device(k *trKey, h uint64, dev string, b int64) *trDev {
 	return k.dev(int(k.nDev) - 1)
 }
 
+func (d *tokenReuse) newCounts() []uint16 {
+	if n := len(d.freeCounts); n > 0 {
+		c := d.freeCounts[n-1]
+		d.freeCounts = d.freeCounts[:n-1]
+		return c
+	}
+	return make([]uint16, d.lay.size)
+}
+
 func (k *trKey) dev(i int) *trDev {
 	if i == 0 {
 		return &k.dev0
@@ -262,58 +256,78 @@ func (k *trKey) dev(i int) *trDev {
 	return &k.more.devs[i-1]
 }
 
-// shift moves the token's newest bucket up to b, shifting every mask.
-func (d *tokenReuse) shift(k *trKey, b int64) {
-	if !k.used {
-		k.top, k.used = b, true
-		return
-	}
-	if b <= k.top {
-		return
-	}
-	s := b - k.top
-	for i := 0; i < int(k.nDev); i++ {
-		dv := k.dev(i)
-		if s >= 64 {
-			dv.mask = 0
-		} else {
-			dv.mask <<= uint(s)
+// dropSlots forgets, in every device, the ring slots whose buckets left the ring, and
+// drops the devices whose burst is over: any event of theirs that is not late would be
+// more than gap buckets after their newest, which restarts the burst anyway.
+func (d *tokenReuse) dropSlots(k *trKey, dropped uint64, keep int64) {
+	if dropped != 0 {
+		for i := 0; i < int(k.nDev); i++ {
+			dv := k.dev(i)
+			dv.mask &^= dropped
+			clearSlots(dv.counts, dropped)
+		}
+		if k.more != nil {
+			d.ids.clearIDs(&k.more.over, dropped)
+			clearSlots(k.more.overEvents, dropped)
 		}
 	}
-	k.top = b
-}
-
-// trim clears the buckets before keep from every mask, and drops the devices whose
-// burst is over: any event of theirs that is not late would be more than gap buckets
-// after their newest, which restarts the burst anyway.
-func (d *tokenReuse) trim(k *trKey, keep int64) {
-	if !k.used {
-		return
-	}
-	var m uint64 = math.MaxUint64
-	if w := k.top - keep + 1; w <= 0 {
-		m = 0
-	} else if w < 64 {
-		m = 1<<uint(w) - 1
-	}
 	for i := 0; i < int(k.nDev); {
-		dv := k.dev(i)
-		dv.mask &= m
-		if dv.mask == 0 && keep-dv.newest > d.gap {
+		if dv := k.dev(i); dv.mask == 0 && keep-dv.newest > d.gap {
 			d.drop(k, i)
 			continue
 		}
 		i++
 	}
-	if k.nDev <= 1 {
-		k.more = nil // the burst of many devices is over
+	if k.nDev <= 1 && k.more != nil && k.more.over.big == nil && !anySet(k.more.overEvents) {
+		d.freeMore(k) // the burst of many devices is over
+	}
+}
+
+// clearSlots zeroes the counts of the slots in mask; counts may be nil.
+func clearSlots(counts []uint16, mask uint64) {
+	for m := mask; m != 0 && counts != nil; m &= m - 1 {
+		counts[bits.TrailingZeros64(m)] = 0
+	}
+}
+
+func anySet(counts []uint16) bool {
+	for _, c := range counts {
+		if c != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// freeMore recycles what a token held for its devices after the first.
+func (d *tokenReuse) freeMore(k *trKey) {
+	if m := k.more; m != nil {
+		for i := range m.devs {
+			d.putCounts(m.devs[i].counts)
+		}
+		d.putCounts(m.overEvents)
+		d.ids.dropIDs(&m.over)
+		k.more = nil
+	}
+}
+
+func (d *tokenReuse) putCounts(c []uint16) {
+	if c != nil {
+		clear(c)
+		d.freeCounts = append(d.freeCounts, c)
 	}
 }
 
 func (d *tokenReuse) drop(k *trKey, i int) {
 	last := int(k.nDev) - 1
+	d.putCounts(k.dev(i).counts)
 	if i != last {
 		*k.dev(i) = *k.dev(last)
+		if i == 0 {
+			// The first device's events are the token's less the others'.
+			d.putCounts(k.dev0.counts)
+			k.dev0.counts = nil
+		}
 	}
 	if last == 0 {
 		k.dev0 = trDev{}
@@ -335,119 +349,86 @@ func (d *tokenReuse) active(k *trKey) int {
 	return n
 }
 
-// windowMask selects the bits of buckets end-n+1..end, for a token whose newest bucket
-// is top.
-func (d *tokenReuse) windowMask(top, end int64) uint64 {
-	lo := top - end // bit of end
-	hi := lo + d.lay.n - 1
-	if hi < 0 || lo > 63 {
+func (d *tokenReuse) bounds(slot int32) (int64, int64, bool) {
+	r := &d.tab.ents[slot].s.r
+	return r.lo, r.top, r.used
+}
+
+func (d *tokenReuse) cool(slot int32, keep int64) bool {
+	k := &d.tab.ents[slot].s
+	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
+	d.dropSlots(k, dropped, keep)
+	return d.active(k) > d.params[k.prm].maxDevices
+}
+
+func (d *tokenReuse) expiry(wm int64) int64 { return (d.lay.oldestKept(wm) - d.gap - 1) * d.lay.width }
+
+// windowMask returns the ring slots of the live buckets of the window ending at end.
+func (d *tokenReuse) windowMask(k *trKey, end int64) uint64 {
+	if !k.r.used {
 		return 0
 	}
-	lo, hi = max(lo, 0), min(hi, 63)
-	m := uint64(math.MaxUint64) >> uint(63-(hi-lo))
-	return m << uint(lo)
+	return d.lay.slotMask(max(end-d.lay.n+1, k.r.lo), min(end, k.r.top))
 }
 
-func (d *tokenReuse) advance(wm int64) {
-	d.wm = wm
-	closed := d.lay.closedThrough(wm)
-	keep := d.lay.oldestOpen(wm)
-	live := d.hot[:0]
-	for _, h := range d.hot {
-		r := h.ref
-		if !d.tab.valid(r) {
-			continue
-		}
-		k := &d.tab.ents[r.slot].s
-		d.eval(r.slot, &h.evalTo, closed)
-		d.trim(k, keep)
-		if d.active(k) <= d.params[k.prm].maxDevices {
-			k.hot = false
-			continue
-		}
-		live = append(live, h)
-	}
-	clear(d.hot[len(live):])
-	d.hot = live
-	d.tab.expire((keep - d.gap - 1) * d.lay.width)
-	d.inc.endQuiet(wm)
-	d.next = (closed + 2) * d.lay.width
-}
-
-// eval evaluates slot's windows ending at buckets *evalTo+1..upTo.
-func (d *tokenReuse) eval(slot int32, evalTo *int64, upTo int64) {
+func (d *tokenReuse) judge(slot int32, end int64) {
 	k := &d.tab.ents[slot].s
-	from := *evalTo + 1
-	to := min(upTo, k.top+d.lay.n-1)
-	*evalTo = max(*evalTo, upTo)
-	maxDev := d.params[k.prm].maxDevices
-	for e := max(from, k.top-63); e <= to; e++ {
-		m := d.windowMask(k.top, e)
-		n := 0
-		for i := 0; i < int(k.nDev); i++ {
-			if k.dev(i).mask&m != 0 {
-				n++
-			}
+	m := d.windowMask(k, end)
+	n := 0
+	for i := 0; i < int(k.nDev); i++ {
+		if k.dev(i).mask&m != 0 {
+			n++
 		}
-		if n > maxDev {
-			d.fire(slot, e, m, n)
-		}
+	}
+	if n > d.params[k.prm].maxDevices {
+		d.fire(slot, end, m, n)
 	}
 }
 
 func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
-	ent := &d.tab.ents[slot]
 	name := d.tab.keyOf(slot)
-	k := &ent.s
+	k := &d.tab.ents[slot].s
 	p := &d.params[k.prm]
-	var all uint64
-	for i := 0; i < int(k.nDev); i++ {
-		all |= k.dev(i).mask & m
-	}
-	// The highest set bit is the oldest bucket, the lowest the newest.
-	first := k.top - int64(63-bits.LeadingZeros64(all))
-	last := k.top - int64(bits.TrailingZeros64(all))
-	w := d.lay.width
+	first, last, _ := d.cnt.span(d.cnt.keyData(slot), &k.r, end-d.lay.n+1, end)
 	d.inc.fire(firing{
 		key:      name,
-		at:       (end + 1) * w,
-		first:    first * w,
-		last:     (last + 1) * w,
+		at:       (end + 1) * d.lay.width,
+		first:    first,
+		last:     last,
 		strength: n,
 		severity: p.severity,
 		labels:   map[string]string{"key_type": "token_fp"},
 	}, func() (Evidence, string) {
-		ev := Evidence{
-			Window:      d.window,
-			WindowStart: formatTime(msTime((end - d.lay.n + 1) * w)),
-			WindowEnd:   formatTime(msTime((end + 1) * w)),
-			DeviceCount: n,
-			MaxDevices:  p.maxDevices,
-		}
-		var ips, ccs []string
+		ev := d.windowEvidence(end)
+		ev.DeviceCount = n
+		ev.MaxDevices = p.maxDevices
+		data := d.cnt.keyData(slot)
 		for i := 0; i < int(k.nDev); i++ {
 			dv := k.dev(i)
 			if dv.mask&m == 0 {
 				continue
 			}
 			ev.Devices = append(ev.Devices, dv.dev)
-			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: int(dv.events)})
-			if dv.ip.IsValid() {
-				ips = append(ips, dv.ip.String())
-			}
-			for _, c := range dv.cc {
-				if c != 0 {
-					ccs = append(ccs, unpackCountry(c))
+			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: d.deviceEvents(k, data, i, m)})
+		}
+		from := end - d.lay.n + 1
+		ev.ClientIPs = d.cnt.samples(data, &k.r, from, end, &d.arena, 10)
+		var ccs []string
+		for b := max(from, k.r.lo); b <= min(end, k.r.top); b++ {
+			if o := d.lay.slot(b) * d.cnt.stride; data[o] > 0 {
+				for _, c := range d.cnt.extraAt(data, o) {
+					if c != 0 {
+						ccs = append(ccs, unpackCountry(c))
+					}
 				}
 			}
 		}
+		ev.Countries = sortedUnique(ccs)
 		if k.more != nil {
-			ev.DeviceCount += k.more.over.count()
+			ev.DeviceCount += d.ids.distinctOf(&k.more.over, m)
 		}
 		slices.Sort(ev.Devices)
 		slices.SortFunc(ev.DeviceEvents, func(a, b DeviceEvents) int { return strings.Compare(a.Device, b.Device) })
-		ev.ClientIPs = sortedUnique(ips)
-		ev.Countries = sortedUnique(ccs)
 		summary := fmt.Sprintf("Token %s was used from %d devices within %s (at most %d expected).",
 			name, ev.DeviceCount, d.window, p.maxDevices)
 		if len(ev.Countries) > 1 {
@@ -458,18 +439,33 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 	})
 }
 
-func (d *tokenReuse) flush() {
-	for _, h := range d.hot {
-		if d.tab.valid(h.ref) {
-			k := &d.tab.ents[h.ref.slot].s
-			d.eval(h.ref.slot, &h.evalTo, k.top+d.lay.n-1)
+// deviceEvents returns device i's events in the slots of mask.
+func (d *tokenReuse) deviceEvents(k *trKey, data []uint16, i int, mask uint64) int {
+	n := 0
+	for m := mask & k.dev(i).mask; m != 0; m &= m - 1 {
+		s := bits.TrailingZeros64(m)
+		if i > 0 {
+			n += int(k.dev(i).counts[s])
+			continue
 		}
+		c := int(data[int64(s)*d.cnt.stride])
+		if k.more != nil {
+			for j := range k.more.devs {
+				c -= int(k.more.devs[j].counts[s])
+			}
+			if k.more.overEvents != nil {
+				c -= int(k.more.overEvents[s])
+			}
+		}
+		n += max(c, 0)
 	}
-	clear(d.hot)
-	d.hot = d.hot[:0]
-	d.tab.reset()
-	d.inc.endAll()
-	d.wm, d.next = math.MinInt64/2, math.MinInt64
+	return n
+}
+
+// release frees what a token holds outside the slab when it leaves the table.
+func (d *tokenReuse) release(slot int32, _ bool) {
+	d.freeMore(&d.tab.ents[slot].s)
+	clear(d.cnt.keyData(slot))
 }
 
 func sortedUnique(s []string) []string {

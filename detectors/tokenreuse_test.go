@@ -120,8 +120,8 @@ func TestTokenReuseEvidence(t *testing.T) {
 		!slices.Equal(ev.DeviceEvents, []DeviceEvents{{"attacker", 3}, {"phone", 2}}) || ev.MaxDevices != 1 || ev.Window != "10m0s" {
 		t.Errorf("evidence %+v", ev)
 	}
-	// Buckets are 30s: the first event's bucket starts at t0, the last ends at 2m.
-	if !a.FirstSeen.Equal(t0) || !a.LastSeen.Equal(at(2*time.Minute)) {
+	// The first and last events of the window, not the edges of their 30s buckets.
+	if !a.FirstSeen.Equal(t0) || !a.LastSeen.Equal(at(110*time.Second)) {
 		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
 	}
 	want := "Token t1 was used from 2 devices in BR, DE within 10m0s (at most 1 expected)."
@@ -143,5 +143,30 @@ func TestTokenReuseManyDevices(t *testing.T) {
 	// 32 devices are counted exactly, the other 8 by the sketch.
 	if ev.DeviceCount < 39 || ev.DeviceCount > 41 || len(ev.Devices) != exactLimit {
 		t.Errorf("device_count %d with %d listed, want about 40 with %d listed", ev.DeviceCount, len(ev.Devices), exactLimit)
+	}
+}
+
+// TestTokenReuseCountsTheWindow: a token in use on its owner's phone all day, replayed
+// from another device at the end of the day. The alert's counts and times are those of
+// the window it names, not of the phone's day.
+func TestTokenReuseCountsTheWindow(t *testing.T) {
+	events := concat(
+		repeat(1700, t0, 20*time.Second, func(i int, ts time.Time) ingest.Event { return use("t1", "phone", ts) }),
+		[]ingest.Event{use("t1", "attacker", at(1700*20*time.Second-90*time.Second), ip("203.0.113.66"))})
+	res := run(t, only(TokenReuse), nil, 0, inOrder(events))
+	groups := incidentsOf(res.alerts)
+	if len(groups) != 1 {
+		t.Fatalf("%d incidents:\n%s", len(groups), describe(res.alerts))
+	}
+	a := groups[0][0]
+	ws, _ := time.Parse(time.RFC3339, a.Evidence.WindowStart)
+	we, _ := time.Parse(time.RFC3339, a.Evidence.WindowEnd)
+	for _, d := range a.Evidence.DeviceEvents {
+		if d.Device == "phone" && (d.Events < 25 || d.Events > 30) {
+			t.Errorf("phone: %d events, want the 25 to 30 of the 10m window, not its day", d.Events)
+		}
+	}
+	if a.FirstSeen.Before(ws) || a.LastSeen.After(we) || a.FirstSeen.Sub(ws) >= 20*time.Second {
+		t.Errorf("first_seen %s last_seen %s for window %s..%s", a.FirstSeen, a.LastSeen, ws, we)
 	}
 }

@@ -44,6 +44,9 @@ func demoDetectors() detectors.Config {
 	cfg := detectors.DefaultConfig()
 	cfg.NewCountry.LearningPeriod = 30 * time.Minute
 	cfg.QuietEndpointSpike.LearningPeriod = 30 * time.Minute
+	cfg.ObjectEnumeration.LearningPeriod = 30 * time.Minute
+	cfg.PrivilegeAnomaly.LearningPeriod = 30 * time.Minute
+	cfg.ClientVolumeSpike.LearningPeriod = 30 * time.Minute
 	return cfg
 }
 

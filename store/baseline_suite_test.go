@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"iter"
@@ -33,7 +34,8 @@ type baselineStore interface {
 
 // suiteSettings are the detector settings the suite's stores run with: short spans,
 // so that a few hours of events cover the history and five time constants.
-var suiteSettings = BaselineSettings{History: 6 * time.Hour, LearningPeriod: time.Hour}
+var suiteSettings = BaselineSettings{History: 6 * time.Hour, LearningPeriod: time.Hour, PeakMemory: time.Hour,
+	ClientLearningPeriod: time.Hour, ClientPeakMemory: time.Hour, ObjectPeakMemory: time.Hour, PrivilegeHistory: 6 * time.Hour}
 
 // A storeOpener opens an empty store for one subtest, and returns with it a function
 // that closes it and opens it again on the same data (a restart).
@@ -53,8 +55,10 @@ func testBaselines(t *testing.T, open storeOpener) {
 		for _, u := range splitUpdate(snap, 4) {
 			update(t, s, model, u)
 		}
-		if got, _ := s.LoadBaselines(ctx); len(got.Keys) != 700 || len(got.Routes) != 40 {
-			t.Fatalf("loaded %d keys and %d routes, want 700 and 40", len(got.Keys), len(got.Routes))
+		if got, _ := s.LoadBaselines(ctx); len(got.Keys) != 700 || len(got.Routes) != 40 || len(got.Clients) != 700 ||
+			len(got.Objects) != 40 || len(got.Privileged) != 70 {
+			t.Fatalf("loaded %d keys, %d routes, %d clients, %d objects, %d privileged keys; want 700, 40, 700, 40 and 70",
+				len(got.Keys), len(got.Routes), len(got.Clients), len(got.Objects), len(got.Privileged))
 		}
 		sameAsModel(t, "after four updates", s, model)
 		// An empty update changes nothing and writes nothing.
@@ -79,7 +83,10 @@ func testBaselines(t *testing.T, open storeOpener) {
 					{Country: "US", FirstSeen: at(2), LastSeen: at(2), Events: 1},
 				}},
 			},
-			Routes: []detectors.RouteBaseline{{Route: "GET /a", RatePerMinute: 1.5, AsOf: at(3)}},
+			Routes:     []detectors.RouteBaseline{{Route: "GET /a", RatePerMinute: 1.5, AsOf: at(3), Peak: 30, PeakAt: at(2)}},
+			Clients:    []detectors.ClientBaseline{{Key: "k1", FirstSeen: at(1), RatePerMinute: 3, AsOf: at(3), Peak: 40, PeakAt: at(2)}},
+			Objects:    []detectors.ObjectBaseline{{Client: "k1", Route: "GET /v1/invoices/{id}", Peak: 120, PeakAt: at(2)}},
+			Privileged: []detectors.PrivilegeBaseline{{Key: "k2", FirstSeen: at(2), LastSeen: at(3), Events: 4}},
 		}
 		update(t, s, model, first)
 		// k1 forgets FR and learns BR; the route's rate falls; a later traffic start is
@@ -92,14 +99,18 @@ func testBaselines(t *testing.T, open storeOpener) {
 					{Country: "DE", FirstSeen: at(1), LastSeen: at(8), Events: 25},
 				}},
 			},
-			Routes: []detectors.RouteBaseline{{Route: "GET /a", RatePerMinute: 0.25, AsOf: at(9)}},
+			Routes:     []detectors.RouteBaseline{{Route: "GET /a", RatePerMinute: 0.25, AsOf: at(9)}}, // its peak forgotten
+			Clients:    []detectors.ClientBaseline{{Key: "k1", FirstSeen: at(1), RatePerMinute: 2, AsOf: at(9), Peak: 55, PeakAt: at(8)}},
+			Objects:    []detectors.ObjectBaseline{{Client: "k1", Route: "GET /v1/invoices/{id}", Peak: 300, PeakAt: at(9)}},
+			Privileged: []detectors.PrivilegeBaseline{{Key: "k2", FirstSeen: at(2), LastSeen: at(9), Events: 9}},
 		}
 		update(t, s, model, second)
 		sameAsModel(t, "after the second update", s, model)
 		// An earlier traffic start wins.
 		update(t, s, model, detectors.Baselines{TrafficSince: base})
 		got := sameAsModel(t, "after an earlier traffic start", s, model)
-		if !got.TrafficSince.Equal(base) || len(got.Keys[0].Countries) != 2 {
+		if !got.TrafficSince.Equal(base) || len(got.Keys[0].Countries) != 2 || got.Routes[0].Peak != 0 || got.Clients[0].Peak != 55 ||
+			got.Objects[0].Peak != 300 || got.Privileged[0].Events != 9 {
 			t.Errorf("loaded %+v", got)
 		}
 	})
@@ -116,6 +127,8 @@ func testBaselines(t *testing.T, open storeOpener) {
 		later := randomBaselines(r, 300, 10, base.Add(time.Hour))
 		later.Keys = later.Keys[:100]
 		later.Routes = later.Routes[:5]
+		later.Clients = later.Clients[:100]
+		later.Objects = later.Objects[:5]
 		update(t, s, model, later)
 		s = reopen()
 		sameAsModel(t, "after updates and a second restart", s, model)
@@ -157,6 +170,42 @@ func testBaselines(t *testing.T, open storeOpener) {
 			t.Fatal(err)
 		}
 		sameBaselines(t, "before the first event", got, detectors.Baselines{}, 0)
+	})
+
+	t.Run("as of a time, the baselines of peaks and privileges", func(t *testing.T) {
+		s, _ := open(t)
+		ctx := testContext(t)
+		at := func(h int) time.Time { return base.Add(time.Duration(h) * time.Hour) }
+		u := detectors.Baselines{
+			Routes: []detectors.RouteBaseline{
+				{Route: "GET /a", RatePerMinute: 1, AsOf: at(1), Peak: 30, PeakAt: at(1)},
+				{Route: "GET /b", RatePerMinute: 2, AsOf: at(1), Peak: 9, PeakAt: at(5)},
+			},
+			Clients: []detectors.ClientBaseline{
+				{Key: "early", FirstSeen: at(0), RatePerMinute: 1, AsOf: at(1), Peak: 5, PeakAt: at(2)},
+				{Key: "late", FirstSeen: at(0), RatePerMinute: 1, AsOf: at(6), Peak: 5, PeakAt: at(2)},
+			},
+			Objects: []detectors.ObjectBaseline{{Client: "c", Route: "GET /x", Peak: 10, PeakAt: at(1)}, {Client: "c", Route: "GET /y", Peak: 10, PeakAt: at(5)}},
+			Privileged: []detectors.PrivilegeBaseline{
+				{Key: "p1", FirstSeen: at(0), LastSeen: at(1), Events: 3},
+				{Key: "p2", FirstSeen: at(0), LastSeen: at(6), Events: 3},
+				{Key: "p3", FirstSeen: at(5), LastSeen: at(5), Events: 1},
+			},
+		}
+		if err := s.UpdateBaselines(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.BaselinesAsOf(ctx, at(3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := detectors.Baselines{
+			Routes:     []detectors.RouteBaseline{u.Routes[0], {Route: "GET /b", RatePerMinute: 2, AsOf: at(1)}},
+			Clients:    u.Clients[:1],
+			Objects:    u.Objects[:1],
+			Privileged: []detectors.PrivilegeBaseline{u.Privileged[0], {Key: "p2", FirstSeen: at(0), LastSeen: at(3).Add(-time.Millisecond), Events: 3}},
+		}
+		sameBaselines(t, "as of "+at(3).Format(time.RFC3339), got, want, 0)
 	})
 
 	t.Run("as of a time without an archive", func(t *testing.T) {
@@ -255,9 +304,28 @@ func sameBaselines(t *testing.T, what string, got, want detectors.Baselines, tol
 	}
 	for i := range got.Routes {
 		g, w := got.Routes[i], want.Routes[i]
-		if g.Route != w.Route || !g.AsOf.Equal(w.AsOf) || math.Abs(g.RatePerMinute-w.RatePerMinute) > tol*math.Abs(w.RatePerMinute) {
+		if g.Route != w.Route || !g.AsOf.Equal(w.AsOf) || math.Abs(g.RatePerMinute-w.RatePerMinute) > tol*math.Abs(w.RatePerMinute) ||
+			g.Peak != w.Peak || !g.PeakAt.Equal(w.PeakAt) {
 			t.Errorf("%s: route %d\n got %+v\nwant %+v", what, i, g, w)
 			break
+		}
+	}
+	sameList(t, what+": clients", got.Clients, want.Clients)
+	sameList(t, what+": objects", got.Objects, want.Objects)
+	sameList(t, what+": privileged keys", got.Privileged, want.Privileged)
+}
+
+// sameList compares two lists of baselines entry by entry.
+func sameList[T any](t *testing.T, what string, got, want []T) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d, want %d", what, len(got), len(want))
+		return
+	}
+	for i := range got {
+		if !reflect.DeepEqual(got[i], want[i]) {
+			t.Errorf("%s: %d\n got %+v\nwant %+v", what, i, got[i], want[i])
+			return
 		}
 	}
 }
@@ -293,15 +361,35 @@ func randomBaselines(r *rand.Rand, keys, routes int, base time.Time) detectors.B
 		snap.Keys = append(snap.Keys, k)
 	}
 	for i := range routes {
-		snap.Routes = append(snap.Routes, detectors.RouteBaseline{Route: fmt.Sprintf("%s /v1/r%03d/{id}", []string{"GET", "POST"}[i%2], i), RatePerMinute: r.ExpFloat64() * 100, AsOf: at()})
+		rb := detectors.RouteBaseline{Route: fmt.Sprintf("%s /v1/r%03d/{id}", []string{"GET", "POST"}[i%2], i), RatePerMinute: r.ExpFloat64() * 100, AsOf: at()}
+		if i%3 != 0 { // and some without a peak
+			rb.Peak, rb.PeakAt = float64(r.IntN(5000)), at()
+		}
+		snap.Routes = append(snap.Routes, rb)
+		snap.Objects = append(snap.Objects, detectors.ObjectBaseline{Client: snap.Keys[i%len(snap.Keys)].Key, Route: rb.Route,
+			Peak: float64(1 + r.IntN(2000)), PeakAt: at()})
+	}
+	for i, k := range snap.Keys {
+		snap.Clients = append(snap.Clients, detectors.ClientBaseline{Key: k.Key, FirstSeen: at(), RatePerMinute: r.ExpFloat64() * 10, AsOf: at(),
+			Peak: r.ExpFloat64() * 500, PeakAt: at()})
+		if i%10 == 0 {
+			first := at()
+			snap.Privileged = append(snap.Privileged, detectors.PrivilegeBaseline{Key: k.Key, FirstSeen: first,
+				LastSeen: first.Add(time.Duration(r.IntN(1e9)) * time.Millisecond), Events: r.Uint64N(1000)})
+		}
 	}
 	slices.SortFunc(snap.Keys, func(a, b detectors.KeyBaseline) int { return strings.Compare(a.Key, b.Key) })
 	slices.SortFunc(snap.Routes, func(a, b detectors.RouteBaseline) int { return strings.Compare(a.Route, b.Route) })
+	slices.SortFunc(snap.Clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(snap.Objects, func(a, b detectors.ObjectBaseline) int {
+		return cmp.Or(strings.Compare(a.Client, b.Client), strings.Compare(a.Route, b.Route))
+	})
+	slices.SortFunc(snap.Privileged, func(a, b detectors.PrivilegeBaseline) int { return strings.Compare(a.Key, b.Key) })
 	return snap
 }
 
-// splitUpdate deals snap's keys and routes round-robin into n updates; the first
-// carries the traffic start.
+// splitUpdate deals snap's entries round-robin into n updates; the first carries the
+// traffic start.
 func splitUpdate(snap detectors.Baselines, n int) []detectors.Baselines {
 	out := make([]detectors.Baselines, n)
 	out[0].TrafficSince = snap.TrafficSince
@@ -310,6 +398,15 @@ func splitUpdate(snap detectors.Baselines, n int) []detectors.Baselines {
 	}
 	for i, r := range snap.Routes {
 		out[i%n].Routes = append(out[i%n].Routes, r)
+	}
+	for i, c := range snap.Clients {
+		out[i%n].Clients = append(out[i%n].Clients, c)
+	}
+	for i, o := range snap.Objects {
+		out[i%n].Objects = append(out[i%n].Objects, o)
+	}
+	for i, p := range snap.Privileged {
+		out[i%n].Privileged = append(out[i%n].Privileged, p)
 	}
 	return out
 }

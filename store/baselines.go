@@ -20,31 +20,55 @@ import (
 
 // BaselineSettings are the detector settings the stored baselines are learned with.
 // The stores need them to forget what the detectors forget and to rebuild past
-// baselines; fill them with BaselineSettingsFrom.
+// baselines; fill them with BaselineSettingsFrom. Zero fields take the detectors'
+// defaults.
 type BaselineSettings struct {
 	// History is new_country's history. A key not seen within it of the newest
 	// event the baselines know is dropped by maintenance, as the detector drops it
 	// from memory; BaselinesAsOf looks this far back for a key's last event from a
-	// country. 0: the detectors default.
+	// country.
 	History time.Duration
 	// LearningPeriod is quiet_endpoint_spike's learning_period; the route rates are
-	// averages with this time constant (at least an hour, as in the detector). A
-	// route idle for three time constants is dropped. 0: the detectors default.
+	// averages with this time constant (at least an hour, as in the detector).
 	LearningPeriod time.Duration
+	// PeakMemory is quiet_endpoint_spike's peak_memory, the time constant of its
+	// route peaks. A route whose rate and peak have not moved for three of the longer
+	// time constant is dropped.
+	PeakMemory time.Duration
+	// ClientLearningPeriod and ClientPeakMemory are client_volume_spike's
+	// learning_period and peak_memory; a client key is dropped as a route is.
+	ClientLearningPeriod, ClientPeakMemory time.Duration
+	// ObjectPeakMemory is object_enumeration's peak_memory: a client and route whose
+	// peak is older than three of it is dropped.
+	ObjectPeakMemory time.Duration
+	// PrivilegeHistory is privilege_anomaly's history: a key whose last privileged
+	// request is older than it is dropped.
+	PrivilegeHistory time.Duration
 }
 
 // BaselineSettingsFrom returns the settings of the detectors configured by cfg.
 func BaselineSettingsFrom(cfg detectors.Config) BaselineSettings {
-	return BaselineSettings{History: cfg.NewCountry.History, LearningPeriod: cfg.QuietEndpointSpike.LearningPeriod}
+	return BaselineSettings{
+		History:              cfg.NewCountry.History,
+		LearningPeriod:       cfg.QuietEndpointSpike.LearningPeriod,
+		PeakMemory:           cfg.QuietEndpointSpike.PeakMemory,
+		ClientLearningPeriod: cfg.ClientVolumeSpike.LearningPeriod,
+		ClientPeakMemory:     cfg.ClientVolumeSpike.PeakMemory,
+		ObjectPeakMemory:     cfg.ObjectEnumeration.PeakMemory,
+		PrivilegeHistory:     cfg.PrivilegeAnomaly.History,
+	}
 }
 
 func (s BaselineSettings) withDefaults() BaselineSettings {
-	d := detectors.DefaultConfig()
-	if s.History <= 0 {
-		s.History = d.NewCountry.History
-	}
-	if s.LearningPeriod <= 0 {
-		s.LearningPeriod = d.QuietEndpointSpike.LearningPeriod
+	d := BaselineSettingsFrom(detectors.DefaultConfig())
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&s.History, &d.History}, {&s.LearningPeriod, &d.LearningPeriod}, {&s.PeakMemory, &d.PeakMemory},
+		{&s.ClientLearningPeriod, &d.ClientLearningPeriod}, {&s.ClientPeakMemory, &d.ClientPeakMemory},
+		{&s.ObjectPeakMemory, &d.ObjectPeakMemory}, {&s.PrivilegeHistory, &d.PrivilegeHistory},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
 	return s
 }
@@ -54,9 +78,20 @@ func (s BaselineSettings) tau() float64 {
 	return float64(max(s.LearningPeriod, time.Hour).Milliseconds())
 }
 
-// routeTTL is how long a route may go without a new bucket in its rate before it is
-// dropped: its rate has decayed below 5%, and the detector has forgotten it too.
-func (s BaselineSettings) routeTTL() int64 { return 3 * int64(s.tau()) }
+// routeTTL is how long a route may go without a new bucket in its rate or a new peak
+// before it is dropped: both have decayed below 5%, and the detector has forgotten it
+// too.
+func (s BaselineSettings) routeTTL() int64 {
+	return 3 * max(int64(s.tau()), s.PeakMemory.Milliseconds())
+}
+
+// clientTTL is routeTTL for client_volume_spike's keys.
+func (s BaselineSettings) clientTTL() int64 {
+	return 3 * max(max(s.ClientLearningPeriod, time.Hour).Milliseconds(), s.ClientPeakMemory.Milliseconds())
+}
+
+// objectTTL is how long a client and route's peak is kept.
+func (s BaselineSettings) objectTTL() int64 { return 3 * s.ObjectPeakMemory.Milliseconds() }
 
 // asOfSpan is how far before t BaselinesAsOf counts requests to rebuild a route rate:
 // five time constants, beyond which a request weighs less than 0.7%.
@@ -81,13 +116,33 @@ func newestSeen(u *detectors.Baselines) int64 {
 		n = max(n, keyLastSeen(&u.Keys[i]).UnixMilli())
 	}
 	for _, r := range u.Routes {
-		n = max(n, r.AsOf.UnixMilli())
+		n = max(n, routeLast(&r))
+	}
+	for _, c := range u.Clients {
+		n = max(n, clientLast(&c))
+	}
+	for _, o := range u.Objects {
+		n = max(n, o.PeakAt.UnixMilli())
+	}
+	for _, p := range u.Privileged {
+		n = max(n, p.LastSeen.UnixMilli())
 	}
 	return n
 }
 
+// routeLast is the last time a route's baseline moved, Unix ms.
+func routeLast(r *detectors.RouteBaseline) int64 {
+	return max(r.AsOf.UnixMilli(), r.PeakAt.UnixMilli())
+}
+
+// clientLast is the last time a client's baseline moved, Unix ms.
+func clientLast(c *detectors.ClientBaseline) int64 {
+	return max(c.AsOf.UnixMilli(), c.PeakAt.UnixMilli())
+}
+
 func emptyUpdate(u *detectors.Baselines) bool {
-	return len(u.Keys) == 0 && len(u.Routes) == 0 && u.TrafficSince.IsZero()
+	return len(u.Keys) == 0 && len(u.Routes) == 0 && len(u.Clients) == 0 && len(u.Objects) == 0 &&
+		len(u.Privileged) == 0 && u.TrafficSince.IsZero()
 }
 
 func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
@@ -113,17 +168,26 @@ func (c *versionClock) observe(v uint64) { c.last = max(c.last, v) }
 // An update spilled to disk is a block whose id is its version and whose records are
 // its entries, each a kind byte then:
 //
-//	keyRecord    key, first seen, events, countries: n, then each country, first
-//	             seen, last seen, events
-//	routeRecord  route, rate (float64 bits, big-endian), as of
-//	sinceRecord  traffic since
+//	keyRecord        key, first seen, events, countries: n, then each country, first
+//	                 seen, last seen, events
+//	routeRecord      route, rate (float64 bits, big-endian), as of: written before
+//	                 routes had peaks, still read
+//	peakRouteRecord  route, rate, as of, peak (float64 bits), peak at
+//	clientRecord     key, first seen, rate, as of, peak, peak at
+//	objectRecord     client, route, peak, peak at
+//	privilegeRecord  key, first seen, last seen, events
+//	sinceRecord      traffic since
 //
 // Strings are a uvarint length and bytes, times zig-zag varints of Unix ms, counts
-// uvarints. The key and route bodies (after the name) are also what Local stores.
+// uvarints. The bodies after the names are also what Local stores.
 const (
-	keyRecord   = 'k'
-	routeRecord = 'r'
-	sinceRecord = 's'
+	keyRecord       = 'k'
+	routeRecord     = 'r'
+	peakRouteRecord = 'R'
+	clientRecord    = 'c'
+	objectRecord    = 'o'
+	privilegeRecord = 'p'
+	sinceRecord     = 's'
 )
 
 func appendString(dst []byte, s string) []byte {
@@ -131,22 +195,48 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
+func appendFloat(dst []byte, f float64) []byte {
+	return binary.BigEndian.AppendUint64(dst, math.Float64bits(f))
+}
+
+func appendTime(dst []byte, t time.Time) []byte { return binary.AppendVarint(dst, t.UnixMilli()) }
+
 func appendKeyBody(dst []byte, k *detectors.KeyBaseline) []byte {
-	dst = binary.AppendVarint(dst, k.FirstSeen.UnixMilli())
+	dst = appendTime(dst, k.FirstSeen)
 	dst = binary.AppendUvarint(dst, k.Events)
 	dst = binary.AppendUvarint(dst, uint64(len(k.Countries)))
 	for _, c := range k.Countries {
 		dst = appendString(dst, c.Country)
-		dst = binary.AppendVarint(dst, c.FirstSeen.UnixMilli())
-		dst = binary.AppendVarint(dst, c.LastSeen.UnixMilli())
+		dst = appendTime(dst, c.FirstSeen)
+		dst = appendTime(dst, c.LastSeen)
 		dst = binary.AppendUvarint(dst, c.Events)
 	}
 	return dst
 }
 
+// appendRouteBody writes a route's peakRouteRecord body.
 func appendRouteBody(dst []byte, r *detectors.RouteBaseline) []byte {
-	dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(r.RatePerMinute))
-	return binary.AppendVarint(dst, r.AsOf.UnixMilli())
+	dst = appendTime(appendFloat(dst, r.RatePerMinute), r.AsOf)
+	return appendTime(appendFloat(dst, r.Peak), r.PeakAt)
+}
+
+func appendClientBody(dst []byte, c *detectors.ClientBaseline) []byte {
+	dst = appendTime(appendFloat(appendTime(dst, c.FirstSeen), c.RatePerMinute), c.AsOf)
+	return appendTime(appendFloat(dst, c.Peak), c.PeakAt)
+}
+
+// objectName is the name Local files a client and route under: the client with its
+// length, then the route.
+func objectName(o *detectors.ObjectBaseline) []byte {
+	return append(appendString(nil, o.Client), o.Route...)
+}
+
+func appendObjectBody(dst []byte, o *detectors.ObjectBaseline) []byte {
+	return appendTime(appendFloat(dst, o.Peak), o.PeakAt)
+}
+
+func appendPrivilegeBody(dst []byte, p *detectors.PrivilegeBaseline) []byte {
+	return binary.AppendUvarint(appendTime(appendTime(dst, p.FirstSeen), p.LastSeen), p.Events)
 }
 
 // encodeUpdate returns u as spill records and how many there are.
@@ -154,7 +244,7 @@ func encodeUpdate(u *detectors.Baselines) ([]byte, int) {
 	var b []byte
 	n := 0
 	if !u.TrafficSince.IsZero() {
-		b = binary.AppendVarint(append(b, sinceRecord), u.TrafficSince.UnixMilli())
+		b = appendTime(append(b, sinceRecord), u.TrafficSince)
 		n++
 	}
 	for i := range u.Keys {
@@ -162,7 +252,20 @@ func encodeUpdate(u *detectors.Baselines) ([]byte, int) {
 		n++
 	}
 	for i := range u.Routes {
-		b = appendRouteBody(appendString(append(b, routeRecord), u.Routes[i].Route), &u.Routes[i])
+		b = appendRouteBody(appendString(append(b, peakRouteRecord), u.Routes[i].Route), &u.Routes[i])
+		n++
+	}
+	for i := range u.Clients {
+		b = appendClientBody(appendString(append(b, clientRecord), u.Clients[i].Key), &u.Clients[i])
+		n++
+	}
+	for i := range u.Objects {
+		o := &u.Objects[i]
+		b = appendObjectBody(appendString(appendString(append(b, objectRecord), o.Client), o.Route), o)
+		n++
+	}
+	for i := range u.Privileged {
+		b = appendPrivilegeBody(appendString(append(b, privilegeRecord), u.Privileged[i].Key), &u.Privileged[i])
 		n++
 	}
 	return b, n
@@ -250,15 +353,45 @@ func (r *recordReader) keyBody(k *detectors.KeyBaseline) {
 	}
 }
 
-func (r *recordReader) routeBody(rb *detectors.RouteBaseline) {
+func (r *recordReader) float(what string) float64 {
 	if len(r.data) < 8 {
-		r.fail("rate")
+		r.fail(what)
 		r.data = nil
-		return
+		return 0
 	}
-	rb.RatePerMinute = math.Float64frombits(binary.BigEndian.Uint64(r.data))
+	f := math.Float64frombits(binary.BigEndian.Uint64(r.data))
 	r.data = r.data[8:]
+	return f
+}
+
+// routeBody reads a route's body: its rate and as of, then, unless it was written
+// before routes had peaks (old), its peak and peak at.
+func (r *recordReader) routeBody(rb *detectors.RouteBaseline, old bool) {
+	rb.RatePerMinute = r.float("rate")
 	rb.AsOf = r.time("as of")
+	if !old {
+		rb.Peak = r.float("peak")
+		rb.PeakAt = r.time("peak at")
+	}
+}
+
+func (r *recordReader) clientBody(c *detectors.ClientBaseline) {
+	c.FirstSeen = r.time("first seen")
+	c.RatePerMinute = r.float("rate")
+	c.AsOf = r.time("as of")
+	c.Peak = r.float("peak")
+	c.PeakAt = r.time("peak at")
+}
+
+func (r *recordReader) objectBody(o *detectors.ObjectBaseline) {
+	o.Peak = r.float("peak")
+	o.PeakAt = r.time("peak at")
+}
+
+func (r *recordReader) privilegeBody(p *detectors.PrivilegeBaseline) {
+	p.FirstSeen = r.time("first seen")
+	p.LastSeen = r.time("last seen")
+	p.Events = r.uvarint("events")
 }
 
 // decodeUpdate reads n spill records back into an update.
@@ -279,10 +412,23 @@ func decodeUpdate(data []byte, n int) (detectors.Baselines, error) {
 			k := detectors.KeyBaseline{Key: string(r.bytes("key"))}
 			r.keyBody(&k)
 			u.Keys = append(u.Keys, k)
-		case routeRecord:
+		case routeRecord, peakRouteRecord:
 			rb := detectors.RouteBaseline{Route: string(r.bytes("route"))}
-			r.routeBody(&rb)
+			r.routeBody(&rb, kind == routeRecord)
 			u.Routes = append(u.Routes, rb)
+		case clientRecord:
+			c := detectors.ClientBaseline{Key: string(r.bytes("client key"))}
+			r.clientBody(&c)
+			u.Clients = append(u.Clients, c)
+		case objectRecord:
+			o := detectors.ObjectBaseline{Client: string(r.bytes("client"))}
+			o.Route = string(r.bytes("route"))
+			r.objectBody(&o)
+			u.Objects = append(u.Objects, o)
+		case privilegeRecord:
+			p := detectors.PrivilegeBaseline{Key: string(r.bytes("privileged key"))}
+			r.privilegeBody(&p)
+			u.Privileged = append(u.Privileged, p)
 		default:
 			r.fail(fmt.Sprintf("record kind %q", kind))
 		}
@@ -351,6 +497,14 @@ func routeWeight(t, end int64, tau float64) float64 {
 //     weight by under 0.05% for a time constant of a day, and an allowlisted client's
 //     requests, which the detector skips, count), as of t. A route without archived
 //     requests in that span is missing: its rate was below 0.7% of what it is now.
+//     A route's peak is as stored if it was reached before t, else unknown (0).
+//   - The baselines of client_volume_spike and object_enumeration (clients' rates and
+//     peaks, client and route peaks) are as stored if they last moved before t, and
+//     missing otherwise: the archive does not hold the window counts a peak is made
+//     of.
+//   - privilege_anomaly's keys first seen before t are present; one seen again at or
+//     after t is taken to have been seen just before t, as a country is without an
+//     archive.
 func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) detectors.Baselines {
 	tm := t.UnixMilli()
 	var out detectors.Baselines
@@ -423,6 +577,36 @@ func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) d
 		}
 	}
 	out.Routes = append(out.Routes, rebuilt...)
+	peaks := map[string]*detectors.RouteBaseline{}
+	for i := range cur.Routes {
+		peaks[cur.Routes[i].Route] = &cur.Routes[i]
+	}
+	for i := range out.Routes {
+		r := &out.Routes[i]
+		r.Peak, r.PeakAt = 0, time.Time{}
+		if c := peaks[r.Route]; c != nil && c.PeakAt.UnixMilli() < tm {
+			r.Peak, r.PeakAt = c.Peak, c.PeakAt
+		}
+	}
+	for _, c := range cur.Clients {
+		if clientLast(&c) < tm && c.FirstSeen.UnixMilli() < tm {
+			out.Clients = append(out.Clients, c)
+		}
+	}
+	for _, o := range cur.Objects {
+		if o.PeakAt.UnixMilli() < tm {
+			out.Objects = append(out.Objects, o)
+		}
+	}
+	for _, p := range cur.Privileged {
+		if p.FirstSeen.UnixMilli() >= tm {
+			continue
+		}
+		if p.LastSeen.UnixMilli() >= tm {
+			p.LastSeen = msTime(tm - 1)
+		}
+		out.Privileged = append(out.Privileged, p)
+	}
 	return out
 }
 

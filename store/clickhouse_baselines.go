@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,7 +20,8 @@ import (
 )
 
 // The ClickHouse store keeps baselines in key_stats, key_countries, route_baselines and
-// baseline_meta (migrations 0001 and 0003). UpdateBaselines writes to ClickHouse within
+// baseline_meta (migrations 0001 and 0003), and client_baselines, object_baselines and
+// privilege_baselines (0007). UpdateBaselines writes to ClickHouse within
 // baseline_timeout or, when it is slow or down, spills the update to
 // <spill_dir>/baselines (the archive's spill format: one fsynced segment per update) and
 // returns; Run writes spilled updates in order once ClickHouse is back. While updates
@@ -278,43 +280,47 @@ func (c *ClickHouse) replayBaselines(ctx context.Context, all bool) (int, error)
 	}
 }
 
-// PruneBaselines drops the keys not seen within history, and the routes whose rate
-// has not moved for three time constants, of the newest time the baselines know (an
-// event time, as the detectors' own expiry uses), and returns how many keys and routes
-// it found to drop. The drop is an ALTER TABLE ... DELETE, a mutation the server
-// applies in the background (18.16 has no synchronous one), so they disappear from
-// reads a little later; a key written again meanwhile is kept, since mutations only
-// rewrite the parts that existed when they were issued. No new mutation is issued while
-// one on the baseline tables is still running. Run calls it hourly.
+// PruneBaselines drops what the detectors have forgotten, dated by the newest time the
+// baselines know (an event time, as the detectors' own expiry uses; see
+// Local.PruneBaselines for what each detector forgets), and returns how many routes it
+// found to drop, and how many entries keyed by a client. The drop is an ALTER TABLE
+// ... DELETE, a mutation the server applies in the background (18.16 has no
+// synchronous one), so they disappear from reads a little later; an entry written
+// again meanwhile is kept, since mutations only rewrite the parts that existed when
+// they were issued. No new mutation is issued while one on the baseline tables is
+// still running. Run calls it hourly.
 func (c *ClickHouse) PruneBaselines(ctx context.Context) (keys, routes int, err error) {
 	s := c.bl.settings
 	var running uint64
 	err = c.conn.QueryRow(ctx, `SELECT count() FROM system.mutations WHERE database = currentDatabase()
-AND table IN ('key_stats', 'key_countries', 'route_baselines') AND is_done = 0`).Scan(&running)
+AND table IN ('key_stats', 'key_countries', 'route_baselines', 'client_baselines', 'object_baselines', 'privilege_baselines')
+AND is_done = 0`).Scan(&running)
 	if err != nil {
 		return 0, 0, fmt.Errorf("store: pruning baselines: %w", err)
 	}
 	if running > 0 {
 		return 0, 0, nil
 	}
-	var keyNewest, routeNewest uint64
+	const (
+		keyLast     = lastSeenMs
+		countryLast = "toUInt64(key_last_seen) * 1000 + key_last_seen_ms" // the key's, not the country's
+		movedLast   = "greatest(" + asOfMs + ", " + peakAtMs + ")"
+	)
+	var n [5]uint64
 	err = c.conn.QueryRow(ctx, `SELECT
-(SELECT max(toUInt64(last_seen) * 1000 + last_seen_ms) FROM key_stats),
-(SELECT max(toUInt64(as_of) * 1000 + as_of_ms) FROM route_baselines)`).Scan(&keyNewest, &routeNewest)
+(SELECT max(`+keyLast+`) FROM key_stats),
+(SELECT max(`+movedLast+`) FROM route_baselines),
+(SELECT max(`+movedLast+`) FROM client_baselines),
+(SELECT max(`+peakAtMs+`) FROM object_baselines),
+(SELECT max(`+lastSeenMs+`) FROM privilege_baselines)`).Scan(&n[0], &n[1], &n[2], &n[3], &n[4])
 	if err != nil {
 		return 0, 0, fmt.Errorf("store: pruning baselines: %w", err)
 	}
-	newest := int64(max(keyNewest, routeNewest))
+	newest := int64(slices.Max(n[:]))
 	if newest == 0 {
 		return 0, 0, nil
 	}
-	const (
-		keyLast     = "toUInt64(last_seen) * 1000 + last_seen_ms"
-		countryLast = "toUInt64(key_last_seen) * 1000 + key_last_seen_ms" // the key's, not the country's
-		routeLast   = "toUInt64(as_of) * 1000 + as_of_ms"
-	)
 	keyCut := max(newest-s.History.Milliseconds(), 0)
-	routeCut := max(newest-s.routeTTL(), 0)
 	for _, p := range []struct {
 		table, last string
 		cut         int64
@@ -322,14 +328,17 @@ AND table IN ('key_stats', 'key_countries', 'route_baselines') AND is_done = 0`)
 	}{
 		{"key_stats", keyLast, keyCut, &keys},
 		{"key_countries", countryLast, keyCut, nil},
-		{"route_baselines", routeLast, routeCut, &routes},
+		{"route_baselines", movedLast, max(newest-s.routeTTL(), 0), &routes},
+		{"client_baselines", movedLast, max(newest-s.clientTTL(), 0), &keys},
+		{"object_baselines", peakAtMs, max(newest-s.objectTTL(), 0), &keys},
+		{"privilege_baselines", lastSeenMs, max(newest-s.PrivilegeHistory.Milliseconds(), 0), &keys},
 	} {
 		var n uint64
 		if err := c.conn.QueryRow(ctx, "SELECT count() FROM "+p.table+" FINAL WHERE "+p.last+" < ?", p.cut).Scan(&n); err != nil {
 			return keys, routes, fmt.Errorf("store: pruning baselines: %w", err)
 		}
 		if p.n != nil {
-			*p.n = int(n)
+			*p.n += int(n)
 		}
 		if n == 0 {
 			continue
@@ -341,27 +350,48 @@ AND table IN ('key_stats', 'key_countries', 'route_baselines') AND is_done = 0`)
 	return keys, routes, nil
 }
 
-// newestOnly drops from ups, oldest first, every key and route that a later update in
-// ups writes again: only the newest version of an entry would survive anyway.
+// newestOnly drops from ups, oldest first, every entry that a later update in ups
+// writes again: only the newest version of an entry would survive anyway.
 func newestOnly(ups []versioned) []versioned {
 	if len(ups) < 2 {
 		return ups
 	}
-	keys, routes := map[string]bool{}, map[string]bool{}
+	seen := map[string]bool{}
+	fresh := func(kind byte, name ...string) bool {
+		k := string(kind) + strings.Join(name, "\x00")
+		if seen[k] {
+			return false
+		}
+		seen[k] = true
+		return true
+	}
 	out := make([]versioned, len(ups))
 	for i := len(ups) - 1; i >= 0; i-- {
 		u := *ups[i].u
 		kept := detectors.Baselines{TrafficSince: u.TrafficSince}
 		for _, k := range u.Keys {
-			if !keys[k.Key] {
-				keys[k.Key] = true
+			if fresh(keyRecord, k.Key) {
 				kept.Keys = append(kept.Keys, k)
 			}
 		}
 		for _, r := range u.Routes {
-			if !routes[r.Route] {
-				routes[r.Route] = true
+			if fresh(routeRecord, r.Route) {
 				kept.Routes = append(kept.Routes, r)
+			}
+		}
+		for _, c := range u.Clients {
+			if fresh(clientRecord, c.Key) {
+				kept.Clients = append(kept.Clients, c)
+			}
+		}
+		for _, o := range u.Objects {
+			if fresh(objectRecord, o.Client, o.Route) {
+				kept.Objects = append(kept.Objects, o)
+			}
+		}
+		for _, p := range u.Privileged {
+			if fresh(privilegeRecord, p.Key) {
+				kept.Privileged = append(kept.Privileged, p)
 			}
 		}
 		out[i] = versioned{&kept, ups[i].v}
@@ -390,7 +420,7 @@ func fromCHMilli(ms uint64) time.Time {
 
 // baselineRows are the rows of some updates, as columns per table.
 type baselineRows struct {
-	stats, countries, routes, meta tableRows
+	stats, countries, routes, clients, objects, privileged, meta tableRows
 }
 
 type tableRows struct {
@@ -405,8 +435,14 @@ func newBaselineRows() *baselineRows {
 			cols: []any{&[]string{}, &[]int64{}, &[]uint16{}, &[]int64{}, &[]uint16{}, &[]uint64{}, &[]uint64{}}},
 		countries: tableRows{table: "key_countries", columns: "key, country, first_seen, first_seen_ms, last_seen, last_seen_ms, events, key_last_seen, key_last_seen_ms, version",
 			cols: []any{&[]string{}, &[]string{}, &[]int64{}, &[]uint16{}, &[]int64{}, &[]uint16{}, &[]uint64{}, &[]int64{}, &[]uint16{}, &[]uint64{}}},
-		routes: tableRows{table: "route_baselines", columns: "route, rate_per_minute, as_of, as_of_ms, version",
-			cols: []any{&[]string{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]uint64{}}},
+		routes: tableRows{table: "route_baselines", columns: "route, rate_per_minute, as_of, as_of_ms, peak, peak_at, peak_at_ms, version",
+			cols: []any{&[]string{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]uint64{}}},
+		clients: tableRows{table: "client_baselines", columns: "key, first_seen, first_seen_ms, rate_per_minute, as_of, as_of_ms, peak, peak_at, peak_at_ms, version",
+			cols: []any{&[]string{}, &[]int64{}, &[]uint16{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]uint64{}}},
+		objects: tableRows{table: "object_baselines", columns: "client, route, peak, peak_at, peak_at_ms, version",
+			cols: []any{&[]string{}, &[]string{}, &[]float64{}, &[]int64{}, &[]uint16{}, &[]uint64{}}},
+		privileged: tableRows{table: "privilege_baselines", columns: "key, first_seen, first_seen_ms, last_seen, last_seen_ms, events, version",
+			cols: []any{&[]string{}, &[]int64{}, &[]uint16{}, &[]int64{}, &[]uint16{}, &[]uint64{}, &[]uint64{}}},
 		meta: tableRows{table: "baseline_meta", columns: "name, value, value_ms",
 			cols: []any{&[]string{}, &[]int64{}, &[]uint16{}}},
 	}
@@ -459,12 +495,37 @@ func (r *baselineRows) addUpdate(u *detectors.Baselines, v uint64) {
 			continue
 		}
 		s, ms := chTime(rb.AsOf)
-		r.routes.add(rb.Route, rb.RatePerMinute, s, ms, v)
+		ps, pms := chTime(rb.PeakAt)
+		r.routes.add(rb.Route, rb.RatePerMinute, s, ms, rb.Peak, ps, pms, v)
+	}
+	for _, c := range u.Clients {
+		if c.Key == "" {
+			continue
+		}
+		fs, fms := chTime(c.FirstSeen)
+		s, ms := chTime(c.AsOf)
+		ps, pms := chTime(c.PeakAt)
+		r.clients.add(c.Key, fs, fms, c.RatePerMinute, s, ms, c.Peak, ps, pms, v)
+	}
+	for _, o := range u.Objects {
+		if o.Client == "" {
+			continue
+		}
+		ps, pms := chTime(o.PeakAt)
+		r.objects.add(o.Client, o.Route, o.Peak, ps, pms, v)
+	}
+	for _, p := range u.Privileged {
+		if p.Key == "" {
+			continue
+		}
+		fs, fms := chTime(p.FirstSeen)
+		ls, lms := chTime(p.LastSeen)
+		r.privileged.add(p.Key, fs, fms, ls, lms, p.Events, v)
 	}
 }
 
-// writeBaselines inserts the rows of ups: key countries, then key stats, routes and
-// the traffic start, one insert per table. Not atomic across tables: a write that
+// writeBaselines inserts the rows of ups: key countries, then key stats, routes,
+// clients, objects, privileged keys and the traffic start, one insert per table. Not atomic across tables: a write that
 // fails part-way is repeated whole (from the spill), and rewriting rows with their
 // version changes nothing.
 func (c *ClickHouse) writeBaselines(ctx context.Context, ups []versioned) error {
@@ -472,7 +533,7 @@ func (c *ClickHouse) writeBaselines(ctx context.Context, ups []versioned) error 
 	for _, vu := range ups {
 		rows.addUpdate(vu.u, vu.v)
 	}
-	for _, t := range []*tableRows{&rows.countries, &rows.stats, &rows.routes, &rows.meta} {
+	for _, t := range []*tableRows{&rows.countries, &rows.stats, &rows.routes, &rows.clients, &rows.objects, &rows.privileged, &rows.meta} {
 		if t.n == 0 {
 			continue
 		}
@@ -607,13 +668,17 @@ func (c *ClickHouse) loadBaselines(ctx context.Context) (detectors.Baselines, er
 	if out.Keys, newest, err = c.readKeys(ctx); err != nil {
 		return out, err
 	}
-	routes, rv, err := c.readRoutes(ctx)
-	if err != nil {
-		return out, err
+	for _, read := range []func(context.Context, *detectors.Baselines) (uint64, error){
+		c.readRoutes, c.readClients, c.readObjects, c.readPrivileged,
+	} {
+		v, err := read(ctx, &out)
+		if err != nil {
+			return out, err
+		}
+		newest = max(newest, v)
 	}
-	out.Routes = routes
 	c.bl.mu.Lock()
-	c.bl.clock.observe(max(newest, rv))
+	c.bl.clock.observe(newest)
 	c.bl.mu.Unlock()
 	return out, nil
 }
@@ -713,29 +778,79 @@ FROM key_countries FINAL ORDER BY key, country`)
 	return keys, newest, nil
 }
 
-func (c *ClickHouse) readRoutes(ctx context.Context) ([]detectors.RouteBaseline, uint64, error) {
-	rows, err := c.conn.Query(ctx, `SELECT route, rate_per_minute, toUInt64(as_of) * 1000 + as_of_ms, version
-FROM route_baselines FINAL ORDER BY route`)
+// readRows runs query and scans each row into the destinations dest returns, the last
+// of which is the row's version, then calls keep; it returns the largest version.
+func (c *ClickHouse) readRows(ctx context.Context, what, query string, dest func() []any, keep func()) (uint64, error) {
+	rows, err := c.conn.Query(ctx, query)
 	if err != nil {
-		return nil, 0, fmt.Errorf("reading route_baselines: %w", err)
+		return 0, fmt.Errorf("reading %s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []detectors.RouteBaseline
 	var newest uint64
 	for rows.Next() {
-		var r detectors.RouteBaseline
-		var asOf, v uint64
-		if err := rows.Scan(&r.Route, &r.RatePerMinute, &asOf, &v); err != nil {
-			return nil, 0, fmt.Errorf("reading route_baselines: %w", err)
+		d := dest()
+		if err := rows.Scan(d...); err != nil {
+			return 0, fmt.Errorf("reading %s: %w", what, err)
 		}
-		r.AsOf = fromCHMilli(asOf)
-		out = append(out, r)
-		newest = max(newest, v)
+		newest = max(newest, *d[len(d)-1].(*uint64))
+		keep()
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("reading route_baselines: %w", err)
+		return 0, fmt.Errorf("reading %s: %w", what, err)
 	}
-	return out, newest, nil
+	return newest, nil
+}
+
+// The times of a row, read as Unix ms.
+const (
+	asOfMs      = "toUInt64(as_of) * 1000 + as_of_ms"
+	peakAtMs    = "toUInt64(peak_at) * 1000 + peak_at_ms"
+	firstSeenMs = "toUInt64(first_seen) * 1000 + first_seen_ms"
+	lastSeenMs  = "toUInt64(last_seen) * 1000 + last_seen_ms"
+)
+
+func (c *ClickHouse) readRoutes(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+	var r detectors.RouteBaseline
+	var asOf, peakAt, v uint64
+	return c.readRows(ctx, "route_baselines", "SELECT route, rate_per_minute, "+asOfMs+", peak, "+peakAtMs+", version FROM route_baselines FINAL ORDER BY route",
+		func() []any { return []any{&r.Route, &r.RatePerMinute, &asOf, &r.Peak, &peakAt, &v} },
+		func() {
+			r.AsOf, r.PeakAt = fromCHMilli(asOf), fromCHMilli(peakAt)
+			out.Routes = append(out.Routes, r)
+		})
+}
+
+func (c *ClickHouse) readClients(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+	var cb detectors.ClientBaseline
+	var first, asOf, peakAt, v uint64
+	return c.readRows(ctx, "client_baselines", "SELECT key, "+firstSeenMs+", rate_per_minute, "+asOfMs+", peak, "+peakAtMs+", version FROM client_baselines FINAL ORDER BY key",
+		func() []any { return []any{&cb.Key, &first, &cb.RatePerMinute, &asOf, &cb.Peak, &peakAt, &v} },
+		func() {
+			cb.FirstSeen, cb.AsOf, cb.PeakAt = fromCHMilli(first), fromCHMilli(asOf), fromCHMilli(peakAt)
+			out.Clients = append(out.Clients, cb)
+		})
+}
+
+func (c *ClickHouse) readObjects(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+	var o detectors.ObjectBaseline
+	var peakAt, v uint64
+	return c.readRows(ctx, "object_baselines", "SELECT client, route, peak, "+peakAtMs+", version FROM object_baselines FINAL ORDER BY client, route",
+		func() []any { return []any{&o.Client, &o.Route, &o.Peak, &peakAt, &v} },
+		func() {
+			o.PeakAt = fromCHMilli(peakAt)
+			out.Objects = append(out.Objects, o)
+		})
+}
+
+func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+	var p detectors.PrivilegeBaseline
+	var first, last, v uint64
+	return c.readRows(ctx, "privilege_baselines", "SELECT key, "+firstSeenMs+", "+lastSeenMs+", events, version FROM privilege_baselines FINAL ORDER BY key",
+		func() []any { return []any{&p.Key, &first, &last, &p.Events, &v} },
+		func() {
+			p.FirstSeen, p.LastSeen = fromCHMilli(first), fromCHMilli(last)
+			out.Privileged = append(out.Privileged, p)
+		})
 }
 
 // BaselinesAsOf returns what the baselines were at t, for replay and forensics,

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -378,5 +379,28 @@ func TestClickHouseSetsCorruptSpilledUpdatesAside(t *testing.T) {
 	// The clock continues above the spilled versions.
 	if c.bl.clock.last < 102 {
 		t.Errorf("version clock at %d, below the spilled versions", c.bl.clock.last)
+	}
+}
+
+// TestClickHouseReadsRoutesWrittenBeforePeaks: a route row written before migration
+// 0007 added the peak columns reads with no peak.
+func TestClickHouseReadsRoutesWrittenBeforePeaks(t *testing.T) {
+	addr := clickhousetest.Require(t)
+	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Baselines: suiteSettings})
+	conn := testConn(t, addr, cfg.ClickHouse.Database)
+	ctx := testContext(t)
+	asOf := time.Date(2026, 3, 1, 12, 0, 0, 250_000_000, time.UTC)
+	err := conn.Exec(ctx, "INSERT INTO route_baselines (route, rate_per_minute, as_of, as_of_ms, version) SELECT 'GET /old', 2.5, toDateTime(?, 'UTC'), 250, 1", asOf.Unix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.LoadBaselines(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []detectors.RouteBaseline{{Route: "GET /old", RatePerMinute: 2.5, AsOf: asOf}}
+	if !reflect.DeepEqual(got.Routes, want) {
+		t.Errorf("routes %+v, want %+v", got.Routes, want)
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -15,18 +16,24 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 )
 
-// The local store keeps baselines in three buckets of its bbolt file:
-// "baseline_keys" (key → first seen, events, countries), "baseline_routes" (route →
-// rate, as of), both in the spill's record encoding (appendKeyBody, appendRouteBody),
-// and "baseline_meta" (traffic_since, and newest: the newest time any update
-// mentioned, which dates the baselines' own retention). bbolt keeps one version of each
-// entry, so UpdateBaselines is a plain overwrite in one transaction, durable when it
-// returns.
+// The local store keeps baselines in buckets of its bbolt file: "baseline_keys" (key →
+// first seen, events, countries), "baseline_routes" (route → rate, as of, peak, peak
+// at), "baseline_clients" (client key → first seen, rate, as of, peak, peak at),
+// "baseline_objects" (client and route → peak, peak at), "baseline_privileged" (key →
+// first and last privileged request, events), all in the spill's record encoding
+// (appendKeyBody, appendRouteBody, ...), and "baseline_meta" (traffic_since, and
+// newest: the newest time any update mentioned, which dates the baselines' own
+// retention). The buckets of the detectors added later are created by the first update
+// that has something for them. bbolt keeps one version of each entry, so
+// UpdateBaselines is a plain overwrite in one transaction, durable when it returns.
 
 var (
-	bucketBaselineKeys   = []byte("baseline_keys")
-	bucketBaselineRoutes = []byte("baseline_routes")
-	bucketBaselineMeta   = []byte("baseline_meta")
+	bucketBaselineKeys       = []byte("baseline_keys")
+	bucketBaselineRoutes     = []byte("baseline_routes")
+	bucketBaselineClients    = []byte("baseline_clients")
+	bucketBaselineObjects    = []byte("baseline_objects")
+	bucketBaselinePrivileged = []byte("baseline_privileged")
+	bucketBaselineMeta       = []byte("baseline_meta")
 
 	metaTrafficSince = []byte("traffic_since")
 	metaNewest       = []byte("newest")
@@ -60,6 +67,24 @@ func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error 
 				return err
 			}
 		}
+		if err := putAll(tx, bucketBaselineClients, u.Clients, func(c *detectors.ClientBaseline) ([]byte, []byte) {
+			return []byte(c.Key), appendClientBody(nil, c)
+		}); err != nil {
+			return err
+		}
+		if err := putAll(tx, bucketBaselineObjects, u.Objects, func(o *detectors.ObjectBaseline) ([]byte, []byte) {
+			if o.Client == "" {
+				return nil, nil
+			}
+			return objectName(o), appendObjectBody(nil, o)
+		}); err != nil {
+			return err
+		}
+		if err := putAll(tx, bucketBaselinePrivileged, u.Privileged, func(p *detectors.PrivilegeBaseline) ([]byte, []byte) {
+			return []byte(p.Key), appendPrivilegeBody(nil, p)
+		}); err != nil {
+			return err
+		}
 		if !u.TrafficSince.IsZero() {
 			ms := u.TrafficSince.UnixMilli()
 			if old, ok := metaTime(meta, metaTrafficSince); !ok || ms < old {
@@ -83,6 +108,58 @@ func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error 
 	return nil
 }
 
+// putAll writes the entries of list into bucket, creating it; entry returns an
+// entry's name and value, and an empty name for one to skip.
+func putAll[T any](tx *bolt.Tx, bucket []byte, list []T, entry func(*T) (name, value []byte)) error {
+	if len(list) == 0 {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return err
+	}
+	for i := range list {
+		name, value := entry(&list[i])
+		if len(name) == 0 || len(name) > bolt.MaxKeySize {
+			continue
+		}
+		if err := b.Put(name, value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readBucket reads every entry of bucket, which may not exist yet, with read; read
+// reports a corrupt entry in r.err.
+func readBucket(tx *bolt.Tx, bucket []byte, r *recordReader, read func(name []byte)) error {
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		r.data = v
+		read(k)
+		if r.err == nil && len(r.data) != 0 {
+			r.fail("bytes after the entry")
+		}
+		if r.err != nil {
+			return fmt.Errorf("%s %q: %w", bucket, k, r.err)
+		}
+		return nil
+	})
+}
+
+// localRoute reads a route as Local stores it: routes written before they had peaks
+// end after their as of.
+func (r *recordReader) localRoute(rb *detectors.RouteBaseline) {
+	r.routeBody(rb, true)
+	if len(r.data) > 0 {
+		rb.Peak = r.float("peak")
+		rb.PeakAt = r.time("peak at")
+	}
+}
+
 func metaTime(meta *bolt.Bucket, name []byte) (int64, bool) {
 	v := meta.Get(name)
 	if v == nil {
@@ -99,39 +176,54 @@ func (l *Local) LoadBaselines(context.Context) (detectors.Baselines, error) {
 		if ms, ok := metaTime(tx.Bucket(bucketBaselineMeta), metaTrafficSince); ok {
 			out.TrafficSince = msTime(ms)
 		}
-		keys := tx.Bucket(bucketBaselineKeys)
-		out.Keys = make([]detectors.KeyBaseline, 0, keys.Stats().KeyN)
+		out.Keys = make([]detectors.KeyBaseline, 0, tx.Bucket(bucketBaselineKeys).Stats().KeyN)
 		r := recordReader{}
-		err := keys.ForEach(func(k, v []byte) error {
+		if err := readBucket(tx, bucketBaselineKeys, &r, func(k []byte) {
 			kb := detectors.KeyBaseline{Key: string(k)}
-			r.data = v
 			r.keyBody(&kb)
-			if r.err == nil && len(r.data) != 0 {
-				r.fail("bytes after the key")
-			}
-			if r.err != nil {
-				return fmt.Errorf("key %q: %w", k, r.err)
-			}
 			out.Keys = append(out.Keys, kb)
-			return nil
-		})
-		if err != nil {
+		}); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketBaselineRoutes).ForEach(func(k, v []byte) error {
+		if err := readBucket(tx, bucketBaselineRoutes, &r, func(k []byte) {
 			rb := detectors.RouteBaseline{Route: string(k)}
-			r.data = v
-			r.routeBody(&rb)
-			if r.err != nil {
-				return fmt.Errorf("route %q: %w", k, r.err)
-			}
+			r.localRoute(&rb)
 			out.Routes = append(out.Routes, rb)
-			return nil
+		}); err != nil {
+			return err
+		}
+		if err := readBucket(tx, bucketBaselineClients, &r, func(k []byte) {
+			c := detectors.ClientBaseline{Key: string(k)}
+			r.clientBody(&c)
+			out.Clients = append(out.Clients, c)
+		}); err != nil {
+			return err
+		}
+		if err := readBucket(tx, bucketBaselineObjects, &r, func(k []byte) {
+			name := recordReader{data: k}
+			o := detectors.ObjectBaseline{Client: string(name.bytes("client"))}
+			o.Route = string(name.data)
+			r.objectBody(&o)
+			if name.err != nil {
+				r.fail("object name")
+			}
+			out.Objects = append(out.Objects, o)
+		}); err != nil {
+			return err
+		}
+		return readBucket(tx, bucketBaselinePrivileged, &r, func(k []byte) {
+			p := detectors.PrivilegeBaseline{Key: string(k)}
+			r.privilegeBody(&p)
+			out.Privileged = append(out.Privileged, p)
 		})
 	})
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: loading baselines: %w", err)
 	}
+	// Named by a length-prefixed client, they come in another order.
+	slices.SortFunc(out.Objects, func(a, b detectors.ObjectBaseline) int {
+		return cmp.Or(strings.Compare(a.Client, b.Client), strings.Compare(a.Route, b.Route))
+	})
 	return out, nil
 }
 
@@ -139,11 +231,14 @@ func (l *Local) LoadBaselines(context.Context) (detectors.Baselines, error) {
 // never locked for long.
 const pruneScan = 50_000
 
-// PruneBaselines drops the keys not seen within history, and the routes whose rate
-// has not moved for three time constants, of the newest time the baselines know (an
-// event time, as the detectors' own expiry uses, so a backlog read late or a replayed
-// day forgets what the detectors forget). It returns how many keys and routes it
-// dropped. Run calls it hourly.
+// PruneBaselines drops what the detectors have forgotten, dated by the newest time
+// the baselines know (an event time, as the detectors' own expiry uses, so a backlog
+// read late or a replayed day forgets what the detectors forget): new_country's keys
+// not seen within history, route and client rates and peaks that have not moved for
+// three of their time constants, client and route peaks of object_enumeration older
+// than three of theirs, privilege_anomaly's keys whose last privileged request is
+// older than its history. It returns how many routes it dropped, and how many entries
+// keyed by a client. Run calls it hourly.
 func (l *Local) PruneBaselines(ctx context.Context) (keys, routes int, err error) {
 	var newest int64
 	var ok bool
@@ -153,24 +248,53 @@ func (l *Local) PruneBaselines(ctx context.Context) (keys, routes int, err error
 	}); err != nil || !ok {
 		return 0, 0, err
 	}
-	keyLast := func(v []byte) (int64, error) {
-		r := recordReader{data: v}
-		var kb detectors.KeyBaseline
-		r.keyBody(&kb)
-		return keyLastSeen(&kb).UnixMilli(), r.err
+	s := l.settings
+	last := func(read func(r *recordReader) int64) func([]byte) (int64, error) {
+		return func(v []byte) (int64, error) {
+			r := recordReader{data: v}
+			t := read(&r)
+			return t, r.err
+		}
 	}
-	routeLast := func(v []byte) (int64, error) {
-		r := recordReader{data: v}
-		var rb detectors.RouteBaseline
-		r.routeBody(&rb)
-		return rb.AsOf.UnixMilli(), r.err
+	for _, p := range []struct {
+		bucket []byte
+		cutoff int64
+		last   func([]byte) (int64, error)
+		n      *int
+	}{
+		{bucketBaselineKeys, newest - s.History.Milliseconds(), last(func(r *recordReader) int64 {
+			var kb detectors.KeyBaseline
+			r.keyBody(&kb)
+			return keyLastSeen(&kb).UnixMilli()
+		}), &keys},
+		{bucketBaselineRoutes, newest - s.routeTTL(), last(func(r *recordReader) int64 {
+			var rb detectors.RouteBaseline
+			r.localRoute(&rb)
+			return routeLast(&rb)
+		}), &routes},
+		{bucketBaselineClients, newest - s.clientTTL(), last(func(r *recordReader) int64 {
+			var c detectors.ClientBaseline
+			r.clientBody(&c)
+			return clientLast(&c)
+		}), &keys},
+		{bucketBaselineObjects, newest - s.objectTTL(), last(func(r *recordReader) int64 {
+			var o detectors.ObjectBaseline
+			r.objectBody(&o)
+			return o.PeakAt.UnixMilli()
+		}), &keys},
+		{bucketBaselinePrivileged, newest - s.PrivilegeHistory.Milliseconds(), last(func(r *recordReader) int64 {
+			var pb detectors.PrivilegeBaseline
+			r.privilegeBody(&pb)
+			return pb.LastSeen.UnixMilli()
+		}), &keys},
+	} {
+		n, err := l.prune(ctx, p.bucket, p.cutoff, p.last)
+		*p.n += n
+		if err != nil {
+			return keys, routes, err
+		}
 	}
-	keys, err = l.prune(ctx, bucketBaselineKeys, newest-l.settings.History.Milliseconds(), keyLast)
-	if err != nil {
-		return keys, 0, err
-	}
-	routes, err = l.prune(ctx, bucketBaselineRoutes, newest-l.settings.routeTTL(), routeLast)
-	return keys, routes, err
+	return keys, routes, nil
 }
 
 // prune deletes the entries of bucket whose last time is before cutoff. It looks in a
@@ -186,7 +310,11 @@ func (l *Local) prune(ctx context.Context, bucket []byte, cutoff int64, last fun
 		var expired [][]byte
 		var next []byte
 		err := l.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucket).Cursor()
+			b := tx.Bucket(bucket)
+			if b == nil {
+				return nil
+			}
+			c := b.Cursor()
 			k, v := c.First()
 			if resume != nil {
 				k, v = c.Seek(resume)

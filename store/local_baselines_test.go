@@ -2,11 +2,19 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"math"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
 )
 
 func TestLocalBaselines(t *testing.T) {
@@ -74,6 +82,23 @@ func testPruneBaselines(t *testing.T, s detectors.BaselineStore, n int, prune fu
 		{Route: "GET /fresh", RatePerMinute: 1, AsOf: newest},
 		{Route: "GET /idle", RatePerMinute: 1, AsOf: ago(3*time.Hour + time.Millisecond)},
 		{Route: "GET /recent", RatePerMinute: 1, AsOf: ago(3*time.Hour - time.Millisecond)},
+		{Route: "GET /peaked", RatePerMinute: 1, AsOf: ago(5 * time.Hour), Peak: 9, PeakAt: ago(time.Hour)},
+	}
+	// One of each kind of the later detectors goes, one stays.
+	u.Clients = []detectors.ClientBaseline{
+		{Key: "client-idle", FirstSeen: ago(9 * time.Hour), AsOf: ago(3*time.Hour + time.Millisecond), PeakAt: ago(4 * time.Hour)},
+		{Key: "client-busy", FirstSeen: ago(9 * time.Hour), AsOf: ago(time.Hour), PeakAt: ago(4 * time.Hour)},
+	}
+	u.Objects = []detectors.ObjectBaseline{
+		{Client: "c", Route: "GET /old", Peak: 5, PeakAt: ago(3*time.Hour + time.Millisecond)},
+		{Client: "c", Route: "GET /new", Peak: 5, PeakAt: ago(time.Hour)},
+	}
+	u.Privileged = []detectors.PrivilegeBaseline{
+		{Key: "admin-gone", FirstSeen: ago(9 * time.Hour), LastSeen: ago(7 * time.Hour)},
+		{Key: "admin", FirstSeen: ago(9 * time.Hour), LastSeen: ago(5 * time.Hour)},
+	}
+	for range 3 {
+		drop["later detectors' entry"] = true
 	}
 	if err := s.UpdateBaselines(ctx, u); err != nil {
 		t.Fatal(err)
@@ -82,8 +107,8 @@ func testPruneBaselines(t *testing.T, s detectors.BaselineStore, n int, prune fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	if keys != len(drop) || routes != 1 {
-		t.Errorf("pruned %d keys and %d routes, want %d and 1", keys, routes, len(drop))
+	if keys != len(drop)+2 || routes != 1 {
+		t.Errorf("pruned %d entries keyed by a client and %d routes, want %d and 1", keys, routes, len(drop)+2)
 	}
 	settle()
 	got, err := s.LoadBaselines(ctx)
@@ -93,6 +118,10 @@ func testPruneBaselines(t *testing.T, s detectors.BaselineStore, n int, prune fu
 	if len(got.Keys) != len(keep) {
 		t.Errorf("%d keys left, want %d", len(got.Keys), len(keep))
 	}
+	if len(got.Clients) != 1 || got.Clients[0].Key != "client-busy" || len(got.Objects) != 1 || got.Objects[0].Route != "GET /new" ||
+		len(got.Privileged) != 1 || got.Privileged[0].Key != "admin" {
+		t.Errorf("left %+v, %+v, %+v", got.Clients, got.Objects, got.Privileged)
+	}
 	for _, k := range got.Keys {
 		if !keep[k.Key] {
 			t.Fatalf("key %s kept, want it dropped", k.Key)
@@ -101,11 +130,127 @@ func testPruneBaselines(t *testing.T, s detectors.BaselineStore, n int, prune fu
 			t.Errorf("key %s lost a country: %+v", k.Key, k.Countries)
 		}
 	}
-	if len(got.Routes) != 2 || got.Routes[0].Route != "GET /fresh" || got.Routes[1].Route != "GET /recent" {
-		t.Errorf("routes left %+v, want /fresh and /recent", got.Routes)
+	if len(got.Routes) != 3 || got.Routes[0].Route != "GET /fresh" || got.Routes[1].Route != "GET /peaked" || got.Routes[2].Route != "GET /recent" {
+		t.Errorf("routes left %+v, want /fresh, /peaked (its peak is recent) and /recent", got.Routes)
 	}
 	// A second pass finds nothing more.
 	if keys, routes, err := prune(ctx); keys+routes != 0 || err != nil {
 		t.Errorf("second pass pruned %d keys and %d routes, %v", keys, routes, err)
+	}
+}
+
+// TestLocalReadsRoutesWrittenBeforePeaks: a store written by a version whose routes had
+// no peak still loads, the routes with none.
+func TestLocalReadsRoutesWrittenBeforePeaks(t *testing.T) {
+	l, err := NewLocal(Config{DataDir: t.TempDir()}, LocalOptions{Baselines: suiteSettings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	asOf := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	old := binary.AppendVarint(binary.BigEndian.AppendUint64(nil, math.Float64bits(2.5)), asOf.UnixMilli())
+	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBaselineRoutes).Put([]byte("GET /old"), old) }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.LoadBaselines(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []detectors.RouteBaseline{{Route: "GET /old", RatePerMinute: 2.5, AsOf: asOf}}
+	if !reflect.DeepEqual(got.Routes, want) {
+		t.Errorf("routes %+v, want %+v", got.Routes, want)
+	}
+}
+
+// TestLocalRestartStartsWarm: what the detectors learned about a bulk-sync partner, an
+// hourly export, an admin console and a busy client, written to the store, is what a
+// restarted engine judges by: the same traffic after the restart raises nothing.
+func TestLocalRestartStartsWarm(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	// A day of each, and the same an hour after the restart.
+	traffic := func(from time.Time, hours int) []ingest.Event {
+		var evs []ingest.Event
+		for h := range hours {
+			at := from.Add(time.Duration(h) * time.Hour)
+			for i := range 40 { // the hourly export
+				evs = append(evs, ingest.Event{Time: at.Add(time.Duration(i) * time.Second), ClientKey: "exporter", ClientIP: "10.0.0.1",
+					Method: "GET", Route: "/v1/exports/{id}", Path: fmt.Sprintf("/v1/exports/%d", h), Status: 200})
+			}
+			if h%24 == 2 { // the nightly sync: 600 invoices in ten minutes
+				for i := range 600 {
+					evs = append(evs, ingest.Event{Time: at.Add(time.Duration(i) * time.Second), ClientKey: "partner", ClientIP: "10.0.0.2",
+						Method: "GET", Route: "/v1/invoices/{id}", Path: fmt.Sprintf("/v1/invoices/%d", i), Status: 200})
+				}
+			}
+			if h%24 == 9 { // the admin console's morning work
+				for i := range 5 {
+					evs = append(evs, ingest.Event{Time: at.Add(time.Duration(i) * time.Minute), ClientKey: "console", ClientIP: "10.0.0.3",
+						Method: "PUT", Route: "/v1/admin/users/{id}", Path: "/v1/admin/users/1", Status: 200})
+				}
+			}
+		}
+		slices.SortStableFunc(evs, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+		return evs
+	}
+	cfg := detectors.DefaultConfig()
+	cfg.QuietEndpointSpike.LearningPeriod, cfg.ObjectEnumeration.LearningPeriod, cfg.PrivilegeAnomaly.LearningPeriod = 12*time.Hour, 12*time.Hour, 12*time.Hour
+	engine := func(l *Local) *detectors.Engine {
+		e, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: l})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.LoadBaselines(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	open := func() *Local {
+		l, err := NewLocal(Config{DataDir: dir}, LocalOptions{Baselines: BaselineSettingsFrom(cfg)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	l := open()
+	e := engine(l)
+	alerts := append(e.Observe(traffic(start, 36)), e.Flush()...)
+	if err := e.SyncBaselines(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The first export, sync and admin work came before anything was learned; the
+	// learning periods are over by the time they repeat.
+	for _, a := range alerts {
+		if a.FirstSeen.After(start.Add(13 * time.Hour)) {
+			t.Errorf("alert after the learning period: %s %s %s", a.Detector, a.Key, a.Summary)
+		}
+	}
+	l = open()
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	e = engine(l)
+	if alerts := append(e.Observe(traffic(start.Add(37*time.Hour), 24)), e.Flush()...); len(alerts) != 0 {
+		for _, a := range alerts {
+			t.Errorf("after the restart: %s %s %s", a.Detector, a.Key, a.Summary)
+		}
+	}
+	// Without what was learned (only that traffic began long ago), the same day pages.
+	cold, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: detectors.NewMemoryBaselines(detectors.Baselines{TrafficSince: start})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cold.LoadBaselines(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, a := range append(cold.Observe(traffic(start.Add(37*time.Hour), 24)), cold.Flush()...) {
+		got[a.Detector] = true
+	}
+	for _, d := range []string{detectors.QuietEndpointSpike, detectors.ObjectEnumeration, detectors.PrivilegeAnomaly} {
+		if !got[d] {
+			t.Errorf("a cold start raised no %s: the test does not show what the store keeps", d)
+		}
 	}
 }

@@ -12,7 +12,9 @@ import (
 
 // sampleAlerts are the alerts `gatewatch replay --updates` raised for generated traffic
 // (`gatewatch generate --seed 7`) with one attack per detector, each incident with its
-// versions, runbook URLs filled in: realistic input for receiver payload tests.
+// versions, runbook URLs filled in: realistic input for receiver payload tests. The
+// incidents of the five detectors added later (object_enumeration to route_scan) are
+// those `gatewatch demo --json` raised, appended.
 //
 //go:embed alerts.jsonl
 var sampleAlerts []byte

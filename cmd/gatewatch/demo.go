@@ -94,6 +94,14 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := os.WriteFile(secret, []byte(demoSecret), 0o600); err != nil {
 		return err
 	}
+	tokenSecret, err := ingest.LoadTokenSecret(secret, "") // as the pipeline reads it
+	if err != nil {
+		return err
+	}
+	keys, err := alertKeys(tokenSecret, injected)
+	if err != nil {
+		return err
+	}
 	cfg.Ingest.Kafka.Brokers = broker.ListenAddrs()
 	cfg.Ingest.Kafka.Group = "gatewatch-demo"
 	cfg.Ingest.Kafka.Topics = demoTopics
@@ -132,31 +140,80 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stderr, "demo: %d records through the pipeline in %s, %d incidents\n",
 		len(reqs), time.Since(start).Round(100*time.Millisecond), len(console.incidents()))
-	return reportCaught(env.stderr, injected, console.incidents())
+	return reportCaught(env.stderr, injected, keys, console.incidents())
 }
 
 // splitByGateway assigns each client to one of the demo's gateways, so each client's
-// key is logged in one format, and returns the records of each topic. The client of
-// the new_country attack goes through AWS WAF, whose log carries the country (the
-// others need a GeoIP database, which the demo does not have).
+// key is logged in one format, and returns the records of each topic.
 func splitByGateway(reqs []synth.Request, injected []synth.Injected) map[string][]synth.Request {
+	waf := wafClients(injected)
+	out := map[string][]synth.Request{}
+	for _, r := range reqs {
+		t := gatewayOf(r.Consumer, waf)
+		out[t.Name] = append(out[t.Name], r)
+	}
+	return out
+}
+
+// wafClients are the clients that go through AWS WAF whatever their hash: the client
+// of the new_country attack, since WAF's log carries the country (the others need a
+// GeoIP database, which the demo does not have).
+func wafClients(injected []synth.Injected) map[string]bool {
 	waf := map[string]bool{}
 	for _, inj := range injected {
 		if inj.Kind == synth.AttackNewCountry {
 			waf[inj.Client] = true
 		}
 	}
-	out := map[string][]synth.Request{}
-	for _, r := range reqs {
-		t := demoTopics[0]
-		if !waf[r.Consumer] {
-			h := fnv.New32a()
-			h.Write([]byte(r.Consumer))
-			t = demoTopics[h.Sum32()%uint32(len(demoTopics))]
-		}
-		out[t.Name] = append(out[t.Name], r)
+	return waf
+}
+
+// gatewayOf returns the gateway that serves consumer.
+func gatewayOf(consumer string, waf map[string]bool) ingest.TopicConfig {
+	if waf[consumer] {
+		return demoTopics[0]
 	}
-	return out
+	h := fnv.New32a()
+	h.Write([]byte(consumer))
+	return demoTopics[h.Sum32()%uint32(len(demoTopics))]
+}
+
+// alertKeys returns the key of the incident each attack must raise: its credentials
+// read by the parser of its gateway's format under the demo's secret, as the pipeline
+// reads its records.
+func alertKeys(secret ingest.TokenSecret, injected []synth.Injected) ([]string, error) {
+	waf := wafClients(injected)
+	keys := make([]string, len(injected))
+	for i := range injected {
+		inj := &injected[i]
+		format := gatewayOf(inj.Client, waf).Format
+		p, err := ingest.NewParser(format, ingest.ParserOptions{Secret: secret, Now: func() time.Time { return inj.End }})
+		if err != nil {
+			return nil, err
+		}
+		var perr error
+		probe := func(apiKey, token string) ingest.Event {
+			r := synth.Request{Time: inj.Start, ClientIP: "192.0.2.1", Method: "GET", Host: "api.example.com", Path: "/",
+				Route: "/", Status: 200, Action: "ALLOW", APIKey: apiKey, Token: token, Consumer: inj.Client,
+				RequestID: "req-probe-0000000000000000"}
+			var ev ingest.Event
+			line, err := synth.AppendRecord(nil, format, &r)
+			if err == nil {
+				err = p.Parse(&ev, line)
+			}
+			if err != nil && perr == nil {
+				perr = fmt.Errorf("demo: the key of the %s attack: %w", inj.Kind, err)
+			}
+			return ev // its strings point into line, which is not reused
+		}
+		keys[i] = inj.AlertKey(
+			func(k string) string { return probe(k, "").ClientKey },
+			func(tok string) string { return probe("", tok).TokenFP })
+		if perr != nil {
+			return nil, perr
+		}
+	}
+	return keys, nil
 }
 
 // produceDemo writes each topic's records as its gateway's log shipper would, stamping
@@ -255,16 +312,18 @@ func counterTotal(reg *prometheus.Registry, name string) float64 {
 }
 
 // reportCaught says, per injected attack, which incident it raised: one of its
-// detector whose span overlaps the attack's.
-func reportCaught(w io.Writer, injected []synth.Injected, incidents []detectors.Alert) error {
+// detector, on the key it must raise (keys[i], see alertKeys), whose span overlaps the
+// attack's.
+func reportCaught(w io.Writer, injected []synth.Injected, keys []string, incidents []detectors.Alert) error {
 	fmt.Fprintln(w, "demo: attacks injected, and the incidents raised for them:")
 	missed := 0
 	matched := map[string]bool{}
-	for _, inj := range injected {
+	for j, inj := range injected {
 		var hit *detectors.Alert
 		for i := range incidents {
 			a := &incidents[i]
-			if a.Detector == inj.Kind && !a.FirstSeen.After(inj.End.Add(5*time.Minute)) && !a.LastSeen.Before(inj.Start.Add(-5*time.Minute)) {
+			if a.Detector == inj.Kind && a.Key == keys[j] &&
+				!a.FirstSeen.After(inj.End.Add(5*time.Minute)) && !a.LastSeen.Before(inj.Start.Add(-5*time.Minute)) {
 				hit = a
 				break
 			}

@@ -5,6 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest/synth"
 )
 
 // TestDemoCatchesEveryAttack runs the demo end to end (`run`'s pipeline on the
@@ -31,7 +35,8 @@ func TestDemoCatchesEveryAttack(t *testing.T) {
 		detectors = append(detectors, d)
 	}
 	slices.Sort(detectors)
-	if want := []string{"forbidden_burst", "new_country", "quiet_endpoint_spike", "token_reuse"}; !slices.Equal(detectors, want) {
+	if want := []string{"auth_failure_spray", "client_volume_spike", "forbidden_burst", "new_country", "object_enumeration",
+		"privilege_anomaly", "quiet_endpoint_spike", "route_scan", "token_reuse"}; !slices.Equal(detectors, want) {
 		t.Errorf("alerts from %v, want one from each of %v\n%s", detectors, want, errOut)
 	}
 	if strings.Contains(errOut, "MISSED") {
@@ -53,5 +58,43 @@ func TestDemoForAPerson(t *testing.T) {
 	}
 	if strings.Contains(out, "\033[") {
 		t.Error("colour codes written to a stdout that is not a terminal")
+	}
+}
+
+// TestReportCaughtMatchesKeyAndTime: an attack is caught only by an incident of its
+// detector on the key it must raise whose span overlaps the attack; any other
+// incident is reported as a false positive.
+func TestReportCaughtMatchesKeyAndTime(t *testing.T) {
+	start := time.Date(2026, 11, 2, 7, 30, 0, 0, time.UTC)
+	inj := []synth.Injected{{Kind: synth.AttackObjectEnumeration, Start: start, End: start.Add(5 * time.Minute), Client: "client-0012"}}
+	keys := []string{"k-attacker GET /v1/invoices/{id}"}
+	incident := func(key string, from time.Time) detectors.Alert {
+		return detectors.Alert{ID: "0123456789abcdef", Detector: synth.AttackObjectEnumeration, Key: key,
+			FirstSeen: from, LastSeen: from.Add(4 * time.Minute)}
+	}
+	for _, c := range []struct {
+		name     string
+		incident detectors.Alert
+		want     []string // in the report
+		fails    bool
+	}{
+		{"its key, during the attack", incident(keys[0], start.Add(time.Minute)), []string{"caught 01234567"}, false},
+		{"another key, during the attack", incident("k-bulk-partner GET /v1/invoices/{id}", start.Add(time.Minute)),
+			[]string{"MISSED", "1 incidents matched no injected attack"}, true},
+		{"its key, an hour later", incident(keys[0], start.Add(time.Hour)),
+			[]string{"MISSED", "1 incidents matched no injected attack"}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out strings.Builder
+			err := reportCaught(&out, inj, keys, []detectors.Alert{c.incident})
+			if (err != nil) != c.fails {
+				t.Errorf("error %v, want one: %v", err, c.fails)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("report lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
 	}
 }

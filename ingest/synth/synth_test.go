@@ -40,7 +40,9 @@ func TestGenerateIsDeterministic(t *testing.T) {
 }
 
 func TestGenerateInjectsEachAttackOnceInOrder(t *testing.T) {
-	cfg := Config{Duration: time.Hour, Rate: 5, Seed: 1, Attacks: Attacks}
+	// Office hours: the rate is flat at 1.6 times the day's average.
+	start := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
+	cfg := Config{Start: start, Duration: time.Hour, Rate: 5, Seed: 1, Attacks: Attacks}
 	reqs, inj, err := Generate(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -48,25 +50,51 @@ func TestGenerateInjectsEachAttackOnceInOrder(t *testing.T) {
 	if len(inj) != len(Attacks) {
 		t.Fatalf("%d attacks injected, want %d", len(inj), len(Attacks))
 	}
+	clients := map[string]string{}
 	for i, a := range inj {
-		if a.Kind != Attacks[i] || a.Count == 0 || !a.End.After(a.Start) {
+		if a.Kind != Attacks[i] || a.Count == 0 || !a.End.After(a.Start) || a.ClientIP == "" {
 			t.Errorf("attack %d: %+v", i, a)
 		}
-		if i > 0 && !a.Start.After(inj[i-1].End) {
-			t.Errorf("attack %s overlaps the one before", a.Kind)
+		if i > 0 && !a.Start.After(inj[i-1].Start) {
+			t.Errorf("attack %s starts before the one before", a.Kind)
 		}
-		if a.Start.Before(DefaultStart.Add(36 * time.Minute)) {
+		if a.Start.Before(start.Add(36 * time.Minute)) {
 			t.Errorf("attack %s starts at %s, before the baselines are learnt", a.Kind, a.Start)
+		}
+		// Each on a client and an address of its own.
+		for _, who := range []string{a.Client, a.ClientIP} {
+			if other, dup := clients[who]; who != "" && dup {
+				t.Errorf("attacks %s and %s share %s", other, a.Kind, who)
+			}
+			clients[who] = a.Kind
 		}
 	}
 	if !slices.IsSortedFunc(reqs, func(a, b Request) int { return a.Time.Compare(b.Time) }) {
 		t.Error("requests are not in time order")
 	}
-	if n := len(reqs); n < 5*3600*0.9 || n > 5*3600*1.6 {
-		t.Errorf("%d requests for 1h at 5/s", n)
+	if n, base := float64(len(reqs)), 5*3600*1.6; n < base*0.9 || n > base*1.3 {
+		t.Errorf("%.0f requests for an hour of office hours at 5/s, want about %.0f and the decoys'", n, base)
 	}
-	if _, _, err := Generate(Config{Attacks: []string{"ddos"}}); err == nil {
-		t.Error("unknown attack accepted")
+	for _, bad := range []Config{{Attacks: []string{"ddos"}}, {Clients: 20}, {Duration: time.Hour, AttacksFrom: 2 * time.Hour}} {
+		if _, _, err := Generate(bad); err == nil {
+			t.Errorf("Generate(%+v) succeeded", bad)
+		}
+	}
+}
+
+// TestGenerateFollowsTheDay: the background's rate follows the hour of day.
+func TestGenerateFollowsTheDay(t *testing.T) {
+	reqs, _, err := Generate(Config{Start: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC), Duration: 24 * time.Hour, Rate: 2, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var perHour [24]int
+	for _, r := range reqs {
+		perHour[r.Time.Hour()]++
+	}
+	night, day := perHour[3], perHour[13]
+	if float64(day) < 3.5*float64(night) {
+		t.Errorf("%d requests at 13:00 and %d at 03:00: want office hours about five times the night", day, night)
 	}
 }
 
@@ -100,12 +128,17 @@ func TestRecordsParse(t *testing.T) {
 				if (format == ingest.FormatAWSWAF || format == ingest.FormatCloudflare) && ev.Country != r.Country {
 					t.Fatalf("%s: country %q, want %q", format, ev.Country, r.Country)
 				}
-				if ev.TokenFP == "" || ev.ClientKey == "" || ev.Device == "" {
+				// Kong knows a client by its consumer, which a request with credentials
+				// that are no client's does not have.
+				keyless := format == ingest.FormatKong && r.Consumer == ""
+				if ev.TokenFP == "" || (ev.ClientKey == "") != keyless || ev.Device == "" {
 					t.Fatalf("%s: identity missing: token_fp %q client_key %q device %q", format, ev.TokenFP, ev.ClientKey, ev.Device)
 				}
 				js := ev.AppendJSON(nil)
-				if bytes.Contains(js, []byte(r.Token)) || bytes.Contains(js, []byte(r.APIKey)) {
-					t.Fatalf("%s: raw credential in event %s", format, js)
+				for _, raw := range []string{r.Token, r.APIKey} {
+					if raw != "" && bytes.Contains(js, []byte(raw)) {
+						t.Fatalf("%s: raw credential in event %s", format, js)
+					}
 				}
 			}
 		}

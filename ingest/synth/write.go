@@ -48,6 +48,14 @@ func num(dst []byte, key string, v int64) []byte {
 	return strconv.AppendInt(dst, v, 10)
 }
 
+// bearer is the Authorization header of r: empty for a request without a token.
+func bearer(r *Request) string {
+	if r.Token == "" {
+		return ""
+	}
+	return "Bearer " + r.Token
+}
+
 func uri(r *Request) string {
 	if r.Query == "" {
 		return r.Path
@@ -84,11 +92,11 @@ func appendAWSWAF(dst []byte, r *Request) []byte {
 	dst = append(dst, `,"headers":[`...)
 	headers := [][2]string{
 		{"Host", r.Host}, {"User-Agent", r.UserAgent}, {"Accept", "application/json"},
-		{"Accept-Encoding", "gzip, deflate, br"}, {"Authorization", "Bearer " + r.Token},
+		{"Accept-Encoding", "gzip, deflate, br"}, {"Authorization", bearer(r)},
 		{"x-api-key", r.APIKey}, {"X-Device-Id", r.DeviceID}, {"X-Amzn-Trace-Id", "Root=1-" + r.RequestID[4:12] + "-" + r.RequestID[4:]},
 	}
 	for i, h := range headers {
-		if h[1] == "" || h[1] == "Bearer " {
+		if h[1] == "" {
 			continue
 		}
 		if i > 0 {
@@ -146,7 +154,7 @@ func appendCloudflare(dst []byte, r *Request) []byte {
 	dst = append(dst, ',')
 	dst = str(dst, "RayID", r.RequestID[4:20])
 	dst = append(dst, `,"RequestHeaders":{`...)
-	dst = str(dst, "authorization", "Bearer "+r.Token)
+	dst = str(dst, "authorization", bearer(r))
 	dst = append(dst, ',')
 	dst = str(dst, "x-api-key", r.APIKey)
 	dst = append(dst, ',')
@@ -183,13 +191,19 @@ func appendKong(dst []byte, r *Request) []byte {
 	dst = num(dst, "status", int64(r.Status))
 	dst = append(dst, `,"size":934,"headers":{"content-type":"application/json"}},"route":{"id":"8b0e3c1a-2f4d-4e6b-9a7c-1d2e3f4a5b6c",`...)
 	dst = str(dst, "name", strings.ToLower(r.Method)+"-"+strings.NewReplacer("/", "-", "{", "", "}", "").Replace(strings.TrimPrefix(r.Route, "/")))
-	dst = append(dst, `,"paths":["/v1"],"protocols":["https"]},"service":{"host":"api.internal","name":"api","port":8080,"protocol":"http"},"consumer":{`...)
-	dst = str(dst, "id", r.Consumer)
-	dst = append(dst, ',')
-	dst = str(dst, "username", r.Consumer)
-	dst = append(dst, `},"authenticated_entity":{`...)
-	dst = str(dst, "id", "cred-"+r.Token[3:27])
-	dst = append(dst, "},"...)
+	dst = append(dst, `,"paths":["/v1"],"protocols":["https"]},"service":{"host":"api.internal","name":"api","port":8080,"protocol":"http"},`...)
+	if r.Consumer != "" { // a request that did not authenticate has no consumer
+		dst = append(dst, `"consumer":{`...)
+		dst = str(dst, "id", r.Consumer)
+		dst = append(dst, ',')
+		dst = str(dst, "username", r.Consumer)
+		dst = append(dst, "},"...)
+	}
+	if len(r.Token) >= 27 {
+		dst = append(dst, `"authenticated_entity":{`...)
+		dst = str(dst, "id", "cred-"+r.Token[3:27])
+		dst = append(dst, "},"...)
+	}
 	dst = str(dst, "client_ip", r.ClientIP)
 	dst = append(dst, ',')
 	dst = num(dst, "started_at", r.Time.UnixMilli())
@@ -216,7 +230,7 @@ func appendEnvoy(dst []byte, r *Request) []byte {
 	dst = append(dst, `,"upstream_cluster":"outbound|8080||api.default.svc.cluster.local",`...)
 	dst = str(dst, "user_agent", r.UserAgent)
 	dst = append(dst, ',')
-	dst = str(dst, "authorization", "Bearer "+r.Token)
+	dst = str(dst, "authorization", bearer(r))
 	dst = append(dst, ',')
 	dst = str(dst, "x_api_key", r.APIKey)
 	dst = append(dst, ',')
@@ -242,7 +256,7 @@ func appendNginx(dst []byte, r *Request) []byte {
 	dst = append(dst, ',')
 	dst = str(dst, "http_user_agent", r.UserAgent)
 	dst = append(dst, ',')
-	dst = str(dst, "http_authorization", "Bearer "+r.Token)
+	dst = str(dst, "http_authorization", bearer(r))
 	dst = append(dst, ',')
 	dst = str(dst, "http_x_api_key", r.APIKey)
 	dst = append(dst, ',')
