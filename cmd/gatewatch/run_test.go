@@ -334,13 +334,7 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	e := newE2E(t, "waf-logs")
 	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
-	// Live traffic: the two hours before now, so that the wall clock and event time
-	// agree as they do in production, whatever today's date.
-	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
-	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: 7, Attacks: synth.Attacks})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reqs, injected := liveTraffic(t, 7)
 	p := startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
 	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
@@ -370,11 +364,15 @@ func TestRunEndToEnd(t *testing.T) {
 	_ = context.Background
 }
 
-// liveTraffic is two hours of traffic ending now, with one attack of each kind: the
-// wall clock and event time agree as they do in production, whatever today's date.
+// liveTraffic is two hours of traffic from 04:00 yesterday, with one attack of each kind:
+// recent, as in production, whatever today's date.
 func liveTraffic(t *testing.T, seed uint64) ([]synth.Request, []synth.Injected) {
 	t.Helper()
-	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	// Recent enough for the stores' retention and never ahead of the clock, but always
+	// at the same hour of the day: synthetic traffic follows the hour (a daily rhythm), so
+	// starting two hours before now made what the detectors see depend on when the test
+	// ran.
+	start := time.Now().UTC().Truncate(24 * time.Hour).Add(-20 * time.Hour) // 04:00 yesterday
 	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: seed, Attacks: synth.Attacks})
 	if err != nil {
 		t.Fatal(err)
