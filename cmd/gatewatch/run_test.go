@@ -364,15 +364,11 @@ func TestRunEndToEnd(t *testing.T) {
 	_ = context.Background
 }
 
-// liveTraffic is two hours of traffic from 04:00 yesterday, with one attack of each kind:
-// recent, as in production, whatever today's date.
+// liveTraffic is two hours of traffic ending now, with one attack of each kind: the
+// wall clock and event time agree as they do in production, whatever today's date.
 func liveTraffic(t *testing.T, seed uint64) ([]synth.Request, []synth.Injected) {
 	t.Helper()
-	// Recent enough for the stores' retention and never ahead of the clock, but always
-	// at the same hour of the day: synthetic traffic follows the hour (a daily rhythm), so
-	// starting two hours before now made what the detectors see depend on when the test
-	// ran.
-	start := time.Now().UTC().Truncate(24 * time.Hour).Add(-20 * time.Hour) // 04:00 yesterday
+	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
 	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: seed, Attacks: synth.Attacks})
 	if err != nil {
 		t.Fatal(err)
