@@ -46,7 +46,7 @@ func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
 // the Prometheus of the observability profile loads gatewatch's rules.
 func TestCompose(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"kafka", "topics", "clickhouse", "migrate", "gatewatch", "traffic", "alerts", "prometheus", "grafana"} {
+	for _, name := range []string{"kafka", "topics", "clickhouse", "migrate", "gatewatch", "history", "traffic", "alerts", "prometheus", "grafana"} {
 		service(t, p, name)
 	}
 	if img := service(t, p, "kafka").Image; !strings.HasPrefix(img, "apache/kafka:") {
@@ -76,7 +76,9 @@ func TestCompose(t *testing.T) {
 	dependsOn("migrate", "clickhouse", types.ServiceConditionHealthy)
 	dependsOn("gatewatch", "migrate", types.ServiceConditionCompletedSuccessfully)
 	dependsOn("gatewatch", "topics", types.ServiceConditionCompletedSuccessfully)
-	dependsOn("traffic", "topics", types.ServiceConditionCompletedSuccessfully)
+	dependsOn("history", "topics", types.ServiceConditionCompletedSuccessfully)
+	dependsOn("gatewatch", "history", types.ServiceConditionCompletedSuccessfully)
+	dependsOn("traffic", "history", types.ServiceConditionCompletedSuccessfully)
 
 	// Every file the project mounts is in the repository.
 	for name, c := range p.Configs {
@@ -138,8 +140,10 @@ func TestCompose(t *testing.T) {
 	}) || !strings.Contains(config, "data_dir: /var/lib/gatewatch") {
 		t.Errorf("gatewatch: volumes %+v, want a named volume at data_dir /var/lib/gatewatch", s.Volumes)
 	}
-	if s := service(t, p, "traffic"); s.Build == nil || s.Build.Target != "traffic" {
-		t.Errorf("traffic: build %+v, want the Dockerfile's traffic stage", s.Build)
+	for name, mode := range map[string]string{"history": "history", "traffic": "live"} {
+		if s := service(t, p, name); s.Build == nil || s.Build.Target != "traffic" || !slices.Equal(s.Command, []string{mode}) {
+			t.Errorf("%s: build %+v, command %q: want the Dockerfile's traffic stage running traffic.sh %s", name, s.Build, s.Command, mode)
+		}
 	}
 
 	// The config passes check-config, with the sample secrets where the container has them.

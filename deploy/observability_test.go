@@ -26,7 +26,7 @@ const (
 	rulesTestFile = "prometheus/gatewatch.rules.test.yml"
 	dashboardFile = "grafana/gatewatch.json"
 	// metricsFile lists the metric names the dashboard and the rules use;
-	// cmd/gatewatch's TestDeployMetrics checks that gatewatch run exports each one.
+	// cmd/gatewatch's TestDeployCompose checks that gatewatch run exports each one.
 	metricsFile = "metrics.txt"
 )
 
@@ -246,7 +246,7 @@ func TestDashboard(t *testing.T) {
 
 // TestMetricsList: metrics.txt lists exactly the metric names the dashboard and the
 // rules use, gatewatch's and the external ones marked with who exports them; every
-// rule expression parses. cmd/gatewatch's TestDeployMetrics checks gatewatch run
+// rule expression parses. cmd/gatewatch's TestDeployCompose checks gatewatch run
 // exports the rest. -update rewrites the file.
 func TestMetricsList(t *testing.T) {
 	used := map[string]bool{}
@@ -273,7 +273,7 @@ func TestMetricsList(t *testing.T) {
 	}
 	var b strings.Builder
 	b.WriteString("# Metric names deploy/'s Grafana dashboard and Prometheus rules use, written by\n" +
-		"# `cd deploy && go test -run TestMetricsList -update`. cmd/gatewatch's TestDeployMetrics\n" +
+		"# `cd deploy && go test -run TestMetricsList -update`. cmd/gatewatch's TestDeployCompose\n" +
 		"# checks that a running `gatewatch run` exports each one not marked external.\n")
 	for _, n := range slices.Sorted(maps.Keys(used)) {
 		if who, ok := external[n]; ok {
