@@ -28,9 +28,19 @@ import (
 
 const kubeDir = "kubernetes"
 
-// bytesPerKey is what a tracked key costs in memory: the README's Performance table
-// measures 226-248 bytes per key for the detectors and about 250 for a loaded baseline.
-const bytesPerKey = 250
+// The memory bound (README, "Sizing") is runPeakRSS, what does not grow with the keys,
+// plus bytesPerKey for every key the enabled detectors may track (their max_keys).
+// runPeakRSS rounds up the highest peak resident set cmd/gatewatch's BenchmarkRunMemory
+// measured for gatewatch run reading a backlog with the defaults, ClickHouse as the store
+// and no GOMEMLIMIT (524-653 MiB over six runs, with 3,226 and 233,258 keys tracked
+// alike); it holds for an archive buffer up to the default it ran with,
+// measuredBufferSize. bytesPerKey rounds up the detectors' Memory benchmarks
+// (226-248 bytes a key).
+const (
+	runPeakRSS         = 660 << 20
+	measuredBufferSize = 500_000
+	bytesPerKey        = 250
+)
 
 // kubeDecoder decodes manifests strictly into the k8s.io/api types: an unknown or
 // duplicated field, or a kind these types do not have, is an error.
@@ -286,12 +296,15 @@ func TestKustomization(t *testing.T) {
 	if goMemLimit >= lim.Memory().Value()*9/10 {
 		t.Errorf("GOMEMLIMIT %d is not below 90%% of the memory limit %s", goMemLimit, lim.Memory())
 	}
-	if cfg.Store.ClickHouse.BufferSize <= 0 {
-		t.Fatal("store.clickhouse.buffer_size is not set: the memory bound depends on it, so gatewatch.yaml says it")
+	if b := cfg.Store.ClickHouse.BufferSize; b <= 0 || b > measuredBufferSize {
+		t.Fatalf("store.clickhouse.buffer_size %d: the memory bound was measured with at most %d (BenchmarkRunMemory; measure again for more)", b, measuredBufferSize)
 	}
-	bound := memoryBound(t, cfg.Detectors, cfg.Store.ClickHouse.BufferSize)
+	bound := memoryBound(t, cfg.Detectors)
 	if bound > goMemLimit {
 		t.Errorf("the config's memory bound is %d MiB (README, Sizing), more than GOMEMLIMIT %d MiB: raise the limits with max_keys", bound>>20, goMemLimit>>20)
+	}
+	if lim.Memory().Value() > bound*3/2 {
+		t.Errorf("the memory limit %s is more than half as much again as the bound, %d MiB: lower it, or the bound is stale", lim.Memory(), bound>>20)
 	}
 	t.Logf("memory bound %d MiB, GOMEMLIMIT %d MiB, limit %s", bound>>20, goMemLimit>>20, lim.Memory())
 
@@ -403,10 +416,9 @@ func envBytes(t *testing.T, c corev1.Container, name string) int64 {
 	return 0
 }
 
-// memoryBound is the README's sizing rule: bytesPerKey for every key the enabled
-// detectors may track (their max_keys), the same for each archive event buffered on
-// its way to ClickHouse, and 100 MiB for fetch and batch buffers and the runtime.
-func memoryBound(t *testing.T, detectors map[string]any, archiveBuffer int64) int64 {
+// memoryBound is the README's sizing rule: runPeakRSS, and bytesPerKey for every key
+// the enabled detectors may track (their max_keys).
+func memoryBound(t *testing.T, detectors map[string]any) int64 {
 	t.Helper()
 	var keys int64
 	var names []string
@@ -429,5 +441,5 @@ func memoryBound(t *testing.T, detectors map[string]any, archiveBuffer int64) in
 	}
 	slices.Sort(names)
 	t.Logf("max_keys: %s", strings.Join(names, ", "))
-	return (keys+archiveBuffer)*bytesPerKey + 100<<20
+	return runPeakRSS + keys*bytesPerKey
 }
