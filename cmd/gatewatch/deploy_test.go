@@ -22,8 +22,10 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/geoiptest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/internal/testcert"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
@@ -99,11 +101,11 @@ func TestDeployCompose(t *testing.T) {
 
 	// One incident per attack reaches the alerts topic, with nothing else.
 	want := slices.Sorted(slices.Values(synth.Attacks))
-	incidents := waitIncidents(t, p, k, len(want), 5*time.Minute)
+	waitIncidents(t, p, k, len(want), 5*time.Minute)
 	// The live traffic after the history goes through and raises nothing.
 	e.waitMetric(t, p, float64(backlog+1), 2*time.Minute, "gatewatch_ingest_events_total")
 	time.Sleep(2 * time.Second) // an alert nobody expects would come now
-	incidents = waitIncidents(t, p, k, len(want), time.Minute)
+	incidents := waitIncidents(t, p, k, len(want), time.Minute)
 	var got []string
 	for _, d := range incidents {
 		got = append(got, d)
@@ -271,6 +273,32 @@ func waitIncidents(t *testing.T, p *runProcess, k *kafkatest.Cluster, n int, tim
 		}
 		p.alive()
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestDeployExampleConfig: deploy/gatewatch.example.yaml passes check-config, with a
+// sample file wherever it names a secret, a CA certificate or the GeoIP database.
+func TestDeployExampleConfig(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(deployDir, "gatewatch.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca := testcert.WriteFile(t, dir, "ca.pem", testcert.NewCA(t).CertPEM())
+	db := geoiptest.File(t, map[string]string{"192.0.2.0/24": "NL"})
+	config := regexp.MustCompile(`/run/secrets/[A-Za-z0-9._-]+|/etc/gatewatch/[A-Za-z0-9._-]+\.pem|/[A-Za-z0-9._/-]+\.mmdb`).
+		ReplaceAllStringFunc(string(b), func(path string) string {
+			switch {
+			case strings.HasSuffix(path, ".pem"):
+				return ca
+			case strings.HasSuffix(path, ".mmdb"):
+				return db
+			}
+			return testcert.WriteFile(t, dir, filepath.Base(path), []byte("example-secret-"+filepath.Base(path)+"\n"))
+		})
+	path := writeFile(t, filepath.Join(dir, "gatewatch.example.yaml"), config)
+	if _, errOut, code := runCmd(t, "", "check-config", path); code != 0 || strings.Contains(errOut, "warning") {
+		t.Errorf("check-config deploy/gatewatch.example.yaml: exit %d\n%s", code, errOut)
 	}
 }
 
