@@ -29,18 +29,31 @@ import (
 const kubeDir = "kubernetes"
 
 // The memory bound (README, "Sizing") is runPeakRSS, what does not grow with the keys,
-// plus bytesPerKey for every key the enabled detectors may track (their max_keys).
-// runPeakRSS rounds up the highest peak resident set cmd/gatewatch's BenchmarkRunMemory
-// measured for gatewatch run reading a backlog with the defaults, ClickHouse as the store
-// and no GOMEMLIMIT (524-653 MiB over six runs, with 3,226 and 233,258 keys tracked
-// alike); it holds for an archive buffer up to the default it ran with,
-// measuredBufferSize. bytesPerKey rounds up the detectors' Memory benchmarks
-// (226-248 bytes a key).
+// plus, for each enabled detector, its bytesPerKey for every key it may track (its
+// max_keys). runPeakRSS rounds up the highest peak resident set cmd/gatewatch's
+// BenchmarkRunMemory measured for gatewatch run reading a backlog with the defaults,
+// ClickHouse as the store and no GOMEMLIMIT (524-653 MiB over six runs, with 3,226 and
+// 233,258 keys tracked alike); it holds for an archive buffer up to the default it ran
+// with, measuredBufferSize.
 const (
 	runPeakRSS         = 660 << 20
 	measuredBufferSize = 500_000
-	bytesPerKey        = 250
 )
+
+// bytesPerKey is each detector's heap per tracked key, as its Memory benchmark in
+// ./detectors measures it (go test ./detectors -run '^$' -bench 'Memory$' -benchtime 1x
+// -count 3; the same to the byte in every run), rounded up.
+var bytesPerKey = map[string]int64{
+	"new_country":          240,
+	"token_reuse":          900,
+	"forbidden_burst":      650,
+	"quiet_endpoint_spike": 2910,
+	"object_enumeration":   540,
+	"auth_failure_spray":   290,
+	"privilege_anomaly":    1660,
+	"client_volume_spike":  610,
+	"route_scan":           310,
+}
 
 // kubeDecoder decodes manifests strictly into the k8s.io/api types: an unknown or
 // duplicated field, or a kind these types do not have, is an error.
@@ -416,11 +429,11 @@ func envBytes(t *testing.T, c corev1.Container, name string) int64 {
 	return 0
 }
 
-// memoryBound is the README's sizing rule: runPeakRSS, and bytesPerKey for every key
-// the enabled detectors may track (their max_keys).
+// memoryBound is the README's sizing rule: runPeakRSS, and for each enabled detector
+// its bytesPerKey times its max_keys.
 func memoryBound(t *testing.T, detectors map[string]any) int64 {
 	t.Helper()
-	var keys int64
+	var keyBytes int64
 	var names []string
 	for name, v := range detectors {
 		d, ok := v.(map[string]any)
@@ -432,7 +445,11 @@ func memoryBound(t *testing.T, detectors map[string]any) int64 {
 			continue
 		}
 		if on, _ := d["enabled"].(bool); on {
-			keys += int64(mk)
+			per, ok := bytesPerKey[name]
+			if !ok {
+				t.Errorf("detector %s: no measured bytes per key; run its Memory benchmark and add it to bytesPerKey", name)
+			}
+			keyBytes += int64(mk) * per
 			names = append(names, fmt.Sprintf("%s %d", name, int64(mk)))
 		}
 	}
@@ -441,5 +458,5 @@ func memoryBound(t *testing.T, detectors map[string]any) int64 {
 	}
 	slices.Sort(names)
 	t.Logf("max_keys: %s", strings.Join(names, ", "))
-	return runPeakRSS + keys*bytesPerKey
+	return runPeakRSS + keyBytes
 }
