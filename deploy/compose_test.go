@@ -146,6 +146,15 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
+	// The detectors learn as in `gatewatch demo`, whose two hours of traffic the traffic
+	// service's history is.
+	demo := readFile(t, filepath.Join(repoRoot, "cmd", "gatewatch", "demo.yaml"))
+	for l := range strings.SplitSeq(demo[strings.Index(demo, "\ndetectors:\n"):], "\n") {
+		if strings.HasPrefix(l, "  ") && !strings.Contains(config, l+"\n") {
+			t.Errorf("gatewatch.yaml lacks demo.yaml's %q: the history is too short for the defaults", strings.TrimSpace(l))
+		}
+	}
+
 	// The config passes check-config, with the sample secrets where the container has them.
 	dir := t.TempDir()
 	secrets := filepath.Join(dir, "secrets")
