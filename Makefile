@@ -3,8 +3,11 @@
 
 GO        ?= go
 PKGS      ?= ./...
-APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog chromium
+APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog prometheus kubernetes-client chromium
 FUZZTIME  ?= 10s
+# deploy/ is a Go module of its own (its tests read the manifests with the Kubernetes,
+# compose-spec, Prometheus and BuildKit libraries, which the product does not need).
+DEPLOY    := deploy
 
 .PHONY: all build test deps vet lint fuzz bench golden tidy-check conformance demo
 
@@ -14,8 +17,10 @@ build:
 	$(GO) build -o gatewatch ./cmd/gatewatch
 
 # deps installs the Debian packages the integration tests drive (kcat as an independent
-# Kafka client, clickhouse-server, rsyslog, chromium to render replay's report), once,
-# when any is missing.
+# Kafka client, clickhouse-server, rsyslog, chromium to render replay's report) and
+# deploy/'s tests run (promtool from prometheus, kubectl from kubernetes-client), once,
+# when any is missing. A kubectl already on the PATH is used as it is (another package
+# may own /usr/bin/kubectl).
 deps:
 	@missing=""; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
@@ -23,6 +28,8 @@ deps:
 	command -v clickhouse-client >/dev/null 2>&1 || missing="$$missing clickhouse-client"; \
 	command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || missing="$$missing rsyslog"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing:$$missing"; \
@@ -35,9 +42,11 @@ deps:
 
 vet:
 	$(GO) vet $(PKGS)
+	cd $(DEPLOY) && $(GO) vet ./...
 
 test: deps vet
 	$(GO) test -race -timeout 20m $(PKGS)
+	cd $(DEPLOY) && $(GO) test -race -timeout 10m ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
@@ -62,7 +71,8 @@ golden:
 
 tidy-check:
 	$(GO) mod tidy
-	git diff --exit-code go.mod go.sum
+	cd $(DEPLOY) && $(GO) mod tidy
+	git diff --exit-code go.mod go.sum $(DEPLOY)/go.mod $(DEPLOY)/go.sum
 
 conformance:
 	python3 ../shared/conformance/check.py

@@ -111,7 +111,7 @@ func (p *runProcess) stop(sig os.Signal, timeout time.Duration) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -121,7 +121,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func writeFile(t *testing.T, path, body string) string {
+func writeFile(t testing.TB, path, body string) string {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -218,7 +218,7 @@ func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request, 
 
 // metric returns the sum of the series of /metrics that have labels (name, value
 // pairs), or -1 when there is none.
-func (e *e2e) metric(t *testing.T, name string, labels ...string) float64 {
+func (e *e2e) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	code, body := httpGet(t, "http://"+e.admin+"/metrics")
 	if code != http.StatusOK {
@@ -313,7 +313,7 @@ func (e *e2e) waitPosts(t *testing.T, p *runProcess, n int, timeout time.Duratio
 	return nil
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
+func httpGet(t testing.TB, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
