@@ -37,6 +37,12 @@ type RouterOptions struct {
 	// History records accepted alerts and delivery states for analysts, best-effort
 	// and off the delivery path (see History); nil: none.
 	History History
+	// Silences are the silences made while running (the console, Slack), shared by
+	// the Routers of a process so that a reload keeps them; nil: only the config's.
+	Silences *Silences
+	// Acks are the incidents' acknowledgements, handed to GroupReceivers so that
+	// they show who is on an incident; nil: none.
+	Acks *Acks
 }
 
 // ErrClosed is returned by Put after Close.
@@ -76,6 +82,9 @@ type Router struct {
 	workers map[string]*worker
 	rem     *reminders     // nil when no route repeats
 	hist    *historyWriter // nil without RouterOptions.History
+	acks    AckLookup      // nil without RouterOptions.Acks
+	// longestInterval is the longest group_interval in force.
+	longestInterval time.Duration
 
 	// putMu orders Put against Close and against Run's start: Put holds it shared,
 	// so Close waits for the Puts in flight, and Run reads the outbox depth while no
@@ -140,20 +149,27 @@ func NewRouter(cfg Config, o RouterOptions) (*Router, error) {
 		log:     o.Logger.With("component", "alerting"),
 		now:     o.Now,
 		m:       newMetrics(o.Registerer),
-		silence: silencer{cfg.Silences},
+		silence: silencer{silences: cfg.Silences, set: o.Silences},
 		workers: map[string]*worker{},
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
 	r.hist = newHistoryWriter(o.History, r.log, o.Registerer)
-	r.routes = routeTable{routes: cfg.Routes, all: slices.Sorted(maps.Keys(o.Receivers)), repeat: cfg.RepeatInterval}
+	if o.Acks != nil {
+		r.acks = o.Acks
+	}
+	r.routes = newRouteTable(&cfg, slices.Sorted(maps.Keys(o.Receivers)))
+	r.longestInterval = r.routes.longestGroupInterval()
 	settings := map[string]ReceiverConfig{}
 	for _, rc := range cfg.Receivers {
 		settings[rc.Name] = rc
 	}
 	for _, n := range r.routes.all {
-		r.workers[n] = newWorker(n, o.Receivers[n], settings[n], cfg.Outbox, r.m.forReceiver(n))
+		w := newWorker(n, o.Receivers[n], settings[n], cfg.Outbox, r.m.forReceiver(n))
+		_, renders := w.rcv.(GroupReceiver)
+		w.grouped = renders || r.routes.groupingFor(n)
+		r.workers[n] = w
 	}
 	if err := o.Registerer.Register(newOutboxCollector(o.Outbox, r.routes.all, o.Now)); err != nil {
 		return nil, fmt.Errorf("alerting: register outbox metrics: %w", err)
@@ -218,7 +234,7 @@ func (r *Router) Put(ctx context.Context, alerts []detectors.Alert) error {
 
 // silenceStage drops the alerts a silence in force mutes.
 func silenceStage(_ context.Context, r *Router, b *putBatch) error {
-	if len(r.silence.silences) == 0 {
+	if !r.silence.any() {
 		return nil
 	}
 	kept := make([]detectors.Alert, 0, len(b.alerts))
@@ -405,6 +421,10 @@ func (r *Router) Run(ctx context.Context) error {
 	})
 	for _, n := range r.routes.all {
 		w := r.workers[n]
+		if w.grouped {
+			g.Go(func() error { return r.deliverGrouped(gctx, wctx, w) })
+			continue
+		}
 		g.Go(func() error { return r.deliver(gctx, wctx, w) })
 	}
 	if r.rem != nil {
