@@ -94,26 +94,44 @@ type Silences struct {
 // ErrSilenceNotFound is returned by Expire for an id no silence has.
 var ErrSilenceNotFound = errors.New("alerting: no such silence")
 
-// OpenSilences loads the records of st. now nil: time.Now.
-func OpenSilences(ctx context.Context, st SilenceStore, now func() time.Time) (*Silences, error) {
+// NewSilences returns the silences kept in st, none loaded yet: Load reads them.
+// now nil: time.Now.
+func NewSilences(st SilenceStore, now func() time.Time) (*Silences, error) {
 	if st == nil {
-		return nil, errors.New("alerting: OpenSilences needs a SilenceStore")
+		return nil, errors.New("alerting: NewSilences needs a SilenceStore")
 	}
 	if now == nil {
 		now = time.Now
 	}
-	recs, err := st.LoadSilences(ctx)
+	return &Silences{store: st, now: now, all: map[string]SilenceRecord{}}, nil
+}
+
+// OpenSilences returns the silences kept in st, loaded. now nil: time.Now.
+func OpenSilences(ctx context.Context, st SilenceStore, now func() time.Time) (*Silences, error) {
+	s, err := NewSilences(st, now)
 	if err != nil {
-		return nil, fmt.Errorf("alerting: loading silences: %w", err)
+		return nil, err
 	}
-	s := &Silences{store: st, now: now, all: map[string]SilenceRecord{}}
-	cutoff := now().Add(-silenceMemory)
+	return s, s.Load(ctx)
+}
+
+// Load reads the records of the store and merges them with those in memory, the
+// latest version of each winning. A pipeline whose store is down at start-up calls it
+// again until it succeeds, while the silences made meanwhile are in force.
+func (s *Silences) Load(ctx context.Context) error {
+	recs, err := s.store.LoadSilences(ctx)
+	if err != nil {
+		return fmt.Errorf("alerting: loading silences: %w", err)
+	}
+	cutoff := s.now().Add(-silenceMemory)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, r := range recs {
 		if old, ok := s.all[r.ID]; (!ok || r.Updated.After(old.Updated)) && r.Expires.After(cutoff) {
 			s.all[r.ID] = r
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // Create validates rec, fills its id (when empty), Created and Updated, stores it and
@@ -307,25 +325,43 @@ type Acks struct {
 
 var _ AckLookup = (*Acks)(nil)
 
-// OpenAcks loads the acknowledgements of the last 30 days from st. now nil: time.Now.
-func OpenAcks(ctx context.Context, st AckStore, now func() time.Time) (*Acks, error) {
+// NewAcks returns the acknowledgements kept in st, none loaded yet: Load reads them.
+// now nil: time.Now.
+func NewAcks(st AckStore, now func() time.Time) (*Acks, error) {
 	if st == nil {
-		return nil, errors.New("alerting: OpenAcks needs an AckStore")
+		return nil, errors.New("alerting: NewAcks needs an AckStore")
 	}
 	if now == nil {
 		now = time.Now
 	}
-	as, err := st.LoadAcks(ctx, now().Add(-ackMemory))
+	return &Acks{store: st, now: now, all: map[string]Ack{}}, nil
+}
+
+// OpenAcks returns the acknowledgements kept in st, those of the last 30 days loaded.
+// now nil: time.Now.
+func OpenAcks(ctx context.Context, st AckStore, now func() time.Time) (*Acks, error) {
+	a, err := NewAcks(st, now)
 	if err != nil {
-		return nil, fmt.Errorf("alerting: loading acknowledgements: %w", err)
+		return nil, err
 	}
-	a := &Acks{store: st, now: now, all: map[string]Ack{}}
+	return a, a.Load(ctx)
+}
+
+// Load reads the acknowledgements of the last 30 days from the store and merges them
+// with those in memory, the first of each alert standing.
+func (a *Acks) Load(ctx context.Context) error {
+	as, err := a.store.LoadAcks(ctx, a.now().Add(-ackMemory))
+	if err != nil {
+		return fmt.Errorf("alerting: loading acknowledgements: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, x := range as {
 		if old, ok := a.all[x.ID]; !ok || x.At.Before(old.At) {
 			a.all[x.ID] = x
 		}
 	}
-	return a, nil
+	return nil
 }
 
 // Acknowledge records that by acknowledged incident id, via the console or Slack, and
