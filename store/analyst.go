@@ -314,4 +314,3 @@ func (c *ClickHouse) insertNow(ctx context.Context, t *tableRows, what string) e
 	}
 	return nil
 }
-
