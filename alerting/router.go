@@ -391,6 +391,35 @@ func (r *Router) Requeue(ctx context.Context, receiver string) (int, error) {
 	}
 }
 
+// RequeueDelivery sets the parked delivery k pending again, as Requeue does for a
+// whole receiver: an operator's re-send of one alert. It reports false when k is not
+// parked (delivered meanwhile, requeued already, or unknown).
+func (r *Router) RequeueDelivery(ctx context.Context, k DeliveryKey) (bool, error) {
+	w, ok := r.workers[k.Receiver]
+	if !ok {
+		return false, fmt.Errorf("alerting: no receiver %q", k.Receiver)
+	}
+	r.putMu.RLock()
+	defer r.putMu.RUnlock()
+	d, found, err := r.store.Lookup(ctx, k)
+	if err != nil {
+		return false, fmt.Errorf("alerting: outbox: lookup: %w", err)
+	}
+	if !found || d.State != Failed {
+		return false, nil
+	}
+	d.State, d.Queued, d.Attempts, d.FirstFailure, d.LastError, d.Done = Pending, r.now(), 0, time.Time{}, "", time.Time{}
+	if err := r.store.Update(ctx, []Delivery{d}); err != nil {
+		return false, fmt.Errorf("alerting: outbox: requeue: %w", err)
+	}
+	w.poke()
+	r.log.Info("parked delivery requeued", "receiver", k.Receiver, "alert_id", k.ID)
+	return true, nil
+}
+
+// Receivers returns the names of the receivers the Router delivers to, sorted.
+func (r *Router) Receivers() []string { return slices.Clone(r.routes.all) }
+
 // Run delivers what the outbox holds and what Put adds, until ctx ends (it returns
 // nil), Close is called (it finishes the attempts in flight and returns nil) or the
 // outbox fails (it returns the error). A delivery whose attempt ctx cut short stays

@@ -803,3 +803,33 @@ func ExampleRouter_Plan() {
 	fmt.Println(r.Plan(a))
 	// Output: [soc-slack siem archive]
 }
+
+// TestRequeueDelivery: one parked delivery is sent again on its own; the others stay
+// parked, and a delivery that is not parked is left alone.
+func TestRequeueDelivery(t *testing.T) {
+	rec := alertingtest.NewRecorder("archive")
+	rec.Fail(func(int, []detectors.Alert) (bool, error) { return false, errors.New("400 bad request") })
+	h := newHarness(t, testCfg("archive"), nil, nil, rec).run()
+	as := alertingtest.Alerts(3, t0)
+	h.put(as...)
+	h.flush()
+	parked, err := h.r.Parked(context.Background(), "archive", 10)
+	if err != nil || len(parked) != 3 {
+		t.Fatalf("Parked = %d, %v; want 3", len(parked), err)
+	}
+	rec.Fail(nil)
+	ok, err := h.r.RequeueDelivery(context.Background(), parked[1].DeliveryKey)
+	if err != nil || !ok {
+		t.Fatalf("RequeueDelivery = %v, %v", ok, err)
+	}
+	h.flush()
+	if ids := rec.Identities(); ids[len(ids)-1].ID != parked[1].ID {
+		t.Errorf("last delivered %s, want the requeued %s", ids[len(ids)-1].ID, parked[1].ID)
+	}
+	if left, _ := h.r.Parked(context.Background(), "archive", 10); len(left) != 2 {
+		t.Errorf("%d still parked, want 2", len(left))
+	}
+	if ok, err := h.r.RequeueDelivery(context.Background(), parked[1].DeliveryKey); ok || err != nil {
+		t.Errorf("requeueing a delivered one = %v, %v; want false, nil", ok, err)
+	}
+}
