@@ -76,7 +76,9 @@ func (ms metricSet) byLabel(name string, lbls ...string) []series {
 		}
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b series) int { return cmp.Compare(strings.Join(a.Labels, "\x00"), strings.Join(b.Labels, "\x00")) })
+	slices.SortFunc(out, func(a, b series) int {
+		return cmp.Compare(strings.Join(a.Labels, "\x00"), strings.Join(b.Labels, "\x00"))
+	})
 	return out
 }
 
