@@ -58,10 +58,7 @@ func (c *config) check() error {
 		gwconfig.Prefix("store", c.Store.Check()),
 		gwconfig.Prefix("alerting", c.Alerting.Check()),
 	}
-	if c.Console.Listen != "" {
-		_, err := c.Console.Token().Load(minConsoleToken)
-		errs = append(errs, gwconfig.Prefix("console", err))
-	}
+	errs = append(errs, gwconfig.Prefix("console", c.Console.Check()))
 	if db := c.Ingest.GeoIP.Database; db != "" {
 		g, err := ingest.OpenGeoIP(db)
 		if err != nil {
