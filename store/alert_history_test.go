@@ -308,7 +308,9 @@ func testAlertByID(t *testing.T, h interface {
 	}
 }
 
-func TestLocalAlertByID(t *testing.T) { testAlertByID(t, newTestLocal(t, Config{DataDir: t.TempDir()})) }
+func TestLocalAlertByID(t *testing.T) {
+	testAlertByID(t, newTestLocal(t, Config{DataDir: t.TempDir()}))
+}
 
 func TestClickHouseAlertByID(t *testing.T) {
 	addr := clickhousetest.Require(t)
