@@ -197,11 +197,17 @@ func (r *Router) nextGroup(w *worker, ds []Delivery, now time.Time) (Group, []De
 	var loose []Delivery
 	groups := map[string]*pendingGroup{}
 	var order []*pendingGroup
+	// After a final error on a batch, alerts go one at a time (as deliver does), so
+	// that only the bad one parks; a batch again would split again, for ever.
+	limit := w.batch
+	if w.single > 0 {
+		limit = 1
+	}
 	for i := range ds {
 		d := &ds[i]
 		g := r.groupOf(&d.Alert, w.name)
 		if g == nil || w.single > 0 {
-			if len(loose) < w.batch {
+			if len(loose) < limit {
 				loose = append(loose, *d)
 			}
 			continue

@@ -612,9 +612,23 @@ func TestOutboxMetrics(t *testing.T) {
 	})
 }
 
+// TestFinalErrorParksOnlyTheBadAlert: a batch (or a group) refused for good is tried
+// again one alert at a time, at once, so that only the bad alert parks.
 func TestFinalErrorParksOnlyTheBadAlert(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  alerting.Config
+	}{
+		{"not grouped", testCfg()},
+		{"grouped by detector", groupCfg(0, time.Minute, []string{"detector"})},
+	} {
+		t.Run(c.name, func(t *testing.T) { testFinalErrorParksOnlyTheBadAlert(t, c.cfg) })
+	}
+}
+
+func testFinalErrorParksOnlyTheBadAlert(t *testing.T, cfg alerting.Config) {
 	synctest.Test(t, func(t *testing.T) {
-		as := alertingtest.Alerts(3, t0)
+		as := storm(detectors.ForbiddenBurst, 3, t0) // one group
 		bad := as[1].ID
 		rec := alertingtest.NewRecorder("siem")
 		rec.Fail(func(_ int, alerts []detectors.Alert) (bool, error) {
@@ -625,7 +639,7 @@ func TestFinalErrorParksOnlyTheBadAlert(t *testing.T) {
 			}
 			return false, nil
 		})
-		h := newHarness(t, testCfg(), nil, nil, rec).run()
+		h := newHarness(t, cfg, nil, nil, rec).run()
 		start := time.Now()
 		h.put(as...)
 		h.flush()
