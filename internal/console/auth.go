@@ -205,14 +205,22 @@ func csrfOK(r *http.Request, p principal) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(p.csrf)) == 1
 }
 
-// sameOrigin reports whether r's Origin, when present, is the console's own host.
+// sameOrigin reports whether r comes from the console's own pages: its Origin, when
+// the browser names one, is the console's host. A browser that hides the origin
+// ("null": a privacy setting, a sandboxed frame) is believed only when its
+// Sec-Fetch-Site says same-origin; a client that sends neither (curl, a script with
+// the token) is not a browser riding on a session.
 func sameOrigin(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return r.Header.Get("Sec-Fetch-Site") != "cross-site"
+	site := r.Header.Get("Sec-Fetch-Site")
+	switch o := r.Header.Get("Origin"); o {
+	case "":
+		return site != "cross-site" && site != "same-site"
+	case "null":
+		return site == "same-origin"
+	default:
+		u, err := url.Parse(o)
+		return err == nil && u.Host == r.Host
 	}
-	u, err := url.Parse(o)
-	return err == nil && u.Host == r.Host
 }
 
 // securityHeaders are on every answer: no inline script, no framing, nothing sniffed
@@ -224,7 +232,9 @@ func securityHeaders(h http.Handler) http.Handler {
 			"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		hd.Set("X-Frame-Options", "DENY")
 		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: under no-referrer Chromium sends "Origin: null"
+		// with the console's own form posts, which then look like another site's.
+		hd.Set("Referrer-Policy", "same-origin")
 		hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 		hd.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
 		if r.TLS != nil {

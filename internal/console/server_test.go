@@ -282,6 +282,39 @@ func TestStateChangesNeedCSRF(t *testing.T) {
 	}
 }
 
+// TestSameOrigin: a state change is taken from the console's own pages, as browsers
+// say so, and from clients that are not browsers; never from another site's page.
+func TestSameOrigin(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		origin string
+		site   string
+		want   bool
+	}{
+		{"the console's own page", "http://console.example:9465", "same-origin", true},
+		{"the console's own page, an older browser", "http://console.example:9465", "", true},
+		{"Origin hidden, same origin", "null", "same-origin", true},
+		{"a client that is not a browser", "", "", true},
+		{"another site", "https://evil.example", "cross-site", false},
+		{"another port of the host", "http://console.example:8080", "same-site", false},
+		{"Origin hidden, another site", "null", "cross-site", false},
+		{"Origin hidden, nothing else said", "null", "", false},
+		{"no Origin, another site", "", "cross-site", false},
+		{"no Origin, a sibling subdomain", "", "same-site", false},
+	} {
+		r := httptest.NewRequest("POST", "http://console.example:9465/login", nil)
+		if c.origin != "" {
+			r.Header.Set("Origin", c.origin)
+		}
+		if c.site != "" {
+			r.Header.Set("Sec-Fetch-Site", c.site)
+		}
+		if got := sameOrigin(r); got != c.want {
+			t.Errorf("%s (Origin %q, Sec-Fetch-Site %q): %v, want %v", c.name, c.origin, c.site, got, c.want)
+		}
+	}
+}
+
 // TestSilenceFromIncident: one click silences the incident's key, the router mutes it
 // at once, the silence is listed, and expiring it unmutes; both are audited.
 func TestSilenceFromIncident(t *testing.T) {
@@ -367,7 +400,8 @@ func TestPagesAreSafe(t *testing.T) {
 				t.Errorf("%s: CSP %q lacks %s", path, csp, want)
 			}
 		}
-		if strings.Contains(csp, "unsafe-inline") || w.Header().Get("X-Frame-Options") != "DENY" || w.Header().Get("X-Content-Type-Options") != "nosniff" {
+		if strings.Contains(csp, "unsafe-inline") || w.Header().Get("X-Frame-Options") != "DENY" || w.Header().Get("X-Content-Type-Options") != "nosniff" ||
+			w.Header().Get("Referrer-Policy") != "same-origin" {
 			t.Errorf("%s: security headers %v", path, w.Header())
 		}
 		body := w.Body.String()
