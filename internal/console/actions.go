@@ -106,7 +106,7 @@ func (a *Actions) requeue(ctx context.Context, receiver string, k *alerting.Deli
 			return 0, err
 		}
 		return 1, a.audit(ctx, who, "delivery.requeue", receiver+"/"+k.ID,
-			fmt.Sprintf("alert %s version %d round %d to %s", k.ID, k.Version, k.Round, receiver))
+			fmt.Sprintf("alert %s as last seen %s, round %d, to %s", k.ID, time.UnixMilli(k.Version).UTC().Format(time.RFC3339), k.Round, receiver))
 	}
 	n, err := r.Requeue(ctx, receiver)
 	if err != nil || n == 0 {

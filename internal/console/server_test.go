@@ -214,6 +214,29 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
+// TestLoginAttemptsAreLimited: once the failed logins are spent, the right token is
+// refused too, until they refill; a guesser learns nothing from a burst.
+func TestLoginAttemptsAreLimited(t *testing.T) {
+	e := newEnv(t, nil)
+	now := e.now
+	e.s.auth.now = func() time.Time { return now }
+	login := func(secret string) int {
+		return e.do(req{method: "POST", path: "/login", form: url.Values{"secret": {secret}}}).Code
+	}
+	for i := range loginFailBurst {
+		if code := login("wrong-token-000000000"); code != http.StatusUnauthorized {
+			t.Fatalf("failed login %d: %d, want 401", i+1, code)
+		}
+	}
+	if code := login(testToken); code != http.StatusTooManyRequests {
+		t.Errorf("the right token after %d failures at once: %d, want 429", loginFailBurst, code)
+	}
+	now = now.Add(2 * time.Second / loginFailRate)
+	if code := login(testToken); code != http.StatusSeeOther {
+		t.Errorf("the right token once failures refilled: %d, want 303", code)
+	}
+}
+
 func TestLoginSession(t *testing.T) {
 	e := newEnv(t, nil)
 	w := e.do(req{method: "POST", path: "/login", form: url.Values{"secret": {"wrong-token-000000000"}, "next": {"/health"}}})
