@@ -440,9 +440,14 @@ func (s *Server) chart(w http.ResponseWriter, r *http.Request, p principal) {
 	if errors.Is(err, store.ErrRateTruncated) {
 		what += " (partial: too many events to count)"
 	}
+	counts := make([]float64, len(vals))
+	for i, v := range vals {
+		counts[i] = float64(v)
+	}
+	tl := chart.Timeline{Title: "Requests per minute of " + shorten(what, 70), Start: from, Counts: counts,
+		WindowStart: a.FirstSeen, WindowEnd: a.LastSeen}
 	var b bytes.Buffer
-	if err := chart.RequestsSVG(&b, chart.Rate{Start: from, Step: time.Minute, Values: vals},
-		chart.Options{Title: "Requests per minute of " + shorten(what, 70), MarkFrom: a.FirstSeen, MarkTo: a.LastSeen}); err != nil {
+	if err := tl.WriteSVG(&b); err != nil {
 		s.fail(w, r, p, http.StatusInternalServerError, err)
 		return
 	}
