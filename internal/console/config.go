@@ -18,8 +18,11 @@ import (
 
 // Config is the console section of gatewatch.yaml: off unless Listen is set.
 type Config struct {
-	// Listen is where `gatewatch run` serves the console, host:port. Give a loopback
-	// address (127.0.0.1:9465) unless a TLS-terminating proxy in front of it needs more.
+	// Listen is where `gatewatch run` serves the console, host:port. Without a host
+	// (":9465") it is loopback, 127.0.0.1: the console answers beyond this machine
+	// only on an address named for it (0.0.0.0:9465, 10.0.0.5:9465), which
+	// check-config warns about, since the console speaks plain HTTP and belongs behind
+	// a TLS-terminating proxy.
 	Listen string `yaml:"listen"`
 	// The bearer token requests carry ("Authorization: Bearer <token>"), or an analyst
 	// logs in with; from a file or the environment; required with Listen.
@@ -43,6 +46,29 @@ type Config struct {
 type TrustedProxy struct {
 	Header string   `yaml:"header"` // X-Forwarded-User, X-Auth-Request-Email, ...
 	From   []string `yaml:"from"`   // addresses or CIDR prefixes of the proxy
+}
+
+// Addr is the address the console binds: Listen, with 127.0.0.1 for a missing host.
+func (c *Config) Addr() string {
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil || host != "" {
+		return c.Listen
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// Warnings reports what is valid but exposes the console: an address beyond
+// loopback, where the token and the session cookie would cross the network in clear
+// unless a TLS-terminating proxy is in front.
+func (c *Config) Warnings() error {
+	host, _, err := net.SplitHostPort(c.Addr())
+	if c.Listen == "" || err != nil {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() || host == "localhost" {
+		return nil
+	}
+	return config.Errorf("listen", "%s answers beyond this machine over plain HTTP: put a TLS-terminating proxy in front, or listen on 127.0.0.1", c.Listen)
 }
 
 // MinTokenBytes is the shortest console token accepted: it guards who may read

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -302,6 +303,43 @@ func TestStateChangesNeedCSRF(t *testing.T) {
 	log, err := e.st.Audit(context.Background(), 10)
 	if err != nil || len(log) != 1 || log[0].Action != "incident.ack" || log[0].Who != "token" || log[0].Object != e.alert.ID {
 		t.Errorf("audit log = %+v, %v; want the acknowledgement", log, err)
+	}
+}
+
+// TestListenAddress: the console is loopback unless an address says otherwise, and
+// check-config's warning names any other.
+func TestListenAddress(t *testing.T) {
+	for _, c := range []struct {
+		listen, addr string
+		warns        bool
+	}{
+		{":9465", "127.0.0.1:9465", false},
+		{"127.0.0.1:9465", "127.0.0.1:9465", false},
+		{"[::1]:9465", "[::1]:9465", false},
+		{"localhost:9465", "localhost:9465", false},
+		{"0.0.0.0:9465", "0.0.0.0:9465", true},
+		{"[::]:9465", "[::]:9465", true},
+		{"10.0.0.5:9465", "10.0.0.5:9465", true},
+		{"", "", false},
+	} {
+		cfg := Config{Listen: c.listen}
+		if got := cfg.Addr(); got != c.addr {
+			t.Errorf("listen %q: binds %q, want %q", c.listen, got, c.addr)
+		}
+		if err := cfg.Warnings(); (err != nil) != c.warns {
+			t.Errorf("listen %q: warning %v, want one: %v", c.listen, err, c.warns)
+		}
+	}
+	s, err := New(Config{Listen: ":0", TokenFile: writeFile(t, "token", testToken)}, newEnv(t, nil).s.o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen((&Config{Listen: ":0"}).Addr()); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	if host, _, _ := net.SplitHostPort(s.Addr()); host != "127.0.0.1" {
+		t.Errorf("listen \":0\" bound %s, want loopback", s.Addr())
 	}
 }
 

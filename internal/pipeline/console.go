@@ -79,7 +79,7 @@ func (p *Pipeline) openConsole(cfg *Config, st store.Store, lc *lifecycle) error
 	if err != nil {
 		return err
 	}
-	if err := s.Listen(cfg.Console.Listen); err != nil {
+	if err := s.Listen(cfg.Console.Addr()); err != nil {
 		return err
 	}
 	p.mu.Lock()
