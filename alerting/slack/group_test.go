@@ -182,6 +182,18 @@ func TestInteractions(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("unsigned: %d, want 401", resp.StatusCode)
 	}
+	// A request captured and sent again later: signed right, but with its old time.
+	stale, err := ack.Send(e.endpoint, e.secret, time.Now().Add(-10*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.Body.Close()
+	if stale.StatusCode != http.StatusUnauthorized {
+		t.Errorf("signed ten minutes ago: %d, want 401", stale.StatusCode)
+	}
+	if _, ok := e.acts.acks.Ack(alerts[0].ID); ok {
+		t.Fatal("a stale request acknowledged the incident")
+	}
 	for range 2 { // replayed: the same click twice
 		if code := e.send(t, ack, e.secret); code != http.StatusOK {
 			t.Fatalf("acknowledge: %d, want 200", code)
