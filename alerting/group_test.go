@@ -161,6 +161,44 @@ func TestGroupStorm(t *testing.T) {
 	}
 }
 
+// TestDefaultsDeliverAtOnce: with the default config (no group_by) every incident
+// reaches every receiver the moment it is put, as before grouping existed, whether
+// the receiver renders groups (Slack) or not; and with group_by set but the default
+// group_wait, a group's first incident still goes at once.
+func TestDefaultsDeliverAtOnce(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		groupBy []string
+		want    []int // notifications to each receiver after each put
+	}{
+		{"default config", nil, []int{1, 2, 3}},
+		{"group_by, default group_wait", []string{"detector"}, []int{1, 1, 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				cfg := testCfg("slack", "archive")
+				cfg.GroupBy = c.groupBy
+				rec, file := alertingtest.NewGroupRecorder("slack"), alertingtest.NewRecorder("archive")
+				h := newHarness(t, cfg, nil, nil, rec, file).run()
+				start := time.Now()
+				for i, a := range storm(detectors.ForbiddenBurst, len(c.want), t0) {
+					h.put(a)
+					synctest.Wait()
+					if got := len(rec.Groups()); got != c.want[i] {
+						t.Errorf("after incident %d: %d notifications to slack, want %d", i+1, got, c.want[i])
+					}
+					if got := len(file.Calls()); got != c.want[i] {
+						t.Errorf("after incident %d: %d calls to the file receiver, want %d", i+1, got, c.want[i])
+					}
+				}
+				if waited := time.Since(start); waited != 0 {
+					t.Errorf("the incidents waited %s", waited)
+				}
+			})
+		})
+	}
+}
+
 // TestGroupByRoute: a route's grouping overrides the alerting section's, and alerts
 // routed elsewhere are not grouped.
 func TestGroupByRoute(t *testing.T) {
