@@ -443,3 +443,24 @@ func checkSlackInteraction(t *testing.T, e *e2e, base string, posts []slacktest.
 		}
 	}
 }
+
+// TestConsoleOffByDefault: without console.listen there is no console, whatever else
+// the file says of it; the pipeline opens one only for a listen address.
+func TestConsoleOffByDefault(t *testing.T) {
+	for _, c := range []struct{ name, yaml string }{
+		{"empty file", ""},
+		{"empty console section", "console: {}\n"},
+	} {
+		cfg, err := loadConfig(c.name+".yaml", []byte(c.yaml))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if cfg.Console.Listen != "" {
+			t.Errorf("%s: console.listen = %q, want none (off)", c.name, cfg.Console.Listen)
+		}
+	}
+	_, err := loadConfig("token only.yaml", []byte("console: {token_file: /run/secrets/console-token, slack_signing_secret_file: /run/secrets/slack}\n"))
+	if err == nil || !strings.Contains(err.Error(), "console.listen: must be set") {
+		t.Errorf("console settings without listen: %v, want an error naming console.listen", err)
+	}
+}
