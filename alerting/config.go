@@ -23,6 +23,10 @@ type Config struct {
 	Routes   []Route   `yaml:"routes"`
 	Silences []Silence `yaml:"silences"`
 	Outbox   Outbox    `yaml:"outbox"`
+	// Grouping gathers the alerts of a storm into one notification per group, as
+	// Alertmanager does; a route may set its own. Without group_by every alert is
+	// delivered on its own, at once.
+	Grouping `yaml:",inline"`
 	// RepeatInterval re-sends an incident that is still open and unchanged, as a
 	// reminder; a route may override it. 0: never.
 	RepeatInterval time.Duration `yaml:"repeat_interval"`
@@ -154,10 +158,10 @@ type FileConfig struct {
 
 // Matcher selects alerts. Empty lists match everything; all set fields must match.
 type Matcher struct {
-	Detector []string             `yaml:"detector"`
-	Severity []detectors.Severity `yaml:"severity"`
-	Key      []string             `yaml:"key"`
-	Labels   map[string]string    `yaml:"labels"`
+	Detector []string             `yaml:"detector" json:"detector,omitempty"`
+	Severity []detectors.Severity `yaml:"severity" json:"severity,omitempty"`
+	Key      []string             `yaml:"key" json:"key,omitempty"`
+	Labels   map[string]string    `yaml:"labels" json:"labels,omitempty"`
 }
 
 // Matches reports whether a is selected.
@@ -185,6 +189,28 @@ type Route struct {
 	Receivers      []string      `yaml:"receivers"`
 	Continue       bool          `yaml:"continue"`
 	RepeatInterval time.Duration `yaml:"repeat_interval"` // 0: the alerting section's
+	// Grouping of the alerts this route sends; each setting left out is the alerting
+	// section's.
+	Grouping `yaml:",inline"`
+}
+
+// Grouping says how alerts are gathered into groups (Alertmanager's group_by,
+// group_wait and group_interval). The alerts of one group that a receiver has waiting
+// are delivered together: one Slack message listing the incidents (updated in place as
+// more join), one HEC request, one syslog summary line. Each incident keeps its own
+// id, evidence, history and delivery state.
+type Grouping struct {
+	// GroupBy names what the alerts of one group share: detector, severity, key,
+	// route (the evidence's method and route), key_prefix:N (the first N characters
+	// of the key: a subnet, a tenant prefix) or labels.NAME. Empty: no grouping.
+	GroupBy []string `yaml:"group_by,omitempty"`
+	// GroupWait is how long a new group waits for more alerts before its first
+	// notification. Default 0: the first incident of a storm goes out as fast as an
+	// incident alone; the storm that follows waits for group_interval.
+	GroupWait time.Duration `yaml:"group_wait,omitempty"`
+	// GroupInterval is how long a group waits, after a notification, before the next
+	// one with the alerts that joined or changed meanwhile. Default 1m.
+	GroupInterval time.Duration `yaml:"group_interval,omitempty"`
 }
 
 // Silence mutes the alerts it matches until it expires.
@@ -199,6 +225,7 @@ func DefaultConfig() Config {
 	return Config{
 		RunbookBaseURL: "https://github.com/gatewatch/gatewatch/blob/main/deploy/runbooks",
 		Outbox:         Outbox{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, GiveUpAfter: 24 * time.Hour, Retention: 720 * time.Hour},
+		Grouping:       Grouping{GroupInterval: time.Minute},
 		ResolveTimeout: time.Hour,
 		ReplayCommand:  "gatewatch replay --config {config} --kafka {brokers} --topic {topics} --from {from} --to {to}",
 	}
@@ -314,7 +341,9 @@ func (c *Config) Validate() error {
 		if rt.RepeatInterval < 0 {
 			errs = append(errs, cfgErr(fmt.Sprintf("routes[%d].repeat_interval", i), "must not be negative"))
 		}
+		errs = append(errs, rt.Grouping.validate(fmt.Sprintf("routes[%d].", i))...)
 	}
+	errs = append(errs, c.Grouping.validate("")...)
 	return errors.Join(errs...)
 }
 

@@ -38,6 +38,11 @@ type worker struct {
 	single  int               // attempts still to make one alert at a time, after a final error on a batch
 	failing bool
 	lastErr string
+
+	// grouped: the worker delivers group by group (deliverGrouped), because a route
+	// groups what it sends to this receiver, or the receiver renders groups itself.
+	grouped bool
+	flushed map[string]time.Time // group key → its last notification (deliverGrouped)
 }
 
 func newWorker(name string, rcv Receiver, rc ReceiverConfig, ob Outbox, m receiverMetrics) *worker {
@@ -140,13 +145,19 @@ func (r *Router) attempt(ctx context.Context, w *worker, ds []Delivery) (time.Du
 	for i := range ds {
 		w.alerts = append(w.alerts, ds[i].Alert)
 	}
+	defer clear(w.alerts) // do not keep alerts alive until the next attempt
+	return r.attemptWith(ctx, w, ds, func(actx context.Context) (bool, error) { return w.rcv.Notify(actx, w.alerts) })
+}
+
+// attemptWith makes one attempt at ds with notify and records the outcome, as
+// attempt does.
+func (r *Router) attemptWith(ctx context.Context, w *worker, ds []Delivery, notify func(context.Context) (bool, error)) (time.Duration, error) {
 	actx, cancel := context.WithTimeoutCause(ctx, w.timeout, w.cause)
 	start := time.Now()
-	retry, err := w.rcv.Notify(actx, w.alerts)
+	retry, err := notify(actx)
 	w.m.attempt.Observe(time.Since(start).Seconds())
 	expired := err != nil && errors.Is(context.Cause(actx), w.cause)
 	cancel()
-	clear(w.alerts) // do not keep alerts alive until the next attempt
 	if err != nil && ctx.Err() != nil {
 		// A hard stop cut the attempt short: it says nothing about the receiver,
 		// and the deliveries stay pending for the next Run.

@@ -12,6 +12,13 @@ import (
 type target struct {
 	receiver string
 	repeat   time.Duration
+	group    *grouping // nil: not grouped
+}
+
+// compiledRoute is a Route with its grouping resolved.
+type compiledRoute struct {
+	Route
+	group *grouping
 }
 
 // routeTable picks receivers the way Alertmanager's routing tree does, flattened to
@@ -20,16 +27,25 @@ type target struct {
 // the repeat interval of the first. Without routes every alert goes to every
 // receiver.
 type routeTable struct {
-	routes []Route
+	routes []compiledRoute
 	all    []string // every receiver, sorted: the targets when there are no routes
 	repeat time.Duration
+	group  *grouping // the alerting section's, for the targets when there are no routes
+}
+
+func newRouteTable(cfg *Config, receivers []string) routeTable {
+	t := routeTable{all: receivers, repeat: cfg.RepeatInterval, group: compileGrouping(Grouping{}, cfg.Grouping)}
+	for _, rt := range cfg.Routes {
+		t.routes = append(t.routes, compiledRoute{Route: rt, group: compileGrouping(rt.Grouping, cfg.Grouping)})
+	}
+	return t
 }
 
 // match appends the targets of a to dst.
 func (t *routeTable) match(a *detectors.Alert, dst []target) []target {
 	if len(t.routes) == 0 {
 		for _, n := range t.all {
-			dst = append(dst, target{n, t.repeat})
+			dst = append(dst, target{n, t.repeat, t.group})
 		}
 		return dst
 	}
@@ -45,7 +61,7 @@ func (t *routeTable) match(a *detectors.Alert, dst []target) []target {
 		}
 		for _, n := range rt.Receivers {
 			if !slices.ContainsFunc(dst[start:], func(x target) bool { return x.receiver == n }) {
-				dst = append(dst, target{n, repeat})
+				dst = append(dst, target{n, repeat, rt.group})
 			}
 		}
 		if !rt.Continue {
@@ -55,9 +71,11 @@ func (t *routeTable) match(a *detectors.Alert, dst []target) []target {
 	return dst
 }
 
-// silencer mutes the alerts a silence matches until the silence expires.
+// silencer mutes the alerts a silence matches until the silence expires: those of
+// the config file, and those made while running (nil: none).
 type silencer struct {
 	silences []Silence
+	set      *Silences
 }
 
 // mutes reports whether a silence in force at now matches a.
@@ -68,5 +86,8 @@ func (s *silencer) mutes(a *detectors.Alert, now time.Time) bool {
 			return true
 		}
 	}
-	return false
+	_, ok := s.set.Muting(a, now)
+	return ok
 }
+
+func (s *silencer) any() bool { return len(s.silences) > 0 || s.set != nil }

@@ -37,6 +37,12 @@ type RouterOptions struct {
 	// History records accepted alerts and delivery states for analysts, best-effort
 	// and off the delivery path (see History); nil: none.
 	History History
+	// Silences are the silences made while running (the console, Slack), shared by
+	// the Routers of a process so that a reload keeps them; nil: only the config's.
+	Silences *Silences
+	// Acks are the incidents' acknowledgements, handed to GroupReceivers so that
+	// they show who is on an incident; nil: none.
+	Acks *Acks
 }
 
 // ErrClosed is returned by Put after Close.
@@ -76,6 +82,9 @@ type Router struct {
 	workers map[string]*worker
 	rem     *reminders     // nil when no route repeats
 	hist    *historyWriter // nil without RouterOptions.History
+	acks    AckLookup      // nil without RouterOptions.Acks
+	// longestInterval is the longest group_interval in force.
+	longestInterval time.Duration
 
 	// putMu orders Put against Close and against Run's start: Put holds it shared,
 	// so Close waits for the Puts in flight, and Run reads the outbox depth while no
@@ -140,20 +149,27 @@ func NewRouter(cfg Config, o RouterOptions) (*Router, error) {
 		log:     o.Logger.With("component", "alerting"),
 		now:     o.Now,
 		m:       newMetrics(o.Registerer),
-		silence: silencer{cfg.Silences},
+		silence: silencer{silences: cfg.Silences, set: o.Silences},
 		workers: map[string]*worker{},
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
 	r.hist = newHistoryWriter(o.History, r.log, o.Registerer)
-	r.routes = routeTable{routes: cfg.Routes, all: slices.Sorted(maps.Keys(o.Receivers)), repeat: cfg.RepeatInterval}
+	if o.Acks != nil {
+		r.acks = o.Acks
+	}
+	r.routes = newRouteTable(&cfg, slices.Sorted(maps.Keys(o.Receivers)))
+	r.longestInterval = r.routes.longestGroupInterval()
 	settings := map[string]ReceiverConfig{}
 	for _, rc := range cfg.Receivers {
 		settings[rc.Name] = rc
 	}
 	for _, n := range r.routes.all {
-		r.workers[n] = newWorker(n, o.Receivers[n], settings[n], cfg.Outbox, r.m.forReceiver(n))
+		w := newWorker(n, o.Receivers[n], settings[n], cfg.Outbox, r.m.forReceiver(n))
+		_, renders := w.rcv.(GroupReceiver)
+		w.grouped = renders || r.routes.groupingFor(n)
+		r.workers[n] = w
 	}
 	if err := o.Registerer.Register(newOutboxCollector(o.Outbox, r.routes.all, o.Now)); err != nil {
 		return nil, fmt.Errorf("alerting: register outbox metrics: %w", err)
@@ -218,7 +234,7 @@ func (r *Router) Put(ctx context.Context, alerts []detectors.Alert) error {
 
 // silenceStage drops the alerts a silence in force mutes.
 func silenceStage(_ context.Context, r *Router, b *putBatch) error {
-	if len(r.silence.silences) == 0 {
+	if !r.silence.any() {
 		return nil
 	}
 	kept := make([]detectors.Alert, 0, len(b.alerts))
@@ -375,6 +391,35 @@ func (r *Router) Requeue(ctx context.Context, receiver string) (int, error) {
 	}
 }
 
+// RequeueDelivery sets the parked delivery k pending again, as Requeue does for a
+// whole receiver: an operator's re-send of one alert. It reports false when k is not
+// parked (delivered meanwhile, requeued already, or unknown).
+func (r *Router) RequeueDelivery(ctx context.Context, k DeliveryKey) (bool, error) {
+	w, ok := r.workers[k.Receiver]
+	if !ok {
+		return false, fmt.Errorf("alerting: no receiver %q", k.Receiver)
+	}
+	r.putMu.RLock()
+	defer r.putMu.RUnlock()
+	d, found, err := r.store.Lookup(ctx, k)
+	if err != nil {
+		return false, fmt.Errorf("alerting: outbox: lookup: %w", err)
+	}
+	if !found || d.State != Failed {
+		return false, nil
+	}
+	d.State, d.Queued, d.Attempts, d.FirstFailure, d.LastError, d.Done = Pending, r.now(), 0, time.Time{}, "", time.Time{}
+	if err := r.store.Update(ctx, []Delivery{d}); err != nil {
+		return false, fmt.Errorf("alerting: outbox: requeue: %w", err)
+	}
+	w.poke()
+	r.log.Info("parked delivery requeued", "receiver", k.Receiver, "alert_id", k.ID)
+	return true, nil
+}
+
+// Receivers returns the names of the receivers the Router delivers to, sorted.
+func (r *Router) Receivers() []string { return slices.Clone(r.routes.all) }
+
 // Run delivers what the outbox holds and what Put adds, until ctx ends (it returns
 // nil), Close is called (it finishes the attempts in flight and returns nil) or the
 // outbox fails (it returns the error). A delivery whose attempt ctx cut short stays
@@ -405,6 +450,10 @@ func (r *Router) Run(ctx context.Context) error {
 	})
 	for _, n := range r.routes.all {
 		w := r.workers[n]
+		if w.grouped {
+			g.Go(func() error { return r.deliverGrouped(gctx, wctx, w) })
+			continue
+		}
 		g.Go(func() error { return r.deliver(gctx, wctx, w) })
 	}
 	if r.rem != nil {

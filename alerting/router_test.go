@@ -612,9 +612,23 @@ func TestOutboxMetrics(t *testing.T) {
 	})
 }
 
+// TestFinalErrorParksOnlyTheBadAlert: a batch (or a group) refused for good is tried
+// again one alert at a time, at once, so that only the bad alert parks.
 func TestFinalErrorParksOnlyTheBadAlert(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  alerting.Config
+	}{
+		{"not grouped", testCfg()},
+		{"grouped by detector", groupCfg(0, time.Minute, []string{"detector"})},
+	} {
+		t.Run(c.name, func(t *testing.T) { testFinalErrorParksOnlyTheBadAlert(t, c.cfg) })
+	}
+}
+
+func testFinalErrorParksOnlyTheBadAlert(t *testing.T, cfg alerting.Config) {
 	synctest.Test(t, func(t *testing.T) {
-		as := alertingtest.Alerts(3, t0)
+		as := storm(detectors.ForbiddenBurst, 3, t0) // one group
 		bad := as[1].ID
 		rec := alertingtest.NewRecorder("siem")
 		rec.Fail(func(_ int, alerts []detectors.Alert) (bool, error) {
@@ -625,7 +639,7 @@ func TestFinalErrorParksOnlyTheBadAlert(t *testing.T) {
 			}
 			return false, nil
 		})
-		h := newHarness(t, testCfg(), nil, nil, rec).run()
+		h := newHarness(t, cfg, nil, nil, rec).run()
 		start := time.Now()
 		h.put(as...)
 		h.flush()
@@ -802,4 +816,34 @@ func ExampleRouter_Plan() {
 	a := alertingtest.NewAlert(detectors.TokenReuse, "9f2c…", t0, t0.Add(time.Minute))
 	fmt.Println(r.Plan(a))
 	// Output: [soc-slack siem archive]
+}
+
+// TestRequeueDelivery: one parked delivery is sent again on its own; the others stay
+// parked, and a delivery that is not parked is left alone.
+func TestRequeueDelivery(t *testing.T) {
+	rec := alertingtest.NewRecorder("archive")
+	rec.Fail(func(int, []detectors.Alert) (bool, error) { return false, errors.New("400 bad request") })
+	h := newHarness(t, testCfg("archive"), nil, nil, rec).run()
+	as := alertingtest.Alerts(3, t0)
+	h.put(as...)
+	h.flush()
+	parked, err := h.r.Parked(context.Background(), "archive", 10)
+	if err != nil || len(parked) != 3 {
+		t.Fatalf("Parked = %d, %v; want 3", len(parked), err)
+	}
+	rec.Fail(nil)
+	ok, err := h.r.RequeueDelivery(context.Background(), parked[1].DeliveryKey)
+	if err != nil || !ok {
+		t.Fatalf("RequeueDelivery = %v, %v", ok, err)
+	}
+	h.flush()
+	if ids := rec.Identities(); ids[len(ids)-1].ID != parked[1].ID {
+		t.Errorf("last delivered %s, want the requeued %s", ids[len(ids)-1].ID, parked[1].ID)
+	}
+	if left, _ := h.r.Parked(context.Background(), "archive", 10); len(left) != 2 {
+		t.Errorf("%d still parked, want 2", len(left))
+	}
+	if ok, err := h.r.RequeueDelivery(context.Background(), parked[1].DeliveryKey); ok || err != nil {
+		t.Errorf("requeueing a delivered one = %v, %v; want false, nil", ok, err)
+	}
 }

@@ -292,6 +292,45 @@ func (l *Local) Alerts(ctx context.Context, from, to time.Time, detector string)
 	return assemble(alerts, rows), nil
 }
 
+// AlertByID returns alert id in its latest version with its deliveries, and whether
+// the history has it.
+func (l *Local) AlertByID(_ context.Context, id string) (AlertRecord, bool, error) {
+	var rec AlertRecord
+	var rows []deliveryRow
+	found := false
+	err := l.db.View(func(tx *bolt.Tx) error {
+		hb, _ := historyBuckets(tx)
+		if hb.alerts == nil {
+			return nil
+		}
+		v := hb.alerts.Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		found = true
+		if err := json.Unmarshal(v, &rec.Alert); err != nil {
+			return fmt.Errorf("alert %q: %w", id, err)
+		}
+		c := hb.deliveries.Cursor()
+		prefix := keyPrefix(nil, id)
+		for dk, dv := c.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, dv = c.Next() {
+			var r deliveryRow
+			if err := json.Unmarshal(dv, &r); err != nil {
+				return fmt.Errorf("delivery %q: %w", dk, err)
+			}
+			rows = append(rows, r)
+		}
+		return nil
+	})
+	if err != nil || !found {
+		if err != nil {
+			err = fmt.Errorf("store: reading alert %s: %w", id, err)
+		}
+		return AlertRecord{}, false, err
+	}
+	return assemble([]detectors.Alert{rec.Alert}, rows)[0], true, nil
+}
+
 // deleteExpiredAlerts deletes the alerts that were neither recorded nor delivered
 // since now minus the retention, with their deliveries, and returns how many alerts.
 // An alert kept before recording times were (none noted) is noted as recorded now.

@@ -284,3 +284,36 @@ func TestAlertHistorySurvivesOutage(t *testing.T) {
 		t.Errorf("alert history spill not empty after replay: %v", left)
 	}
 }
+
+func testAlertByID(t *testing.T, h interface {
+	alertHistory
+	AlertByID(ctx context.Context, id string) (AlertRecord, bool, error)
+}) {
+	ctx := testContext(t)
+	a := historyAlert(detectors.ForbiddenBurst, "k1", h0, h0.Add(time.Minute))
+	later := a
+	later.LastSeen, later.Summary = h0.Add(5*time.Minute), "grew"
+	if err := h.RecordAlerts(ctx, []detectors.Alert{a, later}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RecordDeliveries(ctx, []alerting.Delivery{delivery("slack", later, 0, alerting.Delivered, 1, h0.Add(6*time.Minute))}); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := h.AlertByID(ctx, a.ID)
+	if err != nil || !ok || rec.Alert.Summary != "grew" || len(rec.Deliveries) != 1 || rec.Deliveries[0].State != alerting.Delivered {
+		t.Errorf("AlertByID = %+v, %v, %v; want the latest version with its delivery", rec, ok, err)
+	}
+	if _, ok, err := h.AlertByID(ctx, "nope"); ok || err != nil {
+		t.Errorf("AlertByID(unknown) = %v, %v", ok, err)
+	}
+}
+
+func TestLocalAlertByID(t *testing.T) {
+	testAlertByID(t, newTestLocal(t, Config{DataDir: t.TempDir()}))
+}
+
+func TestClickHouseAlertByID(t *testing.T) {
+	addr := clickhousetest.Require(t)
+	db := clickhousetest.NewDatabase(t, addr)
+	testAlertByID(t, startClickHouse(t, testConfig(t, addr, db), prometheus.NewRegistry()))
+}

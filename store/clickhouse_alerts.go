@@ -313,6 +313,28 @@ func (c *ClickHouse) Alerts(ctx context.Context, from, to time.Time, detector st
 WHERE toUInt64(first_seen) * 1000 + first_seen_ms < ? AND toUInt64(last_seen) * 1000 + last_seen_ms >= ?
   AND (? = '' OR detector = ?)`
 	args := []any{toMs, fromMs, detector, detector}
+	return c.readAlerts(ctx, ids, args, func(a *detectors.Alert) bool { return inWindow(a, from, to, detector) })
+}
+
+// AlertByID returns alert id in its latest version with its deliveries, as Alerts
+// does, and whether the history has it.
+func (c *ClickHouse) AlertByID(ctx context.Context, id string) (AlertRecord, bool, error) {
+	c.hist.write.Lock()
+	err := c.writeHistoryLocked(ctx)
+	c.hist.write.Unlock()
+	if err != nil {
+		return AlertRecord{}, false, fmt.Errorf("store: writing the alert history before reading it: %w", err)
+	}
+	recs, err := c.readAlerts(ctx, "SELECT ?", []any{id}, func(*detectors.Alert) bool { return true })
+	if err != nil || len(recs) == 0 {
+		return AlertRecord{}, false, err
+	}
+	return recs[0], true, nil
+}
+
+// readAlerts reads the alerts whose ids the query ids (with args) selects, those keep
+// accepts, with their deliveries.
+func (c *ClickHouse) readAlerts(ctx context.Context, ids string, args []any, keep func(*detectors.Alert) bool) ([]AlertRecord, error) {
 	rows, err := c.conn.Query(ctx, `SELECT id, detector, severity, key,
     toUInt64(first_seen) * 1000 + first_seen_ms, toUInt64(last_seen) * 1000 + last_seen_ms,
     summary, evidence, runbook_url, labels
@@ -338,7 +360,7 @@ FROM alerts FINAL WHERE id IN (`+ids+`)`, args...)
 			rows.Close()
 			return nil, fmt.Errorf("store: alert %s: labels: %w", a.ID, err)
 		}
-		if inWindow(&a, from, to, detector) {
+		if keep(&a) {
 			alerts = append(alerts, a)
 		}
 	}

@@ -33,6 +33,16 @@ type Store interface {
 	// Alerts returns the latest version of each alert in [from, to) with its deliveries.
 	Alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error)
 
+	// What analysts decide (analyst.go): silences, acknowledgements, the audit log.
+	alerting.SilenceStore
+	alerting.AckStore
+	RecordAudit(ctx context.Context, e AuditEntry) error
+	Audit(ctx context.Context, limit int) ([]AuditEntry, error)
+	// AlertByID returns one alert of the history with its deliveries.
+	AlertByID(ctx context.Context, id string) (AlertRecord, bool, error)
+	// RequestsPerMinute counts the requests of a key or a route, for charts.
+	RequestsPerMinute(ctx context.Context, q RateQuery, from, to time.Time) ([]int64, error)
+
 	// Ping reports whether the store answers: the pipeline is ready only while it does.
 	Ping(ctx context.Context) error
 

@@ -208,3 +208,132 @@ func (d *Idempotent) Dropped() int {
 	defer d.mu.Unlock()
 	return d.dropped
 }
+
+// GroupRecorder is a GroupReceiver double: it keeps every group it was handed, as a
+// destination that renders groups (Slack) would get them.
+type GroupRecorder struct {
+	name string
+
+	mu     sync.Mutex
+	groups []alerting.Group
+	times  []time.Time
+	fail   func(call int, g alerting.Group) (retry bool, err error)
+}
+
+var _ alerting.GroupReceiver = (*GroupRecorder)(nil)
+
+// NewGroupRecorder returns a GroupRecorder called name.
+func NewGroupRecorder(name string) *GroupRecorder { return &GroupRecorder{name: name} }
+
+// Name returns the receiver's name.
+func (r *GroupRecorder) Name() string { return r.name }
+
+// Notify must not be called: the Router hands a GroupReceiver groups.
+func (r *GroupRecorder) Notify(context.Context, []detectors.Alert) (bool, error) {
+	return false, fmt.Errorf("alertingtest: %s: Notify called on a GroupReceiver", r.name)
+}
+
+// Fail sets what the recorder answers, as Recorder.Fail does.
+func (r *GroupRecorder) Fail(f func(call int, g alerting.Group) (retry bool, err error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fail = f
+}
+
+// NotifyGroup records g (its alerts copied).
+func (r *GroupRecorder) NotifyGroup(_ context.Context, g alerting.Group) (bool, error) {
+	r.mu.Lock()
+	n := len(r.groups)
+	g.Alerts = slices.Clone(g.Alerts)
+	r.groups = append(r.groups, g)
+	r.times = append(r.times, time.Now())
+	fail := r.fail
+	r.mu.Unlock()
+	if fail != nil {
+		return fail(n, g)
+	}
+	return false, nil
+}
+
+// Groups returns every group handed over, in order.
+func (r *GroupRecorder) Groups() []alerting.Group {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.groups)
+}
+
+// Times returns when each group came, by time.Now (virtual in a synctest bubble).
+func (r *GroupRecorder) Times() []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.times)
+}
+
+// AnalystStore is an alerting.SilenceStore and AckStore in memory, as the store keeps
+// them: the latest version of each silence, the first acknowledgement of each alert.
+type AnalystStore struct {
+	mu       sync.Mutex
+	silences map[string]alerting.SilenceRecord
+	acks     map[string]alerting.Ack
+	Fail     error // when set, every save fails with it
+}
+
+var (
+	_ alerting.SilenceStore = (*AnalystStore)(nil)
+	_ alerting.AckStore     = (*AnalystStore)(nil)
+)
+
+// NewAnalystStore returns an empty AnalystStore.
+func NewAnalystStore() *AnalystStore {
+	return &AnalystStore{silences: map[string]alerting.SilenceRecord{}, acks: map[string]alerting.Ack{}}
+}
+
+// LoadSilences returns every silence.
+func (s *AnalystStore) LoadSilences(context.Context) ([]alerting.SilenceRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]alerting.SilenceRecord, 0, len(s.silences))
+	for _, r := range s.silences {
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// SaveSilence keeps r unless a later version is kept.
+func (s *AnalystStore) SaveSilence(_ context.Context, r alerting.SilenceRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Fail != nil {
+		return s.Fail
+	}
+	if old, ok := s.silences[r.ID]; !ok || !old.Updated.After(r.Updated) {
+		s.silences[r.ID] = r
+	}
+	return nil
+}
+
+// LoadAcks returns the acknowledgements at or after since.
+func (s *AnalystStore) LoadAcks(_ context.Context, since time.Time) ([]alerting.Ack, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []alerting.Ack
+	for _, a := range s.acks {
+		if !a.At.Before(since) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// SaveAck keeps a unless the alert has one.
+func (s *AnalystStore) SaveAck(_ context.Context, a alerting.Ack) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Fail != nil {
+		return s.Fail
+	}
+	if _, ok := s.acks[a.ID]; !ok {
+		s.acks[a.ID] = a
+	}
+	return nil
+}

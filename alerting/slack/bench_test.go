@@ -14,7 +14,7 @@ func BenchmarkSlackBlocks(b *testing.B) {
 	b.ReportAllocs()
 	var size int
 	for b.Loop() {
-		m := parentMessage(a, testReplay)
+		m := parentMessage(a, testReplay, nil)
 		out, err := json.Marshal(m.blocks)
 		if err != nil {
 			b.Fatal(err)

@@ -2,12 +2,14 @@ package slack
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	slackgo "github.com/slack-go/slack"
 )
@@ -44,21 +46,21 @@ type message struct {
 }
 
 // parentMessage is the message that opens an incident's thread and that every later
-// version rewrites: header, summary, facts, evidence, runbook button, replay command.
-func parentMessage(a *detectors.Alert, replayCommand string) message {
-	blocks := make([]slackgo.Block, 0, 8)
+// version rewrites: header, who acknowledged it, summary, facts, evidence, the buttons
+// (Acknowledge, Silence the key for 1h or 24h, the runbook), replay command.
+func parentMessage(a *detectors.Alert, replayCommand string, ack *alerting.Ack) message {
+	blocks := make([]slackgo.Block, 0, 9)
 	head := fmt.Sprintf("%s %s · %s", emoji(a.Severity), strings.ToUpper(string(a.Severity)), a.Detector)
 	blocks = append(blocks, slackgo.NewHeaderBlock(plain(truncate(head, maxHeaderRunes))))
+	if ack != nil {
+		blocks = append(blocks, slackgo.NewContextBlock(statusBlockID, mrkdwn(ackText(*ack))))
+	}
 	blocks = append(blocks, slackgo.NewSectionBlock(mrkdwn(truncate(escape(a.Summary), maxSectionRunes)), nil, nil))
 	blocks = appendFacts(blocks, a)
 	if ev := evidenceText(a); ev != "" {
 		blocks = append(blocks, slackgo.NewSectionBlock(mrkdwn(ev), nil, nil))
 	}
-	if a.RunbookURL != "" {
-		btn := slackgo.NewButtonBlockElement("runbook", a.ID, plain(RunbookButtonText)).
-			WithURL(a.RunbookURL).WithStyle(slackgo.StylePrimary)
-		blocks = append(blocks, slackgo.NewActionBlock("actions", btn))
-	}
+	blocks = append(blocks, slackgo.NewActionBlock("actions", incidentButtons(a, ack != nil)...))
 	if cmd := ReplayCommand(replayCommand, a); cmd != "" {
 		txt := "*Replay the 30 minutes around it*\n```" + escape(strings.ReplaceAll(cmd, "```", "'''")) + "```"
 		blocks = append(blocks, slackgo.NewSectionBlock(mrkdwn(truncate(txt, maxSectionRunes)), nil, nil))
@@ -66,6 +68,50 @@ func parentMessage(a *detectors.Alert, replayCommand string) message {
 	blocks = append(blocks, slackgo.NewContextBlock("", mrkdwn(footer(a))))
 	return message{text: notificationText(a, ""), blocks: blocks}
 }
+
+// Action ids of the buttons and menus, which the Interactions handler reads back.
+const (
+	actionAck       = "gw_ack"
+	actionSilence1h = "gw_silence_1h"
+	actionSilence24 = "gw_silence_24h"
+	actionMenu      = "gw_menu" // the menu of an incident in a group message
+	actionRunbook   = "runbook"
+	statusBlockID   = "gw_status"  // who acknowledged the incident
+	silenceBlockID  = "gw_silence" // who silenced its key, until when
+	memberBlockID   = "gw_inc:"    // + alert id: an incident's line in a group message
+)
+
+// incidentButtons are an incident's buttons: Acknowledge (until someone did),
+// Silence the key for 1h or 24h, and its runbook.
+func incidentButtons(a *detectors.Alert, acked bool) []slackgo.BlockElement {
+	var els []slackgo.BlockElement
+	if !acked {
+		els = append(els, slackgo.NewButtonBlockElement(actionAck, a.ID, plain("Acknowledge")))
+	}
+	els = append(els,
+		slackgo.NewButtonBlockElement(actionSilence1h, a.ID, plain("Silence key 1h")),
+		slackgo.NewButtonBlockElement(actionSilence24, a.ID, plain("Silence key 24h")))
+	if a.RunbookURL != "" {
+		els = append(els, slackgo.NewButtonBlockElement(actionRunbook, a.ID, plain(RunbookButtonText)).
+			WithURL(a.RunbookURL).WithStyle(slackgo.StylePrimary))
+	}
+	return els
+}
+
+// ackText says who acknowledged an incident, and when.
+func ackText(a alerting.Ack) string {
+	return ":white_check_mark: Acknowledged by " + who(a.By) + " · " + humanTime(a.At)
+}
+
+// who shows the author of an action: a Slack user as a mention, anyone else by name.
+func who(by string) string {
+	if id, ok := strings.CutPrefix(by, "slack:"); ok && slackIDRE.MatchString(id) {
+		return "<@" + id + ">"
+	}
+	return escape(by)
+}
+
+var slackIDRE = regexp.MustCompile(`^[UW][A-Z0-9]{2,20}$`)
 
 // updateMessage is the reply a later version posts in the incident's thread: what
 // changed (summary, facts, evidence), without the header and buttons the parent keeps.
@@ -88,7 +134,7 @@ func reminderMessage(a *detectors.Alert, n int) message {
 	blocks = append(blocks, slackgo.NewSectionBlock(mrkdwn(truncate(head, maxSectionRunes)), nil, nil))
 	blocks = appendFacts(blocks, a)
 	if a.RunbookURL != "" {
-		btn := slackgo.NewButtonBlockElement("runbook", a.ID, plain(RunbookButtonText)).
+		btn := slackgo.NewButtonBlockElement(actionRunbook, a.ID, plain(RunbookButtonText)).
 			WithURL(a.RunbookURL).WithStyle(slackgo.StylePrimary)
 		blocks = append(blocks, slackgo.NewActionBlock("actions", btn))
 	}

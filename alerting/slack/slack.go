@@ -72,7 +72,7 @@ type Receiver struct {
 	mu sync.Mutex
 }
 
-var _ alerting.Receiver = (*Receiver)(nil)
+var _ alerting.GroupReceiver = (*Receiver)(nil)
 
 // New builds the receiver called name from cfg, reading its token or webhook URL. It
 // starts nothing and sends nothing.
@@ -165,7 +165,7 @@ func (r *Receiver) Notify(ctx context.Context, alerts []detectors.Alert) (bool, 
 	api, rec := r.client()
 	for i := range alerts {
 		a := &alerts[i]
-		if retry, err := r.post(ctx, api, rec, a); err != nil {
+		if retry, err := r.post(ctx, api, rec, a, nil); err != nil {
 			return retry, fmt.Errorf("slack: receiver %s: alert %s: %w", r.name, a.ID, err)
 		}
 	}
@@ -183,7 +183,7 @@ func (r *Receiver) client() (*slackgo.Client, *headerRecorder) {
 // or too old to edit): the incident then opens a new thread rather than lose the update.
 var threadLost = map[string]bool{"message_not_found": true, "cant_update_message": true, "edit_window_closed": true}
 
-func (r *Receiver) post(ctx context.Context, api *slackgo.Client, rec *headerRecorder, a *detectors.Alert) (bool, error) {
+func (r *Receiver) post(ctx context.Context, api *slackgo.Client, rec *headerRecorder, a *detectors.Alert, ack *alerting.Ack) (bool, error) {
 	th, ok, err := r.threads.Get(a.ID)
 	if err != nil {
 		return true, fmt.Errorf("read thread state: %w", err)
@@ -203,7 +203,7 @@ func (r *Receiver) post(ctx context.Context, api *slackgo.Client, rec *headerRec
 		th.Reminder = rem
 		return r.record(a.ID, th)
 	}
-	parent := parentMessage(a, r.replay)
+	parent := parentMessage(a, r.replay, ack)
 	if ok && th.TS != "" {
 		_, _, _, err := api.UpdateMessageContext(ctx, th.Channel, th.TS,
 			slackgo.MsgOptionText(parent.text, false), slackgo.MsgOptionBlocks(parent.blocks...))
@@ -262,7 +262,7 @@ func (r *Receiver) notifyWebhook(ctx context.Context, alerts []detectors.Alert) 
 				continue // already posted
 			}
 		}
-		m := parentMessage(a, r.replay)
+		m := parentMessage(a, r.replay, nil)
 		if n := reminderOf(a); n > 0 {
 			m.text = fmt.Sprintf("Reminder %d: %s", n, m.text)
 		}

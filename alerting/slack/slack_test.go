@@ -405,7 +405,7 @@ func TestWebhook(t *testing.T) {
 	if err := json.Unmarshal(calls[0].Body, &body); err != nil {
 		t.Fatal(err)
 	}
-	want := parentMessage(&alerts[0], testReplay)
+	want := parentMessage(&alerts[0], testReplay, nil)
 	if body.Text != want.text || len(body.Blocks) != len(want.blocks) {
 		t.Errorf("webhook body text %q with %d blocks, want %q with %d", body.Text, len(body.Blocks), want.text, len(want.blocks))
 	}

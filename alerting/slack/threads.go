@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/gatewatch/gatewatch/detectors"
 )
 
 // A Thread is where an incident lives in Slack: the parent message that the first
@@ -21,6 +23,25 @@ type Thread struct {
 	// Reminder is the number of the newest reminder posted of that version (the
 	// alerting.ReminderLabel label); 0: none.
 	Reminder int `json:"reminder,omitempty"`
+	// Members are the incidents a group message lists (the thread of a group, kept
+	// under "group:" and the group key), in the order they joined; More counts those
+	// beyond maxGroupMembers, which are counted but not kept.
+	Members []Member          `json:"members,omitempty"`
+	More    int               `json:"more,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"` // the group's shared values
+}
+
+// A Member is an incident as a group message lists it: enough to draw its line
+// without the alert.
+type Member struct {
+	ID        string             `json:"id"`
+	Detector  string             `json:"detector"`
+	Severity  detectors.Severity `json:"severity"`
+	Key       string             `json:"key"`
+	Summary   string             `json:"summary"`
+	FirstSeen time.Time          `json:"first_seen"`
+	LastSeen  time.Time          `json:"last_seen"`
+	Runbook   string             `json:"runbook,omitempty"`
 }
 
 // Threads keeps a Thread per alert id across restarts, so a later version of an

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestThreadFile(t *testing.T) {
 	}
 	for id, want := range map[string]Thread{"old": old, "recent": recent} {
 		got, ok, err := f2.Get(id)
-		if err != nil || !ok || got != want {
+		if err != nil || !ok || !reflect.DeepEqual(got, want) {
 			t.Errorf("after reopening, Get(%s) = (%+v, %v, %v), want (%+v, true, nil)", id, got, ok, err, want)
 		}
 	}
@@ -116,7 +117,7 @@ func TestThreadFileAppends(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f2.Close()
-	if got, ok, _ := f2.Get("alert-0007"); !ok || got != th || f2.Len() != incidents {
+	if got, ok, _ := f2.Get("alert-0007"); !ok || !reflect.DeepEqual(got, th) || f2.Len() != incidents {
 		t.Errorf("reopened: %d incidents, alert-0007 = %+v %v; want %d and %+v", f2.Len(), got, ok, incidents, th)
 	}
 }
@@ -150,7 +151,7 @@ func TestThreadFileRecovers(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			if got, ok, _ := f.Get("a"); !ok || got != a || f.Len() != 1 {
+			if got, ok, _ := f.Get("a"); !ok || !reflect.DeepEqual(got, a) || f.Len() != 1 {
 				t.Errorf("Get(a) = %+v %v with %d threads, want %+v alone", got, ok, f.Len(), a)
 			}
 			b, _ := os.ReadFile(path)

@@ -110,6 +110,7 @@ func New(t testing.TB, o Options) *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/{method}", s.api)
 	mux.HandleFunc("/services/T0SLACKTEST/B0SLACKTEST/{secret}", s.webhook)
+	mux.HandleFunc("POST /actions/{channel}/{ts}", s.respond)
 	s.srv = httptest.NewServer(mux)
 	t.Cleanup(s.srv.Close)
 	s.URL = s.srv.URL + "/api/"
@@ -395,10 +396,46 @@ type textObject struct {
 }
 
 type block struct {
-	Type     string         `json:"type"`
-	Text     *textObject    `json:"text"`
-	Fields   []textObject   `json:"fields"`
-	Elements []blockElement `json:"elements"`
+	Type      string         `json:"type"`
+	Text      *textObject    `json:"text"`
+	Fields    []textObject   `json:"fields"`
+	Elements  []blockElement `json:"elements"`
+	Accessory *accessory     `json:"accessory"`
+}
+
+// accessory is a section's element; gatewatch uses overflow menus.
+type accessory struct {
+	Type    string `json:"type"`
+	Options []struct {
+		Text  textObject `json:"text"`
+		Value string     `json:"value"`
+	} `json:"options"`
+}
+
+// Limits of an overflow menu.
+const (
+	minOverflowOptions = 1
+	maxOverflowOptions = 5
+	maxOptionValue     = 150
+	maxOptionText      = 75
+)
+
+func (a *accessory) valid() bool {
+	switch a.Type {
+	case "button", "image":
+		return true
+	case "overflow":
+		if len(a.Options) < minOverflowOptions || len(a.Options) > maxOverflowOptions {
+			return false
+		}
+		for _, o := range a.Options {
+			if o.Value == "" || len(o.Value) > maxOptionValue || o.Text.Text == "" || utf8.RuneCountInString(o.Text.Text) > maxOptionText {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 type blockElement struct {
@@ -451,7 +488,7 @@ func validBlock(b block) bool {
 				return false
 			}
 		}
-		return true
+		return b.Accessory == nil || b.Accessory.valid()
 	case "context":
 		return len(b.Elements) > 0 && len(b.Elements) <= maxContextElems
 	case "actions":

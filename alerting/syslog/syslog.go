@@ -90,7 +90,7 @@ type Receiver struct {
 	conn net.Conn   // kept between calls; nil: dial on the next
 }
 
-var _ alerting.Receiver = (*Receiver)(nil)
+var _ alerting.GroupReceiver = (*Receiver)(nil)
 
 // New builds the receiver called name from cfg. It starts nothing and connects to
 // nothing: the first Notify dials.
@@ -200,6 +200,12 @@ func (r *Receiver) Notify(ctx context.Context, alerts []detectors.Alert) (bool, 
 		}
 		ends = append(ends, len(buf))
 	}
+	return r.send(ctx, buf, ends)
+}
+
+// send writes the messages in buf (each ending at ends) on the kept connection,
+// dialling one when needed; r.mu is held.
+func (r *Receiver) send(ctx context.Context, buf []byte, ends []int) (bool, error) {
 	if len(buf) == 0 {
 		return false, nil
 	}

@@ -58,10 +58,7 @@ func (c *config) check() error {
 		gwconfig.Prefix("store", c.Store.Check()),
 		gwconfig.Prefix("alerting", c.Alerting.Check()),
 	}
-	if c.Console.Listen != "" {
-		_, err := c.Console.Token().Load(minConsoleToken)
-		errs = append(errs, gwconfig.Prefix("console", err))
-	}
+	errs = append(errs, gwconfig.Prefix("console", c.Console.Check()))
 	if db := c.Ingest.GeoIP.Database; db != "" {
 		g, err := ingest.OpenGeoIP(db)
 		if err != nil {
@@ -78,9 +75,11 @@ func (c *config) check() error {
 
 // warnings returns what is valid but almost certainly not what the operator meant:
 // no receivers, routes that can never match, receivers no route names, alerts no
-// route takes (alerting.Config.Warnings), placed in the file.
+// route takes (alerting.Config.Warnings), a console beyond loopback, placed in the
+// file.
 func (c *config) warnings() []*gwconfig.Error {
-	return c.place(gwconfig.Prefix("alerting", c.Alerting.Warnings(firing(c.Detectors))))
+	return c.place(errors.Join(gwconfig.Prefix("alerting", c.Alerting.Warnings(firing(c.Detectors))),
+		gwconfig.Prefix("console", c.Console.Warnings())))
 }
 
 // firing returns the detectors that can raise alerts: those enabled, and those that

@@ -120,12 +120,18 @@ func TestCheckConfigCanRun(t *testing.T) {
 // whole, passes with a warning at the setting concerned.
 func TestCheckConfigWarns(t *testing.T) {
 	const receivers = "alerting:\n  receivers:\n    - {name: soc, file: {path: /tmp/soc.jsonl}}\n    - {name: siem, file: {path: /tmp/siem.jsonl}}\n"
+	t.Setenv("GW_TEST_CONSOLE_TOKEN", "console-token-0123456789abcdef")
 	for _, c := range []struct {
 		name, config string
 		want         []string
 	}{
 		{"no receivers", "alerting: {}\n", []string{":1:1: alerting.receivers: none: every alert reaches nobody"}},
 		{"no routes: every receiver gets everything", receivers, nil},
+		{"console on loopback, without a host", "console: {listen: \":9465\", token_env: GW_TEST_CONSOLE_TOKEN}\n" + receivers, nil},
+		{"console on loopback", "console: {listen: \"[::1]:9465\", token_env: GW_TEST_CONSOLE_TOKEN}\n" + receivers, nil},
+		{"console beyond loopback", "console: {listen: \"0.0.0.0:9465\", token_env: GW_TEST_CONSOLE_TOKEN}\n" + receivers, []string{
+			":1:11: console.listen: 0.0.0.0:9465 answers beyond this machine over plain HTTP",
+		}},
 		{"shadowed route", receivers + "  routes:\n    - {receivers: [soc]}\n    - {match: {severity: [critical]}, receivers: [siem]}\n", []string{
 			":7:7: alerting.routes[1]: never matches: routes[0] takes every alert it would, and has no continue: true",
 		}},

@@ -20,6 +20,7 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	gwconfig "github.com/gatewatch/gatewatch/internal/config"
+	"github.com/gatewatch/gatewatch/internal/console"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
 	"github.com/gatewatch/gatewatch/store"
 )
@@ -32,31 +33,13 @@ type config struct {
 	Store     store.Config         `yaml:"store"`
 	Alerting  alerting.Config      `yaml:"alerting"`
 	Admin     pipeline.AdminConfig `yaml:"admin"`
-	Console   consoleConfig        `yaml:"console"`
+	Console   console.Config       `yaml:"console"`
 	Cluster   *clusterConfig       `yaml:"cluster,omitempty"` // nil: one instance runs everything
 
 	// Where the config came from, to place errors found after loading (check).
 	file string
 	root *yaml.Node
 }
-
-// consoleConfig is the analyst's web console: off unless Listen is set.
-type consoleConfig struct {
-	Listen string `yaml:"listen"` // host:port; empty: no console
-	// The bearer token requests carry (or an analyst logs in with), from a file or
-	// the environment; required with Listen.
-	TokenFile string `yaml:"token_file"`
-	TokenEnv  string `yaml:"token_env"`
-}
-
-// Token is where the console's token comes from.
-func (c *consoleConfig) Token() gwconfig.SecretRef {
-	return gwconfig.SecretRef{Key: "token", File: c.TokenFile, Env: c.TokenEnv}
-}
-
-// minConsoleToken is the shortest console token accepted: it guards who may read
-// alerts and act on them.
-const minConsoleToken = 16
 
 // clusterConfig turns on scale-out: stage one writes normalised records to internal
 // topics, stage two runs one engine per internal partition.
@@ -119,14 +102,9 @@ func (c *config) validateService() error {
 		}
 	}
 	listen("admin.listen", c.Admin.Listen)
-	listen("console.listen", c.Console.Listen)
-	if c.Console.Listen != "" {
-		errs = append(errs, gwconfig.Prefix("console", c.Console.Token().Validate(true)))
-		if c.Console.Listen == c.Admin.Listen {
-			errs = append(errs, gwconfig.Errorf("console.listen", "is admin.listen too; give each its own address"))
-		}
-	} else {
-		errs = append(errs, gwconfig.Prefix("console", c.Console.Token().Validate(false)))
+	errs = append(errs, gwconfig.Prefix("console", c.Console.Validate()))
+	if c.Console.Listen != "" && c.Console.Listen == c.Admin.Listen {
+		errs = append(errs, gwconfig.Errorf("console.listen", "is admin.listen too; give each its own address"))
 	}
 	if cl := c.Cluster; cl != nil {
 		if !topicRE.MatchString(cl.InternalTopicPrefix) {

@@ -71,6 +71,7 @@ func pipelineConfig(cfg *config) pipeline.Config {
 		Store:     cfg.Store,
 		Alerting:  cfg.Alerting,
 		Admin:     cfg.Admin,
+		Console:   cfg.Console,
 	}
 }
 

@@ -20,9 +20,11 @@ import (
 // old one finishes the attempts in flight, and what it had not delivered stays in the
 // outbox for the new one.
 type routerSwitch struct {
-	p       *Pipeline
-	outbox  alerting.OutboxStore
-	history alerting.History
+	p        *Pipeline
+	outbox   alerting.OutboxStore
+	history  alerting.History
+	silences *alerting.Silences // made while running; every router shares them
+	acks     *alerting.Acks
 
 	mu  sync.RWMutex // held shared by Put, so a swap waits for the Puts in flight
 	cur *routerRun
@@ -59,6 +61,7 @@ func (s *routerSwitch) build(cfg *Config) (*routerRun, error) {
 	reg := prometheus.NewRegistry()
 	r, err := alerting.NewRouter(cfg.Alerting, alerting.RouterOptions{
 		Outbox: s.outbox, Receivers: receivers, History: s.history, Logger: s.p.log, Registerer: reg, Now: s.p.opts.Now,
+		Silences: s.silences, Acks: s.acks,
 	})
 	if err != nil {
 		closer.Close()

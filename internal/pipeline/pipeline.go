@@ -26,6 +26,7 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/internal/console"
 	"github.com/gatewatch/gatewatch/store"
 )
 
@@ -36,6 +37,7 @@ type Config struct {
 	Store     store.Config
 	Alerting  alerting.Config
 	Admin     AdminConfig
+	Console   console.Config
 }
 
 // AdminConfig is the admin endpoint: /metrics, /healthz, /readyz.
@@ -88,6 +90,7 @@ type Pipeline struct {
 	engine   *detectors.Engine
 	alerts   *routerSwitch
 	admin    *admin
+	console  *console.Server
 	ready    readiness
 
 	stopped chan struct{} // closed when Run returns
@@ -175,6 +178,11 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 		return err
 	}
 	lc.add("alerting", nil, p.alerts.stop)
+	if cfg.Console.Listen != "" {
+		if err := p.openConsole(cfg, st, &lc); err != nil {
+			return err
+		}
+	}
 
 	// Ingest: dead letters, then the Kafka source.
 	dl, closeDL, err := OpenDeadLetters(cfg.Ingest)
@@ -292,6 +300,9 @@ func (p *Pipeline) openDelivery(ctx context.Context, cfg *Config, lc *lifecycle)
 	}
 	lc.add("outbox", nil, func(context.Context) error { return ob.Close() })
 	p.alerts.outbox, p.alerts.history = ob, st
+	if err := p.openAnalyst(ctx, st, lc); err != nil {
+		return nil, err
+	}
 	if err := p.alerts.start(ctx, cfg); err != nil {
 		return nil, err
 	}

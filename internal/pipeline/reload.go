@@ -11,7 +11,7 @@ import (
 // Reload puts cfg in force without a restart: routes, silences, receivers and the rest
 // of alerting (a new router over the same outbox; what the old one had not delivered
 // stays there for the new one). cfg must have passed validation. Settings that only a
-// restart can change (the Kafka source, the store, the admin endpoint, the detectors)
+// restart can change (the Kafka source, the store, the admin endpoint, the console, the detectors)
 // make Reload refuse the whole config, naming them; the config in force keeps running.
 func (p *Pipeline) Reload(ctx context.Context, cfg Config) error {
 	err := p.reload(ctx, &cfg)
@@ -59,6 +59,7 @@ func (p *Pipeline) reload(ctx context.Context, cfg *Config) error {
 		{"ingest", old.Ingest, cfg.Ingest},
 		{"store", old.Store, cfg.Store},
 		{"admin", old.Admin, cfg.Admin},
+		{"console", old.Console, cfg.Console},
 	} {
 		if !reflect.DeepEqual(s.old, s.new) {
 			restart = append(restart, s.name)
