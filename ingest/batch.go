@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // A Partition names one ordered stream of records: a Kafka topic partition, or one
@@ -15,6 +16,12 @@ type Partition struct {
 }
 
 func (p Partition) String() string { return fmt.Sprintf("%s/%d", p.Source, p.ID) }
+
+// A Mark says that partition's stream has reached Time.
+type Mark struct {
+	Partition Partition
+	Time      time.Time
+}
 
 // A Run is n consecutive events of a batch from one partition.
 type Run struct {
@@ -41,6 +48,15 @@ type Batch struct {
 	// a rebalance, a file read to its end), after every event of theirs in Events. The
 	// engine stops waiting for them.
 	Ended []Partition
+	// Offsets, when set, holds each event's record offset in its partition: Offsets[i]
+	// is Events[i]'s. Only a Kafka source asked to keep partitions apart sets it
+	// (kafka.Options.ByPartition); scale-out's first stage needs it to name each record.
+	Offsets []int64
+	// Marks carry event time that arrives without events of the batch: a source
+	// partition's stream time, relayed to a scale-out task that got none of the
+	// partition's recent events. The engine applies them before Events, as if an event
+	// of each mark's partition at its time had arrived on time and entered no window.
+	Marks []Mark
 
 	once sync.Once
 	ack  func(context.Context) error
@@ -66,8 +82,8 @@ func (b *Batch) Ack(ctx context.Context) error {
 	return b.err
 }
 
-// Filter keeps the events for which keep reports true, in order, keeping Runs in step,
-// and returns how many it dropped.
+// Filter keeps the events for which keep reports true, in order, keeping Runs and
+// Offsets in step, and returns how many it dropped.
 func (b *Batch) Filter(keep func(*Event) bool) int {
 	if b.Runs == nil {
 		k := 0
@@ -88,6 +104,9 @@ func (b *Batch) Filter(keep func(*Event) bool) int {
 		for end := i + r.N; i < end; i++ {
 			if keep(&b.Events[i]) {
 				b.Events[k] = b.Events[i]
+				if b.Offsets != nil {
+					b.Offsets[k] = b.Offsets[i]
+				}
 				k++
 				n++
 			}
@@ -100,6 +119,9 @@ func (b *Batch) Filter(keep func(*Event) bool) int {
 	clear(b.Events[k:])
 	b.Events = b.Events[:k]
 	b.Runs = runs
+	if b.Offsets != nil {
+		b.Offsets = b.Offsets[:k]
+	}
 	return dropped
 }
 

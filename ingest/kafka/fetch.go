@@ -33,6 +33,7 @@ type batch struct {
 	assembled bool
 	dead      []ingest.DeadLetter
 	runs      []ingest.Run
+	offsets   []int64 // per event, with Options.ByPartition
 }
 
 // record is one fetched record of a batch.

@@ -41,6 +41,10 @@ type Options struct {
 	// Parsers is how many parsing goroutines, each with its own parser, share a topic's
 	// records; parsing is most of a source's work. 0: GOMAXPROCS.
 	Parsers int
+	// ByPartition hands each batch's events out grouped by partition, each partition's
+	// in offset order, with Batch.Offsets set, instead of merged by event time: for
+	// scale-out's first stage, which names every record by its partition and offset.
+	ByPartition bool
 
 	DeadLetters ingest.DeadLetters    // required: rejected records are stored here before their batch is handed out
 	Registerer  prometheus.Registerer // required: the ingest metrics (ingest.NewMetrics)
@@ -78,6 +82,7 @@ type Source struct {
 	now    func() time.Time
 	topics map[string]*topic
 	order  []*topic           // topics in config order
+	byPart bool               // Options.ByPartition
 	admin  *kafkago.Client    // for metadata
 	conns  *kafkago.Transport // the admin client's
 
@@ -182,6 +187,7 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 
 	s := &Source{
 		cfg:    cfg,
+		byPart: o.ByPartition,
 		dl:     o.DeadLetters,
 		log:    o.Logger,
 		now:    o.Now,
@@ -370,7 +376,7 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 		s.pending = nil
 		if len(b.events) > 0 {
 			nb := ingest.NewBatch(b.events, s.ack(b))
-			nb.Runs = b.runs
+			nb.Runs, nb.Offsets = b.runs, b.offsets
 			nb.Opened, nb.Ended = s.lifecycle()
 			return nb, nil
 		}
@@ -465,13 +471,16 @@ func (s *Source) assemble(b *batch) {
 		if err := b.errs[i]; err != nil && !ingest.Kept(err) {
 			continue
 		}
+		if s.byPart {
+			b.offsets = append(b.offsets, r.offset)
+		}
 		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == r.p.key {
 			b.runs[n-1].N++
 		} else {
 			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
 		}
 	}
-	if len(b.runs) > 1 {
+	if len(b.runs) > 1 && !s.byPart {
 		b.events, b.runs = ingest.MergeByTime(b.events, b.runs, make([]ingest.Event, 0, len(b.events)))
 	}
 	b.recs, b.errs, b.assembled = nil, nil, true

@@ -1,0 +1,243 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafka"
+)
+
+// TasksGroupSuffix is appended to ingest.kafka.group to name the tasks' consumer group;
+// stage one reads the raw topics in ingest.kafka.group itself.
+const TasksGroupSuffix = "-tasks"
+
+// Options are what a replica runs with besides its Config.
+type Options struct {
+	Kafka         ingest.KafkaConfig // the brokers, security, raw topics and stage one's group
+	ParserOptions ingest.ParserOptions
+	DeadLetters   ingest.DeadLetters // required: stage one's rejected records
+	Detectors     detectors.Config   // every task runs the detectors of its topic's kind
+	// Baselines and Incidents are the store the tasks share; each task keeps its open
+	// incidents under its own scope (group/topic/partition).
+	Baselines      detectors.BaselineStore
+	Incidents      detectors.IncidentStore
+	RunbookBaseURL string
+	Sink           detectors.AlertSink   // required: every task's alerts
+	Registerer     prometheus.Registerer // required
+	Logger         *slog.Logger          // nil: discard
+	Now            func() time.Time      // nil: time.Now; idle partitions
+}
+
+// A Replica is one instance of a scaled-out gatewatch: it runs both stages, each a
+// member of its own consumer group. Scaling is adding replicas.
+type Replica struct {
+	cfg  Config
+	o    Options
+	log  *slog.Logger
+	m    *metrics
+	s1   *stage1
+	s2   *stage2
+	src  *kafka.Source
+	w    *kafkago.Writer
+	conn *kafkago.Transport
+}
+
+// New checks cfg and o and builds both stages; it connects to nothing.
+func New(cfg Config, o Options) (*Replica, error) {
+	var errs []error
+	errs = append(errs, cfg.Validate(), CheckDetectors(o.Detectors))
+	if o.Sink == nil {
+		errs = append(errs, errors.New("cluster: Options.Sink is required"))
+	}
+	if o.Registerer == nil {
+		errs = append(errs, errors.New("cluster: Options.Registerer is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	log := o.Logger.With("component", "cluster")
+	src, err := kafka.NewSource(o.Kafka, kafka.Options{
+		ParserOptions: o.ParserOptions,
+		DeadLetters:   o.DeadLetters,
+		ByPartition:   true,
+		Registerer:    o.Registerer,
+		Logger:        o.Logger,
+		Now:           o.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dialer, transport, err := kafka.Connect(o.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	kc := kafkaDefaults(o.Kafka)
+	r := &Replica{cfg: cfg, o: o, log: log, m: newMetrics(o.Registerer), src: src, conn: transport}
+	r.w = &kafkago.Writer{
+		Addr:         kafkago.TCP(kc.Brokers...),
+		Balancer:     byPartition{},
+		RequiredAcks: kafkago.RequireAll,
+		BatchSize:    max(kc.BatchSize, 1000),
+		BatchBytes:   16 << 20,
+		BatchTimeout: time.Millisecond, // a write waits for its own records only
+		ReadTimeout:  kc.Timeout,
+		WriteTimeout: kc.Timeout,
+		Compression:  kafkago.Zstd,
+		Transport:    transport,
+	}
+	r.s1 = &stage1{
+		cfg:      cfg,
+		src:      src,
+		w:        r.w,
+		lateness: o.Detectors.AllowedLateness.Milliseconds(),
+		idle:     o.Detectors.IdleTimeout,
+		now:      o.Now,
+		log:      log,
+		m:        r.m,
+		parts:    map[ingest.Partition]*srcPart{},
+		dirty:    map[ingest.Partition]struct{}{},
+	}
+	r.s2 = &stage2{
+		cfg:     cfg,
+		group:   kc.Group + TasksGroupSuffix,
+		brokers: kc.Brokers,
+		dialer:  dialer,
+		client:  &kafkago.Client{Addr: kafkago.TCP(kc.Brokers...), Timeout: kc.Timeout, Transport: transport},
+		timeout: kc.Timeout,
+		batch:   kc.BatchSize,
+		wait:    kc.BatchWait,
+		newTask: r.newTask,
+		sink:    o.Sink,
+		log:     log,
+		m:       r.m,
+	}
+	return r, nil
+}
+
+// kafkaDefaults fills what ingest.DefaultConfig fills for an unset field.
+func kafkaDefaults(k ingest.KafkaConfig) ingest.KafkaConfig {
+	d := ingest.DefaultConfig().Kafka
+	if k.Group == "" {
+		k.Group = d.Group
+	}
+	if k.BatchSize == 0 {
+		k.BatchSize = d.BatchSize
+	}
+	if k.BatchWait == 0 {
+		k.BatchWait = d.BatchWait
+	}
+	if k.Timeout == 0 {
+		k.Timeout = d.Timeout
+	}
+	return k
+}
+
+// Run creates the internal topics when missing, then runs both stages until ctx ends
+// or one fails, and closes the clients. It returns nil after a stop asked for through
+// ctx.
+func (r *Replica) Run(ctx context.Context) error {
+	defer r.conn.CloseIdleConnections()
+	if err := r.ensureTopics(ctx); err != nil {
+		r.src.Close()
+		r.w.Close()
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		err := r.s1.run(gctx)
+		// Leave the raw topics' group at once: the partitions go to the other replicas.
+		return errors.Join(err, r.src.Close(), r.w.Close())
+	})
+	g.Go(func() error { return r.s2.run(gctx) })
+	err := g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// ensureTopics creates the internal topics that do not exist with cluster.partitions
+// partitions, and refuses topics that exist with another count: the partition of a key
+// is fixed for the life of a deployment.
+func (r *Replica) ensureTopics(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c := r.s2.client
+	names := make([]string, numKinds)
+	for k := range numKinds {
+		names[k] = r.cfg.Topic(k)
+	}
+	md, err := c.Metadata(ctx, &kafkago.MetadataRequest{Topics: names})
+	if err != nil {
+		return fmt.Errorf("cluster: read the internal topics' metadata: %w", err)
+	}
+	have := map[string]int{}
+	for _, t := range md.Topics {
+		if t.Error == nil {
+			have[t.Name] = len(t.Partitions)
+		}
+	}
+	var create []kafkago.TopicConfig
+	for _, name := range names {
+		n, ok := have[name]
+		switch {
+		case !ok:
+			create = append(create, kafkago.TopicConfig{Topic: name, NumPartitions: r.cfg.Partitions, ReplicationFactor: -1})
+		case n != r.cfg.Partitions:
+			return fmt.Errorf("cluster: internal topic %s has %d partitions, cluster.partitions is %d: the count is fixed for the life of a deployment (a new internal_topic_prefix starts over)", name, n, r.cfg.Partitions)
+		}
+	}
+	if len(create) == 0 {
+		return nil
+	}
+	resp, err := c.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: create})
+	if err != nil {
+		return fmt.Errorf("cluster: create the internal topics: %w", err)
+	}
+	for name, err := range resp.Errors {
+		if err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
+			return fmt.Errorf("cluster: create internal topic %s: %w", name, err)
+		}
+	}
+	r.log.Info("internal topics created", "topics", len(create), "partitions", r.cfg.Partitions)
+	return nil
+}
+
+// newTask builds the engine of one task: the detectors of kind k, its open incidents
+// under a scope of its own, its metrics labelled with the task. The returned function
+// releases the metrics.
+func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), error) {
+	topic := r.cfg.Topic(k)
+	reg := &taskRegisterer{reg: prometheus.WrapRegistererWith(prometheus.Labels{"task": topic + "/" + strconv.Itoa(partition)}, r.o.Registerer)}
+	eng, err := detectors.NewEngine(taskConfig(r.o.Detectors, k), detectors.Options{
+		Baselines:      r.o.Baselines,
+		Incidents:      r.o.Incidents,
+		Scope:          r.s2.group + "/" + topic + "/" + strconv.Itoa(partition),
+		Registerer:     reg,
+		Logger:         r.o.Logger.With("task", topic+"/"+strconv.Itoa(partition)),
+		RunbookBaseURL: r.o.RunbookBaseURL,
+		Now:            r.o.Now,
+	})
+	if err != nil {
+		reg.unregisterAll()
+		return nil, nil, err
+	}
+	r.m.tasks.Inc()
+	return eng, func() { r.m.tasks.Dec(); reg.unregisterAll() }, nil
+}
