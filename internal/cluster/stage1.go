@@ -17,11 +17,6 @@ import (
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
-// markEvery is how often, at most, stage one relays the stream time of the source
-// partitions it read to every task: a task that gets none of a partition's events waits
-// for it at most this long (plus the hop) before its windows close.
-const markEvery = 200 * time.Millisecond
-
 // tick is how long stage one waits for records before it looks at the wall clock
 // anyway: a source partition that went silent must be reported idle to every task.
 const tick = time.Second
@@ -47,9 +42,8 @@ type stage1 struct {
 	log      *slog.Logger
 	m        *metrics
 
-	parts     map[ingest.Partition]*srcPart
-	dirty     map[ingest.Partition]struct{} // parts whose state the tasks have not been told
-	lastMarks time.Time
+	parts map[ingest.Partition]*srcPart
+	dirty map[ingest.Partition]struct{} // parts whose state the tasks have not been told
 
 	buf  []byte
 	msgs []kafkago.Message
@@ -94,9 +88,11 @@ func (s *stage1) run(ctx context.Context) error {
 			s.take(b, now)
 		}
 		s.checkIdle(now)
-		if len(s.dirty) > 0 && now.Sub(s.lastMarks) >= markEvery {
+		if len(s.dirty) > 0 {
+			// With the batch's records, so that an acknowledged batch has told every
+			// task how far its partitions got: a task that gets none of a partition's
+			// events does not wait for it.
 			s.appendMarks()
-			s.lastMarks = now
 		}
 		if err := s.write(ctx); err != nil {
 			if ctx.Err() != nil {
