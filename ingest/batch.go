@@ -49,8 +49,8 @@ type Batch struct {
 	// engine stops waiting for them.
 	Ended []Partition
 	// Offsets, when set, holds each event's record offset in its partition: Offsets[i]
-	// is Events[i]'s. Only a Kafka source asked to keep partitions apart sets it
-	// (kafka.Options.ByPartition); scale-out's first stage needs it to name each record.
+	// is Events[i]'s. Only a Kafka source asked for them sets it (kafka.Options.Offsets):
+	// scale-out's first stage names each record by its partition and offset.
 	Offsets []int64
 	// Marks carry event time that arrives without events of the batch: a source
 	// partition's stream time, relayed to a scale-out task that got none of the
@@ -151,6 +151,18 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 	if len(runs) < 2 {
 		return append(dst[:0], events...), runs
 	}
+	order, out := MergeOrder(events, runs)
+	dst = dst[:0]
+	for _, i := range order {
+		dst = append(dst, events[i])
+	}
+	return dst, out
+}
+
+// MergeOrder returns the order in which MergeByTime takes events (order[j] is the
+// index of the j-th merged event), and the merged runs: for what travels with each
+// event, such as Batch.Offsets.
+func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 	type cursor struct {
 		p       Partition
 		at, end int
@@ -163,8 +175,7 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 		}
 		off += r.N
 	}
-	dst = dst[:0]
-	var out []Run
+	order = make([]int, 0, len(events))
 	for len(curs) > 0 {
 		best := 0
 		for i := 1; i < len(curs); i++ {
@@ -173,7 +184,7 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 			}
 		}
 		c := &curs[best]
-		dst = append(dst, events[c.at])
+		order = append(order, c.at)
 		if n := len(out); n > 0 && out[n-1].Partition == c.p {
 			out[n-1].N++
 		} else {
@@ -184,5 +195,5 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 			curs = append(curs[:best], curs[best+1:]...)
 		}
 	}
-	return dst, out
+	return order, out
 }

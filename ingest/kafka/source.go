@@ -41,10 +41,9 @@ type Options struct {
 	// Parsers is how many parsing goroutines, each with its own parser, share a topic's
 	// records; parsing is most of a source's work. 0: GOMAXPROCS.
 	Parsers int
-	// ByPartition hands each batch's events out grouped by partition, each partition's
-	// in offset order, with Batch.Offsets set, instead of merged by event time: for
-	// scale-out's first stage, which names every record by its partition and offset.
-	ByPartition bool
+	// Offsets sets Batch.Offsets, each event's record offset: scale-out's first stage
+	// names every record by its partition and offset.
+	Offsets bool
 
 	DeadLetters ingest.DeadLetters    // required: rejected records are stored here before their batch is handed out
 	Registerer  prometheus.Registerer // required: the ingest metrics (ingest.NewMetrics)
@@ -74,17 +73,17 @@ type Options struct {
 // the previous ones are processed. Next must be called from one goroutine at a time
 // (calls are serialised); Batch.Ack and Close may be called from any goroutine.
 type Source struct {
-	cfg    ingest.KafkaConfig
-	rcfg   kafkago.ReaderConfig // what each partition reader is built from
-	gcfg   kafkago.ConsumerGroupConfig
-	dl     ingest.DeadLetters
-	log    *slog.Logger
-	now    func() time.Time
-	topics map[string]*topic
-	order  []*topic           // topics in config order
-	byPart bool               // Options.ByPartition
-	admin  *kafkago.Client    // for metadata
-	conns  *kafkago.Transport // the admin client's
+	cfg     ingest.KafkaConfig
+	rcfg    kafkago.ReaderConfig // what each partition reader is built from
+	gcfg    kafkago.ConsumerGroupConfig
+	dl      ingest.DeadLetters
+	log     *slog.Logger
+	now     func() time.Time
+	topics  map[string]*topic
+	order   []*topic           // topics in config order
+	offsets bool               // Options.Offsets
+	admin   *kafkago.Client    // for metadata
+	conns   *kafkago.Transport // the admin client's
 
 	wake    chan struct{} // a partition reader queued a record
 	activeV atomic.Uint64 // bumped when active changes
@@ -186,16 +185,16 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	}
 
 	s := &Source{
-		cfg:    cfg,
-		byPart: o.ByPartition,
-		dl:     o.DeadLetters,
-		log:    o.Logger,
-		now:    o.Now,
-		topics: make(map[string]*topic, len(cfg.Topics)),
-		parts:  make(map[partKey]*partition),
-		dirty:  make(map[*partition]struct{}),
-		hint:   min(cfg.BatchSize, 64),
-		ready:  make(chan *batch, prefetch),
+		cfg:     cfg,
+		offsets: o.Offsets,
+		dl:      o.DeadLetters,
+		log:     o.Logger,
+		now:     o.Now,
+		topics:  make(map[string]*topic, len(cfg.Topics)),
+		parts:   make(map[partKey]*partition),
+		dirty:   make(map[*partition]struct{}),
+		hint:    min(cfg.BatchSize, 64),
+		ready:   make(chan *batch, prefetch),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -471,7 +470,7 @@ func (s *Source) assemble(b *batch) {
 		if err := b.errs[i]; err != nil && !ingest.Kept(err) {
 			continue
 		}
-		if s.byPart {
+		if s.offsets {
 			b.offsets = append(b.offsets, r.offset)
 		}
 		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == r.p.key {
@@ -480,7 +479,16 @@ func (s *Source) assemble(b *batch) {
 			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
 		}
 	}
-	if len(b.runs) > 1 && !s.byPart {
+	switch {
+	case len(b.runs) < 2:
+	case s.offsets:
+		order, runs := ingest.MergeOrder(b.events, b.runs)
+		events, offsets := make([]ingest.Event, len(order)), make([]int64, len(order))
+		for j, i := range order {
+			events[j], offsets[j] = b.events[i], b.offsets[i]
+		}
+		b.events, b.offsets, b.runs = events, offsets, runs
+	default:
 		b.events, b.runs = ingest.MergeByTime(b.events, b.runs, make([]ingest.Event, 0, len(b.events)))
 	}
 	b.recs, b.errs, b.assembled = nil, nil, true

@@ -14,6 +14,7 @@ type metrics struct {
 	writeRetries  prometheus.Counter
 	consumed      *prometheus.CounterVec
 	duplicates    *prometheus.CounterVec
+	forced        *prometheus.CounterVec
 	tasks         prometheus.Gauge
 }
 
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		duplicates: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_cluster_task_duplicates_total",
 			Help: "Internal records dropped as written twice by stage one (a crash or a rebalance), per internal topic.",
+		}, []string{"topic"}),
+		forced: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_cluster_task_unordered_total",
+			Help: "Items a task handed to its engine before a slower source partition caught up, because it held too many: their order, and so the alerts, may depend on timing.",
 		}, []string{"topic"}),
 		tasks: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_cluster_tasks",

@@ -75,7 +75,7 @@ func New(cfg Config, o Options) (*Replica, error) {
 	src, err := kafka.NewSource(o.Kafka, kafka.Options{
 		ParserOptions: o.ParserOptions,
 		DeadLetters:   o.DeadLetters,
-		ByPartition:   true,
+		Offsets:       true,
 		Registerer:    o.Registerer,
 		Logger:        o.Logger,
 		Now:           o.Now,
@@ -122,12 +122,23 @@ func New(cfg Config, o Options) (*Replica, error) {
 		timeout: kc.Timeout,
 		batch:   kc.BatchSize,
 		wait:    kc.BatchWait,
+		raw:     rawTopics(o.Kafka),
+		idle:    o.Detectors.IdleTimeout,
+		now:     o.Now,
 		newTask: r.newTask,
 		sink:    o.Sink,
 		log:     log,
 		m:       r.m,
 	}
 	return r, nil
+}
+
+func rawTopics(k ingest.KafkaConfig) []string {
+	out := make([]string, len(k.Topics))
+	for i, t := range k.Topics {
+		out[i] = t.Name
+	}
+	return out
 }
 
 // kafkaDefaults fills what ingest.DefaultConfig fills for an unset field.

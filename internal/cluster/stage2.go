@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/gatewatch/gatewatch/detectors"
@@ -35,6 +33,9 @@ type stage2 struct {
 	timeout time.Duration
 	batch   int           // most events in a task's batch
 	wait    time.Duration // longest a partial batch waits for more records
+	raw     []string      // the raw topics: every task waits for each of their partitions
+	idle    time.Duration // idle_timeout: how long a task waits for a source partition that delivers nothing
+	now     func() time.Time
 	newTask func(k Kind, partition int) (*detectors.Engine, func(), error)
 	sink    detectors.AlertSink
 	log     *slog.Logger
@@ -76,6 +77,10 @@ func (s *stage2) run(ctx context.Context) error {
 			continue
 		}
 		committed, err := s.committed(ctx, gen)
+		var sources []ingest.Partition
+		if err == nil {
+			sources, err = s.sources(ctx)
+		}
 		if err != nil {
 			s.log.Warn("reading the tasks' commits failed; the generation runs no task until the next", "group", s.group, "err", err)
 		}
@@ -89,7 +94,7 @@ func (s *stage2) run(ctx context.Context) error {
 				c := committed[topic][pa.ID]
 				n++
 				gen.Start(func(gctx context.Context) {
-					if err := s.runTask(gctx, gen, k, pa.ID, c); err != nil {
+					if err := s.runTask(gctx, gen, k, pa.ID, c, sources); err != nil {
 						select {
 						case failed <- err:
 						default:
@@ -154,8 +159,28 @@ func (s *stage2) committed(ctx context.Context, gen *kafkago.Generation) (map[st
 	return out, nil
 }
 
+// sources returns the partitions of the raw topics.
+func (s *stage2) sources(ctx context.Context) ([]ingest.Partition, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	md, err := s.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: s.raw})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: read the raw topics' metadata: %w", err)
+	}
+	var out []ingest.Partition
+	for _, t := range md.Topics {
+		if t.Error != nil {
+			return nil, fmt.Errorf("cluster: raw topic %s: %w", t.Name, t.Error)
+		}
+		for _, p := range t.Partitions {
+			out = append(out, ingest.Partition{Source: t.Name, ID: int32(p.ID)})
+		}
+	}
+	return out, nil
+}
+
 // runTask runs the task of one internal partition until the generation ends.
-func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, partition int, c commit) error {
+func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, partition int, c commit, sources []ingest.Partition) error {
 	eng, done, err := s.newTask(k, partition)
 	if err != nil {
 		return err
@@ -179,12 +204,8 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 			return fmt.Errorf("cluster: task %s/%d: start at %d: %w", topic, partition, c.offset, err)
 		}
 	}
-	highs := c.highs
-	if highs == nil {
-		highs = map[ingest.Partition]int64{}
-	}
-	src := &taskSource{s: s, gen: gen, topic: topic, partition: partition, r: r, highs: highs,
-		records: s.m.consumed.WithLabelValues(topic), dups: s.m.duplicates.WithLabelValues(topic)}
+	src := newTaskSource(s, gen, topic, partition, c, sources)
+	src.r = r
 	s.log.Debug("task started", "topic", topic, "partition", partition, "offset", c.offset)
 	err = eng.Run(ctx, src, s.sink)
 	if ctx.Err() != nil {
@@ -193,135 +214,13 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 	return fmt.Errorf("cluster: task %s/%d: %w", topic, partition, err)
 }
 
-// taskSource is a task's detectors.EventSource: the records of its internal partition
-// as batches of events, each event of a run of its source partition, with the marks of
-// stage one as Batch.Marks, Opened and Ended at the place they were written.
-type taskSource struct {
-	s         *stage2
-	gen       *kafkago.Generation
-	topic     string
-	partition int
-	r         *kafkago.Reader
-	highs     map[ingest.Partition]int64 // highest source offset taken, per source partition
-	pending   *kafkago.Message           // fetched, for the next batch
-	rec       record
-	handed    int // records of the batch handed out last: counted once the engine asks for more
-	records   prometheus.Counter
-	dups      prometheus.Counter
-}
-
-// Next returns the records that arrive within a tick, up to a batch of them. A batch
-// ends before a marks record or a late event that follows events, so that each mark is
-// applied where stage one wrote it; a late event comes first in its batch, after a mark
-// of its source partition's stream time, so that the engine judges it late as stage one
-// did.
-func (t *taskSource) Next(ctx context.Context) (*ingest.Batch, error) {
-	t.records.Add(float64(t.handed))
-	t.handed = 0
-	var b batchParts
-	last := int64(-1) // offset of the last record the batch took
-	deadline := time.Now().Add(tick)
-	for len(b.events) < t.s.batch {
-		msg := t.pending
-		t.pending = nil
-		if msg == nil {
-			fctx, cancel := context.WithDeadline(ctx, deadline)
-			m, err := t.r.FetchMessage(fctx)
-			cancel()
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				if errors.Is(err, context.DeadlineExceeded) {
-					break
-				}
-				return nil, fmt.Errorf("cluster: read %s/%d: %w", t.topic, t.partition, err)
-			}
-			msg = &m
-		}
-		if err := decodeRecord(&t.rec, msg.Value); err != nil {
-			return nil, fmt.Errorf("cluster: %s/%d offset %d: %w", t.topic, t.partition, msg.Offset, err)
-		}
-		if t.rec.typ == typeMark {
-			if len(b.events) > 0 {
-				t.pending = msg
-				break
-			}
-			idle := b.takeMarks(t.rec.marks)
-			last = msg.Offset
-			t.handed++
-			if idle {
-				break // Ended applies after the batch's events: nothing may follow it
-			}
-			continue
-		}
-		p := t.rec.pos.part
-		if h, ok := t.highs[p]; ok && t.rec.pos.offset <= h {
-			t.dups.Inc()
-			last = msg.Offset
-			t.handed++
-			continue
-		}
-		if t.rec.late {
-			if len(b.events) > 0 {
-				t.pending = msg
-				break
-			}
-			b.marks = append(b.marks, ingest.Mark{Partition: p, Time: time.UnixMilli(t.rec.stream).UTC()})
-		}
-		t.highs[p] = t.rec.pos.offset
-		b.events = append(b.events, t.rec.ev)
-		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == p {
-			b.runs[n-1].N++
-		} else {
-			b.runs = append(b.runs, ingest.Run{Partition: p, N: 1})
-		}
-		last = msg.Offset
-		t.handed++
-		if len(b.events) == 1 {
-			deadline = time.Now().Add(t.s.wait)
-		}
-	}
-	var ack func(context.Context) error
-	if last >= 0 {
-		ack = t.ack(last+1, encodeHighs(t.highs))
-	}
-	nb := ingest.NewBatch(b.events, ack)
-	nb.Runs, nb.Marks, nb.Opened, nb.Ended = b.runs, b.marks, b.opened, b.ended
-	return nb, nil
-}
-
-// batchParts is a task's batch being assembled.
-type batchParts struct {
-	events        []ingest.Event
-	runs          []ingest.Run
-	marks         []ingest.Mark
-	opened, ended []ingest.Partition
-}
-
-// takeMarks adds a marks record to a batch that has no events yet, and reports whether
-// one of them ended a source partition (idle), which must end the batch.
-func (b *batchParts) takeMarks(marks []mark) (idle bool) {
-	for _, m := range marks {
-		p := m.pos.part
-		if m.flags&flagOpened != 0 {
-			b.opened = append(b.opened, p)
-		}
-		if m.stream != math.MinInt64 {
-			b.marks = append(b.marks, ingest.Mark{Partition: p, Time: time.UnixMilli(m.stream).UTC()})
-		}
-		if m.flags&flagIdle != 0 {
-			b.ended = append(b.ended, p)
-			idle = true
-		}
-	}
-	return idle
-}
-
 // ack is what acknowledging a batch does: commit the task's partition at next, with
 // the source offsets taken up to it. The engine acknowledges batches in order.
 func (t *taskSource) ack(next int64, highs string) func(context.Context) error {
 	return func(ctx context.Context) error {
+		if next < 0 {
+			return nil // nothing read yet
+		}
 		if len(highs) > maxHighs {
 			t.s.log.Error("task cannot commit: its source offsets exceed what Kafka keeps with a commit; a rebuilt task reads from the previous one",
 				"topic", t.topic, "partition", t.partition, "bytes", len(highs))

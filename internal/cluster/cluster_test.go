@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/ingest/synth"
+)
+
+// rawPartitions is how many partitions the raw topics of the tests have.
+const rawPartitions = 6
+
+// TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
+// to four partitions (so every attack is spread over all of them), through one replica
+// and through three: the same alerts, ids and bytes. A plain consumer group of three
+// engines without the hop (the negative control) misses attacks that were split.
+func TestReplicasRaiseTheSameAlerts(t *testing.T) {
+	reqs, injected, raw := traffic(t, 7)
+	parts := spread(reqs, injected)
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-plain"}, Partitions: rawPartitions})
+
+	one := runReplicas(t, c, "one", 1, raw, parts)
+	if len(one) < len(injected) {
+		t.Fatalf("one replica raised %d alert versions for %d attacks:\n%s", len(one), len(injected), strings.Join(one, "\n"))
+	}
+	three := runReplicas(t, c, "three", 3, raw, parts)
+	if !slices.Equal(one, three) {
+		t.Errorf("three replicas raised\n%s\none raised\n%s", strings.Join(three, "\n"), strings.Join(one, "\n"))
+	}
+	byDetector := func(alerts []string) map[string][]string {
+		m := map[string][]string{}
+		for _, a := range alerts {
+			det, id := field(a, "detector"), field(a, "id")
+			if !slices.Contains(m[det], id) {
+				m[det] = append(m[det], id)
+			}
+		}
+		return m
+	}
+	for _, inj := range injected {
+		if len(byDetector(one)[inj.Kind]) == 0 {
+			t.Errorf("the replicas raised no %s alert for the injected attack %+v", inj.Kind, inj)
+		}
+	}
+
+	plain := byDetector(runPlainGroup(t, c, 3, raw, parts))
+	var missed []string
+	for det, ids := range byDetector(one) {
+		for _, id := range ids {
+			if !slices.Contains(plain[det], id) {
+				missed = append(missed, det+" "+id)
+			}
+		}
+	}
+	if len(missed) == 0 {
+		t.Errorf("a plain group of three raised every alert the replicas raised (%v): the test does not split attacks", plain)
+	}
+	t.Logf("a plain group of three missed %d of the replicas' alerts: %s", len(missed), strings.Join(missed, ", "))
+}
+
+// field returns the string value of a top-level field of an alert's JSON.
+func field(alert, name string) string {
+	_, rest, ok := strings.Cut(alert, `"`+name+`":"`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
+}
+
+// spread returns the raw partition of each request: round robin, as gateways' shippers
+// that key nothing write, and each attack's requests round robin among themselves, so
+// that every attack is split evenly over all partitions.
+func spread(reqs []synth.Request, injected []synth.Injected) []int {
+	parts := make([]int, len(reqs))
+	next := make([]int, len(injected))
+	for i := range reqs {
+		parts[i] = i % rawPartitions
+		for k, inj := range injected {
+			if reqs[i].Consumer == inj.Client && !reqs[i].Time.Before(inj.Start) && !reqs[i].Time.After(inj.End) {
+				parts[i] = next[k] % rawPartitions
+				next[k]++
+				break
+			}
+		}
+	}
+	return parts
+}
+
+// produceRaw writes raw to the partitions of topic partOf says, stamped with their
+// event times.
+func produceRaw(t *testing.T, c *kafkatest.Cluster, topic string, raw [][]byte, partOf []int) {
+	t.Helper()
+	evTimes := eventTimes(t, raw)
+	parts := make([][]kafkago.Message, rawPartitions)
+	for i, r := range raw {
+		parts[partOf[i]] = append(parts[partOf[i]], kafkago.Message{Value: r, Time: evTimes[i]})
+	}
+	for p, msgs := range parts {
+		c.ProduceTo(t, topic, p, msgs...)
+	}
+}
+
+// testLog collects a component's log, shown when the test fails.
+func testLog(t *testing.T, name string) *slog.Logger {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("%s's log:\n%s", name, buf.String())
+			mu.Unlock()
+		}
+	})
+	return slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// noDeadLetters fails the test for any rejected record: the synthetic records all parse.
+type noDeadLetters struct{ t *testing.T }
+
+func (d noDeadLetters) Put(_ context.Context, letters []ingest.DeadLetter) error {
+	d.t.Errorf("%d records rejected, the first: %+v", len(letters), letters[0])
+	return nil
+}
+
+func testKafka(c *kafkatest.Cluster, group, topic string) ingest.KafkaConfig {
+	return ingest.KafkaConfig{
+		Brokers:     c.Addrs,
+		Group:       group,
+		StartOffset: "earliest",
+		BatchWait:   20 * time.Millisecond,
+		Topics:      []ingest.TopicConfig{{Name: topic, Format: ingest.FormatAWSWAF}},
+	}
+}
+
+// eventTimes returns the event time of each raw record.
+func eventTimes(t testing.TB, raw [][]byte) []time.Time {
+	evs := parseAll(t, raw)
+	out := make([]time.Time, len(evs))
+	for i := range evs {
+		out[i] = evs[i].Time
+	}
+	return out
+}
+
+// runReplicas runs n replicas (prefix and groups named for name) over the raw topic
+// waf-<name>, once every replica is a member of both groups produces raw to it, waits
+// until every raw record is committed and every internal record observed, stops the
+// replicas, and returns the distinct alert versions they raised, sorted.
+func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int) []string {
+	t.Helper()
+	topic, group := "waf-"+name, "gw-"+name
+	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: 4}
+	sink := newAlertSet()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var regs []*prometheus.Registry
+	done := make(chan error, n)
+	for i := range n {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		r, err := New(cfg, Options{
+			Kafka:         testKafka(c, group, topic),
+			ParserOptions: testParserOptions(t),
+			DeadLetters:   noDeadLetters{t},
+			Detectors:     testDetectors(),
+			Sink:          sink,
+			Registerer:    reg,
+			Logger:        testLog(t, name+" replica "+string(rune('0'+i))),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- r.Run(ctx) }()
+	}
+	c.WaitGroup(t, group, topic, n)
+	c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), n)
+	produceRaw(t, c, topic, raw, partOf)
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if committedAll(t, c, group, topic) {
+			ends := 0.0
+			for k := range numKinds {
+				for _, end := range c.EndOffsets(t, cfg.Topic(k)) {
+					ends += float64(end)
+				}
+			}
+			if got := sumCounter(t, regs, "gatewatch_cluster_task_records_total"); got == ends {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, task records %v", name,
+				c.Committed(t, group, topic), c.EndOffsets(t, topic), sumCounter(t, regs, "gatewatch_cluster_task_records_total"))
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("%s: a replica stopped: %v", name, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if dups := sumCounter(t, regs, "gatewatch_cluster_task_duplicates_total"); dups != 0 {
+		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
+	}
+	cancel()
+	for range n {
+		if err := <-done; err != nil {
+			t.Errorf("%s: replica: %v", name, err)
+		}
+	}
+	return sink.sorted()
+}
+
+// committedAll reports whether group committed every record of topic.
+func committedAll(t *testing.T, c *kafkatest.Cluster, group, topic string) bool {
+	return maps.Equal(c.Committed(t, group, topic), c.EndOffsets(t, topic))
+}
+
+// runPlainGroup runs n engines, each behind its own Kafka source in one consumer group
+// over the raw topic waf-plain, as n instances of gatewatch without a cluster section
+// would, until they observed every record, and returns the alerts they raised.
+func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, partOf []int) []string {
+	t.Helper()
+	sink := newAlertSet()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var regs []*prometheus.Registry
+	done := make(chan error, n)
+	for i := range n {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		log := testLog(t, "plain member "+string(rune('0'+i)))
+		src, err := kafka.NewSource(testKafka(c, "gw-plain", "waf-plain"), kafka.Options{
+			ParserOptions: testParserOptions(t),
+			DeadLetters:   noDeadLetters{t},
+			Registerer:    reg,
+			Logger:        log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := detectors.NewEngine(testDetectors(), detectors.Options{Registerer: reg, Now: time.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			err := eng.Run(ctx, src, sink)
+			if ctx.Err() != nil {
+				err = nil
+			}
+			done <- errors.Join(err, src.Close())
+		}()
+	}
+	// The sources join on their first Next, which Run calls.
+	c.WaitGroup(t, "gw-plain", "waf-plain", n)
+	produceRaw(t, c, "waf-plain", raw, partOf)
+	deadline := time.Now().Add(3 * time.Minute)
+	for sumCounter(t, regs, "gatewatch_detectors_events_total") < float64(len(raw)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("plain group: %v of %d events observed after 3 minutes", sumCounter(t, regs, "gatewatch_detectors_events_total"), len(raw))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	for range n {
+		if err := <-done; err != nil {
+			t.Errorf("plain group member: %v", err)
+		}
+	}
+	return sink.sorted()
+}
+
+// sumCounter sums every series of the counter name over regs.
+func sumCounter(t *testing.T, regs []*prometheus.Registry, name string) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, reg := range regs {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
