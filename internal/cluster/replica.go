@@ -252,3 +252,7 @@ func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), err
 	r.m.tasks.Inc()
 	return eng, func() { r.m.tasks.Dec(); reg.unregisterAll() }, nil
 }
+
+// Ping reports whether the brokers answer and have every raw topic, and whether stage
+// one could join its group: the replica is ready only while they do.
+func (r *Replica) Ping(ctx context.Context) error { return r.src.Ping(ctx) }
