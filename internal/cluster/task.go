@@ -21,6 +21,12 @@ import (
 // member far behind costs order, not memory.
 const maxBuffered = 200_000
 
+// messageReader is what a task reads its internal partition with: a kafka-go Reader
+// of the partition.
+type messageReader interface {
+	FetchMessage(ctx context.Context) (kafkago.Message, error)
+}
+
 // An item is one source partition's part of an internal record, waiting to be handed
 // to the engine.
 type item struct {
@@ -50,6 +56,9 @@ type srcQueue struct {
 	idle  bool      // its last item handed out said idle, or it delivered nothing for idle_timeout: not waited for
 	since time.Time // wall clock of its last item taken in, or of the task's start
 	high  int64     // highest source offset taken in, for dropping records written twice; -1: none
+	tail  int64     // largest stream taken in; math.MinInt64 before
+	// tailIdle says the last item taken in is an idle mark.
+	tailIdle bool
 	// taken are the (internal offset, source offset) of events handed out and not yet
 	// covered by a commit.
 	taken [][2]int64
@@ -75,7 +84,7 @@ type taskSource struct {
 	gen       *kafkago.Generation
 	topic     string
 	partition int
-	r         *kafkago.Reader
+	r         messageReader
 
 	queues   map[ingest.Partition]*srcQueue
 	order    []*srcQueue // sorted by partition
@@ -114,7 +123,7 @@ func newTaskSource(s *stage2, gen *kafkago.Generation, topic string, partition i
 func (t *taskSource) queue(p ingest.Partition) *srcQueue {
 	q := t.queues[p]
 	if q == nil {
-		q = &srcQueue{p: p, last: math.MinInt64, high: -1, since: t.s.now()}
+		q = &srcQueue{p: p, last: math.MinInt64, tail: math.MinInt64, high: -1, since: t.s.now()}
 		t.queues[p] = q
 		i, _ := slices.BinarySearchFunc(t.order, p, func(q *srcQueue, p ingest.Partition) int { return comparePartitions(q.p, p) })
 		t.order = slices.Insert(t.order, i, q)
@@ -194,15 +203,19 @@ func (t *taskSource) takeIn(msg *kafkago.Message) error {
 	t.next = msg.Offset + 1
 	t.read++
 	if t.rec.typ == typeMark {
+		// A mark that says nothing new of its partition (written again, or after the
+		// partition's own events here) is dropped, so that the marks a task keeps do not
+		// depend on which records stage one wrote twice.
 		for _, m := range t.rec.marks {
+			_, known := t.queues[m.pos.part]
 			q := t.queue(m.pos.part)
-			if m.flags&flagOpened != 0 {
+			if m.flags&flagOpened != 0 && !known {
 				t.push(q, item{off: msg.Offset, what: itemOpened, stream: m.stream})
 			}
-			if m.stream != math.MinInt64 {
+			if m.stream > q.tail {
 				t.push(q, item{off: msg.Offset, what: itemStream, stream: m.stream})
 			}
-			if m.flags&flagIdle != 0 {
+			if m.flags&flagIdle != 0 && !q.tailIdle {
 				t.push(q, item{off: msg.Offset, what: itemIdle, stream: m.stream})
 			}
 		}
@@ -224,6 +237,8 @@ func (t *taskSource) push(q *srcQueue, it item) {
 		q.items, q.head = q.items[:0], 0
 	}
 	q.items = append(q.items, it)
+	q.tail = max(q.tail, it.stream)
+	q.tailIdle = it.what == itemIdle
 	t.buffered++
 	q.since = t.s.now()
 	if it.what != itemIdle {
