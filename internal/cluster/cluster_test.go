@@ -6,7 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +27,15 @@ import (
 // rawPartitions is how many partitions the raw topics of the tests have.
 const rawPartitions = 6
 
+// internalPartitions is how many partitions the tests give each internal topic: fewer
+// under -short, where every task costs the race detector.
+func internalPartitions() int {
+	if testing.Short() {
+		return 2
+	}
+	return 4
+}
+
 // TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
 // to four partitions (so every attack is spread over all of them), through one replica
 // and through three: the same alerts, ids and bytes. A plain consumer group of three
@@ -38,6 +49,7 @@ func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	if len(one) < len(injected) {
 		t.Fatalf("one replica raised %d alert versions for %d attacks:\n%s", len(one), len(injected), strings.Join(one, "\n"))
 	}
+	kcatReadsInternalTopics(t, c, Config{InternalTopicPrefix: "gwi-one", Partitions: internalPartitions()})
 	three := runReplicas(t, c, "three", 3, raw, parts)
 	if !slices.Equal(one, three) {
 		t.Errorf("three replicas raised\n%s\none raised\n%s", strings.Join(three, "\n"), strings.Join(one, "\n"))
@@ -176,7 +188,7 @@ func eventTimes(t testing.TB, raw [][]byte) []time.Time {
 func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int) []string {
 	t.Helper()
 	topic, group := "waf-"+name, "gw-"+name
-	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: 4}
+	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: internalPartitions()}
 	sink := newAlertSet()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -316,4 +328,46 @@ func sumCounter(t *testing.T, regs []*prometheus.Registry, name string) float64 
 		}
 	}
 	return sum
+}
+
+// kcatReadsInternalTopics: kcat (librdkafka), an independent client, reads every
+// internal record (zstd batches included), and each decodes.
+func kcatReadsInternalTopics(t *testing.T, c *kafkatest.Cluster, cfg Config) {
+	t.Helper()
+	if testing.Short() {
+		return
+	}
+	bin := kafkatest.Require(t, "kcat")
+	for k := range numKinds {
+		topic := cfg.Topic(k)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		// Each record as its size, a colon and its bytes: the values are binary.
+		out, err := exec.CommandContext(ctx, bin, "-b", c.Addrs[0], "-t", topic, "-C", "-e", "-o", "beginning", "-q", "-f", "%S:%s").Output()
+		cancel()
+		if err != nil {
+			t.Fatalf("kcat -t %s: %v", topic, err)
+		}
+		n := 0
+		var rec record
+		for len(out) > 0 {
+			size, rest, ok := bytes.Cut(out, []byte(":"))
+			v, err := strconv.Atoi(string(size))
+			if !ok || err != nil || v > len(rest) {
+				t.Fatalf("%s: kcat printed %q", topic, out[:min(len(out), 40)])
+			}
+			if err := decodeRecord(&rec, rest[:v]); err != nil {
+				t.Fatalf("%s: a record kcat read does not decode: %v", topic, err)
+			}
+			out = rest[v:]
+			n++
+		}
+		want := 0
+		for _, end := range c.EndOffsets(t, topic) {
+			want += int(end)
+		}
+		if n != want || n == 0 {
+			t.Errorf("kcat read %d records of %s, want %d", n, topic, want)
+		}
+		t.Logf("kcat read and decoded the %d records of %s", n, topic)
+	}
 }

@@ -25,22 +25,32 @@ func testParserOptions(t testing.TB) ingest.ParserOptions {
 	return ingest.ParserOptions{Secret: s}
 }
 
-// testDetectors are the detectors' defaults with learning short enough for two hours
-// of synthetic traffic, as run's end-to-end tests set them.
+// trafficSpan is how much synthetic traffic the tests generate: two hours, as run's
+// end-to-end tests do, or one under -short (the race detector slows the brokers and
+// engines of the Kafka tests about tenfold).
+func trafficSpan() time.Duration {
+	if testing.Short() {
+		return time.Hour
+	}
+	return 2 * time.Hour
+}
+
+// testDetectors are the detectors' defaults with learning short enough for the
+// synthetic traffic (a quarter of it), as run's end-to-end tests set them.
 func testDetectors() detectors.Config {
 	cfg := detectors.DefaultConfig()
-	cfg.NewCountry.LearningPeriod = 30 * time.Minute
+	cfg.NewCountry.LearningPeriod = trafficSpan() / 4
 	cfg.NewCountry.MinEvents = 20
-	cfg.QuietEndpointSpike.LearningPeriod = 30 * time.Minute
+	cfg.QuietEndpointSpike.LearningPeriod = trafficSpan() / 4
 	cfg.IdleTimeout = time.Hour // the tests decide no partition is idle by the wall clock
 	return cfg
 }
 
-// traffic is two hours of seeded synthetic traffic with every attack, from a fixed
+// traffic is trafficSpan of seeded synthetic traffic with every attack, from a fixed
 // start, and its AWS WAF records.
 func traffic(t testing.TB, seed uint64) ([]synth.Request, []synth.Injected, [][]byte) {
 	t.Helper()
-	reqs, injected, err := synth.Generate(synth.Config{Duration: 2 * time.Hour, Rate: 3, Seed: seed, Attacks: synth.Attacks})
+	reqs, injected, err := synth.Generate(synth.Config{Duration: trafficSpan(), Rate: 3, Seed: seed, Attacks: synth.Attacks})
 	if err != nil {
 		t.Fatal(err)
 	}
