@@ -238,6 +238,12 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	rawBytes := 0
+	for _, r := range raw {
+		rawBytes += len(r)
+	}
+	t.Logf("%s: stage one wrote %.0f bytes a raw record (events and marks, before compression) for %.0f bytes of raw record",
+		name, sumCounter(t, regs, "gatewatch_cluster_written_bytes_total")/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
 	if dups := sumCounter(t, regs, "gatewatch_cluster_task_duplicates_total"); dups != 0 {
 		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
 	}

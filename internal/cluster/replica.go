@@ -236,8 +236,17 @@ func (r *Replica) ensureTopics(ctx context.Context) error {
 func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), error) {
 	topic := r.cfg.Topic(k)
 	reg := &taskRegisterer{reg: prometheus.WrapRegistererWith(prometheus.Labels{"task": topic + "/" + strconv.Itoa(partition)}, r.o.Registerer)}
-	eng, err := detectors.NewEngine(taskConfig(r.o.Detectors, k), detectors.Options{
-		Baselines:      r.o.Baselines,
+	var baselines detectors.BaselineStore
+	if r.o.Baselines != nil {
+		baselines = taskBaselines{BaselineStore: r.o.Baselines, kind: k, partition: partition, n: r.cfg.Partitions}
+	}
+	cfg := taskConfig(r.o.Detectors, k)
+	// The task's source decides when a source partition is idle (it waits for it in the
+	// merge, and relays stage one's idle marks); the engine's own wall-clock rule only
+	// backs it up, for a task that gets nothing at all.
+	cfg.IdleTimeout *= 2
+	eng, err := detectors.NewEngine(cfg, detectors.Options{
+		Baselines:      baselines,
 		Incidents:      r.o.Incidents,
 		Scope:          r.s2.group + "/" + topic + "/" + strconv.Itoa(partition),
 		Registerer:     reg,

@@ -74,27 +74,23 @@ func (s *stage2) run(ctx context.Context) error {
 			return nil
 		default:
 			s.log.Warn("tasks group join failed; trying again", "group", s.group, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
 			continue
-		}
-		committed, err := s.committed(ctx, gen)
-		var sources []ingest.Partition
-		if err == nil {
-			sources, err = s.sources(ctx)
-		}
-		if err != nil {
-			s.log.Warn("reading the tasks' commits failed; the generation runs no task until the next", "group", s.group, "err", err)
 		}
 		n := 0
 		for _, topic := range slices.Sorted(maps.Keys(gen.Assignments)) {
 			k, ok := s.cfg.kindOf(topic)
-			if !ok || err != nil {
+			if !ok {
 				continue
 			}
 			for _, pa := range gen.Assignments[topic] {
-				c := committed[topic][pa.ID]
 				n++
 				gen.Start(func(gctx context.Context) {
-					if err := s.runTask(gctx, gen, k, pa.ID, c, sources); err != nil {
+					if err := s.runTask(gctx, gen, k, pa.ID); err != nil {
 						select {
 						case failed <- err:
 						default:
@@ -125,14 +121,9 @@ type commit struct {
 	highs  map[ingest.Partition]int64
 }
 
-// committed reads the commits of the partitions gen assigns.
-func (s *stage2) committed(ctx context.Context, gen *kafkago.Generation) (map[string]map[int]commit, error) {
-	req := &kafkago.OffsetFetchRequest{GroupID: s.group, Topics: map[string][]int{}}
-	for topic, pas := range gen.Assignments {
-		for _, pa := range pas {
-			req.Topics[topic] = append(req.Topics[topic], pa.ID)
-		}
-	}
+// committed reads the commit of one internal partition.
+func (s *stage2) committed(ctx context.Context, topic string, partition int) (commit, error) {
+	req := &kafkago.OffsetFetchRequest{GroupID: s.group, Topics: map[string][]int{topic: {partition}}}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	resp, err := s.client.OffsetFetch(ctx, req)
@@ -140,23 +131,22 @@ func (s *stage2) committed(ctx context.Context, gen *kafkago.Generation) (map[st
 		err = resp.Error
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cluster: fetch the tasks' offsets: %w", err)
+		return commit{}, fmt.Errorf("cluster: fetch the offset of %s/%d: %w", topic, partition, err)
 	}
-	out := map[string]map[int]commit{}
-	for topic, ps := range resp.Topics {
-		out[topic] = map[int]commit{}
-		for _, p := range ps {
-			if p.Error != nil {
-				return nil, fmt.Errorf("cluster: fetch the offset of %s/%d: %w", topic, p.Partition, p.Error)
-			}
-			highs, err := decodeHighs(p.Metadata)
-			if err != nil {
-				return nil, fmt.Errorf("cluster: the commit of %s/%d: %w", topic, p.Partition, err)
-			}
-			out[topic][p.Partition] = commit{offset: p.CommittedOffset, highs: highs}
+	for _, p := range resp.Topics[topic] {
+		if p.Partition != partition {
+			continue
 		}
+		if p.Error != nil {
+			return commit{}, fmt.Errorf("cluster: fetch the offset of %s/%d: %w", topic, partition, p.Error)
+		}
+		highs, err := decodeHighs(p.Metadata)
+		if err != nil {
+			return commit{}, fmt.Errorf("cluster: the commit of %s/%d: %w", topic, partition, err)
+		}
+		return commit{offset: p.CommittedOffset, highs: highs}, nil
 	}
-	return out, nil
+	return commit{}, fmt.Errorf("cluster: the broker returned no offset for %s/%d", topic, partition)
 }
 
 // sources returns the partitions of the raw topics.
@@ -179,14 +169,33 @@ func (s *stage2) sources(ctx context.Context) ([]ingest.Partition, error) {
 	return out, nil
 }
 
-// runTask runs the task of one internal partition until the generation ends.
-func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, partition int, c commit, sources []ingest.Partition) error {
+// runTask runs the task of one internal partition until the generation ends: it reads
+// the partition's commit and the raw topics' partitions (trying again while the brokers
+// do not answer), builds the engine and runs it.
+func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, partition int) error {
+	topic := s.cfg.Topic(k)
+	var c commit
+	var sources []ingest.Partition
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		var err error
+		if c, err = s.committed(ctx, topic, partition); err == nil {
+			sources, err = s.sources(ctx)
+		}
+		if err == nil {
+			break
+		}
+		s.log.Warn("task cannot start yet; trying again", "topic", topic, "partition", partition, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
 	eng, done, err := s.newTask(k, partition)
 	if err != nil {
 		return err
 	}
 	defer done()
-	topic := s.cfg.Topic(k)
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:         s.brokers,
 		Topic:           topic,
