@@ -9,7 +9,7 @@ import (
 // source's TLS and SASL settings: a dialer for readers and consumer groups and a
 // transport for writers and admin requests. Scale-out's internal topics use them.
 func Connect(cfg ingest.KafkaConfig) (*kafkago.Dialer, *kafkago.Transport, error) {
-	cfg = withDefaults(cfg)
+	cfg = WithDefaults(cfg)
 	sec, err := newSecurity(cfg)
 	if err != nil {
 		return nil, nil, err

@@ -153,7 +153,7 @@ func (k partKey) Compare(o partKey) int {
 // NewSource checks cfg and o, fills defaults, builds the parsers of each topic and the
 // TLS and SASL settings, and starts nothing: the group is joined by the first Next.
 func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
-	cfg = withDefaults(cfg)
+	cfg = WithDefaults(cfg)
 	var errs []error
 	if len(cfg.Brokers) == 0 {
 		errs = append(errs, errors.New("kafka: no brokers"))
@@ -301,8 +301,9 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	return s, nil
 }
 
-// withDefaults fills the zero fields of cfg from ingest.DefaultConfig.
-func withDefaults(cfg ingest.KafkaConfig) ingest.KafkaConfig {
+// WithDefaults fills the zero fields of cfg from ingest.DefaultConfig, as NewSource
+// does: for other clients of the same brokers (scale-out's internal topics).
+func WithDefaults(cfg ingest.KafkaConfig) ingest.KafkaConfig {
 	d := ingest.DefaultConfig().Kafka
 	cfg.Group = orDefault(cfg.Group, d.Group)
 	cfg.ClientID = orDefault(cfg.ClientID, d.ClientID)

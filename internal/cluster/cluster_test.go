@@ -22,16 +22,18 @@ import (
 	"github.com/gatewatch/gatewatch/ingest/kafka"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 )
 
 // rawPartitions is how many partitions the raw topics of the tests have.
 const rawPartitions = 6
 
 // internalPartitions is how many partitions the tests give each internal topic: fewer
-// under -short, where every task costs the race detector.
+// under -short, where every task costs the race detector, but one for each of three
+// replicas.
 func internalPartitions() int {
 	if testing.Short() {
-		return 2
+		return 3
 	}
 	return 4
 }
@@ -192,7 +194,7 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 	sink := newAlertSet()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var regs []*prometheus.Registry
+	var regs []prometheus.Gatherer
 	done := make(chan error, n)
 	for i := range n {
 		reg := prometheus.NewRegistry()
@@ -224,13 +226,13 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 					ends += float64(end)
 				}
 			}
-			if got := sumCounter(t, regs, "gatewatch_cluster_task_records_total"); got == ends {
+			if got := promtest.Sum(t, "gatewatch_cluster_task_records_total", regs...); got == ends {
 				break
 			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, task records %v", name,
-				c.Committed(t, group, topic), c.EndOffsets(t, topic), sumCounter(t, regs, "gatewatch_cluster_task_records_total"))
+				c.Committed(t, group, topic), c.EndOffsets(t, topic), promtest.Sum(t, "gatewatch_cluster_task_records_total", regs...))
 		}
 		select {
 		case err := <-done:
@@ -243,8 +245,8 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 		rawBytes += len(r)
 	}
 	t.Logf("%s: stage one wrote %.0f bytes a raw record (events and marks, before compression) for %.0f bytes of raw record",
-		name, sumCounter(t, regs, "gatewatch_cluster_written_bytes_total")/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
-	if dups := sumCounter(t, regs, "gatewatch_cluster_task_duplicates_total"); dups != 0 {
+		name, promtest.Sum(t, "gatewatch_cluster_written_bytes_total", regs...)/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
+	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs...); dups != 0 {
 		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
 	}
 	cancel()
@@ -269,7 +271,7 @@ func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, part
 	sink := newAlertSet()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var regs []*prometheus.Registry
+	var regs []prometheus.Gatherer
 	done := make(chan error, n)
 	for i := range n {
 		reg := prometheus.NewRegistry()
@@ -300,9 +302,9 @@ func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, part
 	c.WaitGroup(t, "gw-plain", "waf-plain", n)
 	produceRaw(t, c, "waf-plain", raw, partOf)
 	deadline := time.Now().Add(3 * time.Minute)
-	for sumCounter(t, regs, "gatewatch_detectors_events_total") < float64(len(raw)) {
+	for promtest.Sum(t, "gatewatch_detectors_events_total", regs...) < float64(len(raw)) {
 		if time.Now().After(deadline) {
-			t.Fatalf("plain group: %v of %d events observed after 3 minutes", sumCounter(t, regs, "gatewatch_detectors_events_total"), len(raw))
+			t.Fatalf("plain group: %v of %d events observed after 3 minutes", promtest.Sum(t, "gatewatch_detectors_events_total", regs...), len(raw))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -313,27 +315,6 @@ func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, part
 		}
 	}
 	return sink.sorted()
-}
-
-// sumCounter sums every series of the counter name over regs.
-func sumCounter(t *testing.T, regs []*prometheus.Registry, name string) float64 {
-	t.Helper()
-	sum := 0.0
-	for _, reg := range regs {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 // kcatReadsInternalTopics: kcat (librdkafka), an independent client, reads every

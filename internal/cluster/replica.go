@@ -87,7 +87,7 @@ func New(cfg Config, o Options) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	kc := kafkaDefaults(o.Kafka)
+	kc := kafka.WithDefaults(o.Kafka)
 	r := &Replica{cfg: cfg, o: o, log: log, m: newMetrics(o.Registerer), src: src, conn: transport}
 	r.w = &kafkago.Writer{
 		Addr:         kafkago.TCP(kc.Brokers...),
@@ -139,24 +139,6 @@ func rawTopics(k ingest.KafkaConfig) []string {
 		out[i] = t.Name
 	}
 	return out
-}
-
-// kafkaDefaults fills what ingest.DefaultConfig fills for an unset field.
-func kafkaDefaults(k ingest.KafkaConfig) ingest.KafkaConfig {
-	d := ingest.DefaultConfig().Kafka
-	if k.Group == "" {
-		k.Group = d.Group
-	}
-	if k.BatchSize == 0 {
-		k.BatchSize = d.BatchSize
-	}
-	if k.BatchWait == 0 {
-		k.BatchWait = d.BatchWait
-	}
-	if k.Timeout == 0 {
-		k.Timeout = d.Timeout
-	}
-	return k
 }
 
 // Run creates the internal topics when missing, then runs both stages until ctx ends

@@ -39,3 +39,26 @@ func Value(t testing.TB, g prometheus.Gatherer, name string, labels ...string) f
 	t.Fatalf("no series %s%q", name, labels)
 	return 0
 }
+
+// Sum returns the sum of every counter and gauge series of name in each of gs: a count
+// spread over label values, or over several registries (one per replica). It is 0 when
+// there is no such series.
+func Sum(t testing.TB, name string, gs ...prometheus.Gatherer) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, g := range gs {
+		mfs, err := g.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
