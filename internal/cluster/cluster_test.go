@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"os/exec"
@@ -45,16 +46,16 @@ func internalPartitions() int {
 func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	reqs, injected, raw := traffic(t, 7)
 	parts := spread(reqs, injected)
-	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-plain"}, Partitions: rawPartitions})
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-leave", "waf-plain"}, Partitions: rawPartitions})
 
-	one := runReplicas(t, c, "one", 1, raw, parts)
+	one := runReplicas(t, c, "one", 1, raw, parts, 0)
 	if len(one) < len(injected) {
 		t.Fatalf("one replica raised %d alert versions for %d attacks:\n%s", len(one), len(injected), strings.Join(one, "\n"))
 	}
 	kcatReadsInternalTopics(t, c, Config{InternalTopicPrefix: "gwi-one", Partitions: internalPartitions()})
-	three := runReplicas(t, c, "three", 3, raw, parts)
+	three := runReplicas(t, c, "three", 3, raw, parts, 0)
 	if !slices.Equal(one, three) {
-		t.Errorf("three replicas raised\n%s\none raised\n%s", strings.Join(three, "\n"), strings.Join(one, "\n"))
+		t.Errorf("three replicas raised alerts one did not, or not those it did:\n%s", diffSets(three, one))
 	}
 	byDetector := func(alerts []string) map[string][]string {
 		m := map[string][]string{}
@@ -65,6 +66,18 @@ func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 			}
 		}
 		return m
+	}
+	if !testing.Short() {
+		// Three replicas, one of which leaves halfway: the other two take over its
+		// source partitions and tasks, rebuilt from their commits. The same incidents
+		// (ids); their evidence may differ, see the log.
+		leave := runReplicas(t, c, "leave", 3, raw, parts, int64(len(raw)/2))
+		if got, want := byDetector(leave), byDetector(one); !maps.EqualFunc(got, want, slices.Equal) {
+			t.Errorf("three replicas, one leaving halfway, raised incidents %v, one raised %v", got, want)
+		}
+		if !slices.Equal(one, leave) {
+			t.Logf("a task rebuilt after the move re-evaluates windows from its commit: versions that differ from one replica's:\n%s", diffSets(leave, one))
+		}
 	}
 	for _, inj := range injected {
 		if len(byDetector(one)[inj.Kind]) == 0 {
@@ -186,16 +199,18 @@ func eventTimes(t testing.TB, raw [][]byte) []time.Time {
 // runReplicas runs n replicas (prefix and groups named for name) over the raw topic
 // waf-<name>, once every replica is a member of both groups produces raw to it, waits
 // until every raw record is committed and every internal record observed, stops the
-// replicas, and returns the distinct alert versions they raised, sorted.
-func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int) []string {
+// replicas, and returns the distinct alert versions they raised, sorted. With leaveAt
+// above 0, the last replica stops once stage one committed that many raw records, and
+// the others take over its partitions and tasks.
+func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int, leaveAt int64) []string {
 	t.Helper()
 	topic, group := "waf-"+name, "gw-"+name
 	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: internalPartitions()}
 	sink := newAlertSet()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	stores := sharedStores()
 	var regs []prometheus.Gatherer
-	done := make(chan error, n)
+	var stops []context.CancelFunc
+	done := make([]chan error, n)
 	for i := range n {
 		reg := prometheus.NewRegistry()
 		regs = append(regs, reg)
@@ -204,6 +219,8 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 			ParserOptions: testParserOptions(t),
 			DeadLetters:   noDeadLetters{t},
 			Detectors:     testDetectors(),
+			Baselines:     stores.baselines,
+			Incidents:     stores.incidents,
 			Sink:          sink,
 			Registerer:    reg,
 			Logger:        testLog(t, name+" replica "+string(rune('0'+i))),
@@ -211,34 +228,51 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 		if err != nil {
 			t.Fatal(err)
 		}
-		go func() { done <- r.Run(ctx) }()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		stops = append(stops, cancel)
+		done[i] = make(chan error, 1)
+		go func() { done[i] <- r.Run(ctx) }()
 	}
 	c.WaitGroup(t, group, topic, n)
+	for k := range numKinds {
+		waitTopic(t, c, cfg.Topic(k)) // created by the replicas
+	}
 	c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), n)
 	produceRaw(t, c, topic, raw, partOf)
 
+	running := n
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		if committedAll(t, c, group, topic) {
-			ends := 0.0
-			for k := range numKinds {
-				for _, end := range c.EndOffsets(t, cfg.Topic(k)) {
-					ends += float64(end)
-				}
+		committed := c.Committed(t, group, topic)
+		if leaveAt > 0 && running == n && sum(committed) >= leaveAt {
+			running--
+			stops[running]()
+			if err := <-done[running]; err != nil {
+				t.Errorf("%s: replica %d stopped with %v", name, running, err)
 			}
-			if got := promtest.Sum(t, "gatewatch_cluster_task_records_total", regs...); got == ends {
-				break
-			}
+			t.Logf("%s: replica %d left after %d raw records were committed", name, running, sum(committed))
+		}
+		ends := int64(0)
+		for k := range numKinds {
+			ends += sum(c.EndOffsets(t, cfg.Topic(k)))
+		}
+		position := promtest.Sum(t, "gatewatch_cluster_task_offset", regs[:running]...)
+		if maps.Equal(committed, c.EndOffsets(t, topic)) && position == float64(ends) {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, task records %v", name,
-				c.Committed(t, group, topic), c.EndOffsets(t, topic), promtest.Sum(t, "gatewatch_cluster_task_records_total", regs...))
+			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, tasks at %v of %d", name,
+				committed, c.EndOffsets(t, topic), position, ends)
 		}
-		select {
-		case err := <-done:
-			t.Fatalf("%s: a replica stopped: %v", name, err)
-		case <-time.After(100 * time.Millisecond):
+		for i := range running {
+			select {
+			case err := <-done[i]:
+				t.Fatalf("%s: replica %d stopped: %v", name, i, err)
+			default:
+			}
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	rawBytes := 0
 	for _, r := range raw {
@@ -246,21 +280,53 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 	}
 	t.Logf("%s: stage one wrote %.0f bytes a raw record (events and marks, before compression) for %.0f bytes of raw record",
 		name, promtest.Sum(t, "gatewatch_cluster_written_bytes_total", regs...)/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
-	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs...); dups != 0 {
+	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs...); dups != 0 && leaveAt == 0 {
 		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
 	}
-	cancel()
-	for range n {
-		if err := <-done; err != nil {
-			t.Errorf("%s: replica: %v", name, err)
+	for i := range running {
+		stops[i]()
+		if err := <-done[i]; err != nil {
+			t.Errorf("%s: replica %d: %v", name, i, err)
 		}
 	}
 	return sink.sorted()
 }
 
-// committedAll reports whether group committed every record of topic.
-func committedAll(t *testing.T, c *kafkatest.Cluster, group, topic string) bool {
-	return maps.Equal(c.Committed(t, group, topic), c.EndOffsets(t, topic))
+func sum(offsets map[int]int64) int64 {
+	n := int64(0)
+	for _, o := range offsets {
+		n += o
+	}
+	return n
+}
+
+// stores are what the replicas of a test share, as replicas share ClickHouse: a task
+// that moves finds its baselines and open incidents where it left them.
+type stores struct {
+	baselines *detectors.MemoryBaselines
+	incidents *lockedIncidents
+}
+
+func sharedStores() stores {
+	return stores{baselines: detectors.NewMemoryBaselines(detectors.Baselines{}), incidents: &lockedIncidents{m: detectors.NewMemoryIncidents()}}
+}
+
+// lockedIncidents is a MemoryIncidents many tasks may use at once.
+type lockedIncidents struct {
+	mu sync.Mutex
+	m  *detectors.MemoryIncidents
+}
+
+func (l *lockedIncidents) LoadIncidents(ctx context.Context, scope string) ([]detectors.IncidentState, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m.LoadIncidents(ctx, scope)
+}
+
+func (l *lockedIncidents) SaveIncidents(ctx context.Context, scope string, open []detectors.IncidentState, closed []detectors.IncidentRef) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m.SaveIncidents(ctx, scope, open, closed)
 }
 
 // runPlainGroup runs n engines, each behind its own Kafka source in one consumer group
@@ -357,4 +423,33 @@ func kcatReadsInternalTopics(t *testing.T, c *kafkatest.Cluster, cfg Config) {
 		}
 		t.Logf("kcat read and decoded the %d records of %s", n, topic)
 	}
+}
+
+// diffSets lists what got has and want lacks (+) and what want has and got lacks (-).
+func diffSets(got, want []string) string {
+	var b strings.Builder
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			fmt.Fprintf(&b, "+ %s\n", g)
+		}
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			fmt.Fprintf(&b, "- %s\n", w)
+		}
+	}
+	return b.String()
+}
+
+// waitTopic waits until topic exists.
+func waitTopic(t *testing.T, c *kafkatest.Cluster, topic string) {
+	t.Helper()
+	client := &kafkago.Client{Addr: kafkago.TCP(c.Addrs...)}
+	for start := time.Now(); time.Since(start) < time.Minute; time.Sleep(50 * time.Millisecond) {
+		md, err := client.Metadata(context.Background(), &kafkago.MetadataRequest{Topics: []string{topic}})
+		if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) > 0 {
+			return
+		}
+	}
+	t.Fatalf("topic %s not created within a minute", topic)
 }

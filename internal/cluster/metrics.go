@@ -12,7 +12,7 @@ type metrics struct {
 	produced      prometheus.Counter
 	producedBytes prometheus.Counter
 	writeRetries  prometheus.Counter
-	consumed      *prometheus.CounterVec
+	position      *prometheus.GaugeVec
 	duplicates    *prometheus.CounterVec
 	forced        *prometheus.CounterVec
 	tasks         prometheus.Gauge
@@ -33,10 +33,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gatewatch_cluster_write_retries_total",
 			Help: "Writes to the internal topics that failed and were tried again.",
 		}),
-		consumed: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "gatewatch_cluster_task_records_total",
-			Help: "Internal records the tasks of this replica observed, per internal topic.",
-		}, []string{"topic"}),
+		position: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatewatch_cluster_task_offset",
+			Help: "Per task of this replica, the offset of its internal partition up to which its engine has seen every record it could (the end offset minus it is the task's lag).",
+		}, []string{"topic", "partition"}),
 		duplicates: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_cluster_task_duplicates_total",
 			Help: "Internal records dropped as written twice by stage one (a crash or a rebalance), per internal topic.",

@@ -196,6 +196,7 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 		return err
 	}
 	defer done()
+	defer s.m.position.DeleteLabelValues(topic, strconv.Itoa(partition))
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:         s.brokers,
 		Topic:           topic,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -94,12 +95,11 @@ type taskSource struct {
 	rec      record
 
 	committed map[ingest.Partition]int64 // source offsets covered by the last commit snapshot
-	read      int64                      // records read
-	settled   int64                      // records read whose items the engine has all seen, as counted
 	stalled   bool                       // the last batch ended because nothing more could be handed out
 	forced    bool                       // handing out past a slow partition (maxBuffered)
 
-	records, dups, forcedC prometheus.Counter
+	position      prometheus.Gauge
+	dups, forcedC prometheus.Counter
 }
 
 // newTaskSource starts a task's source after commit c, waiting from the start for each
@@ -108,7 +108,7 @@ type taskSource struct {
 func newTaskSource(s *stage2, gen *kafkago.Generation, topic string, partition int, c commit, sources []ingest.Partition) *taskSource {
 	t := &taskSource{s: s, gen: gen, topic: topic, partition: partition,
 		queues: map[ingest.Partition]*srcQueue{}, next: c.offset, committed: map[ingest.Partition]int64{},
-		records: s.m.consumed.WithLabelValues(topic), dups: s.m.duplicates.WithLabelValues(topic),
+		position: s.m.position.WithLabelValues(topic, strconv.Itoa(partition)), dups: s.m.duplicates.WithLabelValues(topic),
 		forcedC: s.m.forced.WithLabelValues(topic)}
 	for _, p := range sources {
 		t.queue(p)
@@ -137,11 +137,10 @@ func comparePartitions(a, b ingest.Partition) int {
 
 // Next hands out what can be handed out of the records that arrive within a tick.
 func (t *taskSource) Next(ctx context.Context) (*ingest.Batch, error) {
-	if t.stalled && t.settled < t.read {
+	if t.stalled && t.next >= 0 {
 		// The engine has seen every item of the records read so far that could be
-		// handed out: for tests and dashboards, "observed".
-		t.records.Add(float64(t.read - t.settled))
-		t.settled = t.read
+		// handed out.
+		t.position.Set(float64(t.next))
 	}
 	var b batchParts
 	deadline := time.Now().Add(tick)
@@ -201,7 +200,6 @@ func (t *taskSource) takeIn(msg *kafkago.Message) error {
 		return fmt.Errorf("cluster: %s/%d offset %d: %w", t.topic, t.partition, msg.Offset, err)
 	}
 	t.next = msg.Offset + 1
-	t.read++
 	if t.rec.typ == typeMark {
 		// A mark that says nothing new of its partition (written again, or after the
 		// partition's own events here) is dropped, so that the marks a task keeps do not
