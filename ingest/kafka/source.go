@@ -73,17 +73,18 @@ type Options struct {
 // the previous ones are processed. Next must be called from one goroutine at a time
 // (calls are serialised); Batch.Ack and Close may be called from any goroutine.
 type Source struct {
-	cfg     ingest.KafkaConfig
-	rcfg    kafkago.ReaderConfig // what each partition reader is built from
-	gcfg    kafkago.ConsumerGroupConfig
-	dl      ingest.DeadLetters
-	log     *slog.Logger
-	now     func() time.Time
-	topics  map[string]*topic
-	order   []*topic           // topics in config order
-	offsets bool               // Options.Offsets
-	admin   *kafkago.Client    // for metadata
-	conns   *kafkago.Transport // the admin client's
+	cfg    ingest.KafkaConfig
+	rcfg   kafkago.ReaderConfig // what each partition reader is built from
+	gcfg   kafkago.ConsumerGroupConfig
+	dl     ingest.DeadLetters
+	log    *slog.Logger
+	now    func() time.Time
+	topics map[string]*topic
+	order  []*topic           // topics in config order
+	admin  *kafkago.Client    // for metadata
+	conns  *kafkago.Transport // the admin client's
+
+	offsets bool // Options.Offsets
 
 	wake    chan struct{} // a partition reader queued a record
 	activeV atomic.Uint64 // bumped when active changes
@@ -185,16 +186,17 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	}
 
 	s := &Source{
-		cfg:     cfg,
+		cfg:    cfg,
+		dl:     o.DeadLetters,
+		log:    o.Logger,
+		now:    o.Now,
+		topics: make(map[string]*topic, len(cfg.Topics)),
+		parts:  make(map[partKey]*partition),
+		dirty:  make(map[*partition]struct{}),
+		hint:   min(cfg.BatchSize, 64),
+		ready:  make(chan *batch, prefetch),
+
 		offsets: o.Offsets,
-		dl:      o.DeadLetters,
-		log:     o.Logger,
-		now:     o.Now,
-		topics:  make(map[string]*topic, len(cfg.Topics)),
-		parts:   make(map[partKey]*partition),
-		dirty:   make(map[*partition]struct{}),
-		hint:    min(cfg.BatchSize, 64),
-		ready:   make(chan *batch, prefetch),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
