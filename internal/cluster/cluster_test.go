@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
@@ -46,7 +47,17 @@ func internalPartitions() int {
 func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	reqs, injected, raw := traffic(t, 7)
 	parts := spread(reqs, injected)
-	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-leave", "waf-plain"}, Partitions: rawPartitions})
+	// The internal topics exist before the replicas start (as after a first run), so
+	// that the test's own clients see them at once; TestRunCluster (cmd/gatewatch) and
+	// TestInternalTopics see the replicas create them.
+	var internal []string
+	for _, name := range []string{"one", "three", "leave"} {
+		for k := range numKinds {
+			internal = append(internal, Config{InternalTopicPrefix: "gwi-" + name}.Topic(k))
+		}
+	}
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-leave", "waf-plain"}, Partitions: rawPartitions,
+		Kfake: []kfake.Opt{kfake.SeedTopics(int32(internalPartitions()), internal...)}})
 
 	one := runReplicas(t, c, "one", 1, raw, parts, 0)
 	if len(one) < len(injected) {
@@ -232,12 +243,9 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 		defer cancel()
 		stops = append(stops, cancel)
 		done[i] = make(chan error, 1)
-		go func() { done[i] <- r.Run(ctx) }()
+		go func() { done[i] <- errors.Join(r.Run(ctx), r.Close()) }()
 	}
 	c.WaitGroup(t, group, topic, n)
-	for k := range numKinds {
-		waitTopic(t, c, cfg.Topic(k)) // created by the replicas
-	}
 	c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), n)
 	produceRaw(t, c, topic, raw, partOf)
 
@@ -441,15 +449,51 @@ func diffSets(got, want []string) string {
 	return b.String()
 }
 
-// waitTopic waits until topic exists.
-func waitTopic(t *testing.T, c *kafkatest.Cluster, topic string) {
-	t.Helper()
+// TestInternalTopics: a replica creates the internal topics that are missing, with
+// cluster.partitions partitions, and refuses to run over one whose count differs (the
+// partition of a key is fixed for the life of a deployment).
+func TestInternalTopics(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf", "gwi-bad-token"}, Partitions: 2})
+	run := func(prefix string) error {
+		r, err := New(Config{InternalTopicPrefix: prefix, Partitions: 3}, Options{
+			Kafka: testKafka(c, "gw-"+prefix, "waf"), ParserOptions: testParserOptions(t), DeadLetters: noDeadLetters{t},
+			Detectors: testDetectors(), Sink: newAlertSet(), Registerer: prometheus.NewPedanticRegistry(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := r.ensureTopics(ctx); err != nil {
+			return errors.Join(err, r.Close())
+		}
+		return r.Close()
+	}
+	if err := run("gwi-new"); err != nil {
+		t.Fatalf("creating the internal topics: %v", err)
+	}
+	var names []string
+	for k := range numKinds {
+		names = append(names, Config{InternalTopicPrefix: "gwi-new"}.Topic(k))
+	}
 	client := &kafkago.Client{Addr: kafkago.TCP(c.Addrs...)}
-	for start := time.Now(); time.Since(start) < time.Minute; time.Sleep(50 * time.Millisecond) {
-		md, err := client.Metadata(context.Background(), &kafkago.MetadataRequest{Topics: []string{topic}})
-		if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) > 0 {
-			return
+	md, err := client.Metadata(context.Background(), &kafkago.MetadataRequest{Topics: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range md.Topics {
+		if tp.Error != nil || len(tp.Partitions) != 3 {
+			t.Errorf("topic %s: %d partitions (%v), want 3", tp.Name, len(tp.Partitions), tp.Error)
 		}
 	}
-	t.Fatalf("topic %s not created within a minute", topic)
+	if len(md.Topics) != int(numKinds) {
+		t.Errorf("%d internal topics, want %d", len(md.Topics), numKinds)
+	}
+	if err := run("gwi-new"); err != nil {
+		t.Errorf("a second replica over the topics the first created: %v", err)
+	}
+	err = run("gwi-bad")
+	if err == nil || !strings.Contains(err.Error(), "gwi-bad-token has 2 partitions, cluster.partitions is 3") {
+		t.Errorf("over an internal topic of 2 partitions with cluster.partitions 3: %v, want a refusal that names both", err)
+	}
 }

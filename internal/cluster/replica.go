@@ -32,10 +32,14 @@ type Options struct {
 	Baselines      detectors.BaselineStore
 	Incidents      detectors.IncidentStore
 	RunbookBaseURL string
-	Sink           detectors.AlertSink   // required: every task's alerts
-	Registerer     prometheus.Registerer // required
-	Logger         *slog.Logger          // nil: discard
-	Now            func() time.Time      // nil: time.Now; idle partitions
+	Sink           detectors.AlertSink // required: every task's alerts
+	// WrapSource, when set, wraps stage one's source of raw batches (the pipeline
+	// archives their events and holds their acknowledgement until the archive has them).
+	// The wrapper must keep Batch.Runs, Offsets, Opened and Ended.
+	WrapSource func(detectors.EventSource) detectors.EventSource
+	Registerer prometheus.Registerer // required
+	Logger     *slog.Logger          // nil: discard
+	Now        func() time.Time      // nil: time.Now; idle partitions
 }
 
 // A Replica is one instance of a scaled-out gatewatch: it runs both stages, each a
@@ -101,9 +105,13 @@ func New(cfg Config, o Options) (*Replica, error) {
 		Compression:  kafkago.Zstd,
 		Transport:    transport,
 	}
+	var s1src batchSource = src
+	if o.WrapSource != nil {
+		s1src = o.WrapSource(src)
+	}
 	r.s1 = &stage1{
 		cfg:      cfg,
-		src:      src,
+		src:      s1src,
 		w:        r.w,
 		lateness: o.Detectors.AllowedLateness.Milliseconds(),
 		idle:     o.Detectors.IdleTimeout,
@@ -142,27 +150,28 @@ func rawTopics(k ingest.KafkaConfig) []string {
 }
 
 // Run creates the internal topics when missing, then runs both stages until ctx ends
-// or one fails, and closes the clients. It returns nil after a stop asked for through
-// ctx.
+// or one fails. It returns nil after a stop asked for through ctx. Close the replica
+// after Run returns.
 func (r *Replica) Run(ctx context.Context) error {
-	defer r.conn.CloseIdleConnections()
 	if err := r.ensureTopics(ctx); err != nil {
-		r.src.Close()
-		r.w.Close()
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		err := r.s1.run(gctx)
-		// Leave the raw topics' group at once: the partitions go to the other replicas.
-		return errors.Join(err, r.src.Close(), r.w.Close())
-	})
+	g.Go(func() error { return r.s1.run(gctx) })
 	g.Go(func() error { return r.s2.run(gctx) })
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
+}
+
+// Close commits what stage one acknowledged, leaves the raw topics' group (its
+// partitions go to the other replicas) and closes the clients. A wrapper of stage one's
+// source that acknowledges later (WrapSource) must be done before.
+func (r *Replica) Close() error {
+	defer r.conn.CloseIdleConnections()
+	return errors.Join(r.src.Close(), r.w.Close())
 }
 
 // ensureTopics creates the internal topics that do not exist with cluster.partitions

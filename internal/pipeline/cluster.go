@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/store"
@@ -17,6 +18,9 @@ func (p *Pipeline) runCluster(ctx context.Context, cfg *Config, st store.Store, 
 	if err != nil {
 		return err
 	}
+	// Stage one's batches are archived, and their raw offsets committed once the archive
+	// has them, as Run does for the engine's.
+	acks := newAcker(st, p.log, p.m)
 	r, err := cluster.New(*cfg.Cluster, cluster.Options{
 		Kafka:          cfg.Ingest.Kafka,
 		ParserOptions:  popts,
@@ -29,16 +33,23 @@ func (p *Pipeline) runCluster(ctx context.Context, cfg *Config, st store.Store, 
 		Registerer:     p.reg,
 		Logger:         p.log,
 		Now:            p.opts.Now,
+		WrapSource: func(src detectors.EventSource) detectors.EventSource {
+			return &archiving{p: p, src: src, acks: acks, archive: cfg.Store.Archive}
+		},
 	})
 	if err != nil {
 		return err
 	}
+	acksDone := goRun(func() error { return acks.run(ctx) })
 	p.ready.set(st, r)
 	readyCtx, stopReady := context.WithCancel(ctx)
 	readyDone := goRun(func() error { p.ready.run(readyCtx, p.log); return nil })
 	p.log.Info("gatewatch running as a cluster replica", "topics", len(cfg.Ingest.Kafka.Topics), "group", cfg.Ingest.Kafka.Group,
 		"internal_topic_prefix", cfg.Cluster.InternalTopicPrefix, "partitions", cfg.Cluster.Partitions, "admin", cfg.Admin.Listen)
 	err = r.Run(ctx)
+	acks.close() // stage one stopped: what it acknowledged is committed, then the acker ends
+	<-acksDone
+	err = errors.Join(err, r.Close())
 	stopReady()
 	<-readyDone
 	p.ready.stopping()
