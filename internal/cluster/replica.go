@@ -105,7 +105,7 @@ func New(cfg Config, o Options) (*Replica, error) {
 		Compression:  kafkago.Zstd,
 		Transport:    transport,
 	}
-	var s1src batchSource = src
+	var s1src detectors.EventSource = src
 	if o.WrapSource != nil {
 		s1src = o.WrapSource(src)
 	}

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,23 +8,17 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
 // tick is how long stage one waits for records before it looks at the wall clock
 // anyway: a source partition that went silent must be reported idle to every task.
 const tick = time.Second
-
-// A batchSource is stage one's input: the Kafka source of the raw topics, with
-// kafka.Options.ByPartition set.
-type batchSource interface {
-	Next(ctx context.Context) (*ingest.Batch, error)
-}
 
 // stage1 reads the raw topics (its own consumer group), decides lateness per source
 // partition, and writes each event to the internal topics of the keys it has, followed
@@ -34,7 +27,7 @@ type batchSource interface {
 // became.
 type stage1 struct {
 	cfg      Config
-	src      batchSource
+	src      detectors.EventSource // the raw topics' Kafka source, with kafka.Options.Offsets
 	w        *kafkago.Writer
 	lateness int64 // ms
 	idle     time.Duration
@@ -175,9 +168,7 @@ func (s *stage1) checkIdle(now time.Time) {
 // appendMarks queues one marks record, of every partition whose state changed, to
 // every partition of every internal topic.
 func (s *stage1) appendMarks() {
-	ps := slices.SortedFunc(maps.Keys(s.dirty), func(a, b ingest.Partition) int {
-		return cmp.Or(strings.Compare(a.Source, b.Source), cmp.Compare(a.ID, b.ID))
-	})
+	ps := slices.SortedFunc(maps.Keys(s.dirty), comparePartitions)
 	marks := make([]mark, 0, len(ps))
 	for _, p := range ps {
 		sp := s.parts[p]

@@ -268,9 +268,7 @@ const maxHighs = 4000
 // "topic/partition=offset" sorted, separated by commas (Kafka topic names have neither
 // '/' nor ',').
 func encodeHighs(highs map[ingest.Partition]int64) string {
-	ps := slices.SortedFunc(maps.Keys(highs), func(a, b ingest.Partition) int {
-		return cmp.Or(strings.Compare(a.Source, b.Source), cmp.Compare(a.ID, b.ID))
-	})
+	ps := slices.SortedFunc(maps.Keys(highs), comparePartitions)
 	var sb strings.Builder
 	for i, p := range ps {
 		if i > 0 {
