@@ -5,14 +5,13 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// Connect returns what other clients of the same brokers connect with, with the
-// source's TLS and SASL settings: a dialer for readers and consumer groups and a
-// transport for writers and admin requests. Scale-out's internal topics use them.
-func Connect(cfg ingest.KafkaConfig) (*kafkago.Dialer, *kafkago.Transport, error) {
-	cfg = WithDefaults(cfg)
+// NewTransport returns a transport for cfg's brokers with its TLS and SASL settings, as
+// the source's admin requests and the dead-letter writer connect: scale-out writes and
+// administers its internal topics with it.
+func NewTransport(cfg ingest.KafkaConfig) (*kafkago.Transport, error) {
 	sec, err := newSecurity(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return sec.dialer(cfg), sec.transport(cfg), nil
+	return sec.transport(WithDefaults(cfg)), nil
 }

@@ -87,7 +87,11 @@ func New(cfg Config, o Options) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	dialer, transport, err := kafka.Connect(o.Kafka)
+	dialer, err := kafka.NewDialer(o.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	transport, err := kafka.NewTransport(o.Kafka)
 	if err != nil {
 		return nil, err
 	}
