@@ -7,9 +7,10 @@ import (
 )
 
 // taskBaselines is the store as one task sees it: it loads only the baselines of the
-// keys its internal partition carries (client keys for a client task, routes for a
-// route task, none for a token task), so that each task holds its own keys, not every
-// task's, and its state does not depend on how far the others got.
+// keys its internal partition carries (client keys, and clients per route, for a client
+// task; routes for a route task; none for a token or IP task), so that each task holds
+// its own keys, not every task's, and its state does not depend on how far the others
+// got.
 type taskBaselines struct {
 	detectors.BaselineStore
 	kind      Kind
@@ -25,17 +26,24 @@ func (b taskBaselines) LoadBaselines(ctx context.Context) (detectors.Baselines, 
 	out := detectors.Baselines{TrafficSince: all.TrafficSince}
 	switch b.kind {
 	case Client:
-		for _, k := range all.Keys {
-			if partitionOf(k.Key, b.n) == b.partition {
-				out.Keys = append(out.Keys, k)
-			}
-		}
+		out.Keys = mine(all.Keys, b, func(k detectors.KeyBaseline) string { return k.Key })
+		out.Clients = mine(all.Clients, b, func(c detectors.ClientBaseline) string { return c.Key })
+		out.Objects = mine(all.Objects, b, func(o detectors.ObjectBaseline) string { return o.Client })
+		out.Privileged = mine(all.Privileged, b, func(p detectors.PrivilegeBaseline) string { return p.Key })
 	case Route:
-		for _, r := range all.Routes {
-			if partitionOf(r.Route, b.n) == b.partition { // "METHOD route", the route topic's key
-				out.Routes = append(out.Routes, r)
-			}
-		}
+		// A route baseline's key is "METHOD route", the route topic's key.
+		out.Routes = mine(all.Routes, b, func(r detectors.RouteBaseline) string { return r.Route })
 	}
 	return out, nil
+}
+
+// mine returns the entries of all whose key falls in b's partition.
+func mine[T any](all []T, b taskBaselines, key func(T) string) []T {
+	var out []T
+	for _, e := range all {
+		if partitionOf(key(e), b.n) == b.partition {
+			out = append(out, e)
+		}
+	}
+	return out
 }

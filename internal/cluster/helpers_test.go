@@ -42,6 +42,9 @@ func testDetectors() detectors.Config {
 	cfg.NewCountry.LearningPeriod = trafficSpan() / 4
 	cfg.NewCountry.MinEvents = 20
 	cfg.QuietEndpointSpike.LearningPeriod = trafficSpan() / 4
+	cfg.ObjectEnumeration.LearningPeriod = trafficSpan() / 4
+	cfg.PrivilegeAnomaly.LearningPeriod = trafficSpan() / 4
+	cfg.ClientVolumeSpike.LearningPeriod = trafficSpan() / 4
 	cfg.IdleTimeout = time.Hour // the tests decide no partition is idle by the wall clock
 	return cfg
 }

@@ -118,8 +118,10 @@ func TestKindsCarryWhatTheirDetectorsRead(t *testing.T) {
 		got = append(got, run(taskConfig(cfg, k), kevs)...)
 	}
 	slices.Sort(got)
-	if len(want) < len(injected) {
-		t.Fatalf("one engine raised %d alerts for %d attacks: the traffic does not exercise the detectors", len(want), len(injected))
+	for _, inj := range injected {
+		if !slices.ContainsFunc(want, func(a string) bool { return strings.Contains(a, `"detector":"`+inj.Kind+`"`) }) {
+			t.Fatalf("one engine raised no %s alert for the injected attack: the traffic does not exercise that detector", inj.Kind)
+		}
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("the kinds' engines raised\n%s\nwant (one engine, full events)\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

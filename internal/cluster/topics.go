@@ -29,6 +29,7 @@ const (
 	Client Kind = iota // client key, else client IP
 	Token              // token fingerprint
 	Route              // method and route template
+	IP                 // client IP, else client key
 	numKinds
 )
 
@@ -44,9 +45,10 @@ type kindSpec struct {
 
 var kinds = [numKinds]kindSpec{
 	Client: {
-		name:      "client",
-		detectors: []string{detectors.NewCountry, detectors.ForbiddenBurst},
-		fields:    fClientKey | fClientIP | fCountry | fRoute | fPath | fStatus | fRequestID,
+		name: "client",
+		detectors: []string{detectors.NewCountry, detectors.ForbiddenBurst, detectors.ObjectEnumeration,
+			detectors.PrivilegeAnomaly, detectors.ClientVolumeSpike},
+		fields: fClientKey | fClientIP | fCountry | fMethod | fRoute | fPath | fStatus | fRequestID,
 		key: func(ev *ingest.Event) string {
 			if ev.ClientKey != "" {
 				return ev.ClientKey
@@ -59,6 +61,17 @@ var kinds = [numKinds]kindSpec{
 		detectors: []string{detectors.TokenReuse},
 		fields:    fTokenFP | fDevice | fClientIP | fCountry | fRoute,
 		key:       func(ev *ingest.Event) string { return ev.TokenFP },
+	},
+	IP: {
+		name:      "ip",
+		detectors: []string{detectors.AuthFailureSpray, detectors.RouteScan},
+		fields:    fClientIP | fClientKey | fTokenFP | fMethod | fRoute | fPath | fStatus | fAction | fRequestID | fUserAgent,
+		key: func(ev *ingest.Event) string {
+			if ev.ClientIP != "" {
+				return ev.ClientIP
+			}
+			return ev.ClientKey
+		},
 	},
 	Route: {
 		name:      "route",
