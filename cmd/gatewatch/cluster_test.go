@@ -32,6 +32,9 @@ detectors:
   allowed_lateness: 30s
   new_country: {learning_period: 30m, min_events: 20}
   quiet_endpoint_spike: {learning_period: 30m}
+  object_enumeration: {learning_period: 30m}
+  privilege_anomaly: {learning_period: 30m}
+  client_volume_spike: {learning_period: 30m}
 store:
   data_dir: %s
 alerting:
