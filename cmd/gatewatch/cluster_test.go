@@ -2,53 +2,35 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gatewatch/gatewatch/alerting/slacktest"
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
-// writeClusterConfig writes the config of replica i of a cluster: the e2e settings,
-// with a data directory and an admin address of its own, and a cluster section.
-func (e *e2e) writeClusterConfig(t *testing.T, i int) (config, admin string) {
+// writeClusterConfigs writes the configs of n replicas of a cluster: the e2e config
+// (writeConfig), each with a data directory and an admin address of its own and a
+// cluster section, and returns their paths and admin addresses.
+func (e *e2e) writeClusterConfigs(t *testing.T, n int) (configs, admins []string) {
 	t.Helper()
-	secret := writeFile(t, filepath.Join(e.dir, "token-secret"), "0123456789abcdef0123456789abcdef")
-	slackToken := writeFile(t, filepath.Join(e.dir, "slack-token"), slacktest.DefaultToken)
-	admin = freeAddr(t)
-	config = writeFile(t, filepath.Join(e.dir, fmt.Sprintf("gatewatch-%d.yaml", i)), fmt.Sprintf(`ingest:
-  kafka:
-    brokers: [%s]
-    group: gatewatch-e2e
-    batch_wait: 50ms
-    topics:
-      - {name: waf-logs, format: awswaf}
-  token_secret_file: %s
-  dead_letter: {file: %s}
-detectors:
-  allowed_lateness: 30s
-  new_country: {learning_period: 30m, min_events: 20}
-  quiet_endpoint_spike: {learning_period: 30m}
-  object_enumeration: {learning_period: 30m}
-  privilege_anomaly: {learning_period: 30m}
-  client_volume_spike: {learning_period: 30m}
-store:
-  data_dir: %s
-alerting:
-  runbook_base_url: https://runbooks.example.com/gatewatch
-  receivers:
-    - {name: soc-slack, slack: {token_file: %s, channel: "#soc-alerts", api_url: %q}}
-admin:
-  listen: %s
-cluster:
-  internal_topic_prefix: gw-internal
-  partitions: 4
-`, strings.Join(e.kafka.Addrs, ", "), secret, filepath.Join(e.dir, fmt.Sprintf("dlq-%d.jsonl", i)),
-		filepath.Join(e.dir, fmt.Sprintf("data-%d", i)), slackToken, e.slack.URL, admin))
-	return config, admin
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
+	base, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		admin := freeAddr(t)
+		cfg := strings.Replace(string(base), "data_dir: "+filepath.Join(e.dir, "data"), "data_dir: "+filepath.Join(e.dir, fmt.Sprintf("data-%d", i)), 1)
+		cfg = strings.Replace(cfg, "listen: "+e.admin, "listen: "+admin, 1)
+		cfg += "cluster:\n  internal_topic_prefix: gw-internal\n  partitions: 4\n"
+		configs = append(configs, writeFile(t, filepath.Join(e.dir, fmt.Sprintf("gatewatch-%d.yaml", i)), cfg))
+		admins = append(admins, admin)
+	}
+	return configs, admins
 }
 
 // TestRunCluster: two `gatewatch run` replicas with a cluster section share one raw
@@ -61,14 +43,12 @@ func TestRunCluster(t *testing.T) {
 		t.Skip("end to end: runs two gatewatch processes")
 	}
 	e := newE2E(t, "waf-logs")
+	configs, admins := e.writeClusterConfigs(t, 2)
 	var procs []*runProcess
-	for i := range 2 {
-		config, admin := e.writeClusterConfig(t, i)
+	for _, config := range configs {
 		procs = append(procs, startRun(t, config))
-		if i == 0 {
-			e.admin = admin // e.metric and waitPosts read the first replica's
-		}
 	}
+	e.admin = admins[0] // e.metric and waitPosts read the first replica's
 	e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
 	e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
 	reqs, injected := liveTraffic(t, 7)
