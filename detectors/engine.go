@@ -320,6 +320,7 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 		for _, p := range b.Opened {
 			e.wms.open(p, now)
 		}
+		maxT = max(maxT, e.applyMarks(b.Marks, now, &st))
 		if !now.IsZero() && e.wms.checkIdle(now) && e.wms.holding > 0 {
 			for _, pw := range e.wms.sortedParts() {
 				if pw.idle && pw.held != nil {

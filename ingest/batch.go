@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // A Partition names one ordered stream of records: a Kafka topic partition, or one
@@ -15,6 +16,12 @@ type Partition struct {
 }
 
 func (p Partition) String() string { return fmt.Sprintf("%s/%d", p.Source, p.ID) }
+
+// A Mark says that partition's stream has reached Time.
+type Mark struct {
+	Partition Partition
+	Time      time.Time
+}
 
 // A Run is n consecutive events of a batch from one partition.
 type Run struct {
@@ -41,6 +48,15 @@ type Batch struct {
 	// a rebalance, a file read to its end), after every event of theirs in Events. The
 	// engine stops waiting for them.
 	Ended []Partition
+	// Offsets, when set, holds each event's record offset in its partition: Offsets[i]
+	// is Events[i]'s. Only a Kafka source asked for them sets it (kafka.Options.Offsets):
+	// scale-out's first stage names each record by its partition and offset.
+	Offsets []int64
+	// Marks carry event time that arrives without events of the batch: a source
+	// partition's stream time, relayed to a scale-out task that got none of the
+	// partition's recent events. The engine applies them before Events, as if an event
+	// of each mark's partition at its time had arrived on time and entered no window.
+	Marks []Mark
 
 	once sync.Once
 	ack  func(context.Context) error
@@ -66,8 +82,8 @@ func (b *Batch) Ack(ctx context.Context) error {
 	return b.err
 }
 
-// Filter keeps the events for which keep reports true, in order, keeping Runs in step,
-// and returns how many it dropped.
+// Filter keeps the events for which keep reports true, in order, keeping Runs and
+// Offsets in step, and returns how many it dropped.
 func (b *Batch) Filter(keep func(*Event) bool) int {
 	if b.Runs == nil {
 		k := 0
@@ -88,6 +104,9 @@ func (b *Batch) Filter(keep func(*Event) bool) int {
 		for end := i + r.N; i < end; i++ {
 			if keep(&b.Events[i]) {
 				b.Events[k] = b.Events[i]
+				if b.Offsets != nil {
+					b.Offsets[k] = b.Offsets[i]
+				}
 				k++
 				n++
 			}
@@ -100,6 +119,9 @@ func (b *Batch) Filter(keep func(*Event) bool) int {
 	clear(b.Events[k:])
 	b.Events = b.Events[:k]
 	b.Runs = runs
+	if b.Offsets != nil {
+		b.Offsets = b.Offsets[:k]
+	}
 	return dropped
 }
 
@@ -129,6 +151,18 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 	if len(runs) < 2 {
 		return append(dst[:0], events...), runs
 	}
+	order, out := MergeOrder(events, runs)
+	dst = dst[:0]
+	for _, i := range order {
+		dst = append(dst, events[i])
+	}
+	return dst, out
+}
+
+// MergeOrder returns the order in which MergeByTime takes events (order[j] is the
+// index of the j-th merged event), and the merged runs: for what travels with each
+// event, such as Batch.Offsets.
+func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 	type cursor struct {
 		p       Partition
 		at, end int
@@ -141,8 +175,7 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 		}
 		off += r.N
 	}
-	dst = dst[:0]
-	var out []Run
+	order = make([]int, 0, len(events))
 	for len(curs) > 0 {
 		best := 0
 		for i := 1; i < len(curs); i++ {
@@ -151,7 +184,7 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 			}
 		}
 		c := &curs[best]
-		dst = append(dst, events[c.at])
+		order = append(order, c.at)
 		if n := len(out); n > 0 && out[n-1].Partition == c.p {
 			out[n-1].N++
 		} else {
@@ -162,5 +195,5 @@ func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 			curs = append(curs[:best], curs[best+1:]...)
 		}
 	}
-	return dst, out
+	return order, out
 }

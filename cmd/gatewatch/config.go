@@ -19,6 +19,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	gwconfig "github.com/gatewatch/gatewatch/internal/config"
 	"github.com/gatewatch/gatewatch/internal/console"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
@@ -117,6 +118,9 @@ func (c *config) validateService() error {
 		}
 		if len(c.Ingest.Kafka.Brokers) == 0 {
 			errs = append(errs, gwconfig.Errorf("cluster", "needs ingest.kafka.brokers: the internal topics live on them"))
+		}
+		if err := cluster.CheckDetectors(c.Detectors); err != nil {
+			errs = append(errs, gwconfig.Errorf("cluster", "%s", strings.TrimPrefix(err.Error(), "cluster: ")))
 		}
 	}
 	return errors.Join(errs...)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
 
@@ -65,7 +66,7 @@ func runRun(ctx context.Context, env *cmdEnv, args []string) error {
 
 // pipelineConfig is the part of the config file the pipeline runs.
 func pipelineConfig(cfg *config) pipeline.Config {
-	return pipeline.Config{
+	pc := pipeline.Config{
 		Ingest:    cfg.Ingest,
 		Detectors: cfg.Detectors,
 		Store:     cfg.Store,
@@ -73,6 +74,10 @@ func pipelineConfig(cfg *config) pipeline.Config {
 		Admin:     cfg.Admin,
 		Console:   cfg.Console,
 	}
+	if cl := cfg.Cluster; cl != nil {
+		pc.Cluster = &cluster.Config{InternalTopicPrefix: cl.InternalTopicPrefix, Partitions: cl.Partitions}
+	}
+	return pc
 }
 
 // receiverBuilder is buildReceivers for the pipeline, which knows the sections it needs.

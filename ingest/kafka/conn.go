@@ -71,5 +71,5 @@ func NewDialer(cfg ingest.KafkaConfig) (*kafkago.Dialer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sec.dialer(withDefaults(cfg)), nil
+	return sec.dialer(WithDefaults(cfg)), nil
 }

@@ -33,7 +33,7 @@ type DeadLetterWriter struct {
 // client id and timeout (zero fields take ingest.DefaultConfig's values). It connects
 // on the first Put. The topic must exist: the writer does not create it.
 func NewDeadLetterWriter(cfg ingest.KafkaConfig, topic string) (*DeadLetterWriter, error) {
-	cfg = withDefaults(cfg)
+	cfg = WithDefaults(cfg)
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("kafka: dead-letter writer: no brokers")
 	}

@@ -33,6 +33,7 @@ type batch struct {
 	assembled bool
 	dead      []ingest.DeadLetter
 	runs      []ingest.Run
+	offsets   []int64 // per event, with Options.Offsets
 }
 
 // record is one fetched record of a batch.

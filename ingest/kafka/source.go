@@ -41,6 +41,9 @@ type Options struct {
 	// Parsers is how many parsing goroutines, each with its own parser, share a topic's
 	// records; parsing is most of a source's work. 0: GOMAXPROCS.
 	Parsers int
+	// Offsets sets Batch.Offsets, each event's record offset: scale-out's first stage
+	// names every record by its partition and offset.
+	Offsets bool
 
 	DeadLetters ingest.DeadLetters    // required: rejected records are stored here before their batch is handed out
 	Registerer  prometheus.Registerer // required: the ingest metrics (ingest.NewMetrics)
@@ -80,6 +83,8 @@ type Source struct {
 	order  []*topic           // topics in config order
 	admin  *kafkago.Client    // for metadata
 	conns  *kafkago.Transport // the admin client's
+
+	offsets bool // Options.Offsets
 
 	wake    chan struct{} // a partition reader queued a record
 	activeV atomic.Uint64 // bumped when active changes
@@ -149,7 +154,7 @@ func (k partKey) Compare(o partKey) int {
 // NewSource checks cfg and o, fills defaults, builds the parsers of each topic and the
 // TLS and SASL settings, and starts nothing: the group is joined by the first Next.
 func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
-	cfg = withDefaults(cfg)
+	cfg = WithDefaults(cfg)
 	var errs []error
 	if len(cfg.Brokers) == 0 {
 		errs = append(errs, errors.New("kafka: no brokers"))
@@ -190,6 +195,8 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 		dirty:  make(map[*partition]struct{}),
 		hint:   min(cfg.BatchSize, 64),
 		ready:  make(chan *batch, prefetch),
+
+		offsets: o.Offsets,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -296,8 +303,9 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	return s, nil
 }
 
-// withDefaults fills the zero fields of cfg from ingest.DefaultConfig.
-func withDefaults(cfg ingest.KafkaConfig) ingest.KafkaConfig {
+// WithDefaults fills the zero fields of cfg from ingest.DefaultConfig, as NewSource
+// does: for other clients of the same brokers (scale-out's internal topics).
+func WithDefaults(cfg ingest.KafkaConfig) ingest.KafkaConfig {
 	d := ingest.DefaultConfig().Kafka
 	cfg.Group = orDefault(cfg.Group, d.Group)
 	cfg.ClientID = orDefault(cfg.ClientID, d.ClientID)
@@ -370,7 +378,7 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 		s.pending = nil
 		if len(b.events) > 0 {
 			nb := ingest.NewBatch(b.events, s.ack(b))
-			nb.Runs = b.runs
+			nb.Runs, nb.Offsets = b.runs, b.offsets
 			nb.Opened, nb.Ended = s.lifecycle()
 			return nb, nil
 		}
@@ -465,13 +473,25 @@ func (s *Source) assemble(b *batch) {
 		if err := b.errs[i]; err != nil && !ingest.Kept(err) {
 			continue
 		}
+		if s.offsets {
+			b.offsets = append(b.offsets, r.offset)
+		}
 		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == r.p.key {
 			b.runs[n-1].N++
 		} else {
 			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
 		}
 	}
-	if len(b.runs) > 1 {
+	switch {
+	case len(b.runs) < 2:
+	case s.offsets:
+		order, runs := ingest.MergeOrder(b.events, b.runs)
+		events, offsets := make([]ingest.Event, len(order)), make([]int64, len(order))
+		for j, i := range order {
+			events[j], offsets[j] = b.events[i], b.offsets[i]
+		}
+		b.events, b.offsets, b.runs = events, offsets, runs
+	default:
 		b.events, b.runs = ingest.MergeByTime(b.events, b.runs, make([]ingest.Event, 0, len(b.events)))
 	}
 	b.recs, b.errs, b.assembled = nil, nil, true

@@ -7,6 +7,7 @@
 //	alerting   imports detectors
 //	store      imports ingest, detectors and alerting (it implements their interfaces)
 //	replay     imports the parts above, store included
+//	cluster    (internal/cluster) scale-out's two stages: imports ingest and detectors
 //	pipeline   (internal/pipeline) wires the parts into the live service
 //	cmd        wires everything
 //
@@ -41,8 +42,9 @@ var Parts = []Part{
 	{Path: "alerting", May: []string{"detectors"}},
 	{Path: "store", May: []string{"ingest", "detectors", "alerting"}},
 	{Path: "replay", May: []string{"ingest", "detectors", "alerting", "store"}},
-	{Path: "internal/pipeline", May: []string{"ingest", "detectors", "alerting", "store", "internal/console"}},
-	{Path: "cmd", May: []string{"ingest", "detectors", "alerting", "store", "replay", "internal/pipeline", "internal/console"}},
+	{Path: "internal/cluster", May: []string{"ingest", "detectors"}},
+	{Path: "internal/pipeline", May: []string{"ingest", "detectors", "alerting", "store", "internal/console", "internal/cluster"}},
+	{Path: "cmd", May: []string{"ingest", "detectors", "alerting", "store", "replay", "internal/pipeline", "internal/console", "internal/cluster"}},
 	{Path: "internal/console", May: []string{"ingest", "detectors", "alerting", "store"}},
 	{Path: "internal/config", Shared: true},
 	{Path: "internal/chart", Shared: true},

@@ -26,6 +26,7 @@ import (
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/internal/console"
 	"github.com/gatewatch/gatewatch/store"
 )
@@ -38,6 +39,7 @@ type Config struct {
 	Alerting  alerting.Config
 	Admin     AdminConfig
 	Console   console.Config
+	Cluster   *cluster.Config // nil: one instance reads the raw topics and runs every detector
 }
 
 // AdminConfig is the admin endpoint: /metrics, /healthz, /readyz.
@@ -190,6 +192,9 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 		return err
 	}
 	lc.add("dead letters", nil, func(context.Context) error { return closeDL() })
+	if cfg.Cluster != nil {
+		return p.runCluster(ctx, cfg, st, dl)
+	}
 	popts, err := cfg.Ingest.ParserOptions(false)
 	if err != nil {
 		return err

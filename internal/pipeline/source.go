@@ -44,7 +44,7 @@ func (a *archiving) Next(ctx context.Context) (*ingest.Batch, error) {
 	}
 	a.p.m.batches.Inc()
 	nb := ingest.NewBatch(b.Events, func(ctx context.Context) error { return a.acks.enqueue(ctx, b) })
-	nb.Runs, nb.Opened, nb.Ended = b.Runs, b.Opened, b.Ended
+	nb.Runs, nb.Offsets, nb.Opened, nb.Ended = b.Runs, b.Offsets, b.Opened, b.Ended
 	return nb, err
 }
 

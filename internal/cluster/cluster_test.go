@@ -1,0 +1,499 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/ingest/kafka"
+	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/internal/promtest"
+)
+
+// rawPartitions is how many partitions the raw topics of the tests have.
+const rawPartitions = 6
+
+// internalPartitions is how many partitions the tests give each internal topic: fewer
+// under -short, where every task costs the race detector, but one for each of three
+// replicas.
+func internalPartitions() int {
+	if testing.Short() {
+		return 3
+	}
+	return 4
+}
+
+// TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
+// to four partitions (so every attack is spread over all of them), through one replica
+// and through three: the same alerts, ids and bytes. A plain consumer group of three
+// engines without the hop (the negative control) misses attacks that were split.
+func TestReplicasRaiseTheSameAlerts(t *testing.T) {
+	reqs, injected, raw := traffic(t, 7)
+	parts := spread(reqs, injected)
+	// The internal topics exist before the replicas start (as after a first run), so
+	// that the test's own clients see them at once; TestRunCluster (cmd/gatewatch) and
+	// TestInternalTopics see the replicas create them.
+	var internal []string
+	for _, name := range []string{"one", "three", "leave"} {
+		for k := range numKinds {
+			internal = append(internal, Config{InternalTopicPrefix: "gwi-" + name}.Topic(k))
+		}
+	}
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-leave", "waf-plain"}, Partitions: rawPartitions,
+		Kfake: []kfake.Opt{kfake.SeedTopics(int32(internalPartitions()), internal...)}})
+
+	one := runReplicas(t, c, "one", 1, raw, parts, 0)
+	if len(one) < len(injected) {
+		t.Fatalf("one replica raised %d alert versions for %d attacks:\n%s", len(one), len(injected), strings.Join(one, "\n"))
+	}
+	kcatReadsInternalTopics(t, c, Config{InternalTopicPrefix: "gwi-one", Partitions: internalPartitions()})
+	three := runReplicas(t, c, "three", 3, raw, parts, 0)
+	if !slices.Equal(one, three) {
+		t.Errorf("three replicas raised alerts one did not, or not those it did:\n%s", diffSets(three, one))
+	}
+	byDetector := func(alerts []string) map[string][]string {
+		m := map[string][]string{}
+		for _, a := range alerts {
+			det, id := field(a, "detector"), field(a, "id")
+			if !slices.Contains(m[det], id) {
+				m[det] = append(m[det], id)
+			}
+		}
+		return m
+	}
+	if !testing.Short() {
+		// Three replicas, one of which leaves halfway: the other two take over its
+		// source partitions and tasks, rebuilt from their commits. The same incidents
+		// (ids); their evidence may differ, see the log.
+		leave := runReplicas(t, c, "leave", 3, raw, parts, int64(len(raw)/2))
+		if got, want := byDetector(leave), byDetector(one); !maps.EqualFunc(got, want, slices.Equal) {
+			t.Errorf("three replicas, one leaving halfway, raised incidents %v, one raised %v", got, want)
+		}
+		if !slices.Equal(one, leave) {
+			t.Logf("a task rebuilt after the move re-evaluates windows from its commit: versions that differ from one replica's:\n%s", diffSets(leave, one))
+		}
+	}
+	for _, inj := range injected {
+		if len(byDetector(one)[inj.Kind]) == 0 {
+			t.Errorf("the replicas raised no %s alert for the injected attack %+v", inj.Kind, inj)
+		}
+	}
+
+	plain := byDetector(runPlainGroup(t, c, 3, raw, parts))
+	var missed []string
+	for det, ids := range byDetector(one) {
+		for _, id := range ids {
+			if !slices.Contains(plain[det], id) {
+				missed = append(missed, det+" "+id)
+			}
+		}
+	}
+	if len(missed) == 0 {
+		t.Errorf("a plain group of three raised every alert the replicas raised (%v): the test does not split attacks", plain)
+	}
+	t.Logf("a plain group of three missed %d of the replicas' alerts: %s", len(missed), strings.Join(missed, ", "))
+}
+
+// field returns the string value of a top-level field of an alert's JSON.
+func field(alert, name string) string {
+	_, rest, ok := strings.Cut(alert, `"`+name+`":"`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
+}
+
+// spread returns the raw partition of each request: round robin, as gateways' shippers
+// that key nothing write, and each attack's requests round robin among themselves, so
+// that every attack is split evenly over all partitions.
+func spread(reqs []synth.Request, injected []synth.Injected) []int {
+	parts := make([]int, len(reqs))
+	next := make([]int, len(injected))
+	for i := range reqs {
+		parts[i] = i % rawPartitions
+		for k, inj := range injected {
+			if reqs[i].Consumer == inj.Client && !reqs[i].Time.Before(inj.Start) && !reqs[i].Time.After(inj.End) {
+				parts[i] = next[k] % rawPartitions
+				next[k]++
+				break
+			}
+		}
+	}
+	return parts
+}
+
+// produceRaw writes raw to the partitions of topic partOf says, stamped with their
+// event times.
+func produceRaw(t *testing.T, c *kafkatest.Cluster, topic string, raw [][]byte, partOf []int) {
+	t.Helper()
+	evTimes := eventTimes(t, raw)
+	parts := make([][]kafkago.Message, rawPartitions)
+	for i, r := range raw {
+		parts[partOf[i]] = append(parts[partOf[i]], kafkago.Message{Value: r, Time: evTimes[i]})
+	}
+	for p, msgs := range parts {
+		c.ProduceTo(t, topic, p, msgs...)
+	}
+}
+
+// testLog collects a component's log, shown when the test fails.
+func testLog(t *testing.T, name string) *slog.Logger {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("%s's log:\n%s", name, buf.String())
+			mu.Unlock()
+		}
+	})
+	return slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// noDeadLetters fails the test for any rejected record: the synthetic records all parse.
+type noDeadLetters struct{ t *testing.T }
+
+func (d noDeadLetters) Put(_ context.Context, letters []ingest.DeadLetter) error {
+	d.t.Errorf("%d records rejected, the first: %+v", len(letters), letters[0])
+	return nil
+}
+
+func testKafka(c *kafkatest.Cluster, group, topic string) ingest.KafkaConfig {
+	return ingest.KafkaConfig{
+		Brokers:     c.Addrs,
+		Group:       group,
+		StartOffset: "earliest",
+		BatchWait:   20 * time.Millisecond,
+		Topics:      []ingest.TopicConfig{{Name: topic, Format: ingest.FormatAWSWAF}},
+	}
+}
+
+// eventTimes returns the event time of each raw record.
+func eventTimes(t testing.TB, raw [][]byte) []time.Time {
+	evs := parseAll(t, raw)
+	out := make([]time.Time, len(evs))
+	for i := range evs {
+		out[i] = evs[i].Time
+	}
+	return out
+}
+
+// runReplicas runs n replicas (prefix and groups named for name) over the raw topic
+// waf-<name>, once every replica is a member of both groups produces raw to it, waits
+// until every raw record is committed and every internal record observed, stops the
+// replicas, and returns the distinct alert versions they raised, sorted. With leaveAt
+// above 0, the last replica stops once stage one committed that many raw records, and
+// the others take over its partitions and tasks.
+func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int, leaveAt int64) []string {
+	t.Helper()
+	topic, group := "waf-"+name, "gw-"+name
+	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: internalPartitions()}
+	sink := newAlertSet()
+	stores := sharedStores()
+	var regs []prometheus.Gatherer
+	var stops []context.CancelFunc
+	done := make([]chan error, n)
+	for i := range n {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		r, err := New(cfg, Options{
+			Kafka:         testKafka(c, group, topic),
+			ParserOptions: testParserOptions(t),
+			DeadLetters:   noDeadLetters{t},
+			Detectors:     testDetectors(),
+			Baselines:     stores.baselines,
+			Incidents:     stores.incidents,
+			Sink:          sink,
+			Registerer:    reg,
+			Logger:        testLog(t, name+" replica "+string(rune('0'+i))),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		stops = append(stops, cancel)
+		done[i] = make(chan error, 1)
+		go func() { done[i] <- errors.Join(r.Run(ctx), r.Close()) }()
+	}
+	c.WaitGroup(t, group, topic, n)
+	c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), n)
+	produceRaw(t, c, topic, raw, partOf)
+
+	running := n
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		committed := c.Committed(t, group, topic)
+		if leaveAt > 0 && running == n && sum(committed) >= leaveAt {
+			running--
+			stops[running]()
+			if err := <-done[running]; err != nil {
+				t.Errorf("%s: replica %d stopped with %v", name, running, err)
+			}
+			t.Logf("%s: replica %d left after %d raw records were committed", name, running, sum(committed))
+		}
+		ends := int64(0)
+		for k := range numKinds {
+			ends += sum(c.EndOffsets(t, cfg.Topic(k)))
+		}
+		position := promtest.Sum(t, "gatewatch_cluster_task_offset", regs[:running]...)
+		if maps.Equal(committed, c.EndOffsets(t, topic)) && position == float64(ends) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, tasks at %v of %d", name,
+				committed, c.EndOffsets(t, topic), position, ends)
+		}
+		for i := range running {
+			select {
+			case err := <-done[i]:
+				t.Fatalf("%s: replica %d stopped: %v", name, i, err)
+			default:
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	rawBytes := 0
+	for _, r := range raw {
+		rawBytes += len(r)
+	}
+	t.Logf("%s: stage one wrote %.0f bytes a raw record (events and marks, before compression) for %.0f bytes of raw record",
+		name, promtest.Sum(t, "gatewatch_cluster_written_bytes_total", regs...)/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
+	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs...); dups != 0 && leaveAt == 0 {
+		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
+	}
+	for i := range running {
+		stops[i]()
+		if err := <-done[i]; err != nil {
+			t.Errorf("%s: replica %d: %v", name, i, err)
+		}
+	}
+	return sink.sorted()
+}
+
+func sum(offsets map[int]int64) int64 {
+	n := int64(0)
+	for _, o := range offsets {
+		n += o
+	}
+	return n
+}
+
+// stores are what the replicas of a test share, as replicas share ClickHouse: a task
+// that moves finds its baselines and open incidents where it left them.
+type stores struct {
+	baselines *detectors.MemoryBaselines
+	incidents *lockedIncidents
+}
+
+func sharedStores() stores {
+	return stores{baselines: detectors.NewMemoryBaselines(detectors.Baselines{}), incidents: &lockedIncidents{m: detectors.NewMemoryIncidents()}}
+}
+
+// lockedIncidents is a MemoryIncidents many tasks may use at once.
+type lockedIncidents struct {
+	mu sync.Mutex
+	m  *detectors.MemoryIncidents
+}
+
+func (l *lockedIncidents) LoadIncidents(ctx context.Context, scope string) ([]detectors.IncidentState, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m.LoadIncidents(ctx, scope)
+}
+
+func (l *lockedIncidents) SaveIncidents(ctx context.Context, scope string, open []detectors.IncidentState, closed []detectors.IncidentRef) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m.SaveIncidents(ctx, scope, open, closed)
+}
+
+// runPlainGroup runs n engines, each behind its own Kafka source in one consumer group
+// over the raw topic waf-plain, as n instances of gatewatch without a cluster section
+// would, until they observed every record, and returns the alerts they raised.
+func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, partOf []int) []string {
+	t.Helper()
+	sink := newAlertSet()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var regs []prometheus.Gatherer
+	done := make(chan error, n)
+	for i := range n {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		log := testLog(t, "plain member "+string(rune('0'+i)))
+		src, err := kafka.NewSource(testKafka(c, "gw-plain", "waf-plain"), kafka.Options{
+			ParserOptions: testParserOptions(t),
+			DeadLetters:   noDeadLetters{t},
+			Registerer:    reg,
+			Logger:        log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := detectors.NewEngine(testDetectors(), detectors.Options{Registerer: reg, Now: time.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			err := eng.Run(ctx, src, sink)
+			if ctx.Err() != nil {
+				err = nil
+			}
+			done <- errors.Join(err, src.Close())
+		}()
+	}
+	// The sources join on their first Next, which Run calls.
+	c.WaitGroup(t, "gw-plain", "waf-plain", n)
+	produceRaw(t, c, "waf-plain", raw, partOf)
+	deadline := time.Now().Add(3 * time.Minute)
+	for promtest.Sum(t, "gatewatch_detectors_events_total", regs...) < float64(len(raw)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("plain group: %v of %d events observed after 3 minutes", promtest.Sum(t, "gatewatch_detectors_events_total", regs...), len(raw))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	for range n {
+		if err := <-done; err != nil {
+			t.Errorf("plain group member: %v", err)
+		}
+	}
+	return sink.sorted()
+}
+
+// kcatReadsInternalTopics: kcat (librdkafka), an independent client, reads every
+// internal record (zstd batches included), and each decodes.
+func kcatReadsInternalTopics(t *testing.T, c *kafkatest.Cluster, cfg Config) {
+	t.Helper()
+	if testing.Short() {
+		return
+	}
+	bin := kafkatest.Require(t, "kcat")
+	for k := range numKinds {
+		topic := cfg.Topic(k)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		// Each record as its size, a colon and its bytes: the values are binary.
+		out, err := exec.CommandContext(ctx, bin, "-b", c.Addrs[0], "-t", topic, "-C", "-e", "-o", "beginning", "-q", "-f", "%S:%s").Output()
+		cancel()
+		if err != nil {
+			t.Fatalf("kcat -t %s: %v", topic, err)
+		}
+		n := 0
+		var rec record
+		for len(out) > 0 {
+			size, rest, ok := bytes.Cut(out, []byte(":"))
+			v, err := strconv.Atoi(string(size))
+			if !ok || err != nil || v > len(rest) {
+				t.Fatalf("%s: kcat printed %q", topic, out[:min(len(out), 40)])
+			}
+			if err := decodeRecord(&rec, rest[:v]); err != nil {
+				t.Fatalf("%s: a record kcat read does not decode: %v", topic, err)
+			}
+			out = rest[v:]
+			n++
+		}
+		want := 0
+		for _, end := range c.EndOffsets(t, topic) {
+			want += int(end)
+		}
+		if n != want || n == 0 {
+			t.Errorf("kcat read %d records of %s, want %d", n, topic, want)
+		}
+		t.Logf("kcat read and decoded the %d records of %s", n, topic)
+	}
+}
+
+// diffSets lists what got has and want lacks (+) and what want has and got lacks (-).
+func diffSets(got, want []string) string {
+	var b strings.Builder
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			fmt.Fprintf(&b, "+ %s\n", g)
+		}
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			fmt.Fprintf(&b, "- %s\n", w)
+		}
+	}
+	return b.String()
+}
+
+// TestInternalTopics: a replica creates the internal topics that are missing, with
+// cluster.partitions partitions, and refuses to run over one whose count differs (the
+// partition of a key is fixed for the life of a deployment).
+func TestInternalTopics(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf", "gwi-bad-token"}, Partitions: 2})
+	run := func(prefix string) error {
+		r, err := New(Config{InternalTopicPrefix: prefix, Partitions: 3}, Options{
+			Kafka: testKafka(c, "gw-"+prefix, "waf"), ParserOptions: testParserOptions(t), DeadLetters: noDeadLetters{t},
+			Detectors: testDetectors(), Sink: newAlertSet(), Registerer: prometheus.NewPedanticRegistry(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := r.ensureTopics(ctx); err != nil {
+			return errors.Join(err, r.Close())
+		}
+		return r.Close()
+	}
+	if err := run("gwi-new"); err != nil {
+		t.Fatalf("creating the internal topics: %v", err)
+	}
+	var names []string
+	for k := range numKinds {
+		names = append(names, Config{InternalTopicPrefix: "gwi-new"}.Topic(k))
+	}
+	client := &kafkago.Client{Addr: kafkago.TCP(c.Addrs...)}
+	md, err := client.Metadata(context.Background(), &kafkago.MetadataRequest{Topics: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range md.Topics {
+		if tp.Error != nil || len(tp.Partitions) != 3 {
+			t.Errorf("topic %s: %d partitions (%v), want 3", tp.Name, len(tp.Partitions), tp.Error)
+		}
+	}
+	if len(md.Topics) != int(numKinds) {
+		t.Errorf("%d internal topics, want %d", len(md.Topics), numKinds)
+	}
+	if err := run("gwi-new"); err != nil {
+		t.Errorf("a second replica over the topics the first created: %v", err)
+	}
+	err = run("gwi-bad")
+	if err == nil || !strings.Contains(err.Error(), "gwi-bad-token has 2 partitions, cluster.partitions is 3") {
+		t.Errorf("over an internal topic of 2 partitions with cluster.partitions 3: %v, want a refusal that names both", err)
+	}
+}
