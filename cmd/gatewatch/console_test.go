@@ -267,14 +267,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	// The same client bursts again: its alert is suppressed, Slack hears nothing.
 	before := e.slack.Messages()
 	silenced := e.metric(t, "gatewatch_alerting_alerts_total", "result", "silenced")
-	routed := e.metric(t, "gatewatch_alerting_alerts_total", "result", "routed")
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, burstAgain(t, reqs, injected), nil, nil)
 	e.waitMetric(t, p, silenced+1, 3*time.Minute, "gatewatch_alerting_alerts_total", "result", "silenced")
-	// The router counts an alert silenced or routed in the Put that takes it: none
-	// routed meanwhile, nothing is on its way to Slack.
-	if got := e.metric(t, "gatewatch_alerting_alerts_total", "result", "routed"); got != routed {
-		t.Errorf("alerts routed while the key was silenced: %v, before %v", got, routed)
-	}
+	// Other incidents may take new versions meanwhile (the new traffic moves event time
+	// on), which the router routes; Slack must hear nothing new.
 	if after := e.slack.Messages(); len(after) != len(before) || editsOf(after) != editsOf(before) {
 		t.Errorf("Slack changed while the key was silenced: %d messages (%d edits), before %d (%d)", len(after), editsOf(after), len(before), editsOf(before))
 	}

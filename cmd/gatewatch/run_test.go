@@ -417,6 +417,7 @@ func TestRunLaggingPartitionAndFutureRecord(t *testing.T) {
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, partOf, map[int]time.Duration{3: 2 * time.Minute})
 	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
+	e.waitMetric(t, p, 1, 30*time.Second, "gatewatch_detectors_ahead_events_total") // counted at the next report
 	if n := e.metric(t, "gatewatch_detectors_ahead_events_total"); n != 1 {
 		t.Errorf("%v records ahead of their stream, want the one from the future", n)
 	}
