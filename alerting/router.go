@@ -262,10 +262,17 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 	}
 	n := 0
 	var again historyRecord
+	var seen map[DeliveryKey]bool // made at the first duplicate: most batches have none
 	for i := range b.ds {
 		if b.ds[i].Seq == 0 {
 			r.workers[b.ds[i].Receiver].m.dupes.Inc()
-			again.alerts = append(again.alerts, b.ds[i].Alert)
+			if seen == nil {
+				seen = map[DeliveryKey]bool{}
+			}
+			if k := (DeliveryKey{ID: b.ds[i].ID, Version: b.ds[i].Version}); !seen[k] {
+				seen[k] = true // once, not once per receiver
+				again.alerts = append(again.alerts, b.ds[i].Alert)
+			}
 			continue
 		}
 		b.ds[n], b.repeats[n] = b.ds[i], b.repeats[i]
