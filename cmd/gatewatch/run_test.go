@@ -331,13 +331,7 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	e := newE2E(t, "waf-logs")
 	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
-	// Live traffic: the two hours before now, so that the wall clock and event time
-	// agree as they do in production, whatever today's date.
-	start := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
-	reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: 7, Attacks: synth.Attacks})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reqs, injected := liveTraffic(t, 7)
 	p := startRun(t, e.config)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
 	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
@@ -364,7 +358,22 @@ func TestRunEndToEnd(t *testing.T) {
 	if code := p2.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("second SIGTERM: exit %d, want 0", code)
 	}
-	_ = context.Background
+}
+
+// alertHistory returns the alert history of the store cfg names, every alert recorded
+// up to an hour from now, with its deliveries.
+func alertHistory(t *testing.T, cfg store.Config) []store.AlertRecord {
+	t.Helper()
+	st, err := store.Open(cfg, store.Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(context.Background())
+	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }
 
 // liveTraffic is two hours of traffic ending now, with one attack of each kind: the
@@ -469,7 +478,7 @@ func TestRunCrashRecovery(t *testing.T) {
 	p.stop(syscall.SIGKILL, 10*time.Second)
 
 	p = startRun(t, e.config)
-	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
+	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	time.Sleep(2 * time.Second) // a duplicate would come now
 	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
@@ -480,16 +489,7 @@ func TestRunCrashRecovery(t *testing.T) {
 		}
 		t.Fatalf("%d incidents posted across two crashes, want one per attack (%d)", got, len(injected))
 	}
-	_ = posts
-	st, err := store.Open(store.Config{DataDir: filepath.Join(e.dir, "data")}, store.Options{Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close(context.Background())
-	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := alertHistory(t, store.Config{DataDir: filepath.Join(e.dir, "data")})
 	per := map[string]int{}
 	for _, r := range recs {
 		per[r.Alert.Detector]++
