@@ -277,15 +277,29 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 		return fmt.Errorf("alerting: outbox: enqueue: %w", err)
 	}
 	n := 0
+	var again historyRecord
+	var seen map[DeliveryKey]bool // made at the first duplicate: most batches have none
 	for i := range b.ds {
 		if b.ds[i].Seq == 0 {
 			r.workers[b.ds[i].Receiver].m.dupes.Inc()
+			if seen == nil {
+				seen = map[DeliveryKey]bool{}
+			}
+			if k := (DeliveryKey{ID: b.ds[i].ID, Version: b.ds[i].Version}); !seen[k] {
+				seen[k] = true // once, not once per receiver
+				again.alerts = append(again.alerts, b.ds[i].Alert)
+			}
 			continue
 		}
 		b.ds[n], b.repeats[n] = b.ds[i], b.repeats[i]
 		n++
 	}
 	b.ds, b.repeats = b.ds[:n], b.repeats[:n]
+	// An alert the outbox already has may be missing from the history, which is
+	// written after the outbox and without waiting: a crash between the two (the
+	// engine raises the alert again after the restart) would leave it out for good.
+	// Recording it again is an upsert of the same version.
+	r.hist.add(again)
 	return nil
 }
 

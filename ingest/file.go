@@ -337,11 +337,7 @@ func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
 			if len(cut) > 0 && cut[0].index == i {
 				err, cut = cut[0].err, cut[1:]
 			} else {
-				r.events = append(r.events, Event{})
-				ev := &r.events[len(r.events)-1]
-				if err = p.Parse(ev, line); err != nil && !Kept(err) {
-					r.events = r.events[:len(r.events)-1]
-				}
+				r.events, err = AppendParsed(p, r.events, line)
 			}
 			if err != nil {
 				r.letters = append(r.letters, NewDeadLetter(time.Now(), c.source, s.opts.Format, -1, num, line, err))

@@ -17,6 +17,18 @@ type Parser interface {
 	Parse(ev *Event, line []byte) error
 }
 
+// AppendParsed parses record into a new event at the end of evs and returns evs with it,
+// unless the record was rejected: a repaired record (Kept) keeps its event. The error,
+// if any, is the record's, for its dead letter.
+func AppendParsed(p Parser, evs []Event, record []byte) ([]Event, error) {
+	evs = append(evs, Event{})
+	err := p.Parse(&evs[len(evs)-1], record)
+	if err != nil && !Kept(err) {
+		evs = evs[:len(evs)-1]
+	}
+	return evs, err
+}
+
 // Format names accepted by NewParser (the --format flag and ingest.kafka.topics[].format).
 const (
 	FormatAuto       = "auto"

@@ -155,10 +155,7 @@ func BenchmarkReplayArchive(b *testing.B) {
 // returns how many events it holds.
 func archive(b *testing.B, st store.Store, path string) int {
 	b.Helper()
-	fs, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{Format: ingest.FormatAWSWAF, Parser: parserOptions(b), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	fs := fileSource(b, path, ingest.FormatAWSWAF, 0)
 	defer fs.Close()
 	ctx := context.Background()
 	n := 0

@@ -306,14 +306,9 @@ func (k *KafkaRange) parse(ctx context.Context) {
 		}
 		out := parsed{events: make([]ingest.Event, 0, len(c.values))}
 		for i, v := range c.values {
-			out.events = append(out.events, ingest.Event{})
-			ev := &out.events[len(out.events)-1]
-			err := p.Parse(ev, v)
-			if err == nil {
+			var err error
+			if out.events, err = ingest.AppendParsed(p, out.events, v); err == nil {
 				continue
-			}
-			if !ingest.Kept(err) {
-				out.events = out.events[:len(out.events)-1]
 			}
 			out.letters = append(out.letters, ingest.NewDeadLetter(time.Now(), c.part.st.Partition.Source, c.part.format,
 				int(c.part.st.Partition.ID), c.offsets[i], v, err))

@@ -2,7 +2,6 @@ package replay_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -58,26 +57,24 @@ func secret(t testing.TB) ingest.TokenSecret {
 	return s
 }
 
+// run replays the file at path, parsed by workers goroutines (0: the default).
 func run(t testing.TB, path, format string, workers int, o replay.Options) ([]byte, *replay.Summary) {
 	t.Helper()
+	src := fileSource(t, path, format, workers)
+	defer src.Close()
+	return replayOf(t, src, o)
+}
+
+// fileSource opens the file at path as these tests parse it; the caller closes it.
+func fileSource(t testing.TB, path, format string, workers int) *ingest.FileSource {
+	t.Helper()
 	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{
-		Format: format, Parser: ingest.ParserOptions{Secret: secret(t), Now: func() time.Time { return synth.DefaultStart }}, Workers: workers,
-		Registerer: prometheus.NewPedanticRegistry(),
+		Format: format, Parser: parserOptions(t), Workers: workers, Registerer: prometheus.NewPedanticRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
-	var out bytes.Buffer
-	o.Source, o.Out = src, &out
-	if o.Detectors.AllowedLateness == 0 {
-		o.Detectors = demoDetectors()
-	}
-	sum, err := replay.Run(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes(), sum
+	return src
 }
 
 // TestReplayIsDeterministic replays each file again with other numbers of parsing

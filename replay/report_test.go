@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
@@ -36,15 +34,7 @@ func report(t *testing.T) ([]byte, []detectors.Alert) {
 	}
 	_, sum := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{Variants: variants, RunbookBase: "https://runbooks.example.com/gatewatch"})
 	alerts := sum.Results[0].Alerts
-	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{Format: ingest.FormatAWSWAF, Parser: parserOptions(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	tls, err := replay.Timelines(context.Background(), src, alerts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tls := timelines(t, path, alerts)
 	var out bytes.Buffer
 	err = replay.WriteReport(&out, &replay.Report{Title: "replay of " + filepath.Base(path), Summary: sum, Detectors: demoDetectors(),
 		Alerts: alerts, Timelines: tls, Sweep: &sw, SweepRows: replay.SweepRows(sw, sum.Results[1:], nil)})
@@ -52,6 +42,18 @@ func report(t *testing.T) ([]byte, []detectors.Alert) {
 		t.Fatal(err)
 	}
 	return out.Bytes(), alerts
+}
+
+// timelines draws the alerts' timelines from the file at path.
+func timelines(t *testing.T, path string, alerts []detectors.Alert) []replay.Timeline {
+	t.Helper()
+	src := fileSource(t, path, ingest.FormatAWSWAF, 0)
+	defer src.Close()
+	tls, err := replay.Timelines(context.Background(), src, alerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls
 }
 
 // TestReportIsSelfContained: one chart per alert and one for the sweep, inline SVG;
@@ -79,18 +81,9 @@ func TestReportIsSelfContained(t *testing.T) {
 
 func TestTimelineCountsTheKey(t *testing.T) {
 	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
-	out, sum := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
-	_ = out
+	_, sum := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
 	alerts := sum.Results[0].Alerts
-	src, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{Format: ingest.FormatAWSWAF, Parser: parserOptions(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	tls, err := replay.Timelines(context.Background(), src, alerts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tls := timelines(t, path, alerts)
 	for i, a := range alerts {
 		tl := tls[i]
 		if !tl.Start.Equal(a.FirstSeen.Add(-replay.TimelineMargin).Truncate(time.Minute)) || len(tl.Counts) < 30 {

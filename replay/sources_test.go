@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/gatewatch/gatewatch/detectors"
@@ -141,10 +140,8 @@ func TestArchiveReplaysWhatFilesDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close(context.Background())
-	fs, err := ingest.NewFileSource([]string{path}, ingest.FileOptions{Format: ingest.FormatAWSWAF, Parser: parserOptions(t), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs := fileSource(t, path, ingest.FormatAWSWAF, 0)
+	defer fs.Close()
 	n := 0
 	for {
 		b, err := fs.Next(context.Background())

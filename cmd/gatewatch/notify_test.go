@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/store"
@@ -134,15 +131,7 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 	}
 
 	// The alert history landed in the (embedded) store, with each delivery's state.
-	st, err := store.Open(store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour}, store.Options{Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close(context.Background())
-	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := alertHistory(t, store.Config{DataDir: filepath.Dir(cfg), Retention: 720 * time.Hour})
 	deliveries := 0
 	for _, r := range recs {
 		for _, d := range r.Deliveries {

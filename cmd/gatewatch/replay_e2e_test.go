@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -11,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/gatewatch/gatewatch/alerting/slacktest"
 	"github.com/gatewatch/gatewatch/ingest"
-	"github.com/gatewatch/gatewatch/store"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
@@ -111,18 +107,9 @@ func liveAlerts(t *testing.T, config string) ([]string, map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(cfg.Store, store.Options{Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close(context.Background())
-	recs, err := st.Alerts(context.Background(), time.Time{}, time.Now().Add(time.Hour), "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ids []string
 	named := map[string]string{}
-	for _, r := range recs {
+	for _, r := range alertHistory(t, cfg.Store) {
 		ids = append(ids, r.Alert.ID)
 		named[r.Alert.ID] = r.Alert.Detector + " " + r.Alert.Key
 	}
