@@ -2,6 +2,7 @@ package detectors
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -143,4 +144,121 @@ func lineDiff(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// twoHourConfig is the detectors section of cmd/gatewatch's end-to-end tests: two hours
+// of traffic, so the learning periods are half an hour.
+func twoHourConfig() Config {
+	cfg := DefaultConfig()
+	cfg.AllowedLateness = 30 * time.Second
+	cfg.NewCountry.LearningPeriod, cfg.NewCountry.MinEvents = 30*time.Minute, 20
+	cfg.QuietEndpointSpike.LearningPeriod = 30 * time.Minute
+	cfg.ObjectEnumeration.LearningPeriod = 30 * time.Minute
+	cfg.PrivilegeAnomaly.LearningPeriod = 30 * time.Minute
+	cfg.ClientVolumeSpike.LearningPeriod = 30 * time.Minute
+	return cfg
+}
+
+// TestTwoHoursAtAnyHour: the end-to-end tests run two hours of traffic ending at the
+// wall clock, so they see every hour of the day's rhythm and a different draw each
+// time. Across the day and ten seeds, every attack raises its incident and nothing
+// else raises any: an extra incident in those tests is a bug, not bad luck.
+func TestTwoHoursAtAnyHour(t *testing.T) {
+	if testing.Short() {
+		t.Skip("twenty-four runs of two hours of traffic")
+	}
+	cfg := twoHourConfig()
+	for k := range 24 {
+		start := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC).Add(time.Duration(k) * 61 * time.Minute)
+		seed := uint64(20 + k%10)
+		reqs, injected, err := synth.Generate(synth.Config{Start: start, Duration: 2 * time.Hour, Rate: 3, Seed: seed, Attacks: synth.Attacks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, clientKey, tokenFP := synthEvents(t, reqs)
+		want := map[string]bool{}
+		for _, inj := range injected {
+			want[inj.Kind+" "+inj.AlertKey(clientKey, tokenFP)] = true
+		}
+		got := map[string]bool{}
+		for _, g := range incidentsOf(run(t, cfg, nil, 500, events).alerts) {
+			k := g[0].Detector + " " + g[0].Key
+			if !want[k] || got[k] {
+				t.Errorf("from %s, seed %d: an incident no attack explains:\n%s", start.Format("15:04"), seed, describe(g[len(g)-1:]))
+			}
+			got[k] = true
+		}
+		for k := range want {
+			if !got[k] {
+				t.Errorf("from %s, seed %d: no incident for %s", start.Format("15:04"), seed, k)
+			}
+		}
+	}
+}
+
+// TestPartitionsInterleaved: two hours of traffic spread over four partitions, read
+// side by side as a consumer group would (each partition running up to 100s of event
+// time ahead of the others, in batches of any size), raise the alerts the same traffic
+// raises read in order from one stream.
+func TestPartitionsInterleaved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two hours of traffic, six times")
+	}
+	reqs, _, err := synth.Generate(synth.Config{Start: time.Date(2026, 12, 6, 6, 40, 0, 0, time.UTC), Duration: 2 * time.Hour,
+		Rate: 3, Seed: 29, Attacks: synth.Attacks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, _, _ := synthEvents(t, reqs)
+	cfg := twoHourConfig()
+	inOrder, _, _ := runBatches(t, cfg, nil, interleave(500, partRun{partA, events}))
+	want := sortedLines(alertsJSON(t, inOrder))
+	const parts = 4
+	for seed := uint64(1); seed <= 6; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		var skew [parts]time.Duration
+		var pos [parts]int
+		var batches []*ingest.Batch
+		b := &ingest.Batch{}
+		for p := range parts {
+			b.Opened = append(b.Opened, ingest.Partition{Source: "waf-logs", ID: int32(p)})
+		}
+		for size := 1 + rng.IntN(700); ; {
+			// The partition whose next event, delayed by its reader's current lag, comes first.
+			next := -1
+			var nextAt time.Time
+			for p := range parts {
+				i := pos[p]*parts + p
+				if i >= len(events) {
+					continue
+				}
+				if rng.IntN(50) == 0 {
+					skew[p] = time.Duration(rng.Int64N(int64(100 * time.Second)))
+				}
+				if at := events[i].Time.Add(skew[p]); next < 0 || at.Before(nextAt) {
+					next, nextAt = p, at
+				}
+			}
+			if next < 0 {
+				break
+			}
+			b.Events = append(b.Events, events[pos[next]*parts+next])
+			pos[next]++
+			if r := len(b.Runs) - 1; r >= 0 && b.Runs[r].Partition.ID == int32(next) {
+				b.Runs[r].N++
+			} else {
+				b.Runs = append(b.Runs, ingest.Run{Partition: ingest.Partition{Source: "waf-logs", ID: int32(next)}, N: 1})
+			}
+			if len(b.Events) == size {
+				batches, b, size = append(batches, b), &ingest.Batch{}, 1+rng.IntN(700)
+			}
+		}
+		alerts, _, reg := runBatches(t, cfg, nil, append(batches, b))
+		if late := counterValue(t, reg, "gatewatch_detectors_late_events_total"); late != 0 {
+			t.Errorf("seed %d: %v late events", seed, late)
+		}
+		if got := sortedLines(alertsJSON(t, alerts)); got != want {
+			t.Errorf("seed %d: interleaved, other alerts than in order:\n%s", seed, lineDiff(want, got))
+		}
+	}
 }
