@@ -101,6 +101,12 @@ func (p *runProcess) stop(sig os.Signal, timeout time.Duration) int {
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		p.t.Fatal(err)
 	}
+	return p.wait(sig, timeout)
+}
+
+// wait waits for the process, signalled sig, to exit, and returns its exit code.
+func (p *runProcess) wait(sig os.Signal, timeout time.Duration) int {
+	p.t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(timeout):
