@@ -95,16 +95,23 @@ func (hw *historyWriter) deliveries(ds []Delivery, withAlerts bool) {
 	}
 	rec := historyRecord{ds: append([]Delivery(nil), ds...)}
 	if withAlerts {
-		seen := map[DeliveryKey]bool{}
-		for i := range ds {
-			k := DeliveryKey{ID: ds[i].ID, Version: ds[i].Version}
-			if !seen[k] {
-				seen[k] = true
-				rec.alerts = append(rec.alerts, ds[i].Alert)
-			}
-		}
+		rec.alerts = distinctAlerts(ds)
 	}
 	hw.add(rec)
+}
+
+// distinctAlerts returns the alert versions ds carry, each once however many
+// receivers it went to.
+func distinctAlerts(ds []Delivery) []detectors.Alert {
+	var alerts []detectors.Alert
+	seen := map[DeliveryKey]bool{}
+	for i := range ds {
+		if k := (DeliveryKey{ID: ds[i].ID, Version: ds[i].Version}); !seen[k] {
+			seen[k] = true
+			alerts = append(alerts, ds[i].Alert)
+		}
+	}
+	return alerts
 }
 
 // run writes queued records to History until stop ends, then what is queued still,

@@ -277,18 +277,11 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 		return fmt.Errorf("alerting: outbox: enqueue: %w", err)
 	}
 	n := 0
-	var again historyRecord
-	var seen map[DeliveryKey]bool // made at the first duplicate: most batches have none
+	var dupes []Delivery
 	for i := range b.ds {
 		if b.ds[i].Seq == 0 {
 			r.workers[b.ds[i].Receiver].m.dupes.Inc()
-			if seen == nil {
-				seen = map[DeliveryKey]bool{}
-			}
-			if k := (DeliveryKey{ID: b.ds[i].ID, Version: b.ds[i].Version}); !seen[k] {
-				seen[k] = true // once, not once per receiver
-				again.alerts = append(again.alerts, b.ds[i].Alert)
-			}
+			dupes = append(dupes, b.ds[i])
 			continue
 		}
 		b.ds[n], b.repeats[n] = b.ds[i], b.repeats[i]
@@ -299,7 +292,9 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 	// written after the outbox and without waiting: a crash between the two (the
 	// engine raises the alert again after the restart) would leave it out for good.
 	// Recording it again is an upsert of the same version.
-	r.hist.add(again)
+	if len(dupes) > 0 {
+		r.hist.add(historyRecord{alerts: distinctAlerts(dupes)})
+	}
 	return nil
 }
 
@@ -500,12 +495,20 @@ func (r *Router) resume(ctx context.Context) error {
 			r.log.Warn("outbox holds deliveries for a receiver that is not configured", "receiver", n, "pending", stats[n].Pending)
 		}
 	}
-	if r.rem == nil {
+	if r.rem == nil && r.hist == nil {
 		return nil
 	}
 	ds, err := r.store.Recent(ctx, r.now().Add(-r.cfg.ResolveTimeout))
 	if err != nil {
 		return fmt.Errorf("alerting: outbox: recent: %w", err)
+	}
+	// The history is written after the outbox, without waiting: a crash in between,
+	// after which the engine does not raise the alert again (its batch was committed),
+	// would leave an alert that was delivered out of the history for good. Recording
+	// the incidents that may still be open again is an upsert of the same versions.
+	r.hist.add(historyRecord{alerts: distinctAlerts(ds)})
+	if r.rem == nil {
+		return nil
 	}
 	for i := range ds {
 		d := &ds[i]
