@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
@@ -43,6 +44,12 @@ type Options struct {
 // safe for concurrent use: one goroutine drives it, through Run or through Observe and
 // Flush.
 type Engine struct {
+	// mu is held by Run while it handles a batch, and by Reload.Apply, which may come
+	// from another goroutine: a reload lands between batches.
+	mu          sync.Mutex
+	cfg         Config // in force
+	runbookBase string
+
 	store BaselineStore
 	log   *slog.Logger
 	m     *metrics
@@ -175,14 +182,16 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	log := opts.Logger.With("component", "detectors")
 	m := newMetrics(opts.Registerer)
 	e := &Engine{
-		store:    opts.Baselines,
-		log:      log,
-		m:        m,
-		now:      opts.Now,
-		refresh:  cfg.BaselineRefresh.Milliseconds(),
-		wms:      newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
-		incStore: opts.Incidents,
-		scope:    opts.Scope,
+		cfg:         cfg,
+		runbookBase: opts.RunbookBaseURL,
+		store:       opts.Baselines,
+		log:         log,
+		m:           m,
+		now:         opts.Now,
+		refresh:     cfg.BaselineRefresh.Milliseconds(),
+		wms:         newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
+		incStore:    opts.Incidents,
+		scope:       opts.Scope,
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
 		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
