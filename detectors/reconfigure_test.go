@@ -288,3 +288,84 @@ func (s *chanSource) Next(ctx context.Context) (*ingest.Batch, error) {
 		return nil, ctx.Err()
 	}
 }
+
+// TestReloadResolvesLiveKeys: an override or allowlist entry added by a reload reaches
+// the keys every detector already tracks (each finds a key's params its own way: by
+// client, token, route, or the hash a client and route pair is kept under), and
+// removing it again puts them back under the detector's settings.
+func TestReloadResolvesLiveKeys(t *testing.T) {
+	off := false
+	silence := func(c *Config) {
+		o := Override{Key: "k1", Enabled: &off}
+		c.NewCountry.Overrides = []NewCountryOverride{{Override: o}}
+		c.TokenReuse.Overrides = []TokenReuseOverride{{Override: Override{Key: "tok1", Enabled: &off}}}
+		c.ForbiddenBurst.Overrides = []ForbiddenBurstOverride{{Override: o}}
+		c.QuietEndpointSpike.Overrides = []QuietEndpointSpikeOverride{{Override: Override{RoutePrefix: "/admin/", Enabled: &off}}}
+		c.ObjectEnumeration.Overrides = []ObjectEnumerationOverride{{Override: o}}
+		c.AuthFailureSpray.Allowlist = []ClientAllow{{Key: "203.0.113.5"}}
+		c.PrivilegeAnomaly.Overrides = []PrivilegeAnomalyOverride{{Override: o}}
+		c.ClientVolumeSpike.Allowlist = []ClientAllow{{Key: "k1"}}
+		c.RouteScan.Allowlist = []ClientAllow{{CIDR: "203.0.113.0/24"}}
+	}
+	cfg := DefaultConfig()
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Observe([]ingest.Event{req(t0, client("k1"), ip("203.0.113.5"), token("tok1"), device("dev1"), country("DE"),
+		route("POST", "/admin/users/{id}"), path("/admin/users/7"))})
+	check := func(wantOn bool) {
+		t.Helper()
+		for _, d := range e.dets {
+			got := liveKeysEnabled(d)
+			if len(got) != 1 {
+				t.Errorf("%s tracks %d keys, want 1", d.name(), len(got))
+				continue
+			}
+			if got[0] != wantOn {
+				t.Errorf("%s: key enabled %v, want %v", d.name(), got[0], wantOn)
+			}
+		}
+	}
+	check(true)
+	next := cfg
+	silence(&next)
+	if err := e.Reconfigure(next); err != nil {
+		t.Fatal(err)
+	}
+	check(false)
+	if err := e.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
+}
+
+// liveKeysEnabled returns, for every key detector d tracks, whether its params are
+// enabled.
+func liveKeysEnabled(d detector) []bool {
+	var out []bool
+	add := func(each func(func(int32)), on func(int32) bool) { each(func(s int32) { out = append(out, on(s)) }) }
+	switch d := d.(type) {
+	case *newCountry:
+		add(d.tab.each, func(s int32) bool { return d.params[d.tab.ents[s].s.prm].enabled })
+	case *tokenReuse:
+		add(d.tab.each, func(s int32) bool { return d.params[d.tab.ents[s].s.prm].enabled })
+	case *forbiddenBurst:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	case *quietSpike:
+		add(d.tab.each, func(s int32) bool { return d.params[d.tab.ents[s].s.prm].enabled })
+	case *objectEnum:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	case *authSpray:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	case *privilegeAnomaly:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	case *volumeSpike:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	case *routeScan:
+		add(d.tab.each, func(s int32) bool { return d.rules.params[d.tab.ents[s].s.prm].enabled })
+	default:
+		panic("liveKeysEnabled: unknown detector " + d.name())
+	}
+	return out
+}
