@@ -42,7 +42,8 @@ type Options struct {
 
 // An Engine runs the enabled detectors over a stream of events, by event time. It is not
 // safe for concurrent use: one goroutine drives it, through Run or through Observe and
-// Flush.
+// Flush. The one exception is a reload (Reconfigure, Reload.Apply), which may come from
+// another goroutine while Run runs, and lands between two batches.
 type Engine struct {
 	// mu is held by Run while it handles a batch, and by Reload.Apply, which may come
 	// from another goroutine: a reload lands between batches.

@@ -13,7 +13,8 @@ import (
 
 // A Reload is a config checked against one engine and built, ready to put in force:
 // PrepareReload does everything that can fail, Apply nothing that can, so that several
-// engines (a replica's tasks) take a new config all or none.
+// engines (a replica's tasks) take a new config all or none. One reload at a time: the
+// caller orders them.
 type Reload struct {
 	e    *Engine
 	cfg  Config
@@ -46,12 +47,9 @@ func (e *Engine) PrepareReload(cfg Config) (*Reload, error) {
 		return nil, fmt.Errorf("detectors: invalid config: %w", err)
 	}
 	var errs []error
-	restart := func(path string) {
-		errs = append(errs, cfgErr(path, "takes effect only after a restart"))
-	}
 	for _, s := range shapeSettings(&e.cfg, &cfg) {
 		if !s.same {
-			restart(s.path)
+			errs = append(errs, cfgErr(s.path, "takes effect only after a restart"))
 		}
 	}
 	// The throwaway engine builds every detector the live one runs, muted or not, so
