@@ -204,7 +204,13 @@ func (d *authSpray) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
 	d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
 	d.settle(k)
-	return k.sums[0] >= d.rules.params[k.prm].minCreds
+	return d.mayFire(slot)
+}
+
+func (d *authSpray) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.rules.params[k.prm]
+	return p.enabled && k.sums[0] >= p.minCreds
 }
 
 func (d *authSpray) expiry(wm int64) int64 { return d.lay.oldestOpenMs(wm) }

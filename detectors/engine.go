@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
@@ -41,8 +42,15 @@ type Options struct {
 
 // An Engine runs the enabled detectors over a stream of events, by event time. It is not
 // safe for concurrent use: one goroutine drives it, through Run or through Observe and
-// Flush.
+// Flush. The one exception is a reload (Reconfigure, Reload.Apply), which may come from
+// another goroutine while Run runs, and lands between two batches.
 type Engine struct {
+	// mu is held by Run while it handles a batch, and by Reload.Apply, which may come
+	// from another goroutine: a reload lands between batches.
+	mu          sync.Mutex
+	cfg         Config // in force
+	runbookBase string
+
 	store BaselineStore
 	log   *slog.Logger
 	m     *metrics
@@ -175,14 +183,16 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	log := opts.Logger.With("component", "detectors")
 	m := newMetrics(opts.Registerer)
 	e := &Engine{
-		store:    opts.Baselines,
-		log:      log,
-		m:        m,
-		now:      opts.Now,
-		refresh:  cfg.BaselineRefresh.Milliseconds(),
-		wms:      newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
-		incStore: opts.Incidents,
-		scope:    opts.Scope,
+		cfg:         cfg,
+		runbookBase: opts.RunbookBaseURL,
+		store:       opts.Baselines,
+		log:         log,
+		m:           m,
+		now:         opts.Now,
+		refresh:     cfg.BaselineRefresh.Milliseconds(),
+		wms:         newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
+		incStore:    opts.Incidents,
+		scope:       opts.Scope,
 	}
 	env := func(name string, c Common, every time.Duration) *incidents {
 		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,

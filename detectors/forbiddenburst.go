@@ -165,7 +165,13 @@ func (d *forbiddenBurst) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
 	d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
 	d.settle(k)
-	return k.sums[0] >= d.rules.params[k.prm].threshold
+	return d.mayFire(slot)
+}
+
+func (d *forbiddenBurst) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.rules.params[k.prm]
+	return p.enabled && k.sums[0] >= p.threshold
 }
 
 func (d *forbiddenBurst) expiry(wm int64) int64 { return d.lay.oldestOpenMs(wm) }

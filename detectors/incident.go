@@ -80,6 +80,7 @@ type incidents struct {
 	out      *emitter
 	alerts   *prometheus.CounterVec // by severity
 	saved    map[string]struct{}    // keys whose incident changed since the last SaveIncidents
+	muted    bool                   // the detector was disabled by a reload: firings raise nothing
 }
 
 func newIncidents(detector string, cooldown, every int64, max int, runbook string, out *emitter, alerts *prometheus.CounterVec) *incidents {
@@ -98,6 +99,9 @@ func newIncidents(detector string, cooldown, every int64, max int, runbook strin
 // fire records f. build returns the evidence and summary of f; it is called only when
 // they are needed: for a new incident, or when f is stronger than the incident's best.
 func (s *incidents) fire(f firing, build func() (Evidence, string)) {
+	if s.muted {
+		return
+	}
 	inc := s.open[f.key]
 	if inc != nil && f.at-inc.lastFire > s.cooldown {
 		s.end(inc, inc.lastFire+s.cooldown)

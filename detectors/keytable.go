@@ -373,6 +373,15 @@ func (t *keyTable[S]) remove(slot int32, evicted bool) {
 }
 
 // reset removes every key.
+// each calls f with the slot of every live key.
+func (t *keyTable[S]) each(f func(slot int32)) {
+	for slot := range t.ents {
+		if t.ents[slot].live {
+			f(int32(slot))
+		}
+	}
+}
+
 func (t *keyTable[S]) reset() {
 	for slot := range t.ents {
 		if t.ents[slot].live {

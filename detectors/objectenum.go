@@ -144,11 +144,14 @@ func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, sin
 	return d
 }
 
+// ipClientSalt tells a client keyed by IP from a client key that reads the same.
+const ipClientSalt = 0x5bd1e9955bd1e995
+
 // pairKey sets d.key to the key of a client (whose hash is ch) and route, and returns
 // it as a string that points into d.key.
 func (d *objectEnum) pairKey(ch uint64, byIP bool, method, route string) string {
 	if byIP {
-		ch ^= 0x5bd1e9955bd1e995 // an IP and a client key that read the same are not one client
+		ch ^= ipClientSalt
 	}
 	binary.LittleEndian.PutUint64(d.key[:8], ch)
 	binary.LittleEndian.PutUint64(d.key[8:], routeHash(method, route))
@@ -272,9 +275,15 @@ func (d *objectEnum) bounds(slot int32) (int64, int64, bool) {
 }
 
 func (d *objectEnum) cool(slot int32, keep int64) bool {
-	k := &d.tab.ents[slot].s
 	d.trim(slot, keep)
-	return k.sum[0] >= d.rules.params[k.prm].hot
+	return d.mayFire(slot)
+}
+
+func (d *objectEnum) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.rules.params[k.prm]
+	// A key without names has never been hot: it is named at its next event.
+	return k.names != nil && p.enabled && k.sum[0] >= p.hot
 }
 
 // trim drops the key's buckets before keep.

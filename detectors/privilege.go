@@ -262,7 +262,13 @@ func (d *privilegeAnomaly) cool(slot int32, keep int64) bool {
 	d.fold(slot, keep)
 	k := &d.tab.ents[slot].s
 	d.settle(k)
-	return k.sums[0] >= d.rules.params[k.prm].minCount
+	return d.mayFire(slot)
+}
+
+func (d *privilegeAnomaly) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.rules.params[k.prm]
+	return p.enabled && k.sums[0] >= p.minCount
 }
 
 // expiry: a key whose last privileged success is older than history has no history

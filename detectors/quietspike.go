@@ -238,7 +238,13 @@ func (d *quietSpike) cool(slot int32, keep int64) bool {
 	}
 	d.cnt.trim(data, &k.r, k.sum[:], keep)
 	d.settle(k)
-	return k.sum[0] >= d.params[k.prm].hot
+	return d.mayFire(slot)
+}
+
+func (d *quietSpike) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.params[k.prm]
+	return p.enabled && k.sum[0] >= p.hot
 }
 
 func (d *quietSpike) expiry(wm int64) int64 { return d.lay.oldestKept(wm)*d.lay.width - d.ttl() }

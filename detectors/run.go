@@ -66,52 +66,68 @@ type pendingBatch struct {
 // sets a batch's Events to nil once it has observed them, so that batches waiting for
 // their ack (minutes, for the longest window) hold no events.
 func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error {
-	if err := e.LoadBaselines(ctx); err != nil {
-		return err
+	e.mu.Lock()
+	err := e.LoadBaselines(ctx)
+	if err == nil {
+		err = e.LoadIncidents(ctx)
 	}
-	if err := e.LoadIncidents(ctx); err != nil {
+	e.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	for {
 		b, err := src.Next(ctx)
-		if b != nil {
-			maxT := e.observe(b, b.Events)
-			alerts := e.out.take()
-			// A batch waits for its ack as long as the longest window stays open (ten
-			// minutes for token_reuse): keep the means to ack it, not its events.
-			b.Events = nil
-			e.pending = append(e.pending, pendingBatch{b: b, maxT: maxT})
-			if err := e.put(ctx, sink, alerts); err != nil {
-				return err
-			}
-			if e.releaseDue() {
-				if err := e.release(ctx, e.horizon()); err != nil {
-					return err
-				}
-			}
-			e.refreshIfDue(ctx)
-		}
-		switch {
-		case errors.Is(err, io.EOF):
-			if err := e.put(ctx, sink, e.Flush()); err != nil {
-				return err
-			}
-			if err := e.SyncBaselines(ctx); err != nil {
-				return err
-			}
-			return e.release(ctx, math.MaxInt64)
-		case err != nil && ctx.Err() != nil:
-			// Stopping: acknowledge what no open window needs any more, so a restart
-			// reads as little again as it can; the rest is read again and rebuilds the
-			// open windows.
-			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
-			rerr := e.release(stopCtx, e.horizon())
-			cancel()
-			return errors.Join(ctx.Err(), rerr)
-		case err != nil:
-			return fmt.Errorf("detectors: next batch: %w", err)
+		// The lock lets a reload (Reload.Apply) in while Run waits for the next batch.
+		e.mu.Lock()
+		done, err := e.step(ctx, sink, b, err)
+		e.mu.Unlock()
+		if done {
+			return err
 		}
 	}
+}
+
+// step handles what src.Next returned: batch b, if any, then err. done says Run ends,
+// with the error step returns.
+func (e *Engine) step(ctx context.Context, sink AlertSink, b *ingest.Batch, err error) (done bool, _ error) {
+	if b != nil {
+		maxT := e.observe(b, b.Events)
+		alerts := e.out.take()
+		// A batch waits for its ack as long as the longest window stays open (ten
+		// minutes for token_reuse): keep the means to ack it, not its events.
+		b.Events = nil
+		e.pending = append(e.pending, pendingBatch{b: b, maxT: maxT})
+		if err := e.put(ctx, sink, alerts); err != nil {
+			return true, err
+		}
+		if e.releaseDue() {
+			if err := e.release(ctx, e.horizon()); err != nil {
+				return true, err
+			}
+		}
+		e.refreshIfDue(ctx)
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		if err := e.put(ctx, sink, e.Flush()); err != nil {
+			return true, err
+		}
+		if err := e.SyncBaselines(ctx); err != nil {
+			return true, err
+		}
+		return true, e.release(ctx, math.MaxInt64)
+	case err != nil && ctx.Err() != nil:
+		// Stopping: acknowledge what no open window needs any more, so a restart
+		// reads as little again as it can; the rest is read again and rebuilds the
+		// open windows.
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		rerr := e.release(stopCtx, e.horizon())
+		cancel()
+		return true, errors.Join(ctx.Err(), rerr)
+	case err != nil:
+		return true, fmt.Errorf("detectors: next batch: %w", err)
+	}
+	return false, nil
 }
 
 func (e *Engine) put(ctx context.Context, sink AlertSink, alerts []Alert) error {

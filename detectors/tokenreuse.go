@@ -358,7 +358,13 @@ func (d *tokenReuse) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
 	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
 	d.dropSlots(k, dropped, keep)
-	return d.active(k) > d.params[k.prm].maxDevices
+	return d.mayFire(slot)
+}
+
+func (d *tokenReuse) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.params[k.prm]
+	return p.enabled && d.active(k) > p.maxDevices
 }
 
 func (d *tokenReuse) expiry(wm int64) int64 { return (d.lay.oldestKept(wm) - d.gap - 1) * d.lay.width }

@@ -208,7 +208,13 @@ func (d *volumeSpike) cool(slot int32, keep int64) bool {
 		d.markDirty(slot)
 	}
 	d.cnt.trim(data, &k.r, k.sum[:], keep)
-	return k.sum[0] >= d.rules.params[k.prm].hot
+	return d.mayFire(slot)
+}
+
+func (d *volumeSpike) mayFire(slot int32) bool {
+	k := &d.tab.ents[slot].s
+	p := &d.rules.params[k.prm]
+	return p.enabled && k.sum[0] >= p.hot
 }
 
 func (d *volumeSpike) expiry(wm int64) int64 { return d.lay.oldestKept(wm)*d.lay.width - d.ttl() }

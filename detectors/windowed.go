@@ -39,6 +39,9 @@ type windowJudge interface {
 	// cool drops the key's data before bucket keep and reports whether the key may
 	// still fire: false takes it off the hot list until it is marked hot again.
 	cool(slot int32, keep int64) bool
+	// mayFire reports, without changing anything, whether the key's state could make
+	// a window fire under the detector's settings: what cool returns once trimmed.
+	mayFire(slot int32) bool
 	// expiry returns the event time before which keys last seen are dropped at
 	// watermark wm.
 	expiry(wm int64) int64
@@ -153,6 +156,30 @@ func (w *windowed[S]) flush() {
 	}
 	w.inc.endAll()
 	w.wm, w.next = math.MinInt64/2, math.MinInt64
+}
+
+// rehot rebuilds the hot list after a reload changed the settings: a key is hot when
+// mayFire says so. A key already hot keeps its judged windows; one that turns hot has
+// the windows that close from now on judged, as if its last event had made it hot.
+func (w *windowed[S]) rehot() {
+	live := w.hot[:0]
+	for _, h := range w.hot {
+		if !w.tab.valid(h.ref) {
+			continue
+		}
+		if !w.j.mayFire(h.ref.slot) {
+			w.tab.ents[h.ref.slot].hot = false
+			continue
+		}
+		live = append(live, h)
+	}
+	clear(w.hot[len(live):])
+	w.hot = live
+	w.tab.each(func(slot int32) {
+		if w.j.mayFire(slot) {
+			w.markHot(slot)
+		}
+	})
 }
 
 // windowEvidence returns the evidence naming the window that ends at bucket end.

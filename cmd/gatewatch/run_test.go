@@ -563,6 +563,91 @@ func TestRunReload(t *testing.T) {
 	}
 }
 
+// TestRunReloadDetectors: a SIGHUP lowers forbidden_burst's threshold while a 403
+// burst is under way; the same process (no restart) then raises the burst, counting the
+// 403s from before the reload (the window straddles it: half the burst alone is below
+// either threshold). A changed window is refused, by name, with the metric at 0, and
+// the config in force (the lowered threshold, not the refused file's) keeps running.
+func TestRunReloadDetectors(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs gatewatch as a subprocess")
+	}
+	e := newE2E(t, "waf-logs")
+	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "  forbidden_burst: {threshold: 20, window: 1m}")
+	good, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startRun(t, e.config)
+	pid := p.cmd.Process.Pid
+	e.waitMetric(t, p, 1, time.Minute, "gatewatch_config_last_reload_successful")
+
+	// Event time an hour back (any will do), round robin over the four partitions: each
+	// phase ends with one request to each, so that every partition's stream advances.
+	start := time.Now().Add(-time.Hour).Truncate(time.Minute)
+	produced := 0
+	phase := func(client string, n int, from, until time.Duration) {
+		t.Helper()
+		var reqs []synth.Request
+		for i := range n {
+			reqs = append(reqs, synth.Request{Time: start.Add(from + time.Duration(i)*time.Second), ClientIP: "198.51.100.7",
+				Country: "DE", Method: "GET", Host: "api.example.com", Path: fmt.Sprintf("/v1/orders/%d", i), Route: "/v1/orders/{id}",
+				Status: 403, Action: "ALLOW", UserAgent: "curl/8.5", APIKey: "key-" + client, RequestID: fmt.Sprintf("req-%024x", produced+len(reqs))})
+		}
+		for range e.partitions {
+			reqs = append(reqs, synth.Request{Time: start.Add(until), ClientIP: "192.0.2.10", Country: "DE", Method: "GET",
+				Host: "api.example.com", Path: "/v1/health", Route: "/v1/health", Status: 200, Action: "ALLOW", UserAgent: "probe/1",
+				APIKey: "key-probe", RequestID: fmt.Sprintf("req-%024x", produced+len(reqs))})
+		}
+		e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+		produced += len(reqs)
+		e.waitMetric(t, p, float64(produced), time.Minute, "gatewatch_ingest_events_total")
+	}
+	reload := func(config string, result string, n float64) {
+		t.Helper()
+		writeFile(t, e.config, config)
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		e.waitMetric(t, p, n, 20*time.Second, "gatewatch_config_reloads_total", "result", result)
+	}
+
+	// Six 403s of the burst, its window still open: nothing fires under threshold 20.
+	phase("a", 6, 0, 5*time.Second)
+	lowered := strings.Replace(string(good), "threshold: 20", "threshold: 10", 1)
+	reload(lowered, "success", 1)
+	// Six more, then the windows close. The first to hold 10 ends with the 5s bucket
+	// of the eleventh 403: six of its eleven came before the reload.
+	phase("a", 6, 10*time.Second, 5*time.Minute)
+	posts := e.waitPosts(t, p, 1, time.Minute)
+	if !strings.Contains(posts[0].Text, "received 11 responses with status 403") {
+		t.Errorf("the burst's alert does not count the 403s from before the reload:\n%s", posts[0].Text)
+	}
+
+	// A changed window (and, refused with it, a raised threshold): the old config runs.
+	refused := strings.Replace(lowered, "threshold: 10, window: 1m", "threshold: 30, window: 2m", 1)
+	reload(refused, "failure", 1)
+	if n := e.metric(t, "gatewatch_config_last_reload_successful"); n != 0 {
+		t.Errorf("gatewatch_config_last_reload_successful = %v after a refused reload, want 0", n)
+	}
+	if !strings.Contains(p.log(), "detectors.forbidden_burst.window: takes effect only after a restart") {
+		t.Errorf("the refusal does not name detectors.forbidden_burst.window:\n%s", p.log())
+	}
+	phase("b", 12, 6*time.Minute, 10*time.Minute)
+	e.waitPosts(t, p, 2, time.Minute)
+	time.Sleep(2 * time.Second) // an alert nobody expects would come now
+	if got := len(e.posts()); got != 2 {
+		t.Errorf("%d incidents posted, want 2", got)
+	}
+	p.alive()
+	if p.cmd.Process.Pid != pid {
+		t.Fatal("gatewatch restarted")
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+}
+
 // TestRunClickHouseAndKcat: the store is a real clickhouse-server. Two gateways' logs
 // (AWS WAF and Kong, each client behind one of them) come as a backlog produced with
 // kafka-go; then, once that is consumed, Kong records arrive live through kcat, an

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,9 @@ type Replica struct {
 	src  *kafka.Source
 	w    *kafkago.Writer
 	conn *kafkago.Transport
+
+	tasksMu sync.Mutex // guards tasks: newTask and a reload come from different goroutines
+	tasks   taskEngines
 }
 
 // New checks cfg and o and builds both stages; it connects to nothing.
@@ -96,7 +100,8 @@ func New(cfg Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	kc := kafka.WithDefaults(o.Kafka)
-	r := &Replica{cfg: cfg, o: o, log: log, m: newMetrics(o.Registerer), src: src, conn: transport}
+	r := &Replica{cfg: cfg, o: o, log: log, m: newMetrics(o.Registerer), src: src, conn: transport,
+		tasks: taskEngines{start: o.Detectors, current: o.Detectors, live: map[*detectors.Engine]Kind{}}}
 	r.w = &kafkago.Writer{
 		Addr:         kafkago.TCP(kc.Brokers...),
 		Balancer:     byPartition{},
@@ -235,12 +240,11 @@ func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), err
 	if r.o.Baselines != nil {
 		baselines = taskBaselines{BaselineStore: r.o.Baselines, kind: k, partition: partition, n: r.cfg.Partitions}
 	}
-	cfg := taskConfig(r.o.Detectors, k)
-	// The task's source decides when a source partition is idle (it waits for it in the
-	// merge, and relays stage one's idle marks); the engine's own wall-clock rule only
-	// backs it up, for a task that gets nothing at all.
-	cfg.IdleTimeout *= 2
-	eng, err := detectors.NewEngine(cfg, detectors.Options{
+	// Built and registered under tasksMu, so that a reload reaches it or it is built
+	// with the reloaded config.
+	r.tasksMu.Lock()
+	defer r.tasksMu.Unlock()
+	eng, err := detectors.NewEngine(taskEngineConfig(r.tasks.current, k), detectors.Options{
 		Baselines:      baselines,
 		Incidents:      r.o.Incidents,
 		Scope:          r.s2.group + "/" + topic + "/" + strconv.Itoa(partition),
@@ -254,7 +258,14 @@ func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), err
 		return nil, nil, err
 	}
 	r.m.tasks.Inc()
-	return eng, func() { r.m.tasks.Dec(); reg.unregisterAll() }, nil
+	r.tasks.live[eng] = k
+	return eng, func() {
+		r.tasksMu.Lock()
+		delete(r.tasks.live, eng)
+		r.tasksMu.Unlock()
+		r.m.tasks.Dec()
+		reg.unregisterAll()
+	}, nil
 }
 
 // Ping reports whether the brokers answer and have every raw topic, and whether stage

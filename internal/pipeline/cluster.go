@@ -40,6 +40,7 @@ func (p *Pipeline) runCluster(ctx context.Context, cfg *Config, st store.Store, 
 	if err != nil {
 		return err
 	}
+	p.setDetection(r.PrepareReload)
 	acksDone := goRun(func() error { return acks.run(ctx) })
 	p.ready.set(st, r)
 	readyCtx, stopReady := context.WithCancel(ctx)

@@ -83,17 +83,19 @@ type Pipeline struct {
 
 	cfg atomic.Pointer[Config] // the config in force; Reload swaps it
 
-	// Set by Run; mu guards engine and alerts, which Reload reads from another
+	// Set by Run; mu guards detection and alerts, which Reload reads from another
 	// goroutine.
 	mu       sync.Mutex
 	reloadMu sync.Mutex // one reload at a time
 	store    store.Store
 	source   *kafka.Source
-	engine   *detectors.Engine
-	alerts   *routerSwitch
-	admin    *admin
-	console  *console.Server
-	ready    readiness
+	// detection prepares a changed detectors section for the engine, or for every
+	// task of a cluster replica: apply puts it in force and cannot fail.
+	detection func(detectors.Config) (apply func(), err error)
+	alerts    *routerSwitch
+	admin     *admin
+	console   *console.Server
+	ready     readiness
 
 	stopped chan struct{} // closed when Run returns
 	runOnce sync.Once
@@ -225,9 +227,13 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	p.mu.Lock()
-	p.engine = eng
-	p.mu.Unlock()
+	p.setDetection(func(c detectors.Config) (func(), error) {
+		r, err := eng.PrepareReload(c)
+		if err != nil {
+			return nil, err
+		}
+		return r.Apply, nil
+	})
 	acks := newAcker(st, p.log, p.m)
 	var events detectors.EventSource = &archiving{p: p, src: src, acks: acks, archive: cfg.Store.Archive}
 	if p.opts.WrapSource != nil {
