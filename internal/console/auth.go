@@ -39,7 +39,7 @@ const (
 	maxSessions    = 10_000
 	sessionCookie  = "gw_session"
 	maxUserName    = 128
-	loginFailRate  = 1 // failed logins a second, over all clients
+	loginFailRate  = 1 // failed authentications a second, over all clients
 	loginFailBurst = 5
 )
 
@@ -64,29 +64,36 @@ func newAuth(cr credentials, proxyHeader string, now func() time.Time) *auth {
 
 // identify returns who sent r, if anyone the console knows: the trusted proxy's user
 // (only from its addresses), a bearer token, basic-auth credentials, or a session.
-func (a *auth) identify(r *http.Request) (principal, bool) {
+//
+// ok is false for anyone else; limited says the request was refused unread because
+// failed authentications have spent their allowance (see limited).
+func (a *auth) identify(r *http.Request) (p principal, ok, limited bool) {
 	if a.header != "" && a.fromProxy(r) {
 		if u := cleanUser(r.Header.Get(a.header)); u != "" {
-			return a.stateless(u, "proxy"), true
+			return a.stateless(u, "proxy"), true, false
 		}
 	}
 	if h := r.Header.Get("Authorization"); h != "" {
+		if a.limited() {
+			return principal{}, false, true
+		}
 		if tok, ok := strings.CutPrefix(h, "Bearer "); ok && a.tokenOK(tok) {
-			return a.stateless("token", "bearer"), true
+			return a.stateless("token", "bearer"), true, false
 		}
 		if user, pass, ok := r.BasicAuth(); ok && a.userOK(user, pass) {
-			return a.stateless(user, "basic"), true
+			return a.stateless(user, "basic"), true, false
 		}
-		return principal{}, false
+		a.failed()
+		return principal{}, false, false
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if s, ok := a.sessions[c.Value]; ok && a.now().Before(s.expires) {
-			return principal{who: s.who, method: "session", csrf: s.csrf}, true
+			return principal{who: s.who, method: "session", csrf: s.csrf}, true, false
 		}
 	}
-	return principal{}, false
+	return principal{}, false, false
 }
 
 // stateless is a principal without a session: its CSRF token is derived from who it
@@ -98,6 +105,14 @@ func (a *auth) stateless(who, method string) principal {
 	m.Write([]byte(method + "\x00" + who))
 	return principal{who: who, method: method, csrf: hex.EncodeToString(m.Sum(nil)[:16])}
 }
+
+// limited reports whether failed authentications (logins and Authorization headers
+// alike) have spent their allowance: until it refills every attempt is refused, right
+// or wrong. Checked before the credentials, so a guesser learns nothing from a burst.
+func (a *auth) limited() bool { return a.fails.TokensAt(a.now()) < 1 }
+
+// failed spends one failed authentication.
+func (a *auth) failed() { a.fails.AllowN(a.now(), 1) }
 
 func (a *auth) tokenOK(tok string) bool {
 	want := a.cr.token.Reveal()

@@ -130,15 +130,13 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	next := safeNext(r.PostFormValue("next"))
 	ld := loginData{Next: next, Users: len(s.auth.cr.users) > 0}
-	// Spent failures refuse every login, right or wrong, until they refill: checked
-	// after the credentials, the limit would still let a guesser learn the right one.
-	if s.auth.fails.TokensAt(s.auth.now()) < 1 {
-		http.Error(w, "too many failed logins; wait a moment", http.StatusTooManyRequests)
+	if s.auth.limited() {
+		tooMany(w)
 		return
 	}
 	id, sess := s.auth.login(r.PostFormValue("user"), r.PostFormValue("secret"))
 	if sess == nil {
-		s.auth.fails.AllowN(s.auth.now(), 1)
+		s.auth.failed()
 		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr)
 		s.render(w, r, "login", http.StatusUnauthorized, page{Title: "Log in", Error: "Those credentials are not valid.", Data: ld})
 		return

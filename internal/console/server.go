@@ -167,9 +167,9 @@ func (s *Server) routes() {
 // to the login page, anything else gets 401.
 func (s *Server) read(h func(http.ResponseWriter, *http.Request, principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.auth.identify(r)
+		p, ok, limited := s.auth.identify(r)
 		if !ok {
-			s.unauthorized(w, r)
+			s.unauthorized(w, r, limited)
 			return
 		}
 		h(w, r, p)
@@ -180,9 +180,9 @@ func (s *Server) read(h func(http.ResponseWriter, *http.Request, principal)) htt
 // from the console's own origin; refused with 403 otherwise.
 func (s *Server) change(h func(http.ResponseWriter, *http.Request, principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.auth.identify(r)
+		p, ok, limited := s.auth.identify(r)
 		if !ok {
-			s.unauthorized(w, r)
+			s.unauthorized(w, r, limited)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
@@ -198,13 +198,23 @@ func (s *Server) change(h func(http.ResponseWriter, *http.Request, principal)) h
 // maxForm bounds a form: a comment and a few fields.
 const maxForm = 64 << 10
 
-func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request) {
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, limited bool) {
+	if limited {
+		tooMany(w)
+		return
+	}
 	if r.Method == http.MethodGet && acceptsHTML(r) && r.Header.Get("Authorization") == "" {
 		http.Redirect(w, r, "/login?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 		return
 	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="gatewatch"`)
 	http.Error(w, "unauthorized: send Authorization: Bearer <console token>, or log in", http.StatusUnauthorized)
+}
+
+// tooMany refuses an authentication while failed ones have spent their allowance.
+func tooMany(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, "too many failed authentications; wait a moment", http.StatusTooManyRequests)
 }
 
 // Listen binds addr; Serve then serves on it.

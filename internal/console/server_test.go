@@ -173,21 +173,29 @@ func (e *env) csrf(t *testing.T) string {
 	return m[1]
 }
 
-func TestAuthentication(t *testing.T) {
+// aliceUsers writes a users file (htpasswd -B) with alice, password "alice-password".
+func aliceUsers(t *testing.T) string {
+	t.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte("alice-password"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	users := writeFile(t, "users", "# htpasswd -B\nalice:"+string(hash)+"\n")
+	return writeFile(t, "users", "# htpasswd -B\nalice:"+string(hash)+"\n")
+}
+
+// basic is the header of a request with basic-auth credentials.
+func basic(user, pass string) map[string]string {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.SetBasicAuth(user, pass)
+	return map[string]string{"Authorization": r.Header.Get("Authorization")}
+}
+
+func TestAuthentication(t *testing.T) {
+	users := aliceUsers(t)
 	e := newEnv(t, func(c *Config) {
 		c.UsersFile = users
 		c.TrustedProxy = &TrustedProxy{Header: "X-Forwarded-User", From: []string{"10.0.0.0/8"}}
 	})
-	basic := func(user, pass string) map[string]string {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.SetBasicAuth(user, pass)
-		return map[string]string{"Authorization": r.Header.Get("Authorization")}
-	}
 	for _, c := range []struct {
 		name string
 		r    req
@@ -215,26 +223,41 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
-// TestLoginAttemptsAreLimited: once the failed logins are spent, the right token is
-// refused too, until they refill; a guesser learns nothing from a burst.
-func TestLoginAttemptsAreLimited(t *testing.T) {
-	e := newEnv(t, nil)
-	now := e.now
-	e.s.auth.now = func() time.Time { return now }
-	login := func(secret string) int {
-		return e.do(req{method: "POST", path: "/login", form: url.Values{"secret": {secret}}}).Code
-	}
-	for i := range loginFailBurst {
-		if code := login("wrong-token-000000000"); code != http.StatusUnauthorized {
-			t.Fatalf("failed login %d: %d, want 401", i+1, code)
-		}
-	}
-	if code := login(testToken); code != http.StatusTooManyRequests {
-		t.Errorf("the right token after %d failures at once: %d, want 429", loginFailBurst, code)
-	}
-	now = now.Add(2 * time.Second / loginFailRate)
-	if code := login(testToken); code != http.StatusSeeOther {
-		t.Errorf("the right token once failures refilled: %d, want 303", code)
+// TestAuthenticationAttemptsAreLimited: once the failed authentications are spent (by
+// the login form, a bearer token or basic-auth credentials alike), the right
+// credentials are refused too, until they refill; a guesser learns nothing from a burst.
+func TestAuthenticationAttemptsAreLimited(t *testing.T) {
+	users := aliceUsers(t)
+	for _, c := range []struct {
+		name         string
+		wrong, right req
+		ok           int
+	}{
+		{"login form", req{method: "POST", path: "/login", form: url.Values{"secret": {"wrong-token-000000000"}}},
+			req{method: "POST", path: "/login", form: url.Values{"secret": {testToken}}}, http.StatusSeeOther},
+		{"bearer token", req{method: "GET", path: "/incidents", bearer: "wrong-token-000000000"},
+			req{method: "GET", path: "/incidents", bearer: testToken}, http.StatusOK},
+		{"basic auth", req{method: "GET", path: "/incidents", header: basic("alice", "guess")},
+			req{method: "GET", path: "/incidents", header: basic("alice", "alice-password")}, http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) { c.UsersFile = users })
+			now := e.now
+			e.s.auth.now = func() time.Time { return now }
+			for i := range loginFailBurst {
+				if code := e.do(c.wrong).Code; code != http.StatusUnauthorized {
+					t.Fatalf("failure %d: %d, want 401", i+1, code)
+				}
+			}
+			if w := e.do(c.right); w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+				t.Errorf("the right credentials after %d failures at once: %d (Retry-After %q), want 429 with Retry-After",
+					loginFailBurst, w.Code, w.Header().Get("Retry-After"))
+			}
+			now = now.Add(2 * time.Second / loginFailRate)
+			if code := e.do(c.right).Code; code != c.ok {
+				t.Errorf("the right credentials once failures refilled: %d, want %d", code, c.ok)
+			}
+		})
 	}
 }
 
