@@ -210,6 +210,32 @@ func TestHistoryCatchesUpAfterACrash(t *testing.T) {
 	})
 }
 
+// TestHistoryGetsTheLastDeliveriesAtClose: an attempt still running when the router
+// is closed finishes (Close lets it), and its outcome reaches the history before Run
+// returns: the history writer stops after the workers, not with them.
+func TestHistoryGetsTheLastDeliveriesAtClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hist := &historyDouble{}
+		release := make(chan struct{})
+		slack := alertingtest.NewRecorder("slack")
+		slack.Fail(func(int, []detectors.Alert) (bool, error) { <-release; return false, nil })
+		r, _, stop := newHistoryRouter(t, hist, &lockedBuffer{}, slack)
+		as := alertingtest.Alerts(1, t0)
+		if err := r.Put(context.Background(), as); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the attempt is under way
+		stopped := make(chan struct{})
+		go func() { stop(); close(stopped) }()
+		synctest.Wait() // Close waits for the attempt
+		close(release)
+		<-stopped
+		if got := hist.states()["slack/"+as[0].ID]; !slices.Equal(got, []alerting.DeliveryState{alerting.Pending, alerting.Delivered}) {
+			t.Errorf("history states %v, want [pending delivered]", got)
+		}
+	})
+}
+
 func TestFailingHistoryNeverStopsDelivery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		hist := &historyDouble{block: true} // hangs until its timeout, then fails

@@ -469,10 +469,18 @@ func (r *Router) Run(ctx context.Context) error {
 		g.Go(func() error { return r.remindLoop(gctx, wctx) })
 	}
 	g.Go(func() error { return r.pruneLoop(gctx, wctx) })
-	if r.hist != nil {
-		g.Go(func() error { r.hist.run(gctx, wctx.Done()); return nil })
-	}
+	// The history writer stops after the workers, not with them: an attempt that
+	// Close lets finish records its outcome on the way out.
+	histStop, histDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(histDone)
+		if r.hist != nil {
+			r.hist.run(ctx, histStop)
+		}
+	}()
 	err := g.Wait()
+	close(histStop)
+	<-histDone
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
 	}
