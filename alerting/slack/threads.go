@@ -18,7 +18,7 @@ import (
 // version posted, and the newest version (and reminder of it) already shown there.
 type Thread struct {
 	Channel  string    `json:"channel"`   // channel id, as Slack answered the first post
-	TS       string    `json:"ts"`        // the parent message; empty in webhook mode
+	TS       string    `json:"ts"`        // the parent message; empty in webhook mode and in an intent
 	LastSeen time.Time `json:"last_seen"` // LastSeen of the newest version posted
 	// Reminder is the number of the newest reminder posted of that version (the
 	// alerting.ReminderLabel label); 0: none.
