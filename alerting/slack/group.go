@@ -112,12 +112,20 @@ func (r *Receiver) postGroup(ctx context.Context, api *slackgo.Client, rec *head
 	if err != nil {
 		return true, fmt.Errorf("read thread state: %w", err)
 	}
+	meta := slackgo.SlackMetadata{EventType: groupEvent, EventPayload: map[string]any{groupField: g.Key}}
+	if ok && th.pending() {
+		if th, err = r.resume(ctx, api, rec, id, th, meta); err != nil {
+			return true, err
+		}
+	}
 	th.Members = slices.Clone(th.Members)
 	if th.Labels == nil {
 		th.Labels = g.Labels
 	}
 	changed, reminders := merge(&th, g.Alerts)
-	if len(changed) == 0 && len(reminders) == 0 {
+	// An intent still pending holds the members of a post that never reached Slack:
+	// that post is still owed even when the alerts add nothing to it.
+	if len(changed) == 0 && len(reminders) == 0 && !th.pending() {
 		return false, nil // everything is in the message already
 	}
 	parent := groupMessage(g.Key, &th, g.Acks)
@@ -146,12 +154,16 @@ func (r *Receiver) postGroup(ctx context.Context, api *slackgo.Client, rec *head
 			return r.record(id, th)
 		}
 	}
+	if err := r.intend(id, th); err != nil {
+		return true, err
+	}
 	ch, ts, err := api.PostMessageContext(ctx, r.channel,
-		slackgo.MsgOptionText(parent.text, false), slackgo.MsgOptionBlocks(parent.blocks...))
+		slackgo.MsgOptionText(parent.text, false), slackgo.MsgOptionBlocks(parent.blocks...), slackgo.MsgOptionMetadata(meta))
 	if err != nil {
 		return r.classify("post the group message", err, rec.retryAfter)
 	}
-	th.Channel, th.TS = ch, ts
+	r.channelID = ch
+	th.Channel, th.TS, th.Posting = ch, ts, time.Time{}
 	return r.record(id, th)
 }
 

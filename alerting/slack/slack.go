@@ -15,6 +15,18 @@
 // delivery that was already posted, named by (alert id, last_seen, reminder), is never
 // posted again: the outbox delivers at least once, Slack sees each delivery once.
 //
+// A top-level post is not idempotent, so it is made safe with an intent and a lookup:
+// before chat.postMessage the receiver records in Threads that it is about to post (a
+// Thread without TS, with its Posting time), and the message carries Slack message
+// metadata naming the incident (event type gatewatch_incident, alert_id) or the group
+// (gatewatch_group, group_key). A delivery that finds such an intent, left by a crash
+// between Slack taking the post and the thread being recorded, first looks for the
+// message in the channel's history around the intent's time (conversations.history
+// with include_all_metadata) and goes on in its thread when it is there; it posts only
+// when it is not. The bot token therefore needs channels:history (groups:history for a
+// private channel) besides chat:write, and channels:read (groups:read) when channel is
+// a name rather than an id, to find the id for the history.
+//
 // In incoming-webhook mode (webhook_url_file or webhook_url_env) each version is a
 // message of its own, since a webhook can neither thread nor edit.
 //
@@ -53,6 +65,9 @@ type Options struct {
 	// bot-token mode; optional in webhook mode, where it only prevents posting a version
 	// twice.
 	Threads Threads
+	// Now is the clock of the intents recorded before a post, compared with Slack's
+	// message timestamps; nil: time.Now.
+	Now func() time.Time
 }
 
 // Receiver posts alerts to Slack; it is safe for concurrent use.
@@ -66,10 +81,14 @@ type Receiver struct {
 	threads    Threads
 	replay     string
 	log        *slog.Logger
+	now        func() time.Time
 
 	// mu makes each Notify read and write the thread state of its alerts without
 	// another Notify posting the same version in between.
 	mu sync.Mutex
+	// channelID is the id of channel, learned from Slack's answers (under mu):
+	// conversations.history takes only ids.
+	channelID string
 }
 
 var _ alerting.GroupReceiver = (*Receiver)(nil)
@@ -80,7 +99,10 @@ func New(name string, cfg alerting.SlackConfig, o Options) (*Receiver, error) {
 	if name == "" {
 		return nil, errors.New("slack: receiver needs a name")
 	}
-	r := &Receiver{name: name, channel: cfg.Channel, http: o.HTTPClient, threads: o.Threads, replay: o.ReplayCommand}
+	r := &Receiver{name: name, channel: cfg.Channel, http: o.HTTPClient, threads: o.Threads, replay: o.ReplayCommand, now: o.Now}
+	if r.now == nil {
+		r.now = time.Now
+	}
 	if r.http == nil {
 		r.http = &http.Client{}
 	}
@@ -188,6 +210,12 @@ func (r *Receiver) post(ctx context.Context, api *slackgo.Client, rec *headerRec
 	if err != nil {
 		return true, fmt.Errorf("read thread state: %w", err)
 	}
+	meta := slackgo.SlackMetadata{EventType: incidentEvent, EventPayload: map[string]any{incidentField: a.ID}}
+	if ok && th.pending() {
+		if th, err = r.resume(ctx, api, rec, a.ID, th, meta); err != nil {
+			return true, err
+		}
+	}
 	rem := reminderOf(a)
 	if ok && th.TS != "" && !a.LastSeen.After(th.LastSeen) {
 		if a.LastSeen.Before(th.LastSeen) || rem <= th.Reminder {
@@ -223,12 +251,18 @@ func (r *Receiver) post(ctx context.Context, api *slackgo.Client, rec *headerRec
 			return r.record(a.ID, th)
 		}
 	}
+	th = Thread{LastSeen: a.LastSeen, Reminder: rem}
+	if err := r.intend(a.ID, th); err != nil {
+		return true, err
+	}
 	ch, ts, err := api.PostMessageContext(ctx, r.channel,
-		slackgo.MsgOptionText(parent.text, false), slackgo.MsgOptionBlocks(parent.blocks...))
+		slackgo.MsgOptionText(parent.text, false), slackgo.MsgOptionBlocks(parent.blocks...), slackgo.MsgOptionMetadata(meta))
 	if err != nil {
 		return r.classify("post the incident message", err, rec.retryAfter)
 	}
-	return r.record(a.ID, Thread{Channel: ch, TS: ts, LastSeen: a.LastSeen, Reminder: rem})
+	r.channelID = ch
+	th.Channel, th.TS = ch, ts
+	return r.record(a.ID, th)
 }
 
 // reminderOf returns the number of the reminder a is (its alerting.ReminderLabel

@@ -45,10 +45,15 @@ type env struct {
 	r       *Receiver
 }
 
+// testNow is the clock of the test server and the receivers: Slack's timestamps, and
+// so the golden files, do not depend on the day the tests run; a message posted at it
+// gets ts 1700000000.000001, the next one more microsecond each.
+func testNow() time.Time { return time.Unix(1_700_000_000, 1000) }
+
 // newEnv starts a Slack test server and a bot-token receiver for it.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv := slacktest.New(t, slacktest.Options{})
+	srv := slacktest.New(t, slacktest.Options{Now: testNow})
 	e := &env{
 		srv:     srv,
 		cfg:     alerting.SlackConfig{TokenFile: writeSecret(t, slacktest.DefaultToken), Channel: "#soc-alerts", APIURL: srv.URL},
@@ -62,12 +67,19 @@ func newEnv(t *testing.T) *env {
 // would.
 func (e *env) receiver(t *testing.T) *Receiver {
 	t.Helper()
+	return e.receiverWith(t, func(f *ThreadFile) Threads { return f })
+}
+
+// receiverWith builds a receiver whose Threads is wrap of the thread file freshly
+// opened from disk.
+func (e *env) receiverWith(t *testing.T, wrap func(*ThreadFile) Threads) *Receiver {
+	t.Helper()
 	th, err := OpenThreadFile(e.threads, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { th.Close() })
-	r, err := New("soc-slack", e.cfg, Options{Threads: th, ReplayCommand: testReplay})
+	r, err := New("soc-slack", e.cfg, Options{Threads: wrap(th), ReplayCommand: testReplay, Now: testNow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +102,7 @@ type goldenRequest struct {
 	ThreadTS string          `json:"thread_ts,omitempty"`
 	Text     string          `json:"text"`
 	Blocks   json.RawMessage `json:"blocks"`
+	Metadata json.RawMessage `json:"metadata,omitempty"` // on a top-level post
 }
 
 func goldenJSON(t *testing.T, reqs []slacktest.Request) []byte {
@@ -98,6 +111,9 @@ func goldenJSON(t *testing.T, reqs []slacktest.Request) []byte {
 	for _, r := range reqs {
 		g := goldenRequest{Method: r.Method, Channel: r.Form.Get("channel"), TS: r.Form.Get("ts"),
 			ThreadTS: r.Form.Get("thread_ts"), Text: r.Form.Get("text"), Blocks: json.RawMessage(r.Form.Get("blocks"))}
+		if m := r.Form.Get("metadata"); m != "" {
+			g.Metadata = json.RawMessage(m)
+		}
 		out = append(out, g)
 	}
 	b, err := json.MarshalIndent(out, "", "  ")

@@ -18,11 +18,16 @@ import (
 // version posted, and the newest version (and reminder of it) already shown there.
 type Thread struct {
 	Channel  string    `json:"channel"`   // channel id, as Slack answered the first post
-	TS       string    `json:"ts"`        // the parent message; empty in webhook mode
+	TS       string    `json:"ts"`        // the parent message; empty in webhook mode and in an intent
 	LastSeen time.Time `json:"last_seen"` // LastSeen of the newest version posted
 	// Reminder is the number of the newest reminder posted of that version (the
 	// alerting.ReminderLabel label); 0: none.
 	Reminder int `json:"reminder,omitempty"`
+	// Posting, set while TS is empty, is an intent: when the receiver was about to
+	// post this as a new top-level message (its clock, UTC). A crash after Slack took
+	// the post and before its TS was recorded leaves it; the next delivery then looks
+	// for the message in the channel history around this time before posting.
+	Posting time.Time `json:"posting,omitzero"`
 	// Members are the incidents a group message lists (the thread of a group, kept
 	// under "group:" and the group key), in the order they joined; More counts those
 	// beyond maxGroupMembers, which are counted but not kept.

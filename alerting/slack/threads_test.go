@@ -31,12 +31,17 @@ func TestThreadFile(t *testing.T) {
 	if err := f.Put("recent", recent); err != nil {
 		t.Fatal(err)
 	}
+	// An intent: a post about to be made, no TS yet.
+	intent := Thread{Channel: "#soc-alerts", LastSeen: t0.Add(20 * 24 * time.Hour), Posting: t0.Add(20*24*time.Hour + time.Second)}
+	if err := f.Put("intent", intent); err != nil {
+		t.Fatal(err)
+	}
 
 	f2, err := OpenThreadFile(path, 30*24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id, want := range map[string]Thread{"old": old, "recent": recent} {
+	for id, want := range map[string]Thread{"old": old, "recent": recent, "intent": intent} {
 		got, ok, err := f2.Get(id)
 		if err != nil || !ok || !reflect.DeepEqual(got, want) {
 			t.Errorf("after reopening, Get(%s) = (%+v, %v, %v), want (%+v, true, nil)", id, got, ok, err, want)
@@ -50,8 +55,8 @@ func TestThreadFile(t *testing.T) {
 	if _, ok, _ := f2.Get("old"); ok {
 		t.Error("an incident quiet for longer than the retention is still kept")
 	}
-	if f2.Len() != 2 {
-		t.Errorf("store holds %d threads, want 2", f2.Len())
+	if f2.Len() != 3 {
+		t.Errorf("store holds %d threads, want 3 (recent, intent, new)", f2.Len())
 	}
 
 	entries, err := os.ReadDir(dir)
@@ -66,8 +71,8 @@ func TestThreadFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f3.Close()
-	if f3.Len() != 2 {
-		t.Errorf("reopened store holds %d threads, want 2", f3.Len())
+	if f3.Len() != 3 {
+		t.Errorf("reopened store holds %d threads, want 3", f3.Len())
 	}
 }
 

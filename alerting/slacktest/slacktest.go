@@ -1,10 +1,12 @@
 // Package slacktest runs an HTTP server on loopback that answers like Slack's Web API
-// (auth.test, chat.postMessage, chat.update) and an incoming webhook, so that the Slack
+// (auth.test, chat.postMessage, chat.update, conversations.history,
+// conversations.list) and an incoming webhook, so that the Slack
 // receiver is tested against Slack's wire protocol through the real client library
 // (github.com/slack-go/slack pointed at Server.URL) instead of a fake of our own code.
 //
 // Like Slack, the server authenticates the bot token, resolves channel names to ids,
-// keeps the messages it was sent (so a test sees threads and edits), checks the Block Kit
+// keeps the messages it was sent (so a test sees threads and edits) with their message
+// metadata, pages the channel history newest first as Slack does, checks the Block Kit
 // limits that make Slack reject a message (invalid_blocks), answers errors with
 // {"ok":false,"error":...}, and can be told to fail the next calls of a method with an
 // error code, an HTTP status or a 429 with Retry-After. It records every request, body
@@ -41,6 +43,10 @@ const WebhookMethod = "webhook"
 type Options struct {
 	Token    string            // bot token the Web API accepts
 	Channels map[string]string // channel name (without #) → channel id
+	// Now is the clock message timestamps are taken from, as Slack's ts is its time of
+	// posting; nil: time.Now. Tests with golden timestamps pass a fixed clock: each
+	// message then gets the next microsecond.
+	Now func() time.Time
 }
 
 // A Request is one request the server received.
@@ -72,7 +78,11 @@ type Message struct {
 	Text     string          // the notification text
 	Blocks   json.RawMessage // the Block Kit blocks as posted, nil when none
 	Edits    int             // how many times chat.update changed it
-	Posted   time.Time       // when the server took it, for latency measurements
+	// Metadata is the message metadata ({"event_type":...,"event_payload":{...}}) as
+	// posted or last updated; nil when none.
+	Metadata  json.RawMessage
+	Broadcast bool      // a reply also shown in the channel (reply_broadcast)
+	Posted    time.Time // when the server took it, for latency measurements
 }
 
 // A Server is a running Slack-compatible server; t.Cleanup closes it.
@@ -83,6 +93,7 @@ type Server struct {
 	WebhookURL string
 
 	srv      *httptest.Server
+	now      func() time.Time
 	token    string
 	channels map[string]string // name → id
 	ids      map[string]bool
@@ -92,12 +103,16 @@ type Server struct {
 	faults   map[string][]Fault
 	messages []*Message
 	seq      int
+	lastTS   int64 // microseconds of the newest message's ts: each ts is unique
 }
 
 // New starts a server on 127.0.0.1; t.Cleanup closes it.
 func New(t testing.TB, o Options) *Server {
 	t.Helper()
-	s := &Server{token: o.Token, channels: o.Channels, faults: map[string][]Fault{}, ids: map[string]bool{}}
+	s := &Server{token: o.Token, channels: o.Channels, now: o.Now, faults: map[string][]Fault{}, ids: map[string]bool{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
 	if s.token == "" {
 		s.token = DefaultToken
 	}
@@ -182,6 +197,10 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		resp = s.postMessage(req.Form)
 	case "chat.update":
 		resp = s.update(req.Form)
+	case "conversations.history":
+		resp = s.history(req.Form)
+	case "conversations.list":
+		resp = s.list(req.Form)
 	default:
 		resp = response{"ok": false, "error": "unknown_method"}
 	}
@@ -299,6 +318,10 @@ func (s *Server) postMessage(f url.Values) response {
 	if errCode != "" {
 		return response{"ok": false, "error": errCode}
 	}
+	meta, errCode := checkMetadata(f)
+	if errCode != "" {
+		return response{"ok": false, "error": errCode}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	threadTS := f.Get("thread_ts")
@@ -308,11 +331,9 @@ func (s *Server) postMessage(f url.Values) response {
 		}
 	}
 	m := s.add(ch, threadTS, f.Get("text"), blocks)
-	msg := response{"type": "message", "text": m.Text, "ts": m.TS, "bot_id": "B0GATEWATCH"}
-	if threadTS != "" {
-		msg["thread_ts"] = threadTS
-	}
-	return response{"ok": true, "channel": ch, "ts": m.TS, "message": msg}
+	m.Metadata = meta
+	m.Broadcast = threadTS != "" && isTrue(f.Get("reply_broadcast"))
+	return response{"ok": true, "channel": ch, "ts": m.TS, "message": messageJSON(m, true)}
 }
 
 func (s *Server) update(f url.Values) response {
@@ -324,6 +345,10 @@ func (s *Server) update(f url.Values) response {
 	if errCode != "" {
 		return response{"ok": false, "error": errCode}
 	}
+	meta, errCode := checkMetadata(f)
+	if errCode != "" {
+		return response{"ok": false, "error": errCode}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.find(ch, f.Get("ts"))
@@ -331,6 +356,9 @@ func (s *Server) update(f url.Values) response {
 		return response{"ok": false, "error": "message_not_found"}
 	}
 	m.Text, m.Blocks = f.Get("text"), blocks
+	if meta != nil { // an update without metadata keeps the message's
+		m.Metadata = meta
+	}
 	m.Edits++
 	return response{"ok": true, "channel": ch, "ts": m.TS, "text": m.Text}
 }
@@ -367,10 +395,14 @@ func (s *Server) find(ch, ts string) *Message {
 	return nil
 }
 
-// add stores a new message with the next timestamp; s.mu is held.
+// add stores a new message with the next timestamp: the server's clock in
+// microseconds, or one more than the newest message's when the clock has not moved
+// past it (Slack's ts is unique within a channel); s.mu is held.
 func (s *Server) add(ch, threadTS, text string, blocks json.RawMessage) *Message {
 	s.seq++
-	m := &Message{Channel: ch, TS: fmt.Sprintf("1700000000.%06d", s.seq), ThreadTS: threadTS, Text: text, Blocks: blocks, Posted: time.Now()}
+	s.lastTS = max(s.now().UnixMicro(), s.lastTS+1)
+	ts := fmt.Sprintf("%d.%06d", s.lastTS/1e6, s.lastTS%1e6)
+	m := &Message{Channel: ch, TS: ts, ThreadTS: threadTS, Text: text, Blocks: blocks, Posted: time.Now()}
 	s.messages = append(s.messages, m)
 	return m
 }
