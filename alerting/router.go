@@ -488,7 +488,7 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // resume reads where the outbox stands: the receivers it holds deliveries for that
-// are no longer configured, the incidents to remind of.
+// are no longer configured, the incidents to remind of and to record in the history.
 func (r *Router) resume(ctx context.Context) error {
 	r.putMu.Lock()
 	defer r.putMu.Unlock()
