@@ -97,17 +97,34 @@ func (b *browser) run(what string, actions ...chromedp.Action) {
 	}
 }
 
-// waitFor waits until the expression is true on the page in force; a navigation
-// that comes meanwhile interrupts one evaluation, not the wait.
+// waitFor waits until the expression is true on the page in force.
 func (b *browser) waitFor(what, expr string) {
+	b.t.Helper()
+	var ok bool
+	b.evalUntil(what, expr, &ok, func() bool { return ok })
+}
+
+// text returns the text of the page's main element. It reads it in one evaluation in
+// the page, not by DOM node ids, which go stale when the page is replaced between the
+// query and the read (the redirect after a form).
+func (b *browser) text() string {
+	b.t.Helper()
+	var s *string
+	b.evalUntil("the page's text", `document.querySelector("main")?.innerText ?? null`, &s, func() bool { return s != nil })
+	return *s
+}
+
+// evalUntil evaluates expr into res until done says it holds what was waited for, for
+// at most a minute; a navigation that comes meanwhile interrupts one evaluation, not
+// the wait.
+func (b *browser) evalUntil(what, expr string, res any, done func() bool) {
 	b.t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		var ok bool
 		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
-		err := chromedp.Run(ctx, chromedp.Evaluate(expr, &ok))
+		err := chromedp.Run(ctx, chromedp.Evaluate(expr, res))
 		cancel()
-		if err == nil && ok {
+		if err == nil && done() {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -115,14 +132,6 @@ func (b *browser) waitFor(what, expr string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// text returns the text of the page's main element.
-func (b *browser) text() string {
-	b.t.Helper()
-	var s string
-	b.run("read the page", chromedp.Text("main", &s, chromedp.ByQuery))
-	return s
 }
 
 // screenshot keeps the whole page as name.png among the test's artefacts and, when
