@@ -114,6 +114,20 @@ func (a *auth) limited() bool { return a.fails.TokensAt(a.now()) < 1 }
 // failed spends one failed authentication.
 func (a *auth) failed() { a.fails.AllowN(a.now(), 1) }
 
+// flashSig signs a flash message for a redirect. Without it a crafted link
+// (/silences?done=Your+session+expired,+log+in+at+...) would show its text as the
+// console's own word.
+func (a *auth) flashSig(msg string) string {
+	m := hmac.New(sha256.New, a.csrfKey)
+	m.Write([]byte("flash\x00" + msg))
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// flashOK reports whether sig is the console's signature of msg.
+func (a *auth) flashOK(msg, sig string) bool {
+	return hmac.Equal([]byte(sig), []byte(a.flashSig(msg)))
+}
+
 func (a *auth) tokenOK(tok string) bool {
 	want := a.cr.token.Reveal()
 	return want != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(want)) == 1

@@ -68,8 +68,8 @@ func parsePages() (map[string]*template.Template, error) {
 // is a clean 500 rather than half a page.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, name string, status int, pg page) {
 	pg.Now = s.o.Now().UTC()
-	if pg.Flash == "" {
-		pg.Flash = cleanFlash(r.URL.Query().Get("done"))
+	if q := r.URL.Query(); pg.Flash == "" && q.Get("done") != "" && s.auth.flashOK(q.Get("done"), q.Get("sig")) {
+		pg.Flash = q.Get("done")
 	}
 	var b bytes.Buffer
 	if err := s.pages[name].Execute(&b, pg); err != nil {
@@ -82,17 +82,10 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, name string, sta
 	_, _ = w.Write(b.Bytes())
 }
 
-// cleanFlash keeps a flash message the console put in a redirect: short, printable.
-func cleanFlash(s string) string {
-	if len(s) > 200 {
-		return ""
-	}
-	return s
-}
-
-// back redirects after a change, with what was done.
-func back(w http.ResponseWriter, r *http.Request, to, done string) {
-	http.Redirect(w, r, to+sep(to)+"done="+url.QueryEscape(done), http.StatusSeeOther)
+// back redirects after a change, with what was done, signed: the page shows only a
+// message the console put in its own redirect.
+func (s *Server) back(w http.ResponseWriter, r *http.Request, to, done string) {
+	http.Redirect(w, r, to+sep(to)+"done="+url.QueryEscape(done)+"&sig="+s.auth.flashSig(done), http.StatusSeeOther)
 }
 
 func sep(u string) string {
@@ -474,10 +467,10 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request, p principal) {
 			s.fail(w, r, p, status, err)
 			return
 		}
-		back(w, r, "/incidents/"+url.PathEscape(id), err.Error())
+		s.back(w, r, "/incidents/"+url.PathEscape(id), err.Error())
 		return
 	}
-	back(w, r, "/incidents/"+url.PathEscape(id), "Acknowledged by "+ack.By)
+	s.back(w, r, "/incidents/"+url.PathEscape(id), "Acknowledged by "+ack.By)
 }
 
 // silenceDurations are what the one-click silence offers.
@@ -515,7 +508,7 @@ func (s *Server) silence(w http.ResponseWriter, r *http.Request, p principal) {
 			return
 		}
 	}
-	back(w, r, "/silences", fmt.Sprintf("Silence %s made: %s until %s", sl.ID, sl.Describe(), sl.Expires.UTC().Format("2006-01-02 15:04 UTC")))
+	s.back(w, r, "/silences", fmt.Sprintf("Silence %s made: %s until %s", sl.ID, sl.Describe(), sl.Expires.UTC().Format("2006-01-02 15:04 UTC")))
 }
 
 // Silences.
@@ -542,7 +535,7 @@ func (s *Server) expire(w http.ResponseWriter, r *http.Request, p principal) {
 			return
 		}
 	}
-	back(w, r, "/silences", "Silence "+id+" expired")
+	s.back(w, r, "/silences", "Silence "+id+" expired")
 }
 
 // Receivers.
@@ -600,7 +593,7 @@ func (s *Server) requeueAll(w http.ResponseWriter, r *http.Request, p principal)
 			return
 		}
 	}
-	back(w, r, "/receivers", fmt.Sprintf("%d parked deliveries to %s sent again", n, name))
+	s.back(w, r, "/receivers", fmt.Sprintf("%d parked deliveries to %s sent again", n, name))
 }
 
 func (s *Server) requeueOne(w http.ResponseWriter, r *http.Request, p principal) {
@@ -625,10 +618,10 @@ func (s *Server) requeueOne(w http.ResponseWriter, r *http.Request, p principal)
 		}
 	}
 	if n == 0 {
-		back(w, r, "/receivers", "That delivery is not parked any more")
+		s.back(w, r, "/receivers", "That delivery is not parked any more")
 		return
 	}
-	back(w, r, "/receivers", "Delivery of "+id+" to "+name+" sent again")
+	s.back(w, r, "/receivers", "Delivery of "+id+" to "+name+" sent again")
 }
 
 // Audit.

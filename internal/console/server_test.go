@@ -509,3 +509,27 @@ func TestPagesAreSafe(t *testing.T) {
 		t.Errorf("the incident list lacks the incident or its parked delivery:\n%s", page)
 	}
 }
+
+// TestFlashOnlyFromTheConsole: a page shows the message of the console's own redirect
+// after a change, never one a crafted link carries.
+func TestFlashOnlyFromTheConsole(t *testing.T) {
+	e := newEnv(t, nil)
+	const msg = "Your session expired: log in again at https://evil.example"
+	for _, c := range []struct {
+		name  string
+		query string
+		shown bool
+	}{
+		{"signed by the console", "?done=" + url.QueryEscape(msg) + "&sig=" + e.s.auth.flashSig(msg), true},
+		{"unsigned", "?done=" + url.QueryEscape(msg), false},
+		{"signed for another message", "?done=" + url.QueryEscape(msg) + "&sig=" + e.s.auth.flashSig("Silence 1 expired"), false},
+	} {
+		w := e.do(req{method: "GET", path: "/silences" + c.query, bearer: testToken})
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s: %d", c.name, w.Code)
+		}
+		if got := strings.Contains(w.Body.String(), "evil.example"); got != c.shown {
+			t.Errorf("%s: message shown %v, want %v", c.name, got, c.shown)
+		}
+	}
+}
