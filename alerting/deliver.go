@@ -86,32 +86,45 @@ func (w *worker) poke() {
 	}
 }
 
+// nextPending waits until w has pending deliveries and returns up to limit() of them,
+// oldest first. It returns nil when wctx ends (or ctx, during a read), with the
+// outbox's error if it failed. An empty queue ends a run of single deliveries.
+func (r *Router) nextPending(ctx, wctx context.Context, w *worker, limit func() int) ([]Delivery, error) {
+	for {
+		if wctx.Err() != nil {
+			return nil, nil
+		}
+		ds, err := r.store.Pending(ctx, w.name, limit())
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("alerting: outbox: pending deliveries of %s: %w", w.name, err)
+		}
+		if len(ds) > 0 {
+			return ds, nil
+		}
+		w.single = 0
+		select {
+		case <-w.wake:
+		case <-wctx.Done():
+			return nil, nil
+		}
+	}
+}
+
 // deliver drains the receiver's queue until wctx ends. Attempts run under ctx, which
 // only a hard stop cancels; outcomes are recorded even then.
 func (r *Router) deliver(ctx, wctx context.Context, w *worker) error {
 	for {
-		if wctx.Err() != nil {
-			return nil
-		}
-		limit := w.batch
-		if w.single > 0 {
-			limit = 1
-		}
-		ds, err := r.store.Pending(ctx, w.name, limit)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		ds, err := r.nextPending(ctx, wctx, w, func() int {
+			if w.single > 0 {
+				return 1
 			}
-			return fmt.Errorf("alerting: outbox: pending deliveries of %s: %w", w.name, err)
-		}
-		if len(ds) == 0 {
-			w.single = 0
-			select {
-			case <-w.wake:
-				continue
-			case <-wctx.Done():
-				return nil
-			}
+			return w.batch
+		})
+		if ds == nil {
+			return err
 		}
 		if w.lim != nil {
 			if err := w.lim.WaitN(wctx, len(ds)); err != nil {

@@ -284,24 +284,9 @@ func (r *Router) deliverGrouped(ctx, wctx context.Context, w *worker) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if wctx.Err() != nil {
-			return nil
-		}
-		ds, err := r.store.Pending(ctx, w.name, groupScan)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("alerting: outbox: pending deliveries of %s: %w", w.name, err)
-		}
-		if len(ds) == 0 {
-			w.single = 0
-			select {
-			case <-w.wake:
-				continue
-			case <-wctx.Done():
-				return nil
-			}
+		ds, err := r.nextPending(ctx, wctx, w, func() int { return groupScan })
+		if ds == nil {
+			return err
 		}
 		now := r.now()
 		g, batch, next := r.nextGroup(w, ds, now)

@@ -273,16 +273,9 @@ func (l *Local) Alerts(ctx context.Context, from, to time.Time, detector string)
 				return nil
 			}
 			alerts = append(alerts, a)
-			c := db.Cursor()
-			prefix := keyPrefix(nil, a.ID)
-			for dk, dv := c.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, dv = c.Next() {
-				var r deliveryRow
-				if err := json.Unmarshal(dv, &r); err != nil {
-					return fmt.Errorf("delivery %q: %w", dk, err)
-				}
-				rows = append(rows, r)
-			}
-			return nil
+			var err error
+			rows, err = appendDeliveries(rows, db, a.ID)
+			return err
 		})
 		return err
 	})
@@ -311,16 +304,9 @@ func (l *Local) AlertByID(_ context.Context, id string) (AlertRecord, bool, erro
 		if err := json.Unmarshal(v, &rec.Alert); err != nil {
 			return fmt.Errorf("alert %q: %w", id, err)
 		}
-		c := hb.deliveries.Cursor()
-		prefix := keyPrefix(nil, id)
-		for dk, dv := c.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, dv = c.Next() {
-			var r deliveryRow
-			if err := json.Unmarshal(dv, &r); err != nil {
-				return fmt.Errorf("delivery %q: %w", dk, err)
-			}
-			rows = append(rows, r)
-		}
-		return nil
+		var err error
+		rows, err = appendDeliveries(rows, hb.deliveries, id)
+		return err
 	})
 	if err != nil || !found {
 		if err != nil {
@@ -429,3 +415,17 @@ type historyBatch struct {
 }
 
 func (h *historyBatch) len() int { return len(h.Alerts) + len(h.Deliveries) }
+
+// appendDeliveries appends the delivery rows of alert id, from the deliveries bucket b.
+func appendDeliveries(rows []deliveryRow, b *bolt.Bucket, id string) ([]deliveryRow, error) {
+	c := b.Cursor()
+	prefix := keyPrefix(nil, id)
+	for dk, dv := c.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, dv = c.Next() {
+		var r deliveryRow
+		if err := json.Unmarshal(dv, &r); err != nil {
+			return rows, fmt.Errorf("delivery %q: %w", dk, err)
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
