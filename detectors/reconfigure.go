@@ -184,35 +184,35 @@ func (r *clientRules[P]) resolve(key string) uint16 {
 }
 
 func (d *forbiddenBurst) reconfigure(next detector) {
-	d.rules = next.(*forbiddenBurst).rules
-	resolveKeys(d.tab, func(k *fbKey) *uint16 { return &k.prm }, d.rules.resolve)
-	d.rehot()
+	reclient(&d.windowed, &d.rules, next.(*forbiddenBurst).rules, func(k *fbKey) *uint16 { return &k.prm })
 }
 
 func (d *authSpray) reconfigure(next detector) {
-	d.rules = next.(*authSpray).rules
-	resolveKeys(d.tab, func(k *asKey) *uint16 { return &k.prm }, d.rules.resolve)
-	d.rehot()
+	reclient(&d.windowed, &d.rules, next.(*authSpray).rules, func(k *asKey) *uint16 { return &k.prm })
 }
 
 func (d *routeScan) reconfigure(next detector) {
 	n := next.(*routeScan)
-	d.rules, d.actions = n.rules, n.actions
-	resolveKeys(d.tab, func(k *rsKey) *uint16 { return &k.prm }, d.rules.resolve)
-	d.rehot()
+	d.actions = n.actions
+	reclient(&d.windowed, &d.rules, n.rules, func(k *rsKey) *uint16 { return &k.prm })
 }
 
 func (d *privilegeAnomaly) reconfigure(next detector) {
 	n := next.(*privilegeAnomaly)
-	d.rules, d.match, d.learn = n.rules, n.match, n.learn
-	resolveKeys(d.tab, func(k *paKey) *uint16 { return &k.prm }, d.rules.resolve)
-	d.rehot()
+	d.match, d.learn = n.match, n.learn
+	reclient(&d.windowed, &d.rules, n.rules, func(k *paKey) *uint16 { return &k.prm })
 }
 
 func (d *volumeSpike) reconfigure(next detector) {
-	d.rules = next.(*volumeSpike).rules
-	resolveKeys(d.tab, func(k *cvKey) *uint16 { return &k.prm }, d.rules.resolve)
-	d.rehot()
+	reclient(&d.windowed, &d.rules, next.(*volumeSpike).rules, func(k *cvKey) *uint16 { return &k.prm })
+}
+
+// reclient puts a client-keyed detector's new rules in force: every live key's params
+// are resolved again under them, and the hot list rebuilt.
+func reclient[S, P any](w *windowed[S], rules *clientRules[P], next clientRules[P], prm func(*S) *uint16) {
+	*rules = next
+	resolveKeys(w.tab, prm, rules.resolve)
+	w.rehot()
 }
 
 // An object_enumeration key is a hash of its client and route: its client's params
