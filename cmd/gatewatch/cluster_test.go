@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
 // writeClusterConfigs writes the configs of n replicas of a cluster: the e2e config
@@ -33,51 +34,85 @@ func (e *e2e) writeClusterConfigs(t *testing.T, n int) (configs, admins []string
 	return configs, admins
 }
 
-// TestRunCluster: two `gatewatch run` replicas with a cluster section share one raw
-// topic of four partitions, its records unkeyed round robin, so every attack is split
-// over every partition. Between them they post every injected attack to Slack once
-// (each incident belongs to one task, and each task to one replica), and SIGTERM stops
-// both with exit 0.
+// TestRunCluster: two `gatewatch run` replicas with a cluster section and one
+// ClickHouse share one raw topic of four partitions, its records unkeyed round robin,
+// so every attack is split over every partition. The first replica stops once Slack
+// has heard of the first incident, and the second takes over its tasks, rebuilding
+// them from their commits and the store. Between them they post every injected attack
+// to Slack once, with no incident paged again by the task's new owner, and SIGTERM
+// stops each with exit 0.
 func TestRunCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs two gatewatch processes")
 	}
+	addr := clickhousetest.Require(t)
 	e := newE2E(t, "waf-logs")
+	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
 	configs, admins := e.writeClusterConfigs(t, 2)
 	var procs []*runProcess
 	for _, config := range configs {
 		procs = append(procs, startRun(t, config))
 	}
-	e.admin = admins[0] // e.metric and waitPosts read the first replica's
 	e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
 	e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
 	reqs, injected := liveTraffic(t, 7)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-	e.waitPosts(t, procs[0], len(injected), 5*time.Minute)
+	e.waitPosts(t, procs[0], 1, 5*time.Minute)
 	for _, p := range procs {
 		p.alive()
 	}
+	e.admin = admins[0]
 	if e.metric(t, "gatewatch_cluster_tasks") <= 0 {
 		t.Errorf("gatewatch_cluster_tasks = %v on the first replica, want its tasks", e.metric(t, "gatewatch_cluster_tasks"))
 	}
-	// The deployment stops as a whole: both at once. (One stopping first hands its
-	// tasks to the other, which rebuilds them from their committed offsets and, as the
-	// first slice of scale-out stands, may raise an incident again under a new id:
-	// noted on the scale-out issue.)
-	for _, p := range procs {
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
+	if code := procs[0].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Errorf("first replica: SIGTERM: exit %d, want 0", code)
 	}
-	for i, p := range procs {
-		if code := p.wait(syscall.SIGTERM, 30*time.Second); code != 0 {
-			t.Errorf("replica %d: SIGTERM: exit %d, want 0", i, code)
-		}
+	e.admin = admins[1]
+	e.waitPosts(t, procs[1], len(injected), 5*time.Minute)
+	e.waitClusterDrained(t, procs[1], "waf-logs", "gw-internal")
+	if code := procs[1].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Errorf("second replica: SIGTERM: exit %d, want 0", code)
 	}
 	if got := e.posts(); len(got) != len(injected) {
 		for _, m := range got {
 			t.Logf("posted: %s", m.Text)
 		}
 		t.Errorf("%d incidents posted, want one per injected attack (%d)", len(got), len(injected))
+	}
+}
+
+// waitClusterDrained waits until the one replica left, whose admin address is
+// e.admin, has read everything: stage one has committed the raw topic to its end,
+// every task's engine has seen its internal partition to its end, and the outbox is
+// empty, twice in a row a poll apart.
+func (e *e2e) waitClusterDrained(t *testing.T, p *runProcess, raw, prefix string) {
+	t.Helper()
+	drained := func() bool {
+		for part, end := range e.kafka.EndOffsets(t, raw) {
+			if e.kafka.Committed(t, "gatewatch-e2e", raw)[part] != end {
+				return false
+			}
+		}
+		var ends float64
+		for _, kind := range []string{"client", "token", "route", "ip"} {
+			for _, end := range e.kafka.EndOffsets(t, prefix+"-"+kind) {
+				ends += float64(end)
+			}
+		}
+		return e.metric(t, "gatewatch_cluster_task_offset") == ends && e.metric(t, "gatewatch_alerting_outbox_depth") == 0
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for streak := 0; streak < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not read everything in time:\n%s", p.log())
+		}
+		p.alive()
+		if drained() {
+			streak++
+		} else {
+			streak = 0
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }

@@ -119,6 +119,13 @@ func (c *config) validateService() error {
 		if len(c.Ingest.Kafka.Brokers) == 0 {
 			errs = append(errs, gwconfig.Errorf("cluster", "needs ingest.kafka.brokers: the internal topics live on them"))
 		}
+		if c.Store.ClickHouse == nil {
+			// A task that moves to another replica (a rebalance, a replica stopped or
+			// lost) carries on from the baselines and open incidents of the store: an
+			// embedded store is the replica's own, and the new owner would neither
+			// know the keys' history nor the incidents already paged.
+			errs = append(errs, gwconfig.Errorf("cluster", "needs store.clickhouse: the replicas share its baselines and open incidents, so that a task moving between them carries on; the embedded store is one replica's own"))
+		}
 		if err := cluster.CheckDetectors(c.Detectors); err != nil {
 			errs = append(errs, gwconfig.Errorf("cluster", "%s", strings.TrimPrefix(err.Error(), "cluster: ")))
 		}

@@ -33,6 +33,7 @@ func TestBadConfigs(t *testing.T) {
 			`service.bad.yaml:3:3: admin.listen: must be host:port (127.0.0.1:9464, :9464), got "localhost"`,
 			"service.bad.yaml:4:1: console.token_file: needs token_file or token_env",
 			"service.bad.yaml:6:1: cluster: needs ingest.kafka.brokers",
+			"service.bad.yaml:6:1: cluster: needs store.clickhouse",
 			"service.bad.yaml:7:3: cluster.internal_topic_prefix: must be 1-200 letters",
 			"service.bad.yaml:8:3: cluster.partitions: must be between 1 and 10000",
 		}},

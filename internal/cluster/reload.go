@@ -18,15 +18,23 @@ type taskEngines struct {
 	live    map[*detectors.Engine]Kind
 }
 
-// taskEngineConfig is the engine config of a task of kind k under the detectors
-// section cfg: the kind's detectors, and the engine's idle rule backing up the task
-// source's.
-func taskEngineConfig(cfg detectors.Config, k Kind) detectors.Config {
+// taskEngineConfig is the engine config of a task of kind k, one of partitions, under
+// the detectors section cfg: the kind's detectors, each with its share of max_keys,
+// and the engine's idle rule backing up the task source's.
+func taskEngineConfig(cfg detectors.Config, k Kind, partitions int) detectors.Config {
 	cfg = taskConfig(cfg, k)
 	// The task's source decides when a source partition is idle (it waits for it in the
 	// merge, and relays stage one's idle marks); the engine's own wall-clock rule only
 	// backs it up, for a task that gets nothing at all.
 	cfg.IdleTimeout *= 2
+	// A detector's keys are spread over the partitions of its topic by a hash, each
+	// task tracking its own: with a share of max_keys each, a replica that holds every
+	// task stays within the memory bound of one engine (README, "Sizing"), however
+	// many keys hostile clients make up.
+	_, commons := detectorFields(&cfg)
+	for _, c := range commons {
+		c.MaxKeys = (c.MaxKeys + partitions - 1) / partitions
+	}
 	return cfg
 }
 
@@ -46,9 +54,9 @@ func (r *Replica) PrepareReload(cfg detectors.Config) (apply func(), err error) 
 	var errs []error
 	seen := map[string]bool{}
 	for k := range numKinds {
-		ref, err := detectors.NewEngine(taskEngineConfig(r.tasks.start, k), detectors.Options{Registerer: prometheus.NewRegistry()})
+		ref, err := detectors.NewEngine(taskEngineConfig(r.tasks.start, k, r.cfg.Partitions), detectors.Options{Registerer: prometheus.NewRegistry()})
 		if err == nil {
-			_, err = ref.PrepareReload(taskEngineConfig(cfg, k))
+			_, err = ref.PrepareReload(taskEngineConfig(cfg, k, r.cfg.Partitions))
 		}
 		for _, e := range config.Errors(err) {
 			if !seen[e.Error()] {
@@ -62,7 +70,7 @@ func (r *Replica) PrepareReload(cfg detectors.Config) (apply func(), err error) 
 	}
 	prepared := map[*detectors.Engine]*detectors.Reload{}
 	for e, k := range r.tasks.live {
-		p, err := e.PrepareReload(taskEngineConfig(cfg, k))
+		p, err := e.PrepareReload(taskEngineConfig(cfg, k, r.cfg.Partitions))
 		if err != nil {
 			return nil, fmt.Errorf("cluster: task engine: %w", err)
 		}
@@ -74,7 +82,7 @@ func (r *Replica) PrepareReload(cfg detectors.Config) (apply func(), err error) 
 		for e, k := range r.tasks.live {
 			if p := prepared[e]; p != nil {
 				p.Apply()
-			} else if err := e.Reconfigure(taskEngineConfig(cfg, k)); err != nil {
+			} else if err := e.Reconfigure(taskEngineConfig(cfg, k, r.cfg.Partitions)); err != nil {
 				// A task started since PrepareReload, from the config its checks passed.
 				r.log.Error("a task started during a reload keeps the previous detector settings", "err", err)
 			}

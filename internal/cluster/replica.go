@@ -244,7 +244,7 @@ func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), err
 	// with the reloaded config.
 	r.tasksMu.Lock()
 	defer r.tasksMu.Unlock()
-	eng, err := detectors.NewEngine(taskEngineConfig(r.tasks.current, k), detectors.Options{
+	eng, err := detectors.NewEngine(taskEngineConfig(r.tasks.current, k, r.cfg.Partitions), detectors.Options{
 		Baselines:      baselines,
 		Incidents:      r.o.Incidents,
 		Scope:          r.s2.group + "/" + topic + "/" + strconv.Itoa(partition),

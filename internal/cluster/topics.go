@@ -123,9 +123,9 @@ func (c Config) Validate() error {
 func partitionOf(key string, n int) int { return int(xxhash.Sum64String(key) % uint64(n)) }
 
 // detectorFields returns, in config order, the detector name (its YAML key) and its
-// Enabled flag of every detector in cfg: the fields of detectors.Config that embed
+// common settings of every detector in cfg: the fields of detectors.Config that embed
 // detectors.Common.
-func detectorFields(cfg *detectors.Config) (names []string, enabled []*bool) {
+func detectorFields(cfg *detectors.Config) (names []string, commons []*detectors.Common) {
 	v := reflect.ValueOf(cfg).Elem()
 	common := reflect.TypeFor[detectors.Common]()
 	for i := range v.NumField() {
@@ -139,19 +139,19 @@ func detectorFields(cfg *detectors.Config) (names []string, enabled []*bool) {
 		}
 		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
 		names = append(names, name)
-		enabled = append(enabled, &f.FieldByName("Common").Addr().Interface().(*detectors.Common).Enabled)
+		commons = append(commons, f.FieldByName("Common").Addr().Interface().(*detectors.Common))
 	}
-	return names, enabled
+	return names, commons
 }
 
 // CheckDetectors reports the enabled detectors that no internal topic carries: scale-out
 // cannot yet run them, and running without them would be silence that looks like
 // success.
 func CheckDetectors(cfg detectors.Config) error {
-	names, enabled := detectorFields(&cfg)
+	names, commons := detectorFields(&cfg)
 	var missing []string
 	for i, n := range names {
-		if !*enabled[i] {
+		if !commons[i].Enabled {
 			continue
 		}
 		if !slices.ContainsFunc(kinds[:], func(s kindSpec) bool { return slices.Contains(s.detectors, n) }) {
@@ -166,10 +166,10 @@ func CheckDetectors(cfg detectors.Config) error {
 
 // taskConfig is cfg with only the detectors of kind k enabled.
 func taskConfig(cfg detectors.Config, k Kind) detectors.Config {
-	names, enabled := detectorFields(&cfg)
+	names, commons := detectorFields(&cfg)
 	for i, n := range names {
 		if !slices.Contains(kinds[k].detectors, n) {
-			*enabled[i] = false
+			commons[i].Enabled = false
 		}
 	}
 	return cfg
