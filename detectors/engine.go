@@ -332,9 +332,14 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 		}
 		maxT = max(maxT, e.applyMarks(b.Marks, now, &st))
 		if !now.IsZero() && e.wms.checkIdle(now) && e.wms.holding > 0 {
+			// A partition gone idle with a record held is judged as if its next record
+			// came back at its stream's time: the held one is ahead. Were it the first
+			// record after a gap, the partition's next record, far ahead too, moves the
+			// stream on then; taken for a gap when it was a glitch, it would make every
+			// later record of the partition late until the glitch's time.
 			for _, pw := range e.wms.sortedParts() {
 				if pw.idle && pw.held != nil {
-					maxT = max(maxT, e.resolveHeld(pw, 0, false, now, &st))
+					maxT = max(maxT, e.resolveHeld(pw, pw.maxT, true, now, &st))
 				}
 			}
 		}
@@ -444,7 +449,7 @@ func (e *Engine) feed(ev *ingest.Event, hs [][prefetchRun]uint64, i int, at int6
 }
 
 // resolveHeld decides pw's held record, given the time of the partition's next record
-// (hasNext false: none will come), and runs it through the detectors. It returns the
+// (hasNext false: none will come, the input ended), and runs it through the detectors. It returns the
 // time the record entered windows with, math.MinInt64 if it was late.
 func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext bool, now time.Time, st *observeStats) int64 {
 	ev := pw.held

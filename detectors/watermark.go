@@ -176,8 +176,8 @@ func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) 
 }
 
 // resolveHeld decides pw's held record at t, given the time of the partition's next
-// record (hasNext false: there is none, the partition ended or went idle, and a gap is
-// assumed), and returns the time it is judged at and its verdict.
+// record (hasNext false: there is none, the input ended, and a gap is assumed), and
+// returns the time it is judged at and its verdict.
 func (w *watermarks) resolveHeld(pw *partWM, t int64, next int64, hasNext bool, now time.Time) (int64, verdict) {
 	w.holding--
 	if hasNext && next <= pw.maxT+w.maxAhead {

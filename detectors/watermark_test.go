@@ -222,6 +222,52 @@ func TestIdlePartition(t *testing.T) {
 	}
 }
 
+// A record held far ahead of its lagging partition's stream (read from a backlog, so
+// the wall clock cannot tell a gap from a glitch) when the partition then goes idle
+// is judged ahead, not as the end of a gap: taken as a gap, the glitch two hours on
+// made every later record of the partition late (690 of them here), an attack among
+// them half unseen.
+func TestHeldRecordOnIdlePartition(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	cfg.IdleTimeout = time.Minute
+	wall := t0.Add(3 * time.Hour) // the partitions' shippers are three hours behind
+	reg := prometheus.NewPedanticRegistry()
+	e, err := NewEngine(cfg, Options{Registerer: reg, Now: func() time.Time { return wall }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alerts []Alert
+	observe := func(parts ...partRun) {
+		for _, b := range interleave(20, parts...) {
+			b.Opened = nil
+			if len(e.wms.parts) == 0 {
+				b.Opened = []ingest.Partition{partA, partB}
+			}
+			alerts = append(alerts, e.ObserveBatch(b)...)
+		}
+	}
+	glitch := req(t0.Add(2*time.Hour), client("healthy"), status(200))
+	observe(partRun{partA, append(steady(t0, 2*time.Minute, "healthy"), glitch)}, partRun{partB, steady(t0, 2*time.Minute, "other")})
+	wall = wall.Add(2 * time.Minute) // A says nothing for longer than idle_timeout
+	observe(partRun{partB, steady(t0.Add(2*time.Minute), time.Minute, "other")})
+	if !e.wms.parts[partA].idle {
+		t.Fatal("A is not idle after idle_timeout of silence")
+	}
+	wall = wall.Add(time.Second)
+	observe(partRun{partA, concat(burst403(30, t0.Add(3*time.Minute), "attacker"), steady(t0.Add(3*time.Minute+3*time.Second), 5*time.Minute, "healthy"))},
+		partRun{partB, steady(t0.Add(3*time.Minute), 5*time.Minute, "other")})
+	alerts = append(alerts, e.Flush()...)
+	if keys := keysOf(alerts); !slices.Equal(keys, []string{"attacker"}) {
+		t.Errorf("alerts %v, want attacker", keys)
+	}
+	if n := counterValue(t, reg, "gatewatch_detectors_late_events_total"); n != 0 {
+		t.Errorf("%v events late, want none", n)
+	}
+	if n := counterValue(t, reg, "gatewatch_detectors_ahead_events_total"); n != 1 {
+		t.Errorf("%v events ahead, want the glitch", n)
+	}
+}
+
 // A partition more than max_skew behind the leading one no longer holds the watermark
 // back: the windows of the others close, and its records are late until it catches up.
 func TestPartitionTooFarBehind(t *testing.T) {
