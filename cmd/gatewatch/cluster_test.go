@@ -94,13 +94,7 @@ func (e *e2e) waitClusterDrained(t *testing.T, p *runProcess, raw, prefix string
 				return false
 			}
 		}
-		var ends float64
-		for _, kind := range []string{"client", "token", "route", "ip"} {
-			for _, end := range e.kafka.EndOffsets(t, prefix+"-"+kind) {
-				ends += float64(end)
-			}
-		}
-		return e.metric(t, "gatewatch_cluster_task_offset") == ends && e.metric(t, "gatewatch_alerting_outbox_depth") == 0
+		return tasksDone(t, e.kafka, e, prefix) && e.metric(t, "gatewatch_alerting_outbox_depth") == 0
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for streak := 0; streak < 2; {

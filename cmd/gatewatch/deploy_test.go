@@ -315,11 +315,18 @@ func TestDeployExampleConfig(t *testing.T) {
 // Without -race: the race detector's shadow memory would be measured too.
 func BenchmarkRunMemory(b *testing.B) {
 	chAddr := clickhousetest.Require(b)
-	for _, clients := range []int{1_000, 100_000} {
-		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+	for _, tc := range []struct {
+		clients int
+		cluster bool
+	}{{1_000, false}, {100_000, false}, {100_000, true}} {
+		name := fmt.Sprintf("clients=%d", tc.clients)
+		if tc.cluster {
+			name = "cluster/" + name
+		}
+		b.Run(name, func(b *testing.B) {
 			var keys, peak float64
 			for b.Loop() {
-				keys, peak = runMemory(b, chAddr, clients, 400_000)
+				keys, peak = runMemory(b, chAddr, tc.clients, 400_000, tc.cluster)
 			}
 			b.ReportMetric(peak, "MiB-peak-RSS")
 			b.ReportMetric(keys, "tracked-keys")
@@ -329,8 +336,9 @@ func BenchmarkRunMemory(b *testing.B) {
 
 // runMemory runs gatewatch run over events records from clients clients in half an hour
 // of event time, and returns the keys the detectors track once it has read them and the
-// peak resident set of the process, in MiB.
-func runMemory(b *testing.B, chAddr string, clients, events int) (keys, peakMiB float64) {
+// peak resident set of the process, in MiB. With cluster, the one replica runs both
+// stages of scale-out with deploy/kubernetes' 32 internal partitions (128 tasks).
+func runMemory(b *testing.B, chAddr string, clients, events int, cluster bool) (keys, peakMiB float64) {
 	b.Helper()
 	b.StopTimer()
 	defer b.StartTimer()
@@ -351,6 +359,10 @@ func runMemory(b *testing.B, chAddr string, clients, events int) (keys, peakMiB 
 		}
 		k.Produce(b, "waf-logs", msgs...)
 	}
+	clusterSection := ""
+	if cluster {
+		clusterSection = "cluster: {internal_topic_prefix: gw-memory, partitions: 32}\n"
+	}
 	config := writeFile(b, filepath.Join(e.dir, "gatewatch.yaml"), fmt.Sprintf(`ingest:
   kafka: {brokers: [%s], group: memory, topics: [{name: waf-logs, format: awswaf}]}
   token_secret_file: %s
@@ -363,8 +375,8 @@ alerting:
   routes: [{receivers: [archive]}]
 admin:
   listen: %s
-`, strings.Join(k.Addrs, ", "), writeFile(b, filepath.Join(e.dir, "secret"), demoSecret), filepath.Join(e.dir, "dlq.jsonl"),
-		filepath.Join(e.dir, "data"), chAddr, clickhousetest.NewDatabase(b, chAddr), filepath.Join(e.dir, "alerts.jsonl"), e.admin))
+%s`, strings.Join(k.Addrs, ", "), writeFile(b, filepath.Join(e.dir, "secret"), demoSecret), filepath.Join(e.dir, "dlq.jsonl"),
+		filepath.Join(e.dir, "data"), chAddr, clickhousetest.NewDatabase(b, chAddr), filepath.Join(e.dir, "alerts.jsonl"), e.admin, clusterSection))
 
 	cmd := exec.Command(os.Args[0], "run", "--config", config, "--log-level", "warn")
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOMEMLIMIT=") }), "GATEWATCH_TEST_MAIN=1")
@@ -380,6 +392,14 @@ admin:
 		<-done
 	}()
 	for e.metric(b, "gatewatch_ingest_events_total") < float64(len(reqs)) {
+		select {
+		case err := <-done:
+			done <- err
+			b.Fatalf("gatewatch run exited: %v\n%s", err, stderr.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	for cluster && !tasksDone(b, k, e, "gw-memory") {
 		select {
 		case err := <-done:
 			done <- err
@@ -403,4 +423,16 @@ admin:
 	}
 	b.Logf("%d clients, %d records: %.0f keys tracked, peak RSS %.0f MiB", clients, len(reqs), keys, kb/1024)
 	return keys, kb / 1024
+}
+
+// tasksDone reports whether the tasks of the replica whose admin address is e.admin
+// have seen their internal partitions (topics prefix-*) to their ends.
+func tasksDone(tb testing.TB, k *kafkatest.Cluster, e *e2e, prefix string) bool {
+	var ends float64
+	for _, kind := range []string{"client", "token", "route", "ip"} {
+		for _, end := range k.EndOffsets(tb, prefix+"-"+kind) {
+			ends += float64(end)
+		}
+	}
+	return ends > 0 && e.metric(tb, "gatewatch_cluster_task_offset") == ends
 }

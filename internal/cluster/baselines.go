@@ -15,10 +15,19 @@ type taskBaselines struct {
 	detectors.BaselineStore
 	kind      Kind
 	partition int
-	n         int // partitions of the internal topic
+	n         int           // partitions of the internal topic
+	loads     chan struct{} // the replica's: one load at a time (nil: no limit)
 }
 
 func (b taskBaselines) LoadBaselines(ctx context.Context) (detectors.Baselines, error) {
+	if b.loads != nil {
+		select {
+		case b.loads <- struct{}{}:
+			defer func() { <-b.loads }()
+		case <-ctx.Done():
+			return detectors.Baselines{}, ctx.Err()
+		}
+	}
 	all, err := b.BaselineStore.LoadBaselines(ctx)
 	if err != nil {
 		return all, err

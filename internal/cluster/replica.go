@@ -58,6 +58,11 @@ type Replica struct {
 
 	tasksMu sync.Mutex // guards tasks: newTask and a reload come from different goroutines
 	tasks   taskEngines
+
+	// loads lets one task at a time load its baselines: each load reads the store's
+	// whole snapshot and keeps its partition's share, and the tasks of a replica start
+	// (and refresh) together, so their snapshots at once were most of its peak memory.
+	loads chan struct{}
 }
 
 // New checks cfg and o and builds both stages; it connects to nothing.
@@ -101,12 +106,16 @@ func New(cfg Config, o Options) (*Replica, error) {
 	}
 	kc := kafka.WithDefaults(o.Kafka)
 	r := &Replica{cfg: cfg, o: o, log: log, m: newMetrics(o.Registerer), src: src, conn: transport,
-		tasks: taskEngines{start: o.Detectors, current: o.Detectors, live: map[*detectors.Engine]Kind{}}}
+		tasks: taskEngines{start: o.Detectors, current: o.Detectors, live: map[*detectors.Engine]Kind{}},
+		loads: make(chan struct{}, 1)}
 	r.w = &kafkago.Writer{
 		Addr:         kafkago.TCP(kc.Brokers...),
 		Balancer:     byPartition{},
 		RequiredAcks: kafkago.RequireAll,
-		BatchSize:    max(kc.BatchSize, 1000),
+		// Per write, a task's records spread over the partitions: 256 a partition is
+		// room enough, and kafka-go allocates a batch's capacity whole, so that a
+		// larger one (it was 1,000) made most of stage one's garbage.
+		BatchSize:    256,
 		BatchBytes:   16 << 20,
 		BatchTimeout: time.Millisecond, // a write waits for its own records only
 		ReadTimeout:  kc.Timeout,
@@ -238,7 +247,7 @@ func (r *Replica) newTask(k Kind, partition int) (*detectors.Engine, func(), err
 	reg := &taskRegisterer{reg: prometheus.WrapRegistererWith(prometheus.Labels{"task": topic + "/" + strconv.Itoa(partition)}, r.o.Registerer)}
 	var baselines detectors.BaselineStore
 	if r.o.Baselines != nil {
-		baselines = taskBaselines{BaselineStore: r.o.Baselines, kind: k, partition: partition, n: r.cfg.Partitions}
+		baselines = taskBaselines{BaselineStore: r.o.Baselines, kind: k, partition: partition, n: r.cfg.Partitions, loads: r.loads}
 	}
 	// Built and registered under tasksMu, so that a reload reaches it or it is built
 	// with the reloaded config.
