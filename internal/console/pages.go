@@ -123,13 +123,14 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	next := safeNext(r.PostFormValue("next"))
 	ld := loginData{Next: next, Users: len(s.auth.cr.users) > 0}
-	if s.auth.limited() {
-		tooMany(w)
+	client := s.auth.client(r)
+	if retry := s.auth.limited(client); retry > 0 {
+		tooMany(w, retry)
 		return
 	}
 	id, sess := s.auth.login(r.PostFormValue("user"), r.PostFormValue("secret"))
 	if sess == nil {
-		s.auth.failed()
+		s.auth.failed(client)
 		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr)
 		s.render(w, r, "login", http.StatusUnauthorized, page{Title: "Log in", Error: "Those credentials are not valid.", Data: ld})
 		return

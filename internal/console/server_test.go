@@ -223,7 +223,7 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
-// TestAuthenticationAttemptsAreLimited: once the failed authentications are spent (by
+// TestAuthenticationAttemptsAreLimited: once a client's failed authentications are spent (by
 // the login form, a bearer token or basic-auth credentials alike), the right
 // credentials are refused too, until they refill; a guesser learns nothing from a burst.
 func TestAuthenticationAttemptsAreLimited(t *testing.T) {
