@@ -29,7 +29,11 @@ type page struct {
 	Flash string // what the last change did, or why it failed
 	Error string
 	Now   time.Time
-	Data  any
+	// Replica: this process is one replica of a cluster; Sync: how soon what other
+	// replicas decide is in force here (0: the store is this replica's own).
+	Replica bool
+	Sync    time.Duration
+	Data    any
 }
 
 var funcs = template.FuncMap{
@@ -68,6 +72,7 @@ func parsePages() (map[string]*template.Template, error) {
 // is a clean 500 rather than half a page.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, name string, status int, pg page) {
 	pg.Now = s.o.Now().UTC()
+	pg.Replica, pg.Sync = s.o.Replica, s.o.Sync
 	if q := r.URL.Query(); pg.Flash == "" && q.Get("done") != "" && s.auth.flashOK(q.Get("done"), q.Get("sig")) {
 		pg.Flash = q.Get("done")
 	}

@@ -59,8 +59,15 @@ type Options struct {
 	Silences *alerting.Silences  // required: shared with the routers
 	Acks     *alerting.Acks      // required: shared with the routers
 	Metrics  prometheus.Gatherer // required: what /metrics serves, for detector health
-	Logger   *slog.Logger        // nil discards
-	Now      func() time.Time    // nil: time.Now
+	// Replica says this process is one replica of a cluster: the health page shows
+	// its own metrics, the receivers page its own outbox.
+	Replica bool
+	// Sync is how soon silences and acknowledgements made by other processes sharing
+	// the store are in force here (the pipeline reads them that often); 0: the store
+	// is this process's own.
+	Sync   time.Duration
+	Logger *slog.Logger     // nil discards
+	Now    func() time.Time // nil: time.Now
 }
 
 // A Server is the console. New loads its credentials and binds nothing; Listen binds.

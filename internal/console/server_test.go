@@ -533,3 +533,40 @@ func TestFlashOnlyFromTheConsole(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicaPages: on a replica of a cluster the pages say what is this replica's
+// (its metrics, its outbox) and how soon the other replicas' silences are in force.
+func TestReplicaPages(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, c := range []struct {
+		name      string
+		replica   bool
+		sync      time.Duration
+		want, not map[string][]string // page → fragments
+	}{
+		{"alone", false, 0, nil, map[string][]string{"/health": {"replica"}, "/silences": {"replica", "within"}, "/receivers": {"replica"}}},
+		{"replica sharing the store", true, 5 * time.Second,
+			map[string][]string{"/health": {"Detector health of this replica", "this replica's metrics"},
+				"/silences": {"in force, or end it, within 5s"}, "/receivers": {"Receivers of this replica"},
+				"/incidents": {"silences and acknowledgements made on another replica are in force here within 5s"}},
+			map[string][]string{"/silences": {"keeps its own store"}}},
+		{"replica with a store of its own", true, 0,
+			map[string][]string{"/silences": {"This replica keeps its own store"}, "/incidents": {"with a store of its own"}},
+			map[string][]string{"/silences": {"within"}}},
+	} {
+		e.s.o.Replica, e.s.o.Sync = c.replica, c.sync
+		check := func(pages map[string][]string, want bool) {
+			for path, frags := range pages {
+				w := e.do(req{method: "GET", path: path, bearer: testToken})
+				body := w.Body.String()
+				for _, f := range frags {
+					if strings.Contains(body, f) != want {
+						t.Errorf("%s: %s contains %q: %v, want %v", c.name, path, f, !want, want)
+					}
+				}
+			}
+		}
+		check(c.want, true)
+		check(c.not, false)
+	}
+}
