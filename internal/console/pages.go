@@ -136,7 +136,7 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	id, sess := s.auth.login(r.PostFormValue("user"), r.PostFormValue("secret"))
 	if sess == nil {
 		s.auth.failed(client)
-		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr)
+		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr, "client", client.String())
 		s.render(w, r, "login", http.StatusUnauthorized, page{Title: "Log in", Error: "Those credentials are not valid.", Data: ld})
 		return
 	}
