@@ -29,8 +29,7 @@ type page struct {
 	Flash string // what the last change did, or why it failed
 	Error string
 	Now   time.Time
-	// Replica: this process is one replica of a cluster; Sync: how soon what other
-	// replicas decide is in force here (0: the store is this replica's own).
+	// Replica and Sync are Options.Replica and Options.Sync.
 	Replica bool
 	Sync    time.Duration
 	Data    any

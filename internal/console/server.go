@@ -63,8 +63,8 @@ type Options struct {
 	// its own metrics, the receivers page its own outbox.
 	Replica bool
 	// Sync is how soon silences and acknowledgements made by other processes sharing
-	// the store are in force here (the pipeline reads them that often); 0: the store
-	// is this process's own.
+	// the store (ClickHouse; a cluster's replicas always do) are in force here: the
+	// pipeline reads them that often; 0: the store is this process's own.
 	Sync   time.Duration
 	Logger *slog.Logger     // nil discards
 	Now    func() time.Time // nil: time.Now

@@ -28,7 +28,7 @@ const (
 // at start-up, the pipeline starts anyway, with the silences of the config file, and
 // loads them in the background: an outage of ClickHouse must not stop alerts. A store
 // that replicas share is read again every analystSync, for what the others made.
-func (p *Pipeline) openAnalyst(ctx context.Context, cfg *Config, st store.Store, lc *lifecycle) error {
+func (p *Pipeline) openAnalyst(ctx context.Context, st store.Store, lc *lifecycle) error {
 	sil, err := alerting.NewSilences(st, p.opts.Now)
 	if err != nil {
 		return err
@@ -44,9 +44,6 @@ func (p *Pipeline) openAnalyst(ctx context.Context, cfg *Config, st store.Store,
 		return errors.Join(sil.Load(ctx), acks.Load(ctx))
 	}
 	shared := syncEvery(st) > 0
-	if cfg.Cluster != nil && !shared {
-		p.log.Warn("each replica of this cluster keeps its own store: silences and acknowledgements made on one (console, Slack) apply to its alerts alone; share a ClickHouse store")
-	}
 	err = load(ctx)
 	if err != nil {
 		p.log.Warn("silences and acknowledgements not loaded from the store; only the config's silences mute until they are", "err", err)

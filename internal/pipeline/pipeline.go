@@ -311,7 +311,7 @@ func (p *Pipeline) openDelivery(ctx context.Context, cfg *Config, lc *lifecycle)
 	}
 	lc.add("outbox", nil, func(context.Context) error { return ob.Close() })
 	p.alerts.outbox, p.alerts.history = ob, st
-	if err := p.openAnalyst(ctx, cfg, st, lc); err != nil {
+	if err := p.openAnalyst(ctx, st, lc); err != nil {
 		return nil, err
 	}
 	if err := p.alerts.start(ctx, cfg); err != nil {
