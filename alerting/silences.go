@@ -82,7 +82,9 @@ const (
 // (a reload builds a new Router over the same Silences), so that a silence made in the
 // console or from Slack mutes the next alert at once, and keeps muting after a reload
 // or a restart. Create and Expire write to the SilenceStore before they change what
-// the Routers see. It is safe for concurrent use.
+// the Routers see. Replicas of a cluster that share one store see each other's
+// silences when they Load again: the pipeline does so every few seconds. It is safe
+// for concurrent use.
 type Silences struct {
 	store SilenceStore
 	now   func() time.Time
@@ -116,8 +118,11 @@ func OpenSilences(ctx context.Context, st SilenceStore, now func() time.Time) (*
 }
 
 // Load reads the records of the store and merges them with those in memory, the
-// latest version of each winning. A pipeline whose store is down at start-up calls it
-// again until it succeeds, while the silences made meanwhile are in force.
+// latest version of each winning; it drops none, so a silence whose Create is still
+// writing it stays in force. A pipeline whose store is down at start-up calls it again
+// until it succeeds, while the silences made meanwhile are in force; a replica that
+// shares its store with others calls it periodically to pick up the silences and
+// expiries they made.
 func (s *Silences) Load(ctx context.Context) error {
 	recs, err := s.store.LoadSilences(ctx)
 	if err != nil {
@@ -127,11 +132,18 @@ func (s *Silences) Load(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range recs {
-		if old, ok := s.all[r.ID]; (!ok || r.Updated.After(old.Updated)) && r.Expires.After(cutoff) {
-			s.all[r.ID] = r
+		if r.Expires.After(cutoff) {
+			s.keep(r)
 		}
 	}
 	return nil
+}
+
+// keep puts r in memory unless a later version of it is there; s.mu is held.
+func (s *Silences) keep(r SilenceRecord) {
+	if old, ok := s.all[r.ID]; !ok || r.Updated.After(old.Updated) {
+		s.all[r.ID] = r
+	}
 }
 
 // Create validates rec, fills its id (when empty), Created and Updated, stores it and
@@ -162,7 +174,7 @@ func (s *Silences) Create(ctx context.Context, rec SilenceRecord) (SilenceRecord
 		return SilenceRecord{}, fmt.Errorf("alerting: saving silence: %w", err)
 	}
 	s.mu.Lock()
-	s.all[rec.ID] = rec
+	s.keep(rec)
 	s.mu.Unlock()
 	return rec, nil
 }
@@ -221,12 +233,18 @@ func (s *Silences) Expire(ctx context.Context, id, by string) (SilenceRecord, er
 	if !rec.Active(now) {
 		return rec, nil
 	}
-	rec.Expires, rec.ExpiredBy, rec.Updated = now, by, now
+	// The new version must win over the one it ends even when it was made on a
+	// replica whose clock is behind the creator's: the store keeps the latest Updated.
+	updated := now
+	if !updated.After(rec.Updated) {
+		updated = rec.Updated.Add(time.Millisecond)
+	}
+	rec.Expires, rec.ExpiredBy, rec.Updated = now, by, updated
 	if err := s.store.SaveSilence(ctx, rec); err != nil {
 		return SilenceRecord{}, fmt.Errorf("alerting: saving silence: %w", err)
 	}
 	s.mu.Lock()
-	s.all[id] = rec
+	s.keep(rec)
 	s.mu.Unlock()
 	return rec, nil
 }
@@ -310,6 +328,11 @@ type AckLookup interface {
 const (
 	ackMemory = 30 * 24 * time.Hour
 	maxAcks   = 100_000
+	// ackOverlap is how far before the previous load a later one reads again: an
+	// acknowledgement carries the clock of the replica that made it, and reaches the
+	// store up to a write timeout after that, so one stamped before the previous load
+	// may not have been there yet. It covers both, and clocks minutes apart.
+	ackOverlap = 5 * time.Minute
 )
 
 // Acks are the acknowledgements of a process, loaded from and written to an AckStore.
@@ -319,8 +342,9 @@ type Acks struct {
 	store AckStore
 	now   func() time.Time
 
-	mu  sync.RWMutex
-	all map[string]Ack
+	mu     sync.RWMutex
+	all    map[string]Ack
+	loaded time.Time // when the last Load that succeeded began; zero before
 }
 
 var _ AckLookup = (*Acks)(nil)
@@ -348,9 +372,19 @@ func OpenAcks(ctx context.Context, st AckStore, now func() time.Time) (*Acks, er
 }
 
 // Load reads the acknowledgements of the last 30 days from the store and merges them
-// with those in memory, the first of each alert standing.
+// with those in memory, the first of each alert standing. Once a Load succeeded, the
+// next ones read only what was made since shortly before it (ackOverlap): that is how
+// a replica sharing its store with others picks up their acknowledgements, every few
+// seconds, without reading a month of them each time.
 func (a *Acks) Load(ctx context.Context) error {
-	as, err := a.store.LoadAcks(ctx, a.now().Add(-ackMemory))
+	now := a.now()
+	since := now.Add(-ackMemory)
+	a.mu.RLock()
+	if !a.loaded.IsZero() {
+		since = later(since, a.loaded.Add(-ackOverlap))
+	}
+	a.mu.RUnlock()
+	as, err := a.store.LoadAcks(ctx, since)
 	if err != nil {
 		return fmt.Errorf("alerting: loading acknowledgements: %w", err)
 	}
@@ -361,7 +395,18 @@ func (a *Acks) Load(ctx context.Context) error {
 			a.all[x.ID] = x
 		}
 	}
+	if len(a.all) > maxAcks {
+		a.prune()
+	}
+	a.loaded = later(a.loaded, now)
 	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Acknowledge records that by acknowledged incident id, via the console or Slack, and

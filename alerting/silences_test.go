@@ -150,3 +150,151 @@ func TestAcks(t *testing.T) {
 		t.Error("an acknowledgement the store refused is shown")
 	}
 }
+
+// TestSilencesAcrossReplicas: replicas sharing one store see each other's silences,
+// expiries and acknowledgements once they Load again, whatever their clocks say: an
+// expiry made on a replica whose clock is behind the creator's still ends the silence.
+func TestSilencesAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	st := alertingtest.NewAnalystStore()
+	clkA, clkB := &testClock{now: t0}, &testClock{now: t0.Add(-2 * time.Second)} // B's clock is behind
+	open := func(clk *testClock) (*alerting.Silences, *alerting.Acks) {
+		sil, err := alerting.OpenSilences(ctx, st, clk.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks, err := alerting.OpenAcks(ctx, st, clk.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sil, acks
+	}
+	silA, acksA := open(clkA)
+	silB, acksB := open(clkB)
+	scanner := alertOf(detectors.ForbiddenBurst, detectors.SeverityMedium, "scanner-key", nil)
+	rec, err := silA.Create(ctx, alerting.SilenceRecord{Match: alerting.Matcher{Key: []string{"scanner-key"}},
+		Expires: t0.Add(time.Hour), Comment: "pentest SEC-42", CreatedBy: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := silB.Muting(&scanner, clkB.Now()); ok {
+		t.Fatal("B mutes before it loaded the silence: the test proves nothing")
+	}
+	if err := silB.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := silB.Muting(&scanner, clkB.Now()); !ok {
+		t.Error("B does not mute after loading A's silence")
+	}
+	clkA.Set(t0.Add(time.Second))
+	clkB.Set(t0.Add(-time.Second)) // a second after A made it, by B's clock before
+	if _, err := silB.Expire(ctx, rec.ID, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if err := silA.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := silA.Muting(&scanner, clkA.Now()); ok {
+		t.Errorf("A still mutes after B expired the silence and A loaded: %+v", s)
+	}
+	if got, _ := silA.Get(rec.ID); got.ExpiredBy != "bob" {
+		t.Errorf("A shows %+v, want the silence ended by bob", got)
+	}
+
+	if _, _, err := acksA.Acknowledge(ctx, "id-1", "alice", "console"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := acksB.Ack("id-1"); ok {
+		t.Fatal("B shows the acknowledgement before it loaded: the test proves nothing")
+	}
+	if err := acksB.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := acksB.Ack("id-1"); !ok || got.By != "alice" {
+		t.Errorf("B after loading: %+v, %v; want alice's acknowledgement", got, ok)
+	}
+}
+
+// TestSilenceLoadKeepsWritesInFlight: a Load while a Create is still writing its
+// silence to the store drops nothing: the silence is in force once Create returns.
+func TestSilenceLoadKeepsWritesInFlight(t *testing.T) {
+	ctx := context.Background()
+	st := &slowSaves{AnalystStore: alertingtest.NewAnalystStore(), saving: make(chan struct{}), release: make(chan struct{})}
+	sil, err := alerting.OpenSilences(ctx, st, func() time.Time { return t0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan error, 1)
+	go func() {
+		_, err := sil.Create(ctx, alerting.SilenceRecord{ID: "s1", Match: alerting.Matcher{Key: []string{"k"}},
+			Expires: t0.Add(time.Hour), Comment: "why", CreatedBy: "alice"})
+		created <- err
+	}()
+	<-st.saving
+	if err := sil.Load(ctx); err != nil { // the store has not got it yet
+		t.Fatal(err)
+	}
+	close(st.release)
+	if err := <-created; err != nil {
+		t.Fatal(err)
+	}
+	if err := sil.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := alertOf(detectors.ForbiddenBurst, detectors.SeverityMedium, "k", nil)
+	if _, ok := sil.Muting(&a, t0); !ok {
+		t.Error("the silence created while a Load ran does not mute")
+	}
+}
+
+// slowSaves holds every SaveSilence until release is closed, saying so on saving.
+type slowSaves struct {
+	*alertingtest.AnalystStore
+	saving, release chan struct{}
+}
+
+func (s *slowSaves) SaveSilence(ctx context.Context, r alerting.SilenceRecord) error {
+	s.saving <- struct{}{}
+	<-s.release
+	return s.AnalystStore.SaveSilence(ctx, r)
+}
+
+// TestAckLoadsAreIncremental: after the first Load (30 days), each reads only from
+// shortly before the previous one began, so a replica re-reading every few seconds
+// does not read a month each time, yet picks up an acknowledgement stamped by a clock
+// behind its own.
+func TestAckLoadsAreIncremental(t *testing.T) {
+	ctx := context.Background()
+	clk := &testClock{now: t0}
+	st := &sinceLog{AnalystStore: alertingtest.NewAnalystStore()}
+	acks, err := alerting.OpenAcks(ctx, st, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(t0.Add(5 * time.Second))
+	// Made on a replica whose clock is a minute behind, written after the first load.
+	if err := st.SaveAck(ctx, alerting.Ack{ID: "id-1", By: "bob", At: t0.Add(-time.Minute), Via: "console"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := acks.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := acks.Ack("id-1"); !ok {
+		t.Error("the acknowledgement stamped by a clock behind is not loaded")
+	}
+	want := []time.Time{t0.Add(-30 * 24 * time.Hour), t0.Add(-5 * time.Minute)}
+	if len(st.since) != 2 || !st.since[0].Equal(want[0]) || !st.since[1].Equal(want[1]) {
+		t.Errorf("loads read since %v, want %v", st.since, want)
+	}
+}
+
+// sinceLog records the since of every LoadAcks.
+type sinceLog struct {
+	*alertingtest.AnalystStore
+	since []time.Time
+}
+
+func (s *sinceLog) LoadAcks(ctx context.Context, since time.Time) ([]alerting.Ack, error) {
+	s.since = append(s.since, since)
+	return s.AnalystStore.LoadAcks(ctx, since)
+}

@@ -2,12 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/alerting"
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
@@ -83,6 +85,7 @@ func testAnalyst(t *testing.T, st interface {
 func TestLocalAnalyst(t *testing.T) {
 	l := newTestLocal(t, Config{DataDir: t.TempDir()})
 	testAnalyst(t, l, l)
+	testReplicas(t, l, l)
 }
 
 func TestClickHouseAnalyst(t *testing.T) {
@@ -90,4 +93,69 @@ func TestClickHouseAnalyst(t *testing.T) {
 	db := clickhousetest.NewDatabase(t, addr)
 	c := startClickHouse(t, testConfig(t, addr, db), prometheus.NewRegistry())
 	testAnalyst(t, c, c)
+	// Two replicas of a cluster: each its own client of one database.
+	db = clickhousetest.NewDatabase(t, addr)
+	testReplicas(t, startClickHouse(t, testConfig(t, addr, db), nil), startClickHouse(t, testConfig(t, addr, db), nil))
+}
+
+// analystStore is what a replica keeps its silences and acknowledgements in.
+type analystStore interface {
+	alerting.SilenceStore
+	alerting.AckStore
+}
+
+// testReplicas: two replicas over one store (a and b are their clients of it) see the
+// silences, expiries and acknowledgements of each other once they load again, as the
+// pipeline does every few seconds.
+func testReplicas(t *testing.T, a, b analystStore) {
+	ctx := testContext(t)
+	now := func() time.Time { return h0 }
+	type replica struct {
+		sil  *alerting.Silences
+		acks *alerting.Acks
+	}
+	open := func(st analystStore) replica {
+		sil, err := alerting.OpenSilences(ctx, st, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks, err := alerting.OpenAcks(ctx, st, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return replica{sil, acks}
+	}
+	ra, rb := open(a), open(b)
+	load := func(r replica) {
+		t.Helper()
+		if err := errors.Join(r.sil.Load(ctx), r.acks.Load(ctx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alert := detectors.Alert{Detector: detectors.ForbiddenBurst, Severity: detectors.SeverityHigh, Key: "k-replicas"}
+	rec, err := ra.sil.Create(ctx, alerting.SilenceRecord{Match: alerting.Matcher{Key: []string{alert.Key}},
+		Expires: h0.Add(time.Hour), Comment: "pentest", CreatedBy: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rb.sil.Muting(&alert, h0); ok {
+		t.Fatal("B mutes before loading")
+	}
+	load(rb)
+	if _, ok := rb.sil.Muting(&alert, h0); !ok {
+		t.Error("B does not mute after loading the silence A made")
+	}
+	if _, err := rb.sil.Expire(ctx, rec.ID, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rb.acks.Acknowledge(ctx, "alert-replicas", "bob", "console"); err != nil {
+		t.Fatal(err)
+	}
+	load(ra)
+	if s, ok := ra.sil.Muting(&alert, h0); ok {
+		t.Errorf("A still mutes after B expired the silence: %+v", s)
+	}
+	if got, ok := ra.acks.Ack("alert-replicas"); !ok || got.By != "bob" {
+		t.Errorf("A shows the acknowledgement B made as %+v, %v", got, ok)
+	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +51,14 @@ func TestRunCluster(t *testing.T) {
 	e := newE2E(t, "waf-logs")
 	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
 	configs, admins := e.writeClusterConfigs(t, 2)
+	// The first replica serves the console too.
+	console := freeAddr(t)
+	first, err := os.ReadFile(configs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, configs[0], fmt.Sprintf("%sconsole:\n  listen: %s\n  token_file: %s\n", first, console,
+		writeFile(t, filepath.Join(e.dir, "console-token"), consoleToken)))
 	var procs []*runProcess
 	for _, config := range configs {
 		procs = append(procs, startRun(t, config))
@@ -64,6 +74,11 @@ func TestRunCluster(t *testing.T) {
 	e.admin = admins[0]
 	if e.metric(t, "gatewatch_cluster_tasks") <= 0 {
 		t.Errorf("gatewatch_cluster_tasks = %v on the first replica, want its tasks", e.metric(t, "gatewatch_cluster_tasks"))
+	}
+	checkRefused(t, "http://"+console)
+	if page := consolePage(t, "http://"+console+"/health"); !strings.Contains(page, "Detector health of this replica") ||
+		!strings.Contains(page, "made on another replica are in force here within 5s") {
+		t.Errorf("the replica's health page does not say it is this replica's:\n%s", page)
 	}
 	if code := procs[0].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Errorf("first replica: SIGTERM: exit %d, want 0", code)
@@ -109,4 +124,21 @@ func (e *e2e) waitClusterDrained(t *testing.T, p *runProcess, raw, prefix string
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// consolePage returns the console page at url, read with the console token.
+func consolePage(t *testing.T, url string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+consoleToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+	}
+	return string(b)
 }

@@ -16,7 +16,6 @@ import (
 	"unicode"
 
 	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/time/rate"
 )
 
 // A principal is who a request comes from, and the CSRF token its forms carry.
@@ -35,12 +34,10 @@ type session struct {
 
 // Bounds of sessions: an analyst's shift, and more browsers than a SOC has.
 const (
-	sessionTTL     = 12 * time.Hour
-	maxSessions    = 10_000
-	sessionCookie  = "gw_session"
-	maxUserName    = 128
-	loginFailRate  = 1 // failed authentications a second, over all clients
-	loginFailBurst = 5
+	sessionTTL    = 12 * time.Hour
+	maxSessions   = 10_000
+	sessionCookie = "gw_session"
+	maxUserName   = 128
 )
 
 // auth authenticates requests and guards state changes.
@@ -49,7 +46,7 @@ type auth struct {
 	header  string // the trusted proxy's user header; "" when none
 	csrfKey []byte // per process: forms of a previous process fail and are shown again
 	now     func() time.Time
-	fails   *rate.Limiter
+	fails   *failLimits
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -59,41 +56,43 @@ func newAuth(cr credentials, proxyHeader string, now func() time.Time) *auth {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // crypto/rand never fails
 	return &auth{cr: cr, header: proxyHeader, csrfKey: key, now: now, sessions: map[string]*session{},
-		fails: rate.NewLimiter(loginFailRate, loginFailBurst)}
+		fails: newFailLimits(loginFailRate, loginFailBurst, maxFailClients)}
 }
 
 // identify returns who sent r, if anyone the console knows: the trusted proxy's user
 // (only from its addresses), a bearer token, basic-auth credentials, or a session.
 //
-// ok is false for anyone else; limited says the request was refused unread because
-// failed authentications have spent their allowance (see limited).
-func (a *auth) identify(r *http.Request) (p principal, ok, limited bool) {
+// ok is false for anyone else; retry, when not 0, says the request was refused unread
+// because the failed authentications of its client have spent their allowance, and
+// how long until it may try again (see limited).
+func (a *auth) identify(r *http.Request) (p principal, ok bool, retry time.Duration) {
 	if a.header != "" && a.fromProxy(r) {
 		if u := cleanUser(r.Header.Get(a.header)); u != "" {
-			return a.stateless(u, "proxy"), true, false
+			return a.stateless(u, "proxy"), true, 0
 		}
 	}
 	if h := r.Header.Get("Authorization"); h != "" {
-		if a.limited() {
-			return principal{}, false, true
+		client := a.client(r)
+		if retry := a.limited(client); retry > 0 {
+			return principal{}, false, retry
 		}
 		if tok, ok := strings.CutPrefix(h, "Bearer "); ok && a.tokenOK(tok) {
-			return a.stateless("token", "bearer"), true, false
+			return a.stateless("token", "bearer"), true, 0
 		}
 		if user, pass, ok := r.BasicAuth(); ok && a.userOK(user, pass) {
-			return a.stateless(user, "basic"), true, false
+			return a.stateless(user, "basic"), true, 0
 		}
-		a.failed()
-		return principal{}, false, false
+		a.failed(client)
+		return principal{}, false, 0
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if s, ok := a.sessions[c.Value]; ok && a.now().Before(s.expires) {
-			return principal{who: s.who, method: "session", csrf: s.csrf}, true, false
+			return principal{who: s.who, method: "session", csrf: s.csrf}, true, 0
 		}
 	}
-	return principal{}, false, false
+	return principal{}, false, 0
 }
 
 // stateless is a principal without a session: its CSRF token is derived from who it
@@ -106,13 +105,14 @@ func (a *auth) stateless(who, method string) principal {
 	return principal{who: who, method: method, csrf: hex.EncodeToString(m.Sum(nil)[:16])}
 }
 
-// limited reports whether failed authentications (logins and Authorization headers
-// alike) have spent their allowance: until it refills every attempt is refused, right
-// or wrong. Checked before the credentials, so a guesser learns nothing from a burst.
-func (a *auth) limited() bool { return a.fails.TokensAt(a.now()) < 1 }
+// limited returns how long client must wait because its failed authentications
+// (logins and Authorization headers alike) have spent their allowance; 0 when it may
+// try. Until it refills every attempt of client is refused, right or wrong: checked
+// before the credentials, so a guesser learns nothing from a burst.
+func (a *auth) limited(client netip.Prefix) time.Duration { return a.fails.wait(client, a.now()) }
 
-// failed spends one failed authentication.
-func (a *auth) failed() { a.fails.AllowN(a.now(), 1) }
+// failed spends one failed authentication of client.
+func (a *auth) failed(client netip.Prefix) { a.fails.fail(client, a.now()) }
 
 // flashSig signs a flash message for a redirect. Without it a crafted link
 // (/silences?done=Your+session+expired,+log+in+at+...) would show its text as the
@@ -148,21 +148,31 @@ func (a *auth) userOK(user, pass string) bool {
 
 // fromProxy reports whether r comes straight from a trusted proxy's address.
 func (a *auth) fromProxy(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return false
-	}
-	ip = ip.Unmap()
+	ip, ok := remoteIP(r)
+	return ok && a.trusted(ip)
+}
+
+// trusted reports whether ip is a trusted proxy's.
+func (a *auth) trusted(ip netip.Addr) bool {
 	for _, p := range a.cr.proxies {
 		if p.Contains(ip) {
 			return true
 		}
 	}
 	return false
+}
+
+// remoteIP is the address r came from, the connection's peer.
+func remoteIP(r *http.Request) (netip.Addr, bool) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ip.Unmap(), true
 }
 
 // cleanUser keeps a user name fit for the audit log and a page: printable, short.

@@ -29,7 +29,10 @@ type page struct {
 	Flash string // what the last change did, or why it failed
 	Error string
 	Now   time.Time
-	Data  any
+	// Replica and Sync are Options.Replica and Options.Sync.
+	Replica bool
+	Sync    time.Duration
+	Data    any
 }
 
 var funcs = template.FuncMap{
@@ -68,6 +71,7 @@ func parsePages() (map[string]*template.Template, error) {
 // is a clean 500 rather than half a page.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, name string, status int, pg page) {
 	pg.Now = s.o.Now().UTC()
+	pg.Replica, pg.Sync = s.o.Replica, s.o.Sync
 	if q := r.URL.Query(); pg.Flash == "" && q.Get("done") != "" && s.auth.flashOK(q.Get("done"), q.Get("sig")) {
 		pg.Flash = q.Get("done")
 	}
@@ -123,14 +127,15 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	next := safeNext(r.PostFormValue("next"))
 	ld := loginData{Next: next, Users: len(s.auth.cr.users) > 0}
-	if s.auth.limited() {
-		tooMany(w)
+	client := s.auth.client(r)
+	if retry := s.auth.limited(client); retry > 0 {
+		tooMany(w, retry)
 		return
 	}
 	id, sess := s.auth.login(r.PostFormValue("user"), r.PostFormValue("secret"))
 	if sess == nil {
-		s.auth.failed()
-		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr)
+		s.auth.failed(client)
+		s.log.Warn("console login failed", "user", cleanUser(r.PostFormValue("user")), "remote", r.RemoteAddr, "client", client.String())
 		s.render(w, r, "login", http.StatusUnauthorized, page{Title: "Log in", Error: "Those credentials are not valid.", Data: ld})
 		return
 	}

@@ -26,8 +26,10 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,8 +59,15 @@ type Options struct {
 	Silences *alerting.Silences  // required: shared with the routers
 	Acks     *alerting.Acks      // required: shared with the routers
 	Metrics  prometheus.Gatherer // required: what /metrics serves, for detector health
-	Logger   *slog.Logger        // nil discards
-	Now      func() time.Time    // nil: time.Now
+	// Replica says this process is one replica of a cluster: the health page shows
+	// its own metrics, the receivers page its own outbox.
+	Replica bool
+	// Sync is how soon silences and acknowledgements made by other processes sharing
+	// the store (ClickHouse; a cluster's replicas always do) are in force here: the
+	// pipeline reads them that often; 0: the store is this process's own.
+	Sync   time.Duration
+	Logger *slog.Logger     // nil discards
+	Now    func() time.Time // nil: time.Now
 }
 
 // A Server is the console. New loads its credentials and binds nothing; Listen binds.
@@ -167,9 +176,9 @@ func (s *Server) routes() {
 // to the login page, anything else gets 401.
 func (s *Server) read(h func(http.ResponseWriter, *http.Request, principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok, limited := s.auth.identify(r)
+		p, ok, retry := s.auth.identify(r)
 		if !ok {
-			s.unauthorized(w, r, limited)
+			s.unauthorized(w, r, retry)
 			return
 		}
 		h(w, r, p)
@@ -180,9 +189,9 @@ func (s *Server) read(h func(http.ResponseWriter, *http.Request, principal)) htt
 // from the console's own origin; refused with 403 otherwise.
 func (s *Server) change(h func(http.ResponseWriter, *http.Request, principal)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok, limited := s.auth.identify(r)
+		p, ok, retry := s.auth.identify(r)
 		if !ok {
-			s.unauthorized(w, r, limited)
+			s.unauthorized(w, r, retry)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
@@ -198,9 +207,11 @@ func (s *Server) change(h func(http.ResponseWriter, *http.Request, principal)) h
 // maxForm bounds a form: a comment and a few fields.
 const maxForm = 64 << 10
 
-func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, limited bool) {
-	if limited {
-		tooMany(w)
+// unauthorized answers a request without valid credentials; retry, when not 0, is how
+// long its client's failed authentications keep it refused.
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, retry time.Duration) {
+	if retry > 0 {
+		tooMany(w, retry)
 		return
 	}
 	if r.Method == http.MethodGet && acceptsHTML(r) && r.Header.Get("Authorization") == "" {
@@ -211,9 +222,10 @@ func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, limited bo
 	http.Error(w, "unauthorized: send Authorization: Bearer <console token>, or log in", http.StatusUnauthorized)
 }
 
-// tooMany refuses an authentication while failed ones have spent their allowance.
-func tooMany(w http.ResponseWriter) {
-	w.Header().Set("Retry-After", "1")
+// tooMany refuses an authentication while its client's failed ones have spent their
+// allowance, for retry.
+func tooMany(w http.ResponseWriter, retry time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
 	http.Error(w, "too many failed authentications; wait a moment", http.StatusTooManyRequests)
 }
 

@@ -223,7 +223,7 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
-// TestAuthenticationAttemptsAreLimited: once the failed authentications are spent (by
+// TestAuthenticationAttemptsAreLimited: once a client's failed authentications are spent (by
 // the login form, a bearer token or basic-auth credentials alike), the right
 // credentials are refused too, until they refill; a guesser learns nothing from a burst.
 func TestAuthenticationAttemptsAreLimited(t *testing.T) {
@@ -531,5 +531,39 @@ func TestFlashOnlyFromTheConsole(t *testing.T) {
 		if got := strings.Contains(w.Body.String(), "evil.example"); got != c.shown {
 			t.Errorf("%s: message shown %v, want %v", c.name, got, c.shown)
 		}
+	}
+}
+
+// TestReplicaPages: on a replica of a cluster the pages say what is this replica's
+// (its metrics, its outbox) and how soon the other replicas' silences are in force.
+func TestReplicaPages(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, c := range []struct {
+		name      string
+		replica   bool
+		sync      time.Duration
+		want, not map[string][]string // page → fragments
+	}{
+		{"alone", false, 0, nil, map[string][]string{"/health": {"replica"}, "/silences": {"replica", "within"}, "/receivers": {"replica"}}},
+		{"replica sharing the store", true, 5 * time.Second,
+			map[string][]string{"/health": {"Detector health of this replica", "this replica's metrics"},
+				"/silences": {"in force, or end it, within 5s"}, "/receivers": {"Receivers of this replica"},
+				"/incidents": {"silences and acknowledgements made on another replica are in force here within 5s"}},
+			nil},
+	} {
+		e.s.o.Replica, e.s.o.Sync = c.replica, c.sync
+		check := func(pages map[string][]string, want bool) {
+			for path, frags := range pages {
+				w := e.do(req{method: "GET", path: path, bearer: testToken})
+				body := w.Body.String()
+				for _, f := range frags {
+					if strings.Contains(body, f) != want {
+						t.Errorf("%s: %s contains %q: %v, want %v", c.name, path, f, !want, want)
+					}
+				}
+			}
+		}
+		check(c.want, true)
+		check(c.not, false)
 	}
 }

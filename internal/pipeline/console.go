@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,17 +13,21 @@ import (
 	"github.com/gatewatch/gatewatch/store"
 )
 
-// analystLoadTimeout bounds the first load of the silences and acknowledgements; a
-// store that does not answer in time is retried every analystRetry meanwhile.
+// analystLoadTimeout bounds one load of the silences and acknowledgements.
+// analystSync is how often they are loaded again from a store other processes share
+// (ClickHouse: the replicas of a cluster): a silence, an expiry or an acknowledgement
+// made on one replica is in force on every other within it (plus a load). A store
+// that does not answer at start-up is retried as often.
 const (
 	analystLoadTimeout = 10 * time.Second
-	analystRetry       = 10 * time.Second
+	analystSync        = 5 * time.Second
 )
 
 // openAnalyst opens the silences and acknowledgements made while running, kept in
 // st and shared by every router (a reload keeps them). When the store does not answer
 // at start-up, the pipeline starts anyway, with the silences of the config file, and
-// loads them in the background: an outage of ClickHouse must not stop alerts.
+// loads them in the background: an outage of ClickHouse must not stop alerts. A store
+// that replicas share is read again every analystSync, for what the others made.
 func (p *Pipeline) openAnalyst(ctx context.Context, st store.Store, lc *lifecycle) error {
 	sil, err := alerting.NewSilences(st, p.opts.Now)
 	if err != nil {
@@ -38,29 +43,52 @@ func (p *Pipeline) openAnalyst(ctx context.Context, st store.Store, lc *lifecycl
 		defer cancel()
 		return errors.Join(sil.Load(ctx), acks.Load(ctx))
 	}
+	shared := syncEvery(st) > 0
 	err = load(ctx)
-	if err == nil {
+	if err != nil {
+		p.log.Warn("silences and acknowledgements not loaded from the store; only the config's silences mute until they are", "err", err)
+	} else if !shared {
 		return nil
 	}
-	p.log.Warn("silences and acknowledgements not loaded from the store; only the config's silences mute until they are", "err", err)
 	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := goRun(func() error {
-		t := time.NewTicker(analystRetry)
-		defer t.Stop()
-		for {
-			select {
-			case <-rctx.Done():
-				return nil
-			case <-t.C:
-			}
-			if err := load(rctx); err == nil {
-				p.log.Info("silences and acknowledgements loaded from the store")
-				return nil
-			}
-		}
-	})
+	done := goRun(func() error { syncAnalyst(rctx, load, shared, err != nil, p.log); return nil })
 	lc.add("silence loader", done, func(context.Context) error { stop(); <-done; return nil })
 	return nil
+}
+
+// syncAnalyst loads the silences and acknowledgements every analystSync until ctx
+// ends: for good when shared, else until a load succeeds. failing says the last load
+// failed; a change either way is logged once.
+func syncAnalyst(ctx context.Context, load func(context.Context) error, shared, failing bool, log *slog.Logger) {
+	t := time.NewTicker(analystSync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := load(ctx)
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			log.Warn("silences and acknowledgements not read from the store; what other replicas made waits until they are", "err", err)
+		case err == nil && failing:
+			log.Info("silences and acknowledgements loaded from the store")
+		}
+		failing = err != nil
+		if !failing && !shared {
+			return
+		}
+	}
+}
+
+// syncEvery is how soon the silences and acknowledgements other processes sharing st
+// made are in force here; 0: st is this process's own (the embedded store).
+func syncEvery(st store.Store) time.Duration {
+	if _, ok := st.(*store.ClickHouse); ok {
+		return analystSync
+	}
+	return 0
 }
 
 // openConsole starts the analyst's console on console.listen; it stops before the
@@ -73,6 +101,8 @@ func (p *Pipeline) openConsole(cfg *Config, st store.Store, lc *lifecycle) error
 		Silences: p.alerts.silences,
 		Acks:     p.alerts.acks,
 		Metrics:  prometheus.Gatherers{p.reg, prometheus.GathererFunc(p.alerts.Gather)},
+		Replica:  cfg.Cluster != nil,
+		Sync:     syncEvery(st),
 		Logger:   p.log,
 		Now:      p.opts.Now,
 	})
