@@ -19,7 +19,7 @@ import (
 // zero value of every other field is a documented default.
 type Options struct {
 	// Baselines is where baselines are loaded from and written to; nil: an empty
-	// MemoryBaselines.
+	// MemoryBaselines of MemoryLimits.
 	Baselines BaselineStore
 	// Registerer receives the engine's metrics; required (tests pass
 	// prometheus.NewPedanticRegistry()).
@@ -172,7 +172,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("detectors: invalid config: %w", err)
 	}
 	if opts.Baselines == nil {
-		opts.Baselines = NewMemoryBaselines(Baselines{})
+		opts.Baselines = NewMemoryBaselines(Baselines{}, MemoryLimits(cfg))
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -257,13 +257,14 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// LoadBaselines seeds the detectors from the BaselineStore. Call it once, before the
-// first event; Run calls it unless it was called. Later loads are RefreshBaselines.
+// LoadBaselines seeds the detectors from the BaselineStore: the most recent baselines,
+// up to each detector's max_keys (see LimitsOf). Call it once, before the first event;
+// Run calls it unless it was called. Later loads are RefreshBaselines.
 func (e *Engine) LoadBaselines(ctx context.Context) error {
 	if e.loaded {
 		return nil
 	}
-	b, err := e.store.LoadBaselines(ctx)
+	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
 	if err != nil {
 		return fmt.Errorf("detectors: load baselines: %w", err)
 	}

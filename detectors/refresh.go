@@ -16,8 +16,10 @@ import (
 // keys just moved here (a consumer-group rebalance). Like Observe, it must not run
 // concurrently with the engine's other methods.
 //
-// Keys and routes the engine does not track are adopted with their stored baselines,
-// the most recent first, into free room only: a refresh never evicts a tracked key.
+// The load is bounded as LoadBaselines' is: the most recent baselines, up to each
+// detector's max_keys. Keys and routes the engine does not track are adopted with their
+// stored baselines, the most recent first, into free room only: a refresh never evicts
+// a tracked key.
 // Stored keys that are outside new_country's history, and routes that
 // quiet_endpoint_spike would expire at once, are skipped. For a client key the engine
 // tracks, the merge is conservative:
@@ -47,7 +49,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if !e.loaded {
 		return e.LoadBaselines(ctx)
 	}
-	b, err := e.store.LoadBaselines(ctx)
+	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
 	if err != nil {
 		return fmt.Errorf("detectors: refresh baselines: %w", err)
 	}

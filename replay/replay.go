@@ -190,7 +190,7 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 	// merge that snapshot and its own writes back in, which changes nothing.
 	cfg.BaselineRefresh = 0
 	eng, err := detectors.NewEngine(cfg, detectors.Options{
-		Baselines: detectors.NewMemoryBaselines(opts.Baselines), Registerer: reg, RunbookBaseURL: opts.RunbookBase,
+		Baselines: detectors.NewMemoryBaselines(opts.Baselines, detectors.MemoryLimits(cfg)), Registerer: reg, RunbookBaseURL: opts.RunbookBase,
 	})
 	if err != nil {
 		if v.Name != "" {

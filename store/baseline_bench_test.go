@@ -81,7 +81,7 @@ func BenchmarkBaselineLoad(b *testing.B) {
 			return int64(ms.HeapAlloc)
 		}
 		before := heap()
-		got, err := s.LoadBaselines(ctx)
+		got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -93,7 +93,7 @@ func BenchmarkBaselineLoad(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
-			got, err := s.LoadBaselines(ctx)
+			got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 			if err != nil || len(got.Keys) != benchKeys {
 				b.Fatalf("loaded %d keys: %v", len(got.Keys), err)
 			}
