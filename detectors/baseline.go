@@ -191,6 +191,7 @@ func (e *Engine) takeDirty() Baselines {
 	for _, l := range e.learners {
 		l.takeDirty(&u)
 	}
+	e.fetch.takeEvicted(&u, e.log)
 	return u
 }
 
@@ -207,7 +208,9 @@ type MemoryBaselines struct {
 	clients    capped[string, ClientBaseline]
 	objects    capped[[2]string, ObjectBaseline]
 	privileged capped[string, PrivilegeBaseline]
-	updates    int
+	// routesOf indexes objects by client, for LookupBaselines.
+	routesOf map[string]map[string]struct{}
+	updates  int
 }
 
 // NewMemoryBaselines returns a store of up to lim holding snap (its most recent, when
@@ -219,6 +222,15 @@ func NewMemoryBaselines(snap Baselines, lim BaselineLimits) *MemoryBaselines {
 		clients:    newCapped[string, ClientBaseline](lim.Clients),
 		objects:    newCapped[[2]string, ObjectBaseline](lim.Objects),
 		privileged: newCapped[string, PrivilegeBaseline](lim.Privileged),
+		routesOf:   map[string]map[string]struct{}{},
+	}
+	m.objects.evict = func(id [2]string) {
+		if rs := m.routesOf[id[0]]; rs != nil {
+			delete(rs, id[1])
+			if len(rs) == 0 {
+				delete(m.routesOf, id[0])
+			}
+		}
 	}
 	m.apply(recentOf(&snap, lim))
 	return m
@@ -273,8 +285,8 @@ func recentOf(b *Baselines, lim BaselineLimits) Baselines {
 	return out
 }
 
-// sort sorts every list of b by its key.
-func (b *Baselines) sort() {
+// Sort sorts every list of b by its key.
+func (b *Baselines) Sort() {
 	slices.SortFunc(b.Keys, func(x, y KeyBaseline) int { return strings.Compare(x.Key, y.Key) })
 	slices.SortFunc(b.Routes, func(x, y RouteBaseline) int { return strings.Compare(x.Route, y.Route) })
 	slices.SortFunc(b.Clients, func(x, y ClientBaseline) int { return strings.Compare(x.Key, y.Key) })
@@ -291,6 +303,37 @@ func (m *MemoryBaselines) UpdateBaselines(_ context.Context, u Baselines) error 
 	m.updates++
 	m.apply(u)
 	return nil
+}
+
+// LookupBaselines returns what m holds of keys and routes, sorted.
+func (m *MemoryBaselines) LookupBaselines(_ context.Context, keys, routes []string) (Baselines, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b Baselines
+	for _, k := range keys {
+		if v, ok := m.keys.get(k); ok {
+			v.Countries = slices.Clone(v.Countries)
+			b.Keys = append(b.Keys, v)
+		}
+		if v, ok := m.clients.get(k); ok {
+			b.Clients = append(b.Clients, v)
+		}
+		if v, ok := m.privileged.get(k); ok {
+			b.Privileged = append(b.Privileged, v)
+		}
+		for r := range m.routesOf[k] {
+			if v, ok := m.objects.get([2]string{k, r}); ok {
+				b.Objects = append(b.Objects, v)
+			}
+		}
+	}
+	for _, r := range routes {
+		if v, ok := m.routes.get(r); ok {
+			b.Routes = append(b.Routes, v)
+		}
+	}
+	b.Sort()
+	return b, nil
 }
 
 // Updates returns how many times UpdateBaselines was called.
@@ -322,7 +365,14 @@ func (m *MemoryBaselines) apply(u Baselines) {
 		m.clients.put(c.Key, c)
 	}
 	for _, o := range u.Objects {
-		m.objects.put([2]string{o.Client, o.Route}, o)
+		if m.objects.put([2]string{o.Client, o.Route}, o) {
+			rs := m.routesOf[o.Client]
+			if rs == nil {
+				rs = map[string]struct{}{}
+				m.routesOf[o.Client] = rs
+			}
+			rs[o.Route] = struct{}{}
+		}
 	}
 	for _, p := range u.Privileged {
 		m.privileged.put(p.Key, p)
@@ -331,8 +381,8 @@ func (m *MemoryBaselines) apply(u Baselines) {
 
 // capped is a map of at most max entries that forgets the least recently put past it.
 // order lists the puts, oldest first from head; a put of a key already in it leaves
-// its older entry there, stale (its seq differs), to be skipped, and compacted away
-// once stale entries are the most of order.
+// its older entry there, stale (its seq differs), to be skipped. Popped and stale
+// entries are compacted away once they are the most of order.
 type capped[K comparable, V any] struct {
 	max     int
 	m       map[K]cappedVal[V]
@@ -340,6 +390,7 @@ type capped[K comparable, V any] struct {
 	head    int
 	seq     uint64
 	evicted uint64
+	evict   func(K) // nil, or called for each key forgotten
 }
 
 type cappedVal[V any] struct {
@@ -356,9 +407,10 @@ func newCapped[K comparable, V any](max int) capped[K, V] {
 	return capped[K, V]{max: max, m: map[K]cappedVal[V]{}}
 }
 
-func (c *capped[K, V]) put(k K, v V) {
+// put stores v under k and reports whether the map holds it (false under a limit of 0).
+func (c *capped[K, V]) put(k K, v V) bool {
 	if c.max <= 0 {
-		return
+		return false
 	}
 	c.seq++
 	c.m[k] = cappedVal[V]{v, c.seq}
@@ -370,11 +422,24 @@ func (c *capped[K, V]) put(k K, v V) {
 		if c.m[r.k].seq == r.seq {
 			delete(c.m, r.k)
 			c.evicted++
+			if c.evict != nil {
+				c.evict(r.k)
+			}
 		}
 	}
-	if live := len(c.order) - c.head; live > 2*len(c.m)+64 {
+	// Compact once the popped or stale entries are the most of order: a flood of new
+	// keys pops its front as fast as it appends.
+	if len(c.order) > 2*len(c.m)+64 {
 		c.compact()
 	}
+	_, ok := c.m[k]
+	return ok
+}
+
+// get returns k's value.
+func (c *capped[K, V]) get(k K) (V, bool) {
+	v, ok := c.m[k]
+	return v.v, ok
 }
 
 // compact drops the stale entries of order.

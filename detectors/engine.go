@@ -52,6 +52,7 @@ type Engine struct {
 	runbookBase string
 
 	store BaselineStore
+	fetch *fetcher // on-demand loading of the keys the detectors do not hold
 	log   *slog.Logger
 	m     *metrics
 	now   func() time.Time // nil: partitions never go idle
@@ -245,6 +246,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 			e.learners = append(e.learners, l)
 		}
 	}
+	e.fetch = newFetcher(e, opts.Baselines)
 	for _, d := range e.dets {
 		e.dues = append(e.dues, d.due())
 		n := d.name()

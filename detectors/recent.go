@@ -74,7 +74,7 @@ func (r *RecentSet) AddPrivileged(p PrivilegeBaseline) { r.privileged.add(p) }
 func (r *RecentSet) Baselines() Baselines {
 	b := Baselines{Keys: r.keys.take(), Routes: r.routes.take(), Clients: r.clients.take(),
 		Objects: r.objects.take(), Privileged: r.privileged.take()}
-	b.sort()
+	b.Sort()
 	return b
 }
 

@@ -18,14 +18,17 @@ import (
 )
 
 var (
-	_ detectors.BaselineStore = (*ClickHouse)(nil)
-	_ detectors.BaselineStore = (*Local)(nil)
+	_ detectors.BaselineStore  = (*ClickHouse)(nil)
+	_ detectors.BaselineStore  = (*Local)(nil)
+	_ detectors.BaselineLookup = (*ClickHouse)(nil)
+	_ detectors.BaselineLookup = (*Local)(nil)
 )
 
 // baselineStore is what the suite needs of a store: the detectors' interface, the
 // past, and an archive to rebuild the past from.
 type baselineStore interface {
 	detectors.BaselineStore
+	detectors.BaselineLookup
 	BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error)
 	ArchiveEvents(ctx context.Context, evs []ingest.Event) error
 	Flush(ctx context.Context) error
@@ -115,6 +118,42 @@ func testBaselines(t *testing.T, open storeOpener) {
 		if none, _ := s.LoadBaselines(ctx, detectors.BaselineLimits{Routes: 1}); len(none.Keys)+len(none.Clients)+len(none.Objects)+len(none.Privileged) != 0 || len(none.Routes) != 1 {
 			t.Errorf("limits of 0: loaded %d keys, %d routes, %d clients, %d objects, %d privileged keys; want 1 route only",
 				len(none.Keys), len(none.Routes), len(none.Clients), len(none.Objects), len(none.Privileged))
+		}
+	})
+
+	t.Run("a lookup returns what the store holds of the keys asked", func(t *testing.T) {
+		s, _ := open(t)
+		ctx := testContext(t)
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
+		r := rand.New(rand.NewPCG(7, 8))
+		snap := randomBaselines(r, 200, 30, base)
+		for _, u := range splitUpdate(snap, 2) {
+			update(t, s, model, u)
+		}
+		// Every tenth key (privileged ones among them), the clients of some objects, a
+		// key and a route the store never heard of, and keys with quotes and
+		// backslashes, which must reach the query as values.
+		var keys, routes []string
+		for i := 0; i < len(snap.Keys); i += 10 {
+			keys = append(keys, snap.Keys[i].Key)
+		}
+		keys = append(keys, snap.Objects[3].Client, "no-such-key", `it's \ 'quoted'`)
+		routes = append(routes, snap.Routes[0].Route, snap.Routes[7].Route, "GET /no/such/route")
+		evil := detectors.KeyBaseline{Key: `it's \ 'quoted'`, FirstSeen: base, Events: 3,
+			Countries: []detectors.CountryBaseline{{Country: "FR", FirstSeen: base, LastSeen: base.Add(time.Hour), Events: 3}}}
+		update(t, s, model, detectors.Baselines{Keys: []detectors.KeyBaseline{evil}})
+		got, err := s.LookupBaselines(ctx, keys, routes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := model.LookupBaselines(ctx, keys, routes)
+		if len(want.Keys) < 20 || len(want.Objects) == 0 || len(want.Privileged) == 0 || len(want.Routes) != 2 {
+			t.Fatalf("the model found %d keys, %d objects, %d privileged, %d routes: the test tests too little",
+				len(want.Keys), len(want.Objects), len(want.Privileged), len(want.Routes))
+		}
+		sameBaselines(t, "lookup", got, want, 0)
+		if none, err := s.LookupBaselines(ctx, nil, nil); err != nil || len(none.Keys)+len(none.Routes) != 0 {
+			t.Fatalf("an empty lookup: %+v, %v", none, err)
 		}
 	})
 

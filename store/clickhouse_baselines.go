@@ -671,10 +671,10 @@ func (c *ClickHouse) loadBaselines(ctx context.Context, lim detectors.BaselineLi
 		return out, err
 	}
 	for _, read := range []struct {
-		f func(context.Context, *detectors.Baselines, int) (uint64, error)
+		f func(context.Context, *detectors.Baselines, rowSelect) (uint64, error)
 		n int
 	}{{c.readRoutes, lim.Routes}, {c.readClients, lim.Clients}, {c.readObjects, lim.Objects}, {c.readPrivileged, lim.Privileged}} {
-		v, err := read.f(ctx, &out, read.n)
+		v, err := read.f(ctx, &out, rowSelect{n: read.n})
 		if err != nil {
 			return out, err
 		}
@@ -708,9 +708,15 @@ FROM system.parts WHERE database = currentDatabase() AND table IN ('key_stats', 
 	if err != nil {
 		return nil, 0, fmt.Errorf("sizing the baselines: %w", err)
 	}
-	nStats = min(nStats, uint64(n))
+	return c.readKeysWhere(ctx, where, min(nStats, uint64(n)), nCountries)
+}
+
+// readKeysWhere reads the newest baselines of the keys that where (" WHERE ...", or
+// empty for all) selects, sorted by key, and the largest version; nStats and
+// nCountries size the results.
+func (c *ClickHouse) readKeysWhere(ctx context.Context, where string, nStats, nCountries uint64, args ...any) ([]detectors.KeyBaseline, uint64, error) {
 	rows, err := c.conn.Query(ctx, `SELECT key, toUInt64(first_seen) * 1000 + first_seen_ms, events, version
-FROM key_stats FINAL`+where+` ORDER BY key`)
+FROM key_stats FINAL`+where+` ORDER BY key`, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading key_stats: %w", err)
 	}
@@ -739,7 +745,7 @@ FROM key_stats FINAL`+where+` ORDER BY key`)
 
 	rows, err = c.conn.Query(ctx, `SELECT key, country, toUInt64(first_seen) * 1000 + first_seen_ms,
 toUInt64(last_seen) * 1000 + last_seen_ms, events, version
-FROM key_countries FINAL`+where+` ORDER BY key, country`)
+FROM key_countries FINAL`+where+` ORDER BY key, country`, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading key_countries: %w", err)
 	}
@@ -794,8 +800,8 @@ FROM key_countries FINAL`+where+` ORDER BY key, country`)
 
 // readRows runs query and scans each row into the destinations dest returns, the last
 // of which is the row's version, then calls keep; it returns the largest version.
-func (c *ClickHouse) readRows(ctx context.Context, what, query string, dest func() []any, keep func()) (uint64, error) {
-	rows, err := c.conn.Query(ctx, query)
+func (c *ClickHouse) readRows(ctx context.Context, what, query string, dest func() []any, keep func(), args ...any) (uint64, error) {
+	rows, err := c.conn.Query(ctx, query, args...)
 	if err != nil {
 		return 0, fmt.Errorf("reading %s: %w", what, err)
 	}
@@ -823,76 +829,137 @@ const (
 	lastSeenMs  = "toUInt64(last_seen) * 1000 + last_seen_ms"
 )
 
-// recentRows returns the query of cols of table's newest rows (FINAL), the n of
-// largest recency (ties: the smaller key), sorted by key.
-func recentRows(cols, table, recency, key string, n int) string {
-	q := "SELECT " + cols + " FROM " + table + " FINAL"
-	if n < math.MaxInt {
-		q = fmt.Sprintf("SELECT * FROM (%s ORDER BY %s DESC, %s LIMIT %d)", q, recency, key, n)
-	}
-	return q + " ORDER BY " + key
+// A rowSelect says which rows of a baseline table to read: the n of largest recency
+// (ties: the smaller key), or, when in is set, those whose key is one of in.
+type rowSelect struct {
+	n  int
+	in []string
 }
 
-func (c *ClickHouse) readRoutes(ctx context.Context, out *detectors.Baselines, n int) (uint64, error) {
-	if n <= 0 {
+// query returns the query of cols of table's newest rows (FINAL) that s selects,
+// sorted by key, and its arguments; inCol is the column in matches.
+func (s rowSelect) query(cols, table, recency, key, inCol string) (string, []any) {
+	q := "SELECT " + cols + " FROM " + table + " FINAL"
+	switch {
+	case s.in != nil:
+		return q + " WHERE " + inCol + " IN ? ORDER BY " + key, []any{inSet(s.in)}
+	case s.n < math.MaxInt:
+		q = fmt.Sprintf("SELECT * FROM (%s ORDER BY %s DESC, %s LIMIT %d)", q, recency, key, s.n)
+	}
+	return q + " ORDER BY " + key, nil
+}
+
+// none reports whether s selects nothing.
+func (s rowSelect) none() bool { return s.in == nil && s.n <= 0 }
+
+// inSet binds strs as the tuple ('a', 'b') that IN takes on every server version (a
+// bound slice would be the array ['a', 'b']).
+func inSet(strs []string) clickhouse.GroupSet {
+	v := make([]any, len(strs))
+	for i, s := range strs {
+		v[i] = s
+	}
+	return clickhouse.GroupSet{Value: v}
+}
+
+func (c *ClickHouse) readRoutes(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
 		return 0, nil
 	}
 	var r detectors.RouteBaseline
 	var asOf, peakAt, v uint64
-	q := recentRows("route, rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "route_baselines",
-		"greatest(as_of_t, peak_at_t)", "route", n)
+	q, args := sel.query("route, rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "route_baselines",
+		"greatest(as_of_t, peak_at_t)", "route", "route")
 	return c.readRows(ctx, "route_baselines", q,
 		func() []any { return []any{&r.Route, &r.RatePerMinute, &asOf, &r.Peak, &peakAt, &v} },
 		func() {
 			r.AsOf, r.PeakAt = fromCHMilli(asOf), fromCHMilli(peakAt)
 			out.Routes = append(out.Routes, r)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readClients(ctx context.Context, out *detectors.Baselines, n int) (uint64, error) {
-	if n <= 0 {
+func (c *ClickHouse) readClients(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
 		return 0, nil
 	}
 	var cb detectors.ClientBaseline
 	var first, asOf, peakAt, v uint64
-	q := recentRows("key, "+firstSeenMs+", rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "client_baselines",
-		"greatest(as_of_t, peak_at_t)", "key", n)
+	q, args := sel.query("key, "+firstSeenMs+", rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "client_baselines",
+		"greatest(as_of_t, peak_at_t)", "key", "key")
 	return c.readRows(ctx, "client_baselines", q,
 		func() []any { return []any{&cb.Key, &first, &cb.RatePerMinute, &asOf, &cb.Peak, &peakAt, &v} },
 		func() {
 			cb.FirstSeen, cb.AsOf, cb.PeakAt = fromCHMilli(first), fromCHMilli(asOf), fromCHMilli(peakAt)
 			out.Clients = append(out.Clients, cb)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readObjects(ctx context.Context, out *detectors.Baselines, n int) (uint64, error) {
-	if n <= 0 {
+func (c *ClickHouse) readObjects(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
 		return 0, nil
 	}
 	var o detectors.ObjectBaseline
 	var peakAt, v uint64
-	q := recentRows("client, route, peak, "+peakAtMs+" AS peak_at_t, version", "object_baselines", "peak_at_t", "client, route", n)
+	q, args := sel.query("client, route, peak, "+peakAtMs+" AS peak_at_t, version", "object_baselines", "peak_at_t", "client, route", "client")
 	return c.readRows(ctx, "object_baselines", q,
 		func() []any { return []any{&o.Client, &o.Route, &o.Peak, &peakAt, &v} },
 		func() {
 			o.PeakAt = fromCHMilli(peakAt)
 			out.Objects = append(out.Objects, o)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baselines, n int) (uint64, error) {
-	if n <= 0 {
+func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
 		return 0, nil
 	}
 	var p detectors.PrivilegeBaseline
 	var first, last, v uint64
-	q := recentRows("key, "+firstSeenMs+", "+lastSeenMs+" AS last_seen_t, events, version", "privilege_baselines", "last_seen_t", "key", n)
+	q, args := sel.query("key, "+firstSeenMs+", "+lastSeenMs+" AS last_seen_t, events, version", "privilege_baselines", "last_seen_t", "key", "key")
 	return c.readRows(ctx, "privilege_baselines", q,
 		func() []any { return []any{&p.Key, &first, &last, &p.Events, &v} },
 		func() {
 			p.FirstSeen, p.LastSeen = fromCHMilli(first), fromCHMilli(last)
 			out.Privileged = append(out.Privileged, p)
-		})
+		}, args...)
+}
+
+// lookupChunk bounds the keys of one lookup query.
+const lookupChunk = 10_000
+
+// LookupBaselines returns what ClickHouse holds of keys and routes, sorted, within
+// baseline_timeout: a batch's new keys are few, and the engine waits for them. While
+// updates wait in the spill (ClickHouse down or catching up), a key's newest baseline
+// may be among them, and the lookup returns the one ClickHouse has.
+func (c *ClickHouse) LookupBaselines(ctx context.Context, keys, routes []string) (detectors.Baselines, error) {
+	var out detectors.Baselines
+	if c.isClosed() {
+		return out, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.BaselineTimeout)
+	defer cancel()
+	for lo := 0; lo < len(keys); lo += lookupChunk {
+		chunk := keys[lo:min(lo+lookupChunk, len(keys))]
+		n := uint64(len(chunk))
+		ks, _, err := c.readKeysWhere(ctx, " WHERE key IN ?", n, n, inSet(chunk))
+		if err != nil {
+			return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+		}
+		out.Keys = append(out.Keys, ks...)
+		sel := rowSelect{in: chunk}
+		for _, read := range []func(context.Context, *detectors.Baselines, rowSelect) (uint64, error){c.readClients, c.readObjects, c.readPrivileged} {
+			if _, err := read(ctx, &out, sel); err != nil {
+				return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+			}
+		}
+	}
+	for lo := 0; lo < len(routes); lo += lookupChunk {
+		if _, err := c.readRoutes(ctx, &out, rowSelect{in: routes[lo:min(lo+lookupChunk, len(routes))]}); err != nil {
+			return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+		}
+	}
+	out.Sort()
+	return out, nil
 }
 
 // BaselinesAsOf returns what the baselines were at t, for replay and forensics,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -215,6 +216,77 @@ func (l *Local) LoadBaselines(_ context.Context, lim detectors.BaselineLimits) (
 	}
 	out := set.Baselines()
 	out.TrafficSince = since
+	return out, nil
+}
+
+// LookupBaselines returns what the store holds of keys and routes, sorted: point
+// reads, and a prefix scan of each key's objects.
+func (l *Local) LookupBaselines(_ context.Context, keys, routes []string) (detectors.Baselines, error) {
+	var out detectors.Baselines
+	err := l.db.View(func(tx *bolt.Tx) error {
+		r := recordReader{}
+		get := func(bucket []byte, name string, read func()) error {
+			b := tx.Bucket(bucket)
+			if b == nil || name == "" || len(name) > bolt.MaxKeySize {
+				return nil
+			}
+			if v := b.Get([]byte(name)); v != nil {
+				r.data = v
+				read()
+				if r.err != nil {
+					return fmt.Errorf("%s %q: %w", bucket, name, r.err)
+				}
+			}
+			return nil
+		}
+		for _, k := range keys {
+			if err := errors.Join(
+				get(bucketBaselineKeys, k, func() {
+					kb := detectors.KeyBaseline{Key: k}
+					r.keyBody(&kb)
+					out.Keys = append(out.Keys, kb)
+				}),
+				get(bucketBaselineClients, k, func() {
+					c := detectors.ClientBaseline{Key: k}
+					r.clientBody(&c)
+					out.Clients = append(out.Clients, c)
+				}),
+				get(bucketBaselinePrivileged, k, func() {
+					p := detectors.PrivilegeBaseline{Key: k}
+					r.privilegeBody(&p)
+					out.Privileged = append(out.Privileged, p)
+				}),
+			); err != nil {
+				return err
+			}
+			if b := tx.Bucket(bucketBaselineObjects); b != nil {
+				prefix := appendString(nil, k)
+				c := b.Cursor()
+				for name, v := c.Seek(prefix); name != nil && bytes.HasPrefix(name, prefix); name, v = c.Next() {
+					r.data = v
+					o := r.localObject(name)
+					if r.err != nil {
+						return fmt.Errorf("%s %q: %w", bucketBaselineObjects, name, r.err)
+					}
+					out.Objects = append(out.Objects, o)
+				}
+			}
+		}
+		for _, rt := range routes {
+			if err := get(bucketBaselineRoutes, rt, func() {
+				rb := detectors.RouteBaseline{Route: rt}
+				r.localRoute(&rb)
+				out.Routes = append(out.Routes, rb)
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+	}
+	out.Sort()
 	return out, nil
 }
 

@@ -59,3 +59,12 @@ func mine[T any](all []T, b taskBaselines, key func(T) string, add func(T)) {
 		}
 	}
 }
+
+// LookupBaselines looks keys and routes up in the store when it can (see
+// detectors.BaselineLookup); the keys a task sees are its partition's already.
+func (b taskBaselines) LookupBaselines(ctx context.Context, keys, routes []string) (detectors.Baselines, error) {
+	if l, ok := b.BaselineStore.(detectors.BaselineLookup); ok {
+		return l.LookupBaselines(ctx, keys, routes)
+	}
+	return detectors.Baselines{}, nil
+}
