@@ -34,11 +34,23 @@ type BaselineLookup interface {
 type fetcher struct {
 	look BaselineLookup // nil: the store has none
 
-	// fetched holds the hashes of keys and routes looked up since a detector last
-	// removed them (0: empty), direct-mapped: a key pushed out is only looked up once
-	// more. It keeps lookups to the keys a batch brings that are new to the engine.
+	// The learners, nil when off: a key they all hold needs no lookup.
+	nc *newCountry
+	vs *volumeSpike
+	pa *privilegeAnomaly
+	oe *objectEnum
+	qs *quietSpike
+
+	// fetched holds the hashes of keys and routes looked up, or found held, since a
+	// detector last removed them (0: empty): the check of most events, one probe.
+	// It grows with the keys added, a quarter full at most, up to room for four times
+	// the keys the largest learner holds (at most maxFetched); a key pushed out is
+	// checked against the detectors' tables again, and looked up only when one does not
+	// hold it.
 	fetched []uint64
 	mask    uint64
+	filled  int // adds since the last growth
+	most    int // the most entries it grows to
 
 	// The baselines of keys evicted with changes the store does not have yet: the
 	// next SyncBaselines writes them, and a key that comes back before restores from
@@ -58,8 +70,8 @@ type fetcher struct {
 	route                []byte
 }
 
-// maxFetched bounds the fetched cache: 8 MiB.
-const maxFetched = 1 << 20
+// maxFetched bounds the fetched cache: 16 MiB.
+const maxFetched = 1 << 21
 
 // newFetcher sets up on-demand loading for e's learners, from store when it has a
 // lookup.
@@ -72,15 +84,20 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 	for _, d := range e.dets {
 		switch d := d.(type) {
 		case *newCountry:
+			f.nc = d
 			watchKeys(f, d.tab, func(k *ncKey) bool { return k.dirty }, f.keys, f.lim.Keys, d.baseline)
 		case *volumeSpike:
+			f.vs = d
 			watchKeys(f, d.tab, func(k *cvKey) bool { return k.dirty }, f.clients, f.lim.Clients, d.baseline)
 		case *privilegeAnomaly:
+			f.pa = d
 			watchKeys(f, d.tab, func(k *paKey) bool { return k.dirty }, f.privileged, f.lim.Privileged, d.baseline)
 		case *quietSpike:
+			f.qs = d
 			watchKeys(f, d.tab, func(k *qsKey) bool { return k.dirty }, f.routes, f.lim.Routes, d.baseline)
 		case *objectEnum:
 			// Its table is keyed by client and route; the lookups by client.
+			f.oe = d
 			onRemove(d.tab, func(slot int32, evicted bool) {
 				k := &d.tab.ents[slot].s
 				if k.names == nil {
@@ -94,12 +111,10 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 			})
 		}
 	}
-	// Room for twice the keys the largest learner holds, so that the keys it holds
-	// seldom push each other out.
 	l := f.lim
-	most := max(l.Keys, l.Routes, l.Clients, l.Objects, l.Privileged)
-	n := min(1<<bits.Len(uint(max(2*most-1, 1))), maxFetched)
-	f.fetched, f.mask = make([]uint64, n), uint64(n-1)
+	most := max(l.Keys, l.Routes, l.Clients, l.Objects, l.Privileged, 1)
+	f.most = max(min(1<<bits.Len(uint(4*most-1)), maxFetched), 1024)
+	f.grow(1024)
 	return f
 }
 
@@ -135,19 +150,65 @@ func keepEvicted[K comparable, B any](f *fetcher, m map[K]B, limit int, key K, b
 	m[key] = b
 }
 
-// fetchSlot is where h goes in the fetched cache; 0 is kept for empty.
-func (f *fetcher) slot(h uint64) (*uint64, uint64) {
-	h |= 1
-	return &f.fetched[h&f.mask], h
+// The fetched cache is set-associative: a set of fetchWays entries (one cache line)
+// per hash, so that keys seldom push out each other while there is room. An entry is
+// the hash with its lowest bit set, since 0 is empty.
+const fetchWays = 8
+
+// set returns the entries h may be in, and its entry.
+func (f *fetcher) set(h uint64) ([]uint64, uint64) {
+	i := ((h >> 1) & f.mask) * fetchWays
+	return f.fetched[i : i+fetchWays : i+fetchWays], h | 1
 }
 
-func (f *fetcher) has(h uint64) bool { c, v := f.slot(h); return *c == v }
+func (f *fetcher) has(h uint64) bool {
+	set, v := f.set(h)
+	for _, x := range set {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
 
-func (f *fetcher) add(h uint64) { c, v := f.slot(h); *c = v }
+// add notes h, in an empty entry of its set, else in place of the one its own bits
+// pick.
+func (f *fetcher) add(h uint64) {
+	if f.filled++; 4*f.filled > len(f.fetched) && len(f.fetched) < f.most {
+		f.grow(2 * len(f.fetched))
+	}
+	f.put(h)
+}
+
+func (f *fetcher) put(h uint64) {
+	set, v := f.set(h)
+	for i, x := range set {
+		if x == 0 || x == v {
+			set[i] = v
+			return
+		}
+	}
+	set[(h>>59)%fetchWays] = v
+}
 
 func (f *fetcher) forget(h uint64) {
-	if c, v := f.slot(h); *c == v {
-		*c = 0
+	set, v := f.set(h)
+	for i, x := range set {
+		if x == v {
+			set[i] = 0
+		}
+	}
+}
+
+// grow makes room for n entries (a power of two, at least fetchWays), keeping those
+// held.
+func (f *fetcher) grow(n int) {
+	old := f.fetched
+	f.fetched, f.mask, f.filled = make([]uint64, n), uint64(n/fetchWays-1), 0
+	for _, v := range old {
+		if v != 0 {
+			f.put(v)
+		}
 	}
 }
 
@@ -165,7 +226,7 @@ func (f *fetcher) forget(h uint64) {
 // and the keys are looked up again the next time they come; the error says so.
 func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) error {
 	f := e.fetch
-	keys, routes := f.wanted(e, events)
+	keys, routes := f.wanted(events)
 	if len(keys) == 0 && len(routes) == 0 {
 		return nil
 	}
@@ -195,28 +256,37 @@ func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) erro
 	return nil
 }
 
-// wanted returns the keys and routes of events not looked up since a detector last
-// held them, once each, and notes them as looked up.
-func (f *fetcher) wanted(e *Engine, events []ingest.Event) (keys, routes []string) {
+// wanted returns the keys and routes of events that a detector that would track them
+// does not hold and that were not looked up since, once each, and notes them as
+// looked up.
+func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
 	keys, routes = f.wantKeys[:0], f.wantRoutes[:0]
 	f.wantAt = f.wantAt[:0]
-	l := f.lim
-	clients := l.Keys > 0 || l.Clients > 0 || l.Privileged > 0 || l.Objects > 0
-	objects := l.Objects > 0
 	for i := range events {
 		ev := &events[i]
-		if clients && ev.ClientKey != "" {
-			keys = f.want(keys, ev.ClientKey, ev.Time.UnixMilli())
-		} else if objects && ev.ClientIP != "" {
-			if _, _, ok := asksObject(ev); ok {
-				keys = f.want(keys, ev.ClientIP, ev.Time.UnixMilli())
+		client, byIP, objects := "", false, false
+		if f.oe != nil {
+			client, byIP, objects = asksObject(ev)
+		}
+		if ev.ClientKey != "" || objects {
+			if client == "" {
+				client = ev.ClientKey
+			}
+			if h := keyHash(client); !f.has(h) {
+				f.add(h)
+				if f.missing(ev, client, h, byIP, objects) {
+					keys = append(keys, strings.Clone(client)) // the event's string shares a parser chunk
+					f.wantAt = append(f.wantAt, ev.Time.UnixMilli())
+				}
 			}
 		}
-		if e.qs != nil && ev.Route != "" {
+		if f.qs != nil && ev.Route != "" {
 			f.route = append(append(append(f.route[:0], ev.Method...), ' '), ev.Route...)
 			if h := xxhash.Sum64(f.route); !f.has(h) {
 				f.add(h)
-				routes = append(routes, string(f.route))
+				if f.qs.tab.findBytes(f.route) < 0 {
+					routes = append(routes, string(f.route))
+				}
 			}
 		}
 	}
@@ -224,14 +294,18 @@ func (f *fetcher) wanted(e *Engine, events []ingest.Event) (keys, routes []strin
 	return keys, routes
 }
 
-func (f *fetcher) want(keys []string, k string, t int64) []string {
-	h := keyHash(k)
-	if f.has(h) {
-		return keys
+// missing reports whether a learner does not hold ev's client (client, of hash h: its
+// client key, else its IP for object_enumeration): a lookup gets every kind of
+// baseline of it, whatever the event, so that a key looked up is one whose every
+// stored baseline is in the detectors. Only object_enumeration's pair is the event's.
+func (f *fetcher) missing(ev *ingest.Event, client string, h uint64, byIP, objects bool) bool {
+	if ev.ClientKey != "" {
+		if f.nc != nil && f.nc.tab.findHash(client, h) < 0 || f.vs != nil && f.vs.tab.findHash(client, h) < 0 ||
+			f.pa != nil && f.pa.tab.findHash(client, h) < 0 {
+			return true
+		}
 	}
-	f.add(h)
-	f.wantAt = append(f.wantAt, t)
-	return append(keys, strings.Clone(k)) // the event's string shares a parser chunk
+	return objects && f.oe.tab.find(f.oe.pairKey(h, byIP, ev.Method, ev.Route)) < 0
 }
 
 // restore moves into b the unwritten baselines of the evicted keys and routes among

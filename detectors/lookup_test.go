@@ -179,3 +179,37 @@ func TestFetchFailureIsRetried(t *testing.T) {
 		t.Fatalf("looked up a %d times, want 2: once failed, once again", cs.looked["a"])
 	}
 }
+
+// TestFetchedCacheGrowsWithTheKeys: the cache of looked-up keys starts small, grows
+// with the keys added (keeping them), and stops at room for four times the largest
+// detector's max_keys.
+func TestFetchedCacheGrowsWithTheKeys(t *testing.T) {
+	cfg := only(NewCountry)
+	cfg.NewCountry.MaxKeys = 20_000
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := e.fetch
+	if len(f.fetched) > 1024 {
+		t.Fatalf("a new engine's cache holds %d entries", len(f.fetched))
+	}
+	for i := range 10_000 {
+		f.add(keyHash(fmt.Sprint(i)))
+	}
+	kept := 0
+	for i := range 10_000 {
+		if f.has(keyHash(fmt.Sprint(i))) {
+			kept++
+		}
+	}
+	if kept < 9_900 || len(f.fetched) < 32_768 {
+		t.Fatalf("after 10,000 keys the cache has %d entries and keeps %d of them", len(f.fetched), kept)
+	}
+	for i := range 1_000_000 {
+		f.add(keyHash(fmt.Sprint("k", i)))
+	}
+	if len(f.fetched) != 131_072 {
+		t.Fatalf("after a million keys the cache has %d entries, want 131,072 (four times max_keys, a power of two)", len(f.fetched))
+	}
+}

@@ -181,3 +181,52 @@ func BenchmarkBaselineUpdate(b *testing.B) {
 		run(b, c)
 	})
 }
+
+// BenchmarkBaselineLookup measures LookupBaselines of 1,000 keys, half of them stored,
+// in a store holding 100,000: what the engine asks for a batch of keys it does not
+// hold (Engine.FetchBaselines), and reports keys/s.
+//
+//	go test ./store -run '^$' -bench BaselineLookup -benchmem -count 6
+func BenchmarkBaselineLookup(b *testing.B) {
+	const keys, perLookup = 100_000, 1000
+	snap := benchSnapshot(keys)
+	run := func(b *testing.B, s detectors.BaselineStore) {
+		l, ok := s.(detectors.BaselineLookup)
+		if !ok {
+			b.Fatal("the store has no lookup")
+		}
+		fillBaselines(b, s, snap)
+		ctx := context.Background()
+		r := rand.New(rand.NewPCG(1, 1))
+		want := make([]string, perLookup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			for i := range want {
+				if i%2 == 0 {
+					want[i] = snap.Keys[r.IntN(keys)].Key
+				} else {
+					want[i] = fmt.Sprintf("unknown-%d", r.Uint64())
+				}
+			}
+			got, err := l.LookupBaselines(ctx, want, nil)
+			if err != nil || len(got.Keys) == 0 {
+				b.Fatalf("looked up %d keys: %v", len(got.Keys), err)
+			}
+		}
+		b.ReportMetric(float64(b.N*perLookup)/b.Elapsed().Seconds(), "keys/s")
+	}
+	b.Run("local", func(b *testing.B) {
+		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close(context.Background())
+		run(b, l)
+	})
+	b.Run("clickhouse", func(b *testing.B) {
+		addr := clickhousetest.Require(b)
+		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
+		run(b, c)
+	})
+}
