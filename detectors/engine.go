@@ -271,6 +271,7 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 		return fmt.Errorf("detectors: load baselines: %w", err)
 	}
 	e.seed(&b)
+	e.fetch.loaded(&b)
 	e.loaded = true
 	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),

@@ -42,15 +42,16 @@ type fetcher struct {
 	qs *quietSpike
 
 	// fetched holds the hashes of keys and routes looked up, or found held, since a
-	// detector last removed them (0: empty): the check of most events, one probe.
-	// It grows with the keys added, a quarter full at most, up to room for four times
-	// the keys the largest learner holds (at most maxFetched); a key pushed out is
-	// checked against the detectors' tables again, and looked up only when one does not
-	// hold it.
-	fetched []uint64
-	mask    uint64
-	filled  int // adds since the last growth
-	most    int // the most entries it grows to
+	// detector last removed them: the check of most events, one probe. A key it lost
+	// is checked against the detectors' tables again.
+	fetched hashSet
+	// evicted holds the hashes of keys and routes a detector evicted at max_keys and
+	// that were not looked up since: those, the store has and the engine dropped.
+	evicted hashSet
+	// all says the store may hold keys the engine never loaded (the load filled a
+	// limit): every key a detector does not hold is looked up, not only evicted ones.
+	// Otherwise a flood of keys new to the store costs no lookups.
+	all bool
 
 	// The baselines of keys evicted with changes the store does not have yet: the
 	// next SyncBaselines writes them, and a key that comes back before restores from
@@ -103,7 +104,7 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 				if k.names == nil {
 					return
 				}
-				f.forget(keyHash(k.names.client))
+				f.removed(keyHash(k.names.client), evicted)
 				if evicted && k.dirty {
 					o := d.baseline(slot)
 					keepEvicted(f, f.objects, f.lim.Objects, [2]string{o.Client, o.Route}, o)
@@ -113,8 +114,7 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 	}
 	l := f.lim
 	most := max(l.Keys, l.Routes, l.Clients, l.Objects, l.Privileged, 1)
-	f.most = max(min(1<<bits.Len(uint(4*most-1)), maxFetched), 1024)
-	f.grow(1024)
+	f.fetched, f.evicted = newHashSet(4*most), newHashSet(4*most)
 	return f
 }
 
@@ -122,11 +122,20 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 // one evicted with changes (dirty) not yet written.
 func watchKeys[S, B any](f *fetcher, t *keyTable[S], dirty func(*S) bool, m map[string]B, limit int, baseline func(slot int32) B) {
 	onRemove(t, func(slot int32, evicted bool) {
-		f.forget(t.hashOf(slot))
+		f.removed(t.hashOf(slot), evicted)
 		if evicted && dirty(&t.ents[slot].s) {
 			keepEvicted(f, m, limit, t.keyOf(slot), baseline(slot))
 		}
 	})
+}
+
+// removed notes that a detector removed the key of hash h: evicted at max_keys, or
+// expired.
+func (f *fetcher) removed(h uint64, evicted bool) {
+	f.fetched.forget(h)
+	if evicted {
+		f.evicted.add(h)
+	}
 }
 
 // onRemove runs f when t removes a key, before what the detector already runs then.
@@ -150,19 +159,34 @@ func keepEvicted[K comparable, B any](f *fetcher, m map[K]B, limit int, key K, b
 	m[key] = b
 }
 
-// The fetched cache is set-associative: a set of fetchWays entries (one cache line)
-// per hash, so that keys seldom push out each other while there is room. An entry is
-// the hash with its lowest bit set, since 0 is empty.
-const fetchWays = 8
-
-// set returns the entries h may be in, and its entry.
-func (f *fetcher) set(h uint64) ([]uint64, uint64) {
-	i := ((h >> 1) & f.mask) * fetchWays
-	return f.fetched[i : i+fetchWays : i+fetchWays], h | 1
+// A hashSet is a lossy set of 64-bit hashes: set-associative, fetchWays entries (one
+// cache line) a set, an entry the hash with its lowest bit set (0 is empty). It grows
+// with the hashes added, a quarter full at most, up to room for most (a power of two,
+// at most maxFetched); past that a new hash takes the place of an old one of its set.
+type hashSet struct {
+	entries []uint64
+	mask    uint64
+	filled  int // adds since the last growth
+	most    int
 }
 
-func (f *fetcher) has(h uint64) bool {
-	set, v := f.set(h)
+// fetchWays is the entries of a hashSet's set.
+const fetchWays = 8
+
+func newHashSet(most int) hashSet {
+	s := hashSet{most: max(min(1<<bits.Len(uint(max(most, 1)-1)), maxFetched), 1024)}
+	s.grow(1024)
+	return s
+}
+
+// set returns the entries h may be in, and its entry.
+func (s *hashSet) set(h uint64) ([]uint64, uint64) {
+	i := ((h >> 1) & s.mask) * fetchWays
+	return s.entries[i : i+fetchWays : i+fetchWays], h | 1
+}
+
+func (s *hashSet) has(h uint64) bool {
+	set, v := s.set(h)
 	for _, x := range set {
 		if x == v {
 			return true
@@ -173,15 +197,15 @@ func (f *fetcher) has(h uint64) bool {
 
 // add notes h, in an empty entry of its set, else in place of the one its own bits
 // pick.
-func (f *fetcher) add(h uint64) {
-	if f.filled++; 4*f.filled > len(f.fetched) && len(f.fetched) < f.most {
-		f.grow(2 * len(f.fetched))
+func (s *hashSet) add(h uint64) {
+	if s.filled++; 4*s.filled > len(s.entries) && len(s.entries) < s.most {
+		s.grow(2 * len(s.entries))
 	}
-	f.put(h)
+	s.put(h)
 }
 
-func (f *fetcher) put(h uint64) {
-	set, v := f.set(h)
+func (s *hashSet) put(h uint64) {
+	set, v := s.set(h)
 	for i, x := range set {
 		if x == 0 || x == v {
 			set[i] = v
@@ -191,8 +215,8 @@ func (f *fetcher) put(h uint64) {
 	set[(h>>59)%fetchWays] = v
 }
 
-func (f *fetcher) forget(h uint64) {
-	set, v := f.set(h)
+func (s *hashSet) forget(h uint64) {
+	set, v := s.set(h)
 	for i, x := range set {
 		if x == v {
 			set[i] = 0
@@ -202,20 +226,22 @@ func (f *fetcher) forget(h uint64) {
 
 // grow makes room for n entries (a power of two, at least fetchWays), keeping those
 // held.
-func (f *fetcher) grow(n int) {
-	old := f.fetched
-	f.fetched, f.mask, f.filled = make([]uint64, n), uint64(n/fetchWays-1), 0
+func (s *hashSet) grow(n int) {
+	old := s.entries
+	s.entries, s.mask, s.filled = make([]uint64, n), uint64(n/fetchWays-1), 0
 	for _, v := range old {
 		if v != 0 {
-			f.put(v)
+			s.put(v)
 		}
 	}
 }
 
-// FetchBaselines loads the stored baselines of the keys and routes in events that the
-// engine has not looked up since its detectors last held them: keys new to it, and
-// keys a detector evicted at max_keys and now sees again. A key evicted with changes
-// not yet written comes back with them. Call it before observing the events (Run
+// FetchBaselines loads the stored baselines of the keys and routes in events that a
+// detector evicted at max_keys and now sees again, and, when the store holds more than
+// the engine loaded (a load filled a detector's max_keys), of every key and route in
+// events that a detector does not hold: keys that are new to the store too cost no
+// lookup, so a flood of made-up keys does not make one per batch. A key evicted with
+// changes not yet written comes back with them. Call it before observing the events (Run
 // does); it is the one place, besides the loads and writes, where the engine does I/O,
 // so that Observe and ObserveBatch do none. Keys the detectors hold keep their state;
 // a stored baseline the detector would expire at once is skipped. A store that has no
@@ -234,11 +260,9 @@ func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) erro
 	if f.look != nil {
 		var err error
 		if b, err = f.look.LookupBaselines(ctx, keys, routes); err != nil {
-			for _, k := range keys {
-				f.forget(keyHash(k))
-			}
-			for _, r := range routes {
-				f.forget(keyHash(r))
+			for _, k := range append(keys, routes...) {
+				f.fetched.forget(keyHash(k))
+				f.evicted.add(keyHash(k))
 			}
 			if !f.failing {
 				f.failing = true
@@ -272,9 +296,9 @@ func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
 			if client == "" {
 				client = ev.ClientKey
 			}
-			if h := keyHash(client); !f.has(h) {
-				f.add(h)
-				if f.missing(ev, client, h, byIP, objects) {
+			if h := keyHash(client); !f.fetched.has(h) {
+				f.fetched.add(h)
+				if f.lookUp(h) && f.missing(ev, client, h, byIP, objects) {
 					keys = append(keys, strings.Clone(client)) // the event's string shares a parser chunk
 					f.wantAt = append(f.wantAt, ev.Time.UnixMilli())
 				}
@@ -282,9 +306,9 @@ func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
 		}
 		if f.qs != nil && ev.Route != "" {
 			f.route = append(append(append(f.route[:0], ev.Method...), ' '), ev.Route...)
-			if h := xxhash.Sum64(f.route); !f.has(h) {
-				f.add(h)
-				if f.qs.tab.findBytes(f.route) < 0 {
+			if h := xxhash.Sum64(f.route); !f.fetched.has(h) {
+				f.fetched.add(h)
+				if f.lookUp(h) && f.qs.tab.findBytes(f.route) < 0 {
 					routes = append(routes, string(f.route))
 				}
 			}
@@ -292,6 +316,29 @@ func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
 	}
 	f.wantKeys, f.wantRoutes = keys, routes
 	return keys, routes
+}
+
+// loaded notes what a load of the store returned: when it filled a limit, the store
+// may hold keys the engine never loaded.
+func (f *fetcher) loaded(b *Baselines) {
+	l := f.lim
+	full := func(n, limit int) bool { return limit > 0 && n >= limit }
+	if full(len(b.Keys), l.Keys) || full(len(b.Routes), l.Routes) || full(len(b.Clients), l.Clients) ||
+		full(len(b.Objects), l.Objects) || full(len(b.Privileged), l.Privileged) {
+		f.all = true
+	}
+}
+
+// lookUp reports whether the key or route of hash h may be in the store though not
+// in the detectors: every one when the store holds more than the engine loaded, else
+// those the engine evicted. It forgets the eviction: the lookup is about to bring it
+// back.
+func (f *fetcher) lookUp(h uint64) bool {
+	if f.evicted.has(h) {
+		f.evicted.forget(h)
+		return true
+	}
+	return f.all
 }
 
 // missing reports whether a learner does not hold ev's client (client, of hash h: its

@@ -123,18 +123,42 @@ func TestEvictedKeyComesBackWithItsBaseline(t *testing.T) {
 	}
 }
 
-// TestFetchLooksUpOnlyNewAndReturningKeys: a key is looked up when it is new to the
-// engine and again after a detector let it go, not for every batch it is in.
-func TestFetchLooksUpOnlyNewAndReturningKeys(t *testing.T) {
+// TestFetchLooksUpOnlyReturningKeys: a key is looked up when a detector evicted it and
+// sees it again, not when it is new to a store that held no more than the engine
+// loaded, and not for every batch it is in.
+func TestFetchLooksUpOnlyReturningKeys(t *testing.T) {
 	cfg := evictionConfig(2)
 	cs := &lookupCounter{MemoryBaselines: NewMemoryBaselines(Baselines{}, MemoryLimits(cfg))}
 	evs := evictionTraffic()
 	fetchRun(t, cfg, cs, 1, true, evs)
-	// a, b and c once each when new; a again after c evicted it, b after a's return
-	// evicted it, c after b's return evicted it; then b and c, both held, take turns
-	// without a lookup.
-	if want := map[string]int{"a": 2, "b": 2, "c": 2}; !maps.Equal(cs.looked, want) {
+	// a after c evicted it, b after a's return evicted it, c after b's return evicted
+	// it; then b and c, both held, take turns without a lookup.
+	if want := map[string]int{"a": 1, "b": 1, "c": 1}; !maps.Equal(cs.looked, want) {
 		t.Fatalf("looked up %v, want %v", cs.looked, want)
+	}
+}
+
+// TestFetchLooksUpKeysBeyondTheLoad: when the store holds more keys than the engine
+// loads (the most recent, up to max_keys), a key it did not load is looked up when it
+// comes, and judged against its baseline.
+func TestFetchLooksUpKeysBeyondTheLoad(t *testing.T) {
+	cfg := evictionConfig(2)
+	est := KeyBaseline{Key: "a", FirstSeen: at(-48 * time.Hour), Events: 100,
+		Countries: []CountryBaseline{{Country: "US", FirstSeen: at(-48 * time.Hour), LastSeen: at(-time.Hour), Events: 100}}}
+	snap := Baselines{Keys: []KeyBaseline{est, keyAt("x", at(-time.Minute)), keyAt("y", at(-time.Minute))}}
+	evs := []ingest.Event{req(at(0), client("a"), country("DE"))}
+	for i := range 5 {
+		evs = append(evs, req(at(time.Duration(i+1)*time.Minute), client("y"), country("DE")))
+	}
+	got, e := fetchRun(t, cfg, NewMemoryBaselines(snap, AllBaselines), 1, true, evs)
+	if !e.fetch.all {
+		t.Fatal("a load that filled max_keys did not note that the store holds more")
+	}
+	if ids := alertIDs(got); len(ids) != 1 {
+		t.Fatalf("alerts %v, want one: a, established in US, used from DE", ids)
+	}
+	if got, _ := fetchRun(t, cfg, NewMemoryBaselines(snap, AllBaselines), 1, false, evs); len(got) != 0 {
+		t.Fatalf("without lookups: alerts %v; the test expects a to come as a stranger", alertIDs(got))
 	}
 }
 
@@ -161,10 +185,15 @@ func (l *lookupCounter) LookupBaselines(ctx context.Context, keys, routes []stri
 // TestFetchFailureIsRetried: a failed lookup is an error, the batch is observed
 // without it, and its keys are looked up again the next time they come.
 func TestFetchFailureIsRetried(t *testing.T) {
-	cfg := evictionConfig(10)
-	cs := &lookupCounter{MemoryBaselines: NewMemoryBaselines(Baselines{}, MemoryLimits(cfg)), err: errors.New("store down")}
+	cfg := evictionConfig(2)
+	// The store holds more than the engine loads: every new key is looked up.
+	snap := Baselines{Keys: []KeyBaseline{keyAt("x", at(-time.Hour)), keyAt("y", at(-time.Hour)), keyAt("z", at(-time.Hour))}}
+	cs := &lookupCounter{MemoryBaselines: NewMemoryBaselines(snap, AllBaselines), err: errors.New("store down")}
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Baselines: cs})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	b := []ingest.Event{req(at(0), client("a"), country("US"))}
@@ -191,25 +220,25 @@ func TestFetchedCacheGrowsWithTheKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := e.fetch
-	if len(f.fetched) > 1024 {
-		t.Fatalf("a new engine's cache holds %d entries", len(f.fetched))
+	if len(f.fetched.entries) > 1024 {
+		t.Fatalf("a new engine's cache holds %d entries", len(f.fetched.entries))
 	}
 	for i := range 10_000 {
-		f.add(keyHash(fmt.Sprint(i)))
+		f.fetched.add(keyHash(fmt.Sprint(i)))
 	}
 	kept := 0
 	for i := range 10_000 {
-		if f.has(keyHash(fmt.Sprint(i))) {
+		if f.fetched.has(keyHash(fmt.Sprint(i))) {
 			kept++
 		}
 	}
-	if kept < 9_900 || len(f.fetched) < 32_768 {
-		t.Fatalf("after 10,000 keys the cache has %d entries and keeps %d of them", len(f.fetched), kept)
+	if kept < 9_900 || len(f.fetched.entries) < 32_768 {
+		t.Fatalf("after 10,000 keys the cache has %d entries and keeps %d of them", len(f.fetched.entries), kept)
 	}
 	for i := range 1_000_000 {
-		f.add(keyHash(fmt.Sprint("k", i)))
+		f.fetched.add(keyHash(fmt.Sprint("k", i)))
 	}
-	if len(f.fetched) != 131_072 {
-		t.Fatalf("after a million keys the cache has %d entries, want 131,072 (four times max_keys, a power of two)", len(f.fetched))
+	if len(f.fetched.entries) != 131_072 {
+		t.Fatalf("after a million keys the cache has %d entries, want 131,072 (four times max_keys, a power of two)", len(f.fetched.entries))
 	}
 }

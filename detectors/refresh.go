@@ -60,6 +60,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if !b.TrafficSince.IsZero() {
 		e.traffic.since = min(e.traffic.since, b.TrafficSince.UnixMilli())
 	}
+	e.fetch.loaded(&b)
 	var adopted, merged int
 	for _, l := range e.learners {
 		a, m := l.merge(&b, wm)
