@@ -59,7 +59,7 @@ type fetcher struct {
 	keys       map[string]KeyBaseline
 	clients    map[string]ClientBaseline
 	privileged map[string]PrivilegeBaseline
-	objects    map[[2]string]ObjectBaseline
+	objects    map[string][]ObjectBaseline // by client
 	routes     map[string]RouteBaseline
 	lim        BaselineLimits
 	lost       uint64 // evicted changes dropped at the limits: never written
@@ -79,7 +79,7 @@ const maxFetched = 1 << 21
 func newFetcher(e *Engine, store BaselineStore) *fetcher {
 	f := &fetcher{
 		keys: map[string]KeyBaseline{}, clients: map[string]ClientBaseline{}, privileged: map[string]PrivilegeBaseline{},
-		objects: map[[2]string]ObjectBaseline{}, routes: map[string]RouteBaseline{}, lim: LimitsOf(e.cfg),
+		objects: map[string][]ObjectBaseline{}, routes: map[string]RouteBaseline{}, lim: LimitsOf(e.cfg),
 	}
 	f.look, _ = store.(BaselineLookup)
 	for _, d := range e.dets {
@@ -106,8 +106,7 @@ func newFetcher(e *Engine, store BaselineStore) *fetcher {
 				}
 				f.removed(keyHash(k.names.client), evicted)
 				if evicted && k.dirty {
-					o := d.baseline(slot)
-					keepEvicted(f, f.objects, f.lim.Objects, [2]string{o.Client, o.Route}, o)
+					f.keepObject(d.baseline(slot))
 				}
 			})
 		}
@@ -147,6 +146,21 @@ func onRemove[S any](t *keyTable[S], f func(slot int32, evicted bool)) {
 			prev(slot, evicted)
 		}
 	}
+}
+
+// keepObject keeps o, the baseline of a client and route evicted with changes, for the
+// next write, unless as many clients as object_enumeration's max_keys have some.
+func (f *fetcher) keepObject(o ObjectBaseline) {
+	os, ok := f.objects[o.Client]
+	if !ok && len(f.objects) >= f.lim.Objects {
+		f.lost++
+		return
+	}
+	if i := slices.IndexFunc(os, func(x ObjectBaseline) bool { return x.Route == o.Route }); i >= 0 {
+		os[i] = o
+		return
+	}
+	f.objects[o.Client] = append(os, o)
 }
 
 // keepEvicted keeps b, the baseline of key evicted with changes, for the next write,
@@ -377,16 +391,10 @@ func (f *fetcher) restore(keys, routes []string, b *Baselines) Baselines {
 			delete(f.privileged, k)
 		}
 	}
-	if len(f.objects) > 0 && len(keys) > 0 {
-		want := map[string]bool{}
-		for _, k := range keys {
-			want[k] = true
-		}
-		for id, o := range f.objects {
-			if want[id[0]] {
-				r.Objects = append(r.Objects, o)
-				delete(f.objects, id)
-			}
+	for _, k := range keys {
+		if os, ok := f.objects[k]; ok {
+			r.Objects = append(r.Objects, os...)
+			delete(f.objects, k)
 		}
 	}
 	for _, rt := range routes {
@@ -540,7 +548,16 @@ func (f *fetcher) takeEvicted(u *Baselines, log *slog.Logger) {
 	u.Clients = addMissing(u.Clients, f.clients, func(x *ClientBaseline) string { return x.Key })
 	u.Privileged = addMissing(u.Privileged, f.privileged, func(x *PrivilegeBaseline) string { return x.Key })
 	u.Routes = addMissing(u.Routes, f.routes, func(x *RouteBaseline) string { return x.Route })
-	u.Objects = addMissing(u.Objects, f.objects, func(x *ObjectBaseline) [2]string { return [2]string{x.Client, x.Route} })
+	if len(f.objects) > 0 {
+		objects := map[[2]string]ObjectBaseline{}
+		for _, os := range f.objects {
+			for _, o := range os {
+				objects[[2]string{o.Client, o.Route}] = o
+			}
+		}
+		clear(f.objects)
+		u.Objects = addMissing(u.Objects, objects, func(x *ObjectBaseline) [2]string { return [2]string{x.Client, x.Route} })
+	}
 	u.Sort()
 }
 

@@ -242,3 +242,28 @@ func TestFetchedCacheGrowsWithTheKeys(t *testing.T) {
 		t.Fatalf("after a million keys the cache has %d entries, want 131,072 (four times max_keys, a power of two)", len(f.fetched.entries))
 	}
 }
+
+// TestEvictedObjectsAreKeptByClient: the unwritten baselines of evicted pairs are kept
+// per client, the latest of each route; a lookup of the client restores them, and a
+// write takes those not restored.
+func TestEvictedObjectsAreKeptByClient(t *testing.T) {
+	e, err := NewEngine(only(ObjectEnumeration), Options{Registerer: prometheus.NewPedanticRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := e.fetch
+	f.keepObject(ObjectBaseline{Client: "a", Route: "GET /x/{id}", Peak: 1, PeakAt: at(0)})
+	f.keepObject(ObjectBaseline{Client: "a", Route: "GET /y/{id}", Peak: 2, PeakAt: at(0)})
+	f.keepObject(ObjectBaseline{Client: "a", Route: "GET /x/{id}", Peak: 3, PeakAt: at(time.Minute)})
+	f.keepObject(ObjectBaseline{Client: "b", Route: "GET /x/{id}", Peak: 4, PeakAt: at(0)})
+	var b Baselines
+	r := f.restore([]string{"a"}, nil, &b)
+	if len(r.Objects) != 2 || r.Objects[0].Peak != 3 || r.Objects[1].Peak != 2 || len(b.Objects) != 2 {
+		t.Fatalf("restored %+v into %+v, want a's two routes, /x at its latest", r.Objects, b.Objects)
+	}
+	var u Baselines
+	f.takeEvicted(&u, e.log)
+	if len(u.Objects) != 1 || u.Objects[0].Client != "b" || len(f.objects) != 0 {
+		t.Fatalf("a write took %+v (left %d clients), want b's only", u.Objects, len(f.objects))
+	}
+}
