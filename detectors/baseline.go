@@ -3,7 +3,6 @@ package detectors
 import (
 	"cmp"
 	"context"
-	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -18,8 +17,11 @@ import (
 // events it learned it from. store.Local and store.ClickHouse implement it; MemoryBaselines is
 // the in-memory default.
 type BaselineStore interface {
-	// LoadBaselines returns every stored baseline.
-	LoadBaselines(ctx context.Context) (Baselines, error)
+	// LoadBaselines returns the stored baselines, at most lim's number of each kind:
+	// the most recently seen (see BaselineLimits), sorted by key. A store of millions
+	// of keys loads no more than the detectors can hold; the others come back on demand
+	// (see BaselineLookup).
+	LoadBaselines(ctx context.Context, lim BaselineLimits) (Baselines, error)
 	// UpdateBaselines upserts the keys and routes in u and returns once they are
 	// durable. Each entry is the whole current baseline of its key or route, not a
 	// delta, so writing one twice is harmless. After a restart, events re-read from
@@ -27,6 +29,54 @@ type BaselineStore interface {
 	// counts are added again (a few minutes' worth, against min_events and weeks of
 	// rates), their first and last seen times are not.
 	UpdateBaselines(ctx context.Context, u Baselines) error
+}
+
+// BaselineLimits caps how many baselines of each kind a load returns. A load keeps the
+// most recent of each kind, by the latest time each holds (a key's newest country, or
+// its first seen; a route's or client's as-of or peak; an object's peak; a privileged
+// key's last seen), ties going to the smaller key: the ones the detectors would keep
+// past their max_keys.
+type BaselineLimits struct {
+	Keys, Routes, Clients, Objects, Privileged int
+}
+
+// AllBaselines loads every stored baseline: for forensics and tests, never for an
+// engine.
+var AllBaselines = BaselineLimits{math.MaxInt, math.MaxInt, math.MaxInt, math.MaxInt, math.MaxInt}
+
+// LimitsOf returns what an engine of cfg loads: each kind up to the max_keys of the
+// detector that learns it, none for a detector that is off.
+func LimitsOf(cfg Config) BaselineLimits {
+	of := func(c Common) int {
+		if !c.Enabled {
+			return 0
+		}
+		return c.MaxKeys
+	}
+	return BaselineLimits{
+		Keys:       of(cfg.NewCountry.Common),
+		Routes:     of(cfg.QuietEndpointSpike.Common),
+		Clients:    of(cfg.ClientVolumeSpike.Common),
+		Objects:    of(cfg.ObjectEnumeration.Common),
+		Privileged: of(cfg.PrivilegeAnomaly.Common),
+	}
+}
+
+// MemoryLimits returns what a MemoryBaselines for an engine of cfg keeps: twice what
+// the engine loads, so that a key its detectors evicted is still there, for a while,
+// when it comes back (see Engine.FetchBaselines), at about the memory per key of the
+// smallest detector's state.
+func MemoryLimits(cfg Config) BaselineLimits { return LimitsOf(cfg).Times(2) }
+
+// Times returns l with every limit multiplied by n, saturating.
+func (l BaselineLimits) Times(n int) BaselineLimits {
+	mul := func(x int) int {
+		if x > math.MaxInt/n {
+			return math.MaxInt
+		}
+		return x * n
+	}
+	return BaselineLimits{mul(l.Keys), mul(l.Routes), mul(l.Clients), mul(l.Objects), mul(l.Privileged)}
 }
 
 // Baselines is a snapshot of what the detectors learned, or the part of it that
@@ -141,55 +191,102 @@ func (e *Engine) takeDirty() Baselines {
 	for _, l := range e.learners {
 		l.takeDirty(&u)
 	}
+	e.fetch.takeEvicted(&u, e.log)
 	return u
 }
 
 // MemoryBaselines is a BaselineStore in memory: the default when no store is
-// configured, and a way for tests and replays to start from a known snapshot. It is safe
-// for concurrent use.
+// configured, and the store of a replay, which starts it from the snapshot the
+// replayed range begins with. It holds up to a BaselineLimits of each kind; past that
+// it forgets the least recently updated, and counts them (Evictions). It is safe for
+// concurrent use.
 type MemoryBaselines struct {
 	mu         sync.Mutex
 	since      time.Time
-	keys       map[string]KeyBaseline
-	routes     map[string]RouteBaseline
-	clients    map[string]ClientBaseline
-	objects    map[[2]string]ObjectBaseline
-	privileged map[string]PrivilegeBaseline
-	updates    int
+	keys       capped[string, KeyBaseline]
+	routes     capped[string, RouteBaseline]
+	clients    capped[string, ClientBaseline]
+	objects    capped[[2]string, ObjectBaseline]
+	privileged capped[string, PrivilegeBaseline]
+	// routesOf indexes objects by client, for LookupBaselines.
+	routesOf map[string]map[string]struct{}
+	updates  int
 }
 
-// NewMemoryBaselines returns a store holding snap.
-func NewMemoryBaselines(snap Baselines) *MemoryBaselines {
+// NewMemoryBaselines returns a store of up to lim holding snap (its most recent, when
+// snap holds more).
+func NewMemoryBaselines(snap Baselines, lim BaselineLimits) *MemoryBaselines {
 	m := &MemoryBaselines{
-		keys:       map[string]KeyBaseline{},
-		routes:     map[string]RouteBaseline{},
-		clients:    map[string]ClientBaseline{},
-		objects:    map[[2]string]ObjectBaseline{},
-		privileged: map[string]PrivilegeBaseline{},
+		keys:       newCapped[string, KeyBaseline](lim.Keys),
+		routes:     newCapped[string, RouteBaseline](lim.Routes),
+		clients:    newCapped[string, ClientBaseline](lim.Clients),
+		objects:    newCapped[[2]string, ObjectBaseline](lim.Objects),
+		privileged: newCapped[string, PrivilegeBaseline](lim.Privileged),
+		routesOf:   map[string]map[string]struct{}{},
 	}
-	m.apply(snap)
+	m.objects.evict = func(id [2]string) {
+		if rs := m.routesOf[id[0]]; rs != nil {
+			delete(rs, id[1])
+			if len(rs) == 0 {
+				delete(m.routesOf, id[0])
+			}
+		}
+	}
+	m.apply(recentOf(&snap, lim))
 	return m
 }
 
-// LoadBaselines returns a copy of everything m holds, sorted.
-func (m *MemoryBaselines) LoadBaselines(context.Context) (Baselines, error) {
+// LoadBaselines returns a copy of the most recent of what m holds, up to lim, sorted.
+func (m *MemoryBaselines) LoadBaselines(_ context.Context, lim BaselineLimits) (Baselines, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	b := Baselines{TrafficSince: m.since}
-	for _, k := range m.keys {
-		k.Countries = slices.Clone(k.Countries)
-		b.Keys = append(b.Keys, k)
+	r := NewRecentSet(lim)
+	for _, k := range m.keys.m {
+		k.v.Countries = slices.Clone(k.v.Countries)
+		r.AddKey(k.v)
 	}
-	b.Routes = slices.Collect(maps.Values(m.routes))
-	b.Clients = slices.Collect(maps.Values(m.clients))
-	b.Objects = slices.Collect(maps.Values(m.objects))
-	b.Privileged = slices.Collect(maps.Values(m.privileged))
-	b.sort()
+	for _, v := range m.routes.m {
+		r.AddRoute(v.v)
+	}
+	for _, v := range m.clients.m {
+		r.AddClient(v.v)
+	}
+	for _, v := range m.objects.m {
+		r.AddObject(v.v)
+	}
+	for _, v := range m.privileged.m {
+		r.AddPrivileged(v.v)
+	}
+	b := r.Baselines()
+	b.TrafficSince = m.since
 	return b, nil
 }
 
-// sort sorts every list of b by its key.
-func (b *Baselines) sort() {
+// recentOf returns the most recent of b, up to lim.
+func recentOf(b *Baselines, lim BaselineLimits) Baselines {
+	r := NewRecentSet(lim)
+	for _, k := range b.Keys {
+		r.AddKey(k)
+	}
+	for _, v := range b.Routes {
+		r.AddRoute(v)
+	}
+	for _, v := range b.Clients {
+		r.AddClient(v)
+	}
+	for _, v := range b.Objects {
+		r.AddObject(v)
+	}
+	for _, v := range b.Privileged {
+		r.AddPrivileged(v)
+	}
+	out := r.Baselines()
+	out.TrafficSince = b.TrafficSince
+	return out
+}
+
+// Sort sorts every list of b by its key.
+func (b *Baselines) Sort() {
 	slices.SortFunc(b.Keys, func(x, y KeyBaseline) int { return strings.Compare(x.Key, y.Key) })
 	slices.SortFunc(b.Routes, func(x, y RouteBaseline) int { return strings.Compare(x.Route, y.Route) })
 	slices.SortFunc(b.Clients, func(x, y ClientBaseline) int { return strings.Compare(x.Key, y.Key) })
@@ -208,11 +305,49 @@ func (m *MemoryBaselines) UpdateBaselines(_ context.Context, u Baselines) error 
 	return nil
 }
 
+// LookupBaselines returns what m holds of keys and routes, sorted.
+func (m *MemoryBaselines) LookupBaselines(_ context.Context, keys, routes []string) (Baselines, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b Baselines
+	for _, k := range keys {
+		if v, ok := m.keys.get(k); ok {
+			v.Countries = slices.Clone(v.Countries)
+			b.Keys = append(b.Keys, v)
+		}
+		if v, ok := m.clients.get(k); ok {
+			b.Clients = append(b.Clients, v)
+		}
+		if v, ok := m.privileged.get(k); ok {
+			b.Privileged = append(b.Privileged, v)
+		}
+		for r := range m.routesOf[k] {
+			if v, ok := m.objects.get([2]string{k, r}); ok {
+				b.Objects = append(b.Objects, v)
+			}
+		}
+	}
+	for _, r := range routes {
+		if v, ok := m.routes.get(r); ok {
+			b.Routes = append(b.Routes, v)
+		}
+	}
+	b.Sort()
+	return b, nil
+}
+
 // Updates returns how many times UpdateBaselines was called.
 func (m *MemoryBaselines) Updates() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.updates
+}
+
+// Evictions returns how many baselines m forgot at its limits.
+func (m *MemoryBaselines) Evictions() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.keys.evicted + m.routes.evicted + m.clients.evicted + m.objects.evicted + m.privileged.evicted
 }
 
 func (m *MemoryBaselines) apply(u Baselines) {
@@ -221,18 +356,100 @@ func (m *MemoryBaselines) apply(u Baselines) {
 	}
 	for _, k := range u.Keys {
 		k.Countries = slices.Clone(k.Countries)
-		m.keys[k.Key] = k
+		m.keys.put(k.Key, k)
 	}
 	for _, r := range u.Routes {
-		m.routes[r.Route] = r
+		m.routes.put(r.Route, r)
 	}
 	for _, c := range u.Clients {
-		m.clients[c.Key] = c
+		m.clients.put(c.Key, c)
 	}
 	for _, o := range u.Objects {
-		m.objects[[2]string{o.Client, o.Route}] = o
+		if m.objects.put([2]string{o.Client, o.Route}, o) {
+			rs := m.routesOf[o.Client]
+			if rs == nil {
+				rs = map[string]struct{}{}
+				m.routesOf[o.Client] = rs
+			}
+			rs[o.Route] = struct{}{}
+		}
 	}
 	for _, p := range u.Privileged {
-		m.privileged[p.Key] = p
+		m.privileged.put(p.Key, p)
 	}
+}
+
+// capped is a map of at most max entries that forgets the least recently put past it.
+// order lists the puts, oldest first from head; a put of a key already in it leaves
+// its older entry there, stale (its seq differs), to be skipped. Popped and stale
+// entries are compacted away once they are the most of order.
+type capped[K comparable, V any] struct {
+	max     int
+	m       map[K]cappedVal[V]
+	order   []cappedRef[K]
+	head    int
+	seq     uint64
+	evicted uint64
+	evict   func(K) // nil, or called for each key forgotten
+}
+
+type cappedVal[V any] struct {
+	v   V
+	seq uint64
+}
+
+type cappedRef[K comparable] struct {
+	k   K
+	seq uint64
+}
+
+func newCapped[K comparable, V any](max int) capped[K, V] {
+	return capped[K, V]{max: max, m: map[K]cappedVal[V]{}}
+}
+
+// put stores v under k and reports whether the map holds it (false under a limit of 0).
+func (c *capped[K, V]) put(k K, v V) bool {
+	if c.max <= 0 {
+		return false
+	}
+	c.seq++
+	c.m[k] = cappedVal[V]{v, c.seq}
+	c.order = append(c.order, cappedRef[K]{k, c.seq})
+	for len(c.m) > c.max {
+		r := c.order[c.head]
+		c.order[c.head] = cappedRef[K]{}
+		c.head++
+		if c.m[r.k].seq == r.seq {
+			delete(c.m, r.k)
+			c.evicted++
+			if c.evict != nil {
+				c.evict(r.k)
+			}
+		}
+	}
+	// Compact once the popped or stale entries are the most of order: a flood of new
+	// keys pops its front as fast as it appends.
+	if len(c.order) > 2*len(c.m)+64 {
+		c.compact()
+	}
+	_, ok := c.m[k]
+	return ok
+}
+
+// get returns k's value.
+func (c *capped[K, V]) get(k K) (V, bool) {
+	v, ok := c.m[k]
+	return v.v, ok
+}
+
+// compact drops the stale entries of order.
+func (c *capped[K, V]) compact() {
+	out := c.order[:0]
+	for _, r := range c.order[c.head:] {
+		if c.m[r.k].seq == r.seq {
+			out = append(out, r)
+		}
+	}
+	clear(c.order[len(out):])
+	c.order, c.head = out, 0
 }

@@ -161,7 +161,7 @@ func benchEngine(b *testing.B, uniform bool) {
 				cfg = only(name)
 			}
 			m := newBenchMix(uniform)
-			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot())})
+			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot(), AllBaselines)})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -273,7 +273,7 @@ func BenchmarkNewCountryCandidates(b *testing.B) {
 	for b.Loop() {
 		if n%benchKeys == 0 {
 			b.StopTimer()
-			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot())})
+			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(m.snapshot(), AllBaselines)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -19,7 +19,7 @@ import (
 // zero value of every other field is a documented default.
 type Options struct {
 	// Baselines is where baselines are loaded from and written to; nil: an empty
-	// MemoryBaselines.
+	// MemoryBaselines of MemoryLimits.
 	Baselines BaselineStore
 	// Registerer receives the engine's metrics; required (tests pass
 	// prometheus.NewPedanticRegistry()).
@@ -52,6 +52,7 @@ type Engine struct {
 	runbookBase string
 
 	store BaselineStore
+	fetch *fetcher // on-demand loading of the keys the detectors do not hold
 	log   *slog.Logger
 	m     *metrics
 	now   func() time.Time // nil: partitions never go idle
@@ -172,7 +173,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("detectors: invalid config: %w", err)
 	}
 	if opts.Baselines == nil {
-		opts.Baselines = NewMemoryBaselines(Baselines{})
+		opts.Baselines = NewMemoryBaselines(Baselines{}, MemoryLimits(cfg))
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -245,6 +246,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 			e.learners = append(e.learners, l)
 		}
 	}
+	e.fetch = newFetcher(e, opts.Baselines)
 	for _, d := range e.dets {
 		e.dues = append(e.dues, d.due())
 		n := d.name()
@@ -257,17 +259,19 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// LoadBaselines seeds the detectors from the BaselineStore. Call it once, before the
-// first event; Run calls it unless it was called. Later loads are RefreshBaselines.
+// LoadBaselines seeds the detectors from the BaselineStore: the most recent baselines,
+// up to each detector's max_keys (see LimitsOf). Call it once, before the first event;
+// Run calls it unless it was called. Later loads are RefreshBaselines.
 func (e *Engine) LoadBaselines(ctx context.Context) error {
 	if e.loaded {
 		return nil
 	}
-	b, err := e.store.LoadBaselines(ctx)
+	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
 	if err != nil {
 		return fmt.Errorf("detectors: load baselines: %w", err)
 	}
 	e.seed(&b)
+	e.fetch.loaded(&b)
 	e.loaded = true
 	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	e.log.Info("baselines loaded", "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),

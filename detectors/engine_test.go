@@ -82,7 +82,7 @@ func batched(events []ingest.Event, n int, e **Engine, sink *recordingSink, stor
 
 func TestRunAcknowledgesOnlyWhatNoWindowNeeds(t *testing.T) {
 	s := genScenario(5, 2, true)
-	store := NewMemoryBaselines(s.snap)
+	store := NewMemoryBaselines(s.snap, AllBaselines)
 	var e *Engine
 	e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
@@ -148,7 +148,7 @@ func TestRunWritesBaselinesPerBucket(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.TokenReuse.Enabled, cfg.QuietEndpointSpike.Enabled = false, false
-	store := NewMemoryBaselines(Baselines{})
+	store := NewMemoryBaselines(Baselines{}, AllBaselines)
 	var e *Engine
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
@@ -179,7 +179,7 @@ func TestRunAckTiming(t *testing.T) {
 	// One batch per minute of a single client: with a 10-minute token_reuse window, a
 	// batch is released only once the watermark is about ten minutes past it.
 	cfg := DefaultConfig()
-	store := NewMemoryBaselines(Baselines{})
+	store := NewMemoryBaselines(Baselines{}, AllBaselines)
 	var e *Engine
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
@@ -245,7 +245,9 @@ func TestRunErrors(t *testing.T) {
 
 type failingStore struct{ err error }
 
-func (f failingStore) LoadBaselines(context.Context) (Baselines, error) { return Baselines{}, f.err }
+func (f failingStore) LoadBaselines(context.Context, BaselineLimits) (Baselines, error) {
+	return Baselines{}, f.err
+}
 func (f failingStore) UpdateBaselines(context.Context, Baselines) error { return f.err }
 
 func TestNewEngineRejectsBadConfig(t *testing.T) {
@@ -322,7 +324,7 @@ func TestObserveAllocatesNothingForKnownKeys(t *testing.T) {
 		t.Skip("warms up on generated traffic")
 	}
 	s := genScenario(11, 3, false)
-	e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(s.snap)})
+	e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(s.snap, AllBaselines)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +435,7 @@ func TestLoadBaselinesRespectsMaxKeys(t *testing.T) {
 	}
 	cfg := only(NewCountry)
 	cfg.NewCountry.MaxKeys = 3
-	store := NewMemoryBaselines(snap)
+	store := NewMemoryBaselines(snap, AllBaselines)
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 	if err != nil {
 		t.Fatal(err)
@@ -463,7 +465,7 @@ func TestMemoryBaselines(t *testing.T) {
 		TrafficSince: t0,
 		Keys:         []KeyBaseline{{Key: "b", Events: 1}, {Key: "a", Events: 2, Countries: []CountryBaseline{{Country: "DE"}}}},
 		Routes:       []RouteBaseline{{Route: "GET /x", RatePerMinute: 1}},
-	})
+	}, AllBaselines)
 	if err := m.UpdateBaselines(t.Context(), Baselines{
 		TrafficSince: t0.Add(time.Hour), // later: the start of traffic stays
 		Keys:         []KeyBaseline{{Key: "a", Events: 5}},
@@ -471,7 +473,7 @@ func TestMemoryBaselines(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	b, err := m.LoadBaselines(t.Context())
+	b, err := m.LoadBaselines(t.Context(), AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,7 @@ func run(t testing.TB, cfg Config, snap *Baselines, batch int, events []ingest.E
 	reg := prometheus.NewPedanticRegistry()
 	opts := Options{Registerer: reg, RunbookBaseURL: "https://runbooks.example.com/gatewatch"}
 	if snap != nil {
-		opts.Baselines = NewMemoryBaselines(*snap)
+		opts.Baselines = NewMemoryBaselines(*snap, AllBaselines)
 	}
 	e, err := NewEngine(cfg, opts)
 	if err != nil {

@@ -343,6 +343,7 @@ func (t *keyTable[S]) evictColdest() bool {
 			if t.filedIn(r, p) {
 				t.remove(r.slot, true)
 				t.evictions++
+				t.trimBase(w)
 				return true
 			}
 		}
@@ -352,6 +353,21 @@ func (t *keyTable[S]) evictColdest() bool {
 		t.cursor = 0
 	}
 	return false
+}
+
+// trimBase drops the refs of the oldest period, w, that evictions have popped, once
+// they are half of it: when new keys keep coming within one period (a flood of made-up
+// keys, all in the newest period), evictions pop its front while adds append to it, and
+// it would otherwise grow by a ref per key ever added.
+func (t *keyTable[S]) trimBase(w *[]slotRef) {
+	refs := *w
+	if t.cursor < 1024 || 2*t.cursor < len(refs) {
+		return
+	}
+	n := copy(refs, refs[t.cursor:])
+	clear(refs[n:])
+	*w = refs[:n]
+	t.cursor = 0
 }
 
 // remove deletes slot's key and frees the slot.

@@ -138,3 +138,24 @@ func mustDuration(t *testing.T, s string) time.Duration {
 	}
 	return d
 }
+
+// TestKeyTableFloodInOnePeriodStaysBounded: 200,000 new keys within one wheel period
+// (a flood of made-up keys) evict each other at max_keys, and what the table keeps to
+// find the coldest does not grow with them. Eviction stays oldest first.
+func TestKeyTableFloodInOnePeriodStaysBounded(t *testing.T) {
+	const maxKeys = 1000
+	tab := newKeyTable[int](maxKeys, int64(time.Hour/time.Millisecond))
+	for i := range 200_000 {
+		tab.add(fmt.Sprintf("k%d", i), int64(i/1000))
+	}
+	refs := 0
+	for _, w := range tab.wheel {
+		refs += cap(w)
+	}
+	if refs > 8*maxKeys {
+		t.Fatalf("the wheel holds room for %d refs for %d keys", refs, tab.live)
+	}
+	if tab.live != maxKeys || tab.find("k198999") >= 0 || tab.find("k199000") < 0 || tab.find("k199999") < 0 {
+		t.Fatalf("%d keys live; want the last %d", tab.live, maxKeys)
+	}
+}

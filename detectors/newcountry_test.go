@@ -145,7 +145,7 @@ func TestNewCountryEvidence(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := res.engine.store.LoadBaselines(t.Context())
+	b, _ := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if len(b.Keys) != 1 || len(b.Keys[0].Countries) != 3 || b.Keys[0].Events != 103 || b.Keys[0].Countries[1].Country != "FR" ||
 		b.Keys[0].Countries[1].Events != 2 || !b.Keys[0].Countries[1].LastSeen.Equal(at(2*time.Second)) {
 		t.Errorf("baseline after sync %+v", b.Keys)

@@ -90,7 +90,7 @@ func TestObjectEnumerationLearnsBulkSync(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := res.engine.store.LoadBaselines(t.Context())
+	b, _ := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if len(b.Objects) != 1 || b.Objects[0].Client != "partner" || b.Objects[0].Route != "GET /v1/invoices/{id}" || b.Objects[0].Peak < 600 {
 		t.Fatalf("object baselines %+v", b.Objects)
 	}

@@ -120,7 +120,7 @@ func TestPrivilegeAnomalyIncidentGoesOn(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, err := res.engine.store.LoadBaselines(t.Context())
+	b, err := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}

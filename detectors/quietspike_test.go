@@ -149,7 +149,7 @@ func TestQuietEndpointSpikeLearnsRates(t *testing.T) {
 	if len(groups) != 1 || groups[0][0].Key != "GET /v1/fresh" {
 		t.Fatalf("incidents:\n%s\nwant one, for GET /v1/fresh", describe(res.alerts))
 	}
-	b, err := res.engine.store.LoadBaselines(t.Context())
+	b, err := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestQuietEndpointSpikeLearnsRates(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ = res.engine.store.LoadBaselines(t.Context())
+	b, _ = res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	var busy *RouteBaseline
 	for i := range b.Routes {
 		if b.Routes[i].Route == "GET /v1/busy" {
@@ -228,7 +228,7 @@ func TestQuietEndpointSpikeLearnsPeriodicBursts(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := res.engine.store.LoadBaselines(t.Context())
+	b, _ := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if len(b.Routes) != 1 || b.Routes[0].Peak < 120 {
 		t.Fatalf("routes %+v", b.Routes)
 	}

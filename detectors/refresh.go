@@ -16,8 +16,10 @@ import (
 // keys just moved here (a consumer-group rebalance). Like Observe, it must not run
 // concurrently with the engine's other methods.
 //
-// Keys and routes the engine does not track are adopted with their stored baselines,
-// the most recent first, into free room only: a refresh never evicts a tracked key.
+// The load is bounded as LoadBaselines' is: the most recent baselines, up to each
+// detector's max_keys. Keys and routes the engine does not track are adopted with their
+// stored baselines, the most recent first, into free room only: a refresh never evicts
+// a tracked key.
 // Stored keys that are outside new_country's history, and routes that
 // quiet_endpoint_spike would expire at once, are skipped. For a client key the engine
 // tracks, the merge is conservative:
@@ -47,7 +49,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if !e.loaded {
 		return e.LoadBaselines(ctx)
 	}
-	b, err := e.store.LoadBaselines(ctx)
+	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
 	if err != nil {
 		return fmt.Errorf("detectors: refresh baselines: %w", err)
 	}
@@ -58,6 +60,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if !b.TrafficSince.IsZero() {
 		e.traffic.since = min(e.traffic.since, b.TrafficSince.UnixMilli())
 	}
+	e.fetch.loaded(&b)
 	var adopted, merged int
 	for _, l := range e.learners {
 		a, m := l.merge(&b, wm)
@@ -106,11 +109,7 @@ func (e *Engine) refreshIfDue(ctx context.Context) {
 // tracked ones it changed.
 func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int) {
 	keys := b.Keys
-	cutoff := int64(math.MinInt64)
-	if wm != math.MinInt64 {
-		// A key last seen before it is expired, or would be at once.
-		cutoff = wm - d.history
-	}
+	cutoff := d.keepFrom(wm)
 	var fresh []keyByLast
 	for i := range keys {
 		kb := &keys[i]
@@ -139,6 +138,26 @@ func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int) {
 		adopted++
 	}
 	return adopted, merged
+}
+
+// keepFrom is the last-seen time before which a stored key is expired at watermark wm
+// (math.MinInt64: no event yet, none is), or would be at once.
+func (d *newCountry) keepFrom(wm int64) int64 {
+	if wm == math.MinInt64 {
+		return math.MinInt64
+	}
+	return wm - d.history
+}
+
+// keepFrom is the time (RouteBaseline.recency) before which a stored route is expired
+// at watermark wm (math.MinInt64: no event yet, none is): what advance(wm) expires,
+// plus a bucket, since a route's rate is as of the end of the bucket it last folded,
+// up to a bucket after its last event, by which the table expires it.
+func (d *quietSpike) keepFrom(wm int64) int64 {
+	if wm == math.MinInt64 {
+		return math.MinInt64
+	}
+	return d.expiry(wm) + d.lay.width
 }
 
 // mergeKey merges the stored baseline kb into the tracked key at slot and reports
@@ -209,17 +228,11 @@ func (k *ncKey) latest() int64 {
 // watermark wm (math.MinInt64: no event yet) and returns how many routes it adopted.
 // A route the detector tracks keeps its own rate and peak.
 func (d *quietSpike) merge(b *Baselines, wm int64) (adopted, merged int) {
-	cutoff := int64(math.MinInt64)
-	if wm != math.MinInt64 {
-		// What advance(wm) expires, plus a bucket: a route's rate is as of the end of
-		// the bucket it last folded, up to a bucket after its last event, by which the
-		// table expires it.
-		cutoff = d.expiry(wm) + d.lay.width
-	}
+	cutoff := d.keepFrom(wm)
 	var fresh []*RouteBaseline
 	for i := range b.Routes {
 		r := &b.Routes[i]
-		if strings.Contains(r.Route, " ") && max(r.AsOf.UnixMilli(), r.PeakAt.UnixMilli()) >= cutoff && d.tab.find(r.Route) < 0 {
+		if strings.Contains(r.Route, " ") && r.recency() >= cutoff && d.tab.find(r.Route) < 0 {
 			fresh = append(fresh, r)
 		}
 	}

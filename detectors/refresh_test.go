@@ -21,9 +21,9 @@ type countingStore struct {
 	loads atomic.Int64
 }
 
-func (c *countingStore) LoadBaselines(ctx context.Context) (Baselines, error) {
+func (c *countingStore) LoadBaselines(ctx context.Context, lim BaselineLimits) (Baselines, error) {
 	c.loads.Add(1)
-	return c.BaselineStore.LoadBaselines(ctx)
+	return c.BaselineStore.LoadBaselines(ctx, lim)
 }
 
 // hookSource is a sliceSource that runs before[i], when set, before it hands out batch i.
@@ -92,7 +92,7 @@ func TestRefreshAdoptsOtherInstancesBaselines(t *testing.T) {
 	runWith := func(t *testing.T, refresh time.Duration) ([]Alert, *MemoryBaselines, int64) {
 		cfg := only(NewCountry)
 		cfg.BaselineRefresh = refresh
-		mem := NewMemoryBaselines(*known("k-stale", month, 100, "DE"))
+		mem := NewMemoryBaselines(*known("k-stale", month, 100, "DE"), AllBaselines)
 		store := &countingStore{BaselineStore: mem}
 		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 		if err != nil {
@@ -140,7 +140,7 @@ func TestRefreshAdoptsOtherInstancesBaselines(t *testing.T) {
 		if loads != 2 {
 			t.Errorf("%d loads, want 2: at start and once the watermark passed 5m", loads)
 		}
-		b, _ := mem.LoadBaselines(t.Context())
+		b, _ := mem.LoadBaselines(t.Context(), AllBaselines)
 		for _, kb := range b.Keys {
 			if kb.Key == "k-stale" && (len(kb.Countries) != 2 || kb.Events < 151) {
 				t.Errorf("k-stale written back as %+v, want DE and FR and at least 151 events", kb)
@@ -164,7 +164,7 @@ func TestRefreshMergeIsIdempotent(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.NewCountry.LearningPeriod = 0
 	cfg.NewCountry.MinEvents = 0
-	mem := NewMemoryBaselines(Baselines{})
+	mem := NewMemoryBaselines(Baselines{}, AllBaselines)
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: mem})
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +236,7 @@ func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
 	runWith := func(refresh time.Duration) (string, string, int64, int) {
 		cfg := DefaultConfig()
 		cfg.BaselineRefresh = refresh
-		mem := NewMemoryBaselines(s.snap)
+		mem := NewMemoryBaselines(s.snap, AllBaselines)
 		store := &countingStore{BaselineStore: mem}
 		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 		if err != nil {
@@ -276,7 +276,7 @@ func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
 
 func TestRefreshFailureKeepsRunning(t *testing.T) {
 	boom := errors.New("boom")
-	fs := &flakyStore{MemoryBaselines: NewMemoryBaselines(Baselines{})}
+	fs := &flakyStore{MemoryBaselines: NewMemoryBaselines(Baselines{}, AllBaselines)}
 	cfg := only(ForbiddenBurst)
 	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: fs})
 	if err != nil {
@@ -304,11 +304,11 @@ type flakyStore struct {
 	err error
 }
 
-func (f *flakyStore) LoadBaselines(ctx context.Context) (Baselines, error) {
+func (f *flakyStore) LoadBaselines(ctx context.Context, lim BaselineLimits) (Baselines, error) {
 	if f.err != nil {
 		return Baselines{}, f.err
 	}
-	return f.MemoryBaselines.LoadBaselines(ctx)
+	return f.MemoryBaselines.LoadBaselines(ctx, lim)
 }
 
 func TestConfigBaselineRefresh(t *testing.T) {

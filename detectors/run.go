@@ -91,6 +91,8 @@ func (e *Engine) Run(ctx context.Context, src EventSource, sink AlertSink) error
 // with the error step returns.
 func (e *Engine) step(ctx context.Context, sink AlertSink, b *ingest.Batch, err error) (done bool, _ error) {
 	if b != nil {
+		// A failed lookup is logged (FetchBaselines): detection goes on without it.
+		_ = e.FetchBaselines(ctx, b.Events)
 		maxT := e.observe(b, b.Events)
 		alerts := e.out.take()
 		// A batch waits for its ack as long as the longest window stays open (ten

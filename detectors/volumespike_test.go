@@ -106,7 +106,7 @@ func TestClientVolumeSpikeDailyRhythm(t *testing.T) {
 	if err := res.engine.SyncBaselines(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := res.engine.store.LoadBaselines(t.Context())
+	b, _ := res.engine.store.LoadBaselines(t.Context(), AllBaselines)
 	if len(b.Clients) != 1 || b.Clients[0].Peak < 300 || !b.Clients[0].FirstSeen.Equal(day) {
 		t.Errorf("client baselines %+v", b.Clients)
 	}

@@ -175,6 +175,7 @@ func drive(ctx context.Context, src *window, lanes []*lane, progress func(Progre
 
 // A lane is one engine of a replay and what it raised.
 type lane struct {
+	ctx  context.Context
 	name string
 	cfg  detectors.Config
 	eng  *detectors.Engine
@@ -189,9 +190,10 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 	// The engine learns in memory from the snapshot it starts with: a refresh would
 	// merge that snapshot and its own writes back in, which changes nothing.
 	cfg.BaselineRefresh = 0
-	eng, err := detectors.NewEngine(cfg, detectors.Options{
-		Baselines: detectors.NewMemoryBaselines(opts.Baselines), Registerer: reg, RunbookBaseURL: opts.RunbookBase,
-	})
+	// The store is bounded (MemoryLimits), as the detectors are: it keeps what they
+	// evicted a while longer, for when those keys come back.
+	mem := detectors.NewMemoryBaselines(opts.Baselines, detectors.MemoryLimits(cfg))
+	eng, err := detectors.NewEngine(cfg, detectors.Options{Baselines: mem, Registerer: reg, RunbookBaseURL: opts.RunbookBase})
 	if err != nil {
 		if v.Name != "" {
 			return nil, fmt.Errorf("replay: %s: %w", v.Name, err)
@@ -205,11 +207,24 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 	if printed {
 		c.out, c.updates, c.sum = opts.Out, opts.Updates, sum
 	}
-	return &lane{name: v.Name, cfg: v.Detectors, eng: eng, reg: reg, out: c}, nil
+	return &lane{ctx: ctx, name: v.Name, cfg: v.Detectors, eng: eng, reg: reg, out: c}, nil
 }
 
+// observe runs b through the lane's engine as Run does live: the baselines of the keys
+// it brings that the detectors do not hold are looked up first, and what the batch
+// taught is written after.
 func (l *lane) observe(b *ingest.Batch) {
+	if l.out.err != nil {
+		return
+	}
+	if err := l.eng.FetchBaselines(l.ctx, b.Events); err != nil {
+		l.out.err = err
+		return
+	}
 	l.out.put(l.eng.ObserveBatch(b))
+	if err := l.eng.SyncBaselines(l.ctx); err != nil && l.out.err == nil {
+		l.out.err = err
+	}
 }
 
 func (l *lane) result() Result {

@@ -81,7 +81,7 @@ func BenchmarkBaselineLoad(b *testing.B) {
 			return int64(ms.HeapAlloc)
 		}
 		before := heap()
-		got, err := s.LoadBaselines(ctx)
+		got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -93,7 +93,7 @@ func BenchmarkBaselineLoad(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
-			got, err := s.LoadBaselines(ctx)
+			got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 			if err != nil || len(got.Keys) != benchKeys {
 				b.Fatalf("loaded %d keys: %v", len(got.Keys), err)
 			}
@@ -166,6 +166,55 @@ func BenchmarkBaselineUpdate(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(b.N*perUpdate)/b.Elapsed().Seconds(), "keys/s")
+	}
+	b.Run("local", func(b *testing.B) {
+		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close(context.Background())
+		run(b, l)
+	})
+	b.Run("clickhouse", func(b *testing.B) {
+		addr := clickhousetest.Require(b)
+		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
+		run(b, c)
+	})
+}
+
+// BenchmarkBaselineLookup measures LookupBaselines of 1,000 keys, half of them stored,
+// in a store holding 100,000: what the engine asks for a batch of keys it does not
+// hold (Engine.FetchBaselines), and reports keys/s.
+//
+//	go test ./store -run '^$' -bench BaselineLookup -benchmem -count 6
+func BenchmarkBaselineLookup(b *testing.B) {
+	const keys, perLookup = 100_000, 1000
+	snap := benchSnapshot(keys)
+	run := func(b *testing.B, s detectors.BaselineStore) {
+		l, ok := s.(detectors.BaselineLookup)
+		if !ok {
+			b.Fatal("the store has no lookup")
+		}
+		fillBaselines(b, s, snap)
+		ctx := context.Background()
+		r := rand.New(rand.NewPCG(1, 1))
+		want := make([]string, perLookup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			for i := range want {
+				if i%2 == 0 {
+					want[i] = snap.Keys[r.IntN(keys)].Key
+				} else {
+					want[i] = fmt.Sprintf("unknown-%d", r.Uint64())
+				}
+			}
+			got, err := l.LookupBaselines(ctx, want, nil)
+			if err != nil || len(got.Keys) == 0 {
+				b.Fatalf("looked up %d keys: %v", len(got.Keys), err)
+			}
+		}
+		b.ReportMetric(float64(b.N*perLookup)/b.Elapsed().Seconds(), "keys/s")
 	}
 	b.Run("local", func(b *testing.B) {
 		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})

@@ -18,14 +18,17 @@ import (
 )
 
 var (
-	_ detectors.BaselineStore = (*ClickHouse)(nil)
-	_ detectors.BaselineStore = (*Local)(nil)
+	_ detectors.BaselineStore  = (*ClickHouse)(nil)
+	_ detectors.BaselineStore  = (*Local)(nil)
+	_ detectors.BaselineLookup = (*ClickHouse)(nil)
+	_ detectors.BaselineLookup = (*Local)(nil)
 )
 
 // baselineStore is what the suite needs of a store: the detectors' interface, the
 // past, and an archive to rebuild the past from.
 type baselineStore interface {
 	detectors.BaselineStore
+	detectors.BaselineLookup
 	BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error)
 	ArchiveEvents(ctx context.Context, evs []ingest.Event) error
 	Flush(ctx context.Context) error
@@ -49,13 +52,13 @@ func testBaselines(t *testing.T, open storeOpener) {
 	t.Run("round trip", func(t *testing.T) {
 		s, _ := open(t)
 		ctx := testContext(t)
-		model := detectors.NewMemoryBaselines(detectors.Baselines{})
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
 		r := rand.New(rand.NewPCG(1, 2))
 		snap := randomBaselines(r, 700, 40, base)
 		for _, u := range splitUpdate(snap, 4) {
 			update(t, s, model, u)
 		}
-		if got, _ := s.LoadBaselines(ctx); len(got.Keys) != 700 || len(got.Routes) != 40 || len(got.Clients) != 700 ||
+		if got, _ := s.LoadBaselines(ctx, detectors.AllBaselines); len(got.Keys) != 700 || len(got.Routes) != 40 || len(got.Clients) != 700 ||
 			len(got.Objects) != 40 || len(got.Privileged) != 70 {
 			t.Fatalf("loaded %d keys, %d routes, %d clients, %d objects, %d privileged keys; want 700, 40, 700, 40 and 70",
 				len(got.Keys), len(got.Routes), len(got.Clients), len(got.Objects), len(got.Privileged))
@@ -68,9 +71,95 @@ func testBaselines(t *testing.T, open storeOpener) {
 		sameAsModel(t, "after an empty update", s, model)
 	})
 
+	t.Run("a bounded load keeps the most recent", func(t *testing.T) {
+		s, _ := open(t)
+		ctx := testContext(t)
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
+		r := rand.New(rand.NewPCG(3, 4))
+		snap := randomBaselines(r, 300, 40, base)
+		// Ten keys last seen at the same, latest, time: the limit cuts through them,
+		// and keeps the smaller keys.
+		tie := base.Add(600*time.Hour + 7*time.Millisecond)
+		for i := range 10 {
+			snap.Keys = append(snap.Keys, detectors.KeyBaseline{Key: fmt.Sprintf("tied-%02d", 9-i), FirstSeen: base, Events: 1,
+				Countries: []detectors.CountryBaseline{{Country: "DE", FirstSeen: base, LastSeen: tie, Events: 1}}})
+		}
+		for _, u := range splitUpdate(snap, 3) {
+			update(t, s, model, u)
+		}
+		lim := detectors.BaselineLimits{Keys: 7, Routes: 11, Clients: 50, Objects: 9, Privileged: 4}
+		got, err := s.LoadBaselines(ctx, lim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := model.LoadBaselines(ctx, lim)
+		sameBaselines(t, "bounded load", got, want, 0)
+		if names := keyNames(got.Keys); !slices.Equal(names, []string{"tied-00", "tied-01", "tied-02", "tied-03", "tied-04", "tied-05", "tied-06"}) {
+			t.Errorf("bounded load kept keys %v, want the seven smallest of the ten last seen latest", names)
+		}
+		// The clients kept are the 50 of the latest as-of or peak, by a plain sort.
+		all := slices.Clone(snap.Clients)
+		last := func(c detectors.ClientBaseline) int64 { return max(c.AsOf.UnixMilli(), c.PeakAt.UnixMilli()) }
+		slices.SortFunc(all, func(a, b detectors.ClientBaseline) int {
+			return cmp.Or(cmp.Compare(last(b), last(a)), strings.Compare(a.Key, b.Key))
+		})
+		var wantClients, gotClients []string
+		for _, c := range all[:50] {
+			wantClients = append(wantClients, c.Key)
+		}
+		for _, c := range got.Clients {
+			gotClients = append(gotClients, c.Key)
+		}
+		slices.Sort(wantClients)
+		if !slices.Equal(gotClients, wantClients) {
+			t.Errorf("bounded load kept clients\n %v\nwant\n %v", gotClients, wantClients)
+		}
+		// A limit of 0 loads none of that kind.
+		if none, _ := s.LoadBaselines(ctx, detectors.BaselineLimits{Routes: 1}); len(none.Keys)+len(none.Clients)+len(none.Objects)+len(none.Privileged) != 0 || len(none.Routes) != 1 {
+			t.Errorf("limits of 0: loaded %d keys, %d routes, %d clients, %d objects, %d privileged keys; want 1 route only",
+				len(none.Keys), len(none.Routes), len(none.Clients), len(none.Objects), len(none.Privileged))
+		}
+	})
+
+	t.Run("a lookup returns what the store holds of the keys asked", func(t *testing.T) {
+		s, _ := open(t)
+		ctx := testContext(t)
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
+		r := rand.New(rand.NewPCG(7, 8))
+		snap := randomBaselines(r, 200, 30, base)
+		for _, u := range splitUpdate(snap, 2) {
+			update(t, s, model, u)
+		}
+		// Every tenth key (privileged ones among them), the clients of some objects, a
+		// key and a route the store never heard of, and keys with quotes and
+		// backslashes, which must reach the query as values.
+		var keys, routes []string
+		for i := 0; i < len(snap.Keys); i += 10 {
+			keys = append(keys, snap.Keys[i].Key)
+		}
+		keys = append(keys, snap.Objects[3].Client, "no-such-key", `it's \ 'quoted'`)
+		routes = append(routes, snap.Routes[0].Route, snap.Routes[7].Route, "GET /no/such/route")
+		evil := detectors.KeyBaseline{Key: `it's \ 'quoted'`, FirstSeen: base, Events: 3,
+			Countries: []detectors.CountryBaseline{{Country: "FR", FirstSeen: base, LastSeen: base.Add(time.Hour), Events: 3}}}
+		update(t, s, model, detectors.Baselines{Keys: []detectors.KeyBaseline{evil}})
+		got, err := s.LookupBaselines(ctx, keys, routes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := model.LookupBaselines(ctx, keys, routes)
+		if len(want.Keys) < 20 || len(want.Objects) == 0 || len(want.Privileged) == 0 || len(want.Routes) != 2 {
+			t.Fatalf("the model found %d keys, %d objects, %d privileged, %d routes: the test tests too little",
+				len(want.Keys), len(want.Objects), len(want.Privileged), len(want.Routes))
+		}
+		sameBaselines(t, "lookup", got, want, 0)
+		if none, err := s.LookupBaselines(ctx, nil, nil); err != nil || len(none.Keys)+len(none.Routes) != 0 {
+			t.Fatalf("an empty lookup: %+v, %v", none, err)
+		}
+	})
+
 	t.Run("a later upsert replaces the whole entry", func(t *testing.T) {
 		s, _ := open(t)
-		model := detectors.NewMemoryBaselines(detectors.Baselines{})
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
 		at := func(h int) time.Time { return base.Add(time.Duration(h)*time.Hour + 123*time.Millisecond) }
 		first := detectors.Baselines{
 			TrafficSince: at(1),
@@ -117,7 +206,7 @@ func testBaselines(t *testing.T, open storeOpener) {
 
 	t.Run("a restart keeps everything", func(t *testing.T) {
 		s, reopen := open(t)
-		model := detectors.NewMemoryBaselines(detectors.Baselines{})
+		model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
 		r := rand.New(rand.NewPCG(3, 4))
 		snap := randomBaselines(r, 300, 10, base)
 		update(t, s, model, snap)
@@ -268,11 +357,11 @@ func update(t *testing.T, s detectors.BaselineStore, model *detectors.MemoryBase
 func sameAsModel(t *testing.T, what string, s detectors.BaselineStore, model *detectors.MemoryBaselines) detectors.Baselines {
 	t.Helper()
 	ctx := testContext(t)
-	got, err := s.LoadBaselines(ctx)
+	got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		t.Fatalf("%s: LoadBaselines: %v", what, err)
 	}
-	want, _ := model.LoadBaselines(ctx)
+	want, _ := model.LoadBaselines(ctx, detectors.AllBaselines)
 	sameBaselines(t, what, got, want, 0)
 	return got
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"path/filepath"
 	"slices"
@@ -576,9 +577,9 @@ func (c *ClickHouse) insertRows(ctx context.Context, t *tableRows) error {
 	return batch.Send()
 }
 
-// LoadBaselines returns every stored baseline, after writing the updates that wait in
-// the spill (an earlier run's included), so it reflects every UpdateBaselines that
-// returned before it. While ClickHouse cannot be reached it retries, with backoff,
+// LoadBaselines returns the most recent stored baselines, up to lim, after writing the
+// updates that wait in the spill (an earlier run's included), so it reflects every
+// UpdateBaselines that returned before it. While ClickHouse cannot be reached it retries, with backoff,
 // until ctx ends: starting with no baselines (or an earlier run's) would make every
 // key look new and later overwrite what ClickHouse holds. An error the server
 // returns (a missing table: migrations not run) ends it at once.
@@ -591,8 +592,9 @@ func (c *ClickHouse) insertRows(ctx context.Context, t *tableRows) error {
 // server: 0.16 s against 1.35 s for key_stats, 0.32 s against 1.78 s for 2,000,000
 // key_countries rows), and it keeps memory flat. ORDER BY on the sorting key costs a
 // sort on 18.16 (current servers read in order instead) and keeps the result's order
-// independent of how the server splits the read.
-func (c *ClickHouse) LoadBaselines(ctx context.Context) (detectors.Baselines, error) {
+// independent of how the server splits the read. A limit is an ORDER BY on the last
+// seen time with LIMIT in a subquery, so only the rows kept cross the wire.
+func (c *ClickHouse) LoadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
 	start := time.Now()
 	bo := backoff.ExponentialBackOff{
 		InitialInterval:     100 * time.Millisecond,
@@ -603,7 +605,7 @@ func (c *ClickHouse) LoadBaselines(ctx context.Context) (detectors.Baselines, er
 	bo.Reset()
 	warned := false
 	for {
-		b, err := c.loadBaselines(ctx)
+		b, err := c.loadBaselines(ctx, lim)
 		if err == nil {
 			if warned {
 				c.log.Info("baselines loaded from clickhouse after waiting for it")
@@ -647,7 +649,7 @@ func unreachable(err error) bool {
 }
 
 // loadBaselines makes one attempt: spilled updates, then the three reads.
-func (c *ClickHouse) loadBaselines(ctx context.Context) (detectors.Baselines, error) {
+func (c *ClickHouse) loadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
 	if c.isClosed() {
 		return detectors.Baselines{}, ErrClosed
 	}
@@ -665,13 +667,14 @@ func (c *ClickHouse) loadBaselines(ctx context.Context) (detectors.Baselines, er
 	if n > 0 {
 		out.TrafficSince = fromCHMilli(since)
 	}
-	if out.Keys, newest, err = c.readKeys(ctx); err != nil {
+	if out.Keys, newest, err = c.readKeys(ctx, lim.Keys); err != nil {
 		return out, err
 	}
-	for _, read := range []func(context.Context, *detectors.Baselines) (uint64, error){
-		c.readRoutes, c.readClients, c.readObjects, c.readPrivileged,
-	} {
-		v, err := read(ctx, &out)
+	for _, read := range []struct {
+		f func(context.Context, *detectors.Baselines, rowSelect) (uint64, error)
+		n int
+	}{{c.readRoutes, lim.Routes}, {c.readClients, lim.Clients}, {c.readObjects, lim.Objects}, {c.readPrivileged, lim.Privileged}} {
+		v, err := read.f(ctx, &out, rowSelect{n: read.n})
 		if err != nil {
 			return out, err
 		}
@@ -683,20 +686,37 @@ func (c *ClickHouse) loadBaselines(ctx context.Context) (detectors.Baselines, er
 	return out, nil
 }
 
-// readKeys reads every key's newest baseline, sorted by key, and the largest version.
+// readKeys reads the newest baseline of the n keys last seen most recently, sorted by
+// key, and the largest version.
 // key_stats and key_countries both come in key order and are joined as they stream.
 // The countries of all keys share one array, sized (like the keys) from the row
 // counts of the tables' parts, an upper bound: a million keys cost a few large
 // allocations rather than millions of small ones.
-func (c *ClickHouse) readKeys(ctx context.Context) ([]detectors.KeyBaseline, uint64, error) {
+func (c *ClickHouse) readKeys(ctx context.Context, n int) ([]detectors.KeyBaseline, uint64, error) {
+	if n <= 0 {
+		return nil, 0, nil
+	}
+	// The keys kept: key_stats' last_seen is the key's newest country, or its first
+	// seen (keyLastSeen), as a RecentSet orders them.
+	where := ""
+	if n < math.MaxInt {
+		where = fmt.Sprintf(" WHERE key IN (SELECT key FROM key_stats FINAL ORDER BY last_seen DESC, last_seen_ms DESC, key LIMIT %d)", n)
+	}
 	var nStats, nCountries uint64
 	err := c.conn.QueryRow(ctx, `SELECT sumIf(rows, table = 'key_stats'), sumIf(rows, table = 'key_countries')
 FROM system.parts WHERE database = currentDatabase() AND table IN ('key_stats', 'key_countries') AND active`).Scan(&nStats, &nCountries)
 	if err != nil {
 		return nil, 0, fmt.Errorf("sizing the baselines: %w", err)
 	}
+	return c.readKeysWhere(ctx, where, min(nStats, uint64(n)), nCountries)
+}
+
+// readKeysWhere reads the newest baselines of the keys that where (" WHERE ...", or
+// empty for all) selects, sorted by key, and the largest version; nStats and
+// nCountries size the results.
+func (c *ClickHouse) readKeysWhere(ctx context.Context, where string, nStats, nCountries uint64, args ...any) ([]detectors.KeyBaseline, uint64, error) {
 	rows, err := c.conn.Query(ctx, `SELECT key, toUInt64(first_seen) * 1000 + first_seen_ms, events, version
-FROM key_stats FINAL ORDER BY key`)
+FROM key_stats FINAL`+where+` ORDER BY key`, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading key_stats: %w", err)
 	}
@@ -725,7 +745,7 @@ FROM key_stats FINAL ORDER BY key`)
 
 	rows, err = c.conn.Query(ctx, `SELECT key, country, toUInt64(first_seen) * 1000 + first_seen_ms,
 toUInt64(last_seen) * 1000 + last_seen_ms, events, version
-FROM key_countries FINAL ORDER BY key, country`)
+FROM key_countries FINAL`+where+` ORDER BY key, country`, args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading key_countries: %w", err)
 	}
@@ -780,8 +800,8 @@ FROM key_countries FINAL ORDER BY key, country`)
 
 // readRows runs query and scans each row into the destinations dest returns, the last
 // of which is the row's version, then calls keep; it returns the largest version.
-func (c *ClickHouse) readRows(ctx context.Context, what, query string, dest func() []any, keep func()) (uint64, error) {
-	rows, err := c.conn.Query(ctx, query)
+func (c *ClickHouse) readRows(ctx context.Context, what, query string, dest func() []any, keep func(), args ...any) (uint64, error) {
+	rows, err := c.conn.Query(ctx, query, args...)
 	if err != nil {
 		return 0, fmt.Errorf("reading %s: %w", what, err)
 	}
@@ -809,48 +829,137 @@ const (
 	lastSeenMs  = "toUInt64(last_seen) * 1000 + last_seen_ms"
 )
 
-func (c *ClickHouse) readRoutes(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+// A rowSelect says which rows of a baseline table to read: the n of largest recency
+// (ties: the smaller key), or, when in is set, those whose key is one of in.
+type rowSelect struct {
+	n  int
+	in []string
+}
+
+// query returns the query of cols of table's newest rows (FINAL) that s selects,
+// sorted by key, and its arguments; inCol is the column in matches.
+func (s rowSelect) query(cols, table, recency, key, inCol string) (string, []any) {
+	q := "SELECT " + cols + " FROM " + table + " FINAL"
+	switch {
+	case s.in != nil:
+		return q + " WHERE " + inCol + " IN ? ORDER BY " + key, []any{inSet(s.in)}
+	case s.n < math.MaxInt:
+		q = fmt.Sprintf("SELECT * FROM (%s ORDER BY %s DESC, %s LIMIT %d)", q, recency, key, s.n)
+	}
+	return q + " ORDER BY " + key, nil
+}
+
+// none reports whether s selects nothing.
+func (s rowSelect) none() bool { return s.in == nil && s.n <= 0 }
+
+// inSet binds strs as the tuple ('a', 'b') that IN takes on every server version (a
+// bound slice would be the array ['a', 'b']).
+func inSet(strs []string) clickhouse.GroupSet {
+	v := make([]any, len(strs))
+	for i, s := range strs {
+		v[i] = s
+	}
+	return clickhouse.GroupSet{Value: v}
+}
+
+func (c *ClickHouse) readRoutes(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
+		return 0, nil
+	}
 	var r detectors.RouteBaseline
 	var asOf, peakAt, v uint64
-	return c.readRows(ctx, "route_baselines", "SELECT route, rate_per_minute, "+asOfMs+", peak, "+peakAtMs+", version FROM route_baselines FINAL ORDER BY route",
+	q, args := sel.query("route, rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "route_baselines",
+		"greatest(as_of_t, peak_at_t)", "route", "route")
+	return c.readRows(ctx, "route_baselines", q,
 		func() []any { return []any{&r.Route, &r.RatePerMinute, &asOf, &r.Peak, &peakAt, &v} },
 		func() {
 			r.AsOf, r.PeakAt = fromCHMilli(asOf), fromCHMilli(peakAt)
 			out.Routes = append(out.Routes, r)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readClients(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+func (c *ClickHouse) readClients(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
+		return 0, nil
+	}
 	var cb detectors.ClientBaseline
 	var first, asOf, peakAt, v uint64
-	return c.readRows(ctx, "client_baselines", "SELECT key, "+firstSeenMs+", rate_per_minute, "+asOfMs+", peak, "+peakAtMs+", version FROM client_baselines FINAL ORDER BY key",
+	q, args := sel.query("key, "+firstSeenMs+", rate_per_minute, "+asOfMs+" AS as_of_t, peak, "+peakAtMs+" AS peak_at_t, version", "client_baselines",
+		"greatest(as_of_t, peak_at_t)", "key", "key")
+	return c.readRows(ctx, "client_baselines", q,
 		func() []any { return []any{&cb.Key, &first, &cb.RatePerMinute, &asOf, &cb.Peak, &peakAt, &v} },
 		func() {
 			cb.FirstSeen, cb.AsOf, cb.PeakAt = fromCHMilli(first), fromCHMilli(asOf), fromCHMilli(peakAt)
 			out.Clients = append(out.Clients, cb)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readObjects(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+func (c *ClickHouse) readObjects(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
+		return 0, nil
+	}
 	var o detectors.ObjectBaseline
 	var peakAt, v uint64
-	return c.readRows(ctx, "object_baselines", "SELECT client, route, peak, "+peakAtMs+", version FROM object_baselines FINAL ORDER BY client, route",
+	q, args := sel.query("client, route, peak, "+peakAtMs+" AS peak_at_t, version", "object_baselines", "peak_at_t", "client, route", "client")
+	return c.readRows(ctx, "object_baselines", q,
 		func() []any { return []any{&o.Client, &o.Route, &o.Peak, &peakAt, &v} },
 		func() {
 			o.PeakAt = fromCHMilli(peakAt)
 			out.Objects = append(out.Objects, o)
-		})
+		}, args...)
 }
 
-func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baselines) (uint64, error) {
+func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baselines, sel rowSelect) (uint64, error) {
+	if sel.none() {
+		return 0, nil
+	}
 	var p detectors.PrivilegeBaseline
 	var first, last, v uint64
-	return c.readRows(ctx, "privilege_baselines", "SELECT key, "+firstSeenMs+", "+lastSeenMs+", events, version FROM privilege_baselines FINAL ORDER BY key",
+	q, args := sel.query("key, "+firstSeenMs+", "+lastSeenMs+" AS last_seen_t, events, version", "privilege_baselines", "last_seen_t", "key", "key")
+	return c.readRows(ctx, "privilege_baselines", q,
 		func() []any { return []any{&p.Key, &first, &last, &p.Events, &v} },
 		func() {
 			p.FirstSeen, p.LastSeen = fromCHMilli(first), fromCHMilli(last)
 			out.Privileged = append(out.Privileged, p)
-		})
+		}, args...)
+}
+
+// lookupChunk bounds the keys of one lookup query.
+const lookupChunk = 10_000
+
+// LookupBaselines returns what ClickHouse holds of keys and routes, sorted, within
+// baseline_timeout: a batch's new keys are few, and the engine waits for them. While
+// updates wait in the spill (ClickHouse down or catching up), a key's newest baseline
+// may be among them, and the lookup returns the one ClickHouse has.
+func (c *ClickHouse) LookupBaselines(ctx context.Context, keys, routes []string) (detectors.Baselines, error) {
+	var out detectors.Baselines
+	if c.isClosed() {
+		return out, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.BaselineTimeout)
+	defer cancel()
+	for lo := 0; lo < len(keys); lo += lookupChunk {
+		chunk := keys[lo:min(lo+lookupChunk, len(keys))]
+		n := uint64(len(chunk))
+		ks, _, err := c.readKeysWhere(ctx, " WHERE key IN ?", n, n, inSet(chunk))
+		if err != nil {
+			return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+		}
+		out.Keys = append(out.Keys, ks...)
+		sel := rowSelect{in: chunk}
+		for _, read := range []func(context.Context, *detectors.Baselines, rowSelect) (uint64, error){c.readClients, c.readObjects, c.readPrivileged} {
+			if _, err := read(ctx, &out, sel); err != nil {
+				return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+			}
+		}
+	}
+	for lo := 0; lo < len(routes); lo += lookupChunk {
+		if _, err := c.readRoutes(ctx, &out, rowSelect{in: routes[lo:min(lo+lookupChunk, len(routes))]}); err != nil {
+			return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+		}
+	}
+	out.Sort()
+	return out, nil
 }
 
 // BaselinesAsOf returns what the baselines were at t, for replay and forensics,
@@ -860,7 +969,7 @@ func (c *ClickHouse) readPrivileged(ctx context.Context, out *detectors.Baseline
 // periods) to its end, grouped by key and country: a forensic query, not one for the
 // live path.
 func (c *ClickHouse) BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error) {
-	cur, err := c.loadBaselines(ctx)
+	cur, err := c.loadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: baselines as of %s: %w", t.UTC().Format(time.RFC3339), err)
 	}

@@ -101,7 +101,7 @@ func TestClickHouseBaselineVersions(t *testing.T) {
 	if err := c.writeBaselines(ctx, []versioned{{&older, 100}}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.LoadBaselines(ctx)
+	got, err := c.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestClickHouseBaselineVersions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, _ = c.LoadBaselines(ctx)
+	got, _ = c.LoadBaselines(ctx, detectors.AllBaselines)
 	sameBaselines(t, "after merges", got, newer, 0)
 
 	// An update now wins (its version is the clock's nanoseconds); then a restart with
@@ -132,11 +132,11 @@ func TestClickHouseBaselineVersions(t *testing.T) {
 	stop()
 	now = now.Add(-time.Hour)
 	c, _ = openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return now }})
-	if _, err := c.LoadBaselines(ctx); err != nil {
+	if _, err := c.LoadBaselines(ctx, detectors.AllBaselines); err != nil {
 		t.Fatal(err)
 	}
 	want := update(c, 11)
-	got, _ = c.LoadBaselines(ctx)
+	got, _ = c.LoadBaselines(ctx, detectors.AllBaselines)
 	sameBaselines(t, "written after a restart with the clock set back", got, want, 0)
 }
 
@@ -150,7 +150,7 @@ func TestClickHouseBaselinesSurviveOutage(t *testing.T) {
 	cfg.ClickHouse.DialTimeout = 500 * time.Millisecond
 	cfg.ClickHouse.BaselineTimeout = time.Second
 	ctx := testContext(t)
-	model := detectors.NewMemoryBaselines(detectors.Baselines{})
+	model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
 	r := rand.New(rand.NewPCG(7, 8))
 	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	// Each round updates a fresh random third of 600 keys and a few routes, so later
@@ -264,19 +264,19 @@ func TestClickHouseLoadWaitsForClickHouse(t *testing.T) {
 	cfg.ClickHouse.DialTimeout = 500 * time.Millisecond
 	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
 	ctx := testContext(t)
-	model := detectors.NewMemoryBaselines(detectors.Baselines{})
+	model := detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines)
 	update(t, c, model, randomBaselines(rand.New(rand.NewPCG(9, 10)), 50, 3, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)))
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
-	if _, err := c.LoadBaselines(short); err == nil {
+	if _, err := c.LoadBaselines(short, detectors.AllBaselines); err == nil {
 		t.Fatal("LoadBaselines with ClickHouse down and a short deadline succeeded")
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.LoadBaselines(ctx)
+		_, err := c.LoadBaselines(ctx, detectors.AllBaselines)
 		done <- err
 	}()
 	if err := srv.Start(); err != nil {
@@ -290,7 +290,7 @@ func TestClickHouseLoadWaitsForClickHouse(t *testing.T) {
 	if err := testConn(t, srv.Addr(), cfg.ClickHouse.Database).Exec(ctx, "DROP TABLE key_stats"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.LoadBaselines(ctx); err == nil {
+	if _, err := c.LoadBaselines(ctx, detectors.AllBaselines); err == nil {
 		t.Error("LoadBaselines without key_stats succeeded")
 	}
 }
@@ -366,7 +366,7 @@ func TestClickHouseSetsCorruptSpilledUpdatesAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry()})
-	got, err := c.LoadBaselines(testContext(t))
+	got, err := c.LoadBaselines(testContext(t), detectors.AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,7 @@ func TestClickHouseReadsRoutesWrittenBeforePeaks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.LoadBaselines(ctx)
+	got, err := c.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,9 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -169,62 +169,138 @@ func metaTime(meta *bolt.Bucket, name []byte) (int64, bool) {
 	return ms, n > 0
 }
 
-// LoadBaselines returns every stored baseline, keys and routes sorted.
-func (l *Local) LoadBaselines(context.Context) (detectors.Baselines, error) {
-	var out detectors.Baselines
+// LoadBaselines returns the most recent stored baselines, up to lim, sorted. It reads
+// every entry but keeps no more than lim of each kind at any time.
+func (l *Local) LoadBaselines(_ context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+	set := detectors.NewRecentSet(lim)
+	var since time.Time
 	err := l.db.View(func(tx *bolt.Tx) error {
 		if ms, ok := metaTime(tx.Bucket(bucketBaselineMeta), metaTrafficSince); ok {
-			out.TrafficSince = msTime(ms)
+			since = msTime(ms)
 		}
-		out.Keys = make([]detectors.KeyBaseline, 0, tx.Bucket(bucketBaselineKeys).Stats().KeyN)
 		r := recordReader{}
 		if err := readBucket(tx, bucketBaselineKeys, &r, func(k []byte) {
 			kb := detectors.KeyBaseline{Key: string(k)}
 			r.keyBody(&kb)
-			out.Keys = append(out.Keys, kb)
+			set.AddKey(kb)
 		}); err != nil {
 			return err
 		}
 		if err := readBucket(tx, bucketBaselineRoutes, &r, func(k []byte) {
 			rb := detectors.RouteBaseline{Route: string(k)}
 			r.localRoute(&rb)
-			out.Routes = append(out.Routes, rb)
+			set.AddRoute(rb)
 		}); err != nil {
 			return err
 		}
 		if err := readBucket(tx, bucketBaselineClients, &r, func(k []byte) {
 			c := detectors.ClientBaseline{Key: string(k)}
 			r.clientBody(&c)
-			out.Clients = append(out.Clients, c)
+			set.AddClient(c)
 		}); err != nil {
 			return err
 		}
 		if err := readBucket(tx, bucketBaselineObjects, &r, func(k []byte) {
-			name := recordReader{data: k}
-			o := detectors.ObjectBaseline{Client: string(name.bytes("client"))}
-			o.Route = string(name.data)
-			r.objectBody(&o)
-			if name.err != nil {
-				r.fail("object name")
-			}
-			out.Objects = append(out.Objects, o)
+			set.AddObject(r.localObject(k))
 		}); err != nil {
 			return err
 		}
 		return readBucket(tx, bucketBaselinePrivileged, &r, func(k []byte) {
 			p := detectors.PrivilegeBaseline{Key: string(k)}
 			r.privilegeBody(&p)
-			out.Privileged = append(out.Privileged, p)
+			set.AddPrivileged(p)
 		})
 	})
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: loading baselines: %w", err)
 	}
-	// Named by a length-prefixed client, they come in another order.
-	slices.SortFunc(out.Objects, func(a, b detectors.ObjectBaseline) int {
-		return cmp.Or(strings.Compare(a.Client, b.Client), strings.Compare(a.Route, b.Route))
-	})
+	out := set.Baselines()
+	out.TrafficSince = since
 	return out, nil
+}
+
+// LookupBaselines returns what the store holds of keys and routes, sorted: point
+// reads, and a prefix scan of each key's objects.
+func (l *Local) LookupBaselines(_ context.Context, keys, routes []string) (detectors.Baselines, error) {
+	var out detectors.Baselines
+	err := l.db.View(func(tx *bolt.Tx) error {
+		r := recordReader{}
+		get := func(bucket []byte, name string, read func()) error {
+			b := tx.Bucket(bucket)
+			if b == nil || name == "" || len(name) > bolt.MaxKeySize {
+				return nil
+			}
+			if v := b.Get([]byte(name)); v != nil {
+				r.data = v
+				read()
+				if r.err != nil {
+					return fmt.Errorf("%s %q: %w", bucket, name, r.err)
+				}
+			}
+			return nil
+		}
+		for _, k := range keys {
+			if err := errors.Join(
+				get(bucketBaselineKeys, k, func() {
+					kb := detectors.KeyBaseline{Key: k}
+					r.keyBody(&kb)
+					out.Keys = append(out.Keys, kb)
+				}),
+				get(bucketBaselineClients, k, func() {
+					c := detectors.ClientBaseline{Key: k}
+					r.clientBody(&c)
+					out.Clients = append(out.Clients, c)
+				}),
+				get(bucketBaselinePrivileged, k, func() {
+					p := detectors.PrivilegeBaseline{Key: k}
+					r.privilegeBody(&p)
+					out.Privileged = append(out.Privileged, p)
+				}),
+			); err != nil {
+				return err
+			}
+			if b := tx.Bucket(bucketBaselineObjects); b != nil {
+				prefix := appendString(nil, k)
+				c := b.Cursor()
+				for name, v := c.Seek(prefix); name != nil && bytes.HasPrefix(name, prefix); name, v = c.Next() {
+					r.data = v
+					o := r.localObject(name)
+					if r.err != nil {
+						return fmt.Errorf("%s %q: %w", bucketBaselineObjects, name, r.err)
+					}
+					out.Objects = append(out.Objects, o)
+				}
+			}
+		}
+		for _, rt := range routes {
+			if err := get(bucketBaselineRoutes, rt, func() {
+				rb := detectors.RouteBaseline{Route: rt}
+				r.localRoute(&rb)
+				out.Routes = append(out.Routes, rb)
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
+	}
+	out.Sort()
+	return out, nil
+}
+
+// localObject reads an object_enumeration entry named name, as Local stores it: the
+// name is the length-prefixed client and the route.
+func (r *recordReader) localObject(name []byte) detectors.ObjectBaseline {
+	n := recordReader{data: name}
+	o := detectors.ObjectBaseline{Client: string(n.bytes("client"))}
+	o.Route = string(n.data)
+	r.objectBody(&o)
+	if n.err != nil {
+		r.fail("object name")
+	}
+	return o
 }
 
 // pruneScan bounds the entries one pruning pass reads in a transaction, so the file is
@@ -371,7 +447,7 @@ func (l *Local) prune(ctx context.Context, bucket []byte, cutoff int64, last fun
 // reconstructAsOf for what is exact and what is estimated). It scans the archive from
 // t minus history (route rates: t minus five learning periods) to its end.
 func (l *Local) BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error) {
-	cur, err := l.LoadBaselines(ctx)
+	cur, err := l.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		return detectors.Baselines{}, err
 	}

@@ -111,7 +111,7 @@ func testPruneBaselines(t *testing.T, s detectors.BaselineStore, n int, prune fu
 		t.Errorf("pruned %d entries keyed by a client and %d routes, want %d and 1", keys, routes, len(drop)+2)
 	}
 	settle()
-	got, err := s.LoadBaselines(ctx)
+	got, err := s.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestLocalReadsRoutesWrittenBeforePeaks(t *testing.T) {
 	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBaselineRoutes).Put([]byte("GET /old"), old) }); err != nil {
 		t.Fatal(err)
 	}
-	got, err := l.LoadBaselines(testContext(t))
+	got, err := l.LoadBaselines(testContext(t), detectors.AllBaselines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestLocalRestartStartsWarm(t *testing.T) {
 		}
 	}
 	// Without what was learned (only that traffic began long ago), the same day pages.
-	cold, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: detectors.NewMemoryBaselines(detectors.Baselines{TrafficSince: start})})
+	cold, err := detectors.NewEngine(cfg, detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: detectors.NewMemoryBaselines(detectors.Baselines{TrafficSince: start}, detectors.AllBaselines)})
 	if err != nil {
 		t.Fatal(err)
 	}

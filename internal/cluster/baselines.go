@@ -10,7 +10,8 @@ import (
 // keys its internal partition carries (client keys, and clients per route, for a client
 // task; routes for a route task; none for a token or IP task), so that each task holds
 // its own keys, not every task's, and its state does not depend on how far the others
-// got.
+// got. A load reads the most recent baselines of every partition, up to the task's
+// limits times the partitions, and keeps its share, up to the limits.
 type taskBaselines struct {
 	detectors.BaselineStore
 	kind      Kind
@@ -19,7 +20,7 @@ type taskBaselines struct {
 	loads     chan struct{} // the replica's: one load at a time (nil: no limit)
 }
 
-func (b taskBaselines) LoadBaselines(ctx context.Context) (detectors.Baselines, error) {
+func (b taskBaselines) LoadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
 	if b.loads != nil {
 		select {
 		case b.loads <- struct{}{}:
@@ -28,31 +29,42 @@ func (b taskBaselines) LoadBaselines(ctx context.Context) (detectors.Baselines, 
 			return detectors.Baselines{}, ctx.Err()
 		}
 	}
-	all, err := b.BaselineStore.LoadBaselines(ctx)
+	// The task's detectors hold max_keys/partitions keys (lim): the n partitions'
+	// most recent lim each are about the store's most recent lim*n, one engine's worth.
+	all, err := b.BaselineStore.LoadBaselines(ctx, lim.Times(b.n))
 	if err != nil {
 		return all, err
 	}
-	out := detectors.Baselines{TrafficSince: all.TrafficSince}
+	set := detectors.NewRecentSet(lim)
 	switch b.kind {
 	case Client:
-		out.Keys = mine(all.Keys, b, func(k detectors.KeyBaseline) string { return k.Key })
-		out.Clients = mine(all.Clients, b, func(c detectors.ClientBaseline) string { return c.Key })
-		out.Objects = mine(all.Objects, b, func(o detectors.ObjectBaseline) string { return o.Client })
-		out.Privileged = mine(all.Privileged, b, func(p detectors.PrivilegeBaseline) string { return p.Key })
+		mine(all.Keys, b, func(k detectors.KeyBaseline) string { return k.Key }, set.AddKey)
+		mine(all.Clients, b, func(c detectors.ClientBaseline) string { return c.Key }, set.AddClient)
+		mine(all.Objects, b, func(o detectors.ObjectBaseline) string { return o.Client }, set.AddObject)
+		mine(all.Privileged, b, func(p detectors.PrivilegeBaseline) string { return p.Key }, set.AddPrivileged)
 	case Route:
 		// A route baseline's key is "METHOD route", the route topic's key.
-		out.Routes = mine(all.Routes, b, func(r detectors.RouteBaseline) string { return r.Route })
+		mine(all.Routes, b, func(r detectors.RouteBaseline) string { return r.Route }, set.AddRoute)
 	}
+	out := set.Baselines()
+	out.TrafficSince = all.TrafficSince
 	return out, nil
 }
 
-// mine returns the entries of all whose key falls in b's partition.
-func mine[T any](all []T, b taskBaselines, key func(T) string) []T {
-	var out []T
+// mine adds to a RecentSet (add) the entries of all whose key falls in b's partition.
+func mine[T any](all []T, b taskBaselines, key func(T) string, add func(T)) {
 	for _, e := range all {
 		if partitionOf(key(e), b.n) == b.partition {
-			out = append(out, e)
+			add(e)
 		}
 	}
-	return out
+}
+
+// LookupBaselines looks keys and routes up in the store when it can (see
+// detectors.BaselineLookup); the keys a task sees are its partition's already.
+func (b taskBaselines) LookupBaselines(ctx context.Context, keys, routes []string) (detectors.Baselines, error) {
+	if l, ok := b.BaselineStore.(detectors.BaselineLookup); ok {
+		return l.LookupBaselines(ctx, keys, routes)
+	}
+	return detectors.Baselines{}, nil
 }

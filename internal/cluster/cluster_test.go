@@ -316,7 +316,7 @@ type stores struct {
 }
 
 func sharedStores() stores {
-	return stores{baselines: detectors.NewMemoryBaselines(detectors.Baselines{}), incidents: &lockedIncidents{m: detectors.NewMemoryIncidents()}}
+	return stores{baselines: detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines), incidents: &lockedIncidents{m: detectors.NewMemoryIncidents()}}
 }
 
 // lockedIncidents is a MemoryIncidents many tasks may use at once.
