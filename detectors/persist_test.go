@@ -94,6 +94,35 @@ func TestIncidentSurvivesRestart(t *testing.T) {
 	}
 }
 
+// A run stopped before any batch could be acknowledged (a window still needs them all)
+// saves its open incidents all the same: whoever reads those batches again, a restart
+// or a cluster task's next owner, must continue the incident, not page it again.
+func TestStopSavesIncidentsWithNothingAcked(t *testing.T) {
+	store := NewMemoryIncidents()
+	e, err := NewEngine(only(ForbiddenBurst), Options{Registerer: prometheus.NewPedanticRegistry(), Incidents: store, Scope: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := concat(burst403(30, t0, "attacker"), steady(t0.Add(3*time.Second), 2*time.Minute, "healthy"))
+	acked := false
+	b := ingest.NewBatch(events, func(context.Context) error { acked = true; return nil })
+	ctx, stop := context.WithCancel(context.Background())
+	sink := &recordingSink{}
+	if err := e.Run(ctx, &stopAfter{batches: []*ingest.Batch{b}, n: 1, crash: stop}, sink); err == nil {
+		t.Fatal("the run ended without its stop")
+	}
+	if len(sink.alerts) == 0 || acked {
+		t.Fatalf("%d alerts, batch acknowledged %v; want the attack's alert and the batch waiting for its window", len(sink.alerts), acked)
+	}
+	open, err := store.LoadIncidents(context.Background(), "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) != 1 || open[0].ID != sink.alerts[0].ID {
+		t.Errorf("stored open incidents %+v, want the attack's %s", open, sink.alerts[0].ID)
+	}
+}
+
 // stopAfter hands out n batches, then cancels the run's context, as a crash would.
 type stopAfter struct {
 	batches []*ingest.Batch

@@ -124,6 +124,12 @@ func (e *Engine) step(ctx context.Context, sink AlertSink, b *ingest.Batch, err 
 		// open windows.
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		rerr := e.release(stopCtx, e.horizon())
+		// The open incidents are saved even when no batch could be acknowledged (a
+		// window still needs them all): whoever reads those batches again (this
+		// process restarted, or a cluster task's next owner, which has no outbox of
+		// ours to tell it what was delivered) continues each incident under its id
+		// instead of paging it again.
+		rerr = errors.Join(rerr, e.SaveIncidents(stopCtx))
 		cancel()
 		return true, errors.Join(ctx.Err(), rerr)
 	case err != nil:
