@@ -13,6 +13,7 @@ type metrics struct {
 	producedBytes prometheus.Counter
 	writeRetries  prometheus.Counter
 	position      *prometheus.GaugeVec
+	lag           *prometheus.GaugeVec
 	duplicates    *prometheus.CounterVec
 	forced        *prometheus.CounterVec
 	tasks         prometheus.Gauge
@@ -36,6 +37,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		position: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatewatch_cluster_task_offset",
 			Help: "Per task of this replica, the offset of its internal partition up to which its engine has seen every record it could (the end offset minus it is the task's lag).",
+		}, []string{"topic", "partition"}),
+		lag: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatewatch_cluster_task_lag_records",
+			Help: "Per task of this replica, the records of its internal partition it has yet to read: the partition's end offset at the task's last fetch minus the task's read offset.",
 		}, []string{"topic", "partition"}),
 		duplicates: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_cluster_task_duplicates_total",

@@ -197,6 +197,7 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 	}
 	defer done()
 	defer s.m.position.DeleteLabelValues(topic, strconv.Itoa(partition))
+	defer s.m.lag.DeleteLabelValues(topic, strconv.Itoa(partition))
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:         s.brokers,
 		Topic:           topic,

@@ -98,7 +98,8 @@ type taskSource struct {
 	stalled   bool                       // the last batch ended because nothing more could be handed out
 	forced    bool                       // handing out past a slow partition (maxBuffered)
 
-	position      prometheus.Gauge
+	position, lag prometheus.Gauge
+	end           int64 // the partition's end offset at the last fetch (its high watermark)
 	dups, forcedC prometheus.Counter
 }
 
@@ -108,7 +109,8 @@ type taskSource struct {
 func newTaskSource(s *stage2, gen *kafkago.Generation, topic string, partition int, c commit, sources []ingest.Partition) *taskSource {
 	t := &taskSource{s: s, gen: gen, topic: topic, partition: partition,
 		queues: map[ingest.Partition]*srcQueue{}, next: c.offset, committed: map[ingest.Partition]int64{},
-		position: s.m.position.WithLabelValues(topic, strconv.Itoa(partition)), dups: s.m.duplicates.WithLabelValues(topic),
+		position: s.m.position.WithLabelValues(topic, strconv.Itoa(partition)), lag: s.m.lag.WithLabelValues(topic, strconv.Itoa(partition)),
+		dups:    s.m.duplicates.WithLabelValues(topic),
 		forcedC: s.m.forced.WithLabelValues(topic)}
 	for _, p := range sources {
 		t.queue(p)
@@ -141,6 +143,10 @@ func (t *taskSource) Next(ctx context.Context) (*ingest.Batch, error) {
 		// The engine has seen every item of the records read so far that could be
 		// handed out.
 		t.position.Set(float64(t.next))
+	}
+	if t.next >= 0 {
+		// Every batch, busy or not: records written to the partition and not yet read.
+		t.lag.Set(float64(max(t.end-t.next, 0)))
 	}
 	var b batchParts
 	deadline := time.Now().Add(tick)
@@ -184,6 +190,7 @@ func (t *taskSource) fetch(ctx context.Context, deadline time.Time) (*kafkago.Me
 	cancel()
 	switch {
 	case err == nil:
+		t.end = max(t.end, m.HighWaterMark)
 		return &m, nil
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
