@@ -274,9 +274,13 @@ func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) erro
 	if f.look != nil {
 		var err error
 		if b, err = f.look.LookupBaselines(ctx, keys, routes); err != nil {
-			for _, k := range append(keys, routes...) {
-				f.fetched.forget(keyHash(k))
-				f.evicted.add(keyHash(k))
+			// Asked again the next time they are seen.
+			for _, list := range [2][]string{keys, routes} {
+				for _, k := range list {
+					h := keyHash(k)
+					f.fetched.forget(h)
+					f.evicted.add(h)
+				}
 			}
 			if !f.failing {
 				f.failing = true

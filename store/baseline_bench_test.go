@@ -167,19 +167,7 @@ func BenchmarkBaselineUpdate(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*perUpdate)/b.Elapsed().Seconds(), "keys/s")
 	}
-	b.Run("local", func(b *testing.B) {
-		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close(context.Background())
-		run(b, l)
-	})
-	b.Run("clickhouse", func(b *testing.B) {
-		addr := clickhousetest.Require(b)
-		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
-		run(b, c)
-	})
+	benchEachStore(b, run)
 }
 
 // BenchmarkBaselineLookup measures LookupBaselines of 1,000 keys, half of them stored,
@@ -216,6 +204,11 @@ func BenchmarkBaselineLookup(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*perLookup)/b.Elapsed().Seconds(), "keys/s")
 	}
+	benchEachStore(b, run)
+}
+
+// benchEachStore runs run on an empty embedded store and an empty ClickHouse database.
+func benchEachStore(b *testing.B, run func(*testing.B, detectors.BaselineStore)) {
 	b.Run("local", func(b *testing.B) {
 		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
 		if err != nil {

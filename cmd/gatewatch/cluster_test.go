@@ -121,12 +121,7 @@ func (e *e2e) waitClusterDrained(t *testing.T, procs []*runProcess, admins []str
 				return false
 			}
 		}
-		var ends float64
-		for _, kind := range []string{"client", "token", "route", "ip"} {
-			for _, end := range e.kafka.EndOffsets(t, prefix+"-"+kind) {
-				ends += float64(end)
-			}
-		}
+		ends := internalEnds(t, e.kafka, prefix)
 		return ends > 0 && sum("gatewatch_cluster_task_offset") == ends && sum("gatewatch_cluster_task_lag_records") == 0 &&
 			sum("gatewatch_alerting_outbox_depth") == 0
 	}

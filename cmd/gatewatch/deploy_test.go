@@ -428,11 +428,17 @@ admin:
 // tasksDone reports whether the tasks of the replica whose admin address is e.admin
 // have seen their internal partitions (topics prefix-*) to their ends.
 func tasksDone(tb testing.TB, k *kafkatest.Cluster, e *e2e, prefix string) bool {
+	ends := internalEnds(tb, k, prefix)
+	return ends > 0 && e.metric(tb, "gatewatch_cluster_task_offset") == ends
+}
+
+// internalEnds returns the sum of the end offsets of the internal topics prefix-*.
+func internalEnds(tb testing.TB, k *kafkatest.Cluster, prefix string) float64 {
 	var ends float64
 	for _, kind := range []string{"client", "token", "route", "ip"} {
 		for _, end := range k.EndOffsets(tb, prefix+"-"+kind) {
 			ends += float64(end)
 		}
 	}
-	return ends > 0 && e.metric(tb, "gatewatch_cluster_task_offset") == ends
+	return ends
 }
