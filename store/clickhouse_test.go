@@ -191,7 +191,7 @@ func checkSchema(t *testing.T, conn driver.Conn) {
 	}
 	want := []string{"acks", "alert_deliveries", "alerts", "archive_batches", "archive_batches_mv", "audit_log", "baseline_meta",
 		"client_baselines", "client_minute", "client_minute_mv", "events", "key_countries", "key_stats", "object_baselines",
-		"open_incidents", "privilege_baselines", "route_baselines", "route_minute", "route_minute_mv", "schema_migrations", "silences"}
+		"open_incidents", "privilege_baselines", "route_baselines", "route_minute", "route_minute_mv", "schema_migrations", "silences", "slack_threads"}
 	if !slices.Equal(got, want) {
 		t.Errorf("tables %v, want %v", got, want)
 	}

@@ -290,7 +290,7 @@ func queryServerVersion(ctx context.Context, conn driver.Conn) (serverVersion, e
 var ttlMinServer = serverVersion{21, 3, 0}
 
 // retainedTables are the tables whose rows expire with the event archive: the archive
-// and its batch markers, and the alert history. column is the DateTime that dates a
+// and its batch markers, the alert history and the Slack threads of its incidents. column is the DateTime that dates a
 // row. The archive is partitioned by day of that column, so a partition's day tells
 // when all of it has expired. The alert tables are partitioned by month of first_seen
 // but dated by when their rows were written (an incident may go on for days, and a
@@ -301,6 +301,7 @@ var retainedTables = []struct{ table, column, partition string }{
 	{"archive_batches", "max_time", ""},
 	{"alerts", "recorded", "toYYYYMM(first_seen)"},
 	{"alert_deliveries", "updated", "toYYYYMM(first_seen)"},
+	{"slack_threads", "updated", "toYYYYMM(updated)"},
 }
 
 // applyRetention makes the server expire archived events and alert history retention

@@ -150,7 +150,7 @@ func BenchmarkRun(b *testing.B) {
 				reg := prometheus.NewRegistry()
 				var until *untilConsumed
 				p, err := pipeline.New(cfg, pipeline.Options{
-					Receivers: func(alerting.Config, string, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+					Receivers: func(alerting.Config, pipeline.ReceiverEnv, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
 						return map[string]alerting.Receiver{}, io.NopCloser(nil), nil
 					},
 					Registry: reg,
@@ -206,7 +206,7 @@ func BenchmarkAlertLatency(b *testing.B) {
 			{Name: "slack", Slack: &alerting.SlackConfig{TokenFile: token, Channel: "#soc-alerts", APIURL: slack.URL}},
 			{Name: "file", File: &alerting.FileConfig{Path: alertsFile}},
 		}
-		p, err := pipeline.New(cfg, pipeline.Options{Receivers: receiverBuilder, Registry: prometheus.NewRegistry()})
+		p, err := pipeline.New(cfg, pipeline.Options{Receivers: buildReceivers, Registry: prometheus.NewRegistry()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -119,7 +119,7 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	console := &consoleReceiver{w: env.stdout, json: *asJSON, color: !*asJSON && isTerminal(env.stdout)}
 	reg := prometheus.NewRegistry()
 	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
-		Receivers: func(alerting.Config, string, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+		Receivers: func(alerting.Config, pipeline.ReceiverEnv, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
 			return map[string]alerting.Receiver{console.Name(): console}, io.NopCloser(nil), nil
 		},
 		Logger:   slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -87,7 +87,7 @@ func runNotify(ctx context.Context, env *cmdEnv, args []string) error {
 // history in the store, the outbox, the receivers and the router, running.
 func openDelivery(ctx context.Context, env *cmdEnv, cfg *config) (*pipeline.Delivery, error) {
 	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
-		Receivers: receiverBuilder,
+		Receivers: buildReceivers,
 		Logger:    slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

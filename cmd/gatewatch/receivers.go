@@ -16,6 +16,7 @@ import (
 	"github.com/gatewatch/gatewatch/alerting/splunkhec"
 	"github.com/gatewatch/gatewatch/alerting/syslog"
 	"github.com/gatewatch/gatewatch/alerting/webhook"
+	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
 
 // slackThreadRetention is how long a Slack receiver remembers an incident's thread
@@ -24,11 +25,11 @@ const slackThreadRetention = 30 * 24 * time.Hour
 
 // buildReceivers turns the configured receivers into live ones: the one place that
 // knows every receiver kind. The returned closer releases their connections and files.
-func buildReceivers(cfg *config, logger *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+func buildReceivers(ac alerting.Config, env pipeline.ReceiverEnv, logger *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
 	rs := map[string]alerting.Receiver{}
 	var closers closeAll
 	var errs []error
-	for _, rc := range cfg.Alerting.Receivers {
+	for _, rc := range ac.Receivers {
 		log := logger.With("component", "alerting", "receiver", rc.Name)
 		var (
 			r   alerting.Receiver
@@ -36,14 +37,18 @@ func buildReceivers(cfg *config, logger *slog.Logger) (map[string]alerting.Recei
 		)
 		switch {
 		case rc.Slack != nil:
-			var threads *slack.ThreadFile
-			dir := filepath.Join(cfg.Store.DataDir, "slack")
+			var file *slack.ThreadFile
+			dir := filepath.Join(env.DataDir, "slack")
 			if err = os.MkdirAll(dir, 0o700); err == nil {
-				threads, err = slack.OpenThreadFile(filepath.Join(dir, rc.Name+"-threads.json"), slackThreadRetention)
+				file, err = slack.OpenThreadFile(filepath.Join(dir, rc.Name+"-threads.json"), slackThreadRetention)
 			}
 			if err == nil {
-				closers = append(closers, threads)
-				r, err = slack.New(rc.Name, *rc.Slack, slack.Options{Logger: log, ReplayCommand: cfg.Alerting.ReplayCommand, Threads: threads})
+				closers = append(closers, file)
+				var threads slack.Threads = file
+				if env.SlackThreads != nil {
+					threads = slack.Shared(file, env.SlackThreads, rc.Name, log)
+				}
+				r, err = slack.New(rc.Name, *rc.Slack, slack.Options{Logger: log, ReplayCommand: ac.ReplayCommand, Threads: threads})
 			}
 		case rc.SplunkHEC != nil:
 			r, err = splunkhec.New(rc.Name, *rc.SplunkHEC, splunkhec.Options{Logger: log})

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
 )
@@ -50,7 +49,7 @@ func runRun(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	version, commit := buildVersion()
 	p, err := pipeline.New(pipelineConfig(cfg), pipeline.Options{
-		Receivers: receiverBuilder,
+		Receivers: buildReceivers,
 		Logger:    logger,
 		Version:   version,
 		Commit:    commit,
@@ -78,13 +77,6 @@ func pipelineConfig(cfg *config) pipeline.Config {
 		pc.Cluster = &cluster.Config{InternalTopicPrefix: cl.InternalTopicPrefix, Partitions: cl.Partitions}
 	}
 	return pc
-}
-
-// receiverBuilder is buildReceivers for the pipeline, which knows the sections it needs.
-func receiverBuilder(ac alerting.Config, dataDir string, log *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
-	cfg := defaultConfig()
-	cfg.Alerting, cfg.Store.DataDir = ac, dataDir
-	return buildReceivers(&cfg, log)
 }
 
 // configPoll is how often run looks at the config file for a change: a ConfigMap

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/store"
 )
 
 // routerSwitch is the engine's alert sink: the router in force. A reload builds a new
@@ -51,7 +52,11 @@ func (s *routerSwitch) Put(ctx context.Context, alerts []detectors.Alert) error 
 // build makes a router for cfg, not yet running.
 func (s *routerSwitch) build(cfg *Config) (*routerRun, error) {
 	log := s.p.log.With("component", "alerting")
-	receivers, closer, err := s.p.opts.Receivers(cfg.Alerting, cfg.Store.DataDir, log)
+	env := ReceiverEnv{DataDir: cfg.Store.DataDir}
+	if ch, ok := s.p.store.(*store.ClickHouse); ok && cfg.Cluster != nil {
+		env.SlackThreads = ch
+	}
+	receivers, closer, err := s.p.opts.Receivers(cfg.Alerting, env, log)
 	if err != nil {
 		return nil, err
 	}

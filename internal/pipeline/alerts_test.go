@@ -23,7 +23,7 @@ func TestRouterStopsBeforeTheOutboxCloses(t *testing.T) {
 		ob := &closingOutbox{MemoryOutbox: alerting.NewMemoryOutbox(), t: t}
 		rec := alertingtest.NewRecorder("archive")
 		p, err := New(Config{}, Options{
-			Receivers: func(alerting.Config, string, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+			Receivers: func(alerting.Config, ReceiverEnv, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
 				return map[string]alerting.Receiver{"archive": rec}, io.NopCloser(nil), nil
 			},
 		})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/alerting/outbox"
+	"github.com/gatewatch/gatewatch/alerting/slack"
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafka"
@@ -50,7 +51,16 @@ type AdminConfig struct {
 // A ReceiverBuilder turns the configured receivers into live ones; the returned closer
 // releases their connections and files. cmd/gatewatch owns the one that knows every
 // receiver kind.
-type ReceiverBuilder func(cfg alerting.Config, dataDir string, log *slog.Logger) (map[string]alerting.Receiver, io.Closer, error)
+type ReceiverBuilder func(cfg alerting.Config, env ReceiverEnv, log *slog.Logger) (map[string]alerting.Receiver, io.Closer, error)
+
+// ReceiverEnv is what receivers are built with besides their config.
+type ReceiverEnv struct {
+	DataDir string // store.data_dir, where receivers keep their own state
+	// SlackThreads, in cluster mode, is where Slack receivers keep their incidents'
+	// threads for every replica (slack.Shared), since an incident moves with its task;
+	// nil otherwise.
+	SlackThreads slack.ThreadStore
+}
 
 // Options are the pipeline's runtime dependencies.
 type Options struct {
