@@ -40,10 +40,11 @@ func (e *e2e) writeClusterConfigs(t *testing.T, n int) (configs, admins []string
 // ClickHouse share one raw topic of four partitions, its records unkeyed round robin,
 // so every attack is split over every partition. Between them they post every injected
 // attack to Slack once (each incident belongs to one task, and each task to one
-// replica), and SIGTERM stops both, as a deployment stops, with exit 0. (One replica
-// stopping first hands its tasks to the other, which rebuilds them from their commits
-// and the store; in about one run in six that still paged token_reuse again: noted on
-// the scale-out issue.)
+// replica), each exports every metric deploy/'s dashboard and rules use
+// (deploy/metrics.txt), and SIGTERM stops both, as a deployment stops, with exit 0.
+// (One replica stopping first hands its tasks to the other, which rebuilds them from
+// their commits and the store; in about one run in six that still paged token_reuse
+// again: noted on the scale-out issue.)
 func TestRunCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs two gatewatch processes")
@@ -82,6 +83,13 @@ func TestRunCluster(t *testing.T) {
 		t.Errorf("the replica's health page does not say it is this replica's:\n%s", page)
 	}
 	e.waitClusterDrained(t, procs, admins, "waf-logs", "gw-internal")
+	// Each replica, with its tasks, exports every metric deploy/'s dashboard and rules
+	// use: those of a cluster section, and the rest, as the manifests run gatewatch.
+	for _, a := range admins {
+		for _, mark := range []string{clusterOnly, ""} {
+			checkDeployMetrics(t, a, mark)
+		}
+	}
 	for _, p := range procs {
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
