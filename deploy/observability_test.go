@@ -26,8 +26,13 @@ const (
 	rulesTestFile = "prometheus/gatewatch.rules.test.yml"
 	dashboardFile = "grafana/gatewatch.json"
 	// metricsFile lists the metric names the dashboard and the rules use;
-	// cmd/gatewatch's TestDeployCompose checks that gatewatch run exports each one.
+	// cmd/gatewatch's TestDeployCompose checks that gatewatch run exports each one not
+	// marked, and TestRunCluster that a replica with a cluster section exports each one
+	// not external.
 	metricsFile = "metrics.txt"
+	// clusterOnly starts the names of the metrics only a replica with a cluster section
+	// exports (internal/cluster's): a run without one, as TestDeployCompose's, has none.
+	clusterOnly = "gatewatch_cluster_"
 )
 
 // external are the metric names the rules may use that gatewatch does not export,
@@ -245,9 +250,11 @@ func TestDashboard(t *testing.T) {
 }
 
 // TestMetricsList: metrics.txt lists exactly the metric names the dashboard and the
-// rules use, gatewatch's and the external ones marked with who exports them; every
-// rule expression parses. cmd/gatewatch's TestDeployCompose checks gatewatch run
-// exports the rest. -update rewrites the file.
+// rules use, gatewatch's (those of a cluster section marked cluster-only) and the
+// external ones marked with who exports them; every rule expression parses.
+// cmd/gatewatch's TestDeployCompose checks gatewatch run exports the unmarked ones,
+// and TestRunCluster that a cluster replica exports those and the cluster-only ones.
+// -update rewrites the file.
 func TestMetricsList(t *testing.T) {
 	used := map[string]bool{}
 	add := func(where, expr string) {
@@ -274,10 +281,15 @@ func TestMetricsList(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("# Metric names deploy/'s Grafana dashboard and Prometheus rules use, written by\n" +
 		"# `cd deploy && go test -run TestMetricsList -update`. cmd/gatewatch's TestDeployCompose\n" +
-		"# checks that a running `gatewatch run` exports each one not marked external.\n")
+		"# checks that a running `gatewatch run` exports each one not marked, and TestRunCluster\n" +
+		"# that a replica with a cluster section exports those and each one marked cluster-only.\n")
 	for _, n := range slices.Sorted(maps.Keys(used)) {
 		if who, ok := external[n]; ok {
 			fmt.Fprintf(&b, "%s # external: %s\n", n, who)
+			continue
+		}
+		if strings.HasPrefix(n, clusterOnly) {
+			b.WriteString(n + " # cluster-only\n")
 			continue
 		}
 		if !strings.HasPrefix(n, "gatewatch_") && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") {

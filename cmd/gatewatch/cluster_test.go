@@ -42,7 +42,8 @@ func (e *e2e) writeClusterConfigs(t *testing.T, n int) (configs, admins []string
 // has heard of the first incident, and the second takes over its tasks, rebuilding
 // them from their commits and the store with their open incidents. Between them they
 // post every injected attack to Slack once: the new owner of a task goes on in the
-// messages the first replica posted (their threads are in the store), and SIGTERM
+// messages the first replica posted (their threads are in the store). Each exports
+// every metric deploy/'s dashboard and rules use (deploy/metrics.txt), and SIGTERM
 // stops each with exit 0.
 func TestRunCluster(t *testing.T) {
 	if testing.Short() {
@@ -81,6 +82,14 @@ func TestRunCluster(t *testing.T) {
 		!strings.Contains(page, "made on another replica are in force here within 5s") {
 		t.Errorf("the replica's health page does not say it is this replica's:\n%s", page)
 	}
+	// Each replica, with its tasks, exports every metric deploy/'s dashboard and rules
+	// use: those of a cluster section, and the rest, as the manifests run gatewatch.
+	checkAllDeployMetrics := func(admin string) {
+		for _, mark := range []string{clusterOnly, ""} {
+			checkDeployMetrics(t, admin, mark)
+		}
+	}
+	checkAllDeployMetrics(admins[0])
 	// The first replica leaves while attacks are under way: the second takes over its
 	// tasks with their open incidents, and goes on in their Slack messages.
 	if code := procs[0].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
@@ -89,6 +98,7 @@ func TestRunCluster(t *testing.T) {
 	e.admin = admins[1]
 	e.waitPosts(t, procs[1], len(injected), 5*time.Minute)
 	e.waitClusterDrained(t, procs[1:], admins[1:], "waf-logs", "gw-internal")
+	checkAllDeployMetrics(admins[1])
 	if code := procs[1].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Errorf("second replica: SIGTERM: exit %d, want 0", code)
 	}

@@ -20,6 +20,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -226,16 +227,7 @@ func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request, 
 // pairs), or -1 when there is none.
 func (e *e2e) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
-	code, body := httpGet(t, "http://"+e.admin+"/metrics")
-	if code != http.StatusOK {
-		return -1
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v", err)
-	}
-	mf := mfs[name]
+	mf := scrape(t, e.admin)[name]
 	if mf == nil {
 		return -1
 	}
@@ -317,6 +309,22 @@ func (e *e2e) waitPosts(t *testing.T, p *runProcess, n int, timeout time.Duratio
 	}
 	t.Fatalf("Slack has %d incidents after %s, want %d", len(e.posts()), timeout, n)
 	return nil
+}
+
+// scrape returns the metric families on the /metrics of the admin address admin, nil
+// when it does not answer 200.
+func scrape(t testing.TB, admin string) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := httpGet(t, "http://"+admin+"/metrics")
+	if code != http.StatusOK {
+		return nil
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	return mfs
 }
 
 func httpGet(t testing.TB, url string) (int, string) {
