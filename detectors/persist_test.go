@@ -2,6 +2,8 @@ package detectors
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -140,4 +142,75 @@ func (s *stopAfter) Next(ctx context.Context) (*ingest.Batch, error) {
 	b := s.batches[0]
 	s.batches = s.batches[1:]
 	return b, nil
+}
+
+// TestRestartLearnsOnce: a run that stops at any batch, and a second run that reads
+// on from the last acknowledged batch with the baselines the first saved as of the
+// last event it read, leave the baseline one uninterrupted run leaves. The second run
+// reads again the events the first had seen but not acknowledged (open windows held
+// them back); the saved average has them already, and counted again they made it
+// larger than the traffic was.
+func TestRestartLearnsOnce(t *testing.T) {
+	cfg := only(ClientVolumeSpike)
+	// An hour of a client calling every 2s, among other clients.
+	var events []ingest.Event
+	for s := 0; s < 3600; s += 2 {
+		ts := t0.Add(time.Duration(s) * time.Second)
+		events = append(events, req(ts, client("steady"), status(200)), req(ts.Add(time.Second), client(fmt.Sprintf("other-%d", s%7)), status(200)))
+	}
+	batches := func(ack func(end int)) []*ingest.Batch {
+		var out []*ingest.Batch
+		for i := 0; i < len(events); i += 100 {
+			end := min(i+100, len(events))
+			out = append(out, ingest.NewBatch(events[i:end], func(context.Context) error { ack(end); return nil }))
+		}
+		return out
+	}
+	newEngine := func(b BaselineStore) *Engine {
+		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Baselines: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	rate := func(b *MemoryBaselines) float64 {
+		t.Helper()
+		got, err := b.LoadBaselines(context.Background(), LimitsOf(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range got.Clients {
+			if c.Key == "steady" {
+				return c.RatePerMinute
+			}
+		}
+		t.Fatal("no baseline of the steady client")
+		return 0
+	}
+	whole := NewMemoryBaselines(Baselines{}, AllBaselines)
+	if err := newEngine(whole).Run(context.Background(), &sliceSource{batches: batches(func(int) {})}, &recordingSink{}); err != nil {
+		t.Fatal(err)
+	}
+	want := rate(whole)
+	for _, stopAt := range []int{3, 10, 17, 25, 32} {
+		t.Run(fmt.Sprintf("stop after %d batches", stopAt), func(t *testing.T) {
+			store := NewMemoryBaselines(Baselines{}, AllBaselines)
+			acked := 0
+			ctx, stop := context.WithCancel(context.Background())
+			src := &stopAfter{batches: batches(func(end int) { acked = end }), n: stopAt, crash: stop}
+			if err := newEngine(store).Run(ctx, src, &recordingSink{}); err == nil {
+				t.Fatal("the first run ended without its stop")
+			}
+			if acked >= 100*stopAt {
+				t.Fatalf("the first run acknowledged all %d events it read: nothing is read again", acked)
+			}
+			rest := []*ingest.Batch{ingest.NewBatch(events[acked:], nil)}
+			if err := newEngine(store).Run(context.Background(), &sliceSource{batches: rest}, &recordingSink{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := rate(store); math.Abs(got-want) > 1e-9*want {
+				t.Errorf("stopped and read on from event %d: the steady client's average is %.6f a minute, one run's %.6f", acked, got, want)
+			}
+		})
+	}
 }

@@ -392,11 +392,7 @@ func (d *quietSpike) adopt(r *RouteBaseline) {
 	at := r.AsOf.UnixMilli()
 	slot := d.tab.add(r.Route, max(at, r.PeakAt.UnixMilli()))
 	k := &d.tab.ents[slot].s
-	k.vol = newVolume(at)
-	k.vol.rate = r.RatePerMinute
-	if r.Peak > 0 {
-		k.vol.peak.v, k.vol.peak.at = r.Peak, r.PeakAt.UnixMilli()
-	}
+	k.vol = restoredVolume(r.RatePerMinute, at, r.Peak, r.PeakAt.UnixMilli(), d.lay.width)
 	k.split = uint16(len(method))
 	k.prm = d.paramsIndex(r.Route, route)
 }

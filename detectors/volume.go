@@ -43,6 +43,24 @@ func newVolume(t int64) volume {
 	return volume{rateAt: t, rateTo: math.MinInt64 / 2, peak: newPeak(t)}
 }
 
+// restoredVolume takes up a stored baseline again: the average rate as of asOf and the
+// peak as of peakAt, with buckets of width ms. The buckets ending by asOf are in the
+// average already, and the windows ending by peakAt in the peak: whoever reads their
+// events again (a restart, or a cluster task's next owner, reading on from a commit
+// that an open window held back while the baselines were written as of later) must
+// not count them twice. The windows folded after peakAt did not raise the peak, and
+// folded again they still do not.
+func restoredVolume(rate float64, asOf int64, peak float64, peakAt, width int64) volume {
+	v := newVolume(asOf)
+	v.rate = rate
+	v.rateTo = floorDiv(asOf, width) - 1
+	if peak > 0 {
+		v.peak.v, v.peak.at = peak, peakAt
+		v.peak.to = floorDiv(peakAt, width) - 1
+	}
+	return v
+}
+
 // foldRate folds the live buckets of r before bucket upTo into the average, in bucket
 // order, and reports whether that changed it.
 func (v *volume) foldRate(cnt *counters, d []uint16, r *ring, upTo int64, tau float64) bool {

@@ -346,11 +346,7 @@ func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) int {
 		k := &d.tab.ents[slot].s
 		k.prm = d.rules.of(c.Key)
 		k.first = c.FirstSeen.UnixMilli()
-		k.vol = newVolume(c.AsOf.UnixMilli())
-		k.vol.rate = c.RatePerMinute
-		if c.Peak > 0 {
-			k.vol.peak.v, k.vol.peak.at = c.Peak, c.PeakAt.UnixMilli()
-		}
+		k.vol = restoredVolume(c.RatePerMinute, c.AsOf.UnixMilli(), c.Peak, c.PeakAt.UnixMilli(), d.lay.width)
 		n++
 	}
 	return n
