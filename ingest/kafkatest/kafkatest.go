@@ -175,38 +175,56 @@ func (c *Cluster) Partitions(t testing.TB, topic string) []int {
 // record produced to it will get.
 func (c *Cluster) EndOffsets(t testing.TB, topic string) map[int]int64 {
 	t.Helper()
+	return c.offsets(t, topic, kafka.LastOffset)
+}
+
+// StartOffsets returns the low watermark of each partition of topic: the offset of its
+// first record kept (0 until records are deleted).
+func (c *Cluster) StartOffsets(t testing.TB, topic string) map[int]int64 {
+	t.Helper()
+	return c.offsets(t, topic, kafka.FirstOffset)
+}
+
+// offsets lists the first (kafka.FirstOffset) or end (kafka.LastOffset) offset of each
+// partition of topic.
+func (c *Cluster) offsets(t testing.TB, topic string, which int64) map[int]int64 {
+	t.Helper()
 	parts := c.Partitions(t, topic)
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
 	reqs := make([]kafka.OffsetRequest, 0, len(parts))
 	for _, p := range parts {
-		reqs = append(reqs, kafka.LastOffsetOf(p))
+		reqs = append(reqs, kafka.OffsetRequest{Partition: p, Timestamp: which})
 	}
 	resp, err := c.client().ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
 		t.Fatalf("kafkatest: list offsets of %s: %v", topic, err)
 	}
-	end := make(map[int]int64, len(parts))
+	out := make(map[int]int64, len(parts))
 	for _, po := range resp.Topics[topic] {
 		if po.Error != nil {
 			t.Fatalf("kafkatest: list offsets of %s/%d: %v", topic, po.Partition, po.Error)
 		}
-		end[po.Partition] = po.LastOffset
+		if which == kafka.FirstOffset {
+			out[po.Partition] = po.FirstOffset
+		} else {
+			out[po.Partition] = po.LastOffset
+		}
 	}
-	return end
+	return out
 }
 
-// ReadAll returns every record of topic below the high watermarks at the time of the
-// call, partition by partition in offset order, without joining a consumer group.
+// ReadAll returns every record of topic kept below the high watermarks at the time of
+// the call, partition by partition in offset order, without joining a consumer group.
 func (c *Cluster) ReadAll(t testing.TB, topic string) []kafka.Message {
 	t.Helper()
-	end := c.EndOffsets(t, topic)
+	start, end := c.StartOffsets(t, topic), c.EndOffsets(t, topic)
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
 	var all []kafka.Message
 	for _, p := range c.Partitions(t, topic) {
-		if end[p] == 0 {
-			continue
+		if end[p] <= start[p] {
+			continue // no record, or every one deleted
 		}
 		r := kafka.NewReader(kafka.ReaderConfig{
 			Brokers:   c.Addrs,

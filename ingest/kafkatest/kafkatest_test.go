@@ -9,7 +9,7 @@ import (
 )
 
 // TestStartKafka: a started cluster has the topics with DefaultPartitions partitions,
-// and what Produce writes, ReadAll and EndOffsets see.
+// and what Produce writes, ReadAll, EndOffsets and StartOffsets see.
 func TestStartKafka(t *testing.T) {
 	c := StartKafka(t, "a", "b")
 	if got := c.Partitions(t, "a"); !slices.Equal(got, []int{0, 1, 2, 3}) {
@@ -37,6 +37,9 @@ func TestStartKafka(t *testing.T) {
 	}
 	if total != 10 {
 		t.Fatalf("end offsets of b add up to %d, want 10", total)
+	}
+	if got := c.StartOffsets(t, "b"); len(got) != 4 || got[0]+got[1]+got[2]+got[3] != 0 {
+		t.Fatalf("start offsets of b = %v, want 0 for each of its 4 partitions (nothing deleted)", got)
 	}
 	if got := c.Committed(t, "nobody", "b"); len(got) != 0 {
 		t.Fatalf("committed offsets of a group that never committed = %v, want none", got)

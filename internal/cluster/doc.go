@@ -19,5 +19,7 @@
 // commit (after a crash or a rebalance, on any replica) drops records at or below
 // them. Stage one writes the same records for the same source records, so a record
 // written twice is dropped as a duplicate, and the alerts do not depend on how many
-// replicas run or which replica runs which task.
+// replicas run or which replica runs which task. Since nothing reads an internal
+// partition below its commit, each replica deletes the records below its tasks'
+// commits every 30 s (purger), as Kafka Streams purges its repartition topics.
 package cluster

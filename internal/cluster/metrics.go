@@ -17,6 +17,8 @@ type metrics struct {
 	duplicates    *prometheus.CounterVec
 	forced        *prometheus.CounterVec
 	tasks         prometheus.Gauge
+	purged        *prometheus.CounterVec
+	purgeFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -53,6 +55,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		tasks: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_cluster_tasks",
 			Help: "Tasks (internal partitions, each with its own engine) running on this replica.",
+		}),
+		purged: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_cluster_purged_records_total",
+			Help: "Records this replica deleted from the internal topics below its tasks' commits, per internal topic: the rise of each partition's first offset.",
+		}, []string{"topic"}),
+		purgeFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "gatewatch_cluster_purge_failures_total",
+			Help: "Purges of the internal topics below the tasks' commits (one every 30s while tasks commit) that failed in whole or in part; tried again the next time.",
 		}),
 	}
 }

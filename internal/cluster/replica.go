@@ -52,6 +52,7 @@ type Replica struct {
 	m    *metrics
 	s1   *stage1
 	s2   *stage2
+	p    *purger
 	src  *kafka.Source
 	w    *kafkago.Writer
 	conn *kafkago.Transport
@@ -139,12 +140,14 @@ func New(cfg Config, o Options) (*Replica, error) {
 		parts:    map[ingest.Partition]*srcPart{},
 		dirty:    map[ingest.Partition]struct{}{},
 	}
+	client := &kafkago.Client{Addr: kafkago.TCP(kc.Brokers...), Timeout: kc.Timeout, Transport: transport}
+	r.p = newPurger(client, log, r.m)
 	r.s2 = &stage2{
 		cfg:     cfg,
 		group:   kc.Group + TasksGroupSuffix,
 		brokers: kc.Brokers,
 		dialer:  dialer,
-		client:  &kafkago.Client{Addr: kafkago.TCP(kc.Brokers...), Timeout: kc.Timeout, Transport: transport},
+		client:  client,
 		timeout: kc.Timeout,
 		batch:   kc.BatchSize,
 		wait:    kc.BatchWait,
@@ -152,6 +155,7 @@ func New(cfg Config, o Options) (*Replica, error) {
 		idle:    o.Detectors.IdleTimeout,
 		now:     o.Now,
 		newTask: r.newTask,
+		purge:   r.p,
 		sink:    o.Sink,
 		log:     log,
 		m:       r.m,
@@ -167,9 +171,9 @@ func rawTopics(k ingest.KafkaConfig) []string {
 	return out
 }
 
-// Run creates the internal topics when missing, then runs both stages until ctx ends
-// or one fails. It returns nil after a stop asked for through ctx. Close the replica
-// after Run returns.
+// Run creates the internal topics when missing, then runs both stages, and purges the
+// internal partitions below its tasks' commits, until ctx ends or a stage fails. It
+// returns nil after a stop asked for through ctx. Close the replica after Run returns.
 func (r *Replica) Run(ctx context.Context) error {
 	if err := r.ensureTopics(ctx); err != nil {
 		return err
@@ -177,6 +181,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.s1.run(gctx) })
 	g.Go(func() error { return r.s2.run(gctx) })
+	g.Go(func() error { r.p.run(gctx); return nil })
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil

@@ -37,6 +37,7 @@ type stage2 struct {
 	idle    time.Duration // idle_timeout: how long a task waits for a source partition that delivers nothing
 	now     func() time.Time
 	newTask func(k Kind, partition int) (*detectors.Engine, func(), error)
+	purge   *purger // told of every commit that succeeded
 	sink    detectors.AlertSink
 	log     *slog.Logger
 	m       *metrics
@@ -256,7 +257,9 @@ func (t *taskSource) ack(next int64, highs string) func(context.Context) error {
 			// Not fatal: the task's partition is read again from the last commit, with
 			// the source offsets of that commit, which rebuilds the same state.
 			t.s.log.Warn("task commit failed; a rebuilt task reads from the previous one", "topic", t.topic, "partition", t.partition, "err", err)
+			return nil
 		}
+		t.s.purge.committed(t.topic, t.partition, next)
 		return nil
 	}
 }
