@@ -3,8 +3,10 @@ package detectors
 import (
 	"cmp"
 	"maps"
+	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -77,6 +79,16 @@ type incidents struct {
 	runbook  string
 	open     map[string]*incident
 	max      int // open incidents; past it the one quiet longest ends early
+	// ended holds the incidents that ended while the events behind them may still be
+	// read again, key → last firing. A restart, or a cluster task's next owner, reads
+	// on from a commit that open windows held back, and must not open again an
+	// incident that already ended: paged again, and with only the part of its events
+	// after the commit, even under another id. They are saved with the open ones
+	// (IncidentState.Ended) and forgotten endedMemory of event time later, far beyond
+	// what open windows hold a commit back by, or when the input ends; at most max are
+	// kept.
+	ended    map[string]int64
+	endedLow int64 // the earliest last firing in ended, while it has any
 	out      *emitter
 	alerts   *prometheus.CounterVec // by severity
 	saved    map[string]struct{}    // keys whose incident changed since the last SaveIncidents
@@ -103,6 +115,9 @@ func (s *incidents) fire(f firing, build func() (Evidence, string)) {
 		return
 	}
 	inc := s.open[f.key]
+	if last, ok := s.ended[f.key]; ok && inc == nil && f.at <= last {
+		return // the events of an incident that ended, read again
+	}
 	if inc != nil && f.at-inc.lastFire > s.cooldown {
 		s.end(inc, inc.lastFire+s.cooldown)
 		inc = nil
@@ -164,12 +179,16 @@ func maxSeverity(a, b Severity) Severity {
 	return a
 }
 
-// endQuiet ends every incident whose key has been quiet for the cooldown at watermark wm.
+// endQuiet ends every incident whose key has been quiet for the cooldown at watermark
+// wm, and forgets those that ended endedMemory before.
 func (s *incidents) endQuiet(wm int64) {
 	for _, inc := range s.open {
 		if wm-inc.lastFire > s.cooldown {
 			s.end(inc, inc.lastFire+s.cooldown)
 		}
+	}
+	if t := wm - endedMemory.Milliseconds(); len(s.ended) > 0 && s.endedLow < t {
+		s.forgetEnded(t)
 	}
 }
 
@@ -187,11 +206,12 @@ func (s *incidents) endQuietest() {
 	}
 }
 
-// endAll ends every incident: the input is over.
+// endAll ends every incident: the input is over, and nothing will be read again.
 func (s *incidents) endAll() {
 	for _, inc := range s.open {
 		s.end(inc, inc.lastFire)
 	}
+	s.forgetEnded(math.MaxInt64)
 }
 
 func (s *incidents) end(inc *incident, at int64) {
@@ -199,7 +219,50 @@ func (s *incidents) end(inc *incident, at int64) {
 		s.emit(inc, at)
 	}
 	delete(s.open, inc.key)
+	s.remember(inc.key, inc.lastFire)
 	s.changed(inc.key)
+}
+
+// remember keeps an ended incident's last firing (see ended); past max, the one that
+// ended longest before makes room.
+func (s *incidents) remember(key string, lastFire int64) {
+	if s.ended == nil {
+		s.ended = map[string]int64{}
+	}
+	if _, ok := s.ended[key]; !ok && len(s.ended) >= s.max {
+		oldest, at := "", int64(math.MaxInt64)
+		for k, l := range s.ended {
+			if l < at || (l == at && k < oldest) {
+				oldest, at = k, l
+			}
+		}
+		delete(s.ended, oldest)
+		s.changed(oldest)
+	}
+	s.ended[key] = max(s.ended[key], lastFire)
+	if len(s.ended) == 1 {
+		s.endedLow = s.ended[key]
+	} else {
+		s.endedLow = min(s.endedLow, s.ended[key])
+	}
+}
+
+// endedMemory is how long, in event time after its last firing, an ended incident is
+// remembered. Not acknowledgements: a cluster task's commit can fail in a rebalance
+// without the engine knowing, and the next owner then reads from the one before.
+const endedMemory = 24 * time.Hour
+
+// forgetEnded forgets the ended incidents whose last firing is before t.
+func (s *incidents) forgetEnded(t int64) {
+	s.endedLow = math.MaxInt64
+	for k, last := range s.ended {
+		if last < t {
+			delete(s.ended, k)
+			s.changed(k)
+		} else {
+			s.endedLow = min(s.endedLow, last)
+		}
+	}
 }
 
 func (s *incidents) emit(inc *incident, at int64) {

@@ -65,8 +65,13 @@ type ncKey struct {
 	lo      int64     // count slot of recent[0]
 	recent  [4]uint32 // events in count slots lo..lo+3
 	settled uint64    // events in count slots before lo
-	cc      [2]ncCountry
-	more    *[]ncCountry // roaming keys' further countries
+	// asOf is the last event time of the stored baseline the key was adopted with
+	// (noEvent: none). Its events were counted there: read again (a restart, or a
+	// cluster task's next owner, reads on from a commit that open windows held back),
+	// they are not counted twice.
+	asOf int64
+	cc   [2]ncCountry
+	more *[]ncCountry // roaming keys' further countries
 }
 
 type ncCountry struct {
@@ -239,7 +244,7 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 	if slot < 0 {
 		slot = d.tab.add(ev.ClientKey, t)
 		k := &d.tab.ents[slot].s
-		k.first = t
+		k.first, k.asOf = t, noEvent
 		// No event that is not late can be more than two slots before t.
 		k.lo = d.countSlot(t) - 3
 		if i, ok := d.keyParams[ev.ClientKey]; ok {
@@ -249,9 +254,12 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 		d.tab.touch(slot, t)
 	}
 	k := &d.tab.ents[slot].s
-	k.first = min(k.first, t)
-	d.count(k, t)
-	d.markDirty(slot)
+	counted := t <= k.asOf
+	if !counted {
+		k.first = min(k.first, t)
+		d.count(k, t)
+		d.markDirty(slot)
+	}
 
 	if k.pending > 0 {
 		if c := d.cands.get(d.tab.ref(slot), code); c != nil {
@@ -262,7 +270,9 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 		}
 	}
 	if c := k.country(code); c != nil && c.last >= t-d.history {
-		c.seen(t)
+		if !counted {
+			c.seen(t)
+		}
 		return
 	}
 	p := &d.params[k.prm]
@@ -640,7 +650,7 @@ func (kb *KeyBaseline) lastSeen() int64 {
 func (d *newCountry) adopt(kb *KeyBaseline, last int64) {
 	slot := d.tab.add(kb.Key, last)
 	k := &d.tab.ents[slot].s
-	k.first = kb.FirstSeen.UnixMilli()
+	k.first, k.asOf = kb.FirstSeen.UnixMilli(), last
 	k.settled = kb.Events
 	k.lo = math.MinInt64 / 2
 	if i, ok := d.keyParams[kb.Key]; ok {

@@ -42,6 +42,9 @@ type IncidentState struct {
 	Evidence Evidence          `json:"evidence"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	Pending  bool              `json:"pending,omitempty"` // changed since the version last emitted
+	// Ended: the incident ended, and only LastFire is kept, until the events behind
+	// it cannot be read again (see incidents.ended).
+	Ended bool `json:"ended,omitempty"`
 }
 
 // LoadIncidents restores the open incidents saved for scope: a firing for one of their
@@ -61,7 +64,11 @@ func (e *Engine) LoadIncidents(ctx context.Context) error {
 	}
 	n := 0
 	for _, st := range states {
-		if inc := byDetector[st.Detector]; inc != nil {
+		switch inc := byDetector[st.Detector]; {
+		case inc == nil:
+		case st.Ended:
+			inc.remember(st.Key, st.LastFire.UnixMilli())
+		default:
 			inc.restore(st)
 			n++
 		}
@@ -129,7 +136,12 @@ func (s *incidents) takeChanged() (open []IncidentState, closed []IncidentRef) {
 	for _, key := range slices.Sorted(maps.Keys(s.saved)) {
 		inc := s.open[key]
 		if inc == nil {
-			closed = append(closed, IncidentRef{Detector: s.detector, Key: key})
+			ref := IncidentRef{Detector: s.detector, Key: key}
+			if last, ok := s.ended[key]; ok {
+				open = append(open, IncidentState{IncidentRef: ref, LastFire: msTime(last), Ended: true})
+			} else {
+				closed = append(closed, ref)
+			}
 			continue
 		}
 		open = append(open, IncidentState{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -146,26 +147,21 @@ func (s *stopAfter) Next(ctx context.Context) (*ingest.Batch, error) {
 
 // TestRestartLearnsOnce: a run that stops at any batch, and a second run that reads
 // on from the last acknowledged batch with the baselines the first saved as of the
-// last event it read, leave the baseline one uninterrupted run leaves. The second run
+// last event it read, leave the baselines one uninterrupted run leaves. The second run
 // reads again the events the first had seen but not acknowledged (open windows held
-// them back); the saved average has them already, and counted again they made it
-// larger than the traffic was.
+// them back); the saved baselines have them already, and counted again they made the
+// average rate and the key's event count larger than the traffic was.
 func TestRestartLearnsOnce(t *testing.T) {
 	cfg := only(ClientVolumeSpike)
+	cfg.NewCountry.Enabled = true
 	// An hour of a client calling every 2s, among other clients.
 	var events []ingest.Event
 	for s := 0; s < 3600; s += 2 {
 		ts := t0.Add(time.Duration(s) * time.Second)
-		events = append(events, req(ts, client("steady"), status(200)), req(ts.Add(time.Second), client(fmt.Sprintf("other-%d", s%7)), status(200)))
+		events = append(events, req(ts, client("steady"), country("PL"), status(200)),
+			req(ts.Add(time.Second), client(fmt.Sprintf("other-%d", s%7)), country("DE"), status(200)))
 	}
-	batches := func(ack func(end int)) []*ingest.Batch {
-		var out []*ingest.Batch
-		for i := 0; i < len(events); i += 100 {
-			end := min(i+100, len(events))
-			out = append(out, ingest.NewBatch(events[i:end], func(context.Context) error { ack(end); return nil }))
-		}
-		return out
-	}
+	batches := func(ack func(end int)) []*ingest.Batch { return ackedBatches(events, 100, ack) }
 	newEngine := func(b BaselineStore) *Engine {
 		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Baselines: b})
 		if err != nil {
@@ -173,7 +169,8 @@ func TestRestartLearnsOnce(t *testing.T) {
 		}
 		return e
 	}
-	rate := func(b *MemoryBaselines) float64 {
+	// learnt returns the steady client's average rate and its event count.
+	learnt := func(b *MemoryBaselines) (rate float64, events uint64) {
 		t.Helper()
 		got, err := b.LoadBaselines(context.Background(), LimitsOf(cfg))
 		if err != nil {
@@ -181,17 +178,24 @@ func TestRestartLearnsOnce(t *testing.T) {
 		}
 		for _, c := range got.Clients {
 			if c.Key == "steady" {
-				return c.RatePerMinute
+				rate = c.RatePerMinute
 			}
 		}
-		t.Fatal("no baseline of the steady client")
-		return 0
+		for _, k := range got.Keys {
+			if k.Key == "steady" {
+				events = k.Events
+			}
+		}
+		if rate == 0 || events == 0 {
+			t.Fatalf("the steady client's baselines: rate %v, events %d", rate, events)
+		}
+		return rate, events
 	}
 	whole := NewMemoryBaselines(Baselines{}, AllBaselines)
 	if err := newEngine(whole).Run(context.Background(), &sliceSource{batches: batches(func(int) {})}, &recordingSink{}); err != nil {
 		t.Fatal(err)
 	}
-	want := rate(whole)
+	wantRate, wantEvents := learnt(whole)
 	for _, stopAt := range []int{3, 10, 17, 25, 32} {
 		t.Run(fmt.Sprintf("stop after %d batches", stopAt), func(t *testing.T) {
 			store := NewMemoryBaselines(Baselines{}, AllBaselines)
@@ -208,9 +212,76 @@ func TestRestartLearnsOnce(t *testing.T) {
 			if err := newEngine(store).Run(context.Background(), &sliceSource{batches: rest}, &recordingSink{}); err != nil {
 				t.Fatal(err)
 			}
-			if got := rate(store); math.Abs(got-want) > 1e-9*want {
-				t.Errorf("stopped and read on from event %d: the steady client's average is %.6f a minute, one run's %.6f", acked, got, want)
+			rate, events := learnt(store)
+			if math.Abs(rate-wantRate) > 1e-9*wantRate {
+				t.Errorf("stopped and read on from event %d: the steady client's average is %.6f a minute, one run's %.6f", acked, rate, wantRate)
+			}
+			if events != wantEvents {
+				t.Errorf("stopped and read on from event %d: the steady client has %d events, one run's %d", acked, events, wantEvents)
 			}
 		})
 	}
+}
+
+// TestEndedIncidentNotReopened: an incident that opened and ended while a longer
+// window held the commit back before its events is remembered as ended: the run that
+// reads on from that commit (a restart, or a cluster task's next owner) does not open
+// it again, under its id or another. The input's end forgets it.
+func TestEndedIncidentNotReopened(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	cfg.ForbiddenBurst.Cooldown = 2 * time.Minute
+	cfg.TokenReuse.Enabled = true // its ten-minute window holds the commit back
+	// Twenty minutes of one token used steadily, and a burst of 403s at minute 2.
+	events := concat(
+		repeat(1200, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return req(ts, client("app"), token("tok"), device("d1"), status(200))
+		}),
+		burst403(30, t0.Add(2*time.Minute), "attacker"))
+	slices.SortStableFunc(events, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+	batches := func(ack func(end int)) []*ingest.Batch { return ackedBatches(events, 50, ack) }
+	newEngine := func(inc IncidentStore) *Engine {
+		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Incidents: inc, Scope: "g"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	store := NewMemoryIncidents()
+	acked := 0
+	ctx, stop := context.WithCancel(context.Background())
+	first := &recordingSink{}
+	// Stopped at minute 8: the burst's incident has ended (cooldown), the commit is
+	// still before it.
+	src := &stopAfter{batches: batches(func(end int) { acked = end }), n: 520 / 50, crash: stop}
+	if err := newEngine(store).Run(ctx, src, first); err == nil {
+		t.Fatal("the first run ended without its stop")
+	}
+	if len(first.alerts) == 0 {
+		t.Fatal("the first run raised nothing for the burst")
+	}
+	if acked > 0 && events[acked-1].Time.After(t0.Add(2*time.Minute)) {
+		t.Fatalf("the first run acknowledged up to %s, past the burst: nothing of it is read again", events[acked-1].Time)
+	}
+	second := &recordingSink{}
+	rest := []*ingest.Batch{ingest.NewBatch(events[acked:], nil)}
+	if err := newEngine(store).Run(context.Background(), &sliceSource{batches: rest}, second); err != nil {
+		t.Fatal(err)
+	}
+	if len(second.alerts) != 0 {
+		t.Errorf("reading on from the commit, the second run raised the ended incident again:\n%s", describe(second.alerts))
+	}
+	if left, _ := store.LoadIncidents(context.Background(), "g"); len(left) != 0 {
+		t.Errorf("%d incidents (open or ended) still stored after the input ended", len(left))
+	}
+}
+
+// ackedBatches cuts events into batches of size whose acknowledgement calls ack with the
+// number of events up to the batch's end.
+func ackedBatches(events []ingest.Event, size int, ack func(end int)) []*ingest.Batch {
+	var out []*ingest.Batch
+	for i := 0; i < len(events); i += size {
+		end := min(i+size, len(events))
+		out = append(out, ingest.NewBatch(events[i:end], func(context.Context) error { ack(end); return nil }))
+	}
+	return out
 }

@@ -41,8 +41,9 @@ func internalPartitions() int {
 }
 
 // TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
-// to four partitions (so every attack is spread over all of them), through one replica
-// and through three: the same alerts, ids and bytes. A plain consumer group of three
+// to four partitions (so every attack is spread over all of them), through one replica,
+// through three, and (without -short) through three of which one leaves halfway: the
+// same alerts, ids and bytes. A plain consumer group of three
 // engines without the hop (the negative control) misses attacks that were split.
 func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	reqs, injected, raw := traffic(t, 7)
@@ -80,14 +81,12 @@ func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	}
 	if !testing.Short() {
 		// Three replicas, one of which leaves halfway: the other two take over its
-		// source partitions and tasks, rebuilt from their commits. The same incidents
-		// (ids); their evidence may differ, see the log.
+		// source partitions and tasks, rebuilt from their commits and the store (open
+		// incidents, those that ended while their events may be read again, and
+		// baselines), and raise the same alerts, ids and bytes.
 		leave := runReplicas(t, c, "leave", 3, raw, parts, int64(len(raw)/2))
-		if got, want := byDetector(leave), byDetector(one); !maps.EqualFunc(got, want, slices.Equal) {
-			t.Errorf("three replicas, one leaving halfway, raised incidents %v, one raised %v", got, want)
-		}
 		if !slices.Equal(one, leave) {
-			t.Logf("a task rebuilt after the move re-evaluates windows from its commit: versions that differ from one replica's:\n%s", diffSets(leave, one))
+			t.Errorf("three replicas, one leaving halfway, raised alerts one did not, or not those it did:\n%s", diffSets(leave, one))
 		}
 	}
 	for _, inj := range injected {
