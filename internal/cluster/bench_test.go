@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -287,7 +288,9 @@ const throughputEvents = 100_000
 // a plain consumer group of two (gatewatch without a cluster section, which splits
 // attacks). It reports each, the ratios two/one, and one replica against one plain
 // engine (the hop's cost). Start-up (joining the groups, a rebalance for the second
-// member) is inside the time, as when a replica is added.
+// member) is inside the time, as when a replica is added. It also reports the CPU time
+// the process spent per event (the broker's included) with one plain engine and with
+// one replica: against events/s, it says whether a configuration waits or computes.
 //
 //	go test ./internal/cluster -run '^$' -bench ReplicasThroughput -benchtime 1x -count 3
 func BenchmarkReplicasThroughput(b *testing.B) {
@@ -325,8 +328,8 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 		raw, parts = append(raw, v), append(parts, p)
 	}
 	all := func(Kind) bool { return true }
-	b.ReportAllocs()     // of the whole process: the broker too
-	var rates [4]float64 // plain one, plain two, replica one, replica two: events/s summed over iterations
+	b.ReportAllocs()          // of the whole process: the broker too
+	var rates, cpu [4]float64 // plain one, plain two, replica one, replica two: events/s and CPU seconds summed over iterations
 	run := 0
 	for b.Loop() {
 		c := kafkatest.Start(b, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: rawPartitions})
@@ -336,7 +339,7 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 			h := &handoffs{to: end}
 			group := fmt.Sprintf("gw-%d", run)
 			expect := len(reqs)
-			start := time.Now()
+			start, cpu0 := time.Now(), cpuTime(b)
 			var stop func()
 			if i < 2 {
 				_, stop = startPlain(b, c, n, group, "waf-logs", discardAlerts{}, h.wrapAll)
@@ -350,6 +353,7 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 				return counted >= expect
 			})
 			_, last := h.snapshot()
+			cpu[i] += (cpuTime(b) - cpu0).Seconds()
 			stop()
 			rates[i] += float64(len(reqs)) / last.Sub(start).Seconds()
 		}
@@ -363,4 +367,16 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 	b.ReportMetric(rates[3]/iters, "hop2-events/s")
 	b.ReportMetric(rates[3]/rates[2], "hop-2/1")
 	b.ReportMetric(rates[2]/rates[0], "hop1/plain1")
+	perEvent := func(s float64) float64 { return s * 1e6 / iters / float64(len(reqs)) }
+	b.ReportMetric(perEvent(cpu[0]), "plain1-cpu-µs/event")
+	b.ReportMetric(perEvent(cpu[2]), "hop1-cpu-µs/event")
+}
+
+// cpuTime returns the user and system CPU time the process has used.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
