@@ -127,11 +127,12 @@ func waitFor(b *testing.B, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// Hop latency: hopRate events/s for hopRunFor; the events of the first hopWarmup
+// Hop latency: each rate of hopRates for hopRunFor; the events of the first hopWarmup
 // (connections, first fetches) and of the last hopTail (the last records of a source
 // partition wait in a task's merge for the other partitions' next) are not timed.
+var hopRates = []int{5_000, 10_000}
+
 const (
-	hopRate   = 10_000
 	hopRunFor = 15 * time.Second
 	hopWarmup = 3 * time.Second
 	hopTail   = 2 * time.Second
@@ -139,10 +140,10 @@ const (
 
 // BenchmarkHopLatency measures what the hop adds to the time from a raw record's
 // produce to an engine observing its event: synthetic AWS WAF traffic stamped with the
-// wall clock at produce, hopRate events/s round robin over six raw partitions, first
-// through one plain engine behind a Kafka source (the baseline: gatewatch without a
-// cluster section), then through one replica (four internal partitions to each of the
-// four internal topics: sixteen tasks), each over a fresh in-process broker, both
+// wall clock at produce, at each rate of hopRates round robin over six raw partitions,
+// first through one plain engine behind a Kafka source (the baseline: gatewatch without
+// a cluster section), then through one replica (four internal partitions to each of
+// the four internal topics: sixteen tasks), each over a fresh in-process broker, both
 // reading with batch_wait 20 ms. The latency of an event is the time its source handed
 // it to an engine minus its event time; through the replica an event reaches a task of
 // each kind it has a key of (client, token, route, IP), and each counts. It reports
@@ -151,27 +152,31 @@ const (
 //
 //	go test ./internal/cluster -run '^$' -bench HopLatency -benchtime 1x -count 3
 func BenchmarkHopLatency(b *testing.B) {
-	reqs := benchRequests(b, hopRate*int(hopRunFor/time.Second))
-	b.ReportAllocs() // of the whole process: the broker and the producer too
-	var plain, hop []time.Duration
-	for b.Loop() {
-		plain = append(plain, hopRun(b, reqs, false)...)
-		hop = append(hop, hopRun(b, reqs, true)...)
+	reqs := benchRequests(b, slices.Max(hopRates)*int(hopRunFor/time.Second))
+	for _, rate := range hopRates {
+		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
+			b.ReportAllocs() // of the whole process: the broker and the producer too
+			var plain, hop []time.Duration
+			for b.Loop() {
+				plain = append(plain, hopRun(b, reqs, rate, false)...)
+				hop = append(hop, hopRun(b, reqs, rate, true)...)
+			}
+			p := func(lat []time.Duration, q int) float64 {
+				slices.Sort(lat)
+				return float64(lat[(len(lat)-1)*q/100]) / float64(time.Millisecond)
+			}
+			b.ReportMetric(p(plain, 50), "plain-p50-ms")
+			b.ReportMetric(p(plain, 99), "plain-p99-ms")
+			b.ReportMetric(p(hop, 50), "hop-p50-ms")
+			b.ReportMetric(p(hop, 99), "hop-p99-ms")
+			b.ReportMetric(p(hop, 99)-p(plain, 99), "added-p99-ms")
+		})
 	}
-	p := func(lat []time.Duration, q int) float64 {
-		slices.Sort(lat)
-		return float64(lat[(len(lat)-1)*q/100]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(p(plain, 50), "plain-p50-ms")
-	b.ReportMetric(p(plain, 99), "plain-p99-ms")
-	b.ReportMetric(p(hop, 50), "hop-p50-ms")
-	b.ReportMetric(p(hop, 99), "hop-p99-ms")
-	b.ReportMetric(p(hop, 99)-p(plain, 99), "added-p99-ms")
 }
 
-// hopRun produces reqs at hopRate through a plain engine or a replica and returns the
+// hopRun produces reqs at rate through a plain engine or a replica and returns the
 // latencies of the events timed.
-func hopRun(b *testing.B, reqs []synth.Request, cluster bool) []time.Duration {
+func hopRun(b *testing.B, reqs []synth.Request, rate int, cluster bool) []time.Duration {
 	b.Helper()
 	c := kafkatest.Start(b, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: rawPartitions})
 	defer c.Fake.Close()
@@ -193,7 +198,7 @@ func hopRun(b *testing.B, reqs []synth.Request, cluster bool) []time.Duration {
 	h.mu.Lock()
 	h.from, h.to = start.Add(hopWarmup), start.Add(hopRunFor-hopTail)
 	h.mu.Unlock()
-	timed := produceSteady(b, c, "waf-logs", reqs, start, hopRate, hopRunFor, h.from, h.to)
+	timed := produceSteady(b, c, "waf-logs", reqs, start, rate, hopRunFor, h.from, h.to)
 	what := "plain engine"
 	if cluster {
 		what = "replica"
