@@ -141,7 +141,7 @@ func spread(reqs []synth.Request, injected []synth.Injected) []int {
 
 // produceRaw writes raw to the partitions of topic partOf says, stamped with their
 // event times.
-func produceRaw(t *testing.T, c *kafkatest.Cluster, topic string, raw [][]byte, partOf []int) {
+func produceRaw(t testing.TB, c *kafkatest.Cluster, topic string, raw [][]byte, partOf []int) {
 	t.Helper()
 	evTimes := eventTimes(t, raw)
 	parts := make([][]kafkago.Message, rawPartitions)
@@ -154,7 +154,7 @@ func produceRaw(t *testing.T, c *kafkatest.Cluster, topic string, raw [][]byte, 
 }
 
 // testLog collects a component's log, shown when the test fails.
-func testLog(t *testing.T, name string) *slog.Logger {
+func testLog(t testing.TB, name string) *slog.Logger {
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	t.Cleanup(func() {
@@ -179,7 +179,7 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 }
 
 // noDeadLetters fails the test for any rejected record: the synthetic records all parse.
-type noDeadLetters struct{ t *testing.T }
+type noDeadLetters struct{ t testing.TB }
 
 func (d noDeadLetters) Put(_ context.Context, letters []ingest.DeadLetter) error {
 	d.t.Errorf("%d records rejected, the first: %+v", len(letters), letters[0])
@@ -339,35 +339,8 @@ func (l *lockedIncidents) SaveIncidents(ctx context.Context, scope string, open 
 func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, partOf []int) []string {
 	t.Helper()
 	sink := newAlertSet()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var regs []prometheus.Gatherer
-	done := make(chan error, n)
-	for i := range n {
-		reg := prometheus.NewRegistry()
-		regs = append(regs, reg)
-		log := testLog(t, "plain member "+string(rune('0'+i)))
-		src, err := kafka.NewSource(testKafka(c, "gw-plain", "waf-plain"), kafka.Options{
-			ParserOptions: testParserOptions(t),
-			DeadLetters:   noDeadLetters{t},
-			Registerer:    reg,
-			Logger:        log,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		eng, err := detectors.NewEngine(testDetectors(), detectors.Options{Registerer: reg, Now: time.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			err := eng.Run(ctx, src, sink)
-			if ctx.Err() != nil {
-				err = nil
-			}
-			done <- errors.Join(err, src.Close())
-		}()
-	}
+	regs, stop := startPlain(t, c, n, "gw-plain", "waf-plain", sink, nil)
+	defer stop()
 	// The sources join on their first Next, which Run calls.
 	c.WaitGroup(t, "gw-plain", "waf-plain", n)
 	produceRaw(t, c, "waf-plain", raw, partOf)
@@ -378,13 +351,57 @@ func runPlainGroup(t *testing.T, c *kafkatest.Cluster, n int, raw [][]byte, part
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cancel()
-	for range n {
-		if err := <-done; err != nil {
-			t.Errorf("plain group member: %v", err)
-		}
-	}
+	stop()
 	return sink.sorted()
+}
+
+// startPlain starts n engines, each behind its own Kafka source in group over topic, as
+// n instances of gatewatch without a cluster section would, each source wrapped by wrap
+// when set, and returns their registries and a function that stops them (once, however
+// often it is called).
+func startPlain(t testing.TB, c *kafkatest.Cluster, n int, group, topic string, sink detectors.AlertSink, wrap func(detectors.EventSource) detectors.EventSource) ([]prometheus.Gatherer, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var regs []prometheus.Gatherer
+	done := make(chan error, n)
+	for i := range n {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		src, err := kafka.NewSource(testKafka(c, group, topic), kafka.Options{
+			ParserOptions: testParserOptions(t),
+			DeadLetters:   noDeadLetters{t},
+			Registerer:    reg,
+			Logger:        testLog(t, fmt.Sprintf("%s member %d", group, i)),
+		})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		eng, err := detectors.NewEngine(testDetectors(), detectors.Options{Registerer: reg, Now: time.Now})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		var es detectors.EventSource = src
+		if wrap != nil {
+			es = wrap(src)
+		}
+		go func() {
+			err := eng.Run(ctx, es, sink)
+			if ctx.Err() != nil {
+				err = nil
+			}
+			done <- errors.Join(err, src.Close())
+		}()
+	}
+	return regs, sync.OnceFunc(func() {
+		cancel()
+		for range n {
+			if err := <-done; err != nil {
+				t.Errorf("%s member: %v", group, err)
+			}
+		}
+	})
 }
 
 // kcatReadsInternalTopics: kcat (librdkafka), an independent client, reads every

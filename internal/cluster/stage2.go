@@ -41,6 +41,9 @@ type stage2 struct {
 	sink    detectors.AlertSink
 	log     *slog.Logger
 	m       *metrics
+	// wrapTask, when set, wraps each task's source: the benchmarks time when a task's
+	// engine takes each event (BenchmarkHopLatency). Nil in production.
+	wrapTask func(k Kind, src detectors.EventSource) detectors.EventSource
 }
 
 // run takes part in the group until ctx ends, running the tasks of each generation.
@@ -219,7 +222,11 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 	src := newTaskSource(s, gen, topic, partition, c, sources)
 	src.r = r
 	s.log.Debug("task started", "topic", topic, "partition", partition, "offset", c.offset)
-	err = eng.Run(ctx, src, s.sink)
+	var es detectors.EventSource = src
+	if s.wrapTask != nil {
+		es = s.wrapTask(k, src)
+	}
+	err = eng.Run(ctx, es, s.sink)
 	if ctx.Err() != nil {
 		return nil
 	}
