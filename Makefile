@@ -5,11 +5,14 @@ GO        ?= go
 PKGS      ?= ./...
 APT_PKGS  := kcat clickhouse-server clickhouse-client rsyslog prometheus kubernetes-client chromium
 FUZZTIME  ?= 10s
+PROPERTY_SEEDS     ?= 4
+PROPERTY_SCHEDULES ?= 3
+SEED      ?=
 # deploy/ is a Go module of its own (its tests read the manifests with the Kubernetes,
 # compose-spec, Prometheus and BuildKit libraries, which the product does not need).
 DEPLOY    := deploy
 
-.PHONY: all build test deps vet lint fuzz bench golden tidy-check conformance demo
+.PHONY: all build test deps vet lint fuzz property bench golden tidy-check conformance demo
 
 all: build
 
@@ -63,6 +66,16 @@ fuzz:
 			echo "== $$pkg $$t"; $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
 	done
+
+# property runs internal/cluster's TestScheduleProperty, which `make test` skips: for
+# PROPERTY_SEEDS synthetic seeds (from 1), or SEED alone, one replica and then
+# PROPERTY_SCHEDULES schedules drawn from the seed, of replicas that join and leave at
+# random points of the traffic, each of which must raise exactly one replica's alerts.
+# A run takes about half a minute under the race detector, so a seed about two. A failure
+# prints its seed, schedule, the alerts that differ and the command that reruns it alone.
+property:
+	GATEWATCH_PROPERTY=1 GATEWATCH_PROPERTY_SEEDS=$(PROPERTY_SEEDS) GATEWATCH_PROPERTY_SCHEDULES=$(PROPERTY_SCHEDULES) \
+	GATEWATCH_PROPERTY_SEED=$(SEED) $(GO) test -race -count 1 -timeout 3h -run '^TestScheduleProperty$$' -v ./internal/cluster
 
 # bench prints benchstat input: go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt
 bench:

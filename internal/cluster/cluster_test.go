@@ -42,30 +42,22 @@ func internalPartitions() int {
 
 // TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
 // to four partitions (so every attack is spread over all of them), through one replica,
-// through three, and (without -short) through three of which one leaves halfway: the
-// same alerts, ids and bytes. A plain consumer group of three
-// engines without the hop (the negative control) misses attacks that were split.
+// through three, and (without -short) through three of which one leaves halfway, and
+// through one joined by two at a third and left by the first at two thirds (1 → 3 → 2):
+// the same alerts, ids and bytes. A plain consumer group of three engines without the
+// hop (the negative control) misses attacks that were split. TestScheduleProperty runs
+// random schedules over other seeds.
 func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	reqs, injected, raw := traffic(t, 7)
 	parts := spread(reqs, injected)
-	// The internal topics exist before the replicas start (as after a first run), so
-	// that the test's own clients see them at once; TestRunCluster (cmd/gatewatch) and
-	// TestInternalTopics see the replicas create them.
-	var internal []string
-	for _, name := range []string{"one", "three", "leave"} {
-		for k := range numKinds {
-			internal = append(internal, Config{InternalTopicPrefix: "gwi-" + name}.Topic(k))
-		}
-	}
-	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-one", "waf-three", "waf-leave", "waf-plain"}, Partitions: rawPartitions,
-		Kfake: []kfake.Opt{kfake.SeedTopics(int32(internalPartitions()), internal...)}})
+	c := startKafka(t, []string{"one", "three", "leave", "join"}, "waf-plain")
 
-	one := runReplicas(t, c, "one", 1, raw, parts, 0)
+	one := runReplicas(t, c, "one", fixed(1), raw, parts)
 	if len(one) < len(injected) {
 		t.Fatalf("one replica raised %d alert versions for %d attacks:\n%s", len(one), len(injected), strings.Join(one, "\n"))
 	}
 	kcatReadsInternalTopics(t, c, Config{InternalTopicPrefix: "gwi-one", Partitions: internalPartitions()})
-	three := runReplicas(t, c, "three", 3, raw, parts, 0)
+	three := runReplicas(t, c, "three", fixed(3), raw, parts)
 	if !slices.Equal(one, three) {
 		t.Errorf("three replicas raised alerts one did not, or not those it did:\n%s", diffSets(three, one))
 	}
@@ -80,13 +72,21 @@ func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 		return m
 	}
 	if !testing.Short() {
-		// Three replicas, one of which leaves halfway: the other two take over its
-		// source partitions and tasks, rebuilt from their commits and the store (open
-		// incidents, those that ended while their events may be read again, and
-		// baselines), and raise the same alerts, ids and bytes.
-		leave := runReplicas(t, c, "leave", 3, raw, parts, int64(len(raw)/2))
-		if !slices.Equal(one, leave) {
-			t.Errorf("three replicas, one leaving halfway, raised alerts one did not, or not those it did:\n%s", diffSets(leave, one))
+		// Replicas that leave: the others take over their source partitions and
+		// tasks, rebuilt from their commits and the store (open incidents, those that
+		// ended while their events may be read again, and baselines). Replicas that
+		// join take partitions and tasks over the same way, mid-stream.
+		for _, run := range []struct {
+			name string
+			s    schedule
+		}{
+			{"leave", schedule{start: 3, changes: []change{{at: len(raw) / 2, replicas: 2, pick: 2}}}},
+			{"join", schedule{start: 1, changes: []change{{at: len(raw) / 3, replicas: 3}, {at: 2 * len(raw) / 3, replicas: 2}}}},
+		} {
+			got := runReplicas(t, c, run.name, run.s, raw, parts)
+			if !slices.Equal(one, got) {
+				t.Errorf("replicas %v raised alerts one did not, or not those it did:\n%s", run.s, diffSets(got, one))
+			}
 		}
 	}
 	for _, inj := range injected {
@@ -139,6 +139,25 @@ func spread(reqs []synth.Request, injected []synth.Injected) []int {
 	return parts
 }
 
+// startKafka starts a broker with, for each name, the raw topic waf-<name> and the
+// internal topics of prefix gwi-<name>, and the topics of extra. The internal topics
+// exist before the replicas start (as after a first run), so that the test's own
+// clients see them at once; TestRunCluster (cmd/gatewatch) and TestInternalTopics see
+// the replicas create them.
+func startKafka(t *testing.T, names []string, extra ...string) *kafkatest.Cluster {
+	t.Helper()
+	topics := slices.Clone(extra)
+	var internal []string
+	for _, name := range names {
+		topics = append(topics, "waf-"+name)
+		for k := range numKinds {
+			internal = append(internal, Config{InternalTopicPrefix: "gwi-" + name}.Topic(k))
+		}
+	}
+	return kafkatest.Start(t, kafkatest.Options{Topics: topics, Partitions: rawPartitions,
+		Kfake: []kfake.Opt{kfake.SeedTopics(int32(internalPartitions()), internal...)}})
+}
+
 // produceRaw writes raw to the partitions of topic partOf says, stamped with their
 // event times.
 func produceRaw(t testing.TB, c *kafkatest.Cluster, topic string, raw [][]byte, partOf []int) {
@@ -149,7 +168,9 @@ func produceRaw(t testing.TB, c *kafkatest.Cluster, topic string, raw [][]byte, 
 		parts[partOf[i]] = append(parts[partOf[i]], kafkago.Message{Value: r, Time: evTimes[i]})
 	}
 	for p, msgs := range parts {
-		c.ProduceTo(t, topic, p, msgs...)
+		if len(msgs) > 0 { // a schedule's stretch of traffic may miss a partition
+			c.ProduceTo(t, topic, p, msgs...)
+		}
 	}
 }
 
@@ -206,24 +227,80 @@ func eventTimes(t testing.TB, raw [][]byte) []time.Time {
 	return out
 }
 
-// runReplicas runs n replicas (prefix and groups named for name) over the raw topic
-// waf-<name>, once every replica is a member of both groups produces raw to it, waits
-// until every raw record is committed and every internal record observed, stops the
-// replicas, and returns the distinct alert versions they raised, sorted. With leaveAt
-// above 0, the last replica stops once stage one committed that many raw records, and
-// the others take over its partitions and tasks.
-func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][]byte, partOf []int, leaveAt int64) []string {
+// A schedule says how many replicas run over the traffic and when that changes: start
+// of them from the first raw record, then each change in turn.
+type schedule struct {
+	start   int
+	changes []change
+}
+
+// A change sets how many replicas run once stage one committed at least at raw records
+// (exactly at, when replicas join): new ones start, or running ones stop, the pick-th
+// (modulo how many run) first.
+type change struct {
+	at, replicas, pick int
+}
+
+// fixed returns n replicas from start to end.
+func fixed(n int) schedule { return schedule{start: n} }
+
+// String writes s as its counts, their points and the replicas (numbered as they
+// start) that leave, "1 → 3 at 6863 → 2 at 13726 (0 leave)", as a failing case is
+// reported.
+func (s schedule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d", s.start)
+	running := make([]int, s.start)
+	for i := range running {
+		running[i] = i
+	}
+	started := s.start
+	for _, ch := range s.changes {
+		fmt.Fprintf(&b, " → %d at %d", ch.replicas, ch.at)
+		var left []string
+		for ; len(running) < ch.replicas; started++ {
+			running = append(running, started)
+		}
+		for len(running) > ch.replicas {
+			i := ch.pick % len(running)
+			left = append(left, strconv.Itoa(running[i]))
+			running = slices.Delete(running, i, i+1)
+		}
+		if len(left) > 0 {
+			fmt.Fprintf(&b, " (%s leave)", strings.Join(left, ", "))
+		}
+	}
+	return b.String()
+}
+
+// runReplicas runs replicas (prefix and groups named for name) over the raw topic
+// waf-<name> as s says, and returns the distinct alert versions they raised, sorted.
+// Once s.start replicas are members of both groups it produces raw to the topic, up to
+// the point of the first change that adds replicas; it applies each change once stage
+// one committed its point, and produces on to the next such point; then it waits until
+// every raw record is committed and every internal record observed. The replicas that
+// stay take over the partitions and tasks of those that leave, and those that join take
+// theirs over, rebuilt from the commits and the store.
+func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, s schedule, raw [][]byte, partOf []int) []string {
 	t.Helper()
 	topic, group := "waf-"+name, "gw-"+name
 	cfg := Config{InternalTopicPrefix: "gwi-" + name, Partitions: internalPartitions()}
 	sink := newAlertSet()
 	stores := sharedStores()
-	var regs []prometheus.Gatherer
-	var stops []context.CancelFunc
-	done := make([]chan error, n)
-	for i := range n {
-		reg := prometheus.NewRegistry()
-		regs = append(regs, reg)
+	type replica struct {
+		id   int
+		reg  *prometheus.Registry
+		stop context.CancelFunc
+		done chan error
+	}
+	var all, running []*replica
+	defer func() {
+		for _, r := range all {
+			r.stop()
+		}
+	}()
+	start := func() {
+		rep := &replica{id: len(all), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 		r, err := New(cfg, Options{
 			Kafka:         testKafka(c, group, topic),
 			ParserOptions: testParserOptions(t),
@@ -232,65 +309,123 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, n int, raw [][
 			Baselines:     stores.baselines,
 			Incidents:     stores.incidents,
 			Sink:          sink,
-			Registerer:    reg,
-			Logger:        testLog(t, name+" replica "+string(rune('0'+i))),
+			Registerer:    rep.reg,
+			Logger:        testLog(t, name+" replica "+strconv.Itoa(rep.id)),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		stops = append(stops, cancel)
-		done[i] = make(chan error, 1)
-		go func() { done[i] <- errors.Join(r.Run(ctx), r.Close()) }()
+		var ctx context.Context
+		ctx, rep.stop = context.WithCancel(context.Background())
+		go func() { rep.done <- errors.Join(r.Run(ctx), r.Close()) }()
+		all = append(all, rep)
+		running = append(running, rep)
 	}
-	c.WaitGroup(t, group, topic, n)
-	c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), n)
-	produceRaw(t, c, topic, raw, partOf)
+	joined := func() {
+		c.WaitGroup(t, group, topic, len(running))
+		c.WaitGroup(t, group+TasksGroupSuffix, cfg.Topic(Client), len(running))
+	}
+	// wait polls until done says so, failing the test with what done last said after 3
+	// minutes, or when a running replica stops.
+	wait := func(done func() (bool, string)) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			ok, state := done()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not done after 3 minutes: %s", name, state)
+			}
+			for _, r := range running {
+				select {
+				case err := <-r.done:
+					t.Fatalf("%s: replica %d stopped: %v", name, r.id, err)
+				default:
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 
-	running := n
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		committed := c.Committed(t, group, topic)
-		if leaveAt > 0 && running == n && sum(committed) >= leaveAt {
-			running--
-			stops[running]()
-			if err := <-done[running]; err != nil {
-				t.Errorf("%s: replica %d stopped with %v", name, running, err)
-			}
-			t.Logf("%s: replica %d left after %d raw records were committed", name, running, sum(committed))
-		}
-		ends := internalEnds(t, c, cfg)
-		position := promtest.Sum(t, "gatewatch_cluster_task_offset", regs[:running]...)
-		if maps.Equal(committed, c.EndOffsets(t, topic)) && position == ends {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not done after 3 minutes: raw committed %v of %v, tasks at %v of %v", name,
-				committed, c.EndOffsets(t, topic), position, ends)
-		}
-		for i := range running {
-			select {
-			case err := <-done[i]:
-				t.Fatalf("%s: replica %d stopped: %v", name, i, err)
-			default:
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
+	for range s.start {
+		start()
 	}
+	joined()
+	// The traffic is produced up to the next point at which replicas join and no
+	// further, so that the joiners are members of both groups, and take partitions and
+	// tasks over, before the records after it, however fast the machine. Replicas leave
+	// while it flows, once stage one committed their point, as a replica is stopped
+	// under load.
+	produced := 0
+	joins := make([]bool, len(s.changes))
+	for i, prev := 0, s.start; i < len(s.changes); i++ {
+		joins[i], prev = s.changes[i].replicas > prev, s.changes[i].replicas
+	}
+	for i, ch := range s.changes {
+		to := len(raw)
+		if j := slices.Index(joins[i:], true); j >= 0 {
+			to = s.changes[i+j].at
+		}
+		if to > produced {
+			produceRaw(t, c, topic, raw[produced:to], partOf[produced:to])
+			produced = to
+		}
+		var committed int64
+		wait(func() (bool, string) {
+			committed = sum(c.Committed(t, group, topic))
+			return committed >= int64(ch.at), fmt.Sprintf("stage one committed %d of %d raw records", committed, ch.at)
+		})
+		if joins[i] {
+			for len(running) < ch.replicas {
+				start()
+			}
+			joined()
+		}
+		for len(running) > ch.replicas {
+			k := ch.pick % len(running)
+			r := running[k]
+			running = slices.Delete(running, k, k+1)
+			r.stop()
+			if err := <-r.done; err != nil {
+				t.Errorf("%s: replica %d stopped with %v", name, r.id, err)
+			}
+		}
+		ids := make([]int, len(running))
+		for k, r := range running {
+			ids[k] = r.id
+		}
+		t.Logf("%s: replicas %v run after %d raw records were committed", name, ids, committed)
+	}
+	produceRaw(t, c, topic, raw[produced:], partOf[produced:])
+	regs := func(rs []*replica) []prometheus.Gatherer {
+		var out []prometheus.Gatherer
+		for _, r := range rs {
+			out = append(out, r.reg)
+		}
+		return out
+	}
+	wait(func() (bool, string) {
+		committed, ends := c.Committed(t, group, topic), c.EndOffsets(t, topic)
+		internal := internalEnds(t, c, cfg)
+		position := promtest.Sum(t, "gatewatch_cluster_task_offset", regs(running)...)
+		return maps.Equal(committed, ends) && position == internal,
+			fmt.Sprintf("raw committed %v of %v, tasks at %v of %v", committed, ends, position, internal)
+	})
 	rawBytes := 0
 	for _, r := range raw {
 		rawBytes += len(r)
 	}
 	t.Logf("%s: stage one wrote %.0f bytes a raw record (events and marks, before compression) for %.0f bytes of raw record",
-		name, promtest.Sum(t, "gatewatch_cluster_written_bytes_total", regs...)/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
-	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs...); dups != 0 && leaveAt == 0 {
+		name, promtest.Sum(t, "gatewatch_cluster_written_bytes_total", regs(all)...)/float64(len(raw)), float64(rawBytes)/float64(len(raw)))
+	if dups := promtest.Sum(t, "gatewatch_cluster_task_duplicates_total", regs(all)...); dups != 0 && len(s.changes) == 0 {
 		t.Errorf("%s: %v records dropped as duplicates in a run without crashes", name, dups)
 	}
-	for i := range running {
-		stops[i]()
-		if err := <-done[i]; err != nil {
-			t.Errorf("%s: replica %d: %v", name, i, err)
+	for _, r := range running {
+		r.stop()
+		if err := <-r.done; err != nil {
+			t.Errorf("%s: replica %d: %v", name, r.id, err)
 		}
 	}
 	return sink.sorted()
