@@ -356,10 +356,13 @@ func (d *privilegeAnomaly) flushed() {
 	}
 }
 
+// baseline is the key's history as no open window holds it. The successes in open
+// windows are read again after a restart or a task's move (the commit waits for them)
+// and judged there: stored as history, they would hide the very incident they make.
 func (d *privilegeAnomaly) baseline(slot int32) PrivilegeBaseline {
 	k := &d.tab.ents[slot].s
 	last := k.last
-	if _, l, ok := d.cnt.span(d.cnt.keyData(slot), &k.r, k.r.lo, k.r.top); ok {
+	if _, l, ok := d.cnt.span(d.cnt.keyData(slot), &k.r, k.r.lo, d.lay.oldestOpen(d.wm)-1); ok {
 		last = max(last, l)
 	}
 	return PrivilegeBaseline{Key: d.tab.keyOf(slot), FirstSeen: msTime(k.first), LastSeen: msTime(last), Events: k.events}
@@ -411,15 +414,25 @@ func (d *privilegeAnomaly) merge(b *Baselines, wm int64) (adopted, merged int) {
 	return d.adoptAll(b.Privileged, wm, true), 0
 }
 
+// takeDirty adds to u the keys whose baseline changed since the last call. A key with
+// successes still in open windows stays dirty: written again once they are history.
 func (d *privilegeAnomaly) takeDirty(u *Baselines) {
+	open := d.lay.oldestOpen(d.wm)
+	kept := d.dirty[:0]
 	for _, r := range d.dirty {
-		if d.tab.valid(r) {
-			u.Privileged = append(u.Privileged, d.baseline(r.slot))
-			d.tab.ents[r.slot].s.dirty = false
+		if !d.tab.valid(r) {
+			continue
+		}
+		u.Privileged = append(u.Privileged, d.baseline(r.slot))
+		k := &d.tab.ents[r.slot].s
+		if _, _, ok := d.cnt.span(d.cnt.keyData(r.slot), &k.r, open, k.r.top); ok {
+			kept = append(kept, r)
+		} else {
+			k.dirty = false
 		}
 	}
-	clear(d.dirty)
-	d.dirty = d.dirty[:0]
+	clear(d.dirty[len(kept):])
+	d.dirty = kept
 	slices.SortFunc(u.Privileged, func(x, y PrivilegeBaseline) int { return strings.Compare(x.Key, y.Key) })
 }
 

@@ -43,8 +43,9 @@ type quietSpike struct {
 	allowKey map[string]bool
 	allowNet []netip.Prefix
 
-	dirty   []slotRef
-	scratch []byte
+	dirty    []slotRef
+	unfolded []slotRef // routes written with counts in open buckets (takeVolumes)
+	scratch  []byte
 }
 
 type qsParams struct {
@@ -160,13 +161,12 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	}
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	if k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau) {
-		d.markDirty(slot)
-	}
+	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	d.settle(k)
 	run := k.sum[0] == 0 // the ring was empty: a run of traffic starts
 	d.cnt.count(data, k.sum[:], o, b, t)
+	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.params[k.prm]
 	if !p.enabled {
 		return
@@ -400,12 +400,12 @@ func (d *quietSpike) adopt(r *RouteBaseline) {
 // takeDirty adds to u the routes whose baseline changed since the last call.
 func (d *quietSpike) takeDirty(u *Baselines) {
 	out := u.Routes
-	for _, r := range d.dirty {
-		if d.tab.valid(r) {
-			out = append(out, d.baseline(r.slot))
-			d.tab.ents[r.slot].s.dirty = false
-		}
-	}
+	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.lay.oldestOpen(d.wm), &d.cnt, d.tau, d.tab.valid,
+		func(r slotRef) (*volume, *ring, *bool) {
+			k := &d.tab.ents[r.slot].s
+			return &k.vol, &k.r, &k.dirty
+		},
+		func(r slotRef) { out = append(out, d.baseline(r.slot)) })
 	clear(d.dirty)
 	d.dirty = d.dirty[:0]
 	slices.SortFunc(out, func(x, y RouteBaseline) int { return strings.Compare(x.Route, y.Route) })

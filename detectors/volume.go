@@ -39,6 +39,55 @@ type volume struct {
 	peak   peak
 }
 
+// takeVolumes is the part of takeDirty common to the detectors whose baselines are
+// volumes. A volume's closed buckets are folded lazily (at the key's next event, or
+// while it is hot), but the events of a closed bucket are acknowledged once no open
+// window needs them, and whoever reads on from that commit (a restart, a cluster task's
+// next owner) does not see them again: a baseline written without them loses them. So
+// each key is written with its buckets before open folded, and a key with counts in
+// open buckets is kept in the returned list, to be written again once folding them,
+// closed by then, changes its average. dirty are the keys changed since the last call,
+// unfolded what the last call returned; state gives a key's volume, ring and dirty
+// flag, cnt and tau how its buckets fold.
+func takeVolumes(dirty, unfolded []slotRef, open int64, cnt *counters, tau float64, valid func(slotRef) bool,
+	state func(slotRef) (*volume, *ring, *bool), write func(slotRef)) []slotRef {
+	isDirty := func(r slotRef) bool {
+		_, _, d := state(r)
+		was := *d
+		*d = false
+		return was
+	}
+	fold := func(r slotRef) (changed, pending bool) {
+		v, rg, _ := state(r)
+		return v.foldRate(cnt, cnt.keyData(r.slot), rg, open, tau), rg.used && rg.top >= open
+	}
+	var next []slotRef
+	for _, r := range unfolded {
+		if !valid(r) || isDirty(r) {
+			continue // gone, or written below
+		}
+		changed, pending := fold(r)
+		if changed {
+			write(r)
+		}
+		if pending {
+			next = append(next, r)
+		}
+	}
+	for _, r := range dirty {
+		if !valid(r) {
+			continue
+		}
+		isDirty(r)
+		_, pending := fold(r)
+		write(r)
+		if pending {
+			next = append(next, r)
+		}
+	}
+	return next
+}
+
 func newVolume(t int64) volume {
 	return volume{rateAt: t, rateTo: math.MinInt64 / 2, peak: newPeak(t)}
 }

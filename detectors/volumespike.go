@@ -68,14 +68,15 @@ func (c *ClientVolumeSpikeConfig) validate(add func(error)) {
 // ClientBaseline.
 type volumeSpike struct {
 	windowed[cvKey]
-	cnt   counters // requests per bucket, with a sample path
-	arena arena
-	rules clientRules[cvParams]
-	tau   float64 // rate time constant, ms
-	ptau  float64 // peak time constant, ms
-	learn int64
-	dirty []slotRef
-	sink  uint64 // what prefetch loaded, so that the loads are not optimised away
+	cnt      counters // requests per bucket, with a sample path
+	arena    arena
+	rules    clientRules[cvParams]
+	tau      float64 // rate time constant, ms
+	ptau     float64 // peak time constant, ms
+	learn    int64
+	dirty    []slotRef
+	unfolded []slotRef // keys written with counts in open buckets (takeVolumes)
+	sink     uint64    // what prefetch loaded, so that the loads are not optimised away
 }
 
 type cvParams struct {
@@ -172,12 +173,11 @@ func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	}
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	if k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau) {
-		d.markDirty(slot)
-	}
+	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	fresh := data[o] == 0
 	d.cnt.count(data, k.sum[:], o, b, t)
+	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.rules.params[k.prm]
 	if !p.enabled {
 		return
@@ -353,12 +353,12 @@ func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) int {
 }
 
 func (d *volumeSpike) takeDirty(u *Baselines) {
-	for _, r := range d.dirty {
-		if d.tab.valid(r) {
-			u.Clients = append(u.Clients, d.baseline(r.slot))
-			d.tab.ents[r.slot].s.dirty = false
-		}
-	}
+	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.lay.oldestOpen(d.wm), &d.cnt, d.tau, d.tab.valid,
+		func(r slotRef) (*volume, *ring, *bool) {
+			k := &d.tab.ents[r.slot].s
+			return &k.vol, &k.r, &k.dirty
+		},
+		func(r slotRef) { u.Clients = append(u.Clients, d.baseline(r.slot)) })
 	clear(d.dirty)
 	d.dirty = d.dirty[:0]
 	slices.SortFunc(u.Clients, func(x, y ClientBaseline) int { return strings.Compare(x.Key, y.Key) })
