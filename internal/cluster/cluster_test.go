@@ -42,14 +42,15 @@ func internalPartitions() int {
 
 // TestReplicasRaiseTheSameAlerts: the same seeded traffic, produced unkeyed round robin
 // to four partitions (so every attack is spread over all of them), through one replica,
-// through three, and (without -short) through three of which one leaves halfway: the
-// same alerts, ids and bytes. A plain consumer group of three engines without the
+// through three, and (without -short) through three of which one leaves halfway, and
+// through one joined by two at a third and left by the first at two thirds (1 → 3 → 2):
+// the same alerts, ids and bytes. A plain consumer group of three engines without the
 // hop (the negative control) misses attacks that were split. TestScheduleProperty runs
 // random schedules over other seeds.
 func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	reqs, injected, raw := traffic(t, 7)
 	parts := spread(reqs, injected)
-	c := startKafka(t, []string{"one", "three", "leave"}, "waf-plain")
+	c := startKafka(t, []string{"one", "three", "leave", "join"}, "waf-plain")
 
 	one := runReplicas(t, c, "one", fixed(1), raw, parts)
 	if len(one) < len(injected) {
@@ -73,16 +74,14 @@ func TestReplicasRaiseTheSameAlerts(t *testing.T) {
 	if !testing.Short() {
 		// Replicas that leave: the others take over their source partitions and
 		// tasks, rebuilt from their commits and the store (open incidents, those that
-		// ended while their events may be read again, and baselines).
+		// ended while their events may be read again, and baselines). Replicas that
+		// join take partitions and tasks over the same way, mid-stream.
 		for _, run := range []struct {
 			name string
 			s    schedule
 		}{
 			{"leave", schedule{start: 3, changes: []change{{at: len(raw) / 2, replicas: 2, pick: 2}}}},
-			// 1 → 3 → 2 runs in TestScheduleProperty (make property) for now: with two
-			// moves it is likelier to catch the two known differences there (a sparse
-			// client's average, a privileged key's history; see the scale-out issue),
-			// which would make `make test` fail by timing.
+			{"join", schedule{start: 1, changes: []change{{at: len(raw) / 3, replicas: 3}, {at: 2 * len(raw) / 3, replicas: 2}}}},
 		} {
 			got := runReplicas(t, c, run.name, run.s, raw, parts)
 			if !slices.Equal(one, got) {
