@@ -34,6 +34,13 @@ type Options struct {
 	Incidents      detectors.IncidentStore
 	RunbookBaseURL string
 	Sink           detectors.AlertSink // required: every task's alerts
+	// Handover, when set, is called each time this replica gives its tasks up (a
+	// rebalance, or leaving the group), after they have stopped and before it rejoins or
+	// leaves: the pipeline delivers what they raised there. A Slack post cannot be made
+	// twice safely by two replicas at once, so the next owner of a task, which may raise
+	// its incidents' next versions at once, must not start while the last owner still
+	// delivers the previous ones. Its context ends after handoverTimeout.
+	Handover func(context.Context) error
 	// WrapSource, when set, wraps stage one's source of raw batches (the pipeline
 	// archives their events and holds their acknowledgement until the archive has them).
 	// The wrapper must keep Batch.Runs, Offsets, Opened and Ended.
@@ -143,22 +150,23 @@ func New(cfg Config, o Options) (*Replica, error) {
 	client := &kafkago.Client{Addr: kafkago.TCP(kc.Brokers...), Timeout: kc.Timeout, Transport: transport}
 	r.p = newPurger(client, log, r.m)
 	r.s2 = &stage2{
-		cfg:     cfg,
-		group:   kc.Group + TasksGroupSuffix,
-		brokers: kc.Brokers,
-		dialer:  dialer,
-		client:  client,
-		timeout: kc.Timeout,
-		batch:   kc.BatchSize,
-		wait:    kc.BatchWait,
-		raw:     rawTopics(o.Kafka),
-		idle:    o.Detectors.IdleTimeout,
-		now:     o.Now,
-		newTask: r.newTask,
-		purge:   r.p,
-		sink:    o.Sink,
-		log:     log,
-		m:       r.m,
+		cfg:      cfg,
+		group:    kc.Group + TasksGroupSuffix,
+		brokers:  kc.Brokers,
+		dialer:   dialer,
+		client:   client,
+		timeout:  kc.Timeout,
+		batch:    kc.BatchSize,
+		wait:     kc.BatchWait,
+		raw:      rawTopics(o.Kafka),
+		idle:     o.Detectors.IdleTimeout,
+		now:      o.Now,
+		newTask:  r.newTask,
+		purge:    r.p,
+		sink:     o.Sink,
+		handover: o.Handover,
+		log:      log,
+		m:        r.m,
 	}
 	return r, nil
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -39,8 +40,11 @@ type stage2 struct {
 	newTask func(k Kind, partition int) (*detectors.Engine, func(), error)
 	purge   *purger // told of every commit that succeeded
 	sink    detectors.AlertSink
-	log     *slog.Logger
-	m       *metrics
+	// handover delivers what the tasks of a generation raised, between their end and the
+	// group's next generation (Options.Handover); nil: nothing to wait for.
+	handover func(context.Context) error
+	log      *slog.Logger
+	m        *metrics
 	// wrapTask, when set, wraps each task's source: the benchmarks time when a task's
 	// engine takes each event (BenchmarkHopLatency). Nil in production.
 	wrapTask func(k Kind, src detectors.EventSource) detectors.EventSource
@@ -86,6 +90,7 @@ func (s *stage2) run(ctx context.Context) error {
 			continue
 		}
 		n := 0
+		var tasks sync.WaitGroup
 		for _, topic := range slices.Sorted(maps.Keys(gen.Assignments)) {
 			k, ok := s.cfg.kindOf(topic)
 			if !ok {
@@ -93,7 +98,9 @@ func (s *stage2) run(ctx context.Context) error {
 			}
 			for _, pa := range gen.Assignments[topic] {
 				n++
+				tasks.Add(1)
 				gen.Start(func(gctx context.Context) {
+					defer tasks.Done()
 					if err := s.runTask(gctx, gen, k, pa.ID); err != nil {
 						select {
 						case failed <- err:
@@ -104,9 +111,13 @@ func (s *stage2) run(ctx context.Context) error {
 			}
 		}
 		s.log.Info("tasks assigned", "group", s.group, "generation", gen.ID, "tasks", n)
+		// kafka-go rejoins the group (or leaves it, on Close) only once every function
+		// a generation started has returned: the handover runs in one, after the tasks.
 		ended := make(chan struct{})
 		gen.Start(func(gctx context.Context) {
 			<-gctx.Done()
+			tasks.Wait()
+			s.handOver(gen.ID)
 			close(ended)
 		})
 		select {
@@ -117,6 +128,27 @@ func (s *stage2) run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// handoverTimeout bounds a handover: while it runs, the group waits for this replica
+// (no task of the group runs anywhere), so a receiver that is down must not hold the
+// tasks back for long; what is still undelivered after it stays in the outbox.
+const handoverTimeout = 10 * time.Second
+
+// handOver delivers what the tasks of generation gen raised (stage2.handover).
+func (s *stage2) handOver(gen int32) {
+	if s.handover == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
+	defer cancel()
+	start := s.now()
+	if err := s.handover(ctx); err != nil {
+		s.log.Warn("tasks handed over with their alerts undelivered; their next owner may post some incidents a second time",
+			"group", s.group, "generation", gen, "err", err)
+		return
+	}
+	s.log.Debug("tasks handed over", "group", s.group, "generation", gen, "took", s.now().Sub(start))
 }
 
 // commit is a task's committed offset and the source offsets taken before it.

@@ -116,17 +116,25 @@ func (s *routerSwitch) swap(ctx context.Context, cfg *Config) error {
 // stop gives the deliveries pending a part of ctx's time, then stops the router in
 // force: what is undelivered stays in the outbox for the next run.
 func (s *routerSwitch) stop(ctx context.Context) error {
-	s.mu.Lock()
-	rr := s.cur
-	s.mu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
 		fctx, cancel := context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
-		if err := rr.router.Flush(fctx); err != nil {
+		if err := s.flush(fctx); err != nil {
 			s.p.log.Info("stopping with deliveries pending; they stay in the outbox for the next run", "err", err)
 		}
 		cancel()
 	}
+	s.mu.Lock()
+	rr := s.cur
+	s.mu.Unlock()
 	return rr.stop(ctx)
+}
+
+// flush waits until the router in force has delivered what is pending, or ctx ends.
+func (s *routerSwitch) flush(ctx context.Context) error {
+	s.mu.RLock()
+	rr := s.cur
+	s.mu.RUnlock()
+	return rr.router.Flush(ctx)
 }
 
 func (rr *routerRun) stop(ctx context.Context) error {
