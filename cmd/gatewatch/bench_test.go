@@ -25,7 +25,9 @@ import (
 	"github.com/gatewatch/gatewatch/ingest/kafka"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/internal/pipeline"
+	"github.com/gatewatch/gatewatch/internal/promtest"
 	"github.com/gatewatch/gatewatch/store"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
@@ -86,9 +88,12 @@ func benchPipelineConfig(b *testing.B, c *kafkatest.Cluster, group, dir, chAddr 
 // BenchmarkRun measures run's pipeline end to end, from the loopback broker to the
 // router: Kafka source, parsing, the detectors, baselines and open incidents in the
 // store, the outbox; with the archive off, in the embedded store, and in the local
-// clickhouse-server. The source sub-benchmark is the baseline of the same run: the
+// clickhouse-server; and as one replica with a cluster section (stage one, the hop
+// through four internal partitions, the tasks), with the archive off and in
+// ClickHouse. The source sub-benchmark is the baseline of the same run: the
 // Kafka source alone, parsing and committing, on the same records. events/s is taken
-// from the first batch to the last (start-up and shutdown are in ns/op, not in it).
+// from the first batch to the last, for a replica to the moment its tasks have taken
+// every event (start-up and shutdown are in ns/op, not in it).
 //
 //	go test ./cmd/gatewatch -run '^$' -bench 'BenchmarkRun$' -benchtime 3x -count 3
 func BenchmarkRun(b *testing.B) {
@@ -135,7 +140,11 @@ func BenchmarkRun(b *testing.B) {
 		name    string
 		archive bool
 		ch      bool
-	}{{"archive-off", false, false}, {"archive-embedded", true, false}, {"archive-clickhouse", true, true}} {
+		cluster bool
+	}{
+		{"archive-off", false, false, false}, {"archive-embedded", true, false, false}, {"archive-clickhouse", true, true, false},
+		{"cluster-archive-off", false, false, true}, {"cluster-archive-clickhouse", true, true, true},
+	} {
 		b.Run(mode.name, func(b *testing.B) {
 			chAddr := ""
 			if mode.ch {
@@ -147,6 +156,11 @@ func BenchmarkRun(b *testing.B) {
 				b.StopTimer()
 				group++
 				cfg := benchPipelineConfig(b, c, fmt.Sprintf("bench-%d", group), b.TempDir(), chAddr, mode.archive)
+				if mode.cluster {
+					b.StartTimer()
+					steady += benchCluster(b, c, cfg, fmt.Sprintf("gwb-%d", group))
+					continue
+				}
 				reg := prometheus.NewRegistry()
 				var until *untilConsumed
 				p, err := pipeline.New(cfg, pipeline.Options{
@@ -171,6 +185,49 @@ func BenchmarkRun(b *testing.B) {
 			b.ReportMetric(float64(benchEvents*b.N)/steady.Seconds(), "events/s")
 		})
 	}
+}
+
+// benchCluster runs cfg with a cluster section of internal topic prefix, one replica,
+// until its tasks have taken every event of the topic, and returns how long that took
+// from stage one's first events. The events are counted from the metrics, polled.
+func benchCluster(b *testing.B, c *kafkatest.Cluster, cfg pipeline.Config, prefix string) time.Duration {
+	b.Helper()
+	cfg.Cluster = &cluster.Config{InternalTopicPrefix: prefix, Partitions: 4}
+	reg := prometheus.NewRegistry()
+	p, err := pipeline.New(cfg, pipeline.Options{
+		Receivers: func(alerting.Config, pipeline.ReceiverEnv, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
+			return map[string]alerting.Receiver{}, io.NopCloser(nil), nil
+		},
+		Registry: reg,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var first time.Time
+	for {
+		select {
+		case err := <-done:
+			b.Fatalf("run stopped: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		events := promtest.Sum(b, "gatewatch_ingest_events_total", reg)
+		if first.IsZero() && events > 0 {
+			first = time.Now()
+		}
+		if events >= benchEvents && promtest.Sum(b, "gatewatch_cluster_task_lag_records", reg) == 0 &&
+			promtest.Sum(b, "gatewatch_cluster_task_offset", reg) == internalEnds(b, c, prefix) {
+			break
+		}
+	}
+	steady := time.Since(first)
+	stop()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return steady
 }
 
 // BenchmarkAlertLatency measures how long an alert takes to reach Slack once the
