@@ -286,6 +286,20 @@ func (s *Silences) List() []SilenceRecord {
 	return out
 }
 
+// InForce returns how many silences are in force now.
+func (s *Silences) InForce() int {
+	now := s.now()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, r := range s.all {
+		if r.Active(now) {
+			n++
+		}
+	}
+	return n
+}
+
 // Muting returns the silence in force at now that mutes a, if any.
 func (s *Silences) Muting(a *detectors.Alert, now time.Time) (SilenceRecord, bool) {
 	if s == nil {

@@ -45,6 +45,9 @@ func TestRuntimeSilences(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n := sil.InForce(); n != 1 {
+		t.Errorf("InForce() = %d with one silence, want 1", n)
+	}
 	for name, r := range map[string]*alerting.Router{"router in force": before, "reloaded router": after} {
 		if !r.Silenced(scanner) || r.Silenced(other) {
 			t.Errorf("%s: scanner muted %v (want true), other key muted %v (want false)", name, r.Silenced(scanner), r.Silenced(other))
@@ -64,6 +67,9 @@ func TestRuntimeSilences(t *testing.T) {
 	}
 	if before.Silenced(scanner) {
 		t.Error("still muted after the silence was expired")
+	}
+	if n := sil.InForce(); n != 0 {
+		t.Errorf("InForce() = %d once the silence was expired, want 0", n)
 	}
 	l := sil.List()
 	if len(l) != 1 || l[0].ExpiredBy != "bob" || !l[0].Expires.Equal(t0.Add(10*time.Minute)) {

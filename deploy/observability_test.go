@@ -33,6 +33,8 @@ const (
 	// clusterOnly starts the names of the metrics only a replica with a cluster section
 	// exports (internal/cluster's): a run without one, as TestDeployCompose's, has none.
 	clusterOnly = "gatewatch_cluster_"
+	// consoleOnly starts the names of the metrics only a run with console.listen exports.
+	consoleOnly = "gatewatch_console_"
 )
 
 // external are the metric names the rules may use that gatewatch does not export,
@@ -250,10 +252,11 @@ func TestDashboard(t *testing.T) {
 }
 
 // TestMetricsList: metrics.txt lists exactly the metric names the dashboard and the
-// rules use, gatewatch's (those of a cluster section marked cluster-only) and the
-// external ones marked with who exports them; every rule expression parses.
-// cmd/gatewatch's TestDeployCompose checks gatewatch run exports the unmarked ones,
-// and TestRunCluster that a cluster replica exports those and the cluster-only ones.
+// rules use, gatewatch's (those of a cluster section marked cluster-only, those of the
+// console console-only) and the external ones marked with who exports them; every rule
+// expression parses. cmd/gatewatch's TestDeployCompose checks gatewatch run exports the
+// unmarked ones, and TestRunCluster that a cluster replica exports those and the
+// cluster-only ones, and the console-only ones where it serves the console.
 // -update rewrites the file.
 func TestMetricsList(t *testing.T) {
 	used := map[string]bool{}
@@ -282,7 +285,8 @@ func TestMetricsList(t *testing.T) {
 	b.WriteString("# Metric names deploy/'s Grafana dashboard and Prometheus rules use, written by\n" +
 		"# `cd deploy && go test -run TestMetricsList -update`. cmd/gatewatch's TestDeployCompose\n" +
 		"# checks that a running `gatewatch run` exports each one not marked, and TestRunCluster\n" +
-		"# that a replica with a cluster section exports those and each one marked cluster-only.\n")
+		"# that a replica with a cluster section exports those and each one marked cluster-only,\n" +
+		"# and the one serving the console each one marked console-only.\n")
 	for _, n := range slices.Sorted(maps.Keys(used)) {
 		if who, ok := external[n]; ok {
 			fmt.Fprintf(&b, "%s # external: %s\n", n, who)
@@ -290,6 +294,10 @@ func TestMetricsList(t *testing.T) {
 		}
 		if strings.HasPrefix(n, clusterOnly) {
 			b.WriteString(n + " # cluster-only\n")
+			continue
+		}
+		if strings.HasPrefix(n, consoleOnly) {
+			b.WriteString(n + " # console-only\n")
 			continue
 		}
 		if !strings.HasPrefix(n, "gatewatch_") && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") {

@@ -83,13 +83,14 @@ func TestRunCluster(t *testing.T) {
 		t.Errorf("the replica's health page does not say it is this replica's:\n%s", page)
 	}
 	// Each replica, with its tasks, exports every metric deploy/'s dashboard and rules
-	// use: those of a cluster section, and the rest, as the manifests run gatewatch.
-	checkAllDeployMetrics := func(admin string) {
-		for _, mark := range []string{clusterOnly, ""} {
+	// use: those of a cluster section, and the rest, as the manifests run gatewatch;
+	// the first, serving the console, those of the console too.
+	checkAllDeployMetrics := func(admin string, marks ...string) {
+		for _, mark := range append(marks, clusterOnly, "") {
 			checkDeployMetrics(t, admin, mark)
 		}
 	}
-	checkAllDeployMetrics(admins[0])
+	checkAllDeployMetrics(admins[0], consoleOnly)
 	// The first replica leaves while attacks are under way: the second takes over its
 	// tasks with their open incidents, and goes on in their Slack messages.
 	if code := procs[0].stop(syscall.SIGTERM, 30*time.Second); code != 0 {

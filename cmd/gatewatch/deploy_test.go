@@ -131,6 +131,10 @@ func TestDeployCompose(t *testing.T) {
 // section exports.
 const clusterOnly = "cluster-only"
 
+// consoleOnly marks in deploy/metrics.txt the metrics only a run serving the console
+// (console.listen) exports.
+const consoleOnly = "console-only"
+
 // deployMetrics reads deploy/metrics.txt: the names marked mark, "" for those every
 // gatewatch run exports; never the external ones.
 func deployMetrics(t *testing.T, mark string) []string {

@@ -25,6 +25,7 @@ type Actions struct {
 	router   func() *alerting.Router
 	log      *slog.Logger
 	now      func() time.Time
+	m        *metrics
 }
 
 var _ slack.Actions = (*Actions)(nil)
@@ -44,7 +45,9 @@ func (e *errAudit) Unwrap() error { return e.err }
 func (a *Actions) audit(ctx context.Context, who, action, object, detail string) error {
 	e := store.AuditEntry{At: a.now().UTC(), Who: who, Action: action, Object: object, Detail: detail}
 	a.log.Info("console change", "who", who, "action", action, "object", object, "detail", detail)
+	a.m.changes.WithLabelValues(action).Inc()
 	if err := a.store.RecordAudit(ctx, e); err != nil {
+		a.m.auditErrors.Inc()
 		a.log.Error("audit log not written", "who", who, "action", action, "object", object, "detail", detail, "err", err)
 		return &errAudit{err}
 	}
@@ -64,7 +67,7 @@ func (a *Actions) acknowledge(ctx context.Context, id, who, via string) (alertin
 	if err != nil || !isNew {
 		return ack, err
 	}
-	return ack, a.audit(ctx, who, "incident.ack", id, "via "+via)
+	return ack, a.audit(ctx, who, actionAck, id, "via "+via)
 }
 
 // createSilence puts rec in force; one with the id of an existing silence returns that
@@ -80,7 +83,7 @@ func (a *Actions) createSilence(ctx context.Context, rec alerting.SilenceRecord,
 		return s, err
 	}
 	detail := fmt.Sprintf("%s until %s via %s: %s", s.Describe(), s.Expires.Format(time.RFC3339), via, s.Comment)
-	return s, a.audit(ctx, s.CreatedBy, "silence.create", s.ID, detail)
+	return s, a.audit(ctx, s.CreatedBy, actionSilence, s.ID, detail)
 }
 
 // expireSilence ends silence id now.
@@ -93,7 +96,7 @@ func (a *Actions) expireSilence(ctx context.Context, id, who string) (alerting.S
 	if err != nil || !before.Active(a.now()) {
 		return s, err
 	}
-	return s, a.audit(ctx, who, "silence.expire", id, s.Describe())
+	return s, a.audit(ctx, who, actionExpire, id, s.Describe())
 }
 
 // requeue sends the parked deliveries of receiver again: all of them, or the one k
@@ -105,14 +108,14 @@ func (a *Actions) requeue(ctx context.Context, receiver string, k *alerting.Deli
 		if err != nil || !ok {
 			return 0, err
 		}
-		return 1, a.audit(ctx, who, "delivery.requeue", receiver+"/"+k.ID,
+		return 1, a.audit(ctx, who, actionRequeue, receiver+"/"+k.ID,
 			fmt.Sprintf("alert %s as last seen %s, round %d, to %s", k.ID, time.UnixMilli(k.Version).UTC().Format(time.RFC3339), k.Round, receiver))
 	}
 	n, err := r.Requeue(ctx, receiver)
 	if err != nil || n == 0 {
 		return n, err
 	}
-	return n, a.audit(ctx, who, "delivery.requeue", receiver, strconv.Itoa(n)+" parked deliveries")
+	return n, a.audit(ctx, who, actionRequeue, receiver, strconv.Itoa(n)+" parked deliveries")
 }
 
 // Acknowledge marks incident alertID as taken by a Slack user (slack.Actions).

@@ -59,6 +59,9 @@ type Options struct {
 	Silences *alerting.Silences  // required: shared with the routers
 	Acks     *alerting.Acks      // required: shared with the routers
 	Metrics  prometheus.Gatherer // required: what /metrics serves, for detector health
+	// Registerer takes the console's own metrics: requests, changes, audit failures;
+	// required.
+	Registerer prometheus.Registerer
 	// Replica says this process is one replica of a cluster: the health page shows
 	// its own metrics, the receivers page its own outbox.
 	Replica bool
@@ -76,6 +79,7 @@ type Server struct {
 	log   *slog.Logger
 	auth  *auth
 	act   *Actions
+	m     *metrics
 	pages map[string]*template.Template
 	mux   *http.ServeMux
 	slack http.Handler // nil without a signing secret
@@ -99,8 +103,8 @@ func New(cfg Config, o Options) (*Server, error) {
 	if cfg.Listen == "" {
 		errs = append(errs, errors.New("console: no listen address"))
 	}
-	if o.Store == nil || o.Router == nil || o.Alerting == nil || o.Silences == nil || o.Acks == nil || o.Metrics == nil {
-		errs = append(errs, errors.New("console: Options.Store, Router, Alerting, Silences, Acks and Metrics are required"))
+	if o.Store == nil || o.Router == nil || o.Alerting == nil || o.Silences == nil || o.Acks == nil || o.Metrics == nil || o.Registerer == nil {
+		errs = append(errs, errors.New("console: Options.Store, Router, Alerting, Silences, Acks, Metrics and Registerer are required"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -115,13 +119,13 @@ func New(cfg Config, o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{o: o, log: o.Logger.With("component", "console")}
+	s := &Server{o: o, log: o.Logger.With("component", "console"), m: newMetrics(o.Registerer)}
 	header := ""
 	if cfg.TrustedProxy != nil {
 		header = cfg.TrustedProxy.Header
 	}
 	s.auth = newAuth(cr, header, o.Now)
-	s.act = &Actions{store: o.Store, silences: o.Silences, acks: o.Acks, router: o.Router, log: s.log, now: o.Now}
+	s.act = &Actions{store: o.Store, silences: o.Silences, acks: o.Acks, router: o.Router, log: s.log, now: o.Now, m: s.m}
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
 	}
@@ -146,29 +150,29 @@ func (s *Server) Handler() http.Handler { return securityHeaders(s.mux) }
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	static, _ := fs.Sub(staticFiles, "static") // the embedded directory exists
-	m.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
-	m.HandleFunc("GET /login", s.loginPage)
-	m.HandleFunc("POST /login", s.loginPost)
+	s.handle(m, "GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	s.handle(m, "GET /login", http.HandlerFunc(s.loginPage))
+	s.handle(m, "POST /login", http.HandlerFunc(s.loginPost))
 	if s.slack != nil {
 		// Slack authenticates itself with the signing secret, not the console's.
-		m.Handle("POST /slack/interactions", s.slack)
+		s.handle(m, "POST /slack/interactions", s.slack)
 	}
-	m.Handle("POST /logout", s.change(s.logout))
-	m.Handle("GET /{$}", s.read(func(w http.ResponseWriter, r *http.Request, _ principal) {
+	s.handle(m, "POST /logout", s.change(s.logout))
+	s.handle(m, "GET /{$}", s.read(func(w http.ResponseWriter, r *http.Request, _ principal) {
 		http.Redirect(w, r, "/incidents", http.StatusSeeOther)
 	}))
-	m.Handle("GET /incidents", s.read(s.incidents))
-	m.Handle("GET /incidents/{id}", s.read(s.incident))
-	m.Handle("GET /incidents/{id}/chart.svg", s.read(s.chart))
-	m.Handle("POST /incidents/{id}/ack", s.change(s.ack))
-	m.Handle("POST /incidents/{id}/silence", s.change(s.silence))
-	m.Handle("GET /silences", s.read(s.silencesPage))
-	m.Handle("POST /silences/{id}/expire", s.change(s.expire))
-	m.Handle("GET /receivers", s.read(s.receivers))
-	m.Handle("POST /receivers/{name}/requeue", s.change(s.requeueAll))
-	m.Handle("POST /receivers/{name}/requeue-one", s.change(s.requeueOne))
-	m.Handle("GET /health", s.read(s.health))
-	m.Handle("GET /audit", s.read(s.audit))
+	s.handle(m, "GET /incidents", s.read(s.incidents))
+	s.handle(m, "GET /incidents/{id}", s.read(s.incident))
+	s.handle(m, "GET /incidents/{id}/chart.svg", s.read(s.chart))
+	s.handle(m, "POST /incidents/{id}/ack", s.change(s.ack))
+	s.handle(m, "POST /incidents/{id}/silence", s.change(s.silence))
+	s.handle(m, "GET /silences", s.read(s.silencesPage))
+	s.handle(m, "POST /silences/{id}/expire", s.change(s.expire))
+	s.handle(m, "GET /receivers", s.read(s.receivers))
+	s.handle(m, "POST /receivers/{name}/requeue", s.change(s.requeueAll))
+	s.handle(m, "POST /receivers/{name}/requeue-one", s.change(s.requeueOne))
+	s.handle(m, "GET /health", s.read(s.health))
+	s.handle(m, "GET /audit", s.read(s.audit))
 	s.mux = m
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gatewatch/gatewatch/alerting"
@@ -90,7 +91,7 @@ func newEnv(t *testing.T, edit func(*Config)) *env {
 		edit(&cfg)
 	}
 	e.s, err = New(cfg, Options{Store: st, Router: func() *alerting.Router { return e.router }, Alerting: func() alerting.Config { return acfg },
-		Silences: sil, Acks: acks, Metrics: reg})
+		Silences: sil, Acks: acks, Metrics: reg, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +221,20 @@ func TestAuthentication(t *testing.T) {
 	w := e.do(req{method: "GET", path: "/incidents", remote: "10.1.2.3:5555", header: map[string]string{"X-Forwarded-User": "bob@example.com"}})
 	if !strings.Contains(w.Body.String(), "bob@example.com") {
 		t.Error("the page does not name the proxy's user")
+	}
+	// The refusals are counted by route and code, for the dashboard and the rules.
+	for _, c := range []struct {
+		handler, code string
+		want          float64
+	}{
+		{"GET /incidents", "401", 5},
+		{"GET /incidents", "303", 1},
+		{"GET /incidents", "200", 4},
+		{"GET /incidents/{id}/chart.svg", "401", 1},
+	} {
+		if got := testutil.ToFloat64(e.s.m.requests.WithLabelValues(c.handler, c.code)); got != c.want {
+			t.Errorf("gatewatch_console_requests_total{handler=%q, code=%q} = %v, want %v", c.handler, c.code, got, c.want)
+		}
 	}
 }
 
@@ -353,7 +368,9 @@ func TestListenAddress(t *testing.T) {
 			t.Errorf("listen %q: warning %v, want one: %v", c.listen, err, c.warns)
 		}
 	}
-	s, err := New(Config{Listen: ":0", TokenFile: writeFile(t, "token", testToken)}, newEnv(t, nil).s.o)
+	o := newEnv(t, nil).s.o
+	o.Registerer = prometheus.NewRegistry()
+	s, err := New(Config{Listen: ":0", TokenFile: writeFile(t, "token", testToken)}, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,6 +450,11 @@ func TestSilenceFromIncident(t *testing.T) {
 	log, _ := e.st.Audit(context.Background(), 10)
 	if len(log) != 2 || log[0].Action != "silence.expire" || log[1].Action != "silence.create" || !strings.Contains(log[1].Detail, "key="+e.alert.Key) {
 		t.Errorf("audit log = %+v", log)
+	}
+	for action, want := range map[string]float64{actionSilence: 1, actionExpire: 1, actionAck: 0} {
+		if got := testutil.ToFloat64(e.s.m.changes.WithLabelValues(action)); got != want {
+			t.Errorf("gatewatch_console_changes_total{action=%q} = %v, want %v", action, got, want)
+		}
 	}
 }
 
@@ -565,5 +587,31 @@ func TestReplicaPages(t *testing.T) {
 		}
 		check(c.want, true)
 		check(c.not, false)
+	}
+}
+
+// failingAudit is the env's store with an audit log that refuses every entry.
+type failingAudit struct{ Store }
+
+func (failingAudit) RecordAudit(context.Context, store.AuditEntry) error {
+	return errors.New("audit_log: disk full")
+}
+
+// TestAuditFailure: a change whose audit entry cannot be written is made all the same,
+// says so, and is counted, since an audit log that silently misses changes is what
+// gatewatch_console_audit_errors_total and its alert rule are for.
+func TestAuditFailure(t *testing.T) {
+	e := newEnv(t, nil)
+	e.s.act.store = failingAudit{e.st}
+	ack, err := e.s.act.acknowledge(context.Background(), e.alert.ID, "alice", "console")
+	var ae *errAudit
+	if !errors.As(err, &ae) || ack.By == "" {
+		t.Fatalf("Acknowledge with the audit log down: %+v, %v; want the ack made and an audit error", ack, err)
+	}
+	if got := testutil.ToFloat64(e.s.m.auditErrors); got != 1 {
+		t.Errorf("gatewatch_console_audit_errors_total = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(e.s.m.changes.WithLabelValues(actionAck)); got != 1 {
+		t.Errorf("gatewatch_console_changes_total{action=%q} = %v, want 1", actionAck, got)
 	}
 }

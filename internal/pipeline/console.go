@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/gatewatch/gatewatch/alerting"
 	"github.com/gatewatch/gatewatch/internal/console"
@@ -38,6 +39,10 @@ func (p *Pipeline) openAnalyst(ctx context.Context, st store.Store, lc *lifecycl
 		return err
 	}
 	p.alerts.silences, p.alerts.acks = sil, acks
+	promauto.With(p.reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gatewatch_alerting_silences_active",
+		Help: "Silences made from the console or Slack that are in force (the config file's are not counted).",
+	}, func() float64 { return float64(sil.InForce()) })
 	load := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, analystLoadTimeout)
 		defer cancel()
@@ -95,16 +100,17 @@ func syncEvery(st store.Store) time.Duration {
 // router and the store it reads.
 func (p *Pipeline) openConsole(cfg *Config, st store.Store, lc *lifecycle) error {
 	s, err := console.New(cfg.Console, console.Options{
-		Store:    st,
-		Router:   p.alerts.router,
-		Alerting: func() alerting.Config { return p.cfg.Load().Alerting },
-		Silences: p.alerts.silences,
-		Acks:     p.alerts.acks,
-		Metrics:  prometheus.Gatherers{p.reg, prometheus.GathererFunc(p.alerts.Gather)},
-		Replica:  cfg.Cluster != nil,
-		Sync:     syncEvery(st),
-		Logger:   p.log,
-		Now:      p.opts.Now,
+		Store:      st,
+		Router:     p.alerts.router,
+		Alerting:   func() alerting.Config { return p.cfg.Load().Alerting },
+		Silences:   p.alerts.silences,
+		Acks:       p.alerts.acks,
+		Metrics:    prometheus.Gatherers{p.reg, prometheus.GathererFunc(p.alerts.Gather)},
+		Registerer: p.reg,
+		Replica:    cfg.Cluster != nil,
+		Sync:       syncEvery(st),
+		Logger:     p.log,
+		Now:        p.opts.Now,
 	})
 	if err != nil {
 		return err
