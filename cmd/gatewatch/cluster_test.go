@@ -116,6 +116,51 @@ func TestRunCluster(t *testing.T) {
 	}
 }
 
+// TestRunClusterKill: of two replicas, the first is killed (SIGKILL) once Slack has
+// heard of the first incident, with attacks under way, and restarted over its own data
+// directory, as a supervisor would. The second takes its partitions and tasks over from
+// their commits while it is gone, the restarted one takes some back and delivers what
+// its outbox held; between them every injected attack is posted to Slack once: what
+// was delivered before the kill and not committed is raised again under the same id,
+// and goes on in the message already posted.
+func TestRunClusterKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end: runs three gatewatch processes")
+	}
+	addr := clickhousetest.Require(t)
+	e := newE2E(t, "waf-logs")
+	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
+	configs, admins := e.writeClusterConfigs(t, 2)
+	first, second := startRun(t, configs[0]), startRun(t, configs[1])
+	e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
+	e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
+	reqs, injected := liveTraffic(t, 11)
+	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+	e.waitPosts(t, first, 1, 5*time.Minute)
+	first.stop(syscall.SIGKILL, 10*time.Second)
+	restarted := startRun(t, configs[0])
+	e.admin = admins[1]
+	e.waitPosts(t, second, len(injected), 5*time.Minute)
+	e.waitClusterDrained(t, []*runProcess{restarted, second}, admins, "waf-logs", "gw-internal")
+	time.Sleep(2 * time.Second) // a second message for an incident would come now
+	for _, p := range []*runProcess{restarted, second} {
+		if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+			t.Errorf("SIGTERM: exit %d, want 0", code)
+		}
+	}
+	got := e.posts()
+	ids := map[string]int{}
+	for _, m := range got {
+		ids[string(m.Metadata)]++
+	}
+	if len(got) != len(injected) || len(ids) != len(got) {
+		for _, m := range got {
+			t.Logf("posted: %s %s", m.Metadata, m.Text)
+		}
+		t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), len(injected))
+	}
+}
+
 // waitClusterDrained waits until the replicas (procs, with their admin addresses) have
 // read everything: stage one has committed the raw topic to its end, the tasks' engines
 // have seen their internal partitions to their ends (and their lag metrics say so), and
