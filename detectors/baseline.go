@@ -31,6 +31,22 @@ type BaselineStore interface {
 	UpdateBaselines(ctx context.Context, u Baselines) error
 }
 
+// A BaselineChanges is a BaselineStore that can load only what was written since an
+// earlier load, so that a baseline refresh reads what changed rather than the whole
+// store (see Engine.RefreshBaselines). MemoryBaselines and store.ClickHouse implement
+// it; a store that does not is loaded whole each time.
+type BaselineChanges interface {
+	// LoadBaselinesSince is LoadBaselines (up to lim of each kind, the most recent,
+	// sorted; TrafficSince as ever) restricted to the baselines written since the
+	// load that returned since, and it returns the since of the next call. since 0
+	// loads every baseline, as LoadBaselines does; a next of 0 says the store cannot
+	// tell, and the next call loads every baseline again. The restriction may return
+	// more (a baseline written before since, every stored one), never less: a
+	// baseline left out is one the caller already loaded, or learned otherwise, in
+	// its current state.
+	LoadBaselinesSince(ctx context.Context, lim BaselineLimits, since uint64) (b Baselines, next uint64, err error)
+}
+
 // BaselineLimits caps how many baselines of each kind a load returns. A load keeps the
 // most recent of each kind, by the latest time each holds (a key's newest country, or
 // its first seen; a route's or client's as-of or peak; an object's peak; a privileged
@@ -165,10 +181,12 @@ type learner interface {
 	load(b *Baselines)
 	// takeDirty adds to u the baselines that changed since the last call.
 	takeDirty(u *Baselines)
-	// merge folds a snapshot into what the detector holds at watermark wm
-	// (math.MinInt64: no event yet; see Engine.RefreshBaselines) and returns how many
-	// keys it adopted and how many it tracks it changed.
-	merge(b *Baselines, wm int64) (adopted, merged int)
+	// merge folds a snapshot, whole or only what changed, into what the detector
+	// holds at watermark wm (math.MinInt64: no event yet; see Engine.RefreshBaselines)
+	// and returns how many keys it adopted and how many it tracks it changed, and
+	// whether it may have left a stored key out for want of room. A key the snapshot
+	// lacks is no news: the detector keeps what it holds of it.
+	merge(b *Baselines, wm int64) (adopted, merged int, left bool)
 }
 
 // seed loads a snapshot into the detectors.
@@ -211,7 +229,12 @@ type MemoryBaselines struct {
 	// routesOf indexes objects by client, for LookupBaselines.
 	routesOf map[string]map[string]struct{}
 	updates  int
+	// version counts the applied updates, the snapshot m starts from included: each
+	// entry is stamped with the version that put it, for LoadBaselinesSince.
+	version uint64
 }
+
+var _ BaselineChanges = (*MemoryBaselines)(nil)
 
 // NewMemoryBaselines returns a store of up to lim holding snap (its most recent, when
 // snap holds more).
@@ -237,29 +260,30 @@ func NewMemoryBaselines(snap Baselines, lim BaselineLimits) *MemoryBaselines {
 }
 
 // LoadBaselines returns a copy of the most recent of what m holds, up to lim, sorted.
-func (m *MemoryBaselines) LoadBaselines(_ context.Context, lim BaselineLimits) (Baselines, error) {
+func (m *MemoryBaselines) LoadBaselines(ctx context.Context, lim BaselineLimits) (Baselines, error) {
+	b, _, err := m.LoadBaselinesSince(ctx, lim, 0)
+	return b, err
+}
+
+// LoadBaselinesSince is LoadBaselines restricted to what updates applied after the
+// load that returned since put: exactly those, since m's updates apply one at a
+// time. It walks the most recent puts only, so it costs what changed, not what m
+// holds.
+func (m *MemoryBaselines) LoadBaselinesSince(_ context.Context, lim BaselineLimits, since uint64) (Baselines, uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := NewRecentSet(lim)
-	for _, k := range m.keys.m {
-		k.v.Countries = slices.Clone(k.v.Countries)
-		r.AddKey(k.v)
-	}
-	for _, v := range m.routes.m {
-		r.AddRoute(v.v)
-	}
-	for _, v := range m.clients.m {
-		r.AddClient(v.v)
-	}
-	for _, v := range m.objects.m {
-		r.AddObject(v.v)
-	}
-	for _, v := range m.privileged.m {
-		r.AddPrivileged(v.v)
-	}
+	m.keys.since(since, func(v KeyBaseline) {
+		v.Countries = slices.Clone(v.Countries)
+		r.AddKey(v)
+	})
+	m.routes.since(since, r.AddRoute)
+	m.clients.since(since, r.AddClient)
+	m.objects.since(since, r.AddObject)
+	m.privileged.since(since, r.AddPrivileged)
 	b := r.Baselines()
 	b.TrafficSince = m.since
-	return b, nil
+	return b, m.version, nil
 }
 
 // recentOf returns the most recent of b, up to lim.
@@ -351,6 +375,10 @@ func (m *MemoryBaselines) Evictions() uint64 {
 }
 
 func (m *MemoryBaselines) apply(u Baselines) {
+	m.version++
+	for _, c := range []interface{ stamp(uint64) }{&m.keys, &m.routes, &m.clients, &m.objects, &m.privileged} {
+		c.stamp(m.version)
+	}
 	if !u.TrafficSince.IsZero() && (m.since.IsZero() || u.TrafficSince.Before(m.since)) {
 		m.since = u.TrafficSince
 	}
@@ -389,6 +417,7 @@ type capped[K comparable, V any] struct {
 	order   []cappedRef[K]
 	head    int
 	seq     uint64
+	ver     uint64 // the version puts are stamped with, never lower than before
 	evicted uint64
 	evict   func(K) // nil, or called for each key forgotten
 }
@@ -396,6 +425,7 @@ type capped[K comparable, V any] struct {
 type cappedVal[V any] struct {
 	v   V
 	seq uint64
+	ver uint64
 }
 
 type cappedRef[K comparable] struct {
@@ -413,7 +443,7 @@ func (c *capped[K, V]) put(k K, v V) bool {
 		return false
 	}
 	c.seq++
-	c.m[k] = cappedVal[V]{v, c.seq}
+	c.m[k] = cappedVal[V]{v, c.seq, c.ver}
 	c.order = append(c.order, cappedRef[K]{k, c.seq})
 	for len(c.m) > c.max {
 		r := c.order[c.head]
@@ -434,6 +464,26 @@ func (c *capped[K, V]) put(k K, v V) bool {
 	}
 	_, ok := c.m[k]
 	return ok
+}
+
+// stamp sets the version of the puts that follow.
+func (c *capped[K, V]) stamp(ver uint64) { c.ver = ver }
+
+// since calls f with each value put with a version above ver, the most recent first.
+// order is in the order of the puts, and so of their versions: the walk stops at the
+// first live entry at or below ver.
+func (c *capped[K, V]) since(ver uint64, f func(V)) {
+	for i := len(c.order) - 1; i >= c.head; i-- {
+		r := c.order[i]
+		v, ok := c.m[r.k]
+		if !ok || v.seq != r.seq {
+			continue // popped or stale: a later put of its key, if any, is further on
+		}
+		if v.ver <= ver {
+			return
+		}
+		f(v.v)
+	}
 }
 
 // get returns k's value.

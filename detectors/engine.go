@@ -93,6 +93,11 @@ type Engine struct {
 	refresh   int64
 	loadWM    int64
 	loadArmed bool
+	// since is what the last load returned to pass to the next (see BaselineChanges;
+	// 0: load every baseline), and loadLim the limits it loaded with: a refresh with
+	// other limits (a reload turned a detector on) loads every baseline again.
+	since   uint64
+	loadLim BaselineLimits
 }
 
 // prefetchRun is how many events Observe prefetches state for at once: enough for the
@@ -266,7 +271,7 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 	if e.loaded {
 		return nil
 	}
-	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
+	b, _, err := e.loadStore(ctx, false)
 	if err != nil {
 		return fmt.Errorf("detectors: load baselines: %w", err)
 	}
@@ -278,6 +283,29 @@ func (e *Engine) LoadBaselines(ctx context.Context) error {
 		"objects", len(b.Objects), "privileged", len(b.Privileged))
 	e.updateGauges()
 	return nil
+}
+
+// loadStore loads the store, up to LimitsOf the config in force: with changes, only
+// what was written since the last load, when the store can tell (BaselineChanges) and
+// the limits are the last load's; else every baseline. It reports whether the load
+// was partial, and notes where the next one starts.
+func (e *Engine) loadStore(ctx context.Context, changes bool) (b Baselines, partial bool, err error) {
+	lim := LimitsOf(e.cfg)
+	bc, ok := e.store.(BaselineChanges)
+	if !ok {
+		b, err = e.store.LoadBaselines(ctx, lim)
+		return b, false, err
+	}
+	since := e.since
+	if !changes || lim != e.loadLim {
+		since = 0
+	}
+	b, next, err := bc.LoadBaselinesSince(ctx, lim, since)
+	if err != nil {
+		return b, false, err
+	}
+	e.since, e.loadLim = next, lim
+	return b, since != 0, nil
 }
 
 // SyncBaselines writes to the BaselineStore the baselines that changed since the last

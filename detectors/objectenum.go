@@ -433,8 +433,10 @@ func (d *objectEnum) baseline(slot int32) ObjectBaseline {
 
 func (d *objectEnum) load(b *Baselines) { d.adoptAll(b.Objects, math.MinInt64, false) }
 
-func (d *objectEnum) merge(b *Baselines, wm int64) (adopted, merged int) {
-	return d.adoptAll(b.Objects, wm, true), 0
+func (d *objectEnum) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
+	n := d.adoptAll(b.Objects, wm, true)
+	// A full table may have left some out: to be looked up when seen.
+	return n, 0, d.tab.live >= d.tab.max && n < len(b.Objects)
 }
 
 // adoptAll adds the stored pairs the table does not hold and would not expire at once

@@ -410,8 +410,10 @@ func (d *privilegeAnomaly) adoptAll(list []PrivilegeBaseline, wm int64, room boo
 
 // merge adopts stored keys the detector does not track; a tracked key keeps its own
 // history.
-func (d *privilegeAnomaly) merge(b *Baselines, wm int64) (adopted, merged int) {
-	return d.adoptAll(b.Privileged, wm, true), 0
+func (d *privilegeAnomaly) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
+	n := d.adoptAll(b.Privileged, wm, true)
+	// A full table may have left some out: to be looked up when seen.
+	return n, 0, d.tab.live >= d.tab.max && n < len(b.Privileged)
 }
 
 // takeDirty adds to u the keys whose baseline changed since the last call. A key with

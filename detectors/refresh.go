@@ -16,6 +16,15 @@ import (
 // keys just moved here (a consumer-group rebalance). Like Observe, it must not run
 // concurrently with the engine's other methods.
 //
+// A store that can tell what changed (BaselineChanges) loads only the baselines written
+// since the last load, or a few more: the merge below only ever adds to what the
+// detectors hold, so a key the load lacks is no news, and merging the changes is
+// merging the whole store but for the stored keys that are neither changed nor held
+// (evicted at max_keys, or never taken for want of room), which a full load could
+// adopt once there is room again. Those are looked up when they come (see
+// Engine.FetchBaselines): a merge that leaves a key out for want of room, partial or
+// not, has every key the detectors do not hold looked up from then on.
+//
 // The load is bounded as LoadBaselines' is: the most recent baselines, up to each
 // detector's max_keys. Keys and routes the engine does not track are adopted with their
 // stored baselines, the most recent first, into free room only: a refresh never evicts
@@ -49,7 +58,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if !e.loaded {
 		return e.LoadBaselines(ctx)
 	}
-	b, err := e.store.LoadBaselines(ctx, LimitsOf(e.cfg))
+	b, partial, err := e.loadStore(ctx, true)
 	if err != nil {
 		return fmt.Errorf("detectors: refresh baselines: %w", err)
 	}
@@ -63,15 +72,19 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	e.fetch.loaded(&b)
 	var adopted, merged int
 	for _, l := range e.learners {
-		a, m := l.merge(&b, wm)
+		a, m, left := l.merge(&b, wm)
 		adopted, merged = adopted+a, merged+m
+		if left {
+			// The store holds a key the engine did not take: it is looked up when seen.
+			e.fetch.all = true
+		}
 	}
 	e.loadWM, e.loadArmed = e.wms.wm, e.wms.started
 	lvl := slog.LevelDebug
 	if adopted+merged > 0 {
 		lvl = slog.LevelInfo
 	}
-	e.log.Log(ctx, lvl, "baselines refreshed", "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),
+	e.log.Log(ctx, lvl, "baselines refreshed", "partial", partial, "keys", len(b.Keys), "routes", len(b.Routes), "clients", len(b.Clients),
 		"objects", len(b.Objects), "privileged", len(b.Privileged), "adopted", adopted, "merged", merged)
 	e.updateGauges()
 	return nil
@@ -107,7 +120,7 @@ func (e *Engine) refreshIfDue(ctx context.Context) {
 // merge folds stored keys into the table (see Engine.RefreshBaselines) at watermark wm
 // (math.MinInt64: no event yet) and returns how many keys it adopted and how many
 // tracked ones it changed.
-func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int) {
+func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
 	keys := b.Keys
 	cutoff := d.keepFrom(wm)
 	var fresh []keyByLast
@@ -137,7 +150,7 @@ func (d *newCountry) merge(b *Baselines, wm int64) (adopted, merged int) {
 		d.adopt(o.kb, o.last)
 		adopted++
 	}
-	return adopted, merged
+	return adopted, merged, adopted < len(fresh)
 }
 
 // keepFrom is the last-seen time before which a stored key is expired at watermark wm
@@ -227,7 +240,7 @@ func (k *ncKey) latest() int64 {
 // merge folds a stored snapshot into the routes (see Engine.RefreshBaselines) at
 // watermark wm (math.MinInt64: no event yet) and returns how many routes it adopted.
 // A route the detector tracks keeps its own rate and peak.
-func (d *quietSpike) merge(b *Baselines, wm int64) (adopted, merged int) {
+func (d *quietSpike) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
 	cutoff := d.keepFrom(wm)
 	var fresh []*RouteBaseline
 	for i := range b.Routes {
@@ -246,5 +259,5 @@ func (d *quietSpike) merge(b *Baselines, wm int64) (adopted, merged int) {
 		d.adopt(r)
 		adopted++
 	}
-	return adopted, 0
+	return adopted, 0, adopted < len(fresh)
 }

@@ -15,15 +15,31 @@ import (
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
-// countingStore counts the loads of the store it wraps.
+// countingStore counts the loads of the store it wraps, and the partial ones among
+// them; with whole, it hides what the store can tell of its changes (BaselineChanges),
+// so that every load is whole.
 type countingStore struct {
 	BaselineStore
-	loads atomic.Int64
+	whole          bool
+	loads, partial atomic.Int64
 }
 
 func (c *countingStore) LoadBaselines(ctx context.Context, lim BaselineLimits) (Baselines, error) {
 	c.loads.Add(1)
 	return c.BaselineStore.LoadBaselines(ctx, lim)
+}
+
+func (c *countingStore) LoadBaselinesSince(ctx context.Context, lim BaselineLimits, since uint64) (Baselines, uint64, error) {
+	bc, ok := c.BaselineStore.(BaselineChanges)
+	if c.whole || !ok {
+		b, err := c.LoadBaselines(ctx, lim)
+		return b, 0, err
+	}
+	c.loads.Add(1)
+	if since != 0 {
+		c.partial.Add(1)
+	}
+	return bc.LoadBaselinesSince(ctx, lim, since)
 }
 
 // hookSource is a sliceSource that runs before[i], when set, before it hands out batch i.
@@ -52,6 +68,28 @@ func batchesOf(parts ...[]ingest.Event) []*ingest.Batch {
 // engineState describes every baseline the engine holds, sorted, to compare states.
 func engineState(e *Engine) string {
 	var lines []string
+	for _, d := range e.dets {
+		switch d := d.(type) {
+		case *volumeSpike:
+			for slot := range d.tab.ents {
+				if d.tab.ents[slot].live {
+					lines = append(lines, fmt.Sprintf("client %+v", d.baseline(int32(slot))))
+				}
+			}
+		case *objectEnum:
+			for slot := range d.tab.ents {
+				if d.tab.ents[slot].live && d.tab.ents[slot].s.names != nil {
+					lines = append(lines, fmt.Sprintf("object %+v", d.baseline(int32(slot))))
+				}
+			}
+		case *privilegeAnomaly:
+			for slot := range d.tab.ents {
+				if d.tab.ents[slot].live {
+					lines = append(lines, fmt.Sprintf("privileged %+v", d.baseline(int32(slot))))
+				}
+			}
+		}
+	}
 	if d := e.nc; d != nil {
 		for slot := range d.tab.ents {
 			if d.tab.ents[slot].live {
@@ -233,11 +271,11 @@ func TestRefreshMergeIsIdempotent(t *testing.T) {
 // refreshing, which loads once.
 func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
 	s := genScenario(5, 2, true)
-	runWith := func(refresh time.Duration) (string, string, int64, int) {
+	runWith := func(refresh time.Duration, whole bool) (string, string, *countingStore, int) {
 		cfg := DefaultConfig()
 		cfg.BaselineRefresh = refresh
 		mem := NewMemoryBaselines(s.snap, AllBaselines)
-		store := &countingStore{BaselineStore: mem}
+		store := &countingStore{BaselineStore: mem, whole: whole}
 		e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry(), Baselines: store})
 		if err != nil {
 			t.Fatal(err)
@@ -250,27 +288,37 @@ func TestRefreshOfOwnWritesChangesNothing(t *testing.T) {
 		if err := e.Run(t.Context(), &sliceSource{batches: bs}, sink); err != nil {
 			t.Fatal(err)
 		}
-		return alertsJSON(t, sink.alerts), engineState(e), store.loads.Load(), mem.Updates()
+		return alertsJSON(t, sink.alerts), engineState(e), store, mem.Updates()
 	}
-	offAlerts, offState, offLoads, offUpdates := runWith(0)
-	onAlerts, onState, onLoads, onUpdates := runWith(time.Minute)
+	offAlerts, offState, off, offUpdates := runWith(0, false)
 	if offAlerts == "" {
 		t.Fatal("no alerts")
 	}
-	if onAlerts != offAlerts {
-		t.Errorf("refreshing changed the alerts:\n%s\nwant\n%s", onAlerts, offAlerts)
+	if n := off.loads.Load(); n != 1 {
+		t.Errorf("baseline_refresh 0: %d loads, want 1", n)
 	}
-	if onState != offState {
-		t.Errorf("refreshing changed the final state")
-	}
-	if onUpdates != offUpdates {
-		t.Errorf("%d baseline writes with refreshes, %d without: a refresh dirtied keys", onUpdates, offUpdates)
-	}
-	if offLoads != 1 {
-		t.Errorf("baseline_refresh 0: %d loads, want 1", offLoads)
-	}
-	if onLoads < 30 {
-		t.Errorf("baseline_refresh 1m over two hours: %d loads, want over 30", onLoads)
+	for _, tc := range []struct {
+		name  string
+		whole bool
+	}{{"whole loads", true}, {"loads of the changes", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			onAlerts, onState, on, onUpdates := runWith(time.Minute, tc.whole)
+			if onAlerts != offAlerts {
+				t.Errorf("refreshing changed the alerts:\n%s\nwant\n%s", onAlerts, offAlerts)
+			}
+			if onState != offState {
+				t.Errorf("refreshing changed the final state")
+			}
+			if onUpdates != offUpdates {
+				t.Errorf("%d baseline writes with refreshes, %d without: a refresh dirtied keys", onUpdates, offUpdates)
+			}
+			if n := on.loads.Load(); n < 30 {
+				t.Errorf("baseline_refresh 1m over two hours: %d loads, want over 30", n)
+			}
+			if n, want := on.partial.Load(), on.loads.Load()-1; !tc.whole && n != want {
+				t.Errorf("%d partial loads, want %d: every one but the first", n, want)
+			}
+		})
 	}
 }
 
@@ -311,6 +359,13 @@ func (f *flakyStore) LoadBaselines(ctx context.Context, lim BaselineLimits) (Bas
 	return f.MemoryBaselines.LoadBaselines(ctx, lim)
 }
 
+func (f *flakyStore) LoadBaselinesSince(ctx context.Context, lim BaselineLimits, since uint64) (Baselines, uint64, error) {
+	if f.err != nil {
+		return Baselines{}, 0, f.err
+	}
+	return f.MemoryBaselines.LoadBaselinesSince(ctx, lim, since)
+}
+
 func TestConfigBaselineRefresh(t *testing.T) {
 	if d := DefaultConfig().BaselineRefresh; d != 5*time.Minute {
 		t.Errorf("default baseline_refresh = %s, want 5m", d)
@@ -336,4 +391,163 @@ func TestConfigBaselineRefresh(t *testing.T) {
 	if err != nil || c.BaselineRefresh != 2*time.Minute {
 		t.Errorf("decode baseline_refresh: 2m = %s, %v", c.BaselineRefresh, err)
 	}
+}
+
+// TestRefreshOfChangesMergesLikeWholeLoad: after another instance wrote, a refresh
+// that loads only the changes leaves each detector in the state a refresh that loads
+// the whole store does: the keys the changes lack are no news.
+func TestRefreshOfChangesMergesLikeWholeLoad(t *testing.T) {
+	day := 24 * time.Hour
+	ago := func(d time.Duration) time.Time { return t0.Add(-d) }
+	for _, tc := range []struct {
+		name        string
+		snap, other Baselines // what the store holds at the start; what the other instance writes
+	}{
+		{
+			name: NewCountry,
+			snap: Baselines{Keys: []KeyBaseline{
+				{Key: "k1", FirstSeen: ago(20 * day), Events: 50, Countries: []CountryBaseline{{Country: "DE", FirstSeen: ago(20 * day), LastSeen: ago(time.Hour), Events: 50}}},
+				{Key: "k2", FirstSeen: ago(20 * day), Events: 40, Countries: []CountryBaseline{{Country: "DE", FirstSeen: ago(20 * day), LastSeen: ago(time.Hour), Events: 40}}},
+			}},
+			other: Baselines{Keys: []KeyBaseline{
+				{Key: "k2", FirstSeen: ago(30 * day), Events: 90, Countries: []CountryBaseline{
+					{Country: "DE", FirstSeen: ago(20 * day), LastSeen: ago(time.Hour), Events: 40},
+					{Country: "FR", FirstSeen: ago(2 * day), LastSeen: at(time.Minute), Events: 50},
+				}},
+				{Key: "k3", FirstSeen: ago(9 * day), Events: 12, Countries: []CountryBaseline{{Country: "SE", FirstSeen: ago(9 * day), LastSeen: t0, Events: 12}}},
+			}},
+		},
+		{
+			name: QuietEndpointSpike,
+			snap: Baselines{TrafficSince: ago(3 * day), Routes: []RouteBaseline{
+				{Route: "GET /v1/a", RatePerMinute: 3, AsOf: ago(time.Hour), Peak: 10, PeakAt: ago(2 * time.Hour)},
+				{Route: "GET /v1/b", RatePerMinute: 1, AsOf: ago(time.Hour)},
+			}},
+			other: Baselines{TrafficSince: ago(5 * day), Routes: []RouteBaseline{
+				{Route: "GET /v1/b", RatePerMinute: 7, AsOf: at(time.Minute), Peak: 20, PeakAt: at(time.Minute)},
+				{Route: "POST /v1/c", RatePerMinute: 0.5, AsOf: at(time.Minute)},
+			}},
+		},
+		{
+			name: ClientVolumeSpike,
+			snap: Baselines{Clients: []ClientBaseline{
+				{Key: "k1", FirstSeen: ago(9 * day), RatePerMinute: 2, AsOf: ago(time.Hour), Peak: 30, PeakAt: ago(time.Hour)},
+				{Key: "k2", FirstSeen: ago(9 * day), RatePerMinute: 1, AsOf: ago(time.Hour)},
+			}},
+			other: Baselines{Clients: []ClientBaseline{
+				{Key: "k2", FirstSeen: ago(10 * day), RatePerMinute: 4, AsOf: at(time.Minute), Peak: 50, PeakAt: at(time.Minute)},
+				{Key: "k3", FirstSeen: ago(3 * day), RatePerMinute: 9, AsOf: at(time.Minute)},
+			}},
+		},
+		{
+			name: ObjectEnumeration,
+			snap: Baselines{TrafficSince: ago(3 * day), Objects: []ObjectBaseline{
+				{Client: "k1", Route: "GET /v1/items/{id}", Peak: 4, PeakAt: ago(time.Hour)},
+				{Client: "k2", Route: "GET /v1/items/{id}", Peak: 3, PeakAt: ago(time.Hour)},
+			}},
+			other: Baselines{Objects: []ObjectBaseline{
+				{Client: "k2", Route: "GET /v1/items/{id}", Peak: 40, PeakAt: at(time.Minute)},
+				{Client: "k3", Route: "GET /v1/orders/{id}", Peak: 25, PeakAt: at(time.Minute)},
+				{Client: "192.0.2.9", Route: "GET /v1/items/{id}", Peak: 8, PeakAt: at(time.Minute)},
+			}},
+		},
+		{
+			name: PrivilegeAnomaly,
+			snap: Baselines{TrafficSince: ago(3 * day), Privileged: []PrivilegeBaseline{
+				{Key: "k1", FirstSeen: ago(5 * day), LastSeen: ago(time.Hour), Events: 3},
+				{Key: "k2", FirstSeen: ago(5 * day), LastSeen: ago(time.Hour), Events: 2},
+			}},
+			other: Baselines{Privileged: []PrivilegeBaseline{
+				{Key: "k2", FirstSeen: ago(6 * day), LastSeen: at(time.Minute), Events: 9},
+				{Key: "k3", FirstSeen: ago(time.Hour), LastSeen: at(time.Minute), Events: 4},
+			}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(whole bool) (before, after string, all bool, store *countingStore) {
+				mem := NewMemoryBaselines(tc.snap, AllBaselines)
+				store = &countingStore{BaselineStore: mem, whole: whole}
+				e, err := NewEngine(only(tc.name), Options{Registerer: prometheus.NewRegistry(), Baselines: store})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := e.LoadBaselines(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				// Traffic of its own, written back, on k1 and the routes the store has.
+				e.Observe(repeat(20, t0, 10*time.Second, func(i int, ts time.Time) ingest.Event {
+					return from("k1", "DE", ts, route("GET", "/v1/items/{id}"), path(fmt.Sprintf("/v1/items/%d", i)))
+				}))
+				if err := e.SyncBaselines(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				if err := mem.UpdateBaselines(t.Context(), tc.other); err != nil {
+					t.Fatal(err)
+				}
+				before = engineState(e)
+				if err := e.RefreshBaselines(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				return before, engineState(e), e.fetch.all, store
+			}
+			wholeBefore, wholeAfter, wholeAll, _ := run(true)
+			before, after, all, store := run(false)
+			if store.partial.Load() != 1 {
+				t.Fatalf("%d partial loads, want 1: the refresh", store.partial.Load())
+			}
+			if before != wholeBefore {
+				t.Fatalf("the engines differ before the refresh:\n%s\nagainst\n%s", before, wholeBefore)
+			}
+			if wholeAfter == wholeBefore {
+				t.Fatalf("the whole load changed nothing: the case tests nothing\n%s", wholeAfter)
+			}
+			if after != wholeAfter {
+				t.Errorf("after a refresh of the changes:\n%s\nafter a whole refresh:\n%s", after, wholeAfter)
+			}
+			if all != wholeAll {
+				t.Errorf("keys looked up when not held: %v after the changes, %v after a whole load", all, wholeAll)
+			}
+		})
+	}
+}
+
+// TestMemoryBaselinesSince: a load since what an earlier load returned has what was
+// written after it, in its latest state, and nothing else.
+func TestMemoryBaselinesSince(t *testing.T) {
+	ctx := t.Context()
+	m := NewMemoryBaselines(*known("a", time.Hour, 1, "DE"), AllBaselines)
+	write := func(u Baselines) {
+		if err := m.UpdateBaselines(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, v0, _ := m.LoadBaselinesSince(ctx, AllBaselines, 0)
+	if len(b.Keys) != 1 || v0 == 0 {
+		t.Fatalf("whole load: %d keys, next %d", len(b.Keys), v0)
+	}
+	write(*known("b", time.Hour, 2, "FR"))
+	write(Baselines{Keys: known("c", time.Hour, 3, "SE").Keys, Routes: []RouteBaseline{{Route: "GET /r", RatePerMinute: 1, AsOf: t0}}})
+	write(*known("b", time.Hour, 5, "FR", "JP"))
+	b, v1, _ := m.LoadBaselinesSince(ctx, AllBaselines, v0)
+	if got := keyNamesOf(b.Keys); !slices.Equal(got, []string{"b", "c"}) || len(b.Routes) != 1 || b.Keys[0].Events != 5 || len(b.Keys[0].Countries) != 2 {
+		t.Errorf("since the whole load: keys %v (b: %+v), %d routes; want b in its latest state, c and the route", got, b.Keys[0], len(b.Routes))
+	}
+	if b, v2, _ := m.LoadBaselinesSince(ctx, AllBaselines, v1); len(b.Keys)+len(b.Routes) != 0 || v2 != v1 {
+		t.Errorf("nothing written since: %d keys, %d routes, next %d (was %d)", len(b.Keys), len(b.Routes), v2, v1)
+	}
+	// Limits keep the most recent of the changes.
+	write(Baselines{Keys: []KeyBaseline{
+		{Key: "old", FirstSeen: t0.Add(-time.Hour)}, {Key: "new", FirstSeen: t0}, {Key: "a", FirstSeen: t0.Add(-2 * time.Hour)},
+	}})
+	if b, _, _ := m.LoadBaselinesSince(ctx, BaselineLimits{Keys: 1}, v1); !slices.Equal(keyNamesOf(b.Keys), []string{"new"}) {
+		t.Errorf("one key since: %v, want new", keyNamesOf(b.Keys))
+	}
+}
+
+func keyNamesOf(keys []KeyBaseline) []string {
+	var out []string
+	for _, k := range keys {
+		out = append(out, k.Key)
+	}
+	return out
 }

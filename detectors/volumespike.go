@@ -311,8 +311,10 @@ func (d *volumeSpike) baseline(slot int32) ClientBaseline {
 
 func (d *volumeSpike) load(b *Baselines) { d.adoptAll(b.Clients, math.MinInt64, false) }
 
-func (d *volumeSpike) merge(b *Baselines, wm int64) (adopted, merged int) {
-	return d.adoptAll(b.Clients, wm, true), 0
+func (d *volumeSpike) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
+	n := d.adoptAll(b.Clients, wm, true)
+	// A full table may have left some out: to be looked up when seen.
+	return n, 0, d.tab.live >= d.tab.max && n < len(b.Clients)
 }
 
 // adoptAll adds the stored keys the table does not hold and would not expire at once

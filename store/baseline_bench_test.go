@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
@@ -221,5 +223,71 @@ func benchEachStore(b *testing.B, run func(*testing.B, detectors.BaselineStore))
 		addr := clickhousetest.Require(b)
 		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
 		run(b, c)
+	})
+}
+
+// wholeLoads hides a store's BaselineChanges: every refresh loads the whole store.
+type wholeLoads struct{ detectors.BaselineStore }
+
+// BenchmarkBaselineRefresh measures Engine.RefreshBaselines over a store of 100,000
+// keys of which 1% changed since the last load (another instance's write, not timed):
+// whole, loading every key, against changes, loading what changed
+// (detectors.BaselineChanges), on the memory store and on ClickHouse. Compare the two
+// of one store, taken in the same run:
+//
+//	go test ./store -run '^$' -bench BaselineRefresh -benchtime 20x -count 3
+func BenchmarkBaselineRefresh(b *testing.B) {
+	const keys, changed = 100_000, 1_000
+	snap := benchSnapshot(keys)
+	// tick moves the clock of the store's versions an hour, when it has one: versions
+	// are wall-clock time, and a refresh of the changes reads back a margin of minutes
+	// (see BaselineSettings.changesMargin), which a benchmark's seconds would not leave.
+	run := func(b *testing.B, s detectors.BaselineStore, tick func()) {
+		fillBaselines(b, s, snap)
+		for _, mode := range []string{"whole", "changes"} {
+			b.Run(mode, func(b *testing.B) {
+				ctx := context.Background()
+				es := s
+				if mode == "whole" {
+					es = wholeLoads{s}
+				}
+				e, err := detectors.NewEngine(detectors.DefaultConfig(), detectors.Options{Registerer: prometheus.NewRegistry(), Baselines: es})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := e.LoadBaselines(ctx); err != nil {
+					b.Fatal(err)
+				}
+				r := rand.New(rand.NewPCG(7, 7))
+				b.ReportAllocs()
+				for i := 0; b.Loop(); i++ {
+					b.StopTimer()
+					tick()
+					u := detectors.Baselines{Keys: make([]detectors.KeyBaseline, 0, changed)}
+					for _, j := range r.Perm(keys)[:changed] {
+						k := snap.Keys[j]
+						k.Events += uint64(i+1) * 1000 // more than the engine holds: a merge
+						u.Keys = append(u.Keys, k)
+					}
+					if err := s.UpdateBaselines(ctx, u); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if err := e.RefreshBaselines(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+	b.Run("memory", func(b *testing.B) {
+		run(b, detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines), func() {})
+	})
+	b.Run("clickhouse", func(b *testing.B) {
+		addr := clickhousetest.Require(b)
+		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
+		now := time.Now()
+		c.now = func() time.Time { return now }
+		run(b, c, func() { now = now.Add(time.Hour) })
 	})
 }

@@ -44,6 +44,9 @@ type BaselineSettings struct {
 	// PrivilegeHistory is privilege_anomaly's history: a key whose last privileged
 	// request is older than it is dropped.
 	PrivilegeHistory time.Duration
+	// Refresh is the detectors' baseline_refresh: a refresh that loads only what
+	// changed reads back this much further (see changesMargin).
+	Refresh time.Duration
 }
 
 // BaselineSettingsFrom returns the settings of the detectors configured by cfg.
@@ -56,6 +59,7 @@ func BaselineSettingsFrom(cfg detectors.Config) BaselineSettings {
 		ClientPeakMemory:     cfg.ClientVolumeSpike.PeakMemory,
 		ObjectPeakMemory:     cfg.ObjectEnumeration.PeakMemory,
 		PrivilegeHistory:     cfg.PrivilegeAnomaly.History,
+		Refresh:              cfg.BaselineRefresh,
 	}
 }
 
@@ -65,6 +69,7 @@ func (s BaselineSettings) withDefaults() BaselineSettings {
 		{&s.History, &d.History}, {&s.LearningPeriod, &d.LearningPeriod}, {&s.PeakMemory, &d.PeakMemory},
 		{&s.ClientLearningPeriod, &d.ClientLearningPeriod}, {&s.ClientPeakMemory, &d.ClientPeakMemory},
 		{&s.ObjectPeakMemory, &d.ObjectPeakMemory}, {&s.PrivilegeHistory, &d.PrivilegeHistory},
+		{&s.Refresh, &d.Refresh},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
@@ -72,6 +77,22 @@ func (s BaselineSettings) withDefaults() BaselineSettings {
 	}
 	return s
 }
+
+// changesMargin is how far below the newest version of the last load a load of the
+// changes (ClickHouse.LoadBaselinesSince) reads, so that it also gets the rows that
+// landed after that load with older versions. A version is its writer's wall clock
+// when it made the update (never below the versions it has read: see versionClock),
+// so such rows are those of writers whose clocks are behind the newest writer's (NTP
+// keeps hosts within milliseconds; minutes cover a host that lost it), those in flight
+// when the last load read (at most baseline_timeout, seconds), and those another
+// instance spilled in an outage and wrote once ClickHouse was back (this process's own
+// spill is waited for: see LoadBaselinesSince). Five minutes cover the first two with
+// room to spare; one baseline_refresh more has every version read by two loads in a
+// row, so a row that lands up to a refresh late, a short outage's spill, is still read
+// once. A spill written back later than that is read by the next whole load (a
+// restart, a task that moves), or looked up when its key is evicted and seen again.
+// Reading rows twice is harmless: the merge is idempotent.
+func (s BaselineSettings) changesMargin() time.Duration { return 5*time.Minute + s.Refresh }
 
 // tau is the time constant of the route rates in milliseconds, as the detector sets it.
 func (s BaselineSettings) tau() float64 {

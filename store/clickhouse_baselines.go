@@ -31,6 +31,8 @@ import (
 // carries its update's version (see versionClock), so a later update wins over an
 // earlier one whatever order they reach ClickHouse in.
 
+var _ detectors.BaselineChanges = (*ClickHouse)(nil)
+
 var errBaselineTimeout = errors.New("store: clickhouse did not take the baseline update within baseline_timeout")
 
 // baselineState is the ClickHouse store's baseline side.
@@ -595,6 +597,20 @@ func (c *ClickHouse) insertRows(ctx context.Context, t *tableRows) error {
 // independent of how the server splits the read. A limit is an ORDER BY on the last
 // seen time with LIMIT in a subquery, so only the rows kept cross the wire.
 func (c *ClickHouse) LoadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+	b, _, err := c.LoadBaselinesSince(ctx, lim, 0)
+	return b, err
+}
+
+// LoadBaselinesSince is LoadBaselines restricted to the rows whose version is above
+// since, the newest version the load that returned it read, minus a margin (see
+// BaselineSettings.changesMargin); 0 loads every baseline. It returns the newest
+// version it read, or since when it read none newer: the since of the next call. The
+// filter is on each key's newest row, so a key whose countries were written before
+// since comes back with them whenever its key_stats row is newer (readers keep the
+// countries whose version is at least the key's), and a forgotten country, which keeps
+// its older version, stays forgotten. The reads still scan the version column of every
+// row; only the changed rows are merged (FINAL), sent and decoded.
+func (c *ClickHouse) LoadBaselinesSince(ctx context.Context, lim detectors.BaselineLimits, since uint64) (detectors.Baselines, uint64, error) {
 	start := time.Now()
 	bo := backoff.ExponentialBackOff{
 		InitialInterval:     100 * time.Millisecond,
@@ -604,17 +620,32 @@ func (c *ClickHouse) LoadBaselines(ctx context.Context, lim detectors.BaselineLi
 	}
 	bo.Reset()
 	warned := false
+	cut := uint64(0)
+	if m := uint64(c.bl.settings.changesMargin().Nanoseconds()); since > m {
+		cut = since - m
+	}
 	for {
-		b, err := c.loadBaselines(ctx, lim)
+		b, newest, err := c.loadBaselines(ctx, lim, cut)
 		if err == nil {
 			if warned {
 				c.log.Info("baselines loaded from clickhouse after waiting for it")
 			}
-			c.bl.m.loadDuration.Set(time.Since(start).Seconds())
-			return b, nil
+			if cut == 0 {
+				c.bl.m.loadDuration.Set(time.Since(start).Seconds())
+			}
+			next := max(since, newest)
+			c.bl.mu.Lock()
+			if len(c.bl.spill.segs) > 0 {
+				// Updates of this process still wait in the spill, with the versions
+				// they were given when they were made: the next load must reach back
+				// to them, whatever newer rows other writers added meanwhile.
+				next = min(next, c.bl.spill.segs[0].id)
+			}
+			c.bl.mu.Unlock()
+			return b, next, nil
 		}
 		if ctx.Err() != nil || !unreachable(err) {
-			return detectors.Baselines{}, fmt.Errorf("store: loading baselines: %w", err)
+			return detectors.Baselines{}, 0, fmt.Errorf("store: loading baselines: %w", err)
 		}
 		if !warned {
 			c.log.Warn("cannot load baselines from clickhouse; retrying until it answers", "err", err)
@@ -624,7 +655,7 @@ func (c *ClickHouse) LoadBaselines(ctx context.Context, lim detectors.BaselineLi
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return detectors.Baselines{}, fmt.Errorf("store: loading baselines: %w (last attempt: %w)", context.Cause(ctx), err)
+			return detectors.Baselines{}, 0, fmt.Errorf("store: loading baselines: %w (last attempt: %w)", context.Cause(ctx), err)
 		case <-t.C:
 		}
 	}
@@ -648,13 +679,14 @@ func unreachable(err error) bool {
 	return false
 }
 
-// loadBaselines makes one attempt: spilled updates, then the three reads.
-func (c *ClickHouse) loadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+// loadBaselines makes one attempt: spilled updates, then the reads of the rows of a
+// version above cut (0: all). It returns the newest version it read.
+func (c *ClickHouse) loadBaselines(ctx context.Context, lim detectors.BaselineLimits, cut uint64) (detectors.Baselines, uint64, error) {
 	if c.isClosed() {
-		return detectors.Baselines{}, ErrClosed
+		return detectors.Baselines{}, 0, ErrClosed
 	}
 	if _, err := c.replayBaselines(ctx, true); err != nil {
-		return detectors.Baselines{}, err
+		return detectors.Baselines{}, 0, err
 	}
 	var out detectors.Baselines
 	var newest uint64
@@ -662,45 +694,56 @@ func (c *ClickHouse) loadBaselines(ctx context.Context, lim detectors.BaselineLi
 	var n uint64
 	err := c.conn.QueryRow(ctx, "SELECT min(toUInt64(value) * 1000 + value_ms), count() FROM baseline_meta WHERE name = 'traffic_since'").Scan(&since, &n)
 	if err != nil {
-		return out, fmt.Errorf("reading traffic_since: %w", err)
+		return out, 0, fmt.Errorf("reading traffic_since: %w", err)
 	}
 	if n > 0 {
 		out.TrafficSince = fromCHMilli(since)
 	}
-	if out.Keys, newest, err = c.readKeys(ctx, lim.Keys); err != nil {
-		return out, err
+	if out.Keys, newest, err = c.readKeys(ctx, lim.Keys, cut); err != nil {
+		return out, 0, err
 	}
 	for _, read := range []struct {
 		f func(context.Context, *detectors.Baselines, rowSelect) (uint64, error)
 		n int
 	}{{c.readRoutes, lim.Routes}, {c.readClients, lim.Clients}, {c.readObjects, lim.Objects}, {c.readPrivileged, lim.Privileged}} {
-		v, err := read.f(ctx, &out, rowSelect{n: read.n})
+		v, err := read.f(ctx, &out, rowSelect{n: read.n, after: cut})
 		if err != nil {
-			return out, err
+			return out, 0, err
 		}
 		newest = max(newest, v)
 	}
 	c.bl.mu.Lock()
 	c.bl.clock.observe(newest)
 	c.bl.mu.Unlock()
-	return out, nil
+	return out, newest, nil
 }
 
-// readKeys reads the newest baseline of the n keys last seen most recently, sorted by
-// key, and the largest version.
+// readKeys reads the newest baseline of the n keys last seen most recently whose
+// newest version is above cut (0: any), sorted by key, and the largest version.
 // key_stats and key_countries both come in key order and are joined as they stream.
 // The countries of all keys share one array, sized (like the keys) from the row
 // counts of the tables' parts, an upper bound: a million keys cost a few large
 // allocations rather than millions of small ones.
-func (c *ClickHouse) readKeys(ctx context.Context, n int) ([]detectors.KeyBaseline, uint64, error) {
+func (c *ClickHouse) readKeys(ctx context.Context, n int, cut uint64) ([]detectors.KeyBaseline, uint64, error) {
 	if n <= 0 {
 		return nil, 0, nil
 	}
 	// The keys kept: key_stats' last_seen is the key's newest country, or its first
-	// seen (keyLastSeen), as a RecentSet orders them.
-	where := ""
-	if n < math.MaxInt {
-		where = fmt.Sprintf(" WHERE key IN (SELECT key FROM key_stats FINAL ORDER BY last_seen DESC, last_seen_ms DESC, key LIMIT %d)", n)
+	// seen (keyLastSeen), as a RecentSet orders them. A key has a row above cut if and
+	// only if its newest row is, so the filter is the same before FINAL and after.
+	where, changed := "", ""
+	if cut > 0 {
+		changed = fmt.Sprintf(" WHERE version > %d", cut)
+	}
+	switch {
+	case n < math.MaxInt:
+		where = fmt.Sprintf(" WHERE key IN (SELECT key FROM key_stats FINAL%s ORDER BY last_seen DESC, last_seen_ms DESC, key LIMIT %d)", changed, n)
+	case cut > 0:
+		where = " WHERE key IN (SELECT key FROM key_stats" + changed + ")"
+	}
+	if cut > 0 {
+		// A few changed keys: no sizing round trip, and no arrays sized for all.
+		return c.readKeysWhere(ctx, where, 0, 0)
 	}
 	var nStats, nCountries uint64
 	err := c.conn.QueryRow(ctx, `SELECT sumIf(rows, table = 'key_stats'), sumIf(rows, table = 'key_countries')
@@ -830,20 +873,27 @@ const (
 )
 
 // A rowSelect says which rows of a baseline table to read: the n of largest recency
-// (ties: the smaller key), or, when in is set, those whose key is one of in.
+// (ties: the smaller key) among those of a version above after (0: all), or, when in
+// is set, those whose key is one of in.
 type rowSelect struct {
-	n  int
-	in []string
+	n     int
+	after uint64
+	in    []string
 }
 
 // query returns the query of cols of table's newest rows (FINAL) that s selects,
 // sorted by key, and its arguments; inCol is the column in matches.
 func (s rowSelect) query(cols, table, recency, key, inCol string) (string, []any) {
 	q := "SELECT " + cols + " FROM " + table + " FINAL"
-	switch {
-	case s.in != nil:
+	if s.in != nil {
 		return q + " WHERE " + inCol + " IN ? ORDER BY " + key, []any{inSet(s.in)}
-	case s.n < math.MaxInt:
+	}
+	if s.after > 0 {
+		// Whether it is applied before FINAL or after, the newest row of an entry
+		// passes if and only if any of its rows does.
+		q += fmt.Sprintf(" WHERE version > %d", s.after)
+	}
+	if s.n < math.MaxInt {
 		q = fmt.Sprintf("SELECT * FROM (%s ORDER BY %s DESC, %s LIMIT %d)", q, recency, key, s.n)
 	}
 	return q + " ORDER BY " + key, nil
@@ -969,7 +1019,7 @@ func (c *ClickHouse) LookupBaselines(ctx context.Context, keys, routes []string)
 // periods) to its end, grouped by key and country: a forensic query, not one for the
 // live path.
 func (c *ClickHouse) BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error) {
-	cur, err := c.loadBaselines(ctx, detectors.AllBaselines)
+	cur, _, err := c.loadBaselines(ctx, detectors.AllBaselines, 0)
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: baselines as of %s: %w", t.UTC().Format(time.RFC3339), err)
 	}

@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -402,5 +404,104 @@ func TestClickHouseReadsRoutesWrittenBeforePeaks(t *testing.T) {
 	want := []detectors.RouteBaseline{{Route: "GET /old", RatePerMinute: 2.5, AsOf: asOf}}
 	if !reflect.DeepEqual(got.Routes, want) {
 		t.Errorf("routes %+v, want %+v", got.Routes, want)
+	}
+}
+
+// TestClickHouseBaselinesSince: a load since what an earlier load returned has the
+// rows written after it, and those written up to the margin before it (late writers),
+// not older ones; a key's forgotten country stays forgotten.
+func TestClickHouseBaselinesSince(t *testing.T) {
+	addr := clickhousetest.Require(t)
+	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	settings := BaselineSettings{Refresh: time.Minute} // margin: 6m
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return now }, Baselines: settings})
+	ctx := testContext(t)
+	key := func(k string, events uint64, countries ...string) detectors.KeyBaseline {
+		kb := detectors.KeyBaseline{Key: k, FirstSeen: now.Add(-time.Hour), Events: events}
+		for _, cc := range countries {
+			kb.Countries = append(kb.Countries, detectors.CountryBaseline{Country: cc, FirstSeen: now.Add(-time.Hour), LastSeen: now, Events: events})
+		}
+		return kb
+	}
+	all := func(keys ...detectors.KeyBaseline) detectors.Baselines {
+		b := detectors.Baselines{Keys: keys}
+		for _, k := range keys {
+			b.Routes = append(b.Routes, detectors.RouteBaseline{Route: "GET /" + k.Key, RatePerMinute: float64(k.Events), AsOf: now})
+			b.Clients = append(b.Clients, detectors.ClientBaseline{Key: k.Key, FirstSeen: now.Add(-time.Hour), RatePerMinute: 1, AsOf: now})
+			b.Objects = append(b.Objects, detectors.ObjectBaseline{Client: k.Key, Route: "GET /o/{id}", Peak: 3, PeakAt: now})
+			b.Privileged = append(b.Privileged, detectors.PrivilegeBaseline{Key: k.Key, FirstSeen: now.Add(-time.Hour), LastSeen: now, Events: k.Events})
+		}
+		return b
+	}
+	write := func(u detectors.Baselines) {
+		t.Helper()
+		if err := c.UpdateBaselines(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := func(b detectors.Baselines) string {
+		var out []string
+		for _, k := range b.Keys {
+			var cs []string
+			for _, cb := range k.Countries {
+				cs = append(cs, cb.Country)
+			}
+			out = append(out, k.Key+":"+strings.Join(cs, ","))
+		}
+		return fmt.Sprintf("keys %v, %d routes, %d clients, %d objects, %d privileged", out, len(b.Routes), len(b.Clients), len(b.Objects), len(b.Privileged))
+	}
+
+	write(all(key("a", 1, "DE"), key("b", 1, "DE", "FR"), key("c", 1, "DE")))
+	now = now.Add(time.Hour)
+	write(all(key("b", 2, "DE", "FR")))
+	_, v0, err := c.LoadBaselinesSince(ctx, detectors.AllBaselines, 0)
+	if err != nil || v0 != uint64(now.UnixNano()) {
+		t.Fatalf("whole load: next %d, %v; want the version of the write, %d", v0, err, now.UnixNano())
+	}
+
+	// An hour on, b forgets FR (its row keeps the older version, within the margin)
+	// and d is new; a and c, written two hours before, are not read.
+	now = now.Add(time.Hour)
+	write(all(key("b", 2, "DE"), key("d", 1, "SE")))
+	b, v1, err := c.LoadBaselinesSince(ctx, detectors.AllBaselines, v0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(b), "keys [b:DE d:SE], 2 routes, 2 clients, 2 objects, 2 privileged"; got != want {
+		t.Errorf("since the whole load: %s, want %s", got, want)
+	}
+	if v1 != uint64(now.UnixNano()) {
+		t.Errorf("next %d, want the newest version read, %d", v1, now.UnixNano())
+	}
+	if b, v, _ := c.LoadBaselinesSince(ctx, detectors.AllBaselines, v1); v != v1 || len(b.Keys) != 2 {
+		t.Errorf("nothing new: %s, next %d (was %d); want b and d again (within the margin) and the same next", names(b), v, v1)
+	}
+
+	// Writers behind: one 3 minutes (within the margin), one 20 minutes (beyond it).
+	late := all(key("e", 1, "JP"))
+	if err := c.writeBaselines(ctx, []versioned{{&late, v1 - uint64(3*time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	older := all(key("f", 1, "JP"))
+	if err := c.writeBaselines(ctx, []versioned{{&older, v1 - uint64(20*time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err = c.LoadBaselinesSince(ctx, detectors.AllBaselines, v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(b), "keys [b:DE d:SE e:JP], 3 routes, 3 clients, 3 objects, 3 privileged"; got != want {
+		t.Errorf("with late writers: %s, want %s", got, want)
+	}
+	// A limit keeps the most recent of the changes.
+	now = now.Add(time.Minute)
+	write(detectors.Baselines{Keys: []detectors.KeyBaseline{key("g", 1, "US")}})
+	if b, _, _ := c.LoadBaselinesSince(ctx, detectors.BaselineLimits{Keys: 1}, v1); names(b) != "keys [g:US], 0 routes, 0 clients, 0 objects, 0 privileged" {
+		t.Errorf("one key since: %s, want g", names(b))
+	}
+	// The whole store is still there for a whole load.
+	if b, _ := c.LoadBaselines(ctx, detectors.AllBaselines); len(b.Keys) != 7 {
+		t.Errorf("whole load: %s, want 7 keys", names(b))
 	}
 }

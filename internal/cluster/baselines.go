@@ -21,19 +21,36 @@ type taskBaselines struct {
 }
 
 func (b taskBaselines) LoadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+	out, _, err := b.LoadBaselinesSince(ctx, lim, 0)
+	return out, err
+}
+
+// LoadBaselinesSince loads what changed in every partition, when the store can tell
+// (detectors.BaselineChanges), and keeps the task's share; else it loads every
+// baseline, and returns 0 so that the next load does too.
+func (b taskBaselines) LoadBaselinesSince(ctx context.Context, lim detectors.BaselineLimits, since uint64) (detectors.Baselines, uint64, error) {
 	if b.loads != nil {
 		select {
 		case b.loads <- struct{}{}:
 			defer func() { <-b.loads }()
 		case <-ctx.Done():
-			return detectors.Baselines{}, ctx.Err()
+			return detectors.Baselines{}, 0, ctx.Err()
 		}
 	}
 	// The task's detectors hold max_keys/partitions keys (lim): the n partitions'
 	// most recent lim each are about the store's most recent lim*n, one engine's worth.
-	all, err := b.BaselineStore.LoadBaselines(ctx, lim.Times(b.n))
+	var (
+		all  detectors.Baselines
+		next uint64
+		err  error
+	)
+	if bc, ok := b.BaselineStore.(detectors.BaselineChanges); ok {
+		all, next, err = bc.LoadBaselinesSince(ctx, lim.Times(b.n), since)
+	} else {
+		all, err = b.BaselineStore.LoadBaselines(ctx, lim.Times(b.n))
+	}
 	if err != nil {
-		return all, err
+		return all, 0, err
 	}
 	set := detectors.NewRecentSet(lim)
 	switch b.kind {
@@ -48,7 +65,7 @@ func (b taskBaselines) LoadBaselines(ctx context.Context, lim detectors.Baseline
 	}
 	out := set.Baselines()
 	out.TrafficSince = all.TrafficSince
-	return out, nil
+	return out, next, nil
 }
 
 // mine adds to a RecentSet (add) the entries of all whose key falls in b's partition.
