@@ -337,6 +337,11 @@ func testBaselines(t *testing.T, open storeOpener) {
 				want.Routes = append(want.Routes, r)
 			}
 		}
+		for _, c := range now.Clients {
+			if c.FirstSeen.Before(at) && c.AsOf.Before(at) && c.PeakAt.Before(at) {
+				want.Clients = append(want.Clients, c)
+			}
+		}
 		sameBaselines(t, "as of "+at.Format(time.RFC3339), got, want, 0)
 	})
 }
@@ -397,6 +402,14 @@ func sameBaselines(t *testing.T, what string, got, want detectors.Baselines, tol
 			g.Peak != w.Peak || !g.PeakAt.Equal(w.PeakAt) {
 			t.Errorf("%s: route %d\n got %+v\nwant %+v", what, i, g, w)
 			break
+		}
+	}
+	// A rebuilt client rate is a sum of floats in the store's order, not the test's.
+	if len(got.Clients) == len(want.Clients) {
+		for i := range got.Clients {
+			if g, w := got.Clients[i].RatePerMinute, want.Clients[i].RatePerMinute; math.Abs(g-w) <= tol*math.Abs(w) {
+				got.Clients[i].RatePerMinute = w
+			}
 		}
 	}
 	sameList(t, what+": clients", got.Clients, want.Clients)
@@ -566,12 +579,41 @@ func storedBaselines(evs []ingest.Event, end time.Time, s BaselineSettings) dete
 		snap.Routes = append(snap.Routes, detectors.RouteBaseline{Route: route, RatePerMinute: rate, AsOf: msTime(asOf)})
 	}
 	slices.SortFunc(snap.Routes, func(a, b detectors.RouteBaseline) int { return strings.Compare(a.Route, b.Route) })
+	// Each key's rate as of its last whole minute, and a peak: the even keys' in their
+	// first hour, the odd keys' at their last minute, so that as of a time between
+	// them the first is kept and the second unknown.
+	first, ends := map[string]int64{}, map[string][]int64{}
+	for _, ev := range evs {
+		ms := ev.Time.UnixMilli()
+		if f, ok := first[ev.ClientKey]; !ok || ms < f {
+			first[ev.ClientKey] = ms
+		}
+		if mEnd := (floorDiv(ms, 60000) + 1) * 60000; mEnd <= end.UnixMilli() {
+			ends[ev.ClientKey] = append(ends[ev.ClientKey], mEnd)
+		}
+	}
+	snap.Clients = nil
+	for key, es := range ends {
+		asOf := slices.Max(es)
+		cb := detectors.ClientBaseline{Key: key, FirstSeen: msTime(first[key]), AsOf: msTime(asOf), Peak: 7}
+		for _, e := range es {
+			cb.RatePerMinute += routeWeight(asOf, e, s.clientTau())
+		}
+		cb.PeakAt = msTime(first[key] + 30*60000)
+		if len(key) > 0 && key[len(key)-1]%2 == 1 {
+			cb.PeakAt = msTime(asOf)
+		}
+		snap.Clients = append(snap.Clients, cb)
+	}
+	slices.SortFunc(snap.Clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
 	return snap
 }
 
 // asOfWant returns what BaselinesAsOf must answer for t when the archive holds evs and
 // the store holds stored: the keys learn gives, and each route's stored rate if it was
-// folded before t, else its rate rebuilt as of t from the whole minutes before it.
+// folded before t, else its rate rebuilt as of t from the whole minutes before it; each
+// client key first seen before t as stored if its rate and peak moved before t, else
+// with its rate rebuilt as a route's and its peak if reached before t.
 func asOfWant(evs []ingest.Event, t time.Time, stored detectors.Baselines, s BaselineSettings) detectors.Baselines {
 	want := learn(evs, t, s)
 	var routes []detectors.RouteBaseline
@@ -587,14 +629,34 @@ func asOfWant(evs []ingest.Event, t time.Time, stored detectors.Baselines, s Bas
 		}
 	}
 	want.Routes = routes
+	rates := map[string]float64{}
+	for _, c := range want.Clients {
+		rates[c.Key] = c.RatePerMinute
+	}
+	want.Clients = nil
+	for _, c := range stored.Clients {
+		rate, ok := rates[c.Key]
+		switch {
+		case !c.FirstSeen.Before(t):
+		case c.AsOf.Before(t) && c.PeakAt.Before(t):
+			want.Clients = append(want.Clients, c)
+		case ok:
+			cb := detectors.ClientBaseline{Key: c.Key, FirstSeen: c.FirstSeen, RatePerMinute: rate, AsOf: t}
+			if c.PeakAt.Before(t) {
+				cb.Peak, cb.PeakAt = c.Peak, c.PeakAt
+			}
+			want.Clients = append(want.Clients, cb)
+		}
+	}
 	return want
 }
 
 // learn returns the baselines at t as BaselinesAsOf rebuilds them from an archive
 // holding evs: keys and countries first seen before t with the counts of their events
 // (with a country) before t; a country's last event before t, or, when it has none
-// within history before t, just before that (lookFrom); route rates as of t from the
-// whole minutes before t within five time constants.
+// within history before t, just before that (lookFrom); route and client key rates as
+// of t from the whole minutes before t within five of their time constants (clients
+// with their rates only).
 func learn(evs []ingest.Event, t time.Time, s BaselineSettings) detectors.Baselines {
 	tm := t.UnixMilli()
 	lookFrom := lookFrom(tm, s.History.Milliseconds(), evs[0].Time.UnixMilli())
@@ -605,6 +667,7 @@ func learn(evs []ingest.Event, t time.Time, s BaselineSettings) detectors.Baseli
 	keys := map[string]map[string]*pair{}
 	var since int64 = math.MaxInt64
 	routes := map[string]float64{}
+	clients := map[string]float64{}
 	for _, ev := range evs {
 		ms := ev.Time.UnixMilli()
 		since = min(since, ms)
@@ -630,6 +693,9 @@ func learn(evs []ingest.Event, t time.Time, s BaselineSettings) detectors.Baseli
 		mEnd := (floorDiv(ms, 60000) + 1) * 60000
 		if mEnd <= tm && ms >= floorDiv(tm-s.asOfSpan(), 60000)*60000 {
 			routes[ev.Method+" "+ev.Route] += routeWeight(tm, mEnd, s.tau())
+		}
+		if mEnd <= tm && ms >= floorDiv(tm-s.clientAsOfSpan(), 60000)*60000 && ev.ClientKey != "" {
+			clients[ev.ClientKey] += routeWeight(tm, mEnd, s.clientTau())
 		}
 	}
 	var out detectors.Baselines
@@ -668,5 +734,9 @@ func learn(evs []ingest.Event, t time.Time, s BaselineSettings) detectors.Baseli
 		out.Routes = append(out.Routes, detectors.RouteBaseline{Route: route, RatePerMinute: w, AsOf: msTime(tm)})
 	}
 	slices.SortFunc(out.Routes, func(a, b detectors.RouteBaseline) int { return strings.Compare(a.Route, b.Route) })
+	for key, w := range clients {
+		out.Clients = append(out.Clients, detectors.ClientBaseline{Key: key, RatePerMinute: w, AsOf: msTime(tm)})
+	}
+	slices.SortFunc(out.Clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }

@@ -118,6 +118,13 @@ func (s BaselineSettings) objectTTL() int64 { return 3 * s.ObjectPeakMemory.Mill
 // five time constants, beyond which a request weighs less than 0.7%.
 func (s BaselineSettings) asOfSpan() int64 { return 5 * int64(s.tau()) }
 
+// clientTau and clientAsOfSpan are tau and asOfSpan for client_volume_spike's rates.
+func (s BaselineSettings) clientTau() float64 {
+	return float64(max(s.ClientLearningPeriod, time.Hour).Milliseconds())
+}
+
+func (s BaselineSettings) clientAsOfSpan() int64 { return 5 * int64(s.clientTau()) }
+
 // keyLastSeen returns the last time k's key was seen: its newest country, or when it
 // came first if it has no country.
 func keyLastSeen(k *detectors.KeyBaseline) time.Time {
@@ -477,6 +484,9 @@ type archiveFacts struct {
 	lookFrom int64
 	pairs    []pairFact                // sorted by key, then country
 	routes   []detectors.RouteBaseline // rates rebuilt as of t, sorted by route
+	// clients are the client keys' rates rebuilt as of t (Key and RatePerMinute only),
+	// sorted by key.
+	clients []detectors.ClientBaseline
 }
 
 // lookFrom returns the start of the archive's testimony at t (Unix ms): t minus
@@ -519,10 +529,15 @@ func routeWeight(t, end int64, tau float64) float64 {
 //     requests, which the detector skips, count), as of t. A route without archived
 //     requests in that span is missing: its rate was below 0.7% of what it is now.
 //     A route's peak is as stored if it was reached before t, else unknown (0).
-//   - The baselines of client_volume_spike and object_enumeration (clients' rates and
-//     peaks, client and route peaks) are as stored if they last moved before t, and
-//     missing otherwise: the archive does not hold the window counts a peak is made
-//     of.
+//   - A client key's rate (client_volume_spike) is as stored if neither it nor the
+//     key's peak moved at or after t. Otherwise, for a key first seen before t, it is
+//     rebuilt as a route's is, from the archive's requests of the key (its own time
+//     constant, the requests of the detector's skip rules counted), with the stored
+//     peak if it was reached before t, else none (0); a key without archived requests
+//     in that span is missing.
+//   - object_enumeration's client and route peaks are as stored if they were reached
+//     before t, and missing otherwise: the archive does not hold the distinct objects
+//     of each window a peak is made of.
 //   - privilege_anomaly's keys first seen before t are present; one seen again at or
 //     after t is taken to have been seen just before t, as a country is without an
 //     archive.
@@ -609,9 +624,25 @@ func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) d
 			r.Peak, r.PeakAt = c.Peak, c.PeakAt
 		}
 	}
+	rebuiltClients := facts.clients
 	for _, c := range cur.Clients {
-		if clientLast(&c) < tm && c.FirstSeen.UnixMilli() < tm {
+		var fresh *detectors.ClientBaseline
+		for len(rebuiltClients) > 0 && rebuiltClients[0].Key <= c.Key {
+			if rebuiltClients[0].Key == c.Key {
+				fresh = &rebuiltClients[0]
+			}
+			rebuiltClients = rebuiltClients[1:]
+		}
+		switch {
+		case c.FirstSeen.UnixMilli() >= tm:
+		case clientLast(&c) < tm:
 			out.Clients = append(out.Clients, c)
+		case fresh != nil:
+			cb := detectors.ClientBaseline{Key: c.Key, FirstSeen: c.FirstSeen, RatePerMinute: fresh.RatePerMinute, AsOf: msTime(tm)}
+			if c.PeakAt.UnixMilli() < tm {
+				cb.Peak, cb.PeakAt = c.Peak, c.PeakAt
+			}
+			out.Clients = append(out.Clients, cb)
 		}
 	}
 	for _, o := range cur.Objects {

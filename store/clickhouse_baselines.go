@@ -1107,5 +1107,41 @@ ORDER BY r`, float64(tm)/1000, tau/1000, max(from, 0), to)
 	if err := rows.Err(); err != nil {
 		return f, fmt.Errorf("reading route_minute: %w", err)
 	}
-	return f, nil
+	return f, c.clientFacts(ctx, &f, tm)
+}
+
+// clientFacts adds to f the client keys' rates as of tm (Unix ms), rebuilt from
+// client_minute's whole minutes that end by tm, from five time constants before it.
+// client_minute's client is the client key, else the client IP: a row of an IP is
+// rebuilt too, and matches no stored client key.
+func (c *ClickHouse) clientFacts(ctx context.Context, f *archiveFacts, tm int64) error {
+	s := c.bl.settings
+	tau := s.clientTau()
+	from := floorDiv(tm-s.clientAsOfSpan(), 60000) * 60
+	to := floorDiv(tm, 1000) - 60
+	if to < 0 {
+		return nil
+	}
+	rows, err := c.conn.Query(ctx, `SELECT client, sum(requests * exp((toUInt32(minute) + 60 - ?) / ?))
+FROM client_minute
+WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND client != ''
+GROUP BY client
+ORDER BY client`, float64(tm)/1000, tau/1000, max(from, 0), to)
+	if err != nil {
+		return fmt.Errorf("reading client_minute: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var cb detectors.ClientBaseline
+		var w float64
+		if err := rows.Scan(&cb.Key, &w); err != nil {
+			return fmt.Errorf("reading client_minute: %w", err)
+		}
+		cb.RatePerMinute = w * 60000 / tau
+		f.clients = append(f.clients, cb)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading client_minute: %w", err)
+	}
+	return nil
 }

@@ -463,8 +463,8 @@ type pairAcc struct {
 	after uint64
 }
 
-// archiveFacts scans the archive from the earlier of lookFrom and the start of the
-// route span to its end, in chunks of read transactions.
+// archiveFacts scans the archive from the earliest of lookFrom and the starts of the
+// route and client spans to its end, in chunks of read transactions.
 func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, error) {
 	s := l.settings
 	tm := t.UnixMilli()
@@ -483,10 +483,13 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 		return f, nil
 	}
 	spanFrom := floorDiv(tm-s.asOfSpan(), 60000) * 60000
+	ctau := s.clientTau()
+	clientFrom := floorDiv(tm-s.clientAsOfSpan(), 60000) * 60000
 	pairs := map[string]*pairAcc{}
 	routes := map[string]float64{}
+	clients := map[string]float64{}
 	var scratch []byte
-	cursor := eventKey(nil, clampMilli(min(f.lookFrom, spanFrom)), 0)
+	cursor := eventKey(nil, clampMilli(min(f.lookFrom, spanFrom, clientFrom)), 0)
 	for cursor != nil {
 		if err := ctx.Err(); err != nil {
 			return f, err
@@ -520,9 +523,13 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 						p.after++
 					}
 				}
-				if end := (floorDiv(ms, 60000) + 1) * 60000; ms >= spanFrom && end <= tm && len(route) > 0 {
+				end := (floorDiv(ms, 60000) + 1) * 60000
+				if ms >= spanFrom && end <= tm && len(route) > 0 {
 					scratch = append(append(append(scratch[:0], method...), ' '), route...)
 					routes[string(scratch)] += routeWeight(tm, end, tau)
+				}
+				if ms >= clientFrom && end <= tm && len(key) > 0 {
+					clients[string(key)] += routeWeight(tm, end, ctau)
 				}
 			}
 			return nil
@@ -540,5 +547,9 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 		f.routes = append(f.routes, detectors.RouteBaseline{Route: r, RatePerMinute: w, AsOf: msTime(tm)})
 	}
 	slices.SortFunc(f.routes, func(a, b detectors.RouteBaseline) int { return strings.Compare(a.Route, b.Route) })
+	for k, w := range clients {
+		f.clients = append(f.clients, detectors.ClientBaseline{Key: k, RatePerMinute: w})
+	}
+	slices.SortFunc(f.clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
 	return f, nil
 }
