@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,8 +287,10 @@ func BenchmarkBaselineRefresh(b *testing.B) {
 	b.Run("clickhouse", func(b *testing.B) {
 		addr := clickhousetest.Require(b)
 		c := benchClickHouse(b, addr, clickhousetest.NewDatabase(b, addr))
-		now := time.Now()
-		c.now = func() time.Time { return now }
-		run(b, c, func() { now = now.Add(time.Hour) })
+		// The store's goroutines read the clock too.
+		var clock atomic.Int64
+		clock.Store(time.Now().UnixNano())
+		c.now = func() time.Time { return time.Unix(0, clock.Load()) }
+		run(b, c, func() { clock.Add(int64(time.Hour)) })
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -415,7 +416,12 @@ func TestClickHouseBaselinesSince(t *testing.T) {
 	cfg := testConfig(t, addr, clickhousetest.NewDatabase(t, addr))
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	settings := BaselineSettings{Refresh: time.Minute} // margin: 6m
-	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(), Now: func() time.Time { return now }, Baselines: settings})
+	// The store's goroutines read the clock: it moves with now, through clock.
+	var clock atomic.Int64
+	clock.Store(now.UnixNano())
+	setNow := func(t time.Time) { now = t; clock.Store(t.UnixNano()) }
+	c, _ := openClickHouse(t, cfg, ClickHouseOptions{Registerer: prometheus.NewRegistry(),
+		Now: func() time.Time { return time.Unix(0, clock.Load()).UTC() }, Baselines: settings})
 	ctx := testContext(t)
 	key := func(k string, events uint64, countries ...string) detectors.KeyBaseline {
 		kb := detectors.KeyBaseline{Key: k, FirstSeen: now.Add(-time.Hour), Events: events}
@@ -453,7 +459,7 @@ func TestClickHouseBaselinesSince(t *testing.T) {
 	}
 
 	write(all(key("a", 1, "DE"), key("b", 1, "DE", "FR"), key("c", 1, "DE")))
-	now = now.Add(time.Hour)
+	setNow(now.Add(time.Hour))
 	write(all(key("b", 2, "DE", "FR")))
 	_, v0, err := c.LoadBaselinesSince(ctx, detectors.AllBaselines, 0)
 	if err != nil || v0 != uint64(now.UnixNano()) {
@@ -462,7 +468,7 @@ func TestClickHouseBaselinesSince(t *testing.T) {
 
 	// An hour on, b forgets FR (its row keeps the older version, within the margin)
 	// and d is new; a and c, written two hours before, are not read.
-	now = now.Add(time.Hour)
+	setNow(now.Add(time.Hour))
 	write(all(key("b", 2, "DE"), key("d", 1, "SE")))
 	b, v1, err := c.LoadBaselinesSince(ctx, detectors.AllBaselines, v0)
 	if err != nil {
@@ -495,7 +501,7 @@ func TestClickHouseBaselinesSince(t *testing.T) {
 		t.Errorf("with late writers: %s, want %s", got, want)
 	}
 	// A limit keeps the most recent of the changes.
-	now = now.Add(time.Minute)
+	setNow(now.Add(time.Minute))
 	write(detectors.Baselines{Keys: []detectors.KeyBaseline{key("g", 1, "US")}})
 	if b, _, _ := c.LoadBaselinesSince(ctx, detectors.BaselineLimits{Keys: 1}, v1); names(b) != "keys [g:US], 0 routes, 0 clients, 0 objects, 0 privileged" {
 		t.Errorf("one key since: %s, want g", names(b))
