@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
@@ -116,48 +117,78 @@ func TestRunCluster(t *testing.T) {
 	}
 }
 
-// TestRunClusterKill: of two replicas, the first is killed (SIGKILL) once Slack has
-// heard of the first incident, with attacks under way, and restarted over its own data
-// directory, as a supervisor would. The second takes its partitions and tasks over from
-// their commits while it is gone, the restarted one takes some back and delivers what
-// its outbox held; between them every injected attack is posted to Slack once: what
-// was delivered before the kill and not committed is raised again under the same id,
-// and goes on in the message already posted.
+// TestRunClusterKill: a replica dies as kill -9 kills it, and is restarted over its own
+// data directory, as a supervisor would, beside a second replica; between them every
+// injected attack is posted to Slack once. It dies:
+//   - beside the second replica, once Slack has heard of the first incident, with
+//     attacks under way: the second takes its partitions and tasks over from their
+//     commits while it is gone;
+//   - alone, at each step of the hop where work is done and not committed
+//     (cluster.Failpoint): stage one having written a batch's internal records, and a
+//     task having put alerts into the outbox. What was written is written again and
+//     dropped as copies; what was alerted is raised again under the same ids, and goes
+//     on in the messages already posted.
 func TestRunClusterKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs three gatewatch processes")
 	}
 	addr := clickhousetest.Require(t)
-	e := newE2E(t, "waf-logs")
-	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
-	configs, admins := e.writeClusterConfigs(t, 2)
-	first, second := startRun(t, configs[0]), startRun(t, configs[1])
-	e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
-	e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
-	reqs, injected := liveTraffic(t, 11)
-	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-	e.waitPosts(t, first, 1, 5*time.Minute)
-	first.stop(syscall.SIGKILL, 10*time.Second)
-	restarted := startRun(t, configs[0])
-	e.admin = admins[1]
-	e.waitPosts(t, second, len(injected), 5*time.Minute)
-	e.waitClusterDrained(t, []*runProcess{restarted, second}, admins, "waf-logs", "gw-internal")
-	time.Sleep(2 * time.Second) // a second message for an incident would come now
-	for _, p := range []*runProcess{restarted, second} {
-		if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-			t.Errorf("SIGTERM: exit %d, want 0", code)
-		}
-	}
-	got := e.posts()
-	ids := map[string]int{}
-	for _, m := range got {
-		ids[string(m.Metadata)]++
-	}
-	if len(got) != len(injected) || len(ids) != len(got) {
-		for _, m := range got {
-			t.Logf("posted: %s %s", m.Metadata, m.Text)
-		}
-		t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), len(injected))
+	for _, c := range []struct {
+		name string
+		kill string // GATEWATCH_TEST_KILL of the first replica, which then runs alone
+	}{
+		// The names go into temporary paths, which the configs hold in YAML flow style.
+		{"after-a-post", ""},
+		{cluster.StepWritten, cluster.StepWritten + ":3"},
+		{cluster.StepAlerted, cluster.StepAlerted + ":1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newE2E(t, "waf-logs")
+			e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
+			configs, admins := e.writeClusterConfigs(t, 2)
+			reqs, injected := liveTraffic(t, 11)
+			var second *runProcess
+			if c.kill == "" {
+				first := startRun(t, configs[0])
+				second = startRun(t, configs[1])
+				e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
+				e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
+				e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+				e.waitPosts(t, first, 1, 5*time.Minute)
+				first.stop(syscall.SIGKILL, 10*time.Second)
+			} else {
+				first := startRun(t, configs[0], "GATEWATCH_TEST_KILL="+c.kill)
+				e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 1)
+				e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 1)
+				e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+				first.wait(syscall.SIGKILL, 3*time.Minute)
+				if !strings.Contains(first.log(), "killed at "+strings.Split(c.kill, ":")[0]) {
+					t.Fatalf("the first replica exited, not at %s:\n%s", c.kill, first.log())
+				}
+				second = startRun(t, configs[1])
+			}
+			restarted := startRun(t, configs[0])
+			e.admin = admins[1]
+			e.waitPosts(t, second, len(injected), 5*time.Minute)
+			e.waitClusterDrained(t, []*runProcess{restarted, second}, admins, "waf-logs", "gw-internal")
+			time.Sleep(2 * time.Second) // a second message for an incident would come now
+			for _, p := range []*runProcess{restarted, second} {
+				if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+					t.Errorf("SIGTERM: exit %d, want 0", code)
+				}
+			}
+			got := e.posts()
+			ids := map[string]int{}
+			for _, m := range got {
+				ids[string(m.Metadata)]++
+			}
+			if len(got) != len(injected) || len(ids) != len(got) {
+				for _, m := range got {
+					t.Logf("posted: %s %s", m.Metadata, m.Text)
+				}
+				t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), len(injected))
+			}
+		})
 	}
 }
 

@@ -11,8 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,14 +30,33 @@ import (
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
+	"github.com/gatewatch/gatewatch/internal/cluster"
 	"github.com/gatewatch/gatewatch/store"
 	"github.com/gatewatch/gatewatch/store/clickhousetest"
 )
 
 // TestMain lets the tests run gatewatch itself as a subprocess: the test binary, with
-// GATEWATCH_TEST_MAIN=1, is gatewatch.
+// GATEWATCH_TEST_MAIN=1, is gatewatch. With GATEWATCH_TEST_KILL=STEP:N as well, it
+// kills itself (SIGKILL) the Nth time it reaches that step of the cluster hop
+// (cluster.Failpoint).
 func TestMain(m *testing.M) {
 	if os.Getenv("GATEWATCH_TEST_MAIN") == "1" {
+		if kill := os.Getenv("GATEWATCH_TEST_KILL"); kill != "" {
+			step, n, _ := strings.Cut(kill, ":")
+			nth, err := strconv.Atoi(n)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "GATEWATCH_TEST_KILL=%s: want STEP:N\n", kill)
+				os.Exit(2)
+			}
+			var hits atomic.Int64
+			cluster.Failpoint = func(s string) {
+				if s == step && hits.Add(1) == int64(nth) {
+					fmt.Fprintf(os.Stderr, "killed at %s (hit %d)\n", s, nth)
+					syscall.Kill(os.Getpid(), syscall.SIGKILL)
+					select {} // the signal is on its way
+				}
+			}
+		}
 		main()
 		return
 	}
@@ -63,11 +84,11 @@ func (p *runProcess) log() string {
 	return p.stderr.String()
 }
 
-func startRun(t *testing.T, config string) *runProcess {
+func startRun(t *testing.T, config string, env ...string) *runProcess {
 	t.Helper()
 	p := &runProcess{t: t, done: make(chan error, 1)}
 	p.cmd = exec.Command(os.Args[0], "run", "--config", config, "--log-level", "info")
-	p.cmd.Env = append(os.Environ(), "GATEWATCH_TEST_MAIN=1")
+	p.cmd.Env = append(append(os.Environ(), "GATEWATCH_TEST_MAIN=1"), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -94,6 +94,9 @@ func (s *stage1) run(ctx context.Context) error {
 			return err
 		}
 		if b != nil {
+			if Failpoint != nil && len(b.Events) > 0 {
+				Failpoint(StepWritten)
+			}
 			if err := b.Ack(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("stage one could not acknowledge a batch; its records are read and written again", "err", err)
 			}

@@ -258,7 +258,11 @@ func (s *stage2) runTask(ctx context.Context, gen *kafkago.Generation, k Kind, p
 	if s.wrapTask != nil {
 		es = s.wrapTask(k, src)
 	}
-	err = eng.Run(ctx, es, s.sink)
+	sink := s.sink
+	if Failpoint != nil {
+		sink = failpointSink{sink}
+	}
+	err = eng.Run(ctx, es, sink)
 	if ctx.Err() != nil {
 		return nil
 	}
