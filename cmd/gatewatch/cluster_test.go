@@ -104,16 +104,23 @@ func TestRunCluster(t *testing.T) {
 	if code := procs[1].stop(syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Errorf("second replica: SIGTERM: exit %d, want 0", code)
 	}
+	e.onePostEach(t, len(injected))
+}
+
+// onePostEach checks that Slack has one top-level message per incident, for n
+// incidents.
+func (e *e2e) onePostEach(t *testing.T, n int) {
+	t.Helper()
 	got := e.posts()
 	ids := map[string]int{}
 	for _, m := range got {
 		ids[string(m.Metadata)]++
 	}
-	if len(got) != len(injected) || len(ids) != len(got) {
+	if len(got) != n || len(ids) != len(got) {
 		for _, m := range got {
 			t.Logf("posted: %s %s", m.Metadata, m.Text)
 		}
-		t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), len(injected))
+		t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), n)
 	}
 }
 
@@ -177,17 +184,7 @@ func TestRunClusterKill(t *testing.T) {
 					t.Errorf("SIGTERM: exit %d, want 0", code)
 				}
 			}
-			got := e.posts()
-			ids := map[string]int{}
-			for _, m := range got {
-				ids[string(m.Metadata)]++
-			}
-			if len(got) != len(injected) || len(ids) != len(got) {
-				for _, m := range got {
-					t.Logf("posted: %s %s", m.Metadata, m.Text)
-				}
-				t.Errorf("%d messages posted for %d incidents, want one per injected attack (%d)", len(got), len(ids), len(injected))
-			}
+			e.onePostEach(t, len(injected))
 		})
 	}
 }
