@@ -67,15 +67,20 @@ fuzz:
 		done; \
 	done
 
-# property runs internal/cluster's TestScheduleProperty, which `make test` skips: for
-# PROPERTY_SEEDS synthetic seeds (from 1), or SEED alone, one replica and then
+# property runs the property tests `make test` skips, for PROPERTY_SEEDS synthetic seeds
+# (from 1), or SEED alone: internal/cluster's TestScheduleProperty, one replica and then
 # PROPERTY_SCHEDULES schedules drawn from the seed, of replicas that join and leave at
-# random points of the traffic, each of which must raise exactly one replica's alerts.
-# A run takes about half a minute under the race detector, so a seed about two. A failure
-# prints its seed, schedule, the alerts that differ and the command that reruns it alone.
+# random points of the traffic, each of which must raise exactly one replica's alerts
+# (about half a minute a run under the race detector, so a seed about two); and
+# cmd/gatewatch's TestKillProperty, a replica killed (SIGKILL) at a step of the hop and a
+# hit drawn from the seed, then restarted beside another, which between them must page
+# each attack once (about a minute a seed). A failure prints its seed and the command
+# that reruns it alone.
 property:
 	GATEWATCH_PROPERTY=1 GATEWATCH_PROPERTY_SEEDS=$(PROPERTY_SEEDS) GATEWATCH_PROPERTY_SCHEDULES=$(PROPERTY_SCHEDULES) \
 	GATEWATCH_PROPERTY_SEED=$(SEED) $(GO) test -race -count 1 -timeout 3h -run '^TestScheduleProperty$$' -v ./internal/cluster
+	GATEWATCH_PROPERTY=1 GATEWATCH_PROPERTY_SEEDS=$(PROPERTY_SEEDS) GATEWATCH_PROPERTY_SEED=$(SEED) \
+	$(GO) test -race -count 1 -timeout 3h -run '^TestKillProperty$$' -v ./cmd/gatewatch
 
 # bench prints benchstat input: go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt
 bench:

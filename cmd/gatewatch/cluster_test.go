@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,53 +143,97 @@ func TestRunClusterKill(t *testing.T) {
 		t.Skip("end to end: runs three gatewatch processes")
 	}
 	addr := clickhousetest.Require(t)
-	for _, c := range []struct {
-		name string
-		kill string // GATEWATCH_TEST_KILL of the first replica, which then runs alone
-	}{
-		// The names go into temporary paths, which the configs hold in YAML flow style.
-		{"after-a-post", ""},
-		{cluster.StepWritten, cluster.StepWritten + ":3"},
-		{cluster.StepAlerted, cluster.StepAlerted + ":1"},
+	for _, kill := range []string{
+		"", // beside the other, after a post
+		cluster.StepWritten + ":3",
+		cluster.StepAlerted + ":1",
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			e := newE2E(t, "waf-logs")
-			e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
-			configs, admins := e.writeClusterConfigs(t, 2)
-			reqs, injected := liveTraffic(t, 11)
-			var second *runProcess
-			if c.kill == "" {
-				first := startRun(t, configs[0])
-				second = startRun(t, configs[1])
-				e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
-				e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
-				e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-				e.waitPosts(t, first, 1, 5*time.Minute)
-				first.stop(syscall.SIGKILL, 10*time.Second)
-			} else {
-				first := startRun(t, configs[0], "GATEWATCH_TEST_KILL="+c.kill)
-				e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 1)
-				e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 1)
-				e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
-				first.wait(syscall.SIGKILL, 3*time.Minute)
-				if !strings.Contains(first.log(), "killed at "+strings.Split(c.kill, ":")[0]) {
-					t.Fatalf("the first replica exited, not at %s:\n%s", c.kill, first.log())
-				}
-				second = startRun(t, configs[1])
-			}
-			restarted := startRun(t, configs[0])
-			e.admin = admins[1]
-			e.waitPosts(t, second, len(injected), 5*time.Minute)
-			e.waitClusterDrained(t, []*runProcess{restarted, second}, admins, "waf-logs", "gw-internal")
-			time.Sleep(2 * time.Second) // a second message for an incident would come now
-			for _, p := range []*runProcess{restarted, second} {
-				if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-					t.Errorf("SIGTERM: exit %d, want 0", code)
-				}
-			}
-			e.onePostEach(t, len(injected))
+		// The names go into temporary paths, which the configs hold in YAML flow style.
+		name, _, _ := strings.Cut(kill, ":")
+		t.Run(cmp.Or(name, "after-a-post"), func(t *testing.T) { killReplica(t, addr, kill, 11) })
+	}
+}
+
+// TestKillProperty is TestRunClusterKill's kill at a step, over several seeds, each of
+// which draws the step, the hit the replica dies at and the traffic. It takes about a
+// minute a seed, so it runs only when GATEWATCH_PROPERTY is set (make property):
+// GATEWATCH_PROPERTY_SEEDS seeds from 1 (4 unless set), or GATEWATCH_PROPERTY_SEED
+// alone.
+func TestKillProperty(t *testing.T) {
+	if os.Getenv("GATEWATCH_PROPERTY") == "" {
+		t.Skip("set GATEWATCH_PROPERTY=1 (make property) to run the kills")
+	}
+	addr := clickhousetest.Require(t)
+	first, seeds := uint64(1), uint64(4)
+	number := func(env string) uint64 {
+		n, err := strconv.ParseUint(os.Getenv(env), 10, 64)
+		if err != nil || n == 0 {
+			t.Fatalf("%s=%q: want a positive number", env, os.Getenv(env))
+		}
+		return n
+	}
+	if os.Getenv("GATEWATCH_PROPERTY_SEEDS") != "" {
+		seeds = number("GATEWATCH_PROPERTY_SEEDS")
+	}
+	if os.Getenv("GATEWATCH_PROPERTY_SEED") != "" {
+		first, seeds = number("GATEWATCH_PROPERTY_SEED"), 1
+	}
+	for seed := first; seed < first+seeds; seed++ {
+		r := rand.New(rand.NewPCG(seed, 0x6b696c6c))
+		kill := fmt.Sprintf("%s:%d", cluster.StepWritten, 1+r.IntN(12))
+		if r.IntN(2) == 1 {
+			kill = fmt.Sprintf("%s:%d", cluster.StepAlerted, 1+r.IntN(4))
+		}
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			t.Logf("seed %d: GATEWATCH_TEST_KILL=%s; run it alone: GATEWATCH_PROPERTY=1 GATEWATCH_PROPERTY_SEED=%d "+
+				"go test -race -run '^TestKillProperty$' ./cmd/gatewatch", seed, kill, seed)
+			killReplica(t, addr, kill, 100+seed)
 		})
 	}
+}
+
+// killReplica runs a cluster over the traffic of seed in which the first replica dies
+// as kill -9 kills it and is restarted over its own data directory, as a supervisor
+// would, beside a second replica, and checks that between them every injected attack
+// is posted to Slack once. With kill empty, the first dies beside the second once
+// Slack has heard of the first incident; else it runs alone and kills itself at the
+// step and hit kill names (GATEWATCH_TEST_KILL).
+func killReplica(t *testing.T, addr, kill string, seed uint64) {
+	e := newE2E(t, "waf-logs")
+	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, clickhousetest.NewDatabase(t, addr))
+	configs, admins := e.writeClusterConfigs(t, 2)
+	reqs, injected := liveTraffic(t, seed)
+	var second *runProcess
+	if kill == "" {
+		first := startRun(t, configs[0])
+		second = startRun(t, configs[1])
+		e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 2)
+		e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 2)
+		e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+		e.waitPosts(t, first, 1, 5*time.Minute)
+		first.stop(syscall.SIGKILL, 10*time.Second)
+	} else {
+		first := startRun(t, configs[0], "GATEWATCH_TEST_KILL="+kill)
+		e.kafka.WaitGroup(t, "gatewatch-e2e", "waf-logs", 1)
+		e.kafka.WaitGroup(t, "gatewatch-e2e-tasks", "gw-internal-client", 1)
+		e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+		first.wait(syscall.SIGKILL, 3*time.Minute)
+		if step, _, _ := strings.Cut(kill, ":"); !strings.Contains(first.log(), "killed at "+step) {
+			t.Fatalf("the first replica exited, not at %s:\n%s", kill, first.log())
+		}
+		second = startRun(t, configs[1])
+	}
+	restarted := startRun(t, configs[0])
+	e.admin = admins[1]
+	e.waitPosts(t, second, len(injected), 5*time.Minute)
+	e.waitClusterDrained(t, []*runProcess{restarted, second}, admins, "waf-logs", "gw-internal")
+	time.Sleep(2 * time.Second) // a second message for an incident would come now
+	for _, p := range []*runProcess{restarted, second} {
+		if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+			t.Errorf("SIGTERM: exit %d, want 0", code)
+		}
+	}
+	e.onePostEach(t, len(injected))
 }
 
 // waitClusterDrained waits until the replicas (procs, with their admin addresses) have
