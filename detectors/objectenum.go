@@ -121,7 +121,7 @@ type oeNames struct{ client, method, route string }
 func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, since *traffic, inc *incidents) *objectEnum {
 	lay := newRingLayout(c.Window, lateness, oeBuckets, false)
 	d := &objectEnum{
-		cnt:   newCounters(lay, 1, true, true, 0),
+		cnt:   newCounters(lay, 1, true, refSample, 0),
 		arena: newArena(lay),
 		ids:   lcPool{size: lay.size},
 		since: since,
@@ -248,7 +248,7 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	}
 	ph := hash64(ev.Path)
 	d.cnt.sample(data, o, data[o] == 0, b, bs, ev.Path, ph, &d.arena)
-	d.cnt.count(data, k.sum[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.ids.add(&k.ids, int(bs), ph)
 	if k.sum[0] >= p.hot {
 		if k.names == nil {

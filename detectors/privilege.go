@@ -153,7 +153,7 @@ const (
 func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since *traffic, inc *incidents) *privilegeAnomaly {
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &privilegeAnomaly{
-		cnt:     newCounters(lay, 1, true, false, 0),
+		cnt:     newCounters(lay, 1, true, noSample, 0),
 		smp:     newSamplers(lay, paFields, 2, 0),
 		match:   newPrivilegeMatcher(c.Privileged),
 		since:   since,
@@ -201,7 +201,7 @@ func (d *privilegeAnomaly) observe(ev *ingest.Event, _ uint64, t int64, late boo
 	d.fold(slot, d.keep())
 	o, _ := d.cnt.place(data, &k.r, k.sums[:], b, bs, d.keep())
 	d.settle(k)
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sums[:], o, b, bs, t)
 	k.events++
 	d.markDirty(slot)
 	p := &d.rules.params[k.prm]

@@ -48,7 +48,6 @@ type trParams struct {
 
 type trKey struct {
 	r    ring
-	sums [1]uint32
 	prm  uint16
 	nDev uint8   // devices held in dev0 and more
 	dev0 trDev   // the first device, inline: most tokens have one
@@ -72,7 +71,7 @@ type trDev struct {
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
 	lay := newRingLayout(c.Window, lateness, 20, false)
 	d := &tokenReuse{
-		cnt:       newCounters(lay, 1, true, true, 2),
+		cnt:       newCounters(lay, 1, true, wideSample, 2),
 		arena:     newArena(lay),
 		ids:       newSamplers(lay, 0, 0, 0),
 		gap:       lay.size,
@@ -169,10 +168,10 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
 	keep := d.keep()
-	o, dropped := d.cnt.place(data, &k.r, k.sums[:], b, bs, keep)
+	o, dropped := d.cnt.place(data, &k.r, nil, b, bs, keep)
 	d.dropSlots(k, dropped, keep)
 	fresh := data[o] == 0
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, nil, o, b, bs, t)
 	d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, hash64(ev.ClientIP), &d.arena)
 	addCountry(d.cnt.extraAt(data, o), fresh, packCountry(ev.Country))
 	dv := d.device(k, dh, ev.Device, b)
@@ -356,7 +355,7 @@ func (d *tokenReuse) bounds(slot int32) (int64, int64, bool) {
 
 func (d *tokenReuse) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
-	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
+	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, nil, keep)
 	d.dropSlots(k, dropped, keep)
 	return d.mayFire(slot)
 }
@@ -421,7 +420,8 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 		ev.ClientIPs = d.cnt.samples(data, &k.r, from, end, &d.arena, 10)
 		var ccs []string
 		for b := max(from, k.r.lo); b <= min(end, k.r.top); b++ {
-			if o := d.lay.slot(b) * d.cnt.stride; data[o] > 0 {
+			if s := d.lay.slot(b); k.r.holds(b, s) && data[s*d.cnt.stride] > 0 {
+				o := s * d.cnt.stride
 				for _, c := range d.cnt.extraAt(data, o) {
 					if c != 0 {
 						ccs = append(ccs, unpackCountry(c))

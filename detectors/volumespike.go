@@ -100,7 +100,7 @@ type cvKey struct {
 func newClientVolumeSpike(c ClientVolumeSpikeConfig, lateness time.Duration, inc *incidents) *volumeSpike {
 	lay := newRingLayout(c.Window, lateness, 10, true)
 	d := &volumeSpike{
-		cnt:   newCounters(lay, 1, true, true, 0),
+		cnt:   newCounters(lay, 1, true, refSample, 0),
 		arena: newArena(lay),
 		tau:   float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		ptau:  float64(c.PeakMemory.Milliseconds()),
@@ -176,7 +176,7 @@ func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	fresh := data[o] == 0
-	d.cnt.count(data, k.sum[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.rules.params[k.prm]
 	if !p.enabled {
