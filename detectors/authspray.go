@@ -93,7 +93,7 @@ const (
 func newAuthFailureSpray(c AuthFailureSprayConfig, lateness time.Duration, inc *incidents) *authSpray {
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &authSpray{
-		cnt:      newCounters(lay, 2, true, noSample, 0),
+		cnt:      newCounters(lay, 2, true, false, 0),
 		smp:      newSamplers(lay, asFields, 4, len(c.Statuses)),
 		statuses: slices.Clone(c.Statuses),
 	}

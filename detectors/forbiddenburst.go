@@ -54,7 +54,7 @@ const (
 func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *incidents) *forbiddenBurst {
 	lay := newRingLayout(c.Window, lateness, 12, false)
 	d := &forbiddenBurst{
-		cnt:      newCounters(lay, 2, true, noSample, 0),
+		cnt:      newCounters(lay, 2, true, false, 0),
 		smp:      newSamplers(lay, fbFields, 2, len(c.Statuses)),
 		statuses: slices.Clone(c.Statuses),
 	}

@@ -132,7 +132,7 @@ type oeNames struct {
 func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, since *traffic, inc *incidents) *objectEnum {
 	lay := newRingLayout(c.Window, lateness, oeBuckets, false)
 	d := &objectEnum{
-		cnt:   newCounters(lay, 1, true, refSample, 0),
+		cnt:   newCounters(lay, 1, true, true, 0),
 		arena: newArena(lay),
 		ids:   lcPool{size: lay.size},
 		since: since,

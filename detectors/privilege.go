@@ -153,7 +153,7 @@ const (
 func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since *traffic, inc *incidents) *privilegeAnomaly {
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &privilegeAnomaly{
-		cnt:     newCounters(lay, 1, true, noSample, 0),
+		cnt:     newCounters(lay, 1, true, false, 0),
 		smp:     newSamplers(lay, paFields, 2, 0),
 		match:   newPrivilegeMatcher(c.Privileged),
 		since:   since,

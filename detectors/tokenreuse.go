@@ -47,7 +47,14 @@ type trParams struct {
 }
 
 type trKey struct {
-	r    ring
+	r ring
+	// ipB and ipH are the bucket and hash of the client IP last offered as its
+	// bucket's sample: offering it to that bucket again changes nothing, and skipping
+	// it saves reading the sample's value from the arena, a cache miss, for nearly
+	// every event of a token (one client IP). Two IPs of one 64-bit hash offered in
+	// one bucket of one token, one after the other, would keep the first.
+	ipB  int64
+	ipH  uint64
 	prm  uint16
 	nDev uint8   // devices held in dev0 and more
 	dev0 trDev   // the first device, inline: most tokens have one
@@ -71,7 +78,7 @@ type trDev struct {
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
 	lay := newRingLayout(c.Window, lateness, 20, false)
 	d := &tokenReuse{
-		cnt:       newCounters(lay, 1, true, wideSample, 2),
+		cnt:       newCounters(lay, 1, true, true, 2),
 		arena:     newArena(lay),
 		ids:       newSamplers(lay, 0, 0, 0),
 		gap:       lay.size,
@@ -172,7 +179,10 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	d.dropSlots(k, dropped, keep)
 	fresh := data[o] == 0
 	d.cnt.count(data, &k.r, nil, o, b, bs, t)
-	d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, hash64(ev.ClientIP), &d.arena)
+	if ih := hash64(ev.ClientIP); fresh || ih != k.ipH || b != k.ipB {
+		d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, ih, &d.arena)
+		k.ipB, k.ipH = b, ih
+	}
 	addCountry(d.cnt.extraAt(data, o), fresh, packCountry(ev.Country))
 	dv := d.device(k, dh, ev.Device, b)
 	if dv == nil {

@@ -100,7 +100,7 @@ type cvKey struct {
 func newClientVolumeSpike(c ClientVolumeSpikeConfig, lateness time.Duration, inc *incidents) *volumeSpike {
 	lay := newRingLayout(c.Window, lateness, 10, true)
 	d := &volumeSpike{
-		cnt:   newCounters(lay, 1, true, refSample, 0),
+		cnt:   newCounters(lay, 1, true, true, 0),
 		arena: newArena(lay),
 		tau:   float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		ptau:  float64(c.PeakMemory.Milliseconds()),

@@ -149,42 +149,27 @@ func (c *bucketer) of(t int64) (b, slot int64) {
 // edges. With sampled, each bucket also keeps one sampled value of its events of count
 // 0 (a sampleRef into the detector's arena): the evidence of a detector that counts
 // every request of every active key, where a pooled sampler would cost a pointer to
-// follow per event. A wide sample also keeps the low half of its value's hash, so that
-// an event whose value has the sample's whole hash is taken as the sample's own
-// without reading the value from the arena: a cache miss per event for a key whose
-// events all carry one value (a token's client IP); two values of one hash in one
-// bucket of one key (a 64-bit collision) would keep whichever came first. Extra words
-// per bucket are the detector's own, valid while count 0 is not zero. A bucket's
-// counts, span, sample and extra words share a cache line.
+// follow per event. Extra words per bucket are the detector's own, valid while count 0
+// is not zero. A bucket's counts, span, sample and extra words share a cache line.
 type counters struct {
 	lay     ringLayout
 	k       int64
 	spans   bool
-	sampled int64 // words of the sample: noSample, refSample or wideSample
+	sampled bool
 	extra   int64
 	stride  int64 // uint16s per bucket
 	data    []uint16
 }
 
-// How many words a bucket's sample takes.
-const (
-	noSample   = 0
-	refSample  = 4 // a sampleRef
-	wideSample = 6 // a sampleRef and the low half of the value's hash
-)
-
-func newCounters(lay ringLayout, k int64, spans bool, sample, extra int64) counters {
-	c := counters{lay: lay, k: k, spans: spans, sampled: sample, extra: extra, stride: k + sample + extra}
+func newCounters(lay ringLayout, k int64, spans, sampled bool, extra int64) counters {
+	c := counters{lay: lay, k: k, spans: spans, sampled: sampled, extra: extra, stride: k + extra}
 	if spans {
 		c.stride += 2
 	}
+	if sampled {
+		c.stride += 4
+	}
 	return c
-}
-
-// sampleWords returns the words of the sample of the bucket at offset o.
-func (c *counters) sampleWords(d []uint16, o int64) []uint16 {
-	at := o + c.stride - c.extra - c.sampled
-	return d[at : at+c.sampled]
 }
 
 // extraAt returns the detector's own words of the bucket at offset o.
@@ -203,12 +188,12 @@ func (c *counters) prefetch(slot int32, t int64, bk *bucketer) uint64 {
 
 // refAt returns the sample of the bucket at offset o.
 func (c *counters) refAt(d []uint16, o int64) sampleRef {
-	x := c.sampleWords(d, o)
+	x := d[o+c.stride-c.extra-4 : o+c.stride-c.extra]
 	return sampleRef{h: uint32(x[0]) | uint32(x[1])<<16, off: uint32(x[2]) | uint32(x[3])<<16}
 }
 
 func (c *counters) setRef(d []uint16, o int64, r sampleRef) {
-	x := c.sampleWords(d, o)
+	x := d[o+c.stride-c.extra-4 : o+c.stride-c.extra]
 	x[0], x[1], x[2], x[3] = uint16(r.h), uint16(r.h>>16), uint16(r.off), uint16(r.off>>16)
 }
 
@@ -219,20 +204,12 @@ func (c *counters) sample(d []uint16, o int64, fresh bool, b, bs int64, v string
 	if !fresh {
 		cur = c.refAt(d, o)
 	}
-	if v == "" {
-		c.setRef(d, o, cur)
-		return
+	if v != "" {
+		set := [1]sampleRef{cur}
+		a.pickHash(set[:], b, bs, v, h)
+		cur = set[0]
 	}
-	x := c.sampleWords(d, o)
-	if c.sampled == wideSample && cur.off > 0 && cur.h == uint32(h>>32) && x[4] == uint16(h) && x[5] == uint16(h>>16) {
-		return // v is the sample
-	}
-	set := [1]sampleRef{cur}
-	a.pickHash(set[:], b, bs, v, h)
-	c.setRef(d, o, set[0])
-	if c.sampled == wideSample && set[0] != cur {
-		x[4], x[5] = uint16(h), uint16(h>>16)
-	}
+	c.setRef(d, o, cur)
 }
 
 // samples returns up to max sampled values of buckets from..to.
