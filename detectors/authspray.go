@@ -75,7 +75,7 @@ type asParams struct {
 
 type asKey struct {
 	r    ring
-	sums [2]uint32 // failed, total
+	sums [1]uint32 // failed over the live buckets (the totals are summed when judged)
 	smp  *sampler  // while the ring holds failures
 	prm  uint16
 }
@@ -156,7 +156,7 @@ func (d *authSpray) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if j < 0 {
 		return
 	}
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sums[:], o, b, bs, t)
 	if k.smp == nil {
 		k.smp = d.smp.get()
 	}

@@ -37,7 +37,7 @@ type fbParams struct {
 
 type fbKey struct {
 	r    ring
-	sums [2]uint32 // forbidden, total over the live buckets
+	sums [1]uint32 // forbidden over the live buckets (the totals are summed when judged)
 	smp  *sampler  // while the ring holds forbidden responses
 	prm  uint16
 	byIP bool // keyed by client IP: the request had no client key
@@ -131,7 +131,7 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool)
 	if j < 0 {
 		return
 	}
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sums[:], o, b, bs, t)
 	if k.smp == nil {
 		k.smp = d.smp.get()
 	}

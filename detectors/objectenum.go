@@ -82,6 +82,13 @@ type objectEnum struct {
 	dirty []slotRef
 	key   [16]byte
 	sink  uint64 // what prefetch loaded, so that the loads are not optimised away
+	// The pair keys prefetchIndex made for the run of events at runBase, runN of
+	// them, which observe takes instead of hashing client, method and route again.
+	// runBase is an address, not a pointer: it keeps no batch alive, and observe
+	// only compares an event's address with it.
+	runBase uintptr
+	runN    int
+	runKeys [prefetchRun][16]byte
 }
 
 type oeParams struct {
@@ -101,10 +108,6 @@ type oeKey struct {
 	peak  peak
 	ids   lcSet
 	names *oeNames // once hot
-	// pend holds the distinct counts of the windows judged lately, by end bucket mod
-	// oeBuckets, until the window a window later folds them into the peak: the ring
-	// keeps no window before the open ones, as it would cost every pair a window more.
-	pend [oeBuckets]oePending
 }
 
 // oeBuckets is how many buckets object_enumeration cuts a window into.
@@ -115,8 +118,16 @@ type oePending struct {
 	count uint32
 }
 
-// oeNames are what a pair's key hashes: its client, method and route template.
-type oeNames struct{ client, method, route string }
+// oeNames are what a pair's key hashes (its client, method and route template) and
+// what only a pair that has been hot needs: pend holds the distinct counts of the
+// windows judged lately, by end bucket mod oeBuckets, until the window a window later
+// folds them into the peak (the ring keeps no window before the open ones, as it would
+// cost every pair a window more). Kept out of the entry, they cost the pairs that are
+// never hot, nearly all of them, no cache line.
+type oeNames struct {
+	client, method, route string
+	pend                  [oeBuckets]oePending
+}
 
 func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, since *traffic, inc *incidents) *objectEnum {
 	lay := newRingLayout(c.Window, lateness, oeBuckets, false)
@@ -170,6 +181,7 @@ func asksObject(ev *ingest.Event) (client string, byIP, ok bool) {
 
 func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []uint64) {
 	var sink uint64
+	d.runBase, d.runN = uintptr(unsafe.Pointer(unsafe.SliceData(events))), len(events)
 	for i := range events {
 		out[i] = 0
 		ev := &events[i]
@@ -179,10 +191,23 @@ func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []u
 				ch = hs.ip[i]
 			}
 			out[i] = keyHash(d.pairKey(ch, byIP, ev.Method, ev.Route))
+			d.runKeys[i] = d.key
 			sink += d.tab.touchIndex(out[i])
 		}
 	}
 	d.sink = sink
+}
+
+// runKey returns the pair key prefetchIndex made for ev, if ev is in the run it saw
+// last; the engine observes a run's events after prefetching them (a held record is
+// prefetched on its own, and the run's events after it are then not found).
+func (d *objectEnum) runKey(ev *ingest.Event) (string, bool) {
+	size := unsafe.Sizeof(*ev)
+	off := uintptr(unsafe.Pointer(ev)) - d.runBase
+	if i := off / size; off%size == 0 && i < uintptr(d.runN) {
+		return unsafe.String(&d.runKeys[i][0], len(d.runKeys[i])), true
+	}
+	return "", false
 }
 
 func (d *objectEnum) prefetchState(events []ingest.Event, hs []uint64) {
@@ -221,8 +246,9 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if !ok {
 		return
 	}
-	key := d.pairKey(keyHash(client), byIP, ev.Method, ev.Route)
-	if h == 0 {
+	key, ok := d.runKey(ev)
+	if !ok || h == 0 {
+		key = d.pairKey(keyHash(client), byIP, ev.Method, ev.Route)
 		h = keyHash(key)
 	}
 	slot := d.tab.findHash(key, h)
@@ -248,11 +274,11 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	}
 	ph := hash64(ev.Path)
 	d.cnt.sample(data, o, data[o] == 0, b, bs, ev.Path, ph, &d.arena)
-	d.cnt.count(data, k.sum[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.ids.add(&k.ids, int(bs), ph)
 	if k.sum[0] >= p.hot {
 		if k.names == nil {
-			k.names = &oeNames{strings.Clone(client), strings.Clone(ev.Method), strings.Clone(ev.Route)}
+			k.names = &oeNames{client: strings.Clone(client), method: strings.Clone(ev.Method), route: strings.Clone(ev.Route)}
 		}
 		d.markHot(slot)
 	}
@@ -316,9 +342,12 @@ func (d *objectEnum) distinctIn(k *oeKey, end int64) uint32 {
 // constants past it.
 func (d *objectEnum) foldPending(slot int32, upTo int64) {
 	k := &d.tab.ents[slot].s
+	if k.names == nil {
+		return // never hot: nothing pending
+	}
 	changed := false
-	for i := range k.pend {
-		pw := &k.pend[i]
+	for i := range k.names.pend {
+		pw := &k.names.pend[i]
 		if pw.count == 0 || pw.end > upTo {
 			continue
 		}
@@ -352,7 +381,7 @@ func (d *objectEnum) judge(slot int32, end int64) {
 		if i < 0 {
 			i += oeBuckets
 		}
-		k.pend[i] = oePending{end: end, count: objects}
+		k.names.pend[i] = oePending{end: end, count: objects}
 	}
 	start := (end - n + 1) * w
 	if objects < p.minDistinct || !d.since.learnt(start, d.learn) {
@@ -477,7 +506,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) int {
 		k := &d.tab.ents[slot].s
 		k.prm = d.rules.of(o.Client)
 		k.byIP = byIP
-		k.names = &oeNames{o.Client, method, route}
+		k.names = &oeNames{client: o.Client, method: method, route: route}
 		k.peak = newPeak(at)
 		k.peak.v = o.Peak
 		n++

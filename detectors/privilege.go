@@ -201,7 +201,7 @@ func (d *privilegeAnomaly) observe(ev *ingest.Event, _ uint64, t int64, late boo
 	d.fold(slot, d.keep())
 	o, _ := d.cnt.place(data, &k.r, k.sums[:], b, bs, d.keep())
 	d.settle(k)
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sums[:], o, b, bs, t)
 	k.events++
 	d.markDirty(slot)
 	p := &d.rules.params[k.prm]

@@ -165,7 +165,7 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	d.settle(k)
 	run := k.sum[0] == 0 // the ring was empty: a run of traffic starts
-	d.cnt.count(data, k.sum[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.params[k.prm]
 	if !p.enabled {

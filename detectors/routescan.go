@@ -83,7 +83,7 @@ type rsParams struct {
 
 type rsKey struct {
 	r     ring
-	sums  [2]uint32 // scan responses, all requests
+	sums  [1]uint32 // scan responses over the live buckets (all requests are summed when judged)
 	smp   *sampler  // while the ring holds scan responses
 	prm   uint16
 	byKey bool // keyed by client key: the request had no client IP
@@ -191,7 +191,7 @@ func (d *routeScan) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if j < 0 {
 		return
 	}
-	d.cnt.count(data, k.sums[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sums[:], o, b, bs, t)
 	if k.smp == nil {
 		k.smp = d.smp.get()
 	}

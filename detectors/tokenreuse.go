@@ -47,8 +47,14 @@ type trParams struct {
 }
 
 type trKey struct {
-	r    ring
-	sums [1]uint32
+	r ring
+	// ipB and ipH are the bucket and hash of the client IP last offered as its
+	// bucket's sample: offering it to that bucket again changes nothing, and skipping
+	// it saves reading the sample's value from the arena, a cache miss, for nearly
+	// every event of a token (one client IP). Two IPs of one 64-bit hash offered in
+	// one bucket of one token, one after the other, would keep the first.
+	ipB  int64
+	ipH  uint64
 	prm  uint16
 	nDev uint8   // devices held in dev0 and more
 	dev0 trDev   // the first device, inline: most tokens have one
@@ -169,11 +175,14 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
 	keep := d.keep()
-	o, dropped := d.cnt.place(data, &k.r, k.sums[:], b, bs, keep)
+	o, dropped := d.cnt.place(data, &k.r, nil, b, bs, keep)
 	d.dropSlots(k, dropped, keep)
 	fresh := data[o] == 0
-	d.cnt.count(data, k.sums[:], o, b, t)
-	d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, hash64(ev.ClientIP), &d.arena)
+	d.cnt.count(data, &k.r, nil, o, b, bs, t)
+	if ih := hash64(ev.ClientIP); fresh || ih != k.ipH || b != k.ipB {
+		d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, ih, &d.arena)
+		k.ipB, k.ipH = b, ih
+	}
 	addCountry(d.cnt.extraAt(data, o), fresh, packCountry(ev.Country))
 	dv := d.device(k, dh, ev.Device, b)
 	if dv == nil {
@@ -356,7 +365,7 @@ func (d *tokenReuse) bounds(slot int32) (int64, int64, bool) {
 
 func (d *tokenReuse) cool(slot int32, keep int64) bool {
 	k := &d.tab.ents[slot].s
-	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, k.sums[:], keep)
+	dropped := d.cnt.trim(d.cnt.keyData(slot), &k.r, nil, keep)
 	d.dropSlots(k, dropped, keep)
 	return d.mayFire(slot)
 }
@@ -421,7 +430,8 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 		ev.ClientIPs = d.cnt.samples(data, &k.r, from, end, &d.arena, 10)
 		var ccs []string
 		for b := max(from, k.r.lo); b <= min(end, k.r.top); b++ {
-			if o := d.lay.slot(b) * d.cnt.stride; data[o] > 0 {
+			if s := d.lay.slot(b); k.r.holds(b, s) && data[s*d.cnt.stride] > 0 {
+				o := s * d.cnt.stride
 				for _, c := range d.cnt.extraAt(data, o) {
 					if c != 0 {
 						ccs = append(ccs, unpackCountry(c))

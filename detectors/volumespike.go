@@ -176,7 +176,7 @@ func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	fresh := data[o] == 0
-	d.cnt.count(data, k.sum[:], o, b, t)
+	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.rules.params[k.prm]
 	if !p.enabled {

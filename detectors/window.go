@@ -98,16 +98,24 @@ func ones(n int64) uint64 {
 	return 1<<uint(n) - 1
 }
 
-// ring is the part of a key's state that places its buckets: buckets lo..top are live
-// (data for others is zero), and bucket b lives in slot b mod size.
+// ring is the part of a key's state that places its buckets: buckets lo..top are live,
+// and bucket b lives in slot b mod size. A slot's counts are valid only while its bit
+// is in occ: trimming clears the bit without touching the counts, which are zeroed
+// when the slot is placed again, on the cache line the event writes anyway. Reading a
+// dropped bucket to zero it cost a cache miss per event of every key seen less often
+// than once a bucket.
 type ring struct {
 	lo, top int64
-	occ     uint64 // slots that may hold counts: trimming touches no other
+	occ     uint64 // slots holding a live bucket's counts
+	nz      uint64 // slots of occ whose count 0 is not zero: trimming reads no other
 	used    bool   // lo and top are set
 }
 
 // live reports whether bucket b is among the ring's live buckets.
 func (r *ring) live(b int64) bool { return r.used && b >= r.lo && b <= r.top }
+
+// holds reports whether bucket b is live and slot, its slot, holds its counts.
+func (r *ring) holds(b, slot int64) bool { return r.live(b) && r.occ&(1<<uint(slot)) != 0 }
 
 // A bucketer maps event times to buckets and ring slots, remembering the last bucket:
 // events mostly arrive in time order, so most calls skip both divisions.
@@ -211,7 +219,7 @@ func (c *counters) samples(d []uint16, r *ring, from, to int64, a *arena, max in
 	for b := max64(from, r.lo); b <= min(to, r.top) && r.used; b++ {
 		s := c.lay.slot(b)
 		o := s * c.stride
-		if d[o] > 0 && a.holds(s, b) {
+		if r.holds(b, s) && d[o] > 0 && a.holds(s, b) {
 			if ref := c.refAt(d, o); ref.off > 0 {
 				picked = append(picked, ref)
 				slots = append(slots, s)
@@ -231,21 +239,29 @@ func (c *counters) keyData(slot int32) []uint16 {
 	return c.data[int64(slot)*stride : need]
 }
 
-// trim drops buckets before b from r, subtracting them from sums, and returns the slot
-// mask of the buckets it dropped that held counts.
+// trim drops buckets before b from r, subtracting their counts from sums (sums[j] is
+// count j's sum; a detector keeps the sums it reads), and returns the slot mask of the
+// buckets it dropped that held counts. It reads the counts of a dropped bucket only
+// for sums, and count 0 only where it is not zero: a detector whose count 0 is rare
+// (403s, 401s, 404s) trims without a cache miss.
 func (c *counters) trim(d []uint16, r *ring, sums []uint32, b int64) uint64 {
 	if !r.used || b <= r.lo {
 		return 0
 	}
 	dropped := r.occ & c.lay.slotMask(max64(r.lo, r.top-c.lay.size+1), min(b-1, r.top))
-	for m := dropped; m != 0; m &= m - 1 {
-		o := int64(bits.TrailingZeros64(m)) * c.stride
-		for j := int64(0); j < c.k; j++ {
-			sums[j] -= uint32(d[o+j])
-			d[o+j] = 0
+	if len(sums) > 0 {
+		for m := dropped & r.nz; m != 0; m &= m - 1 {
+			sums[0] -= uint32(d[int64(bits.TrailingZeros64(m))*c.stride])
+		}
+		for m := dropped; m != 0 && len(sums) > 1; m &= m - 1 {
+			o := int64(bits.TrailingZeros64(m)) * c.stride
+			for j := 1; j < len(sums); j++ {
+				sums[j] -= uint32(d[o+int64(j)])
+			}
 		}
 	}
 	r.occ &^= dropped
+	r.nz &^= dropped
 	r.lo = b
 	if r.lo > r.top {
 		r.used = false
@@ -267,22 +283,29 @@ func (c *counters) place(d []uint16, r *ring, sums []uint32, b, slot, keep int64
 	case b < r.lo:
 		r.lo = b
 	}
-	r.occ |= 1 << uint(slot)
-	return slot * c.stride, dropped
+	o := slot * c.stride
+	if bit := uint64(1) << uint(slot); r.occ&bit == 0 {
+		clear(d[o : o+c.stride]) // what an older bucket left there
+		r.occ |= bit
+	}
+	return o, dropped
 }
 
 // add counts one event in count j of the bucket at offset o; it reports whether the
-// count was zero before, and adds to sums[j] unless the count saturated.
+// count was zero before, and adds to sums[j], if the detector keeps it, unless the
+// count saturated.
 func (c *counters) add(d []uint16, sums []uint32, o, j int64) (fresh bool) {
 	fresh = d[o+j] == 0
-	if inc16(&d[o+j]) {
+	if inc16(&d[o+j]) && j < int64(len(sums)) {
 		sums[j]++
 	}
 	return fresh
 }
 
-// count is add for count 0, noting the event time t of bucket b in the bucket's span.
-func (c *counters) count(d []uint16, sums []uint32, o, b, t int64) {
+// count is add for count 0 of bucket b in slot bs, noting the event time t in the
+// bucket's span.
+func (c *counters) count(d []uint16, r *ring, sums []uint32, o, b, bs, t int64) {
+	r.nz |= 1 << uint(bs)
 	fresh := c.add(d, sums, o, 0)
 	if !c.spans {
 		return
@@ -303,17 +326,20 @@ func (c *counters) count(d []uint16, sums []uint32, o, b, t int64) {
 
 // at returns count j of bucket b, zero outside the live buckets.
 func (c *counters) at(d []uint16, r *ring, b, j int64) uint32 {
-	if !r.live(b) {
+	s := c.lay.slot(b)
+	if !r.holds(b, s) {
 		return 0
 	}
-	return uint32(d[c.lay.slot(b)*c.stride+j])
+	return uint32(d[s*c.stride+j])
 }
 
 // sum returns count j summed over buckets from..to.
 func (c *counters) sum(d []uint16, r *ring, from, to, j int64) uint32 {
 	var s uint32
 	for b := max(from, r.lo); b <= min(to, r.top) && r.used; b++ {
-		s += uint32(d[c.lay.slot(b)*c.stride+j])
+		if sl := c.lay.slot(b); r.occ&(1<<uint(sl)) != 0 {
+			s += uint32(d[sl*c.stride+j])
+		}
 	}
 	return s
 }
@@ -323,7 +349,7 @@ func (c *counters) sum(d []uint16, r *ring, from, to, j int64) uint32 {
 func (c *counters) span(d []uint16, r *ring, from, to int64) (first, last int64, ok bool) {
 	fb, lb := int64(0), int64(0)
 	for b := max(from, r.lo); b <= min(to, r.top) && r.used; b++ {
-		if d[c.lay.slot(b)*c.stride] == 0 {
+		if s := c.lay.slot(b); r.occ&(1<<uint(s)) == 0 || d[s*c.stride] == 0 {
 			continue
 		}
 		if !ok {
