@@ -1078,70 +1078,52 @@ ORDER BY client_key, country`, tm, tm, max(floorDiv(f.lookFrom, 1000), 0), max(f
 		return f, fmt.Errorf("reading the archive: %w", err)
 	}
 
-	// Whole minutes that end by t, from five time constants before it.
-	tau := s.tau()
-	from := floorDiv(tm-s.asOfSpan(), 60000) * 60
-	to := floorDiv(tm, 1000) - 60
-	if to < 0 {
-		return f, nil
-	}
-	rows, err = c.conn.Query(ctx, `SELECT concat(method, ' ', route) AS r, sum(requests * exp((toUInt32(minute) + 60 - ?) / ?))
-FROM route_minute
-WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND route != ''
-GROUP BY method, route
-ORDER BY r`, float64(tm)/1000, tau/1000, max(from, 0), to)
+	err = c.minuteRates(ctx, "route_minute", "concat(method, ' ', route)", "route != ''", "method, route", tm, s.tau(),
+		s.asOfSpan(), func(route string, rate float64) {
+			f.routes = append(f.routes, detectors.RouteBaseline{Route: route, RatePerMinute: rate, AsOf: msTime(tm)})
+		})
 	if err != nil {
-		return f, fmt.Errorf("reading route_minute: %w", err)
+		return f, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var r detectors.RouteBaseline
-		var w float64
-		if err := rows.Scan(&r.Route, &w); err != nil {
-			return f, fmt.Errorf("reading route_minute: %w", err)
-		}
-		r.RatePerMinute = w * 60000 / tau
-		r.AsOf = msTime(tm)
-		f.routes = append(f.routes, r)
-	}
-	if err := rows.Err(); err != nil {
-		return f, fmt.Errorf("reading route_minute: %w", err)
-	}
-	return f, c.clientFacts(ctx, &f, tm)
+	// client_minute's client is the client key, else the client IP: a row of an IP is
+	// rebuilt too, and matches no stored client key.
+	return f, c.minuteRates(ctx, "client_minute", "client", "client != ''", "client", tm, s.clientTau(),
+		s.clientAsOfSpan(), func(key string, rate float64) {
+			f.clients = append(f.clients, detectors.ClientBaseline{Key: key, RatePerMinute: rate})
+		})
 }
 
-// clientFacts adds to f the client keys' rates as of tm (Unix ms), rebuilt from
-// client_minute's whole minutes that end by tm, from five time constants before it.
-// client_minute's client is the client key, else the client IP: a row of an IP is
-// rebuilt too, and matches no stored client key.
-func (c *ClickHouse) clientFacts(ctx context.Context, f *archiveFacts, tm int64) error {
-	s := c.bl.settings
-	tau := s.clientTau()
-	from := floorDiv(tm-s.clientAsOfSpan(), 60000) * 60
+// minuteRates rebuilds the rates a minute as of tm (Unix ms) of the entries of table,
+// one of the request counts per minute, from its whole minutes that end by tm, from
+// span before it: the detector's exponential average with time constant tau (ms), each
+// minute weighted as of its end (routeWeight). key is the entry's expression, grouped
+// by group, of the rows where holds; add takes them sorted by key.
+func (c *ClickHouse) minuteRates(ctx context.Context, table, key, where, group string, tm int64, tau float64, span int64,
+	add func(key string, rate float64)) error {
+	from := floorDiv(tm-span, 60000) * 60
 	to := floorDiv(tm, 1000) - 60
 	if to < 0 {
 		return nil
 	}
-	rows, err := c.conn.Query(ctx, `SELECT client, sum(requests * exp((toUInt32(minute) + 60 - ?) / ?))
-FROM client_minute
-WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND client != ''
-GROUP BY client
-ORDER BY client`, float64(tm)/1000, tau/1000, max(from, 0), to)
+	rows, err := c.conn.Query(ctx, `SELECT `+key+` AS k, sum(requests * exp((toUInt32(minute) + 60 - ?) / ?))
+FROM `+table+`
+WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND `+where+`
+GROUP BY `+group+`
+ORDER BY k`, float64(tm)/1000, tau/1000, max(from, 0), to)
 	if err != nil {
-		return fmt.Errorf("reading client_minute: %w", err)
+		return fmt.Errorf("reading %s: %w", table, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var cb detectors.ClientBaseline
+		var k string
 		var w float64
-		if err := rows.Scan(&cb.Key, &w); err != nil {
-			return fmt.Errorf("reading client_minute: %w", err)
+		if err := rows.Scan(&k, &w); err != nil {
+			return fmt.Errorf("reading %s: %w", table, err)
 		}
-		cb.RatePerMinute = w * 60000 / tau
-		f.clients = append(f.clients, cb)
+		add(k, w*60000/tau)
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading client_minute: %w", err)
+		return fmt.Errorf("reading %s: %w", table, err)
 	}
 	return nil
 }
