@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// handle registers h on m under pattern, counting its answers by status code.
-func (s *Server) handle(m *http.ServeMux, pattern string, h http.Handler) {
-	m.Handle(pattern, promhttp.InstrumentHandlerCounter(s.m.requests.MustCurryWith(prometheus.Labels{"handler": pattern}), h))
+// counted is h counting its answers by status code, under pattern.
+func (s *Server) counted(pattern string, h http.Handler) http.Handler {
+	return promhttp.InstrumentHandlerCounter(s.m.requests.MustCurryWith(prometheus.Labels{"handler": pattern}), h)
 }

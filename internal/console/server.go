@@ -149,30 +149,31 @@ func (s *Server) Handler() http.Handler { return securityHeaders(s.mux) }
 
 func (s *Server) routes() {
 	m := http.NewServeMux()
+	handle := func(pattern string, h http.Handler) { m.Handle(pattern, s.counted(pattern, h)) }
 	static, _ := fs.Sub(staticFiles, "static") // the embedded directory exists
-	s.handle(m, "GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
-	s.handle(m, "GET /login", http.HandlerFunc(s.loginPage))
-	s.handle(m, "POST /login", http.HandlerFunc(s.loginPost))
+	handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	handle("GET /login", http.HandlerFunc(s.loginPage))
+	handle("POST /login", http.HandlerFunc(s.loginPost))
 	if s.slack != nil {
 		// Slack authenticates itself with the signing secret, not the console's.
-		s.handle(m, "POST /slack/interactions", s.slack)
+		handle("POST /slack/interactions", s.slack)
 	}
-	s.handle(m, "POST /logout", s.change(s.logout))
-	s.handle(m, "GET /{$}", s.read(func(w http.ResponseWriter, r *http.Request, _ principal) {
+	handle("POST /logout", s.change(s.logout))
+	handle("GET /{$}", s.read(func(w http.ResponseWriter, r *http.Request, _ principal) {
 		http.Redirect(w, r, "/incidents", http.StatusSeeOther)
 	}))
-	s.handle(m, "GET /incidents", s.read(s.incidents))
-	s.handle(m, "GET /incidents/{id}", s.read(s.incident))
-	s.handle(m, "GET /incidents/{id}/chart.svg", s.read(s.chart))
-	s.handle(m, "POST /incidents/{id}/ack", s.change(s.ack))
-	s.handle(m, "POST /incidents/{id}/silence", s.change(s.silence))
-	s.handle(m, "GET /silences", s.read(s.silencesPage))
-	s.handle(m, "POST /silences/{id}/expire", s.change(s.expire))
-	s.handle(m, "GET /receivers", s.read(s.receivers))
-	s.handle(m, "POST /receivers/{name}/requeue", s.change(s.requeueAll))
-	s.handle(m, "POST /receivers/{name}/requeue-one", s.change(s.requeueOne))
-	s.handle(m, "GET /health", s.read(s.health))
-	s.handle(m, "GET /audit", s.read(s.audit))
+	handle("GET /incidents", s.read(s.incidents))
+	handle("GET /incidents/{id}", s.read(s.incident))
+	handle("GET /incidents/{id}/chart.svg", s.read(s.chart))
+	handle("POST /incidents/{id}/ack", s.change(s.ack))
+	handle("POST /incidents/{id}/silence", s.change(s.silence))
+	handle("GET /silences", s.read(s.silencesPage))
+	handle("POST /silences/{id}/expire", s.change(s.expire))
+	handle("GET /receivers", s.read(s.receivers))
+	handle("POST /receivers/{name}/requeue", s.change(s.requeueAll))
+	handle("POST /receivers/{name}/requeue-one", s.change(s.requeueOne))
+	handle("GET /health", s.read(s.health))
+	handle("GET /audit", s.read(s.audit))
 	s.mux = m
 }
 
