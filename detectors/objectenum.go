@@ -463,16 +463,15 @@ func (d *objectEnum) baseline(slot int32) ObjectBaseline {
 func (d *objectEnum) load(b *Baselines) { d.adoptAll(b.Objects, math.MinInt64, false) }
 
 func (d *objectEnum) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
-	n := d.adoptAll(b.Objects, wm, true)
-	// A full table may have left some out: to be looked up when seen.
-	return n, 0, d.tab.live >= d.tab.max && n < len(b.Objects)
+	n, left := d.adoptAll(b.Objects, wm, true)
+	return n, 0, left
 }
 
 // adoptAll adds the stored pairs the table does not hold and would not expire at once
-// at wm (math.MinInt64: any), and returns how many. With room, the most recent go
-// first while the table has room; without, all go in, oldest first, so that past
-// max_keys the most recent survive.
-func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) int {
+// at wm (math.MinInt64: any), and returns how many, and whether it left some out for
+// want of room. With room, the most recent go first while the table has room; without,
+// all go in, oldest first, so that past max_keys the most recent survive.
+func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) (int, bool) {
 	cutoff := int64(math.MinInt64)
 	if wm != math.MinInt64 {
 		cutoff = d.expiry(wm) - d.keepPeak(0)
@@ -511,7 +510,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) int {
 		k.peak.v = o.Peak
 		n++
 	}
-	return n
+	return n, n < len(fresh)
 }
 
 func (d *objectEnum) takeDirty(u *Baselines) {

@@ -373,10 +373,11 @@ func (d *privilegeAnomaly) load(b *Baselines) {
 }
 
 // adoptAll adds the stored keys the table does not hold whose last privileged success
-// is within history of wm (math.MinInt64: any), and returns how many. With room, the
-// most recent go first while the table has room; without, all go in, oldest first, so
-// that past max_keys the most recent survive.
-func (d *privilegeAnomaly) adoptAll(list []PrivilegeBaseline, wm int64, room bool) int {
+// is within history of wm (math.MinInt64: any), and returns how many, and whether it
+// left some out for want of room. With room, the most recent go first while the table
+// has room; without, all go in, oldest first, so that past max_keys the most recent
+// survive.
+func (d *privilegeAnomaly) adoptAll(list []PrivilegeBaseline, wm int64, room bool) (int, bool) {
 	cutoff := int64(math.MinInt64)
 	if wm != math.MinInt64 {
 		cutoff = d.expiry(wm)
@@ -405,15 +406,14 @@ func (d *privilegeAnomaly) adoptAll(list []PrivilegeBaseline, wm int64, room boo
 		k.first, k.last, k.before, k.events = pb.FirstSeen.UnixMilli(), last, noEvent, pb.Events
 		n++
 	}
-	return n
+	return n, n < len(fresh)
 }
 
 // merge adopts stored keys the detector does not track; a tracked key keeps its own
 // history.
 func (d *privilegeAnomaly) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
-	n := d.adoptAll(b.Privileged, wm, true)
-	// A full table may have left some out: to be looked up when seen.
-	return n, 0, d.tab.live >= d.tab.max && n < len(b.Privileged)
+	n, left := d.adoptAll(b.Privileged, wm, true)
+	return n, 0, left
 }
 
 // takeDirty adds to u the keys whose baseline changed since the last call. A key with

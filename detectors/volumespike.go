@@ -312,16 +312,15 @@ func (d *volumeSpike) baseline(slot int32) ClientBaseline {
 func (d *volumeSpike) load(b *Baselines) { d.adoptAll(b.Clients, math.MinInt64, false) }
 
 func (d *volumeSpike) merge(b *Baselines, wm int64) (adopted, merged int, left bool) {
-	n := d.adoptAll(b.Clients, wm, true)
-	// A full table may have left some out: to be looked up when seen.
-	return n, 0, d.tab.live >= d.tab.max && n < len(b.Clients)
+	n, left := d.adoptAll(b.Clients, wm, true)
+	return n, 0, left
 }
 
-// adoptAll adds the stored keys the table does not hold and would not expire at once
-// at wm (math.MinInt64: any), and returns how many. With room, the most recent go
-// first while the table has room; without, all go in, oldest first, so that past
-// max_keys the most recent survive.
-func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) int {
+// adoptAll adds the stored keys the table does not hold and would not expire at once at
+// wm (math.MinInt64: any), and returns how many, and whether it left some out for want
+// of room. With room, the most recent go first while the table has room; without, all
+// go in, oldest first, so that past max_keys the most recent survive.
+func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) (int, bool) {
 	cutoff := int64(math.MinInt64)
 	if wm != math.MinInt64 {
 		cutoff = d.expiry(wm) + d.lay.width
@@ -351,7 +350,7 @@ func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) int {
 		k.vol = restoredVolume(c.RatePerMinute, c.AsOf.UnixMilli(), c.Peak, c.PeakAt.UnixMilli(), d.lay.width)
 		n++
 	}
-	return n
+	return n, n < len(fresh)
 }
 
 func (d *volumeSpike) takeDirty(u *Baselines) {
