@@ -301,17 +301,7 @@ func runReplicas(t *testing.T, c *kafkatest.Cluster, name string, s schedule, ra
 	}()
 	start := func() {
 		rep := &replica{id: len(all), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
-		r, err := New(cfg, Options{
-			Kafka:         testKafka(c, group, topic),
-			ParserOptions: testParserOptions(t),
-			DeadLetters:   noDeadLetters{t},
-			Detectors:     testDetectors(),
-			Baselines:     stores.baselines,
-			Incidents:     stores.incidents,
-			Sink:          sink,
-			Registerer:    rep.reg,
-			Logger:        testLog(t, name+" replica "+strconv.Itoa(rep.id)),
-		})
+		r, err := New(cfg, stores.options(t, c, group, topic, sink, rep.reg, name+" replica "+strconv.Itoa(rep.id)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,6 +434,23 @@ func sum(offsets map[int]int64) int64 {
 type stores struct {
 	baselines *detectors.MemoryBaselines
 	incidents *lockedIncidents
+}
+
+// options are the Options of a test replica reading topic in group: the synthetic
+// records' parser and detectors, s for its stores, its alerts into sink, its metrics in
+// reg, its log shown under name when the test fails.
+func (s stores) options(t testing.TB, c *kafkatest.Cluster, group, topic string, sink detectors.AlertSink, reg prometheus.Registerer, name string) Options {
+	return Options{
+		Kafka:         testKafka(c, group, topic),
+		ParserOptions: testParserOptions(t),
+		DeadLetters:   noDeadLetters{t},
+		Detectors:     testDetectors(),
+		Baselines:     s.baselines,
+		Incidents:     s.incidents,
+		Sink:          sink,
+		Registerer:    reg,
+		Logger:        testLog(t, name),
+	}
 }
 
 func sharedStores() stores {

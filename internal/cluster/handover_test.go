@@ -52,18 +52,9 @@ func TestHandoverBeforeTheNextOwner(t *testing.T) {
 	seen := make(chan int, 4*int(numKinds)*internalPartitions())
 	start := func(id string, handover func(context.Context) error) (*prometheus.Registry, func() error) {
 		reg := prometheus.NewRegistry()
-		r, err := New(cfg, Options{
-			Kafka:         testKafka(c, "gw-"+name, "waf-"+name),
-			ParserOptions: testParserOptions(t),
-			DeadLetters:   noDeadLetters{t},
-			Detectors:     testDetectors(),
-			Baselines:     stores.baselines,
-			Incidents:     stores.incidents,
-			Sink:          newAlertSet(),
-			Handover:      handover,
-			Registerer:    reg,
-			Logger:        testLog(t, name+" replica "+id),
-		})
+		o := stores.options(t, c, "gw-"+name, "waf-"+name, newAlertSet(), reg, name+" replica "+id)
+		o.Handover = handover
+		r, err := New(cfg, o)
 		if err != nil {
 			t.Fatal(err)
 		}

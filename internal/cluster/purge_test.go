@@ -140,17 +140,7 @@ func TestReplicaPurges(t *testing.T) {
 
 	reg := prometheus.NewRegistry()
 	stores := sharedStores()
-	r, err := New(cfg, Options{
-		Kafka:         testKafka(c, "gw-purge", "waf-purge"),
-		ParserOptions: testParserOptions(t),
-		DeadLetters:   noDeadLetters{t},
-		Detectors:     testDetectors(),
-		Baselines:     stores.baselines,
-		Incidents:     stores.incidents,
-		Sink:          newAlertSet(),
-		Registerer:    reg,
-		Logger:        testLog(t, "replica"),
-	})
+	r, err := New(cfg, stores.options(t, c, "gw-purge", "waf-purge", newAlertSet(), reg, "replica"))
 	if err != nil {
 		t.Fatal(err)
 	}
