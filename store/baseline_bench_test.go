@@ -233,7 +233,7 @@ type wholeLoads struct{ detectors.BaselineStore }
 // BenchmarkBaselineRefresh measures Engine.RefreshBaselines over a store of 100,000
 // keys of which 1% changed since the last load (another instance's write, not timed):
 // whole, loading every key, against changes, loading what changed
-// (detectors.BaselineChanges), on the memory store and on ClickHouse. Compare the two
+// (detectors.BaselineChanges), on the memory store, the embedded store and ClickHouse. Compare the two
 // of one store, taken in the same run:
 //
 //	go test ./store -run '^$' -bench BaselineRefresh -benchtime 20x -count 3
@@ -283,6 +283,14 @@ func BenchmarkBaselineRefresh(b *testing.B) {
 	}
 	b.Run("memory", func(b *testing.B) {
 		run(b, detectors.NewMemoryBaselines(detectors.Baselines{}, detectors.AllBaselines), func() {})
+	})
+	b.Run("local", func(b *testing.B) {
+		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close(context.Background())
+		run(b, l, func() {})
 	})
 	b.Run("clickhouse", func(b *testing.B) {
 		addr := clickhousetest.Require(b)

@@ -51,6 +51,7 @@ type Local struct {
 	now       func() time.Time
 	retention time.Duration
 	settings  BaselineSettings // local_baselines.go
+	maxNotes  int64            // the change log's bound, maxNotes but in tests
 
 	// The archive is written in transactions of up to archiveBuffer events, or at the
 	// next Sync, Flush or read: one fsync'd transaction per Kafka batch held the live
@@ -117,7 +118,7 @@ func NewLocal(cfg Config, o LocalOptions) (*Local, error) {
 		o.Now = time.Now
 	}
 	return &Local{db: db, log: o.Logger.With("component", "store"), now: o.Now, retention: cfg.Retention,
-		settings: o.Baselines.withDefaults()}, nil
+		settings: o.Baselines.withDefaults(), maxNotes: maxNotes}, nil
 }
 
 // eventKey is an events bucket key: time in Unix ms, then the sequence.

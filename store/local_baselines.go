@@ -26,6 +26,14 @@ import (
 // retention). The buckets of the detectors added later are created by the first update
 // that has something for them. bbolt keeps one version of each entry, so
 // UpdateBaselines is a plain overwrite in one transaction, durable when it returns.
+//
+// So that a refresh reads what changed rather than every entry (LoadBaselinesSince),
+// each update takes the next number of "baseline_changes" and notes there each entry
+// it wrote, under that number (8 bytes, big-endian), the entry's kind (its index in
+// baselineBuckets) and its name. Notes are only appended, which costs a write next to
+// nothing: they land on the last page. Past maxNotes the oldest go, and meta's
+// "notes_dropped" says up to which number, so that a load since before it reads every
+// entry instead.
 
 var (
 	bucketBaselineKeys       = []byte("baseline_keys")
@@ -34,45 +42,61 @@ var (
 	bucketBaselineObjects    = []byte("baseline_objects")
 	bucketBaselinePrivileged = []byte("baseline_privileged")
 	bucketBaselineMeta       = []byte("baseline_meta")
+	bucketBaselineChanges    = []byte("baseline_changes")
+
+	// baselineBuckets are the buckets of baseline entries; an entry's kind in the
+	// change log is its bucket's index here, so the order is fixed: append only.
+	baselineBuckets = [][]byte{bucketBaselineKeys, bucketBaselineRoutes, bucketBaselineClients, bucketBaselineObjects, bucketBaselinePrivileged}
 
 	metaTrafficSince = []byte("traffic_since")
 	metaNewest       = []byte("newest")
+	metaNotes        = []byte("notes")         // how many notes the change log holds
+	metaNotesDropped = []byte("notes_dropped") // the number of the newest note dropped
 )
+
+// The kinds of baseline entries, their buckets' indexes in baselineBuckets.
+const (
+	kindKey byte = iota
+	kindRoute
+	kindClient
+	kindObject
+	kindPrivileged
+)
+
+// maxBaselineName is the longest name an entry may have: its name in the change log,
+// after the number and the kind, must fit bbolt's key limit (32 KiB). Ingest never
+// produces keys or routes anywhere near it.
+const maxBaselineName = bolt.MaxKeySize - 9
 
 // UpdateBaselines upserts u in one transaction and returns once it is on disk. Entries
 // with an empty key or route are skipped (the detectors never learn one), and so are
-// keys and routes longer than bbolt's key limit (32 KiB), which ingest never produces.
+// keys and routes longer than maxBaselineName.
 func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error {
 	if emptyUpdate(&u) {
 		return nil
 	}
 	err := l.db.Update(func(tx *bolt.Tx) error {
-		keys, routes, meta := tx.Bucket(bucketBaselineKeys), tx.Bucket(bucketBaselineRoutes), tx.Bucket(bucketBaselineMeta)
+		log, err := openChangeLog(tx, l.maxNotes)
+		if err != nil {
+			return err
+		}
 		// bbolt keeps key and value slices until the commit: each gets its own bytes.
-		for i := range u.Keys {
-			k := &u.Keys[i]
-			if k.Key == "" || len(k.Key) > bolt.MaxKeySize {
-				continue
-			}
-			if err := keys.Put([]byte(k.Key), appendKeyBody(nil, k)); err != nil {
-				return err
-			}
+		if err := putAll(log, kindKey, u.Keys, func(k *detectors.KeyBaseline) ([]byte, []byte) {
+			return []byte(k.Key), appendKeyBody(nil, k)
+		}); err != nil {
+			return err
 		}
-		for i := range u.Routes {
-			r := &u.Routes[i]
-			if r.Route == "" || len(r.Route) > bolt.MaxKeySize {
-				continue
-			}
-			if err := routes.Put([]byte(r.Route), appendRouteBody(nil, r)); err != nil {
-				return err
-			}
+		if err := putAll(log, kindRoute, u.Routes, func(r *detectors.RouteBaseline) ([]byte, []byte) {
+			return []byte(r.Route), appendRouteBody(nil, r)
+		}); err != nil {
+			return err
 		}
-		if err := putAll(tx, bucketBaselineClients, u.Clients, func(c *detectors.ClientBaseline) ([]byte, []byte) {
+		if err := putAll(log, kindClient, u.Clients, func(c *detectors.ClientBaseline) ([]byte, []byte) {
 			return []byte(c.Key), appendClientBody(nil, c)
 		}); err != nil {
 			return err
 		}
-		if err := putAll(tx, bucketBaselineObjects, u.Objects, func(o *detectors.ObjectBaseline) ([]byte, []byte) {
+		if err := putAll(log, kindObject, u.Objects, func(o *detectors.ObjectBaseline) ([]byte, []byte) {
 			if o.Client == "" {
 				return nil, nil
 			}
@@ -80,11 +104,12 @@ func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error 
 		}); err != nil {
 			return err
 		}
-		if err := putAll(tx, bucketBaselinePrivileged, u.Privileged, func(p *detectors.PrivilegeBaseline) ([]byte, []byte) {
+		if err := putAll(log, kindPrivileged, u.Privileged, func(p *detectors.PrivilegeBaseline) ([]byte, []byte) {
 			return []byte(p.Key), appendPrivilegeBody(nil, p)
 		}); err != nil {
 			return err
 		}
+		meta := tx.Bucket(bucketBaselineMeta)
 		if !u.TrafficSince.IsZero() {
 			ms := u.TrafficSince.UnixMilli()
 			if old, ok := metaTime(meta, metaTrafficSince); !ok || ms < old {
@@ -100,7 +125,7 @@ func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error 
 				}
 			}
 		}
-		return nil
+		return log.close(meta)
 	})
 	if err != nil {
 		return fmt.Errorf("store: writing baselines: %w", err)
@@ -108,26 +133,91 @@ func (l *Local) UpdateBaselines(_ context.Context, u detectors.Baselines) error 
 	return nil
 }
 
-// putAll writes the entries of list into bucket, creating it; entry returns an
-// entry's name and value, and an empty name for one to skip.
-func putAll[T any](tx *bolt.Tx, bucket []byte, list []T, entry func(*T) (name, value []byte)) error {
+// putAll writes the entries of list into the bucket of kind, creating it, and notes
+// them in the change log; entry returns an entry's name and value, and an empty name
+// for one to skip.
+func putAll[T any](log *changeLog, kind byte, list []T, entry func(*T) (name, value []byte)) error {
 	if len(list) == 0 {
 		return nil
 	}
-	b, err := tx.CreateBucketIfNotExists(bucket)
+	b, err := log.tx.CreateBucketIfNotExists(baselineBuckets[kind])
 	if err != nil {
 		return err
 	}
 	for i := range list {
 		name, value := entry(&list[i])
-		if len(name) == 0 || len(name) > bolt.MaxKeySize {
+		if len(name) == 0 || len(name) > maxBaselineName {
 			continue
 		}
 		if err := b.Put(name, value); err != nil {
 			return err
 		}
+		if err := log.note(kind, name); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// maxNotes bounds the change log. When a refresh finds more notes than this since its
+// last, about as many as the entries a store of an engine's limits holds, a whole load
+// costs it about as much anyway.
+const maxNotes = 1 << 20
+
+// changeLog is the change log of one write transaction (see the top of this file).
+type changeLog struct {
+	tx    *bolt.Tx
+	notes *bolt.Bucket
+	seq   []byte // the transaction's number
+	n     int64  // notes written
+	max   int64  // maxNotes
+}
+
+// openChangeLog opens the change log in tx and takes the next number for the notes tx
+// writes.
+func openChangeLog(tx *bolt.Tx, max int64) (*changeLog, error) {
+	notes, err := tx.CreateBucketIfNotExists(bucketBaselineChanges)
+	if err != nil {
+		return nil, err
+	}
+	seq, err := notes.NextSequence()
+	if err != nil {
+		return nil, err
+	}
+	return &changeLog{tx: tx, notes: notes, seq: binary.BigEndian.AppendUint64(nil, seq), max: max}, nil
+}
+
+// note notes the entry kind and name under the transaction's number.
+func (c *changeLog) note(kind byte, name []byte) error {
+	c.n++
+	return c.notes.Put(append(append(slices.Clip(c.seq), kind), name...), nil)
+}
+
+// close counts the notes written and, past maxNotes, drops the oldest down to three
+// quarters of it, so that dropping happens once in many updates.
+func (c *changeLog) close(meta *bolt.Bucket) error {
+	if c.n == 0 {
+		return nil
+	}
+	n, _ := metaTime(meta, metaNotes)
+	n += c.n
+	if n > c.max {
+		var dropped []byte
+		cur := c.notes.Cursor()
+		for k, _ := cur.First(); k != nil && n > c.max*3/4; k, _ = cur.First() {
+			dropped = append(dropped[:0], k[:8]...)
+			if err := cur.Delete(); err != nil {
+				return err
+			}
+			n--
+		}
+		if dropped != nil {
+			if err := meta.Put(metaNotesDropped, binary.AppendVarint(nil, int64(binary.BigEndian.Uint64(dropped)))); err != nil {
+				return err
+			}
+		}
+	}
+	return meta.Put(metaNotes, binary.AppendVarint(nil, n))
 }
 
 // readBucket reads every entry of bucket, which may not exist yet, with read; read
@@ -137,17 +227,20 @@ func readBucket(tx *bolt.Tx, bucket []byte, r *recordReader, read func(name []by
 	if b == nil {
 		return nil
 	}
-	return b.ForEach(func(k, v []byte) error {
-		r.data = v
-		read(k)
-		if r.err == nil && len(r.data) != 0 {
-			r.fail("bytes after the entry")
-		}
-		if r.err != nil {
-			return fmt.Errorf("%s %q: %w", bucket, k, r.err)
-		}
-		return nil
-	})
+	return b.ForEach(func(k, v []byte) error { return readEntry(bucket, k, v, r, read) })
+}
+
+// readEntry reads the entry name, value v, of bucket with read.
+func readEntry(bucket, name, v []byte, r *recordReader, read func(name []byte)) error {
+	r.data = v
+	read(name)
+	if r.err == nil && len(r.data) != 0 {
+		r.fail("bytes after the entry")
+	}
+	if r.err != nil {
+		return fmt.Errorf("%s %q: %w", bucket, name, r.err)
+	}
+	return nil
 }
 
 // localRoute reads a route as Local stores it: routes written before they had peaks
@@ -171,52 +264,91 @@ func metaTime(meta *bolt.Bucket, name []byte) (int64, bool) {
 
 // LoadBaselines returns the most recent stored baselines, up to lim, sorted. It reads
 // every entry but keeps no more than lim of each kind at any time.
-func (l *Local) LoadBaselines(_ context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+func (l *Local) LoadBaselines(ctx context.Context, lim detectors.BaselineLimits) (detectors.Baselines, error) {
+	b, _, err := l.LoadBaselinesSince(ctx, lim, 0)
+	return b, err
+}
+
+var _ detectors.BaselineChanges = (*Local)(nil)
+
+// LoadBaselinesSince is LoadBaselines restricted to the entries written since the load
+// that returned since: those the change log notes past it, or every entry when the log
+// dropped notes past since. Entries written before the store kept a change log have no
+// note; a load since 0 reads them, and they are noted once written again. A pruned
+// entry is not reported: the detectors forget it as the store did.
+func (l *Local) LoadBaselinesSince(_ context.Context, lim detectors.BaselineLimits, since uint64) (detectors.Baselines, uint64, error) {
 	set := detectors.NewRecentSet(lim)
-	var since time.Time
+	var trafficSince time.Time
+	var next uint64
 	err := l.db.View(func(tx *bolt.Tx) error {
 		if ms, ok := metaTime(tx.Bucket(bucketBaselineMeta), metaTrafficSince); ok {
-			since = msTime(ms)
+			trafficSince = msTime(ms)
 		}
 		r := recordReader{}
-		if err := readBucket(tx, bucketBaselineKeys, &r, func(k []byte) {
-			kb := detectors.KeyBaseline{Key: string(k)}
-			r.keyBody(&kb)
-			set.AddKey(kb)
-		}); err != nil {
-			return err
+		read := [...]func(name []byte){
+			kindKey: func(k []byte) {
+				kb := detectors.KeyBaseline{Key: string(k)}
+				r.keyBody(&kb)
+				set.AddKey(kb)
+			},
+			kindRoute: func(k []byte) {
+				rb := detectors.RouteBaseline{Route: string(k)}
+				r.localRoute(&rb)
+				set.AddRoute(rb)
+			},
+			kindClient: func(k []byte) {
+				c := detectors.ClientBaseline{Key: string(k)}
+				r.clientBody(&c)
+				set.AddClient(c)
+			},
+			kindObject: func(k []byte) { set.AddObject(r.localObject(k)) },
+			kindPrivileged: func(k []byte) {
+				p := detectors.PrivilegeBaseline{Key: string(k)}
+				r.privilegeBody(&p)
+				set.AddPrivileged(p)
+			},
 		}
-		if err := readBucket(tx, bucketBaselineRoutes, &r, func(k []byte) {
-			rb := detectors.RouteBaseline{Route: string(k)}
-			r.localRoute(&rb)
-			set.AddRoute(rb)
-		}); err != nil {
-			return err
+		notes := tx.Bucket(bucketBaselineChanges)
+		if notes != nil {
+			next = notes.Sequence()
 		}
-		if err := readBucket(tx, bucketBaselineClients, &r, func(k []byte) {
-			c := detectors.ClientBaseline{Key: string(k)}
-			r.clientBody(&c)
-			set.AddClient(c)
-		}); err != nil {
-			return err
+		dropped, _ := metaTime(tx.Bucket(bucketBaselineMeta), metaNotesDropped)
+		if since == 0 || notes == nil || since < uint64(dropped) {
+			for kind, bucket := range baselineBuckets {
+				if err := readBucket(tx, bucket, &r, read[kind]); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
-		if err := readBucket(tx, bucketBaselineObjects, &r, func(k []byte) {
-			set.AddObject(r.localObject(k))
-		}); err != nil {
-			return err
+		// An entry written by several updates has a note from each: it is read once.
+		seen := map[string]struct{}{}
+		c := notes.Cursor()
+		for k, _ := c.Seek(binary.BigEndian.AppendUint64(nil, since+1)); k != nil; k, _ = c.Next() {
+			if len(k) < 10 || int(k[8]) >= len(baselineBuckets) {
+				return fmt.Errorf("%s %q: not a note", bucketBaselineChanges, k)
+			}
+			if _, ok := seen[string(k[8:])]; ok {
+				continue
+			}
+			seen[string(k[8:])] = struct{}{}
+			bucket, name := baselineBuckets[k[8]], k[9:]
+			if b := tx.Bucket(bucket); b != nil {
+				if v := b.Get(name); v != nil {
+					if err := readEntry(bucket, name, v, &r, read[k[8]]); err != nil {
+						return err
+					}
+				}
+			}
 		}
-		return readBucket(tx, bucketBaselinePrivileged, &r, func(k []byte) {
-			p := detectors.PrivilegeBaseline{Key: string(k)}
-			r.privilegeBody(&p)
-			set.AddPrivileged(p)
-		})
+		return nil
 	})
 	if err != nil {
-		return detectors.Baselines{}, fmt.Errorf("store: loading baselines: %w", err)
+		return detectors.Baselines{}, 0, fmt.Errorf("store: loading baselines: %w", err)
 	}
 	out := set.Baselines()
-	out.TrafficSince = since
-	return out, nil
+	out.TrafficSince = trafficSince
+	return out, next, nil
 }
 
 // LookupBaselines returns what the store holds of keys and routes, sorted: point
@@ -333,38 +465,38 @@ func (l *Local) PruneBaselines(ctx context.Context) (keys, routes int, err error
 		}
 	}
 	for _, p := range []struct {
-		bucket []byte
+		kind   byte
 		cutoff int64
 		last   func([]byte) (int64, error)
 		n      *int
 	}{
-		{bucketBaselineKeys, newest - s.History.Milliseconds(), last(func(r *recordReader) int64 {
+		{kindKey, newest - s.History.Milliseconds(), last(func(r *recordReader) int64 {
 			var kb detectors.KeyBaseline
 			r.keyBody(&kb)
 			return keyLastSeen(&kb).UnixMilli()
 		}), &keys},
-		{bucketBaselineRoutes, newest - s.routeTTL(), last(func(r *recordReader) int64 {
+		{kindRoute, newest - s.routeTTL(), last(func(r *recordReader) int64 {
 			var rb detectors.RouteBaseline
 			r.localRoute(&rb)
 			return routeLast(&rb)
 		}), &routes},
-		{bucketBaselineClients, newest - s.clientTTL(), last(func(r *recordReader) int64 {
+		{kindClient, newest - s.clientTTL(), last(func(r *recordReader) int64 {
 			var c detectors.ClientBaseline
 			r.clientBody(&c)
 			return clientLast(&c)
 		}), &keys},
-		{bucketBaselineObjects, newest - s.objectTTL(), last(func(r *recordReader) int64 {
+		{kindObject, newest - s.objectTTL(), last(func(r *recordReader) int64 {
 			var o detectors.ObjectBaseline
 			r.objectBody(&o)
 			return o.PeakAt.UnixMilli()
 		}), &keys},
-		{bucketBaselinePrivileged, newest - s.PrivilegeHistory.Milliseconds(), last(func(r *recordReader) int64 {
+		{kindPrivileged, newest - s.PrivilegeHistory.Milliseconds(), last(func(r *recordReader) int64 {
 			var pb detectors.PrivilegeBaseline
 			r.privilegeBody(&pb)
 			return pb.LastSeen.UnixMilli()
 		}), &keys},
 	} {
-		n, err := l.prune(ctx, p.bucket, p.cutoff, p.last)
+		n, err := l.prune(ctx, p.kind, p.cutoff, p.last)
 		*p.n += n
 		if err != nil {
 			return keys, routes, err
@@ -373,10 +505,11 @@ func (l *Local) PruneBaselines(ctx context.Context) (keys, routes int, err error
 	return keys, routes, nil
 }
 
-// prune deletes the entries of bucket whose last time is before cutoff. It looks in a
+// prune deletes the entries of kind whose last time is before cutoff. It looks in a
 // read transaction and deletes in a write transaction that checks each entry again, so
 // an entry updated in between is kept.
-func (l *Local) prune(ctx context.Context, bucket []byte, cutoff int64, last func([]byte) (int64, error)) (int, error) {
+func (l *Local) prune(ctx context.Context, kind byte, cutoff int64, last func([]byte) (int64, error)) (int, error) {
+	bucket := baselineBuckets[kind]
 	deleted := 0
 	var resume []byte
 	for {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"testing"
@@ -19,28 +21,35 @@ import (
 
 func TestLocalBaselines(t *testing.T) {
 	testBaselines(t, func(t *testing.T) (baselineStore, func() baselineStore) {
-		cfg := Config{DataDir: t.TempDir()}
-		open := func() *Local {
-			l, err := NewLocal(cfg, LocalOptions{Baselines: suiteSettings})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return l
+		l, restart := openLocal(t)
+		return l, func() baselineStore { return restart() }
+	})
+}
+
+// openLocal opens an empty embedded store with suiteSettings, closed when t ends, and
+// returns it and a function that closes it and opens it again on the same data.
+func openLocal(t *testing.T) (*Local, func() *Local) {
+	cfg := Config{DataDir: t.TempDir()}
+	open := func() *Local {
+		l, err := NewLocal(cfg, LocalOptions{Baselines: suiteSettings})
+		if err != nil {
+			t.Fatal(err)
 		}
-		cur := open()
-		t.Cleanup(func() {
-			if err := cur.Close(context.Background()); err != nil {
-				t.Error(err)
-			}
-		})
-		return cur, func() baselineStore {
-			if err := cur.Close(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			cur = open()
-			return cur
+		return l
+	}
+	cur := open()
+	t.Cleanup(func() {
+		if err := cur.Close(context.Background()); err != nil {
+			t.Error(err)
 		}
 	})
+	return cur, func() *Local {
+		if err := cur.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cur = open()
+		return cur
+	}
 }
 
 func TestLocalPrunesBaselines(t *testing.T) {
@@ -252,5 +261,175 @@ func TestLocalRestartStartsWarm(t *testing.T) {
 		if !got[d] {
 			t.Errorf("a cold start raised no %s: the test does not show what the store keeps", d)
 		}
+	}
+}
+
+// TestLocalBaselinesSince: a load since what an earlier load returned reads exactly the
+// entries written in between, across a restart, and laid over the earlier load it
+// gives what a whole load gives.
+func TestLocalBaselinesSince(t *testing.T) {
+	l, restart := openLocal(t)
+	ctx := testContext(t)
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	r := rand.New(rand.NewPCG(7, 8))
+	snap := randomBaselines(r, 300, 30, base)
+	parts := splitUpdate(snap, 6)
+	for _, u := range parts[:2] {
+		if err := l.UpdateBaselines(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	have, since, err := l.LoadBaselinesSince(ctx, detectors.AllBaselines, 0)
+	if err != nil || since == 0 {
+		t.Fatalf("whole load: next %d, %v; want a number", since, err)
+	}
+	// The rest of the snapshot, then everything again with new values (each entry
+	// noted a second time), with a restart in between.
+	again := randomBaselines(rand.New(rand.NewPCG(9, 10)), 300, 30, base)
+	for i, u := range append(parts[2:], splitUpdate(again, 3)...) {
+		if i == 2 {
+			l = restart()
+		}
+		if err := l.UpdateBaselines(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		got, next, err := l.LoadBaselinesSince(ctx, detectors.AllBaselines, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next <= since {
+			t.Fatalf("update %d: next %d after %d", i, next, since)
+		}
+		if g, w := entryNames(got), entryNames(u); !slices.Equal(g, w) {
+			t.Errorf("update %d: loaded %d entries since the last load, want the %d written", i, len(g), len(w))
+		}
+		have = overlay(have, got)
+		whole, err := l.LoadBaselines(ctx, detectors.AllBaselines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameBaselines(t, fmt.Sprintf("update %d, laid over the last load", i), have, whole, 0)
+		if b, n, _ := l.LoadBaselinesSince(ctx, detectors.AllBaselines, next); n != next || len(entryNames(b)) != 0 {
+			t.Errorf("update %d: nothing written, and a load since it read %d entries, next %d (was %d)", i, len(entryNames(b)), n, next)
+		}
+		since = next
+	}
+	// A bounded load of the changes keeps their most recent.
+	if err := l.UpdateBaselines(ctx, detectors.Baselines{Keys: snap.Keys[:5]}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ := l.LoadBaselinesSince(ctx, detectors.BaselineLimits{Keys: 2}, since)
+	want := detectors.NewRecentSet(detectors.BaselineLimits{Keys: 2})
+	for _, k := range snap.Keys[:5] {
+		want.AddKey(k)
+	}
+	if g, w := entryNames(got), entryNames(want.Baselines()); !slices.Equal(g, w) {
+		t.Errorf("bounded load of the changes: %v, want %v", g, w)
+	}
+	if notes, counted := changeLogSize(t, l); notes != counted {
+		t.Errorf("the change log holds %d notes and says %d", notes, counted)
+	}
+}
+
+// entryNames returns the names of b's entries, each with its kind, sorted.
+func entryNames(b detectors.Baselines) []string {
+	var out []string
+	for _, k := range b.Keys {
+		out = append(out, "key "+k.Key)
+	}
+	for _, r := range b.Routes {
+		out = append(out, "route "+r.Route)
+	}
+	for _, c := range b.Clients {
+		out = append(out, "client "+c.Key)
+	}
+	for _, o := range b.Objects {
+		out = append(out, "object "+o.Client+" "+o.Route)
+	}
+	for _, p := range b.Privileged {
+		out = append(out, "privileged "+p.Key)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// overlay returns have with the entries of changes in place of its own.
+func overlay(have, changes detectors.Baselines) detectors.Baselines {
+	out := detectors.Baselines{TrafficSince: changes.TrafficSince}
+	out.Keys = overlayList(have.Keys, changes.Keys, func(k detectors.KeyBaseline) string { return k.Key })
+	out.Routes = overlayList(have.Routes, changes.Routes, func(r detectors.RouteBaseline) string { return r.Route })
+	out.Clients = overlayList(have.Clients, changes.Clients, func(c detectors.ClientBaseline) string { return c.Key })
+	out.Objects = overlayList(have.Objects, changes.Objects, func(o detectors.ObjectBaseline) string { return o.Client + " " + o.Route })
+	out.Privileged = overlayList(have.Privileged, changes.Privileged, func(p detectors.PrivilegeBaseline) string { return p.Key })
+	out.Sort()
+	return out
+}
+
+func overlayList[T any](have, changes []T, name func(T) string) []T {
+	m := map[string]T{}
+	for _, e := range have {
+		m[name(e)] = e
+	}
+	for _, e := range changes {
+		m[name(e)] = e
+	}
+	return slices.Collect(maps.Values(m))
+}
+
+// changeLogSize returns how many notes l's change log holds, and how many it says.
+func changeLogSize(t *testing.T, l *Local) (notes, counted int) {
+	t.Helper()
+	err := l.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketBaselineChanges); b != nil {
+			notes = b.Stats().KeyN
+		}
+		n, _ := metaTime(tx.Bucket(bucketBaselineMeta), metaNotes)
+		counted = int(n)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return notes, counted
+}
+
+// TestLocalChangeLogBounded: past its bound the change log drops its oldest notes, and
+// a load since before them reads every entry, while one since after them still reads
+// only the changes.
+func TestLocalChangeLogBounded(t *testing.T) {
+	l, _ := openLocal(t)
+	l.maxNotes = 40
+	ctx := testContext(t)
+	snap := randomBaselines(rand.New(rand.NewPCG(11, 12)), 30, 0, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
+	write := func(keys []detectors.KeyBaseline) uint64 {
+		t.Helper()
+		if err := l.UpdateBaselines(ctx, detectors.Baselines{Keys: keys}); err != nil {
+			t.Fatal(err)
+		}
+		_, next, err := l.LoadBaselinesSince(ctx, detectors.AllBaselines, math.MaxUint64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return next
+	}
+	first := write(snap.Keys[:20])
+	mid := write(snap.Keys[20:25])
+	write(snap.Keys[25:]) // 30 notes: under the bound
+	if b, _, _ := l.LoadBaselinesSince(ctx, detectors.AllBaselines, first); len(b.Keys) != 10 {
+		t.Fatalf("under the bound, since the first write: %d keys, want the 10 written after it", len(b.Keys))
+	}
+	// 52 notes: the oldest go, down to 30, through the first write and into the second.
+	last := write(snap.Keys[:22])
+	if notes, counted := changeLogSize(t, l); notes != 30 || counted != 30 {
+		t.Errorf("past the bound: %d notes, counted %d; want 30", notes, counted)
+	}
+	if b, _, _ := l.LoadBaselinesSince(ctx, detectors.AllBaselines, first); len(b.Keys) != 30 {
+		t.Errorf("since a write whose successor lost notes: %d keys, want every one of the 30", len(b.Keys))
+	}
+	if b, _, _ := l.LoadBaselinesSince(ctx, detectors.AllBaselines, mid); len(b.Keys) != 27 {
+		t.Errorf("since the write whose notes went last: %d keys, want the 27 written after it", len(b.Keys))
+	}
+	if b, n, _ := l.LoadBaselinesSince(ctx, detectors.AllBaselines, last); len(b.Keys) != 0 || n != last {
+		t.Errorf("since the last write: %d keys, next %d; want none and %d", len(b.Keys), n, last)
 	}
 }
