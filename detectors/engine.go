@@ -259,6 +259,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 			keys:       e.m.keys.WithLabelValues(n),
 			evictionsC: e.m.evictions.WithLabelValues(n),
 			expiredC:   e.m.expired.WithLabelValues(n),
+			droppedC:   e.m.droppedSamples.WithLabelValues(n),
 		})
 	}
 	return e, nil
@@ -617,13 +618,22 @@ func (e *Engine) updateGauges() {
 			dm.expiredC.Add(float64(ex - dm.expired))
 			dm.expired = ex
 		}
+		if s, ok := d.(interface{ droppedSamples() uint64 }); ok {
+			if n := s.droppedSamples(); n > dm.dropped {
+				if dm.dropped == 0 {
+					e.log.Warn("detector's evidence samples at their bound: new sampled values are not kept", "detector", d.name(), "bound_bytes", maxArenaBytes)
+				}
+				dm.droppedC.Add(float64(n - dm.dropped))
+				dm.dropped = n
+			}
+		}
 	}
 }
 
 // detMetrics are one detector's metric children, resolved once, and the counts they
 // last reported.
 type detMetrics struct {
-	keys                 prometheus.Gauge
-	evictionsC, expiredC prometheus.Counter
-	evictions, expired   uint64
+	keys                           prometheus.Gauge
+	evictionsC, expiredC, droppedC prometheus.Counter
+	evictions, expired, dropped    uint64
 }

@@ -16,7 +16,9 @@ type metrics struct {
 	partTime  *prometheus.GaugeVec
 	evictions *prometheus.CounterVec
 	expired   *prometheus.CounterVec
-	keys      *prometheus.GaugeVec
+	// droppedSamples: evidence samples an arena had no room for (maxArenaBytes).
+	droppedSamples *prometheus.CounterVec
+	keys           *prometheus.GaugeVec
 }
 
 // newMetrics registers the engine's metrics with reg, through promauto as every part
@@ -66,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gatewatch_detectors_expired_keys_total",
 			Help: "Idle keys dropped once no open window needed them, per detector.",
 		}, []string{"detector"}),
+		droppedSamples: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatewatch_detectors_dropped_samples_total",
+			Help: "Evidence samples (paths, client IPs) a detector did not keep because its samples reached their memory bound, per detector.",
+		}, []string{"detector"}),
 		keys: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_tracked_keys",
 			Help: "Keys a detector currently tracks.",
@@ -77,6 +83,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}
 		m.evictions.WithLabelValues(d)
 		m.expired.WithLabelValues(d)
+		m.droppedSamples.WithLabelValues(d)
 		m.keys.WithLabelValues(d)
 	}
 	return m

@@ -146,15 +146,27 @@ func (p *samplers) countIn(s *sampler, mask uint64, j int) int {
 // when the slot passes to a newer bucket. By then every key's bucket in that slot has
 // left its window (an event placed in bucket b+size means the watermark has closed
 // every window holding bucket b), so no sample still points into it.
+//
+// The strings held grow with the distinct values offered to the keys of a bucket, and
+// a client picks them: one whose paths come in ever smaller hash makes each request a
+// new sample. Past max bytes over all slots a value is not kept (a key's evidence
+// keeps the samples it has) and dropped counts it.
 type arena struct {
-	lay    ringLayout
-	bucket []int64
-	held   []bool
-	buf    [][]byte
+	lay     ringLayout
+	bucket  []int64
+	held    []bool
+	buf     [][]byte
+	size    int64 // bytes in buf, over all slots
+	max     int64 // maxArenaBytes but in tests
+	dropped uint64
 }
 
+// maxArenaBytes bounds one detector's sampled strings. The benchmark mix at 10,000
+// events/s holds 25 to 70 MiB in each detector's arena.
+const maxArenaBytes = 512 << 20
+
 func newArena(lay ringLayout) arena {
-	return arena{lay: lay, bucket: make([]int64, lay.size), held: make([]bool, lay.size), buf: make([][]byte, lay.size)}
+	return arena{lay: lay, bucket: make([]int64, lay.size), held: make([]bool, lay.size), buf: make([][]byte, lay.size), max: maxArenaBytes}
 }
 
 // pick keeps in set the values of smallest hash among those offered for bucket b,
@@ -229,10 +241,16 @@ func (a *arena) put(b, slot int64, v string) uint32 {
 	switch {
 	case !a.held[slot] || a.bucket[slot] < b:
 		a.bucket[slot], a.held[slot] = b, true
+		a.size -= int64(len(a.buf[slot]))
 		a.buf[slot] = a.buf[slot][:0]
 	case a.bucket[slot] > b:
 		return 0
 	}
+	if a.size+1+int64(len(v)) > a.max {
+		a.dropped++
+		return 0
+	}
+	a.size += 1 + int64(len(v))
 	off := uint32(len(a.buf[slot])) + 1
 	a.buf[slot] = append(append(a.buf[slot], byte(len(v))), v...)
 	return off
@@ -247,7 +265,13 @@ func (a *arena) get(slot int64, r sampleRef) string {
 }
 
 // reset forgets every bucket, keeping the buffers.
-func (a *arena) reset() { clear(a.held) }
+func (a *arena) reset() {
+	clear(a.held)
+	for i := range a.buf {
+		a.buf[i] = a.buf[i][:0]
+	}
+	a.size = 0
+}
 
 // exactLimit is how many distinct members are counted exactly: below it, a window's
 // distinct count is exact; from it on, an estimate.

@@ -71,6 +71,14 @@ func (w *windowed[S]) stats() (int, uint64, uint64) {
 	return w.tab.live, w.tab.evictions, w.tab.expired
 }
 
+// droppedSamples is how many sampled values the detector's arena had no room for.
+func (w *windowed[S]) droppedSamples() uint64 {
+	if w.samples == nil {
+		return 0
+	}
+	return w.samples.dropped
+}
+
 // horizon: events before the oldest open window may be acknowledged. The back buckets
 // of a detector that compares windows with earlier ones are not held for: after a
 // restart, the windows that ended less than a window before the committed offset are
