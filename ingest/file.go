@@ -386,6 +386,9 @@ func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
 	c := &lr.c
 	if len(c.lines) == 0 {
 		c.first = num
+		if c.lines == nil { // sized once: appending from nil copied it ten times a chunk
+			c.lines = make([][]byte, 0, lr.s.opts.BatchSize)
+		}
 	}
 	if c.nums == nil && num != c.first+int64(len(c.lines)) {
 		c.nums = make([]int64, len(c.lines), cap(c.lines))
