@@ -91,8 +91,10 @@ type FileSource struct {
 	done   chan struct{} // closed when the reader has stopped
 	// free holds line buffers the workers are done with, for the reader to fill again:
 	// copying every line into fresh memory was most of what a replay allocated.
-	free    chan []byte
-	workers sync.WaitGroup
+	free chan []byte
+	// freeEvents holds event slices of batches their consumer released (Batch.Release).
+	freeEvents chan []Event
+	workers    sync.WaitGroup
 
 	mu     sync.Mutex
 	stats  []FileStats // by input, in reading order
@@ -302,6 +304,7 @@ func (s *FileSource) start() {
 	s.out = make(chan chunk, 2*s.opts.Workers)
 	s.done = make(chan struct{})
 	s.free = make(chan []byte, freeBuffers)
+	s.freeEvents = make(chan []Event, 2*s.opts.Workers+2)
 	work := make(chan chunk, 2*s.opts.Workers)
 	for range s.opts.Workers {
 		p, _ := NewParser(s.opts.Format, s.opts.Parser) // options were checked in NewFileSource
@@ -334,7 +337,7 @@ func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
 			return
 		}
 		var r parsed
-		r.events = make([]Event, 0, len(c.lines))
+		r.events = s.eventBuffer(len(c.lines))
 		cut := c.cut
 		for i, line := range c.lines {
 			num := c.first + int64(i)
@@ -438,6 +441,28 @@ func (lr *lineReader) send(end bool, damage error) error {
 	}
 	lr.c, lr.buf = chunk{}, nil
 	return nil
+}
+
+// eventBuffer returns an empty slice for n events: one a batch's consumer released when
+// there is one of room enough.
+func (s *FileSource) eventBuffer(n int) []Event {
+	select {
+	case evs := <-s.freeEvents:
+		if cap(evs) >= n {
+			return evs
+		}
+	default:
+	}
+	return make([]Event, 0, n)
+}
+
+// releaseEvents keeps a released batch's events for eventBuffer. They are not cleared:
+// parsing overwrites each, and until then they hold on to a few string chunks at most.
+func (s *FileSource) releaseEvents(evs []Event) {
+	select {
+	case s.freeEvents <- evs:
+	default:
+	}
 }
 
 // lineBuffer returns an empty buffer for lines, of room for n bytes at least: a free one
@@ -584,6 +609,7 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 		p := Partition{Source: s.stats[c.input].Name}
 		if len(r.events) > 0 || c.end { // a chunk of nothing but rejects makes no batch
 			b := NewBatch(r.events, nil)
+			b.release = s.releaseEvents
 			if len(r.events) > 0 {
 				b.Runs = []Run{{Partition: p, N: len(r.events)}}
 			}
