@@ -26,14 +26,196 @@ import (
 //     extensions (Chrome since 110) get a new JA3 on every connection.
 type awswafParser struct {
 	*base
+	scan jsonScanner
 	json fastjson.Parser
 }
 
 func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{base: b} }
 
-// Parse fills ev from one AWS WAF log record and keeps no reference to line.
+// wafRecord is what Parse takes from a record besides its time and status.
+type wafRecord struct {
+	action, rule, tlsFP                 []byte
+	ip, country, method, uri, requestID []byte
+	hdr                                 requestHeaders
+}
+
+// Parse fills ev from one AWS WAF log record and keeps no reference to line. Most
+// records are read by scanning them for the fields an Event needs (parseScan); a record
+// the scanner does not take is read with fastjson (parseTree), which is also what
+// decides how a malformed one is rejected.
 func (p *awswafParser) Parse(ev *Event, line []byte) error {
 	ev.Reset()
+	if done, err := p.parseScan(ev, line); done {
+		return err
+	}
+	ev.Reset()
+	return p.parseTree(ev, line)
+}
+
+// parseScan is Parse with a jsonScanner. It reports done, with Parse's result, or not
+// done, for Parse to start again with parseTree: a record the scanner gives up on, or
+// one with a field of a type whose reading (or rejection) it leaves to parseTree.
+func (p *awswafParser) parseScan(ev *Event, line []byte) (done bool, err error) {
+	s := &p.scan
+	s.reset(line)
+	if !s.enter('{') {
+		return false, nil
+	}
+	var ts, action, rule, status, ja3, ja4 jsonValue
+	var r wafRecord
+	req := false
+	for s.more('}') {
+		switch string(s.key()) {
+		case "timestamp":
+			s.firstValue(&ts)
+		case "action":
+			s.firstValue(&action)
+		case "terminatingRuleId":
+			s.firstValue(&rule)
+		case "responseCodeSent":
+			s.firstValue(&status)
+		case "ja3Fingerprint":
+			s.firstValue(&ja3)
+		case "ja4Fingerprint":
+			s.firstValue(&ja4)
+		case "httpRequest":
+			if req {
+				s.skip()
+				break
+			}
+			req = true
+			p.scanRequest(&r)
+		default:
+			s.skip()
+		}
+	}
+	if !s.end() {
+		return false, nil
+	}
+	var ok, ok2, ok3 bool
+	r.action, ok = action.text()
+	r.rule, ok2 = rule.text()
+	if r.tlsFP, ok3 = ja4.text(); ok3 && isUnset(r.tlsFP) {
+		r.tlsFP, ok3 = ja3.text()
+	}
+	if !ok || !ok2 || !ok3 {
+		return false, nil
+	}
+	// The time and the status as jsonTime and jsonFields.status read them.
+	var t time.Time
+	var terr error
+	switch ts.kind {
+	case jsonAbsent, jsonNull:
+		terr = errNoTime
+	case jsonString:
+		t, terr = parseTimeBytes(ts.b)
+	default:
+		n, ok := ts.uint()
+		if !ok || n == 0 {
+			return false, nil
+		}
+		t, terr = epochTime(n)
+	}
+	if err := p.setTime(ev, t, terr); err != nil {
+		return true, err
+	}
+	switch status.kind {
+	case jsonAbsent, jsonNull:
+	case jsonString:
+		err = p.setStatusText(ev, status.b)
+	default:
+		n, ok := status.uint()
+		if !ok {
+			return false, nil
+		}
+		err = setStatus(ev, n)
+	}
+	if err != nil {
+		return true, err
+	}
+	p.fill(ev, &r)
+	return true, nil
+}
+
+// scanRequest reads the httpRequest object, failing the scan on what parseTree would
+// have to judge.
+func (p *awswafParser) scanRequest(r *wafRecord) {
+	s := &p.scan
+	if !s.open('{') {
+		return
+	}
+	var ip, country, method, uri, requestID jsonValue
+	headers := false
+	for s.more('}') {
+		switch string(s.key()) {
+		case "clientIp":
+			s.firstValue(&ip)
+		case "country":
+			s.firstValue(&country)
+		case "httpMethod":
+			s.firstValue(&method)
+		case "uri":
+			s.firstValue(&uri)
+		case "requestId":
+			s.firstValue(&requestID)
+		case "headers":
+			if headers {
+				s.skip()
+				break
+			}
+			headers = true
+			p.scanHeaders(&r.hdr)
+		default:
+			s.skip()
+		}
+	}
+	var ok [5]bool
+	r.ip, ok[0] = ip.text()
+	r.country, ok[1] = country.text()
+	r.method, ok[2] = method.text()
+	r.uri, ok[3] = uri.text()
+	r.requestID, ok[4] = requestID.text()
+	if ok != [5]bool{true, true, true, true, true} {
+		s.fail()
+	}
+}
+
+// scanHeaders reads the list of {name, value} headers.
+func (p *awswafParser) scanHeaders(hdr *requestHeaders) {
+	s := &p.scan
+	if !s.open('[') {
+		return
+	}
+	for s.more(']') {
+		if !s.open('{') {
+			continue
+		}
+		var name, value jsonValue
+		for s.more('}') {
+			switch string(s.key()) {
+			case "name":
+				s.firstValue(&name)
+			case "value":
+				s.firstValue(&value)
+			default:
+				s.skip()
+			}
+		}
+		n, ok := name.text()
+		v, ok2 := value.text()
+		if !ok || !ok2 {
+			s.fail()
+			return
+		}
+		if k := hdr.match(&p.opts, n); k != nil {
+			hdr.set(k, v)
+		}
+	}
+}
+
+// parseTree is Parse with fastjson: the reference for what parseScan reads, and the
+// reader of every record it does not take.
+func (p *awswafParser) parseTree(ev *Event, line []byte) error {
 	root, err := parseJSONRecord(&p.json, line)
 	if err != nil {
 		return err
@@ -61,16 +243,14 @@ func (p *awswafParser) Parse(ev *Event, line []byte) error {
 	if err := p.setTime(ev, t, err); err != nil {
 		return err
 	}
-	ev.Source = FormatAWSWAF
 
 	var f jsonFields
-	var cred credentials
-	var hdr requestHeaders
-	ev.Action = p.intern(f.text(action, "action"))
-	ev.RuleID = p.intern(f.text(rule, "terminatingRuleId"))
+	var r wafRecord
+	r.action = f.text(action, "action")
+	r.rule = f.text(rule, "terminatingRuleId")
 	f.status(p.base, ev, status, "responseCodeSent")
-	if cred.tlsFP = f.text(ja4, "ja4Fingerprint"); isUnset(cred.tlsFP) {
-		cred.tlsFP = f.text(ja3, "ja3Fingerprint")
+	if r.tlsFP = f.text(ja4, "ja4Fingerprint"); isUnset(r.tlsFP) {
+		r.tlsFP = f.text(ja3, "ja3Fingerprint")
 	}
 	var ip, country, method, uri, requestID, headers *fastjson.Value
 	f.object(req, "httpRequest").Visit(func(k []byte, v *fastjson.Value) {
@@ -89,27 +269,41 @@ func (p *awswafParser) Parse(ev *Event, line []byte) error {
 			pickValue(&headers, v)
 		}
 	})
-	p.setClientIP(ev, f.text(ip, "httpRequest.clientIp"))
-	p.setCountry(ev, f.text(country, "httpRequest.country"))
-	p.setMethod(ev, f.text(method, "httpRequest.httpMethod"))
-	ev.Path = p.str(splitPath(f.text(uri, "httpRequest.uri")))
-	ev.RequestID = p.str(f.text(requestID, "httpRequest.requestId"))
+	r.ip = f.text(ip, "httpRequest.clientIp")
+	r.country = f.text(country, "httpRequest.country")
+	r.method = f.text(method, "httpRequest.httpMethod")
+	r.uri = f.text(uri, "httpRequest.uri")
+	r.requestID = f.text(requestID, "httpRequest.requestId")
 	for _, h := range f.array(headers, "httpRequest.headers") {
 		o := f.object(h, "httpRequest.headers[]")
 		if o == nil {
 			continue
 		}
-		if k := hdr.match(&p.opts, f.text(o.Get("name"), "httpRequest.headers[].name")); k != nil {
-			hdr.set(k, f.text(o.Get("value"), "httpRequest.headers[].value"))
+		if k := r.hdr.match(&p.opts, f.text(o.Get("name"), "httpRequest.headers[].name")); k != nil {
+			r.hdr.set(k, f.text(o.Get("value"), "httpRequest.headers[].value"))
 		}
 	}
 	if f.err != nil {
 		return f.err
 	}
-	hdr.apply(p.base, ev, &cred)
+	p.fill(ev, &r)
+	return nil
+}
+
+// fill stores what both readers take from a record besides its time and status.
+func (p *awswafParser) fill(ev *Event, r *wafRecord) {
+	ev.Source = FormatAWSWAF
+	ev.Action = p.intern(r.action)
+	ev.RuleID = p.intern(r.rule)
+	p.setClientIP(ev, r.ip)
+	p.setCountry(ev, r.country)
+	p.setMethod(ev, r.method)
+	ev.Path = p.str(splitPath(r.uri))
+	ev.RequestID = p.str(r.requestID)
+	cred := credentials{tlsFP: r.tlsFP}
+	r.hdr.apply(p.base, ev, &cred)
 	p.setIdentity(ev, &cred)
 	p.finish(ev)
-	return nil
 }
 
 // The helpers below are shared by the fastjson-based parsers of this package (awswaf,

@@ -58,9 +58,10 @@ type Batch struct {
 	// of each mark's partition at its time had arrived on time and entered no window.
 	Marks []Mark
 
-	once sync.Once
-	ack  func(context.Context) error
-	err  error
+	once    sync.Once
+	ack     func(context.Context) error
+	err     error
+	release func([]Event) // takes Events back for reuse; nil: the source reuses nothing
 }
 
 // NewBatch returns a batch whose Ack calls ack once; a nil ack makes Ack a no-op (files).
@@ -80,6 +81,18 @@ func (b *Batch) Ack(ctx context.Context) error {
 		}
 	})
 	return b.err
+}
+
+// Release tells the source that nothing uses the batch's events any more, neither its
+// caller nor anything the caller handed them to (an engine keeps none), so that the
+// source may fill them again; Events is nil after it. The strings the events hold stay
+// valid: they are never reused. Sources that reuse nothing (all but FileSource) ignore
+// it, as does a batch released already.
+func (b *Batch) Release() {
+	if b.release != nil && b.Events != nil {
+		b.release(b.Events[:0])
+	}
+	b.Events = nil
 }
 
 // Filter keeps the events for which keep reports true, in order, keeping Runs and

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -136,6 +137,37 @@ func TestFingerprintsAreKeyedHMAC(t *testing.T) {
 	tok := []byte("tok-123")
 	if allocs := testing.AllocsPerRun(100, func() { f.Sum(tok) }); allocs > 0 {
 		t.Errorf("Sum allocates %.0f times", allocs)
+	}
+}
+
+// TestFingerprintMemo: a memoizing fingerprinter gives what a plain one does, for
+// credentials seen again, credentials that share a slot, and ones too long to remember.
+func TestFingerprintMemo(t *testing.T) {
+	s, err := NewTokenSecret([]byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, memo := s.newFingerprinter(), s.newFingerprinter()
+	memo.memoize = true
+	var creds [][]byte
+	for i := range 3 * fpMemoSlots { // more than there are slots: some share one
+		creds = append(creds, fmt.Appendf(nil, "tok-%d", i))
+	}
+	creds = append(creds, bytes.Repeat([]byte("x"), fpMemoMax+1), []byte("t"))
+	for round := range 3 {
+		for i, c := range creds {
+			if i%(round+1) != 0 {
+				continue // each round in another order of slot reuse
+			}
+			want := string(plain.Sum(c))
+			if got := string(memo.Sum(c)); got != want {
+				t.Fatalf("round %d, %.20q: memoized %s, want %s", round, c, got, want)
+			}
+		}
+	}
+	tok := []byte("tok-123")
+	if allocs := testing.AllocsPerRun(100, func() { memo.Sum(tok) }); allocs > 0 {
+		t.Errorf("memoized Sum allocates %.0f times", allocs)
 	}
 }
 

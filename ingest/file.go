@@ -83,13 +83,18 @@ func (e *InputError) Unwrap() error { return e.Err }
 // next input is read. The parts of a line a container runtime split (Kubernetes CRI
 // "P" lines, Docker json-file lines without their newline) are joined into one record.
 type FileSource struct {
-	inputs  []string // paths in reading order; "-" is stdin
-	opts    FileOptions
-	m       *Metrics
-	cancel  context.CancelFunc
-	out     chan chunk
-	done    chan struct{} // closed when the reader has stopped
-	workers sync.WaitGroup
+	inputs []string // paths in reading order; "-" is stdin
+	opts   FileOptions
+	m      *Metrics
+	cancel context.CancelFunc
+	out    chan chunk
+	done   chan struct{} // closed when the reader has stopped
+	// free holds line buffers the workers are done with, for the reader to fill again:
+	// copying every line into fresh memory was most of what a replay allocated.
+	free chan []byte
+	// freeEvents holds event slices of batches their consumer released (Batch.Release).
+	freeEvents chan []Event
+	workers    sync.WaitGroup
 
 	mu     sync.Mutex
 	stats  []FileStats // by input, in reading order
@@ -103,6 +108,7 @@ type chunk struct {
 	source string // its name, for dead letters
 	first  int64  // line number of lines[0]
 	lines  [][]byte
+	bufs   [][]byte  // the line buffers lines point into, handed back to free once parsed
 	nums   []int64   // line number of each record when they are not consecutive (joined parts), else nil
 	cut    []cutLine // records the reader could not keep whole
 	end    bool      // the input's last chunk
@@ -126,6 +132,9 @@ type parsed struct {
 const (
 	defaultFileBatch = 1024
 	fileReadBuffer   = 256 << 10
+	// freeBuffers bounds the line buffers kept for reuse: about what the chunks in
+	// flight (queued for the workers and being parsed) hold with ~1.5 KB records.
+	freeBuffers = 64
 	// peekRecords and peekBytes bound how far NewFileSource reads into an input to find
 	// its first event time.
 	peekRecords = 64
@@ -294,6 +303,8 @@ func (s *FileSource) start() {
 	s.cancel = cancel
 	s.out = make(chan chunk, 2*s.opts.Workers)
 	s.done = make(chan struct{})
+	s.free = make(chan []byte, freeBuffers)
+	s.freeEvents = make(chan []Event, 2*s.opts.Workers+2)
 	work := make(chan chunk, 2*s.opts.Workers)
 	for range s.opts.Workers {
 		p, _ := NewParser(s.opts.Format, s.opts.Parser) // options were checked in NewFileSource
@@ -326,7 +337,7 @@ func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
 			return
 		}
 		var r parsed
-		r.events = make([]Event, 0, len(c.lines))
+		r.events = s.eventBuffer(len(c.lines))
 		cut := c.cut
 		for i, line := range c.lines {
 			num := c.first + int64(i)
@@ -343,6 +354,17 @@ func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
 				r.letters = append(r.letters, NewDeadLetter(time.Now(), c.source, s.opts.Format, -1, num, line, err))
 			}
 		}
+		// Neither the events nor the dead letters point into the lines: their buffers
+		// can be filled again.
+		for _, b := range c.bufs {
+			if cap(b) != fileReadBuffer {
+				continue // one of a giant line: not worth keeping
+			}
+			select {
+			case s.free <- b[:0]:
+			default:
+			}
+		}
 		c.res <- r
 	}
 }
@@ -356,7 +378,7 @@ type lineReader struct {
 	input int
 	name  string
 	c     chunk
-	buf   []byte // backing store of the chunk's lines; a new one per chunk
+	buf   []byte // backing store of the chunk's lines, from FileSource.free when it has one
 	parts joiner
 }
 
@@ -367,6 +389,9 @@ func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
 	c := &lr.c
 	if len(c.lines) == 0 {
 		c.first = num
+		if c.lines == nil { // sized once: appending from nil copied it ten times a chunk
+			c.lines = make([][]byte, 0, lr.s.opts.BatchSize)
+		}
 	}
 	if c.nums == nil && num != c.first+int64(len(c.lines)) {
 		c.nums = make([]int64, len(c.lines), cap(c.lines))
@@ -384,7 +409,8 @@ func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
 		c.cut = append(c.cut, cutLine{index: len(c.lines), size: size, err: err})
 	}
 	if cap(lr.buf)-len(lr.buf) < len(line) {
-		lr.buf = make([]byte, 0, max(fileReadBuffer, len(line)))
+		lr.buf = lr.s.lineBuffer(len(line))
+		c.bufs = append(c.bufs, lr.buf)
 	}
 	start := len(lr.buf)
 	lr.buf = append(lr.buf, line...)
@@ -415,6 +441,41 @@ func (lr *lineReader) send(end bool, damage error) error {
 	}
 	lr.c, lr.buf = chunk{}, nil
 	return nil
+}
+
+// eventBuffer returns an empty slice for n events: one a batch's consumer released when
+// there is one of room enough.
+func (s *FileSource) eventBuffer(n int) []Event {
+	select {
+	case evs := <-s.freeEvents:
+		if cap(evs) >= n {
+			return evs
+		}
+	default:
+	}
+	return make([]Event, 0, n)
+}
+
+// releaseEvents keeps a released batch's events for eventBuffer. They are not cleared:
+// parsing overwrites each, and until then they hold on to a few string chunks at most.
+func (s *FileSource) releaseEvents(evs []Event) {
+	select {
+	case s.freeEvents <- evs:
+	default:
+	}
+}
+
+// lineBuffer returns an empty buffer for lines, of room for n bytes at least: a free one
+// when there is one and n fits.
+func (s *FileSource) lineBuffer(n int) []byte {
+	if n <= fileReadBuffer {
+		select {
+		case b := <-s.free:
+			return b
+		default:
+		}
+	}
+	return make([]byte, 0, max(fileReadBuffer, n))
 }
 
 // read splits one input into chunks. A line longer than the cap is not kept whole: its
@@ -548,6 +609,7 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 		p := Partition{Source: s.stats[c.input].Name}
 		if len(r.events) > 0 || c.end { // a chunk of nothing but rejects makes no batch
 			b := NewBatch(r.events, nil)
+			b.release = s.releaseEvents
 			if len(r.events) > 0 {
 				b.Runs = []Run{{Partition: p, N: len(r.events)}}
 			}

@@ -68,6 +68,13 @@ func testSecret(t testing.TB) ingest.TokenSecret {
 func drain(t *testing.T, src interface {
 	Next(context.Context) (*ingest.Batch, error)
 }) []string {
+	return drainReleasing(t, src, false)
+}
+
+// drainReleasing is drain, releasing each batch once read when release is set.
+func drainReleasing(t *testing.T, src interface {
+	Next(context.Context) (*ingest.Batch, error)
+}, release bool) []string {
 	t.Helper()
 	var got []string
 	for {
@@ -80,6 +87,12 @@ func drain(t *testing.T, src interface {
 		}
 		for _, ev := range b.Events {
 			got = append(got, ev.UserAgent)
+		}
+		if release {
+			b.Release()
+			if b.Events != nil {
+				t.Fatal("Release left the batch its events")
+			}
 		}
 	}
 }
@@ -99,18 +112,22 @@ func TestFileSourceKeepsOrderAcrossWorkersAndFiles(t *testing.T) {
 	writeLines(t, filepath.Join(dir, "a.log"), a, false)
 	writeLines(t, filepath.Join(dir, "b.log.gz"), b, true)
 	writeLines(t, filepath.Join(dir, ".hidden"), []string{"junk"}, false)
-	for _, workers := range []int{1, 2, 7} {
-		src, err := ingest.NewFileSource([]string{dir}, ingest.FileOptions{
-			Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Workers: workers, BatchSize: 777,
-			Registerer: prometheus.NewPedanticRegistry(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := drain(t, src)
-		src.Close()
-		if strings.Join(got, ",") != strings.Join(want, ",") {
-			t.Fatalf("workers=%d: %d events out of order or missing (first %v)", workers, len(got), got[:min(3, len(got))])
+	// Released batches have their events parsed into again: the strings read from
+	// them before stay what they were.
+	for _, release := range []bool{false, true} {
+		for _, workers := range []int{1, 2, 7} {
+			src, err := ingest.NewFileSource([]string{dir}, ingest.FileOptions{
+				Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Workers: workers, BatchSize: 777,
+				Registerer: prometheus.NewPedanticRegistry(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := drainReleasing(t, src, release)
+			src.Close()
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("workers=%d, release=%v: %d events out of order or missing (first %v)", workers, release, len(got), got[:min(3, len(got))])
+			}
 		}
 	}
 }

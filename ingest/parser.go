@@ -122,7 +122,9 @@ type base struct {
 }
 
 func newBase(o ParserOptions) *base {
-	return &base{opts: o, fp: o.Secret.newFingerprinter(), notAfter: o.Now().Add(o.MaxClockSkew)}
+	fp := o.Secret.newFingerprinter()
+	fp.memoize = true
+	return &base{opts: o, fp: fp, notAfter: o.Now().Add(o.MaxClockSkew)}
 }
 
 // OversizedError is the rejection of a record of size bytes, over the cap of max.

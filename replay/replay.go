@@ -147,6 +147,9 @@ func drive(ctx context.Context, src *window, lanes []*lane, progress func(Progre
 					l.observe(b)
 				}
 			}
+			if len(lanes) == 1 {
+				b.Release() // its one engine is done with it: a file source parses into it again
+			}
 			if progress != nil {
 				progress(Progress{Events: sum.Events + sum.WarmupEvents, EventTime: sum.Last})
 			}

@@ -1,0 +1,409 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+	"unicode/utf8"
+)
+
+// A jsonScanner reads a JSON record in place, for a parser that needs a few of its
+// fields: the values it is not asked for are checked and skipped, never built, which
+// costs less than a fastjson parse of the whole record into a tree.
+//
+// It is meant as a fast path in front of fastjson, and gives up (failed) on anything it
+// does not handle: a key with an escape, an escape other than the plain ones or a \u of
+// a non-surrogate, nesting deeper than maxScanDepth, anything that is not RFC 8259 JSON.
+// A parser that sees it fail parses the record again with fastjson, whose verdict and
+// errors are then the record's. So the scanner has one rule to keep: what it accepts,
+// fastjson accepts too (fastjson is the more lenient: any escape, any number-like
+// token), with the same values. Strings end where fastjson's do: at the first quote not
+// escaped by an odd number of backslashes.
+//
+// Failing is sticky: after it, every method returns at once and more reports false, so
+// a parser reads on without checking, and asks end whether the record was good.
+type jsonScanner struct {
+	b      []byte
+	i      int
+	first  bool // the container just entered has had no member or element yet
+	depth  int
+	failed bool
+	buf    []byte // unescaped strings; never grown past its capacity, so earlier ones stay put
+}
+
+// maxScanDepth bounds nesting (fastjson's bound is 300: deeper records fall back to it).
+const maxScanDepth = 64
+
+// A jsonValue is a value as scanned: a string's text unescaped, a number's as written.
+type jsonValue struct {
+	kind jsonKind
+	b    []byte
+}
+
+type jsonKind uint8
+
+const (
+	jsonAbsent jsonKind = iota // no value was read
+	jsonNull
+	jsonString
+	jsonNumber
+	jsonOther // true, false, an object or an array: checked and skipped
+)
+
+// reset starts reading b, which must stay unchanged while its values are used.
+func (s *jsonScanner) reset(b []byte) {
+	*s = jsonScanner{b: b, buf: s.buf[:0]}
+	if cap(s.buf) < len(b) { // unescaping never lengthens a string
+		s.buf = make([]byte, 0, len(b))
+	}
+}
+
+func (s *jsonScanner) fail() {
+	s.failed = true
+	s.i = len(s.b)
+}
+
+func (s *jsonScanner) ws() {
+	if s.i < len(s.b) && s.b[s.i] > ' ' { // records seldom have any
+		return
+	}
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// end reports whether the record was read without failing and nothing but white space
+// follows it.
+func (s *jsonScanner) end() bool {
+	s.ws()
+	if s.i != len(s.b) {
+		s.fail()
+	}
+	return !s.failed
+}
+
+// enter opens the object ('{') or array ('[') that comes next, if one does.
+func (s *jsonScanner) enter(open byte) bool {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != open {
+		return false
+	}
+	if s.depth++; s.depth > maxScanDepth {
+		s.fail()
+		return false
+	}
+	s.i++
+	s.first = true
+	return true
+}
+
+// more reports whether the container entered last has another member (close is '}')
+// or element (']'), and steps over the comma before it; at the end, it steps out.
+func (s *jsonScanner) more(close byte) bool {
+	s.ws()
+	switch {
+	case s.i >= len(s.b):
+		s.fail()
+		return false
+	case s.b[s.i] == close:
+		s.i++
+		s.depth--
+		s.first = false // the container was a value of its parent
+		return false
+	case !s.first:
+		if s.b[s.i] != ',' {
+			s.fail()
+			return false
+		}
+		s.i++
+		s.ws()
+	}
+	s.first = false
+	return true
+}
+
+// key reads a member's key and the colon after it.
+func (s *jsonScanner) key() []byte {
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		s.fail()
+		return nil
+	}
+	start := s.i + 1
+	j := s.special(start)
+	if j >= len(s.b) || s.b[j] == '\\' {
+		s.fail() // an escaped key is rare, and fastjson's way of matching one is its own
+		return nil
+	}
+	k := s.b[start:j]
+	s.i = j + 1
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != ':' {
+		s.fail()
+		return nil
+	}
+	s.i++
+	s.ws()
+	return k
+}
+
+// value reads the next value.
+func (s *jsonScanner) value() jsonValue {
+	if s.i >= len(s.b) {
+		s.fail()
+		return jsonValue{}
+	}
+	switch c := s.b[s.i]; {
+	case c == '"':
+		raw, escaped := s.rawString()
+		if !escaped {
+			return jsonValue{jsonString, raw}
+		}
+		return jsonValue{jsonString, s.unescape(raw)}
+	case c == '-' || ('0' <= c && c <= '9'):
+		return jsonValue{jsonNumber, s.number()}
+	case c == 'n':
+		s.literal("null")
+		return jsonValue{kind: jsonNull}
+	}
+	s.skip()
+	return jsonValue{kind: jsonOther}
+}
+
+// firstValue reads the next value into dst unless an earlier member of the same key did:
+// the first of repeated keys wins, as in the fastjson-based parsers.
+func (s *jsonScanner) firstValue(dst *jsonValue) {
+	v := s.value()
+	if dst.kind == jsonAbsent {
+		*dst = v
+	}
+}
+
+// open enters the object ('{') or array ('[') that comes next, or reads a null in its
+// place and reports false; anything else fails.
+func (s *jsonScanner) open(open byte) bool {
+	if bytes.HasPrefix(s.b[s.i:], []byte("null")) {
+		s.i += len("null")
+		return false
+	}
+	if !s.enter(open) {
+		s.fail()
+		return false
+	}
+	return true
+}
+
+// skip steps over the next value, checking it.
+func (s *jsonScanner) skip() {
+	if s.i >= len(s.b) {
+		s.fail()
+		return
+	}
+	switch s.b[s.i] {
+	case '"':
+		s.rawString()
+	case '{':
+		s.enter('{')
+		for s.more('}') {
+			s.key()
+			s.skip()
+		}
+	case '[':
+		s.enter('[')
+		for s.more(']') {
+			s.skip()
+		}
+	case 't':
+		s.literal("true")
+	case 'f':
+		s.literal("false")
+	case 'n':
+		s.literal("null")
+	default:
+		s.number()
+	}
+}
+
+func (s *jsonScanner) literal(lit string) {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		s.fail()
+		return
+	}
+	s.i += len(lit)
+}
+
+// rawString reads a string, quotes excluded, escapes left as they are, and reports
+// whether it has any.
+func (s *jsonScanner) rawString() (raw []byte, escaped bool) {
+	start := s.i + 1
+	for j := s.special(start); j < len(s.b); j = s.special(j + 2) {
+		if s.b[j] == '"' {
+			s.i = j + 1
+			return s.b[start:j], escaped
+		}
+		escaped = true
+	}
+	s.fail()
+	return nil, false
+}
+
+// special returns the index of the first quote or backslash at or after i, len(s.b)
+// if there is none. It tests eight bytes at a time (bytes.IndexByte costs more on the
+// short strings of a record, and looks for one byte only).
+func (s *jsonScanner) special(i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(s.b); i += 8 {
+		x := binary.LittleEndian.Uint64(s.b[i:])
+		q, bs := x^(ones*'"'), x^(ones*'\\')
+		// The high bit of a byte of q (bs) is set where it was zero, below the first
+		// such byte exactly, which is all the trailing count needs.
+		if m := ((q-ones)&^q | (bs-ones)&^bs) & highs; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for ; i < len(s.b); i++ {
+		if c := s.b[i]; c == '"' || c == '\\' {
+			return i
+		}
+	}
+	return len(s.b)
+}
+
+// number reads a number (RFC 8259's grammar: fastjson takes more).
+func (s *jsonScanner) number() []byte {
+	start := s.i
+	if s.i < len(s.b) && s.b[s.i] == '-' {
+		s.i++
+	}
+	switch {
+	case s.i < len(s.b) && s.b[s.i] == '0':
+		s.i++
+	case !s.digits():
+		s.fail()
+		return nil
+	}
+	if s.i < len(s.b) && s.b[s.i] == '.' {
+		s.i++
+		if !s.digits() {
+			s.fail()
+			return nil
+		}
+	}
+	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		s.i++
+		if s.i < len(s.b) && (s.b[s.i] == '+' || s.b[s.i] == '-') {
+			s.i++
+		}
+		if !s.digits() {
+			s.fail()
+			return nil
+		}
+	}
+	return s.b[start:s.i]
+}
+
+// digits steps over a run of decimal digits, reporting whether there was one.
+func (s *jsonScanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && '0' <= s.b[s.i] && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+// unescape decodes raw into buf as fastjson does, failing on the escapes it does not
+// handle (surrogates, malformed or unknown escapes: fastjson keeps those as written).
+func (s *jsonScanner) unescape(raw []byte) []byte {
+	start := len(s.buf)
+	for len(raw) > 0 {
+		n := bytes.IndexByte(raw, '\\')
+		if n < 0 {
+			s.buf = append(s.buf, raw...)
+			break
+		}
+		s.buf = append(s.buf, raw[:n]...)
+		if n+1 >= len(raw) {
+			s.fail()
+			return nil
+		}
+		c := raw[n+1]
+		raw = raw[n+2:]
+		switch c {
+		case '"', '\\', '/':
+			s.buf = append(s.buf, c)
+		case 'b':
+			s.buf = append(s.buf, '\b')
+		case 'f':
+			s.buf = append(s.buf, '\f')
+		case 'n':
+			s.buf = append(s.buf, '\n')
+		case 'r':
+			s.buf = append(s.buf, '\r')
+		case 't':
+			s.buf = append(s.buf, '\t')
+		case 'u':
+			r, ok := hex4(raw)
+			if !ok || (0xd800 <= r && r < 0xe000) {
+				s.fail()
+				return nil
+			}
+			s.buf = utf8.AppendRune(s.buf, r)
+			raw = raw[4:]
+		default:
+			s.fail()
+			return nil
+		}
+	}
+	return s.buf[start:]
+}
+
+// hex4 reads the four hex digits of a \u escape.
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}
+
+// text is a value that must be a string, or unset: absent or null.
+func (v jsonValue) text() (b []byte, ok bool) {
+	switch v.kind {
+	case jsonString:
+		return v.b, true
+	case jsonAbsent, jsonNull:
+		return nil, true
+	}
+	return nil, false
+}
+
+// uint reads a number written as decimal digits alone, small enough for any int64.
+func (v jsonValue) uint() (n int64, ok bool) {
+	if v.kind != jsonNumber || len(v.b) == 0 || len(v.b) > 18 {
+		return 0, false
+	}
+	for _, c := range v.b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
