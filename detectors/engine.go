@@ -93,6 +93,8 @@ type Engine struct {
 	refresh   int64
 	loadWM    int64
 	loadArmed bool
+	// lastRefresh is the wall clock at the last periodic refresh (see refreshMinWall).
+	lastRefresh time.Time
 	// since is what the last load returned to pass to the next (see BaselineChanges;
 	// 0: load every baseline), and loadLim the limits it loaded with: a refresh with
 	// other limits (a reload turned a detector on) loads every baseline again.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 )
 
 // RefreshBaselines loads the BaselineStore again and merges it into what the detectors
@@ -104,12 +105,27 @@ func (e *Engine) refreshDue() bool {
 	return e.wms.wm-e.loadWM >= e.refresh
 }
 
+// refreshMinWall is the least wall-clock time between two periodic refreshes of an
+// engine with a clock (live). Refreshes follow event time, one every baseline_refresh
+// of it, and each is a round trip to the store that holds detection up (tens to
+// hundreds of milliseconds with ClickHouse). Live, event time keeps pace with the
+// clock and baseline_refresh is far longer than this; reading a backlog, event time
+// runs ahead, and two hours read in a minute would pay 24 refreshes.
+const refreshMinWall = 10 * time.Second
+
 // refreshIfDue is Run's periodic refresh. A store that fails to load is logged and
 // tried again after another baseline_refresh: detection goes on with the baselines in
 // hand, which is what it had before the attempt.
 func (e *Engine) refreshIfDue(ctx context.Context) {
 	if !e.refreshDue() {
 		return
+	}
+	if e.now != nil {
+		now := e.now()
+		if !e.lastRefresh.IsZero() && now.Sub(e.lastRefresh) < refreshMinWall {
+			return // due again at the next batch after refreshMinWall
+		}
+		e.lastRefresh = now
 	}
 	if err := e.RefreshBaselines(ctx); err != nil {
 		e.loadWM = e.wms.wm

@@ -551,3 +551,53 @@ func keyNamesOf(keys []KeyBaseline) []string {
 	}
 	return out
 }
+
+// TestRefreshPacedByTheClock: a live engine (one with a clock) reading a backlog, event
+// time running faster than the clock, refreshes at most once every refreshMinWall;
+// with the clock as fast as event time it refreshes as often as event time says, as
+// does an engine without a clock (replay).
+func TestRefreshPacedByTheClock(t *testing.T) {
+	var parts [][]ingest.Event
+	for i := range 13 {
+		parts = append(parts, []ingest.Event{from("k", "DE", at(time.Duration(i)*5*time.Minute))})
+	}
+	loads := func(step time.Duration, clock bool) int64 {
+		store := &countingStore{BaselineStore: NewMemoryBaselines(Baselines{}, AllBaselines)}
+		var now atomic.Int64
+		o := Options{Registerer: prometheus.NewRegistry(), Baselines: store}
+		if clock {
+			o.Now = func() time.Time { return time.Unix(0, now.Load()) }
+		}
+		e, err := NewEngine(only(NewCountry), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := &hookSource{sliceSource: sliceSource{batches: batchesOf(parts...)}, before: map[int]func(){}}
+		for i := range parts {
+			// A backlog: the records are a day old.
+			src.before[i] = func() { now.Store(t0.Add(24*time.Hour + time.Duration(i)*step).UnixNano()) }
+		}
+		if err := e.Run(t.Context(), src, &recordingSink{}); err != nil {
+			t.Fatal(err)
+		}
+		return store.loads.Load()
+	}
+	replay := loads(0, false)
+	if replay < 10 {
+		t.Fatalf("without a clock: %d loads, want one a batch or so", replay)
+	}
+	for _, tc := range []struct {
+		name     string
+		step     time.Duration // of the clock, a batch
+		min, max int64
+	}{
+		{"clock stopped", 0, 2, 2}, // the load at start, and the first refresh due
+		// 40s of clock: the load at start, and a refresh at most every refreshMinWall.
+		{"clock slower than event time", refreshMinWall / 3, 3, 1 + 1 + 4},
+		{"clock as fast as event time", 5 * time.Minute, replay, replay},
+	} {
+		if got := loads(tc.step, true); got < tc.min || got > tc.max {
+			t.Errorf("%s: %d loads, want %d to %d (%d without a clock)", tc.name, got, tc.min, tc.max, replay)
+		}
+	}
+}
