@@ -300,9 +300,33 @@ func (d *objectEnum) bounds(slot int32) (int64, int64, bool) {
 	return r.lo, r.top, r.used
 }
 
+// cool keeps a pair judged while it may fire. Its window counts fold into its peak
+// when a window a full window later is judged (judge), but the windows after its last
+// request are not judged (the layout keeps no window behind the open ones): once it
+// may not fire, cool folds the counts as those judgements would have, and keeps the
+// pair until all are folded. Else a burst shorter than a window, then silence, never
+// reached the peak, and a nightly sync of a minute paged every night.
 func (d *objectEnum) cool(slot int32, keep int64) bool {
 	d.trim(slot, keep)
-	return d.mayFire(slot)
+	if d.mayFire(slot) {
+		return true
+	}
+	d.foldPending(slot, d.lay.closedThrough(d.wm)-d.lay.n)
+	return d.pending(slot)
+}
+
+// pending reports whether the pair holds window counts to fold into its peak.
+func (d *objectEnum) pending(slot int32) bool {
+	nm := d.tab.ents[slot].s.names
+	if nm == nil {
+		return false
+	}
+	for _, pw := range nm.pend {
+		if pw.count > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *objectEnum) mayFire(slot int32) bool {

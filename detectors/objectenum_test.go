@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -119,5 +121,37 @@ func TestObjectEnumerationEvidence(t *testing.T) {
 	}
 	if !a.FirstSeen.Equal(t0) || !a.LastSeen.Equal(at(248*time.Second)) {
 		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
+	}
+}
+
+// TestObjectEnumerationLearnsShortBurstsLive: a partner syncs a thousand invoices in a
+// minute every night, and the engine runs on without a flush, as live. The first night
+// (a new client, past the learning period) fires; its windows then reach the peak
+// although no request follows them for a day, so the next nights are its history.
+func TestObjectEnumerationLearnsShortBurstsLive(t *testing.T) {
+	e, err := NewEngine(only(ObjectEnumeration), Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(*established(), AllBaselines)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for night := range 4 {
+		start := t0.Add(time.Duration(night) * 24 * time.Hour)
+		evs := invoices("partner", 0, 1000, start, 60*time.Millisecond)
+		for m := 1; m < 24*60; m++ { // another client's requests move the watermark on
+			evs = append(evs, req(start.Add(time.Duration(m)*time.Minute), client("other")))
+		}
+		alerts := e.Observe(evs)
+		if want := map[bool]int{true: 1}[night == 0]; len(alerts) != want {
+			t.Errorf("night %d: %d alerts, want %d:\n%s", night, len(alerts), want, describe(alerts))
+		}
+		if err := e.SyncBaselines(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := e.store.LoadBaselines(t.Context(), AllBaselines)
+		if len(b.Objects) != 1 || b.Objects[0].Peak < 600 {
+			t.Fatalf("night %d: object baselines %+v, want the partner's peak", night, b.Objects)
+		}
 	}
 }
