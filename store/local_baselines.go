@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -220,25 +219,55 @@ func (c *changeLog) close(meta *bolt.Bucket) error {
 	return meta.Put(metaNotes, binary.AppendVarint(nil, n))
 }
 
-// readBucket reads every entry of bucket, which may not exist yet, with read; read
-// reports a corrupt entry in r.err.
-func readBucket(tx *bolt.Tx, bucket []byte, r *recordReader, read func(name []byte)) error {
-	b := tx.Bucket(bucket)
+// readBucket reads every entry of kind into set; its bucket may not exist yet.
+func readBucket(tx *bolt.Tx, kind byte, r *recordReader, set *detectors.RecentSet) error {
+	b := tx.Bucket(baselineBuckets[kind])
 	if b == nil {
 		return nil
 	}
-	return b.ForEach(func(k, v []byte) error { return readEntry(bucket, k, v, r, read) })
+	return b.ForEach(func(name, v []byte) error { return readEntry(kind, name, v, r, set) })
 }
 
-// readEntry reads the entry name, value v, of bucket with read.
-func readEntry(bucket, name, v []byte, r *recordReader, read func(name []byte)) error {
+// getEntry reads the entry of kind named name into set, if the store holds it.
+func getEntry(tx *bolt.Tx, kind byte, name []byte, r *recordReader, set *detectors.RecentSet) error {
+	b := tx.Bucket(baselineBuckets[kind])
+	if b == nil || len(name) == 0 || len(name) > maxBaselineName {
+		return nil
+	}
+	if v := b.Get(name); v != nil {
+		return readEntry(kind, name, v, r, set)
+	}
+	return nil
+}
+
+// readEntry decodes the entry of kind named name, value v, into set.
+func readEntry(kind byte, name, v []byte, r *recordReader, set *detectors.RecentSet) error {
 	r.data = v
-	read(name)
+	switch kind {
+	case kindKey:
+		kb := detectors.KeyBaseline{Key: string(name)}
+		r.keyBody(&kb)
+		set.AddKey(kb)
+	case kindRoute:
+		rb := detectors.RouteBaseline{Route: string(name)}
+		r.localRoute(&rb)
+		set.AddRoute(rb)
+	case kindClient:
+		c := detectors.ClientBaseline{Key: string(name)}
+		r.clientBody(&c)
+		set.AddClient(c)
+	case kindObject:
+		set.AddObject(r.localObject(name))
+	case kindPrivileged:
+		p := detectors.PrivilegeBaseline{Key: string(name)}
+		r.privilegeBody(&p)
+		set.AddPrivileged(p)
+	}
 	if r.err == nil && len(r.data) != 0 {
 		r.fail("bytes after the entry")
 	}
 	if r.err != nil {
-		return fmt.Errorf("%s %q: %w", bucket, name, r.err)
+		return fmt.Errorf("%s %q: %w", baselineBuckets[kind], name, r.err)
 	}
 	return nil
 }
@@ -285,37 +314,14 @@ func (l *Local) LoadBaselinesSince(_ context.Context, lim detectors.BaselineLimi
 			trafficSince = msTime(ms)
 		}
 		r := recordReader{}
-		read := [...]func(name []byte){
-			kindKey: func(k []byte) {
-				kb := detectors.KeyBaseline{Key: string(k)}
-				r.keyBody(&kb)
-				set.AddKey(kb)
-			},
-			kindRoute: func(k []byte) {
-				rb := detectors.RouteBaseline{Route: string(k)}
-				r.localRoute(&rb)
-				set.AddRoute(rb)
-			},
-			kindClient: func(k []byte) {
-				c := detectors.ClientBaseline{Key: string(k)}
-				r.clientBody(&c)
-				set.AddClient(c)
-			},
-			kindObject: func(k []byte) { set.AddObject(r.localObject(k)) },
-			kindPrivileged: func(k []byte) {
-				p := detectors.PrivilegeBaseline{Key: string(k)}
-				r.privilegeBody(&p)
-				set.AddPrivileged(p)
-			},
-		}
 		notes := tx.Bucket(bucketBaselineChanges)
 		if notes != nil {
 			next = notes.Sequence()
 		}
 		dropped, _ := metaTime(tx.Bucket(bucketBaselineMeta), metaNotesDropped)
 		if since == 0 || notes == nil || since < uint64(dropped) {
-			for kind, bucket := range baselineBuckets {
-				if err := readBucket(tx, bucket, &r, read[kind]); err != nil {
+			for kind := range baselineBuckets {
+				if err := readBucket(tx, byte(kind), &r, set); err != nil {
 					return err
 				}
 			}
@@ -332,13 +338,8 @@ func (l *Local) LoadBaselinesSince(_ context.Context, lim detectors.BaselineLimi
 				continue
 			}
 			seen[string(k[8:])] = struct{}{}
-			bucket, name := baselineBuckets[k[8]], k[9:]
-			if b := tx.Bucket(bucket); b != nil {
-				if v := b.Get(name); v != nil {
-					if err := readEntry(bucket, name, v, &r, read[k[8]]); err != nil {
-						return err
-					}
-				}
+			if err := getEntry(tx, k[8], k[9:], &r, set); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -354,62 +355,27 @@ func (l *Local) LoadBaselinesSince(_ context.Context, lim detectors.BaselineLimi
 // LookupBaselines returns what the store holds of keys and routes, sorted: point
 // reads, and a prefix scan of each key's objects.
 func (l *Local) LookupBaselines(_ context.Context, keys, routes []string) (detectors.Baselines, error) {
-	var out detectors.Baselines
+	set := detectors.NewRecentSet(detectors.AllBaselines)
 	err := l.db.View(func(tx *bolt.Tx) error {
 		r := recordReader{}
-		get := func(bucket []byte, name string, read func()) error {
-			b := tx.Bucket(bucket)
-			if b == nil || name == "" || len(name) > bolt.MaxKeySize {
-				return nil
-			}
-			if v := b.Get([]byte(name)); v != nil {
-				r.data = v
-				read()
-				if r.err != nil {
-					return fmt.Errorf("%s %q: %w", bucket, name, r.err)
-				}
-			}
-			return nil
-		}
 		for _, k := range keys {
-			if err := errors.Join(
-				get(bucketBaselineKeys, k, func() {
-					kb := detectors.KeyBaseline{Key: k}
-					r.keyBody(&kb)
-					out.Keys = append(out.Keys, kb)
-				}),
-				get(bucketBaselineClients, k, func() {
-					c := detectors.ClientBaseline{Key: k}
-					r.clientBody(&c)
-					out.Clients = append(out.Clients, c)
-				}),
-				get(bucketBaselinePrivileged, k, func() {
-					p := detectors.PrivilegeBaseline{Key: k}
-					r.privilegeBody(&p)
-					out.Privileged = append(out.Privileged, p)
-				}),
-			); err != nil {
-				return err
+			for _, kind := range []byte{kindKey, kindClient, kindPrivileged} {
+				if err := getEntry(tx, kind, []byte(k), &r, set); err != nil {
+					return err
+				}
 			}
 			if b := tx.Bucket(bucketBaselineObjects); b != nil {
 				prefix := appendString(nil, k)
 				c := b.Cursor()
 				for name, v := c.Seek(prefix); name != nil && bytes.HasPrefix(name, prefix); name, v = c.Next() {
-					r.data = v
-					o := r.localObject(name)
-					if r.err != nil {
-						return fmt.Errorf("%s %q: %w", bucketBaselineObjects, name, r.err)
+					if err := readEntry(kindObject, name, v, &r, set); err != nil {
+						return err
 					}
-					out.Objects = append(out.Objects, o)
 				}
 			}
 		}
 		for _, rt := range routes {
-			if err := get(bucketBaselineRoutes, rt, func() {
-				rb := detectors.RouteBaseline{Route: rt}
-				r.localRoute(&rb)
-				out.Routes = append(out.Routes, rb)
-			}); err != nil {
+			if err := getEntry(tx, kindRoute, []byte(rt), &r, set); err != nil {
 				return err
 			}
 		}
@@ -418,8 +384,7 @@ func (l *Local) LookupBaselines(_ context.Context, keys, routes []string) (detec
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: looking up baselines: %w", err)
 	}
-	out.Sort()
-	return out, nil
+	return set.Baselines(), nil
 }
 
 // localObject reads an object_enumeration entry named name, as Local stores it: the
