@@ -204,15 +204,7 @@ func (s *Silences) check(rec *SilenceRecord, now time.Time) error {
 	if rec.CreatedBy == "" {
 		errs = append(errs, errors.New("a silence needs its author"))
 	}
-	s.mu.RLock()
-	active := 0
-	for _, r := range s.all {
-		if r.Active(now) {
-			active++
-		}
-	}
-	s.mu.RUnlock()
-	if active >= MaxActiveSilences {
+	if active := s.inForce(now); active >= MaxActiveSilences {
 		errs = append(errs, fmt.Errorf("%d silences are in force already; expire some first", active))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -287,8 +279,9 @@ func (s *Silences) List() []SilenceRecord {
 }
 
 // InForce returns how many silences are in force now.
-func (s *Silences) InForce() int {
-	now := s.now()
+func (s *Silences) InForce() int { return s.inForce(s.now()) }
+
+func (s *Silences) inForce(now time.Time) int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	n := 0
