@@ -189,7 +189,7 @@ func (t *keyTable[S]) add(key string, ts int64) int32 {
 		t.free = t.free[:n-1]
 	} else {
 		var zero entry[S]
-		t.ents = append(t.ents, zero)
+		t.ents = append(growHuge(t.ents, 1), zero)
 		slot = int32(len(t.ents) - 1)
 	}
 	t.setKey(slot, key)
@@ -217,6 +217,7 @@ func (t *keyTable[S]) insert(tag uint64, slot int32) {
 func (t *keyTable[S]) grow() {
 	old := t.index
 	t.index = make([]uint64, 2*len(old))
+	adviseHuge(t.index)
 	t.mask = uint64(len(t.index) - 1)
 	for _, x := range old {
 		if x != 0 {

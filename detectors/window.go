@@ -234,7 +234,9 @@ func (c *counters) keyData(slot int32) []uint16 {
 	stride := c.lay.size * c.stride
 	need := (int64(slot) + 1) * stride
 	if int64(len(c.data)) < need {
-		c.data = append(c.data, make([]uint16, need-int64(len(c.data)))...)
+		n := len(c.data)
+		c.data = growHuge(c.data, int(need)-n)[:need]
+		clear(c.data[n:])
 	}
 	return c.data[int64(slot)*stride : need]
 }
