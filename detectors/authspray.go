@@ -94,7 +94,7 @@ func newAuthFailureSpray(c AuthFailureSprayConfig, lateness time.Duration, inc *
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &authSpray{
 		cnt:      newCounters(lay, 2, true, false, 0),
-		smp:      newSamplers(lay, asFields, 4, len(c.Statuses)),
+		smp:      newSamplers(lay, c.MaxKeys, asFields, 4, len(c.Statuses)),
 		statuses: slices.Clone(c.Statuses),
 	}
 	d.init(AuthFailureSpray, lay, c.MaxKeys, lay.size*lay.width, inc, d)

@@ -620,10 +620,10 @@ func (e *Engine) updateGauges() {
 			dm.expiredC.Add(float64(ex - dm.expired))
 			dm.expired = ex
 		}
-		if s, ok := d.(interface{ droppedSamples() uint64 }); ok {
-			if n := s.droppedSamples(); n > dm.dropped {
+		if s, ok := d.(interface{ droppedSamples() (uint64, int64) }); ok {
+			if n, bound := s.droppedSamples(); n > dm.dropped {
 				if dm.dropped == 0 {
-					e.log.Warn("detector's evidence samples at their bound: new sampled values are not kept", "detector", d.name(), "bound_bytes", maxArenaBytes)
+					e.log.Warn("detector's evidence samples at their bound: new sampled values are not kept", "detector", d.name(), "bound_bytes", bound)
 				}
 				dm.droppedC.Add(float64(n - dm.dropped))
 				dm.dropped = n

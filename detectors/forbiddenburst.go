@@ -55,7 +55,7 @@ func newForbiddenBurst(c ForbiddenBurstConfig, lateness time.Duration, inc *inci
 	lay := newRingLayout(c.Window, lateness, 12, false)
 	d := &forbiddenBurst{
 		cnt:      newCounters(lay, 2, true, false, 0),
-		smp:      newSamplers(lay, fbFields, 2, len(c.Statuses)),
+		smp:      newSamplers(lay, c.MaxKeys, fbFields, 2, len(c.Statuses)),
 		statuses: slices.Clone(c.Statuses),
 	}
 	// Keys live while a future window may still need their buckets.

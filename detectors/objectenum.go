@@ -133,7 +133,7 @@ func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, sin
 	lay := newRingLayout(c.Window, lateness, oeBuckets, false)
 	d := &objectEnum{
 		cnt:   newCounters(lay, 1, true, true, 0),
-		arena: newArena(lay),
+		arena: newArena(lay, c.MaxKeys),
 		ids:   lcPool{size: lay.size},
 		since: since,
 		ptau:  float64(c.PeakMemory.Milliseconds()),

@@ -154,7 +154,7 @@ func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &privilegeAnomaly{
 		cnt:     newCounters(lay, 1, true, false, 0),
-		smp:     newSamplers(lay, paFields, 2, 0),
+		smp:     newSamplers(lay, c.MaxKeys, paFields, 2, 0),
 		match:   newPrivilegeMatcher(c.Privileged),
 		since:   since,
 		learn:   c.LearningPeriod.Milliseconds(),

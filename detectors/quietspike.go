@@ -82,7 +82,7 @@ func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, since *tr
 	d := &quietSpike{
 		cfg:      c,
 		cnt:      newCounters(lay, 1, true, false, 0),
-		smp:      newSamplers(lay, qsFields, 2, 0),
+		smp:      newSamplers(lay, c.MaxKeys, qsFields, 2, 0),
 		tau:      float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		ptau:     float64(max(c.PeakMemory, time.Hour).Milliseconds()),
 		learn:    c.LearningPeriod.Milliseconds(),

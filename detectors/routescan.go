@@ -102,7 +102,7 @@ func newRouteScan(c RouteScanConfig, lateness time.Duration, inc *incidents) *ro
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &routeScan{
 		cnt:      newCounters(lay, 2, true, false, 0),
-		smp:      newSamplers(lay, rsFields, 4, len(c.Statuses)+1), // the statuses, then blocked
+		smp:      newSamplers(lay, c.MaxKeys, rsFields, 4, len(c.Statuses)+1), // the statuses, then blocked
 		statuses: slices.Clone(c.Statuses),
 		actions:  slices.Clone(c.Actions),
 	}

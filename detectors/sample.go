@@ -54,8 +54,8 @@ type samplers struct {
 	scratch []uint64
 }
 
-func newSamplers(lay ringLayout, fields, k, nCounts int) samplers {
-	return samplers{lay: lay, fields: fields, k: k, nCounts: nCounts, arena: newArena(lay)}
+func newSamplers(lay ringLayout, maxKeys, fields, k, nCounts int) samplers {
+	return samplers{lay: lay, fields: fields, k: k, nCounts: nCounts, arena: newArena(lay, maxKeys)}
 }
 
 func (p *samplers) get() *sampler {
@@ -157,16 +157,24 @@ type arena struct {
 	held    []bool
 	buf     [][]byte
 	size    int64 // bytes in buf, over all slots
-	max     int64 // maxArenaBytes but in tests
+	max     int64 // arenaBound of the detector's max_keys
 	dropped uint64
 }
 
-// maxArenaBytes bounds one detector's sampled strings. The benchmark mix at 10,000
-// events/s holds 25 to 70 MiB in each detector's arena.
-const maxArenaBytes = 512 << 20
+// samplesPerKey bounds one detector's sampled strings: that many bytes for each key of
+// its max_keys, and at least minSamples. Sized by keys, the bound is shared out with
+// max_keys among a cluster replica's tasks, and the memory bound (README, Sizing)
+// counts it like the state per key. With the default max_keys it is 256 MiB; the
+// benchmark mix at 10,000 events/s holds 25 to 70 MiB in each detector's arena.
+const (
+	samplesPerKey = 256
+	minSamples    = 1 << 20
+)
 
-func newArena(lay ringLayout) arena {
-	return arena{lay: lay, bucket: make([]int64, lay.size), held: make([]bool, lay.size), buf: make([][]byte, lay.size), max: maxArenaBytes}
+func arenaBound(maxKeys int) int64 { return max(int64(maxKeys)*samplesPerKey, minSamples) }
+
+func newArena(lay ringLayout, maxKeys int) arena {
+	return arena{lay: lay, bucket: make([]int64, lay.size), held: make([]bool, lay.size), buf: make([][]byte, lay.size), max: arenaBound(maxKeys)}
 }
 
 // pick keeps in set the values of smallest hash among those offered for bucket b,

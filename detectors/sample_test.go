@@ -15,7 +15,7 @@ import (
 // TestArenaBound: past its bound an arena keeps no new value and counts it; a slot
 // that passes to a newer bucket, or a reset, gives its bytes back.
 func TestArenaBound(t *testing.T) {
-	a := newArena(newRingLayout(time.Minute, 0, 4, false))
+	a := newArena(newRingLayout(time.Minute, 0, 4, false), 1)
 	a.max = 20 // each value costs its length plus one
 	steps := []struct {
 		b, slot int64
@@ -76,5 +76,47 @@ func TestSamplesAtTheirBound(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(e.m.droppedSamples.WithLabelValues(RouteScan)); got == 0 {
 		t.Error("gatewatch_detectors_dropped_samples_total is 0")
+	}
+}
+
+// TestSamplesBoundFollowsMaxKeys: every detector that samples bounds its samples by its
+// max_keys, as the memory bound (README, Sizing) counts them, and shares the bound out
+// with max_keys among a cluster's tasks.
+func TestSamplesBoundFollowsMaxKeys(t *testing.T) {
+	sampling := 0
+	for _, name := range Names {
+		for _, tc := range []struct {
+			maxKeys int
+			want    int64
+		}{
+			{1_000_000, 1_000_000 * samplesPerKey},
+			{31_250, 31_250 * samplesPerKey}, // a cluster task's share of the default
+			{100, minSamples},
+		} {
+			cfg := only(name)
+			for _, c := range detectorCommons(&cfg) {
+				c.c.MaxKeys = tc.maxKeys
+			}
+			e, err := NewEngine(cfg, Options{Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, ok := e.dets[0].(interface{ droppedSamples() (uint64, int64) })
+			if !ok {
+				if name != NewCountry {
+					t.Errorf("%s keeps no samples", name)
+				}
+				break
+			}
+			if _, bound := s.droppedSamples(); bound != tc.want {
+				t.Errorf("%s with max_keys %d: samples bound %d bytes, want %d", name, tc.maxKeys, bound, tc.want)
+			}
+			if tc.maxKeys == 100 {
+				sampling++
+			}
+		}
+	}
+	if sampling != len(Names)-1 {
+		t.Errorf("%d detectors sample, want all but new_country", sampling)
 	}
 }

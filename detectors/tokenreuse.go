@@ -79,8 +79,8 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 	lay := newRingLayout(c.Window, lateness, 20, false)
 	d := &tokenReuse{
 		cnt:       newCounters(lay, 1, true, true, 2),
-		arena:     newArena(lay),
-		ids:       newSamplers(lay, 0, 0, 0),
+		arena:     newArena(lay, c.MaxKeys),
+		ids:       newSamplers(lay, c.MaxKeys, 0, 0, 0),
 		gap:       lay.size,
 		keyParams: map[string]uint16{},
 		allowAll:  map[uint64]bool{},

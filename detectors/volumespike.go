@@ -101,7 +101,7 @@ func newClientVolumeSpike(c ClientVolumeSpikeConfig, lateness time.Duration, inc
 	lay := newRingLayout(c.Window, lateness, 10, true)
 	d := &volumeSpike{
 		cnt:   newCounters(lay, 1, true, true, 0),
-		arena: newArena(lay),
+		arena: newArena(lay, c.MaxKeys),
 		tau:   float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		ptau:  float64(c.PeakMemory.Milliseconds()),
 		learn: c.LearningPeriod.Milliseconds(),

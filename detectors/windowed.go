@@ -71,12 +71,13 @@ func (w *windowed[S]) stats() (int, uint64, uint64) {
 	return w.tab.live, w.tab.evictions, w.tab.expired
 }
 
-// droppedSamples is how many sampled values the detector's arena had no room for.
-func (w *windowed[S]) droppedSamples() uint64 {
+// droppedSamples is how many sampled values the detector's arena had no room for, and
+// the arena's bound in bytes.
+func (w *windowed[S]) droppedSamples() (uint64, int64) {
 	if w.samples == nil {
-		return 0
+		return 0, 0
 	}
-	return w.samples.dropped
+	return w.samples.dropped, w.samples.max
 }
 
 // horizon: events before the oldest open window may be acknowledged. The back buckets
