@@ -5,12 +5,13 @@ import (
 	"unsafe"
 )
 
-// hugePage is the size of an x86-64 and arm64 transparent huge page.
+// hugePage is the size of a transparent huge page on x86-64, and on arm64 with 4 KiB
+// pages.
 const hugePage = 2 << 20
 
 // growHuge returns s with room for n more elements. When it has to move them, it
-// advises the new backing array for huge pages before copying into it: memory the
-// copy touches first is backed by whatever pages the advice found.
+// advises the new backing array for huge pages before copying into it, so that the
+// copy, the first to touch that memory, already gets them.
 func growHuge[T any](s []T, n int) []T {
 	if cap(s)-len(s) >= n {
 		return s
