@@ -335,7 +335,11 @@ func reportCaught(w io.Writer, injected []synth.Injected, keys []string, inciden
 		} else {
 			missed++
 		}
-		fmt.Fprintf(w, "  %-22s %s  %-15s %s (%d requests from %s)\n", inj.Kind, inj.Start.Format("15:04:05"), verdict, inj.Route, inj.Count, inj.Client)
+		from := inj.Client
+		if from == "" { // an attack by address alone: a spray, a scan
+			from = inj.ClientIP
+		}
+		fmt.Fprintf(w, "  %-22s %s  %-15s %s (%d requests from %s)\n", inj.Kind, inj.Start.Format("15:04:05"), verdict, inj.Route, inj.Count, from)
 	}
 	var extra []string
 	for _, a := range incidents {

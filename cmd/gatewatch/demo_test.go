@@ -98,3 +98,22 @@ func TestReportCaughtMatchesKeyAndTime(t *testing.T) {
 		})
 	}
 }
+
+// TestReportCaughtNamesTheClient: the report names each attack's client, by its
+// address when it sent no client key.
+func TestReportCaughtNamesTheClient(t *testing.T) {
+	start := time.Date(2026, 11, 2, 7, 50, 0, 0, time.UTC)
+	for _, c := range []struct {
+		inj  synth.Injected
+		want string
+	}{
+		{synth.Injected{Kind: synth.AttackRouteScan, Start: start, End: start.Add(time.Minute), ClientIP: "203.0.113.9", Count: 80}, "(80 requests from 203.0.113.9)"},
+		{synth.Injected{Kind: synth.AttackObjectEnumeration, Start: start, End: start.Add(time.Minute), Client: "client-0012", ClientIP: "198.51.100.4", Count: 100}, "(100 requests from client-0012)"},
+	} {
+		var out strings.Builder
+		reportCaught(&out, []synth.Injected{c.inj}, []string{"k"}, nil) // missed: the report still names the client
+		if !strings.Contains(out.String(), c.want) {
+			t.Errorf("report lacks %q:\n%s", c.want, out.String())
+		}
+	}
+}
