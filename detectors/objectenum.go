@@ -311,22 +311,7 @@ func (d *objectEnum) cool(slot int32, keep int64) bool {
 	if d.mayFire(slot) {
 		return true
 	}
-	d.foldPending(slot, d.lay.closedThrough(d.wm)-d.lay.n)
-	return d.pending(slot)
-}
-
-// pending reports whether the pair holds window counts to fold into its peak.
-func (d *objectEnum) pending(slot int32) bool {
-	nm := d.tab.ents[slot].s.names
-	if nm == nil {
-		return false
-	}
-	for _, pw := range nm.pend {
-		if pw.count > 0 {
-			return true
-		}
-	}
-	return false
+	return d.foldPending(slot, d.lay.closedThrough(d.wm)-d.lay.n)
 }
 
 func (d *objectEnum) mayFire(slot int32) bool {
@@ -362,17 +347,21 @@ func (d *objectEnum) distinctIn(k *oeKey, end int64) uint32 {
 }
 
 // foldPending folds into the key's peak the pending window counts of windows ending
-// up to upTo, and keeps a key with a peak in the table for three peak_memory time
-// constants past it.
-func (d *objectEnum) foldPending(slot int32, upTo int64) {
+// up to upTo, keeps a key with a peak in the table for three peak_memory time
+// constants past it, and reports whether counts of later windows are left pending.
+func (d *objectEnum) foldPending(slot int32, upTo int64) (left bool) {
 	k := &d.tab.ents[slot].s
 	if k.names == nil {
-		return // never hot: nothing pending
+		return false // never hot: nothing pending
 	}
 	changed := false
 	for i := range k.names.pend {
 		pw := &k.names.pend[i]
-		if pw.count == 0 || pw.end > upTo {
+		if pw.count == 0 {
+			continue
+		}
+		if pw.end > upTo {
+			left = true
 			continue
 		}
 		if at := (pw.end + 1) * d.lay.width; float64(pw.count) >= k.peak.asOf(at, d.ptau) {
@@ -385,6 +374,7 @@ func (d *objectEnum) foldPending(slot int32, upTo int64) {
 		d.markDirty(slot)
 		d.tab.touch(slot, d.keepPeak(k.peak.at))
 	}
+	return left
 }
 
 // keepPeak is the time a key with a peak at at is last seen at, for expiry and
