@@ -36,7 +36,7 @@ func adviseHuge[T any](s []T) {
 	if n < 2*hugePage {
 		return
 	}
-	p := unsafe.Pointer(unsafe.SliceData(s[:1]))
+	p := unsafe.Pointer(unsafe.SliceData(s)) // cap(s) > 0: the start of its backing array
 	start := uintptr(p)
 	lo := (start + hugePage - 1) &^ (hugePage - 1)
 	hi := (start + n) &^ (hugePage - 1)
