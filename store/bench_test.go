@@ -137,3 +137,35 @@ func benchClickHouse(b *testing.B, addr, db string) *ClickHouse {
 	})
 	return c
 }
+
+// BenchmarkLocalArchive measures events per second into the embedded store's archive,
+// in chunks the size of an ingest batch, its transactions of archiveBuffer events
+// included: the embedded store archives when no ClickHouse is configured.
+//
+//	go test ./store -run '^$' -bench LocalArchive -benchmem -count 6
+func BenchmarkLocalArchive(b *testing.B) {
+	evs := testEvents(1, benchRows, time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), 3*time.Millisecond, 5000)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		l, err := NewLocal(Config{DataDir: b.TempDir()}, LocalOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		for chunk := range slices.Chunk(evs, 1000) {
+			if err := l.ArchiveEvents(b.Context(), chunk); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := l.Flush(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := l.Close(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.N*benchRows)/b.Elapsed().Seconds(), "rows/s")
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -161,6 +163,20 @@ func (l *Local) writeArchiveLocked() error {
 	if len(evs) == 0 {
 		return nil
 	}
+	// Puts go in key order. bbolt splits a node only when the transaction commits, so
+	// until then a leaf takes every key put into it, and a key put in front of others
+	// moves them all: put in arrival order, all of a client's index entries of the
+	// transaction land in one leaf, each in front of those of the clients after it,
+	// which made the puts quadratic. Ordered by time (stably: the sequence still
+	// follows arrival within a millisecond), each event's key is the largest yet.
+	msecs := make([]int64, len(evs))
+	order := make([]int32, len(evs))
+	for i := range evs {
+		msecs[i], order[i] = clampMilli(evs[i].Time.UnixMilli()), int32(i)
+	}
+	if !slices.IsSorted(msecs) {
+		slices.SortStableFunc(order, func(a, b int32) int { return cmp.Compare(msecs[a], msecs[b]) })
+	}
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		events, byKey := tx.Bucket(bucketEvents), tx.Bucket(bucketByKey)
 		events.FillPercent = 0.9 // keys only grow at the end while time moves forward
@@ -169,14 +185,15 @@ func (l *Local) writeArchiveLocked() error {
 		// handed out (a full arena moves on to a new array, leaving the old intact).
 		arena := make([]byte, 0, len(evs)*320)
 		carve := func(start int) []byte { return arena[start:len(arena):len(arena)] }
-		index := func(key string, k []byte) error {
+		index := make([][]byte, 0, 2*len(evs))
+		indexAs := func(key string, k []byte) {
 			start := len(arena)
 			arena = append(keyPrefix(arena, key), k...)
-			return byKey.Put(carve(start), nil)
+			index = append(index, carve(start))
 		}
-		for i := range evs {
+		for _, i := range order {
 			ev := evs[i]
-			msec := clampMilli(ev.Time.UnixMilli())
+			msec := msecs[i]
 			ev.Time = time.UnixMilli(msec) // the time the key files it under
 			seq, err := events.NextSequence()
 			if err != nil {
@@ -191,14 +208,16 @@ func (l *Local) writeArchiveLocked() error {
 				return err
 			}
 			if ev.ClientKey != "" {
-				if err := index(ev.ClientKey, k); err != nil {
-					return err
-				}
+				indexAs(ev.ClientKey, k)
 			}
 			if ev.TokenFP != "" && ev.TokenFP != ev.ClientKey {
-				if err := index(ev.TokenFP, k); err != nil {
-					return err
-				}
+				indexAs(ev.TokenFP, k)
+			}
+		}
+		slices.SortFunc(index, bytes.Compare)
+		for _, k := range index {
+			if err := byKey.Put(k, nil); err != nil {
+				return err
 			}
 		}
 		return nil

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,39 @@ func TestLocalArchive(t *testing.T) {
 	testArchive(t, func(t *testing.T) archive {
 		return newTestLocal(t, Config{DataDir: t.TempDir()})
 	})
+}
+
+// TestLocalArchiveKeepsArrivalOrder: the embedded store writes a transaction's events in
+// time order (puts in key order are what keep bbolt's inserts cheap), and keeps the
+// order they arrived in within a millisecond, across transactions too.
+func TestLocalArchiveKeepsArrivalOrder(t *testing.T) {
+	evs := shuffledEvents()
+	l := newTestLocal(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	for chunk := range slices.Chunk(evs, 250) {
+		if err := l.ArchiveEvents(ctx, chunk); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(ctx); err != nil { // a transaction for each chunk
+			t.Fatal(err)
+		}
+	}
+	want := slices.Clone(evs)
+	slices.SortStableFunc(want, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+	from, to := want[0].Time, want[len(want)-1].Time.Add(time.Millisecond)
+	if got := readAll(t, l, from, to, ""); !slices.EqualFunc(got, want, func(a, b ingest.Event) bool { return a == b }) {
+		t.Errorf("read %d events, not the %d archived in time order then arrival order", len(got), len(want))
+	}
+	key := evs[3].ClientKey
+	var wantKey []ingest.Event
+	for _, ev := range want {
+		if ev.ClientKey == key || ev.TokenFP == key {
+			wantKey = append(wantKey, ev)
+		}
+	}
+	if got := readAll(t, l, from, to, key); !slices.EqualFunc(got, wantKey, func(a, b ingest.Event) bool { return a == b }) {
+		t.Errorf("key %s: read %d events, not its %d in time order then arrival order", key, len(got), len(wantKey))
+	}
 }
 
 func readAll(t *testing.T, a archive, from, to time.Time, key string) []ingest.Event {
