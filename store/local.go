@@ -44,9 +44,10 @@ type LocalOptions struct {
 // order, with no filter over the rest of the archive. Values use the spill's record
 // encoding (see appendRecord).
 //
-// ArchiveEvents writes one transaction per call, durable when it returns, so there is
-// no buffer to lose: Flush has nothing to wait for. The file is locked while open; a
-// second gatewatch on the same data_dir fails to open it.
+// ArchiveEvents buffers up to archiveBuffer events and writes them in one transaction;
+// Sync, Flush, a read and Close write what is waiting, so events are durable once Sync
+// returns (the pipeline calls it before it commits their offsets). The file is locked
+// while open; a second gatewatch on the same data_dir fails to open it.
 type Local struct {
 	db        *bolt.DB
 	log       *slog.Logger
