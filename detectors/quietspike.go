@@ -164,22 +164,28 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	d.settle(k)
-	run := k.sum[0] == 0 // the ring was empty: a run of traffic starts
+	first := data[o] == 0 // the route's first request in the bucket
 	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.markDirty(slot) // written with the event's bucket once it closes (takeVolumes)
 	p := &d.params[k.prm]
 	if !p.enabled {
 		return
 	}
-	if run && d.quiet(k, p) {
-		k.smp = d.smp.get()
+	if first {
+		// Whether a route is sampled is decided once a bucket: the rate it rests on
+		// moves as buckets fold. A quiet route is, so that its alerts have evidence
+		// from their first bucket on; a busy one (twice quiet_rate or more) cannot
+		// fire and is not. Every route starts quiet in a cold start, and one busy
+		// when its traffic began can grow quiet.
+		switch quiet := d.quiet(k, p); {
+		case quiet && k.smp == nil:
+			k.smp = d.smp.get()
+		case !quiet && k.smp != nil:
+			d.smp.put(k.smp)
+			k.smp = nil
+		}
 	}
 	hot := k.sum[0] >= p.hot
-	if hot && k.smp == nil && d.quiet(k, p) {
-		// Its run started while it was busy: sample from here on, so that its
-		// evidence is never empty.
-		k.smp = d.smp.get()
-	}
 	if s := k.smp; s != nil {
 		cs := d.smp.claim(s, b, bs)
 		d.smp.offer(s, b, cs, qsClientKey, ev.ClientKey)

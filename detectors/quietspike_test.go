@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/prometheus/client_golang/prometheus"
 	"gonum.org/v1/gonum/stat/distuv"
+
+	"github.com/gatewatch/gatewatch/ingest"
 )
 
 // hits returns n requests to method and route from distinct clients, one every step.
@@ -270,5 +272,34 @@ func TestQuietEndpointSpikeEvidenceNeverEmpty(t *testing.T) {
 	}
 	if ev := final(groups[0]).Evidence; len(ev.ClientIPs) == 0 || len(ev.SamplePaths) == 0 || len(ev.SampleRequestIDs) == 0 || ev.DistinctClients == 0 {
 		t.Errorf("evidence %+v", ev)
+	}
+}
+
+// TestQuietEndpointSpikeSamplesQuietRoutesOnly: in a cold start (no baselines) every
+// route's run of traffic starts quiet, so each gets a sampler. One that turns out busy
+// lets it go, since a busy route cannot fire; one that stays quiet keeps it.
+func TestQuietEndpointSpikeSamplesQuietRoutesOnly(t *testing.T) {
+	e, err := NewEngine(only(QuietEndpointSpike), Options{Registerer: prometheus.NewPedanticRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	events := concat(hits("GET", "/v1/busy", 3600, t0, time.Second), hits("GET", "/v1/quiet", 12, t0, 5*time.Minute))
+	slices.SortStableFunc(events, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+	e.Observe(events)
+	d := e.dets[0].(*quietSpike)
+	for _, c := range []struct {
+		route   string
+		sampled bool
+	}{{"GET /v1/busy", false}, {"GET /v1/quiet", true}} {
+		slot := d.tab.find(c.route)
+		if slot < 0 {
+			t.Fatalf("%s is not tracked", c.route)
+		}
+		if got := d.tab.ents[slot].s.smp != nil; got != c.sampled {
+			t.Errorf("%s: sampled %v, want %v", c.route, got, c.sampled)
+		}
 	}
 }
