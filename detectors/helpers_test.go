@@ -19,11 +19,11 @@ var t0 = time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
 // at returns t0 plus d.
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
-// only returns the default config with every detector but name disabled.
-func only(name string) Config {
+// only returns the default config with every detector but those named disabled.
+func only(names ...string) Config {
 	c := DefaultConfig()
 	for _, e := range c.enabled() {
-		*e.on = e.name == name
+		*e.on = slices.Contains(names, e.name)
 	}
 	return c
 }
