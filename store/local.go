@@ -44,9 +44,10 @@ type LocalOptions struct {
 // order, with no filter over the rest of the archive. Values use the spill's record
 // encoding (see appendRecord).
 //
-// ArchiveEvents buffers up to archiveBuffer events and writes them in one transaction;
-// Sync, Flush, a read and Close write what is waiting, so events are durable once Sync
-// returns (the pipeline calls it before it commits their offsets). The file is locked
+// ArchiveEvents buffers up to archiveBuffer events and writes them in one transaction,
+// in the background; Sync, Flush, a read and Close write what is waiting, after the
+// write under way, so events are durable once Sync returns (the pipeline calls it
+// before it commits their offsets). The file is locked
 // while open; a second gatewatch on the same data_dir fails to open it.
 type Local struct {
 	db        *bolt.DB
@@ -58,9 +59,14 @@ type Local struct {
 
 	// The archive is written in transactions of up to archiveBuffer events, or at the
 	// next Sync, Flush or read: one fsync'd transaction per Kafka batch held the live
-	// pipeline to the disk's fsync rate.
-	archMu  sync.Mutex
+	// pipeline to the disk's fsync rate. A full buffer is written by a goroutine of its
+	// own while ArchiveEvents goes on filling the next, so the engine does not wait for
+	// bbolt. writeMu is held by the write under way: writes go one at a time, each
+	// taking what is waiting, so the archive keeps arrival order.
+	archMu  sync.Mutex // guards archBuf and spare
 	archBuf []ingest.Event
+	spare   []ingest.Event // a written buffer, for reuse
+	writeMu sync.Mutex
 }
 
 // archiveBuffer is how many events ArchiveEvents keeps before it writes them: a few
@@ -138,29 +144,61 @@ func keyPrefix(dst []byte, key string) []byte {
 }
 
 // ArchiveEvents takes evs into the archive; they are on disk once archiveBuffer events
-// are waiting, or after the next Sync or Flush. Readers see them at once.
+// are waiting (written in the background), or after the next Sync or Flush. Readers
+// see them at once. When writes fall behind by another archiveBuffer events, it writes
+// itself: the caller waits instead of the buffer growing.
 func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
 	l.archMu.Lock()
-	defer l.archMu.Unlock()
 	l.archBuf = append(l.archBuf, evs...)
-	if len(l.archBuf) < archiveBuffer {
-		return nil
+	n := len(l.archBuf)
+	l.archMu.Unlock()
+	switch {
+	case n >= 2*archiveBuffer:
+		return l.writeArchive()
+	case n >= archiveBuffer && l.writeMu.TryLock():
+		go func() {
+			defer l.writeMu.Unlock()
+			if err := l.writeWaiting(); err != nil {
+				// The events wait for the next write; Sync reports it, and holds
+				// the commits back.
+				l.log.Warn("writing the archive failed; the events wait for the next write", "err", err)
+			}
+		}()
 	}
-	return l.writeArchiveLocked()
+	return nil
 }
 
-// writeArchive writes the waiting events.
+// writeArchive writes the waiting events, after the write under way.
 func (l *Local) writeArchive() error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	return l.writeWaiting()
+}
+
+// writeWaiting writes the events waiting in one transaction; the caller holds writeMu.
+// On failure they wait again, in front of those that came meanwhile.
+func (l *Local) writeWaiting() error {
+	l.archMu.Lock()
+	evs := l.archBuf
+	l.archBuf, l.spare = l.spare[:0], nil
+	l.archMu.Unlock()
+	err := l.writeEvents(evs)
 	l.archMu.Lock()
 	defer l.archMu.Unlock()
-	return l.writeArchiveLocked()
+	if err != nil {
+		l.archBuf = append(evs, l.archBuf...)
+		return err
+	}
+	clear(evs) // the events' strings hold their batches' memory
+	l.spare = evs[:0]
+	return nil
 }
 
-func (l *Local) writeArchiveLocked() error {
-	evs := l.archBuf
+// writeEvents archives evs in one transaction.
+func (l *Local) writeEvents(evs []ingest.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -224,11 +262,8 @@ func (l *Local) writeArchiveLocked() error {
 		return nil
 	})
 	if err != nil {
-		// The events stay waiting: the next write tries them again.
 		return fmt.Errorf("store: archiving %d events: %w", len(evs), err)
 	}
-	clear(l.archBuf) // the events' strings hold their batches' memory
-	l.archBuf = l.archBuf[:0]
 	return nil
 }
 

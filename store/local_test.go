@@ -49,20 +49,45 @@ func TestLocalArchiveKeepsArrivalOrder(t *testing.T) {
 	}
 	want := slices.Clone(evs)
 	slices.SortStableFunc(want, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
-	from, to := want[0].Time, want[len(want)-1].Time.Add(time.Millisecond)
-	if got := readAll(t, l, from, to, ""); !slices.EqualFunc(got, want, func(a, b ingest.Event) bool { return a == b }) {
-		t.Errorf("read %d events, not the %d archived in time order then arrival order", len(got), len(want))
+	holds(t, l, want, evs[3].ClientKey)
+}
+
+// holds checks that l's archive over evs' time range is evs, in their order, and that
+// key's events are those of evs, in the same order.
+func holds(t *testing.T, l *Local, evs []ingest.Event, key string) {
+	t.Helper()
+	from, to := evs[0].Time, evs[len(evs)-1].Time.Add(time.Millisecond)
+	same := func(a, b ingest.Event) bool { return a == b }
+	if got := readAll(t, l, from, to, ""); !slices.EqualFunc(got, evs, same) {
+		t.Errorf("read %d events, not the %d archived, in order", len(got), len(evs))
 	}
-	key := evs[3].ClientKey
-	var wantKey []ingest.Event
-	for _, ev := range want {
+	var of []ingest.Event
+	for _, ev := range evs {
 		if ev.ClientKey == key || ev.TokenFP == key {
-			wantKey = append(wantKey, ev)
+			of = append(of, ev)
 		}
 	}
-	if got := readAll(t, l, from, to, key); !slices.EqualFunc(got, wantKey, func(a, b ingest.Event) bool { return a == b }) {
-		t.Errorf("key %s: read %d events, not its %d in time order then arrival order", key, len(got), len(wantKey))
+	if got := readAll(t, l, from, to, key); !slices.EqualFunc(got, of, same) {
+		t.Errorf("key %s: read %d events, not its %d, in order", key, len(got), len(of))
 	}
+}
+
+// TestLocalArchiveWritesInBackground: past archiveBuffer events the buffer is written
+// by a goroutine while ArchiveEvents fills the next; whatever the writes' timing, a
+// read (after a Sync, as the pipeline's commits) has every event, in order.
+func TestLocalArchiveWritesInBackground(t *testing.T) {
+	evs := testEvents(3, 3*archiveBuffer+500, time.Date(2026, 3, 7, 10, 0, 0, 0, time.UTC), time.Millisecond, 50)
+	l := newTestLocal(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	for chunk := range slices.Chunk(evs, 1000) {
+		if err := l.ArchiveEvents(ctx, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	holds(t, l, evs, evs[0].ClientKey)
 }
 
 func readAll(t *testing.T, a archive, from, to time.Time, key string) []ingest.Event {
@@ -144,6 +169,8 @@ func TestLocalArchiveSync(t *testing.T) {
 	if err := l.ArchiveEvents(ctx, big); err != nil {
 		t.Fatal(err)
 	}
+	l.writeMu.Lock() // the full buffer is written in the background: wait for that write
+	l.writeMu.Unlock()
 	if n := onDisk(); n != 100+archiveBuffer {
 		t.Errorf("%d events on disk after a full buffer, want %d", n, 100+archiveBuffer)
 	}
