@@ -63,8 +63,9 @@ type Local struct {
 	// own while ArchiveEvents goes on filling the next, so the engine does not wait for
 	// bbolt. writeMu is held by the write under way: writes go one at a time, each
 	// taking what is waiting, so the archive keeps arrival order.
-	archMu  sync.Mutex // guards archBuf and spare
+	archMu  sync.Mutex // guards archBuf, writing and spare
 	archBuf []ingest.Event
+	writing int            // events in the write under way
 	spare   []ingest.Event // a written buffer, for reuse
 	writeMu sync.Mutex
 }
@@ -146,19 +147,24 @@ func keyPrefix(dst []byte, key string) []byte {
 // ArchiveEvents takes evs into the archive; they are on disk once archiveBuffer events
 // are waiting (written in the background), or after the next Sync or Flush. Readers
 // see them at once. When writes fall behind by another archiveBuffer events, it writes
-// itself: the caller waits instead of the buffer growing.
+// first, so the caller waits instead of the buffer growing; if that write fails (a
+// full disk), it takes none of evs and returns ErrBufferFull with the cause.
 func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
 	l.archMu.Lock()
+	if len(l.archBuf)+l.writing >= 2*archiveBuffer {
+		l.archMu.Unlock()
+		if err := l.writeArchive(); err != nil {
+			return fmt.Errorf("%w: %w", ErrBufferFull, err)
+		}
+		l.archMu.Lock()
+	}
 	l.archBuf = append(l.archBuf, evs...)
 	n := len(l.archBuf)
 	l.archMu.Unlock()
-	switch {
-	case n >= 2*archiveBuffer:
-		return l.writeArchive()
-	case n >= archiveBuffer && l.writeMu.TryLock():
+	if n >= archiveBuffer && l.writeMu.TryLock() {
 		go func() {
 			defer l.writeMu.Unlock()
 			if err := l.writeWaiting(); err != nil {
@@ -183,11 +189,12 @@ func (l *Local) writeArchive() error {
 func (l *Local) writeWaiting() error {
 	l.archMu.Lock()
 	evs := l.archBuf
-	l.archBuf, l.spare = l.spare[:0], nil
+	l.archBuf, l.spare, l.writing = l.spare[:0], nil, len(evs)
 	l.archMu.Unlock()
 	err := l.writeEvents(evs)
 	l.archMu.Lock()
 	defer l.archMu.Unlock()
+	l.writing = 0
 	if err != nil {
 		l.archBuf = append(evs, l.archBuf...)
 		return err

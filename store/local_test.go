@@ -2,12 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/gatewatch/gatewatch/ingest"
 )
@@ -88,6 +90,38 @@ func TestLocalArchiveWritesInBackground(t *testing.T) {
 		t.Fatal(err)
 	}
 	holds(t, l, evs, evs[0].ClientKey)
+}
+
+// TestLocalArchiveHoldsIngestBack: while writes fail (here the file is closed under the
+// store; in life, a full disk), the buffer stops at twice archiveBuffer and
+// ArchiveEvents says ErrBufferFull, taking none of the refused events, so the pipeline
+// waits instead of growing without bound.
+func TestLocalArchiveHoldsIngestBack(t *testing.T) {
+	l := newTestLocal(t, Config{DataDir: t.TempDir()})
+	if err := l.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	taken := 0
+	var full error
+	for chunk := range slices.Chunk(testEvents(4, 3*archiveBuffer, time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC), time.Millisecond, 5), 1000) {
+		if err := l.ArchiveEvents(ctx, chunk); err != nil {
+			full = err
+			break
+		}
+		taken += len(chunk)
+	}
+	if !errors.Is(full, ErrBufferFull) || !errors.Is(full, bolterrors.ErrDatabaseNotOpen) {
+		t.Fatalf("ArchiveEvents with failing writes: %v, want ErrBufferFull with the cause", full)
+	}
+	l.writeMu.Lock() // a failed background write puts its events back
+	l.writeMu.Unlock()
+	l.archMu.Lock()
+	waiting := len(l.archBuf)
+	l.archMu.Unlock()
+	if waiting != taken || waiting < 2*archiveBuffer || waiting >= 2*archiveBuffer+1000 {
+		t.Errorf("%d events waiting, %d taken; want them equal, from 2×archiveBuffer to one chunk more", waiting, taken)
+	}
 }
 
 func readAll(t *testing.T, a archive, from, to time.Time, key string) []ingest.Event {
