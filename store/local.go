@@ -47,8 +47,8 @@ type LocalOptions struct {
 // ArchiveEvents buffers up to archiveBuffer events and writes them in one transaction,
 // in the background; Sync, Flush, a read and Close write what is waiting, after the
 // write under way, so events are durable once Sync returns (the pipeline calls it
-// before it commits their offsets). The file is locked
-// while open; a second gatewatch on the same data_dir fails to open it.
+// before it commits their offsets). The file is locked while open; a second gatewatch
+// on the same data_dir fails to open it.
 type Local struct {
 	db        *bolt.DB
 	log       *slog.Logger

@@ -16,8 +16,9 @@ const readWindow = time.Hour
 
 // ReadEvents yields the archived events with from <= time < to, in time order, for
 // replay and forensics. A non-empty key keeps the events whose client_key or token_fp
-// is key. Events with the same millisecond come in the order they were archived, so
-// reading a range twice gives the same sequence. Each event appears once even when
+// is key. Events with the same millisecond come in a fixed order, so reading a range
+// twice gives the same sequence: the order they were archived in within a block, and
+// blocks by their id (random: across blocks this is not arrival order). Each event appears once even when
 // ClickHouse holds it twice and has not merged the copies yet.
 //
 // On failure the sequence yields one zero Event with the error and stops. Only events
