@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
@@ -23,8 +24,9 @@ import (
 
 // LocalOptions are the runtime dependencies of a Local store.
 type LocalOptions struct {
-	Logger *slog.Logger     // nil: discard
-	Now    func() time.Time // nil: time.Now; dates the retention
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // the archive's metrics; nil: a registry of its own
+	Now        func() time.Time      // nil: time.Now; dates the retention
 	// Baselines are the detector settings behind the stored baselines: they date
 	// the baselines' retention and guide BaselinesAsOf; zero fields: the detectors
 	// defaults.
@@ -63,6 +65,7 @@ type Local struct {
 	// own while ArchiveEvents goes on filling the next, so the engine does not wait for
 	// bbolt. writeMu is held by the write under way: writes go one at a time, each
 	// taking what is waiting, so the archive keeps arrival order.
+	m       *archiveMetrics
 	archMu  sync.Mutex // guards archBuf, writing and spare
 	archBuf []ingest.Event
 	writing int            // events in the write under way
@@ -127,8 +130,11 @@ func NewLocal(cfg Config, o LocalOptions) (*Local, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
 	return &Local{db: db, log: o.Logger.With("component", "store"), now: o.Now, retention: cfg.Retention,
-		settings: o.Baselines.withDefaults(), maxNotes: maxNotes}, nil
+		settings: o.Baselines.withDefaults(), maxNotes: maxNotes, m: newArchiveMetrics(o.Registerer)}, nil
 }
 
 // eventKey is an events bucket key: time in Unix ms, then the sequence.
@@ -157,12 +163,14 @@ func (l *Local) ArchiveEvents(_ context.Context, evs []ingest.Event) error {
 	if len(l.archBuf)+l.writing >= 2*archiveBuffer {
 		l.archMu.Unlock()
 		if err := l.writeArchive(); err != nil {
+			l.m.events.WithLabelValues(resultRejected).Add(float64(len(evs)))
 			return fmt.Errorf("%w: %w", ErrBufferFull, err)
 		}
 		l.archMu.Lock()
 	}
 	l.archBuf = append(l.archBuf, evs...)
 	n := len(l.archBuf)
+	l.m.buffered.Set(float64(n + l.writing))
 	l.archMu.Unlock()
 	if n >= archiveBuffer && l.writeMu.TryLock() {
 		go func() {
@@ -191,13 +199,20 @@ func (l *Local) writeWaiting() error {
 	evs := l.archBuf
 	l.archBuf, l.spare, l.writing = l.spare[:0], nil, len(evs)
 	l.archMu.Unlock()
+	start := time.Now()
 	err := l.writeEvents(evs)
 	l.archMu.Lock()
 	defer l.archMu.Unlock()
 	l.writing = 0
 	if err != nil {
+		l.m.insertErrors.Inc()
 		l.archBuf = append(evs, l.archBuf...)
 		return err
+	}
+	if len(evs) > 0 {
+		l.m.insertDuration.Observe(time.Since(start).Seconds())
+		l.m.events.WithLabelValues(resultWritten).Add(float64(len(evs)))
+		l.m.buffered.Set(float64(len(l.archBuf)))
 	}
 	clear(evs) // the events' strings hold their batches' memory
 	l.spare = evs[:0]

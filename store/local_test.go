@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
@@ -121,6 +123,47 @@ func TestLocalArchiveHoldsIngestBack(t *testing.T) {
 	l.archMu.Unlock()
 	if waiting != taken || waiting < 2*archiveBuffer || waiting >= 2*archiveBuffer+1000 {
 		t.Errorf("%d events waiting, %d taken; want them equal, from 2×archiveBuffer to one chunk more", waiting, taken)
+	}
+	if got := testutil.ToFloat64(l.m.events.WithLabelValues(resultRejected)); got != 1000 {
+		t.Errorf("%v events counted rejected, want the refused call's 1000", got)
+	}
+	if got := testutil.ToFloat64(l.m.buffered); got != float64(waiting) {
+		t.Errorf("buffered gauge %v, want %d", got, waiting)
+	}
+	if testutil.ToFloat64(l.m.insertErrors) == 0 || testutil.ToFloat64(l.m.events.WithLabelValues(resultWritten)) != 0 {
+		t.Error("failed writes not counted as errors, or counted as written")
+	}
+}
+
+// TestLocalArchiveMetrics: the embedded store exports the archive metrics the
+// dashboard reads for ClickHouse: events waiting in memory, and written.
+func TestLocalArchiveMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	l, err := NewLocal(Config{DataDir: t.TempDir()}, LocalOptions{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	ctx := testContext(t)
+	if err := l.ArchiveEvents(ctx, testEvents(5, 100, time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC), time.Millisecond, 5)); err != nil {
+		t.Fatal(err)
+	}
+	want := func(written, buffered float64) {
+		t.Helper()
+		if got := testutil.ToFloat64(l.m.events.WithLabelValues(resultWritten)); got != written {
+			t.Errorf("written %v, want %v", got, written)
+		}
+		if got := testutil.ToFloat64(l.m.buffered); got != buffered {
+			t.Errorf("buffered %v, want %v", got, buffered)
+		}
+	}
+	want(0, 100)
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want(100, 0)
+	if n, err := testutil.GatherAndCount(reg, "gatewatch_store_archive_events_total", "gatewatch_store_archive_buffered_events"); err != nil || n != 6 {
+		t.Errorf("gathered %d series (%v), want the 5 outcomes and the gauge", n, err)
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 
 // Outcomes of archived events, the values of the result label.
 const (
-	resultWritten   = "written"   // inserted into ClickHouse
+	resultWritten   = "written"   // inserted into ClickHouse, or written into the embedded store
 	resultSpilled   = "spilled"   // written to the spill directory to wait for ClickHouse
 	resultDuplicate = "duplicate" // a replayed block ClickHouse already had, not sent again
 	resultRejected  = "rejected"  // refused by ArchiveEvents: buffer full or closed
@@ -23,17 +23,17 @@ type archiveMetrics struct {
 }
 
 // newArchiveMetrics registers the archive metrics with reg, through promauto as every
-// part does (NewClickHouse requires reg).
+// part does. Both stores register them; the embedded store's spilled stays 0.
 func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
 	f := promauto.With(reg)
 	m := &archiveMetrics{
 		events: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatewatch_store_archive_events_total",
-			Help: "Events handed to the ClickHouse archive, by outcome: written, spilled, duplicate, rejected, lost.",
+			Help: "Events handed to the archive, by outcome: written, spilled, duplicate, rejected, lost (the embedded store only writes or rejects).",
 		}, []string{"result"}),
 		buffered: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_store_archive_buffered_events",
-			Help: "Events held in memory on their way to ClickHouse.",
+			Help: "Events held in memory on their way to the archive, ClickHouse or the embedded store.",
 		}),
 		spilled: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_store_archive_spilled_events",
@@ -41,11 +41,11 @@ func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
 		}),
 		insertErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "gatewatch_store_archive_insert_errors_total",
-			Help: "Archive inserts into ClickHouse that failed.",
+			Help: "Archive inserts into ClickHouse, or writes into the embedded store, that failed.",
 		}),
 		insertDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gatewatch_store_archive_insert_duration_seconds",
-			Help:    "Time to insert one archive batch into ClickHouse.",
+			Help:    "Time to insert one archive batch into ClickHouse, or to write one into the embedded store.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
 	}

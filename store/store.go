@@ -80,5 +80,5 @@ func Open(cfg Config, o Options) (Store, error) {
 	if cfg.ClickHouse != nil {
 		return NewClickHouse(cfg, ClickHouseOptions{Logger: o.Logger, Registerer: o.Registerer, Baselines: o.Baselines})
 	}
-	return NewLocal(cfg, LocalOptions{Logger: o.Logger, Baselines: o.Baselines})
+	return NewLocal(cfg, LocalOptions{Logger: o.Logger, Registerer: o.Registerer, Baselines: o.Baselines})
 }

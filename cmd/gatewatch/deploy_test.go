@@ -40,7 +40,7 @@ func TestDeployCompose(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs gatewatch and the compose traffic script as subprocesses")
 	}
-	chAddr := clickhousetest.Require(t) // the store_* metrics exist with ClickHouse only
+	chAddr := clickhousetest.Require(t) // some store_* metrics (spill, baselines) exist with ClickHouse only
 	db := clickhousetest.NewDatabase(t, chAddr)
 	kcat := kafkatest.Require(t, "kcat")
 	// The topics as compose.yaml's topics service creates them: one partition each.
