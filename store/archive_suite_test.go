@@ -33,18 +33,6 @@ func testArchive(t *testing.T, open func(t *testing.T) archive) {
 	}
 	end := all[len(all)-1].Time.Add(time.Millisecond)
 
-	fill := func(t *testing.T, a archive, evs []ingest.Event) {
-		t.Helper()
-		ctx := testContext(t)
-		for chunk := range slices.Chunk(evs, 250) {
-			if err := a.ArchiveEvents(ctx, chunk); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := a.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
 	read := func(t *testing.T, a archive, from, to time.Time, key string) []ingest.Event {
 		t.Helper()
 		var out []ingest.Event
@@ -162,6 +150,20 @@ func testArchive(t *testing.T, open func(t *testing.T) archive) {
 			t.Errorf("read %d events before stopping, want 10", n)
 		}
 	})
+}
+
+// fill archives evs into a in calls of 250 events, as ingest batches come, then flushes.
+func fill(t *testing.T, a archive, evs []ingest.Event) {
+	t.Helper()
+	ctx := testContext(t)
+	for chunk := range slices.Chunk(evs, 250) {
+		if err := a.ArchiveEvents(ctx, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // shuffledEvents are events out of time order, as batches merged from partitions whose

@@ -42,14 +42,8 @@ func TestLocalArchive(t *testing.T) {
 func TestLocalArchiveKeepsArrivalOrder(t *testing.T) {
 	evs := shuffledEvents()
 	l := newTestLocal(t, Config{DataDir: t.TempDir()})
-	ctx := testContext(t)
 	for chunk := range slices.Chunk(evs, 250) {
-		if err := l.ArchiveEvents(ctx, chunk); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.Flush(ctx); err != nil { // a transaction for each chunk
-			t.Fatal(err)
-		}
+		fill(t, l, chunk) // a transaction for each chunk
 	}
 	want := slices.Clone(evs)
 	slices.SortStableFunc(want, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
@@ -78,19 +72,11 @@ func holds(t *testing.T, l *Local, evs []ingest.Event, key string) {
 
 // TestLocalArchiveWritesInBackground: past archiveBuffer events the buffer is written
 // by a goroutine while ArchiveEvents fills the next; whatever the writes' timing, a
-// read (after a Sync, as the pipeline's commits) has every event, in order.
+// read (after a Flush, which is Sync) has every event, in order.
 func TestLocalArchiveWritesInBackground(t *testing.T) {
 	evs := testEvents(3, 3*archiveBuffer+500, time.Date(2026, 3, 7, 10, 0, 0, 0, time.UTC), time.Millisecond, 50)
 	l := newTestLocal(t, Config{DataDir: t.TempDir()})
-	ctx := testContext(t)
-	for chunk := range slices.Chunk(evs, 1000) {
-		if err := l.ArchiveEvents(ctx, chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, l, evs)
 	holds(t, l, evs, evs[0].ClientKey)
 }
 
