@@ -81,6 +81,7 @@ type Engine struct {
 	// heldHashes and heldBuf serve a held record, run through the detectors on its own.
 	heldHashes     [][prefetchRun]uint64
 	heldBuf        [1]ingest.Event
+	steps          [prefetchRun]step // the run in hand, judged
 	needCK, needIP bool
 	out            emitter
 
@@ -464,23 +465,53 @@ func (e *Engine) countStats(st *observeStats) {
 	}
 }
 
-// feed runs one judged event through the detectors, with hs[j][i] its hash for
-// detector j, and returns the time it entered windows with; ok is false when it is late.
-func (e *Engine) feed(ev *ingest.Event, hs [][prefetchRun]uint64, i int, at int64, v verdict, st *observeStats) (int64, bool) {
+// A step is an event of a run as the watermarks judged it, waiting for the detectors.
+type step struct {
+	i       int   // its index in the run
+	at      int64 // the time it enters windows with
+	late    bool
+	started bool  // the watermark had started once it was judged,
+	wm      int64 // and stood here
+	since   int64 // traffic.since once it was seen
+}
+
+// judged counts an event's verdict, notes it as traffic and returns its step; v is not
+// held.
+func (e *Engine) judged(i int, at int64, v verdict, st *observeStats) step {
 	switch v {
 	case ahead:
 		st.ahead++
 	case late:
 		st.late++
 	}
-	wm := e.wms.wm
-	for j, d := range e.dets {
-		if e.wms.started && wm >= *e.dues[j] {
-			d.advance(wm)
-		}
-		d.observe(ev, hs[j][i], at, v == late)
+	e.traffic.seen(at)
+	return step{i: i, at: at, late: v == late, started: e.wms.started, wm: e.wms.wm, since: e.traffic.since}
+}
+
+// feed runs the judged events of a run through the detectors, hs[j][s.i] being an
+// event's hash for detector j. It runs one detector at a time over all of them, not
+// one event at a time through every detector: a detector's code and the state the run
+// prefetched stay in cache while it works, and its turn costs about a sixth less on
+// realistic traffic. Each detector still sees its events in order, each after the
+// watermark it was judged at and with the traffic seen up to it, exactly as one event
+// at a time; what detectors share is only what the engine hands them (the watermark,
+// traffic.since), and the alerts, sorted when taken.
+func (e *Engine) feed(run []ingest.Event, hs [][prefetchRun]uint64, steps []step) {
+	if len(steps) == 0 {
+		return
 	}
-	return at, v != late
+	since := e.traffic.since
+	for j, d := range e.dets {
+		due, h := e.dues[j], &hs[j]
+		for _, s := range steps {
+			e.traffic.since = s.since
+			if s.started && s.wm >= *due {
+				d.advance(s.wm)
+			}
+			d.observe(&run[s.i], h[s.i], s.at, s.late)
+		}
+	}
+	e.traffic.since = since
 }
 
 // resolveHeld decides pw's held record, given the time of the partition's next record
@@ -494,12 +525,13 @@ func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext bool, now time.Time
 	events := e.heldBuf[:]
 	var hs runHashes
 	e.prefetch(events, &hs, e.heldHashes)
-	at, ok := e.feed(&events[0], e.heldHashes, 0, at, v, st)
+	steps := [1]step{e.judged(0, at, v, st)}
+	e.feed(events, e.heldHashes, steps[:])
 	events[0] = ingest.Event{}
-	if ok {
-		return at
+	if v == late {
+		return math.MinInt64
 	}
-	return math.MinInt64
+	return at
 }
 
 // resolveAllHeld decides every held record as a gap (no next record will come: the
@@ -543,6 +575,7 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 	for start := 0; start < len(events); start += prefetchRun {
 		run := events[start:min(start+prefetchRun, len(events))]
 		e.prefetch(run, &e.rh, e.hashes)
+		steps := e.steps[:0]
 		for i := range run {
 			for left == 0 {
 				pw, left = e.wms.part(runs[0].Partition), runs[0].N
@@ -553,6 +586,10 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			ev := &run[i]
 			t := ev.Time.UnixMilli()
 			if pw.held != nil {
+				// The held record goes through the detectors after the events before
+				// this one.
+				e.feed(run, e.hashes, steps)
+				steps = steps[:0]
 				maxT = max(maxT, e.resolveHeld(pw, t, true, now, st))
 			}
 			at, v := e.wms.judge(pw, t, now)
@@ -560,10 +597,12 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 				pw.held = cloneEvent(ev)
 				continue
 			}
-			if at, ok := e.feed(ev, e.hashes, i, at, v, st); ok {
+			if v != late {
 				maxT = max(maxT, at)
 			}
+			steps = append(steps, e.judged(i, at, v, st))
 		}
+		e.feed(run, e.hashes, steps)
 	}
 	return maxT
 }

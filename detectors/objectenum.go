@@ -238,7 +238,6 @@ func (d *objectEnum) prefetchState(events []ingest.Event, hs []uint64) {
 }
 
 func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
-	d.since.seen(t)
 	if late || d.rules.skip(ev) {
 		return
 	}

@@ -174,7 +174,6 @@ func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since
 }
 
 func (d *privilegeAnomaly) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
-	d.since.seen(t)
 	if ev.ClientKey == "" || !succeeded(ev.Status) || !d.match.privileged(ev.Method, privilegeRoute(ev)) || d.rules.skip(ev) {
 		return
 	}

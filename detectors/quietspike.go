@@ -27,7 +27,7 @@ import (
 //
 // The baseline rate is an exponentially weighted average of the route's requests a
 // minute with a time constant of learning_period (at least an hour), corrected for the
-// time since the detector first saw traffic, and taken as of the start of the window it
+// time since the engine first saw traffic, and taken as of the start of the window it
 // is compared with (see volume).
 type quietSpike struct {
 	windowed[qsKey]
@@ -141,7 +141,6 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	if ev.Route == "" || ev.Status == 404 || ev.Status == 405 || d.allowed(ev) {
 		return
 	}
-	d.since.seen(t)
 	d.scratch = append(append(append(d.scratch[:0], ev.Method...), ' '), ev.Route...)
 	slot := d.tab.findBytes(d.scratch)
 	if slot < 0 {

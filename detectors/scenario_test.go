@@ -291,6 +291,35 @@ func TestDeterminism(t *testing.T) {
 	}
 }
 
+// TestLearningAsOfEachEvent: the engine hands a run of events to one detector after
+// the other, and each judges a window with the traffic seen up to the event that closed
+// it, as it would one event at a time. A late record stamped before the start of
+// traffic, arriving after the window closed, does not end the learning period for that
+// window, in batches of one or in one batch.
+func TestLearningAsOfEachEvent(t *testing.T) {
+	events := concat(admins("k", 3, t0, 10*time.Second),
+		// Traffic on, five minutes apart (not far ahead), past every window of k.
+		repeat(4, at(5*time.Minute), 5*time.Minute, func(_ int, ts time.Time) ingest.Event { return req(ts, client("other")) }),
+		// Late, and before the start of traffic.
+		[]ingest.Event{req(t0.Add(-25*time.Hour), client("early"))},
+	)
+	for _, tc := range []struct {
+		name      string
+		since     time.Time
+		incidents int
+	}{
+		{"learnt by then", t0.Add(-24 * time.Hour), 1},
+		{"learnt only once the late record came", t0.Add(-24*time.Hour + 30*time.Second), 0},
+	} {
+		for _, batch := range []int{1, len(events)} {
+			res := run(t, only(PrivilegeAnomaly), &Baselines{TrafficSince: tc.since}, batch, events)
+			if got := len(incidentsOf(res.alerts)); got != tc.incidents {
+				t.Errorf("%s, batches of %d: %d incidents, want %d:\n%s", tc.name, batch, got, tc.incidents, describe(res.alerts))
+			}
+		}
+	}
+}
+
 func sortedLines(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	slices.Sort(lines)

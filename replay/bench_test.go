@@ -5,12 +5,15 @@ import (
 	"context"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
 
+	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
 	"github.com/gatewatch/gatewatch/replay"
@@ -25,8 +28,9 @@ var benchTraffic = synth.Config{Duration: 30 * time.Minute, Rate: 50, Seed: 1, A
 // BenchmarkReplayAWSWAF is replay from a file against the ceiling the issue sets for
 // it: a bare fastjson parse of the same lines on one core, measured in the same run
 // (fastjson-1core first, then replay, whose x-fastjson metric is its events/s over
-// fastjson-1core's). Replay parses on every core and runs every detector. Compare runs
-// with
+// fastjson-1core's). Replay parses on every core and runs every detector. The engine
+// sub-benchmark is replay's other half on its own: every detector over the parsed
+// events, on one goroutine as in replay, from a fresh engine. Compare runs with
 //
 //	go test ./replay -run '^$' -bench 'ReplayAWSWAF' -benchmem -count 6
 func BenchmarkReplayAWSWAF(b *testing.B) {
@@ -50,6 +54,27 @@ func BenchmarkReplayAWSWAF(b *testing.B) {
 		}
 		ceiling = float64(b.N*len(lines)) / b.Elapsed().Seconds()
 		b.ReportMetric(ceiling, "events/s")
+	})
+	b.Run("engine", func(b *testing.B) {
+		events := parsed(b, path)
+		b.ReportAllocs()
+		for b.Loop() {
+			b.StopTimer()
+			e, err := detectors.NewEngine(demoDetectors(), detectors.Options{Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			for batch := range slices.Chunk(events, 1000) {
+				e.Observe(batch)
+			}
+			e.Flush()
+		}
+		rate := float64(b.N*len(events)) / b.Elapsed().Seconds()
+		b.ReportMetric(rate, "events/s")
+		if ceiling > 0 {
+			b.ReportMetric(rate/ceiling, "x-fastjson")
+		}
 	})
 	b.Run("replay", func(b *testing.B) {
 		b.SetBytes(int64(len(data)))
@@ -149,6 +174,33 @@ func BenchmarkReplayArchive(b *testing.B) {
 		})
 		bench(b, st)
 	})
+}
+
+// parsed returns the events of the file at path, each with strings of its own: a
+// batch's strings share the parser's buffers.
+func parsed(b *testing.B, path string) []ingest.Event {
+	b.Helper()
+	fs := fileSource(b, path, ingest.FormatAWSWAF, 0)
+	defer fs.Close()
+	var events []ingest.Event
+	for {
+		batch, err := fs.Next(context.Background())
+		if batch != nil {
+			for _, ev := range batch.Events {
+				for _, f := range []*string{&ev.Source, &ev.ClientKey, &ev.TokenFP, &ev.Device, &ev.ClientIP, &ev.Country,
+					&ev.Method, &ev.Host, &ev.Route, &ev.Path, &ev.Action, &ev.RuleID, &ev.UserAgent, &ev.RequestID} {
+					*f = strings.Clone(*f)
+				}
+				events = append(events, ev)
+			}
+		}
+		if err == io.EOF {
+			return events
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // archive parses the file at path into st's archive, waits until it is readable, and
