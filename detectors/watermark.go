@@ -3,7 +3,6 @@ package detectors
 import (
 	"cmp"
 	"log/slog"
-	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -33,6 +32,10 @@ type watermarks struct {
 	log                         *slog.Logger
 
 	parts map[ingest.Partition]*partWM
+	// list holds the open partitions too, in no order: recompute runs whenever the
+	// lowest partition's stream moves, that is for most records, and ranging over a
+	// map starts at a random place each time, which cost as much as the loop.
+	list []*partWM
 	// wm is the engine's watermark, valid once started; low the smallest watermark of
 	// the partitions that hold it back (math.MinInt64 while one has not delivered yet);
 	// top the largest event time taken on time, valid once hasTop.
@@ -80,6 +83,7 @@ func (w *watermarks) open(p ingest.Partition, now time.Time) *partWM {
 	}
 	pw := &partWM{p: p, arrived: now}
 	w.parts[p] = pw
+	w.list = append(w.list, pw)
 	w.recompute()
 	return pw
 }
@@ -94,6 +98,10 @@ func (w *watermarks) end(p ingest.Partition) {
 		w.last = nil
 	}
 	delete(w.parts, p)
+	i := slices.Index(w.list, pw)
+	w.list[i] = w.list[len(w.list)-1]
+	w.list[len(w.list)-1] = nil
+	w.list = w.list[:len(w.list)-1]
 	w.ended = append(w.ended, p)
 	w.recompute()
 }
@@ -129,7 +137,7 @@ func (w *watermarks) arrived(pw *partWM, now time.Time) {
 // they stop holding back the watermark. It reports whether any changed.
 func (w *watermarks) checkIdle(now time.Time) bool {
 	changed := false
-	for _, pw := range w.parts {
+	for _, pw := range w.list {
 		if !pw.idle && !pw.arrived.IsZero() && now.Sub(pw.arrived) >= w.idle {
 			pw.idle, changed = true, true
 			w.log.Info("partition idle; the watermark no longer waits for it", "partition", pw.p.String(), "idle_for", now.Sub(pw.arrived).Round(time.Second))
@@ -239,7 +247,7 @@ func (w *watermarks) raiseTop(t int64) {
 // watermark back, and advances the watermark.
 func (w *watermarks) recompute() {
 	low, any := int64(math.MaxInt64), false
-	for _, pw := range w.parts {
+	for _, pw := range w.list {
 		switch {
 		case pw.idle:
 		case !pw.seen:
@@ -252,7 +260,7 @@ func (w *watermarks) recompute() {
 		// Every partition is idle (or none is open): the watermark follows the
 		// partitions that delivered, so the windows they fed can close.
 		low = math.MinInt64
-		for _, pw := range w.parts {
+		for _, pw := range w.list {
 			if pw.seen {
 				low = max(low, pw.maxT-w.lateness)
 			}
@@ -285,7 +293,7 @@ func (w *watermarks) advance() {
 // sortedParts returns the open partitions in order, for decisions that must not depend
 // on map order.
 func (w *watermarks) sortedParts() []*partWM {
-	ps := slices.Collect(maps.Values(w.parts))
+	ps := slices.Clone(w.list)
 	slices.SortFunc(ps, func(a, b *partWM) int {
 		return cmp.Or(strings.Compare(a.p.Source, b.p.Source), cmp.Compare(a.p.ID, b.p.ID))
 	})
@@ -295,7 +303,7 @@ func (w *watermarks) sortedParts() []*partWM {
 // idleCount returns how many open partitions are idle.
 func (w *watermarks) idleCount() int {
 	n := 0
-	for _, pw := range w.parts {
+	for _, pw := range w.list {
 		if pw.idle {
 			n++
 		}
