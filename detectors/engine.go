@@ -325,6 +325,12 @@ func (e *Engine) SyncBaselines(ctx context.Context) error {
 	return nil
 }
 
+// HoldsEvicted reports whether the detectors evicted keys whose changed baselines only
+// the next SyncBaselines writes. They are held up to each detector's max_keys and lost
+// past that, so a caller that syncs less often than after every batch syncs when this
+// says so.
+func (e *Engine) HoldsEvicted() bool { return e.fetch.holding() }
+
 // Watermark returns the event-time watermark, the zero time before the first event.
 func (e *Engine) Watermark() time.Time {
 	if !e.wms.started {
@@ -410,7 +416,7 @@ type observeStats struct{ late, ahead int }
 
 // reportPartitions keeps each partition's event-time gauge.
 func (e *Engine) reportPartitions() {
-	for _, pw := range e.wms.parts {
+	for _, pw := range e.wms.list {
 		if !pw.seen {
 			continue
 		}
@@ -432,7 +438,7 @@ func (e *Engine) reportBehind() {
 		return
 	}
 	n := 0
-	for _, pw := range e.wms.parts {
+	for _, pw := range e.wms.list {
 		if pw.seen && !pw.idle && pw.maxT-e.wms.lateness < e.wms.wm {
 			n++
 		}

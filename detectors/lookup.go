@@ -545,7 +545,7 @@ func (f *fetcher) takeEvicted(u *Baselines, log *slog.Logger) {
 			"lost", f.lost-f.lostLogged)
 		f.lostLogged = f.lost
 	}
-	if len(f.keys)+len(f.clients)+len(f.privileged)+len(f.objects)+len(f.routes) == 0 {
+	if !f.holding() {
 		return
 	}
 	u.Keys = addMissing(u.Keys, f.keys, func(x *KeyBaseline) string { return x.Key })
@@ -563,6 +563,11 @@ func (f *fetcher) takeEvicted(u *Baselines, log *slog.Logger) {
 		u.Objects = addMissing(u.Objects, objects, func(x *ObjectBaseline) [2]string { return [2]string{x.Client, x.Route} })
 	}
 	u.Sort()
+}
+
+// holding reports whether f holds baselines of evicted keys for the next write.
+func (f *fetcher) holding() bool {
+	return len(f.keys)+len(f.clients)+len(f.privileged)+len(f.objects)+len(f.routes) > 0
 }
 
 // addMissing appends to list the values of m whose key list lacks, and empties m.

@@ -123,6 +123,29 @@ func TestEvictedKeyComesBackWithItsBaseline(t *testing.T) {
 	}
 }
 
+// TestHoldsEvicted: once a key is evicted with changes not yet written, the engine
+// says so until the next write, for callers that write less often than every batch.
+func TestHoldsEvicted(t *testing.T) {
+	evs := evictionTraffic()
+	mem := NewMemoryBaselines(Baselines{}, MemoryLimits(evictionConfig(2)))
+	// Through "b", then "c", which evicts "a": nothing was written yet.
+	i := slices.IndexFunc(evs, func(ev ingest.Event) bool { return ev.ClientKey == "c" })
+	_, e := fetchRunSync(t, evictionConfig(2), mem, i, true, 1000, evs[:i])
+	if e.HoldsEvicted() {
+		t.Fatal("holds evicted baselines before any key was evicted")
+	}
+	e.Observe(evs[i : i+1])
+	if e.nc.tab.evictions != 1 || !e.HoldsEvicted() {
+		t.Fatalf("%d evictions, holds evicted %v; want 1 and true", e.nc.tab.evictions, e.HoldsEvicted())
+	}
+	if err := e.SyncBaselines(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if e.HoldsEvicted() {
+		t.Fatal("still holds evicted baselines after they were written")
+	}
+}
+
 // TestFetchLooksUpOnlyReturningKeys: a key is looked up when a detector evicted it and
 // sees it again, not when it is new to a store that held no more than the engine
 // loaded, and not for every batch it is in.

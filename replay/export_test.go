@@ -1,0 +1,4 @@
+package replay
+
+// SyncEvery lets tests change syncEvery.
+var SyncEvery = &syncEvery
