@@ -497,11 +497,13 @@ func (e *Engine) judged(i int, at int64, v verdict, st *observeStats) step {
 // feed runs the judged events of a run through the detectors, hs[j][s.i] being an
 // event's hash for detector j. It runs one detector at a time over all of them, not
 // one event at a time through every detector: a detector's code and the state the run
-// prefetched stay in cache while it works, and its turn costs about a sixth less on
-// realistic traffic. Each detector still sees its events in order, each after the
-// watermark it was judged at and with the traffic seen up to it, exactly as one event
-// at a time; what detectors share is only what the engine hands them (the watermark,
-// traffic.since), and the alerts, sorted when taken.
+// prefetched stay in cache while it works, and the engine costs about a sixth less an
+// event on realistic traffic. Each detector still sees its events in order, each after
+// the watermark it was judged at and with the traffic seen up to it, exactly as one
+// event at a time. What detectors share does not depend on their order: what the
+// engine hands them (the watermark, traffic.since), the alerts, sorted when taken, and
+// the lookup cache, which only forgets keys and notes evicted ones while they run (a
+// lossy cache: which of two evicted keys a full set keeps can depend on it).
 func (e *Engine) feed(run []ingest.Event, hs [][prefetchRun]uint64, steps []step) {
 	if len(steps) == 0 {
 		return
