@@ -291,7 +291,7 @@ func (w *watermarks) advance() {
 }
 
 // sortedParts returns the open partitions in order, for decisions that must not depend
-// on map order.
+// on the order they opened and ended in.
 func (w *watermarks) sortedParts() []*partWM {
 	ps := slices.Clone(w.list)
 	slices.SortFunc(ps, func(a, b *partWM) int {
