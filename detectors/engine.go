@@ -555,17 +555,6 @@ func (e *Engine) resolveAllHeld(st *observeStats) {
 	}
 }
 
-// cloneEvent copies ev with strings of its own: a held event outlives its batch, whose
-// strings share the parser's chunks.
-func cloneEvent(ev *ingest.Event) *ingest.Event {
-	c := *ev
-	for _, f := range []*string{&c.Source, &c.ClientKey, &c.TokenFP, &c.Device, &c.ClientIP, &c.Country, &c.Method,
-		&c.Host, &c.Route, &c.Path, &c.Action, &c.RuleID, &c.UserAgent, &c.RequestID} {
-		*f = strings.Clone(*f)
-	}
-	return &c
-}
-
 // observeEvents runs events through the detectors, a prefetch run at a time, each
 // judged within its partition (runs says which; nil: all of the zero Partition), and
 // returns the largest time an event entered windows with.
@@ -602,7 +591,8 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			}
 			at, v := e.wms.judge(pw, t, now)
 			if v == held {
-				pw.held = cloneEvent(ev)
+				held := ev.Clone() // it outlives its batch, whose strings the parser reuses
+				pw.held = &held
 				continue
 			}
 			if v != late {
