@@ -52,7 +52,11 @@ func (s *keySource) Next(context.Context) (*ingest.Batch, error) {
 // memoryConfig is the default detectors with max_keys of every detector at maxKeys
 // (0: the defaults).
 func memoryConfig(maxKeys int) detectors.Config {
-	cfg := detectors.DefaultConfig()
+	return withMaxKeys(detectors.DefaultConfig(), maxKeys)
+}
+
+// withMaxKeys returns cfg with max_keys of every detector at maxKeys (0: as it is).
+func withMaxKeys(cfg detectors.Config, maxKeys int) detectors.Config {
 	if maxKeys == 0 {
 		return cfg
 	}

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatewatch/gatewatch/detectors"
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
 	"github.com/gatewatch/gatewatch/replay"
@@ -17,14 +16,7 @@ func TestReplaySyncInterval(t *testing.T) {
 	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 20, Seed: 3, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
 	defer func(n int) { *replay.SyncEvery = n }(*replay.SyncEvery)
 	for _, maxKeys := range []int{0, 200, 40} {
-		cfg := demoDetectors()
-		if maxKeys > 0 {
-			for _, c := range []*detectors.Common{&cfg.NewCountry.Common, &cfg.TokenReuse.Common, &cfg.ForbiddenBurst.Common,
-				&cfg.QuietEndpointSpike.Common, &cfg.ObjectEnumeration.Common, &cfg.AuthFailureSpray.Common,
-				&cfg.PrivilegeAnomaly.Common, &cfg.ClientVolumeSpike.Common, &cfg.RouteScan.Common} {
-				c.MaxKeys = maxKeys
-			}
-		}
+		cfg := withMaxKeys(demoDetectors(), maxKeys)
 		var want []byte
 		for _, every := range []int{1, 16} {
 			*replay.SyncEvery = every
