@@ -18,8 +18,8 @@ const readWindow = time.Hour
 // replay and forensics. A non-empty key keeps the events whose client_key or token_fp
 // is key. Events with the same millisecond come in a fixed order, so reading a range
 // twice gives the same sequence: the order they were archived in within a block, and
-// blocks by their id (random: across blocks this is not arrival order). Each event appears once even when
-// ClickHouse holds it twice and has not merged the copies yet.
+// blocks by their id (random: across blocks this is not arrival order). Each event
+// appears once even when ClickHouse holds it twice and has not merged the copies yet.
 //
 // On failure the sequence yields one zero Event with the error and stops. Only events
 // already in ClickHouse are read: Flush first to include what is still buffered.
