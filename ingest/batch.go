@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 )
@@ -160,6 +161,13 @@ func (b *Batch) Each(fn func(p Partition, events []Event)) {
 // to the earlier run. A consumer that hands a batch's partitions out one after the
 // other would make later partitions look minutes behind at low rates; merged, the
 // events of a batch reach the engine in about the order they happened.
+//
+// An event is ordered at the earliest time among its run's events not yet taken
+// (EarliestAhead), not at its own: a record stamped far ahead of its partition (a
+// clock glitch) is taken in its place among its partition's records. Ordered at its own
+// time it would wait for every other partition's events of the batch, and so would
+// every later record of its partition, behind it in the run: at low rates they would
+// reach the engine minutes behind the other partitions, late.
 func MergeByTime(events []Event, runs []Run, dst []Event) ([]Event, []Run) {
 	if len(runs) < 2 {
 		return append(dst[:0], events...), runs
@@ -188,11 +196,15 @@ func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 		}
 		off += r.N
 	}
+	keys := make([]int64, len(events))
+	for _, c := range curs {
+		EarliestAhead(keys[c.at:c.end], events[c.at:c.end])
+	}
 	order = make([]int, 0, len(events))
 	for len(curs) > 0 {
 		best := 0
 		for i := 1; i < len(curs); i++ {
-			if events[curs[i].at].Time.Before(events[curs[best].at].Time) {
+			if keys[curs[i].at] < keys[curs[best].at] {
 				best = i
 			}
 		}
@@ -209,4 +221,18 @@ func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 		}
 	}
 	return order, out
+}
+
+// EarliestAhead sets keys[i] to the earliest event time (µs since the Unix epoch) of
+// events[i:], the key a merge of partitions orders events[i] by when the events are
+// one partition's in its own order. A partition's records come in about the order they
+// happened, but not every record's stamp can be trusted: one stamped hours ahead
+// keeps the key of the records after it and is taken in its place, while after a quiet
+// spell the key follows the records' own times.
+func EarliestAhead(keys []int64, events []Event) {
+	low := int64(math.MaxInt64)
+	for i := len(events) - 1; i >= 0; i-- {
+		low = min(low, events[i].Time.UnixMicro())
+		keys[i] = low
+	}
 }

@@ -57,31 +57,50 @@ func TestMergeByTime(t *testing.T) {
 		}
 		return out
 	}
-	// a: 1 3 2 9 (2 out of order), b: 2 4 5
-	events := append(at(1, 3, 2, 9), at(2, 4, 5)...)
-	got, runs := MergeByTime(events, []Run{{a, 4}, {b, 3}}, nil)
-	var order []int
-	for _, ev := range got {
-		order = append(order, ev.Status)
-	}
-	if want := []int{1, 2, 3, 2, 4, 5, 9}; fmt.Sprint(order) != fmt.Sprint(want) {
-		t.Errorf("merged %v, want %v", order, want)
-	}
-	if want := "[{t/0 1} {t/1 1} {t/0 2} {t/1 2} {t/0 1}]"; fmt.Sprint(runs) != want {
-		t.Errorf("runs %v, want %s", runs, want)
-	}
-	// Each partition keeps its own order.
-	var pa []int
-	i := 0
-	for _, r := range runs {
-		for _, ev := range got[i : i+r.N] {
-			if r.Partition == a {
-				pa = append(pa, ev.Status)
+	for _, c := range []struct {
+		name     string
+		a, b     []int
+		want     string
+		wantRuns string
+	}{
+		// a's 3 is taken at 2, the earliest of a's records from there on: a partition's
+		// records out of order stay so, and take no later turn than their earliest.
+		{"out of order", []int{1, 3, 2, 9}, []int{2, 4, 5}, "[1 3 2 2 4 5 9]", "[{t/0 3} {t/1 3} {t/0 1}]"},
+		// a clock glitch (a's 900) goes in its place, and a's records after it do not
+		// wait behind it for b's.
+		{"glitch", []int{1, 900, 3, 5}, []int{2, 4, 6}, "[1 2 900 3 4 5 6]", "[{t/0 1} {t/1 1} {t/0 2} {t/1 1} {t/0 1} {t/1 1}]"},
+		{"glitch first", []int{900, 3, 5}, []int{2, 4, 6}, "[2 900 3 4 5 6]", "[{t/1 1} {t/0 2} {t/1 1} {t/0 1} {t/1 1}]"},
+		// after a quiet spell a's records are ordered by their own times.
+		{"gap", []int{1, 10, 11}, []int{2, 4, 6}, "[1 2 4 6 10 11]", "[{t/0 1} {t/1 3} {t/0 2}]"},
+		{"last ahead", []int{1, 900}, []int{2, 4}, "[1 2 4 900]", "[{t/0 1} {t/1 2} {t/0 1}]"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			events := append(at(c.a...), at(c.b...)...)
+			got, runs := MergeByTime(events, []Run{{a, len(c.a)}, {b, len(c.b)}}, nil)
+			var order []int
+			for _, ev := range got {
+				order = append(order, ev.Status)
 			}
-		}
-		i += r.N
-	}
-	if fmt.Sprint(pa) != "[1 3 2 9]" {
-		t.Errorf("partition a's order %v, want [1 3 2 9]", pa)
+			if fmt.Sprint(order) != c.want {
+				t.Errorf("merged %v, want %v", order, c.want)
+			}
+			if fmt.Sprint(runs) != c.wantRuns {
+				t.Errorf("runs %v, want %s", runs, c.wantRuns)
+			}
+			// Each partition keeps its own order.
+			var pa []int
+			i := 0
+			for _, r := range runs {
+				for _, ev := range got[i : i+r.N] {
+					if r.Partition == a {
+						pa = append(pa, ev.Status)
+					}
+				}
+				i += r.N
+			}
+			if fmt.Sprint(pa) != fmt.Sprint(c.a) {
+				t.Errorf("partition a's order %v, want %v", pa, c.a)
+			}
+		})
 	}
 }

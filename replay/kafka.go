@@ -69,8 +69,16 @@ type rangePart struct {
 	st     PartitionStats
 	format string
 	chunks chan rangeChunk // parsed in order; closed after the last
-	cur    []ingest.Event
-	at     int
+
+	// cur is the chunk being merged, from at, with the keys it is merged by
+	// (ingest.EarliestAhead); next is the partition's following chunk with events (nil
+	// when none), read ahead so that the last records of cur have their successors'
+	// times to go by: a record stamped hours ahead at the end of a chunk would
+	// otherwise hold its partition back behind every other until the range's end.
+	cur, next      []ingest.Event
+	keys, nextKeys []int64
+	at             int
+	primed         bool // next was read
 }
 
 // rangeChunk is a run of one partition's records that one goroutine parses.
@@ -339,10 +347,11 @@ func (k *KafkaRange) Next(ctx context.Context) (*ingest.Batch, error) {
 	}
 	for len(b.Events) < k.opts.BatchSize && len(k.live) > 0 {
 		var best *rangePart
+		var bestKey int64
 		for i := 0; i < len(k.live); i++ {
 			p := k.live[i]
 			if p.at == len(p.cur) {
-				ok, err := k.refill(ctx, p)
+				ok, err := k.turn(ctx, p)
 				if err != nil {
 					return nil, err
 				}
@@ -353,8 +362,12 @@ func (k *KafkaRange) Next(ctx context.Context) (*ingest.Batch, error) {
 					continue
 				}
 			}
-			if best == nil || p.cur[p.at].Time.Before(best.cur[best.at].Time) {
-				best = p
+			key := p.keys[p.at]
+			if p.next != nil {
+				key = min(key, p.nextKeys[0])
+			}
+			if best == nil || key < bestKey {
+				best, bestKey = p, key
 			}
 		}
 		if best == nil {
@@ -375,27 +388,57 @@ func (k *KafkaRange) Next(ctx context.Context) (*ingest.Batch, error) {
 	return b, nil
 }
 
-// refill takes p's next parsed chunk with events; false when p has no more.
-func (k *KafkaRange) refill(ctx context.Context, p *rangePart) (bool, error) {
+// turn moves p on to its next chunk with events and reads the one after it; false
+// when p has no more.
+func (k *KafkaRange) turn(ctx context.Context, p *rangePart) (bool, error) {
+	if !p.primed {
+		next, err := k.pull(ctx, p)
+		if err != nil {
+			return false, err
+		}
+		p.next, p.nextKeys, p.primed = next, earliestAhead(p.nextKeys, next), true
+	}
+	if p.next == nil {
+		return false, nil
+	}
+	p.cur, p.at = p.next, 0
+	p.keys, p.nextKeys = p.nextKeys, p.keys
+	next, err := k.pull(ctx, p)
+	if err != nil {
+		return false, err
+	}
+	p.next, p.nextKeys = next, earliestAhead(p.nextKeys, next)
+	return true, nil
+}
+
+// earliestAhead returns the keys of events in keys' storage, grown as needed.
+func earliestAhead(keys []int64, events []ingest.Event) []int64 {
+	keys = slices.Grow(keys[:0], len(events))[:len(events)]
+	ingest.EarliestAhead(keys, events)
+	return keys
+}
+
+// pull takes p's next parsed chunk with events; nil when p has no more.
+func (k *KafkaRange) pull(ctx context.Context, p *rangePart) ([]ingest.Event, error) {
 	for {
 		var c rangeChunk
 		var ok bool
 		select {
 		case c, ok = <-p.chunks:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return nil, ctx.Err()
 		}
 		if !ok {
-			return false, nil
+			return nil, nil
 		}
 		if c.err != nil {
-			return false, c.err
+			return nil, c.err
 		}
 		var r parsed
 		select {
 		case r = <-c.res:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return nil, ctx.Err()
 		}
 		p.st.Records += int64(len(c.values))
 		p.st.Events += int64(len(r.events))
@@ -406,7 +449,7 @@ func (k *KafkaRange) refill(ctx context.Context, p *rangePart) (bool, error) {
 		}
 		if len(r.letters) > 0 && k.opts.DeadLetters != nil {
 			if err := k.opts.DeadLetters.Put(ctx, r.letters); err != nil {
-				return false, fmt.Errorf("replay: dead letters: %w", err)
+				return nil, fmt.Errorf("replay: dead letters: %w", err)
 			}
 		}
 		for i := range r.events {
@@ -419,8 +462,7 @@ func (k *KafkaRange) refill(ctx context.Context, p *rangePart) (bool, error) {
 			}
 		}
 		if len(r.events) > 0 {
-			p.cur, p.at = r.events, 0
-			return true, nil
+			return r.events, nil
 		}
 	}
 }

@@ -73,6 +73,24 @@ func ids(t testing.TB, out []byte) []string {
 	return got
 }
 
+// sampleRange produces parts[p] to partition p of k's topic waf-logs and returns the
+// range of it that sample's hour spans, with a minute to spare either side.
+func sampleRange(t *testing.T, k *kafkatest.Cluster, parts map[int][]kafkago.Message) *replay.KafkaRange {
+	t.Helper()
+	for p, msgs := range parts {
+		k.ProduceTo(t, "waf-logs", p, msgs...)
+	}
+	src, err := replay.NewKafkaRange(context.Background(), replay.KafkaOptions{
+		Brokers: k.Addrs, Topics: []ingest.TopicConfig{{Name: "waf-logs", Format: ingest.FormatAWSWAF}},
+		Start: synth.DefaultStart.Add(-time.Minute), End: synth.DefaultStart.Add(time.Hour + time.Minute), Parser: parserOptions(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
 // TestKafkaRangeReplaysWhatFilesDo: the records of a file, spread over four partitions
 // of a topic with their Kafka timestamps at their event times, replay from a time range
 // of the topic to the same alerts, byte for byte, as from the file; records stamped
@@ -99,17 +117,7 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 		parts[0] = append(parts[0], kafkago.Message{Value: v, Time: r.Time})
 	}
 	slices.SortStableFunc(parts[0], func(a, b kafkago.Message) int { return a.Time.Compare(b.Time) })
-	for p := range 4 {
-		k.ProduceTo(t, "waf-logs", p, parts[p]...)
-	}
-	src, err := replay.NewKafkaRange(context.Background(), replay.KafkaOptions{
-		Brokers: k.Addrs, Topics: []ingest.TopicConfig{{Name: "waf-logs", Format: ingest.FormatAWSWAF}},
-		Start: synth.DefaultStart.Add(-time.Minute), End: synth.DefaultStart.Add(time.Hour + time.Minute), Parser: parserOptions(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := sampleRange(t, k, parts)
 	got, sum := replayOf(t, src, replay.Options{})
 	if !bytes.Equal(got, want) {
 		t.Errorf("alerts from Kafka differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
@@ -126,6 +134,43 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 	}
 	if records != int64(len(reqs)) {
 		t.Errorf("%d records read, want the %d in the range", records, len(reqs))
+	}
+}
+
+// TestKafkaRangeClockGlitch: one partition holds two records stamped twenty hours ahead, one
+// of them the last of the first chunk of records the range reads. Its later records do
+// not wait behind them for the other partitions: none is late, and the alerts are the
+// file's.
+func TestKafkaRangeClockGlitch(t *testing.T) {
+	reqs, lines := sample(t)
+	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
+	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+
+	k := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: 4})
+	parts := map[int][]kafkago.Message{}
+	for i := range reqs {
+		p := i % 4
+		parts[p] = append(parts[p], kafkago.Message{Value: lines[i], Time: reqs[i].Time})
+		if p != 1 || (len(parts[1]) != 500 && len(parts[1]) != replay.RangeChunkRecords-1) {
+			continue
+		}
+		// A copy of the request stamped twenty hours ahead, logged (and so stamped in Kafka)
+		// in its place.
+		g := reqs[i]
+		g.RequestID, g.Time = "glitch-"+g.RequestID, g.Time.Add(20*time.Hour)
+		v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts[1] = append(parts[1], kafkago.Message{Value: v, Time: reqs[i].Time})
+	}
+	src := sampleRange(t, k, parts)
+	got, sum := replayOf(t, src, replay.Options{})
+	if sum.Events != len(reqs)+2 || sum.Late != 0 {
+		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs)+2)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("alerts differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
 	}
 }
 

@@ -449,15 +449,22 @@ func attackOf(r *synth.Request, injected []synth.Injected) int {
 }
 
 // TestRunLaggingPartitionAndFutureRecord: one partition's shipper runs two minutes
-// behind the others and carries the 403 burst; another partition has one record stamped
-// twenty hours ahead. Every attack is still caught, nothing is late, and the record from
-// the future counts once as ahead of its stream.
+// behind the others and carries the 403 burst; the others hold records stamped twenty
+// hours ahead. Every attack is still caught, nothing is late, and each record from the
+// future counts once as ahead of its stream.
 func TestRunLaggingPartitionAndFutureRecord(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs gatewatch as a subprocess")
 	}
 	e := newE2E(t, "waf-logs")
 	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
+	// Full batches of the backlog below, each of several minutes of event time at
+	// this rate.
+	cfg, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, e.config, strings.Replace(string(cfg), "batch_wait: 50ms", "batch_wait: 2s", 1))
 	reqs, injected := liveTraffic(t, 11)
 	burst := -1
 	for k, inj := range injected {
@@ -465,23 +472,33 @@ func TestRunLaggingPartitionAndFutureRecord(t *testing.T) {
 			burst = k
 		}
 	}
-	future := reqs[len(reqs)/2]
-	future.Time = future.Time.Add(20 * time.Hour)
-	future.RequestID = "req-from-the-future"
-	reqs = slices.Insert(reqs, len(reqs)/2+1, future)
+	// Four records stamped twenty hours ahead, each in its place, at points that fall
+	// at different places in the batches.
+	const futures = 4
+	for k := futures; k > 0; k-- {
+		i := k * len(reqs) / (futures + 1)
+		future := reqs[i]
+		future.Time = future.Time.Add(20 * time.Hour)
+		future.RequestID = fmt.Sprintf("req-from-the-future-%d", k)
+		reqs = slices.Insert(reqs, i+1, future)
+	}
 	partOf := func(i int) int {
 		if attackOf(&reqs[i], injected) == burst {
 			return 3
 		}
 		return i % 3 // partition 3 carries only the burst, two minutes late
 	}
-	p := startRun(t, e.config)
+	// Produced before gatewatch starts, the records are a backlog it reads in full
+	// batches: a record from the future must not hold back the records of its
+	// partition after it in its batch (ordered at its own time, it did, and at this
+	// rate they were minutes behind the other partitions' and late).
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, partOf, map[int]time.Duration{3: 2 * time.Minute})
+	p := startRun(t, e.config)
 	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
-	e.waitMetric(t, p, 1, 30*time.Second, "gatewatch_detectors_ahead_events_total") // counted at the next report
-	if n := e.metric(t, "gatewatch_detectors_ahead_events_total"); n != 1 {
-		t.Errorf("%v records ahead of their stream, want the one from the future", n)
+	e.waitMetric(t, p, futures, 30*time.Second, "gatewatch_detectors_ahead_events_total") // counted at the next report
+	if n := e.metric(t, "gatewatch_detectors_ahead_events_total"); n != futures {
+		t.Errorf("%v records ahead of their stream, want the %d from the future", n, futures)
 	}
 	if n := e.metric(t, "gatewatch_detectors_late_events_total"); n != 0 {
 		t.Errorf("%v records late, want none", n)
