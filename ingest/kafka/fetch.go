@@ -213,8 +213,9 @@ func (s *Source) fill(ctx context.Context) *batch {
 		}
 	}()
 	s.refill(true)
+	now := time.Now()
 	for len(b.recs) < s.cfg.BatchSize {
-		p, hold := s.earliest()
+		p, hold := s.earliest(now)
 		if p != nil {
 			s.add(b, &p.headRec)
 			p.hasHead = false
@@ -223,6 +224,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 			s.refillOne(p)
 			if s.picks%64 == 0 {
 				s.refill(false) // partitions that were empty may have records by now
+				now = time.Now()
 			}
 			continue
 		}
@@ -237,9 +239,11 @@ func (s *Source) fill(ctx context.Context) *batch {
 		select {
 		case <-s.wake:
 			s.refill(true)
+			now = time.Now()
 			continue
 		case <-retry:
 			s.refill(true)
+			now = time.Now()
 			continue
 		case <-wait:
 		case <-ctx.Done():
@@ -292,8 +296,8 @@ const (
 
 // earliest returns the partition whose next record has the earliest timestamp, nil
 // when none has one, or when one that must be waited for has none in hand yet: then
-// hold says for how much longer to wait for it.
-func (s *Source) earliest() (best *partition, hold time.Duration) {
+// hold says for how much longer to wait for it. now is the wall clock.
+func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 	var bestAt time.Time
 	for _, p := range s.reading {
 		if !p.hasHead {
@@ -306,6 +310,13 @@ func (s *Source) earliest() (best *partition, hold time.Duration) {
 			// must not hold its partition's later records back behind everyone else's.
 			at = p.lastTime.Add(alignSkew)
 		}
+		if at.After(now) {
+			// Stamped after the wall clock: its producer's clock runs ahead. Ordered
+			// at its stamp, each of the partition's records would wait behind the
+			// others' for as long as that clock is ahead, and reach the engine that
+			// far behind them in event time, late once it is more than max_skew.
+			at = now
+		}
 		// Equal stamps (a producer that stamps a whole batch at once) go round robin,
 		// the partition taken longest ago first, so that no partition is drained
 		// before the others start.
@@ -313,7 +324,6 @@ func (s *Source) earliest() (best *partition, hold time.Duration) {
 			best, bestAt = p, at
 		}
 	}
-	var now time.Time
 	for _, p := range s.reading {
 		switch {
 		case p.hasHead:
@@ -321,9 +331,6 @@ func (s *Source) earliest() (best *partition, hold time.Duration) {
 			continue
 		case best != nil && !p.lastTime.IsZero() && !bestAt.After(p.lastTime.Add(alignSkew)):
 			continue // taking best leaves p no further behind than alignSkew
-		}
-		if now.IsZero() {
-			now = time.Now()
 		}
 		if p.emptySince.IsZero() {
 			p.emptySince = now

@@ -792,3 +792,59 @@ func TestSourceAlignsPartitionsByTimestamp(t *testing.T) {
 		}
 	}
 }
+
+// TestEarliest: which partition's next record goes into the batch, from the Kafka
+// timestamps of the records in hand and of the last ones taken.
+func TestEarliest(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
+	type part struct {
+		head, last time.Time // zero head: none in hand; zero last: none taken yet
+		emptyFor   time.Duration
+	}
+	for _, c := range []struct {
+		name  string
+		parts []part
+		want  int // index of the partition taken, -1 for none
+		hold  bool
+	}{
+		{"earliest stamp", []part{{head: sec(-5), last: sec(-6)}, {head: sec(-7), last: sec(-8)}}, 1, false},
+		{"an empty partition close behind is not waited for",
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-10)}}, 0, false},
+		{"an empty partition far behind is waited for",
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60)}}, -1, true},
+		{"for at most alignWait",
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60), emptyFor: alignWait}}, 0, false},
+		{"a partition that never delivered is waited for",
+			[]part{{head: sec(-5), last: sec(-6)}, {}}, -1, true},
+		// One record stamped hours ahead of its partition goes in about its place.
+		{"glitch", []part{{head: sec(-40), last: sec(-41)}, {head: now.Add(5 * time.Hour), last: sec(-52)}}, 1, false},
+		// A producer whose clock runs five minutes ahead: its records are ordered at
+		// the wall clock, so the others, emptied, are not waited for.
+		{"producer clock ahead", []part{{last: sec(-1)}, {head: sec(300), last: sec(295)}}, 1, false},
+		{"producer clock ahead, behind the others' records", []part{{head: sec(-1), last: sec(-2)}, {head: sec(300), last: sec(295)}}, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := &Source{}
+			for i, pc := range c.parts {
+				p := newPartition(&topic{name: "waf"}, i, 1)
+				p.lastTime = pc.last
+				if !pc.head.IsZero() {
+					p.headRec, p.hasHead = fetched{p: p, msg: kafkago.Message{Time: pc.head}}, true
+				}
+				if pc.emptyFor > 0 {
+					p.emptySince = now.Add(-pc.emptyFor)
+				}
+				s.reading = append(s.reading, p)
+			}
+			p, hold := s.earliest(now)
+			got := -1
+			if p != nil {
+				got = p.id
+			}
+			if got != c.want || (hold > 0) != c.hold {
+				t.Errorf("took partition %d (hold %s), want %d (hold %t)", got, hold, c.want, c.hold)
+			}
+		})
+	}
+}
