@@ -199,12 +199,12 @@ func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
 	switch {
 	case !pw.seen:
 		pw.seen, pw.maxT, pw.maxAt = true, t, now
-		w.raiseTop(t)
+		w.raiseTop(t, now)
 		w.recompute()
 	case t > pw.maxT:
 		low := pw.maxT-w.lateness == w.low
 		pw.maxT, pw.maxAt = t, now
-		w.raiseTop(t)
+		w.raiseTop(t, now)
 		if low {
 			w.recompute()
 		} else {
@@ -237,7 +237,16 @@ func (w *watermarks) aheadOf(pw *partWM, t int64) (int64, verdict) {
 	return t, late // nothing to judge it against: it enters no window
 }
 
-func (w *watermarks) raiseTop(t int64) {
+// raiseTop notes t, taken on time at wall clock now (zero without a clock), as the
+// newest record's time.
+func (w *watermarks) raiseTop(t int64, now time.Time) {
+	if !now.IsZero() {
+		// Live, a record stamped after the wall clock counts as stamped now: its
+		// gateway's clock runs ahead (by less than max_ahead, or it would not be taken
+		// on time), and its partition, leading by that much, must not make every
+		// other partition's records late by being more than max_skew ahead of them.
+		t = min(t, now.UnixMilli())
+	}
 	if !w.hasTop || t > w.top {
 		w.top, w.hasTop = t, true
 	}

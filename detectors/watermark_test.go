@@ -286,6 +286,58 @@ func TestPartitionTooFarBehind(t *testing.T) {
 	}
 }
 
+// Live, a gateway whose clock runs five minutes ahead (less than max_ahead, so its
+// records are taken on time) does not lead the others by more than max_skew: the
+// watermark follows the wall clock, not its stamps, and the burst in the partition
+// whose clock is right is caught, nothing late. Without a clock (replay), five minutes
+// ahead is a partition leading by more than max_skew, and the others are late.
+func TestGatewayClockAhead(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	a := concat(steady(t0, 6*time.Minute, "healthy"), burst403(30, t0.Add(6*time.Minute), "attacker"),
+		steady(t0.Add(6*time.Minute+3*time.Second), 4*time.Minute, "healthy"))
+	b := steady(t0.Add(5*time.Minute), 10*time.Minute, "other") // logged at t0 on, stamped five minutes ahead
+	for _, c := range []struct {
+		name     string
+		live     bool
+		wantLate bool
+	}{
+		{"live", true, false},
+		{"replay", false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			reg := prometheus.NewPedanticRegistry()
+			var wall time.Time
+			o := Options{Registerer: reg}
+			if c.live {
+				o.Now = func() time.Time { return wall }
+			}
+			e, err := NewEngine(cfg, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var alerts []Alert
+			for _, bt := range interleave(20, partRun{partA, a}, partRun{partB, b}) {
+				wall = bt.Events[bt.Runs[0].N-1].Time // A's clock is right: read as A's records are logged
+				alerts = append(alerts, e.ObserveBatch(bt)...)
+			}
+			alerts = append(alerts, e.Flush()...)
+			late := counterValue(t, reg, "gatewatch_detectors_late_events_total")
+			if c.wantLate {
+				if late == 0 {
+					t.Error("no record late: the negative control does not lead by more than max_skew")
+				}
+				return
+			}
+			if keys := keysOf(alerts); !slices.Equal(keys, []string{"attacker"}) {
+				t.Errorf("alerts %v, want attacker", keys)
+			}
+			if late != 0 {
+				t.Errorf("%v records late, want none", late)
+			}
+		})
+	}
+}
+
 // A partition that ended (a file read to its end, a partition revoked) stops holding
 // the watermark back.
 func TestEndedPartition(t *testing.T) {
