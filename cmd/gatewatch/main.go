@@ -48,13 +48,14 @@ func commands() []command {
 				"traffic from three gateways (AWS WAF, Kong, nginx) with one attack of each kind, and prints each alert as\n" +
 				"it is delivered (--json: as JSON lines). stderr says which incident each injected attack raised.",
 			"gatewatch demo --json > alerts.jsonl", runDemo},
-		{"replay", "run log files through the detectors and print the alerts",
-			"replay --config FILE --input PATH|- [--format F] [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...",
-			"Reads log files (a directory, several files, gzip, or stdin) through the same parsers and detectors as the\n" +
-				"live pipeline and prints each incident as a JSON alert on stdout, the summary on stderr. Files are read\n" +
-				"in the order of their event time, so rotated logs replay oldest first. It exits 1 when more records are\n" +
-				"rejected than --max-reject-ratio allows, more events come late than --max-late-ratio allows, or an input\n" +
-				"is damaged; 130 after SIGINT or SIGTERM, with the alerts raised so far written.",
+		{"replay", "run history (log files, a Kafka time range, the event archive) through the detectors and print the alerts",
+			"replay --config FILE (--input PATH|- | --kafka BROKERS --topic T[,T] | --archive) [--from T] [--to T] [--set detectors.NAME.PARAM=VALUE]...",
+			"Reads history (log files: a directory, several files, gzip, or stdin; a time range of Kafka topics; or\n" +
+				"the store's event archive) through the same parsers and detectors as the live pipeline and prints each\n" +
+				"incident as a JSON alert on stdout, the summary on stderr. Files are read in the order of their event\n" +
+				"time, so rotated logs replay oldest first; Kafka partitions are merged by event time. It exits 1 when\n" +
+				"more records are rejected than --max-reject-ratio allows, more events come late than --max-late-ratio\n" +
+				"allows, or an input is damaged; 130 after SIGINT or SIGTERM, with the alerts raised so far written.",
 			"gatewatch replay --config gatewatch.yaml --input /var/log/nginx/ --from 2025-06-14T00:00:00Z --to 2025-06-15T00:00:00Z", runReplay},
 		{"notify", "send alerts from a file through the configured routes and receivers",
 			"notify --config FILE --input ALERTS.jsonl|- [--dry-run] | --requeue [--receiver NAME]",
