@@ -137,10 +137,10 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 	}
 }
 
-// TestKafkaRangeClockGlitch: one partition holds two records stamped twenty hours ahead, one
-// of them the last of the first chunk of records the range reads. Its later records do
-// not wait behind them for the other partitions: none is late, and the alerts are the
-// file's.
+// TestKafkaRangeClockGlitch: one partition holds two records stamped twenty hours
+// ahead, one of them the last of the first chunk of records the range reads. Its later
+// records do not wait behind them for the other partitions: none is late, and the
+// alerts are the file's.
 func TestKafkaRangeClockGlitch(t *testing.T) {
 	reqs, lines := sample(t)
 	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
@@ -154,8 +154,8 @@ func TestKafkaRangeClockGlitch(t *testing.T) {
 		if p != 1 || (len(parts[1]) != 500 && len(parts[1]) != replay.RangeChunkRecords-1) {
 			continue
 		}
-		// A copy of the request stamped twenty hours ahead, logged (and so stamped in Kafka)
-		// in its place.
+		// A copy of the request stamped twenty hours ahead, logged (and so stamped in
+		// Kafka) in its place.
 		g := reqs[i]
 		g.RequestID, g.Time = "glitch-"+g.RequestID, g.Time.Add(20*time.Hour)
 		v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &g)
