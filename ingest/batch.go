@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -163,7 +164,7 @@ func (b *Batch) Each(fn func(p Partition, events []Event)) {
 // events of a batch reach the engine in about the order they happened.
 //
 // An event is ordered at the earliest time among its run's events not yet taken
-// (EarliestAhead), not at its own: a record stamped far ahead of its partition (a
+// (AppendEarliestAhead), not at its own: a record stamped far ahead of its partition (a
 // clock glitch) is taken in its place among its partition's records. Ordered at its own
 // time it would wait for every other partition's events of the batch, and so would
 // every later record of its partition, behind it in the run: at low rates they would
@@ -196,9 +197,9 @@ func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 		}
 		off += r.N
 	}
-	keys := make([]int64, len(events))
+	keys := make([]int64, 0, len(events)) // keys[i] is events[i]'s: the runs are contiguous
 	for _, c := range curs {
-		EarliestAhead(keys[c.at:c.end], events[c.at:c.end])
+		keys = AppendEarliestAhead(keys, events[c.at:c.end])
 	}
 	order = make([]int, 0, len(events))
 	for len(curs) > 0 {
@@ -223,16 +224,20 @@ func MergeOrder(events []Event, runs []Run) (order []int, out []Run) {
 	return order, out
 }
 
-// EarliestAhead sets keys[i] to the earliest event time (µs since the Unix epoch) of
-// events[i:], the key a merge of partitions orders events[i] by when the events are
-// one partition's in its own order. A partition's records come in about the order they
-// happened, but not every record's stamp can be trusted: one stamped hours ahead
-// keeps the key of the records after it and is taken in its place, while after a quiet
-// spell the key follows the records' own times.
-func EarliestAhead(keys []int64, events []Event) {
+// AppendEarliestAhead appends to keys, for each of events, the earliest event time (µs
+// since the Unix epoch) of it and the events after it, and returns the extended slice:
+// the key a merge of partitions orders an event by when the events are one partition's
+// in its own order. A partition's records come in about the order they happened, but
+// not every record's stamp can be trusted: one stamped hours ahead keeps the key of the
+// records after it and is taken in its place, while after a quiet spell the key follows
+// the records' own times.
+func AppendEarliestAhead(keys []int64, events []Event) []int64 {
+	n := len(keys)
+	keys = slices.Grow(keys, len(events))[:n+len(events)]
 	low := int64(math.MaxInt64)
 	for i := len(events) - 1; i >= 0; i-- {
 		low = min(low, events[i].Time.UnixMicro())
-		keys[i] = low
+		keys[n+i] = low
 	}
+	return keys
 }

@@ -71,14 +71,13 @@ type rangePart struct {
 	chunks chan rangeChunk // parsed in order; closed after the last
 
 	// cur is the chunk being merged, from at, with the keys it is merged by
-	// (ingest.EarliestAhead); next is the partition's following chunk with events (nil
-	// when none), read ahead so that the last records of cur have their successors'
-	// times to go by: a record stamped hours ahead at the end of a chunk would
-	// otherwise hold its partition back behind every other until the range's end.
+	// (ingest.AppendEarliestAhead); next is the partition's following chunk with
+	// events (nil when none), read ahead so that the last records of cur have their
+	// successors' times to go by: a record stamped hours ahead at the end of a chunk
+	// would otherwise hold its partition back behind every other until the range's end.
 	cur, next      []ingest.Event
 	keys, nextKeys []int64
 	at             int
-	primed         bool // next was read
 }
 
 // rangeChunk is a run of one partition's records that one goroutine parses.
@@ -391,31 +390,24 @@ func (k *KafkaRange) Next(ctx context.Context) (*ingest.Batch, error) {
 // turn moves p on to its next chunk with events and reads the one after it; false
 // when p has no more.
 func (k *KafkaRange) turn(ctx context.Context, p *rangePart) (bool, error) {
-	if !p.primed {
-		next, err := k.pull(ctx, p)
-		if err != nil {
+	if p.cur == nil { // the first turn: nothing was read ahead yet
+		if err := k.readAhead(ctx, p); err != nil {
 			return false, err
 		}
-		p.next, p.nextKeys, p.primed = next, earliestAhead(p.nextKeys, next), true
 	}
 	if p.next == nil {
 		return false, nil
 	}
 	p.cur, p.at = p.next, 0
 	p.keys, p.nextKeys = p.nextKeys, p.keys
-	next, err := k.pull(ctx, p)
-	if err != nil {
-		return false, err
-	}
-	p.next, p.nextKeys = next, earliestAhead(p.nextKeys, next)
-	return true, nil
+	return true, k.readAhead(ctx, p)
 }
 
-// earliestAhead returns the keys of events in keys' storage, grown as needed.
-func earliestAhead(keys []int64, events []ingest.Event) []int64 {
-	keys = slices.Grow(keys[:0], len(events))[:len(events)]
-	ingest.EarliestAhead(keys, events)
-	return keys
+// readAhead reads p's next chunk with events into p.next, with its keys.
+func (k *KafkaRange) readAhead(ctx context.Context, p *rangePart) error {
+	next, err := k.pull(ctx, p)
+	p.next, p.nextKeys = next, ingest.AppendEarliestAhead(p.nextKeys[:0], next)
+	return err
 }
 
 // pull takes p's next parsed chunk with events; nil when p has no more.
