@@ -3,7 +3,6 @@ package replay_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"slices"
 	"testing"
@@ -179,48 +178,27 @@ func BenchmarkReplayArchive(b *testing.B) {
 // batch's strings share the parser's buffers.
 func parsed(b *testing.B, path string) []ingest.Event {
 	b.Helper()
-	fs := fileSource(b, path, ingest.FormatAWSWAF, 0)
-	defer fs.Close()
 	var events []ingest.Event
-	for {
-		batch, err := fs.Next(context.Background())
-		if batch != nil {
-			for _, ev := range batch.Events {
-				events = append(events, ev.Clone())
-			}
+	eachBatch(b, path, func(batch []ingest.Event) {
+		for _, ev := range batch {
+			events = append(events, ev.Clone())
 		}
-		if err == io.EOF {
-			return events
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
+	})
+	return events
 }
 
 // archive parses the file at path into st's archive, waits until it is readable, and
 // returns how many events it holds.
 func archive(b *testing.B, st store.Store, path string) int {
 	b.Helper()
-	fs := fileSource(b, path, ingest.FormatAWSWAF, 0)
-	defer fs.Close()
 	ctx := context.Background()
 	n := 0
-	for {
-		batch, err := fs.Next(ctx)
-		if batch != nil {
-			n += len(batch.Events)
-			if err := st.ArchiveEvents(ctx, batch.Events); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+	eachBatch(b, path, func(events []ingest.Event) {
+		n += len(events)
+		if err := st.ArchiveEvents(ctx, events); err != nil {
 			b.Fatal(err)
 		}
-	}
+	})
 	if err := st.Flush(ctx); err != nil {
 		b.Fatal(err)
 	}

@@ -2,7 +2,9 @@ package replay_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -75,6 +77,26 @@ func fileSource(t testing.TB, path, format string, workers int) *ingest.FileSour
 		t.Fatal(err)
 	}
 	return src
+}
+
+// eachBatch calls fn with the events of every batch of the AWS WAF file at path, in
+// order. They share the parser's buffers: fn clones what it keeps.
+func eachBatch(t testing.TB, path string, fn func([]ingest.Event)) {
+	t.Helper()
+	fs := fileSource(t, path, ingest.FormatAWSWAF, 0)
+	defer fs.Close()
+	for {
+		b, err := fs.Next(context.Background())
+		if b != nil {
+			fn(b.Events)
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestReplayIsDeterministic replays each file again with other numbers of parsing

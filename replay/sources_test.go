@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"iter"
 	"slices"
 	"strings"
@@ -185,25 +184,13 @@ func TestArchiveReplaysWhatFilesDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close(context.Background())
-	fs := fileSource(t, path, ingest.FormatAWSWAF, 0)
-	defer fs.Close()
 	n := 0
-	for {
-		b, err := fs.Next(context.Background())
-		if b != nil {
-			n += len(b.Events)
-			if err := st.ArchiveEvents(context.Background(), b.Events); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+	eachBatch(t, path, func(events []ingest.Event) {
+		n += len(events)
+		if err := st.ArchiveEvents(context.Background(), events); err != nil {
 			t.Fatal(err)
 		}
-	}
-	fs.Close()
+	})
 	from, to := synth.DefaultStart, synth.DefaultStart.Add(2*time.Hour)
 	a := replay.NewArchive(st.ReadEvents(context.Background(), from, to, ""))
 	got, sum := replayOf(t, a, replay.Options{})
