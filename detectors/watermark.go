@@ -99,9 +99,7 @@ func (w *watermarks) end(p ingest.Partition) {
 	}
 	delete(w.parts, p)
 	i := slices.Index(w.list, pw)
-	w.list[i] = w.list[len(w.list)-1]
-	w.list[len(w.list)-1] = nil
-	w.list = w.list[:len(w.list)-1]
+	w.list = slices.Delete(w.list, i, i+1) // zeroes the freed end
 	w.ended = append(w.ended, p)
 	w.recompute()
 }
