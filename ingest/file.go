@@ -47,7 +47,10 @@ type FileStats struct {
 	// Late counts the events more than FileOptions.Lateness older than the newest event
 	// read before them: out of order for the detectors, whose windows have moved on.
 	Late int64
-	Err  error // an *InputError when the input was damaged; what came before was read
+	// MaxLag is the furthest an event came behind the newest event read before it: the
+	// allowed_lateness that would have taken every event of the input.
+	MaxLag time.Duration
+	Err    error // an *InputError when the input was damaged; what came before was read
 }
 
 // An InputError is damage to one input: a truncated or corrupt gzip stream, a read
@@ -647,10 +650,12 @@ func (s *FileSource) account(c *chunk, r *parsed) {
 		if t.After(st.Last) {
 			st.Last = t
 		}
-		if t.Before(s.newest.Add(-s.opts.Lateness)) {
-			st.Late++
-		}
-		if t.After(s.newest) {
+		if lag := s.newest.Sub(t); lag > 0 {
+			st.MaxLag = max(st.MaxLag, lag)
+			if lag > s.opts.Lateness {
+				st.Late++
+			}
+		} else {
 			s.newest = t
 		}
 	}

@@ -377,7 +377,8 @@ func TestFileSourceReadsRotatedFilesOldestFirst(t *testing.T) {
 
 // TestFileSourceCountsLateEventsPerFile reads two logs of the same hour (two gateways),
 // one after the other: the second one's events behind the first's by more than the
-// lateness are counted late, against that file.
+// lateness are counted late, against that file, which also says how far behind the
+// furthest came.
 func TestFileSourceCountsLateEventsPerFile(t *testing.T) {
 	dir := t.TempDir()
 	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
@@ -394,6 +395,10 @@ func TestFileSourceCountsLateEventsPerFile(t *testing.T) {
 	// b starts at 10:00:30 after a ended at 10:59: its events up to 10:48:30 are late.
 	if st[0].Late != 0 || st[1].Late != 49 {
 		t.Errorf("late events per file: %s %d, %s %d; want 0 and 49", st[0].Name, st[0].Late, st[1].Name, st[1].Late)
+	}
+	// b's first event came 58m30s behind a's last, the furthest of all.
+	if st[0].MaxLag != 0 || st[1].MaxLag != 58*time.Minute+30*time.Second {
+		t.Errorf("furthest lag per file: %s %s, %s %s; want 0s and 58m30s", st[0].Name, st[0].MaxLag, st[1].Name, st[1].MaxLag)
 	}
 	if !st[1].First.Equal(t0.Add(30*time.Second)) || !st[1].Last.Equal(t0.Add(59*time.Minute+30*time.Second)) {
 		t.Errorf("%s spans %v to %v", st[1].Name, st[1].First, st[1].Last)

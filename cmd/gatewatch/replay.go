@@ -343,7 +343,7 @@ func (r *replayRun) verdicts(ctx context.Context, sum *replay.Summary) error {
 		verdict = kafkaVerdict(r.env.stderr, r.kafka, r.dead, float64(r.f.in.maxReject))
 	}
 	if sum != nil {
-		verdict = errors.Join(verdict, lateVerdict(r.env.stderr, sum, stats, float64(r.f.maxLate)))
+		verdict = errors.Join(verdict, lateVerdict(r.env.stderr, sum, stats, r.cfg.Detectors, float64(r.f.maxLate)))
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(r.env.stderr, "replay: interrupted: what is above was raised by the events read before the signal")
@@ -614,6 +614,35 @@ func (r *replayRun) sendAlerts(ctx context.Context, alerts []detectors.Alert) er
 	return errors.Join(err, d.Close(stopTimeout))
 }
 
+// disorderLag is the most a line of one log may lag behind a newer one for replay to
+// take it as the log's own disorder rather than logs of several sources mixed.
+const disorderLag = 10 * time.Minute
+
+// latenessFor returns the allowed_lateness, rounded up to ten seconds or under a minute
+// to whole minutes, that takes an event lag behind a newer one, in the form --set
+// reads, if the lag is at most disorderLag, and dcfg allows it and is below it.
+func latenessFor(lag time.Duration, dcfg detectors.Config) (string, bool) {
+	if lag > disorderLag {
+		return "", false
+	}
+	unit := time.Minute
+	if lag < time.Minute {
+		unit = 10 * time.Second
+	}
+	d := (lag + unit - 1).Truncate(unit)
+	if d <= dcfg.AllowedLateness {
+		return "", false
+	}
+	dcfg.AllowedLateness = d
+	if dcfg.Validate() != nil {
+		return "", false
+	}
+	if d%time.Minute == 0 {
+		return fmt.Sprintf("%dm", d/time.Minute), true
+	}
+	return fmt.Sprintf("%ds", d/time.Second), true
+}
+
 // lateWarnShare is the share of late events from which replay names the files that
 // brought them, below --max-late-ratio's limit as well as above it.
 const lateWarnShare = 0.001
@@ -621,7 +650,11 @@ const lateWarnShare = 0.001
 // lateVerdict warns, naming the inputs that brought them, when a noticeable share of
 // events came later than the detectors' allowed lateness (their windows had closed, so
 // they counted for baselines only), and returns an error when the share passes maxLate.
-func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, maxLate float64) error {
+// When the latest of them came within what dcfg could allow, it says what
+// allowed_lateness would take them all: a log whose lines are a little out of order
+// (Apache's %t is when a request started, its line is written when it ends) needs only
+// that.
+func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, dcfg detectors.Config, maxLate float64) error {
 	events := sum.Events + sum.WarmupEvents
 	if events == 0 || sum.Late == 0 {
 		return nil
@@ -633,17 +666,24 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, max
 	late := slices.Clone(stats)
 	slices.SortStableFunc(late, func(a, b ingest.FileStats) int { return int(b.Late - a.Late) })
 	var files []string
+	var lag time.Duration
 	for _, st := range late {
 		if st.Late > 0 && len(files) < 5 {
 			files = append(files, fmt.Sprintf("%s (%d late of %d)", st.Name, st.Late, st.Events))
 		}
+		lag = max(lag, st.MaxLag)
 	}
 	fmt.Fprintf(w, "replay: warning: %d of %d events (%.1f%%) came more than the allowed lateness behind newer ones, so the detectors' windows had closed for them",
 		sum.Late, events, 100*share)
 	if len(files) > 0 {
 		fmt.Fprintf(w, "; they came from %s", strings.Join(files, ", "))
 	}
-	fmt.Fprintln(w, ": are files of several gateways or hosts mixed, or out of order? Replay one stream at a time, or raise detectors.allowed_lateness")
+	if d, ok := latenessFor(lag, dcfg); ok {
+		fmt.Fprintf(w, ": the latest came %s behind a newer one, as in a log whose lines are a little out of order; with --set detectors.allowed_lateness=%s (or that in the config, which delays live alerts as much) none would be late\n",
+			lag.Round(time.Second), d)
+	} else {
+		fmt.Fprintln(w, ": are files of several gateways or hosts mixed, or out of order? Replay one stream at a time, or raise detectors.allowed_lateness")
+	}
 	if share <= maxLate {
 		return nil
 	}

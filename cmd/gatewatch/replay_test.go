@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,7 +126,7 @@ func TestReplayWarnsAboutLateEvents(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("exit %d, want 1:\n%s", code, lastLines(errOut, 12))
 	}
-	for _, want := range []string{"warning: ", "late of", "over --max-late-ratio 0.01", "attacks in them may have been missed"} {
+	for _, want := range []string{"warning: ", "late of", "Replay one stream at a time", "over --max-late-ratio 0.01", "attacks in them may have been missed"} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, lastLines(errOut, 12))
 		}
@@ -137,6 +138,45 @@ func TestReplayWarnsAboutLateEvents(t *testing.T) {
 	_, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", dir, "--max-late-ratio", "1")
 	if code != 0 || !strings.Contains(errOut, "warning: ") {
 		t.Errorf("--max-late-ratio 1: exit %d, and the warning is still due:\n%s", code, lastLines(errOut, 12))
+	}
+}
+
+// TestReplaySuggestsTheLatenessALogNeeds replays a log whose lines are out of order
+// within each minute (as in an Apache log, stamped when each request started and
+// written when it ended): replay says which allowed_lateness takes every line, and
+// with it nothing is late and the alerts are those of the same log in order.
+func TestReplaySuggestsTheLatenessALogNeeds(t *testing.T) {
+	reqs, lines := replayTraffic(t)
+	var shuffled []string
+	for i := 0; i < len(lines); {
+		j := i
+		for j < len(lines) && reqs[j].Time.Truncate(time.Minute).Equal(reqs[i].Time.Truncate(time.Minute)) {
+			j++
+		}
+		minute := slices.Clone(lines[i:j])
+		slices.Reverse(minute)
+		shuffled = append(shuffled, minute...)
+		i = j
+	}
+	dir := t.TempDir()
+	inOrder, disordered := filepath.Join(dir, "in-order.log"), filepath.Join(dir, "access.log")
+	writeLog(t, inOrder, lines, false)
+	writeLog(t, disordered, shuffled, false)
+	cfg := testConfig(t, replayDetectors)
+	_, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", disordered)
+	if code != 1 || !strings.Contains(errOut, "with --set detectors.allowed_lateness=1m (or that in the config") {
+		t.Fatalf("exit %d, want 1 and the lateness to set:\n%s", code, lastLines(errOut, 4))
+	}
+	want, _, code := runCmd(t, "", "replay", "--config", cfg, "--input", inOrder, "--set", "detectors.allowed_lateness=1m")
+	if code != 0 || len(alertIDs(t, want)) < 4 {
+		t.Fatalf("in order: exit %d, %d alerts", code, len(alertIDs(t, want)))
+	}
+	got, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", disordered, "--set", "detectors.allowed_lateness=1m")
+	if code != 0 || !strings.Contains(errOut, ", 0 late") || strings.Contains(errOut, "warning: ") {
+		t.Errorf("with the lateness suggested: exit %d:\n%s", code, lastLines(errOut, 4))
+	}
+	if got != want {
+		t.Errorf("with the lateness suggested, the alerts differ from those of the log in order:\n%s\nwant:\n%s", got, want)
 	}
 }
 
