@@ -136,16 +136,27 @@ func countryWarning(cfg *config, formats ...string) string {
 		return ""
 	}
 	var none []string
+	auto := false
 	for _, f := range formats {
-		if !ingest.LogsCountry(f) && !slices.Contains(none, f) {
+		switch {
+		case f == ingest.FormatAuto:
+			auto = true
+		case !ingest.LogsCountry(f) && !slices.Contains(none, f):
 			none = append(none, f)
 		}
 	}
-	if len(none) == 0 {
+	var which string
+	switch {
+	case len(none) > 0:
+		which = strings.Join(none, ", ") + " records carry no country (only awswaf and cloudflare log one)"
+	case auto:
+		// The format of each record is known only once it is read.
+		which = "records read with --format auto carry a country only if they are awswaf or cloudflare ones"
+	default:
 		return ""
 	}
-	return fmt.Sprintf("new_country is enabled, but %s records carry no country (only awswaf and cloudflare log one) and no GeoIP database is configured: "+
-		"set ingest.geoip.database to a country database, or new_country cannot fire for them", strings.Join(none, ", "))
+	return "new_country is enabled, but " + which + ", and no GeoIP database is configured: " +
+		"set ingest.geoip.database to a country database, or new_country cannot fire for the others"
 }
 
 // countingDeadLetters counts the records passed on to next, by reason. Put is called
