@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -78,9 +79,8 @@ type Engine struct {
 	// the hashes of their client keys and IPs, which several detectors share.
 	hashes [][prefetchRun]uint64
 	rh     runHashes
-	// heldHashes and heldBuf serve a held record, run through the detectors on its own.
+	// heldHashes serve held records, run through the detectors once decided.
 	heldHashes     [][prefetchRun]uint64
-	heldBuf        [1]ingest.Event
 	steps          [prefetchRun]step // the run in hand, judged
 	needCK, needIP bool
 	out            emitter
@@ -374,21 +374,22 @@ func (e *Engine) observe(b *ingest.Batch, events []ingest.Event) int64 {
 		}
 		maxT = max(maxT, e.applyMarks(b.Marks, now, &st))
 		if !now.IsZero() && e.wms.checkIdle(now) && e.wms.holding > 0 {
-			// A partition gone idle with a record held is judged as if its next record
-			// came back at its stream's time: the held one is ahead. Were it the first
-			// record after a gap, the partition's next record, far ahead too, moves the
-			// stream on then; taken for a gap when it was a glitch, it would make every
-			// later record of the partition late until the glitch's time.
+			// A partition gone idle with records held is judged as if its next record
+			// came back at its stream's time: the held ones are ahead. Were they the
+			// first records after a gap, the partition's next record, far ahead too,
+			// moves the stream on then; taken for a gap when they were a glitch, they
+			// would make every later record of the partition late until the glitch's
+			// time.
 			for _, pw := range e.wms.sortedParts() {
 				if pw.idle && pw.held != nil {
-					maxT = max(maxT, e.resolveHeld(pw, pw.maxT, true, now, &st))
+					maxT = max(maxT, e.resolveHeld(pw, pw.maxT, true, false, now, &st))
 				}
 			}
 		}
 		maxT = max(maxT, e.observeEvents(events, b.Runs, now, &st))
 		for _, p := range b.Ended {
 			if pw := e.wms.parts[p]; pw != nil && pw.held != nil {
-				maxT = max(maxT, e.resolveHeld(pw, 0, false, now, &st))
+				maxT = max(maxT, e.resolveHeld(pw, 0, false, false, now, &st))
 			}
 			e.wms.end(p)
 		}
@@ -522,24 +523,40 @@ func (e *Engine) feed(run []ingest.Event, hs [][prefetchRun]uint64, steps []step
 	e.traffic.since = since
 }
 
-// resolveHeld decides pw's held record, given the time of the partition's next record
-// (hasNext false: none will come, the input ended), and runs it through the detectors. It returns the
-// time the record entered windows with, math.MinInt64 if it was late.
-func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext bool, now time.Time, st *observeStats) int64 {
-	ev := pw.held
-	pw.held = nil
-	at, v := e.wms.resolveHeld(pw, ev.Time.UnixMilli(), next, hasNext, now)
-	e.heldBuf[0] = *ev
-	events := e.heldBuf[:]
-	var hs runHashes
-	e.prefetch(events, &hs, e.heldHashes)
-	steps := [1]step{e.judged(0, at, v, st)}
-	e.feed(events, e.heldHashes, steps[:])
-	events[0] = ingest.Event{}
-	if v == late {
+// resolveHeld decides pw's held records, given the time of the partition's next record
+// (hasNext false: none will come, the input ended), and runs them through the
+// detectors, in the partition's order. With wait, a next record near them may leave
+// them undecided (see watermarks.decide). It returns the largest time one of them
+// entered windows with, math.MinInt64 if none did.
+func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext, wait bool, now time.Time, st *observeStats) int64 {
+	jump, ok := e.wms.decide(pw, next, hasNext, wait)
+	if !ok {
 		return math.MinInt64
 	}
-	return at
+	held := pw.held
+	pw.held = nil
+	maxT := int64(math.MinInt64)
+	for run := range slices.Chunk(held, prefetchRun) {
+		steps := e.steps[:0]
+		for i := range run {
+			t := run[i].Time.UnixMilli()
+			var at int64
+			var v verdict
+			if jump {
+				at, v = e.wms.take(pw, t, now)
+			} else {
+				at, v = e.wms.aheadOf(pw, t)
+			}
+			if v != late {
+				maxT = max(maxT, at)
+			}
+			steps = append(steps, e.judged(i, at, v, st))
+		}
+		var hs runHashes
+		e.prefetch(run, &hs, e.heldHashes)
+		e.feed(run, e.heldHashes, steps)
+	}
+	return maxT
 }
 
 // resolveAllHeld decides every held record as a gap (no next record will come: the
@@ -550,7 +567,7 @@ func (e *Engine) resolveAllHeld(st *observeStats) {
 	}
 	for _, pw := range e.wms.sortedParts() {
 		if pw.held != nil {
-			e.resolveHeld(pw, 0, false, time.Time{}, st)
+			e.resolveHeld(pw, 0, false, false, time.Time{}, st)
 		}
 	}
 }
@@ -583,16 +600,15 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			ev := &run[i]
 			t := ev.Time.UnixMilli()
 			if pw.held != nil {
-				// The held record goes through the detectors after the events before
+				// The held records go through the detectors after the events before
 				// this one.
 				e.feed(run, e.hashes, steps)
 				steps = steps[:0]
-				maxT = max(maxT, e.resolveHeld(pw, t, true, now, st))
+				maxT = max(maxT, e.resolveHeld(pw, t, true, true, now, st))
 			}
 			at, v := e.wms.judge(pw, t, now)
 			if v == held {
-				held := ev.Clone() // it outlives its batch, whose strings the parser reuses
-				pw.held = &held
+				pw.held = append(pw.held, ev.Clone()) // they outlive their batch, whose strings the parser reuses
 				continue
 			}
 			if v != late {
@@ -627,8 +643,8 @@ func (e *Engine) Flush() []Alert {
 // needs; events before it may be acknowledged.
 func (e *Engine) horizon() int64 {
 	if !e.wms.started || e.wms.holding > 0 {
-		// A held record is not in any window yet, and its batch must not be
-		// acknowledged before it is.
+		// Held records are in no window yet, and their batches must not be
+		// acknowledged before they are.
 		return math.MinInt64
 	}
 	h := int64(math.MaxInt64)

@@ -266,7 +266,7 @@ func (s *hashSet) grow(n int) {
 // and the keys are looked up again the next time they come; the error says so.
 func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) error {
 	f := e.fetch
-	keys, routes := f.wanted(events)
+	keys, routes := f.wanted(events, e.wms.holds())
 	if len(keys) == 0 && len(routes) == 0 {
 		return nil
 	}
@@ -298,12 +298,23 @@ func (e *Engine) FetchBaselines(ctx context.Context, events []ingest.Event) erro
 	return nil
 }
 
-// wanted returns the keys and routes of events that a detector that would track them
-// does not hold and that were not looked up since, once each, and notes them as
-// looked up.
-func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
-	keys, routes = f.wantKeys[:0], f.wantRoutes[:0]
-	f.wantAt = f.wantAt[:0]
+// wanted returns the keys and routes of events, and of the records the partitions
+// hold (held), that a detector that would track them does not hold and that were not
+// looked up since, once each, and notes them as looked up. Held records are looked up
+// with every batch until they are decided: they were looked up with their own batch,
+// and the detectors may have evicted their keys since.
+func (f *fetcher) wanted(events []ingest.Event, held [][]ingest.Event) (keys, routes []string) {
+	f.wantKeys, f.wantRoutes, f.wantAt = f.wantKeys[:0], f.wantRoutes[:0], f.wantAt[:0]
+	for _, h := range held {
+		f.want(h)
+	}
+	f.want(events)
+	return f.wantKeys, f.wantRoutes
+}
+
+// want adds to wantKeys and wantRoutes what wanted returns of events.
+func (f *fetcher) want(events []ingest.Event) {
+	keys, routes := f.wantKeys, f.wantRoutes
 	for i := range events {
 		ev := &events[i]
 		client, byIP, objects := "", false, false
@@ -333,7 +344,6 @@ func (f *fetcher) wanted(events []ingest.Event) (keys, routes []string) {
 		}
 	}
 	f.wantKeys, f.wantRoutes = keys, routes
-	return keys, routes
 }
 
 // loaded notes what a load of the store returned: when it filled a limit, the store

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,9 +61,12 @@ func evictionTraffic() []ingest.Event {
 	for i := range 12 {
 		evs = append(evs, req(at(time.Duration(i)*10*time.Minute), client("a"), country("US")))
 	}
+	// b and c within max_ahead of a's last event: a longer pause would make them
+	// records held until a later one decides them (see watermarks.decide), which is
+	// not what this traffic is about.
 	evs = append(evs,
-		req(at(2*time.Hour+time.Minute), client("b"), country("US")),
-		req(at(2*time.Hour+2*time.Minute), client("c"), country("US")),
+		req(at(119*time.Minute), client("b"), country("US")),
+		req(at(2*time.Hour), client("c"), country("US")),
 		req(at(3*time.Hour), client("a"), country("US")),
 		req(at(3*time.Hour+time.Minute), client("a"), country("DE")),
 	)
@@ -121,6 +125,68 @@ func TestEvictedKeyComesBackWithItsBaseline(t *testing.T) {
 	if got, _ := fetchRun(t, evictionConfig(2), nil, 1, false, evs); len(got) != 0 {
 		t.Fatalf("without lookups the evicted key raised %v; the test expects it to come back a stranger", alertIDs(got))
 	}
+}
+
+// TestHeldRecordsAreLookedUpAgain: records held far ahead of their partition's stream
+// (see watermarks.decide) go through the detectors when a later record decides them,
+// batches after their own. Their keys are looked up again with every batch until then:
+// here the other partition's new keys evict "a" while its records wait, and without
+// that lookup "a" came back a stranger and its new country raised nothing.
+func TestHeldRecordsAreLookedUpAgain(t *testing.T) {
+	for _, c := range []struct {
+		maxKeys int
+		evicts  bool
+	}{{100, false}, {3, true}} {
+		alerts, e := heldLookupRun(t, evictionConfig(c.maxKeys))
+		if evicted := e.nc.tab.evictions > 0; evicted != c.evicts {
+			t.Fatalf("max_keys %d: evictions %d", c.maxKeys, e.nc.tab.evictions)
+		}
+		if ids := alertIDs(alerts); len(ids) != 1 || !strings.HasSuffix(ids[0], " a DE") {
+			t.Fatalf("max_keys %d: alerts %v, want one new_country alert for a from DE", c.maxKeys, ids)
+		}
+	}
+}
+
+// heldLookupRun runs two partitions through an engine with cfg, looking up before
+// and writing after every batch (interleave pairs the partitions' records by index).
+// Partition A: a, established from US; after a quiet hour, a from US and DE, held
+// until d, two minutes on, decides them; then a from US again. Partition B: b side by
+// side with a; while A's records wait, two new keys, x1 and x2, then x2 after the
+// same quiet hour.
+func heldLookupRun(t *testing.T, cfg Config) ([]Alert, *Engine) {
+	t.Helper()
+	var a, b []ingest.Event
+	for i := range 12 {
+		a = append(a, req(at(time.Duration(i)*10*time.Minute), client("a"), country("US")))
+		b = append(b, req(at(time.Duration(i)*10*time.Minute+time.Second), client("b"), country("US")))
+	}
+	a = append(a, req(at(3*time.Hour), client("a"), country("US")), req(at(3*time.Hour+time.Minute), client("a"), country("DE")),
+		req(at(3*time.Hour+3*time.Minute), client("d"), country("US")))
+	b = append(b, req(at(111*time.Minute), client("x1"), country("US")), req(at(112*time.Minute), client("x2"), country("US")),
+		req(at(3*time.Hour+3*time.Minute+time.Second), client("x2"), country("US")))
+	for i := range 20 {
+		a = append(a, req(at(3*time.Hour+time.Duration(4+i)*time.Minute), client("a"), country("US")))
+		b = append(b, req(at(3*time.Hour+time.Duration(4+i)*time.Minute+time.Second), client("x2"), country("US")))
+	}
+	ctx := context.Background()
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Baselines: NewMemoryBaselines(Baselines{}, AllBaselines)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadBaselines(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []Alert
+	for _, bt := range interleave(1, partRun{partA, a}, partRun{partB, b}) {
+		if err := e.FetchBaselines(ctx, bt.Events); err != nil {
+			t.Fatal(err)
+		}
+		alerts = append(alerts, e.ObserveBatch(bt)...)
+		if err := e.SyncBaselines(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return append(alerts, e.Flush()...), e
 }
 
 // TestHoldsEvicted: once a key is evicted with changes not yet written, the engine

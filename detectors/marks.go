@@ -21,7 +21,7 @@ func (e *Engine) applyMarks(marks []ingest.Mark, now time.Time, st *observeStats
 		e.wms.arrived(pw, now)
 		t := m.Time.UnixMilli()
 		if pw.held != nil {
-			maxT = max(maxT, e.resolveHeld(pw, t, true, now, st))
+			maxT = max(maxT, e.resolveHeld(pw, t, true, false, now, st))
 		}
 		e.wms.take(pw, t, now)
 	}

@@ -199,8 +199,8 @@ func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []u
 }
 
 // runKey returns the pair key prefetchIndex made for ev, if ev is in the run it saw
-// last; the engine observes a run's events after prefetching them (a held record is
-// prefetched on its own, and the run's events after it are then not found).
+// last; the engine observes a run's events after prefetching them (held records are
+// prefetched on their own, and the run's events after them are then not found).
 func (d *objectEnum) runKey(ev *ingest.Event) (string, bool) {
 	size := unsafe.Sizeof(*ev)
 	off := uintptr(unsafe.Pointer(ev)) - d.runBase

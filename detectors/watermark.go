@@ -46,19 +46,23 @@ type watermarks struct {
 	hasTop  bool
 	last    *partWM            // the partition of the previous run: runs of one partition follow each other
 	ended   []ingest.Partition // ended since the engine last reported the partitions
-	holding int                // partitions with a held record
+	holding int                // partitions holding records
 }
 
 // partWM is one partition's event time.
 type partWM struct {
-	p       ingest.Partition
-	seen    bool          // delivered an event that moved its stream
-	maxT    int64         // largest event time of its stream, ms
-	maxAt   time.Time     // wall clock when maxT was set
-	held    *ingest.Event // a record far ahead of the stream, until the next one decides
-	arrived time.Time     // wall clock of its last record, or of its opening
-	idle    bool
-	ahead   uint64 // records judged ahead of its stream
+	p     ingest.Partition
+	seen  bool      // delivered an event that moved its stream
+	maxT  int64     // largest event time of its stream, ms
+	maxAt time.Time // wall clock when maxT was set
+	// held are records far ahead of the stream, near one another, in the partition's
+	// order, until a later record decides what they were (see judge); from the first's
+	// time, holdFrom, up to the largest, holdTop.
+	held              []ingest.Event
+	holdFrom, holdTop int64
+	arrived           time.Time // wall clock of its last record, or of its opening
+	idle              bool
+	ahead             uint64 // records judged ahead of its stream
 
 	timeGauge prometheus.Gauge // its event-time metric, once it has one
 }
@@ -154,7 +158,7 @@ const (
 	onTime verdict = iota // it enters windows
 	late                  // behind its partition's watermark or the engine's: it enters no window
 	ahead                 // far ahead of its stream: judged at the stream's time, it does not move the watermark
-	held                  // far ahead of its stream: the next record of the partition decides (resolveHeld)
+	held                  // far ahead of its stream: a later record of the partition decides (decide)
 )
 
 // judge takes one record of pw with event time t (ms), arriving at wall clock now
@@ -162,34 +166,76 @@ const (
 // verdict.
 //
 // A record more than max_ahead ahead of its partition's stream is either a clock
-// glitch (a gateway stamping one record an hour ahead) or the first record after a
-// quiet gap. Live, the wall clock tells them apart: a record more than max_ahead ahead
-// of the wall clock is ahead, and a jump no larger than the wall time since the
-// stream's last step (plus max_ahead) is a gap. Otherwise the record is held, and the
-// partition's next record decides: far ahead of the old stream too, the stream jumped;
-// back near it, the held record was a glitch. The decision depends only on the order
-// of the partition's records, so a replay of them decides alike.
+// glitch (a gateway stamping records an hour ahead until its clock is stepped back) or
+// the first record after a quiet gap. Live, the wall clock tells them apart: a record
+// more than max_ahead ahead of the wall clock is ahead, and a jump no larger than the
+// wall time since the stream's last step (plus max_ahead) is a gap. Otherwise the
+// record is held, with the records of the partition that follow near it, and a later
+// record decides (decide): back near the old stream, they were a glitch; far ahead of
+// them, or once they are many or span a while, the stream jumped. The decision depends
+// only on the order of the partition's records, so a replay of them decides alike.
 func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) {
 	live := !now.IsZero()
 	if live && t > now.UnixMilli()+w.maxAhead {
 		return w.aheadOf(pw, t)
 	}
+	if len(pw.held) > 0 { // decide left them undecided: t is near them
+		pw.holdTop = max(pw.holdTop, t)
+		return t, held
+	}
 	if pw.seen && t > pw.maxT+w.maxAhead && !(live && t-pw.maxT <= now.Sub(pw.maxAt).Milliseconds()+w.maxAhead) {
 		w.holding++
+		pw.holdFrom, pw.holdTop = t, t
 		return t, held
 	}
 	return w.take(pw, t, now)
 }
 
-// resolveHeld decides pw's held record at t, given the time of the partition's next
-// record (hasNext false: there is none, the input ended, and a gap is assumed), and
-// returns the time it is judged at and its verdict.
-func (w *watermarks) resolveHeld(pw *partWM, t int64, next int64, hasNext bool, now time.Time) (int64, verdict) {
-	w.holding--
-	if hasNext && next <= pw.maxT+w.maxAhead {
-		return w.aheadOf(pw, t)
+// A clock glitch is told from a jump of the stream only while its records are held:
+// at most maxHeld of them, spanning less than holdSpan of their own time. That covers a
+// host whose clock is stepped back soon after it starts (chrony and ntpd step a clock
+// off by more than a threshold within their first updates), at a few tens of requests
+// a second. A glitch lasting longer is taken for a jump, as it cannot be told from
+// one: the stream after a gap spans more than holdSpan soon.
+const (
+	maxHeld  = 4096
+	holdSpan = 2 * time.Minute
+)
+
+// decide decides pw's held records given the time of the partition's next record
+// (hasNext false: there is none, the input ended, and a gap is assumed): whether the
+// stream jumped to them, or they were a glitch. With wait, a next record near them
+// that leaves it open (they are few and close together) joins them instead, and decide
+// reports undecided.
+func (w *watermarks) decide(pw *partWM, next int64, hasNext, wait bool) (jump, decided bool) {
+	switch {
+	case !hasNext:
+		jump = true
+	case next <= pw.maxT+w.maxAhead, next < pw.holdFrom-w.maxAhead:
+		// Back near the stream, or between it and them: they were a glitch.
+	case next > pw.holdTop+w.maxAhead, !wait, len(pw.held) >= maxHeld,
+		max(pw.holdTop, next)-pw.holdFrom >= holdSpan.Milliseconds():
+		jump = true
+	default:
+		return false, false
 	}
-	return w.take(pw, t, now)
+	w.holding--
+	return jump, true
+}
+
+// holds returns the records the partitions hold, each partition's in its order; nil
+// when none does.
+func (w *watermarks) holds() [][]ingest.Event {
+	if w.holding == 0 {
+		return nil
+	}
+	var h [][]ingest.Event
+	for _, pw := range w.list {
+		if len(pw.held) > 0 {
+			h = append(h, pw.held)
+		}
+	}
+	return h
 }
 
 // take moves pw's stream up to t and says whether t is late.

@@ -124,22 +124,31 @@ func TestRecordFarAheadChangesNothing(t *testing.T) {
 	glitch := req(t0.Add(20*time.Hour), client("healthy"), status(200))
 	withGlitch := slices.Insert(slices.Clone(base), 100, glitch)
 
+	checkGlitchChangesNothing(t, cfg, base, withGlitch, 1, clock{"live", func() time.Time { return t0.Add(10 * time.Minute) }})
+}
+
+// clock is a wall clock for runBatches, named.
+type clock struct {
+	name string
+	now  func() time.Time
+}
+
+// checkGlitchChangesNothing runs glitched, base with records stamped ahead, through
+// engines with cfg, without a clock (replay) and with each of clocks, in batches of
+// several sizes: the alerts are base's, the glitch's records (ahead of them) are
+// counted ahead, none is late and the watermark keeps its place.
+func checkGlitchChangesNothing(t *testing.T, cfg Config, base, glitched []ingest.Event, ahead float64, clocks ...clock) {
+	t.Helper()
 	want, _, _ := runBatches(t, cfg, nil, interleave(64, partRun{partA, base}))
-	for _, clock := range []struct {
-		name string
-		now  func() time.Time
-	}{
-		{"replay", nil},
-		{"live", func() time.Time { return t0.Add(10 * time.Minute) }},
-	} {
-		t.Run(clock.name, func(t *testing.T) {
-			for _, batch := range []int{1, 7, 64, len(withGlitch)} {
-				got, e, reg := runBatches(t, cfg, clock.now, interleave(batch, partRun{partA, withGlitch}))
+	for _, c := range append([]clock{{"replay", nil}}, clocks...) {
+		t.Run(c.name, func(t *testing.T) {
+			for _, batch := range []int{1, 7, 64, len(glitched)} {
+				got, e, reg := runBatches(t, cfg, c.now, interleave(batch, partRun{partA, glitched}))
 				if alertsJSON(t, got) != alertsJSON(t, want) {
 					t.Errorf("batches of %d: alerts\n%s\nwant\n%s", batch, alertsJSON(t, got), alertsJSON(t, want))
 				}
-				if n := counterValue(t, reg, "gatewatch_detectors_ahead_events_total"); n != 1 {
-					t.Errorf("batches of %d: %v events ahead, want 1", batch, n)
+				if n := counterValue(t, reg, "gatewatch_detectors_ahead_events_total"); n != ahead {
+					t.Errorf("batches of %d: %v events ahead, want %v", batch, n, ahead)
 				}
 				if late := counterValue(t, reg, "gatewatch_detectors_late_events_total"); late != 0 {
 					t.Errorf("batches of %d: %v events late, want none", batch, late)
@@ -149,6 +158,61 @@ func TestRecordFarAheadChangesNothing(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A gateway whose clock ran an hour ahead for a few seconds, until it was stepped
+// back, changes nothing either: its records are held until the stream comes back, then
+// judged at the stream's time. Taken for a jump, as when one held record was decided
+// by the next one, the stream moved an hour on with them, and every later record of
+// the partition was late (400 of 630 here, the attack among them).
+func TestClockGlitchChangesNothing(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	base := concat(steady(t0, 5*time.Minute, "healthy"), burst403(30, t0.Add(5*time.Minute), "attacker"),
+		steady(t0.Add(5*time.Minute+3*time.Second), 5*time.Minute, "healthy"))
+	glitched := slices.Clone(base)
+	for i := 200; i < 230; i++ { // 30 records, 30 seconds of the stream, stamped an hour on
+		glitched[i].Time = glitched[i].Time.Add(time.Hour)
+	}
+	// Read from a backlog, three hours after the fact, the glitch is in the past.
+	checkGlitchChangesNothing(t, cfg, base, glitched, 30, clock{"backlog", func() time.Time { return t0.Add(3 * time.Hour) }})
+	// Past what a glitch may be (more than holdSpan of its own time), the same records
+	// are a jump of the stream, and the rest of the partition is late.
+	long := slices.Clone(base)
+	for i := range long {
+		if d := long[i].Time.Sub(t0); d >= 100*time.Second && d < 100*time.Second+holdSpan+10*time.Second {
+			long[i].Time = long[i].Time.Add(time.Hour)
+		}
+	}
+	if _, _, reg := runBatches(t, cfg, nil, interleave(64, partRun{partA, long})); counterValue(t, reg, "gatewatch_detectors_late_events_total") == 0 {
+		t.Error("a glitch longer than holdSpan: no event late; the test expects it taken for a jump")
+	}
+}
+
+// A stream that resumes after a gap with many records at once (a gateway back after
+// an outage, read from a backlog) is judged at its own times once its records span
+// holdSpan, not at the old stream's: none of them is ahead, and the burst right after
+// the gap is seen where it happened.
+func TestResumedStreamIsNotAhead(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	resume := t0.Add(35 * time.Minute)
+	events := concat(steady(t0, 5*time.Minute, "healthy"), burst403(30, resume, "attacker"),
+		repeat(3000, resume.Add(3*time.Second), 100*time.Millisecond, func(_ int, ts time.Time) ingest.Event {
+			return req(ts, client("healthy"), status(200))
+		}))
+	for _, batch := range []int{1, 64, len(events)} {
+		alerts, _, reg := runBatches(t, cfg, nil, interleave(batch, partRun{partA, events}))
+		if got := keysOf(alerts); !slices.Equal(got, []string{"attacker"}) {
+			t.Fatalf("batches of %d: alerts for %v, want attacker", batch, got)
+		}
+		if !alerts[0].FirstSeen.Equal(resume) {
+			t.Errorf("batches of %d: first seen at %s, want the burst's own start %s", batch, alerts[0].FirstSeen, resume)
+		}
+		for _, m := range []string{"gatewatch_detectors_ahead_events_total", "gatewatch_detectors_late_events_total"} {
+			if n := counterValue(t, reg, m); n != 0 {
+				t.Errorf("batches of %d: %s %v, want 0", batch, m, n)
+			}
+		}
 	}
 }
 

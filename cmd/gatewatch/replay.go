@@ -682,7 +682,7 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, dcf
 		fmt.Fprintf(w, ": the latest came %s behind a newer one, as in a log whose lines are a little out of order; with --set detectors.allowed_lateness=%s (or that in the config, which delays live alerts as much) none would be late\n",
 			lag.Round(time.Second), d)
 	} else {
-		fmt.Fprintln(w, ": are files of several gateways or hosts mixed, or out of order? Replay one stream at a time, or raise detectors.allowed_lateness")
+		fmt.Fprintln(w, ": are files of several gateways or hosts mixed, or out of order, or did a gateway's clock run ahead for minutes? Replay one stream at a time, or raise detectors.allowed_lateness")
 	}
 	if share <= maxLate {
 		return nil
