@@ -180,6 +180,40 @@ func TestReplaySuggestsTheLatenessALogNeeds(t *testing.T) {
 	}
 }
 
+// TestReplayClockGlitch: five records in a row stamped three hours ahead (a gateway
+// whose clock was stepped back a moment later) change nothing: the alerts are those
+// of the log without them, and no event is late. Taken for a jump of the stream, they
+// made the rest of the log late.
+func TestReplayClockGlitch(t *testing.T) {
+	reqs, lines := replayTraffic(t)
+	glitched := slices.Clone(lines)
+	for i := len(reqs) / 3; i < len(reqs)/3+5; i++ {
+		r := reqs[i]
+		r.Time = r.Time.Add(3 * time.Hour)
+		b, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		glitched[i] = string(b)
+	}
+	dir := t.TempDir()
+	clean, glitch := filepath.Join(dir, "clean.log"), filepath.Join(dir, "glitch.log")
+	writeLog(t, clean, lines, false)
+	writeLog(t, glitch, glitched, false)
+	cfg := testConfig(t, replayDetectors)
+	want, _, code := runCmd(t, "", "replay", "--config", cfg, "--input", clean)
+	if code != 0 || len(alertIDs(t, want)) < 4 {
+		t.Fatalf("clean: exit %d, %d alerts", code, len(alertIDs(t, want)))
+	}
+	got, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", glitch)
+	if code != 0 || !strings.Contains(errOut, ", 0 late") {
+		t.Errorf("glitch: exit %d:\n%s", code, lastLines(errOut, 4))
+	}
+	if got != want {
+		t.Errorf("glitch: alerts differ from the clean log's:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 // TestReplayAlertIDsAreStableWithoutASecret: with no token secret configured, replay
 // uses a key it keeps under store.data_dir, so a second run gives the same alerts.
 func TestReplayAlertIDsAreStableWithoutASecret(t *testing.T) {
