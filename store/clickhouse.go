@@ -6,10 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -924,4 +927,31 @@ func (c *ClickHouse) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state == closed
+}
+
+// brokenConn reports whether err says that the connection to ClickHouse broke (it was
+// closed, reset or cut short) rather than that the statement failed or took too long.
+// clickhouse-go drops such a connection from its pool, so the statement may run again
+// on another.
+func brokenConn(err error) bool {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}
+
+// onceMoreIfBroken runs f, and once more when it failed on a broken connection (see
+// brokenConn) while ctx lives, as database/sql runs a statement again after
+// driver.ErrBadConn. A pooled connection that another goroutine's cancelled query
+// left closed failed a console page this way (seen once in TestRunCluster: "write:
+// set tcp ...: use of closed network connection"). For reads, and for writes that are
+// harmless twice.
+func onceMoreIfBroken[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	v, err := f()
+	if err != nil && ctx.Err() == nil && brokenConn(err) {
+		return f()
+	}
+	return v, err
 }

@@ -217,6 +217,17 @@ func (c *ClickHouse) writeHistoryLocked(ctx context.Context) error {
 	return err
 }
 
+// historyWritten writes the history that waits in memory and in the spill, for a read
+// that must reflect it.
+func (c *ClickHouse) historyWritten(ctx context.Context) error {
+	c.hist.write.Lock()
+	defer c.hist.write.Unlock()
+	if err := c.writeHistoryLocked(ctx); err != nil {
+		return fmt.Errorf("store: writing the alert history before reading it: %w", err)
+	}
+	return nil
+}
+
 // closeHistory writes what is in memory to ClickHouse, or spills it once that fails
 // or ctx has ended; spilled batches wait for the next process's Run.
 func (c *ClickHouse) closeHistory(ctx context.Context) error {
@@ -300,11 +311,12 @@ func parseDeliveryState(s string) alerting.DeliveryState {
 // reflects every record taken before it; while ClickHouse fails it returns the error.
 // A forensic query: it reads the alerts table, not the live path.
 func (c *ClickHouse) Alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error) {
-	c.hist.write.Lock()
-	err := c.writeHistoryLocked(ctx)
-	c.hist.write.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("store: writing the alert history before reading it: %w", err)
+	return onceMoreIfBroken(ctx, func() ([]AlertRecord, error) { return c.alerts(ctx, from, to, detector) })
+}
+
+func (c *ClickHouse) alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error) {
+	if err := c.historyWritten(ctx); err != nil {
+		return nil, err
 	}
 	// Candidates: ids with any version in the window. The latest version of each is
 	// read with FINAL on the sorting key and checked against the window again.
@@ -319,13 +331,12 @@ WHERE toUInt64(first_seen) * 1000 + first_seen_ms < ? AND toUInt64(last_seen) * 
 // AlertByID returns alert id in its latest version with its deliveries, as Alerts
 // does, and whether the history has it.
 func (c *ClickHouse) AlertByID(ctx context.Context, id string) (AlertRecord, bool, error) {
-	c.hist.write.Lock()
-	err := c.writeHistoryLocked(ctx)
-	c.hist.write.Unlock()
-	if err != nil {
-		return AlertRecord{}, false, fmt.Errorf("store: writing the alert history before reading it: %w", err)
-	}
-	recs, err := c.readAlerts(ctx, "SELECT ?", []any{id}, func(*detectors.Alert) bool { return true })
+	recs, err := onceMoreIfBroken(ctx, func() ([]AlertRecord, error) {
+		if err := c.historyWritten(ctx); err != nil {
+			return nil, err
+		}
+		return c.readAlerts(ctx, "SELECT ?", []any{id}, func(*detectors.Alert) bool { return true })
+	})
 	if err != nil || len(recs) == 0 {
 		return AlertRecord{}, false, err
 	}

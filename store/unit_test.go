@@ -1,13 +1,17 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -395,6 +399,48 @@ func TestRetentionStatement(t *testing.T) {
 	} {
 		if got := retentionStatement("events", "time", c.engine, c.secs); got != c.want {
 			t.Errorf("retentionStatement(%q, %d) = %q, want %q", c.engine, c.secs, got, c.want)
+		}
+	}
+}
+
+// TestOnceMoreIfBroken: a read that failed on a broken connection runs once more; one
+// that failed otherwise, or whose context ended, does not.
+func TestOnceMoreIfBroken(t *testing.T) {
+	closed := fmt.Errorf("store: writing alerts: %w", fmt.Errorf("send data: write error to 127.0.0.1:9000 (conn_id=13): %w",
+		&net.OpError{Op: "set", Net: "tcp", Err: net.ErrClosed}))
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, c := range []struct {
+		name  string
+		ctx   context.Context
+		first error
+		runs  int
+	}{
+		{"closed connection", context.Background(), closed, 2},
+		{"reset", context.Background(), fmt.Errorf("read: %w", syscall.ECONNRESET), 2},
+		{"cut short", context.Background(), fmt.Errorf("read: %w", io.ErrUnexpectedEOF), 2},
+		{"timeout", context.Background(), timeout, 1},
+		{"statement", context.Background(), errors.New("code: 60, message: Table default.alerts doesn't exist"), 1},
+		{"context ended", cancelled, closed, 1},
+		{"no error", context.Background(), nil, 1},
+	} {
+		runs := 0
+		v, err := onceMoreIfBroken(c.ctx, func() (int, error) {
+			runs++
+			if runs == 1 {
+				return 0, c.first
+			}
+			return 2, nil
+		})
+		if runs != c.runs {
+			t.Errorf("%s: ran %d times, want %d", c.name, runs, c.runs)
+		}
+		if c.runs == 2 && (err != nil || v != 2) {
+			t.Errorf("%s: %d, %v after the second run", c.name, v, err)
+		}
+		if c.runs == 1 && !errors.Is(err, c.first) {
+			t.Errorf("%s: %v, want the first run's error", c.name, err)
 		}
 	}
 }
