@@ -217,8 +217,8 @@ func (s *Source) fill(ctx context.Context) *batch {
 	for len(b.recs) < s.cfg.BatchSize {
 		p, hold := s.earliest(now)
 		if p != nil {
-			s.add(b, &p.headRec)
-			p.hasHead = false
+			f := p.ahead.pop()
+			s.add(b, &f)
 			s.picks++
 			p.lastPick = s.picks
 			s.refillOne(p)
@@ -256,8 +256,8 @@ func (s *Source) fill(ctx context.Context) *batch {
 	return b
 }
 
-// refill takes the next record of every partition that has none in hand; reload also
-// picks up a change of the partitions assigned.
+// refill tops up the records in hand of every partition; reload also picks up a
+// change of the partitions assigned.
 func (s *Source) refill(reload bool) {
 	if reload {
 		if v := s.activeV.Load(); v != s.seenV {
@@ -268,17 +268,19 @@ func (s *Source) refill(reload bool) {
 		}
 	}
 	for _, p := range s.reading {
-		if !p.hasHead {
-			s.refillOne(p)
-		}
+		s.refillOne(p)
 	}
 }
 
+// refillOne takes what p's reader queued into p's records in hand, up to aheadRecords.
 func (s *Source) refillOne(p *partition) {
-	select {
-	case p.headRec = <-p.fetched:
-		p.hasHead = true
-	default:
+	for !p.ahead.full() {
+		select {
+		case f := <-p.fetched:
+			p.ahead.push(f)
+		default:
+			return
+		}
 	}
 }
 
@@ -294,20 +296,26 @@ const (
 	alignWait = 10 * time.Second
 )
 
-// earliest returns the partition whose next record has the earliest timestamp, nil
-// when none has one, or when one that must be waited for has none in hand yet: then
-// hold says for how much longer to wait for it. now is the wall clock.
+// earliest returns the partition whose next record comes first, nil when none has
+// one, or when one that must be waited for has none in hand yet: then hold says for
+// how much longer to wait for it. now is the wall clock.
+//
+// A partition's next record is ordered at the earliest timestamp among the records it
+// has in hand, not its own, as the batch merge orders events (ingest.MergeOrder):
+// records stamped ahead of their partition's later ones (a clock glitch) are taken in
+// their place, and do not hold the partition's later records back behind everyone
+// else's until the others reach their stamp.
 func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 	var bestAt time.Time
 	for _, p := range s.reading {
-		if !p.hasHead {
+		if p.ahead.len() == 0 {
 			continue
 		}
-		at := p.headRec.msg.Time
+		at := p.ahead.earliest()
 		if !p.lastTime.IsZero() && at.After(p.lastTime.Add(alignSkew)) {
-			// A record stamped far past its partition's last one (a clock glitch, or the
-			// end of a quiet spell) is ordered as if it came right after it: a glitch
-			// must not hold its partition's later records back behind everyone else's.
+			// A record stamped far past its partition's last one (a clock glitch with
+			// none of the partition's later records in hand yet, or the end of a quiet
+			// spell) is ordered as if it came right after it.
 			at = p.lastTime.Add(alignSkew)
 		}
 		if at.After(now) {
@@ -326,7 +334,7 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 	}
 	for _, p := range s.reading {
 		switch {
-		case p.hasHead:
+		case p.ahead.len() > 0:
 			p.emptySince = time.Time{}
 			continue
 		case best != nil && !p.lastTime.IsZero() && !bestAt.After(p.lastTime.Add(alignSkew)):

@@ -3,6 +3,8 @@ package kafka
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -766,30 +768,44 @@ func TestSourceReportsPartitions(t *testing.T) {
 
 // TestSourceAlignsPartitionsByTimestamp: through a backlog, the partitions advance
 // together by Kafka timestamp, whatever pace their readers fetch at: no record is handed
-// out after one stamped more than alignSkew later.
+// out after one stamped more than alignSkew later. Records of a partition stamped an
+// hour ahead of its later ones (a producer's clock glitch) are taken in their place and
+// do not count: without the records in hand after them, the second of them waited for
+// every other partition to reach its stamp, and the partition's later records behind it.
 func TestSourceAlignsPartitionsByTimestamp(t *testing.T) {
-	c := kafkatest.StartKafka(t, "waf")
-	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-	msgs := records("r", 2000)
-	stamp := map[string]time.Time{}
-	for i := range msgs {
-		msgs[i].Time = base.Add(time.Duration(i) * time.Second) // round robin: each partition every 4th second, as logged
-		stamp[string(msgs[i].Value)] = msgs[i].Time
-	}
-	c.Produce(t, "waf", msgs...)
-	ctx := testContext(t)
-	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
-	cfg.BatchSize = 100
-	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
-	var newest time.Time
-	for _, id := range consume(ctx, t, s, len(msgs), true) {
-		ts := stamp[id]
-		if newest.Sub(ts) > alignSkew {
-			t.Fatalf("record %s stamped %s handed out after one stamped %s", id, ts, newest)
-		}
-		if ts.After(newest) {
-			newest = ts
-		}
+	for _, glitch := range [][]int{nil, {800, 804, 808, 812, 816}} {
+		t.Run(fmt.Sprintf("glitch %v", glitch), func(t *testing.T) {
+			c := kafkatest.StartKafka(t, "waf")
+			base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+			msgs := records("r", 2000)
+			stamp := map[string]time.Time{}
+			for i := range msgs {
+				msgs[i].Time = base.Add(time.Duration(i) * time.Second) // round robin: each partition every 4th second, as logged
+				if slices.Contains(glitch, i) {                         // the same partition's, in a row
+					msgs[i].Time = msgs[i].Time.Add(time.Hour)
+					continue
+				}
+				stamp[string(msgs[i].Value)] = msgs[i].Time
+			}
+			c.Produce(t, "waf", msgs...)
+			ctx := testContext(t)
+			cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+			cfg.BatchSize = 100
+			s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+			var newest time.Time
+			for _, id := range consume(ctx, t, s, len(msgs), true) {
+				ts, ok := stamp[id]
+				if !ok {
+					continue // a glitch
+				}
+				if newest.Sub(ts) > alignSkew {
+					t.Fatalf("record %s stamped %s handed out after one stamped %s", id, ts, newest)
+				}
+				if ts.After(newest) {
+					newest = ts
+				}
+			}
+		})
 	}
 }
 
@@ -799,7 +815,8 @@ func TestEarliest(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
 	type part struct {
-		head, last time.Time // zero head: none in hand; zero last: none taken yet
+		head, last time.Time   // zero head: none in hand; zero last: none taken yet
+		then       []time.Time // the records in hand after head
 		emptyFor   time.Duration
 	}
 	for _, c := range []struct {
@@ -823,6 +840,13 @@ func TestEarliest(t *testing.T) {
 		// the wall clock, so the others, emptied, are not waited for.
 		{"producer clock ahead", []part{{last: sec(-1)}, {head: sec(300), last: sec(295)}}, 1, false},
 		{"producer clock ahead, behind the others' records", []part{{head: sec(-1), last: sec(-2)}, {head: sec(300), last: sec(295)}}, 0, false},
+		// The second of several records stamped hours ahead, the partition's stream
+		// among the records in hand after them: the partition goes at the stream's
+		// time, not behind the others until they reach the glitch's.
+		{"glitch of several records", []part{{head: sec(-40), last: sec(-41)},
+			{head: now.Add(5 * time.Hour), then: []time.Time{now.Add(5 * time.Hour), sec(-45), sec(-44)}, last: now.Add(5 * time.Hour)}}, 1, false},
+		{"records in hand all ahead", []part{{head: sec(-40), last: sec(-41)},
+			{head: sec(-30), then: []time.Time{sec(-29), sec(-28)}, last: sec(-31)}}, 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := &Source{}
@@ -830,7 +854,9 @@ func TestEarliest(t *testing.T) {
 				p := newPartition(&topic{name: "waf"}, i, 1)
 				p.lastTime = pc.last
 				if !pc.head.IsZero() {
-					p.headRec, p.hasHead = fetched{p: p, msg: kafkago.Message{Time: pc.head}}, true
+					for _, at := range append([]time.Time{pc.head}, pc.then...) {
+						p.ahead.push(fetched{p: p, msg: kafkago.Message{Time: at}})
+					}
 				}
 				if pc.emptyFor > 0 {
 					p.emptySince = now.Add(-pc.emptyFor)
@@ -846,5 +872,37 @@ func TestEarliest(t *testing.T) {
 				t.Errorf("took partition %d (hold %s), want %d (hold %t)", got, hold, c.want, c.hold)
 			}
 		})
+	}
+}
+
+// TestLookahead: through pushes and pops that fill it, drain it and wrap its ring many
+// times, with stamps repeated, rising and falling, a lookahead hands its records back
+// in order and knows the earliest stamp among them.
+func TestLookahead(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var a lookahead
+	var want []fetched // the records held, in order
+	for i := range 20000 {
+		if a.len() != len(want) {
+			t.Fatalf("step %d: %d records held, want %d", i, a.len(), len(want))
+		}
+		if len(want) > 0 {
+			least := slices.MinFunc(want, func(x, y fetched) int { return x.msg.Time.Compare(y.msg.Time) }).msg.Time
+			if got := a.earliest(); !got.Equal(least) {
+				t.Fatalf("step %d: earliest %s, want %s", i, got, least)
+			}
+		}
+		fill := (i/300)%2 == 0 // fill up, then drain, and so on
+		if !a.full() && (len(want) == 0 || (fill && r.IntN(5) > 0) || (!fill && r.IntN(5) == 0)) {
+			f := fetched{msg: kafkago.Message{Offset: int64(i), Time: base.Add(time.Duration(r.IntN(20)) * time.Second)}}
+			a.push(f)
+			want = append(want, f)
+			continue
+		}
+		if got := a.pop(); got.msg.Offset != want[0].msg.Offset {
+			t.Fatalf("step %d: popped offset %d, want %d", i, got.msg.Offset, want[0].msg.Offset)
+		}
+		want = want[1:]
 	}
 }

@@ -25,8 +25,7 @@ type partition struct {
 	span       *span     // its run in the batch being built
 	mark       uint64    // seq of that batch
 	lag        int64     // records after the last one taken, by its high-water mark; -1 before the first
-	headRec    fetched   // the next record, taken from fetched and not yet into a batch,
-	hasHead    bool      // when this is set
+	ahead      lookahead // its next records, taken from fetched and not yet into a batch
 	emptySince time.Time // when it was first seen with records on the broker and none in hand
 	lastTime   time.Time // the Kafka timestamp of the last record taken
 	lastPick   uint64    // Source.picks when it was taken
@@ -152,4 +151,51 @@ func (s *Source) commit(ctx context.Context, spans []*span, final bool) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// aheadRecords is how many of a partition's next records the fetching goroutine holds,
+// so as to order the partition by the earliest of them (see Source.earliest).
+const aheadRecords = 64
+
+// A lookahead is a partition's next records in order, and the smallest Kafka timestamp
+// among them: a ring, and a queue of the timestamps that are the smallest of the
+// records from theirs to the last (a sliding-window minimum), so that each record
+// costs O(1) however the stamps go.
+type lookahead struct {
+	recs      [aheadRecords]fetched
+	head, n   int
+	mins      [aheadRecords]int64 // ms, non-decreasing, a ring too
+	mHead, mN int
+}
+
+func (a *lookahead) len() int   { return a.n }
+func (a *lookahead) full() bool { return a.n == aheadRecords }
+
+// earliest returns the smallest timestamp of the records held; the lookahead must not
+// be empty.
+func (a *lookahead) earliest() time.Time { return time.UnixMilli(a.mins[a.mHead]) }
+
+// push appends f; the lookahead must not be full.
+func (a *lookahead) push(f fetched) {
+	a.recs[(a.head+a.n)%aheadRecords] = f
+	a.n++
+	t := f.msg.Time.UnixMilli()
+	for a.mN > 0 && a.mins[(a.mHead+a.mN-1)%aheadRecords] > t {
+		a.mN--
+	}
+	a.mins[(a.mHead+a.mN)%aheadRecords] = t
+	a.mN++
+}
+
+// pop removes and returns the next record; the lookahead must not be empty.
+func (a *lookahead) pop() fetched {
+	f := a.recs[a.head]
+	a.recs[a.head] = fetched{}
+	a.head = (a.head + 1) % aheadRecords
+	a.n--
+	if a.mins[a.mHead] == f.msg.Time.UnixMilli() {
+		a.mHead = (a.mHead + 1) % aheadRecords
+		a.mN--
+	}
+	return f
 }
