@@ -618,9 +618,10 @@ func (r *replayRun) sendAlerts(ctx context.Context, alerts []detectors.Alert) er
 // take it as the log's own disorder rather than logs of several sources mixed.
 const disorderLag = 10 * time.Minute
 
-// latenessFor returns the allowed_lateness, rounded up to ten seconds or under a minute
-// to whole minutes, that takes an event lag behind a newer one, in the form --set
-// reads, if the lag is at most disorderLag, and dcfg allows it and is below it.
+// latenessFor returns the allowed_lateness that takes an event lag behind a newer one,
+// rounded up (to ten seconds under a minute, else to whole minutes), in the form --set
+// reads; false when the lag is more than disorderLag, or the value is not above dcfg's
+// or dcfg with it does not validate.
 func latenessFor(lag time.Duration, dcfg detectors.Config) (string, bool) {
 	if lag > disorderLag {
 		return "", false
