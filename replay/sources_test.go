@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"iter"
 	"slices"
 	"strings"
@@ -137,8 +138,9 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 }
 
 // TestKafkaRangeClockGlitch: one partition holds two records stamped twenty hours
-// ahead, one of them the last of the first chunk of records the range reads. Its later
-// records do not wait behind them for the other partitions: none is late, and the
+// ahead, one of them the last of the first chunk of records the range reads, and later
+// five in a row. Its later records do not wait behind them for the other partitions,
+// nor does the engine take the five for a jump of the stream: none is late, and the
 // alerts are the file's.
 func TestKafkaRangeClockGlitch(t *testing.T) {
 	reqs, lines := sample(t)
@@ -150,23 +152,30 @@ func TestKafkaRangeClockGlitch(t *testing.T) {
 	for i := range reqs {
 		p := i % 4
 		parts[p] = append(parts[p], kafkago.Message{Value: lines[i], Time: reqs[i].Time})
-		if p != 1 || (len(parts[1]) != 500 && len(parts[1]) != replay.RangeChunkRecords-1) {
-			continue
+		copies := 0
+		switch {
+		case p != 1:
+		case len(parts[1]) == 500, len(parts[1]) == replay.RangeChunkRecords-1:
+			copies = 1
+		case len(parts[1]) == 700:
+			copies = 5
 		}
-		// A copy of the request stamped twenty hours ahead, logged (and so stamped in
-		// Kafka) in its place.
-		g := reqs[i]
-		g.RequestID, g.Time = "glitch-"+g.RequestID, g.Time.Add(20*time.Hour)
-		v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &g)
-		if err != nil {
-			t.Fatal(err)
+		for c := range copies {
+			// A copy of the request stamped twenty hours ahead, logged (and so stamped
+			// in Kafka) in its place.
+			g := reqs[i]
+			g.RequestID, g.Time = fmt.Sprintf("glitch-%d-%s", c, g.RequestID), g.Time.Add(20*time.Hour)
+			v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts[1] = append(parts[1], kafkago.Message{Value: v, Time: reqs[i].Time})
 		}
-		parts[1] = append(parts[1], kafkago.Message{Value: v, Time: reqs[i].Time})
 	}
 	src := sampleRange(t, k, parts)
 	got, sum := replayOf(t, src, replay.Options{})
-	if sum.Events != len(reqs)+2 || sum.Late != 0 {
-		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs)+2)
+	if sum.Events != len(reqs)+7 || sum.Late != 0 {
+		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs)+7)
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("alerts differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
