@@ -599,7 +599,7 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			left--
 			ev := &run[i]
 			t := ev.Time.UnixMilli()
-			if pw.held != nil {
+			if pw.held != nil && !e.wms.pastClock(t, now) {
 				// The held records go through the detectors after the events before
 				// this one.
 				e.feed(run, e.hashes, steps)

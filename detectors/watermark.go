@@ -176,7 +176,7 @@ const (
 // only on the order of the partition's records, so a replay of them decides alike.
 func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) {
 	live := !now.IsZero()
-	if live && t > now.UnixMilli()+w.maxAhead {
+	if w.pastClock(t, now) {
 		return w.aheadOf(pw, t)
 	}
 	if len(pw.held) > 0 { // decide left them undecided: t is near them
@@ -189,6 +189,13 @@ func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) 
 		return t, held
 	}
 	return w.take(pw, t, now)
+}
+
+// pastClock reports whether a record at t is more than max_ahead ahead of the wall
+// clock now (zero: none): it is judged ahead on its own, and says nothing of its
+// partition's stream, nor of the records it holds.
+func (w *watermarks) pastClock(t int64, now time.Time) bool {
+	return !now.IsZero() && t > now.UnixMilli()+w.maxAhead
 }
 
 // A clock glitch is told from a jump of the stream only while its records are held:
