@@ -203,6 +203,7 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		incStore:    opts.Incidents,
 		scope:       opts.Scope,
 	}
+	e.wms.lateLag = m.lateLag
 	env := func(name string, c Common, every time.Duration) *incidents {
 		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
 			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.MustCurryWith(prometheus.Labels{"detector": name}))

@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	events    prometheus.Counter
 	late      prometheus.Counter
+	lateLag   prometheus.Histogram
 	ahead     prometheus.Counter
 	watermark prometheus.Gauge
 	idle      prometheus.Gauge
@@ -35,6 +36,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		late: f.NewCounter(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_late_events_total",
 			Help: "Events older than the watermark when they arrived: they update baselines but no window.",
+		}),
+		lateLag: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gatewatch_detectors_late_lag_seconds",
+			Help:    "How far each late event came behind the newest event time of its partition (or behind the time the engine's watermark stood for, when that was further): an allowed_lateness above it would have taken the event.",
+			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600},
 		}),
 		ahead: f.NewCounter(prometheus.CounterOpts{
 			Name: "gatewatch_detectors_ahead_events_total",

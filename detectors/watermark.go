@@ -44,9 +44,10 @@ type watermarks struct {
 	low     int64
 	top     int64
 	hasTop  bool
-	last    *partWM            // the partition of the previous run: runs of one partition follow each other
-	ended   []ingest.Partition // ended since the engine last reported the partitions
-	holding int                // partitions holding records
+	last    *partWM             // the partition of the previous run: runs of one partition follow each other
+	ended   []ingest.Partition  // ended since the engine last reported the partitions
+	holding int                 // partitions holding records
+	lateLag prometheus.Observer // how far behind late records came, seconds; nil: not kept
 }
 
 // partWM is one partition's event time.
@@ -263,6 +264,13 @@ func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
 		}
 	}
 	if t < pw.maxT-w.lateness || (w.started && t < w.wm) {
+		if w.lateLag != nil {
+			newest := pw.maxT
+			if w.started {
+				newest = max(newest, w.wm+w.lateness)
+			}
+			w.lateLag.Observe(float64(newest-t) / 1e3)
+		}
 		return t, late
 	}
 	return t, onTime

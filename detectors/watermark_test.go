@@ -227,6 +227,32 @@ func TestResumedStreamIsNotAhead(t *testing.T) {
 	}
 }
 
+// TestLateLag: a late event's lag behind its partition's newest event time is kept in
+// a histogram, so that an operator sees what allowed_lateness would have taken it.
+func TestLateLag(t *testing.T) {
+	cfg := only(ForbiddenBurst) // allowed_lateness 30s
+	events := concat(steady(t0, 2*time.Minute, "healthy"),
+		[]ingest.Event{req(t0.Add(29*time.Second), client("healthy")), req(t0.Add(109*time.Second), client("healthy"))})
+	_, _, reg := runBatches(t, cfg, nil, interleave(64, partRun{partA, events}))
+	if n := counterValue(t, reg, "gatewatch_detectors_late_events_total"); n != 1 {
+		t.Fatalf("%v events late, want the one 90s behind", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "gatewatch_detectors_late_lag_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() != 1 || h.GetSampleSum() != 90 {
+				t.Errorf("late lag: %d samples summing to %vs, want one of 90s", h.GetSampleCount(), h.GetSampleSum())
+			}
+			return
+		}
+	}
+	t.Error("no gatewatch_detectors_late_lag_seconds")
+}
+
 // A stream with gaps longer than max_ahead (a quiet API at night) is not a stream of
 // glitches: the second record after a gap confirms it, and each record is judged at its
 // own time. Live, the wall clock confirms the gap at once.
