@@ -311,13 +311,6 @@ func parseDeliveryState(s string) alerting.DeliveryState {
 // reflects every record taken before it; while ClickHouse fails it returns the error.
 // A forensic query: it reads the alerts table, not the live path.
 func (c *ClickHouse) Alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error) {
-	return onceMoreIfBroken(ctx, func() ([]AlertRecord, error) { return c.alerts(ctx, from, to, detector) })
-}
-
-func (c *ClickHouse) alerts(ctx context.Context, from, to time.Time, detector string) ([]AlertRecord, error) {
-	if err := c.historyWritten(ctx); err != nil {
-		return nil, err
-	}
 	// Candidates: ids with any version in the window. The latest version of each is
 	// read with FINAL on the sorting key and checked against the window again.
 	fromMs, toMs := uint64(clampMilli(from.UnixMilli())), uint64(clampMilli(to.UnixMilli()))
@@ -331,21 +324,27 @@ WHERE toUInt64(first_seen) * 1000 + first_seen_ms < ? AND toUInt64(last_seen) * 
 // AlertByID returns alert id in its latest version with its deliveries, as Alerts
 // does, and whether the history has it.
 func (c *ClickHouse) AlertByID(ctx context.Context, id string) (AlertRecord, bool, error) {
-	recs, err := onceMoreIfBroken(ctx, func() ([]AlertRecord, error) {
-		if err := c.historyWritten(ctx); err != nil {
-			return nil, err
-		}
-		return c.readAlerts(ctx, "SELECT ?", []any{id}, func(*detectors.Alert) bool { return true })
-	})
+	recs, err := c.readAlerts(ctx, "SELECT ?", []any{id}, func(*detectors.Alert) bool { return true })
 	if err != nil || len(recs) == 0 {
 		return AlertRecord{}, false, err
 	}
 	return recs[0], true, nil
 }
 
-// readAlerts reads the alerts whose ids the query ids (with args) selects, those keep
-// accepts, with their deliveries.
+// readAlerts writes the history that waits, then reads the alerts whose ids the query
+// ids (with args) selects, those keep accepts, with their deliveries; once more when
+// the connection broke (onceMoreIfBroken).
 func (c *ClickHouse) readAlerts(ctx context.Context, ids string, args []any, keep func(*detectors.Alert) bool) ([]AlertRecord, error) {
+	return onceMoreIfBroken(ctx, func() ([]AlertRecord, error) {
+		if err := c.historyWritten(ctx); err != nil {
+			return nil, err
+		}
+		return c.queryAlerts(ctx, ids, args, keep)
+	})
+}
+
+// queryAlerts is readAlerts' read.
+func (c *ClickHouse) queryAlerts(ctx context.Context, ids string, args []any, keep func(*detectors.Alert) bool) ([]AlertRecord, error) {
 	rows, err := c.conn.Query(ctx, `SELECT id, detector, severity, key,
     toUInt64(first_seen) * 1000 + first_seen_ms, toUInt64(last_seen) * 1000 + last_seen_ms,
     summary, evidence, runbook_url, labels
