@@ -199,11 +199,10 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 		m:           m,
 		now:         opts.Now,
 		refresh:     cfg.BaselineRefresh.Milliseconds(),
-		wms:         newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, log),
+		wms:         newWatermarks(cfg.AllowedLateness, cfg.MaxAhead, cfg.MaxSkew, cfg.IdleTimeout, m.lateLag, log),
 		incStore:    opts.Incidents,
 		scope:       opts.Scope,
 	}
-	e.wms.lateLag = m.lateLag
 	env := func(name string, c Common, every time.Duration) *incidents {
 		inc := newIncidents(name, c.Cooldown.Milliseconds(), every.Milliseconds(), c.MaxKeys,
 			runbookURL(c.Runbook, opts.RunbookBaseURL, name), &e.out, e.m.alerts.MustCurryWith(prometheus.Labels{"detector": name}))

@@ -47,7 +47,7 @@ type watermarks struct {
 	last    *partWM             // the partition of the previous run: runs of one partition follow each other
 	ended   []ingest.Partition  // ended since the engine last reported the partitions
 	holding int                 // partitions holding records
-	lateLag prometheus.Observer // how far behind late records came, seconds; nil: not kept
+	lateLag prometheus.Observer // how far behind late records came, seconds
 }
 
 // partWM is one partition's event time.
@@ -68,8 +68,9 @@ type partWM struct {
 	timeGauge prometheus.Gauge // its event-time metric, once it has one
 }
 
-func newWatermarks(lateness, maxAhead, maxSkew, idle time.Duration, log *slog.Logger) *watermarks {
+func newWatermarks(lateness, maxAhead, maxSkew, idle time.Duration, lateLag prometheus.Observer, log *slog.Logger) *watermarks {
 	return &watermarks{
+		lateLag:  lateLag,
 		lateness: lateness.Milliseconds(),
 		maxAhead: maxAhead.Milliseconds(),
 		maxSkew:  maxSkew.Milliseconds(),
@@ -264,13 +265,11 @@ func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
 		}
 	}
 	if t < pw.maxT-w.lateness || (w.started && t < w.wm) {
-		if w.lateLag != nil {
-			newest := pw.maxT
-			if w.started {
-				newest = max(newest, w.wm+w.lateness)
-			}
-			w.lateLag.Observe(float64(newest-t) / 1e3)
+		newest := pw.maxT
+		if w.started {
+			newest = max(newest, w.wm+w.lateness)
 		}
+		w.lateLag.Observe(float64(newest-t) / 1e3)
 		return t, late
 	}
 	return t, onTime
