@@ -163,7 +163,7 @@ func NewClickHouse(cfg Config, o ClickHouseOptions) (*ClickHouse, error) {
 	c := &ClickHouse{
 		cfg:       chc,
 		chOpts:    opts,
-		conn:      conn,
+		conn:      retryConn{conn},
 		log:       o.Logger.With("component", "store"),
 		m:         newArchiveMetrics(o.Registerer),
 		now:       o.Now,
@@ -944,14 +944,47 @@ func brokenConn(err error) bool {
 
 // onceMoreIfBroken runs f, and once more when it failed on a broken connection (see
 // brokenConn) while ctx lives, as database/sql runs a statement again after
-// driver.ErrBadConn. A pooled connection that another goroutine's cancelled query
-// left closed failed a console page this way (seen once in TestRunCluster: "write:
-// set tcp ...: use of closed network connection"). For reads, and for writes that are
-// harmless twice.
+// driver.ErrBadConn.
 func onceMoreIfBroken[T any](ctx context.Context, f func() (T, error)) (T, error) {
 	v, err := f()
 	if err != nil && ctx.Err() == nil && brokenConn(err) {
 		return f()
 	}
 	return v, err
+}
+
+// retryConn is the store's connection pool: a statement that fails before it reaches
+// the server because the pooled connection it got had broken runs once more, on
+// another. clickhouse-go hands out, now and then, a connection that a query cancelled
+// elsewhere (a rebalance ends a generation's context) has just closed: "send data:
+// write error ... use of closed network connection". Seen in TestRunCluster (a
+// console page answered 503) and TestRunClusterKill (a Slack thread lookup failed, and
+// an incident got a second message). Queries and batches are run again on any broken
+// connection, before any row is read or sent; Exec only when the connection was
+// closed before the statement went out, since a reset may come after the server ran
+// it.
+type retryConn struct{ driver.Conn }
+
+func (c retryConn) Query(ctx context.Context, query string, args ...any) (driver.Rows, error) {
+	return onceMoreIfBroken(ctx, func() (driver.Rows, error) { return c.Conn.Query(ctx, query, args...) })
+}
+
+func (c retryConn) QueryRow(ctx context.Context, query string, args ...any) driver.Row {
+	row := c.Conn.QueryRow(ctx, query, args...)
+	if err := row.Err(); err != nil && ctx.Err() == nil && brokenConn(err) {
+		return c.Conn.QueryRow(ctx, query, args...)
+	}
+	return row
+}
+
+func (c retryConn) PrepareBatch(ctx context.Context, query string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
+	return onceMoreIfBroken(ctx, func() (driver.Batch, error) { return c.Conn.PrepareBatch(ctx, query, opts...) })
+}
+
+func (c retryConn) Exec(ctx context.Context, query string, args ...any) error {
+	err := c.Conn.Exec(ctx, query, args...)
+	if err != nil && ctx.Err() == nil && errors.Is(err, net.ErrClosed) {
+		return c.Conn.Exec(ctx, query, args...)
+	}
+	return err
 }

@@ -332,19 +332,11 @@ func (c *ClickHouse) AlertByID(ctx context.Context, id string) (AlertRecord, boo
 }
 
 // readAlerts writes the history that waits, then reads the alerts whose ids the query
-// ids (with args) selects, those keep accepts, with their deliveries; once more when
-// the connection broke (onceMoreIfBroken).
+// ids (with args) selects, those keep accepts, with their deliveries.
 func (c *ClickHouse) readAlerts(ctx context.Context, ids string, args []any, keep func(*detectors.Alert) bool) ([]AlertRecord, error) {
-	return onceMoreIfBroken(ctx, func() ([]AlertRecord, error) {
-		if err := c.historyWritten(ctx); err != nil {
-			return nil, err
-		}
-		return c.queryAlerts(ctx, ids, args, keep)
-	})
-}
-
-// queryAlerts is readAlerts' read.
-func (c *ClickHouse) queryAlerts(ctx context.Context, ids string, args []any, keep func(*detectors.Alert) bool) ([]AlertRecord, error) {
+	if err := c.historyWritten(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := c.conn.Query(ctx, `SELECT id, detector, severity, key,
     toUInt64(first_seen) * 1000 + first_seen_ms, toUInt64(last_seen) * 1000 + last_seen_ms,
     summary, evidence, runbook_url, labels

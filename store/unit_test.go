@@ -16,6 +16,8 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/gatewatch/gatewatch/ingest"
 )
 
@@ -441,6 +443,56 @@ func TestOnceMoreIfBroken(t *testing.T) {
 		}
 		if c.runs == 1 && !errors.Is(err, c.first) {
 			t.Errorf("%s: %v, want the first run's error", c.name, err)
+		}
+	}
+}
+
+// flakyConn fails its first statement with err.
+type flakyConn struct {
+	driver.Conn
+	err   error
+	calls int
+}
+
+func (f *flakyConn) fail() error {
+	if f.calls++; f.calls == 1 {
+		return f.err
+	}
+	return nil
+}
+
+func (f *flakyConn) Query(context.Context, string, ...any) (driver.Rows, error) { return nil, f.fail() }
+func (f *flakyConn) Exec(context.Context, string, ...any) error                 { return f.fail() }
+
+// TestRetryConn: the store's connection runs a query once more after any broken
+// connection, and a statement only when the connection was closed before it went out.
+func TestRetryConn(t *testing.T) {
+	closed := fmt.Errorf("send data: write error (conn_id=11, block_cols=0, block_rows=0): %w",
+		&net.OpError{Op: "set", Net: "tcp", Err: net.ErrClosed})
+	reset := fmt.Errorf("read: %w", syscall.ECONNRESET)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name       string
+		err        error
+		exec       bool
+		wantCalls  int
+		wantFailed bool
+	}{
+		{"query, closed", closed, false, 2, false},
+		{"query, reset", reset, false, 2, false},
+		{"exec, closed", closed, true, 2, false},
+		{"exec, reset", reset, true, 1, true},
+	} {
+		f := &flakyConn{err: c.err}
+		conn := retryConn{f}
+		var err error
+		if c.exec {
+			err = conn.Exec(ctx, "ALTER TABLE t DELETE WHERE 1")
+		} else {
+			_, err = conn.Query(ctx, "SELECT 1")
+		}
+		if f.calls != c.wantCalls || (err != nil) != c.wantFailed {
+			t.Errorf("%s: %d calls, error %v; want %d calls, failed %t", c.name, f.calls, err, c.wantCalls, c.wantFailed)
 		}
 	}
 }
