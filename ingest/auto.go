@@ -99,8 +99,10 @@ func recogniseFormat(line []byte) string {
 			return FormatEnvoy
 		}
 	}
-	if i := bytes.Index(line, []byte(" - ")); i > 0 && isAddrList(line[:i]) {
-		return FormatNginx
+	if i := bytes.Index(line, []byte(" - ")); i > 0 {
+		if _, _, ok := splitRemote(line[:i]); ok {
+			return FormatNginx
+		}
 	}
 	return ""
 }

@@ -49,7 +49,7 @@ func TestRecogniseFormat(t *testing.T) {
 		{"unknown JSON", `{"hello":"world"}`, ""},
 		{"JSON scalar", `"start_time"`, ""},
 		{"plain text", `this is not an access log line`, ""},
-		{"vhost prefix", `www.shop.example 203.0.113.5 - - [14/Jun/2025:09:22:00 +0000] "GET / HTTP/1.1" 200 612`, ""},
+		{"vhost prefix", `www.shop.example 203.0.113.5 - - [14/Jun/2025:09:22:00 +0000] "GET / HTTP/1.1" 200 612`, FormatNginx},
 		{"empty", ``, ""},
 		{"blank", " \t ", ""},
 	} {

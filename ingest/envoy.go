@@ -23,9 +23,12 @@ import (
 //	path        x_envoy_original_path, original_path, path, request_path (query dropped;
 //	            the host of an absolute-form path is the host when none is logged)
 //	status      response_code, status_code, status (0: the client left before a response)
-//	client_ip   client_ip, downstream_remote_address, downstream_direct_remote_address,
-//	            else the first entry of x_forwarded_for or forwarded_for; the port and
-//	            IPv6 brackets are stripped, and a value that is no IP address is ignored
+//	client_ip   client_ip, downstream_remote_address, downstream_direct_remote_address
+//	            (the peer), unless it is a private, loopback or shared address (a
+//	            proxy of the operator's) and x_forwarded_for or forwarded_for names
+//	            hops: then the client among them (see clientOfList), as with no peer;
+//	            the port and IPv6 brackets are stripped, and a value that is no IP
+//	            address is ignored
 //	host        authority, host, http_host (as logged, port included)
 //	route       route_name, route (else the path with ids folded)
 //	user_agent  user_agent, http_user_agent
@@ -50,7 +53,8 @@ import (
 //	%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
 //	"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"
 //
-// (one line), where the client IP is the first X-Forwarded-For entry and the host the
+// (one line), where the client IP is taken from X-Forwarded-For (see clientOfList:
+// the rightmost entry that is not a private address, which a client cannot forge) and the host the
 // :authority (else the host of an absolute-form path). Emissary-ingress (Ambassador)
 // writes the same format after "ACCESS ". Istio's default text format, which adds %RESPONSE_CODE_DETAILS%
 // %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" after the flags
@@ -281,9 +285,7 @@ func (p *envoyParser) parseText(ev *Event, line []byte) error {
 	ev.Host = p.str(authority)
 	p.setTarget(ev, method, target)
 	ev.RequestID = p.str(rid)
-	if !p.setClientIP(ev, remote) {
-		p.setClientIP(ev, xff)
-	}
+	p.setClientBehind(ev, remote, xff)
 	if !isUnset(route) {
 		ev.Route = p.intern(route)
 	}
@@ -544,10 +546,9 @@ func (j *flatJSON) fill(b *base, ev *Event) error {
 	ev.Host = b.str(v)
 	v, _ = j.text(slotRequestID)
 	ev.RequestID = b.str(v)
-	if v, _ = j.text(slotClientIP); !b.setClientIP(ev, v) {
-		v, _ = j.text(slotForwardedFor)
-		b.setClientIP(ev, v)
-	}
+	peer, _ := j.text(slotClientIP)
+	xff, _ := j.text(slotForwardedFor)
+	b.setClientBehind(ev, peer, xff)
 	if v, _ = j.text(slotCountry); len(v) > 0 {
 		b.setCountry(ev, v)
 	}

@@ -11,11 +11,15 @@ import (
 // anything else the predefined combined format.
 //
 // Combined: '$remote_addr - $remote_user [$time_local] "$request" $status
-// $body_bytes_sent "$http_referer" "$http_user_agent"'. Fields appended after it (the
-// stock nginx.conf "main" format adds "$http_x_forwarded_for") are ignored, and so is a
-// missing referer and user agent (the common log format). $remote_addr may be a list
-// ("203.0.113.7, 10.0.0.2"), of which the first entry is the client IP; behind a load
-// balancer, let the realip module set it from X-Forwarded-For. Apache's combined format
+// $body_bytes_sent "$http_referer" "$http_user_agent"', optionally after the virtual
+// host ("$host $remote_addr ...", Apache's vhost_combined "%v:%p %h ..."), which is the
+// host when the request names none. Fields appended after it are ignored, but for the
+// stock nginx.conf "main" format's "$http_x_forwarded_for"; so is a missing referer and
+// user agent (the common log format). $remote_addr may be a list ("203.0.113.7,
+// 10.0.0.2"). The client is the remote address, unless that is a private, loopback or
+// shared address (a load balancer or proxy of the operator's) and X-Forwarded-For names
+// hops: then it is chosen among them, and of a list, as clientOfList says (the
+// rightmost address that is not private, which a client cannot forge). Apache's combined format
 // (%h with HostnameLookups on) may log a host name instead, which is kept as the client
 // (see isHostName). $remote_user (basic auth) is the client key. nginx escapes '"', '\'
 // and bytes outside printable ASCII in these fields as \xHH; the request line and user
@@ -36,8 +40,9 @@ import (
 //	method      request_method, method, else from request
 //	path        request_uri, else the target of request ("GET /a?b HTTP/1.1"), else uri
 //	status      status
-//	client_ip   remote_addr, client_ip, else the first entry of http_x_forwarded_for
-//	            or x_forwarded_for
+//	client_ip   remote_addr, client_ip (the peer), unless it is a private, loopback or
+//	            shared address and http_x_forwarded_for or x_forwarded_for names hops:
+//	            then the client among them (see clientOfList), as with no peer
 //	host        http_host, host, server_name (as logged; "_" is no host)
 //	user_agent  http_user_agent, user_agent
 //	request_id  request_id, http_x_request_id
@@ -92,10 +97,14 @@ func (p *nginxParser) Parse(ev *Event, line []byte) error {
 
 func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 	i := bytes.Index(line, []byte(" - "))
-	if i <= 0 || !isAddrList(line[:i]) {
+	if i <= 0 {
 		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
 	}
-	addr, rest := line[:i], line[i+3:]
+	vhost, addr, ok := splitRemote(line[:i])
+	if !ok {
+		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
+	}
+	rest := line[i+3:]
 	i = bytes.Index(rest, []byte(" ["))
 	if i < 0 {
 		return parseErrorf(ReasonBadSyntax, "no [$time_local] after $remote_user")
@@ -128,20 +137,26 @@ func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 	p.setMethod(ev, method)
 	p.setTarget(ev, method, target)
 
-	// $body_bytes_sent, then "$http_referer" "$http_user_agent" when logged.
+	// $body_bytes_sent, then "$http_referer" "$http_user_agent" when logged, and
+	// "$http_x_forwarded_for" in the stock "main" format.
 	_, rest = cutToken(rest)
+	var xff []byte
 	if _, rest, _, ok = cutQuoted(rest); ok {
-		for len(rest) > 0 && rest[0] == ' ' {
-			rest = rest[1:]
-		}
-		if ua, _, escaped, ok := cutQuoted(rest); ok {
+		var ua []byte
+		if ua, rest, escaped, ok = cutQuoted(rest); ok {
 			if escaped {
 				ua = p.unescape(ua)
 			}
 			ev.UserAgent = p.str(ua)
+			if v, _, _, ok := cutQuoted(rest); ok && isForwardedFor(v) {
+				xff = v
+			}
 		}
 	}
-	p.setClientHost(ev, addr)
+	if len(vhost) > 0 && ev.Host == "" {
+		ev.Host = p.str(vhost)
+	}
+	p.setClientHost(ev, addr, xff)
 	c := credentials{consumer: user}
 	p.setIdentity(ev, &c)
 	return nil
@@ -323,6 +338,79 @@ func (p *nginxParser) jsonKey(k []byte) (jsonSlot, uint8) {
 	return slotNone, 0
 }
 
+// splitRemote splits what comes before " - $remote_user" into the virtual host that
+// some formats log first (nginx's "$host $remote_addr ...", Apache's vhost_combined
+// "%v:%p %h ..."), without its port, and the remote address or list of addresses
+// (which may then be quoted or separated by spaces alone, as a proxy's list is logged).
+// It reports false when v is neither.
+func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
+	if isAddrList(v) {
+		return nil, v, true
+	}
+	i := bytes.IndexByte(v, ' ')
+	if i <= 0 {
+		return nil, nil, false
+	}
+	vhost, addr = v[:i], bytes.TrimLeft(v[i+1:], " ")
+	if j := bytes.LastIndexByte(vhost, ':'); j > 0 && isDigits(vhost[j+1:]) &&
+		(bytes.IndexByte(vhost, ':') == j || vhost[j-1] == ']') {
+		vhost = vhost[:j] // the port: a name or IPv4 address has no other colon
+	}
+	if !isHostName(vhost) && !isIPText(vhost) {
+		return nil, nil, false
+	}
+	if len(addr) == 0 || len(addr) > 512 {
+		return nil, nil, false
+	}
+	for _, c := range addr {
+		if c != '"' && c != ' ' && !isAddrByte(c) {
+			return nil, nil, false
+		}
+	}
+	return vhost, addr, true
+}
+
+func isDigits(v []byte) bool {
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(v) > 0
+}
+
+// isIPText reports whether v is an IP address, IPv6 in brackets or not.
+func isIPText(v []byte) bool {
+	if len(v) > 2 && v[0] == '[' && v[len(v)-1] == ']' {
+		v = v[1 : len(v)-1]
+	}
+	_, ok := parseIP(v)
+	return ok
+}
+
+// isForwardedFor reports whether a quoted field appended after the user agent is an
+// X-Forwarded-For header as the "main" format logs it: "-" or a list of addresses,
+// without ports (so that an appended "$upstream_addr", "10.0.0.7:8080", is not taken
+// for one).
+func isForwardedFor(v []byte) bool {
+	if len(v) == 0 || len(v) > 512 {
+		return false
+	}
+	for e := range bytes.SplitSeq(v, []byte(",")) {
+		e = bytes.TrimSpace(e)
+		if len(e) == 0 || len(e) > 64 {
+			return false
+		}
+		if string(e) == "-" || string(e) == "unknown" {
+			continue
+		}
+		if _, ok := parseIP(e); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // isAddrList reports whether v can be a logged $remote_addr: an address or host name,
 // or a comma-separated list of them (a space only after a comma).
 func isAddrList(v []byte) bool {
@@ -330,15 +418,22 @@ func isAddrList(v []byte) bool {
 		return false
 	}
 	for i, c := range v {
-		switch {
-		case c >= '0' && c <= '9', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
-		case c == '.', c == ':', c == '-', c == '_', c == '%', c == '[', c == ']', c == ',':
-		case c == ' ' && i > 0 && v[i-1] == ',':
-		default:
+		if !isAddrByte(c) && (c != ' ' || i == 0 || v[i-1] != ',') {
 			return false
 		}
 	}
 	return true
+}
+
+// isAddrByte reports whether c may be in a logged address or host name.
+func isAddrByte(c byte) bool {
+	switch {
+	case c >= '0' && c <= '9', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		return true
+	case c == '.', c == ':', c == '-', c == '_', c == '%', c == '[', c == ']', c == ',':
+		return true
+	}
+	return false
 }
 
 // cutQuoted reads a field in double quotes at the start of s (after any spaces) and

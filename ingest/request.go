@@ -158,48 +158,164 @@ func splitRequestLine(req []byte) (method, target []byte) {
 	return method, target
 }
 
-// setClientIP stores the client IP of an address as logged: the port, IPv6 brackets and
-// all but the first X-Forwarded-For entry are stripped, and a value that is no IP
-// address (a Unix socket path, "unknown", a token a client put in a header) is left
-// out. It reports whether an address was stored.
+// setClientIP stores the client IP of an address as logged: the port and IPv6 brackets
+// are stripped, an IPv4 address written as IPv6 ("::ffff:192.0.2.1") is written as
+// IPv4, and of a list of addresses (X-Forwarded-For, or a $remote_addr that holds one)
+// the client is chosen as clientOfList says. A value that is no IP address (a Unix
+// socket path, "unknown", a token a client put in a header) is left out. It reports
+// whether an address was stored.
 func (b *base) setClientIP(ev *Event, v []byte) bool {
-	ip := clientIP(v)
-	if len(ip) == 0 || len(ip) > 64 {
-		return false
+	e, a, ok := clientOfList(v)
+	if ok {
+		b.storeIP(ev, e, a)
 	}
-	if _, err := netip.ParseAddr(unsafeString(ip)); err != nil {
-		return false
+	return ok
+}
+
+// setClientBehind stores the client of a request whose peer (the TCP client, as
+// logged) is peer and whose X-Forwarded-For header is xff, either possibly empty or
+// "-". A peer that is trusted (see isTrusted: a load balancer or proxy of the
+// operator's own) forwarded the request for the hops xff names, and the client is
+// chosen among them as clientOfList says; any other peer is the client. It reports
+// whether an address was stored.
+func (b *base) setClientBehind(ev *Event, peer, xff []byte) bool {
+	e, a, ok := clientOfList(peer)
+	if !ok {
+		return b.setClientIP(ev, xff)
 	}
-	ev.ClientIP = b.str(ip)
+	if isTrusted(a) {
+		if xe, xa, ok := clientOfList(xff); ok {
+			e, a = xe, xa
+		}
+	}
+	b.storeIP(ev, e, a)
 	return true
 }
 
-// setClientHost is setClientIP for logs whose remote host may be a name (Apache with
-// HostnameLookups on, "%h"): a valid host name is stored as it is, so the detectors keyed
-// by client IP still tell clients apart. Anything else is left out.
-func (b *base) setClientHost(ev *Event, v []byte) {
-	if b.setClientIP(ev, v) {
+// storeIP stores a, whose text as logged is e: as it is when that is an IPv4 address,
+// else in canonical form, so that one client is one key however its address was
+// written ("::ffff:192.0.2.1", "2001:DB8::1", a zone).
+func (b *base) storeIP(ev *Event, e []byte, a netip.Addr) {
+	if a.Is4() && bytes.IndexByte(e, ':') < 0 {
+		ev.ClientIP = b.str(e)
 		return
 	}
-	if name := firstEntry(v); isHostName(name) {
+	var buf [64]byte
+	ev.ClientIP = b.str(a.AppendTo(buf[:0]))
+}
+
+// clientOfList returns the client address of an address or list of addresses as
+// logged, and its text. Entries are separated by commas or spaces and may be quoted,
+// carry a port or IPv6 brackets ("10.0.0.1:443", "[2001:db8::1]:443"); entries that are
+// no address ("unknown", "-", a socket path) are passed over. Of a list, the client is
+// the rightmost address that is not trusted (see isTrusted), else the leftmost address:
+// what nginx's realip module does with real_ip_recursive on and those ranges trusted.
+// Each proxy appends the address it was connected from, and a client can put any
+// address in the header it sends but only before the ones the proxies append, so a
+// forged entry is never chosen over one that a proxy of the operator's added.
+func clientOfList(v []byte) (e []byte, a netip.Addr, ok bool) {
+	if len(v) > 512 {
+		return nil, a, false
+	}
+	var first []byte
+	var firstA netip.Addr
+	for len(v) > 0 {
+		i := lastSeparator(v)
+		x := v[i+1:]
+		v = v[:max(i, 0)]
+		if len(x) == 0 {
+			continue
+		}
+		x, a, ok = parseAddrEntry(x)
+		if !ok {
+			continue
+		}
+		if !isTrusted(a) {
+			return x, a, true
+		}
+		first, firstA = x, a
+	}
+	return first, firstA, first != nil
+}
+
+// lastSeparator returns the index of the last byte of v that separates the entries of
+// an address list, or -1.
+func lastSeparator(v []byte) int {
+	for i := len(v) - 1; i >= 0; i-- {
+		switch v[i] {
+		case ',', ' ', '"', '\t':
+			return i
+		}
+	}
+	return -1
+}
+
+// parseAddrEntry parses one logged address and returns it without its port or IPv6
+// brackets, IPv4 addresses written as IPv6 unmapped.
+func parseAddrEntry(e []byte) ([]byte, netip.Addr, bool) {
+	if e[0] == '[' {
+		i := bytes.IndexByte(e, ']')
+		if i < 0 {
+			return nil, netip.Addr{}, false
+		}
+		e = e[1:i]
+	} else if i := bytes.LastIndexByte(e, ':'); i >= 0 && bytes.IndexByte(e, ':') == i {
+		e = e[:i] // exactly one colon: IPv4 with a port
+	}
+	a, ok := parseIP(e)
+	if !ok {
+		return nil, netip.Addr{}, false
+	}
+	return e, a.Unmap().WithZone(""), true
+}
+
+// parseIP parses an IP address. Text that cannot be one (a host name, a token, "-") is
+// refused before netip parses it, whose error would cost an allocation.
+func parseIP(v []byte) (netip.Addr, bool) {
+	if len(v) < 2 || len(v) > 64 {
+		return netip.Addr{}, false
+	}
+	sep := false
+	for _, c := range v {
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+		case c == '.' || c == ':':
+			sep = true
+		case c == '%':
+			goto parse // an IPv6 zone, any text
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	if !sep {
+		return netip.Addr{}, false
+	}
+parse:
+	a, err := netip.ParseAddr(unsafeString(v))
+	return a, err == nil
+}
+
+// setClientHost is setClientBehind for logs whose remote host may be a name (Apache
+// with HostnameLookups on, "%h"): a valid host name is stored as it is, so the
+// detectors keyed by client IP still tell clients apart. Anything else is left out.
+func (b *base) setClientHost(ev *Event, peer, xff []byte) {
+	if b.setClientBehind(ev, peer, xff) {
+		return
+	}
+	if name := firstEntry(peer); isHostName(name) {
 		ev.ClientIP = b.str(name)
 	}
 }
 
-// clientIP strips a port and IPv6 brackets from an address as logged ("10.0.0.1:443",
-// "[2001:db8::1]:443") and takes the first entry of an X-Forwarded-For list.
-func clientIP(v []byte) []byte {
-	v = firstEntry(v)
-	if len(v) > 0 && v[0] == '[' {
-		if i := bytes.IndexByte(v, ']'); i > 0 {
-			return v[1:i]
-		}
-		return v
-	}
-	if i := bytes.LastIndexByte(v, ':'); i >= 0 && bytes.IndexByte(v, ':') == i {
-		return v[:i] // exactly one colon: IPv4 with a port
-	}
-	return v
+// cgnat is the shared address space (RFC 6598) that cloud load balancers and
+// carrier-grade NAT forward from.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// isTrusted reports whether a is an address of the operator's own network, which
+// forwards requests rather than makes them: private (RFC 1918, fc00::/7), loopback,
+// link-local or shared (RFC 6598).
+func isTrusted(a netip.Addr) bool {
+	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsUnspecified() || cgnat.Contains(a)
 }
 
 // firstEntry returns the first entry of a comma-separated list, trimmed.

@@ -66,7 +66,18 @@ func TestClientFieldsAreValidated(t *testing.T) {
 		{"203.0.113.7:443", "203.0.113.7", "203.0.113.7"},
 		{"[2001:db8::1]:443", "2001:db8::1", "2001:db8::1"},
 		{"203.0.113.7, 10.0.0.2", "203.0.113.7", "203.0.113.7"},
-		{"fe80::1%eth0", "fe80::1%eth0", "fe80::1%eth0"},
+		{"fe80::1%eth0", "fe80::1", "fe80::1"},
+		{"::ffff:192.0.2.1", "192.0.2.1", "192.0.2.1"},
+		{"2001:DB8::1", "2001:db8::1", "2001:db8::1"},
+		// Lists: the rightmost address that is not private, else the leftmost.
+		{"10.0.0.2, 10.0.0.1, 127.0.0.1", "10.0.0.2", "10.0.0.2"},
+		{"10.0.0.2, 10.0.0.1, 67.43.156.14", "67.43.156.14", "67.43.156.14"},
+		{"198.51.100.1, 203.0.113.7, 10.0.0.2", "203.0.113.7", "203.0.113.7"}, // the leftmost may be forged
+		{"2a02:cf40::1, 10.225.192.17 10.2.2.121", "2a02:cf40::1", "2a02:cf40::1"},
+		{`"10.5.102.222, 199.96.1.1, 204.246.1.1" 10.2.1.185`, "204.246.1.1", "204.246.1.1"},
+		{"unknown, 203.0.113.7:5120", "203.0.113.7", "203.0.113.7"},
+		{"203.0.113.7, 100.64.1.2", "203.0.113.7", "203.0.113.7"}, // shared address space
+		{"localhost, localhost", "", "localhost"},
 		{"crawl-66-249-66-1.googlebot.com", "", "crawl-66-249-66-1.googlebot.com"},
 		{"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "", ""},
 		{"gwtest-key-Zk3Pq8Wm2Lr5Tn7Y", "", ""},
@@ -81,9 +92,29 @@ func TestClientFieldsAreValidated(t *testing.T) {
 			t.Errorf("setClientIP(%q) stored %q, want %q", tc.in, ev.ClientIP, tc.ip)
 		}
 		ev = Event{}
-		b.setClientHost(&ev, []byte(tc.in))
+		b.setClientHost(&ev, []byte(tc.in), nil)
 		if ev.ClientIP != tc.host {
 			t.Errorf("setClientHost(%q) stored %q, want %q", tc.in, ev.ClientIP, tc.host)
+		}
+	}
+	// A peer of the operator's own network forwarded the request: the client is among
+	// the hops X-Forwarded-For names. Any other peer is the client.
+	for _, tc := range []struct{ peer, xff, want string }{
+		{"203.0.113.7", "198.51.100.1", "203.0.113.7"},
+		{"10.0.0.5", "198.51.100.7, 10.0.0.2", "198.51.100.7"},
+		{"10.0.0.5:41000", "198.51.100.1, 198.51.100.7", "198.51.100.7"},
+		{"127.0.0.1", "10.1.1.1", "10.1.1.1"},
+		{"10.0.0.5", "-", "10.0.0.5"},
+		{"10.0.0.5", "", "10.0.0.5"},
+		{"10.0.0.5", "unknown", "10.0.0.5"},
+		{"", "198.51.100.7", "198.51.100.7"},
+		{"unix:/var/run/nginx.sock", "198.51.100.7", "198.51.100.7"},
+		{"", "", ""},
+	} {
+		var ev Event
+		b.setClientBehind(&ev, []byte(tc.peer), []byte(tc.xff))
+		if ev.ClientIP != tc.want {
+			t.Errorf("setClientBehind(%q, %q) stored %q, want %q", tc.peer, tc.xff, ev.ClientIP, tc.want)
 		}
 	}
 	for _, tc := range []struct{ in, want string }{
