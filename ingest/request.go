@@ -275,14 +275,16 @@ func parseIP(v []byte) (netip.Addr, bool) {
 	if len(v) < 2 || len(v) > 64 {
 		return netip.Addr{}, false
 	}
+	addr := v
+	if i := bytes.IndexByte(v, '%'); i >= 0 {
+		addr = v[:i] // an IPv6 zone, any text, follows
+	}
 	sep := false
-	for _, c := range v {
+	for _, c := range addr {
 		switch {
 		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
 		case c == '.' || c == ':':
 			sep = true
-		case c == '%':
-			goto parse // an IPv6 zone, any text
 		default:
 			return netip.Addr{}, false
 		}
@@ -290,7 +292,6 @@ func parseIP(v []byte) (netip.Addr, bool) {
 	if !sep {
 		return netip.Addr{}, false
 	}
-parse:
 	a, err := netip.ParseAddr(unsafeString(v))
 	return a, err == nil
 }
