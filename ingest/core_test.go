@@ -153,7 +153,7 @@ func TestFingerprintMemo(t *testing.T) {
 	for i := range 3 * fpMemoSlots { // more than there are slots: some share one
 		creds = append(creds, fmt.Appendf(nil, "tok-%d", i))
 	}
-	creds = append(creds, bytes.Repeat([]byte("x"), fpMemoMax+1), []byte("t"))
+	creds = append(creds, bytes.Repeat([]byte("x"), memoMaxInput+1), []byte("t"))
 	for round := range 3 {
 		for i, c := range creds {
 			if i%(round+1) != 0 {
@@ -168,6 +168,38 @@ func TestFingerprintMemo(t *testing.T) {
 	tok := []byte("tok-123")
 	if allocs := testing.AllocsPerRun(100, func() { memo.Sum(tok) }); allocs > 0 {
 		t.Errorf("memoized Sum allocates %.0f times", allocs)
+	}
+}
+
+// TestDeviceMemo: a parser's remembered device fingerprints are what appendDeviceHash
+// gives, for user agents seen again, ones that share a slot, ones split differently
+// between user agent and TLS fingerprint, and ones too long to remember.
+func TestDeviceMemo(t *testing.T) {
+	b := newBase(testParserOptions(t))
+	type input struct {
+		ua  string
+		tls []byte
+	}
+	var ins []input
+	for i := range 3 * deviceMemoSlots { // more than there are slots: some share one
+		ins = append(ins, input{ua: fmt.Sprintf("okhttp/4.%d", i)})
+	}
+	ins = append(ins,
+		input{"ab", []byte("c")}, input{"a", []byte("bc")}, input{"abc", nil}, input{"", []byte("abc")},
+		input{strings.Repeat("u", memoMaxInput+1), nil})
+	for round := range 3 {
+		for i, in := range ins {
+			if i%(round+1) != 0 {
+				continue // each round in another order of slot reuse
+			}
+			want := string(appendDeviceHash(nil, in.ua, in.tls))
+			if got := string(b.device(in.ua, in.tls)); got != want {
+				t.Fatalf("round %d, (%.20q, %q): remembered %s, want %s", round, in.ua, in.tls, got, want)
+			}
+		}
+	}
+	if allocs := testing.AllocsPerRun(100, func() { b.device("okhttp/4.12.0", []byte("t13d")) }); allocs > 0 {
+		t.Errorf("remembered device allocates %.0f times", allocs)
 	}
 }
 

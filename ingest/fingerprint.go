@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"hash/maphash"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -155,7 +154,7 @@ func (TokenSecret) MarshalJSON() ([]byte, error) { return []byte(`"<redacted>"`)
 func (TokenSecret) MarshalYAML() (any, error)    { return "<redacted>", nil }
 func (TokenSecret) MarshalText() ([]byte, error) { return []byte("<redacted>"), nil }
 func (s TokenSecret) newFingerprinter() *fingerprinter {
-	return &fingerprinter{mac: hmac.New(sha256.New, s.key)}
+	return &fingerprinter{mac: hmac.New(sha256.New, s.key), memo: memo[[2 * fpBytes]byte]{size: fpMemoSlots}}
 }
 
 // fpBytes is how much of the HMAC a fingerprint keeps: 128 bits, as DESIGN.md fixes.
@@ -170,38 +169,23 @@ type fingerprinter struct {
 	hex [2 * fpBytes]byte
 	// With memoize, memo remembers the fingerprints of recent credentials: a client sends
 	// the same token with every request, and its HMAC was a tenth of a file replay's
-	// CPU time. A slot keeps no credential, only two 64-bit hashes of it under seeds
-	// drawn for this fingerprinter: a heap dump shows no token, and no client can aim
-	// a credential of its own at another's slot and fingerprint (128 bits would have to
-	// collide under seeds it cannot know).
-	memo    []fpMemo // made on first use
+	// CPU time.
+	memo    memo[[2 * fpBytes]byte]
 	memoize bool
-	seeds   [2]maphash.Seed
 }
 
-// fpMemo is one slot of a fingerprinter's memo, which a credential hashes to.
-type fpMemo struct {
-	sum [2]uint64 // the credential's hashes; zero: empty
-	hex [2 * fpBytes]byte
-}
-
-const (
-	fpMemoSlots = 4096 // 208 KiB; a few thousand clients fit
-	fpMemoMax   = 1024 // longer credentials are not remembered
-)
+// fpMemoSlots is how many credentials a fingerprinter remembers: a few thousand
+// clients fit in its 208 KiB.
+const fpMemoSlots = 4096
 
 // Sum returns the hex fingerprint of credential, in scratch space valid until the next call.
 func (f *fingerprinter) Sum(credential []byte) []byte {
-	var m *fpMemo
+	var m *memoSlot[[2 * fpBytes]byte]
 	var sum [2]uint64
-	if f.memoize && len(credential) > 0 && len(credential) <= fpMemoMax {
-		if f.memo == nil {
-			f.memo, f.seeds = make([]fpMemo, fpMemoSlots), [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
-		}
-		sum = [2]uint64{maphash.Bytes(f.seeds[0], credential), maphash.Bytes(f.seeds[1], credential)}
-		m = &f.memo[sum[0]%fpMemoSlots]
-		if m.sum == sum {
-			return m.hex[:]
+	if f.memoize && len(credential) > 0 {
+		var hit bool
+		if m, hit, sum = f.memo.slot(unsafeString(credential), nil); hit {
+			return m.v[:]
 		}
 	}
 	f.mac.Reset()
@@ -209,7 +193,7 @@ func (f *fingerprinter) Sum(credential []byte) []byte {
 	f.mac.Sum(f.sum[:0])
 	hex.Encode(f.hex[:], f.sum[:fpBytes])
 	if m != nil {
-		m.sum, m.hex = sum, f.hex
+		m.sum, m.v = sum, f.hex
 	}
 	return f.hex[:]
 }
