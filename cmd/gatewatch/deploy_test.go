@@ -447,10 +447,14 @@ func tasksDone(tb testing.TB, k *kafkatest.Cluster, e *e2e, prefix string) bool 
 	return ends > 0 && e.metric(tb, "gatewatch_cluster_task_offset") == ends
 }
 
-// internalEnds returns the sum of the end offsets of the internal topics prefix-*.
+// internalEnds returns the sum of the end offsets of the internal topics prefix-*; a
+// topic the replica has not created yet counts nothing.
 func internalEnds(tb testing.TB, k *kafkatest.Cluster, prefix string) float64 {
 	var ends float64
 	for _, kind := range []string{"client", "token", "route", "ip"} {
+		if !k.HasTopic(tb, prefix+"-"+kind) {
+			continue
+		}
 		for _, end := range k.EndOffsets(tb, prefix+"-"+kind) {
 			ends += float64(end)
 		}

@@ -171,6 +171,24 @@ func (c *Cluster) Partitions(t testing.TB, topic string) []int {
 	return nil
 }
 
+// HasTopic reports whether topic exists: a topic that a process under test creates may
+// not yet when a test first looks for it.
+func (c *Cluster) HasTopic(t testing.TB, topic string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
+	defer cancel()
+	resp, err := c.client().Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		t.Fatalf("kafkatest: metadata of %s: %v", topic, err)
+	}
+	for _, tm := range resp.Topics {
+		if tm.Name == topic && tm.Error == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // EndOffsets returns the high watermark of each partition of topic: the offset the next
 // record produced to it will get.
 func (c *Cluster) EndOffsets(t testing.TB, topic string) map[int]int64 {
