@@ -99,9 +99,11 @@ func recogniseFormat(line []byte) string {
 			return FormatEnvoy
 		}
 	}
-	if i := bytes.Index(line, []byte(" - ")); i > 0 {
-		if _, _, ok := splitRemote(line[:i]); ok {
-			return FormatNginx
+	if i := bytes.Index(line, []byte(" [")); i > 0 {
+		if remote, _, ok := splitUser(line[:i]); ok {
+			if _, _, ok := splitRemote(remote); ok {
+				return FormatNginx
+			}
 		}
 	}
 	return ""

@@ -49,6 +49,8 @@ func TestRecogniseFormat(t *testing.T) {
 		{"unknown JSON", `{"hello":"world"}`, ""},
 		{"JSON scalar", `"start_time"`, ""},
 		{"plain text", `this is not an access log line`, ""},
+		{"Apache with an identd answer", `127.0.0.1 user-identity frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326`, FormatNginx},
+		{"nginx error log", `2025/06/14 11:21:44 [error] 31#31: *1 open() "/usr/share/nginx/html/x" failed`, ""},
 		{"vhost prefix", `www.shop.example 203.0.113.5 - - [14/Jun/2025:09:22:00 +0000] "GET / HTTP/1.1" 200 612`, FormatNginx},
 		{"empty", ``, ""},
 		{"blank", " \t ", ""},

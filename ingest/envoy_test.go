@@ -328,6 +328,8 @@ func TestEnvoyTextFields(t *testing.T) {
 	runFieldCases(t, mustParser(t, FormatEnvoy), []fieldCase{
 		{name: "default format", line: head + `"GET /a/1?b=2 HTTP/1.1" 200 - 0 10 3 2 "203.0.113.1, 10.0.0.1" "curl/8" "rid-1" "api.example:80" "10.0.0.9:8080"`,
 			want: map[string]string{"method": "GET", "path": "/a/1", "route": "/a/{id}", "status": "200", "client_ip": "203.0.113.1", "user_agent": "curl/8", "request_id": "rid-1", "host": "api.example:80"}},
+		{name: "protocol unknown (\"-\")", line: head + `"GET /status/418 -" 418 - 0 10 3 2 "203.0.113.1" "curl/8" "rid-1" "api.example" "-"`,
+			want: map[string]string{"method": "GET", "path": "/status/418", "status": "418"}},
 		{name: "quote inside the user agent", line: head + `"GET / HTTP/1.1" 200 - 0 10 3 2 "198.51.100.1" "a "b" c" "rid" "host" "-"`,
 			want: map[string]string{"user_agent": `a "b" c`, "request_id": "rid", "host": "host"}},
 		// Envoy does not escape headers: a user agent holding `" "` shifts the fields

@@ -13,7 +13,8 @@ import (
 // Combined: '$remote_addr - $remote_user [$time_local] "$request" $status
 // $body_bytes_sent "$http_referer" "$http_user_agent"', optionally after the virtual
 // host ("$host $remote_addr ...", Apache's vhost_combined "%v:%p %h ..."), which is the
-// host when the request names none. Fields appended after it are ignored, but for the
+// host when the request names none. Apache may write an identd answer for the "-" and
+// unquoted fields (%D, %T) before the referer. Fields appended after it are ignored, but for the
 // stock nginx.conf "main" format's "$http_x_forwarded_for"; so is a missing referer and
 // user agent (the common log format). $remote_addr may be a list ("203.0.113.7,
 // 10.0.0.2"). The client is the remote address, unless that is a private, loopback or
@@ -96,20 +97,22 @@ func (p *nginxParser) Parse(ev *Event, line []byte) error {
 }
 
 func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
-	i := bytes.Index(line, []byte(" - "))
+	i := bytes.Index(line, []byte(" ["))
 	if i <= 0 {
+		if bytes.Contains(line, []byte(" - ")) {
+			return parseErrorf(ReasonBadSyntax, "no [$time_local] after $remote_user")
+		}
 		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
 	}
-	vhost, addr, ok := splitRemote(line[:i])
+	remote, user, ok := splitUser(line[:i])
 	if !ok {
 		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
 	}
-	rest := line[i+3:]
-	i = bytes.Index(rest, []byte(" ["))
-	if i < 0 {
-		return parseErrorf(ReasonBadSyntax, "no [$time_local] after $remote_user")
+	vhost, addr, ok := splitRemote(remote)
+	if !ok {
+		return parseErrorf(ReasonBadSyntax, `record does not start with "$remote_addr - "`)
 	}
-	user, rest := rest[:i], rest[i+2:]
+	rest := line[i+2:]
 	i = bytes.IndexByte(rest, ']')
 	if i < 0 {
 		return parseErrorf(ReasonBadSyntax, "no ] closing $time_local")
@@ -140,6 +143,12 @@ func (p *nginxParser) parseCombined(ev *Event, line []byte) error {
 	// $body_bytes_sent, then "$http_referer" "$http_user_agent" when logged, and
 	// "$http_x_forwarded_for" in the stock "main" format.
 	_, rest = cutToken(rest)
+	for range 3 { // unquoted fields before the referer: Apache's %D or %T, say
+		if r := bytes.TrimLeft(rest, " "); len(r) == 0 || r[0] == '"' {
+			break
+		}
+		_, rest = cutToken(rest)
+	}
 	var xff []byte
 	if _, rest, _, ok = cutQuoted(rest); ok {
 		var ua []byte
@@ -338,6 +347,30 @@ func (p *nginxParser) jsonKey(k []byte) (jsonSlot, uint8) {
 	return slotNone, 0
 }
 
+// splitUser splits what comes before " [$time_local]" into the remote address (with
+// any virtual host before it) and $remote_user. Between them nginx writes "-", and
+// Apache its %l, the identd answer: "-" too, but for a server that asks identd, whose
+// lines are read with no virtual host.
+func splitUser(head []byte) (remote, user []byte, ok bool) {
+	if i := bytes.Index(head, []byte(" - ")); i > 0 {
+		return head[:i], head[i+3:], true
+	}
+	i := bytes.LastIndexByte(head, ' ')
+	if i <= 0 {
+		return nil, nil, false
+	}
+	j := bytes.LastIndexByte(head[:i], ' ')
+	if j <= 0 {
+		return nil, nil, false
+	}
+	// Only an address or a host name: a container runtime's "<time> stdout F" before
+	// another format's "[" must not read as one.
+	if remote = head[:j]; !isIPText(remote) && !isHostName(remote) {
+		return nil, nil, false
+	}
+	return remote, head[i+1:], true
+}
+
 // splitRemote splits what comes before " - $remote_user" into the virtual host that
 // some formats log first (nginx's "$host $remote_addr ...", Apache's vhost_combined
 // "%v:%p %h ..."), without its port, and the remote address or list of addresses
@@ -352,10 +385,12 @@ func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
 		return nil, nil, false
 	}
 	vhost, addr = v[:i], bytes.TrimLeft(v[i+1:], " ")
-	if j := bytes.LastIndexByte(vhost, ':'); j > 0 && isDigits(vhost[j+1:]) &&
-		(bytes.IndexByte(vhost, ':') == j || vhost[j-1] == ']') {
-		vhost = vhost[:j] // the port: a name or IPv4 address has no other colon
+	if a := stripPort(vhost); len(a) < len(vhost) && isIPText(a) && isHostName(stripPort(addr)) {
+		// "%a:%{remote}p %v:%p ...": the client's address and port first, the virtual
+		// host second ("$host $remote_addr" logs no port with the address).
+		vhost, addr = addr, vhost
 	}
+	vhost = stripPort(vhost)
 	if !isHostName(vhost) && !isIPText(vhost) {
 		return nil, nil, false
 	}
@@ -368,6 +403,15 @@ func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
 		}
 	}
 	return vhost, addr, true
+}
+
+// stripPort returns a host name or address without its ":port".
+func stripPort(v []byte) []byte {
+	if j := bytes.LastIndexByte(v, ':'); j > 0 && isDigits(v[j+1:]) &&
+		(bytes.IndexByte(v, ':') == j || v[j-1] == ']') {
+		return v[:j] // a name or IPv4 address has no other colon
+	}
+	return v
 }
 
 func isDigits(v []byte) bool {

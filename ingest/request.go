@@ -144,15 +144,16 @@ func splitPath(uri []byte) []byte {
 }
 
 // splitRequestLine splits a request line as logged ("GET /a?b HTTP/1.1") into method
-// and request target. A line that does not start with a method token ("-", a TLS
-// handshake sent to a plain-HTTP port, scanner junk) gives neither.
+// and request target; the protocol may be "-" (Envoy's %PROTOCOL% when it has none). A
+// line that does not start with a method token ("-", a TLS handshake sent to a
+// plain-HTTP port, scanner junk) gives neither.
 func splitRequestLine(req []byte) (method, target []byte) {
 	i := bytes.IndexByte(req, ' ')
 	if i <= 0 || !isMethodToken(req[:i]) {
 		return nil, nil
 	}
 	method, target = req[:i], bytes.TrimLeft(req[i+1:], " ")
-	if j := bytes.LastIndexByte(target, ' '); j >= 0 && bytes.HasPrefix(target[j+1:], []byte("HTTP/")) {
+	if j := bytes.LastIndexByte(target, ' '); j >= 0 && (bytes.HasPrefix(target[j+1:], []byte("HTTP/")) || string(target[j+1:]) == "-") {
 		target = bytes.TrimRight(target[:j], " ")
 	}
 	return method, target
@@ -303,7 +304,8 @@ func (b *base) setClientHost(ev *Event, peer, xff []byte) {
 	if b.setClientBehind(ev, peer, xff) {
 		return
 	}
-	if name := firstEntry(peer); isHostName(name) {
+	// "unknown" is what proxies write for an address they do not know (RFC 7239).
+	if name := firstEntry(peer); isHostName(name) && string(name) != "unknown" {
 		ev.ClientIP = b.str(name)
 	}
 }
@@ -329,7 +331,8 @@ func firstEntry(v []byte) []byte {
 }
 
 // isHostName reports whether s is a DNS host name as a reverse lookup gives one: at most
-// 253 bytes of at least two dot-separated labels (or "localhost"), each of 1 to 63
+// 253 bytes of dot-separated labels (one alone for a machine of the local network,
+// "monitoring-server", as Apache logs it with HostnameLookups on), each of 1 to 63
 // letters, digits and inner hyphens, the last starting with a letter. A label that
 // mixes upper- and lower-case letters is refused: resolvers hand out one case, while an
 // API key or a JWT segment (base64) mixes them, and a credential in the client field
@@ -338,10 +341,6 @@ func isHostName(s []byte) bool {
 	if len(s) == 0 || len(s) > 253 {
 		return false
 	}
-	if string(s) == "localhost" {
-		return true
-	}
-	labels := 0
 	for len(s) > 0 {
 		label := s
 		if i := bytes.IndexByte(s, '.'); i >= 0 {
@@ -355,12 +354,11 @@ func isHostName(s []byte) bool {
 		if !isHostLabel(label) {
 			return false
 		}
-		labels++
 		if len(s) == 0 && !(label[0] >= 'a' && label[0] <= 'z' || label[0] >= 'A' && label[0] <= 'Z') {
 			return false // the top-level label is alphabetic: "10.1.2.300" is no name
 		}
 	}
-	return labels >= 2
+	return true
 }
 
 func isHostLabel(l []byte) bool {

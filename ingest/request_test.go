@@ -40,7 +40,7 @@ func TestIsHostName(t *testing.T) {
 		{"ec2-54-12-34-56.eu-west-1.compute.amazonaws.com", true},
 		{"HOST-1.EXAMPLE.NET", true},
 		{"localhost", true},
-		{"gateway", false},                                  // one label: too easily a token
+		{"monitoring-server", true},                         // one label: a machine of the local network
 		{"10.1.2.300", false},                               // numeric top-level label
 		{"host.example.", false},                            // trailing dot
 		{"-bad.example.com", false},                         // leading hyphen
