@@ -87,6 +87,7 @@ const (
 	asPath
 	asRequestID
 	asUserAgent
+	asAddress // the addresses of a client keyed by its IPv6 /64
 	asFields
 )
 
@@ -135,10 +136,11 @@ func (d *authSpray) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if late || ev.ClientIP == "" || d.rules.skip(ev) {
 		return
 	}
-	slot := d.tab.findHash(ev.ClientIP, h)
+	key := AddrKey(ev.ClientIP, &d.addr)
+	slot := d.tab.findHash(key, h)
 	if slot < 0 {
-		slot = d.tab.add(ev.ClientIP, t)
-		d.tab.ents[slot].s.prm = d.rules.of(ev.ClientIP)
+		slot = d.tab.add(key, t)
+		d.tab.ents[slot].s.prm = d.rules.of(key)
 	} else {
 		d.tab.touch(slot, t)
 	}
@@ -167,6 +169,9 @@ func (d *authSpray) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	d.smp.offer(s, b, cs, asPath, ev.Path)
 	d.smp.offer(s, b, cs, asRequestID, ev.RequestID)
 	d.smp.offer(s, b, cs, asUserAgent, ev.UserAgent)
+	if key != ev.ClientIP {
+		d.smp.offer(s, b, cs, asAddress, ev.ClientIP)
+	}
 	if cred := credential(ev); cred != 0 {
 		d.smp.addID(s, cs, cred)
 	}
@@ -262,6 +267,7 @@ func (d *authSpray) fire(slot int32, end int64, failed, tot uint32, creds int, w
 		ev.SamplePaths = d.smp.collect(s, w, asPath, 5)
 		ev.SampleRequestIDs = d.smp.collect(s, w, asRequestID, 5)
 		ev.UserAgents = d.smp.collect(s, w, asUserAgent, 5)
+		ev.ClientIPs = d.smp.collect(s, w, asAddress, 10)
 		summary := fmt.Sprintf("Client IP %s failed authentication with %d distinct credentials (%d of its %d requests answered %s) within %s.",
 			name, creds, failed, tot, statusList(d.statuses), d.window)
 		return ev, summary

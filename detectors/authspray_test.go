@@ -3,6 +3,7 @@ package detectors
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,6 +63,23 @@ func TestAuthFailureSpray(t *testing.T) {
 			repeat(5, at(4*time.Minute), time.Second, func(i int, ts time.Time) ingest.Event {
 				return tryKey(attacker, fmt.Sprintf("late-%d", i), ts)
 			}))},
+		// IPv6: a /64 is one client, however many of its addresses the requests use.
+		{name: "IPv6 addresses of one /64", events: repeat(10, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return tryKey(fmt.Sprintf("2001:db8:1:2::%x", 0x100+i*7), fmt.Sprintf("guess-%03d", i), ts)
+		}), incidents: 1, key: "2001:db8:1:2::/64", check: func(t *testing.T, a Alert) {
+			if len(a.Evidence.ClientIPs) == 0 || !strings.HasPrefix(a.Evidence.ClientIPs[0], "2001:db8:1:2::") || strings.Contains(a.Evidence.ClientIPs[0], "/") {
+				t.Errorf("evidence client IPs %v, want addresses of the /64", a.Evidence.ClientIPs)
+			}
+		}},
+		{name: "IPv6 /64s apart", events: repeat(10, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return tryKey(fmt.Sprintf("2001:db8:1:%x::1", i), fmt.Sprintf("guess-%03d", i), ts)
+		})},
+		{name: "override of an IPv6 address holds for its /64", cfg: func(c *Config) {
+			n := 50
+			c.AuthFailureSpray.Overrides = []AuthFailureSprayOverride{{Override: Override{Key: "2001:db8:1:2::1"}, MinCredentials: &n}}
+		}, events: repeat(40, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return tryKey(fmt.Sprintf("2001:db8:1:2::%x", 0x100+i), fmt.Sprintf("guess-%03d", i), ts)
+		})},
 		{name: "no client IP: not keyed", events: repeat(20, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return tryKey("", fmt.Sprintf("k%d", i), ts)
 		})},

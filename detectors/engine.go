@@ -83,6 +83,7 @@ type Engine struct {
 	heldHashes     [][prefetchRun]uint64
 	steps          [prefetchRun]step // the run in hand, judged
 	needCK, needIP bool
+	addr           AddrBuf // for the address keys of hs.ip
 	out            emitter
 
 	loaded  bool
@@ -145,8 +146,8 @@ type prefetching struct {
 	j int // index in dets
 }
 
-// runHashes are the hashes of a run of events' client keys and client IPs, computed
-// once for the detectors keyed by them.
+// runHashes are the hashes of a run of events' client keys and client address keys
+// (see AddrKey), computed once for the detectors keyed by them.
 type runHashes struct{ ck, ip [prefetchRun]uint64 }
 
 // fill computes the hashes of events that some detector needs.
@@ -158,7 +159,7 @@ func (e *Engine) fillHashes(events []ingest.Event, hs *runHashes) {
 	}
 	if e.needIP {
 		for i := range events {
-			hs.ip[i] = keyHash(events[i].ClientIP)
+			hs.ip[i] = keyHash(AddrKey(events[i].ClientIP, &e.addr))
 		}
 	}
 }

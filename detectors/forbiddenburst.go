@@ -104,7 +104,7 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool)
 	if late {
 		return // no baseline to learn, and late events enter no window
 	}
-	key, byIP := clientOf(ev)
+	key, byIP := ClientOf(ev, &d.addr)
 	if key == "" || d.rules.skip(ev) {
 		return
 	}

@@ -32,6 +32,7 @@ type BaselineLookup interface {
 // up since a detector last let go of them, and the baselines of the keys it evicted
 // with changes not yet written.
 type fetcher struct {
+	addr AddrBuf        // for the address keys of events' clients
 	look BaselineLookup // nil: the store has none
 
 	// The learners, nil when off: a key they all hold needs no lookup.
@@ -319,7 +320,7 @@ func (f *fetcher) want(events []ingest.Event) {
 		ev := &events[i]
 		client, byIP, objects := "", false, false
 		if f.oe != nil {
-			client, byIP, objects = asksObject(ev)
+			client, byIP, objects = asksObject(ev, &f.addr)
 		}
 		if ev.ClientKey != "" || objects {
 			if client == "" {

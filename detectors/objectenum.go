@@ -170,12 +170,12 @@ func (d *objectEnum) pairKey(ch uint64, byIP bool, method, route string) string 
 }
 
 // asksObject reports whether an event asks for an object on a route template, and
-// returns its client.
-func asksObject(ev *ingest.Event) (client string, byIP, ok bool) {
+// returns its client (see ClientOf).
+func asksObject(ev *ingest.Event, buf *AddrBuf) (client string, byIP, ok bool) {
 	if ev.Route == "" || ev.Path == ev.Route {
 		return "", false, false
 	}
-	client, byIP = clientOf(ev)
+	client, byIP = ClientOf(ev, buf)
 	return client, byIP, client != ""
 }
 
@@ -185,7 +185,7 @@ func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []u
 	for i := range events {
 		out[i] = 0
 		ev := &events[i]
-		if _, byIP, ok := asksObject(ev); ok {
+		if _, byIP, ok := asksObject(ev, &d.addr); ok {
 			ch := hs.ck[i]
 			if byIP {
 				ch = hs.ip[i]
@@ -241,7 +241,7 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if late || d.rules.skip(ev) {
 		return
 	}
-	client, byIP, ok := asksObject(ev)
+	client, byIP, ok := asksObject(ev, &d.addr)
 	if !ok {
 		return
 	}

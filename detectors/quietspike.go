@@ -191,7 +191,7 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 		d.smp.offer(s, b, cs, qsClientIP, ev.ClientIP)
 		d.smp.offer(s, b, cs, qsPath, ev.Path)
 		d.smp.offer(s, b, cs, qsRequestID, ev.RequestID)
-		client, _ := clientOf(ev)
+		client, _ := ClientOf(ev, &d.addr)
 		d.smp.addID(s, cs, hash64(client))
 	}
 	if hot {

@@ -95,6 +95,7 @@ const (
 	rsRequestID
 	rsClient // the client key, or the IP of a key-keyed client
 	rsUserAgent
+	rsAddress // the addresses of a client keyed by its IPv6 /64
 	rsFields
 )
 
@@ -164,7 +165,7 @@ func (d *routeScan) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if late {
 		return
 	}
-	key, byKey := hostOf(ev)
+	key, byKey := HostOf(ev, &d.addr)
 	if key == "" || d.rules.skip(ev) {
 		return
 	}
@@ -205,6 +206,9 @@ func (d *routeScan) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 		d.smp.offer(s, b, cs, rsClient, ev.ClientKey)
 	}
 	d.smp.offer(s, b, cs, rsUserAgent, ev.UserAgent)
+	if !byKey && key != ev.ClientIP {
+		d.smp.offer(s, b, cs, rsAddress, ev.ClientIP)
+	}
 	route := ev.Route
 	if route == "" {
 		route = ev.Path
@@ -300,6 +304,7 @@ func (d *routeScan) fire(slot int32, end int64, hits, tot uint32, routes int, w 
 			ev.ClientIPs = d.smp.collect(s, w, rsClient, 5)
 		} else {
 			ev.ClientKeys = d.smp.collect(s, w, rsClient, 5)
+			ev.ClientIPs = d.smp.collect(s, w, rsAddress, 5)
 		}
 		summary := fmt.Sprintf("%s requested %d distinct routes that do not exist or were blocked (%d of its %d requests) within %s.",
 			who, routes, hits, tot, d.window)

@@ -36,6 +36,13 @@ func TestRouteScan(t *testing.T) {
 					t.Errorf("evidence %+v", a.Evidence)
 				}
 			}},
+		{name: "a scanner rotating through its IPv6 /64", events: repeat(20, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return probe(fmt.Sprintf("2001:db8:5:6::%x", 0x1000+i*13), i, ts)
+		}), incidents: 1, key: "2001:db8:5:6::/64", check: func(t *testing.T, a Alert) {
+			if len(a.Evidence.ClientIPs) == 0 || a.Evidence.ClientIPs[0] == "2001:db8:5:6::/64" {
+				t.Errorf("evidence client IPs %v, want the addresses", a.Evidence.ClientIPs)
+			}
+		}},
 		{name: "405 counts as 404", events: repeat(20, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return probe(scanner, i, ts, status(405))
 		}), incidents: 1, key: scanner},

@@ -26,7 +26,8 @@ type windowed[S any] struct {
 	next    int64 // due: the watermark at which advance has work to do
 	window  string
 	j       windowJudge
-	samples *arena // where the detector's evidence samples live, if it keeps any
+	samples *arena  // where the detector's evidence samples live, if it keeps any
+	addr    AddrBuf // the address key of the event in hand (see AddrKey)
 }
 
 // windowJudge is what a windowed detector adds to windowed.
@@ -223,24 +224,29 @@ func newClientRules[P any, O any, PO interface {
 	overriding
 }](base, disabled P, overrides []O, allow []ClientAllow, apply func(*P, *O)) clientRules[P] {
 	r := clientRules[P]{params: []P{base, disabled}, keyParams: map[string]uint16{}}
+	// An IPv6 address stands for its /64, the key its client has (see AddrKey).
+	var buf AddrBuf
+	keyOf := func(k string) string { return strings.Clone(AddrKey(k, &buf)) }
 	for i := range overrides {
 		o := PO(&overrides[i]).base()
 		if o.RoutePrefix != "" {
 			r.skipRoute = append(r.skipRoute, o.RoutePrefix)
 			continue
 		}
-		if _, dup := r.keyParams[o.Key]; dup {
+		k := keyOf(o.Key)
+		if _, dup := r.keyParams[k]; dup {
 			continue
 		}
 		p := base
 		apply(&p, &overrides[i])
-		r.keyParams[o.Key] = uint16(len(r.params))
+		r.keyParams[k] = uint16(len(r.params))
 		r.params = append(r.params, p)
 	}
 	for _, a := range allow {
 		if a.Key != "" {
-			if _, dup := r.keyParams[a.Key]; !dup {
-				r.keyParams[a.Key] = 1
+			k := keyOf(a.Key)
+			if _, dup := r.keyParams[k]; !dup {
+				r.keyParams[k] = 1
 			}
 			continue
 		}
@@ -269,30 +275,7 @@ func (r *clientRules[P]) skip(ev *ingest.Event) bool {
 	return inNets(r.allowNet, ev.ClientIP)
 }
 
-// clientOf returns the key of an event's client: its client key, else its IP.
-func clientOf(ev *ingest.Event) (key string, byIP bool) {
-	if ev.ClientKey != "" {
-		return ev.ClientKey, false
-	}
-	return ev.ClientIP, true
-}
-
-// hostOf returns the key of an event's client by address: its IP, else its client key.
-func hostOf(ev *ingest.Event) (key string, byKey bool) {
-	if ev.ClientIP != "" {
-		return ev.ClientIP, false
-	}
-	return ev.ClientKey, true
-}
-
 // succeeded reports whether a request went through: a 2xx or 3xx, or status 0, which a
 // log writes when it carries no response status (an AWS WAF ALLOW without
 // responseCodeSent: the request went on to the origin).
 func succeeded(status int) bool { return status == 0 || (status >= 200 && status < 400) }
-
-// isIP reports whether a client key is an IP address: the key of a client that sent no
-// client key.
-func isIP(s string) bool {
-	_, err := netip.ParseAddr(s)
-	return err == nil
-}

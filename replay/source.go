@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,7 +109,7 @@ func (a *Archive) Close() error {
 type Filter struct {
 	Keys      []string // client_key or token_fp
 	Routes    []string // "METHOD /route/{id}" or "/route/{id}"
-	ClientIPs []string
+	ClientIPs []string // addresses, or networks in CIDR notation (an IPv6 client's /64 key)
 }
 
 // IsZero reports whether f keeps every event.
@@ -118,13 +120,29 @@ func (f Filter) Match(ev *ingest.Event) bool {
 	if len(f.Keys) > 0 && !slices.Contains(f.Keys, ev.ClientKey) && (ev.TokenFP == "" || !slices.Contains(f.Keys, ev.TokenFP)) {
 		return false
 	}
-	if len(f.ClientIPs) > 0 && !slices.Contains(f.ClientIPs, ev.ClientIP) {
+	if len(f.ClientIPs) > 0 && !slices.ContainsFunc(f.ClientIPs, func(c string) bool { return ipMatches(c, ev.ClientIP) }) {
 		return false
 	}
 	if len(f.Routes) > 0 && !slices.ContainsFunc(f.Routes, func(r string) bool { return routeMatches(r, ev) }) {
 		return false
 	}
 	return true
+}
+
+// ipMatches reports whether c, an address or a network, names ip.
+func ipMatches(c, ip string) bool {
+	if c == ip {
+		return true
+	}
+	if !strings.Contains(c, "/") || ip == "" {
+		return false
+	}
+	p, err := netip.ParsePrefix(c)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	return err == nil && p.Contains(a.WithZone(""))
 }
 
 // routeMatches reports whether r names ev's route, with or without its method.

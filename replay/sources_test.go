@@ -299,11 +299,18 @@ func TestFilter(t *testing.T) {
 		{"a prefix of the route", replay.Filter{Routes: []string{"GET /v1/orders"}}, false},
 		{"client IP", replay.Filter{ClientIPs: []string{"203.0.113.7"}}, true},
 		{"another IP", replay.Filter{ClientIPs: []string{"203.0.113.8"}}, false},
+		{"a network holding it", replay.Filter{ClientIPs: []string{"203.0.113.0/24"}}, true},
+		{"a network that does not", replay.Filter{ClientIPs: []string{"198.51.100.0/24"}}, false},
 		{"every list matches", replay.Filter{Keys: []string{"k1"}, Routes: []string{"/v1/orders/{id}"}, ClientIPs: []string{"203.0.113.7"}}, true},
 		{"one list does not", replay.Filter{Keys: []string{"k1"}, ClientIPs: []string{"198.51.100.1"}}, false},
 	} {
 		if got := tc.f.Match(&ev); got != tc.want {
 			t.Errorf("%s: Match(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
 		}
+	}
+	// An IPv6 client's key, as its alerts name it, keeps the events of its addresses.
+	v6 := ingest.Event{ClientIP: "2001:db8:1:2::9"}
+	if f := (replay.Filter{ClientIPs: []string{"2001:db8:1:2::/64"}}); !f.Match(&v6) {
+		t.Errorf("%+v does not keep %s", f, v6.ClientIP)
 	}
 }

@@ -98,7 +98,7 @@ func parseReplayFlags(env *cmdEnv, args []string) (*replayFlags, []string, error
 	fs.StringVar(&f.report, "report", "", "write an HTML report (a timeline per alert, the sweep chart) to this file")
 	fs.Var(&f.keys, "key", "only events of this client key or token fingerprint (repeatable)")
 	fs.Var(&f.routes, "route", "only events of this route, \"METHOD /route\" or \"/route\" (repeatable)")
-	fs.Var(&f.clientIPs, "client-ip", "only events of this client IP (repeatable)")
+	fs.Var(&f.clientIPs, "client-ip", "only events of this client IP, or network in CIDR notation (an IPv6 client's /64 as alerts name it) (repeatable)")
 	fs.BoolVar(&f.events, "events", false, "print the normalised events (with --key, --route, --client-ip) instead of running the detectors")
 	fs.BoolVar(&f.send, "send", false, "send the alerts through the configured routes and receivers, as notify does")
 	f.maxLate = defaultMaxLateRatio

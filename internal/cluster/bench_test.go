@@ -311,9 +311,10 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 	}
 	// Through the replicas, each event reaches one task of each kind that has its key.
 	want := 0
+	var addr detectors.AddrBuf
 	for _, ev := range parseAll(b, raw) {
 		for k := range numKinds {
-			if kinds[k].key(&ev) != "" {
+			if kinds[k].key(&ev, &addr) != "" {
 				want++
 			}
 		}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -103,10 +104,11 @@ func TestKindsCarryWhatTheirDetectorsRead(t *testing.T) {
 	want := run(cfg, evs)
 	var got []string
 	var rec record
+	var addr detectors.AddrBuf
 	for k := range numKinds {
 		var kevs []ingest.Event
 		for i := range evs {
-			if kinds[k].key(&evs[i]) == "" {
+			if kinds[k].key(&evs[i], &addr) == "" {
 				continue
 			}
 			b := appendEvent(nil, position{offset: int64(i)}, 0, false, kinds[k].fields, &evs[i])
@@ -150,6 +152,7 @@ func BenchmarkRecordBytes(b *testing.B) {
 	const parts = 32
 	var rawBytes, recBytes, rawZ, recZ int
 	var buf []byte
+	var addr detectors.AddrBuf
 	codec := new(zstd.Codec)
 	compress := func(chunks [][]byte) int {
 		var out bytes.Buffer
@@ -170,7 +173,7 @@ func BenchmarkRecordBytes(b *testing.B) {
 			for i := lo; i < hi; i++ {
 				rawBytes += len(raw[i])
 				for k := range numKinds {
-					key := kinds[k].key(&evs[i])
+					key := kinds[k].key(&evs[i], &addr)
 					if key == "" {
 						continue
 					}
@@ -198,4 +201,21 @@ func BenchmarkRecordBytes(b *testing.B) {
 	b.ReportMetric(100*float64(recZ)/float64(rawZ), "internal-%raw-zstd")
 	b.ReportMetric(100*float64(recZ)/float64(rawBytes), "internal-zstd-%raw")
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestIPv6ClientOneTask: the addresses of one IPv6 /64 are one client to the detectors
+// (detectors.AddrKey), so their events go to one partition of each kind keyed by client.
+func TestIPv6ClientOneTask(t *testing.T) {
+	var addr detectors.AddrBuf
+	for _, k := range []Kind{Client, IP} {
+		want := -1
+		for i := range 50 {
+			ev := ingest.Event{ClientIP: fmt.Sprintf("2001:db8:7:8::%x", (i*4099)&0xffff)}
+			p := partitionOf(kinds[k].key(&ev, &addr), 32)
+			if want >= 0 && p != want {
+				t.Fatalf("%s: %s goes to partition %d, the /64's other addresses to %d", k, ev.ClientIP, p, want)
+			}
+			want = p
+		}
+	}
 }

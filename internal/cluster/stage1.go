@@ -26,6 +26,7 @@ const tick = time.Second
 // which commits its raw offsets, only once the brokers acknowledged every record it
 // became.
 type stage1 struct {
+	addr     detectors.AddrBuf // for the keys of events' clients
 	cfg      Config
 	src      detectors.EventSource // the raw topics' Kafka source, with kafka.Options.Offsets
 	w        *kafkago.Writer
@@ -140,7 +141,7 @@ func (s *stage1) take(b *ingest.Batch, now time.Time) {
 func (s *stage1) appendEvent(pos position, stream int64, late bool, ev *ingest.Event) {
 	for k := range numKinds {
 		spec := &kinds[k]
-		key := spec.key(ev)
+		key := spec.key(ev, &s.addr)
 		if key == "" {
 			continue
 		}

@@ -40,7 +40,7 @@ type kindSpec struct {
 	name      string
 	detectors []string
 	fields    fieldSet
-	key       func(ev *ingest.Event) string
+	key       func(ev *ingest.Event, buf *detectors.AddrBuf) string // the detectors' key, which may point into buf
 }
 
 var kinds = [numKinds]kindSpec{
@@ -49,35 +49,31 @@ var kinds = [numKinds]kindSpec{
 		detectors: []string{detectors.NewCountry, detectors.ForbiddenBurst, detectors.ObjectEnumeration,
 			detectors.PrivilegeAnomaly, detectors.ClientVolumeSpike},
 		fields: fClientKey | fClientIP | fCountry | fMethod | fRoute | fPath | fStatus | fRequestID,
-		key: func(ev *ingest.Event) string {
-			if ev.ClientKey != "" {
-				return ev.ClientKey
-			}
-			return ev.ClientIP
+		key: func(ev *ingest.Event, buf *detectors.AddrBuf) string {
+			k, _ := detectors.ClientOf(ev, buf)
+			return k
 		},
 	},
 	Token: {
 		name:      "token",
 		detectors: []string{detectors.TokenReuse},
 		fields:    fTokenFP | fDevice | fClientIP | fCountry | fRoute,
-		key:       func(ev *ingest.Event) string { return ev.TokenFP },
+		key:       func(ev *ingest.Event, _ *detectors.AddrBuf) string { return ev.TokenFP },
 	},
 	IP: {
 		name:      "ip",
 		detectors: []string{detectors.AuthFailureSpray, detectors.RouteScan},
 		fields:    fClientIP | fClientKey | fTokenFP | fMethod | fRoute | fPath | fStatus | fAction | fRequestID | fUserAgent,
-		key: func(ev *ingest.Event) string {
-			if ev.ClientIP != "" {
-				return ev.ClientIP
-			}
-			return ev.ClientKey
+		key: func(ev *ingest.Event, buf *detectors.AddrBuf) string {
+			k, _ := detectors.HostOf(ev, buf)
+			return k
 		},
 	},
 	Route: {
 		name:      "route",
 		detectors: []string{detectors.QuietEndpointSpike},
 		fields:    fMethod | fRoute | fClientKey | fClientIP | fPath | fStatus | fRequestID,
-		key: func(ev *ingest.Event) string {
+		key: func(ev *ingest.Event, _ *detectors.AddrBuf) string {
 			if ev.Route == "" {
 				return ""
 			}
