@@ -14,15 +14,15 @@ import (
 // $body_bytes_sent "$http_referer" "$http_user_agent"', optionally after the virtual
 // host ("$host $remote_addr ...", Apache's vhost_combined "%v:%p %h ..."), which is the
 // host when the request names none. Apache may write an identd answer for the "-" and
-// unquoted fields (%D, %T) before the referer. Fields appended after it are ignored, but for the
-// stock nginx.conf "main" format's "$http_x_forwarded_for"; so is a missing referer and
-// user agent (the common log format). $remote_addr may be a list ("203.0.113.7,
-// 10.0.0.2"). The client is the remote address, unless that is a private, loopback or
-// shared address (a load balancer or proxy of the operator's) and X-Forwarded-For names
-// hops: then it is chosen among them, and of a list, as clientOfList says (the
-// rightmost address that is not private, which a client cannot forge). Apache's combined format
-// (%h with HostnameLookups on) may log a host name instead, which is kept as the client
-// (see isHostName). $remote_user (basic auth) is the client key. nginx escapes '"', '\'
+// unquoted fields (%D, %T) before the referer. Fields appended after it are ignored but
+// for the stock nginx.conf "main" format's "$http_x_forwarded_for"; so is a missing
+// referer and user agent (the common log format). $remote_addr may be a list
+// ("203.0.113.7, 10.0.0.2"). The client is the remote address, unless that is a
+// private, loopback or shared address (a load balancer or proxy of the operator's) and
+// X-Forwarded-For names hops: then it is chosen among them, and of a list, as
+// clientOfList says (the rightmost address that is not private, which a client cannot
+// forge). Apache's combined format (%h with HostnameLookups on) may log a host name
+// instead, which is kept as the client (see isHostName). $remote_user (basic auth) is the client key. nginx escapes '"', '\'
 // and bytes outside printable ASCII in these fields as \xHH; the request line and user
 // agent are decoded, and bytes that do not form UTF-8 become U+FFFD. Older Apache writes
 // quotes inside the request as they came: the request ends at the quote followed by a
