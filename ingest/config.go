@@ -3,6 +3,7 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -12,15 +13,19 @@ import (
 
 // Config is the ingest section of gatewatch.yaml.
 type Config struct {
-	Kafka           KafkaConfig      `yaml:"kafka"`
-	GeoIP           GeoIPConfig      `yaml:"geoip"`
-	TokenSecretFile string           `yaml:"token_secret_file"` // HMAC key for token fingerprints, read from this file
-	TokenSecretEnv  string           `yaml:"token_secret_env"`  // or from this environment variable
-	APIKeyHeader    string           `yaml:"api_key_header"`    // default x-api-key
-	DeviceHeader    string           `yaml:"device_header"`     // default x-device-id
-	MaxLineBytes    int              `yaml:"max_line_bytes"`    // default 1 MiB
-	MaxClockSkew    time.Duration    `yaml:"max_clock_skew"`    // default 24h
-	DeadLetter      DeadLetterConfig `yaml:"dead_letter"`
+	Kafka           KafkaConfig   `yaml:"kafka"`
+	GeoIP           GeoIPConfig   `yaml:"geoip"`
+	TokenSecretFile string        `yaml:"token_secret_file"` // HMAC key for token fingerprints, read from this file
+	TokenSecretEnv  string        `yaml:"token_secret_env"`  // or from this environment variable
+	APIKeyHeader    string        `yaml:"api_key_header"`    // default x-api-key
+	DeviceHeader    string        `yaml:"device_header"`     // default x-device-id
+	MaxLineBytes    int           `yaml:"max_line_bytes"`    // default 1 MiB
+	MaxClockSkew    time.Duration `yaml:"max_clock_skew"`    // default 24h
+	// TrustedProxies are networks of the operator's proxies beyond the private ones (a
+	// CDN's edge ranges): their addresses forward requests, and the client is looked
+	// for before them in X-Forwarded-For (see clientOfList).
+	TrustedProxies []string         `yaml:"trusted_proxies"`
+	DeadLetter     DeadLetterConfig `yaml:"dead_letter"`
 }
 
 // KafkaConfig says where to consume from. No brokers means no Kafka source.
@@ -135,6 +140,11 @@ func (c *Config) Validate() error {
 	if c.MaxClockSkew <= 0 {
 		errs = append(errs, cfgErr("max_clock_skew", "must be positive, got %s", c.MaxClockSkew))
 	}
+	for i, n := range c.TrustedProxies {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			errs = append(errs, cfgErr(fmt.Sprintf("trusted_proxies[%d]", i), "must be a network in CIDR notation (203.0.113.0/24), got %q", n))
+		}
+	}
 	if c.DeadLetter.Topic != "" && len(k.Brokers) == 0 {
 		errs = append(errs, cfgErr("dead_letter.topic", "needs kafka.brokers"))
 	}
@@ -170,6 +180,13 @@ func (c *Config) ParserOptions(allowRandom bool) (ParserOptions, error) {
 		DeviceHeader: c.DeviceHeader,
 		MaxLineBytes: c.MaxLineBytes,
 		MaxClockSkew: c.MaxClockSkew,
+	}
+	for _, n := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return o, fmt.Errorf("ingest: trusted_proxies: %w", err)
+		}
+		o.TrustedProxies = append(o.TrustedProxies, p.Masked())
 	}
 	switch {
 	case c.TokenSecretRef().IsSet():

@@ -68,6 +68,9 @@ type ParserOptions struct {
 	MaxLineBytes int              // 0: 1 MiB; longer records are rejected as oversized
 	MaxClockSkew time.Duration    // 0: 24h; events further ahead of the clock are absurd
 	Now          func() time.Time // nil: time.Now; read only for records that look too new
+	// TrustedProxies are networks whose addresses forward requests, beyond the private,
+	// loopback, link-local and shared ones (see clientOfList).
+	TrustedProxies []netip.Prefix
 }
 
 func (o ParserOptions) withDefaults() (ParserOptions, error) {

@@ -166,7 +166,7 @@ func splitRequestLine(req []byte) (method, target []byte) {
 // socket path, "unknown", a token a client put in a header) is left out. It reports
 // whether an address was stored.
 func (b *base) setClientIP(ev *Event, v []byte) bool {
-	e, a, ok := clientOfList(v)
+	e, a, ok := b.clientOfList(v)
 	if ok {
 		b.storeIP(ev, e, a)
 	}
@@ -180,12 +180,12 @@ func (b *base) setClientIP(ev *Event, v []byte) bool {
 // chosen among them as clientOfList says; any other peer is the client. It reports
 // whether an address was stored.
 func (b *base) setClientBehind(ev *Event, peer, xff []byte) bool {
-	e, a, ok := clientOfList(peer)
+	e, a, ok := b.clientOfList(peer)
 	if !ok {
 		return b.setClientIP(ev, xff)
 	}
-	if isTrusted(a) {
-		if xe, xa, ok := clientOfList(xff); ok {
+	if b.isTrusted(a) {
+		if xe, xa, ok := b.clientOfList(xff); ok {
 			e, a = xe, xa
 		}
 	}
@@ -210,11 +210,12 @@ func (b *base) storeIP(ev *Event, e []byte, a netip.Addr) {
 // carry a port or IPv6 brackets ("10.0.0.1:443", "[2001:db8::1]:443"); entries that are
 // no address ("unknown", "-", a socket path) are passed over. Of a list, the client is
 // the rightmost address that is not trusted (see isTrusted), else the leftmost address:
-// what nginx's realip module does with real_ip_recursive on and those ranges trusted.
+// what nginx's realip module does with real_ip_recursive on and those networks in
+// set_real_ip_from.
 // Each proxy appends the address it was connected from, and a client can put any
 // address in the header it sends but only before the ones the proxies append, so a
 // forged entry is never chosen over one that a proxy of the operator's added.
-func clientOfList(v []byte) (e []byte, a netip.Addr, ok bool) {
+func (b *base) clientOfList(v []byte) (e []byte, a netip.Addr, ok bool) {
 	if len(v) > 512 {
 		return nil, a, false
 	}
@@ -231,7 +232,7 @@ func clientOfList(v []byte) (e []byte, a netip.Addr, ok bool) {
 		if !ok {
 			continue
 		}
-		if !isTrusted(a) {
+		if !b.isTrusted(a) {
 			return x, a, true
 		}
 		first, firstA = x, a
@@ -316,9 +317,17 @@ var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
 // isTrusted reports whether a is an address of the operator's own network, which
 // forwards requests rather than makes them: private (RFC 1918, fc00::/7), loopback,
-// link-local or shared (RFC 6598).
-func isTrusted(a netip.Addr) bool {
-	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsUnspecified() || cgnat.Contains(a)
+// link-local or shared (RFC 6598), or in ingest.trusted_proxies (a CDN's edges).
+func (b *base) isTrusted(a netip.Addr) bool {
+	if a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsUnspecified() || cgnat.Contains(a) {
+		return true
+	}
+	for _, p := range b.opts.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // firstEntry returns the first entry of a comma-separated list, trimmed.

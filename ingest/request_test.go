@@ -1,6 +1,9 @@
 package ingest
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+)
 
 func TestSplitTarget(t *testing.T) {
 	for _, tc := range []struct{ method, in, host, path string }{
@@ -115,6 +118,23 @@ func TestClientFieldsAreValidated(t *testing.T) {
 		b.setClientBehind(&ev, []byte(tc.peer), []byte(tc.xff))
 		if ev.ClientIP != tc.want {
 			t.Errorf("setClientBehind(%q, %q) stored %q, want %q", tc.peer, tc.xff, ev.ClientIP, tc.want)
+		}
+	}
+	// Behind a CDN whose edges are in ingest.trusted_proxies, the client is the hop
+	// before the edge, not a forged entry before it.
+	o := testParserOptions(t)
+	o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("204.246.164.0/22")}
+	cdn := newBase(o)
+	for _, tc := range []struct{ peer, xff, want string }{
+		{"", "192.0.2.66, 198.51.100.7, 204.246.164.9", "198.51.100.7"},
+		{"204.246.165.1", "198.51.100.7", "198.51.100.7"},
+		{"10.2.1.185", "10.5.102.222, 198.51.100.7, 204.246.164.9", "198.51.100.7"},
+		{"203.0.113.1", "198.51.100.7", "203.0.113.1"}, // not an edge: the client
+	} {
+		var ev Event
+		cdn.setClientBehind(&ev, []byte(tc.peer), []byte(tc.xff))
+		if ev.ClientIP != tc.want {
+			t.Errorf("behind the CDN, setClientBehind(%q, %q) stored %q, want %q", tc.peer, tc.xff, ev.ClientIP, tc.want)
 		}
 	}
 	for _, tc := range []struct{ in, want string }{

@@ -19,6 +19,7 @@ func TestBadConfigs(t *testing.T) {
 			"bad-values.bad.yaml:2:3: ingest.max_line_bytes: must be between",
 			"bad-values.bad.yaml:4:5: ingest.kafka.start_offset",
 			"bad-values.bad.yaml:5:12: ingest.kafka.sasl.mechanism",
+			`bad-values.bad.yaml:6:37: ingest.trusted_proxies[1]: must be a network in CIDR notation (203.0.113.0/24), got "204.246.164.0"`,
 			"ingest.kafka.topics", // brokers are absent here, so no topic error...
 		}},
 		{"flow-unknown-key.bad.yaml", []string{"flow-unknown-key.bad.yaml:3:30: detectors.token_reuse.max_device: field max_device not found"}},
