@@ -311,7 +311,7 @@ func BenchmarkReplicasThroughput(b *testing.B) {
 	}
 	// Through the replicas, each event reaches one task of each kind that has its key.
 	want := 0
-	var addr detectors.AddrBuf
+	var addr keyBuf
 	for _, ev := range parseAll(b, raw) {
 		for k := range numKinds {
 			if kinds[k].key(&ev, &addr) != "" {

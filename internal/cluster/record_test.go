@@ -104,7 +104,7 @@ func TestKindsCarryWhatTheirDetectorsRead(t *testing.T) {
 	want := run(cfg, evs)
 	var got []string
 	var rec record
-	var addr detectors.AddrBuf
+	var addr keyBuf
 	for k := range numKinds {
 		var kevs []ingest.Event
 		for i := range evs {
@@ -152,7 +152,7 @@ func BenchmarkRecordBytes(b *testing.B) {
 	const parts = 32
 	var rawBytes, recBytes, rawZ, recZ int
 	var buf []byte
-	var addr detectors.AddrBuf
+	var addr keyBuf
 	codec := new(zstd.Codec)
 	compress := func(chunks [][]byte) int {
 		var out bytes.Buffer
@@ -206,7 +206,7 @@ func BenchmarkRecordBytes(b *testing.B) {
 // TestIPv6ClientOneTask: the addresses of one IPv6 /64 are one client to the detectors
 // (detectors.AddrKey), so their events go to one partition of each kind keyed by client.
 func TestIPv6ClientOneTask(t *testing.T) {
-	var addr detectors.AddrBuf
+	var addr keyBuf
 	for _, k := range []Kind{Client, IP} {
 		want := -1
 		for i := range 50 {

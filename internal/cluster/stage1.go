@@ -26,7 +26,7 @@ const tick = time.Second
 // which commits its raw offsets, only once the brokers acknowledged every record it
 // became.
 type stage1 struct {
-	addr     detectors.AddrBuf // for the keys of events' clients
+	keys     keyBuf // where the keys of events are built
 	cfg      Config
 	src      detectors.EventSource // the raw topics' Kafka source, with kafka.Options.Offsets
 	w        *kafkago.Writer
@@ -141,7 +141,7 @@ func (s *stage1) take(b *ingest.Batch, now time.Time) {
 func (s *stage1) appendEvent(pos position, stream int64, late bool, ev *ingest.Event) {
 	for k := range numKinds {
 		spec := &kinds[k]
-		key := spec.key(ev, &s.addr)
+		key := spec.key(ev, &s.keys)
 		if key == "" {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -40,7 +41,7 @@ type kindSpec struct {
 	name      string
 	detectors []string
 	fields    fieldSet
-	key       func(ev *ingest.Event, buf *detectors.AddrBuf) string // the detectors' key, which may point into buf
+	key       func(ev *ingest.Event, buf *keyBuf) string // the detectors' key, which may point into buf
 }
 
 var kinds = [numKinds]kindSpec{
@@ -49,8 +50,8 @@ var kinds = [numKinds]kindSpec{
 		detectors: []string{detectors.NewCountry, detectors.ForbiddenBurst, detectors.ObjectEnumeration,
 			detectors.PrivilegeAnomaly, detectors.ClientVolumeSpike},
 		fields: fClientKey | fClientIP | fCountry | fMethod | fRoute | fPath | fStatus | fRequestID,
-		key: func(ev *ingest.Event, buf *detectors.AddrBuf) string {
-			k, _ := detectors.ClientOf(ev, buf)
+		key: func(ev *ingest.Event, buf *keyBuf) string {
+			k, _ := detectors.ClientOf(ev, &buf.addr)
 			return k
 		},
 	},
@@ -58,14 +59,14 @@ var kinds = [numKinds]kindSpec{
 		name:      "token",
 		detectors: []string{detectors.TokenReuse},
 		fields:    fTokenFP | fDevice | fClientIP | fCountry | fRoute,
-		key:       func(ev *ingest.Event, _ *detectors.AddrBuf) string { return ev.TokenFP },
+		key:       func(ev *ingest.Event, _ *keyBuf) string { return ev.TokenFP },
 	},
 	IP: {
 		name:      "ip",
 		detectors: []string{detectors.AuthFailureSpray, detectors.RouteScan},
 		fields:    fClientIP | fClientKey | fTokenFP | fMethod | fRoute | fPath | fStatus | fAction | fRequestID | fUserAgent,
-		key: func(ev *ingest.Event, buf *detectors.AddrBuf) string {
-			k, _ := detectors.HostOf(ev, buf)
+		key: func(ev *ingest.Event, buf *keyBuf) string {
+			k, _ := detectors.HostOf(ev, &buf.addr)
 			return k
 		},
 	},
@@ -73,13 +74,21 @@ var kinds = [numKinds]kindSpec{
 		name:      "route",
 		detectors: []string{detectors.QuietEndpointSpike},
 		fields:    fMethod | fRoute | fClientKey | fClientIP | fPath | fStatus | fRequestID,
-		key: func(ev *ingest.Event, _ *detectors.AddrBuf) string {
+		key: func(ev *ingest.Event, buf *keyBuf) string {
 			if ev.Route == "" {
 				return ""
 			}
-			return ev.Method + " " + ev.Route
+			buf.b = append(append(append(buf.b[:0], ev.Method...), ' '), ev.Route...)
+			return unsafe.String(unsafe.SliceData(buf.b), len(buf.b))
 		},
 	},
+}
+
+// A keyBuf is where a kind's key function writes a key it builds, valid until its next
+// use: keys are only hashed, and building them allocated for every event.
+type keyBuf struct {
+	addr detectors.AddrBuf
+	b    []byte
 }
 
 func (k Kind) String() string {
