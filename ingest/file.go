@@ -111,6 +111,7 @@ type chunk struct {
 	source string // its name, for dead letters
 	first  int64  // line number of lines[0]
 	lines  [][]byte
+	size   int       // bytes of lines
 	bufs   [][]byte  // the line buffers lines point into, handed back to free once parsed
 	nums   []int64   // line number of each record when they are not consecutive (joined parts), else nil
 	cut    []cutLine // records the reader could not keep whole
@@ -134,7 +135,11 @@ type parsed struct {
 
 const (
 	defaultFileBatch = 1024
-	fileReadBuffer   = 256 << 10
+	// maxChunkBytes ends a chunk before BatchSize lines when its lines hold this much:
+	// 1,024 records at the 1 MiB line cap would be a gigabyte a chunk, and several are
+	// in flight. A chunk of ~1.5 KB records holds 1.5 MiB.
+	maxChunkBytes  = 8 << 20
+	fileReadBuffer = 256 << 10
 	// freeBuffers bounds the line buffers kept for reuse: about what the chunks in
 	// flight (queued for the workers and being parsed) hold with ~1.5 KB records.
 	freeBuffers = 64
@@ -418,7 +423,8 @@ func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
 	start := len(lr.buf)
 	lr.buf = append(lr.buf, line...)
 	c.lines = append(c.lines, lr.buf[start:len(lr.buf):len(lr.buf)])
-	if len(c.lines) >= lr.s.opts.BatchSize {
+	c.size += len(line)
+	if len(c.lines) >= lr.s.opts.BatchSize || c.size >= maxChunkBytes {
 		return lr.send(false, nil)
 	}
 	return nil

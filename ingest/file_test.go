@@ -203,6 +203,45 @@ func TestFileSourceStdinAndLongLinesUnderTheCap(t *testing.T) {
 	}
 }
 
+// TestFileSourceBoundsChunkBytes: records near the line cap end a chunk early, so that
+// the chunks in flight do not hold a gigabyte each; every record still comes through,
+// in order.
+func TestFileSourceBoundsChunkBytes(t *testing.T) {
+	const n, size = 30, 600 << 10
+	var in strings.Builder
+	for i := range n {
+		in.WriteString(strings.Replace(nginxLine(i), fmt.Sprintf("client/%d", i), fmt.Sprintf("client/%d/", i)+strings.Repeat("y", size), 1) + "\n")
+	}
+	src, err := ingest.NewFileSource([]string{"-"}, ingest.FileOptions{
+		Format: ingest.FormatNginx, Parser: ingest.ParserOptions{Secret: testSecret(t)}, Stdin: strings.NewReader(in.String()),
+		Registerer: prometheus.NewPedanticRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got, most int
+	for {
+		b, err := src.Next(context.Background())
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range b.Events {
+			if want := fmt.Sprintf("client/%d/", got); !strings.HasPrefix(ev.UserAgent, want) {
+				t.Fatalf("event %d has user agent %.20q, want %s...", got, ev.UserAgent, want)
+			}
+			got++
+		}
+		most = max(most, len(b.Events))
+	}
+	if got != n || most > (8<<20)/size+1 {
+		t.Errorf("%d events, at most %d a batch; want %d, at most %d", got, most, n, (8<<20)/size+1)
+	}
+}
+
 func TestFileDeadLettersWritesJSONLines(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dlq.jsonl")
 	d, err := ingest.OpenFileDeadLetters(path)
