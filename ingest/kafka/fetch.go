@@ -21,6 +21,7 @@ type batch struct {
 
 	seq   uint64
 	recs  []record
+	size  int     // bytes of the records' values
 	spans []*span // one run per partition, in the order the partitions first appeared
 
 	// Filled by the parsing goroutines, each at the indexes of the records it parsed.
@@ -195,7 +196,8 @@ func (s *Source) parse(t *topic, p ingest.Parser) {
 }
 
 // fill cuts the next batch: it waits for the first record as long as ctx allows, then
-// at most BatchWait for more, up to BatchSize records. It returns nil when ctx ends.
+// at most BatchWait for more, up to BatchSize records or maxBatchBytes of them. It
+// returns nil when ctx ends.
 //
 // Of the records the partition readers queued it always takes the one with the
 // earliest Kafka timestamp among the partitions' next records, as Kafka Streams picks
@@ -214,7 +216,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 	}()
 	s.refill(true)
 	now := time.Now()
-	for len(b.recs) < s.cfg.BatchSize {
+	for len(b.recs) < s.cfg.BatchSize && b.size < maxBatchBytes {
 		p, hold := s.earliest(now)
 		if p != nil {
 			f := p.ahead.pop()
@@ -386,7 +388,13 @@ func (s *Source) add(b *batch, f *fetched) {
 		t.count++
 	}
 	b.recs = append(b.recs, record{topic: p.topic, p: p, offset: off, value: f.msg.Value})
+	b.size += len(f.msg.Value)
 }
+
+// maxBatchBytes ends a batch before BatchSize records when their values hold this
+// much: 1,000 records near Kafka's 1 MB message cap would be a gigabyte a batch, and
+// batches are parsed while earlier ones are processed.
+const maxBatchBytes = 8 << 20
 
 // seal ends b: it orders its records by partition (each partition's in fetch order),
 // so the engine gets long runs of one partition, queues its runs of offsets on their

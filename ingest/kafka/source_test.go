@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -343,6 +344,43 @@ func TestSourceBatchOfOnlyDeadLetters(t *testing.T) {
 		t.Fatalf("Ack: %v", err)
 	}
 	wantCommitted(t, c, "g", "waf", map[int]int64{0: 21})
+}
+
+// TestSourceBoundsBatchBytes: large records end a batch before batch_size, so that the
+// batches in flight do not hold a gigabyte each (1,000 records near Kafka's message
+// cap); every record still comes, in order.
+func TestSourceBoundsBatchBytes(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf"}, Partitions: 1})
+	const n, size = 300, 60 << 10 // under lineParser's 64 KiB
+	big := records("big", n)
+	for i := range big {
+		big[i].Value = append(big[i].Value, bytes.Repeat([]byte("x"), size)...)
+	}
+	for i := 0; i < n; i += 50 {
+		c.Produce(t, "waf", big[i:i+50]...)
+	}
+	ctx := testContext(t)
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 1000
+	cfg.BatchWait = time.Second // every record is there: only a bound ends a batch early
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	got, most := 0, 0
+	for got < n {
+		b := next(ctx, t, s)
+		for _, id := range ids(b) {
+			if want := fmt.Sprintf("big-%04d", got); !strings.HasPrefix(id, want) {
+				t.Fatalf("record %d is %.12q, want %s...", got, id, want)
+			}
+			got++
+		}
+		most = max(most, len(b.Events))
+		if err := b.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if limit := maxBatchBytes/size + 1; most > limit {
+		t.Errorf("a batch of %d records of %d bytes, want at most %d", most, size, limit)
+	}
 }
 
 // TestSourceKeepsRepairedRecords: a repaired record is both an event, in its place, and a
