@@ -97,6 +97,10 @@ type parsed struct {
 const (
 	defaultRangeBatch = 4096
 	rangeChunkRecords = 1024
+	// rangeChunkBytes ends a chunk early when its records hold this much, as the live
+	// source ends a batch: 1,024 records near Kafka's 1 MB message cap would be a
+	// gigabyte, with chunks of every partition in flight.
+	rangeChunkBytes = 8 << 20
 )
 
 // NewKafkaRange finds the partitions of the topics and the offsets of Start and End
@@ -275,6 +279,7 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 		return
 	}
 	var c rangeChunk
+	size := 0 // bytes of c's values
 	for next := p.st.Start; next < p.st.End; {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -289,11 +294,12 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 		next = m.Offset + 1
 		c.values = append(c.values, m.Value)
 		c.offsets = append(c.offsets, m.Offset)
-		if len(c.values) == rangeChunkRecords || next >= p.st.End {
+		size += len(m.Value)
+		if len(c.values) == rangeChunkRecords || size >= rangeChunkBytes || next >= p.st.End {
 			if !send(c) {
 				return
 			}
-			c = rangeChunk{}
+			c, size = rangeChunk{}, 0
 		}
 	}
 	if len(c.values) > 0 {
