@@ -35,7 +35,7 @@ type KafkaConfig struct {
 	ClientID    string        `yaml:"client_id"`
 	Topics      []TopicConfig `yaml:"topics"`
 	StartOffset string        `yaml:"start_offset"` // earliest (default) or latest, for a group with no committed offset
-	BatchSize   int           `yaml:"batch_size"`   // most events handed to the engine at once; default 1000
+	BatchSize   int           `yaml:"batch_size"`   // most events handed to the engine at once (a batch also ends at 8 MiB of records); default 1000
 	BatchWait   time.Duration `yaml:"batch_wait"`   // longest a partial batch waits for more records; default 100ms
 	MaxBytes    int           `yaml:"max_bytes"`    // most bytes per fetch; default 10 MiB
 	TLS         config.TLS    `yaml:"tls"`
