@@ -397,8 +397,10 @@ func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
 	if len(addr) == 0 || len(addr) > 512 {
 		return nil, nil, false
 	}
-	for _, c := range addr {
-		if c != '"' && c != ' ' && !isAddrByte(c) {
+	// Every entry an address or a host name, with its port: a syslog header before the
+	// record ("Dec  7 13:00:00 web1 nginx: 203.0.113.7 - - [...]") is neither.
+	for e := range bytes.FieldsFuncSeq(addr, func(r rune) bool { return r == ' ' || r == ',' || r == '"' }) {
+		if e = stripPort(e); !isIPText(e) && !isHostName(e) {
 			return nil, nil, false
 		}
 	}

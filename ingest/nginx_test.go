@@ -143,6 +143,7 @@ func TestNginxCombinedFields(t *testing.T) {
 			want: map[string]string{"client_ip": "127.0.0.1", "client_key": "frank", "path": "/apache_pb.gif", "status": "200"}},
 		{name: "a field between the byte count and the referer", line: pre + `"GET / HTTP/1.1" 200 612 3413 "-" "Mozilla/5.0"`,
 			want: map[string]string{"user_agent": "Mozilla/5.0"}},
+		{name: "a syslog header is no vhost", line: `Dec  7 13:00:00 web1 nginx: ` + pre + `"GET / HTTP/1.1" 200 1 "-" "-"`, reason: ReasonBadSyntax},
 		{name: "a token is no vhost", line: `sk_live_4eC39HqLyjWDarjtT1zdp7dc ` + pre + `"GET / HTTP/1.1" 200 1`, reason: ReasonBadSyntax},
 		{name: "a machine of the local network as the client", line: `monitoring-server - - [29/May/2017:19:02:48 +0000] "GET /status HTTP/1.1" 200 612 "-" "curl/7.79.1"`,
 			want: map[string]string{"client_ip": "monitoring-server", "path": "/status"}},
