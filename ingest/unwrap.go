@@ -14,6 +14,8 @@ import (
 //	shippers           {"@timestamp":"...","message":"<line>","host":{...},...}   (Filebeat, Logstash)
 //	                   {"file":"...","message":"<line>","source_type":"file",...} (Vector)
 //	                   {"log":"<line>","stream":"stdout","logtag":"F",...}        (Fluent Bit, Fluentd)
+//	syslog             Dec  7 13:00:00 web1 nginx[812]: <line>                  (RFC 3164, as rsyslog writes files)
+//	                   <190>1 2025-06-14T09:21:44.517Z web1 kong 812 - - <line>  (RFC 5424)
 //
 // An unwrapper takes the line back out, through up to maxEnvelopes envelopes (a shipper
 // forwarding Docker's files wraps twice). It is tried only on a record that does not
@@ -71,9 +73,113 @@ func (u *unwrapper) open(line []byte) (inner []byte, partial bool) {
 		return u.openJSON(line)
 	}
 	if line[0] >= '0' && line[0] <= '9' {
-		return openCRI(line)
+		if inner, partial = openCRI(line); inner != nil || partial {
+			return inner, partial
+		}
 	}
-	return nil, false
+	return openSyslog(line), false
+}
+
+// openSyslog reads a syslog header before a record, as syslog daemons forward it or
+// write it to files: RFC 3164 ("<190>Dec  7 13:00:00 web1 nginx[812]: <line>", the
+// priority left out in files, or an RFC 3339 time in its place as rsyslog's
+// high-precision file format writes it) and RFC 5424 ("<190>1 <time> <host> <app>
+// <procid> <msgid> <structured data> <line>"). It returns the line, or nil when line has
+// no such header or what follows it looks like no record.
+func openSyslog(line []byte) []byte {
+	s, pri := line, false
+	if s[0] == '<' {
+		i := bytes.IndexByte(s[:min(len(s), 5)], '>')
+		if i < 2 || !isDigits(s[1:i]) {
+			return nil
+		}
+		s, pri = s[i+1:], true
+	}
+	var content []byte
+	if pri && len(s) > 2 && s[0] == '1' && s[1] == ' ' {
+		content = syslog5424Message(s[2:])
+	} else {
+		content = syslog3164Message(s)
+	}
+	content = bytes.TrimPrefix(trimRecord(content), []byte("\ufeff")) // RFC 5424's BOM
+	// Not looksLikeRecord, which would open a syslog header inside it again: a line of
+	// headers one after the other would cost the square of its length.
+	if len(content) == 0 || !looksLikeBareRecord(content) {
+		return nil
+	}
+	return content
+}
+
+// syslog3164Message returns what follows an RFC 3164 header ("Dec  7 13:00:00 web1
+// nginx[812]: "), nil when s does not start with one.
+func syslog3164Message(s []byte) []byte {
+	if n := bsdStampLen(s); n > 0 {
+		s = s[n:]
+	} else {
+		ts, rest := cutToken(s)
+		if _, err := parseISO(ts); err != nil {
+			return nil
+		}
+		s = rest
+	}
+	host, rest := cutToken(s)
+	tag, rest := cutToken(rest)
+	if len(host) == 0 || len(tag) < 2 || tag[len(tag)-1] != ':' {
+		return nil
+	}
+	return rest
+}
+
+// bsdStampLen returns the length of the RFC 3164 timestamp ("Dec  7 13:00:00") at the
+// start of s and the space after it, 0 when there is none.
+func bsdStampLen(s []byte) int {
+	const months = "JanFebMarAprMayJunJulAugSepOctNovDec"
+	if len(s) < 16 || s[3] != ' ' || s[6] != ' ' || s[15] != ' ' || s[9] != ':' || s[12] != ':' {
+		return 0
+	}
+	if i := bytes.Index([]byte(months), s[:3]); i < 0 || i%3 != 0 {
+		return 0
+	}
+	if !(s[4] == ' ' || isDigits(s[4:5])) || !isDigits(s[5:6]) {
+		return 0
+	}
+	for _, i := range [...]int{7, 8, 10, 11, 13, 14} {
+		if !isDigits(s[i : i+1]) {
+			return 0
+		}
+	}
+	return 16
+}
+
+// syslog5424Message returns the MSG of an RFC 5424 message after "<PRI>1 ", nil when
+// the header does not parse.
+func syslog5424Message(s []byte) []byte {
+	ts, rest := cutToken(s)
+	if string(ts) != "-" {
+		if _, err := parseISO(ts); err != nil {
+			return nil
+		}
+	}
+	for range 4 { // HOSTNAME APP-NAME PROCID MSGID
+		var f []byte
+		if f, rest = cutToken(rest); len(f) == 0 {
+			return nil
+		}
+	}
+	if len(rest) > 0 && rest[0] == '-' {
+		return rest[1:]
+	}
+	for len(rest) > 0 && rest[0] == '[' { // SD-ELEMENTs, "]" escaped as "\]" in values
+		i := 1
+		for i < len(rest) && (rest[i] != ']' || rest[i-1] == '\\') {
+			i++
+		}
+		if i == len(rest) {
+			return nil
+		}
+		rest = rest[i+1:]
+	}
+	return rest
 }
 
 // openCRI reads the CRI logging format (kubelet's /var/log/pods files):
@@ -152,6 +258,11 @@ func (u *unwrapper) openJSON(line []byte) (inner []byte, partial bool) {
 // looksLikeRecord reports whether the content of an envelope is a log record: a JSON
 // object, or a line one of the text formats (or a further envelope) recognises.
 func looksLikeRecord(s []byte) bool {
+	return looksLikeBareRecord(s) || len(s) > 0 && openSyslog(s) != nil
+}
+
+// looksLikeBareRecord is looksLikeRecord without a syslog header.
+func looksLikeBareRecord(s []byte) bool {
 	if len(s) == 0 {
 		return false
 	}

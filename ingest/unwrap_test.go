@@ -39,6 +39,17 @@ var envelopes = []struct {
 	{"vector around CRI", func(l string) string {
 		return mustJSON(map[string]any{"file": "/var/log/pods/edge_gw-0/gw/0.log", "message": "2025-06-14T09:21:44.517312345Z stdout F " + l, "source_type": "file"})
 	}},
+	{"syslog file (RFC 3164)", func(l string) string { return "Jun 14 09:21:44 web1 nginx[812]: " + l }},
+	{"syslog file, day under 10", func(l string) string { return "Jun  4 09:21:44 web1 gw: " + l }},
+	{"syslog high-precision file", func(l string) string { return "2025-06-14T09:21:44.517312+02:00 web1 nginx: " + l }},
+	{"syslog RFC 3164 forwarded", func(l string) string { return "<190>Jun 14 09:21:44 web1 kong[1]: " + l }},
+	{"syslog RFC 5424", func(l string) string { return "<190>1 2025-06-14T09:21:44.517Z web1 envoy 812 - - " + l }},
+	{"syslog RFC 5424 with structured data", func(l string) string {
+		return `<190>1 2025-06-14T09:21:44.517Z web1 gw - access [origin ip="10.0.0.5"][meta x="a\]b"] ` + "\ufeff" + l
+	}},
+	{"filebeat around syslog", func(l string) string {
+		return mustJSON(map[string]any{"@timestamp": "2025-06-14T09:21:44.602Z", "message": "Jun 14 09:21:44 web1 nginx: " + l})
+	}},
 }
 
 func mustJSON(v any) string {
@@ -95,6 +106,12 @@ func TestUnwrap(t *testing.T) {
 		{name: "CRI with an unknown tag", in: "2025-06-14T09:21:44.123456789Z stdout X " + combined},
 		{name: "CRI with an unknown stream", in: "2025-06-14T09:21:44.123456789Z stdin F " + combined},
 		{name: "not a CRI time", in: "2025/06/14 stdout F " + combined},
+		{name: "syslog", in: "Jun 14 09:21:44 web1 nginx: " + combined, want: combined},
+		{name: "syslog RFC 5424", in: "<134>1 2025-06-14T09:21:44Z web1 nginx - - - " + combined, want: combined},
+		{name: "syslog without a tag", in: "Jun 14 09:21:44 web1 " + combined},
+		{name: "syslog month that is none", in: "Jux 14 09:21:44 web1 nginx: " + combined},
+		{name: "syslog with no record", in: "Jun 14 09:21:44 web1 sshd[1]: Accepted publickey for root"},
+		{name: "RFC 5424 unterminated structured data", in: `<134>1 2025-06-14T09:21:44Z web1 nginx - - [x a="1" ` + combined},
 		{name: "message that is no record", in: `{"@timestamp":"2025-06-14T09:21:44Z","message":"no healthy upstream"}`},
 		{name: "message not a string", in: `{"message":{"start_time":"2025-06-14T09:21:44Z"}}`},
 		{name: "log object (Filebeat's metadata)", in: `{"log":{"file":{"path":"/x"}},"message":"hello"}`},
