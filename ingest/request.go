@@ -211,10 +211,10 @@ func (b *base) storeIP(ev *Event, e []byte, a netip.Addr) {
 // no address ("unknown", "-", a socket path) are passed over. Of a list, the client is
 // the rightmost address that is not trusted (see isTrusted), else the leftmost address:
 // what nginx's realip module does with real_ip_recursive on and those networks in
-// set_real_ip_from.
-// Each proxy appends the address it was connected from, and a client can put any
-// address in the header it sends but only before the ones the proxies append, so a
-// forged entry is never chosen over one that a proxy of the operator's added.
+// set_real_ip_from. Each proxy appends the address it was connected from, and a client
+// can put any address in the header it sends but only before the ones the proxies
+// append, so a forged entry is never chosen over one that a proxy of the operator's
+// added.
 func (b *base) clientOfList(v []byte) (e []byte, a netip.Addr, ok bool) {
 	if len(v) > 512 {
 		return nil, a, false
