@@ -164,6 +164,8 @@ func FuzzUnwrap(f *testing.F) {
 	addLogSeeds(f, "testdata/*/*.log")
 	f.Add([]byte("2025-06-14T09:21:44.123456789Z stdout P part"))
 	f.Add([]byte(`{"log":"x\n","stream":"stdout","time":"t"}`))
+	f.Add([]byte(`Jun  4 09:21:44 web1 nginx[812]: 203.0.113.7 - - [14/Jun/2025:11:21:44 +0200] "GET / HTTP/1.1" 200 1`))
+	f.Add([]byte(`<190>1 2025-06-14T09:21:44Z web1 gw - - [a b="c\]"] {"start_time":"2025-06-14T09:21:44Z"}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		var u unwrapper
 		got, err := u.unwrap(line)
