@@ -365,7 +365,7 @@ func splitUser(head []byte) (remote, user []byte, ok bool) {
 	}
 	// Only an address or a host name: a container runtime's "<time> stdout F" before
 	// another format's "[" must not read as one.
-	if remote = head[:j]; !isIPText(remote) && !isHostName(remote) {
+	if remote = head[:j]; !isAddr(remote) && !isHostName(remote) {
 		return nil, nil, false
 	}
 	return remote, head[i+1:], true
@@ -385,13 +385,12 @@ func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
 		return nil, nil, false
 	}
 	vhost, addr = v[:i], bytes.TrimLeft(v[i+1:], " ")
-	if a := stripPort(vhost); len(a) < len(vhost) && isIPText(a) && isHostName(stripPort(addr)) {
+	if len(stripPort(vhost)) < len(vhost) && isAddr(vhost) && isHostName(stripPort(addr)) {
 		// "%a:%{remote}p %v:%p ...": the client's address and port first, the virtual
 		// host second ("$host $remote_addr" logs no port with the address).
 		vhost, addr = addr, vhost
 	}
-	vhost = stripPort(vhost)
-	if !isHostName(vhost) && !isIPText(vhost) {
+	if vhost = stripPort(vhost); !isHostName(vhost) && !isAddr(vhost) {
 		return nil, nil, false
 	}
 	if len(addr) == 0 || len(addr) > 512 {
@@ -400,20 +399,11 @@ func splitRemote(v []byte) (vhost, addr []byte, ok bool) {
 	// Every entry an address or a host name, with its port: a syslog header before the
 	// record ("Dec  7 13:00:00 web1 nginx: 203.0.113.7 - - [...]") is neither.
 	for e := range bytes.FieldsFuncSeq(addr, func(r rune) bool { return r == ' ' || r == ',' || r == '"' }) {
-		if e = stripPort(e); !isIPText(e) && !isHostName(e) {
+		if !isAddr(e) && !isHostName(stripPort(e)) {
 			return nil, nil, false
 		}
 	}
 	return vhost, addr, true
-}
-
-// stripPort returns a host name or address without its ":port".
-func stripPort(v []byte) []byte {
-	if j := bytes.LastIndexByte(v, ':'); j > 0 && isDigits(v[j+1:]) &&
-		(bytes.IndexByte(v, ':') == j || v[j-1] == ']') {
-		return v[:j] // a name or IPv4 address has no other colon
-	}
-	return v
 }
 
 func isDigits(v []byte) bool {
@@ -425,32 +415,20 @@ func isDigits(v []byte) bool {
 	return len(v) > 0
 }
 
-// isIPText reports whether v is an IP address, IPv6 in brackets or not.
-func isIPText(v []byte) bool {
-	if len(v) > 2 && v[0] == '[' && v[len(v)-1] == ']' {
-		v = v[1 : len(v)-1]
-	}
-	_, ok := parseIP(v)
-	return ok
-}
-
-// isForwardedFor reports whether a quoted field appended after the user agent is an
+// isForwardedFor reports whether a quoted field appended after the user agent can be an
 // X-Forwarded-For header as the "main" format logs it: "-" or a list of addresses,
 // without ports (so that an appended "$upstream_addr", "10.0.0.7:8080", is not taken
-// for one).
+// for one). The addresses are parsed once, when the client is chosen among them.
 func isForwardedFor(v []byte) bool {
 	if len(v) == 0 || len(v) > 512 {
 		return false
 	}
 	for e := range bytes.SplitSeq(v, []byte(",")) {
 		e = bytes.TrimSpace(e)
-		if len(e) == 0 || len(e) > 64 {
-			return false
-		}
 		if string(e) == "-" || string(e) == "unknown" {
 			continue
 		}
-		if _, ok := parseIP(e); !ok {
+		if len(e) > 64 || !looksLikeIP(e) || len(stripPort(e)) < len(e) {
 			return false
 		}
 	}

@@ -255,14 +255,8 @@ func lastSeparator(v []byte) int {
 // parseAddrEntry parses one logged address and returns it without its port or IPv6
 // brackets, IPv4 addresses written as IPv6 unmapped.
 func parseAddrEntry(e []byte) ([]byte, netip.Addr, bool) {
-	if e[0] == '[' {
-		i := bytes.IndexByte(e, ']')
-		if i < 0 {
-			return nil, netip.Addr{}, false
-		}
-		e = e[1:i]
-	} else if i := bytes.LastIndexByte(e, ':'); i >= 0 && bytes.IndexByte(e, ':') == i {
-		e = e[:i] // exactly one colon: IPv4 with a port
+	if e = stripPort(e); len(e) > 2 && e[0] == '[' && e[len(e)-1] == ']' {
+		e = e[1 : len(e)-1]
 	}
 	a, ok := parseIP(e)
 	if !ok {
@@ -271,31 +265,48 @@ func parseAddrEntry(e []byte) ([]byte, netip.Addr, bool) {
 	return e, a.Unmap().WithZone(""), true
 }
 
+// isAddr reports whether v is an IP address as logged (see parseAddrEntry).
+func isAddr(v []byte) bool {
+	_, _, ok := parseAddrEntry(v)
+	return ok
+}
+
+// stripPort returns a host name or address without its ":port".
+func stripPort(v []byte) []byte {
+	if j := bytes.LastIndexByte(v, ':'); j > 0 && isDigits(v[j+1:]) &&
+		(bytes.IndexByte(v, ':') == j || v[j-1] == ']') {
+		return v[:j] // a name or IPv4 address has no other colon
+	}
+	return v
+}
+
 // parseIP parses an IP address. Text that cannot be one (a host name, a token, "-") is
 // refused before netip parses it, whose error would cost an allocation.
 func parseIP(v []byte) (netip.Addr, bool) {
-	if len(v) < 2 || len(v) > 64 {
+	if len(v) < 2 || len(v) > 64 || !looksLikeIP(v) {
 		return netip.Addr{}, false
 	}
-	addr := v
+	a, err := netip.ParseAddr(unsafeString(v))
+	return a, err == nil
+}
+
+// looksLikeIP reports whether v is made of what an IP address is: hex digits, dots
+// and colons, at least one of them, then an IPv6 zone of any text.
+func looksLikeIP(v []byte) bool {
 	if i := bytes.IndexByte(v, '%'); i >= 0 {
-		addr = v[:i] // an IPv6 zone, any text, follows
+		v = v[:i]
 	}
 	sep := false
-	for _, c := range addr {
+	for _, c := range v {
 		switch {
 		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
 		case c == '.' || c == ':':
 			sep = true
 		default:
-			return netip.Addr{}, false
+			return false
 		}
 	}
-	if !sep {
-		return netip.Addr{}, false
-	}
-	a, err := netip.ParseAddr(unsafeString(v))
-	return a, err == nil
+	return sep
 }
 
 // setClientHost is setClientBehind for logs whose remote host may be a name (Apache
