@@ -180,12 +180,11 @@ const fpMemoSlots = 4096
 
 // Sum returns the hex fingerprint of credential, in scratch space valid until the next call.
 func (f *fingerprinter) Sum(credential []byte) []byte {
-	var m *memoSlot[[2 * fpBytes]byte]
-	var sum [2]uint64
+	var m *[2 * fpBytes]byte
 	if f.memoize && len(credential) > 0 {
 		var hit bool
-		if m, hit, sum = f.memo.slot(unsafeString(credential), nil); hit {
-			return m.v[:]
+		if m, hit = f.memo.get(unsafeString(credential), nil); hit {
+			return m[:]
 		}
 	}
 	f.mac.Reset()
@@ -193,7 +192,7 @@ func (f *fingerprinter) Sum(credential []byte) []byte {
 	f.mac.Sum(f.sum[:0])
 	hex.Encode(f.hex[:], f.sum[:fpBytes])
 	if m != nil {
-		m.sum, m.v = sum, f.hex
+		*m = f.hex
 	}
 	return f.hex[:]
 }

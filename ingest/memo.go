@@ -22,23 +22,25 @@ type memoSlot[V any] struct {
 // memoMaxInput is the longest input remembered: longer ones are rarely sent twice.
 const memoMaxInput = 1024
 
-// slot returns the slot of input (s, b), whether it holds that input's value, and the
-// input's hashes, which the caller stores in the slot with the value it computes on a
-// miss. It returns nil for an input too long to remember.
-func (m *memo[V]) slot(s string, b []byte) (slot *memoSlot[V], hit bool, sum [2]uint64) {
+// get returns the value of input (s, b) and whether it is known. On a miss the slot is
+// the input's from then on, and the caller stores the value it computes there. It
+// returns nil for an input too long to remember.
+func (m *memo[V]) get(s string, b []byte) (v *V, hit bool) {
 	if len(s)+len(b) > memoMaxInput {
-		return nil, false, sum
+		return nil, false
 	}
 	if m.slots == nil {
 		m.slots = make([]memoSlot[V], m.size)
 		m.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
 	}
+	var sum [2]uint64
 	for i, seed := range m.seeds {
 		sum[i] = maphash.String(seed, s)
 		if len(b) > 0 {
 			sum[i] = (sum[i] ^ maphash.Bytes(seed, b)) * 0x9e3779b97f4a7c15
 		}
 	}
-	slot = &m.slots[sum[0]%uint64(len(m.slots))]
-	return slot, slot.sum == sum, sum
+	slot := &m.slots[sum[0]%uint64(len(m.slots))]
+	hit, slot.sum = slot.sum == sum, sum
+	return &slot.v, hit
 }

@@ -280,14 +280,13 @@ const deviceMemoSlots = 4096
 // device returns the device fingerprint of a user agent and TLS fingerprint, valid
 // until the next call.
 func (b *base) device(ua string, tls []byte) []byte {
-	m, hit, sum := b.devices.slot(ua, tls)
+	v, hit := b.devices.get(ua, tls)
 	if hit {
-		return m.v[:]
+		return v[:]
 	}
 	b.scratch = appendDeviceHash(b.scratch[:0], ua, tls)
-	if m != nil {
-		m.sum = sum
-		copy(m.v[:], b.scratch)
+	if v != nil {
+		copy(v[:], b.scratch)
 	}
 	return b.scratch
 }
