@@ -31,6 +31,12 @@ type Run struct {
 	N         int
 }
 
+// MaxBatchBytes bounds the records of one batch, besides their count: sources end a
+// batch once its records hold this much. A thousand records near the 1 MiB line cap (or
+// Kafka's 1 MB message cap) would be a gigabyte, with several batches in flight; a
+// batch of ~1.5 KB records holds 1.5 MiB.
+const MaxBatchBytes = 8 << 20
+
 // A Batch is a run of events from one source, in arrival order, with the means to tell
 // the source they are done. Records a parser rejected are not in it: they went to the
 // dead-letter sink before the batch was handed out, which counts as handled.

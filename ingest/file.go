@@ -135,11 +135,7 @@ type parsed struct {
 
 const (
 	defaultFileBatch = 1024
-	// maxChunkBytes ends a chunk before BatchSize lines when its lines hold this much:
-	// 1,024 records at the 1 MiB line cap would be a gigabyte a chunk, and several are
-	// in flight. A chunk of ~1.5 KB records holds 1.5 MiB.
-	maxChunkBytes  = 8 << 20
-	fileReadBuffer = 256 << 10
+	fileReadBuffer   = 256 << 10
 	// freeBuffers bounds the line buffers kept for reuse: about what the chunks in
 	// flight (queued for the workers and being parsed) hold with ~1.5 KB records.
 	freeBuffers = 64
@@ -424,7 +420,7 @@ func (lr *lineReader) add(line []byte, num int64, size int, err error) error {
 	lr.buf = append(lr.buf, line...)
 	c.lines = append(c.lines, lr.buf[start:len(lr.buf):len(lr.buf)])
 	c.size += len(line)
-	if len(c.lines) >= lr.s.opts.BatchSize || c.size >= maxChunkBytes {
+	if len(c.lines) >= lr.s.opts.BatchSize || c.size >= MaxBatchBytes {
 		return lr.send(false, nil)
 	}
 	return nil

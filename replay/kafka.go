@@ -97,10 +97,6 @@ type parsed struct {
 const (
 	defaultRangeBatch = 4096
 	rangeChunkRecords = 1024
-	// rangeChunkBytes ends a chunk early when its records hold this much, as the live
-	// source ends a batch: 1,024 records near Kafka's 1 MB message cap would be a
-	// gigabyte, with chunks of every partition in flight.
-	rangeChunkBytes = 8 << 20
 )
 
 // NewKafkaRange finds the partitions of the topics and the offsets of Start and End
@@ -295,7 +291,7 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 		c.values = append(c.values, m.Value)
 		c.offsets = append(c.offsets, m.Offset)
 		size += len(m.Value)
-		if len(c.values) == rangeChunkRecords || size >= rangeChunkBytes || next >= p.st.End {
+		if len(c.values) == rangeChunkRecords || size >= ingest.MaxBatchBytes || next >= p.st.End {
 			if !send(c) {
 				return
 			}

@@ -196,7 +196,7 @@ func (s *Source) parse(t *topic, p ingest.Parser) {
 }
 
 // fill cuts the next batch: it waits for the first record as long as ctx allows, then
-// at most BatchWait for more, up to BatchSize records or maxBatchBytes of them. It
+// at most BatchWait for more, up to BatchSize records or ingest.MaxBatchBytes of them. It
 // returns nil when ctx ends.
 //
 // Of the records the partition readers queued it always takes the one with the
@@ -216,7 +216,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 	}()
 	s.refill(true)
 	now := time.Now()
-	for len(b.recs) < s.cfg.BatchSize && b.size < maxBatchBytes {
+	for len(b.recs) < s.cfg.BatchSize && b.size < ingest.MaxBatchBytes {
 		p, hold := s.earliest(now)
 		if p != nil {
 			f := p.ahead.pop()
@@ -390,11 +390,6 @@ func (s *Source) add(b *batch, f *fetched) {
 	b.recs = append(b.recs, record{topic: p.topic, p: p, offset: off, value: f.msg.Value})
 	b.size += len(f.msg.Value)
 }
-
-// maxBatchBytes ends a batch before BatchSize records when their values hold this
-// much: 1,000 records near Kafka's 1 MB message cap would be a gigabyte a batch, and
-// batches are parsed while earlier ones are processed.
-const maxBatchBytes = 8 << 20
 
 // seal ends b: it orders its records by partition (each partition's in fetch order),
 // so the engine gets long runs of one partition, queues its runs of offsets on their

@@ -378,7 +378,7 @@ func TestSourceBoundsBatchBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if limit := maxBatchBytes/size + 1; most > limit {
+	if limit := ingest.MaxBatchBytes/size + 1; most > limit {
 		t.Errorf("a batch of %d records of %d bytes, want at most %d", most, size, limit)
 	}
 }
