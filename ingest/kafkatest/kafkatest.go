@@ -147,33 +147,31 @@ func (b *produceBalancer) Balance(msg kafka.Message, partitions ...int) int {
 // Partitions returns the partition ids of topic, sorted.
 func (c *Cluster) Partitions(t testing.TB, topic string) []int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
-	defer cancel()
-	resp, err := c.client().Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		t.Fatalf("kafkatest: metadata of %s: %v", topic, err)
+	tm, ok := c.metadata(t, topic)
+	if !ok {
+		t.Fatalf("kafkatest: topic %s does not exist", topic)
 	}
-	for _, tm := range resp.Topics {
-		if tm.Name != topic {
-			continue
-		}
-		if tm.Error != nil {
-			t.Fatalf("kafkatest: metadata of %s: %v", topic, tm.Error)
-		}
-		ids := make([]int, 0, len(tm.Partitions))
-		for _, p := range tm.Partitions {
-			ids = append(ids, p.ID)
-		}
-		slices.Sort(ids)
-		return ids
+	if tm.Error != nil {
+		t.Fatalf("kafkatest: metadata of %s: %v", topic, tm.Error)
 	}
-	t.Fatalf("kafkatest: topic %s does not exist", topic)
-	return nil
+	ids := make([]int, 0, len(tm.Partitions))
+	for _, p := range tm.Partitions {
+		ids = append(ids, p.ID)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // HasTopic reports whether topic exists: a topic that a process under test creates may
 // not yet when a test first looks for it.
 func (c *Cluster) HasTopic(t testing.TB, topic string) bool {
+	t.Helper()
+	tm, ok := c.metadata(t, topic)
+	return ok && tm.Error == nil
+}
+
+// metadata returns what the broker says of topic; ok is false when it says nothing.
+func (c *Cluster) metadata(t testing.TB, topic string) (tm kafka.Topic, ok bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
@@ -182,11 +180,11 @@ func (c *Cluster) HasTopic(t testing.TB, topic string) bool {
 		t.Fatalf("kafkatest: metadata of %s: %v", topic, err)
 	}
 	for _, tm := range resp.Topics {
-		if tm.Name == topic && tm.Error == nil {
-			return true
+		if tm.Name == topic {
+			return tm, true
 		}
 	}
-	return false
+	return tm, false
 }
 
 // EndOffsets returns the high watermark of each partition of topic: the offset the next
