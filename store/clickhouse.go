@@ -970,10 +970,10 @@ func (c retryConn) Query(ctx context.Context, query string, args ...any) (driver
 }
 
 func (c retryConn) QueryRow(ctx context.Context, query string, args ...any) driver.Row {
-	row := c.Conn.QueryRow(ctx, query, args...)
-	if err := row.Err(); err != nil && ctx.Err() == nil && brokenConn(err) {
-		return c.Conn.QueryRow(ctx, query, args...)
-	}
+	row, _ := onceMoreIfBroken(ctx, func() (driver.Row, error) {
+		r := c.Conn.QueryRow(ctx, query, args...)
+		return r, r.Err() // the row carries its error
+	})
 	return row
 }
 
