@@ -140,15 +140,28 @@ func (c *Config) Validate() error {
 	if c.MaxClockSkew <= 0 {
 		errs = append(errs, cfgErr("max_clock_skew", "must be positive, got %s", c.MaxClockSkew))
 	}
-	for i, n := range c.TrustedProxies {
-		if _, err := netip.ParsePrefix(n); err != nil {
-			errs = append(errs, cfgErr(fmt.Sprintf("trusted_proxies[%d]", i), "must be a network in CIDR notation (203.0.113.0/24), got %q", n))
-		}
-	}
+	_, perrs := c.trustedProxies()
+	errs = append(errs, perrs...)
 	if c.DeadLetter.Topic != "" && len(k.Brokers) == 0 {
 		errs = append(errs, cfgErr("dead_letter.topic", "needs kafka.brokers"))
 	}
 	return errors.Join(errs...)
+}
+
+// trustedProxies returns TrustedProxies parsed, and an error for each entry that is no
+// network.
+func (c *Config) trustedProxies() ([]netip.Prefix, []error) {
+	var nets []netip.Prefix
+	var errs []error
+	for i, n := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			errs = append(errs, cfgErr(fmt.Sprintf("trusted_proxies[%d]", i), "must be a network in CIDR notation (203.0.113.0/24), got %q", n))
+			continue
+		}
+		nets = append(nets, p.Masked())
+	}
+	return nets, errs
 }
 
 // Check reads what the settings name, as start-up will: the token secret (at least
@@ -181,12 +194,9 @@ func (c *Config) ParserOptions(allowRandom bool) (ParserOptions, error) {
 		MaxLineBytes: c.MaxLineBytes,
 		MaxClockSkew: c.MaxClockSkew,
 	}
-	for _, n := range c.TrustedProxies {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			return o, fmt.Errorf("ingest: trusted_proxies: %w", err)
-		}
-		o.TrustedProxies = append(o.TrustedProxies, p.Masked())
+	var perrs []error
+	if o.TrustedProxies, perrs = c.trustedProxies(); len(perrs) > 0 {
+		return o, errors.Join(perrs...)
 	}
 	switch {
 	case c.TokenSecretRef().IsSet():
