@@ -310,7 +310,7 @@ func (d *objectEnum) cool(slot int32, keep int64) bool {
 	if d.mayFire(slot) {
 		return true
 	}
-	return d.foldPending(slot, d.lay.closedThrough(d.wm)-d.lay.n)
+	return d.foldPending(slot, d.closed()-d.lay.n)
 }
 
 func (d *objectEnum) mayFire(slot int32) bool {

@@ -361,7 +361,7 @@ func (d *privilegeAnomaly) flushed() {
 func (d *privilegeAnomaly) baseline(slot int32) PrivilegeBaseline {
 	k := &d.tab.ents[slot].s
 	last := k.last
-	if _, l, ok := d.cnt.span(d.cnt.keyData(slot), &k.r, k.r.lo, d.lay.oldestOpen(d.wm)-1); ok {
+	if _, l, ok := d.cnt.span(d.cnt.keyData(slot), &k.r, k.r.lo, d.open()-1); ok {
 		last = max(last, l)
 	}
 	return PrivilegeBaseline{Key: d.tab.keyOf(slot), FirstSeen: msTime(k.first), LastSeen: msTime(last), Events: k.events}
@@ -418,7 +418,7 @@ func (d *privilegeAnomaly) merge(b *Baselines, wm int64) (adopted, merged int, l
 // takeDirty adds to u the keys whose baseline changed since the last call. A key with
 // successes still in open windows stays dirty: written again once they are history.
 func (d *privilegeAnomaly) takeDirty(u *Baselines) {
-	open := d.lay.oldestOpen(d.wm)
+	open := d.open()
 	kept := d.dirty[:0]
 	for _, r := range d.dirty {
 		if !d.tab.valid(r) {

@@ -160,7 +160,7 @@ func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
 	}
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
+	k.vol.foldRate(&d.cnt, data, &k.r, d.open(), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	d.settle(k)
 	first := data[o] == 0 // the route's first request in the bucket
@@ -405,7 +405,7 @@ func (d *quietSpike) adopt(r *RouteBaseline) {
 // takeDirty adds to u the routes whose baseline changed since the last call.
 func (d *quietSpike) takeDirty(u *Baselines) {
 	out := u.Routes
-	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.lay.oldestOpen(d.wm), &d.cnt, d.tau, d.tab.valid,
+	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.open(), &d.cnt, d.tau, d.tab.valid,
 		func(r slotRef) (*volume, *ring, *bool) {
 			k := &d.tab.ents[r.slot].s
 			return &k.vol, &k.r, &k.dirty

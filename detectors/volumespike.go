@@ -173,7 +173,7 @@ func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	}
 	b, bs := d.buck.of(t)
 	data := d.cnt.keyData(slot)
-	k.vol.foldRate(&d.cnt, data, &k.r, d.lay.oldestOpen(d.wm), d.tau)
+	k.vol.foldRate(&d.cnt, data, &k.r, d.open(), d.tau)
 	o, _ := d.cnt.place(data, &k.r, k.sum[:], b, bs, d.keep())
 	fresh := data[o] == 0
 	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
@@ -354,7 +354,7 @@ func (d *volumeSpike) adoptAll(list []ClientBaseline, wm int64, room bool) (int,
 }
 
 func (d *volumeSpike) takeDirty(u *Baselines) {
-	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.lay.oldestOpen(d.wm), &d.cnt, d.tau, d.tab.valid,
+	d.unfolded = takeVolumes(d.dirty, d.unfolded, d.open(), &d.cnt, d.tau, d.tab.valid,
 		func(r slotRef) (*volume, *ring, *bool) {
 			k := &d.tab.ents[r.slot].s
 			return &k.vol, &k.r, &k.dirty

@@ -28,6 +28,10 @@ type windowed[S any] struct {
 	j       windowJudge
 	samples *arena  // where the detector's evidence samples live, if it keeps any
 	addr    AddrBuf // the address key of the event in hand (see AddrKey)
+
+	// The last bucket wm closed and the oldest open one: every event reads them, and
+	// they change only with wm (see setWM).
+	closedB, openB int64
 }
 
 // windowJudge is what a windowed detector adds to windowed.
@@ -61,7 +65,8 @@ func (w *windowed[S]) init(det string, lay ringLayout, maxKeys int, period int64
 	w.det, w.lay, w.inc, w.j = det, lay, inc, j
 	w.buck = newBucketer(lay.width, lay.size)
 	w.tab = newKeyTable[S](maxKeys, period/4)
-	w.wm, w.next = math.MinInt64/2, math.MinInt64
+	w.setWM(math.MinInt64 / 2)
+	w.next = math.MinInt64
 	w.window = lay.window().String()
 }
 
@@ -87,11 +92,21 @@ func (w *windowed[S]) droppedSamples() (uint64, int64) {
 // missing from the peaks that comparison uses.
 func (w *windowed[S]) horizon(wm int64) int64 { return w.lay.oldestOpenMs(wm) }
 
+// setWM sets the watermark and the buckets that follow from it.
+func (w *windowed[S]) setWM(wm int64) {
+	w.wm = wm
+	w.closedB = w.lay.closedThrough(wm)
+	w.openB = w.lay.oldestOpen(wm)
+}
+
 // closed is the last bucket the latest advance closed.
-func (w *windowed[S]) closed() int64 { return w.lay.closedThrough(w.wm) }
+func (w *windowed[S]) closed() int64 { return w.closedB }
+
+// open is the oldest bucket a window still open at the latest advance can hold.
+func (w *windowed[S]) open() int64 { return w.openB }
 
 // keep is the oldest bucket a key must hold at the latest advance.
-func (w *windowed[S]) keep() int64 { return w.lay.oldestKept(w.wm) }
+func (w *windowed[S]) keep() int64 { return w.openB - w.lay.back }
 
 // markHot puts the key at slot on the hot list unless it is there. The windows that
 // closed before this event could not fire: the ring held too little for them.
@@ -118,9 +133,8 @@ func (w *windowed[S]) judgeTo(h *hotKey, upTo int64) {
 // advance judges what watermark wm closed, cools the hot keys, expires idle keys and
 // ends quiet incidents.
 func (w *windowed[S]) advance(wm int64) {
-	w.wm = wm
-	closed := w.lay.closedThrough(wm)
-	keep := w.lay.oldestKept(wm)
+	w.setWM(wm)
+	closed, keep := w.closed(), w.keep()
 	live := w.hot[:0]
 	for _, h := range w.hot {
 		if !w.tab.valid(h.ref) {
@@ -165,7 +179,8 @@ func (w *windowed[S]) flush() {
 		w.samples.reset()
 	}
 	w.inc.endAll()
-	w.wm, w.next = math.MinInt64/2, math.MinInt64
+	w.setWM(math.MinInt64 / 2)
+	w.next = math.MinInt64
 }
 
 // rehot rebuilds the hot list after a reload changed the settings: a key is hot when
