@@ -132,12 +132,12 @@ func (d *authSpray) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *authSpray) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *authSpray) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	if late || ev.ClientIP == "" || d.rules.skip(ev) {
 		return
 	}
 	key := AddrKey(ev.ClientIP, &d.addr)
-	slot := d.tab.findHash(key, h)
+	slot := d.tab.findHash(key, h.key)
 	if slot < 0 {
 		slot = d.tab.add(key, t)
 		d.tab.ents[slot].s.prm = d.rules.of(key)

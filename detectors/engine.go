@@ -80,12 +80,13 @@ type Engine struct {
 	hashes [][prefetchRun]uint64
 	rh     runHashes
 	// heldHashes serve held records, run through the detectors once decided.
-	heldHashes     [][prefetchRun]uint64
-	steps          [prefetchRun]step // the run in hand, judged
-	needCK, needIP bool
-	loadAhead      bool    // prefetch loads state (see prefetchMinKeys)
-	addr           AddrBuf // for the address keys of hs.ip
-	out            emitter
+	heldHashes          [][prefetchRun]uint64
+	steps               [prefetchRun]step // the run in hand, judged
+	needCK, needIP      bool
+	needPath, needRoute bool
+	loadAhead           bool    // prefetch loads state (see prefetchMinKeys)
+	addr                AddrBuf // for the address keys of hs.ip
+	out                 emitter
 
 	loaded  bool
 	pending []pendingBatch // Run: batches observed but not yet acknowledged, in order
@@ -112,9 +113,9 @@ const prefetchRun = 32
 // detector is what the engine needs of each detector.
 type detector interface {
 	name() string
-	// observe takes one event at time t (ms), with the hash prefetchIndex gave it (0
-	// for a detector that does not prefetch); late says it is before the watermark.
-	observe(ev *ingest.Event, h uint64, t int64, late bool)
+	// observe takes one event at time t (ms), with its hashes; late says it is before
+	// the watermark.
+	observe(ev *ingest.Event, h evHashes, t int64, late bool)
 	// due points to the watermark at which advance has work to do; the engine reads
 	// it for every event.
 	due() *int64
@@ -147,9 +148,32 @@ type prefetching struct {
 	j int // index in dets
 }
 
-// runHashes are the hashes of a run of events' client keys and client address keys
-// (see AddrKey), computed once for the detectors keyed by them.
-type runHashes struct{ ck, ip [prefetchRun]uint64 }
+// runHashes are the hashes of a run of events' client keys, client address keys (see
+// AddrKey), paths and routes (see routeHash), computed once for the detectors that
+// read them.
+type runHashes struct{ ck, ip, path, route [prefetchRun]uint64 }
+
+// evHashes are what the engine hands a detector with an event: the key hash its
+// prefetchIndex computed (0 for a detector that does not prefetch), and the hashes of
+// the event's path and route, 0 when no detector that the engine computes them for is
+// on (see pathHash and routeHashOf).
+type evHashes struct{ key, path, route uint64 }
+
+// pathHash returns hash64(ev.Path).
+func (h evHashes) pathHash(ev *ingest.Event) uint64 {
+	if h.path != 0 {
+		return h.path
+	}
+	return hash64(ev.Path)
+}
+
+// routeHashOf returns routeHash(ev.Method, ev.Route).
+func (h evHashes) routeHashOf(ev *ingest.Event) uint64 {
+	if h.route != 0 {
+		return h.route
+	}
+	return routeHash(ev.Method, ev.Route)
+}
 
 // fill computes the hashes of events that some detector needs.
 func (e *Engine) fillHashes(events []ingest.Event, hs *runHashes) {
@@ -161,6 +185,16 @@ func (e *Engine) fillHashes(events []ingest.Event, hs *runHashes) {
 	if e.needIP {
 		for i := range events {
 			hs.ip[i] = keyHash(AddrKey(events[i].ClientIP, &e.addr))
+		}
+	}
+	if e.needPath {
+		for i := range events {
+			hs.path[i] = hash64(events[i].Path)
+		}
+	}
+	if e.needRoute {
+		for i := range events {
+			hs.route[i] = routeHash(events[i].Method, events[i].Route)
 		}
 	}
 }
@@ -269,6 +303,10 @@ func NewEngine(cfg Config, opts Options) (*Engine, error) {
 	e.heldHashes = make([][prefetchRun]uint64, len(e.dets))
 	e.needCK = cfg.NewCountry.Enabled || cfg.ForbiddenBurst.Enabled || cfg.ClientVolumeSpike.Enabled || cfg.ObjectEnumeration.Enabled
 	e.needIP = cfg.ForbiddenBurst.Enabled || cfg.AuthFailureSpray.Enabled || cfg.RouteScan.Enabled || cfg.ObjectEnumeration.Enabled
+	// Two detectors that read a hash of every event: one that only reads it now and
+	// then (forbidden_burst's 403s) computes its own.
+	e.needPath = cfg.ClientVolumeSpike.Enabled && cfg.ObjectEnumeration.Enabled
+	e.needRoute = cfg.PrivilegeAnomaly.Enabled && cfg.ObjectEnumeration.Enabled
 	for j, d := range e.dets {
 		if p, ok := d.(prefetcher); ok {
 			e.pf = append(e.pf, prefetching{p, j})
@@ -529,7 +567,7 @@ func (e *Engine) judged(i int, at int64, v verdict, st *observeStats) step {
 // engine hands them (the watermark, traffic.since), the alerts, sorted when taken, and
 // the lookup cache, which only forgets keys and notes evicted ones while they run (a
 // lossy cache: which of two evicted keys a full set keeps can depend on it).
-func (e *Engine) feed(run []ingest.Event, hs [][prefetchRun]uint64, steps []step) {
+func (e *Engine) feed(run []ingest.Event, rh *runHashes, hs [][prefetchRun]uint64, steps []step) {
 	if len(steps) == 0 {
 		return
 	}
@@ -541,7 +579,7 @@ func (e *Engine) feed(run []ingest.Event, hs [][prefetchRun]uint64, steps []step
 			if s.started && s.wm >= *due {
 				d.advance(s.wm)
 			}
-			d.observe(&run[s.i], h[s.i], s.at, s.late)
+			d.observe(&run[s.i], evHashes{key: h[s.i], path: rh.path[s.i], route: rh.route[s.i]}, s.at, s.late)
 		}
 	}
 	e.traffic.since = since
@@ -578,7 +616,7 @@ func (e *Engine) resolveHeld(pw *partWM, next int64, hasNext, wait bool, now tim
 		}
 		var hs runHashes
 		e.prefetch(run, &hs, e.heldHashes)
-		e.feed(run, e.heldHashes, steps)
+		e.feed(run, &hs, e.heldHashes, steps)
 	}
 	return maxT
 }
@@ -626,7 +664,7 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			if pw.held != nil && !e.wms.pastClock(t, now) {
 				// The held records go through the detectors after the events before
 				// this one.
-				e.feed(run, e.hashes, steps)
+				e.feed(run, &e.rh, e.hashes, steps)
 				steps = steps[:0]
 				maxT = max(maxT, e.resolveHeld(pw, t, true, true, now, st))
 			}
@@ -640,7 +678,7 @@ func (e *Engine) observeEvents(events []ingest.Event, runs []ingest.Run, now tim
 			}
 			steps = append(steps, e.judged(i, at, v, st))
 		}
-		e.feed(run, e.hashes, steps)
+		e.feed(run, &e.rh, e.hashes, steps)
 	}
 	return maxT
 }

@@ -100,7 +100,7 @@ func (d *forbiddenBurst) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *forbiddenBurst) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	if late {
 		return // no baseline to learn, and late events enter no window
 	}
@@ -108,7 +108,7 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool)
 	if key == "" || d.rules.skip(ev) {
 		return
 	}
-	slot := d.tab.findHash(key, h)
+	slot := d.tab.findHash(key, h.key)
 	if slot < 0 {
 		slot = d.tab.add(key, t)
 		k := &d.tab.ents[slot].s
@@ -141,7 +141,7 @@ func (d *forbiddenBurst) observe(ev *ingest.Event, h uint64, t int64, late bool)
 	if !byIP {
 		d.smp.offer(k.smp, b, cs, fbClientIP, ev.ClientIP)
 	}
-	d.smp.addID(k.smp, cs, hash64(ev.Path))
+	d.smp.addID(k.smp, cs, h.pathHash(ev))
 	d.smp.inc(k.smp, cs, j)
 	if k.sums[0] >= p.threshold {
 		d.markHot(slot)

@@ -381,7 +381,7 @@ func (f *fetcher) missing(ev *ingest.Event, client string, h uint64, byIP, objec
 			return true
 		}
 	}
-	return objects && f.oe.tab.find(f.oe.pairKey(h, byIP, ev.Method, ev.Route)) < 0
+	return objects && f.oe.tab.find(f.oe.pairKey(h, byIP, routeHash(ev.Method, ev.Route))) < 0
 }
 
 // restore moves into b the unwritten baselines of the evicted keys and routes among
@@ -483,7 +483,7 @@ func (e *Engine) adopt(b *Baselines, restored Baselines, keys []string, at []int
 			for i := range restored.Objects {
 				o := &restored.Objects[i]
 				method, route, _ := strings.Cut(o.Route, " ")
-				if slot := d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), method, route)); slot >= 0 {
+				if slot := d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), routeHash(method, route))); slot >= 0 {
 					d.markDirty(slot)
 				}
 			}

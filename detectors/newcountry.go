@@ -230,7 +230,7 @@ func (d *newCountry) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
+func (d *newCountry) observe(ev *ingest.Event, h evHashes, t int64, _ bool) {
 	code := packCountry(ev.Country)
 	if code == 0 || ev.ClientKey == "" {
 		return
@@ -240,7 +240,7 @@ func (d *newCountry) observe(ev *ingest.Event, h uint64, t int64, _ bool) {
 			return
 		}
 	}
-	slot := d.tab.findHash(ev.ClientKey, h)
+	slot := d.tab.findHash(ev.ClientKey, h.key)
 	if slot < 0 {
 		slot = d.tab.add(ev.ClientKey, t)
 		k := &d.tab.ents[slot].s

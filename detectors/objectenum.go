@@ -158,14 +158,14 @@ func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, sin
 // ipClientSalt tells a client keyed by IP from a client key that reads the same.
 const ipClientSalt = 0x5bd1e9955bd1e995
 
-// pairKey sets d.key to the key of a client (whose hash is ch) and route, and returns
-// it as a string that points into d.key.
-func (d *objectEnum) pairKey(ch uint64, byIP bool, method, route string) string {
+// pairKey sets d.key to the key of a client (whose hash is ch) and route (whose
+// routeHash is rh), and returns it as a string that points into d.key.
+func (d *objectEnum) pairKey(ch uint64, byIP bool, rh uint64) string {
 	if byIP {
 		ch ^= ipClientSalt
 	}
 	binary.LittleEndian.PutUint64(d.key[:8], ch)
-	binary.LittleEndian.PutUint64(d.key[8:], routeHash(method, route))
+	binary.LittleEndian.PutUint64(d.key[8:], rh)
 	return unsafe.String(&d.key[0], len(d.key))
 }
 
@@ -190,7 +190,11 @@ func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []u
 			if byIP {
 				ch = hs.ip[i]
 			}
-			out[i] = keyHash(d.pairKey(ch, byIP, ev.Method, ev.Route))
+			rh := hs.route[i]
+			if rh == 0 {
+				rh = routeHash(ev.Method, ev.Route)
+			}
+			out[i] = keyHash(d.pairKey(ch, byIP, rh))
 			d.runKeys[i] = d.key
 			sink += d.tab.touchIndex(out[i])
 		}
@@ -237,7 +241,7 @@ func (d *objectEnum) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *objectEnum) observe(ev *ingest.Event, hs evHashes, t int64, late bool) {
 	if late || d.rules.skip(ev) {
 		return
 	}
@@ -246,8 +250,9 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 		return
 	}
 	key, ok := d.runKey(ev)
+	h := hs.key
 	if !ok || h == 0 {
-		key = d.pairKey(keyHash(client), byIP, ev.Method, ev.Route)
+		key = d.pairKey(keyHash(client), byIP, hs.routeHashOf(ev))
 		h = keyHash(key)
 	}
 	slot := d.tab.findHash(key, h)
@@ -271,7 +276,7 @@ func (d *objectEnum) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if dropped != 0 {
 		d.ids.clear(&k.ids, dropped)
 	}
-	ph := hash64(ev.Path)
+	ph := hs.pathHash(ev)
 	d.cnt.sample(data, o, data[o] == 0, b, bs, ev.Path, ph, &d.arena)
 	d.cnt.count(data, &k.r, k.sum[:], o, b, bs, t)
 	d.ids.add(&k.ids, int(bs), ph)
@@ -496,7 +501,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) (int, 
 		if !ok || o.Client == "" || o.Peak <= 0 || o.PeakAt.UnixMilli() < cutoff {
 			continue
 		}
-		if d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), method, route)) < 0 {
+		if d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), routeHash(method, route))) < 0 {
 			fresh = append(fresh, o)
 		}
 	}
@@ -514,7 +519,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) (int, 
 		method, route, _ := strings.Cut(o.Route, " ")
 		byIP := isIP(o.Client)
 		at := o.PeakAt.UnixMilli()
-		slot := d.tab.add(d.pairKey(keyHash(o.Client), byIP, method, route), d.keepPeak(at))
+		slot := d.tab.add(d.pairKey(keyHash(o.Client), byIP, routeHash(method, route)), d.keepPeak(at))
 		k := &d.tab.ents[slot].s
 		k.prm = d.rules.of(o.Client)
 		k.byIP = byIP

@@ -173,8 +173,8 @@ func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since
 	return d
 }
 
-func (d *privilegeAnomaly) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
-	if ev.ClientKey == "" || !succeeded(ev.Status) || !d.match.privileged(ev.Method, privilegeRoute(ev)) || d.rules.skip(ev) {
+func (d *privilegeAnomaly) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
+	if ev.ClientKey == "" || !succeeded(ev.Status) || !d.privileged(ev, h) || d.rules.skip(ev) {
 		return
 	}
 	slot := d.tab.find(ev.ClientKey)
@@ -465,11 +465,24 @@ func privilegeRoute(ev *ingest.Event) string {
 	return ev.Path
 }
 
-func (m *privilegeMatcher) privileged(method, route string) bool {
+// privileged is match.privileged for an event, with the route hash the engine has.
+func (d *privilegeAnomaly) privileged(ev *ingest.Event, h evHashes) bool {
+	route := privilegeRoute(ev)
 	if route == "" {
 		return false
 	}
-	h := routeHash(method, route)
+	if route == ev.Route {
+		return d.match.privileged(ev.Method, route, h.routeHashOf(ev))
+	}
+	return d.match.privileged(ev.Method, route, routeHash(ev.Method, route))
+}
+
+// privileged reports whether a request of method to route, whose routeHash is h, is
+// privileged.
+func (m *privilegeMatcher) privileged(method, route string, h uint64) bool {
+	if route == "" {
+		return false
+	}
 	c := &m.memo[h&255]
 	if c.h == h && c.v != 0 {
 		return c.v == 2

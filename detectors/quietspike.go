@@ -137,7 +137,7 @@ func (d *quietSpike) paramsIndex(key, route string) uint16 {
 	return 0
 }
 
-func (d *quietSpike) observe(ev *ingest.Event, _ uint64, t int64, late bool) {
+func (d *quietSpike) observe(ev *ingest.Event, _ evHashes, t int64, late bool) {
 	if ev.Route == "" || ev.Status == 404 || ev.Status == 405 || d.allowed(ev) {
 		return
 	}

@@ -161,7 +161,7 @@ func (d *routeScan) scanned(ev *ingest.Event) int {
 	return -1
 }
 
-func (d *routeScan) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *routeScan) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	if late {
 		return
 	}
@@ -169,7 +169,7 @@ func (d *routeScan) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if key == "" || d.rules.skip(ev) {
 		return
 	}
-	slot := d.tab.findHash(key, h)
+	slot := d.tab.findHash(key, h.key)
 	if slot < 0 {
 		slot = d.tab.add(key, t)
 		k := &d.tab.ents[slot].s

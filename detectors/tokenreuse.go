@@ -141,7 +141,7 @@ func (d *tokenReuse) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	if late || ev.TokenFP == "" || ev.Device == "" {
 		return
 	}
@@ -157,7 +157,7 @@ func (d *tokenReuse) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if len(d.allowKey) > 0 && d.allowKey[ev.TokenFP][dh] {
 		return
 	}
-	slot := d.tab.findHash(ev.TokenFP, h)
+	slot := d.tab.findHash(ev.TokenFP, h.key)
 	if slot < 0 {
 		slot = d.tab.add(ev.TokenFP, t)
 		k := &d.tab.ents[slot].s

@@ -147,11 +147,11 @@ func (d *volumeSpike) prefetchState(events []ingest.Event, hs []uint64) {
 	d.sink = sink
 }
 
-func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
+func (d *volumeSpike) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	if ev.ClientKey == "" || d.rules.skip(ev) {
 		return
 	}
-	slot := d.tab.findHash(ev.ClientKey, h)
+	slot := d.tab.findHash(ev.ClientKey, h.key)
 	if slot < 0 {
 		slot = d.tab.add(ev.ClientKey, t)
 		k := &d.tab.ents[slot].s
@@ -182,7 +182,7 @@ func (d *volumeSpike) observe(ev *ingest.Event, h uint64, t int64, late bool) {
 	if !p.enabled {
 		return
 	}
-	d.cnt.sample(data, o, fresh, b, bs, ev.Path, hash64(ev.Path), &d.arena)
+	d.cnt.sample(data, o, fresh, b, bs, ev.Path, h.pathHash(ev), &d.arena)
 	if k.sum[0] >= p.hot {
 		d.markHot(slot)
 	}
