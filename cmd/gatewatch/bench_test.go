@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,7 +103,7 @@ func BenchmarkRun(b *testing.B) {
 	group := 0
 	b.Run("source", func(b *testing.B) {
 		b.ReportAllocs()
-		var steady time.Duration
+		var steady, cpu time.Duration
 		for b.Loop() {
 			group++
 			dir := b.TempDir()
@@ -117,13 +118,14 @@ func BenchmarkRun(b *testing.B) {
 				b.Fatal(err)
 			}
 			var first time.Time
+			var firstCPU time.Duration
 			for n := 0; n < benchEvents; {
 				bt, err := src.Next(context.Background())
 				if err != nil {
 					b.Fatal(err)
 				}
 				if first.IsZero() {
-					first = time.Now()
+					first, firstCPU = time.Now(), processCPU(b)
 				}
 				n += len(bt.Events)
 				if err := bt.Ack(context.Background()); err != nil {
@@ -131,11 +133,12 @@ func BenchmarkRun(b *testing.B) {
 				}
 			}
 			steady += time.Since(first)
+			cpu += processCPU(b) - firstCPU
 			b.StopTimer()
 			src.Close()
 			b.StartTimer()
 		}
-		b.ReportMetric(float64(benchEvents*b.N)/steady.Seconds(), "events/s")
+		reportSteady(b, steady, cpu)
 	})
 	for _, mode := range []struct {
 		name    string
@@ -152,25 +155,26 @@ func BenchmarkRun(b *testing.B) {
 				chAddr = clickhousetest.Require(b)
 			}
 			b.ReportAllocs()
-			var steady time.Duration
+			var steady, cpu time.Duration
 			for b.Loop() {
 				b.StopTimer()
 				group++
 				cfg := benchPipelineConfig(b, c, fmt.Sprintf("bench-%d", group), b.TempDir(), chAddr, mode.archive)
 				if mode.cluster {
 					b.StartTimer()
-					steady += benchCluster(b, c, cfg, fmt.Sprintf("gwb-%d", group))
+					s, used := benchCluster(b, c, cfg, fmt.Sprintf("gwb-%d", group))
+					steady, cpu = steady+s, cpu+used
 					continue
 				}
 				reg := prometheus.NewRegistry()
-				var until *untilConsumed
+				var until *cpuMarks
 				p, err := pipeline.New(cfg, pipeline.Options{
 					Receivers: func(alerting.Config, pipeline.ReceiverEnv, *slog.Logger) (map[string]alerting.Receiver, io.Closer, error) {
 						return map[string]alerting.Receiver{}, io.NopCloser(nil), nil
 					},
 					Registry: reg,
 					WrapSource: func(src detectors.EventSource) detectors.EventSource {
-						until = &untilConsumed{src: src, want: benchEvents, reg: reg}
+						until = &cpuMarks{untilConsumed: &untilConsumed{src: src, want: benchEvents, reg: reg}, tb: b}
 						return until
 					},
 				})
@@ -182,16 +186,58 @@ func BenchmarkRun(b *testing.B) {
 					b.Fatal(err)
 				}
 				steady += until.last.Sub(until.first)
+				cpu += until.lastCPU - until.firstCPU
 			}
-			b.ReportMetric(float64(benchEvents*b.N)/steady.Seconds(), "events/s")
+			reportSteady(b, steady, cpu)
 		})
 	}
 }
 
+// reportSteady reports the events/s of BenchmarkRun's steady phase, which took steady
+// over all iterations, and the process's CPU time an event and cores in use over it.
+// On this machine the source and the pipeline both keep its two cores busy, so the
+// ratio of their events/s is about the inverse ratio of their CPU time an event, which
+// a busy neighbour moves less.
+func reportSteady(b *testing.B, steady, cpu time.Duration) {
+	events := float64(benchEvents * b.N)
+	b.ReportMetric(events/steady.Seconds(), "events/s")
+	b.ReportMetric(cpu.Seconds()*1e6/events, "cpu-µs/event")
+	b.ReportMetric(cpu.Seconds()/steady.Seconds(), "cores")
+}
+
+// cpuMarks is untilConsumed noting the process's CPU time where it notes the wall
+// clock: when the first events came and when the last did.
+type cpuMarks struct {
+	*untilConsumed
+	tb                testing.TB
+	firstCPU, lastCPU time.Duration
+}
+
+func (m *cpuMarks) Next(ctx context.Context) (*ingest.Batch, error) {
+	b, err := m.untilConsumed.Next(ctx)
+	if m.firstCPU == 0 && !m.first.IsZero() {
+		m.firstCPU = processCPU(m.tb)
+	}
+	if m.lastCPU == 0 && !m.last.IsZero() {
+		m.lastCPU = processCPU(m.tb)
+	}
+	return b, err
+}
+
+// processCPU returns the user and system CPU time the process has used.
+func processCPU(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // benchCluster runs cfg with a cluster section of internal topic prefix, one replica,
 // until its tasks have taken every event of the topic, and returns how long that took
-// from stage one's first events. The events are counted from the metrics, polled.
-func benchCluster(b *testing.B, c *kafkatest.Cluster, cfg pipeline.Config, prefix string) time.Duration {
+// from stage one's first events, and the CPU time the process used meanwhile. The
+// events are counted from the metrics, polled.
+func benchCluster(b *testing.B, c *kafkatest.Cluster, cfg pipeline.Config, prefix string) (steady, cpu time.Duration) {
 	b.Helper()
 	cfg.Cluster = &cluster.Config{InternalTopicPrefix: prefix, Partitions: 4}
 	reg := prometheus.NewRegistry()
@@ -210,6 +256,7 @@ func benchCluster(b *testing.B, c *kafkatest.Cluster, cfg pipeline.Config, prefi
 	// The metrics are gathered once a poll, and polled at a tenth of a second: gathering
 	// them all costs, and more often it took a visible share of the replica's CPU.
 	var first time.Time
+	var firstCPU time.Duration
 	for {
 		select {
 		case err := <-done:
@@ -223,19 +270,19 @@ func benchCluster(b *testing.B, c *kafkatest.Cluster, cfg pipeline.Config, prefi
 		snap := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return mfs, nil })
 		events := promtest.Sum(b, "gatewatch_ingest_events_total", snap)
 		if first.IsZero() && events > 0 {
-			first = time.Now()
+			first, firstCPU = time.Now(), processCPU(b)
 		}
 		if events >= benchEvents && promtest.Sum(b, "gatewatch_cluster_task_lag_records", snap) == 0 &&
 			promtest.Sum(b, "gatewatch_cluster_task_offset", snap) == internalEnds(b, c, prefix) {
 			break
 		}
 	}
-	steady := time.Since(first)
+	steady, cpu = time.Since(first), processCPU(b)-firstCPU
 	stop()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
-	return steady
+	return steady, cpu
 }
 
 // BenchmarkAlertLatency measures how long an alert takes to reach Slack once the
