@@ -216,9 +216,9 @@ func (e *Engine) prefetch(events []ingest.Event, hs *runHashes, hashes [][prefet
 
 // prefetchMinKeys is how many keys the prefetchers together hold before their state is
 // loaded ahead of a run. With fewer, it stays in the CPU's caches, and loading it ahead
-// only costs: on the replay benchmark's traffic (400 clients, 4,000 keys) skipping it
-// made the detectors 7% faster; on BenchmarkEngine's, 150 clients (7,500 keys) gained
-// 5%, 500 (21,000) neither gained nor lost, 3,000 (200,000) lost 20%.
+// only costs: on the replay benchmark's traffic (400 clients, 4,300 keys) skipping it
+// made the detectors 7% faster; on BenchmarkEngine's, 150 clients (about 8,500 keys)
+// gained 5%, 500 (24,000) neither gained nor lost, 3,000 (200,000) lost 20%.
 const prefetchMinKeys = 16_384
 
 // setLoadAhead decides, once a batch, whether prefetch loads state ahead.

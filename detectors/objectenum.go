@@ -190,10 +190,7 @@ func (d *objectEnum) prefetchIndex(events []ingest.Event, hs *runHashes, out []u
 			if byIP {
 				ch = hs.ip[i]
 			}
-			rh := hs.route[i]
-			if rh == 0 {
-				rh = routeHash(ev.Method, ev.Route)
-			}
+			rh := evHashes{route: hs.route[i]}.routeHashOf(ev)
 			out[i] = keyHash(d.pairKey(ch, byIP, rh))
 			d.runKeys[i] = d.key
 			sink += d.tab.touchIndex(out[i])
