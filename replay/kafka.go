@@ -21,11 +21,15 @@ type KafkaOptions struct {
 	Brokers []string        // required
 	Dialer  *kafkago.Dialer // TLS and SASL (ingest/kafka.NewDialer); nil: plaintext
 	Topics  []ingest.TopicConfig
-	// Start and End bound the read by Kafka timestamp: on every partition of every
-	// topic, from the first record stamped at or after Start up to the last one before
+	// Start and End bound the read: on every partition of every topic, from the first
+	// record stamped (by Kafka timestamp) at or after Start up to the last one before
 	// the first stamped at or after End (the partition's end when none is). Records
 	// are stamped when a shipper sends them, a little after their event time: read a
-	// margin around the event times wanted and cut by event time afterwards.
+	// margin around the event times wanted and cut by event time afterwards. A backlog
+	// shipped late is stamped long after its events, so when the first record stamped
+	// after End is an event of the range, the partition is read on past it until a
+	// chunk of its records holds no event at or before End (or to its end when the
+	// range was opened): see rangePart.byEvent.
 	Start, End time.Time
 	Parser     ingest.ParserOptions
 	// DeadLetters receives the records the parsers reject; nil: they are only counted.
@@ -69,6 +73,12 @@ type rangePart struct {
 	st     PartitionStats
 	format string
 	chunks chan rangeChunk // parsed in order; closed after the last
+	// byEvent: the partition's records are stamped after End while their events are
+	// not; it ends at the first chunk whose events are all after End, which stops its
+	// fetcher (stop) and sets st.End to that chunk's first offset.
+	byEvent bool
+	stop    context.CancelFunc
+	ended   bool
 
 	// cur is the chunk being merged, from at, with the keys it is merged by
 	// (ingest.AppendEarliestAhead); next is the partition's following chunk with
@@ -203,7 +213,54 @@ func (k *KafkaRange) offsets(ctx context.Context, p *rangePart) error {
 		return err
 	}
 	p.st.End = max(p.st.End, p.st.Start)
+	if p.st.End < last {
+		if p.byEvent, err = k.stampedLate(conn, p, p.st.End); err != nil {
+			return err
+		}
+		if p.byEvent {
+			p.st.End = last
+		}
+	}
 	return nil
+}
+
+// lateProbe is how many records from the first stamped after End stampedLate reads to
+// find one it can parse.
+const lateProbe = 8
+
+// stampedLate reports whether the record at offset o of p (the first stamped at or
+// after End), or the first of the lateProbe from it that parses, is an event at or
+// before End: a record of the range shipped late.
+func (k *KafkaRange) stampedLate(conn *kafkago.Conn, p *rangePart, o int64) (bool, error) {
+	fail := func(err error) (bool, error) {
+		return false, fmt.Errorf("replay: kafka: reading %s at offset %d: %w", p.st.Partition, o, err)
+	}
+	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return fail(err)
+	}
+	if _, err := conn.Seek(o, kafkago.SeekAbsolute); err != nil {
+		return fail(err)
+	}
+	parser, err := ingest.NewParser(p.format, k.opts.Parser)
+	if err != nil {
+		return false, err
+	}
+	batch := conn.ReadBatch(1, 1<<20)
+	defer batch.Close()
+	var evs []ingest.Event
+	for range lateProbe {
+		m, err := batch.ReadMessage()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return false, nil
+			}
+			return fail(err)
+		}
+		if evs, err = ingest.AppendParsed(parser, evs[:0], m.Value); len(evs) > 0 {
+			return !evs[0].Time.After(k.opts.End), nil
+		}
+	}
+	return false, nil
 }
 
 // Partitions returns what was read of each partition so far.
@@ -226,7 +283,9 @@ func (k *KafkaRange) start() {
 	var fetchers sync.WaitGroup
 	for _, p := range k.parts {
 		p.chunks = make(chan rangeChunk, 4)
-		fetchers.Go(func() { k.fetch(ctx, p) })
+		pctx, stop := context.WithCancel(ctx)
+		p.stop = stop
+		fetchers.Go(func() { k.fetch(pctx, p) })
 	}
 	k.wg.Go(func() {
 		fetchers.Wait()
@@ -239,7 +298,8 @@ func (k *KafkaRange) start() {
 // at a time, to the parsing goroutines and, in order, to Next.
 func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 	defer close(p.chunks)
-	if p.st.Start >= p.st.End {
+	start, end := p.st.Start, p.st.End // Next may end a byEvent partition early
+	if start >= end {
 		return
 	}
 	r := kafkago.NewReader(kafkago.ReaderConfig{
@@ -270,13 +330,13 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 			return false
 		}
 	}
-	if err := r.SetOffset(p.st.Start); err != nil {
+	if err := r.SetOffset(start); err != nil {
 		send(rangeChunk{err: err})
 		return
 	}
 	var c rangeChunk
 	size := 0 // bytes of c's values
-	for next := p.st.Start; next < p.st.End; {
+	for next := start; next < end; {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -284,14 +344,14 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 			}
 			return
 		}
-		if m.Offset >= p.st.End {
+		if m.Offset >= end {
 			break
 		}
 		next = m.Offset + 1
 		c.values = append(c.values, m.Value)
 		c.offsets = append(c.offsets, m.Offset)
 		size += len(m.Value)
-		if len(c.values) == rangeChunkRecords || size >= ingest.MaxBatchBytes || next >= p.st.End {
+		if len(c.values) == rangeChunkRecords || size >= ingest.MaxBatchBytes || next >= end {
 			if !send(c) {
 				return
 			}
@@ -414,7 +474,7 @@ func (k *KafkaRange) readAhead(ctx context.Context, p *rangePart) error {
 
 // pull takes p's next parsed chunk with events; nil when p has no more.
 func (k *KafkaRange) pull(ctx context.Context, p *rangePart) ([]ingest.Event, error) {
-	for {
+	for !p.ended {
 		var c rangeChunk
 		var ok bool
 		select {
@@ -433,6 +493,15 @@ func (k *KafkaRange) pull(ctx context.Context, p *rangePart) ([]ingest.Event, er
 		case r = <-c.res:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		}
+		if p.byEvent && len(r.events) > 0 {
+			// Its events after End are of the later records shipped with the backlog.
+			r.events = slices.DeleteFunc(r.events, func(ev ingest.Event) bool { return ev.Time.After(k.opts.End) })
+			if len(r.events) == 0 {
+				p.ended, p.st.End = true, c.offsets[0]
+				p.stop()
+				return nil, nil
+			}
 		}
 		p.st.Records += int64(len(c.values))
 		p.st.Events += int64(len(r.events))
@@ -459,6 +528,7 @@ func (k *KafkaRange) pull(ctx context.Context, p *rangePart) ([]ingest.Event, er
 			return r.events, nil
 		}
 	}
+	return nil, nil
 }
 
 // Close stops reading and waits for the goroutines.

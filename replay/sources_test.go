@@ -137,6 +137,45 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 	}
 }
 
+// TestKafkaRangeBacklog: a backlog shipped five hours after its events, every record
+// stamped when it was shipped, replays from the range of its event times to the same
+// alerts, byte for byte, as the file; the later traffic shipped with it (an hour on,
+// two chunks of it) is not replayed, and the partition that holds it stops early.
+func TestKafkaRangeBacklog(t *testing.T) {
+	reqs, lines := sample(t)
+	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
+	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+
+	k := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: 4})
+	shipped := synth.DefaultStart.Add(5 * time.Hour)
+	parts := map[int][]kafkago.Message{}
+	for i := range reqs {
+		parts[i%4] = append(parts[i%4], kafkago.Message{Value: lines[i], Time: shipped})
+	}
+	for i := range 2048 {
+		r := reqs[i]
+		r.Time = r.Time.Add(2 * time.Hour)
+		v, err := synth.AppendRecord(nil, ingest.FormatAWSWAF, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts[0] = append(parts[0], kafkago.Message{Value: v, Time: shipped})
+	}
+	src := sampleRange(t, k, parts)
+	got, sum := replayOf(t, src, replay.Options{})
+	if !bytes.Equal(got, want) {
+		t.Errorf("alerts from the backlog differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
+	}
+	if sum.Events != len(reqs) || sum.Late != 0 {
+		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs))
+	}
+	for _, p := range src.Partitions() {
+		if p.Partition.ID == 0 && p.End >= int64(len(parts[0])) {
+			t.Errorf("%s: read to offset %d of %d: the later traffic was not left", p.Partition, p.End, len(parts[0]))
+		}
+	}
+}
+
 // TestKafkaRangeClockGlitch: one partition holds two records stamped twenty hours
 // ahead, one of them the last of the first chunk of records the range reads, and later
 // five in a row. Its later records do not wait behind them for the other partitions,

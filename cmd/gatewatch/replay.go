@@ -352,14 +352,22 @@ func (r *replayRun) verdicts(ctx context.Context, sum *replay.Summary) error {
 	return verdict
 }
 
-// kafkaVerdict is inputVerdict for a Kafka range, each partition an input.
+// kafkaVerdict is inputVerdict for a Kafka range, each partition an input. A range that
+// holds no record is an error: a replay asked for a stretch of a topic, and reading
+// nothing there is a wrong topic or a stretch past the topic's retention.
 func kafkaVerdict(w io.Writer, k *replay.KafkaRange, dead *countingDeadLetters, maxReject float64) error {
 	var stats []ingest.FileStats
+	var records int64
 	for _, p := range k.Partitions() {
 		stats = append(stats, ingest.FileStats{Name: fmt.Sprintf("%s (offsets %d to %d)", p.Partition, p.Start, p.End),
 			Records: p.Records, Events: p.Events, Rejected: p.Rejected, First: p.First, Last: p.Last})
+		records += p.Records
 	}
-	return inputVerdict(w, "replay", stats, dead, maxReject)
+	err := inputVerdict(w, "replay", stats, dead, maxReject)
+	if records == 0 {
+		err = errors.Join(err, fmt.Errorf("%s holds no record in the range: check --topic, and that the range is within the topics' retention", k))
+	}
+	return err
 }
 
 // openStore opens the store when the replay needs it: to read the archive, or for the

@@ -20,18 +20,23 @@ import (
 // every attack from four partitions, archiving it in ClickHouse and paging Slack; then
 // the same range replayed from Kafka, and from the archive, raises exactly the
 // incidents live raised, with the same ids; and the replay command each Slack message
-// shows, run as printed, raises that message's alert again, with its id.
+// shows, run as printed, raises that message's alert again, with its id; and so does it
+// pointed at a copy of the topic shipped as a backlog, its records stamped when they
+// were sent, after all of their events, where Kafka timestamps cannot end the range: it
+// ends by event time. A range that holds no record is an error, not an empty success.
 func TestReplayReproducesLiveAlerts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs gatewatch as a subprocess")
 	}
 	addr := clickhousetest.Require(t)
 	db := clickhousetest.NewDatabase(t, addr)
-	e := newE2E(t, "waf-logs")
+	e := newE2E(t, "waf-logs", "waf-backlog")
 	e.store = fmt.Sprintf("  clickhouse: {addr: [%s], database: %s}", addr, db)
 	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
 	reqs, injected := liveTraffic(t, 29)
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
+	e.stampNow = true
+	e.produce(t, "waf-backlog", ingest.FormatAWSWAF, reqs, nil, nil)
 	p := startRun(t, e.config)
 	e.waitPosts(t, p, len(injected), 5*time.Minute)
 	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
@@ -82,6 +87,18 @@ func TestReplayReproducesLiveAlerts(t *testing.T) {
 		if !strings.Contains(errOut, "baselines as the store had them at") {
 			t.Errorf("%s: the baselines did not come from the store:\n%s", cmd, lastLines(errOut, 20))
 		}
+		backlog := strings.Replace(cmd, "--topic waf-logs", "--topic waf-backlog --format awswaf", 1)
+		out, errOut, code = runCmd(t, "", strings.Fields(backlog)[1:]...)
+		if code != 0 || !slices.Contains(alertIDs(t, out), id) {
+			t.Errorf("%s: exit %d, alert %s (%s) not raised again from the backlog\n%s", backlog, code, id, named[id], lastLines(errOut, 20))
+		}
+	}
+	// A year before the traffic, the topic holds nothing.
+	yearAgo := reqs[0].Time.AddDate(-1, 0, 0)
+	_, errOut, code := runCmd(t, "", "replay", "--config", e.config, "--kafka", strings.Join(e.kafka.Addrs, ","), "--topic", "waf-logs",
+		"--from", yearAgo.Format(time.RFC3339), "--to", yearAgo.Add(time.Hour).Format(time.RFC3339))
+	if code != 1 || !strings.Contains(errOut, "holds no record in the range") {
+		t.Errorf("a range without records: exit %d, want 1 and why\n%s", code, lastLines(errOut, 10))
 	}
 	// Without --send, a replay reaches no receiver.
 	if n := len(e.slack.Messages()); n != posted {

@@ -166,6 +166,9 @@ type e2e struct {
 	dir        string
 	config     string
 	admin      string
+	// stampNow leaves the Kafka timestamps to the producer's clock, as a shipper
+	// sending a backlog does; else each record is stamped with its event time.
+	stampNow bool
 }
 
 func newE2E(t *testing.T, topics ...string) *e2e {
@@ -236,7 +239,11 @@ func (e *e2e) produce(t *testing.T, topic, format string, reqs []synth.Request, 
 			if partOf != nil {
 				p = partOf(i)
 			}
-			parts[p] = append(parts[p], kafkago.Message{Value: v, Time: reqs[i].Time.Add(lag[p])})
+			ts := reqs[i].Time.Add(lag[p])
+			if e.stampNow {
+				ts = time.Time{}
+			}
+			parts[p] = append(parts[p], kafkago.Message{Value: v, Time: ts})
 		}
 		for _, p := range slices.Sorted(maps.Keys(parts)) {
 			e.kafka.ProduceTo(t, topic, p, parts[p]...)
