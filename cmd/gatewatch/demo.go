@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -178,6 +179,9 @@ func gatewayOf(consumer string, waf map[string]bool) ingest.TopicConfig {
 	return demoTopics[h.Sum32()%uint32(len(demoTopics))]
 }
 
+// templateID is a route template's id placeholder, which a probe's path fills.
+var templateID = regexp.MustCompile(`\{[^/}]*\}`)
+
 // alertKeys returns the key of the incident each attack must raise: its credentials
 // read by the parser of its gateway's format under the demo's secret, as the pipeline
 // reads its records.
@@ -192,10 +196,11 @@ func alertKeys(secret ingest.TokenSecret, injected []synth.Injected) ([]string, 
 			return nil, err
 		}
 		var perr error
-		probe := func(apiKey, token string) ingest.Event {
-			r := synth.Request{Time: inj.Start, ClientIP: "192.0.2.1", Method: "GET", Host: "api.example.com", Path: "/",
-				Route: "/", Status: 200, Action: "ALLOW", APIKey: apiKey, Token: token, Consumer: inj.Client,
-				RequestID: "req-probe-0000000000000000"}
+		probe := func(apiKey, token, methodRoute string) ingest.Event {
+			method, route, _ := strings.Cut(methodRoute, " ")
+			r := synth.Request{Time: inj.Start, ClientIP: "192.0.2.1", Method: method, Host: "api.example.com",
+				Path: templateID.ReplaceAllString(route, "1234"), Route: route, Status: 200, Action: "ALLOW",
+				APIKey: apiKey, Token: token, Consumer: inj.Client, RequestID: "req-probe-0000000000000000"}
 			var ev ingest.Event
 			line, err := synth.AppendRecord(nil, format, &r)
 			if err == nil {
@@ -207,8 +212,9 @@ func alertKeys(secret ingest.TokenSecret, injected []synth.Injected) ([]string, 
 			return ev // its strings point into line, which is not reused
 		}
 		keys[i] = inj.AlertKey(
-			func(k string) string { return probe(k, "").ClientKey },
-			func(tok string) string { return probe("", tok).TokenFP })
+			func(k string) string { return probe(k, "", "GET /").ClientKey },
+			func(tok string) string { return probe("", tok, "GET /").TokenFP },
+			func(route string) string { ev := probe("", "", route); return ev.Method + " " + ev.Route })
 		if perr != nil {
 			return nil, perr
 		}

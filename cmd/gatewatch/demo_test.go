@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/synth"
 )
 
@@ -115,5 +117,37 @@ func TestReportCaughtNamesTheClient(t *testing.T) {
 		if !strings.Contains(out.String(), c.want) {
 			t.Errorf("report lacks %q:\n%s", c.want, out.String())
 		}
+	}
+}
+
+// TestAlertKeysOfKongRoutes: Kong logs a route's name, not its template, so the
+// incident an attack on a Kong gateway must raise is keyed by the name, as the parser
+// reads it; the demo took those incidents for missed attacks and false positives.
+func TestAlertKeysOfKongRoutes(t *testing.T) {
+	secret, err := ingest.NewTokenSecret([]byte(demoSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ""
+	for i := range 1000 {
+		if c := fmt.Sprintf("client-%04d", i); gatewayOf(c, nil).Format == ingest.FormatKong {
+			client = c
+			break
+		}
+	}
+	at := time.Date(2026, 11, 2, 7, 30, 0, 0, time.UTC)
+	injected := []synth.Injected{
+		{Kind: synth.AttackObjectEnumeration, Start: at, End: at.Add(5 * time.Minute), Client: client, APIKey: "k-raw", Route: "GET /v1/invoices/{id}"},
+		{Kind: synth.AttackQuietSpike, Start: at, End: at.Add(5 * time.Minute), Client: client, Route: "POST /v1/reports/export"},
+	}
+	keys, err := alertKeys(secret, injected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := client + " GET get-v1-invoices-id"; keys[0] != want {
+		t.Errorf("object_enumeration on Kong: key %q, want %q", keys[0], want)
+	}
+	if want := "POST post-v1-reports-export"; keys[1] != want {
+		t.Errorf("quiet_endpoint_spike on Kong: key %q, want %q", keys[1], want)
 	}
 }

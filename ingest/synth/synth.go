@@ -112,15 +112,16 @@ type Injected struct {
 // AlertKey returns the key of the incident the attack must raise, given clientKey and
 // tokenFP, which turn a raw API key and token into the client_key and token_fp the
 // parser of the records gives (for formats that log a consumer id, clientKey returns
-// it: Client).
-func (in *Injected) AlertKey(clientKey, tokenFP func(raw string) string) string {
+// it: Client), and route, which turns Route into the method and route the parser gives
+// (Kong logs a route's name, not its template).
+func (in *Injected) AlertKey(clientKey, tokenFP, route func(string) string) string {
 	switch in.Kind {
 	case AttackTokenReuse:
 		return tokenFP(in.Token)
 	case AttackQuietSpike:
-		return in.Route
+		return route(in.Route)
 	case AttackObjectEnumeration:
-		return clientKey(in.APIKey) + " " + in.Route
+		return clientKey(in.APIKey) + " " + route(in.Route)
 	case AttackAuthSpray, AttackRouteScan:
 		return in.ClientIP
 	}
