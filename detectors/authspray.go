@@ -231,7 +231,8 @@ func (d *authSpray) judge(slot int32, end int64) {
 		return
 	}
 	w := d.smp.window(k.smp, from, end)
-	if creds := d.smp.distinct(k.smp, w); creds >= int(p.minCreds) {
+	// The distinct count is an estimate past exactLimit, which may overshoot the failures.
+	if creds := min(d.smp.distinct(k.smp, w), int(failed)); creds >= int(p.minCreds) {
 		d.fire(slot, end, failed, tot, creds, w)
 	}
 }

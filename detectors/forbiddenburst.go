@@ -221,7 +221,7 @@ func (d *forbiddenBurst) fire(slot int32, end int64, f, tot uint32) {
 					ev.StatusCounts = append(ev.StatusCounts, StatusCount{Status: st, Count: cnt})
 				}
 			}
-			ev.DistinctPaths = d.smp.distinct(s, w)
+			ev.DistinctPaths = min(d.smp.distinct(s, w), int(f)) // an estimate may overshoot
 			ev.SamplePaths = d.smp.collect(s, w, fbPath, 5)
 			ev.SampleRequestIDs = d.smp.collect(s, w, fbRequestID, 5)
 			ev.ClientIPs = d.smp.collect(s, w, fbClientIP, 5)

@@ -342,9 +342,13 @@ func (d *objectEnum) windowMask(k *oeKey, end int64) uint64 {
 	return d.lay.slotMask(max(end-d.lay.n+1, k.r.lo), min(end, k.r.top))
 }
 
-// distinctIn returns the distinct objects of the key's window ending at end.
-func (d *objectEnum) distinctIn(k *oeKey, end int64) uint32 {
-	return uint32(d.ids.count(&k.ids, d.windowMask(k, end)))
+// distinctIn returns the distinct objects of the window of the key at slot ending at
+// end: the linear counting estimate, at most the window's requests (the estimate can
+// overshoot them, and an analyst reads both side by side).
+func (d *objectEnum) distinctIn(slot int32, end int64) uint32 {
+	k := &d.tab.ents[slot].s
+	requests := d.cnt.sum(d.cnt.keyData(slot), &k.r, end-d.lay.n+1, end, 0)
+	return min(uint32(d.ids.count(&k.ids, d.windowMask(k, end))), requests)
 }
 
 // foldPending folds into the key's peak the pending window counts of windows ending
@@ -387,7 +391,7 @@ func (d *objectEnum) judge(slot int32, end int64) {
 	p := &d.rules.params[k.prm]
 	n, w := d.lay.n, d.lay.width
 	d.foldPending(slot, end-n)
-	objects := d.distinctIn(k, end)
+	objects := d.distinctIn(slot, end)
 	if objects >= p.hot {
 		// Windows of fewer could never keep one from firing, and which of them are
 		// judged depends on arrival order. The one in its place ended a window ago or

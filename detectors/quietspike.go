@@ -316,7 +316,7 @@ func (d *quietSpike) fire(slot int32, end int64, count uint32, rate, lambda, pv,
 		ev.RecentPeak, ev.MinPeakRatio = &peak, p.minRatio
 		if s := k.smp; s != nil {
 			w := d.smp.window(s, from, end)
-			ev.DistinctClients = d.smp.distinct(s, w)
+			ev.DistinctClients = min(d.smp.distinct(s, w), int(count)) // an estimate may overshoot
 			ev.ClientKeys = d.smp.collect(s, w, qsClientKey, 5)
 			ev.ClientIPs = d.smp.collect(s, w, qsClientIP, 5)
 			ev.SamplePaths = d.smp.collect(s, w, qsPath, 5)

@@ -258,7 +258,8 @@ func (d *routeScan) judge(slot int32, end int64) {
 		return
 	}
 	w := d.smp.window(k.smp, from, end)
-	if routes := d.smp.distinct(k.smp, w); routes >= int(p.minRoutes) {
+	// The distinct count is an estimate past exactLimit, which may overshoot the hits.
+	if routes := min(d.smp.distinct(k.smp, w), int(hits)); routes >= int(p.minRoutes) {
 		d.fire(slot, end, hits, tot, routes, w)
 	}
 }

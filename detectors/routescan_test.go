@@ -135,3 +135,33 @@ func TestRouteScanEvidence(t *testing.T) {
 		t.Errorf("summary %q, want %q", a.Summary, want)
 	}
 }
+
+// TestDistinctCountsAtMostRequests: past exactLimit members a distinct count is an
+// estimate, which can overshoot (these routes gave 96 of 80, these invoices 82 of 80
+// and 158 of 150); what an alert reports, and judges, is never more than the requests
+// it counts: routes a scanner probed, objects a client read.
+func TestDistinctCountsAtMostRequests(t *testing.T) {
+	probes := repeat(80, t0, 100*time.Millisecond, func(i int, ts time.Time) ingest.Event {
+		return req(ts, ip("203.0.113.50"), route("GET", fmt.Sprintf("/x4/probe-%d", i)), status(404))
+	})
+	res := run(t, only(RouteScan), nil, 64, probes)
+	if len(res.alerts) == 0 {
+		t.Fatal("route_scan raised nothing")
+	}
+	for _, a := range res.alerts {
+		if ev := a.Evidence; ev.DistinctRoutes > ev.FailureCount {
+			t.Errorf("route_scan: %d distinct routes of %d probes", ev.DistinctRoutes, ev.FailureCount)
+		}
+	}
+	for _, n := range []int{80, 150} {
+		res := run(t, only(ObjectEnumeration), established(), 64, invoices("k", 0, n, t0, time.Second))
+		if len(res.alerts) == 0 {
+			t.Fatalf("object_enumeration raised nothing for %d reads", n)
+		}
+		for _, a := range res.alerts {
+			if ev := a.Evidence; ev.DistinctObjects > ev.TotalCount {
+				t.Errorf("object_enumeration: %d distinct objects of %d requests", ev.DistinctObjects, ev.TotalCount)
+			}
+		}
+	}
+}
