@@ -29,7 +29,16 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if popts.Secret.Random() {
+	switch {
+	case !popts.Secret.Random():
+	case *configPath != "":
+		// As replay and fingerprint do, so that an alert's key is found in what parse prints.
+		var note string
+		if popts.Secret, note, err = dataDirSecret(cfg); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stderr, "parse: "+note)
+	default:
 		fmt.Fprintln(env.stderr, "parse: no token secret configured: fingerprints use a random key for this run only")
 	}
 	if *configPath != "" {

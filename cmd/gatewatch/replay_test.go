@@ -234,6 +234,22 @@ func TestReplayAlertIDsAreStableWithoutASecret(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(data, ingest.DataDirSecretFile)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("secret file: %v %v", fi, err)
 	}
+	// parse with the same config fingerprints with the same key: a key it prints finds
+	// its events in a replay.
+	parsed, errOut, code := runCmd(t, "", "parse", "--config", cfg, "--input", log)
+	var ev struct {
+		ClientKey string `json:"client_key"`
+	}
+	if code != 0 || json.Unmarshal([]byte(strings.SplitN(parsed, "\n", 2)[0]), &ev) != nil || ev.ClientKey == "" {
+		t.Fatalf("parse: exit %d, first line %.200q:\n%s", code, parsed, lastLines(errOut, 6))
+	}
+	if !strings.Contains(errOut, "the key kept in "+filepath.Join(data, ingest.DataDirSecretFile)) {
+		t.Errorf("parse does not say which key it used:\n%s", lastLines(errOut, 6))
+	}
+	events, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--key", ev.ClientKey)
+	if code != 0 || !strings.Contains(events, ev.ClientKey) {
+		t.Errorf("replay --events --key %s (from parse): exit %d, no events:\n%s", ev.ClientKey, code, lastLines(errOut, 6))
+	}
 }
 
 // TestReplayHonoursTheDeadLetterFile: rejected records go to ingest.dead_letter.file,
