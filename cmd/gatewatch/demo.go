@@ -67,6 +67,10 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintln(env.stderr, "demo: --duration must be at least 1h: the detectors learn for the first 30 minutes")
 		return errUsage
 	}
+	if !(*rate > 0) { // synth would take 0 for its own default
+		fmt.Fprintln(env.stderr, "demo: --rate must be positive")
+		return errUsage
+	}
 	cfg, err := loadConfig("demo.yaml (embedded)", demoConfig)
 	if err != nil {
 		return err

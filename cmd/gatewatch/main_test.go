@@ -80,6 +80,15 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+func TestDemoRejectsImpossibleRates(t *testing.T) {
+	for _, rate := range []string{"0", "-5", "NaN"} {
+		out, errOut, code := runCmd(t, "", "demo", "--rate", rate)
+		if code != 2 || out != "" || !strings.Contains(errOut, "--rate must be positive") {
+			t.Errorf("demo --rate %s: exit %d, stdout %d bytes, stderr %q", rate, code, len(out), errOut)
+		}
+	}
+}
+
 func TestGenerateRejectsImpossibleFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--duration", "0s"}, {"--duration", "-1h"}, {"--rate", "0"}, {"--rate", "-5"}, {"--rate", "NaN"}, {"--clients", "0"},

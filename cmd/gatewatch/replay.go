@@ -147,6 +147,10 @@ func (f *replayFlags) usageError(paths []string) string {
 		return "--events prints events: it takes no --compare, --sweep, --report or --send"
 	case f.report != "" && slices.Contains(paths, "-"):
 		return "--report reads the input twice: give files, --kafka or --archive, not stdin"
+	case slices.ContainsFunc(f.keys, func(k string) bool { return strings.Contains(k, " ") }):
+		return "--key takes a client key or token fingerprint, an alert's key only when it is one: " +
+			"for an alert keyed by client and route (object_enumeration) give --key CLIENT --route \"METHOD /route\", " +
+			"for one keyed by route (quiet_endpoint_spike) --route \"METHOD /route\""
 	}
 	return ""
 }
@@ -186,6 +190,7 @@ type replayRun struct {
 	kafka    *replay.KafkaRange // the Kafka range read, when it is one
 	closers  []func() error     // of the sources opened
 	progress *progressBar       // nil: stderr is no terminal
+	report   *os.File           // --report, created before the replay and written after it
 }
 
 // times parses --from and --to.
@@ -237,6 +242,19 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if f.report != "" {
+		// Created now, so that a path that cannot be written fails before the replay
+		// runs, not after; removed again when the replay ends before writing it.
+		if r.report, err = os.Create(f.report); err != nil {
+			return fmt.Errorf("--report: %w", err)
+		}
+		defer func() {
+			if r.report != nil {
+				r.report.Close()
+				os.Remove(f.report)
+			}
+		}()
+	}
 	w := env.stdout
 	if f.out != "" {
 		out, err := os.Create(f.out)
@@ -261,6 +279,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 			return err
 		}
 		fmt.Fprintf(env.stderr, "replay: %d events from %s\n", n, r.sourceName())
+		r.noneMatched(n)
 		return r.verdicts(ctx, nil)
 	}
 	opts := replay.Options{
@@ -293,6 +312,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		return err
 	}
 	sum.WriteSummary(env.stderr, "replay")
+	r.noneMatched(sum.Events)
 	var labels []replay.Label
 	var rows []replay.SweepRow
 	var diff *replay.Diff
@@ -555,6 +575,27 @@ func (r *replayRun) sourceName() string {
 	return strings.Join(r.paths, ", ")
 }
 
+// noneMatched says so when --key, --route or --client-ip left no event of those read:
+// a value that names nothing (a typo, an address in another form) looks like a quiet
+// stretch otherwise.
+func (r *replayRun) noneMatched(events int) {
+	f := r.f
+	if events > 0 || len(f.keys)+len(f.routes)+len(f.clientIPs) == 0 {
+		return
+	}
+	var names []string
+	for _, l := range []struct {
+		flag string
+		vs   listFlag
+	}{{"--key", f.keys}, {"--route", f.routes}, {"--client-ip", f.clientIPs}} {
+		for _, v := range l.vs {
+			names = append(names, l.flag+" "+v)
+		}
+	}
+	fmt.Fprintf(r.env.stderr, "replay: warning: no event in the range matched %s (keys are fingerprints as events and alerts show them; routes are \"METHOD /route\" or \"/route\" as the gateway logs them)\n",
+		strings.Join(names, ", "))
+}
+
 // writeReport reads the input again for the timelines and writes the report.
 func (r *replayRun) writeReport(ctx context.Context, rep *replay.Report) error {
 	alerts := rep.Alerts[:min(len(rep.Alerts), replay.MaxReportAlerts)]
@@ -567,12 +608,10 @@ func (r *replayRun) writeReport(ctx context.Context, rep *replay.Report) error {
 			return fmt.Errorf("--report: %w", err)
 		}
 	}
-	out, err := os.Create(r.f.report)
-	if err != nil {
-		return fmt.Errorf("--report: %w", err)
-	}
+	out := r.report
+	r.report = nil
 	bw := bufio.NewWriter(out)
-	err = errors.Join(replay.WriteReport(bw, rep), bw.Flush(), out.Close())
+	err := errors.Join(replay.WriteReport(bw, rep), bw.Flush(), out.Close())
 	if err == nil {
 		fmt.Fprintf(r.env.stderr, "replay: report written to %s\n", r.f.report)
 	}

@@ -182,6 +182,23 @@ func readFileString(t *testing.T, path string) string {
 	return string(b)
 }
 
+// TestReplayReportPathCheckedFirst: a --report that cannot be written fails before the
+// replay runs, and a filter that matches nothing says so.
+func TestReplayReportPathCheckedFirst(t *testing.T) {
+	_, lines := replayTraffic(t)
+	log := filepath.Join(t.TempDir(), "waf.log")
+	writeLog(t, log, lines, false)
+	cfg := testConfig(t, replayDetectors)
+	out, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--report", filepath.Join(t.TempDir(), "no", "such", "dir", "r.html"))
+	if code != 1 || out != "" || !strings.Contains(errOut, "--report") || strings.Contains(errOut, "events from") {
+		t.Errorf("unwritable --report: exit %d, stdout %d bytes, want 1 before any replay:\n%s", code, len(out), lastLines(errOut, 6))
+	}
+	out, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--client-ip", "not-an-address")
+	if code != 0 || out != "" || !strings.Contains(errOut, "no event in the range matched --client-ip not-an-address") {
+		t.Errorf("a filter matching nothing: exit %d, stdout %d bytes:\n%s", code, len(out), lastLines(errOut, 6))
+	}
+}
+
 // TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
 // that says what to change, before anything is read.
 func TestReplayUsageMistakes(t *testing.T) {
@@ -199,6 +216,7 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "x.log", "--events", "--sweep", "detectors.forbidden_burst.threshold=1,2"}, "--events prints events"},
 		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
 		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
+		{[]string{"--input", "x.log", "--events", "--key", "5b86a1 GET /v1/invoices/{id}"}, "--key CLIENT --route"},
 	} {
 		_, errOut, code := runCmd(t, "", append([]string{"replay", "--config", cfg}, tc.args...)...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
