@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -97,5 +98,24 @@ func TestGenerateRejectsImpossibleFlags(t *testing.T) {
 		if code != 2 || out != "" || !strings.Contains(errOut, args[0]+" must be positive") {
 			t.Errorf("generate %v: exit %d, stdout %d bytes, stderr %q", args, code, len(out), errOut)
 		}
+	}
+}
+
+// TestRunChecksWhatItReadsFirst: a secret file that is missing stops run before it
+// starts anything, with the place of the setting in the file, as check-config reports
+// it.
+func TestRunChecksWhatItReadsFirst(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeFile(t, filepath.Join(dir, "gatewatch.yaml"), `ingest:
+  kafka: {brokers: [127.0.0.1:1], group: g, topics: [{name: waf-logs, format: awswaf}]}
+  token_secret_file: `+filepath.Join(dir, "no-such-secret")+`
+store:
+  data_dir: `+filepath.Join(dir, "data")+`
+admin:
+  listen: 127.0.0.1:0
+`)
+	_, errOut, code := runCmd(t, "", "run", "--config", cfg)
+	if code != 1 || !strings.Contains(errOut, "gatewatch.yaml:3:3: ingest.token_secret_file") || strings.Contains(errOut, "listening") {
+		t.Errorf("exit %d, want 1 with the setting's place and nothing started:\n%s", code, errOut)
 	}
 }

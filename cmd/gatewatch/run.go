@@ -40,6 +40,12 @@ func runRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	// What start-up reads (secrets, TLS files, the GeoIP database), read first, as
+	// check-config does: a missing secret is reported at its place in the file before
+	// any listener has started.
+	if err := cfg.check(); err != nil {
+		return err
+	}
 	var formats []string
 	for _, t := range cfg.Ingest.Kafka.Topics {
 		formats = append(formats, t.Format)
