@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 
@@ -280,7 +281,77 @@ func decodeError(name string, root *yaml.Node, msg string) *gwconfig.Error {
 	if e.Path == "" {
 		e.Path, e.Column = settingAt(root, e.Line, func(_, _ *yaml.Node) bool { return true })
 	}
+	if f := unknownFieldRE.FindStringSubmatch(e.Msg); f != nil {
+		// yaml names the Go type; say what to fix instead.
+		e.Msg = "unknown key " + f[1]
+		if near := nearKey(e.Path, f[1]); near != "" {
+			e.Msg += "; did you mean " + near + "?"
+		}
+	}
 	return e
+}
+
+// defaultKeys is the default config as a YAML tree: the keys each section knows (but
+// those empty by default, such as overrides).
+var defaultKeys = sync.OnceValue(func() *yaml.Node {
+	var doc yaml.Node
+	if err := doc.Encode(defaultConfig()); err != nil {
+		return nil
+	}
+	return &doc
+})
+
+// nearKey returns the key of path's section (path's last element is the unknown key
+// name) that name most likely misspells: one at most two edits away, or the same but
+// for case; "" when none is.
+func nearKey(path, name string) string {
+	n := defaultKeys()
+	parts := strings.Split(path, ".")
+	for _, part := range parts[:len(parts)-1] {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return ""
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == part {
+				next = n.Content[i+1]
+			}
+		}
+		n = next
+	}
+	if n == nil || n.Kind != yaml.MappingNode {
+		return ""
+	}
+	best, bestD := "", 3
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i].Value
+		d := editDistance(strings.ToLower(k), strings.ToLower(name))
+		if d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, by bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // settingAt returns the key path and column of the first setting on line, in file

@@ -12,7 +12,7 @@ func TestBadConfigs(t *testing.T) {
 		file string
 		want []string // fragments, each must appear in the error
 	}{
-		{"unknown-key.bad.yaml", []string{"unknown-key.bad.yaml:4:", "ingest.kafka", "field grup not found"}},
+		{"unknown-key.bad.yaml", []string{"unknown-key.bad.yaml:4:", "ingest.kafka", "unknown key grup; did you mean group?"}},
 		{"bad-format.bad.yaml", []string{"bad-format.bad.yaml:6:", "ingest.kafka.topics[1].format", `unknown format "akamai"`}},
 		{"bad-duration.bad.yaml", []string{"bad-duration.bad.yaml:2:", "ingest.max_clock_skew", "cannot unmarshal", "like 90s"}},
 		{"bad-values.bad.yaml", []string{
@@ -22,7 +22,7 @@ func TestBadConfigs(t *testing.T) {
 			`bad-values.bad.yaml:6:37: ingest.trusted_proxies[1]: must be a network in CIDR notation (203.0.113.0/24), got "204.246.164.0"`,
 			"ingest.kafka.topics", // brokers are absent here, so no topic error...
 		}},
-		{"flow-unknown-key.bad.yaml", []string{"flow-unknown-key.bad.yaml:3:30: detectors.token_reuse.max_device: field max_device not found"}},
+		{"flow-unknown-key.bad.yaml", []string{"flow-unknown-key.bad.yaml:3:30: detectors.token_reuse.max_device: unknown key max_device; did you mean max_devices?"}},
 		{"bad-enums.bad.yaml", []string{
 			`bad-enums.bad.yaml:3:32: detectors.new_country.severity: severity must be low, medium, high or critical, got "urgent"`,
 			`bad-enums.bad.yaml:6:50: alerting.receivers[0].syslog.format: must be json or cef, got "xml"`,
@@ -69,7 +69,7 @@ func TestEveryErrorAtOnce(t *testing.T) {
 	}
 	want := []string{
 		"many-errors.bad.yaml:4:3: ingest.max_line_bytes: must be between 1024 and 67108864, got 12",
-		"many-errors.bad.yaml:6:5: ingest.kafka.grup: field grup not found in type ingest.KafkaConfig",
+		"many-errors.bad.yaml:6:5: ingest.kafka.grup: unknown key grup; did you mean group?",
 		"many-errors.bad.yaml:9:5: detectors.token_reuse.window: cannot unmarshal !!int `10` into time.Duration (durations look like 90s, 10m, 720h)",
 		"many-errors.bad.yaml:10:21: detectors.forbidden_burst.min_ratio: must be in (0,1], got 1.5",
 		`many-errors.bad.yaml:10:37: detectors.forbidden_burst.severity: severity must be low, medium, high or critical, got "loud"`,
