@@ -61,7 +61,14 @@ type inputFlags struct {
 func (f *inputFlags) define(fs *flag.FlagSet) {
 	f.maxReject = defaultMaxRejectRatio
 	fs.Var(&f.inputs, "input", "file, directory or - for stdin (gzip is recognised); repeatable, and paths after the flags are inputs too")
-	fs.StringVar(&f.format, "format", ingest.FormatAuto, "log format: "+strings.Join(ingest.Formats, ", "))
+	f.format = ingest.FormatAuto
+	fs.Func("format", "log format: "+strings.Join(ingest.Formats, ", ")+" (default auto)", func(v string) error {
+		if !slices.Contains(ingest.Formats, v) {
+			return fmt.Errorf("unknown format %q (want one of %s)", v, strings.Join(ingest.Formats, ", "))
+		}
+		f.format = v
+		return nil
+	})
 	fs.Var(&f.maxReject, "max-reject-ratio", "exit 1 when more than this share of records is rejected")
 }
 

@@ -66,7 +66,8 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	if err := applySets(&cfg.Detectors, f.sets); err != nil {
-		return err
+		fmt.Fprintf(env.stderr, "replay: %v\n", err) // a flag's value: a usage mistake
+		return errUsage
 	}
 	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths, args: args}
 	if err := r.times(); err != nil {

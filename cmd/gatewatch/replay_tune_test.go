@@ -217,6 +217,9 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
 		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
 		{[]string{"--input", "x.log", "--events", "--key", "5b86a1 GET /v1/invoices/{id}"}, "--key CLIENT --route"},
+		{[]string{"--input", "x.log", "--format", "bogus"}, "unknown format \"bogus\""},
+		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.threshold=ten"}, "bad value \"ten\""},
+		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.treshold=5"}, "known here:"},
 	} {
 		_, errOut, code := runCmd(t, "", append([]string{"replay", "--config", cfg}, tc.args...)...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
