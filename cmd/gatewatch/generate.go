@@ -67,8 +67,18 @@ func runGenerate(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	// The span the records cover: an attack near the end of --duration runs past it.
+	first, last := cfg.Start, cfg.Start
+	for i := range reqs {
+		if i == 0 || reqs[i].Time.Before(first) {
+			first = reqs[i].Time
+		}
+		if reqs[i].Time.After(last) {
+			last = reqs[i].Time
+		}
+	}
 	fmt.Fprintf(env.stderr, "generate: %d %s records from %s to %s, attacks injected:\n", len(reqs), *format,
-		cfg.Start.Format(time.RFC3339), cfg.Start.Add(cfg.Duration).Format(time.RFC3339))
+		first.Format(time.RFC3339), last.Format(time.RFC3339))
 	enc := json.NewEncoder(env.stderr)
 	for _, inj := range injected {
 		if err := enc.Encode(inj); err != nil {

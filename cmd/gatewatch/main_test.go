@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // runCmd runs gatewatch in-process with stdin and returns stdout, stderr and the exit code.
@@ -117,5 +119,21 @@ admin:
 	_, errOut, code := runCmd(t, "", "run", "--config", cfg)
 	if code != 1 || !strings.Contains(errOut, "gatewatch.yaml:3:3: ingest.token_secret_file") || strings.Contains(errOut, "listening") {
 		t.Errorf("exit %d, want 1 with the setting's place and nothing started:\n%s", code, errOut)
+	}
+}
+
+// TestGenerateStatesTheSpanItWrote: the span generate reports is that of the records it
+// wrote, which attacks near the end of --duration run past.
+func TestGenerateStatesTheSpanItWrote(t *testing.T) {
+	out, errOut, code := runCmd(t, "", "generate", "--duration", "10m")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var last struct {
+		Timestamp int64 `json:"timestamp"`
+	}
+	if code != 0 || json.Unmarshal([]byte(lines[len(lines)-1]), &last) != nil {
+		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+	if want := " to " + time.UnixMilli(last.Timestamp).UTC().Format(time.RFC3339) + ","; !strings.Contains(errOut, want) {
+		t.Errorf("generate says %q, want the last record's time %q", strings.SplitN(errOut, "\n", 2)[0], want)
 	}
 }
