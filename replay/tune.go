@@ -23,6 +23,9 @@ type Sweep struct {
 // brackets, so a list value reads as [401,403].
 func ParseSweep(s string) (Sweep, error) {
 	param, list, ok := strings.Cut(s, "=")
+	if ok && strings.HasPrefix(param, "detectors.") && strings.Count(param, ".") == 1 && list != "" {
+		return Sweep{}, fmt.Errorf("--sweep %q: %s is engine-wide, not one detector's: a sweep varies one detector's setting; run a replay per value with --set", s, param)
+	}
 	if !ok || !strings.HasPrefix(param, "detectors.") || strings.Count(param, ".") < 2 || list == "" {
 		return Sweep{}, fmt.Errorf("--sweep %q: want detectors.NAME.PARAM=V1,V2,...", s)
 	}

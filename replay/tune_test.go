@@ -110,6 +110,7 @@ func TestParseSweep(t *testing.T) {
 		{"forbidden_burst.threshold=1,2", nil, "want detectors.NAME.PARAM"},
 		{"detectors.forbidden_burst.threshold=1,,2", nil, "empty value"},
 		{"detectors.forbidden_burst.threshold=1,1", nil, "1 twice"},
+		{"detectors.allowed_lateness=30s,1m", nil, "engine-wide"},
 	} {
 		sw, err := replay.ParseSweep(tc.in)
 		switch {
