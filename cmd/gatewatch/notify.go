@@ -100,6 +100,7 @@ func openDelivery(ctx context.Context, env *cmdEnv, cfg *config) (*pipeline.Deli
 // silence muted.
 type sent struct {
 	unrouted, silenced []detectors.Alert
+	at                 time.Time // when the alerts were put: a delivery done before was an earlier run's
 }
 
 // send puts alerts through the router and waits, up to timeout, until every delivery
@@ -117,6 +118,7 @@ func send(ctx context.Context, router *alerting.Router, alerts []detectors.Alert
 			out.unrouted = append(out.unrouted, a)
 		}
 	}
+	out.at = time.Now()
 	if err := router.Put(ctx, alerts); err != nil {
 		return out, err
 	}
@@ -165,6 +167,9 @@ func report(ctx context.Context, env *cmdEnv, router *alerting.Router, alerts []
 			}
 			if d.LastError != "" && d.State != alerting.Delivered {
 				line += " (" + d.LastError + ")"
+			}
+			if d.State == alerting.Delivered && !d.Done.IsZero() && d.Done.Before(s.at) {
+				line += " (by an earlier run: not sent again)"
 			}
 			fmt.Fprintln(env.stdout, line)
 		}

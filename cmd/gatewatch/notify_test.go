@@ -96,6 +96,10 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 		if strings.Count(out, ": delivered") != strings.Count(out, "\n") {
 			t.Errorf("run %d left deliveries undone:\n%s", run, out)
 		}
+		// The second run says its deliveries were the first's.
+		if earlier := strings.Count(out, "(by an earlier run: not sent again)"); (run == 1) != (earlier == 0) || (run == 2 && earlier != strings.Count(out, "\n")) {
+			t.Errorf("run %d: %d deliveries said to be an earlier run's:\n%s", run, earlier, out)
+		}
 	}
 	pager, archive := countLines(t, high), countLines(t, rest)
 	incidents := func(versions map[string]int) map[string]bool {
