@@ -483,7 +483,7 @@ func (e *Engine) adopt(b *Baselines, restored Baselines, keys []string, at []int
 			for i := range restored.Objects {
 				o := &restored.Objects[i]
 				method, route, _ := strings.Cut(o.Route, " ")
-				if slot := d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), routeHash(method, route))); slot >= 0 {
+				if slot := d.tab.find(d.storedPairKey(o.Client, method, route)); slot >= 0 {
 					d.markDirty(slot)
 				}
 			}

@@ -169,6 +169,11 @@ func (d *objectEnum) pairKey(ch uint64, byIP bool, rh uint64) string {
 	return unsafe.String(&d.key[0], len(d.key))
 }
 
+// storedPairKey is pairKey for a stored baseline's client and "METHOD /route".
+func (d *objectEnum) storedPairKey(client, method, route string) string {
+	return d.pairKey(keyHash(client), isIP(client), routeHash(method, route))
+}
+
 // asksObject reports whether an event asks for an object on a route template, and
 // returns its client (see ClientOf).
 func asksObject(ev *ingest.Event, buf *AddrBuf) (client string, byIP, ok bool) {
@@ -502,7 +507,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) (int, 
 		if !ok || o.Client == "" || o.Peak <= 0 || o.PeakAt.UnixMilli() < cutoff {
 			continue
 		}
-		if d.tab.find(d.pairKey(keyHash(o.Client), isIP(o.Client), routeHash(method, route))) < 0 {
+		if d.tab.find(d.storedPairKey(o.Client, method, route)) < 0 {
 			fresh = append(fresh, o)
 		}
 	}
@@ -520,7 +525,7 @@ func (d *objectEnum) adoptAll(list []ObjectBaseline, wm int64, room bool) (int, 
 		method, route, _ := strings.Cut(o.Route, " ")
 		byIP := isIP(o.Client)
 		at := o.PeakAt.UnixMilli()
-		slot := d.tab.add(d.pairKey(keyHash(o.Client), byIP, routeHash(method, route)), d.keepPeak(at))
+		slot := d.tab.add(d.storedPairKey(o.Client, method, route), d.keepPeak(at))
 		k := &d.tab.ents[slot].s
 		k.prm = d.rules.of(o.Client)
 		k.byIP = byIP

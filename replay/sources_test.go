@@ -91,14 +91,34 @@ func sampleRange(t *testing.T, k *kafkatest.Cluster, parts map[int][]kafkago.Mes
 	return src
 }
 
+// sampleAlerts returns the alerts the file of sample's traffic raises.
+func sampleAlerts(t *testing.T) []byte {
+	t.Helper()
+	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
+	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+	return want
+}
+
+// replaysAlike replays src and checks it raises want, byte for byte, from events
+// events, none late.
+func replaysAlike(t *testing.T, src *replay.KafkaRange, want []byte, events int) {
+	t.Helper()
+	got, sum := replayOf(t, src, replay.Options{})
+	if !bytes.Equal(got, want) {
+		t.Errorf("alerts from Kafka differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
+	}
+	if sum.Events != events || sum.Late != 0 {
+		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, events)
+	}
+}
+
 // TestKafkaRangeReplaysWhatFilesDo: the records of a file, spread over four partitions
 // of a topic with their Kafka timestamps at their event times, replay from a time range
 // of the topic to the same alerts, byte for byte, as from the file; records stamped
 // outside the range are not read.
 func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 	reqs, lines := sample(t)
-	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
-	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
+	want := sampleAlerts(t)
 	if len(ids(t, want)) < 4 {
 		t.Fatalf("the file raises %d alerts", len(ids(t, want)))
 	}
@@ -118,13 +138,7 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 	}
 	slices.SortStableFunc(parts[0], func(a, b kafkago.Message) int { return a.Time.Compare(b.Time) })
 	src := sampleRange(t, k, parts)
-	got, sum := replayOf(t, src, replay.Options{})
-	if !bytes.Equal(got, want) {
-		t.Errorf("alerts from Kafka differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
-	}
-	if sum.Events != len(reqs) || sum.Late != 0 {
-		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs))
-	}
+	replaysAlike(t, src, want, len(reqs))
 	var records int64
 	for _, p := range src.Partitions() {
 		records += p.Records
@@ -143,9 +157,7 @@ func TestKafkaRangeReplaysWhatFilesDo(t *testing.T) {
 // two chunks of it) is not replayed, and the partition that holds it stops early.
 func TestKafkaRangeBacklog(t *testing.T) {
 	reqs, lines := sample(t)
-	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
-	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
-
+	want := sampleAlerts(t)
 	k := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: 4})
 	shipped := synth.DefaultStart.Add(5 * time.Hour)
 	parts := map[int][]kafkago.Message{}
@@ -162,13 +174,7 @@ func TestKafkaRangeBacklog(t *testing.T) {
 		parts[0] = append(parts[0], kafkago.Message{Value: v, Time: shipped})
 	}
 	src := sampleRange(t, k, parts)
-	got, sum := replayOf(t, src, replay.Options{})
-	if !bytes.Equal(got, want) {
-		t.Errorf("alerts from the backlog differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
-	}
-	if sum.Events != len(reqs) || sum.Late != 0 {
-		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs))
-	}
+	replaysAlike(t, src, want, len(reqs))
 	for _, p := range src.Partitions() {
 		if p.Partition.ID == 0 && p.End >= int64(len(parts[0])) {
 			t.Errorf("%s: read to offset %d of %d: the later traffic was not left", p.Partition, p.End, len(parts[0]))
@@ -183,9 +189,7 @@ func TestKafkaRangeBacklog(t *testing.T) {
 // alerts are the file's.
 func TestKafkaRangeClockGlitch(t *testing.T) {
 	reqs, lines := sample(t)
-	path := writeSample(t, synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}, ingest.FormatAWSWAF)
-	want, _ := run(t, path, ingest.FormatAWSWAF, 2, replay.Options{})
-
+	want := sampleAlerts(t)
 	k := kafkatest.Start(t, kafkatest.Options{Topics: []string{"waf-logs"}, Partitions: 4})
 	parts := map[int][]kafkago.Message{}
 	for i := range reqs {
@@ -211,14 +215,7 @@ func TestKafkaRangeClockGlitch(t *testing.T) {
 			parts[1] = append(parts[1], kafkago.Message{Value: v, Time: reqs[i].Time})
 		}
 	}
-	src := sampleRange(t, k, parts)
-	got, sum := replayOf(t, src, replay.Options{})
-	if sum.Events != len(reqs)+7 || sum.Late != 0 {
-		t.Errorf("%d events (%d late), want %d, none late", sum.Events, sum.Late, len(reqs)+7)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("alerts differ from the file's:\nwant %v\ngot  %v", ids(t, want), ids(t, got))
-	}
+	replaysAlike(t, sampleRange(t, k, parts), want, len(reqs)+7)
 }
 
 // TestArchiveReplaysWhatFilesDo: events archived in the embedded store replay from the

@@ -183,7 +183,8 @@ func gatewayOf(consumer string, waf map[string]bool) ingest.TopicConfig {
 	return demoTopics[h.Sum32()%uint32(len(demoTopics))]
 }
 
-// templateID is a route template's id placeholder, which a probe's path fills.
+// templateID matches a route template's id segment such as {id}, which a probe's path
+// fills with a number.
 var templateID = regexp.MustCompile(`\{[^/}]*\}`)
 
 // alertKeys returns the key of the incident each attack must raise: its credentials
