@@ -368,8 +368,9 @@ func httpGet(t testing.TB, url string) (int, string) {
 }
 
 // TestRunEndToEnd: gatewatch run reads AWS WAF records from a topic of four
-// partitions, raises the four injected attacks, posts each to Slack once; SIGTERM stops
-// it with exit 0 and a restart posts nothing again.
+// partitions, shipped as a backlog stamped when it was sent, raises every injected
+// attack with no event late, posts each to Slack once; SIGTERM stops it with exit 0
+// and a restart posts nothing again.
 func TestRunEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end: runs gatewatch as a subprocess for a while")
@@ -378,8 +379,15 @@ func TestRunEndToEnd(t *testing.T) {
 	e.writeConfig(t, map[string]string{"waf-logs": ingest.FormatAWSWAF}, "")
 	reqs, injected := liveTraffic(t, 7)
 	p := startRun(t, e.config)
+	// Two hours of history shipped at once, stamped when sent, partition after
+	// partition: Kafka timestamps that say nothing of when the requests happened.
+	e.stampNow = true
 	e.produce(t, "waf-logs", ingest.FormatAWSWAF, reqs, nil, nil)
 	posts := e.waitPosts(t, p, len(injected), 5*time.Minute)
+	e.waitMetric(t, p, float64(len(reqs)), time.Minute, "gatewatch_ingest_events_total")
+	if n := e.metric(t, "gatewatch_detectors_late_events_total"); n != 0 {
+		t.Errorf("%v events late, want none", n)
+	}
 	if code, body := httpGet(t, "http://"+e.admin+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
 	}

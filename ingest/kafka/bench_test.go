@@ -4,44 +4,55 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/ingest"
 	"github.com/gatewatch/gatewatch/ingest/kafkatest"
+	"github.com/gatewatch/gatewatch/ingest/synth"
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// benchRecords is how many records each benchmark iteration consumes: the documented
-// Kong samples (about 0.9 KB each) repeated, on a loopback kfake topic of four partitions.
+// benchRecords is how many records each benchmark iteration consumes: two hours of
+// synthetic Kong records in time order (about 0.6 KB each), round robin on a loopback
+// kfake topic of four partitions, as a gateway's shipper would write them.
 const benchRecords = 20_000
 
-// benchTopic starts a broker with benchRecords Kong records on topic "gw" and returns
-// it with the total size of the records.
+// benchTopic starts a broker with benchMessages on topic "gw" and returns it with the
+// total size of the records.
 func benchTopic(b *testing.B) (*kafkatest.Cluster, int64) {
 	b.Helper()
 	c := kafkatest.StartKafka(b, "gw")
-	recs := samples(b, ingest.FormatKong, "file-log.log")
-	p, err := ingest.NewParser(ingest.FormatKong, testParserOptions(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	var good []kafkago.Message
-	for _, r := range recs {
-		if p.Parse(new(ingest.Event), r.Value) == nil {
-			good = append(good, r)
-		}
-	}
-	msgs := make([]kafkago.Message, benchRecords)
-	var size int64
-	for i := range msgs {
-		msgs[i] = kafkago.Message{Value: good[i%len(good)].Value}
-		size += int64(len(msgs[i].Value))
-	}
+	msgs, size := benchMessages(b)
 	for i := 0; i < len(msgs); i += 5000 {
 		c.Produce(b, "gw", msgs[i:min(i+5000, len(msgs))]...)
 	}
 	return c, size
+}
+
+// benchMessages returns benchRecords synthetic Kong records in time order, and their
+// total size.
+func benchMessages(tb testing.TB) ([]kafkago.Message, int64) {
+	tb.Helper()
+	reqs, _, err := synth.Generate(synth.Config{Start: time.Date(2025, 12, 1, 12, 0, 0, 0, time.UTC), Duration: 2 * time.Hour, Rate: 10, Seed: 1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(reqs) < benchRecords {
+		tb.Fatalf("%d synthetic requests, want %d", len(reqs), benchRecords)
+	}
+	msgs := make([]kafkago.Message, benchRecords)
+	var size int64
+	for i := range msgs {
+		v, err := synth.AppendRecord(nil, ingest.FormatKong, &reqs[i])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		msgs[i] = kafkago.Message{Value: v}
+		size += int64(len(v))
+	}
+	return msgs, size
 }
 
 func benchConfig(c *kafkatest.Cluster, group string) ingest.KafkaConfig {
@@ -53,8 +64,9 @@ func benchConfig(c *kafkatest.Cluster, group string) ingest.KafkaConfig {
 }
 
 // BenchmarkSource consumes benchRecords Kong records end to end: a new group member
-// fetches, parses with the real Kong parser (GOMAXPROCS parsing goroutines, the
-// default), hands out batches of 1000 and acknowledges each, which commits it. Joining the group (until the first batch) and leaving it are
+// fetches, parses with the real Kong parser (a parser for each partition's reader),
+// merges the partitions by event time, hands out batches of 1000 and acknowledges
+// each, which commits it. Joining the group (until the first batch) and leaving it are
 // not timed: they are the same kafka-go calls in both benchmarks and leaving waits out
 // MaxWait. BenchmarkBareFetch is the baseline: kafka-go's Reader alone, with the reader
 // settings the Source uses, on the same records, no parsing, no commits.
@@ -154,13 +166,10 @@ func TestBenchTopicParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ok := 0
-	for _, r := range samples(t, ingest.FormatKong, "file-log.log") {
-		if p.Parse(new(ingest.Event), r.Value) == nil {
-			ok++
+	msgs, _ := benchMessages(t)
+	for _, m := range msgs {
+		if err := p.Parse(new(ingest.Event), m.Value); err != nil {
+			t.Fatalf("the Kong parser rejects a benchmark record (%v): BenchmarkSource would measure dead letters:\n%s", err, m.Value)
 		}
-	}
-	if ok == 0 {
-		t.Fatal("the Kong parser accepts none of its samples; BenchmarkSource would measure nothing")
 	}
 }

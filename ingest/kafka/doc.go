@@ -37,9 +37,9 @@
 //     the start of the next generation. The offsets stay uncommitted meanwhile, which at
 //     worst delivers their records again.
 //
-// Events of a batch come ordered by partition (each partition's in offset order), with
-// Batch.Runs saying which partition each run is of: the engine judges event time per
-// partition.
+// Each partition's reader parses its records, and the source merges the partitions by
+// event time (each partition's records in offset order), with Batch.Runs saying which
+// partition each run of events is of: the engine judges event time per partition.
 //
 // The guarantee is at least once. A record is committed only after the batch holding it
 // and every earlier batch of its partition were acknowledged. Records not acknowledged

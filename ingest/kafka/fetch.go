@@ -7,53 +7,26 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/gatewatch/gatewatch/ingest"
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// A batch travels from the fetching goroutine, which cuts it and records its runs of
-// offsets, through the parsing goroutines of its topics, to Next, which assembles it.
+// A batch is cut by the fetching goroutine from records its partition readers parsed,
+// and handed out by Next.
 type batch struct {
 	err error // a fetch error, in place of a batch
 
-	seq   uint64
-	recs  []record
-	size  int     // bytes of the records' values
-	spans []*span // one run per partition, in the order the partitions first appeared
-
-	// Filled by the parsing goroutines, each at the indexes of the records it parsed.
-	events  []ingest.Event // events[i] is recs[i]'s event where errs[i] is nil
-	errs    []error
-	parsing atomic.Int32  // jobs not finished
-	parsed  chan struct{} // closed when the last one finished
-
-	// Set by Next.
-	assembled bool
-	dead      []ingest.DeadLetter
-	runs      []ingest.Run
-	offsets   []int64 // per event, with Options.Offsets
+	seq     uint64
+	events  []ingest.Event // in the order taken, which is event time across partitions
+	runs    []ingest.Run
+	offsets []int64 // per event, with Options.Offsets
+	dead    []ingest.DeadLetter
+	n       int     // records taken, rejected ones included
+	size    int     // bytes of the records' values
+	spans   []*span // one run of offsets per partition, in the order the partitions first appeared
 }
-
-// record is one fetched record of a batch.
-type record struct {
-	topic  *topic
-	p      *partition
-	offset int64
-	value  []byte
-}
-
-// A job is a part of a batch for a parsing goroutine of topic: the records of the topic
-// among recs[lo:hi].
-type job struct {
-	b      *batch
-	lo, hi int
-}
-
-// minJob is the fewest records of one topic worth a job of their own.
-const minJob = 64
 
 // ack is what acknowledging b does: release its runs and commit what that completes.
 func (s *Source) ack(b *batch) func(context.Context) error {
@@ -62,17 +35,11 @@ func (s *Source) ack(b *batch) func(context.Context) error {
 }
 
 // fetch is the fetching goroutine: once every topic exists it joins the group, then
-// it cuts batches of the records the partition readers fetch, hands each to the parsing
-// goroutines of its topics and queues it, in order, for Next. It ends when ctx does,
-// and then closes the queues.
+// it cuts batches of the records the partition readers fetched and parsed, and queues
+// them, in order, for Next. It ends when ctx does, and then closes the queue.
 func (s *Source) fetch(ctx context.Context) {
 	defer s.running.Done()
-	defer func() {
-		close(s.ready)
-		for _, t := range s.order {
-			close(t.jobs)
-		}
-	}()
+	defer close(s.ready)
 	// kafka-go cannot join the group while a topic is missing, and only logs why: check
 	// first, so that Next can say what is wrong.
 	for {
@@ -135,36 +102,8 @@ func (s *Source) checkTopics(ctx context.Context) error {
 	return nil
 }
 
-// queue hands b to the parsing goroutines of its topics and then to Next. It reports
-// false when ctx ended first. A topic's records are split into up to one job per parsing
-// goroutine of the topic.
+// queue hands b to Next. It reports false when ctx ended first.
 func (s *Source) queue(ctx context.Context, b *batch) bool {
-	if b.err == nil {
-		n := len(b.recs)
-		jobs := 0
-		for _, t := range s.order {
-			if t.mark == b.seq {
-				jobs += s.jobsFor(t)
-			}
-		}
-		b.events = make([]ingest.Event, n)
-		b.errs = make([]error, n)
-		b.parsed = make(chan struct{})
-		b.parsing.Store(int32(jobs))
-		for _, t := range s.order {
-			if t.mark != b.seq {
-				continue
-			}
-			k := s.jobsFor(t)
-			for i := range k {
-				select {
-				case t.jobs <- job{b: b, lo: i * n / k, hi: (i + 1) * n / k}:
-				case <-ctx.Done():
-					return false
-				}
-			}
-		}
-	}
 	select {
 	case s.ready <- b:
 		return true
@@ -173,40 +112,19 @@ func (s *Source) queue(ctx context.Context, b *batch) bool {
 	}
 }
 
-// jobsFor returns into how many jobs the current batch's records of t are split.
-func (s *Source) jobsFor(t *topic) int {
-	return max(1, min(len(t.parsers), t.count/minJob))
-}
-
-// parse is a parsing goroutine of topic t, the only user of parser p. It parses the
-// records of t in each job it gets into the batch's events at the records' indexes.
-func (s *Source) parse(t *topic, p ingest.Parser) {
-	defer s.running.Done()
-	for j := range t.jobs {
-		b := j.b
-		for i := j.lo; i < j.hi; i++ {
-			if r := &b.recs[i]; r.topic == t {
-				b.errs[i] = p.Parse(&b.events[i], r.value)
-			}
-		}
-		if b.parsing.Add(-1) == 0 {
-			close(b.parsed)
-		}
-	}
-}
-
 // fill cuts the next batch: it waits for the first record as long as ctx allows, then
 // at most BatchWait for more, up to BatchSize records or ingest.MaxBatchBytes of them. It
 // returns nil when ctx ends.
 //
-// Of the records the partition readers queued it always takes the one with the
-// earliest Kafka timestamp among the partitions' next records, as Kafka Streams picks
-// records, so that through a backlog every partition advances at the pace of event
-// time instead of at the pace of its reader: the engine judges lateness per partition
-// and keeps room for only max_skew between them.
+// Of the records the partition readers parsed it always takes the one with the
+// earliest event time among the partitions' next records (see earliest), so that
+// through a backlog every partition advances at the pace of event time instead of at
+// the pace of its reader: the engine judges lateness per partition and keeps room for
+// only max_skew between them. Kafka timestamps cannot serve: a backlog shipped at once
+// is stamped when it was sent, all its records alike.
 func (s *Source) fill(ctx context.Context) *batch {
 	s.seq++
-	b := &batch{seq: s.seq, recs: make([]record, 0, s.hint)}
+	b := &batch{seq: s.seq, events: make([]ingest.Event, 0, s.hint)}
 	var timer *time.Timer
 	var wait <-chan time.Time
 	defer func() {
@@ -216,7 +134,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 	}()
 	s.refill(true)
 	now := time.Now()
-	for len(b.recs) < s.cfg.BatchSize && b.size < ingest.MaxBatchBytes {
+	for b.n < s.cfg.BatchSize && b.size < ingest.MaxBatchBytes {
 		p, hold := s.earliest(now)
 		if p != nil {
 			f := p.ahead.pop()
@@ -230,7 +148,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 			}
 			continue
 		}
-		if len(b.recs) > 0 && timer == nil {
+		if b.n > 0 && timer == nil {
 			timer = time.NewTimer(s.cfg.BatchWait)
 			wait = timer.C
 		}
@@ -254,7 +172,7 @@ func (s *Source) fill(ctx context.Context) *batch {
 		break
 	}
 	s.seal(b)
-	s.hint = min(max(len(b.recs), 16), s.cfg.BatchSize)
+	s.hint = min(max(len(b.events), 16), s.cfg.BatchSize)
 	return b
 }
 
@@ -287,26 +205,31 @@ func (s *Source) refillOne(p *partition) {
 }
 
 // A partition with no record in hand holds the others back while taking their next
-// record would carry them more than alignSkew (by Kafka timestamp) past its last one,
-// for at most alignWait: its reader is between fetches, or its shipper between
-// batches. Through a backlog the others' readers would otherwise carry their event time
-// minutes past its own in a second, and its records would be late. A partition that
-// stays empty longer (its traffic stopped) is no longer waited for; the engine's idle
-// rule takes over.
+// record would carry them more than alignSkew (in event time) past its last one, for at
+// most alignWait, when it is behind in a backlog: its broker holds more of its records
+// (its reader is between fetches), or the others' records are older than backlogAge
+// (history, read faster than it happened, with its shipper writing partition after
+// partition). Through a backlog the others' readers would otherwise carry their event
+// time minutes past its own in a second, and its records would be late. A partition
+// that read all its broker has is not waited for while the others' records are recent:
+// then it is its shipper that lags, or its gateway's clock, and waiting would hold
+// every other partition that far behind the present. Nor is one that stays empty
+// longer than alignWait; the engine's idle rule takes over.
 const (
-	alignSkew = 10 * time.Second
-	alignWait = 10 * time.Second
+	alignSkew  = 10 * time.Second
+	alignWait  = 10 * time.Second
+	backlogAge = time.Minute
 )
 
 // earliest returns the partition whose next record comes first, nil when none has
 // one, or when one that must be waited for has none in hand yet: then hold says for
 // how much longer to wait for it. now is the wall clock.
 //
-// A partition's next record is ordered at the earliest timestamp among the records it
-// has in hand, not its own, as the batch merge orders events (ingest.MergeOrder):
-// records stamped ahead of their partition's later ones (a clock glitch) are taken in
-// their place, and do not hold the partition's later records back behind everyone
-// else's until the others reach their stamp.
+// A partition's next record is ordered at the earliest event time among the records it
+// has in hand, not its own, as ingest.AppendEarliestAhead orders a partition: records
+// stamped ahead of their partition's later ones (a clock glitch) are taken in their
+// place, and do not hold the partition's later records back behind everyone else's
+// until the others reach their stamp.
 func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 	var bestAt time.Time
 	for _, p := range s.reading {
@@ -314,22 +237,21 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 			continue
 		}
 		at := p.ahead.earliest()
-		if !p.lastTime.IsZero() && at.After(p.lastTime.Add(alignSkew)) {
+		if !p.lastAt.IsZero() && at.After(p.lastAt.Add(alignSkew)) {
 			// A record stamped far past its partition's last one (a clock glitch with
 			// none of the partition's later records in hand yet, or the end of a quiet
 			// spell) is ordered as if it came right after it.
-			at = p.lastTime.Add(alignSkew)
+			at = p.lastAt.Add(alignSkew)
 		}
 		if at.After(now) {
-			// Stamped after the wall clock: its producer's clock runs ahead. Ordered
-			// at its stamp, each of the partition's records would wait behind the
-			// others' for as long as that clock is ahead, and reach the engine that
-			// far behind them in event time, late once it is more than max_skew.
+			// Stamped after the wall clock: its gateway's clock runs ahead. Ordered at
+			// its stamp, each of the partition's records would wait behind the others'
+			// for as long as that clock is ahead, and reach the engine that far behind
+			// them in event time, late once it is more than max_skew.
 			at = now
 		}
-		// Equal stamps (a producer that stamps a whole batch at once) go round robin,
-		// the partition taken longest ago first, so that no partition is drained
-		// before the others start.
+		// Equal times go round robin, the partition taken longest ago first, so that
+		// no partition is drained before the others start.
 		if best == nil || at.Before(bestAt) || (at.Equal(bestAt) && p.lastPick < best.lastPick) {
 			best, bestAt = p, at
 		}
@@ -339,8 +261,11 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 		case p.ahead.len() > 0:
 			p.emptySince = time.Time{}
 			continue
-		case best != nil && !p.lastTime.IsZero() && !bestAt.After(p.lastTime.Add(alignSkew)):
+		case p.lag < 0: // not delivered yet: waited for
+		case best != nil && !bestAt.After(p.lastAt.Add(alignSkew)):
 			continue // taking best leaves p no further behind than alignSkew
+		case p.lag == 0 && (best == nil || bestAt.After(now.Add(-backlogAge))):
+			continue // it read all its broker had, and the others' records are recent
 		}
 		if p.emptySince.IsZero() {
 			p.emptySince = now
@@ -355,11 +280,12 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 	return best, 0
 }
 
-// add puts one fetched record into b, extending the batch's run of its partition. A
-// record of a partition this member no longer owns, or of a generation that ended, is
-// dropped, and so is one fetched again below what this source already took into a
-// batch (a partition kept across a rebalance: its reader starts where the last one
-// stopped, and the records still queued from the last one are the same records).
+// add puts one fetched record into b: its event, or its dead letter, or both for a
+// repaired record, extending the batch's run of its partition. A record of a partition
+// this member no longer owns, or of a generation that ended, is dropped, and so is one
+// fetched again below what this source already took into a batch (a partition kept
+// across a rebalance: its reader starts where the last one stopped, and the records
+// still queued from the last one are the same records).
 func (s *Source) add(b *batch, f *fetched) {
 	p := f.p
 	if p.owner.Load() != f.gen {
@@ -375,32 +301,44 @@ func (s *Source) add(b *batch, f *fetched) {
 	if f.msg.HighWaterMark > 0 {
 		p.lag = max(f.msg.HighWaterMark-off-1, 0)
 	}
-	p.lastTime = f.msg.Time
 	if p.span == nil || p.mark != b.seq {
 		p.mark = b.seq
 		p.span = &span{part: p, resets: p.resets.Load(), first: off}
 		b.spans = append(b.spans, p.span)
 	}
 	p.span.last = off
-	if t := p.topic; t.mark != b.seq {
-		t.mark, t.count = b.seq, 1
-	} else {
-		t.count++
-	}
-	b.recs = append(b.recs, record{topic: p.topic, p: p, offset: off, value: f.msg.Value})
+	b.n++
 	b.size += len(f.msg.Value)
+	t := p.topic
+	t.nRecords++
+	if f.err != nil {
+		b.dead = append(b.dead, ingest.NewDeadLetter(s.now(), t.name, t.format, p.id, off, f.msg.Value, f.err))
+		if !ingest.Kept(f.err) { // a repaired record is dead-lettered and its event kept
+			return
+		}
+	}
+	t.nEvents++
+	p.lastAt = f.ev.Time
+	b.events = append(b.events, f.ev)
+	if s.offsets {
+		b.offsets = append(b.offsets, off)
+	}
+	if n := len(b.runs); n > 0 && b.runs[n-1].Partition == p.key {
+		b.runs[n-1].N++
+	} else {
+		b.runs = append(b.runs, ingest.Run{Partition: p.key, N: 1})
+	}
 }
 
-// seal ends b: it orders its records by partition (each partition's in fetch order),
-// so the engine gets long runs of one partition, queues its runs of offsets on their
-// partitions in delivery order, and reports each partition's lag.
+// seal ends b: it queues its runs of offsets on their partitions in delivery order,
+// reports each partition's lag and counts the batch's records in the metrics.
 func (s *Source) seal(b *batch) {
-	if len(b.spans) > 1 {
-		order := make(map[*partition]int, len(b.spans))
-		for i, sp := range b.spans {
-			order[sp.part] = i
+	for _, t := range s.order {
+		if t.nRecords > 0 {
+			t.records.Add(float64(t.nRecords))
+			t.events.Add(float64(t.nEvents))
+			t.nRecords, t.nEvents = 0, 0
 		}
-		slices.SortStableFunc(b.recs, func(x, y record) int { return order[x.p] - order[y.p] })
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

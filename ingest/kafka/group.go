@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -13,11 +14,18 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// fetched is one record as a partition reader hands it to the fetching goroutine.
+// fetched is one record as a partition reader hands it to the fetching goroutine,
+// parsed.
 type fetched struct {
 	p   *partition
 	gen uint64 // the generation the reader ran in
 	msg kafkago.Message
+	ev  ingest.Event // where err is nil or Kept
+	err error
+	// at is what the record is ordered by among the partitions (ms since the epoch):
+	// its event time, or for a rejected record the last event time its reader parsed
+	// (math.MinInt64 before the first), so that it neither holds nor hurries anyone.
+	at int64
 }
 
 // generation is this member's view of one generation of the group.
@@ -153,10 +161,21 @@ func (s *Source) assign(gen *kafkago.Generation) (generation, []start) {
 }
 
 // readPartition is one assigned partition's reader for generation gen: it fetches
-// from offset and hands each record to the fetching goroutine until the generation
-// (ctx) ends. Returning before that would end the generation, so a fetch error is
-// logged and retried.
+// from offset, parses each record and hands it to the fetching goroutine until the
+// generation (ctx) ends. Returning before that would end the generation, so a fetch
+// error is logged and retried.
+//
+// Records are parsed here, one parser a reader, so that the fetching goroutine can
+// merge the partitions by event time; parsing is most of a source's work, and the
+// readers do it in parallel.
 func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, offset int64) {
+	parser, err := p.topic.parser()
+	if err != nil {
+		s.log.Error("kafka partition reader has no parser", "topic", p.topic.name, "partition", p.id, "err", err)
+		<-ctx.Done()
+		return
+	}
+	defer p.topic.putParser(parser)
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:         s.cfg.Brokers,
 		Topic:           p.topic.name,
@@ -177,6 +196,8 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 		<-ctx.Done()
 		return
 	}
+	last := int64(math.MinInt64) // event time of the last record parsed, ms
+	f := new(fetched)            // reused: the parser's pointer to its event escapes
 	for {
 		msg, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -191,8 +212,13 @@ func (s *Source) readPartition(ctx context.Context, gen uint64, p *partition, of
 			}
 			continue
 		}
+		*f = fetched{p: p, gen: gen, msg: msg, at: last}
+		if f.err = parser.Parse(&f.ev, msg.Value); f.err == nil || ingest.Kept(f.err) {
+			last = f.ev.Time.UnixMilli()
+			f.at = last
+		}
 		select {
-		case p.fetched <- fetched{p: p, gen: gen, msg: msg}:
+		case p.fetched <- *f:
 		case <-ctx.Done():
 			return
 		}

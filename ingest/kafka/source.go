@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,14 +32,12 @@ const (
 // Options carries what a Source needs besides its config. Every zero field except
 // DeadLetters has a documented default.
 type Options struct {
-	// Parser returns a parser for one topic's records. NewSource calls it once for each
-	// parsing goroutine of the topic, and only that goroutine uses the parser. nil:
-	// ingest.NewParser with the topic's format and ParserOptions.
+	// Parser returns a parser for one topic's records. It is called for as many
+	// parsers as partitions of the topic are read at once (each partition reader uses
+	// its own, and hands it on when its partition is revoked). nil: ingest.NewParser
+	// with the topic's format and ParserOptions.
 	Parser        func(topic ingest.TopicConfig) (ingest.Parser, error)
 	ParserOptions ingest.ParserOptions
-	// Parsers is how many parsing goroutines, each with its own parser, share a topic's
-	// records; parsing is most of a source's work. 0: GOMAXPROCS.
-	Parsers int
 	// Offsets sets Batch.Offsets, each event's record offset: scale-out's first stage
 	// names every record by its partition and offset.
 	Offsets bool
@@ -67,10 +64,10 @@ type Options struct {
 // hands out their records as batches of events. See the package documentation for what
 // is committed when.
 //
-// Once started by the first Next, a source runs a fetching goroutine, which reads
-// records and cuts them into batches, and Options.Parsers parsing goroutines per topic,
-// each the only user of its own parser of the topic's format. Batches are prepared while
-// the previous ones are processed. Next must be called from one goroutine at a time
+// Once started by the first Next, a source runs a reader for each partition assigned,
+// which fetches and parses its records, and a fetching goroutine, which merges them by
+// event time and cuts them into batches. Batches are prepared while the previous ones
+// are processed. Next must be called from one goroutine at a time
 // (calls are serialised); Batch.Ack and Close may be called from any goroutine.
 type Source struct {
 	cfg    ingest.KafkaConfig
@@ -97,7 +94,7 @@ type Source struct {
 	seenV   uint64       // activeV when copied
 	picks   uint64       // records taken
 
-	ready chan *batch // batches cut and being parsed, in order; closed when fetching ends
+	ready chan *batch // batches cut, in order; closed when fetching ends
 
 	nextMu  sync.Mutex // held by Next
 	pending *batch     // a batch taken from ready and not handed out yet (Next's ctx ended, or the sink failed)
@@ -114,7 +111,7 @@ type Source struct {
 	ended    []ingest.Partition
 	groupErr error // why the group cannot be joined, while that lasts
 
-	running sync.WaitGroup // the group, fetching and parsing goroutines
+	running sync.WaitGroup // the group and fetching goroutines
 
 	commitMu sync.Mutex // serialises commits, so each partition's offsets reach the broker in order
 	toCommit []commitRef
@@ -125,18 +122,36 @@ type Source struct {
 // topic is one configured topic with its parsers and metric series.
 type topic struct {
 	name, format string
-	parsers      []ingest.Parser // one per parsing goroutine
+	newParser    func() (ingest.Parser, error)
+	parsersMu    sync.Mutex
+	parsers      []ingest.Parser // of readers that ended, for the next ones
 	records      prometheus.Counter
 	events       prometheus.Counter
 	dead         *prometheus.CounterVec
 	deadBy       map[string]prometheus.Counter
 
-	lag   *prometheus.GaugeVec
-	jobs  chan job // parts of batches with records of this topic, for its parsing goroutines
-	mark  uint64   // seq of the last batch with a record of it; owned by the fetching goroutine
-	count int      // its records in that batch; owned by the fetching goroutine
+	lag *prometheus.GaugeVec
 
-	nRecords, nEvents int // of the batch being assembled by Next
+	nRecords, nEvents int // of the batch being cut; owned by the fetching goroutine
+}
+
+// parser returns a parser of t's format for one partition reader.
+func (t *topic) parser() (ingest.Parser, error) {
+	t.parsersMu.Lock()
+	defer t.parsersMu.Unlock()
+	if n := len(t.parsers); n > 0 {
+		p := t.parsers[n-1]
+		t.parsers = t.parsers[:n-1]
+		return p, nil
+	}
+	return t.newParser()
+}
+
+// putParser keeps p, which its reader no longer uses, for the next reader.
+func (t *topic) putParser(p ingest.Parser) {
+	t.parsersMu.Lock()
+	defer t.parsersMu.Unlock()
+	t.parsers = append(t.parsers, p)
 }
 
 type partKey struct {
@@ -213,10 +228,6 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 	if newParser == nil {
 		newParser = func(t ingest.TopicConfig) (ingest.Parser, error) { return ingest.NewParser(t.Format, o.ParserOptions) }
 	}
-	workers := o.Parsers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
 	names := make([]string, 0, len(cfg.Topics))
 	for _, tc := range cfg.Topics {
 		if tc.Name == "" {
@@ -225,25 +236,21 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 		if _, dup := s.topics[tc.Name]; dup {
 			return nil, fmt.Errorf("kafka: topic %s is listed twice", tc.Name)
 		}
-		parsers := make([]ingest.Parser, workers)
-		for i := range parsers {
-			p, err := newParser(tc)
-			if err != nil {
-				return nil, fmt.Errorf("kafka: parser for topic %s (format %s): %w", tc.Name, tc.Format, err)
-			}
-			parsers[i] = p
+		first, err := newParser(tc) // the config is checked now, not when a partition is assigned
+		if err != nil {
+			return nil, fmt.Errorf("kafka: parser for topic %s (format %s): %w", tc.Name, tc.Format, err)
 		}
 		m.Init(tc.Name, tc.Format)
 		t := &topic{
-			name:    tc.Name,
-			format:  tc.Format,
-			parsers: parsers,
-			records: m.Records.WithLabelValues(tc.Name, tc.Format),
-			lag:     m.ConsumerLag,
-			events:  m.Events.WithLabelValues(tc.Name, tc.Format),
-			dead:    m.DeadLetters,
-			deadBy:  make(map[string]prometheus.Counter, len(ingest.Reasons)),
-			jobs:    make(chan job, (prefetch+1)*workers),
+			name:      tc.Name,
+			format:    tc.Format,
+			newParser: func() (ingest.Parser, error) { return newParser(tc) },
+			parsers:   []ingest.Parser{first},
+			records:   m.Records.WithLabelValues(tc.Name, tc.Format),
+			lag:       m.ConsumerLag,
+			events:    m.Events.WithLabelValues(tc.Name, tc.Format),
+			dead:      m.DeadLetters,
+			deadBy:    make(map[string]prometheus.Counter, len(ingest.Reasons)),
 		}
 		for _, r := range ingest.Reasons {
 			t.deadBy[r] = m.DeadLetters.WithLabelValues(tc.Name, r)
@@ -364,14 +371,6 @@ func (s *Source) Next(ctx context.Context) (*ingest.Batch, error) {
 				b, s.pending = next, next
 			}
 		}
-		if !b.assembled {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-b.parsed:
-				s.assemble(b)
-			}
-		}
 		if err := s.storeDeadLetters(ctx, b); err != nil {
 			return nil, err
 		}
@@ -417,12 +416,6 @@ func (s *Source) start() error {
 	s.stop = stop
 	s.running.Add(1)
 	go s.fetch(ctx)
-	for _, t := range s.order {
-		for _, p := range t.parsers {
-			s.running.Add(1)
-			go s.parse(t, p)
-		}
-	}
 	return nil
 }
 
@@ -443,65 +436,6 @@ func (s *Source) join(ctx context.Context) error {
 	go s.runGroup(ctx, g)
 	s.log.Info("kafka source joining group", "group", s.cfg.Group, "topics", s.gcfg.Topics)
 	return nil
-}
-
-// assemble turns a parsed batch into what Next hands out: the events in arrival order
-// and a dead letter for each rejected record. It counts the batch in the metrics.
-func (s *Source) assemble(b *batch) {
-	now := s.now()
-	k := 0
-	for i := range b.recs {
-		r := &b.recs[i]
-		r.topic.nRecords++
-		if err := b.errs[i]; err != nil {
-			b.dead = append(b.dead, ingest.NewDeadLetter(now, r.topic.name, r.topic.format, r.p.id, r.offset, r.value, err))
-			if !ingest.Kept(err) { // a repaired record is dead-lettered and its event kept
-				continue
-			}
-		}
-		r.topic.nEvents++
-		if k != i {
-			b.events[k] = b.events[i]
-		}
-		k++
-	}
-	clear(b.events[k:])
-	b.events = b.events[:k]
-	b.runs = b.runs[:0]
-	for i := range b.recs {
-		r := &b.recs[i]
-		if err := b.errs[i]; err != nil && !ingest.Kept(err) {
-			continue
-		}
-		if s.offsets {
-			b.offsets = append(b.offsets, r.offset)
-		}
-		if n := len(b.runs); n > 0 && b.runs[n-1].Partition == r.p.key {
-			b.runs[n-1].N++
-		} else {
-			b.runs = append(b.runs, ingest.Run{Partition: r.p.key, N: 1})
-		}
-	}
-	switch {
-	case len(b.runs) < 2:
-	case s.offsets:
-		order, runs := ingest.MergeOrder(b.events, b.runs)
-		events, offsets := make([]ingest.Event, len(order)), make([]int64, len(order))
-		for j, i := range order {
-			events[j], offsets[j] = b.events[i], b.offsets[i]
-		}
-		b.events, b.offsets, b.runs = events, offsets, runs
-	default:
-		b.events, b.runs = ingest.MergeByTime(b.events, b.runs, make([]ingest.Event, 0, len(b.events)))
-	}
-	b.recs, b.errs, b.assembled = nil, nil, true
-	for _, t := range s.order {
-		if t.nRecords > 0 {
-			t.records.Add(float64(t.nRecords))
-			t.events.Add(float64(t.nEvents))
-			t.nRecords, t.nEvents = 0, 0
-		}
-	}
 }
 
 // storeDeadLetters puts b's dead letters into the sink and counts them; it does nothing

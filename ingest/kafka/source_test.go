@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -714,7 +715,7 @@ func TestAddAllocatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	const runs = 1000
-	b := &batch{seq: 1, recs: make([]record, 0, runs+2)}
+	b := &batch{seq: 1, events: make([]ingest.Event, 0, runs+2)}
 	p := newPartition(s.topics["waf"], 3, 1)
 	p.owner.Store(1)
 	f := fetched{p: p, gen: 1, msg: kafkago.Message{Topic: "waf", Partition: 3, Value: []byte("r")}}
@@ -804,57 +805,109 @@ func TestSourceReportsPartitions(t *testing.T) {
 	}
 }
 
-// TestSourceAlignsPartitionsByTimestamp: through a backlog, the partitions advance
-// together by Kafka timestamp, whatever pace their readers fetch at: no record is handed
-// out after one stamped more than alignSkew later. Records of a partition stamped an
-// hour ahead of its later ones (a producer's clock glitch) are taken in their place and
-// do not count: without the records in hand after them, the second of them waited for
-// every other partition to reach its stamp, and the partition's later records behind it.
-func TestSourceAlignsPartitionsByTimestamp(t *testing.T) {
+// TestSourceAlignsPartitionsByEventTime: through a backlog, the partitions advance
+// together by event time, whatever pace their readers fetch at: no event is handed out
+// after one more than alignSkew later. Records of a partition stamped an hour ahead of
+// its later ones (a gateway's clock glitch) are taken in their place and do not count:
+// without the records in hand after them, the second of them waited for every other
+// partition to reach its time, and the partition's later records behind it.
+func TestSourceAlignsPartitionsByEventTime(t *testing.T) {
 	for _, glitch := range [][]int{nil, {800, 804, 808, 812, 816}} {
 		t.Run(fmt.Sprintf("glitch %v", glitch), func(t *testing.T) {
 			c := kafkatest.StartKafka(t, "waf")
-			base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-			msgs := records("r", 2000)
-			stamp := map[string]time.Time{}
-			for i := range msgs {
-				msgs[i].Time = base.Add(time.Duration(i) * time.Second) // round robin: each partition every 4th second, as logged
-				if slices.Contains(glitch, i) {                         // the same partition's, in a row
-					msgs[i].Time = msgs[i].Time.Add(time.Hour)
-					continue
-				}
-				stamp[string(msgs[i].Value)] = msgs[i].Time
+			msgs := records("r", 2000) // round robin: each partition every 4th second, as logged
+			for _, i := range glitch { // the same partition's, in a row
+				msgs[i].Value = fmt.Appendf(nil, "glitch-%04d", i+3600)
 			}
 			c.Produce(t, "waf", msgs...)
 			ctx := testContext(t)
 			cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
 			cfg.BatchSize = 100
 			s := newSource(t, cfg, testOptions(&memDeadLetters{}))
-			var newest time.Time
-			for _, id := range consume(ctx, t, s, len(msgs), true) {
-				ts, ok := stamp[id]
-				if !ok {
-					continue // a glitch
-				}
-				if newest.Sub(ts) > alignSkew {
-					t.Fatalf("record %s stamped %s handed out after one stamped %s", id, ts, newest)
-				}
-				if ts.After(newest) {
-					newest = ts
-				}
-			}
+			wantEventTimeOrder(ctx, t, s, len(msgs), func(ev *ingest.Event) bool { return strings.HasPrefix(ev.RequestID, "glitch") })
 		})
 	}
 }
 
-// TestEarliest: which partition's next record goes into the batch, from the Kafka
-// timestamps of the records in hand and of the last ones taken.
+// TestSourceMergesABacklogByEventTime: a backlog whose Kafka timestamps say nothing of
+// when its records happened (every record stamped at once when a shipper caught up, or
+// the partitions shipped one after the other) is handed out in event time, whatever
+// the partitions' record rates: no event comes after one more than alignSkew later.
+// Partition 0 holds a burst, twelve times as many records a second as the others for
+// twenty minutes; by Kafka timestamp (round robin on equal stamps) its events fell
+// further behind the others with each record of the burst.
+func TestSourceMergesABacklogByEventTime(t *testing.T) {
+	shipped := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name  string
+		stamp func(partition int) time.Time
+	}{
+		{"stamped at once", func(int) time.Time { return shipped }},
+		{"partitions shipped one after the other", func(p int) time.Time { return shipped.Add(time.Duration(p) * time.Hour) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k := kafkatest.StartKafka(t, "waf")
+			var total int
+			for p := range kafkatest.DefaultPartitions {
+				var msgs []kafkago.Message
+				for sec := p; sec < 3600; sec += kafkatest.DefaultPartitions {
+					n := 1
+					if p == 0 && sec >= 600 && sec < 1800 {
+						n = 12 // the burst
+					}
+					for i := range n {
+						msgs = append(msgs, kafkago.Message{Value: fmt.Appendf(nil, "p%d.%d-%04d", p, i, sec), Time: c.stamp(p)})
+					}
+				}
+				k.ProduceTo(t, "waf", p, msgs...)
+				total += len(msgs)
+			}
+			ctx := testContext(t)
+			cfg := testConfig(k, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+			cfg.BatchSize = 100
+			s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+			wantEventTimeOrder(ctx, t, s, total, nil)
+		})
+	}
+}
+
+// wantEventTimeOrder consumes n records of s, acknowledging each batch, and fails the
+// test at the first event handed out after one more than alignSkew later, leaving out
+// the events skip says (and from the events they are compared with).
+func wantEventTimeOrder(ctx context.Context, t *testing.T, s *Source, n int, skip func(*ingest.Event) bool) {
+	t.Helper()
+	var newest time.Time
+	for got := 0; got < n; {
+		b := next(ctx, t, s)
+		for i := range b.Events {
+			ev := &b.Events[i]
+			got++
+			if skip != nil && skip(ev) {
+				continue
+			}
+			if newest.Sub(ev.Time) > alignSkew {
+				t.Fatalf("event %s of %s handed out after one of %s (%d of %d records)", ev.RequestID, ev.Time, newest, got, n)
+			}
+			if ev.Time.After(newest) {
+				newest = ev.Time
+			}
+		}
+		if err := b.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEarliest: which partition's next record goes into the batch, from the event
+// times of the records in hand and of the last ones taken, and from whether the broker
+// holds more of an empty partition's records.
 func TestEarliest(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	sec := func(n int) time.Time { return now.Add(time.Duration(n) * time.Second) }
 	type part struct {
 		head, last time.Time   // zero head: none in hand; zero last: none taken yet
 		then       []time.Time // the records in hand after head
+		onBroker   int64       // records after the last one taken (its lag)
 		emptyFor   time.Duration
 	}
 	for _, c := range []struct {
@@ -863,21 +916,29 @@ func TestEarliest(t *testing.T) {
 		want  int // index of the partition taken, -1 for none
 		hold  bool
 	}{
-		{"earliest stamp", []part{{head: sec(-5), last: sec(-6)}, {head: sec(-7), last: sec(-8)}}, 1, false},
+		{"earliest event", []part{{head: sec(-5), last: sec(-6)}, {head: sec(-7), last: sec(-8)}}, 1, false},
 		{"an empty partition close behind is not waited for",
-			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-10)}}, 0, false},
-		{"an empty partition far behind is waited for",
-			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60)}}, -1, true},
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-10), onBroker: 100}}, 0, false},
+		{"an empty partition far behind, with records on the broker, is waited for",
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60), onBroker: 100}}, -1, true},
 		{"for at most alignWait",
-			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60), emptyFor: alignWait}}, 0, false},
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60), onBroker: 100, emptyFor: alignWait}}, 0, false},
+		// Its next record is not written yet: a shipper a minute behind, or a gateway
+		// whose clock is, must not hold every other partition up.
+		{"an empty partition far behind that read all its broker had is not waited for",
+			[]part{{head: sec(-5), last: sec(-6)}, {last: sec(-60)}}, 0, false},
+		// Unless the others' records are history: a backlog still being written,
+		// partition after partition.
+		{"in history, an empty partition far behind is waited for",
+			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660)}}, -1, true},
 		{"a partition that never delivered is waited for",
 			[]part{{head: sec(-5), last: sec(-6)}, {}}, -1, true},
 		// One record stamped hours ahead of its partition goes in about its place.
 		{"glitch", []part{{head: sec(-40), last: sec(-41)}, {head: now.Add(5 * time.Hour), last: sec(-52)}}, 1, false},
-		// A producer whose clock runs five minutes ahead: its records are ordered at
+		// A gateway whose clock runs five minutes ahead: its records are ordered at
 		// the wall clock, so the others, emptied, are not waited for.
-		{"producer clock ahead", []part{{last: sec(-1)}, {head: sec(300), last: sec(295)}}, 1, false},
-		{"producer clock ahead, behind the others' records", []part{{head: sec(-1), last: sec(-2)}, {head: sec(300), last: sec(295)}}, 0, false},
+		{"gateway clock ahead", []part{{last: sec(-1)}, {head: sec(300), last: sec(295)}}, 1, false},
+		{"gateway clock ahead, behind the others' records", []part{{head: sec(-1), last: sec(-2)}, {head: sec(300), last: sec(295)}}, 0, false},
 		// The second of several records stamped hours ahead, the partition's stream
 		// among the records in hand after them: the partition goes at the stream's
 		// time, not behind the others until they reach the glitch's.
@@ -890,10 +951,13 @@ func TestEarliest(t *testing.T) {
 			s := &Source{}
 			for i, pc := range c.parts {
 				p := newPartition(&topic{name: "waf"}, i, 1)
-				p.lastTime = pc.last
+				p.lastAt = pc.last
+				if !pc.last.IsZero() {
+					p.lag = pc.onBroker
+				}
 				if !pc.head.IsZero() {
 					for _, at := range append([]time.Time{pc.head}, pc.then...) {
-						p.ahead.push(fetched{p: p, msg: kafkago.Message{Time: at}})
+						p.ahead.push(fetched{p: p, at: at.UnixMilli()})
 					}
 				}
 				if pc.emptyFor > 0 {
@@ -926,14 +990,14 @@ func TestLookahead(t *testing.T) {
 			t.Fatalf("step %d: %d records held, want %d", i, a.len(), len(want))
 		}
 		if len(want) > 0 {
-			least := slices.MinFunc(want, func(x, y fetched) int { return x.msg.Time.Compare(y.msg.Time) }).msg.Time
-			if got := a.earliest(); !got.Equal(least) {
-				t.Fatalf("step %d: earliest %s, want %s", i, got, least)
+			least := slices.MinFunc(want, func(x, y fetched) int { return cmp.Compare(x.at, y.at) }).at
+			if got := a.earliest().UnixMilli(); got != least {
+				t.Fatalf("step %d: earliest %d, want %d", i, got, least)
 			}
 		}
 		fill := (i/300)%2 == 0 // fill up, then drain, and so on
 		if !a.full() && (len(want) == 0 || (fill && r.IntN(5) > 0) || (!fill && r.IntN(5) == 0)) {
-			f := fetched{msg: kafkago.Message{Offset: int64(i), Time: base.Add(time.Duration(r.IntN(20)) * time.Second)}}
+			f := fetched{msg: kafkago.Message{Offset: int64(i)}, at: base.Add(time.Duration(r.IntN(20)) * time.Second).UnixMilli()}
 			a.push(f)
 			want = append(want, f)
 			continue

@@ -27,7 +27,7 @@ type partition struct {
 	lag        int64     // records after the last one taken, by its high-water mark; -1 before the first
 	ahead      lookahead // its next records, taken from fetched and not yet into a batch
 	emptySince time.Time // when it was first seen with records on the broker and none in hand
-	lastTime   time.Time // the Kafka timestamp of the last record taken
+	lastAt     time.Time // the event time of the last event taken
 	lastPick   uint64    // Source.picks when it was taken
 
 	// Guarded by Source.mu; resets is written under it and read by the fetching goroutine.
@@ -157,8 +157,8 @@ func (s *Source) commit(ctx context.Context, spans []*span, final bool) error {
 // so as to order the partition by the earliest of them (see Source.earliest).
 const aheadRecords = 64
 
-// A lookahead is a partition's next records in order, and the smallest Kafka timestamp
-// among them: a ring, and a queue of the timestamps that are the smallest of the
+// A lookahead is a partition's next records in order, and the smallest of their times
+// (fetched.at): a ring, and a queue of the timestamps that are the smallest of the
 // records from theirs to the last (a sliding-window minimum), so that each record
 // costs O(1) however the stamps go.
 type lookahead struct {
@@ -171,7 +171,7 @@ type lookahead struct {
 func (a *lookahead) len() int   { return a.n }
 func (a *lookahead) full() bool { return a.n == aheadRecords }
 
-// earliest returns the smallest timestamp of the records held; the lookahead must not
+// earliest returns the smallest time of the records held; the lookahead must not
 // be empty.
 func (a *lookahead) earliest() time.Time { return time.UnixMilli(a.mins[a.mHead]) }
 
@@ -179,7 +179,7 @@ func (a *lookahead) earliest() time.Time { return time.UnixMilli(a.mins[a.mHead]
 func (a *lookahead) push(f fetched) {
 	a.recs[(a.head+a.n)%aheadRecords] = f
 	a.n++
-	t := f.msg.Time.UnixMilli()
+	t := f.at
 	for a.mN > 0 && a.mins[(a.mHead+a.mN-1)%aheadRecords] > t {
 		a.mN--
 	}
@@ -193,7 +193,7 @@ func (a *lookahead) pop() fetched {
 	a.recs[a.head] = fetched{}
 	a.head = (a.head + 1) % aheadRecords
 	a.n--
-	if a.mins[a.mHead] == f.msg.Time.UnixMilli() {
+	if a.mins[a.mHead] == f.at {
 		a.mHead = (a.mHead + 1) % aheadRecords
 		a.mN--
 	}
