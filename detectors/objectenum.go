@@ -143,14 +143,14 @@ func newObjectEnumeration(c ObjectEnumerationConfig, lateness time.Duration, sin
 	d.tab.onRemove = d.release
 	d.samples = &d.arena
 	base := oeParams{enabled: true, minDistinct: uint32(c.MinDistinct), minRatio: c.MinPeakRatio, severity: c.Severity}
-	base.hot = hotCount(base.minDistinct, base.minRatio)
+	base.hot = HotCount(base.minDistinct, base.minRatio)
 	d.rules = newClientRules(base, oeParams{}, c.Overrides, c.Allowlist, func(p *oeParams, o *ObjectEnumerationOverride) {
 		o.apply(&p.enabled, &p.severity)
 		if o.MinDistinct != nil {
 			p.minDistinct = uint32(*o.MinDistinct)
 		}
 		setIf(&p.minRatio, o.MinPeakRatio)
-		p.hot = hotCount(p.minDistinct, p.minRatio)
+		p.hot = HotCount(p.minDistinct, p.minRatio)
 	})
 	return d
 }

@@ -55,7 +55,7 @@ type qsParams struct {
 	minRatio  float64
 	pValue    float64
 	severity  Severity
-	hot       uint32 // hotCount(minCount, minRatio)
+	hot       uint32 // HotCount(minCount, minRatio)
 }
 
 type qsKey struct {
@@ -123,7 +123,7 @@ func (d *quietSpike) paramsFor(o *QuietEndpointSpikeOverride) qsParams {
 		setIf(&p.minRatio, o.MinPeakRatio)
 		setIf(&p.pValue, o.PValue)
 	}
-	p.hot = hotCount(p.minCount, p.minRatio)
+	p.hot = HotCount(p.minCount, p.minRatio)
 	return p
 }
 

@@ -192,9 +192,10 @@ func (p *peak) foldWindows(r *ring, upTo int64, hot uint32, width int64, ptau fl
 	return changed
 }
 
-// hotCount is the smallest window count that matters to a detector firing at minCount
+// HotCount is the smallest window count that matters to a detector firing at minCount
 // with a minimum ratio of minRatio to the peak: ceil(minCount / minRatio), at least 1.
-func hotCount(minCount uint32, minRatio float64) uint32 {
+// The store folds peaks it rebuilds from the archive by the same rule.
+func HotCount(minCount uint32, minRatio float64) uint32 {
 	if minRatio <= 1 {
 		return max(minCount, 1)
 	}

@@ -110,7 +110,7 @@ func newClientVolumeSpike(c ClientVolumeSpikeConfig, lateness time.Duration, inc
 	d.tab.onRemove = d.release
 	d.samples = &d.arena
 	base := cvParams{enabled: true, minCount: uint32(c.MinCount), pValue: c.PValue, minRatio: c.MinPeakRatio, severity: c.Severity}
-	base.hot = hotCount(base.minCount, base.minRatio)
+	base.hot = HotCount(base.minCount, base.minRatio)
 	d.rules = newClientRules(base, cvParams{}, c.Overrides, c.Allowlist, func(p *cvParams, o *ClientVolumeSpikeOverride) {
 		o.apply(&p.enabled, &p.severity)
 		if o.MinCount != nil {
@@ -118,7 +118,7 @@ func newClientVolumeSpike(c ClientVolumeSpikeConfig, lateness time.Duration, inc
 		}
 		setIf(&p.pValue, o.PValue)
 		setIf(&p.minRatio, o.MinPeakRatio)
-		p.hot = hotCount(p.minCount, p.minRatio)
+		p.hot = HotCount(p.minCount, p.minRatio)
 	})
 	return d
 }

@@ -38,7 +38,8 @@ type baselineStore interface {
 // suiteSettings are the detector settings the suite's stores run with: short spans,
 // so that a few hours of events cover the history and five time constants.
 var suiteSettings = BaselineSettings{History: 6 * time.Hour, LearningPeriod: time.Hour, PeakMemory: time.Hour,
-	ClientLearningPeriod: time.Hour, ClientPeakMemory: time.Hour, ObjectPeakMemory: time.Hour, PrivilegeHistory: 6 * time.Hour}
+	ClientLearningPeriod: time.Hour, ClientPeakMemory: time.Hour, ObjectPeakMemory: time.Hour, PrivilegeHistory: 6 * time.Hour,
+	Window: 5 * time.Minute, ClientWindow: 10 * time.Minute, Hot: 4, ClientHot: 2}
 
 // A storeOpener opens an empty store for one subtest, and returns with it a function
 // that closes it and opens it again on the same data (a restart).
@@ -576,12 +577,13 @@ func storedBaselines(evs []ingest.Event, end time.Time, s BaselineSettings) dete
 		for _, e := range ends {
 			rate += routeWeight(asOf, e, s.tau())
 		}
-		snap.Routes = append(snap.Routes, detectors.RouteBaseline{Route: route, RatePerMinute: rate, AsOf: msTime(asOf)})
+		// A peak at the route's last minute: as of an earlier time it is rebuilt.
+		snap.Routes = append(snap.Routes, detectors.RouteBaseline{Route: route, RatePerMinute: rate, AsOf: msTime(asOf), Peak: 40, PeakAt: msTime(asOf)})
 	}
 	slices.SortFunc(snap.Routes, func(a, b detectors.RouteBaseline) int { return strings.Compare(a.Route, b.Route) })
 	// Each key's rate as of its last whole minute, and a peak: the even keys' in their
 	// first hour, the odd keys' at their last minute, so that as of a time between
-	// them the first is kept and the second unknown.
+	// them the first is kept and the second rebuilt from the archive.
 	first, ends := map[string]int64{}, map[string][]int64{}
 	for _, ev := range evs {
 		ms := ev.Time.UnixMilli()
@@ -626,6 +628,13 @@ func asOfWant(evs []ingest.Event, t time.Time, stored detectors.Baselines, s Bas
 			routes = append(routes, r)
 		} else if rb, ok := rebuilt[r.Route]; ok {
 			routes = append(routes, rb)
+		} else {
+			continue
+		}
+		rb := &routes[len(routes)-1]
+		rb.Peak, rb.PeakAt = r.Peak, r.PeakAt
+		if !r.PeakAt.Before(t) {
+			rb.Peak, rb.PeakAt = peakWant(evs, func(ev *ingest.Event) bool { return ev.Method+" "+ev.Route == r.Route }, t, s.Window, s.PeakMemory, s.Hot)
 		}
 	}
 	want.Routes = routes
@@ -644,11 +653,52 @@ func asOfWant(evs []ingest.Event, t time.Time, stored detectors.Baselines, s Bas
 			cb := detectors.ClientBaseline{Key: c.Key, FirstSeen: c.FirstSeen, RatePerMinute: rate, AsOf: t}
 			if c.PeakAt.Before(t) {
 				cb.Peak, cb.PeakAt = c.Peak, c.PeakAt
+			} else {
+				cb.Peak, cb.PeakAt = peakWant(evs, func(ev *ingest.Event) bool { return ev.ClientKey == c.Key }, t, s.ClientWindow, s.ClientPeakMemory, s.ClientHot)
 			}
 			want.Clients = append(want.Clients, cb)
 		}
 	}
 	return want
+}
+
+// peakWant is the peak as of t that BaselinesAsOf must rebuild from the events of evs
+// that match takes, found by counting them anew for every minute end within three
+// peak memories before t: the window ending there counts the events whose minutes
+// start within it and end by t; one of at least hot events that is at least the peak
+// decayed to its end replaces it.
+func peakWant(evs []ingest.Event, match func(*ingest.Event) bool, t time.Time, window, peakMemory time.Duration, hot uint32) (float64, time.Time) {
+	tm := t.UnixMilli()
+	from := floorDiv(tm-3*peakMemory.Milliseconds(), 60000) * 60000
+	w := (window.Milliseconds() + 59999) / 60000 * 60000
+	var starts []int64
+	for i := range evs {
+		start := floorDiv(evs[i].Time.UnixMilli(), 60000) * 60000
+		if match(&evs[i]) && start >= from && start+60000 <= tm {
+			starts = append(starts, start)
+		}
+	}
+	var v float64
+	var at int64
+	for e := from + 60000; e <= tm; e += 60000 {
+		var c int
+		for _, s := range starts {
+			if s >= e-w && s < e {
+				c++
+			}
+		}
+		decayed := 0.0
+		if v > 0 {
+			decayed = v * math.Exp(-float64(e-at)/float64(peakMemory.Milliseconds()))
+		}
+		if c >= int(hot) && float64(c) >= decayed {
+			v, at = float64(c), e
+		}
+	}
+	if v == 0 {
+		return 0, time.Time{}
+	}
+	return v, msTime(at)
 }
 
 // learn returns the baselines at t as BaselinesAsOf rebuilds them from an archive

@@ -38,6 +38,12 @@ type BaselineSettings struct {
 	// ClientLearningPeriod and ClientPeakMemory are client_volume_spike's
 	// learning_period and peak_memory; a client key is dropped as a route is.
 	ClientLearningPeriod, ClientPeakMemory time.Duration
+	// Window and ClientWindow are quiet_endpoint_spike's and client_volume_spike's
+	// windows, Hot and ClientHot the smallest window counts their peaks take in
+	// (detectors.HotCount): BaselinesAsOf rebuilds a peak reached after its time from
+	// the archive's requests per minute, as the detector folds it.
+	Window, ClientWindow time.Duration
+	Hot, ClientHot       uint32
 	// ObjectPeakMemory is object_enumeration's peak_memory: a client and route whose
 	// peak is older than three of it is dropped.
 	ObjectPeakMemory time.Duration
@@ -57,6 +63,10 @@ func BaselineSettingsFrom(cfg detectors.Config) BaselineSettings {
 		PeakMemory:           cfg.QuietEndpointSpike.PeakMemory,
 		ClientLearningPeriod: cfg.ClientVolumeSpike.LearningPeriod,
 		ClientPeakMemory:     cfg.ClientVolumeSpike.PeakMemory,
+		Window:               cfg.QuietEndpointSpike.Window,
+		ClientWindow:         cfg.ClientVolumeSpike.Window,
+		Hot:                  detectors.HotCount(uint32(max(cfg.QuietEndpointSpike.MinCount, 0)), cfg.QuietEndpointSpike.MinPeakRatio),
+		ClientHot:            detectors.HotCount(uint32(max(cfg.ClientVolumeSpike.MinCount, 0)), cfg.ClientVolumeSpike.MinPeakRatio),
 		ObjectPeakMemory:     cfg.ObjectEnumeration.PeakMemory,
 		PrivilegeHistory:     cfg.PrivilegeAnomaly.History,
 		Refresh:              cfg.BaselineRefresh,
@@ -69,11 +79,17 @@ func (s BaselineSettings) withDefaults() BaselineSettings {
 		{&s.History, &d.History}, {&s.LearningPeriod, &d.LearningPeriod}, {&s.PeakMemory, &d.PeakMemory},
 		{&s.ClientLearningPeriod, &d.ClientLearningPeriod}, {&s.ClientPeakMemory, &d.ClientPeakMemory},
 		{&s.ObjectPeakMemory, &d.ObjectPeakMemory}, {&s.PrivilegeHistory, &d.PrivilegeHistory},
-		{&s.Refresh, &d.Refresh},
+		{&s.Refresh, &d.Refresh}, {&s.Window, &d.Window}, {&s.ClientWindow, &d.ClientWindow},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
 		}
+	}
+	if s.Hot == 0 {
+		s.Hot = d.Hot
+	}
+	if s.ClientHot == 0 {
+		s.ClientHot = d.ClientHot
 	}
 	return s
 }
@@ -487,6 +503,92 @@ type archiveFacts struct {
 	// clients are the client keys' rates rebuilt as of t (Key and RatePerMinute only),
 	// sorted by key.
 	clients []detectors.ClientBaseline
+	// routePeaks and clientPeaks are the peaks as of t of the routes and client keys
+	// whose stored peak came at or after t (peaksToRebuild), rebuilt from the
+	// archive's requests per minute (foldPeak); one without requests is missing.
+	routePeaks, clientPeaks map[string]peakFact
+}
+
+// A peakFact is a peak rebuilt from the archive: the count of the window it was
+// reached in, and that window's end (Unix ms).
+type peakFact struct {
+	v  float64
+	at int64
+}
+
+// asOf returns the peak decayed to x with time constant ptau (ms), as the detector
+// decays it.
+func (p peakFact) asOf(x int64, ptau float64) float64 {
+	if p.v == 0 {
+		return 0
+	}
+	return p.v * math.Exp(-float64(x-p.at)/ptau)
+}
+
+// minuteCount is an entry's requests in the minute that starts at start (Unix ms).
+type minuteCount struct {
+	start int64
+	n     uint64
+}
+
+// peakSpan is how far before t a peak is rebuilt from: three of its time constant,
+// past which a peak has decayed below 5% of what it was.
+func peakSpan(peakMemory time.Duration) int64 { return 3 * peakMemory.Milliseconds() }
+
+// foldPeak rebuilds an entry's peak as of tm from its requests per minute (sorted by
+// start): the windows of window's length (whole minutes) ending at minute ends up to
+// tm, each counting the minutes that start within it, folded as the detector folds
+// them: a window of at least hot requests replaces the peak when it is at least the
+// peak decayed to its end (time constant ptau, ms). The detector's windows end at each
+// of its buckets, finer than a minute, so a peak rebuilt can fall short of the one it
+// had by the requests of part of a minute.
+func foldPeak(minutes []minuteCount, window int64, hot uint32, ptau float64, tm int64) peakFact {
+	var p peakFact
+	if len(minutes) == 0 {
+		return p
+	}
+	w := max((window+59999)/60000, 1) * 60000
+	var sum uint64
+	lo, hi := 0, 0
+	for e := minutes[0].start + 60000; e <= tm; e += 60000 {
+		for hi < len(minutes) && minutes[hi].start < e {
+			sum += minutes[hi].n
+			hi++
+		}
+		for lo < hi && minutes[lo].start < e-w {
+			sum -= minutes[lo].n
+			lo++
+		}
+		if lo == hi { // an empty window: go on at the next minute with requests
+			if hi == len(minutes) {
+				break
+			}
+			e = minutes[hi].start
+			continue
+		}
+		if sum >= uint64(hot) && float64(sum) >= p.asOf(e, ptau) {
+			p = peakFact{v: float64(sum), at: e}
+		}
+	}
+	return p
+}
+
+// peaksToRebuild returns the routes and client keys of cur whose stored peak came at
+// or after tm (Unix ms), sorted: what reconstructAsOf needs rebuilt peaks of.
+func peaksToRebuild(cur *detectors.Baselines, tm int64) (routes, clients []string) {
+	for i := range cur.Routes {
+		if r := &cur.Routes[i]; r.Peak > 0 && r.PeakAt.UnixMilli() >= tm {
+			routes = append(routes, r.Route)
+		}
+	}
+	for i := range cur.Clients {
+		if c := &cur.Clients[i]; c.Peak > 0 && c.PeakAt.UnixMilli() >= tm && c.FirstSeen.UnixMilli() < tm {
+			clients = append(clients, c.Key)
+		}
+	}
+	slices.Sort(routes)
+	slices.Sort(clients)
+	return routes, clients
 }
 
 // lookFrom returns the start of the archive's testimony at t (Unix ms): t minus
@@ -528,13 +630,17 @@ func routeWeight(t, end int64, tau float64) float64 {
 //     weight by under 0.05% for a time constant of a day, and an allowlisted client's
 //     requests, which the detector skips, count), as of t. A route without archived
 //     requests in that span is missing: its rate was below 0.7% of what it is now.
-//     A route's peak is as stored if it was reached before t, else unknown (0).
+//     A route's peak is as stored if it was reached before t. Else it is rebuilt from
+//     the archive's requests of the route per minute within three peak_memory before
+//     t (foldPeak; the detector's finer buckets, and requests answered 404 or 405,
+//     which the detector does not count, make it an estimate); without requests
+//     there, none (0).
 //   - A client key's rate (client_volume_spike) is as stored if neither it nor the
 //     key's peak moved at or after t. Otherwise, for a key first seen before t, it is
 //     rebuilt as a route's is, from the archive's requests of the key (its own time
 //     constant, the requests of the detector's skip rules counted), with the stored
-//     peak if it was reached before t, else none (0); a key without archived requests
-//     in that span is missing.
+//     peak if it was reached before t, else one rebuilt as a route's is; a key
+//     without archived requests in that span is missing.
 //   - object_enumeration's client and route peaks are as stored if they were reached
 //     before t, and missing otherwise: the archive does not hold the distinct objects
 //     of each window a peak is made of.
@@ -620,8 +726,15 @@ func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) d
 	for i := range out.Routes {
 		r := &out.Routes[i]
 		r.Peak, r.PeakAt = 0, time.Time{}
-		if c := peaks[r.Route]; c != nil && c.PeakAt.UnixMilli() < tm {
+		c := peaks[r.Route]
+		switch {
+		case c == nil:
+		case c.PeakAt.UnixMilli() < tm:
 			r.Peak, r.PeakAt = c.Peak, c.PeakAt
+		default:
+			if p, ok := facts.routePeaks[r.Route]; ok && p.v > 0 {
+				r.Peak, r.PeakAt = p.v, msTime(p.at)
+			}
 		}
 	}
 	rebuiltClients := facts.clients
@@ -641,6 +754,8 @@ func reconstructAsOf(cur detectors.Baselines, facts archiveFacts, t time.Time) d
 			cb := detectors.ClientBaseline{Key: c.Key, FirstSeen: c.FirstSeen, RatePerMinute: fresh.RatePerMinute, AsOf: msTime(tm)}
 			if c.PeakAt.UnixMilli() < tm {
 				cb.Peak, cb.PeakAt = c.Peak, c.PeakAt
+			} else if p, ok := facts.clientPeaks[c.Key]; ok && p.v > 0 {
+				cb.Peak, cb.PeakAt = p.v, msTime(p.at)
 			}
 			out.Clients = append(out.Clients, cb)
 		}

@@ -1016,21 +1016,22 @@ func (c *ClickHouse) LookupBaselines(ctx context.Context, keys, routes []string)
 // rebuilt from the stored baselines and the event archive as well as they allow (see
 // reconstructAsOf for what is exact and what is estimated). It reads every stored key
 // once and scans the archive from t minus history (route rates: t minus five learning
-// periods) to its end, grouped by key and country: a forensic query, not one for the
-// live path.
+// periods) to its end, grouped by key and country, and the requests per minute of the
+// routes and client keys whose peaks came after t over three peak memories before it:
+// a forensic query, not one for the live path.
 func (c *ClickHouse) BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error) {
 	cur, _, err := c.loadBaselines(ctx, detectors.AllBaselines, 0)
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: baselines as of %s: %w", t.UTC().Format(time.RFC3339), err)
 	}
-	facts, err := c.archiveFacts(ctx, t)
+	facts, err := c.archiveFacts(ctx, t, &cur)
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: baselines as of %s: %w", t.UTC().Format(time.RFC3339), err)
 	}
 	return reconstructAsOf(cur, facts, t), nil
 }
 
-func (c *ClickHouse) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, error) {
+func (c *ClickHouse) archiveFacts(ctx context.Context, t time.Time, cur *detectors.Baselines) (archiveFacts, error) {
 	s := c.bl.settings
 	tm := t.UnixMilli()
 	var lo uint32
@@ -1087,10 +1088,68 @@ ORDER BY client_key, country`, tm, tm, max(floorDiv(f.lookFrom, 1000), 0), max(f
 	}
 	// client_minute's client is the client key, else the client IP: a row of an IP is
 	// rebuilt too, and matches no stored client key.
-	return f, c.minuteRates(ctx, "client_minute", "client", "client != ''", "client", tm, s.clientTau(),
+	err = c.minuteRates(ctx, "client_minute", "client", "client != ''", "client", tm, s.clientTau(),
 		s.clientAsOfSpan(), func(key string, rate float64) {
 			f.clients = append(f.clients, detectors.ClientBaseline{Key: key, RatePerMinute: rate})
 		})
+	if err != nil {
+		return f, err
+	}
+	routes, clients := peaksToRebuild(cur, tm)
+	if f.routePeaks, err = c.minutePeaks(ctx, "route_minute", "concat(method, ' ', route)", "method, route", routes, tm,
+		s.Window, s.Hot, s.PeakMemory); err != nil {
+		return f, err
+	}
+	f.clientPeaks, err = c.minutePeaks(ctx, "client_minute", "client", "client", clients, tm, s.ClientWindow, s.ClientHot, s.ClientPeakMemory)
+	return f, err
+}
+
+// minutePeaks rebuilds the peaks as of tm (Unix ms) of keys, entries of table (one of
+// the request counts per minute) whose key is the expression key, grouped by group,
+// from their whole minutes ending by tm within peakSpan before it (foldPeak).
+func (c *ClickHouse) minutePeaks(ctx context.Context, table, key, group string, keys []string, tm int64,
+	window time.Duration, hot uint32, peakMemory time.Duration) (map[string]peakFact, error) {
+	from := floorDiv(tm-peakSpan(peakMemory), 60000) * 60
+	to := floorDiv(tm, 1000) - 60
+	if len(keys) == 0 || to < 0 {
+		return nil, nil
+	}
+	peaks := make(map[string]peakFact, len(keys))
+	ptau := float64(peakMemory.Milliseconds())
+	for lo := 0; lo < len(keys); lo += lookupChunk {
+		rows, err := c.conn.Query(ctx, `SELECT `+key+` AS k, toUInt32(minute) AS m, sum(requests)
+FROM `+table+`
+WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND `+key+` IN ?
+GROUP BY `+group+`, minute
+ORDER BY k, m`, max(from, 0), to, inSet(keys[lo:min(lo+lookupChunk, len(keys))]))
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", table, err)
+		}
+		var k, last string
+		var m uint32
+		var n uint64
+		var minutes []minuteCount
+		for rows.Next() {
+			if err := rows.Scan(&k, &m, &n); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("reading %s: %w", table, err)
+			}
+			if k != last && len(minutes) > 0 {
+				peaks[last] = foldPeak(minutes, window.Milliseconds(), hot, ptau, tm)
+				minutes = minutes[:0]
+			}
+			last = k
+			minutes = append(minutes, minuteCount{start: int64(m) * 1000, n: n})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", table, err)
+		}
+		if len(minutes) > 0 {
+			peaks[last] = foldPeak(minutes, window.Milliseconds(), hot, ptau, tm)
+		}
+	}
+	return peaks, nil
 }
 
 // minuteRates rebuilds the rates a minute as of tm (Unix ms) of the entries of table,

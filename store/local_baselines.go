@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -543,13 +544,14 @@ func (l *Local) prune(ctx context.Context, kind byte, cutoff int64, last func([]
 // BaselinesAsOf returns what the baselines were at t, for replay and forensics,
 // rebuilt from the stored baselines and the archived events as well as they allow (see
 // reconstructAsOf for what is exact and what is estimated). It scans the archive from
-// t minus history (route rates: t minus five learning periods) to its end.
+// t minus history (route rates: t minus five learning periods; peaks that came after t:
+// three peak memories) to its end.
 func (l *Local) BaselinesAsOf(ctx context.Context, t time.Time) (detectors.Baselines, error) {
 	cur, err := l.LoadBaselines(ctx, detectors.AllBaselines)
 	if err != nil {
 		return detectors.Baselines{}, err
 	}
-	facts, err := l.archiveFacts(ctx, t)
+	facts, err := l.archiveFacts(ctx, t, &cur)
 	if err != nil {
 		return detectors.Baselines{}, fmt.Errorf("store: baselines as of %s: %w", t.UTC().Format(time.RFC3339), err)
 	}
@@ -563,7 +565,7 @@ type pairAcc struct {
 
 // archiveFacts scans the archive from the earliest of lookFrom and the starts of the
 // route and client spans to its end, in chunks of read transactions.
-func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, error) {
+func (l *Local) archiveFacts(ctx context.Context, t time.Time, cur *detectors.Baselines) (archiveFacts, error) {
 	s := l.settings
 	tm := t.UnixMilli()
 	tau := s.tau()
@@ -586,8 +588,19 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 	pairs := map[string]*pairAcc{}
 	routes := map[string]float64{}
 	clients := map[string]float64{}
+	// The requests per minute of the routes and client keys whose peaks are rebuilt.
+	peakRoutes, peakClients := map[string]map[int64]uint64{}, map[string]map[int64]uint64{}
+	pr, pc := peaksToRebuild(cur, tm)
+	for _, r := range pr {
+		peakRoutes[r] = map[int64]uint64{}
+	}
+	for _, k := range pc {
+		peakClients[k] = map[int64]uint64{}
+	}
+	peakFrom := floorDiv(tm-peakSpan(s.PeakMemory), 60000) * 60000
+	clientPeakFrom := floorDiv(tm-peakSpan(s.ClientPeakMemory), 60000) * 60000
 	var scratch []byte
-	cursor := eventKey(nil, clampMilli(min(f.lookFrom, spanFrom, clientFrom)), 0)
+	cursor := eventKey(nil, clampMilli(min(f.lookFrom, spanFrom, clientFrom, peakFrom, clientPeakFrom)), 0)
 	for cursor != nil {
 		if err := ctx.Err(); err != nil {
 			return f, err
@@ -622,12 +635,22 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 					}
 				}
 				end := (floorDiv(ms, 60000) + 1) * 60000
-				if ms >= spanFrom && end <= tm && len(route) > 0 {
+				if end <= tm && len(route) > 0 {
 					scratch = append(append(append(scratch[:0], method...), ' '), route...)
-					routes[string(scratch)] += routeWeight(tm, end, tau)
+					if ms >= spanFrom {
+						routes[string(scratch)] += routeWeight(tm, end, tau)
+					}
+					if m := peakRoutes[string(scratch)]; m != nil && ms >= peakFrom {
+						m[end-60000]++
+					}
 				}
-				if ms >= clientFrom && end <= tm && len(key) > 0 {
-					clients[string(key)] += routeWeight(tm, end, ctau)
+				if end <= tm && len(key) > 0 {
+					if ms >= clientFrom {
+						clients[string(key)] += routeWeight(tm, end, ctau)
+					}
+					if m := peakClients[string(key)]; m != nil && ms >= clientPeakFrom {
+						m[end-60000]++
+					}
 				}
 			}
 			return nil
@@ -649,5 +672,23 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time) (archiveFacts, er
 		f.clients = append(f.clients, detectors.ClientBaseline{Key: k, RatePerMinute: w})
 	}
 	slices.SortFunc(f.clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
+	f.routePeaks = foldPeaks(peakRoutes, s.Window, s.Hot, s.PeakMemory, tm)
+	f.clientPeaks = foldPeaks(peakClients, s.ClientWindow, s.ClientHot, s.ClientPeakMemory, tm)
 	return f, nil
+}
+
+// foldPeaks rebuilds the peaks as of tm of the entries whose requests per minute
+// (by the minute's start) are counts (foldPeak).
+func foldPeaks(counts map[string]map[int64]uint64, window time.Duration, hot uint32, peakMemory time.Duration, tm int64) map[string]peakFact {
+	peaks := make(map[string]peakFact, len(counts))
+	var minutes []minuteCount
+	for k, byMinute := range counts {
+		minutes = minutes[:0]
+		for start, n := range byMinute {
+			minutes = append(minutes, minuteCount{start: start, n: n})
+		}
+		slices.SortFunc(minutes, func(a, b minuteCount) int { return cmp.Compare(a.start, b.start) })
+		peaks[k] = foldPeak(minutes, window.Milliseconds(), hot, float64(peakMemory.Milliseconds()), tm)
+	}
+	return peaks
 }
