@@ -29,7 +29,11 @@ type Options struct {
 	Variants []Variant
 	// Baselines is the snapshot every engine starts from: what the store says the
 	// baselines were at From (or at From minus Warmup). Zero: empty baselines.
-	Baselines   detectors.Baselines
+	Baselines detectors.Baselines
+	// Incidents are the incidents open at From (or at From minus Warmup) as live had
+	// them (IncidentsAsOf): a firing for one of their keys continues the incident
+	// under its id instead of opening one, as it did live.
+	Incidents   []detectors.IncidentState
 	RunbookBase string    // alerting.runbook_base_url
 	From, To    time.Time // zero: unbounded; events outside [From-Warmup, To) are skipped
 	// Warmup is read before From to teach the detectors what normal looks like: its
@@ -198,7 +202,11 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 	// The store is bounded (MemoryLimits), as the detectors are: it keeps what they
 	// evicted a while longer, for when those keys come back.
 	mem := detectors.NewMemoryBaselines(opts.Baselines, detectors.MemoryLimits(cfg))
-	eng, err := detectors.NewEngine(cfg, detectors.Options{Baselines: mem, Registerer: reg, RunbookBaseURL: opts.RunbookBase})
+	eo := detectors.Options{Baselines: mem, Registerer: reg, RunbookBaseURL: opts.RunbookBase}
+	if len(opts.Incidents) > 0 {
+		eo.Incidents = seededIncidents(opts.Incidents)
+	}
+	eng, err := detectors.NewEngine(cfg, eo)
 	if err != nil {
 		if v.Name != "" {
 			return nil, fmt.Errorf("replay: %s: %w", v.Name, err)
@@ -206,6 +214,9 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 		return nil, err
 	}
 	if err := eng.LoadBaselines(ctx); err != nil {
+		return nil, err
+	}
+	if err := eng.LoadIncidents(ctx); err != nil {
 		return nil, err
 	}
 	c := &collector{from: opts.From, final: map[string]detectors.Alert{}, incidents: map[string]int{}}
@@ -442,4 +453,42 @@ func counterValue(m *dto.Metric) float64 {
 		return c.GetValue()
 	}
 	return 0
+}
+
+// seededIncidents is the IncidentStore of a replay's engines: it hands them the
+// incidents open at the start, and keeps nothing they save (a replay writes nothing).
+type seededIncidents []detectors.IncidentState
+
+func (s seededIncidents) LoadIncidents(context.Context, string) ([]detectors.IncidentState, error) {
+	return slices.Clone(s), nil
+}
+
+func (seededIncidents) SaveIncidents(context.Context, string, []detectors.IncidentState, []detectors.IncidentRef) error {
+	return nil
+}
+
+// IncidentsAsOf returns the incidents of alerts (the latest version of each, from the
+// alert history) that were open at t, as an engine starting at t restores them: those
+// first seen before t, last firing at their last evidence before t (t itself when
+// they went on after it), so that a firing within the detector's cooldown continues
+// the incident under its id and one after it opens a new incident. Evidence, summary
+// and strength start empty: the replay's own firings fill them.
+func IncidentsAsOf(alerts []detectors.Alert, t time.Time) []detectors.IncidentState {
+	var out []detectors.IncidentState
+	before := t.Add(-time.Millisecond)
+	for _, a := range alerts {
+		if !a.FirstSeen.Before(t) {
+			continue
+		}
+		last := a.LastSeen
+		if last.After(before) {
+			last = before
+		}
+		out = append(out, detectors.IncidentState{
+			IncidentRef: detectors.IncidentRef{Detector: a.Detector, Key: a.Key},
+			ID:          a.ID, Start: a.FirstSeen, Last: last, LastFire: last, LastEmit: last,
+			Severity: a.Severity, Labels: a.Labels,
+		})
+	}
+	return out
 }

@@ -153,3 +153,49 @@ func TestReplayTimeRange(t *testing.T) {
 		t.Errorf("summary does not report skipped events:\n%s", w.String())
 	}
 }
+
+// TestReplayContinuesIncidentsOpenAtFrom: a replay that starts while an incident is
+// under way opens it anew, under another id, unless it is given the incidents open at
+// --from (IncidentsAsOf over the alert history): then the attack's alert keeps the id
+// the whole replay gave it, as a live service restarted there would.
+func TestReplayContinuesIncidentsOpenAtFrom(t *testing.T) {
+	cfg := synth.Config{Duration: time.Hour, Rate: 4, Seed: 5, Attacks: synth.Attacks}
+	waf := writeSample(t, cfg, ingest.FormatAWSWAF)
+	out, _ := run(t, waf, ingest.FormatAWSWAF, 2, replay.Options{})
+	whole := alertsIn(t, out)
+	// The longest incident of a detector that needs no baseline to fire, cut in two.
+	var long detectors.Alert
+	for _, a := range whole {
+		switch a.Detector {
+		case detectors.ForbiddenBurst, detectors.TokenReuse, detectors.RouteScan, detectors.AuthFailureSpray:
+			if a.LastSeen.Sub(a.FirstSeen) > long.LastSeen.Sub(long.FirstSeen) {
+				long = a
+			}
+		}
+	}
+	from := long.FirstSeen.Add(long.LastSeen.Sub(long.FirstSeen) / 2).Truncate(time.Second)
+	if !from.After(long.FirstSeen) {
+		t.Fatalf("no incident long enough to cut: %+v", long)
+	}
+	find := func(alerts []detectors.Alert) *detectors.Alert {
+		for i := range alerts {
+			if alerts[i].Detector == long.Detector && alerts[i].Key == long.Key {
+				return &alerts[i]
+			}
+		}
+		return nil
+	}
+	out, _ = run(t, waf, ingest.FormatAWSWAF, 2, replay.Options{From: from})
+	cut := find(alertsIn(t, out))
+	if cut == nil || cut.ID == long.ID {
+		t.Fatalf("from %s, without the open incidents: %+v, want the %s attack under another id than %s", from, cut, long.Detector, long.ID)
+	}
+	out, _ = run(t, waf, ingest.FormatAWSWAF, 2, replay.Options{From: from, Incidents: replay.IncidentsAsOf(whole, from)})
+	got := find(alertsIn(t, out))
+	if got == nil || got.ID != long.ID || !got.FirstSeen.Equal(long.FirstSeen) {
+		t.Fatalf("from %s, with the open incidents: %+v, want %s first seen %s", from, got, long.ID, long.FirstSeen)
+	}
+	if n := len(alertsIn(t, out)); n > len(whole) {
+		t.Errorf("%d alerts from %s, more than the %d of the whole replay", n, from, len(whole))
+	}
+}

@@ -60,6 +60,16 @@ func replayOf(t testing.TB, src detectors.EventSource, o replay.Options) ([]byte
 func ids(t testing.TB, out []byte) []string {
 	t.Helper()
 	var got []string
+	for _, a := range alertsIn(t, out) {
+		got = append(got, a.ID)
+	}
+	return got
+}
+
+// alertsIn decodes the alerts a replay wrote, one JSON line each.
+func alertsIn(t testing.TB, out []byte) []detectors.Alert {
+	t.Helper()
+	var got []detectors.Alert
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		if l == "" {
 			continue
@@ -68,7 +78,7 @@ func ids(t testing.TB, out []byte) []string {
 		if err := json.Unmarshal([]byte(l), &a); err != nil {
 			t.Fatalf("%q: %v", l, err)
 		}
-		got = append(got, a.ID)
+		got = append(got, a)
 	}
 	return got
 }

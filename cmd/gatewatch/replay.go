@@ -183,15 +183,16 @@ type replayRun struct {
 	from, to time.Time
 	popts    ingest.ParserOptions
 
-	st       store.Store // nil: none opened
-	closeSt  func() error
-	baseline detectors.Baselines
-	dead     *countingDeadLetters
-	files    *fileInput         // the file input read, when it is files
-	kafka    *replay.KafkaRange // the Kafka range read, when it is one
-	closers  []func() error     // of the sources opened
-	progress *progressBar       // nil: stderr is no terminal
-	report   *os.File           // --report, created before the replay and written after it
+	st        store.Store // nil: none opened
+	closeSt   func() error
+	baseline  detectors.Baselines
+	incidents []detectors.IncidentState // open at the start, from the alert history
+	dead      *countingDeadLetters
+	files     *fileInput         // the file input read, when it is files
+	kafka     *replay.KafkaRange // the Kafka range read, when it is one
+	closers   []func() error     // of the sources opened
+	progress  *progressBar       // nil: stderr is no terminal
+	report    *os.File           // --report, created before the replay and written after it
 }
 
 // times parses --from and --to.
@@ -284,7 +285,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		return r.verdicts(ctx, nil)
 	}
 	opts := replay.Options{
-		Source: input, Detectors: r.cfg.Detectors, Baselines: r.baseline, RunbookBase: r.cfg.Alerting.RunbookBaseURL,
+		Source: input, Detectors: r.cfg.Detectors, Baselines: r.baseline, Incidents: r.incidents, RunbookBase: r.cfg.Alerting.RunbookBaseURL,
 		From: r.from, To: r.to, Warmup: f.warmup, Out: w, Updates: f.updates,
 	}
 	var sweep replay.Sweep
@@ -465,10 +466,24 @@ func (r *replayRun) loadBaselines(ctx context.Context) error {
 		return fmt.Errorf("baselines as of %s: %w", at.Format(time.RFC3339), err)
 	}
 	r.baseline = b
-	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %d keys, %d routes%s\n",
-		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), warmupNote(r.f.warmup))
+	recs, err := r.st.Alerts(ctx, at.Add(-incidentLookback), at, "")
+	if err != nil {
+		return fmt.Errorf("incidents open at %s: %w", at.Format(time.RFC3339), err)
+	}
+	alerts := make([]detectors.Alert, len(recs))
+	for i := range recs {
+		alerts[i] = recs[i].Alert
+	}
+	r.incidents = replay.IncidentsAsOf(alerts, at)
+	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %d keys, %d routes, %d incidents open%s\n",
+		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), len(r.incidents), warmupNote(r.f.warmup))
 	return nil
 }
+
+// incidentLookback is how far before the start of a replay the alert history is read
+// for incidents still open then: their detectors' cooldowns (an hour at most by
+// default) decide which of them a firing continues.
+const incidentLookback = 24 * time.Hour
 
 func warmupNote(d time.Duration) string {
 	if d <= 0 {
