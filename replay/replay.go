@@ -63,10 +63,13 @@ type Progress struct {
 
 // Summary is what a replay saw, for the human report on stderr.
 type Summary struct {
-	Events          int // events observed inside [From, To), warm-up excluded
-	WarmupEvents    int // events observed in the warm-up before From
-	Skipped         int // events outside the range
-	Late            int // events behind the watermark
+	Events       int // events observed inside [From, To), warm-up excluded
+	WarmupEvents int // events observed in the warm-up before From
+	Skipped      int // events outside the range
+	Late         int // events behind the watermark
+	// KeyedNoCountry counts the events with a client key and no country: new_country
+	// cannot judge them (their format logs no country, and no GeoIP database gave one).
+	KeyedNoCountry  int
 	WarmupIncidents int // incidents that ended before From: not printed
 	Incidents       map[string]int
 	Updates         map[string]int // alert versions beyond the first, per detector
@@ -283,6 +286,9 @@ func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
 			continue
 		}
 		w.sum.Events++
+		if ev := &b.Events[i]; ev.ClientKey != "" && ev.Country == "" {
+			w.sum.KeyedNoCountry++
+		}
 		if w.sum.First.IsZero() || t.Before(w.sum.First) {
 			w.sum.First = t
 		}

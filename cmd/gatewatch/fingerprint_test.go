@@ -70,7 +70,7 @@ func TestFingerprintWithoutASecretUsesTheDataDirKey(t *testing.T) {
 // TestCountryWarning: new_country with records that carry no country and no GeoIP
 // database is said at start-up, once; not when a database or the log gives countries.
 func TestCountryWarning(t *testing.T) {
-	rec := `{"requestId":"r1","ip":"198.51.100.7","requestTime":"02/Nov/2026:00:00:00 +0000","httpMethod":"GET","resourcePath":"/pets","status":"200"}`
+	rec := `{"requestId":"r1","ip":"198.51.100.7","requestTime":"02/Nov/2026:00:00:00 +0000","httpMethod":"GET","resourcePath":"/pets","status":"200","apiKeyId":"k1"}`
 	geo := geoiptest.File(t, map[string]string{"198.51.100.0/24": "DE"})
 	for _, tc := range []struct {
 		name, extra, format string
@@ -89,8 +89,11 @@ func TestCountryWarning(t *testing.T) {
 			t.Errorf("%s: warned %d times:\n%s", tc.name, n, errOut)
 		}
 	}
-	waf := `{"timestamp":1762041600000,"action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","country":"DE","httpMethod":"GET","uri":"/"}}`
-	if _, errOut, _ := runCmd(t, waf, "replay", "--config", testConfig(t, ""), "--format", "awswaf", "--input", "-"); strings.Contains(errOut, "new_country is enabled") {
-		t.Errorf("AWS WAF logs the country, yet:\n%s", errOut)
+	waf := `{"timestamp":1762041600000,"webaclId":"acl","action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","country":"DE","httpMethod":"GET","uri":"/","headers":[{"name":"x-api-key","value":"k1"}]}}`
+	for _, format := range []string{"awswaf", "auto"} {
+		_, errOut, code := runCmd(t, waf, "replay", "--config", testConfig(t, ""), "--format", format, "--input", "-")
+		if code != 0 || strings.Contains(errOut, "new_country is enabled") {
+			t.Errorf("AWS WAF logs the country, yet with --format %s (exit %d):\n%s", format, code, errOut)
+		}
 	}
 }

@@ -166,6 +166,17 @@ func countryWarning(cfg *config, formats ...string) string {
 		"set ingest.geoip.database to a country database, or new_country cannot fire for the others"
 }
 
+// noCountryWarning is countryWarning once the records were read, for --format auto,
+// which learns each record's format as it reads it: n events with a client key had no
+// country. "" when all is well.
+func noCountryWarning(cfg *config, n int) string {
+	if n == 0 || !cfg.Detectors.NewCountry.Enabled || cfg.Ingest.GeoIP.Database != "" {
+		return ""
+	}
+	return fmt.Sprintf("new_country is enabled, but %d events with a client key carry no country (of the formats, only awswaf and cloudflare log one), "+
+		"and no GeoIP database is configured: set ingest.geoip.database to a country database, or new_country cannot fire for them", n)
+}
+
 // countingDeadLetters counts the records passed on to next, by reason. Put is called
 // by the goroutine that calls the source's Next.
 type countingDeadLetters struct {

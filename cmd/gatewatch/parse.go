@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/gatewatch/gatewatch/ingest"
 )
 
 func runParse(ctx context.Context, env *cmdEnv, args []string) error {
@@ -41,7 +43,7 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	default:
 		fmt.Fprintln(env.stderr, "parse: no token secret configured: fingerprints use a random key for this run only")
 	}
-	if *configPath != "" {
+	if *configPath != "" && in.format != ingest.FormatAuto { // auto: known once read, below
 		if w := countryWarning(cfg, in.format); w != "" {
 			fmt.Fprintln(env.stderr, "parse: "+w)
 		}
@@ -56,7 +58,7 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	// the summary printed before the command exits 130.
 	w := bufio.NewWriterSize(env.stdout, 256<<10)
 	var buf []byte
-	events := 0
+	events, noCountry := 0, 0
 	for {
 		b, err := input.src.Next(ctx)
 		if err != nil {
@@ -66,6 +68,9 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 			return err
 		}
 		for i := range b.Events {
+			if ev := &b.Events[i]; ev.ClientKey != "" && ev.Country == "" {
+				noCountry++
+			}
 			buf = b.Events[i].AppendJSON(buf[:0])
 			buf = append(buf, '\n')
 			if _, err := w.Write(buf); err != nil {
@@ -78,6 +83,11 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected, %d repaired\n", events, input.dead.rejected(), input.dead.kept)
+	if *configPath != "" && in.format == ingest.FormatAuto {
+		if w := noCountryWarning(cfg, noCountry); w != "" {
+			fmt.Fprintln(env.stderr, "parse: "+w)
+		}
+	}
 	verdict := input.verdict(env.stderr, "parse", in.maxReject)
 	if ctx.Err() != nil {
 		fmt.Fprintln(env.stderr, "parse: interrupted: the events above are those read before the signal")

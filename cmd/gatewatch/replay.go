@@ -314,6 +314,11 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		return err
 	}
 	sum.WriteSummary(env.stderr, "replay")
+	if f.in.format == ingest.FormatAuto {
+		if w := noCountryWarning(r.cfg, sum.KeyedNoCountry); w != "" {
+			fmt.Fprintln(env.stderr, "replay: "+w)
+		}
+	}
 	r.noneMatched(sum.Events)
 	var labels []replay.Label
 	var rows []replay.SweepRow
@@ -534,7 +539,9 @@ func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource
 		src = fs
 		r.closers = append(r.closers, fs.Close)
 	default:
-		if w := countryWarning(r.cfg, f.in.format); w != "" {
+		if f.in.format == ingest.FormatAuto {
+			// What auto reads is known once it is read: see the summary.
+		} else if w := countryWarning(r.cfg, f.in.format); w != "" {
 			fmt.Fprintln(r.env.stderr, "replay: "+w)
 		}
 		fi, err := f.in.open(r.env, r.cfg, r.popts, r.paths, r.cfg.Detectors.AllowedLateness)
