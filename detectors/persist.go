@@ -1,6 +1,7 @@
 package detectors
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -73,6 +74,9 @@ func (e *Engine) LoadIncidents(ctx context.Context) error {
 			n++
 		}
 	}
+	for _, inc := range e.incs {
+		inc.trimOpen() // states saved under a larger max_keys, or a replay's alert history
+	}
 	e.incLoaded = true
 	if n > 0 {
 		e.log.Info("open incidents restored", "incidents", n)
@@ -102,6 +106,19 @@ func (e *Engine) SaveIncidents(ctx context.Context) error {
 		return fmt.Errorf("detectors: save open incidents: %w", err)
 	}
 	return nil
+}
+
+// trimOpen ends the incidents quiet longest while more than max are open.
+func (s *incidents) trimOpen() {
+	if len(s.open) <= s.max {
+		return
+	}
+	quiet := slices.SortedFunc(maps.Values(s.open), func(a, b *incident) int {
+		return cmp.Or(cmp.Compare(a.lastFire, b.lastFire), strings.Compare(a.key, b.key))
+	})
+	for _, inc := range quiet[:len(quiet)-s.max] {
+		s.end(inc, inc.lastFire)
+	}
 }
 
 // restore opens st's incident as it was saved.

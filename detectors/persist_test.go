@@ -3,6 +3,7 @@ package detectors
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"testing"
@@ -285,6 +286,38 @@ func TestEndedIncidentNotReopened(t *testing.T) {
 	}
 	if left, _ := store.LoadIncidents(context.Background(), "g"); len(left) != 0 {
 		t.Errorf("%d incidents (open or ended) still stored after the input ended", len(left))
+	}
+}
+
+// TestLoadIncidentsKeepsAtMostMaxKeys: more saved open incidents than a detector's
+// max_keys (saved under a larger one, or a replay's day of alert history) leave the
+// ones that fired last open, and the others ended, remembered as ended.
+func TestLoadIncidentsKeepsAtMostMaxKeys(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	cfg.ForbiddenBurst.MaxKeys = 3
+	var states []IncidentState
+	for i := range 10 {
+		at := t0.Add(time.Duration(i) * time.Minute)
+		states = append(states, IncidentState{IncidentRef: IncidentRef{Detector: ForbiddenBurst, Key: fmt.Sprintf("k%d", i)},
+			ID: fmt.Sprintf("id%d", i), Start: at, Last: at, LastFire: at, LastEmit: at, Severity: SeverityMedium})
+	}
+	store := NewMemoryIncidents()
+	if err := store.SaveIncidents(context.Background(), "g", states, nil); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(cfg, Options{Registerer: prometheus.NewPedanticRegistry(), Incidents: store, Scope: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadIncidents(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	inc := e.incs[0]
+	if got := slices.Sorted(maps.Keys(inc.open)); !slices.Equal(got, []string{"k7", "k8", "k9"}) {
+		t.Errorf("open after the load: %v, want the three that fired last", got)
+	}
+	if len(inc.ended) != 3 {
+		t.Errorf("%d ended incidents remembered, want max_keys (3): %v", len(inc.ended), inc.ended)
 	}
 }
 
