@@ -521,7 +521,7 @@ func (e *Engine) reportBehind() {
 			names = append(names, pw.p.String())
 		}
 	}
-	e.log.Warn("partitions more than max_skew behind the leading one; their records are late until they catch up",
+	e.log.Warn("partitions more than max_skew behind the leading one: the watermark goes on without them, and a record they deliver behind it is late",
 		"partitions", strings.Join(names, ","), "watermark", msTime(e.wms.wm))
 }
 

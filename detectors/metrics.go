@@ -52,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		behind: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_partitions_behind",
-			Help: "Partitions more than max_skew behind the leading one: their records are late until they catch up.",
+			Help: "Partitions more than max_skew behind the leading one: the watermark goes on without them, and a record they deliver behind it is late.",
 		}),
 		idle: f.NewGauge(prometheus.GaugeOpts{
 			Name: "gatewatch_detectors_idle_partitions",

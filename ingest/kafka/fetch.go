@@ -205,16 +205,17 @@ func (s *Source) refillOne(p *partition) {
 }
 
 // A partition with no record in hand holds the others back while taking their next
-// record would carry them more than alignSkew (in event time) past its last one, for at
-// most alignWait, when it is behind in a backlog: its broker holds more of its records
-// (its reader is between fetches), or the others' records are older than backlogAge
-// (history, read faster than it happened, with its shipper writing partition after
-// partition). Through a backlog the others' readers would otherwise carry their event
-// time minutes past its own in a second, and its records would be late. A partition
-// that read all its broker has is not waited for while the others' records are recent:
-// then it is its shipper that lags, or its gateway's clock, and waiting would hold
-// every other partition that far behind the present. Nor is one that stays empty
-// longer than alignWait; the engine's idle rule takes over.
+// record would carry them more than alignSkew (in event time) past its last one, when
+// it is behind in a backlog: its broker holds more of its records (its reader is
+// between fetches), it has delivered nothing yet, or the others' records are older
+// than backlogAge (history, read faster than it happened, perhaps shipped partition
+// after partition). Through a backlog the others' readers would otherwise carry their
+// event time minutes past its own in a second, and its records would be late. It is
+// waited for up to alignWait, or through history up to the engine's idle_timeout
+// (Options.IdleTimeout), after which the engine's watermark no longer waits for it
+// either. A partition that read all its broker has is not waited for while the
+// others' records are recent: then it is its shipper that lags, or its gateway's
+// clock, and waiting would hold every other partition that far behind the present.
 const (
 	alignSkew  = 10 * time.Second
 	alignWait  = 10 * time.Second
@@ -256,6 +257,11 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 			best, bestAt = p, at
 		}
 	}
+	history := best != nil && bestAt.Before(now.Add(-backlogAge))
+	wait := alignWait
+	if history {
+		wait = s.idleWait
+	}
 	for _, p := range s.reading {
 		switch {
 		case p.ahead.len() > 0:
@@ -264,13 +270,13 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 		case p.lag < 0: // not delivered yet: waited for
 		case best != nil && !bestAt.After(p.lastAt.Add(alignSkew)):
 			continue // taking best leaves p no further behind than alignSkew
-		case p.lag == 0 && (best == nil || bestAt.After(now.Add(-backlogAge))):
+		case p.lag == 0 && !history:
 			continue // it read all its broker had, and the others' records are recent
 		}
 		if p.emptySince.IsZero() {
 			p.emptySince = now
 		}
-		if h := alignWait - now.Sub(p.emptySince); h > 0 {
+		if h := wait - now.Sub(p.emptySince); h > 0 {
 			hold = max(hold, h)
 		}
 	}

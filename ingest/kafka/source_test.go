@@ -841,32 +841,63 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		stamp func(partition int) time.Time
+		// gap, when set, is how long after the first partition the others are
+		// shipped, while the source reads: longer than alignWait, within the engine's
+		// idle_timeout.
+		gap time.Duration
 	}{
-		{"stamped at once", func(int) time.Time { return shipped }},
-		{"partitions shipped one after the other", func(p int) time.Time { return shipped.Add(time.Duration(p) * time.Hour) }},
+		{"stamped at once", func(int) time.Time { return shipped }, 0},
+		{"partitions shipped one after the other", func(p int) time.Time { return shipped.Add(time.Duration(p) * time.Hour) }, 0},
+		{"partitions shipped apart, while read", func(int) time.Time { return time.Time{} }, alignWait + 3*time.Second},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := kafkatest.StartKafka(t, "waf")
+			parts := make([][]kafkago.Message, kafkatest.DefaultPartitions)
 			var total int
-			for p := range kafkatest.DefaultPartitions {
-				var msgs []kafkago.Message
+			for p := range parts {
 				for sec := p; sec < 3600; sec += kafkatest.DefaultPartitions {
 					n := 1
 					if p == 0 && sec >= 600 && sec < 1800 {
 						n = 12 // the burst
 					}
 					for i := range n {
-						msgs = append(msgs, kafkago.Message{Value: fmt.Appendf(nil, "p%d.%d-%04d", p, i, sec), Time: c.stamp(p)})
+						parts[p] = append(parts[p], kafkago.Message{Value: fmt.Appendf(nil, "p%d.%d-%04d", p, i, sec), Time: c.stamp(p)})
 					}
 				}
-				k.ProduceTo(t, "waf", p, msgs...)
-				total += len(msgs)
+				total += len(parts[p])
 			}
 			ctx := testContext(t)
 			cfg := testConfig(k, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
 			cfg.BatchSize = 100
-			s := newSource(t, cfg, testOptions(&memDeadLetters{}))
-			wantEventTimeOrder(ctx, t, s, total, nil)
+			o := testOptions(&memDeadLetters{})
+			o.IdleTimeout = time.Minute
+			s := newSource(t, cfg, o)
+			if c.gap == 0 {
+				for p, msgs := range parts {
+					k.ProduceTo(t, "waf", p, msgs...)
+				}
+				wantEventTimeOrder(ctx, t, s, total, nil)
+				return
+			}
+			type result struct {
+				evs []ingest.Event
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				evs, err := consumeEvents(ctx, s, total)
+				done <- result{evs, err}
+			}()
+			k.ProduceTo(t, "waf", 0, parts[0]...)
+			time.Sleep(c.gap)
+			for p := 1; p < len(parts); p++ {
+				k.ProduceTo(t, "waf", p, parts[p]...)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			checkEventTimeOrder(t, r.evs, nil)
 		})
 	}
 }
@@ -876,24 +907,46 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 // the events skip says (and from the events they are compared with).
 func wantEventTimeOrder(ctx context.Context, t *testing.T, s *Source, n int, skip func(*ingest.Event) bool) {
 	t.Helper()
-	var newest time.Time
+	evs, err := consumeEvents(ctx, s, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEventTimeOrder(t, evs, skip)
+}
+
+// consumeEvents consumes n records of s, acknowledging each batch, and returns their
+// events; it may run on a goroutine of its own.
+func consumeEvents(ctx context.Context, s *Source, n int) ([]ingest.Event, error) {
+	var evs []ingest.Event
 	for got := 0; got < n; {
-		b := next(ctx, t, s)
-		for i := range b.Events {
-			ev := &b.Events[i]
-			got++
-			if skip != nil && skip(ev) {
-				continue
-			}
-			if newest.Sub(ev.Time) > alignSkew {
-				t.Fatalf("event %s of %s handed out after one of %s (%d of %d records)", ev.RequestID, ev.Time, newest, got, n)
-			}
-			if ev.Time.After(newest) {
-				newest = ev.Time
-			}
+		b, err := s.Next(ctx)
+		if err != nil {
+			return evs, fmt.Errorf("after %d of %d records: %w", got, n, err)
 		}
+		got += len(b.Events)
+		evs = append(evs, b.Events...)
 		if err := b.Ack(ctx); err != nil {
-			t.Fatal(err)
+			return evs, err
+		}
+	}
+	return evs, nil
+}
+
+// checkEventTimeOrder fails the test at the first of evs more than alignSkew older than
+// one before it, leaving out the events skip says.
+func checkEventTimeOrder(t *testing.T, evs []ingest.Event, skip func(*ingest.Event) bool) {
+	t.Helper()
+	var newest time.Time
+	for i := range evs {
+		ev := &evs[i]
+		if skip != nil && skip(ev) {
+			continue
+		}
+		if newest.Sub(ev.Time) > alignSkew {
+			t.Fatalf("event %s of %s handed out after one of %s (%d of %d events)", ev.RequestID, ev.Time, newest, i+1, len(evs))
+		}
+		if ev.Time.After(newest) {
+			newest = ev.Time
 		}
 	}
 }
@@ -931,6 +984,13 @@ func TestEarliest(t *testing.T) {
 		// partition after partition.
 		{"in history, an empty partition far behind is waited for",
 			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660)}}, -1, true},
+		// There, for as long as the engine's watermark waits for it (idle_timeout).
+		{"in history, for longer than alignWait",
+			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660), emptyFor: 2 * alignWait}}, -1, true},
+		{"in history, for at most idle_timeout",
+			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660), emptyFor: time.Minute}}, 0, false},
+		{"in history, a partition that never delivered, for longer than alignWait",
+			[]part{{head: sec(-3600), last: sec(-3601)}, {emptyFor: 2 * alignWait}}, -1, true},
 		{"a partition that never delivered is waited for",
 			[]part{{head: sec(-5), last: sec(-6)}, {}}, -1, true},
 		// One record stamped hours ahead of its partition goes in about its place.
@@ -948,7 +1008,7 @@ func TestEarliest(t *testing.T) {
 			{head: sec(-30), then: []time.Time{sec(-29), sec(-28)}, last: sec(-31)}}, 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			s := &Source{}
+			s := &Source{idleWait: time.Minute}
 			for i, pc := range c.parts {
 				p := newPartition(&topic{name: "waf"}, i, 1)
 				p.lastAt = pc.last
