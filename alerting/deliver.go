@@ -219,6 +219,9 @@ func (r *Router) recordDelivered(ctx context.Context, w *worker, ds []Delivery, 
 	}
 	r.hist.deliveries(ds, false)
 	w.m.sent.Add(float64(len(ds)))
+	for i := range ds {
+		r.log.Info("alert delivered", "receiver", w.name, "alert_id", ds[i].ID, "detector", ds[i].Alert.Detector, "attempts", ds[i].Attempts)
+	}
 	w.bo.Reset()
 	if w.failing {
 		w.failing, w.lastErr = false, ""

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -302,6 +303,7 @@ func outboxStage(ctx context.Context, r *Router, b *putBatch) error {
 // the history (without waiting for it).
 func announceStage(_ context.Context, r *Router, b *putBatch) error {
 	r.hist.deliveries(b.ds, true)
+	r.logQueued(b.ds)
 	for i := range b.ds {
 		r.workers[b.ds[i].Receiver].poke()
 		if r.rem != nil && b.repeats[i] > 0 {
@@ -309,6 +311,23 @@ func announceStage(_ context.Context, r *Router, b *putBatch) error {
 		}
 	}
 	return nil
+}
+
+// logQueued logs each alert version of ds once, with the receivers it is queued for:
+// the run's log tells what was raised without a look at the receivers. Keys are what
+// the alerts carry, fingerprints of credentials, never the credentials.
+func (r *Router) logQueued(ds []Delivery) {
+	for i := 0; i < len(ds); {
+		a := &ds[i].Alert
+		receivers := []string{ds[i].Receiver}
+		j := i + 1
+		for ; j < len(ds) && ds[j].DeliveryKey.ID == ds[i].ID && ds[j].Version == ds[i].Version; j++ {
+			receivers = append(receivers, ds[j].Receiver)
+		}
+		r.log.Info("alert queued", "alert_id", a.ID, "detector", a.Detector, "severity", a.Severity, "key", a.Key,
+			"first_seen", a.FirstSeen, "last_seen", a.LastSeen, "receivers", strings.Join(receivers, ","), "summary", a.Summary)
+		i = j
+	}
 }
 
 // Plan returns the receivers a would reach now, after silences and routing, in

@@ -262,9 +262,26 @@ func TestPutDeliversToEveryRoutedReceiver(t *testing.T) {
 	if len(ds) != 2 || ds[0].State != alerting.Delivered || ds[1].State != alerting.Delivered || ds[0].Attempts != 1 {
 		t.Errorf("Deliveries(high) = %+v, want delivered to slack and archive in one attempt", ds)
 	}
+	// The log says what was raised and where it went: each alert version once, with
+	// its receivers, and each delivery.
+	logs := h.logs.String()
+	if !slices.ContainsFunc(strings.Split(logs, "\n"), func(l string) bool {
+		return strings.Contains(l, `"msg":"alert queued"`) && strings.Contains(l, `"alert_id":"`+high.ID+`"`) && strings.Contains(l, `"receivers":"slack,archive"`)
+	}) {
+		t.Errorf("the log does not list the high alert queued for slack and archive:\n%s", logs)
+	}
+	if n := strings.Count(logs, `"msg":"alert queued"`); n != 2 {
+		t.Errorf("%d alerts queued in the log, want 2:\n%s", n, logs)
+	}
+	if n := strings.Count(logs, `"msg":"alert delivered"`); n != 3 {
+		t.Errorf("%d deliveries in the log, want 3:\n%s", n, logs)
+	}
 	// The same alerts again: nothing new.
 	h.put(high, low)
 	h.flush()
+	if n := strings.Count(h.logs.String(), `"msg":"alert queued"`); n != 2 {
+		t.Errorf("alerts the receivers have were logged as queued again:\n%s", h.logs.String())
+	}
 	if n := len(archive.Identities()); n != 2 {
 		t.Errorf("archive got %d alerts after a second Put of the same, want 2", n)
 	}
