@@ -505,7 +505,7 @@ type archiveFacts struct {
 	clients []detectors.ClientBaseline
 	// routePeaks and clientPeaks are the peaks as of t of the routes and client keys
 	// whose stored peak came at or after t (peaksToRebuild), rebuilt from the
-	// archive's requests per minute (foldPeak); one without requests is missing.
+	// archive's requests per minute (peakFolder); one without requests is missing.
 	routePeaks, clientPeaks map[string]peakFact
 }
 
@@ -535,42 +535,66 @@ type minuteCount struct {
 // past which a peak has decayed below 5% of what it was.
 func peakSpan(peakMemory time.Duration) int64 { return 3 * peakMemory.Milliseconds() }
 
-// foldPeak rebuilds an entry's peak as of tm from its requests per minute (sorted by
-// start): the windows of window's length (whole minutes) ending at minute ends up to
-// tm, each counting the minutes that start within it, folded as the detector folds
-// them: a window of at least hot requests replaces the peak when it is at least the
-// peak decayed to its end (time constant ptau, ms). The detector's windows end at each
-// of its buckets, finer than a minute, so a peak rebuilt can fall short of the one it
-// had by the requests of part of a minute.
-func foldPeak(minutes []minuteCount, window int64, hot uint32, ptau float64, tm int64) peakFact {
-	var p peakFact
-	if len(minutes) == 0 {
-		return p
+// A peakFolder rebuilds an entry's peak from its requests per minute, given in time
+// order, as the detector folds it: the windows of window's length (whole minutes)
+// ending at each minute end, each counting the minutes that start within it; a window
+// of at least hot requests replaces the peak when it is at least the peak decayed to
+// its end (time constant ptau, ms). It holds one window's minutes, whatever the span
+// read. The detector's windows end at each of its buckets, finer than a minute, so a
+// peak rebuilt can fall short of the one it had by the requests of part of a minute.
+type peakFolder struct {
+	window int64 // ms, whole minutes
+	hot    uint64
+	ptau   float64
+	mins   []minuteCount // the minutes of the window ending at next, and the current one
+	sum    uint64
+	next   int64 // the end of the next window to judge
+	p      peakFact
+}
+
+func newPeakFolder(window time.Duration, hot uint32, peakMemory time.Duration) *peakFolder {
+	return &peakFolder{window: max((window.Milliseconds()+59999)/60000, 1) * 60000, hot: uint64(hot),
+		ptau: float64(peakMemory.Milliseconds())}
+}
+
+// add counts n requests in the minute that starts at start, no earlier than the
+// minutes added before.
+func (f *peakFolder) add(start int64, n uint64) {
+	if k := len(f.mins); k > 0 && f.mins[k-1].start == start {
+		f.mins[k-1].n += n
+		f.sum += n
+		return
 	}
-	w := max((window+59999)/60000, 1) * 60000
-	var sum uint64
-	lo, hi := 0, 0
-	for e := minutes[0].start + 60000; e <= tm; e += 60000 {
-		for hi < len(minutes) && minutes[hi].start < e {
-			sum += minutes[hi].n
-			hi++
+	f.judge(start) // the windows that end before this minute
+	f.mins = append(f.mins, minuteCount{start: start, n: n})
+	f.sum += n
+	f.next = max(f.next, start+60000)
+}
+
+// judge folds in the windows that end by upTo.
+func (f *peakFolder) judge(upTo int64) {
+	for f.next <= upTo {
+		drop := 0
+		for drop < len(f.mins) && f.mins[drop].start < f.next-f.window {
+			f.sum -= f.mins[drop].n
+			drop++
 		}
-		for lo < hi && minutes[lo].start < e-w {
-			sum -= minutes[lo].n
-			lo++
+		f.mins = append(f.mins[:0], f.mins[drop:]...)
+		if len(f.mins) == 0 {
+			return // nothing more until the next minute added
 		}
-		if lo == hi { // an empty window: go on at the next minute with requests
-			if hi == len(minutes) {
-				break
-			}
-			e = minutes[hi].start
-			continue
+		if f.sum >= f.hot && float64(f.sum) >= f.p.asOf(f.next, f.ptau) {
+			f.p = peakFact{v: float64(f.sum), at: f.next}
 		}
-		if sum >= uint64(hot) && float64(sum) >= p.asOf(e, ptau) {
-			p = peakFact{v: float64(sum), at: e}
-		}
+		f.next += 60000
 	}
-	return p
+}
+
+// peakAsOf returns the peak as of tm, folding in the windows that end by then; no
+// minute may be added after.
+func (f *peakFolder) peakAsOf(tm int64) peakFact {
+	f.judge(tm)
+	return f.p
 }
 
 // peaksToRebuild returns the routes and client keys of cur whose stored peak came at
@@ -632,7 +656,7 @@ func routeWeight(t, end int64, tau float64) float64 {
 //     requests in that span is missing: its rate was below 0.7% of what it is now.
 //     A route's peak is as stored if it was reached before t. Else it is rebuilt from
 //     the archive's requests of the route per minute within three peak_memory before
-//     t (foldPeak; the detector's finer buckets, and requests answered 404 or 405,
+//     t (peakFolder; the detector's finer buckets, and requests answered 404 or 405,
 //     which the detector does not count, make it an estimate); without requests
 //     there, none (0).
 //   - A client key's rate (client_volume_spike) is as stored if neither it nor the

@@ -1106,7 +1106,7 @@ ORDER BY client_key, country`, tm, tm, max(floorDiv(f.lookFrom, 1000), 0), max(f
 
 // minutePeaks rebuilds the peaks as of tm (Unix ms) of keys, entries of table (one of
 // the request counts per minute) whose key is the expression key, grouped by group,
-// from their whole minutes ending by tm within peakSpan before it (foldPeak).
+// from their whole minutes ending by tm within peakSpan before it (peakFolder).
 func (c *ClickHouse) minutePeaks(ctx context.Context, table, key, group string, keys []string, tm int64,
 	window time.Duration, hot uint32, peakMemory time.Duration) (map[string]peakFact, error) {
 	from := floorDiv(tm-peakSpan(peakMemory), 60000) * 60
@@ -1115,7 +1115,7 @@ func (c *ClickHouse) minutePeaks(ctx context.Context, table, key, group string, 
 		return nil, nil
 	}
 	peaks := make(map[string]peakFact, len(keys))
-	ptau := float64(peakMemory.Milliseconds())
+	var last string
 	for lo := 0; lo < len(keys); lo += lookupChunk {
 		rows, err := c.conn.Query(ctx, `SELECT `+key+` AS k, toUInt32(minute) AS m, sum(requests)
 FROM `+table+`
@@ -1125,28 +1125,29 @@ ORDER BY k, m`, max(from, 0), to, inSet(keys[lo:min(lo+lookupChunk, len(keys))])
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", table, err)
 		}
-		var k, last string
+		var k string
 		var m uint32
 		var n uint64
-		var minutes []minuteCount
+		var f *peakFolder
 		for rows.Next() {
 			if err := rows.Scan(&k, &m, &n); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("reading %s: %w", table, err)
 			}
-			if k != last && len(minutes) > 0 {
-				peaks[last] = foldPeak(minutes, window.Milliseconds(), hot, ptau, tm)
-				minutes = minutes[:0]
+			if f == nil || k != last {
+				if f != nil {
+					peaks[last] = f.peakAsOf(tm)
+				}
+				f, last = newPeakFolder(window, hot, peakMemory), k
 			}
-			last = k
-			minutes = append(minutes, minuteCount{start: int64(m) * 1000, n: n})
+			f.add(int64(m)*1000, n)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("reading %s: %w", table, err)
 		}
-		if len(minutes) > 0 {
-			peaks[last] = foldPeak(minutes, window.Milliseconds(), hot, ptau, tm)
+		if f != nil {
+			peaks[last] = f.peakAsOf(tm)
 		}
 	}
 	return peaks, nil

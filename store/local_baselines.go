@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -588,14 +587,15 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time, cur *detectors.Ba
 	pairs := map[string]*pairAcc{}
 	routes := map[string]float64{}
 	clients := map[string]float64{}
-	// The requests per minute of the routes and client keys whose peaks are rebuilt.
-	peakRoutes, peakClients := map[string]map[int64]uint64{}, map[string]map[int64]uint64{}
+	// The peaks rebuilt, of the routes and client keys whose stored peak came after t;
+	// the archive is read in time order.
+	peakRoutes, peakClients := map[string]*peakFolder{}, map[string]*peakFolder{}
 	pr, pc := peaksToRebuild(cur, tm)
 	for _, r := range pr {
-		peakRoutes[r] = map[int64]uint64{}
+		peakRoutes[r] = newPeakFolder(s.Window, s.Hot, s.PeakMemory)
 	}
 	for _, k := range pc {
-		peakClients[k] = map[int64]uint64{}
+		peakClients[k] = newPeakFolder(s.ClientWindow, s.ClientHot, s.ClientPeakMemory)
 	}
 	peakFrom := floorDiv(tm-peakSpan(s.PeakMemory), 60000) * 60000
 	clientPeakFrom := floorDiv(tm-peakSpan(s.ClientPeakMemory), 60000) * 60000
@@ -640,16 +640,16 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time, cur *detectors.Ba
 					if ms >= spanFrom {
 						routes[string(scratch)] += routeWeight(tm, end, tau)
 					}
-					if m := peakRoutes[string(scratch)]; m != nil && ms >= peakFrom {
-						m[end-60000]++
+					if pf := peakRoutes[string(scratch)]; pf != nil && ms >= peakFrom {
+						pf.add(end-60000, 1)
 					}
 				}
 				if end <= tm && len(key) > 0 {
 					if ms >= clientFrom {
 						clients[string(key)] += routeWeight(tm, end, ctau)
 					}
-					if m := peakClients[string(key)]; m != nil && ms >= clientPeakFrom {
-						m[end-60000]++
+					if pf := peakClients[string(key)]; pf != nil && ms >= clientPeakFrom {
+						pf.add(end-60000, 1)
 					}
 				}
 			}
@@ -672,23 +672,16 @@ func (l *Local) archiveFacts(ctx context.Context, t time.Time, cur *detectors.Ba
 		f.clients = append(f.clients, detectors.ClientBaseline{Key: k, RatePerMinute: w})
 	}
 	slices.SortFunc(f.clients, func(a, b detectors.ClientBaseline) int { return strings.Compare(a.Key, b.Key) })
-	f.routePeaks = foldPeaks(peakRoutes, s.Window, s.Hot, s.PeakMemory, tm)
-	f.clientPeaks = foldPeaks(peakClients, s.ClientWindow, s.ClientHot, s.ClientPeakMemory, tm)
+	f.routePeaks = peaksOf(peakRoutes, tm)
+	f.clientPeaks = peaksOf(peakClients, tm)
 	return f, nil
 }
 
-// foldPeaks rebuilds the peaks as of tm of the entries whose requests per minute
-// (by the minute's start) are counts (foldPeak).
-func foldPeaks(counts map[string]map[int64]uint64, window time.Duration, hot uint32, peakMemory time.Duration, tm int64) map[string]peakFact {
-	peaks := make(map[string]peakFact, len(counts))
-	var minutes []minuteCount
-	for k, byMinute := range counts {
-		minutes = minutes[:0]
-		for start, n := range byMinute {
-			minutes = append(minutes, minuteCount{start: start, n: n})
-		}
-		slices.SortFunc(minutes, func(a, b minuteCount) int { return cmp.Compare(a.start, b.start) })
-		peaks[k] = foldPeak(minutes, window.Milliseconds(), hot, float64(peakMemory.Milliseconds()), tm)
+// peaksOf returns the peaks as of tm of the folders.
+func peaksOf(folders map[string]*peakFolder, tm int64) map[string]peakFact {
+	peaks := make(map[string]peakFact, len(folders))
+	for k, f := range folders {
+		peaks[k] = f.peakAsOf(tm)
 	}
 	return peaks
 }
