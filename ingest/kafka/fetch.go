@@ -135,10 +135,12 @@ func (s *Source) fill(ctx context.Context) *batch {
 	s.refill(true)
 	now := time.Now()
 	for b.n < s.cfg.BatchSize && b.size < ingest.MaxBatchBytes {
-		p, hold := s.earliest(now)
+		p, at, hold := s.earliest(now)
 		if p != nil {
 			f := p.ahead.pop()
-			s.add(b, &f)
+			if s.add(b, &f) {
+				p.lastAt = at
+			}
 			s.picks++
 			p.lastPick = s.picks
 			s.refillOne(p)
@@ -205,34 +207,39 @@ func (s *Source) refillOne(p *partition) {
 }
 
 // A partition with no record in hand holds the others back while taking their next
-// record would carry them more than alignSkew (in event time) past its last one, when
-// it is behind in a backlog: its broker holds more of its records (its reader is
-// between fetches), it has delivered nothing yet, or the others' records are older
-// than backlogAge (history, read faster than it happened, perhaps shipped partition
-// after partition). Through a backlog the others' readers would otherwise carry their
-// event time minutes past its own in a second, and its records would be late. It is
-// waited for up to alignWait, or through history up to the engine's idle_timeout
-// (Options.IdleTimeout), after which the engine's watermark no longer waits for it
-// either. A partition that read all its broker has is not waited for while the
-// others' records are recent: then it is its shipper that lags, or its gateway's
-// clock, and waiting would hold every other partition that far behind the present.
+// record would carry them more than alignSkew (in event time) past its last one, for
+// at most alignWait, when it is behind in a backlog: its broker holds more of its
+// records (its reader is between fetches), it has delivered nothing yet, or the
+// others' records are older than backlogAge (history, read faster than it happened,
+// perhaps shipped partition after partition). Through a backlog the others' readers
+// would otherwise carry their event time minutes past its own in a second, and its
+// records would be late. The wait counts from when there were records to hold back,
+// not from when the partition was assigned: history shipped into an idle topic gets
+// its whole alignWait. A partition that read all its broker has is not waited for
+// while the others' records are recent: then it is its shipper that lags, or its
+// gateway's clock, and waiting would hold every other partition that far behind the
+// present. A longer wait would cost more than it saves: history whose partitions end
+// at different times, or a rebalance that assigns partitions already read to their
+// end, would stall that long for each.
 const (
 	alignSkew  = 10 * time.Second
 	alignWait  = 10 * time.Second
 	backlogAge = time.Minute
 )
 
-// earliest returns the partition whose next record comes first, nil when none has
-// one, or when one that must be waited for has none in hand yet: then hold says for
-// how much longer to wait for it. now is the wall clock.
+// earliest returns the partition whose next record comes first and the time it is
+// ordered at; nil when none has one, or when one that must be waited for has none in
+// hand yet: then hold says for how much longer to wait for it. now is the wall clock.
+// The time a record is ordered at becomes its partition's lastAt: a record stamped an
+// hour ahead moves it alignSkew at most, and the partition, empty behind it, is still
+// waited for.
 //
 // A partition's next record is ordered at the earliest event time among the records it
 // has in hand, not its own, as ingest.AppendEarliestAhead orders a partition: records
 // stamped ahead of their partition's later ones (a clock glitch) are taken in their
 // place, and do not hold the partition's later records back behind everyone else's
 // until the others reach their stamp.
-func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
-	var bestAt time.Time
+func (s *Source) earliest(now time.Time) (best *partition, bestAt time.Time, hold time.Duration) {
 	for _, p := range s.reading {
 		if p.ahead.len() == 0 {
 			continue
@@ -257,18 +264,17 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 			best, bestAt = p, at
 		}
 	}
-	history := best != nil && bestAt.Before(now.Add(-backlogAge))
-	wait := alignWait
-	if history {
-		wait = s.idleWait
+	if best == nil {
+		return nil, time.Time{}, 0 // nothing to take, nothing to hold back
 	}
+	history := bestAt.Before(now.Add(-backlogAge))
 	for _, p := range s.reading {
 		switch {
 		case p.ahead.len() > 0:
 			p.emptySince = time.Time{}
 			continue
 		case p.lag < 0: // not delivered yet: waited for
-		case best != nil && !bestAt.After(p.lastAt.Add(alignSkew)):
+		case !bestAt.After(p.lastAt.Add(alignSkew)):
 			continue // taking best leaves p no further behind than alignSkew
 		case p.lag == 0 && !history:
 			continue // it read all its broker had, and the others' records are recent
@@ -276,32 +282,33 @@ func (s *Source) earliest(now time.Time) (best *partition, hold time.Duration) {
 		if p.emptySince.IsZero() {
 			p.emptySince = now
 		}
-		if h := wait - now.Sub(p.emptySince); h > 0 {
+		if h := alignWait - now.Sub(p.emptySince); h > 0 {
 			hold = max(hold, h)
 		}
 	}
 	if hold > 0 {
-		return nil, hold
+		return nil, time.Time{}, hold
 	}
-	return best, 0
+	return best, bestAt, 0
 }
 
 // add puts one fetched record into b: its event, or its dead letter, or both for a
-// repaired record, extending the batch's run of its partition. A record of a partition
+// repaired record, extending the batch's run of its partition, and reports whether it
+// took an event. A record of a partition
 // this member no longer owns, or of a generation that ended, is dropped, and so is one
 // fetched again below what this source already took into a batch (a partition kept
 // across a rebalance: its reader starts where the last one stopped, and the records
 // still queued from the last one are the same records).
-func (s *Source) add(b *batch, f *fetched) {
+func (s *Source) add(b *batch, f *fetched) bool {
 	p := f.p
 	if p.owner.Load() != f.gen {
-		return
+		return false
 	}
 	off := f.msg.Offset
 	next := p.next.Load()
 	if off < next {
 		s.redelivered.Add(1)
-		return
+		return false
 	}
 	p.next.Store(off + 1)
 	if f.msg.HighWaterMark > 0 {
@@ -320,11 +327,10 @@ func (s *Source) add(b *batch, f *fetched) {
 	if f.err != nil {
 		b.dead = append(b.dead, ingest.NewDeadLetter(s.now(), t.name, t.format, p.id, off, f.msg.Value, f.err))
 		if !ingest.Kept(f.err) { // a repaired record is dead-lettered and its event kept
-			return
+			return false
 		}
 	}
 	t.nEvents++
-	p.lastAt = f.ev.Time
 	b.events = append(b.events, f.ev)
 	if s.offsets {
 		b.offsets = append(b.offsets, off)
@@ -334,6 +340,7 @@ func (s *Source) add(b *batch, f *fetched) {
 	} else {
 		b.runs = append(b.runs, ingest.Run{Partition: p.key, N: 1})
 	}
+	return true
 }
 
 // seal ends b: it queues its runs of offsets on their partitions in delivery order,

@@ -41,10 +41,6 @@ type Options struct {
 	// Offsets sets Batch.Offsets, each event's record offset: scale-out's first stage
 	// names every record by its partition and offset.
 	Offsets bool
-	// IdleTimeout is the engine's idle_timeout: through history (records over a minute
-	// old), a partition behind the others with no record in hand holds them back for
-	// up to this long, as the engine's watermark waits for it. 0 or less than 10s: 10s.
-	IdleTimeout time.Duration
 
 	DeadLetters ingest.DeadLetters    // required: rejected records are stored here before their batch is handed out
 	Registerer  prometheus.Registerer // required: the ingest metrics (ingest.NewMetrics)
@@ -85,8 +81,7 @@ type Source struct {
 	admin  *kafkago.Client    // for metadata
 	conns  *kafkago.Transport // the admin client's
 
-	offsets  bool          // Options.Offsets
-	idleWait time.Duration // how long a partition behind in history is waited for
+	offsets bool // Options.Offsets
 
 	wake    chan struct{} // a partition reader queued a record
 	activeV atomic.Uint64 // bumped when active changes
@@ -216,8 +211,7 @@ func NewSource(cfg ingest.KafkaConfig, o Options) (*Source, error) {
 		hint:   min(cfg.BatchSize, 64),
 		ready:  make(chan *batch, prefetch),
 
-		offsets:  o.Offsets,
-		idleWait: max(o.IdleTimeout, alignWait),
+		offsets: o.Offsets,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -842,13 +842,13 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 		name  string
 		stamp func(partition int) time.Time
 		// gap, when set, is how long after the first partition the others are
-		// shipped, while the source reads: longer than alignWait, within the engine's
-		// idle_timeout.
+		// shipped, while the source reads, itself started before: more than alignWait
+		// after the source started, within it after the first partition came.
 		gap time.Duration
 	}{
 		{"stamped at once", func(int) time.Time { return shipped }, 0},
 		{"partitions shipped one after the other", func(p int) time.Time { return shipped.Add(time.Duration(p) * time.Hour) }, 0},
-		{"partitions shipped apart, while read", func(int) time.Time { return time.Time{} }, alignWait + 3*time.Second},
+		{"partitions shipped apart, while read", func(int) time.Time { return time.Time{} }, alignWait / 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := kafkatest.StartKafka(t, "waf")
@@ -869,9 +869,7 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 			ctx := testContext(t)
 			cfg := testConfig(k, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
 			cfg.BatchSize = 100
-			o := testOptions(&memDeadLetters{})
-			o.IdleTimeout = time.Minute
-			s := newSource(t, cfg, o)
+			s := newSource(t, cfg, testOptions(&memDeadLetters{}))
 			if c.gap == 0 {
 				for p, msgs := range parts {
 					k.ProduceTo(t, "waf", p, msgs...)
@@ -888,6 +886,19 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 				evs, err := consumeEvents(ctx, s, total)
 				done <- result{evs, err}
 			}()
+			// The source has its partitions and idles, with nothing to hold back.
+			for deadline := time.Now().Add(testTimeout); ; time.Sleep(10 * time.Millisecond) {
+				s.mu.Lock()
+				n := len(s.active)
+				s.mu.Unlock()
+				if n == len(parts) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of %d partitions assigned", n, len(parts))
+				}
+			}
+			time.Sleep(alignWait)
 			k.ProduceTo(t, "waf", 0, parts[0]...)
 			time.Sleep(c.gap)
 			for p := 1; p < len(parts); p++ {
@@ -963,6 +974,9 @@ func TestEarliest(t *testing.T) {
 		onBroker   int64       // records after the last one taken (its lag)
 		emptyFor   time.Duration
 	}
+	// The time the record taken is ordered at, which becomes its partition's lastAt:
+	// of a glitch, right after the partition's last; of a gateway clock ahead, now.
+	orderedAt := map[string]time.Time{"glitch": sec(-42), "gateway clock ahead": now}
 	for _, c := range []struct {
 		name  string
 		parts []part
@@ -984,13 +998,9 @@ func TestEarliest(t *testing.T) {
 		// partition after partition.
 		{"in history, an empty partition far behind is waited for",
 			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660)}}, -1, true},
-		// There, for as long as the engine's watermark waits for it (idle_timeout).
-		{"in history, for longer than alignWait",
-			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660), emptyFor: 2 * alignWait}}, -1, true},
-		{"in history, for at most idle_timeout",
-			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660), emptyFor: time.Minute}}, 0, false},
-		{"in history, a partition that never delivered, for longer than alignWait",
-			[]part{{head: sec(-3600), last: sec(-3601)}, {emptyFor: 2 * alignWait}}, -1, true},
+		{"in history, for at most alignWait",
+			[]part{{head: sec(-3600), last: sec(-3601)}, {last: sec(-3660), emptyFor: alignWait}}, 0, false},
+		{"nothing in hand: nothing to hold back", []part{{last: sec(-60)}, {}}, -1, false},
 		{"a partition that never delivered is waited for",
 			[]part{{head: sec(-5), last: sec(-6)}, {}}, -1, true},
 		// One record stamped hours ahead of its partition goes in about its place.
@@ -1008,7 +1018,7 @@ func TestEarliest(t *testing.T) {
 			{head: sec(-30), then: []time.Time{sec(-29), sec(-28)}, last: sec(-31)}}, 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			s := &Source{idleWait: time.Minute}
+			s := &Source{}
 			for i, pc := range c.parts {
 				p := newPartition(&topic{name: "waf"}, i, 1)
 				p.lastAt = pc.last
@@ -1025,10 +1035,13 @@ func TestEarliest(t *testing.T) {
 				}
 				s.reading = append(s.reading, p)
 			}
-			p, hold := s.earliest(now)
+			p, at, hold := s.earliest(now)
 			got := -1
 			if p != nil {
 				got = p.id
+			}
+			if want, ok := orderedAt[c.name]; ok && !at.Equal(want) {
+				t.Errorf("ordered at %s, want %s", at, want)
 			}
 			if got != c.want || (hold > 0) != c.hold {
 				t.Errorf("took partition %d (hold %s), want %d (hold %t)", got, hold, c.want, c.hold)

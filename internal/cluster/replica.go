@@ -95,7 +95,6 @@ func New(cfg Config, o Options) (*Replica, error) {
 	log := o.Logger.With("component", "cluster")
 	src, err := kafka.NewSource(o.Kafka, kafka.Options{
 		ParserOptions: o.ParserOptions,
-		IdleTimeout:   o.Detectors.IdleTimeout,
 		DeadLetters:   o.DeadLetters,
 		Offsets:       true,
 		Registerer:    o.Registerer,

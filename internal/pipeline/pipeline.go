@@ -213,7 +213,6 @@ func (p *Pipeline) Run(ctx context.Context) (err error) {
 	}
 	src, err := kafka.NewSource(cfg.Ingest.Kafka, kafka.Options{
 		ParserOptions: popts,
-		IdleTimeout:   cfg.Detectors.IdleTimeout,
 		DeadLetters:   dl,
 		Registerer:    p.reg,
 		Logger:        p.log,
