@@ -539,9 +539,8 @@ func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource
 		src = fs
 		r.closers = append(r.closers, fs.Close)
 	default:
-		if f.in.format == ingest.FormatAuto {
-			// What auto reads is known once it is read: see the summary.
-		} else if w := countryWarning(r.cfg, f.in.format); w != "" {
+		// With --format auto, what is read is known once it is read: see the summary.
+		if w := countryWarning(r.cfg, f.in.format); w != "" && f.in.format != ingest.FormatAuto {
 			fmt.Fprintln(r.env.stderr, "replay: "+w)
 		}
 		fi, err := f.in.open(r.env, r.cfg, r.popts, r.paths, r.cfg.Detectors.AllowedLateness)
