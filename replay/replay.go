@@ -207,7 +207,12 @@ func newLane(ctx context.Context, v Variant, opts Options, sum *Summary, printed
 	mem := detectors.NewMemoryBaselines(opts.Baselines, detectors.MemoryLimits(cfg))
 	eo := detectors.Options{Baselines: mem, Registerer: reg, RunbookBaseURL: opts.RunbookBase}
 	if len(opts.Incidents) > 0 {
-		eo.Incidents = seededIncidents(opts.Incidents)
+		// Handed to the engine as a restart finds them; what it saves stays here.
+		inc := detectors.NewMemoryIncidents()
+		if err := inc.SaveIncidents(ctx, "", opts.Incidents, nil); err != nil {
+			return nil, err
+		}
+		eo.Incidents = inc
 	}
 	eng, err := detectors.NewEngine(cfg, eo)
 	if err != nil {
@@ -459,18 +464,6 @@ func counterValue(m *dto.Metric) float64 {
 		return c.GetValue()
 	}
 	return 0
-}
-
-// seededIncidents is the IncidentStore of a replay's engines: it hands them the
-// incidents open at the start, and keeps nothing they save (a replay writes nothing).
-type seededIncidents []detectors.IncidentState
-
-func (s seededIncidents) LoadIncidents(context.Context, string) ([]detectors.IncidentState, error) {
-	return slices.Clone(s), nil
-}
-
-func (seededIncidents) SaveIncidents(context.Context, string, []detectors.IncidentState, []detectors.IncidentRef) error {
-	return nil
 }
 
 // IncidentsAsOf returns the incidents of alerts (the latest version of each, from the
