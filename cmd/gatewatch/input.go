@@ -139,9 +139,6 @@ func dataDirSecret(cfg *config) (ingest.TokenSecret, string, error) {
 // enabled but records of the formats read carry no country and no GeoIP database is
 // configured: new_country would then never fire. "" when all is well.
 func countryWarning(cfg *config, formats ...string) string {
-	if !cfg.Detectors.NewCountry.Enabled || cfg.Ingest.GeoIP.Database != "" {
-		return ""
-	}
 	var none []string
 	auto := false
 	for _, f := range formats {
@@ -152,29 +149,34 @@ func countryWarning(cfg *config, formats ...string) string {
 			none = append(none, f)
 		}
 	}
-	var which string
 	switch {
 	case len(none) > 0:
-		which = strings.Join(none, ", ") + " records carry no country (only awswaf and cloudflare log one)"
+		return countryBlind(cfg, strings.Join(none, ", ")+" records carry no country (only awswaf and cloudflare log one)")
 	case auto:
 		// The format of each record is known only once it is read.
-		which = "records read with --format auto carry a country only if they are awswaf or cloudflare ones"
-	default:
-		return ""
+		return countryBlind(cfg, "records read with --format auto carry a country only if they are awswaf or cloudflare ones")
 	}
-	return "new_country is enabled, but " + which + ", and no GeoIP database is configured: " +
-		"set ingest.geoip.database to a country database, or new_country cannot fire for the others"
+	return ""
 }
 
 // noCountryWarning is countryWarning once the records were read, for --format auto,
 // which learns each record's format as it reads it: n events with a client key had no
 // country. "" when all is well.
 func noCountryWarning(cfg *config, n int) string {
-	if n == 0 || !cfg.Detectors.NewCountry.Enabled || cfg.Ingest.GeoIP.Database != "" {
+	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf("new_country is enabled, but %d events with a client key carry no country (of the formats, only awswaf and cloudflare log one), "+
-		"and no GeoIP database is configured: set ingest.geoip.database to a country database, or new_country cannot fire for them", n)
+	return countryBlind(cfg, fmt.Sprintf("%d events with a client key carry no country (of the formats, only awswaf and cloudflare log one)", n))
+}
+
+// countryBlind returns the warning that new_country cannot judge what which says, when
+// it is enabled and no GeoIP database gives records a country; else "".
+func countryBlind(cfg *config, which string) string {
+	if !cfg.Detectors.NewCountry.Enabled || cfg.Ingest.GeoIP.Database != "" {
+		return ""
+	}
+	return "new_country is enabled, but " + which + ", and no GeoIP database is configured: " +
+		"set ingest.geoip.database to a country database, or new_country cannot fire for them"
 }
 
 // countingDeadLetters counts the records passed on to next, by reason. Put is called
