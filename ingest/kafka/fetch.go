@@ -137,10 +137,10 @@ func (s *Source) fill(ctx context.Context) *batch {
 	for b.n < s.cfg.BatchSize && b.size < ingest.MaxBatchBytes {
 		p, at, hold := s.earliest(now)
 		if p != nil {
-			f := p.ahead.pop()
-			if s.add(b, &f) {
+			if s.add(b, p.ahead.front()) {
 				p.lastAt = at
 			}
+			p.ahead.drop()
 			s.picks++
 			p.lastPick = s.picks
 			s.refillOne(p)

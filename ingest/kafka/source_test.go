@@ -1075,7 +1075,9 @@ func TestLookahead(t *testing.T) {
 			want = append(want, f)
 			continue
 		}
-		if got := a.pop(); got.msg.Offset != want[0].msg.Offset {
+		got := *a.front()
+		a.drop()
+		if got.msg.Offset != want[0].msg.Offset {
 			t.Fatalf("step %d: popped offset %d, want %d", i, got.msg.Offset, want[0].msg.Offset)
 		}
 		want = want[1:]

@@ -187,15 +187,18 @@ func (a *lookahead) push(f fetched) {
 	a.mN++
 }
 
-// pop removes and returns the next record; the lookahead must not be empty.
-func (a *lookahead) pop() fetched {
-	f := a.recs[a.head]
-	a.recs[a.head] = fetched{}
-	a.head = (a.head + 1) % aheadRecords
-	a.n--
+// front returns the next record, in place: the fetching goroutine takes its event
+// from there rather than copy the record out first. The lookahead must not be empty.
+func (a *lookahead) front() *fetched { return &a.recs[a.head] }
+
+// drop removes the next record; the lookahead must not be empty.
+func (a *lookahead) drop() {
+	f := &a.recs[a.head]
 	if a.mins[a.mHead] == f.at {
 		a.mHead = (a.mHead + 1) % aheadRecords
 		a.mN--
 	}
-	return f
+	*f = fetched{} // its event and value are the batch's now
+	a.head = (a.head + 1) % aheadRecords
+	a.n--
 }
