@@ -229,8 +229,8 @@ func (k *KafkaRange) offsets(ctx context.Context, p *rangePart) error {
 const lateProbe = 8
 
 // stampedLate reports whether the record at offset o of p (the first stamped at or
-// after End), or the first of the lateProbe from it that parses, is an event at or
-// before End: a record of the range shipped late.
+// after End), or the first of the lateProbe from it that parses, is an event before
+// End: a record of the range shipped late.
 func (k *KafkaRange) stampedLate(conn *kafkago.Conn, p *rangePart, o int64) (bool, error) {
 	fail := func(err error) (bool, error) {
 		return false, fmt.Errorf("replay: kafka: reading %s at offset %d: %w", p.st.Partition, o, err)
@@ -257,7 +257,9 @@ func (k *KafkaRange) stampedLate(conn *kafkago.Conn, p *rangePart, o int64) (boo
 			return fail(err)
 		}
 		if evs, err = ingest.AppendParsed(parser, evs[:0], m.Value); len(evs) > 0 {
-			return !evs[0].Time.After(k.opts.End), nil
+			// Strictly before: a record stamped with its own event time, End to the
+			// millisecond, was not shipped late.
+			return evs[0].Time.Before(k.opts.End), nil
 		}
 	}
 	return false, nil
