@@ -171,11 +171,14 @@ const (
 // glitch (a gateway stamping records an hour ahead until its clock is stepped back) or
 // the first record after a quiet gap. Live, the wall clock tells them apart: a record
 // more than max_ahead ahead of the wall clock is ahead, and a jump no larger than the
-// wall time since the stream's last step (plus max_ahead) is a gap. Otherwise the
-// record is held, with the records of the partition that follow near it, and a later
-// record decides (decide): back near the old stream, they were a glitch; far ahead of
-// them, or once they are many or span a while, the stream jumped. The decision depends
-// only on the order of the partition's records, so a replay of them decides alike.
+// wall time since the stream's last step (plus max_ahead) is a gap. So do the other
+// partitions: a record at most max_ahead ahead of the newest record on time of any
+// partition ends a gap its partition had while the others went on (a backlog a sticky
+// partitioner sent block by block, read merged by event time). Otherwise the record is
+// held, with the records of the partition that follow near it, and a later record
+// decides (decide): back near the old stream, they were a glitch; far ahead of them, or
+// once they are many or span a while, the stream jumped. The decision depends only on
+// the order of the records, so a replay of them, merged alike, decides alike.
 func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) {
 	live := !now.IsZero()
 	if w.pastClock(t, now) {
@@ -185,7 +188,8 @@ func (w *watermarks) judge(pw *partWM, t int64, now time.Time) (int64, verdict) 
 		pw.holdTop = max(pw.holdTop, t)
 		return t, held
 	}
-	if pw.seen && t > pw.maxT+w.maxAhead && !(live && t-pw.maxT <= now.Sub(pw.maxAt).Milliseconds()+w.maxAhead) {
+	if pw.seen && t > pw.maxT+w.maxAhead && !(w.hasTop && t <= w.top+w.maxAhead) &&
+		!(live && t-pw.maxT <= now.Sub(pw.maxAt).Milliseconds()+w.maxAhead) {
 		w.holding++
 		pw.holdFrom, pw.holdTop = t, t
 		return t, held

@@ -276,6 +276,65 @@ func TestGapIsNotAhead(t *testing.T) {
 	}
 }
 
+// A partition whose stream resumes after a gap longer than max_ahead while the other
+// partitions delivered the records of the gap, as a backlog sent by a sticky
+// partitioner (kcat's, librdkafka's) is read merged by event time, is judged at its own
+// time at once: its records are near the newest of the others', so they are no clock
+// glitch. Held until its next record decided, a block of it ending in another gap was
+// judged after the others had gone on minutes past it, late, and its attack unseen.
+func TestGapFilledByOtherPartitions(t *testing.T) {
+	cfg := only(ForbiddenBurst)
+	resume := t0.Add(20 * time.Minute)
+	a := steady(t0, 40*time.Minute, "healthy")
+	b := concat(steady(t0, 5*time.Minute, "other"), burst403(30, resume, "attacker"))
+	for _, batch := range []int{1, 16, 256} {
+		alerts, _, reg := runBatches(t, cfg, nil, byTime(batch, partRun{partA, a}, partRun{partB, b}))
+		if got := keysOf(alerts); !slices.Equal(got, []string{"attacker"}) {
+			t.Errorf("batches of %d: alerts for %v, want attacker", batch, got)
+		}
+		for _, m := range []string{"gatewatch_detectors_ahead_events_total", "gatewatch_detectors_late_events_total"} {
+			if n := counterValue(t, reg, m); n != 0 {
+				t.Errorf("batches of %d: %s %v, want 0", batch, m, n)
+			}
+		}
+	}
+}
+
+// byTime merges the partitions' events by event time (equal times in the order of
+// parts) and hands them out in batches of n, as the Kafka source does.
+func byTime(n int, parts ...partRun) []*ingest.Batch {
+	type ev struct {
+		p  ingest.Partition
+		ev ingest.Event
+	}
+	var all []ev
+	for _, pr := range parts {
+		for _, e := range pr.events {
+			all = append(all, ev{pr.p, e})
+		}
+	}
+	slices.SortStableFunc(all, func(x, y ev) int { return x.ev.Time.Compare(y.ev.Time) })
+	var out []*ingest.Batch
+	for chunk := range slices.Chunk(all, n) {
+		b := &ingest.Batch{}
+		if len(out) == 0 {
+			for _, pr := range parts {
+				b.Opened = append(b.Opened, pr.p)
+			}
+		}
+		for _, e := range chunk {
+			if k := len(b.Runs); k > 0 && b.Runs[k-1].Partition == e.p {
+				b.Runs[k-1].N++
+			} else {
+				b.Runs = append(b.Runs, ingest.Run{Partition: e.p, N: 1})
+			}
+			b.Events = append(b.Events, e.ev)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
 // A partition opened but silent holds the watermark back (never further than
 // allowed_lateness plus max_skew behind the others) until idle_timeout of wall clock has
 // passed; then it no longer does, and when it delivers again its records are judged
