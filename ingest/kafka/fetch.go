@@ -225,30 +225,44 @@ const (
 	alignSkew  = 10 * time.Second
 	alignWait  = 10 * time.Second
 	backlogAge = time.Minute
+	passOver   = 1 << 20 // records, see earliest
 )
 
 // earliest returns the partition whose next record comes first and the time it is
 // ordered at; nil when none has one, or when one that must be waited for has none in
 // hand yet: then hold says for how much longer to wait for it. now is the wall clock.
-// The time a record is ordered at becomes its partition's lastAt: a record stamped an
-// hour ahead moves it alignSkew at most, and the partition, empty behind it, is still
-// waited for.
+// The time a record is ordered at becomes its partition's lastAt.
 //
 // A partition's next record is ordered at the earliest event time among the records it
 // has in hand, not its own, as ingest.AppendEarliestAhead orders a partition: records
 // stamped ahead of their partition's later ones (a clock glitch) are taken in their
 // place, and do not hold the partition's later records back behind everyone else's
 // until the others reach their stamp.
+//
+// Records in hand all more than alignSkew past the partition's last one are a gap in
+// its stream or a glitch longer than the lookahead. A gap is the common case: a
+// sticky partitioner (librdkafka's, so kcat's and most shippers') sends a backlog to
+// one partition for a while, then to another, and the others hold the records of the
+// gap. They are ordered at their time, and the others fill the gap first; ordered
+// right after the partition's last record, they went minutes ahead of the others'
+// records, which came to the engine more than max_skew behind, late. Records still
+// that far past after passOver records of the others are a glitch, and are ordered
+// alignSkew after the partition's last one, so that the partition does not wait for
+// the others to reach their stamp. Counted in records, not wall clock: a sticky
+// partitioner's blocks are a count of records (what it sends in its linger time), and
+// neither a hold nor a slow engine downstream passes the partition over.
 func (s *Source) earliest(now time.Time) (best *partition, bestAt time.Time, hold time.Duration) {
 	for _, p := range s.reading {
 		if p.ahead.len() == 0 {
 			continue
 		}
 		at := p.ahead.earliest()
-		if !p.lastAt.IsZero() && at.After(p.lastAt.Add(alignSkew)) {
-			// A record stamped far past its partition's last one (a clock glitch with
-			// none of the partition's later records in hand yet, or the end of a quiet
-			// spell) is ordered as if it came right after it.
+		switch {
+		case p.lastAt.IsZero() || !at.After(p.lastAt.Add(alignSkew)):
+			p.pastFrom = 0
+		case p.pastFrom == 0:
+			p.pastFrom = s.picks + 1
+		case s.picks+1-p.pastFrom >= passOver:
 			at = p.lastAt.Add(alignSkew)
 		}
 		if at.After(now) {

@@ -835,7 +835,11 @@ func TestSourceAlignsPartitionsByEventTime(t *testing.T) {
 // the partitions' record rates: no event comes after one more than alignSkew later.
 // Partition 0 holds a burst, twelve times as many records a second as the others for
 // twenty minutes; by Kafka timestamp (round robin on equal stamps) its events fell
-// further behind the others with each record of the burst.
+// further behind the others with each record of the burst. A sticky partitioner (kcat's,
+// librdkafka's) fills one partition for a while, then another, so each partition's
+// stream has gaps of minutes where the others have the records; the first record after
+// a gap was ordered right after the one before it, and the others' records of the gap
+// came minutes behind it: more than max_skew, late for the engine.
 func TestSourceMergesABacklogByEventTime(t *testing.T) {
 	shipped := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
 	for _, c := range []struct {
@@ -849,13 +853,31 @@ func TestSourceMergesABacklogByEventTime(t *testing.T) {
 		{"stamped at once", func(int) time.Time { return shipped }, 0},
 		{"partitions shipped one after the other", func(p int) time.Time { return shipped.Add(time.Duration(p) * time.Hour) }, 0},
 		{"partitions shipped apart, while read", func(int) time.Time { return time.Time{} }, alignWait / 2},
+		{"sticky partitioner", nil, 0}, // blocks stamped at once
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := kafkatest.StartKafka(t, "waf")
 			parts := make([][]kafkago.Message, kafkatest.DefaultPartitions)
 			var total int
+			if c.stamp == nil {
+				// Blocks of 20 s to 5 min of records (two a second) go to one
+				// partition, then to another, as a sticky partitioner sends them.
+				r := rand.New(rand.NewPCG(7, 7))
+				for sec, p := 0, 0; sec < 3600; p = (p + 1 + r.IntN(len(parts)-1)) % len(parts) {
+					for end := min(sec+20+r.IntN(280), 3600); sec < end; sec++ {
+						for i := range 2 {
+							parts[p] = append(parts[p], kafkago.Message{Value: fmt.Appendf(nil, "p%d.%d-%04d", p, i, sec), Time: shipped})
+						}
+					}
+				}
+				// Each partition ends at the same second, so that none that read its
+				// all is waited for while the others finish (history: see TestEarliest).
+				for p := range parts {
+					parts[p] = append(parts[p], kafkago.Message{Value: fmt.Appendf(nil, "p%d.end-3600", p), Time: shipped})
+				}
+			}
 			for p := range parts {
-				for sec := p; sec < 3600; sec += kafkatest.DefaultPartitions {
+				for sec := p; c.stamp != nil && sec < 3600; sec += kafkatest.DefaultPartitions {
 					n := 1
 					if p == 0 && sec >= 600 && sec < 1800 {
 						n = 12 // the burst
@@ -973,10 +995,12 @@ func TestEarliest(t *testing.T) {
 		then       []time.Time // the records in hand after head
 		onBroker   int64       // records after the last one taken (its lag)
 		emptyFor   time.Duration
+		passedOver uint64 // records of the others taken while its records in hand were far past last
 	}
 	// The time the record taken is ordered at, which becomes its partition's lastAt:
-	// of a glitch, right after the partition's last; of a gateway clock ahead, now.
-	orderedAt := map[string]time.Time{"glitch": sec(-42), "gateway clock ahead": now}
+	// after a gap, its own; of a glitch, once waited for, right after the partition's
+	// last; of a gateway clock ahead, now.
+	orderedAt := map[string]time.Time{"gap": sec(-40), "glitch": sec(-42), "gateway clock ahead": now}
 	for _, c := range []struct {
 		name  string
 		parts []part
@@ -1003,8 +1027,13 @@ func TestEarliest(t *testing.T) {
 		{"nothing in hand: nothing to hold back", []part{{last: sec(-60)}, {}}, -1, false},
 		{"a partition that never delivered is waited for",
 			[]part{{head: sec(-5), last: sec(-6)}, {}}, -1, true},
-		// One record stamped hours ahead of its partition goes in about its place.
-		{"glitch", []part{{head: sec(-40), last: sec(-41)}, {head: now.Add(5 * time.Hour), last: sec(-52)}}, 1, false},
+		// A partition's records after a gap in its stream wait for the others' records
+		// of the gap (a sticky partitioner's blocks).
+		{"gap", []part{{head: sec(-40), last: sec(-41)}, {head: sec(-20), then: []time.Time{sec(-19)}, last: sec(-100), onBroker: 100}}, 0, false},
+		// One record stamped hours ahead of its partition waits as a gap's would, then
+		// goes in about its place.
+		{"glitch, waiting", []part{{head: sec(-40), last: sec(-41)}, {head: now.Add(5 * time.Hour), last: sec(-52)}}, 0, false},
+		{"glitch", []part{{head: sec(-40), last: sec(-41)}, {head: now.Add(5 * time.Hour), last: sec(-52), passedOver: passOver}}, 1, false},
 		// A gateway whose clock runs five minutes ahead: its records are ordered at
 		// the wall clock, so the others, emptied, are not waited for.
 		{"gateway clock ahead", []part{{last: sec(-1)}, {head: sec(300), last: sec(295)}}, 1, false},
@@ -1032,6 +1061,10 @@ func TestEarliest(t *testing.T) {
 				}
 				if pc.emptyFor > 0 {
 					p.emptySince = now.Add(-pc.emptyFor)
+				}
+				if pc.passedOver > 0 {
+					s.picks = pc.passedOver
+					p.pastFrom = 1
 				}
 				s.reading = append(s.reading, p)
 			}

@@ -27,6 +27,7 @@ type partition struct {
 	lag        int64     // records after the last one taken, by its high-water mark; -1 before the first
 	ahead      lookahead // its next records, taken from fetched and not yet into a batch
 	emptySince time.Time // when it was first seen with records on the broker and none in hand
+	pastFrom   uint64    // Source.picks+1 when its records in hand were first seen more than alignSkew past lastAt; 0: they are not
 	lastAt     time.Time // the time the last event taken was ordered at (Source.earliest)
 	lastPick   uint64    // Source.picks when it was taken
 
