@@ -48,6 +48,30 @@ func TestKcatProducesSourceConsumes(t *testing.T) {
 	wantCommitted(t, c, "g", "waf", c.EndOffsets(t, "waf"))
 }
 
+// TestKcatBacklogInEventTime: a log kcat produces unkeyed, as fast as it reads it,
+// goes to the partitions in blocks (librdkafka's sticky partitioner), so each
+// partition's stream has gaps the others fill; read through the source, the records
+// come in event time all the same. The log ends with a record on every partition at
+// its last second, so that none that read its all is waited for (see
+// TestSourceMergesABacklogByEventTime).
+func TestKcatBacklogInEventTime(t *testing.T) {
+	c := kafkatest.StartKafka(t, "waf")
+	ctx := testContext(t)
+	const n = 20000
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, "kcat-%05d\n", i)
+	}
+	kcat(ctx, t, in.String(), "-b", c.Addrs[0], "-t", "waf", "-P")
+	for p := range kafkatest.DefaultPartitions {
+		kcat(ctx, t, fmt.Sprintf("end.%d-%05d\n", p, n), "-b", c.Addrs[0], "-t", "waf", "-P", "-p", fmt.Sprint(p))
+	}
+	cfg := testConfig(c, "g", ingest.TopicConfig{Name: "waf", Format: "awswaf"})
+	cfg.BatchSize = 100
+	s := newSource(t, cfg, testOptions(&memDeadLetters{}))
+	wantEventTimeOrder(ctx, t, s, n+kafkatest.DefaultPartitions, nil)
+}
+
 // TestKcatReadsDeadLetters: kcat reads back the dead letters the writer produced: one
 // JSON document per rejected record, keyed by its topic.
 func TestKcatReadsDeadLetters(t *testing.T) {
