@@ -521,7 +521,10 @@ func (e *Engine) reportBehind() {
 			names = append(names, pw.p.String())
 		}
 	}
-	e.log.Warn("partitions more than max_skew behind the leading one: the watermark goes on without them, and a record they deliver behind it is late",
+	// Info, not a warning: a backlog a sticky partitioner sent block by block leaves
+	// each partition behind while the others fill its gaps, and nothing is late. A
+	// late record is warned of when it comes (watermarks.take).
+	e.log.Info("partitions more than max_skew behind the leading one: the watermark goes on without them, and a record they deliver behind it is late",
 		"partitions", strings.Join(names, ","), "watermark", msTime(e.wms.wm))
 }
 

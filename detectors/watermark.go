@@ -64,6 +64,7 @@ type partWM struct {
 	arrived           time.Time // wall clock of its last record, or of its opening
 	idle              bool
 	ahead             uint64 // records judged ahead of its stream
+	late              uint64 // records judged late
 
 	timeGauge prometheus.Gauge // its event-time metric, once it has one
 }
@@ -274,6 +275,11 @@ func (w *watermarks) take(pw *partWM, t int64, now time.Time) (int64, verdict) {
 			newest = max(newest, w.wm+w.lateness)
 		}
 		w.lateLag.Observe(float64(newest-t) / 1e3)
+		pw.late++
+		if pw.late&(pw.late-1) == 0 { // the first, and then each time the count doubles
+			w.log.Warn("record late: behind its partition's event time by more than allowed_lateness, or behind the watermark; it enters no window",
+				"partition", pw.p.String(), "record_time", msTime(t), "stream_time", msTime(pw.maxT), "watermark", msTime(w.wm), "late_records", pw.late)
+		}
 		return t, late
 	}
 	return t, onTime

@@ -1,8 +1,10 @@
 package detectors
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -251,6 +253,40 @@ func TestLateLag(t *testing.T) {
 		}
 	}
 	t.Error("no gatewatch_detectors_late_lag_seconds")
+}
+
+// Late records are warned of as they come, with their partition and how far behind
+// they are: the first, and then each time the partition's count doubles.
+func TestLateRecordsAreWarnedOf(t *testing.T) {
+	var logs bytes.Buffer
+	e, err := NewEngine(only(ForbiddenBurst), Options{
+		Registerer: prometheus.NewPedanticRegistry(),
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := steady(t0, 2*time.Minute, "healthy")
+	for range 5 { // 90 s behind, allowed_lateness 30s
+		events = append(events, req(t0.Add(29*time.Second), client("healthy")))
+	}
+	for _, b := range interleave(64, partRun{partA, events}) {
+		e.ObserveBatch(b)
+	}
+	var got []string
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, "record late") {
+			got = append(got, line[strings.Index(line, "partition="):])
+		}
+	}
+	want := []string{
+		"partition=waf-logs/0 record_time=2026-03-02T10:00:29.000Z stream_time=2026-03-02T10:01:59.000Z watermark=2026-03-02T10:01:29.000Z late_records=1\n",
+		"partition=waf-logs/0 record_time=2026-03-02T10:00:29.000Z stream_time=2026-03-02T10:01:59.000Z watermark=2026-03-02T10:01:29.000Z late_records=2\n",
+		"partition=waf-logs/0 record_time=2026-03-02T10:00:29.000Z stream_time=2026-03-02T10:01:59.000Z watermark=2026-03-02T10:01:29.000Z late_records=4\n",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("late warnings:\n%s\nwant\n%s", strings.Join(got, ""), strings.Join(want, ""))
+	}
 }
 
 // A stream with gaps longer than max_ahead (a quiet API at night) is not a stream of
