@@ -629,6 +629,9 @@ func (c *Config) Set(path, value string) error {
 		v.Content = []*yaml.Node{{Kind: yaml.ScalarNode, Tag: "!!str", Value: value}}
 	}
 	*n = *v.Content[0]
+	if errs := config.WholeNumbers(&doc, c); len(errs) > 0 {
+		return fail("bad value %q: %s", value, errs[0].Msg)
+	}
 	b, err := yaml.Marshal(&doc)
 	if err != nil {
 		return fail("%v", err)

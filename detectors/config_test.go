@@ -301,6 +301,7 @@ func TestConfigSetErrors(t *testing.T) {
 		{"nope.threshold", "5", `unknown setting "nope" (known here: allowed_lateness, idle_timeout, max_ahead, max_skew, new_country,`},
 		{"forbidden_burst.threshold", "abc", "bad value \"abc\": unmarshal errors:\n  cannot unmarshal !!str `abc` into int"},
 		{"token_reuse.window", "10", "cannot unmarshal !!int `10` into time.Duration"},
+		{"forbidden_burst.threshold", "20.5", `bad value "20.5": must be a whole number, got 20.5`},
 		{"forbidden_burst.threshold.x", "1", `"forbidden_burst.threshold" is a value, not a section`},
 		{"new_country.severity", "urgent", `severity must be low, medium, high or critical, got "urgent"`},
 		{"forbidden_burst.statuses", "[403", "is not YAML"},

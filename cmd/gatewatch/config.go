@@ -169,6 +169,10 @@ func loadConfig(name string, b []byte) (*config, error) {
 			errs = append(errs, decodeError(name, cfg.root, msg))
 		}
 	}
+	for _, e := range gwconfig.WholeNumbers(cfg.root, &cfg) {
+		e.File = name
+		errs = append(errs, e)
+	}
 	// What decoded is checked too, so that one run shows every error: a setting
 	// that did not decode keeps its default, which is valid.
 	cfg.applyDefaults()

@@ -28,6 +28,12 @@ func TestBadConfigs(t *testing.T) {
 			`bad-enums.bad.yaml:6:50: alerting.receivers[0].syslog.format: must be json or cef, got "xml"`,
 			`bad-enums.bad.yaml:8:27: alerting.routes[0].match.severity[0]: severity must be low, medium, high or critical, got "hgh"`,
 		}},
+		// yaml decodes 45.9 into an int as 45, silently.
+		{"fraction.bad.yaml", []string{
+			"fraction.bad.yaml:2:32: detectors.forbidden_burst.threshold: must be a whole number, got 45.9",
+			"fraction.bad.yaml:4:18: detectors.token_reuse.max_devices: must be a whole number, got 2.5",
+			"fraction.bad.yaml:7:37: detectors.route_scan.overrides[0].min_routes: must be a whole number, got 30.5",
+		}},
 		{"syntax.bad.yaml", []string{"syntax.bad.yaml:5: invalid YAML: did not find expected ',' or ']'"}},
 		{"indent.bad.yaml", []string{"indent.bad.yaml:6: invalid YAML: did not find expected key"}},
 		{"service.bad.yaml", []string{
