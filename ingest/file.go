@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"compress/bzip2"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -76,22 +78,31 @@ func (e *InputError) Unwrap() error { return e.Err }
 // FileSource reads records, one per line, from files, directories (every regular file
 // below), gzip files (recognised by their magic bytes) and stdin ("-").
 //
-// Inputs are read in the order of their first event time, so rotated logs
-// (access.log.2.gz, access.log.1, access.log) are read oldest first whatever their
-// names; an input whose first records hold no event time comes last. Lines are parsed
-// on several goroutines and handed out in input order, so the events are the same, in
-// the same order, whatever the number of workers. A damaged input (a truncated gzip)
+// Each input is a partition of its own. Inputs are opened in the order of their first
+// event time, each when the events read reach it, and merged by event time: the logs
+// of several pods or gateways over the same hours are read side by side, and rotated
+// logs (access.log.2.gz, access.log.1, access.log) one after the other, oldest first,
+// whatever their names. An input whose first records hold no event time, or a pipe
+// (its records would be lost to the look), comes last. Lines are parsed on several
+// goroutines, and the events are the same, in the same order, whatever the number of
+// workers. A damaged input (a truncated gzip)
 // ends at the damage: everything before it is kept and parsed, the record cut short
 // goes to the dead-letter sink as truncated, the damage is reported in Stats, and the
 // next input is read. The parts of a line a container runtime split (Kubernetes CRI
 // "P" lines, Docker json-file lines without their newline) are joined into one record.
 type FileSource struct {
-	inputs []string // paths in reading order; "-" is stdin
+	inputs []string    // paths in the order of their first event time; "-" is stdin
+	first  []time.Time // each input's first event time, zero when unknown (see orderByEventTime)
 	opts   FileOptions
 	m      *Metrics
 	cancel context.CancelFunc
-	out    chan chunk
-	done   chan struct{} // closed when the reader has stopped
+	ctx    context.Context
+	work   chan chunk // to the parsing goroutines
+	// open are the inputs being read, merged by event time; next is the first input
+	// not opened yet.
+	open    []*stream
+	next    int
+	readers sync.WaitGroup // the open inputs' readers, stdin's aside
 	// free holds line buffers the workers are done with, for the reader to fill again:
 	// copying every line into fresh memory was most of what a replay allocated.
 	free chan []byte
@@ -99,9 +110,20 @@ type FileSource struct {
 	freeEvents chan []Event
 	workers    sync.WaitGroup
 
+	eof    bool // Next returned io.EOF
 	mu     sync.Mutex
-	stats  []FileStats // by input, in reading order
+	stats  []FileStats // by input, in the order of inputs
 	newest time.Time   // the newest event time handed out, for Late
+}
+
+// A stream is an input being read: its reader's chunks, in order, and the events of
+// the one at its head not handed out yet.
+type stream struct {
+	in    int
+	out   chan chunk
+	evs   []Event // the head chunk's events left
+	buf   []Event // the head chunk's events, to reuse once handed out
+	ended bool    // its last chunk is the head
 }
 
 // chunk is a run of records of one input that one worker parses; results arrive on res
@@ -200,6 +222,12 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 			}
 			if d.Type().IsRegular() {
 				files = append(files, path)
+			} else if d.Type()&fs.ModeSymlink != 0 {
+				// Kubernetes' /var/log/containers holds symlinks to the pods' logs; a
+				// link to a directory is not followed (it could loop).
+				if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+					files = append(files, path)
+				}
 			}
 			return nil
 		})
@@ -210,7 +238,9 @@ func NewFileSource(paths []string, opts FileOptions) (*FileSource, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("ingest: no files in %s", strings.Join(paths, ", "))
 	}
-	s := &FileSource{opts: opts, inputs: orderByEventTime(files, opts), m: NewMetrics(opts.Registerer)}
+	files = distinct(files)
+	inputs, first := orderByEventTime(files, opts)
+	s := &FileSource{opts: opts, inputs: inputs, first: first, m: NewMetrics(opts.Registerer)}
 	s.stats = make([]FileStats, len(s.inputs))
 	for i, in := range s.inputs {
 		s.stats[i].Name = inputName(in)
@@ -225,19 +255,38 @@ func inputName(path string) string {
 	return path
 }
 
-// orderByEventTime sorts files by the event time of their first record that parses;
-// files without one keep their name order, after the others.
-func orderByEventTime(files []string, opts FileOptions) []string {
-	if len(files) < 2 || files[0] == "-" {
-		return files
+// distinct drops the files named again (the same file by another path, a directory
+// and a file in it): read twice, every event and its evidence would count double.
+func distinct(files []string) []string {
+	var seen []os.FileInfo
+	return slices.DeleteFunc(files, func(f string) bool {
+		fi, err := os.Stat(f)
+		if err != nil || f == "-" {
+			return false // an error is reported when the input is read
+		}
+		if slices.ContainsFunc(seen, func(o os.FileInfo) bool { return os.SameFile(o, fi) }) {
+			return true
+		}
+		seen = append(seen, fi)
+		return false
+	})
+}
+
+// orderByEventTime sorts files by the event time of their first record that parses,
+// and returns those times; files without one (and pipes, which cannot be read twice)
+// keep their name order, after the others, with a zero time.
+func orderByEventTime(files []string, opts FileOptions) ([]string, []time.Time) {
+	first := make([]time.Time, len(files))
+	if len(files) < 2 {
+		return files, first
 	}
 	p, _ := NewParser(opts.Format, opts.Parser) // options were checked
-	first := make(map[string]time.Time, len(files))
+	at := make(map[string]time.Time, len(files))
 	for _, f := range files {
-		first[f] = firstEventTime(f, p)
+		at[f] = firstEventTime(f, p)
 	}
 	slices.SortStableFunc(files, func(a, b string) int {
-		ta, tb := first[a], first[b]
+		ta, tb := at[a], at[b]
 		switch {
 		case ta.IsZero() != tb.IsZero():
 			if ta.IsZero() {
@@ -249,12 +298,18 @@ func orderByEventTime(files []string, opts FileOptions) []string {
 		}
 		return cmp.Or(ta.Compare(tb), strings.Compare(a, b))
 	})
-	return files
+	for i, f := range files {
+		first[i] = at[f]
+	}
+	return files, first
 }
 
 // firstEventTime returns the time of the first record of path that parses, among its
 // first few; zero when there is none.
 func firstEventTime(path string, p Parser) time.Time {
+	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+		return time.Time{} // a pipe's records would be lost to the peek
+	}
 	br, closeInput, err := openInput(path, nil)
 	if err != nil {
 		return time.Time{}
@@ -291,39 +346,58 @@ func openInput(path string, stdin io.Reader) (*bufio.Reader, func() error, error
 		r, closeInput = f, f.Close
 	}
 	br := bufio.NewReaderSize(r, fileReadBuffer)
-	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+	magic, _ := br.Peek(6)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			closeInput()
 			return nil, nil, fmt.Errorf("gzip header: %w", err)
 		}
 		br = bufio.NewReaderSize(zr, fileReadBuffer)
+	case bytes.HasPrefix(magic, []byte("BZh")) && len(magic) > 3 && magic[3] >= '1' && magic[3] <= '9':
+		br = bufio.NewReaderSize(bzip2.NewReader(br), fileReadBuffer)
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			closeInput()
+			return nil, nil, fmt.Errorf("zstd: %w", err)
+		}
+		closeFile := closeInput
+		closeInput = func() error { zr.Close(); return closeFile() }
+		br = bufio.NewReaderSize(zr, fileReadBuffer)
+	case bytes.Equal(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		closeInput()
+		return nil, nil, errors.New("xz-compressed, which is not read: decompress it first (xz -d)")
 	}
 	return br, closeInput, nil
 }
 
 func (s *FileSource) start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	s.out = make(chan chunk, 2*s.opts.Workers)
-	s.done = make(chan struct{})
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.free = make(chan []byte, freeBuffers)
 	s.freeEvents = make(chan []Event, 2*s.opts.Workers+2)
-	work := make(chan chunk, 2*s.opts.Workers)
+	s.work = make(chan chunk, 2*s.opts.Workers)
 	for range s.opts.Workers {
 		p, _ := NewParser(s.opts.Format, s.opts.Parser) // options were checked in NewFileSource
-		s.workers.Go(func() { s.parse(ctx, p, work) })
+		s.workers.Go(func() { s.parse(s.ctx, p, s.work) })
 	}
-	go func() {
-		defer close(s.done)
-		defer close(work)
-		defer close(s.out)
-		for i := range s.inputs {
-			if s.read(ctx, i, work) != nil {
-				return // cancelled: Close was called
-			}
-		}
-	}()
+}
+
+// openNext starts reading the next input.
+func (s *FileSource) openNext() {
+	st := &stream{in: s.next, out: make(chan chunk, 2)}
+	s.next++
+	s.open = append(s.open, st)
+	read := func() {
+		defer close(st.out)
+		s.read(s.ctx, st.in, st.out)
+	}
+	if s.inputs[st.in] == "-" {
+		go read() // nothing interrupts a read from stdin: Close does not wait for it
+	} else {
+		s.readers.Go(read)
+	}
 }
 
 // parse turns chunks into events and dead letters with one parser, until the reader
@@ -378,7 +452,7 @@ func (s *FileSource) parse(ctx context.Context, p Parser, work <-chan chunk) {
 type lineReader struct {
 	s     *FileSource
 	ctx   context.Context
-	work  chan<- chunk
+	out   chan<- chunk // to Next, in order
 	input int
 	name  string
 	c     chunk
@@ -435,12 +509,12 @@ func (lr *lineReader) send(end bool, damage error) error {
 	c.input, c.source, c.end, c.err = lr.input, lr.name, end, damage
 	c.res = make(chan parsed, 1)
 	select {
-	case lr.work <- c:
+	case lr.s.work <- c:
 	case <-lr.ctx.Done():
 		return lr.ctx.Err()
 	}
 	select {
-	case lr.s.out <- c:
+	case lr.out <- c:
 	case <-lr.ctx.Done():
 		return lr.ctx.Err()
 	}
@@ -487,9 +561,9 @@ func (s *FileSource) lineBuffer(n int) []byte {
 // head becomes the dead letter, the rest is skipped up to the next newline. It returns
 // an error only when cancelled; damage to the input ends it with an InputError in its
 // last chunk.
-func (s *FileSource) read(ctx context.Context, in int, work chan<- chunk) error {
+func (s *FileSource) read(ctx context.Context, in int, out chan<- chunk) error {
 	name := inputName(s.inputs[in])
-	lr := &lineReader{s: s, ctx: ctx, work: work, input: in, name: name}
+	lr := &lineReader{s: s, ctx: ctx, out: out, input: in, name: name}
 	lr.parts.max = s.opts.Parser.MaxLineBytes
 	br, closeInput, err := openInput(s.inputs[in], s.opts.Stdin)
 	if err != nil {
@@ -540,6 +614,12 @@ func (s *FileSource) read(ctx context.Context, in int, work chan<- chunk) error 
 			if line[len(line)-1] == '\n' { // a line cut at the cap has no newline left
 				line = bytes.TrimRight(line, "\r\n")
 			}
+			if lineNo == 1 {
+				line = bytes.TrimPrefix(line, utf8BOM) // an editor's, or a Windows tool's
+			}
+			// A file truncated under a writer that does not append (logrotate's
+			// copytruncate) holds zeros where the writer's offset was.
+			line = bytes.TrimLeft(line, "\x00")
 			if len(line) > 0 {
 				if rec, num, recSize, ok := lr.parts.join(line, lineNo, size); ok {
 					if aerr := lr.add(rec, num, recSize, nil); aerr != nil {
@@ -556,6 +636,8 @@ func (s *FileSource) read(ctx context.Context, in int, work chan<- chunk) error 
 		}
 	}
 }
+
+var utf8BOM = []byte("\ufeff")
 
 // flushParts adds the parts of split container lines still open.
 func (lr *lineReader) flushParts() error {
@@ -577,54 +659,152 @@ func appendCapped(dst, b []byte, limit int) []byte {
 	return append(dst, b[:min(len(b), limit-len(dst))]...)
 }
 
-// Next returns the next batch of events in input order, or io.EOF after the last. A
-// batch holds the events of BatchSize lines, as one goroutine parsed them: handing it
-// out as it is costs no copy. Rejected records are stored in the dead-letter sink
-// before their batch is returned. Damage to an input does not end the source: see
+// Next returns the next batch of events, or io.EOF after the last. The inputs whose
+// event times overlap (the logs of several pods or replicas over the same hours) are
+// read side by side and merged by event time, each input a partition of its own; an
+// input is opened when the merge reaches its first event time, so rotated logs of one
+// stream are read one after the other. A batch of one input, when no other input's
+// events could come between its own, is handed out as one goroutine parsed it, at no
+// cost of copying. Rejected records are stored in the dead-letter sink before the
+// events read with them are returned. Damage to an input does not end the source: see
 // Stats.
 func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
-	if s.out == nil {
+	if s.work == nil {
 		s.start()
 	}
-	for {
-		var c chunk
-		var ok bool
-		select {
-		case c, ok = <-s.out:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	var (
+		evs   []Event
+		runs  []Run
+		ended []Partition
+	)
+	for len(evs) < s.opts.BatchSize {
+		if err := s.heads(ctx); err != nil {
+			return nil, err
 		}
-		if !ok {
-			return nil, io.EOF
-		}
-		var r parsed
-		select {
-		case r = <-c.res:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		s.account(&c, &r)
-		if len(r.letters) > 0 && s.opts.DeadLetters != nil {
-			if err := s.opts.DeadLetters.Put(ctx, r.letters); err != nil {
-				return nil, fmt.Errorf("ingest: dead letters: %w", err)
+		s.open = slices.DeleteFunc(s.open, func(st *stream) bool {
+			if st.ended && len(st.evs) == 0 {
+				ended = append(ended, s.partition(st.in))
+				return true
 			}
+			return false
+		})
+		if len(s.open) == 0 {
+			if s.next < len(s.inputs) {
+				s.openNext()
+				continue
+			}
+			break
 		}
-		// Each input is a partition of its own: its events are judged against its own
-		// stream, and its end lets the engine stop waiting for it.
-		p := Partition{Source: s.stats[c.input].Name}
-		if len(r.events) > 0 || c.end { // a chunk of nothing but rejects makes no batch
-			b := NewBatch(r.events, nil)
+		if st := s.open[0]; evs == nil && len(s.open) == 1 && len(st.evs) == len(st.buf) && !s.dueWithin(st.evs) {
+			b := NewBatch(st.evs, nil)
 			b.release = s.releaseEvents
-			if len(r.events) > 0 {
-				b.Runs = []Run{{Partition: p, N: len(r.events)}}
+			b.Runs = []Run{{Partition: s.partition(st.in), N: len(st.evs)}}
+			s.handedOut(st.in, st.evs)
+			st.evs, st.buf = nil, nil
+			if st.ended {
+				ended = append(ended, b.Runs[0].Partition)
+				s.open = s.open[:0]
 			}
-			if c.end {
-				b.Ended = []Partition{p}
-			}
+			b.Ended = ended
 			return b, nil
 		}
+		if evs == nil {
+			evs = s.eventBuffer(s.opts.BatchSize)
+		}
+		st := s.open[0]
+		for _, o := range s.open[1:] {
+			if o.evs[0].Time.Before(st.evs[0].Time) {
+				st = o
+			}
+		}
+		evs = append(evs, st.evs[0])
+		s.handedOut(st.in, st.evs[:1])
+		if p := s.partition(st.in); len(runs) > 0 && runs[len(runs)-1].Partition == p {
+			runs[len(runs)-1].N++
+		} else {
+			runs = append(runs, Run{Partition: p, N: 1})
+		}
+		if st.evs = st.evs[1:]; len(st.evs) == 0 {
+			s.releaseEvents(st.buf[:0]) // every event was copied out
+			st.buf = nil
+		}
+	}
+	if len(evs) == 0 && len(ended) == 0 {
+		if !s.eof {
+			s.eof = true
+			close(s.work) // no reader is left to send to it
+		}
+		return nil, io.EOF
+	}
+	b := NewBatch(evs, nil)
+	b.release = s.releaseEvents
+	b.Runs, b.Ended = runs, ended
+	return b, nil
+}
+
+// heads receives chunks until every open input has events in hand or has ended, and
+// opens the inputs whose first event time the merge has reached.
+func (s *FileSource) heads(ctx context.Context) error {
+	for {
+		for _, st := range s.open {
+			for len(st.evs) == 0 && !st.ended {
+				var c chunk
+				var ok bool
+				select {
+				case c, ok = <-st.out:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				if !ok { // its reader was stopped: Close
+					st.ended = true
+					break
+				}
+				var r parsed
+				select {
+				case r = <-c.res:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				s.account(&c, &r)
+				if len(r.letters) > 0 && s.opts.DeadLetters != nil {
+					if err := s.opts.DeadLetters.Put(ctx, r.letters); err != nil {
+						return fmt.Errorf("ingest: dead letters: %w", err)
+					}
+				}
+				st.evs, st.buf, st.ended = r.events, r.events, c.end
+			}
+		}
+		if s.next == len(s.inputs) || s.first[s.next].IsZero() {
+			return nil
+		}
+		due := false
+		for _, st := range s.open {
+			if len(st.evs) > 0 && !st.evs[0].Time.Before(s.first[s.next]) {
+				due = true
+			}
+		}
+		if !due {
+			return nil
+		}
+		s.openNext()
 	}
 }
+
+// dueWithin reports whether the next input to open starts within the span of evs: its
+// events would come between theirs.
+func (s *FileSource) dueWithin(evs []Event) bool {
+	if s.next == len(s.inputs) || s.first[s.next].IsZero() {
+		return false
+	}
+	for i := range evs {
+		if !evs[i].Time.Before(s.first[s.next]) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *FileSource) partition(in int) Partition { return Partition{Source: s.stats[in].Name} }
 
 // account adds a parsed chunk to the metrics and the stats of its input.
 func (s *FileSource) account(c *chunk, r *parsed) {
@@ -644,8 +824,18 @@ func (s *FileSource) account(c *chunk, r *parsed) {
 			st.Rejected++
 		}
 	}
-	for i := range r.events {
-		t := r.events[i].Time
+	if c.end && c.err != nil {
+		st.Err = c.err
+	}
+}
+
+// handedOut notes the event times of input in's events as they are handed out.
+func (s *FileSource) handedOut(in int, evs []Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.stats[in]
+	for i := range evs {
+		t := evs[i].Time
 		if st.First.IsZero() || t.Before(st.First) {
 			st.First = t
 		}
@@ -660,9 +850,6 @@ func (s *FileSource) account(c *chunk, r *parsed) {
 		} else {
 			s.newest = t
 		}
-	}
-	if c.end && c.err != nil {
-		st.Err = c.err
 	}
 }
 
@@ -683,8 +870,6 @@ func (s *FileSource) Close() error {
 	}
 	s.cancel()
 	s.workers.Wait()
-	if s.inputs[0] != "-" {
-		<-s.done
-	}
+	s.readers.Wait()
 	return nil
 }

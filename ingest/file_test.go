@@ -12,11 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatewatch/gatewatch/ingest"
@@ -372,6 +374,95 @@ func newNginxSource(t *testing.T, paths []string, letters ingest.DeadLetters, tu
 	return src
 }
 
+// TestFileSourceInputsAsFound: the inputs a node or a logrotate leaves, read whole and
+// once: symlinks in a directory (Kubernetes' /var/log/containers), the same file named
+// twice, a UTF-8 BOM, zeros before a line (copytruncate under a writer that does not
+// append), bzip2 and zstd files; an xz file is refused, saying what to do.
+func TestFileSourceInputsAsFound(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	lines := func(ua string) []string {
+		var l []string
+		for i := range 3 {
+			l = append(l, nginxLineAt(t0.Add(time.Duration(i)*time.Minute), fmt.Sprintf("%s%d", ua, i)))
+		}
+		return l
+	}
+	write := func(t *testing.T, path string, b []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dir string) []string // the paths to read
+		want  []string
+	}{
+		{"symlinks in a directory", func(t *testing.T, dir string) []string {
+			pods, links := filepath.Join(dir, "pods"), filepath.Join(dir, "containers")
+			os.Mkdir(pods, 0o755)
+			os.Mkdir(links, 0o755)
+			writeLines(t, filepath.Join(pods, "0.log"), lines("a"), false)
+			if err := os.Symlink(filepath.Join(pods, "0.log"), filepath.Join(links, "api-0.log")); err != nil {
+				t.Fatal(err)
+			}
+			os.Symlink(pods, filepath.Join(links, "pods")) // a link to a directory is not followed
+			return []string{links}
+		}, lines("a")},
+		{"a file named twice", func(t *testing.T, dir string) []string {
+			writeLines(t, filepath.Join(dir, "access.log"), lines("a"), false)
+			return []string{dir, filepath.Join(dir, "access.log"), filepath.Join(dir, ".", "access.log")}
+		}, lines("a")},
+		{"byte order mark", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "access.log"), []byte("\ufeff"+strings.Join(lines("a"), "\n")+"\n"))
+			return []string{dir}
+		}, lines("a")},
+		{"zeros before a line", func(t *testing.T, dir string) []string {
+			l := lines("a")
+			l[1] = strings.Repeat("\x00", 8192) + l[1]
+			writeLines(t, filepath.Join(dir, "access.log"), l, false)
+			return []string{dir}
+		}, lines("a")},
+		{"bzip2", func(t *testing.T, dir string) []string {
+			return []string{"testdata/compressed/access.log.2.bz2"}
+		}, lines("bz")},
+		{"zstd", func(t *testing.T, dir string) []string {
+			var buf bytes.Buffer
+			zw, err := zstd.NewWriter(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(zw, strings.Join(lines("zs"), "\n")+"\n")
+			zw.Close()
+			write(t, filepath.Join(dir, "access.log.1.zst"), buf.Bytes())
+			return []string{dir}
+		}, lines("zs")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := newNginxSource(t, tc.setup(t, t.TempDir()), nil, nil)
+			var want []string
+			for _, l := range tc.want {
+				want = append(want, l[strings.LastIndexByte(l[:len(l)-1], '"')+1:len(l)-1])
+			}
+			if got := drain(t, src); !slices.Equal(got, want) {
+				t.Errorf("read %v, want %v", got, want)
+			}
+			for _, st := range src.Stats() {
+				if st.Rejected != 0 || st.Err != nil {
+					t.Errorf("%s: %d rejected, error %v", st.Name, st.Rejected, st.Err)
+				}
+			}
+		})
+	}
+	t.Run("xz", func(t *testing.T) {
+		src := newNginxSource(t, []string{"testdata/compressed/access.log.3.xz"}, nil, nil)
+		drain(t, src)
+		if err := src.Stats()[0].Err; err == nil || !strings.Contains(err.Error(), "xz -d") {
+			t.Errorf("error %v, want one saying to decompress it with xz -d", err)
+		}
+	})
+}
+
 // TestFileSourceReadsRotatedFilesOldestFirst holds the order of logrotate's names:
 // access.log.2.gz, then access.log.1, then access.log, whatever order the names sort or
 // are given in, so replaying a directory makes no event late.
@@ -414,10 +505,69 @@ func TestFileSourceReadsRotatedFilesOldestFirst(t *testing.T) {
 	}
 }
 
-// TestFileSourceCountsLateEventsPerFile reads two logs of the same hour (two gateways),
-// one after the other: the second one's events behind the first's by more than the
-// lateness are counted late, against that file, which also says how far behind the
-// furthest came.
+// TestFileSourceMergesConcurrentFiles reads the logs of two gateways (or pods) over the
+// same hour: merged by event time, each a partition of its own, nothing is late. Read
+// one after the other, the second's events up to 10:48:30 came behind the first's
+// last, more than the lateness, and a replay of a multi-replica gateway's files missed
+// its attacks.
+func TestFileSourceMergesConcurrentFiles(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	var a, b, want []string
+	for i := range 60 {
+		a = append(a, nginxLineAt(t0.Add(time.Duration(i)*time.Minute), fmt.Sprintf("a%02d", i)))
+		b = append(b, nginxLineAt(t0.Add(time.Duration(i)*time.Minute+30*time.Second), fmt.Sprintf("b%02d", i)))
+		want = append(want, fmt.Sprintf("a%02d", i), fmt.Sprintf("b%02d", i))
+	}
+	writeLines(t, filepath.Join(dir, "gw-a.log"), a, false)
+	writeLines(t, filepath.Join(dir, "gw-b.log"), b, true)
+	for _, batch := range []int{1, 7, 100} {
+		src := newNginxSource(t, []string{dir}, nil, func(o *ingest.FileOptions) {
+			o.Lateness = 10 * time.Minute
+			o.BatchSize = batch
+		})
+		var got []string
+		ended := 0
+		for {
+			b, err := src.Next(context.Background())
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := 0
+			for _, r := range b.Runs {
+				for _, ev := range b.Events[i : i+r.N] {
+					if !strings.HasSuffix(r.Partition.Source, "gw-"+ev.UserAgent[:1]+".log") {
+						t.Fatalf("batches of %d: event %s in a run of %s", batch, ev.UserAgent, r.Partition.Source)
+					}
+					got = append(got, ev.UserAgent)
+				}
+				i += r.N
+			}
+			if i != len(b.Events) {
+				t.Fatalf("batches of %d: runs count %d of %d events", batch, i, len(b.Events))
+			}
+			ended += len(b.Ended)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("batches of %d: read %v, want them in event-time order", batch, got)
+		}
+		if ended != 2 {
+			t.Errorf("batches of %d: %d inputs ended, want 2", batch, ended)
+		}
+		for _, st := range src.Stats() {
+			if st.Late != 0 || st.MaxLag != 0 || st.Events != 60 {
+				t.Errorf("batches of %d: %s: %d events, %d late (furthest %s); want 60, none", batch, st.Name, st.Events, st.Late, st.MaxLag)
+			}
+		}
+	}
+}
+
+// TestFileSourceCountsLateEventsPerFile: an event more than the lateness behind the
+// newest one handed out before it is counted late, against its file, which also says
+// how far behind the furthest came.
 func TestFileSourceCountsLateEventsPerFile(t *testing.T) {
 	dir := t.TempDir()
 	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
@@ -426,18 +576,19 @@ func TestFileSourceCountsLateEventsPerFile(t *testing.T) {
 		a = append(a, nginxLineAt(t0.Add(time.Duration(i)*time.Minute), "a"))
 		b = append(b, nginxLineAt(t0.Add(time.Duration(i)*time.Minute+30*time.Second), "b"))
 	}
+	b[40] = nginxLineAt(t0.Add(10*time.Minute), "b") // 29m30s behind b's line before it
 	writeLines(t, filepath.Join(dir, "gw-a.log"), a, false)
 	writeLines(t, filepath.Join(dir, "gw-b.log"), b, false)
 	src := newNginxSource(t, []string{dir}, nil, func(o *ingest.FileOptions) { o.Lateness = 10 * time.Minute })
 	drain(t, src)
 	st := src.Stats()
-	// b starts at 10:00:30 after a ended at 10:59: its events up to 10:48:30 are late.
-	if st[0].Late != 0 || st[1].Late != 49 {
-		t.Errorf("late events per file: %s %d, %s %d; want 0 and 49", st[0].Name, st[0].Late, st[1].Name, st[1].Late)
+	if st[0].Late != 0 || st[1].Late != 1 {
+		t.Errorf("late events per file: %s %d, %s %d; want 0 and 1", st[0].Name, st[0].Late, st[1].Name, st[1].Late)
 	}
-	// b's first event came 58m30s behind a's last, the furthest of all.
-	if st[0].MaxLag != 0 || st[1].MaxLag != 58*time.Minute+30*time.Second {
-		t.Errorf("furthest lag per file: %s %s, %s %s; want 0s and 58m30s", st[0].Name, st[0].MaxLag, st[1].Name, st[1].MaxLag)
+	// Behind the newest handed out before it, b's line before it: the merge takes the
+	// earliest of the files' next events, so it comes before a's line of 10:40.
+	if st[0].MaxLag != 0 || st[1].MaxLag != 29*time.Minute+30*time.Second {
+		t.Errorf("furthest lag per file: %s %s, %s %s; want 0s and 29m30s", st[0].Name, st[0].MaxLag, st[1].Name, st[1].MaxLag)
 	}
 	if !st[1].First.Equal(t0.Add(30*time.Second)) || !st[1].Last.Equal(t0.Add(59*time.Minute+30*time.Second)) {
 		t.Errorf("%s spans %v to %v", st[1].Name, st[1].First, st[1].Last)

@@ -105,9 +105,11 @@ func TestReplayReadsRotatedFilesInEventTimeOrder(t *testing.T) {
 	}
 }
 
-// TestReplayWarnsAboutLateEvents replays the logs of two gateways of the same two hours
-// one after the other: the second one's events come late. Replay names the file they
-// came from and exits 1 above --max-late-ratio.
+// TestReplayWarnsAboutLateEvents replays the logs of two gateways of the same two
+// hours: read side by side, merged by event time, they raise the alerts of the whole
+// traffic and nothing is late. Then one of them concatenated in the wrong order (its
+// second hour first): its first hour's events come late, and replay names the file
+// they came from and exits 1 above --max-late-ratio.
 func TestReplayWarnsAboutLateEvents(t *testing.T) {
 	reqs, lines := replayTraffic(t)
 	var a, b []string
@@ -118,21 +120,30 @@ func TestReplayWarnsAboutLateEvents(t *testing.T) {
 			a = append(a, lines[i])
 		}
 	}
+	cfg := testConfig(t, replayDetectors)
+	whole := filepath.Join(t.TempDir(), "access.log")
+	writeLog(t, whole, lines, false)
+	want, _, _ := runCmd(t, "", "replay", "--config", cfg, "--input", whole)
 	dir := t.TempDir()
 	writeLog(t, filepath.Join(dir, "gateway-a.log"), a, false)
 	writeLog(t, filepath.Join(dir, "gateway-b.log"), b, false)
-	cfg := testConfig(t, replayDetectors)
-	_, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", dir)
+	got, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", dir)
+	if code != 0 || got != want || !strings.Contains(errOut, ", 0 late") {
+		t.Errorf("two gateways' logs: exit %d, alerts differ from the whole traffic's:\n%s", code, lastLines(errOut, 12))
+	}
+
+	half := len(b) / 2
+	writeLog(t, filepath.Join(dir, "gateway-b.log"), append(slices.Clone(b[half:]), b[:half]...), false)
+	_, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", dir)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1:\n%s", code, lastLines(errOut, 12))
 	}
-	for _, want := range []string{"warning: ", "late of", "Replay one stream at a time", "over --max-late-ratio 0.01", "attacks in them may have been missed"} {
+	for _, want := range []string{"warning: ", "late of", "over --max-late-ratio 0.01", "attacks in them may have been missed"} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, lastLines(errOut, 12))
 		}
 	}
-	// Both logs start at the same time; whichever was read second brought the late events.
-	if !regexp.MustCompile(`they came from \S+/gateway-[ab]\.log \(\d+ late of \d+\)`).MatchString(errOut) {
+	if !regexp.MustCompile(`they came from \S+/gateway-b\.log \(\d+ late of \d+\)`).MatchString(errOut) {
 		t.Errorf("the warning does not name the file the late events came from:\n%s", lastLines(errOut, 4))
 	}
 	_, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", dir, "--max-late-ratio", "1")
