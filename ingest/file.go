@@ -162,8 +162,10 @@ const (
 	// flight (queued for the workers and being parsed) hold with ~1.5 KB records.
 	freeBuffers = 64
 	// peekRecords and peekBytes bound how far NewFileSource reads into an input to find
-	// its first event time.
-	peekRecords = 64
+	// its first event time: past what a container writes to stderr as it starts (a
+	// rotated pod log beginning with 70 lines of nginx's notices was taken for one
+	// without event times, and read last, all of it late).
+	peekRecords = 1024
 	peekBytes   = 1 << 20
 )
 

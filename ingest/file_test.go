@@ -463,6 +463,25 @@ func TestFileSourceInputsAsFound(t *testing.T) {
 	})
 }
 
+// TestFileSourceOrdersPastLeadingNoise: a rotated log that begins with a hundred lines
+// of a container's notices (its stderr) is still ordered by its first event time, and
+// read before the newer log.
+func TestFileSourceOrdersPastLeadingNoise(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	var older []string
+	for range 100 {
+		older = append(older, "2025/03/01 09:59:59 [notice] 1#1: start worker process 31")
+	}
+	older = append(older, nginxLineAt(t0, "old"))
+	writeLines(t, filepath.Join(dir, "0.log.20250301-110000"), older, false)
+	writeLines(t, filepath.Join(dir, "0.log"), []string{nginxLineAt(t0.Add(time.Hour), "new")}, false)
+	src := newNginxSource(t, []string{dir}, nil, nil)
+	if got := drain(t, src); !slices.Equal(got, []string{"old", "new"}) {
+		t.Errorf("read %v, want the older log first", got)
+	}
+}
+
 // TestFileSourceReadsRotatedFilesOldestFirst holds the order of logrotate's names:
 // access.log.2.gz, then access.log.1, then access.log, whatever order the names sort or
 // are given in, so replaying a directory makes no event late.
