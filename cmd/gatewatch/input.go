@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -43,11 +44,21 @@ type ratioFlag float64
 func (r *ratioFlag) String() string { return strconv.FormatFloat(float64(*r), 'g', -1, 64) }
 func (r *ratioFlag) Set(v string) error {
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 || f > 1 {
+	if err != nil || !(f >= 0 && f <= 1) { // NaN too: no count is over it, and the check would be off
 		return errors.New("want a share between 0 and 1, such as 0.01")
 	}
 	*r = ratioFlag(f)
 	return nil
+}
+
+// percent formats n of total as a percentage with the digits it takes to differ from a
+// ratio it is compared with: 25 of 2429 is 1.03%, not 1.0% (over 1%?).
+func percent(n, total int64) string {
+	p := 100 * float64(n) / float64(total)
+	if p >= 10 || p == math.Trunc(p) {
+		return strconv.FormatFloat(p, 'f', 1, 64) + "%"
+	}
+	return strconv.FormatFloat(p, 'g', 3, 64) + "%"
 }
 
 // inputFlags defines the flags that name what parse and replay read and how strictly
@@ -272,8 +283,8 @@ func inputVerdict(w io.Writer, label string, stats []ingest.FileStats, dead *cou
 		if int64(rej) == records {
 			hint = "; not one record was accepted: is --format right? (auto recognises each record's format)"
 		}
-		errs = append(errs, fmt.Errorf("%d of %d records rejected (%.1f%%, over --max-reject-ratio %g), most as %s (%d): %s%s",
-			rej, records, 100*float64(rej)/float64(records), maxReject, top, dead.byReason[top], dead.example[top], hint))
+		errs = append(errs, fmt.Errorf("%d of %d records rejected (%s, over --max-reject-ratio %g), most as %s (%d): %s%s",
+			rej, records, percent(int64(rej), records), maxReject, top, dead.byReason[top], dead.example[top], hint))
 	}
 	return errors.Join(errs...)
 }

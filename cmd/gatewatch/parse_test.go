@@ -131,8 +131,22 @@ func TestParseRefusesTheWrongFormat(t *testing.T) {
 	if _, _, code := runCmd(t, in, "parse", "--format", "nginx", "--input", "-", "--max-reject-ratio", "1"); code != 0 {
 		t.Errorf("--max-reject-ratio 1: exit %d", code)
 	}
-	if _, errOut, code := runCmd(t, in, "parse", "--input", "-", "--max-reject-ratio", "2"); code != 2 || !strings.Contains(errOut, "between 0 and 1") {
-		t.Errorf("--max-reject-ratio 2: exit %d, %q", code, errOut)
+	for _, bad := range []string{"2", "-1", "NaN"} { // NaN would turn the check off
+		if _, errOut, code := runCmd(t, in, "parse", "--input", "-", "--max-reject-ratio", bad); code != 2 || !strings.Contains(errOut, "between 0 and 1") {
+			t.Errorf("--max-reject-ratio %s: exit %d, %q", bad, code, errOut)
+		}
+	}
+}
+
+// TestPercent: a share just over a limit does not round to the limit.
+func TestPercent(t *testing.T) {
+	for _, tc := range []struct {
+		n, total int64
+		want     string
+	}{{25, 2429, "1.03%"}, {1, 100, "1.0%"}, {3, 2000, "0.15%"}, {1, 3, "33.3%"}, {100, 100, "100.0%"}, {0, 5, "0.0%"}} {
+		if got := percent(tc.n, tc.total); got != tc.want {
+			t.Errorf("percent(%d, %d) = %s, want %s", tc.n, tc.total, got, tc.want)
+		}
 	}
 }
 
