@@ -85,9 +85,14 @@ type Label struct {
 	LastSeen  time.Time `json:"last_seen"`
 }
 
-// ReadLabels reads labels as JSON lines, naming the line of any that is not one.
+// ReadLabels reads labels as JSON lines, naming the line of any that is not one. An
+// alert labelled twice alike is counted once (a sweep would count its attack twice);
+// one labelled both an attack and not is an error, as no value of a sweep can be right
+// about it.
 func ReadLabels(r io.Reader) ([]Label, error) {
 	var out []Label
+	type seen struct{ i, line int } // the label's index in out, and its line
+	byID := map[string]seen{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -102,6 +107,14 @@ func ReadLabels(r io.Reader) ([]Label, error) {
 		if l.ID == "" || l.Attack == nil {
 			return nil, fmt.Errorf(`labels line %d: want {"id": "<alert id>", "attack": true|false}`, n)
 		}
+		if first, ok := byID[l.ID]; ok {
+			if *out[first.i].Attack != *l.Attack {
+				return nil, fmt.Errorf("labels line %d: alert %s is labelled attack %t, and %t on line %d: label it once",
+					n, l.ID, *l.Attack, *out[first.i].Attack, first.line)
+			}
+			continue
+		}
+		byID[l.ID] = seen{len(out), n}
 		out = append(out, l)
 	}
 	if err := sc.Err(); err != nil {

@@ -157,3 +157,36 @@ func TestWarmup(t *testing.T) {
 		t.Errorf("a cold start at --from raises %d incidents, the warm one %d: the warm-up taught nothing", len(ids(t, cold)), len(want))
 	}
 }
+
+func TestReadLabels(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string // ids, in order
+		err      string
+	}{
+		{"comments and blank lines", "# export of 2026-11-02\n\n{\"id\": \"a\", \"attack\": true}\n{\"id\": \"b\", \"attack\": false}\n", []string{"a", "b"}, ""},
+		{"empty", "# nothing labelled yet\n", nil, ""},
+		{"labelled twice alike: counted once", "{\"id\": \"a\", \"attack\": true}\n{\"id\": \"a\", \"attack\": true}\n", []string{"a"}, ""},
+		{"labelled both ways", "{\"id\": \"a\", \"attack\": true}\n{\"id\": \"b\", \"attack\": true}\n{\"id\": \"a\", \"attack\": false}\n", nil,
+			"labels line 3: alert a is labelled attack false, and true on line 1"},
+		{"no verdict", "{\"id\": \"a\"}\n", nil, "labels line 1: want"},
+		{"not JSON", "a,true\n", nil, "labels line 1: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			labels, err := replay.ReadLabels(strings.NewReader(tc.in))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("error %v, want one with %q", err, tc.err)
+				}
+				return
+			}
+			var got []string
+			for _, l := range labels {
+				got = append(got, l.ID)
+			}
+			if err != nil || strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("ReadLabels = %v, %v, want %v", got, err, tc.want)
+			}
+		})
+	}
+}

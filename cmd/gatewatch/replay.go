@@ -52,8 +52,8 @@ type replayFlags struct {
 }
 
 const replayUsage = "replay --config FILE (--input PATH|- | --kafka BROKERS --topic T[,T] | --archive) [--from T] [--to T] [--format F]\n" +
-	"         [--warmup D] [--out FILE] [--updates] [--set detectors.NAME.PARAM=VALUE]... [--compare FILE]\n" +
-	"         [--sweep detectors.NAME.PARAM=V1,V2,...] [--labels FILE] [--report FILE.html]\n" +
+	"         [--warmup D] [--out FILE] [--updates] [--set detectors.NAME.PARAM=VALUE]...\n" +
+	"         [--compare FILE | --sweep detectors.NAME.PARAM=V1,V2,... [--labels FILE]] [--report FILE.html]\n" +
 	"         [--key K] [--route R] [--client-ip IP] [--events] [--send] [--max-reject-ratio R] [--max-late-ratio R]"
 
 func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
@@ -142,6 +142,9 @@ func (f *replayFlags) usageError(paths []string) string {
 		return "--warmup must not be negative"
 	case f.warmup > 0 && f.from == "":
 		return "--warmup reads before --from: give --from"
+	case f.compare != "" && f.sweep != "":
+		// Which config would the sweep vary? Each question is a replay of its own.
+		return "--compare and --sweep are alternatives (a sweep varies the config's own detectors, not --compare's): run one replay for each"
 	case f.labels != "" && f.sweep == "":
 		return "--labels goes with --sweep"
 	case f.events && (f.compare != "" || f.sweep != "" || f.report != "" || f.send):
@@ -193,6 +196,7 @@ type replayRun struct {
 	closers   []func() error     // of the sources opened
 	progress  *progressBar       // nil: stderr is no terminal
 	report    *os.File           // --report, created before the replay and written after it
+	labels    []replay.Label     // --labels, read before the replay and placed after it
 }
 
 // times parses --from and --to.
@@ -226,6 +230,13 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 			err = errors.Join(err, r.closeSt())
 		}
 	}()
+	if f.labels != "" {
+		// Read now: a labels file that cannot be used fails before the replay runs, not
+		// after its alerts were printed.
+		if r.labels, err = readLabels(env.stderr, f.labels); err != nil {
+			return err
+		}
+	}
 	if r.popts, err = r.cfg.Ingest.ParserOptions(true); err != nil {
 		return err
 	}
@@ -320,7 +331,6 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		}
 	}
 	r.noneMatched(sum.Events)
-	var labels []replay.Label
 	var rows []replay.SweepRow
 	var diff *replay.Diff
 	switch {
@@ -328,17 +338,15 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		d := replay.WriteCompare(env.stderr, f.config, sum.Results[0], f.compare, sum.Results[1])
 		diff = &d
 	case f.sweep != "":
-		if f.labels != "" {
-			if labels, err = readLabels(f.labels, sum.Results[0].Alerts); err != nil {
-				return err
-			}
+		if err := replay.ResolveLabels(r.labels, sum.Results[0].Alerts); err != nil {
+			return fmt.Errorf("--labels %s: %w", f.labels, err)
 		}
-		rows = replay.SweepRows(sweep, sum.Results[1:], labels)
-		replay.WriteSweep(env.stderr, sweep, rows, labels)
+		rows = replay.SweepRows(sweep, sum.Results[1:], r.labels)
+		replay.WriteSweep(env.stderr, sweep, rows, r.labels)
 	}
 	if f.report != "" && ctx.Err() == nil {
 		rep := &replay.Report{Title: "gatewatch replay of " + r.sourceName(), Command: "gatewatch replay " + strings.Join(r.args, " "),
-			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: labels, SweepRows: rows, Compare: diff}
+			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: r.labels, SweepRows: rows, Compare: diff}
 		if f.sweep != "" {
 			rep.Sweep = &sweep
 		}
@@ -640,8 +648,10 @@ func (r *replayRun) writeReport(ctx context.Context, rep *replay.Report) error {
 	return err
 }
 
-// readLabels reads --labels and places each label with the replay's own alerts.
-func readLabels(path string, alerts []detectors.Alert) ([]replay.Label, error) {
+// readLabels reads --labels, warning on w when the file holds none: the sweep then
+// counts no attacks, as if --labels had not been given, and an empty export or a wrong
+// file should not pass for that unnoticed.
+func readLabels(w io.Writer, path string) ([]replay.Label, error) {
 	fd, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--labels: %w", err)
@@ -651,8 +661,8 @@ func readLabels(path string, alerts []detectors.Alert) ([]replay.Label, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--labels %s: %w", path, err)
 	}
-	if err := replay.ResolveLabels(labels, alerts); err != nil {
-		return nil, fmt.Errorf("--labels %s: %w", path, err)
+	if len(labels) == 0 {
+		fmt.Fprintf(w, "replay: warning: --labels %s holds no labels: the sweep counts no attacks\n", path)
 	}
 	return labels, nil
 }

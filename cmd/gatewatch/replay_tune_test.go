@@ -199,6 +199,37 @@ func TestReplayReportPathCheckedFirst(t *testing.T) {
 	}
 }
 
+// TestReplayLabelsCheckedFirst: a --labels file that cannot be used fails before the
+// replay runs (nothing on stdout, no summary), and one holding no labels is warned of.
+func TestReplayLabelsCheckedFirst(t *testing.T) {
+	_, lines := replayTraffic(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "waf.log")
+	writeLog(t, log, lines[:2000], false)
+	cfg := testConfig(t, replayDetectors)
+	conflicting := filepath.Join(dir, "conflicting.jsonl")
+	writeFile(t, conflicting, "{\"id\": \"3f2a\", \"attack\": true}\n{\"id\": \"3f2a\", \"attack\": false}\n")
+	empty := filepath.Join(dir, "empty.jsonl")
+	writeFile(t, empty, "# nothing labelled yet\n")
+	sweep := []string{"replay", "--config", cfg, "--input", log, "--sweep", "detectors.forbidden_burst.threshold=10,20"}
+	for _, tc := range []struct {
+		labels string
+		want   string
+	}{
+		{filepath.Join(dir, "missing.jsonl"), "--labels: open "},
+		{conflicting, "alert 3f2a is labelled attack false, and true on line 1"},
+	} {
+		out, errOut, code := runCmd(t, "", append(sweep, "--labels", tc.labels)...)
+		if code != 1 || out != "" || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "events from") {
+			t.Errorf("--labels %s: exit %d, stdout %d bytes, want 1 and %q before any replay:\n%s", tc.labels, code, len(out), tc.want, lastLines(errOut, 6))
+		}
+	}
+	_, errOut, code := runCmd(t, "", append(sweep, "--labels", empty)...)
+	if code != 0 || !strings.Contains(errOut, "warning: --labels "+empty+" holds no labels") {
+		t.Errorf("--labels of an empty file: exit %d, want 0 and a warning:\n%s", code, lastLines(errOut, 8))
+	}
+}
+
 // TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
 // that says what to change, before anything is read.
 func TestReplayUsageMistakes(t *testing.T) {
@@ -213,6 +244,7 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "x.log", "--topic", "waf-logs"}, "--topic goes with --kafka"},
 		{[]string{"--input", "x.log", "--warmup", "24h"}, "give --from"},
 		{[]string{"--input", "x.log", "--labels", "l.jsonl"}, "--labels goes with --sweep"},
+		{[]string{"--input", "x.log", "--compare", "other.yaml", "--sweep", "detectors.forbidden_burst.threshold=1,2"}, "--compare and --sweep are alternatives"},
 		{[]string{"--input", "x.log", "--events", "--sweep", "detectors.forbidden_burst.threshold=1,2"}, "--events prints events"},
 		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
 		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
