@@ -97,9 +97,9 @@ func parseReplayFlags(env *cmdEnv, args []string) (*replayFlags, []string, error
 	fs.StringVar(&f.sweep, "sweep", "", "also run one engine per value of a setting, e.g. detectors.forbidden_burst.threshold=10,20,50")
 	fs.StringVar(&f.labels, "labels", "", "with --sweep: JSON lines {\"id\": ALERT_ID, \"attack\": true|false} marking alerts, to count the attacks each value catches")
 	fs.StringVar(&f.report, "report", "", "write an HTML report (a timeline per alert, the sweep chart) to this file")
-	fs.Var(&f.keys, "key", "only events of this client key or token fingerprint (repeatable)")
-	fs.Var(&f.routes, "route", "only events of this route, \"METHOD /route\" or \"/route\" (repeatable)")
-	fs.Var(&f.clientIPs, "client-ip", "only events of this client IP, or network in CIDR notation (an IPv6 client's /64 as alerts name it) (repeatable)")
+	fs.Var(&f.keys, "key", "with --events: only events of this client key or token fingerprint (repeatable)")
+	fs.Var(&f.routes, "route", "with --events: only events of this route, \"METHOD /route\" or \"/route\" (repeatable)")
+	fs.Var(&f.clientIPs, "client-ip", "with --events: only events of this client IP, or network in CIDR notation (an IPv6 client's /64 as alerts name it) (repeatable)")
 	fs.BoolVar(&f.events, "events", false, "print the normalised events (with --key, --route, --client-ip) instead of running the detectors")
 	fs.BoolVar(&f.send, "send", false, "send the alerts through the configured routes and receivers, as notify does")
 	f.maxLate = defaultMaxLateRatio
@@ -149,6 +149,12 @@ func (f *replayFlags) usageError(paths []string) string {
 		return "--labels goes with --sweep"
 	case f.events && (f.compare != "" || f.sweep != "" || f.report != "" || f.send):
 		return "--events prints events: it takes no --compare, --sweep, --report or --send"
+	case !f.events && !f.archive && len(f.keys)+len(f.routes)+len(f.clientIPs) > 0:
+		// The detectors need all the traffic: a route's baseline learnt from one client's
+		// requests, or a client's failure ratio over one route, raise alerts live never
+		// raised, some under live's ids with other evidence.
+		return "--key, --route and --client-ip choose the events --events prints: add --events, " +
+			"or drop them to replay what live saw (detection needs all the traffic: a route's baseline counts every client's requests)"
 	case f.report != "" && slices.Contains(paths, "-"):
 		return "--report reads the input twice: give files, --kafka or --archive, not stdin"
 	case slices.ContainsFunc(f.keys, func(k string) bool { return strings.Contains(k, " ") }):
@@ -331,6 +337,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		}
 	}
 	r.noneMatched(sum.Events)
+	r.subsetWarning()
 	var rows []replay.SweepRow
 	var diff *replay.Diff
 	switch {
@@ -605,15 +612,9 @@ func (r *replayRun) sourceName() string {
 	return strings.Join(r.paths, ", ")
 }
 
-// noneMatched says so when --key, --route or --client-ip left no event of those read:
-// a value that names nothing (a typo, an address in another form) looks like a quiet
-// stretch otherwise.
-func (r *replayRun) noneMatched(events int) {
-	f := r.f
-	if events > 0 || len(f.keys)+len(f.routes)+len(f.clientIPs) == 0 {
-		return
-	}
-	var names []string
+// filterNames returns the --key, --route and --client-ip filters set, as "--key K",
+// and the flags among those three that were given.
+func (f *replayFlags) filterNames() (names, flags []string) {
 	for _, l := range []struct {
 		flag string
 		vs   listFlag
@@ -621,9 +622,55 @@ func (r *replayRun) noneMatched(events int) {
 		for _, v := range l.vs {
 			names = append(names, l.flag+" "+v)
 		}
+		if len(l.vs) > 0 {
+			flags = append(flags, l.flag)
+		}
+	}
+	return names, flags
+}
+
+// noneMatched says so when --key, --route or --client-ip left no event of those read:
+// a value that names nothing (a typo, an address in another form) looks like a quiet
+// stretch otherwise.
+func (r *replayRun) noneMatched(events int) {
+	names, _ := r.f.filterNames()
+	if events > 0 || len(names) == 0 {
+		return
 	}
 	fmt.Fprintf(r.env.stderr, "replay: warning: no event in the range matched %s (keys are fingerprints as events and alerts show them; routes are \"METHOD /route\" or \"/route\" as the gateway logs them)\n",
 		strings.Join(names, ", "))
+}
+
+// partialDetectors names, per filter, the detectors that count traffic beyond the
+// events it keeps: a route's requests come from many keys and addresses (--key,
+// --client-ip), a client's from many routes (--route) and addresses (--client-ip), an
+// address's from many keys (--key), and a token's from many clients.
+var partialDetectors = map[string][]string{
+	"--key": {detectors.TokenReuse, detectors.QuietEndpointSpike, detectors.AuthFailureSpray, detectors.RouteScan},
+	"--route": {detectors.NewCountry, detectors.TokenReuse, detectors.ForbiddenBurst, detectors.AuthFailureSpray,
+		detectors.PrivilegeAnomaly, detectors.ClientVolumeSpike, detectors.RouteScan},
+	"--client-ip": {detectors.NewCountry, detectors.TokenReuse, detectors.ForbiddenBurst, detectors.QuietEndpointSpike,
+		detectors.ObjectEnumeration, detectors.PrivilegeAnomaly, detectors.ClientVolumeSpike},
+}
+
+// subsetWarning says, when the detectors ran on part of the archive (the only source
+// that takes --key, --route or --client-ip without --events: with one --key it reads
+// only that key's events, which makes a long range quick), that their alerts need not
+// be live's, and which detectors saw only part of what they count.
+func (r *replayRun) subsetWarning() {
+	names, flags := r.f.filterNames()
+	if r.f.events || len(names) == 0 {
+		return
+	}
+	var partial []string
+	for _, f := range flags {
+		partial = append(partial, partialDetectors[f]...)
+	}
+	slices.Sort(partial)
+	fmt.Fprintf(r.env.stderr, "replay: warning: the detectors ran on the events of %s alone, not on all the traffic: "+
+		"%s count traffic beyond them and saw only part of it, so alerts may differ from live's, even those with live's ids; "+
+		"replay without %s for what live raised\n",
+		strings.Join(names, ", "), strings.Join(slices.Compact(partial), ", "), strings.Join(flags, ", "))
 }
 
 // writeReport reads the input again for the timelines and writes the report.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gatewatch/gatewatch/detectors"
+	"github.com/gatewatch/gatewatch/ingest"
+	"github.com/gatewatch/gatewatch/store"
 )
 
 // alertsOf returns the alerts replay printed.
@@ -230,6 +233,40 @@ func TestReplayLabelsCheckedFirst(t *testing.T) {
 	}
 }
 
+// TestReplayArchiveSubsetWarns: the archive replays the events of one key through the
+// detectors (the store reads them by its index), and says the alerts may differ from
+// live's, naming the detectors that count more than one key's traffic.
+func TestReplayArchiveSubsetWarns(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.NewLocal(store.Config{DataDir: dir}, store.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 2, 6, 0, 0, 0, time.UTC)
+	var events []ingest.Event
+	for i := range 60 {
+		events = append(events, ingest.Event{Time: t0.Add(time.Duration(i) * time.Second), Source: ingest.FormatAWSWAF,
+			ClientKey: []string{"k1", "k2"}[i%2], ClientIP: "203.0.113.7", Method: "GET", Route: "/v1/orders/{id}", Path: "/v1/orders/1", Status: 200})
+	}
+	if err := st.ArchiveEvents(context.Background(), events); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, replayDetectors+"store: {data_dir: "+dir+"}\n")
+	_, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--archive", "--key", "k1",
+		"--from", t0.Format(time.RFC3339), "--to", t0.Add(time.Hour).Format(time.RFC3339))
+	if code != 0 || !strings.Contains(errOut, "replay: 30 events") {
+		t.Fatalf("exit %d, want 0 and k1's 30 events:\n%s", code, lastLines(errOut, 14))
+	}
+	want := "warning: the detectors ran on the events of --key k1 alone, not on all the traffic: " +
+		"auth_failure_spray, quiet_endpoint_spike, route_scan, token_reuse count traffic beyond them"
+	if !strings.Contains(errOut, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, lastLines(errOut, 6))
+	}
+}
+
 // TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
 // that says what to change, before anything is read.
 func TestReplayUsageMistakes(t *testing.T) {
@@ -249,6 +286,9 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
 		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
 		{[]string{"--input", "x.log", "--events", "--key", "5b86a1 GET /v1/invoices/{id}"}, "--key CLIENT --route"},
+		{[]string{"--input", "x.log", "--key", "5b86a1"}, "choose the events --events prints: add --events"},
+		{[]string{"--input", "x.log", "--route", "GET /v1/invoices/{id}"}, "choose the events --events prints: add --events"},
+		{[]string{"--kafka", "127.0.0.1:9092", "--from", "2026-03-01T00:00:00Z", "--to", "2026-03-01T01:00:00Z", "--client-ip", "203.0.113.7"}, "add --events"},
 		{[]string{"--input", "x.log", "--format", "bogus"}, "unknown format \"bogus\""},
 		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.threshold=ten"}, "bad value \"ten\""},
 		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.treshold=5"}, "known here:"},
