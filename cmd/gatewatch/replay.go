@@ -26,6 +26,46 @@ type listFlag []string
 func (s *listFlag) String() string     { return strings.Join(*s, " ") }
 func (s *listFlag) Set(v string) error { *s = append(*s, v); return nil }
 
+// timeFlag is a flag.Value for --from and --to: an RFC 3339 time, its seconds optional
+// (what people type when they mean a minute), or a date, meaning its midnight UTC.
+type timeFlag struct{ time.Time }
+
+// timeLayouts are the forms timeFlag reads, after upper-casing (RFC 3339 allows a
+// lower-case t and z). A fraction of a second is read with any of the first.
+var timeLayouts = []string{time.RFC3339, "2006-01-02T15:04Z07:00", time.DateOnly}
+
+func (t *timeFlag) String() string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
+}
+
+func (t *timeFlag) Set(v string) error {
+	for _, layout := range timeLayouts {
+		if p, err := time.Parse(layout, strings.ToUpper(v)); err == nil {
+			t.Time = p.UTC()
+			return nil
+		}
+	}
+	return errors.New("want an RFC 3339 time with its zone, such as 2026-11-02T08:00:00Z, 2026-11-02T08:00+01:00, or a date, 2026-11-02 (its midnight UTC)")
+}
+
+// durationFlag is a flag.Value for --warmup that says which form it takes: flag's own
+// says only "parse error" to a --warmup 1d.
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+
+func (d *durationFlag) Set(v string) error {
+	p, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("want a duration in hours, minutes or seconds, such as 24h (a day), 90m or 30s")
+	}
+	*d = durationFlag(p)
+	return nil
+}
+
 // kafkaMargin is how far before --from and after --to a Kafka range reads by record
 // timestamp: shippers stamp records a little after their event time (and a gateway's
 // clock may run a little ahead), so the records of the events wanted lie around the
@@ -38,8 +78,8 @@ type replayFlags struct {
 	in                      inputFlags
 	kafka, topic            string
 	archive                 bool
-	from, to                string
-	warmup                  time.Duration
+	from, to                timeFlag
+	warmup                  durationFlag
 	emptyBaselines          bool
 	out                     string
 	updates                 bool
@@ -69,11 +109,38 @@ func runReplay(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "replay: %v\n", err) // a flag's value: a usage mistake
 		return errUsage
 	}
-	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths, args: args}
-	if err := r.times(); err != nil {
+	r := &replayRun{env: env, f: f, cfg: cfg, paths: paths, args: args, from: f.from.Time, to: f.to.Time, warmup: time.Duration(f.warmup)}
+	if err := r.tuning(); err != nil {
 		return err
 	}
 	return r.run(ctx)
+}
+
+// tuning prepares the engines --compare or --sweep run beside the config's. A sweep
+// that does not parse or apply is a usage mistake, as the same mistakes in --set are.
+func (r *replayRun) tuning() error {
+	f := r.f
+	switch {
+	case f.compare != "":
+		other, err := loadConfigFile(f.compare)
+		if err != nil {
+			return fmt.Errorf("--compare: %w", err)
+		}
+		r.variants = []replay.Variant{{Name: f.compare, Detectors: other.Detectors}}
+	case f.sweep != "":
+		sw, err := replay.ParseSweep(f.sweep)
+		if err == nil {
+			if r.variants, err = sw.Variants(r.cfg.Detectors); err != nil {
+				err = fmt.Errorf("--sweep: %w", err)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(r.env.stderr, "replay: %v\n", err)
+			return errUsage
+		}
+		r.sweep = &sw
+	}
+	return nil
 }
 
 // parseReplayFlags parses replay's command line and checks how its flags combine; it
@@ -86,9 +153,9 @@ func parseReplayFlags(env *cmdEnv, args []string) (*replayFlags, []string, error
 	fs.StringVar(&f.kafka, "kafka", "", "read a time range of Kafka topics from these brokers (comma-separated); needs --from and --to")
 	fs.StringVar(&f.topic, "topic", "", "with --kafka: the topics (comma-separated); default: the config's ingest.kafka.topics")
 	fs.BoolVar(&f.archive, "archive", false, "read the time range from the store's event archive (ClickHouse or embedded)")
-	fs.StringVar(&f.from, "from", "", "skip events before this time (RFC 3339)")
-	fs.StringVar(&f.to, "to", "", "skip events at or after this time (RFC 3339)")
-	fs.DurationVar(&f.warmup, "warmup", 0, "read this much before --from first, to learn baselines; its alerts are not printed")
+	fs.Var(&f.from, "from", "skip events before this `time` (RFC 3339, seconds optional, such as 2026-11-02T08:00Z; or a date, its midnight UTC)")
+	fs.Var(&f.to, "to", "skip events at or after this `time` (as --from)")
+	fs.Var(&f.warmup, "warmup", "read this `duration` before --from first, to learn baselines (such as 24h); its alerts are not printed")
 	fs.BoolVar(&f.emptyBaselines, "empty-baselines", false, "start from empty baselines, not those the store had at --from")
 	fs.StringVar(&f.out, "out", "", "write alerts (or --events) to this file instead of stdout")
 	fs.BoolVar(&f.updates, "updates", false, "print every version of an incident as it is raised, not only its final state")
@@ -132,15 +199,17 @@ func (f *replayFlags) usageError(paths []string) string {
 		return "name what to replay: --input, --kafka or --archive"
 	case sources > 1:
 		return "--input, --kafka and --archive are alternatives: name one"
-	case f.kafka != "" && (f.from == "" || f.to == ""):
+	case f.kafka != "" && (f.from.IsZero() || f.to.IsZero()):
 		return "--kafka reads a time range: give --from and --to"
-	case f.archive && (f.from == "" || f.to == ""):
+	case f.archive && (f.from.IsZero() || f.to.IsZero()):
 		return "--archive reads a time range: give --from and --to"
+	case !f.from.IsZero() && !f.to.IsZero() && !f.to.After(f.from.Time):
+		return fmt.Sprintf("--to %s is not after --from %s", f.to.Format(time.RFC3339), f.from.Format(time.RFC3339))
 	case f.topic != "" && f.kafka == "":
 		return "--topic goes with --kafka"
 	case f.warmup < 0:
 		return "--warmup must not be negative"
-	case f.warmup > 0 && f.from == "":
+	case f.warmup > 0 && f.from.IsZero():
 		return "--warmup reads before --from: give --from"
 	case f.compare != "" && f.sweep != "":
 		// Which config would the sweep vary? Each question is a replay of its own.
@@ -190,7 +259,10 @@ type replayRun struct {
 	paths    []string
 	args     []string // the command line after "replay", for the report
 	from, to time.Time
+	warmup   time.Duration
 	popts    ingest.ParserOptions
+	variants []replay.Variant // of --compare or --sweep
+	sweep    *replay.Sweep    // nil: no --sweep
 
 	st        store.Store // nil: none opened
 	closeSt   func() error
@@ -203,27 +275,6 @@ type replayRun struct {
 	progress  *progressBar       // nil: stderr is no terminal
 	report    *os.File           // --report, created before the replay and written after it
 	labels    []replay.Label     // --labels, read before the replay and placed after it
-}
-
-// times parses --from and --to.
-func (r *replayRun) times() error {
-	for _, t := range []struct {
-		flag, v string
-		t       *time.Time
-	}{{"--from", r.f.from, &r.from}, {"--to", r.f.to, &r.to}} {
-		if t.v == "" {
-			continue
-		}
-		v, err := time.Parse(time.RFC3339, t.v)
-		if err != nil {
-			return fmt.Errorf("%s: %w", t.flag, err)
-		}
-		*t.t = v.UTC()
-	}
-	if !r.from.IsZero() && !r.to.IsZero() && !r.to.After(r.from) {
-		return fmt.Errorf("--to %s is not after --from %s", r.f.to, r.f.from)
-	}
-	return nil
 }
 
 func (r *replayRun) run(ctx context.Context) (err error) {
@@ -303,25 +354,9 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 	}
 	opts := replay.Options{
 		Source: input, Detectors: r.cfg.Detectors, Baselines: r.baseline, Incidents: r.incidents, RunbookBase: r.cfg.Alerting.RunbookBaseURL,
-		From: r.from, To: r.to, Warmup: f.warmup, Out: w, Updates: f.updates,
+		From: r.from, To: r.to, Warmup: r.warmup, Out: w, Updates: f.updates, Variants: r.variants,
 	}
-	var sweep replay.Sweep
-	switch {
-	case f.compare != "":
-		other, err := loadConfigFile(f.compare)
-		if err != nil {
-			return fmt.Errorf("--compare: %w", err)
-		}
-		opts.Variants = []replay.Variant{{Name: f.compare, Detectors: other.Detectors}}
-	case f.sweep != "":
-		if sweep, err = replay.ParseSweep(f.sweep); err != nil {
-			return err
-		}
-		if opts.Variants, err = sweep.Variants(r.cfg.Detectors); err != nil {
-			return fmt.Errorf("--sweep: %w", err)
-		}
-	}
-	r.progress = newProgressBar(env.stderr, r.from.Add(-f.warmup), r.to)
+	r.progress = newProgressBar(env.stderr, r.from.Add(-r.warmup), r.to)
 	if r.progress != nil {
 		opts.Progress = r.progress.update
 	}
@@ -344,19 +379,16 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 	case f.compare != "":
 		d := replay.WriteCompare(env.stderr, f.config, sum.Results[0], f.compare, sum.Results[1])
 		diff = &d
-	case f.sweep != "":
+	case r.sweep != nil:
 		if err := replay.ResolveLabels(r.labels, sum.Results[0].Alerts); err != nil {
 			return fmt.Errorf("--labels %s: %w", f.labels, err)
 		}
-		rows = replay.SweepRows(sweep, sum.Results[1:], r.labels)
-		replay.WriteSweep(env.stderr, sweep, rows, r.labels)
+		rows = replay.SweepRows(*r.sweep, sum.Results[1:], r.labels)
+		replay.WriteSweep(env.stderr, *r.sweep, rows, r.labels)
 	}
 	if f.report != "" && ctx.Err() == nil {
 		rep := &replay.Report{Title: "gatewatch replay of " + r.sourceName(), Command: "gatewatch replay " + strings.Join(r.args, " "),
-			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: r.labels, SweepRows: rows, Compare: diff}
-		if f.sweep != "" {
-			rep.Sweep = &sweep
-		}
+			Summary: sum, Detectors: r.cfg.Detectors, Alerts: sum.Results[0].Alerts, Labels: r.labels, SweepRows: rows, Compare: diff, Sweep: r.sweep}
 		if err := r.writeReport(ctx, rep); err != nil {
 			return err
 		}
@@ -469,16 +501,16 @@ func (r *replayRun) openStore(ctx context.Context) error {
 // or --from minus --warmup).
 func (r *replayRun) loadBaselines(ctx context.Context) error {
 	w := r.env.stderr
-	at := r.from.Add(-r.f.warmup)
+	at := r.from.Add(-r.warmup)
 	switch {
 	case r.f.emptyBaselines:
-		fmt.Fprintln(w, "replay: baselines start empty"+warmupNote(r.f.warmup))
+		fmt.Fprintln(w, "replay: baselines start empty"+warmupNote(r.warmup))
 		return nil
 	case r.from.IsZero():
 		fmt.Fprintln(w, "replay: baselines start empty (no --from to take them as of)")
 		return nil
 	case r.st == nil:
-		fmt.Fprintf(w, "replay: baselines start empty: no store to read them from%s\n", warmupNote(r.f.warmup))
+		fmt.Fprintf(w, "replay: baselines start empty: no store to read them from%s\n", warmupNote(r.warmup))
 		return nil
 	}
 	b, err := r.st.BaselinesAsOf(ctx, at)
@@ -496,7 +528,7 @@ func (r *replayRun) loadBaselines(ctx context.Context) error {
 	}
 	r.incidents = replay.IncidentsAsOf(alerts, at)
 	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %d keys, %d routes, %d incidents open%s\n",
-		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), len(r.incidents), warmupNote(r.f.warmup))
+		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), len(r.incidents), warmupNote(r.warmup))
 	return nil
 }
 
@@ -518,7 +550,7 @@ func warmupNote(d time.Duration) string {
 func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource, error) {
 	f := r.f
 	filter := replay.Filter{Keys: f.keys, Routes: f.routes, ClientIPs: f.clientIPs}
-	start := r.from.Add(-f.warmup)
+	start := r.from.Add(-r.warmup)
 	var src detectors.EventSource
 	switch {
 	case f.archive:

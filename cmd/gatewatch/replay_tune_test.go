@@ -267,6 +267,46 @@ func TestReplayArchiveSubsetWarns(t *testing.T) {
 	}
 }
 
+// TestReplayTimeForms: --from and --to take RFC 3339 with or without seconds, a lower
+// case t and z, and a date for its midnight UTC.
+func TestReplayTimeForms(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"2026-11-02T08:00:00Z", time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)},
+		{"2026-11-02T08:00:00.250Z", time.Date(2026, 11, 2, 8, 0, 0, 250e6, time.UTC)},
+		{"2026-11-02T08:00Z", time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)},
+		{"2026-11-02T09:30+01:30", time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)},
+		{"2026-11-02t08:00:00z", time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)},
+		{"2026-11-02", time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)},
+		{"2026-11-02T08:00", time.Time{}}, // no zone: which one?
+		{"2026-11-02 08:00:00Z", time.Time{}},
+		{"1762070400", time.Time{}},
+	} {
+		var f timeFlag
+		err := f.Set(tc.in)
+		if tc.want.IsZero() != (err != nil) || !f.Equal(tc.want) || (err == nil && f.Location() != time.UTC) {
+			t.Errorf("--from %s: %v, %v, want %v", tc.in, f.Time, err, tc.want)
+		}
+	}
+	// The forms at work: a date and a minute, in lower case, cut a replay's events.
+	_, lines := replayTraffic(t)
+	log := filepath.Join(t.TempDir(), "waf.log")
+	writeLog(t, log, lines[:3000], false)
+	out, errOut, code := runCmd(t, "", "replay", "--config", testConfig(t, replayDetectors), "--input", log, "--events",
+		"--from", "2026-11-02", "--to", "2026-11-02t06:05z")
+	if code != 0 || out == "" || !strings.Contains(errOut, "events from") {
+		t.Fatalf("exit %d, %d bytes of events:\n%s", code, len(out), lastLines(errOut, 4))
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct{ Time time.Time }
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || !ev.Time.Before(time.Date(2026, 11, 2, 6, 5, 0, 0, time.UTC)) {
+			t.Fatalf("event %s after --to 2026-11-02t06:05z (%v)", l, err)
+		}
+	}
+}
+
 // TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
 // that says what to change, before anything is read.
 func TestReplayUsageMistakes(t *testing.T) {
@@ -292,6 +332,14 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "x.log", "--format", "bogus"}, "unknown format \"bogus\""},
 		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.threshold=ten"}, "bad value \"ten\""},
 		{[]string{"--input", "x.log", "--set", "detectors.forbidden_burst.treshold=5"}, "known here:"},
+		{[]string{"--input", "x.log", "--sweep", "detectors.forbidden_burst.threshold=1,,2"}, "an empty value"},
+		{[]string{"--input", "x.log", "--sweep", "detectors.forbidden_burst.threshold"}, "want detectors.NAME.PARAM=V1,V2,..."},
+		{[]string{"--input", "x.log", "--sweep", "detectors.nope.x=1,2"}, "unknown setting \"nope\""},
+		{[]string{"--input", "x.log", "--sweep", "detectors.forbidden_burst.threshold=10,ten"}, "bad value \"ten\""},
+		{[]string{"--input", "x.log", "--from", "2026-11-02T08:00"}, "such as 2026-11-02T08:00:00Z"},
+		{[]string{"--input", "x.log", "--to", "02/11/2026"}, "such as 2026-11-02T08:00:00Z"},
+		{[]string{"--input", "x.log", "--from", "2026-11-02T09:00Z", "--to", "2026-11-02T08:00Z"}, "--to 2026-11-02T08:00:00Z is not after --from 2026-11-02T09:00:00Z"},
+		{[]string{"--input", "x.log", "--from", "2026-11-02", "--warmup", "1d"}, "such as 24h"},
 	} {
 		_, errOut, code := runCmd(t, "", append([]string{"replay", "--config", cfg}, tc.args...)...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
