@@ -174,6 +174,49 @@ func (s *filtered) Next(ctx context.Context) (*ingest.Batch, error) {
 	return b, err
 }
 
+// A Span counts the events a source yields, before any filter: how many, how many
+// fall within [From, To), and the times of the earliest and latest. A replay that read
+// events and kept none of them was given a range beside its data, and the span says
+// where the data is.
+type Span struct {
+	From, To    time.Time // zero: unbounded
+	Read        int
+	Within      int
+	First, Last time.Time // of every event read
+}
+
+// Source returns src, counting its events into s.
+func (s *Span) Source(src detectors.EventSource) detectors.EventSource {
+	return &spanned{src: src, s: s}
+}
+
+type spanned struct {
+	src detectors.EventSource
+	s   *Span
+}
+
+func (p *spanned) Next(ctx context.Context) (*ingest.Batch, error) {
+	b, err := p.src.Next(ctx)
+	if b == nil {
+		return nil, err
+	}
+	s := p.s
+	s.Read += len(b.Events)
+	for i := range b.Events {
+		t := b.Events[i].Time
+		if (s.From.IsZero() || !t.Before(s.From)) && (s.To.IsZero() || t.Before(s.To)) {
+			s.Within++
+		}
+		if s.First.IsZero() || t.Before(s.First) {
+			s.First = t
+		}
+		if t.After(s.Last) {
+			s.Last = t
+		}
+	}
+	return b, err
+}
+
 // WriteEvents writes the events of src in [from, to) (zero: unbounded) to w as JSON
 // lines, the normalised events `parse` prints, and returns how many it wrote.
 func WriteEvents(ctx context.Context, src detectors.EventSource, from, to time.Time, w io.Writer) (int, error) {

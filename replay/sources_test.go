@@ -360,3 +360,38 @@ func TestFilter(t *testing.T) {
 		t.Errorf("%+v does not keep %s", f, v6.ClientIP)
 	}
 }
+
+// TestSpan: a Span counts every event read and those within its range, whatever a
+// filter behind it keeps, and the times of the earliest and latest.
+func TestSpan(t *testing.T) {
+	t0 := time.Date(2026, 11, 2, 6, 0, 0, 0, time.UTC)
+	last := t0.Add(2499 * 10 * time.Millisecond)
+	for _, tc := range []struct {
+		name     string
+		from, to time.Time
+		within   int
+	}{
+		{"unbounded", time.Time{}, time.Time{}, 2500},
+		{"from inside", t0.Add(10 * time.Second), time.Time{}, 1500},
+		{"to inside", time.Time{}, t0.Add(time.Second), 100},
+		{"after the data", t0.Add(time.Hour), t0.Add(2 * time.Hour), 0},
+		{"before the data", t0.Add(-time.Hour), t0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := replay.Span{From: tc.from, To: tc.to}
+			src := replay.Filtered(s.Source(&keySource{n: 2500, start: t0}), replay.Filter{Keys: []string{"no such key"}})
+			for {
+				b, err := src.Next(context.Background())
+				if b != nil && len(b.Events) > 0 {
+					t.Fatalf("the filter kept %d events", len(b.Events))
+				}
+				if err != nil {
+					break
+				}
+			}
+			if s.Read != 2500 || s.Within != tc.within || !s.First.Equal(t0) || !s.Last.Equal(last) {
+				t.Errorf("span %+v, want 2500 read, %d within, from %s to %s", s, tc.within, t0, last)
+			}
+		})
+	}
+}

@@ -275,6 +275,7 @@ type replayRun struct {
 	progress  *progressBar       // nil: stderr is no terminal
 	report    *os.File           // --report, created before the replay and written after it
 	labels    []replay.Label     // --labels, read before the replay and placed after it
+	span      replay.Span        // every event read, before --key, --route and --client-ip
 }
 
 func (r *replayRun) run(ctx context.Context) (err error) {
@@ -419,11 +420,41 @@ func (r *replayRun) verdicts(ctx context.Context, sum *replay.Summary) error {
 	if sum != nil {
 		verdict = errors.Join(verdict, lateVerdict(r.env.stderr, sum, stats, r.cfg.Detectors, float64(r.f.maxLate)))
 	}
+	verdict = errors.Join(verdict, r.rangeVerdict())
 	if ctx.Err() != nil {
 		fmt.Fprintln(r.env.stderr, "replay: interrupted: what is above was raised by the events read before the signal")
 		return ctx.Err()
 	}
 	return verdict
+}
+
+// rangeVerdict is an error when events were read and none of them fell within --from
+// and --to: a range beside the data is a mistake (a wrong year, the wrong file), not a
+// quiet stretch, as a Kafka range without a record is. From the archive, which reads
+// only the range, reading nothing at all is that mistake, unless one --key narrowed the
+// read (then noneMatched says so).
+func (r *replayRun) rangeVerdict() error {
+	s := &r.span
+	switch {
+	case s.Read > 0 && s.Within == 0:
+		return fmt.Errorf("no event within %s: the %d events read run from %s to %s",
+			r.rangeFlags(), s.Read, s.First.UTC().Format(time.RFC3339), s.Last.UTC().Format(time.RFC3339))
+	case s.Read == 0 && r.f.archive && len(r.f.keys) != 1:
+		return fmt.Errorf("the archive holds no event within %s: check the range, and that store.archive was on then (gatewatch run archives only with it)", r.rangeFlags())
+	}
+	return nil
+}
+
+// rangeFlags names the range asked for, as the flags that set it.
+func (r *replayRun) rangeFlags() string {
+	var fl []string
+	if !r.from.IsZero() {
+		fl = append(fl, "--from "+r.from.Format(time.RFC3339))
+	}
+	if !r.to.IsZero() {
+		fl = append(fl, "--to "+r.to.Format(time.RFC3339))
+	}
+	return strings.Join(fl, " ")
 }
 
 // kafkaVerdict is inputVerdict for a Kafka range, each partition an input. A range that
@@ -597,6 +628,10 @@ func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource
 		r.files, r.dead, src = fi, fi.dead, fi.src
 		r.closers = append(r.closers, fi.Close)
 	}
+	if !again {
+		r.span = replay.Span{From: r.from, To: r.to}
+		src = r.span.Source(src)
+	}
 	return replay.Filtered(src, filter), nil
 }
 
@@ -663,10 +698,10 @@ func (f *replayFlags) filterNames() (names, flags []string) {
 
 // noneMatched says so when --key, --route or --client-ip left no event of those read:
 // a value that names nothing (a typo, an address in another form) looks like a quiet
-// stretch otherwise.
+// stretch otherwise. A range beside the data is rangeVerdict's to report.
 func (r *replayRun) noneMatched(events int) {
 	names, _ := r.f.filterNames()
-	if events > 0 || len(names) == 0 {
+	if events > 0 || len(names) == 0 || (r.span.Read > 0 && r.span.Within == 0) {
 		return
 	}
 	fmt.Fprintf(r.env.stderr, "replay: warning: no event in the range matched %s (keys are fingerprints as events and alerts show them; routes are \"METHOD /route\" or \"/route\" as the gateway logs them)\n",

@@ -233,16 +233,16 @@ func TestReplayLabelsCheckedFirst(t *testing.T) {
 	}
 }
 
-// TestReplayArchiveSubsetWarns: the archive replays the events of one key through the
-// detectors (the store reads them by its index), and says the alerts may differ from
-// live's, naming the detectors that count more than one key's traffic.
-func TestReplayArchiveSubsetWarns(t *testing.T) {
+// archivedMinute returns a config whose embedded store archived a minute of 60 events
+// from t0, one a second, of keys k1 and k2 in turn.
+func archivedMinute(t *testing.T) (cfg string, t0 time.Time) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.NewLocal(store.Config{DataDir: dir}, store.LocalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0 := time.Date(2026, 11, 2, 6, 0, 0, 0, time.UTC)
+	t0 = time.Date(2026, 11, 2, 6, 0, 0, 0, time.UTC)
 	var events []ingest.Event
 	for i := range 60 {
 		events = append(events, ingest.Event{Time: t0.Add(time.Duration(i) * time.Second), Source: ingest.FormatAWSWAF,
@@ -254,7 +254,51 @@ func TestReplayArchiveSubsetWarns(t *testing.T) {
 	if err := st.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, replayDetectors+"store: {data_dir: "+dir+"}\n")
+	return testConfig(t, replayDetectors+"store: {data_dir: "+dir+"}\n"), t0
+}
+
+// TestReplayRangeBesideTheData: events read and none within --from/--to is an error
+// (exit 1) that shows where the events are, for --events too, with or without a
+// filter; from the archive, a range that holds no event at all is one.
+func TestReplayRangeBesideTheData(t *testing.T) {
+	_, lines := replayTraffic(t)
+	log := filepath.Join(t.TempDir(), "waf.log")
+	writeLog(t, log, lines[:3000], false)
+	cfg := testConfig(t, replayDetectors)
+	archive, _ := archivedMinute(t)
+	span := "the 3000 events read run from 2026-11-02T06:00:00Z to "
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"after the file", []string{"--config", cfg, "--input", log, "--from", "2027-01-01"}, "no event within --from 2027-01-01T00:00:00Z: " + span},
+		{"before it", []string{"--config", cfg, "--input", log, "--to", "2026-11-01"}, "no event within --to 2026-11-01T00:00:00Z: " + span},
+		{"a warm-up over it", []string{"--config", cfg, "--input", log, "--from", "2026-11-02T07:00Z", "--warmup", "1h"}, "no event within --from 2026-11-02T07:00:00Z: " + span},
+		{"events", []string{"--config", cfg, "--input", log, "--events", "--from", "2027-01-01"}, "no event within --from 2027-01-01T00:00:00Z: " + span},
+		{"events of a key", []string{"--config", cfg, "--input", log, "--events", "--key", "k1", "--from", "2027-01-01"}, "no event within --from 2027-01-01T00:00:00Z: " + span},
+		{"the archive", []string{"--config", archive, "--archive", "--from", "2027-01-01", "--to", "2027-01-02"},
+			"the archive holds no event within --from 2027-01-01T00:00:00Z --to 2027-01-02T00:00:00Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, errOut, code := runCmd(t, "", append([]string{"replay"}, tc.args...)...)
+			if code != 1 || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "no event in the range matched") {
+				t.Errorf("exit %d, want 1 and %q:\n%s", code, tc.want, lastLines(errOut, 4))
+			}
+		})
+	}
+	// Events within the range, none of the key's: a warning, not an error.
+	if _, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--key", "k1"); code != 0 ||
+		!strings.Contains(errOut, "no event in the range matched --key k1") {
+		t.Errorf("a key without events: exit %d, want 0 and a warning:\n%s", code, lastLines(errOut, 4))
+	}
+}
+
+// TestReplayArchiveSubsetWarns: the archive replays the events of one key through the
+// detectors (the store reads them by its index), and says the alerts may differ from
+// live's, naming the detectors that count more than one key's traffic.
+func TestReplayArchiveSubsetWarns(t *testing.T) {
+	cfg, t0 := archivedMinute(t)
 	_, errOut, code := runCmd(t, "", "replay", "--config", cfg, "--archive", "--key", "k1",
 		"--from", t0.Format(time.RFC3339), "--to", t0.Add(time.Hour).Format(time.RFC3339))
 	if code != 0 || !strings.Contains(errOut, "replay: 30 events") {
