@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -226,12 +228,68 @@ func (f *replayFlags) usageError(paths []string) string {
 			"or drop them to replay what live saw (detection needs all the traffic: a route's baseline counts every client's requests)"
 	case f.report != "" && slices.Contains(paths, "-"):
 		return "--report reads the input twice: give files, --kafka or --archive, not stdin"
-	case slices.ContainsFunc(f.keys, func(k string) bool { return strings.Contains(k, " ") }):
-		return "--key takes a client key or token fingerprint, an alert's key only when it is one: " +
-			"for an alert keyed by client and route (object_enumeration) give --key CLIENT --route \"METHOD /route\", " +
-			"for one keyed by route (quiet_endpoint_spike) --route \"METHOD /route\""
+	}
+	// A value that can match no event would pass for a quiet stretch: an alert's key
+	// pasted whole, or an address cut short.
+	for _, k := range f.keys {
+		if msg := keyMistake(k); msg != "" {
+			return msg
+		}
+	}
+	for _, c := range f.clientIPs {
+		if msg := clientIPMistake(c); msg != "" {
+			return msg
+		}
 	}
 	return ""
+}
+
+// keyMistake says what to give instead of --key k when k is an alert's key that names
+// no client key or token fingerprint, "" when it may be one.
+func keyMistake(k string) string {
+	switch {
+	case isIPOrNetwork(k):
+		return fmt.Sprintf("--key %s is an IP address: --key takes a client key or token fingerprint, and alerts on a client known by its address "+
+			"(route_scan, auth_failure_spray, and the others for a client without a key) have the address as their key: give --client-ip %s", k, k)
+	case strings.Contains(k, " "):
+		return "--key takes a client key or token fingerprint, an alert's key only when it is one: " +
+			"for an alert keyed by client and route (object_enumeration) give --key CLIENT --route \"METHOD /route\" " +
+			"(--client-ip ADDRESS for a client known by its address), for one keyed by route (quiet_endpoint_spike) --route \"METHOD /route\""
+	}
+	return ""
+}
+
+// clientIPMistake says what is wrong with --client-ip c, "" when it is an address or
+// a network. Three numbers of an IPv4 address read as the network they begin.
+func clientIPMistake(c string) string {
+	if isIPOrNetwork(c) {
+		return ""
+	}
+	msg := fmt.Sprintf("--client-ip %s is no IP address or network: give an address (203.0.113.7, 2001:db8::1) "+
+		"or a network in CIDR notation (203.0.113.0/24; 2001:db8:1:2::/64 for an IPv6 client, as alerts name it)", c)
+	parts := strings.Split(c, ".")
+	if len(parts) > 3 {
+		return msg
+	}
+	for _, p := range parts {
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 255 || p != strconv.Itoa(n) {
+			return msg
+		}
+	}
+	octets := slices.Clone(parts)
+	for len(octets) < 4 {
+		octets = append(octets, "0")
+	}
+	return msg + fmt.Sprintf("; every address that begins %s. is --client-ip %s/%d", c, strings.Join(octets, "."), 8*len(parts))
+}
+
+// isIPOrNetwork reports whether s is an IP address or a network in CIDR notation.
+func isIPOrNetwork(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	_, err := netip.ParsePrefix(s)
+	return err == nil
 }
 
 // applySets applies --set detectors.NAME.PARAM=VALUE flags and checks the result.

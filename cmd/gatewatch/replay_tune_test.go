@@ -196,8 +196,8 @@ func TestReplayReportPathCheckedFirst(t *testing.T) {
 	if code != 1 || out != "" || !strings.Contains(errOut, "--report") || strings.Contains(errOut, "events from") {
 		t.Errorf("unwritable --report: exit %d, stdout %d bytes, want 1 before any replay:\n%s", code, len(out), lastLines(errOut, 6))
 	}
-	out, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--client-ip", "not-an-address")
-	if code != 0 || out != "" || !strings.Contains(errOut, "no event in the range matched --client-ip not-an-address") {
+	out, errOut, code = runCmd(t, "", "replay", "--config", cfg, "--input", log, "--events", "--client-ip", "192.0.2.1")
+	if code != 0 || out != "" || !strings.Contains(errOut, "no event in the range matched --client-ip 192.0.2.1") {
 		t.Errorf("a filter matching nothing: exit %d, stdout %d bytes:\n%s", code, len(out), lastLines(errOut, 6))
 	}
 }
@@ -351,6 +351,38 @@ func TestReplayTimeForms(t *testing.T) {
 	}
 }
 
+// TestReplayFilterValues: what --key and --client-ip take as they are, and the values
+// that can match no event, with what to give instead.
+func TestReplayFilterValues(t *testing.T) {
+	for _, tc := range []struct {
+		flag, v, want string // want: "" when taken
+		not           string // what the message must not say
+	}{
+		{"--key", "1e3b89e77b4f1e40732340c6ca506edf", "", ""},
+		{"--key", "partner-sync", "", ""}, // a Kong consumer
+		{"--key", "172.157.59.154", "give --client-ip 172.157.59.154", ""},
+		{"--key", "2001:db8:1:2::/64", "give --client-ip 2001:db8:1:2::/64", ""},
+		{"--key", "210.145.177.37 GET /v1/invoices/{id}", "--client-ip ADDRESS for a client known by its address", ""},
+		{"--client-ip", "203.0.113.7", "", ""},
+		{"--client-ip", "2001:db8:1:2::9", "", ""},
+		{"--client-ip", "2001:db8:1:2::/64", "", ""},
+		{"--client-ip", "203.0.113.0/24", "", ""},
+		{"--client-ip", "210.145.177", "is --client-ip 210.145.177.0/24", ""},
+		{"--client-ip", "210.145", "is --client-ip 210.145.0.0/16", ""},
+		{"--client-ip", "210.145.177.", "is no IP address or network", "begins"},
+		{"--client-ip", "210.145.300", "is no IP address or network", "begins"},
+		{"--client-ip", "client-0012", "is no IP address or network", "begins"},
+	} {
+		got := keyMistake(tc.v)
+		if tc.flag == "--client-ip" {
+			got = clientIPMistake(tc.v)
+		}
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) || (tc.not != "" && strings.Contains(got, tc.not)) {
+			t.Errorf("%s %s: %q, want %q", tc.flag, tc.v, got, tc.want)
+		}
+	}
+}
+
 // TestReplayUsageMistakes: flags that do not go together are a usage mistake (exit 2)
 // that says what to change, before anything is read.
 func TestReplayUsageMistakes(t *testing.T) {
@@ -370,6 +402,12 @@ func TestReplayUsageMistakes(t *testing.T) {
 		{[]string{"--input", "-", "--report", "r.html"}, "not stdin"},
 		{[]string{"--from", "2026-03-01T00:00:00Z"}, "name what to replay"},
 		{[]string{"--input", "x.log", "--events", "--key", "5b86a1 GET /v1/invoices/{id}"}, "--key CLIENT --route"},
+		{[]string{"--input", "x.log", "--events", "--key", "172.157.59.154"}, "--key 172.157.59.154 is an IP address"},
+		{[]string{"--input", "x.log", "--events", "--key", "2001:db8:1:2::/64"}, "give --client-ip 2001:db8:1:2::/64"},
+		{[]string{"--input", "x.log", "--events", "--client-ip", "nonsense"}, "--client-ip nonsense is no IP address or network"},
+		{[]string{"--input", "x.log", "--events", "--client-ip", "203.0.113.7", "--client-ip", "210.145.177"}, "every address that begins 210.145.177. is --client-ip 210.145.177.0/24"},
+		{[]string{"--input", "x.log", "--events", "--client-ip", "10"}, "is --client-ip 10.0.0.0/8"},
+		{[]string{"--input", "x.log", "--events", "--client-ip", "2001:db8::/129"}, "is no IP address or network"},
 		{[]string{"--input", "x.log", "--key", "5b86a1"}, "choose the events --events prints: add --events"},
 		{[]string{"--input", "x.log", "--route", "GET /v1/invoices/{id}"}, "choose the events --events prints: add --events"},
 		{[]string{"--kafka", "127.0.0.1:9092", "--from", "2026-03-01T00:00:00Z", "--to", "2026-03-01T01:00:00Z", "--client-ip", "203.0.113.7"}, "add --events"},
