@@ -416,7 +416,11 @@ func (s *Summary) WriteSummary(w io.Writer, label string) {
 		fmt.Fprintf(w, "  %-22s %9d %8d  %s\n", d, s.Incidents[d], s.Updates[d], strings.Join(top[d], ", "))
 	}
 	if s.WarmupIncidents > 0 {
-		fmt.Fprintf(w, "  %d incidents ended in the warm-up, before --from: not printed\n", s.WarmupIncidents)
+		noun := "incidents"
+		if s.WarmupIncidents == 1 {
+			noun = "incident"
+		}
+		fmt.Fprintf(w, "  %d %s ended in the warm-up, before --from: not printed\n", s.WarmupIncidents, noun)
 	}
 }
 

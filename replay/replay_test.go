@@ -186,6 +186,23 @@ func TestReplayTimeRange(t *testing.T) {
 	}
 }
 
+func TestWriteSummaryWarmupIncidents(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want string // "": no line about the warm-up
+	}{
+		{0, ""},
+		{1, "\n  1 incident ended in the warm-up, before --from: not printed\n"},
+		{2, "\n  2 incidents ended in the warm-up, before --from: not printed\n"},
+	} {
+		var w strings.Builder
+		(&replay.Summary{WarmupIncidents: tc.n}).WriteSummary(&w, "replay")
+		if got := w.String(); !strings.Contains(got, tc.want) || (tc.want == "" && strings.Contains(got, "warm-up")) {
+			t.Errorf("%d incidents in the warm-up, want %q:\n%s", tc.n, tc.want, got)
+		}
+	}
+}
+
 // TestReplayContinuesIncidentsOpenAtFrom: a replay that starts while an incident is
 // under way opens it anew, under another id, unless it is given the incidents open at
 // --from (IncidentsAsOf over the alert history): then the attack's alert keeps the id
