@@ -333,7 +333,7 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 		}
 	}
 	if err := r.SetOffset(start); err != nil {
-		send(rangeChunk{err: err})
+		send(rangeChunk{err: fmt.Errorf("kafka: reading %s from offset %d: %w", p.st.Partition, start, err)})
 		return
 	}
 	var c rangeChunk
@@ -342,7 +342,7 @@ func (k *KafkaRange) fetch(ctx context.Context, p *rangePart) {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				send(rangeChunk{err: fmt.Errorf("replay: kafka: reading %s at offset %d: %w", p.st.Partition, next, err)})
+				send(rangeChunk{err: fmt.Errorf("kafka: reading %s at offset %d: %w", p.st.Partition, next, err)})
 			}
 			return
 		}
@@ -393,7 +393,8 @@ func (k *KafkaRange) parse(ctx context.Context) {
 }
 
 // Next returns the next batch: the partitions' events merged by event time, each
-// partition's in its own order, with their runs; io.EOF after the last.
+// partition's in its own order, with their runs; io.EOF after the last. Its errors do
+// not begin with "replay: ": Run, WriteEvents and Timelines, which read it, say that.
 func (k *KafkaRange) Next(ctx context.Context) (*ingest.Batch, error) {
 	if !k.started {
 		k.start()
@@ -514,7 +515,7 @@ func (k *KafkaRange) pull(ctx context.Context, p *rangePart) ([]ingest.Event, er
 		}
 		if len(r.letters) > 0 && k.opts.DeadLetters != nil {
 			if err := k.opts.DeadLetters.Put(ctx, r.letters); err != nil {
-				return nil, fmt.Errorf("replay: dead letters: %w", err)
+				return nil, fmt.Errorf("dead letters: %w", err)
 			}
 		}
 		for i := range r.events {

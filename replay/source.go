@@ -57,7 +57,7 @@ func (a *Archive) start() {
 		for ev, err := range a.seq {
 			if err != nil {
 				if len(evs) == 0 || send(archiveBatch{events: evs}) {
-					send(archiveBatch{err: fmt.Errorf("replay: %w", err)})
+					send(archiveBatch{err: fmt.Errorf("archive: %w", err)})
 				}
 				return
 			}
@@ -75,7 +75,8 @@ func (a *Archive) start() {
 	})
 }
 
-// Next returns the next batch of archived events, io.EOF after the last.
+// Next returns the next batch of archived events, io.EOF after the last. Its errors do
+// not begin with "replay: ": Run, WriteEvents and Timelines, which read it, say that.
 func (a *Archive) Next(ctx context.Context) (*ingest.Batch, error) {
 	if !a.started {
 		a.start()

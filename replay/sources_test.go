@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"slices"
 	"strings"
@@ -393,5 +394,37 @@ func TestSpan(t *testing.T) {
 				t.Errorf("span %+v, want 2500 read, %d within, from %s to %s", s, tc.within, t0, last)
 			}
 		})
+	}
+}
+
+// TestSourceErrorsNamedOnce: an error of the archive (or of a Kafka range) as read by
+// Run and WriteEvents names the replay once, not "replay: reading the input: replay:".
+func TestSourceErrorsNamedOnce(t *testing.T) {
+	failing := func() detectors.EventSource {
+		return replay.NewArchive(func(yield func(ingest.Event, error) bool) {
+			if yield(ingest.Event{Time: time.Date(2026, 11, 2, 6, 0, 0, 0, time.UTC)}, nil) {
+				yield(ingest.Event{}, errors.New("store: connection reset"))
+			}
+		})
+	}
+	want := "replay: reading the input: archive: store: connection reset"
+	for _, tc := range []struct {
+		name string
+		read func(detectors.EventSource) error
+	}{
+		{"Run", func(src detectors.EventSource) error {
+			_, err := replay.Run(context.Background(), replay.Options{Source: src, Detectors: demoDetectors(), Out: io.Discard})
+			return err
+		}},
+		{"WriteEvents", func(src detectors.EventSource) error {
+			_, err := replay.WriteEvents(context.Background(), src, time.Time{}, time.Time{}, io.Discard)
+			return err
+		}},
+	} {
+		src := failing()
+		if err := tc.read(src); err == nil || err.Error() != want {
+			t.Errorf("%s: %v, want %q", tc.name, err, want)
+		}
+		src.(*replay.Archive).Close()
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -139,7 +140,8 @@ func run(ctx context.Context, env *cmdEnv, args []string) int {
 		case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 			return 130
 		}
-		fmt.Fprintf(env.stderr, "gatewatch %s: %v\n", c.name, err)
+		// The replay package's errors name it, as the command is named: once is enough.
+		fmt.Fprintf(env.stderr, "gatewatch %s: %s\n", c.name, strings.TrimPrefix(err.Error(), c.name+": "))
 		return 1
 	}
 	fmt.Fprintf(env.stderr, "gatewatch: unknown command %q\n\n", args[0])

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -380,6 +381,22 @@ func TestReplayFilterValues(t *testing.T) {
 		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) || (tc.not != "" && strings.Contains(got, tc.not)) {
 			t.Errorf("%s %s: %q, want %q", tc.flag, tc.v, got, tc.want)
 		}
+	}
+}
+
+// TestReplayErrorsNameTheCommandOnce: the replay package's errors begin with
+// "replay: ", as the command's line does: it says so once.
+func TestReplayErrorsNameTheCommandOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String() // nothing listens there once closed
+	l.Close()
+	_, errOut, code := runCmd(t, "", "replay", "--config", testConfig(t, replayDetectors), "--kafka", closed, "--topic", "waf-logs",
+		"--from", "2026-11-02T06:00Z", "--to", "2026-11-02T07:00Z")
+	if code != 1 || !strings.Contains(errOut, "gatewatch replay: kafka: partitions of waf-logs: ") || strings.Contains(errOut, "replay: replay:") {
+		t.Errorf("exit %d, want 1 and the error named once:\n%s", code, lastLines(errOut, 3))
 	}
 }
 
