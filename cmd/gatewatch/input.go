@@ -91,6 +91,10 @@ func (f *inputFlags) paths(env *cmdEnv, fs *flag.FlagSet, args []string) ([]stri
 		fs.Usage()
 		return nil, errUsage
 	}
+	if len(paths) > 1 && slices.Contains(paths, "-") {
+		fmt.Fprintf(env.stderr, "%s: stdin (-) cannot be read together with other inputs\n", fs.Name())
+		return nil, errUsage
+	}
 	return paths, nil
 }
 

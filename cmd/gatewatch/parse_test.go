@@ -131,6 +131,9 @@ func TestParseRefusesTheWrongFormat(t *testing.T) {
 	if _, _, code := runCmd(t, in, "parse", "--format", "nginx", "--input", "-", "--max-reject-ratio", "1"); code != 0 {
 		t.Errorf("--max-reject-ratio 1: exit %d", code)
 	}
+	if _, errOut, code := runCmd(t, in, "parse", "--input", "-", "access.log"); code != 2 || !strings.Contains(errOut, "stdin (-) cannot be read together") {
+		t.Errorf("stdin and a file: exit %d, %q", code, errOut)
+	}
 	for _, bad := range []string{"2", "-1", "NaN"} { // NaN would turn the check off
 		if _, errOut, code := runCmd(t, in, "parse", "--input", "-", "--max-reject-ratio", bad); code != 2 || !strings.Contains(errOut, "between 0 and 1") {
 			t.Errorf("--max-reject-ratio %s: exit %d, %q", bad, code, errOut)
