@@ -73,6 +73,14 @@ type trDev struct {
 	newest int64    // bucket of the device's latest event
 	counts []uint16 // its events per ring slot; nil for the first device
 	dev    string
+	// ip is an address the device used since its burst began: the client IP of its
+	// earliest bucket's events of smallest hash (ipB, ipH). Events of later buckets
+	// never replace it, so a window judged before or after they came names the same
+	// one, whatever order they came in. The evidence names every device's, which the
+	// buckets' one sample each could miss (two stolen devices in one 30s bucket).
+	ip  string
+	ipB int64
+	ipH uint64
 }
 
 func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *tokenReuse {
@@ -179,7 +187,8 @@ func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 	d.dropSlots(k, dropped, keep)
 	fresh := data[o] == 0
 	d.cnt.count(data, &k.r, nil, o, b, bs, t)
-	if ih := hash64(ev.ClientIP); fresh || ih != k.ipH || b != k.ipB {
+	ih := hash64(ev.ClientIP)
+	if fresh || ih != k.ipH || b != k.ipB {
 		d.cnt.sample(data, o, fresh, b, bs, ev.ClientIP, ih, &d.arena)
 		k.ipB, k.ipH = b, ih
 	}
@@ -196,6 +205,9 @@ func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 		dv.newest = max(dv.newest, b)
 		if dv.counts != nil {
 			inc16(&dv.counts[bs])
+		}
+		if ev.ClientIP != "" && (dv.ip == "" || b < dv.ipB || (b == dv.ipB && ih < dv.ipH)) {
+			dv.ip, dv.ipB, dv.ipH = strings.Clone(ev.ClientIP), b, ih
 		}
 	}
 	if !d.tab.ents[slot].hot && d.active(k) > p.maxDevices {
@@ -418,6 +430,7 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 		ev.DeviceCount = n
 		ev.MaxDevices = p.maxDevices
 		data := d.cnt.keyData(slot)
+		var ips []string
 		for i := 0; i < int(k.nDev); i++ {
 			dv := k.dev(i)
 			if dv.mask&m == 0 {
@@ -425,9 +438,20 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 			}
 			ev.Devices = append(ev.Devices, dv.dev)
 			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: d.deviceEvents(k, data, i, m)})
+			if dv.ip != "" {
+				ips = append(ips, dv.ip)
+			}
 		}
 		from := end - d.lay.n + 1
-		ev.ClientIPs = d.cnt.samples(data, &k.r, from, end, &d.arena, 10)
+		// Every device's address, then the buckets' samples up to ten in all.
+		ips = sortedUnique(ips)
+		keep := max(10, len(ips))
+		for _, ip := range d.cnt.samples(data, &k.r, from, end, &d.arena, 10) {
+			if len(ips) < keep && !slices.Contains(ips, ip) {
+				ips = append(ips, ip)
+			}
+		}
+		ev.ClientIPs = sortedUnique(ips)
 		var ccs []string
 		for b := max(from, k.r.lo); b <= min(end, k.r.top); b++ {
 			if s := d.lay.slot(b); k.r.holds(b, s) && data[s*d.cnt.stride] > 0 {

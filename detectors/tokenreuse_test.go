@@ -101,6 +101,30 @@ func TestTokenReuse(t *testing.T) {
 	}
 }
 
+// Every device's address is in the evidence, though the buckets keep one sample each:
+// two stolen devices in one 30s bucket, from two addresses, and a long-lived phone
+// among many of its own.
+func TestTokenReuseEvidenceNamesEveryDevicesAddress(t *testing.T) {
+	var events []ingest.Event
+	for i := range 40 {
+		events = append(events, use("t1", "phone", at(time.Duration(i)*5*time.Second), ip(fmt.Sprintf("192.0.2.%d", 10+i%3))))
+	}
+	events = append(events,
+		use("t1", "stolen-1", at(91*time.Second), ip("203.0.113.66")),
+		use("t1", "stolen-2", at(92*time.Second), ip("198.51.100.77")))
+	slices.SortStableFunc(events, func(a, b ingest.Event) int { return a.Time.Compare(b.Time) })
+	groups := incidentsOf(run(t, only(TokenReuse), nil, 0, events).alerts)
+	if len(groups) != 1 {
+		t.Fatalf("%d incidents", len(groups))
+	}
+	ips := final(groups[0]).Evidence.ClientIPs
+	for _, want := range []string{"203.0.113.66", "198.51.100.77"} {
+		if !slices.Contains(ips, want) {
+			t.Errorf("client_ips %v lack %s", ips, want)
+		}
+	}
+}
+
 func TestTokenReuseEvidence(t *testing.T) {
 	events := []ingest.Event{
 		use("t1", "phone", t0, ip("192.0.2.10"), country("DE")),
