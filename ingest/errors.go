@@ -20,11 +20,14 @@ const (
 	ReasonBadValue      = "bad_value"      // a field has the wrong type or an impossible value
 	ReasonUnknownFormat = "unknown_format" // --format auto recognised no format
 	ReasonTruncated     = "truncated"      // cut short by damage to its input (a truncated gzip)
+	// ReasonStderr: a line a container wrote to stderr (a container runtime's log says
+	// which stream) that is no access log record: the program's own log, set aside.
+	ReasonStderr = "stderr"
 )
 
 // Reasons lists every rejection reason, for pre-creating metric series.
 var Reasons = []string{ReasonOversized, ReasonBadUTF8, ReasonInvalidJSON, ReasonBadSyntax,
-	ReasonMissingField, ReasonBadTimestamp, ReasonBadValue, ReasonUnknownFormat, ReasonTruncated}
+	ReasonMissingField, ReasonBadTimestamp, ReasonBadValue, ReasonUnknownFormat, ReasonTruncated, ReasonStderr}
 
 // A ParseError says why a record was rejected. Its text never quotes the record, which
 // may hold credentials.

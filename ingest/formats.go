@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"unicode/utf8"
 )
 
@@ -16,7 +17,9 @@ import (
 //     raw record still reaches the dead-letter sink and the repair is counted;
 //   - the format parses the record, and the event must be complete (see complete);
 //   - a record that does not parse as it is gets its container-runtime or shipper
-//     envelope taken off (see unwrapper), and what was inside is parsed instead.
+//     envelope taken off (see unwrapper), and what was inside is parsed instead;
+//   - a record that still does not parse, and that its container wrote to stderr, is
+//     rejected as stderr: the program's own log, not a record of the wrong format.
 type record struct {
 	p     Parser
 	max   int
@@ -46,6 +49,13 @@ func (r *record) Parse(ev *Event, line []byte) error {
 	}
 	if err == nil && repaired {
 		return &ParseError{Reason: ReasonBadUTF8, Err: errRepaired, Kept: true}
+	}
+	if err != nil && !Kept(err) {
+		if stream, _, _, _, _, _, _ := splitPart(line); stream == 1 {
+			// nginx's notices, an ingress controller's own log: next to its access log
+			// in the pod's file, but no request, and not a sign of a wrong --format.
+			return &ParseError{Reason: ReasonStderr, Err: fmt.Errorf("a line its container wrote to stderr, which is no access log record: %w", err)}
+		}
 	}
 	return err
 }

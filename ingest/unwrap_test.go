@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -190,4 +191,33 @@ func FuzzUnwrap(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestStderrLinesAreSetAside: a line a container wrote to stderr that is no record is
+// rejected as stderr, not as a record of the wrong format; an access log a container
+// writes to stderr is parsed as any other.
+func TestStderrLinesAreSetAside(t *testing.T) {
+	const combined = `203.0.113.7 - - [14/Jun/2025:11:21:44 +0200] "GET /v1/items/1 HTTP/1.1" 200 512 "-" "curl/8.5.0"`
+	const notice = "2025/06/14 09:21:44 [notice] 1#1: start worker processes"
+	for _, tc := range []struct {
+		name, line, reason string
+	}{
+		{"CRI stderr notice", "2025-06-14T09:21:44.517312345Z stderr F " + notice, ReasonStderr},
+		{"Docker stderr notice", `{"log":"` + notice + `\n","stream":"stderr","time":"2025-06-14T09:21:44.517Z"}`, ReasonStderr},
+		{"CRI stderr access log", "2025-06-14T09:21:44.517312345Z stderr F " + combined, ""},
+		{"CRI stdout notice", "2025-06-14T09:21:44.517312345Z stdout F " + notice, ReasonUnknownFormat},
+		{"bare notice", notice, ReasonUnknownFormat},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ev Event
+			err := mustParser(t, FormatAuto).Parse(&ev, []byte(tc.line))
+			var pe *ParseError
+			switch {
+			case tc.reason == "" && err != nil:
+				t.Errorf("rejected: %v", err)
+			case tc.reason != "" && (!errors.As(err, &pe) || pe.Reason != tc.reason):
+				t.Errorf("error %v, want reason %s", err, tc.reason)
+			}
+		})
+	}
 }

@@ -281,14 +281,21 @@ func inputVerdict(w io.Writer, label string, stats []ingest.FileStats, dead *cou
 	if len(damaged) > 0 {
 		errs = append(errs, fmt.Errorf("%d of %d inputs damaged (the records before the damage were read): %w", len(damaged), len(stats), errors.Join(damaged...)))
 	}
-	if rej := dead.rejected(); records > 0 && float64(rej) > maxReject*float64(records) {
-		top := dead.reasons()[0]
+	// Lines containers wrote to stderr are set aside, not counted against the input: an
+	// ingress controller's pod log holds its own log next to its access log.
+	stderr := dead.byReason[ingest.ReasonStderr]
+	events := records - int64(dead.rejected())
+	switch rej := dead.rejected() - stderr; {
+	case records > 0 && float64(rej) > maxReject*float64(records):
+		top := slices.DeleteFunc(dead.reasons(), func(r string) bool { return r == ingest.ReasonStderr })[0]
 		hint := ""
 		if int64(rej) == records {
 			hint = "; not one record was accepted: is --format right? (auto recognises each record's format)"
 		}
 		errs = append(errs, fmt.Errorf("%d of %d records rejected (%s, over --max-reject-ratio %g), most as %s (%d): %s%s",
 			rej, records, percent(int64(rej), records), maxReject, top, dead.byReason[top], dead.example[top], hint))
+	case stderr > 0 && events <= 0:
+		errs = append(errs, fmt.Errorf("all %d records are lines containers wrote to stderr, none an access log record: are these the right containers' logs?", records))
 	}
 	return errors.Join(errs...)
 }

@@ -141,6 +141,31 @@ func TestParseRefusesTheWrongFormat(t *testing.T) {
 	}
 }
 
+// TestParseSetsContainerStderrAside: a pod's log holds what its container wrote to
+// stderr next to its access log (nginx's notices, an ingress controller's own log).
+// Those lines go to the dead letters as stderr and do not count against
+// --max-reject-ratio; a log of nothing else is an error.
+func TestParseSetsContainerStderrAside(t *testing.T) {
+	var in strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&in, "2025-06-14T09:21:%02d.5Z stdout F 203.0.113.7 - - [14/Jun/2025:09:21:%02d +0000] \"GET /v1/items/%d HTTP/1.1\" 200 512 \"-\" \"curl/8.5.0\"\n", i%60, i%60, i)
+		if i%20 == 0 {
+			fmt.Fprintf(&in, "2025-06-14T09:21:%02d.6Z stderr F 2025/06/14 09:21:%02d [notice] 1#1: signal process started\n", i%60, i%60)
+		}
+	}
+	out, errOut, code := runCmd(t, in.String(), "parse", "--input", "-")
+	if code != 0 || strings.Count(out, "\n") != 200 || !strings.Contains(errOut, "rejected as stderr: 10") {
+		t.Errorf("exit %d, %d events:\n%s", code, strings.Count(out, "\n"), lastLines(errOut, 6))
+	}
+	var only strings.Builder
+	for range 5 {
+		only.WriteString("2025-06-14T09:21:44.6Z stderr F 2025/06/14 09:21:44 [notice] 1#1: signal process started\n")
+	}
+	if _, errOut, code := runCmd(t, only.String(), "parse", "--input", "-"); code != 1 || !strings.Contains(errOut, "lines containers wrote to stderr") {
+		t.Errorf("stderr only: exit %d:\n%s", code, lastLines(errOut, 6))
+	}
+}
+
 // TestPercent: a share just over a limit does not round to the limit.
 func TestPercent(t *testing.T) {
 	for _, tc := range []struct {
