@@ -423,6 +423,16 @@ func TestFileSourceInputsAsFound(t *testing.T) {
 			writeLines(t, filepath.Join(dir, "access.log"), l, false)
 			return []string{dir}
 		}, lines("a")},
+		{"blank lines in container envelopes", func(t *testing.T, dir string) []string {
+			var b strings.Builder
+			for i, l := range lines("a") {
+				fmt.Fprintf(&b, "2025-03-01T10:0%d:00.5Z stdout F %s\n", i, l)
+				fmt.Fprintf(&b, "2025-03-01T10:0%d:00.6Z stdout F \n", i)
+				fmt.Fprintf(&b, "{\"log\":\"\\n\",\"stream\":\"stdout\",\"time\":\"2025-03-01T10:0%d:00.7Z\"}\n", i)
+			}
+			write(t, filepath.Join(dir, "0.log"), []byte(b.String()))
+			return []string{dir}
+		}, lines("a")},
 		{"bzip2", func(t *testing.T, dir string) []string {
 			return []string{"testdata/compressed/access.log.2.bz2"}
 		}, lines("bz")},

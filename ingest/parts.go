@@ -117,6 +117,27 @@ func splitPart(line []byte) (stream int, head []byte, tagAt int, content, tail [
 	return streamIndex(streamTok), line[:len(line)-len(rest)], len(ts) + 1 + len(streamTok) + 1, rest, nil, tag == 'F', tag == 'P'
 }
 
+// blankEnvelope reports whether line is a container runtime's line (CRI, Docker
+// json-file) around an empty line: what a program printed as a blank line, no record,
+// skipped as a plain empty line is.
+func blankEnvelope(line []byte) bool {
+	stream, _, _, content, _, last, _ := splitPart(line)
+	if stream < 0 || !last {
+		return false
+	}
+	for len(content) > 0 {
+		switch {
+		case content[0] == ' ' || content[0] == '\t' || content[0] == '\r' || content[0] == '\n':
+			content = content[1:]
+		case len(content) > 1 && content[0] == '\\' && (content[1] == 'n' || content[1] == 'r' || content[1] == 't'):
+			content = content[2:] // Docker's JSON escapes
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 func streamIndex(s []byte) int {
 	switch {
 	case bytes.HasPrefix(s, []byte("stdout")):
