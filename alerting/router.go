@@ -368,6 +368,33 @@ func (r *Router) Deliveries(ctx context.Context, a detectors.Alert) ([]Delivery,
 	return out, nil
 }
 
+// Newest returns the LastSeen of the latest version of each of alerts' ids that the
+// outbox holds (for any receiver, from the earliest of alerts on). An alert fed again
+// by hand (notify) after a later version of it went out would reach its receivers after
+// it, and a reader that keeps the last version of each alert would keep stale evidence.
+func (r *Router) Newest(ctx context.Context, alerts []detectors.Alert) (map[string]time.Time, error) {
+	if len(alerts) == 0 {
+		return nil, nil
+	}
+	since := alerts[0].LastSeen
+	for i := range alerts {
+		if alerts[i].LastSeen.Before(since) {
+			since = alerts[i].LastSeen
+		}
+	}
+	ds, err := r.store.Recent(ctx, since)
+	if err != nil {
+		return nil, fmt.Errorf("alerting: outbox: recent: %w", err)
+	}
+	out := map[string]time.Time{}
+	for i := range ds {
+		if v := time.UnixMilli(ds[i].Version).UTC(); v.After(out[ds[i].ID]) {
+			out[ds[i].ID] = v
+		}
+	}
+	return out, nil
+}
+
 // Parked returns up to limit deliveries to receiver that were parked as failed.
 func (r *Router) Parked(ctx context.Context, receiver string, limit int) ([]Delivery, error) {
 	ds, err := r.store.Parked(ctx, receiver, limit)

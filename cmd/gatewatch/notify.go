@@ -100,7 +100,8 @@ func openDelivery(ctx context.Context, env *cmdEnv, cfg *config) (*pipeline.Deli
 // silence muted.
 type sent struct {
 	unrouted, silenced []detectors.Alert
-	at                 time.Time // when the alerts were put: a delivery done before was an earlier run's
+	stale              map[alerting.DeliveryKey]time.Time // versions never sent (Receiver empty) → the later one that went out before
+	at                 time.Time                          // when the alerts were put: a delivery done before was an earlier run's
 }
 
 // send puts alerts through the router and waits, up to timeout, until every delivery
@@ -118,6 +119,29 @@ func send(ctx context.Context, router *alerting.Router, alerts []detectors.Alert
 			out.unrouted = append(out.unrouted, a)
 		}
 	}
+	// A version older than one that went out is not sent after it, unless the outbox
+	// holds it already (sent before its successor: the dedup reports it).
+	newest, err := router.Newest(ctx, alerts)
+	if err != nil {
+		return out, err
+	}
+	out.stale = map[alerting.DeliveryKey]time.Time{}
+	for _, a := range alerts {
+		if !newest[a.ID].After(a.LastSeen) {
+			continue
+		}
+		ds, err := router.Deliveries(ctx, a)
+		if err != nil {
+			return out, err
+		}
+		if !slices.ContainsFunc(ds, func(d alerting.Delivery) bool { return d.State != 0 }) { // no state: the outbox does not hold it
+			out.stale[alerting.KeyOf("", &a)] = newest[a.ID]
+		}
+	}
+	alerts = slices.DeleteFunc(slices.Clone(alerts), func(a detectors.Alert) bool {
+		_, ok := out.stale[alerting.KeyOf("", &a)]
+		return ok
+	})
 	out.at = time.Now()
 	if err := router.Put(ctx, alerts); err != nil {
 		return out, err
@@ -151,6 +175,11 @@ func report(ctx context.Context, env *cmdEnv, router *alerting.Router, alerts []
 			continue
 		case slices.ContainsFunc(s.silenced, func(u detectors.Alert) bool { return u.ID == a.ID }):
 			fmt.Fprintf(env.stdout, "%s %s -> nobody: silenced\n", a.ID, a.Detector)
+			continue
+		}
+		if later, ok := s.stale[alerting.KeyOf("", &a)]; ok {
+			fmt.Fprintf(env.stdout, "%s %s (last_seen %s) -> not sent: a later version (last_seen %s) went out before\n",
+				a.ID, a.Detector, a.LastSeen.UTC().Format(time.RFC3339Nano), later.Format(time.RFC3339Nano))
 			continue
 		}
 		ds, err := router.Deliveries(ctx, a)

@@ -150,6 +150,37 @@ func TestNotifyRoutesOnceAndNeverTwice(t *testing.T) {
 	}
 }
 
+// TestNotifySendsNoVersionOlderThanOneSent: an incident's final version, then a file of
+// its earlier versions (what replay --updates prints), fed to notify: the earlier ones
+// are not sent after the final one, and the report says so.
+func TestNotifySendsNoVersionOlderThanOneSent(t *testing.T) {
+	line, _, _ := strings.Cut(demoAlerts(t), "\n")
+	var a map[string]any
+	if err := json.Unmarshal([]byte(line), &a); err != nil {
+		t.Fatal(err)
+	}
+	last, err := time.Parse(time.RFC3339, a["last_seen"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a["last_seen"] = last.Add(-time.Minute).UTC().Format("2006-01-02T15:04:05.000Z")
+	older, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, rest := writeNotifyConfig(t)
+	if out, errOut, code := runCmd(t, line+"\n", "notify", "--config", cfg, "--input", "-"); code != 0 {
+		t.Fatalf("final version: exit %d: %s\n%s", code, errOut, out)
+	}
+	out, errOut, code := runCmd(t, string(older)+"\n", "notify", "--config", cfg, "--input", "-")
+	if code != 0 || !strings.Contains(out, "-> not sent: a later version") {
+		t.Errorf("earlier version: exit %d:\n%s\n%s", code, out, errOut)
+	}
+	if got := countLines(t, rest); len(got) != 1 {
+		t.Errorf("archive holds %v, want the final version only", got)
+	}
+}
+
 func TestNotifyRejectsBadInput(t *testing.T) {
 	cfg, _, _ := writeNotifyConfig(t)
 	_, errOut, code := runCmd(t, "{\"id\":\"x\"}\nnot json\n", "notify", "--config", cfg, "--input", "-")
