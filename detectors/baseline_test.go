@@ -127,3 +127,30 @@ func (l *limitRecorder) LoadBaselines(ctx context.Context, lim BaselineLimits) (
 	l.lim = lim
 	return l.BaselineStore.LoadBaselines(ctx, lim)
 }
+
+// TestTrafficSinceFromKeys: a snapshot without TrafficSince whose keys were first seen
+// two days ago starts the learning periods then, not at the first event observed: a
+// store that lost its traffic_since still knows there was traffic.
+func TestTrafficSinceFromKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		snap Baselines
+		want time.Time
+	}{
+		{"keys only", Baselines{Keys: []KeyBaseline{{Key: "k", FirstSeen: t0.Add(-48 * time.Hour)}, {Key: "j", FirstSeen: t0.Add(-24 * time.Hour)}}}, t0.Add(-48 * time.Hour)},
+		{"traffic_since wins", Baselines{TrafficSince: t0.Add(-time.Hour), Keys: []KeyBaseline{{Key: "k", FirstSeen: t0.Add(-48 * time.Hour)}}}, t0.Add(-time.Hour)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := NewEngine(DefaultConfig(), Options{Registerer: prometheus.NewRegistry(), Baselines: NewMemoryBaselines(tc.snap, AllBaselines)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.LoadBaselines(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if got := msTime(e.traffic.since); !got.Equal(tc.want) {
+				t.Errorf("traffic since %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -67,9 +67,7 @@ func (e *Engine) RefreshBaselines(ctx context.Context) error {
 	if e.wms.started {
 		wm = e.wms.wm
 	}
-	if !b.TrafficSince.IsZero() {
-		e.traffic.since = min(e.traffic.since, b.TrafficSince.UnixMilli())
-	}
+	e.sawTraffic(&b)
 	e.fetch.loaded(&b)
 	var adopted, merged int
 	for _, l := range e.learners {

@@ -616,8 +616,12 @@ func (r *replayRun) loadBaselines(ctx context.Context) error {
 		alerts[i] = recs[i].Alert
 	}
 	r.incidents = replay.IncidentsAsOf(alerts, at)
-	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %d keys, %d routes, %d incidents open%s\n",
-		at.Format(time.RFC3339), len(b.Keys), len(b.Routes), len(r.incidents), warmupNote(r.warmup))
+	since := "no traffic before it"
+	if !b.TrafficSince.IsZero() {
+		since = "traffic since " + b.TrafficSince.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(w, "replay: baselines as the store had them at %s: %s, %d keys, %d routes, %d %s open%s\n",
+		at.Format(time.RFC3339), since, len(b.Keys), len(b.Routes), len(r.incidents), plural(len(r.incidents), "incident", "incidents"), warmupNote(r.warmup))
 	return nil
 }
 
