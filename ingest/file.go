@@ -623,7 +623,7 @@ func (s *FileSource) read(ctx context.Context, in int, out chan<- chunk) error {
 			// copytruncate) holds zeros where the writer's offset was.
 			line = bytes.TrimLeft(line, "\x00")
 			if len(line) > 0 {
-				if rec, num, recSize, ok := lr.parts.join(line, lineNo, size); ok && !blankEnvelope(rec) {
+				if rec, num, recSize, ok := lr.parts.join(line, lineNo, size); ok {
 					if aerr := lr.add(rec, num, recSize, nil); aerr != nil {
 						return aerr
 					}

@@ -38,7 +38,9 @@ var dockerStream = []byte(`","stream":"`)
 
 // join takes one line (read at line num, size bytes as read). It returns the record to
 // hand on, if any: the line itself when it is no part, the joined record when line ends
-// one, nothing when line opens or continues one.
+// one, nothing when line opens or continues one, or is a runtime's line around a blank
+// line (what a program printed as an empty line: no record, as a plain empty line is
+// none).
 func (j *joiner) join(line []byte, num int64, size int) (rec []byte, recNum int64, recSize int, ok bool) {
 	stream, head, tagAt, content, tail, last, isPart := splitPart(line)
 	if stream < 0 {
@@ -46,6 +48,9 @@ func (j *joiner) join(line []byte, num int64, size int) (rec []byte, recNum int6
 	}
 	p := j.open[stream]
 	if p == nil && !isPart {
+		if last && blankContent(content) {
+			return nil, 0, 0, false
+		}
 		return line, num, size, true // a whole line
 	}
 	if p == nil {
@@ -117,20 +122,15 @@ func splitPart(line []byte) (stream int, head []byte, tagAt int, content, tail [
 	return streamIndex(streamTok), line[:len(line)-len(rest)], len(ts) + 1 + len(streamTok) + 1, rest, nil, tag == 'F', tag == 'P'
 }
 
-// blankEnvelope reports whether line is a container runtime's line (CRI, Docker
-// json-file) around an empty line: what a program printed as a blank line, no record,
-// skipped as a plain empty line is.
-func blankEnvelope(line []byte) bool {
-	stream, _, _, content, _, last, _ := splitPart(line)
-	if stream < 0 || !last {
-		return false
-	}
+// blankContent reports whether a runtime's line holds nothing but white space, Docker's
+// JSON escapes of it included.
+func blankContent(content []byte) bool {
 	for len(content) > 0 {
 		switch {
 		case content[0] == ' ' || content[0] == '\t' || content[0] == '\r' || content[0] == '\n':
 			content = content[1:]
 		case len(content) > 1 && content[0] == '\\' && (content[1] == 'n' || content[1] == 'r' || content[1] == 't'):
-			content = content[2:] // Docker's JSON escapes
+			content = content[2:]
 		default:
 			return false
 		}
