@@ -677,6 +677,7 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 	var (
 		evs   []Event
 		runs  []Run
+		ins   []int // the input of each run
 		ended []Partition
 	)
 	for len(evs) < s.opts.BatchSize {
@@ -720,11 +721,10 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 			}
 		}
 		evs = append(evs, st.evs[0])
-		s.handedOut(st.in, st.evs[:1])
-		if p := s.partition(st.in); len(runs) > 0 && runs[len(runs)-1].Partition == p {
-			runs[len(runs)-1].N++
+		if k := len(runs) - 1; k >= 0 && ins[k] == st.in {
+			runs[k].N++
 		} else {
-			runs = append(runs, Run{Partition: p, N: 1})
+			runs, ins = append(runs, Run{Partition: s.partition(st.in), N: 1}), append(ins, st.in)
 		}
 		if st.evs = st.evs[1:]; len(st.evs) == 0 {
 			s.releaseEvents(st.buf[:0]) // every event was copied out
@@ -737,6 +737,9 @@ func (s *FileSource) Next(ctx context.Context) (*Batch, error) {
 			close(s.work) // no reader is left to send to it
 		}
 		return nil, io.EOF
+	}
+	for k, i := 0, 0; k < len(runs); i, k = i+runs[k].N, k+1 {
+		s.handedOut(ins[k], evs[i:i+runs[k].N])
 	}
 	b := NewBatch(evs, nil)
 	b.release = s.releaseEvents
