@@ -79,14 +79,7 @@ func drainReleasing(t *testing.T, src interface {
 }, release bool) []string {
 	t.Helper()
 	var got []string
-	for {
-		b, err := src.Next(context.Background())
-		if errors.Is(err, io.EOF) {
-			return got
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	eachBatch(t, src, func(b *ingest.Batch) {
 		for _, ev := range b.Events {
 			got = append(got, ev.UserAgent)
 		}
@@ -96,6 +89,24 @@ func drainReleasing(t *testing.T, src interface {
 				t.Fatal("Release left the batch its events")
 			}
 		}
+	})
+	return got
+}
+
+// eachBatch calls fn with each batch of src, to the end.
+func eachBatch(t *testing.T, src interface {
+	Next(context.Context) (*ingest.Batch, error)
+}, fn func(*ingest.Batch)) {
+	t.Helper()
+	for {
+		b, err := src.Next(context.Background())
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(b)
 	}
 }
 
@@ -223,14 +234,7 @@ func TestFileSourceBoundsChunkBytes(t *testing.T) {
 	}
 	defer src.Close()
 	var got, most int
-	for {
-		b, err := src.Next(context.Background())
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	eachBatch(t, src, func(b *ingest.Batch) {
 		for _, ev := range b.Events {
 			if want := fmt.Sprintf("client/%d/", got); !strings.HasPrefix(ev.UserAgent, want) {
 				t.Fatalf("event %d has user agent %.20q, want %s...", got, ev.UserAgent, want)
@@ -238,7 +242,7 @@ func TestFileSourceBoundsChunkBytes(t *testing.T) {
 			got++
 		}
 		most = max(most, len(b.Events))
-	}
+	})
 	if got != n || most > (8<<20)/size+1 {
 		t.Errorf("%d events, at most %d a batch; want %d, at most %d", got, most, n, (8<<20)/size+1)
 	}
@@ -557,14 +561,7 @@ func TestFileSourceMergesConcurrentFiles(t *testing.T) {
 		})
 		var got []string
 		ended := 0
-		for {
-			b, err := src.Next(context.Background())
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		eachBatch(t, src, func(b *ingest.Batch) {
 			i := 0
 			for _, r := range b.Runs {
 				for _, ev := range b.Events[i : i+r.N] {
@@ -579,7 +576,7 @@ func TestFileSourceMergesConcurrentFiles(t *testing.T) {
 				t.Fatalf("batches of %d: runs count %d of %d events", batch, i, len(b.Events))
 			}
 			ended += len(b.Ended)
-		}
+		})
 		if !slices.Equal(got, want) {
 			t.Errorf("batches of %d: read %v, want them in event-time order", batch, got)
 		}
