@@ -280,9 +280,7 @@ func (w *window) Next(ctx context.Context) (*ingest.Batch, error) {
 		return nil, err
 	}
 	if !w.from.IsZero() || !w.to.IsZero() {
-		w.sum.Skipped += b.Filter(func(ev *ingest.Event) bool {
-			return (w.from.IsZero() || !ev.Time.Before(w.from)) && (w.to.IsZero() || ev.Time.Before(w.to))
-		})
+		w.sum.Skipped += b.Filter(func(ev *ingest.Event) bool { return inRange(ev.Time, w.from, w.to) })
 	}
 	for i := range b.Events {
 		t := b.Events[i].Time

@@ -205,7 +205,7 @@ func (p *spanned) Next(ctx context.Context) (*ingest.Batch, error) {
 	s.Read += len(b.Events)
 	for i := range b.Events {
 		t := b.Events[i].Time
-		if (s.From.IsZero() || !t.Before(s.From)) && (s.To.IsZero() || t.Before(s.To)) {
+		if inRange(t, s.From, s.To) {
 			s.Within++
 		}
 		if s.First.IsZero() || t.Before(s.First) {
@@ -218,6 +218,11 @@ func (p *spanned) Next(ctx context.Context) (*ingest.Batch, error) {
 	return b, err
 }
 
+// inRange reports whether t is in [from, to), a zero bound being none.
+func inRange(t, from, to time.Time) bool {
+	return (from.IsZero() || !t.Before(from)) && (to.IsZero() || t.Before(to))
+}
+
 // WriteEvents writes the events of src in [from, to) (zero: unbounded) to w as JSON
 // lines, the normalised events `parse` prints, and returns how many it wrote.
 func WriteEvents(ctx context.Context, src detectors.EventSource, from, to time.Time, w io.Writer) (int, error) {
@@ -228,7 +233,7 @@ func WriteEvents(ctx context.Context, src detectors.EventSource, from, to time.T
 		if b != nil {
 			for i := range b.Events {
 				ev := &b.Events[i]
-				if (!from.IsZero() && ev.Time.Before(from)) || (!to.IsZero() && !ev.Time.Before(to)) {
+				if !inRange(ev.Time, from, to) {
 					continue
 				}
 				line = append(ev.AppendJSON(line[:0]), '\n')
