@@ -929,8 +929,8 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, dcf
 		}
 		lag = max(lag, st.MaxLag)
 	}
-	fmt.Fprintf(w, "replay: warning: %d of %d events (%.1f%%) came more than the allowed lateness behind newer ones, so the detectors' windows had closed for them",
-		sum.Late, events, 100*share)
+	fmt.Fprintf(w, "replay: warning: %d of %d events (%s) came more than the allowed lateness behind newer ones, so the detectors' windows had closed for them",
+		sum.Late, events, percent(int64(sum.Late), int64(events)))
 	if len(files) > 0 {
 		fmt.Fprintf(w, "; they came from %s", strings.Join(files, ", "))
 	}
@@ -938,10 +938,10 @@ func lateVerdict(w io.Writer, sum *replay.Summary, stats []ingest.FileStats, dcf
 		fmt.Fprintf(w, ": the latest came %s behind a newer one, as in a log whose lines are a little out of order; with --set detectors.allowed_lateness=%s (or that in the config, which delays live alerts as much) none would be late\n",
 			lag.Round(time.Second), d)
 	} else {
-		fmt.Fprintln(w, ": are files of several gateways or hosts mixed, or out of order, or did a gateway's clock run ahead for minutes? Replay one stream at a time, or raise detectors.allowed_lateness")
+		fmt.Fprintln(w, ": does a file mix the lines of several gateways or hosts, or hold them out of order, or did a gateway's clock run ahead for minutes? Replay one stream at a time, or raise detectors.allowed_lateness")
 	}
 	if share <= maxLate {
 		return nil
 	}
-	return fmt.Errorf("%d of %d events late (%.1f%%, over --max-late-ratio %g): attacks in them may have been missed", sum.Late, events, 100*share, maxLate)
+	return fmt.Errorf("%d of %d events late (%s, over --max-late-ratio %g): attacks in them may have been missed", sum.Late, events, percent(int64(sum.Late), int64(events)), maxLate)
 }
