@@ -1,6 +1,7 @@
 package detectors
 
 import (
+	"math/rand/v2"
 	"strings"
 	"unsafe"
 
@@ -12,9 +13,15 @@ import (
 // allocation; a new key costs amortised slab and index growth and, for keys longer than
 // inlineKey bytes, one allocation.
 //
-// The index is open addressing with linear probing over 8-byte cells (32 bits of hash,
+// The index is open addressing with linear probing over 8-byte cells (a 32-bit tag,
 // 32 bits of slot), kept at most half full, and deletes shift back instead of leaving
-// tombstones: keys come and go all the time. Keys up to inlineKey bytes live in the
+// tombstones: keys come and go all the time. The tag is the key's hash multiplied by a
+// random odd number of the table's own and cut to its top 32 bits, and a key's probe
+// starts at the tag's top bits (multiply-shift hashing). The hash alone would not do:
+// keys are chosen by clients (paths and routes by anyone who sends a request), the hash
+// is public, and keys crafted to start at one cell would make every probe walk past all
+// of them. The tag depends on a secret of the process, so no client can aim keys at a
+// cell, and it changes nothing but where keys sit in the index. Keys up to inlineKey bytes live in the
 // entry itself, so comparing one touches the cache line the event updates anyway.
 //
 // Expiry and eviction use a wheel of time periods instead of an LRU list: relinking a
@@ -24,8 +31,10 @@ import (
 // event is before some time pops whole periods. Entries whose key was refiled, or whose
 // slot was reused (the generation differs), are skipped when popped.
 type keyTable[S any] struct {
-	index []uint64 // 0: empty; else hash>>32 << 32 | slot+1
+	index []uint64 // 0: empty; else tag<<32 | slot+1
 	mask  uint64
+	mul   uint64 // odd, random: see tagOf
+	shift uint   // 32 - log2(len(index)): home is tag>>shift
 	ents  []entry[S]
 	long  map[int32]string // keys longer than inlineKey, by slot
 	free  []int32
@@ -114,6 +123,8 @@ func newKeyTable[S any](max int, period int64) *keyTable[S] {
 	t := &keyTable[S]{
 		index: make([]uint64, 16),
 		mask:  15,
+		mul:   rand.Uint64() | 1,
+		shift: 28,
 		max:   max,
 		wheel: make([][]slotRef, 8),
 	}
@@ -129,13 +140,19 @@ func (t *keyTable[S]) wheelAt(p int64) *[]slotRef { return &t.wheel[p&int64(len(
 
 func keyHash(key string) uint64 { return hash64(key) }
 
+// tagOf returns the index tag of a key of hash h.
+func (t *keyTable[S]) tagOf(h uint64) uint64 { return (h * t.mul) >> 32 }
+
+// home returns the index cell where the probe for tag starts.
+func (t *keyTable[S]) home(tag uint64) uint64 { return tag >> t.shift }
+
 // find returns the slot of key, or -1.
 func (t *keyTable[S]) find(key string) int32 { return t.findHash(key, keyHash(key)) }
 
 // findHash is find with keyHash(key) already computed.
 func (t *keyTable[S]) findHash(key string, h uint64) int32 {
-	tag := h >> 32
-	for i := tag & t.mask; ; i = (i + 1) & t.mask {
+	tag := t.tagOf(h)
+	for i := t.home(tag); ; i = (i + 1) & t.mask {
 		x := t.index[i]
 		if x == 0 {
 			return -1
@@ -157,15 +174,15 @@ func (t *keyTable[S]) warm(slot int32) uint64 {
 
 // touchIndex prefetches the index cell where the probe for hash h starts.
 func (t *keyTable[S]) touchIndex(h uint64) uint64 {
-	return prefetchLines(unsafe.Pointer(&t.index[(h>>32)&t.mask]), 8)
+	return prefetchLines(unsafe.Pointer(&t.index[t.home(t.tagOf(h))]), 8)
 }
 
 // peek returns the slot that probably holds the key of hash h, or -1, without
 // comparing keys. Detectors call it for a run of events before handling them, so that
 // the cache misses of many lookups overlap instead of following one another.
 func (t *keyTable[S]) peek(h uint64) int32 {
-	tag := h >> 32
-	for i := tag & t.mask; ; i = (i + 1) & t.mask {
+	tag := t.tagOf(h)
+	for i := t.home(tag); ; i = (i + 1) & t.mask {
 		x := t.index[i]
 		if x == 0 || x>>32 == tag {
 			return int32(uint32(x)) - 1
@@ -201,13 +218,13 @@ func (t *keyTable[S]) add(key string, ts int64) int32 {
 	if uint64(t.live)*2 > uint64(len(t.index)) {
 		t.grow()
 	}
-	t.insert(keyHash(key)>>32, slot)
+	t.insert(t.tagOf(keyHash(key)), slot)
 	t.file(slot)
 	return slot
 }
 
 func (t *keyTable[S]) insert(tag uint64, slot int32) {
-	i := tag & t.mask
+	i := t.home(tag)
 	for t.index[i] != 0 {
 		i = (i + 1) & t.mask
 	}
@@ -219,6 +236,7 @@ func (t *keyTable[S]) grow() {
 	t.index = make([]uint64, 2*len(old))
 	adviseHuge(t.index)
 	t.mask = uint64(len(t.index) - 1)
+	t.shift--
 	for _, x := range old {
 		if x != 0 {
 			t.insert(x>>32, int32(uint32(x))-1)
@@ -229,9 +247,9 @@ func (t *keyTable[S]) grow() {
 // unindex deletes slot's cell, shifting later cells of the probe run back so that no
 // tombstone is left.
 func (t *keyTable[S]) unindex(slot int32) {
-	tag := t.hashOf(slot) >> 32
+	tag := t.tagOf(t.hashOf(slot))
 	want := tag<<32 | uint64(slot+1)
-	i := tag & t.mask
+	i := t.home(tag)
 	for t.index[i] != want {
 		if t.index[i] == 0 {
 			return
@@ -239,7 +257,7 @@ func (t *keyTable[S]) unindex(slot int32) {
 		i = (i + 1) & t.mask
 	}
 	for j := (i + 1) & t.mask; t.index[j] != 0; j = (j + 1) & t.mask {
-		home := (t.index[j] >> 32) & t.mask
+		home := t.home(t.index[j] >> 32)
 		// The cell at j may move to i unless its home lies cyclically in (i, j].
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
 			t.index[i] = t.index[j]

@@ -159,3 +159,41 @@ func TestKeyTableFloodInOnePeriodStaysBounded(t *testing.T) {
 		t.Fatalf("%d keys live; want the last %d", tab.live, maxKeys)
 	}
 }
+
+// TestKeyTableResistsCraftedCollisions inserts keys chosen, as a hostile client can
+// choose paths, routes or header values, so that the public hash of every one of them
+// starts its index probe in the same 16 of 4,096 cells. With the index placed by that
+// hash alone, each insert and lookup would walk past all the keys before it (about
+// 1,500 cells at the end: quadratic work for the engine); placed by a hash keyed per
+// table, the probes stay as short as for any keys.
+func TestKeyTableResistsCraftedCollisions(t *testing.T) {
+	const n, cells = 1500, 4096
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		k := fmt.Sprintf("/probe/%x", i)
+		if (keyHash(k)>>32)&(cells-1) < 16 {
+			keys = append(keys, k)
+		}
+	}
+	tab := newKeyTable[int](n, 100)
+	for _, k := range keys {
+		tab.add(k, 1)
+	}
+	if len(tab.index) != cells {
+		t.Fatalf("index of %d cells, want %d for the crafted keys to aim at it", len(tab.index), cells)
+	}
+	longest := 0 // the longest probe: cells between a key's home and its cell
+	for i, x := range tab.index {
+		if x != 0 {
+			longest = max(longest, (i-int(tab.home(x>>32))+cells)%cells)
+		}
+	}
+	if longest > 100 {
+		t.Errorf("a probe walks %d cells for %d keys in %d cells: the crafted keys collide", longest, n, cells)
+	}
+	for _, k := range keys {
+		if tab.find(k) < 0 {
+			t.Fatalf("key %q lost", k)
+		}
+	}
+}
