@@ -131,19 +131,33 @@ func (f Filter) Match(ev *ingest.Event) bool {
 }
 
 // ipMatches reports whether c, an address or a network, names ip.
+// Events hold an address in canonical form (see ingest), c as an analyst wrote it:
+// "2001:DB8::0001" and "::ffff:203.0.113.7" name the clients 2001:db8::1 and
+// 203.0.113.7.
 func ipMatches(c, ip string) bool {
 	if c == ip {
 		return true
 	}
-	if !strings.Contains(c, "/") || ip == "" {
+	if ip == "" {
 		return false
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	a = a.WithZone("").Unmap()
+	if !strings.Contains(c, "/") {
+		ca, err := netip.ParseAddr(c)
+		return err == nil && ca.WithZone("").Unmap() == a
 	}
 	p, err := netip.ParsePrefix(c)
 	if err != nil {
 		return false
 	}
-	a, err := netip.ParseAddr(ip)
-	return err == nil && p.Contains(a.WithZone(""))
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Contains(a)
 }
 
 // routeMatches reports whether r names ev's route, with or without its method.

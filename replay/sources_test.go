@@ -355,10 +355,26 @@ func TestFilter(t *testing.T) {
 			t.Errorf("%s: Match(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
 		}
 	}
-	// An IPv6 client's key, as its alerts name it, keeps the events of its addresses.
+	// An IPv6 client's key, as its alerts name it, keeps the events of its addresses;
+	// an address or network written otherwise than events hold it names it all the same.
 	v6 := ingest.Event{ClientIP: "2001:db8:1:2::9"}
-	if f := (replay.Filter{ClientIPs: []string{"2001:db8:1:2::/64"}}); !f.Match(&v6) {
-		t.Errorf("%+v does not keep %s", f, v6.ClientIP)
+	for _, tc := range []struct {
+		ev   ingest.Event
+		c    string
+		want bool
+	}{
+		{v6, "2001:db8:1:2::/64", true},
+		{v6, "2001:DB8:1:2:0:0:0:9", true},
+		{v6, "2001:db8:1:2::9%eth0", true},
+		{v6, "2001:db8:1:2::8", false},
+		{ev, "::ffff:203.0.113.7", true},
+		{ev, "::ffff:203.0.113.0/120", true},
+		{ev, "::ffff:198.51.100.0/120", false},
+		{ev, "2001:db8::/32", false},
+	} {
+		if f := (replay.Filter{ClientIPs: []string{tc.c}}); f.Match(&tc.ev) != tc.want {
+			t.Errorf("--client-ip %s keeps %s: %v, want %v", tc.c, tc.ev.ClientIP, !tc.want, tc.want)
+		}
 	}
 }
 
