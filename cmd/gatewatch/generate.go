@@ -20,7 +20,8 @@ func runGenerate(ctx context.Context, env *cmdEnv, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed; the same flags give the same bytes")
 	attacks := fs.String("attacks", strings.Join(synth.Attacks, ","), "comma-separated attacks to inject (empty for none): "+strings.Join(synth.Attacks, ", "))
 	clients := fs.Int("clients", 300, "number of API clients")
-	start := fs.String("start", synth.DefaultStart.Format(time.RFC3339), "event time of the first request (RFC 3339)")
+	start := timeFlag{synth.DefaultStart}
+	fs.Var(&start, "start", "event time of the first request (RFC 3339, seconds optional, such as 2026-11-02T08:00Z; or a date, its midnight UTC)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -37,12 +38,7 @@ func runGenerate(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "generate: cannot write format %q (want one of %s)\n", *format, strings.Join(synth.Formats, ", "))
 		return errUsage
 	}
-	t0, err := time.Parse(time.RFC3339, *start)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "generate: --start: %v\n", err)
-		return errUsage
-	}
-	cfg := synth.Config{Start: t0.UTC(), Duration: *duration, Rate: *rate, Seed: *seed, Clients: *clients}
+	cfg := synth.Config{Start: start.Time, Duration: *duration, Rate: *rate, Seed: *seed, Clients: *clients}
 	if *attacks != "" {
 		cfg.Attacks = strings.Split(*attacks, ",")
 	}

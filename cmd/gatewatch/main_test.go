@@ -103,6 +103,24 @@ func TestGenerateRejectsImpossibleFlags(t *testing.T) {
 	}
 }
 
+// TestGenerateStartTakesWhatReplayFromTakes: --start reads the forms of replay's
+// --from, so a scenario and the replay of it take the same times.
+func TestGenerateStartTakesWhatReplayFromTakes(t *testing.T) {
+	for start, want := range map[string]string{
+		"2026-11-02T08:00Z":      "from 2026-11-02T08:00:00Z",
+		"2026-11-02t09:00+01:00": "from 2026-11-02T08:00:00Z",
+		"2026-11-02":             "from 2026-11-02T00:00:00Z",
+	} {
+		_, errOut, code := runCmd(t, "", "generate", "--start", start, "--duration", "1m", "--attacks", "")
+		if code != 0 || !strings.Contains(errOut, want) {
+			t.Errorf("generate --start %s: exit %d, want the records %s:\n%s", start, code, want, errOut)
+		}
+	}
+	if _, errOut, code := runCmd(t, "", "generate", "--start", "yesterday"); code != 2 || !strings.Contains(errOut, "want an RFC 3339 time") {
+		t.Errorf("generate --start yesterday: exit %d, want 2 and the forms it takes:\n%s", code, errOut)
+	}
+}
+
 // TestRunChecksWhatItReadsFirst: a secret file that is missing stops run before it
 // starts anything, with the place of the setting in the file, as check-config reports
 // it.
