@@ -101,6 +101,24 @@ func TestAppendRoute(t *testing.T) {
 		{"/a//b/", "/a//b/"},
 		{"/files/report-2024.pdf", "/files/report-2024.pdf"},
 		{"", ""},
+		// Opaque ids as APIs mint them.
+		{"/v1/customers/cus_NffrFeUfNV2Hib/cards", "/v1/customers/{id}/cards"},
+		{"/api/v2/items/itm_7kHKluwL0W", "/api/v2/items/{id}"},
+		{"/api/v2/items/itm_lswvecwcmd", "/api/v2/items/itm_lswvecwcmd"}, // one case, no digit: a word
+		{"/orders/01ARZ3NDEKTSV4RRFFQ69G5FAV", "/orders/{id}"},
+		{"/orders/01arz3ndektsv4rrffq69g5fav", "/orders/{id}"},
+		{"/s/V1StGXR8_Z5jdHi6B-myT", "/s/{id}"},
+		{"/files/aZ3kL9pQ2xYw7RtE", "/files/{id}"},
+		// Words stay.
+		{"/api/getUserAccountInfoById", "/api/getUserAccountInfoById"},
+		{"/api/user_preferences", "/api/user_preferences"},
+		{"/auth/oauth2callback", "/auth/oauth2callback"},
+		{"/certs/x509certificates", "/certs/x509certificates"},
+		{"/v1/internationalization", "/v1/internationalization"},
+		{"/api/Get2FAStatusV2", "/api/Get2FAStatusV2"},
+		{"/api/v1/getTop10ItemsForUserV2", "/api/v1/getTop10ItemsForUserV2"},
+		{"/a/b_cdefghij", "/a/b_cdefghij"},
+		{"/a/ULIDSAREUPPERCASEWORDSXX", "/a/ULIDSAREUPPERCASEWORDSXX"},
 	} {
 		if got := string(AppendRoute(nil, []byte(tc.in))); got != tc.want {
 			t.Errorf("AppendRoute(%q) = %q, want %q", tc.in, got, tc.want)
