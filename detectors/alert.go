@@ -201,13 +201,15 @@ type Evidence struct {
 	Actions             []string `json:"actions,omitempty"`
 	BlockedCount        int      `json:"blocked_count,omitempty"`
 
-	// privilege_anomaly: the key's successful privileged requests in the window, the
-	// privileged routes they went to, and the key's last privileged request before
-	// (empty: none within history).
-	PrivilegedCount  int      `json:"privileged_count,omitempty"`
-	PrivilegedRoutes []string `json:"privileged_routes,omitempty"`
-	LastPrivileged   string   `json:"last_privileged,omitempty"`
-	History          string   `json:"history,omitempty"`
+	// privilege_anomaly: the key's successful privileged requests in the window, how
+	// many of them have no response status in the log (an AWS WAF ALLOW: they went on
+	// to the origin, which may have refused them), the privileged routes they went to,
+	// and the key's last privileged request before (empty: none within history).
+	PrivilegedCount     int      `json:"privileged_count,omitempty"`
+	UnloggedStatusCount int      `json:"unlogged_status_count,omitempty"`
+	PrivilegedRoutes    []string `json:"privileged_routes,omitempty"`
+	LastPrivileged      string   `json:"last_privileged,omitempty"`
+	History             string   `json:"history,omitempty"`
 
 	// Samples of the events behind the alert, for pivoting to the raw logs.
 	ClientKeys       []string `json:"client_keys,omitempty"`

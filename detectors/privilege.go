@@ -154,7 +154,7 @@ func newPrivilegeAnomaly(c PrivilegeAnomalyConfig, lateness time.Duration, since
 	lay := newRingLayout(c.Window, lateness, 10, false)
 	d := &privilegeAnomaly{
 		cnt:     newCounters(lay, 1, true, false, 0),
-		smp:     newSamplers(lay, c.MaxKeys, paFields, 2, 0),
+		smp:     newSamplers(lay, c.MaxKeys, paFields, 2, 1), // counts: no status logged
 		match:   newPrivilegeMatcher(c.Privileged),
 		since:   since,
 		learn:   c.LearningPeriod.Milliseconds(),
@@ -217,6 +217,9 @@ func (d *privilegeAnomaly) observe(ev *ingest.Event, h evHashes, t int64, late b
 	d.smp.offer(s, b, cs, paPath, ev.Path)
 	d.smp.offer(s, b, cs, paRequestID, ev.RequestID)
 	d.smp.offer(s, b, cs, paClientIP, ev.ClientIP)
+	if ev.Status == 0 {
+		d.smp.inc(s, cs, 0)
+	}
 	if k.sums[0] >= p.minCount {
 		d.markHot(slot)
 	}
@@ -329,9 +332,19 @@ func (d *privilegeAnomaly) fire(slot int32, end int64, count uint32, last int64)
 			ev.SamplePaths = d.smp.collect(s, w, paPath, 5)
 			ev.SampleRequestIDs = d.smp.collect(s, w, paRequestID, 5)
 			ev.ClientIPs = d.smp.collect(s, w, paClientIP, 5)
+			ev.UnloggedStatusCount = d.smp.countIn(s, w, 0)
 		}
-		summary := fmt.Sprintf("Client key %s made %d successful privileged requests within %s and none within %s before.",
-			name, count, d.window, ev.History)
+		// A request whose log has no response status (an AWS WAF ALLOW) went on to the
+		// origin, which may still have refused it: the summary does not call it a
+		// success.
+		made := fmt.Sprintf("%d successful privileged requests", count)
+		switch u := ev.UnloggedStatusCount; {
+		case u >= int(count):
+			made = fmt.Sprintf("%d privileged requests that went through to the origin (no response status logged)", count)
+		case u > 0:
+			made = fmt.Sprintf("%d privileged requests that succeeded or went through to the origin (%d with no response status logged)", count, u)
+		}
+		summary := fmt.Sprintf("Client key %s made %s within %s and none within %s before.", name, made, d.window, ev.History)
 		return ev, summary
 	})
 }

@@ -3,6 +3,7 @@ package detectors
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,12 +35,25 @@ func TestPrivilegeAnomaly(t *testing.T) {
 		{name: "below min_count", snap: established(), events: admins("k", 2, t0, time.Minute)},
 		{name: "at min_count", snap: established(), events: admins("k", 3, t0, time.Minute), incidents: 1, key: "k",
 			check: func(t *testing.T, a Alert) {
-				if a.Evidence.PrivilegedCount != 3 || a.Evidence.LastPrivileged != "" || a.Evidence.History != "720h0m0s" {
+				if a.Evidence.PrivilegedCount != 3 || a.Evidence.LastPrivileged != "" || a.Evidence.History != "720h0m0s" ||
+					a.Evidence.UnloggedStatusCount != 0 || !strings.Contains(a.Summary, "made 3 successful privileged requests within") {
 					t.Errorf("evidence %+v", a.Evidence)
 				}
 			}},
 		{name: "refused requests do not count", snap: established(), events: admins("k", 10, t0, time.Minute, status(403))},
-		{name: "status 0 went through", snap: established(), events: admins("k", 3, t0, time.Minute, status(0)), incidents: 1, key: "k"},
+		{name: "status 0 went through", snap: established(), events: admins("k", 3, t0, time.Minute, status(0)), incidents: 1, key: "k",
+			check: func(t *testing.T, a Alert) {
+				// The log does not say the origin took them: the alert says so.
+				if a.Evidence.UnloggedStatusCount != 3 || !strings.Contains(a.Summary, "3 privileged requests that went through to the origin (no response status logged)") {
+					t.Errorf("unlogged_status_count %d, summary %q", a.Evidence.UnloggedStatusCount, a.Summary)
+				}
+			}},
+		{name: "some with status 0", snap: established(), events: concat(admins("k", 2, t0, time.Minute), admins("k", 1, at(3*time.Minute), time.Minute, status(0))),
+			incidents: 1, key: "k", check: func(t *testing.T, a Alert) {
+				if a.Evidence.UnloggedStatusCount != 1 || !strings.Contains(a.Summary, "3 privileged requests that succeeded or went through to the origin (1 with no response status logged)") {
+					t.Errorf("unlogged_status_count %d, summary %q", a.Evidence.UnloggedStatusCount, a.Summary)
+				}
+			}},
 		{name: "a redirect went through", snap: established(), events: admins("k", 3, t0, time.Minute, status(302)), incidents: 1, key: "k"},
 		{name: "reading roles is no change", snap: established(), events: repeat(10, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return req(ts, client("k"), route("GET", "/v1/users/{id}/roles"))
