@@ -46,18 +46,15 @@ type PrivilegeAnomalyOverride struct {
 
 // defaultPrivileged is what counts as privileged unless the config says otherwise:
 // administrative and internal routes, impersonation, and changes of roles,
-// permissions and grants.
+// permissions and grants, whether the API names them in the plural
+// (/users/{id}/roles) or the singular (PUT /users/{id}/role).
 func defaultPrivileged() []PrivilegeRule {
 	changes := []string{"POST", "PUT", "PATCH", "DELETE"}
-	return []PrivilegeRule{
-		{Segment: "admin"},
-		{Segment: "internal"},
-		{Segment: "impersonate"},
-		{Segment: "roles", Methods: changes},
-		{Segment: "permissions", Methods: changes},
-		{Segment: "privileges", Methods: changes},
-		{Segment: "grants", Methods: changes},
+	rules := []PrivilegeRule{{Segment: "admin"}, {Segment: "internal"}, {Segment: "impersonate"}}
+	for _, s := range []string{"roles", "role", "permissions", "permission", "privileges", "privilege", "grants", "grant"} {
+		rules = append(rules, PrivilegeRule{Segment: s, Methods: changes})
 	}
+	return rules
 }
 
 func (c *PrivilegeAnomalyConfig) validate(add func(error)) {

@@ -61,6 +61,9 @@ func TestPrivilegeAnomaly(t *testing.T) {
 		{name: "changing roles is", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return req(ts, client("k"), route("PUT", "/v1/users/{id}/Roles"))
 		}), incidents: 1, key: "k"},
+		{name: "changing a role, singular", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return req(ts, client("k"), route("PUT", "/api/v2/users/{id}/role"))
+		}), incidents: 1, key: "k"},
 		{name: "internal routes", snap: established(), events: repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return req(ts, client("k"), route("GET", "/internal/metrics"))
 		}), incidents: 1, key: "k"},
