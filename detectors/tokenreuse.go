@@ -56,9 +56,12 @@ type trKey struct {
 	ipB  int64
 	ipH  uint64
 	prm  uint16
-	nDev uint8   // devices held in dev0 and more
-	dev0 trDev   // the first device, inline: most tokens have one
-	more *trMore // the others, for the few tokens that have them
+	nDev uint8 // devices held in dev0 and more
+	// apiKey: the token is the client's API key (its fingerprint is the event's client
+	// key: the request had no bearer token), which the summary names as such.
+	apiKey bool
+	dev0   trDev   // the first device, inline: most tokens have one
+	more   *trMore // the others, for the few tokens that have them
 }
 
 type trMore struct {
@@ -172,6 +175,7 @@ func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 		if i, ok := d.keyParams[ev.TokenFP]; ok {
 			k.prm = i
 		}
+		k.apiKey = ev.ClientKey == ev.TokenFP
 	} else {
 		d.tab.touch(slot, t)
 	}
@@ -469,11 +473,15 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 		}
 		slices.Sort(ev.Devices)
 		slices.SortFunc(ev.DeviceEvents, func(a, b DeviceEvents) int { return strings.Compare(a.Device, b.Device) })
-		summary := fmt.Sprintf("Token %s was used from %d devices within %s (at most %d expected).",
-			name, ev.DeviceCount, d.window, p.maxDevices)
+		what := "Token"
+		if k.apiKey {
+			what = "API key"
+		}
+		summary := fmt.Sprintf("%s %s was used from %d devices within %s (at most %d expected).",
+			what, name, ev.DeviceCount, d.window, p.maxDevices)
 		if len(ev.Countries) > 1 {
-			summary = fmt.Sprintf("Token %s was used from %d devices in %s within %s (at most %d expected).",
-				name, ev.DeviceCount, strings.Join(ev.Countries, ", "), d.window, p.maxDevices)
+			summary = fmt.Sprintf("%s %s was used from %d devices in %s within %s (at most %d expected).",
+				what, name, ev.DeviceCount, strings.Join(ev.Countries, ", "), d.window, p.maxDevices)
 		}
 		return ev, summary
 	})

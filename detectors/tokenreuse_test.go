@@ -152,6 +152,18 @@ func TestTokenReuseEvidence(t *testing.T) {
 	if a.Summary != want {
 		t.Errorf("summary %q, want %q", a.Summary, want)
 	}
+
+	// A request without a bearer token has its API key for a token: the summary
+	// names it so.
+	for i := range events {
+		events[i].ClientKey = events[i].TokenFP
+	}
+	res = run(t, only(TokenReuse), nil, 0, events)
+	groups = incidentsOf(res.alerts)
+	want = "API key t1 was used from 2 devices in BR, DE within 10m0s (at most 1 expected)."
+	if len(groups) != 1 || final(groups[0]).Summary != want {
+		t.Errorf("an API key's incidents:\n%s\nwant one with summary %q", describe(res.alerts), want)
+	}
 }
 
 func TestTokenReuseManyDevices(t *testing.T) {
