@@ -89,6 +89,26 @@ func TestCountryWarning(t *testing.T) {
 			t.Errorf("%s: warned %d times:\n%s", tc.name, n, errOut)
 		}
 	}
+	// nginx logs a country only when its log format has one: it is judged by what was
+	// read, for parse as for replay.
+	withCountry := `{"time_iso8601":"2026-11-02T00:00:00+00:00","remote_addr":"198.51.100.7","request_method":"GET","request_uri":"/pets","status":200,"http_x_api_key":"k1","http_cf_ipcountry":"DE"}`
+	for _, tc := range []struct {
+		name, cmd, rec string
+		warn           bool
+	}{
+		{"nginx JSON with a country, replay", "replay", withCountry, false},
+		{"nginx JSON with a country, parse", "parse", withCountry, false},
+		{"nginx JSON without, replay", "replay", strings.Replace(withCountry, `,"http_cf_ipcountry":"DE"`, "", 1), true},
+		{"nginx JSON without, parse", "parse", strings.Replace(withCountry, `,"http_cf_ipcountry":"DE"`, "", 1), true},
+	} {
+		_, errOut, code := runCmd(t, tc.rec, tc.cmd, "--config", testConfig(t, ""), "--format", "nginx", "--input", "-")
+		if code != 0 {
+			t.Fatalf("%s: exit %d:\n%s", tc.name, code, errOut)
+		}
+		if n := strings.Count(errOut, "new_country is enabled, but"); n != map[bool]int{true: 1, false: 0}[tc.warn] {
+			t.Errorf("%s: warned %d times:\n%s", tc.name, n, errOut)
+		}
+	}
 	waf := `{"timestamp":1762041600000,"webaclId":"acl","action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","country":"DE","httpMethod":"GET","uri":"/","headers":[{"name":"x-api-key","value":"k1"}]}}`
 	for _, format := range []string{"awswaf", "auto"} {
 		_, errOut, code := runCmd(t, waf, "replay", "--config", testConfig(t, ""), "--format", format, "--input", "-")

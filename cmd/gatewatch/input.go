@@ -154,34 +154,45 @@ func dataDirSecret(cfg *config) (ingest.TokenSecret, string, error) {
 // enabled but records of the formats read carry no country and no GeoIP database is
 // configured: new_country would then never fire. "" when all is well.
 func countryWarning(cfg *config, formats ...string) string {
-	var none []string
-	auto := false
+	var none, maybe []string
 	for _, f := range formats {
 		switch {
-		case f == ingest.FormatAuto:
-			auto = true
-		case !ingest.LogsCountry(f) && !slices.Contains(none, f):
+		case ingest.LogsCountry(f):
+		case countryOnRead(f):
+			if !slices.Contains(maybe, f) {
+				maybe = append(maybe, f)
+			}
+		case !slices.Contains(none, f):
 			none = append(none, f)
 		}
 	}
 	switch {
 	case len(none) > 0:
-		return countryBlind(cfg, strings.Join(none, ", ")+" records carry no country (only awswaf and cloudflare log one)")
-	case auto:
-		// The format of each record is known only once it is read.
-		return countryBlind(cfg, "records read with --format auto carry a country only if they are awswaf or cloudflare ones")
+		return countryBlind(cfg, strings.Join(none, ", ")+" records carry no country ("+countryFormats+")")
+	case len(maybe) > 0:
+		return countryBlind(cfg, "records read as "+strings.Join(maybe, ", ")+" carry a country only if their log has one ("+countryFormats+")")
 	}
 	return ""
 }
 
-// noCountryWarning is countryWarning once the records were read, for --format auto,
-// which learns each record's format as it reads it: n events with a client key had no
-// country. "" when all is well.
+// countryFormats says which formats carry a country.
+const countryFormats = "awswaf and cloudflare records log one; nginx and envoy ones when the log format has a country field such as http_cf_ipcountry"
+
+// countryOnRead reports whether records of format may or may not carry a country, which
+// is known once they are read: --format auto, whose records may be of any format, and
+// nginx and Envoy, whose log format the operator writes. parse and replay judge them by
+// what they read (noCountryWarning), not before.
+func countryOnRead(format string) bool {
+	return format == ingest.FormatAuto || format == ingest.FormatNginx || format == ingest.FormatEnvoy
+}
+
+// noCountryWarning is countryWarning once the records were read, for the formats of
+// countryOnRead: n events with a client key had no country. "" when all is well.
 func noCountryWarning(cfg *config, n int) string {
 	if n == 0 {
 		return ""
 	}
-	return countryBlind(cfg, fmt.Sprintf("%d events with a client key carry no country (of the formats, only awswaf and cloudflare log one)", n))
+	return countryBlind(cfg, fmt.Sprintf("%d events with a client key carry no country (%s)", n, countryFormats))
 }
 
 // countryBlind returns the warning that new_country cannot judge what which says, when

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/gatewatch/gatewatch/ingest"
 )
 
 func runParse(ctx context.Context, env *cmdEnv, args []string) error {
@@ -43,7 +42,7 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 	default:
 		fmt.Fprintln(env.stderr, "parse: no token secret configured: fingerprints use a random key for this run only")
 	}
-	if *configPath != "" && in.format != ingest.FormatAuto { // auto: known once read, below
+	if *configPath != "" && !countryOnRead(in.format) { // else known once read, below
 		if w := countryWarning(cfg, in.format); w != "" {
 			fmt.Fprintln(env.stderr, "parse: "+w)
 		}
@@ -83,7 +82,7 @@ func runParse(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.stderr, "parse: %d events, %d rejected, %d repaired\n", events, input.dead.rejected(), input.dead.kept)
-	if *configPath != "" && in.format == ingest.FormatAuto {
+	if *configPath != "" && countryOnRead(in.format) {
 		if w := noCountryWarning(cfg, noCountry); w != "" {
 			fmt.Fprintln(env.stderr, "parse: "+w)
 		}

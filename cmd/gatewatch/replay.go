@@ -425,7 +425,7 @@ func (r *replayRun) run(ctx context.Context) (err error) {
 		return err
 	}
 	sum.WriteSummary(env.stderr, "replay")
-	if f.in.format == ingest.FormatAuto {
+	if countryOnRead(f.in.format) {
 		if w := noCountryWarning(r.cfg, sum.KeyedNoCountry); w != "" {
 			fmt.Fprintln(env.stderr, "replay: "+w)
 		}
@@ -679,8 +679,9 @@ func (r *replayRun) open(ctx context.Context, again bool) (detectors.EventSource
 		src = fs
 		r.closers = append(r.closers, fs.Close)
 	default:
-		// With --format auto, what is read is known once it is read: see the summary.
-		if w := countryWarning(r.cfg, f.in.format); w != "" && f.in.format != ingest.FormatAuto {
+		// Whether records of some formats carry a country is known once they are read:
+		// see the summary.
+		if w := countryWarning(r.cfg, f.in.format); w != "" && !countryOnRead(f.in.format) {
 			fmt.Fprintln(r.env.stderr, "replay: "+w)
 		}
 		fi, err := f.in.open(r.env, r.cfg, r.popts, r.paths, r.cfg.Detectors.AllowedLateness)
