@@ -233,10 +233,15 @@ type CountrySeen struct {
 	FirstSeen string `json:"first_seen"`
 }
 
-// DeviceEvents is how many events of a token came from one device.
+// DeviceEvents is how many events of a token came from one device in the window, the
+// address the device used when it first came (see trDev), and the start of the first
+// bucket of the window it was seen in (token_reuse's buckets are a twentieth of its
+// window): the device that came last is most often the one to look at.
 type DeviceEvents struct {
-	Device string `json:"device"`
-	Events int    `json:"events"`
+	Device      string `json:"device"`
+	Events      int    `json:"events"`
+	ClientIP    string `json:"client_ip,omitempty"`
+	FirstBucket string `json:"first_bucket,omitempty"`
 }
 
 // AlertID is stable across runs, replicas and replays: the same detector, key and

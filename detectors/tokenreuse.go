@@ -441,7 +441,14 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 				continue
 			}
 			ev.Devices = append(ev.Devices, dv.dev)
-			ev.DeviceEvents = append(ev.DeviceEvents, DeviceEvents{Device: dv.dev, Events: d.deviceEvents(k, data, i, m)})
+			de := DeviceEvents{Device: dv.dev, Events: d.deviceEvents(k, data, i, m), ClientIP: dv.ip}
+			for b := max(end-d.lay.n+1, k.r.lo); b <= min(end, k.r.top); b++ {
+				if s := d.lay.slot(b); k.r.holds(b, s) && dv.mask&(1<<uint(s)) != 0 {
+					de.FirstBucket = formatTime(msTime(b * d.lay.width))
+					break
+				}
+			}
+			ev.DeviceEvents = append(ev.DeviceEvents, de)
 			if dv.ip != "" {
 				ips = append(ips, dv.ip)
 			}

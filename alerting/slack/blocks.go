@@ -302,6 +302,9 @@ func evidenceText(a *detectors.Alert) string {
 		devs := make([]string, len(e.DeviceEvents))
 		for i, d := range e.DeviceEvents {
 			devs[i] = d.Device + " (" + strconv.Itoa(d.Events) + ")"
+			if d.ClientIP != "" {
+				devs[i] += " from " + d.ClientIP
+			}
 		}
 		line("Devices (events)", devs)
 	} else {
