@@ -187,6 +187,17 @@ func (p *awswafParser) scanHeaders(hdr *requestHeaders) {
 		return
 	}
 	for s.more(']') {
+		if n, v, escaped, ok := s.nameValue(); ok {
+			// The layout WAF writes: only the value may need unescaping, and only when
+			// the header is one the Event uses.
+			if k := hdr.match(&p.opts, n); k != nil {
+				if escaped {
+					v = s.unescape(v)
+				}
+				hdr.set(k, v)
+			}
+			continue
+		}
 		if !s.open('{') {
 			continue
 		}

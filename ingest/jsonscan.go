@@ -197,6 +197,34 @@ func (s *jsonScanner) open(open byte) bool {
 	return true
 }
 
+// nameValue reads a header entry written exactly as AWS WAF writes one,
+// {"name":"...","value":"..."} without white space, where the name has no escape, and
+// reports ok; it returns the value raw, and whether it has an escape, for the caller
+// to unescape only when it uses the value. On any other text it reads nothing and
+// reports false, for the caller to read the entry member by member.
+func (s *jsonScanner) nameValue() (name, value []byte, escaped, ok bool) {
+	const nameKey, valueKey = `{"name":"`, `","value":"`
+	b, i := s.b, s.i
+	if len(b)-i < len(nameKey) || string(b[i:i+len(nameKey)]) != nameKey {
+		return nil, nil, false, false
+	}
+	i += len(nameKey)
+	j := s.special(i)
+	if len(b)-j < len(valueKey) || string(b[j:j+len(valueKey)]) != valueKey {
+		return nil, nil, false, false // also a name with an escape: b[j] is '\\'
+	}
+	name = b[i:j]
+	i = j + len(valueKey)
+	for j = s.special(i); j < len(b) && b[j] == '\\'; j = s.special(j + 2) {
+		escaped = true
+	}
+	if j+1 >= len(b) || b[j+1] != '}' {
+		return nil, nil, false, false
+	}
+	s.i = j + 2
+	return name, b[i:j], escaped, true
+}
+
 // skip steps over the next value, checking it.
 func (s *jsonScanner) skip() {
 	if s.i >= len(s.b) {
