@@ -28,6 +28,8 @@ type awswafParser struct {
 	*base
 	scan jsonScanner
 	json fastjson.Parser
+	// the keys of a record and of its httpRequest, as the scanner predicts them
+	topKeys, requestKeys keyOrder
 }
 
 func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{base: b} }
@@ -64,8 +66,13 @@ func (p *awswafParser) parseScan(ev *Event, line []byte) (done bool, err error) 
 	var ts, action, rule, status, ja3, ja4 jsonValue
 	var r wafRecord
 	req := false
-	for s.more('}') {
-		switch string(s.key()) {
+	p.topKeys.n = 0
+	for {
+		k, ok := s.member(&p.topKeys)
+		if !ok {
+			break
+		}
+		switch string(k) {
 		case "timestamp":
 			s.firstValue(&ts)
 		case "action":
@@ -146,8 +153,13 @@ func (p *awswafParser) scanRequest(r *wafRecord) {
 	}
 	var ip, country, method, uri, requestID jsonValue
 	headers := false
-	for s.more('}') {
-		switch string(s.key()) {
+	p.requestKeys.n = 0
+	for {
+		k, ok := s.member(&p.requestKeys)
+		if !ok {
+			break
+		}
+		switch string(k) {
 		case "clientIp":
 			s.firstValue(&ip)
 		case "country":

@@ -127,6 +127,55 @@ func (s *jsonScanner) more(close byte) bool {
 	return true
 }
 
+// A keyOrder predicts the keys of an object from those of the last object read with it:
+// records of one source are written by one program, whose objects list the same keys
+// in the same order. A key as predicted is found by comparing text, which does not
+// wait on the search for its end as reading it does.
+type keyOrder struct {
+	n    int // members read in the object being read
+	lits [maxOrderKeys]struct {
+		n int               // length of b, 0 if none is known
+		b [maxOrderLit]byte // `"key":`
+	}
+}
+
+const maxOrderKeys, maxOrderLit = 32, 48
+
+// member is more('}') and then key: it steps to the next member of the object entered
+// last and reads its key and the colon after it, or steps out at the end of the object
+// and reports false. ko, reset (its n zeroed) when the object was entered, predicts the
+// key, and learns it when it was not the one predicted.
+func (s *jsonScanner) member(ko *keyOrder) ([]byte, bool) {
+	b, i := s.b, s.i
+	if !s.first && i < len(b) && b[i] == ',' {
+		i++
+	}
+	if (i > s.i || s.first) && ko.n < maxOrderKeys {
+		if lit := &ko.lits[ko.n]; lit.n > 0 && len(b)-i >= lit.n && string(b[i:i+lit.n]) == string(lit.b[:lit.n]) {
+			ko.n++
+			s.first = false
+			s.i = i + lit.n
+			s.ws()
+			return b[i+1 : i+lit.n-2], true
+		}
+	}
+	if !s.more('}') {
+		return nil, false
+	}
+	start := s.i
+	k := s.key()
+	if ko.n < maxOrderKeys {
+		lit := &ko.lits[ko.n]
+		lit.n = 0
+		// The key as written, when nothing but its quotes and the colon surround it.
+		if n := len(k) + 3; !s.failed && n <= maxOrderLit && b[start+n-2] == '"' && b[start+n-1] == ':' {
+			lit.n = copy(lit.b[:], b[start:start+n])
+		}
+		ko.n++
+	}
+	return k, true
+}
+
 // key reads a member's key and the colon after it.
 func (s *jsonScanner) key() []byte {
 	if s.i >= len(s.b) || s.b[s.i] != '"' {

@@ -127,6 +127,36 @@ func TestAWSWAFScanMatchesTree(t *testing.T) {
 	}
 }
 
+// TestAWSWAFScanKeyOrder reads records one after another with the same parsers, as the
+// scanner predicts a record's keys from the record before: a prediction must never
+// make it take a record differently from parseTree.
+func TestAWSWAFScanKeyOrder(t *testing.T) {
+	scan, tree := newWAFReaders(t)
+	lines := []string{
+		`{"httpRequest":{"c:""}}`, // a malformed key, twice: it must not be learned
+		`{"httpRequest":{"c:""}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589,"actio":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/b"}}`,
+		`{"timestamp":1741944413589,"action" :"BLOCK","httpRequest":{"uri":"/c","clientIp":"198.51.100.7"}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589, "action":"ALLOW","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"},"timestamp":1}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"},"timestamp"`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}`,
+		`{"timestamp":1741944413589}`,
+		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+	}
+	for _, l := range vendorFixtureLines(t, FormatAWSWAF) {
+		lines = append(lines, string(l), string(l))
+	}
+	for _, l := range lines {
+		compareWAFReaders(t, scan, tree, []byte(l))
+	}
+}
+
 // FuzzAWSWAFScan checks parseScan against parseTree on any input: whatever the scanner
 // takes must read as fastjson reads it.
 func FuzzAWSWAFScan(f *testing.F) {
