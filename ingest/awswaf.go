@@ -93,7 +93,7 @@ func (p *awswafParser) parseScan(ev *Event, line []byte) (done bool, err error) 
 			req = true
 			p.scanRequest(&r)
 		default:
-			s.skip()
+			s.skipMember(&p.topKeys)
 		}
 	}
 	if !s.end() {
@@ -178,7 +178,7 @@ func (p *awswafParser) scanRequest(r *wafRecord) {
 			headers = true
 			p.scanHeaders(&r.hdr)
 		default:
-			s.skip()
+			s.skipMember(&p.requestKeys)
 		}
 	}
 	var ok [5]bool

@@ -136,10 +136,13 @@ type keyOrder struct {
 	lits [maxOrderKeys]struct {
 		n int               // length of b, 0 if none is known
 		b [maxOrderLit]byte // `"key":`
+		// the value skipped last (skipMember), when it is no number
+		vn int
+		v  [maxOrderValue]byte
 	}
 }
 
-const maxOrderKeys, maxOrderLit = 32, 48
+const maxOrderKeys, maxOrderLit, maxOrderValue = 32, 48, 192
 
 // member is more('}') and then key: it steps to the next member of the object entered
 // last and reads its key and the colon after it, or steps out at the end of the object
@@ -171,9 +174,35 @@ func (s *jsonScanner) member(ko *keyOrder) ([]byte, bool) {
 		if n := len(k) + 3; !s.failed && n <= maxOrderLit && b[start+n-2] == '"' && b[start+n-1] == ':' {
 			lit.n = copy(lit.b[:], b[start:start+n])
 		}
-		ko.n++
 	}
+	ko.n++
 	return k, true
+}
+
+// skipMember skips the value of the member member(ko) read last. A value the same as
+// the one that member had in the last object is found by comparing text (one checked
+// then, so it needs no checking); ARNs, source ids, empty lists and nulls are the same
+// in most records of a web ACL. A number is never predicted: its text may go on.
+func (s *jsonScanner) skipMember(ko *keyOrder) {
+	k := ko.n - 1
+	if k < 0 || k >= maxOrderKeys {
+		s.skip()
+		return
+	}
+	lit := &ko.lits[k]
+	b, i := s.b, s.i
+	if lit.vn > 0 && len(b)-i >= lit.vn && string(b[i:i+lit.vn]) == string(lit.v[:lit.vn]) {
+		s.i = i + lit.vn
+		return
+	}
+	s.skip()
+	lit.vn = 0
+	if n := s.i - i; !s.failed && n <= maxOrderValue {
+		switch b[i] {
+		case '"', '{', '[', 't', 'f', 'n':
+			lit.vn = copy(lit.v[:], b[i:s.i])
+		}
+	}
 }
 
 // key reads a member's key and the colon after it.

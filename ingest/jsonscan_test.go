@@ -128,8 +128,8 @@ func TestAWSWAFScanMatchesTree(t *testing.T) {
 }
 
 // TestAWSWAFScanKeyOrder reads records one after another with the same parsers, as the
-// scanner predicts a record's keys from the record before: a prediction must never
-// make it take a record differently from parseTree.
+// scanner predicts a record's keys, and the values it skips, from the record before: a
+// prediction must never make it take a record differently from parseTree.
 func TestAWSWAFScanKeyOrder(t *testing.T) {
 	scan, tree := newWAFReaders(t)
 	lines := []string{
@@ -148,6 +148,16 @@ func TestAWSWAFScanKeyOrder(t *testing.T) {
 		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}`,
 		`{"timestamp":1741944413589}`,
 		`{"timestamp":1741944413589,"action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","uri":"/a"}}`,
+		// skipped values the same as before, or starting the same
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":12,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc"d,"l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}]],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":nullx,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		`{"timestamp":1741944413589,"n":1,"s":"abc","action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
 	}
 	for _, l := range vendorFixtureLines(t, FormatAWSWAF) {
 		lines = append(lines, string(l), string(l))
