@@ -30,6 +30,7 @@ type awswafParser struct {
 	json fastjson.Parser
 	// the keys of a record and of its httpRequest, as the scanner predicts them
 	topKeys, requestKeys keyOrder
+	headerOrder          keyOrder // the header entries (jsonScanner.nameValue)
 }
 
 func newAWSWAFParser(b *base) *awswafParser { return &awswafParser{base: b} }
@@ -198,8 +199,9 @@ func (p *awswafParser) scanHeaders(hdr *requestHeaders) {
 	if !s.open('[') {
 		return
 	}
+	p.headerOrder.n = 0
 	for s.more(']') {
-		if n, v, escaped, ok := s.nameValue(); ok {
+		if n, v, escaped, ok := s.nameValue(&p.headerOrder); ok {
 			// The layout WAF writes: only the value may need unescaping, and only when
 			// the header is one the Event uses.
 			if k := hdr.match(&p.opts, n); k != nil {

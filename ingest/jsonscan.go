@@ -133,13 +133,16 @@ func (s *jsonScanner) more(close byte) bool {
 // wait on the search for its end as reading it does.
 type keyOrder struct {
 	n    int // members read in the object being read
-	lits [maxOrderKeys]struct {
-		n int               // length of b, 0 if none is known
-		b [maxOrderLit]byte // `"key":`
-		// the value skipped last (skipMember), when it is no number
-		vn int
-		v  [maxOrderValue]byte
-	}
+	lits [maxOrderKeys]orderSlot
+}
+
+// An orderSlot is what a keyOrder knows of one member.
+type orderSlot struct {
+	n int               // length of b, 0 if none is known
+	b [maxOrderLit]byte // `"key":`
+	// the value skipped last (skipMember), when it is no number
+	vn int
+	v  [maxOrderValue]byte
 }
 
 const maxOrderKeys, maxOrderLit, maxOrderValue = 32, 48, 192
@@ -280,20 +283,41 @@ func (s *jsonScanner) open(open byte) bool {
 // reports ok; it returns the value raw, and whether it has an escape, for the caller
 // to unescape only when it uses the value. On any other text it reads nothing and
 // reports false, for the caller to read the entry member by member.
-func (s *jsonScanner) nameValue() (name, value []byte, escaped, ok bool) {
+//
+// ko predicts the entries as member predicts keys: its n counts the entries of the
+// list (the caller zeroes it), and it keeps each one's text up to its value,
+// {"name":"...","value":", as the last list had it: clients send their headers in an
+// order of their own, the same in each request.
+func (s *jsonScanner) nameValue(ko *keyOrder) (name, value []byte, escaped, ok bool) {
 	const nameKey, valueKey = `{"name":"`, `","value":"`
 	b, i := s.b, s.i
-	if len(b)-i < len(nameKey) || string(b[i:i+len(nameKey)]) != nameKey {
-		return nil, nil, false, false
+	var lit *orderSlot
+	if k := ko.n; k < maxOrderKeys {
+		lit = &ko.lits[k]
 	}
-	i += len(nameKey)
+	ko.n++
+	if lit != nil && lit.n > 0 && len(b)-i >= lit.n && string(b[i:i+lit.n]) == string(lit.b[:lit.n]) {
+		name = b[i+len(nameKey) : i+lit.n-len(valueKey)]
+		i += lit.n
+	} else {
+		if len(b)-i < len(nameKey) || string(b[i:i+len(nameKey)]) != nameKey {
+			return nil, nil, false, false
+		}
+		j := s.special(i + len(nameKey))
+		if len(b)-j < len(valueKey) || string(b[j:j+len(valueKey)]) != valueKey {
+			return nil, nil, false, false // also a name with an escape: b[j] is '\\'
+		}
+		name = b[i+len(nameKey) : j]
+		if lit != nil {
+			lit.n = 0
+			if n := j + len(valueKey) - i; n <= maxOrderLit {
+				lit.n = copy(lit.b[:], b[i:j+len(valueKey)])
+			}
+		}
+		i = j + len(valueKey)
+	}
 	j := s.special(i)
-	if len(b)-j < len(valueKey) || string(b[j:j+len(valueKey)]) != valueKey {
-		return nil, nil, false, false // also a name with an escape: b[j] is '\\'
-	}
-	name = b[i:j]
-	i = j + len(valueKey)
-	for j = s.special(i); j < len(b) && b[j] == '\\'; j = s.special(j + 2) {
+	for ; j < len(b) && b[j] == '\\'; j = s.special(j + 2) {
 		escaped = true
 	}
 	if j+1 >= len(b) || b[j+1] != '}' {

@@ -158,6 +158,15 @@ func TestAWSWAFScanKeyOrder(t *testing.T) {
 		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}`,
 		`{"timestamp":1741944413589,"n":1,"s":"abc","l":[1,{"a":"b"}],"z":null,"httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
 		`{"timestamp":1741944413589,"n":1,"s":"abc","action":"BLOCK","httpRequest":{"clientIp":"198.51.100.7","v":"HTTP/1.1"}}`,
+		// header entries as the last list had them, or not quite
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"a.example"},{"name":"User-Agent","value":"ua/1"}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"b.example"},{"name":"User-Agent","value":"ua/2"}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"User-Agent","value":"ua/3"},{"name":"Host","value":"c.example"}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"d.example"},{"name":"User-Agent","value":"ua/4"},{"name":"x","value":1}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"e.example"},{"name":"User-Agent","value":"ua/5}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"f.example"},{"name":"User-Agent","value":"ua/6"}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"g\u0041"},{"name":"User-Agent","value":"ua/7","x":1}]}}`,
+		`{"timestamp":1741944413589,"httpRequest":{"clientIp":"198.51.100.7","headers":[{"name":"Host","value":"h.example"},{"name":"User-Agent","value":"ua/8"}]}}`,
 	}
 	for _, l := range vendorFixtureLines(t, FormatAWSWAF) {
 		lines = append(lines, string(l), string(l))
