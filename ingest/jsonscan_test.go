@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/valyala/fastjson"
@@ -200,6 +201,31 @@ func FuzzAWSWAFScan(f *testing.F) {
 	scan, tree := newWAFReaders(f)
 	f.Fuzz(func(t *testing.T, line []byte) {
 		compareWAFReaders(t, scan, tree, line)
+	})
+}
+
+// FuzzAWSWAFScanAfter is FuzzAWSWAFScan for a record read after another: the scanner
+// predicts a record's keys, skipped values and header names from the one before, so
+// what it reads of the second must not depend on the first. Each input is two records,
+// split at its first newline, read by a fresh parser; a failure replays from the input
+// alone.
+func FuzzAWSWAFScanAfter(f *testing.F) {
+	fixtures := vendorFixtureLines(f, FormatAWSWAF)
+	for i, l := range fixtures {
+		f.Add(append(append(slices.Clone(l), '\n'), fixtures[(i+1)%len(fixtures)]...))
+		f.Add(append(append(slices.Clone(l), '\n'), l...))
+	}
+	for i := 1; i < len(wafScanCases); i++ {
+		f.Add([]byte(wafScanCases[i-1].line + "\n" + wafScanCases[i].line))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		first, second, ok := bytes.Cut(in, []byte("\n"))
+		if !ok {
+			return
+		}
+		scan, tree := newWAFReaders(t)
+		compareWAFReaders(t, scan, tree, first)
+		compareWAFReaders(t, scan, tree, second)
 	})
 }
 
