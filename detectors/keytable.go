@@ -15,14 +15,15 @@ import (
 //
 // The index is open addressing with linear probing over 8-byte cells (a 32-bit tag,
 // 32 bits of slot), kept at most half full, and deletes shift back instead of leaving
-// tombstones: keys come and go all the time. The tag is the key's hash multiplied by a
-// random odd number of the table's own and cut to its top 32 bits, and a key's probe
-// starts at the tag's top bits (multiply-shift hashing). The hash alone would not do:
-// keys are chosen by clients (paths and routes by anyone who sends a request), the hash
-// is public, and keys crafted to start at one cell would make every probe walk past all
-// of them. The tag depends on a secret of the process, so no client can aim keys at a
-// cell, and it changes nothing but where keys sit in the index. Keys up to inlineKey bytes live in the
+// tombstones: keys come and go all the time. Keys up to inlineKey bytes live in the
 // entry itself, so comparing one touches the cache line the event updates anyway.
+//
+// A key's tag is its hash multiplied by a random odd number of the table's own and cut
+// to its top 32 bits, and its probe starts at the tag's top bits (multiply-shift
+// hashing). The hash alone would not do: keys are chosen by clients (paths and routes
+// by anyone who sends a request), the hash is public, and keys crafted to start at one
+// cell would make every probe walk past all of them. No client knows the multiplier,
+// so none can aim keys at a cell; it changes nothing but where keys sit in the index.
 //
 // Expiry and eviction use a wheel of time periods instead of an LRU list: relinking a
 // list on every event would touch two more cache lines per event. A key is filed under
