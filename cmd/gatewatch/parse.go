@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
 )
 
 func runParse(ctx context.Context, env *cmdEnv, args []string) error {
