@@ -20,8 +20,11 @@ import (
 //   - route: route.name when the route has one, else its only path when it has exactly
 //     one and that is no regex (Kong 3 marks regex paths with "~"; older Kong took any
 //     path with regex metacharacters as one), else the folded request path;
-//   - consumer.id is the client key; authenticated_entity.id (the credential) is
-//     fingerprinted as the token when no API key or bearer token was logged.
+//   - consumer.id is the client key, else authenticated_entity.consumer_id (the
+//     credential's consumer: Kong before 0.10.2 logged no consumer object, and a
+//     custom_fields_by_lua that drops consumer leaves it); authenticated_entity.id (the
+//     credential) is fingerprinted as the token when no API key or bearer token was
+//     logged. Other credential fields Kong 0.x logged there (key) are never read.
 //
 // http-log with max_batch_size > 1 posts a JSON array of such records. A Parser takes one
 // record, so the source that receives such a batch must split it; an array is rejected
@@ -111,6 +114,9 @@ func (p *kongParser) Parse(ev *Event, line []byte) error {
 	}
 	if e := f.object(entity, "authenticated_entity"); e != nil {
 		cred.credentialID = f.text(e.Get("id"), "authenticated_entity.id")
+		if isUnset(cred.consumer) {
+			cred.consumer = f.text(e.Get("consumer_id"), "authenticated_entity.consumer_id")
+		}
 	}
 	if f.err != nil {
 		return f.err

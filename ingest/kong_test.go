@@ -20,6 +20,12 @@ func TestKongParse(t *testing.T) {
 		{name: "empty name and no paths", line: rec(`,"route":{"name":"","paths":[]}`), want: map[string]string{"route": "/orders/{id}"}},
 		{name: "consumer is the client key, the credential the token", line: rec(`,"consumer":{"id":"c-1","username":"shop"},"authenticated_entity":{"id":"cred-1"}`),
 			want: map[string]string{"client_key": "c-1", "token_fp": vendorFP(t, "cred-1")}},
+		{name: "Kong 0.x: the credential's consumer_id is the client key", line: rec(`,"authenticated_entity":{"consumer_id":"c-0","id":"cred-0","key":"k-raw-0"},"api":{"name":"orders"}`),
+			want: map[string]string{"client_key": "c-0", "token_fp": vendorFP(t, "cred-0")}},
+		{name: "consumer object before the credential's consumer_id", line: rec(`,"consumer":{"id":"c-1"},"authenticated_entity":{"consumer_id":"c-2","id":"cred-1"}`),
+			want: map[string]string{"client_key": "c-1"}},
+		{name: "credential consumer_id null", line: rec(`,"authenticated_entity":{"consumer_id":null,"id":"cred-1"}`),
+			want: map[string]string{"client_key": "", "token_fp": vendorFP(t, "cred-1")}},
 		{name: "REDACTED authorization is no token", line: rec(""), want: map[string]string{"token_fp": ""}},
 		{name: "API key header before the credential id", line: `{"response":{"status":200},"started_at":1741944413589,"request":{"headers":{"x-api-key":"` + vendorTestAPIKey +
 			`"}},"consumer":{"id":"c-1"},"authenticated_entity":{"id":"cred-1"}}`,
