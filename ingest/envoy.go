@@ -30,7 +30,8 @@ import (
 //	            the port and IPv6 brackets are stripped, and a value that is no IP
 //	            address is ignored
 //	host        authority, host, http_host (as logged, port included)
-//	route       route_name, route (else the path with ids folded)
+//	route       route_name, route, unless Istio generated it ("default", "allow_any",
+//	            "block_all": see isRouteName); else the path with ids folded
 //	user_agent  user_agent, http_user_agent
 //	request_id  request_id, x_request_id
 //	client_key  client_key, consumer_id, consumer
@@ -60,7 +61,8 @@ import (
 // %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" after the flags
 // and %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%
 // %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME% at the end, is read
-// too: its downstream remote address is the client IP and its route name the route.
+// too: its downstream remote address is the client IP and its route name the route
+// (unless Istio generated it, see isRouteName).
 // Quoted fields appended to the default format are ignored; other customised text
 // formats are not supported (they do not describe themselves: log JSON instead).
 type envoyParser struct {
@@ -118,10 +120,27 @@ func (p *envoyParser) parseJSON(ev *Event, line []byte) error {
 	if v, _ := p.j.text(slotPath); !isUnset(v) {
 		p.setTarget(ev, method, v)
 	}
-	if v, _ := p.j.text(slotRoute); !isUnset(v) {
+	if v, _ := p.j.text(slotRoute); isRouteName(v) {
 		ev.Route = p.intern(v)
 	}
 	return nil
+}
+
+// isRouteName reports whether a logged %ROUTE_NAME% names a route of the operator's. Unset
+// values are not, and neither are the names Istio gives every route it generates:
+// "default" (the inbound route of every sidecar, and outbound routes with no
+// VirtualService route name), "allow_any" (passthrough) and "block_all" (registry-only
+// blackhole). Taken as the route they would make one endpoint of a whole mesh, so the
+// path with ids folded is the route instead.
+func isRouteName(v []byte) bool {
+	if isUnset(v) {
+		return false
+	}
+	switch string(v) {
+	case "default", "allow_any", "block_all":
+		return false
+	}
+	return true
 }
 
 // jsonKey maps a normalised key of an Envoy JSON record to the field it feeds.
@@ -286,7 +305,7 @@ func (p *envoyParser) parseText(ev *Event, line []byte) error {
 	p.setTarget(ev, method, target)
 	ev.RequestID = p.str(rid)
 	p.setClientBehind(ev, remote, xff)
-	if !isUnset(route) {
+	if isRouteName(route) {
 		ev.Route = p.intern(route)
 	}
 	var c credentials
