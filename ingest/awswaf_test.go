@@ -34,6 +34,16 @@ func vendorFP(t testing.TB, credential string) string {
 	return string(s.newFingerprinter().Sum([]byte(credential)))
 }
 
+// vendorKeyFP is the client key the test secret gives an API key.
+func vendorKeyFP(t testing.TB, key string) string {
+	t.Helper()
+	s, err := NewTokenSecret([]byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.KeyFingerprint([]byte(key))
+}
+
 // vendorFixtureLines returns the records (not the # comments) of testdata/<format>/*.log.
 func vendorFixtureLines(t testing.TB, format string) [][]byte {
 	t.Helper()

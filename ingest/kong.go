@@ -14,7 +14,9 @@ import (
 //     path of request.url; request.id (Kong 3.5+) is the request id;
 //   - request.headers{} (lower-case names; a repeated header is a list): host is the
 //     Host (else the host of request.url; service.host is the upstream, not what the
-//     client asked for), user-agent, the API key header and the device header.
+//     client asked for), user-agent, the API key header (with the default x-api-key,
+//     also apikey, the name Kong's key-auth plugin reads by default) and the device
+//     header.
 //     Kong replaces authorization with "REDACTED", which counts as no token;
 //   - response.status is the status sent to the client;
 //   - route: route.name when the route has one, else its only path when it has exactly
@@ -26,6 +28,10 @@ import (
 //     credential) is fingerprinted as the token when no API key or bearer token was
 //     logged. Other credential fields Kong 0.x logged there (key) are never read.
 //
+// kongKeyHeader is the header Kong's key-auth plugin takes the API key from unless
+// configured otherwise (its key_names).
+const kongKeyHeader = "apikey"
+
 // http-log with max_batch_size > 1 posts a JSON array of such records. A Parser takes one
 // record, so the source that receives such a batch must split it; an array is rejected
 // as bad_value saying so.
@@ -89,7 +95,11 @@ func (p *kongParser) Parse(ev *Event, line []byte) error {
 		}
 		ev.Path = p.str(splitPath(uri))
 		f.object(r.Get("headers"), "request.headers").Visit(func(k []byte, v *fastjson.Value) {
-			if slot := hdr.match(&p.opts, k); slot != nil {
+			slot := hdr.match(&p.opts, k)
+			if slot == nil && p.opts.APIKeyHeader == DefaultAPIKeyHeader && string(k) == kongKeyHeader {
+				slot = &hdr.apiKey
+			}
+			if slot != nil {
 				hdr.set(slot, f.headerValue(v, "request.headers value"))
 			}
 		})

@@ -30,6 +30,10 @@ func TestKongParse(t *testing.T) {
 		{name: "API key header before the credential id", line: `{"response":{"status":200},"started_at":1741944413589,"request":{"headers":{"x-api-key":"` + vendorTestAPIKey +
 			`"}},"consumer":{"id":"c-1"},"authenticated_entity":{"id":"cred-1"}}`,
 			want: map[string]string{"client_key": "c-1", "token_fp": vendorFP(t, vendorTestAPIKey)}},
+		{name: "key-auth's default apikey header, no consumer (a refused key)", line: `{"response":{"status":401},"started_at":1741944413589,"request":{"headers":{"apikey":"` + vendorTestAPIKey + `"}}}`,
+			want: map[string]string{"client_key": vendorKeyFP(t, vendorTestAPIKey), "token_fp": vendorFP(t, vendorTestAPIKey)}},
+		{name: "apikey header with a consumer", line: `{"response":{"status":200},"started_at":1741944413589,"request":{"headers":{"apikey":"` + vendorTestAPIKey + `"}},"consumer":{"id":"c-1"}}`,
+			want: map[string]string{"client_key": "c-1", "token_fp": vendorFP(t, vendorTestAPIKey)}},
 		{name: "a bearer token that a custom serializer kept", line: `{"response":{"status":200},"started_at":1741944413589,"request":{"headers":{"authorization":"Bearer ` + vendorTestToken + `"}}}`,
 			want: map[string]string{"token_fp": vendorFP(t, vendorTestToken)}},
 		{name: "repeated header as a list", line: `{"client_ip":"198.51.100.9","response":{"status":200},"started_at":1741944413589,"request":{"headers":{"user-agent":["ua/a","ua/b"],"host":[]}}}`,
