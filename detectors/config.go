@@ -111,13 +111,19 @@ type NewCountryOverride struct {
 }
 
 // TokenReuseConfig configures token_reuse: one token fingerprint seen from more than
-// MaxDevices distinct devices within Window.
+// MaxDevices distinct devices within Window; APIKeyMaxDevices for a token that is an
+// API key (see tokenIsAPIKey). A bearer token is issued to one device, but a partner's
+// API key is used by each of its programs (a backend and a batch job, two SDK
+// versions during an upgrade) all day: with one threshold for both, every such key
+// pages every time its programs overlap. An override's max_devices applies to its
+// token, whatever its kind.
 type TokenReuseConfig struct {
-	Common     `yaml:",inline"`
-	Window     time.Duration        `yaml:"window"`
-	MaxDevices int                  `yaml:"max_devices"`
-	Allowlist  []DeviceAllow        `yaml:"allowlist"`
-	Overrides  []TokenReuseOverride `yaml:"overrides"`
+	Common           `yaml:",inline"`
+	Window           time.Duration        `yaml:"window"`
+	MaxDevices       int                  `yaml:"max_devices"`
+	APIKeyMaxDevices int                  `yaml:"api_key_max_devices"`
+	Allowlist        []DeviceAllow        `yaml:"allowlist"`
+	Overrides        []TokenReuseOverride `yaml:"overrides"`
 }
 
 // DeviceAllow lists devices that do not count towards a token's distinct devices: a
@@ -207,9 +213,10 @@ func DefaultConfig() Config {
 			MinEvents:      20,
 		},
 		TokenReuse: TokenReuseConfig{
-			Common:     Common{Enabled: true, Severity: SeverityHigh, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
-			Window:     10 * time.Minute,
-			MaxDevices: 1,
+			Common:           Common{Enabled: true, Severity: SeverityHigh, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
+			Window:           10 * time.Minute,
+			MaxDevices:       1,
+			APIKeyMaxDevices: 3,
 		},
 		ForbiddenBurst: ForbiddenBurstConfig{
 			Common:    Common{Enabled: true, Severity: SeverityMedium, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
@@ -382,6 +389,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	checkMaxDevices("token_reuse.max_devices", tr.MaxDevices)
+	checkMaxDevices("token_reuse.api_key_max_devices", tr.APIKeyMaxDevices)
 	for i, a := range tr.Allowlist {
 		p := fmt.Sprintf("token_reuse.allowlist[%d]", i)
 		if len(a.Devices) == 0 {

@@ -41,9 +41,25 @@ type tokenReuse struct {
 }
 
 type trParams struct {
-	enabled    bool
-	maxDevices int
-	severity   Severity
+	enabled       bool
+	maxDevices    int // for a bearer token
+	keyMaxDevices int // for an API key (see tokenIsAPIKey)
+	severity      Severity
+}
+
+// limit returns the most devices k may have within the window.
+func (p *trParams) limit(k *trKey) int {
+	if k.apiKey {
+		return p.keyMaxDevices
+	}
+	return p.maxDevices
+}
+
+// tokenIsAPIKey reports whether ev's token is an API key rather than a bearer token:
+// its fingerprint is the client key (the request carried its API key and no bearer
+// token), or the log is API Gateway's, which cannot log a bearer token.
+func tokenIsAPIKey(ev *ingest.Event) bool {
+	return ev.TokenFP == ev.ClientKey || ev.Source == ingest.FormatAPIGateway
 }
 
 type trKey struct {
@@ -57,8 +73,8 @@ type trKey struct {
 	ipH  uint64
 	prm  uint16
 	nDev uint8 // devices held in dev0 and more
-	// apiKey: the token is the client's API key (its fingerprint is the event's client
-	// key: the request had no bearer token), which the summary names as such.
+	// apiKey: the token is an API key (tokenIsAPIKey), which has its own threshold and
+	// which the summary names as such.
 	apiKey bool
 	dev0   trDev   // the first device, inline: most tokens have one
 	more   *trMore // the others, for the few tokens that have them
@@ -101,7 +117,7 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 	d.init(TokenReuse, lay, c.MaxKeys, 2*lay.size*lay.width, inc, d)
 	d.tab.onRemove = d.release
 	d.samples = &d.arena
-	base := trParams{enabled: true, maxDevices: c.MaxDevices, severity: c.Severity}
+	base := trParams{enabled: true, maxDevices: c.MaxDevices, keyMaxDevices: c.APIKeyMaxDevices, severity: c.Severity}
 	d.params = append(d.params, base)
 	for _, o := range c.Overrides {
 		if o.RoutePrefix != "" {
@@ -114,6 +130,7 @@ func newTokenReuse(c TokenReuseConfig, lateness time.Duration, inc *incidents) *
 		p := base
 		o.apply(&p.enabled, &p.severity)
 		setIf(&p.maxDevices, o.MaxDevices)
+		setIf(&p.keyMaxDevices, o.MaxDevices)
 		d.keyParams[o.Key] = uint16(len(d.params))
 		d.params = append(d.params, p)
 	}
@@ -175,7 +192,7 @@ func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 		if i, ok := d.keyParams[ev.TokenFP]; ok {
 			k.prm = i
 		}
-		k.apiKey = ev.ClientKey == ev.TokenFP
+		k.apiKey = tokenIsAPIKey(ev)
 	} else {
 		d.tab.touch(slot, t)
 	}
@@ -214,7 +231,7 @@ func (d *tokenReuse) observe(ev *ingest.Event, h evHashes, t int64, late bool) {
 			dv.ip, dv.ipB, dv.ipH = strings.Clone(ev.ClientIP), b, ih
 		}
 	}
-	if !d.tab.ents[slot].hot && d.active(k) > p.maxDevices {
+	if !d.tab.ents[slot].hot && d.active(k) > p.limit(k) {
 		d.markHot(slot)
 	}
 }
@@ -389,7 +406,7 @@ func (d *tokenReuse) cool(slot int32, keep int64) bool {
 func (d *tokenReuse) mayFire(slot int32) bool {
 	k := &d.tab.ents[slot].s
 	p := &d.params[k.prm]
-	return p.enabled && d.active(k) > p.maxDevices
+	return p.enabled && d.active(k) > p.limit(k)
 }
 
 func (d *tokenReuse) expiry(wm int64) int64 { return (d.lay.oldestKept(wm) - d.gap - 1) * d.lay.width }
@@ -411,7 +428,7 @@ func (d *tokenReuse) judge(slot int32, end int64) {
 			n++
 		}
 	}
-	if n > d.params[k.prm].maxDevices {
+	if n > d.params[k.prm].limit(k) {
 		d.fire(slot, end, m, n)
 	}
 }
@@ -432,7 +449,7 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 	}, func() (Evidence, string) {
 		ev := d.windowEvidence(end)
 		ev.DeviceCount = n
-		ev.MaxDevices = p.maxDevices
+		ev.MaxDevices = p.limit(k)
 		data := d.cnt.keyData(slot)
 		var ips []string
 		for i := 0; i < int(k.nDev); i++ {
@@ -485,10 +502,10 @@ func (d *tokenReuse) fire(slot int32, end int64, m uint64, n int) {
 			what = "API key"
 		}
 		summary := fmt.Sprintf("%s %s was used from %d devices within %s (at most %d expected).",
-			what, name, ev.DeviceCount, d.window, p.maxDevices)
+			what, name, ev.DeviceCount, d.window, ev.MaxDevices)
 		if len(ev.Countries) > 1 {
 			summary = fmt.Sprintf("%s %s was used from %d devices in %s within %s (at most %d expected).",
-				what, name, ev.DeviceCount, strings.Join(ev.Countries, ", "), d.window, p.maxDevices)
+				what, name, ev.DeviceCount, strings.Join(ev.Countries, ", "), d.window, ev.MaxDevices)
 		}
 		return ev, summary
 	})

@@ -54,6 +54,23 @@ func TestTokenReuse(t *testing.T) {
 		{"override allows three, four seen", maxDev(3), repeat(4, t0, time.Second, func(i int, ts time.Time) ingest.Event {
 			return use("t1", fmt.Sprintf("d%d", i), ts)
 		}), want{1, []string{"d0", "d1", "d2", "d3"}, 0}},
+		// An API key (its fingerprint is the client key; or any API Gateway token) is
+		// used by each of its client's programs: api_key_max_devices, 3 by default.
+		{"an API key from three programs", nil, repeat(30, t0, 10*time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", fmt.Sprintf("prog%d", i%3), ts, client("t1"))
+		}), want{}},
+		{"an API key from four devices", nil, repeat(4, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", fmt.Sprintf("d%d", i), ts, client("t1"))
+		}), want{1, []string{"d0", "d1", "d2", "d3"}, 0}},
+		{"an API Gateway token from three programs", nil, repeat(3, t0, time.Second, func(i int, ts time.Time) ingest.Event {
+			return use("t1", fmt.Sprintf("d%d", i), ts, func(e *ingest.Event) { e.Source = ingest.FormatAPIGateway })
+		}), want{}},
+		{"an API key's threshold set to one", func(c *Config) { c.TokenReuse.APIKeyMaxDevices = 1 },
+			[]ingest.Event{use("t1", "phone", t0, client("t1")), use("t1", "laptop", at(time.Minute), client("t1"))},
+			want{1, []string{"laptop", "phone"}, 0}},
+		{"an override's max_devices holds for an API key", maxDev(1),
+			[]ingest.Event{use("t1", "phone", t0, client("t1")), use("t1", "laptop", at(time.Minute), client("t1"))},
+			want{1, []string{"laptop", "phone"}, 0}},
 		{"allowlisted device", func(c *Config) {
 			c.TokenReuse.Allowlist = []DeviceAllow{{Devices: []string{"gateway-rig"}}}
 		}, []ingest.Event{use("t1", "phone", t0), use("t1", "gateway-rig", t0)}, want{}},
@@ -170,7 +187,9 @@ func TestTokenReuseEvidence(t *testing.T) {
 	for i := range events {
 		events[i].ClientKey = events[i].TokenFP
 	}
-	res = run(t, only(TokenReuse), nil, 0, events)
+	cfg := only(TokenReuse)
+	cfg.TokenReuse.APIKeyMaxDevices = 1
+	res = run(t, cfg, nil, 0, events)
 	groups = incidentsOf(res.alerts)
 	summary = "API key t1 was used from 2 devices in BR, DE within 10m0s (at most 1 expected)."
 	if len(groups) != 1 || final(groups[0]).Summary != summary {
