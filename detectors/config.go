@@ -115,7 +115,7 @@ type NewCountryOverride struct {
 // API key (see tokenIsAPIKey). A bearer token is issued to one device, but a partner's
 // API key is used by each of its programs (a backend and a batch job, two SDK
 // versions during an upgrade) all day: with one threshold for both, every such key
-// pages every time its programs overlap. An override's max_devices applies to its
+// pages every time its programs overlap; two devices an API key are let pass. An override's max_devices applies to its
 // token, whatever its kind.
 type TokenReuseConfig struct {
 	Common           `yaml:",inline"`
@@ -216,7 +216,7 @@ func DefaultConfig() Config {
 			Common:           Common{Enabled: true, Severity: SeverityHigh, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
 			Window:           10 * time.Minute,
 			MaxDevices:       1,
-			APIKeyMaxDevices: 3,
+			APIKeyMaxDevices: 2,
 		},
 		ForbiddenBurst: ForbiddenBurstConfig{
 			Common:    Common{Enabled: true, Severity: SeverityMedium, Cooldown: 30 * time.Minute, MaxKeys: 1_000_000},
