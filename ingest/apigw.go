@@ -26,8 +26,9 @@ import (
 //     address, else left out); method: httpMethod or method, else the method of a
 //     routeKey such as "GET /pets" (not "ANY"); host: domainName or host; user agent:
 //     userAgent; request id: requestId, else extendedRequestId;
-//   - status: status or statusCode, except under authorizer, authorize, authenticate,
-//     integration or waf, whose status is not the one sent to the client;
+//   - status: status, statusCode or responseStatus (as some published templates name
+//     $context.status), except under authorizer, authorize, authenticate, integration
+//     or waf, whose status is not the one sent to the client;
 //   - route: resourcePath (the REST template, "/pets/{petId}"), else routeKey with its
 //     method dropped ("GET /pets/{id}" is "/pets/{id}"; "$connect", "$default" as is),
 //     else the folded path; path: path (raw; on REST it starts with the stage).
@@ -169,7 +170,7 @@ func (r *apigwRecord) leaf(key string, parent int, v *fastjson.Value) {
 		pickValue(&r.text, v)
 	case "timestamp", "time":
 		pickValue(&r.other, v)
-	case "status", "statuscode":
+	case "status", "statuscode", "responsestatus":
 		if parent != apigwParentNotSent {
 			pickValue(&r.status, v)
 		}
