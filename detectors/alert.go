@@ -185,6 +185,8 @@ type Evidence struct {
 	RecentPeak         *float64 `json:"recent_peak,omitempty"`
 	MinPeakRatio       float64  `json:"min_peak_ratio,omitempty"`
 	DistinctClients    int      `json:"distinct_clients,omitempty"`
+	// quiet_endpoint_spike: how the endpoint answered the requests, by status class.
+	StatusClasses []ClassCount `json:"status_classes,omitempty"`
 
 	// object_enumeration: the distinct objects (paths of one route template) the
 	// client requested in the window.
@@ -225,6 +227,13 @@ type Evidence struct {
 type StatusCount struct {
 	Status int `json:"status"`
 	Count  int `json:"count"`
+}
+
+// ClassCount is how many counted responses had a status of one class ("2xx", "4xx",
+// ...; "none" when the log carries no status).
+type ClassCount struct {
+	Class string `json:"class"`
+	Count int    `json:"count"`
 }
 
 // CountrySeen is a country new to a key and the event time it was first seen from.

@@ -82,7 +82,7 @@ func newQuietSpike(c QuietEndpointSpikeConfig, lateness time.Duration, since *tr
 	d := &quietSpike{
 		cfg:      c,
 		cnt:      newCounters(lay, 1, true, false, 0),
-		smp:      newSamplers(lay, c.MaxKeys, qsFields, 2, 0),
+		smp:      newSamplers(lay, c.MaxKeys, qsFields, 2, len(statusClasses)),
 		tau:      float64(max(c.LearningPeriod, time.Hour).Milliseconds()),
 		ptau:     float64(max(c.PeakMemory, time.Hour).Milliseconds()),
 		learn:    c.LearningPeriod.Milliseconds(),
@@ -191,6 +191,7 @@ func (d *quietSpike) observe(ev *ingest.Event, _ evHashes, t int64, late bool) {
 		d.smp.offer(s, b, cs, qsClientIP, ev.ClientIP)
 		d.smp.offer(s, b, cs, qsPath, ev.Path)
 		d.smp.offer(s, b, cs, qsRequestID, ev.RequestID)
+		d.smp.inc(s, cs, statusClass(ev.Status))
 		client, _ := ClientOf(ev, &d.addr)
 		d.smp.addID(s, cs, hash64(client))
 	}
@@ -321,11 +322,30 @@ func (d *quietSpike) fire(slot int32, end int64, count uint32, rate, lambda, pv,
 			ev.ClientIPs = d.smp.collect(s, w, qsClientIP, 5)
 			ev.SamplePaths = d.smp.collect(s, w, qsPath, 5)
 			ev.SampleRequestIDs = d.smp.collect(s, w, qsRequestID, 5)
+			for j, c := range statusClasses {
+				if n := d.smp.countIn(s, w, j); n > 0 {
+					ev.StatusClasses = append(ev.StatusClasses, ClassCount{Class: c, Count: n})
+				}
+			}
 		}
 		summary := fmt.Sprintf("Quiet endpoint %s got %d requests within %s against a baseline of %.3g a minute (%.3g expected, p = %.2g) and a recent peak of %.3g.",
 			name, count, d.window, rate, lambda, pv, peak)
 		return ev, summary
 	})
+}
+
+// statusClasses are the classes of response status quiet_endpoint_spike's evidence
+// counts: whether the endpoint answered the spike (2xx), refused it (4xx: 401, 403,
+// 429) or failed under it (5xx) is the analyst's first question. "none" is a log that
+// carries no status (an AWS WAF ALLOW: the request went on to the origin).
+var statusClasses = [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// statusClass returns status's index in statusClasses.
+func statusClass(status int) int {
+	if status < 100 || status > 599 {
+		return 0
+	}
+	return status / 100
 }
 
 // roundSig rounds to 6 significant digits, so evidence does not carry float noise.

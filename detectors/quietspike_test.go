@@ -98,8 +98,13 @@ func TestQuietEndpointSpike(t *testing.T) {
 }
 
 func TestQuietEndpointSpikeEvidence(t *testing.T) {
-	res := run(t, only(QuietEndpointSpike), learned(map[string]float64{"GET /v1/export": 0.5}), 0,
-		hits("GET", "/v1/export", 30, at(10*time.Second), 4*time.Second))
+	events := hits("GET", "/v1/export", 30, at(10*time.Second), 4*time.Second)
+	for i := range events {
+		if i%5 == 0 {
+			events[i].Status = 403
+		}
+	}
+	res := run(t, only(QuietEndpointSpike), learned(map[string]float64{"GET /v1/export": 0.5}), 0, events)
 	groups := incidentsOf(res.alerts)
 	if len(groups) != 1 {
 		t.Fatalf("%d incidents:\n%s", len(groups), describe(res.alerts))
@@ -124,6 +129,10 @@ func TestQuietEndpointSpikeEvidence(t *testing.T) {
 	if ev.DistinctClients != 3 || !slices.Equal(ev.ClientKeys, []string{"c0", "c1", "c2"}) || len(ev.ClientIPs) != 4 ||
 		len(ev.SampleRequestIDs) != 5 || !slices.Equal(ev.SamplePaths, []string{"/v1/export"}) {
 		t.Errorf("samples: distinct %d keys %v ips %v ids %v paths %v", ev.DistinctClients, ev.ClientKeys, ev.ClientIPs, ev.SampleRequestIDs, ev.SamplePaths)
+	}
+	// How the endpoint answered: 24 went through, 6 were refused.
+	if want := []ClassCount{{"2xx", 24}, {"4xx", 6}}; !slices.Equal(ev.StatusClasses, want) {
+		t.Errorf("status_classes %v, want %v", ev.StatusClasses, want)
 	}
 	if !a.FirstSeen.Equal(at(10*time.Second)) || !a.LastSeen.Equal(at(126*time.Second)) { // the first and last requests
 		t.Errorf("first_seen %s last_seen %s", a.FirstSeen, a.LastSeen)
@@ -300,6 +309,14 @@ func TestQuietEndpointSpikeSamplesQuietRoutesOnly(t *testing.T) {
 		}
 		if got := d.tab.ents[slot].s.smp != nil; got != c.sampled {
 			t.Errorf("%s: sampled %v, want %v", c.route, got, c.sampled)
+		}
+	}
+}
+
+func TestStatusClass(t *testing.T) {
+	for status, want := range map[int]string{0: "none", 99: "none", 100: "1xx", 204: "2xx", 302: "3xx", 429: "4xx", 599: "5xx", 600: "none", -1: "none"} {
+		if got := statusClasses[statusClass(status)]; got != want {
+			t.Errorf("statusClass(%d) = %s, want %s", status, got, want)
 		}
 	}
 }
