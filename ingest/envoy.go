@@ -100,8 +100,17 @@ func (p *envoyParser) Parse(ev *Event, line []byte) error {
 	}
 	ev.Source = FormatEnvoy
 	p.finish(ev)
+	if line[0] == '[' && ev.ClientIP == "" && ev.ClientKey == "" && ev.TokenFP == "" {
+		return errEnvoyNoClient
+	}
 	return nil
 }
+
+// errEnvoyNoClient is errNoClient for a text record, with what to change: Envoy's
+// default format names the client only in X-Forwarded-For, which an edge proxy that
+// does not set use_remote_address leaves as the client sent it ("-", most often).
+var errEnvoyNoClient = parseErrorf(ReasonMissingField, "record has no client: Envoy's default format logs the client only in X-Forwarded-For, empty here; "+
+	"append %%DOWNSTREAM_REMOTE_ADDRESS%% to the access log format (or log JSON with downstream_remote_address)")
 
 func (p *envoyParser) parseJSON(ev *Event, line []byte) error {
 	obj, err := p.j.parse(line)

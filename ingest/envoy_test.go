@@ -450,3 +450,14 @@ func BenchmarkParseEnvoyJSON(b *testing.B) {
 func BenchmarkParseEnvoyText(b *testing.B) {
 	benchParse(b, FormatEnvoy, "testdata/envoy/default-text.log")
 }
+
+// TestEnvoyTextNoClientSaysWhatToLog: Envoy's default format names the client only in
+// X-Forwarded-For; an edge proxy leaves it "-", and the rejection says what to add.
+func TestEnvoyTextNoClientSaysWhatToLog(t *testing.T) {
+	line := `[2025-06-14T09:24:00.310Z] "POST /api/v1/locations HTTP/2" 204 - 154 0 226 100 "-" "nsq2http" "rid-1" "locations" "tcp://10.0.2.1:80"`
+	var ev Event
+	err := mustParser(t, FormatEnvoy).Parse(&ev, []byte(line))
+	if ReasonOf(err) != ReasonMissingField || !strings.Contains(fmt.Sprint(err), "%DOWNSTREAM_REMOTE_ADDRESS%") {
+		t.Errorf("Parse = %v (%s), want missing_field naming %%DOWNSTREAM_REMOTE_ADDRESS%%", err, ReasonOf(err))
+	}
+}
