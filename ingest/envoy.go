@@ -100,8 +100,8 @@ func (p *envoyParser) Parse(ev *Event, line []byte) error {
 	}
 	ev.Source = FormatEnvoy
 	p.finish(ev)
-	if line[0] == '[' && ev.ClientIP == "" && ev.ClientKey == "" && ev.TokenFP == "" {
-		return errEnvoyNoClient
+	if line[0] == '[' && !hasClient(ev) {
+		return errEnvoyNoClient // complete would say errNoClient, without what to add
 	}
 	return nil
 }

@@ -144,6 +144,10 @@ var (
 	errNoClient          = parseErrorf(ReasonMissingField, "record has no client: no IP address, client key or token")
 )
 
+// hasClient reports whether ev names its client: an IP address, a client key or a
+// token fingerprint.
+func hasClient(ev *Event) bool { return ev.ClientIP != "" || ev.ClientKey != "" || ev.TokenFP != "" }
+
 // complete rejects an event that lacks what every format must give: a request (method,
 // path or status) and a client (IP address, client key or token fingerprint). The time
 // is checked by setTime. Without this rule a record read with the wrong format (AWS WAF
@@ -151,7 +155,7 @@ var (
 // silently ignores.
 func complete(ev *Event) error {
 	noRequest := ev.Method == "" && ev.Path == "" && ev.Status == 0
-	noClient := ev.ClientIP == "" && ev.ClientKey == "" && ev.TokenFP == ""
+	noClient := !hasClient(ev)
 	switch {
 	case noRequest && noClient:
 		return errNoRequestNoClient
