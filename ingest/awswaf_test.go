@@ -27,21 +27,13 @@ var vendorSecrets = []string{vendorTestToken, vendorTestAPIKey, vendorTestBasic}
 // vendorFP is the fingerprint the test secret gives credential.
 func vendorFP(t testing.TB, credential string) string {
 	t.Helper()
-	s, err := NewTokenSecret([]byte(testSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(s.newFingerprinter().Sum([]byte(credential)))
+	return string(testParserOptions(t).Secret.newFingerprinter().Sum([]byte(credential)))
 }
 
 // vendorKeyFP is the client key the test secret gives an API key.
 func vendorKeyFP(t testing.TB, key string) string {
 	t.Helper()
-	s, err := NewTokenSecret([]byte(testSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.KeyFingerprint([]byte(key))
+	return testParserOptions(t).Secret.KeyFingerprint([]byte(key))
 }
 
 // vendorFixtureLines returns the records (not the # comments) of testdata/<format>/*.log.
